@@ -1,0 +1,377 @@
+//! The engine conformance suite: one async function per guarantee of [`Engine`], generic over
+//! the engine, and [`engine_conformance_suite!`] to run all of them for an engine factory.
+//!
+//! Every case uses its own random app id, so cases can share one backend (one Redis) safely.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tributary_protocol::frame::{Direction, MemberInfo, PresenceEvent};
+use tributary_protocol::{ChannelName, Payload, Publication};
+
+use crate::contract::{
+    ChannelKey, Engine, EngineSink, HistoryQuery, NewMessage, PresenceOptions, PublishOptions, StreamOptions,
+};
+
+/// What a [`RecordingSink`] saw.
+#[derive(Debug, Clone)]
+pub enum Recorded {
+    /// A publication.
+    Publication(ChannelKey, Publication),
+    /// A presence event: kind (`join`, `leave`, `presence`) and client id.
+    Presence(ChannelKey, &'static str, String),
+    /// A control event.
+    Control(Bytes),
+}
+
+/// A sink that records everything, for assertions.
+#[derive(Default)]
+pub struct RecordingSink {
+    seen: Mutex<Vec<Recorded>>,
+}
+
+impl RecordingSink {
+    /// Creates a sink and attaches it to `engine`. Keep the returned `Arc` alive.
+    pub fn attach(engine: &Arc<dyn Engine>) -> Arc<Self> {
+        let sink = Arc::new(Self::default());
+        let weak: Weak<dyn EngineSink> = Arc::downgrade(&(sink.clone() as Arc<dyn EngineSink>));
+        engine.set_sink(weak);
+        sink
+    }
+
+    /// Returns a copy of what was recorded.
+    pub fn seen(&self) -> Vec<Recorded> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Returns the offsets of publications recorded for `key`, in arrival order.
+    pub fn offsets(&self, key: &ChannelKey) -> Vec<u64> {
+        self.seen()
+            .into_iter()
+            .filter_map(|r| match r {
+                Recorded::Publication(k, p) if &k == key => Some(p.offset),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Returns the presence events recorded for `key` as `(kind, client_id)`.
+    pub fn presence_events(&self, key: &ChannelKey) -> Vec<(&'static str, String)> {
+        self.seen()
+            .into_iter()
+            .filter_map(|r| match r {
+                Recorded::Presence(k, kind, client) if &k == key => Some((kind, client)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn push(&self, recorded: Recorded) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.push(recorded);
+        }
+    }
+}
+
+impl EngineSink for RecordingSink {
+    fn on_publication(&self, key: &ChannelKey, publication: &Publication) {
+        self.push(Recorded::Publication(key.clone(), publication.clone()));
+    }
+    fn on_presence(&self, key: &ChannelKey, event: &PresenceEvent) {
+        self.push(Recorded::Presence(key.clone(), event.kind(), event.member().client_id.to_string()));
+    }
+    fn on_control(&self, event: &Bytes) {
+        self.push(Recorded::Control(event.clone()));
+    }
+}
+
+/// Waits until `check` holds, polling, for at most five seconds; panics with `what` otherwise.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn unique_key(channel: &str) -> ChannelKey {
+    let app = format!("app_{}", crate::memory::stream_epoch_for_tests());
+    ChannelKey::new(app, ChannelName::parse(channel).expect("test channel names are valid"))
+}
+
+fn json(n: u64) -> NewMessage {
+    NewMessage { payload: Payload::Json(Bytes::from(format!("{{\"n\":{n}}}"))), client_id: None, encoding: None }
+}
+
+fn opts(size: usize) -> PublishOptions {
+    PublishOptions {
+        stream: stream(size),
+        idempotency_key: None,
+        idempotency_window: Duration::from_secs(120),
+    }
+}
+
+fn stream(size: usize) -> StreamOptions {
+    StreamOptions { history_size: size, history_ttl: Duration::from_secs(300) }
+}
+
+fn forward(since: Option<u64>, limit: usize) -> HistoryQuery {
+    HistoryQuery { since, direction: Direction::Forward, limit }
+}
+
+fn member(client: &str, conn: &str) -> MemberInfo {
+    MemberInfo { client_id: Arc::from(client), conn_id: Arc::from(conn), state: None }
+}
+
+/// Offsets start at 1 and increase by one per publish; the epoch stays the same.
+pub async fn offsets_increase_within_one_epoch(engine: Arc<dyn Engine>) {
+    let _sink = RecordingSink::attach(&engine);
+    let key = unique_key("chat:offsets");
+    let mut epoch = None;
+    for n in 1..=5 {
+        let out = engine.publish(&key, json(n), &opts(10)).await.unwrap();
+        assert_eq!(out.publication.offset, n);
+        assert!(!out.duplicate);
+        let e = epoch.get_or_insert_with(|| out.publication.epoch.clone());
+        assert_eq!(*e, out.publication.epoch);
+    }
+}
+
+/// Concurrent publishers on one channel: the sink sees every offset once, in order.
+pub async fn delivery_is_ordered_and_complete_under_concurrency(engine: Arc<dyn Engine>) {
+    let sink = RecordingSink::attach(&engine);
+    let key = unique_key("chat:concurrent");
+    engine.subscribe(&key).await.unwrap();
+    let tasks: Vec<_> = (0..4)
+        .map(|t| {
+            let engine = engine.clone();
+            let key = key.clone();
+            tokio::spawn(async move {
+                for n in 0..50 {
+                    engine.publish(&key, json(t * 100 + n), &opts(1000)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    eventually("200 publications delivered", || sink.offsets(&key).len() >= 200).await;
+    assert_eq!(sink.offsets(&key), (1..=200).collect::<Vec<_>>());
+}
+
+/// History reads forwards and backwards from an offset, with a limit.
+pub async fn history_reads_both_ways_with_limits(engine: Arc<dyn Engine>) {
+    let _sink = RecordingSink::attach(&engine);
+    let key = unique_key("chat:history");
+    for n in 1..=10 {
+        engine.publish(&key, json(n), &opts(100)).await.unwrap();
+    }
+    let offsets = |page: crate::HistoryPage| page.publications.iter().map(|p| p.offset).collect::<Vec<_>>();
+    let page = engine.history(&key, forward(Some(3), 4), stream(100)).await.unwrap();
+    assert_eq!(page.top_offset, 10);
+    assert_eq!(offsets(page), vec![4, 5, 6, 7]);
+    let all = engine.history(&key, forward(None, 100), stream(100)).await.unwrap();
+    assert_eq!(offsets(all), (1..=10).collect::<Vec<_>>());
+    let back = HistoryQuery { since: Some(8), direction: Direction::Backward, limit: 3 };
+    assert_eq!(offsets(engine.history(&key, back, stream(100)).await.unwrap()), vec![7, 6, 5]);
+    let newest = HistoryQuery { since: None, direction: Direction::Backward, limit: 2 };
+    assert_eq!(offsets(engine.history(&key, newest, stream(100)).await.unwrap()), vec![10, 9]);
+}
+
+/// History keeps only the newest `history_size` messages; offsets keep counting.
+pub async fn history_is_trimmed_to_its_size(engine: Arc<dyn Engine>) {
+    let _sink = RecordingSink::attach(&engine);
+    let key = unique_key("chat:trim");
+    for n in 1..=5 {
+        engine.publish(&key, json(n), &opts(3)).await.unwrap();
+    }
+    let page = engine.history(&key, forward(None, 100), stream(3)).await.unwrap();
+    assert_eq!(page.publications.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![3, 4, 5]);
+    assert_eq!(page.oldest_offset, Some(3));
+    assert!(page.covers(&page.epoch, 2), "offset 2 is followed by 3, still in history");
+    assert!(!page.covers(&page.epoch, 1), "offset 2 was trimmed");
+    assert!(!page.covers("another-epoch", 4));
+}
+
+/// Messages older than the TTL leave history.
+pub async fn history_expires_after_its_ttl(engine: Arc<dyn Engine>) {
+    let _sink = RecordingSink::attach(&engine);
+    let key = unique_key("chat:ttl");
+    let short = StreamOptions { history_size: 10, history_ttl: Duration::from_millis(300) };
+    let options = PublishOptions { stream: short, ..opts(10) };
+    engine.publish(&key, json(1), &options).await.unwrap();
+    let page = engine.history(&key, forward(None, 10), short).await.unwrap();
+    assert_eq!(page.publications.len(), 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let page = engine.history(&key, forward(None, 10), short).await.unwrap();
+        if page.publications.is_empty() {
+            assert_eq!(page.top_offset, 1, "expiry does not rewind offsets");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "message never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A retried publish with the same idempotency key is stored and delivered once.
+pub async fn idempotent_retry_is_stored_once(engine: Arc<dyn Engine>) {
+    let sink = RecordingSink::attach(&engine);
+    let key = unique_key("chat:idem");
+    engine.subscribe(&key).await.unwrap();
+    let mut options = opts(10);
+    options.idempotency_key = Some("order-42".into());
+    let first = engine.publish(&key, json(1), &options).await.unwrap();
+    let retry = engine.publish(&key, json(1), &options).await.unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(retry.publication.offset, first.publication.offset);
+    assert_eq!(retry.publication.epoch, first.publication.epoch);
+    let other = engine.publish(&unique_key("chat:idem-other"), json(1), &options).await.unwrap();
+    assert!(!other.duplicate, "keys are scoped per channel");
+    engine.publish(&key, json(2), &opts(10)).await.unwrap();
+    eventually("second message delivered", || sink.offsets(&key).len() >= 2).await;
+    assert_eq!(sink.offsets(&key), vec![1, 2]);
+    let page = engine.history(&key, forward(None, 10), stream(10)).await.unwrap();
+    assert_eq!(page.publications.len(), 2);
+}
+
+/// The same channel name in two apps is two independent channels.
+pub async fn apps_do_not_share_channels(engine: Arc<dyn Engine>) {
+    let _sink = RecordingSink::attach(&engine);
+    let a = unique_key("chat:shared-name");
+    let b = unique_key("chat:shared-name");
+    engine.publish(&a, json(1), &opts(10)).await.unwrap();
+    engine.publish(&a, json(2), &opts(10)).await.unwrap();
+    let out = engine.publish(&b, json(1), &opts(10)).await.unwrap();
+    assert_eq!(out.publication.offset, 1);
+    let page = engine.history(&b, forward(None, 10), stream(10)).await.unwrap();
+    assert_eq!(page.publications.len(), 1);
+}
+
+/// Reading a channel that has no stream yet fixes its epoch for the next publish.
+pub async fn history_of_a_new_channel_fixes_the_epoch(engine: Arc<dyn Engine>) {
+    let _sink = RecordingSink::attach(&engine);
+    let key = unique_key("chat:fresh");
+    let page = engine.history(&key, forward(None, 10), stream(10)).await.unwrap();
+    assert_eq!(page.top_offset, 0);
+    assert!(page.covers(&page.epoch, 0));
+    let out = engine.publish(&key, json(1), &opts(10)).await.unwrap();
+    assert_eq!(out.publication.epoch, page.epoch);
+}
+
+/// Without history, offsets still advance and history stays empty.
+pub async fn no_history_still_advances_offsets(engine: Arc<dyn Engine>) {
+    let _sink = RecordingSink::attach(&engine);
+    let key = unique_key("chat:nohistory");
+    engine.publish(&key, json(1), &opts(0)).await.unwrap();
+    let out = engine.publish(&key, json(2), &opts(0)).await.unwrap();
+    assert_eq!(out.publication.offset, 2);
+    let page = engine.history(&key, forward(None, 10), stream(0)).await.unwrap();
+    assert!(page.publications.is_empty());
+    assert_eq!(page.top_offset, 2);
+    assert!(!page.covers(&page.epoch, 1));
+}
+
+/// Two connections of one client are one member: one join, one leave.
+pub async fn presence_counts_a_client_once(engine: Arc<dyn Engine>) {
+    let sink = RecordingSink::attach(&engine);
+    let key = unique_key("chat:presence");
+    engine.subscribe(&key).await.unwrap();
+    let announce = PresenceOptions { ttl: Duration::from_secs(60), announce: true };
+    assert!(engine.presence_join(&key, member("alice", "c1"), announce).await.unwrap());
+    assert!(!engine.presence_join(&key, member("alice", "c2"), announce).await.unwrap());
+    assert!(engine.presence_join(&key, member("bob", "c3"), announce).await.unwrap());
+    let occupancy = engine.occupancy(&key).await.unwrap();
+    assert_eq!((occupancy.members, occupancy.connections), (2, 3));
+    assert_eq!(engine.presence(&key).await.unwrap().len(), 3);
+    assert!(!engine.presence_leave(&key, "c1").await.unwrap());
+    assert!(engine.presence_leave(&key, "c2").await.unwrap());
+    assert!(!engine.presence_leave(&key, "c2").await.unwrap(), "leaving twice is harmless");
+    eventually("join, join, leave", || sink.presence_events(&key).len() >= 3).await;
+    assert_eq!(
+        sink.presence_events(&key),
+        vec![("join", "alice".into()), ("join", "bob".into()), ("leave", "alice".into())]
+    );
+}
+
+/// An entry that is not refreshed expires and its leave is announced.
+pub async fn presence_expires_without_heartbeat(engine: Arc<dyn Engine>) {
+    let sink = RecordingSink::attach(&engine);
+    let key = unique_key("chat:expire");
+    engine.subscribe(&key).await.unwrap();
+    let short = PresenceOptions { ttl: Duration::from_millis(200), announce: true };
+    engine.presence_join(&key, member("ghost", "g1"), short).await.unwrap();
+    eventually("ghost leaves", || sink.presence_events(&key).contains(&("leave", "ghost".into()))).await;
+    assert_eq!(engine.occupancy(&key).await.unwrap().connections, 0);
+}
+
+/// A refreshed entry does not expire.
+pub async fn presence_heartbeat_keeps_a_member(engine: Arc<dyn Engine>) {
+    let _sink = RecordingSink::attach(&engine);
+    let key = unique_key("chat:heartbeat");
+    let short = PresenceOptions { ttl: Duration::from_millis(400), announce: true };
+    for _ in 0..8 {
+        engine.presence_join(&key, member("alive", "a1"), short).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(engine.occupancy(&key).await.unwrap().members, 1);
+}
+
+/// Presence updates replace the state and are announced; unknown connections are refused.
+pub async fn presence_update_replaces_state(engine: Arc<dyn Engine>) {
+    let sink = RecordingSink::attach(&engine);
+    let key = unique_key("chat:update");
+    engine.subscribe(&key).await.unwrap();
+    let quiet = PresenceOptions { ttl: Duration::from_secs(60), announce: false };
+    engine.presence_join(&key, member("dev", "d1"), quiet).await.unwrap();
+    let state = serde_json::value::RawValue::from_string(r#"{"temp":21.5}"#.into()).unwrap();
+    let updated = MemberInfo { state: Some(Arc::from(state)), ..member("dev", "d1") };
+    assert!(engine.presence_update(&key, updated).await.unwrap());
+    assert!(!engine.presence_update(&key, member("dev", "nope")).await.unwrap());
+    let members = engine.presence(&key).await.unwrap();
+    assert_eq!(members[0].state.as_ref().map(|s| s.get()), Some(r#"{"temp":21.5}"#));
+    eventually("update announced", || !sink.presence_events(&key).is_empty()).await;
+    assert_eq!(sink.presence_events(&key), vec![("presence", "dev".into())], "no join when not announcing");
+}
+
+/// Control events reach the sink.
+pub async fn control_events_are_delivered(engine: Arc<dyn Engine>) {
+    let sink = RecordingSink::attach(&engine);
+    engine.publish_control(Bytes::from_static(b"revoke:x")).await.unwrap();
+    eventually("control delivered", || sink.seen().iter().any(|r| matches!(r, Recorded::Control(b) if b == "revoke:x")))
+        .await;
+}
+
+/// Stamps out one `#[tokio::test]` per conformance case for an engine factory: an async
+/// function returning `Arc<dyn Engine>`, called once per case.
+#[macro_export]
+macro_rules! engine_conformance_suite {
+    ($factory:path) => {
+        $crate::engine_conformance_suite!(@cases $factory;
+            offsets_increase_within_one_epoch,
+            delivery_is_ordered_and_complete_under_concurrency,
+            history_reads_both_ways_with_limits,
+            history_is_trimmed_to_its_size,
+            history_expires_after_its_ttl,
+            idempotent_retry_is_stored_once,
+            apps_do_not_share_channels,
+            history_of_a_new_channel_fixes_the_epoch,
+            no_history_still_advances_offsets,
+            presence_counts_a_client_once,
+            presence_expires_without_heartbeat,
+            presence_heartbeat_keeps_a_member,
+            presence_update_replaces_state,
+            control_events_are_delivered,
+        );
+    };
+    (@cases $factory:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::conformance::$case($factory().await).await;
+            }
+        )*
+    };
+}

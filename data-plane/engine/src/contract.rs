@@ -1,0 +1,218 @@
+//! The engine contract.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tributary_protocol::frame::{Direction, MemberInfo, PresenceEvent};
+use tributary_protocol::{ChannelName, Payload, Publication};
+
+/// A channel within an app. Apps never share channels: the same name in two apps is two channels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelKey {
+    /// The app id.
+    pub app: Arc<str>,
+    /// The channel name.
+    pub channel: ChannelName,
+}
+
+impl ChannelKey {
+    /// Builds the key of `channel` in `app`.
+    pub fn new(app: impl Into<Arc<str>>, channel: ChannelName) -> Self {
+        Self { app: app.into(), channel }
+    }
+}
+
+/// History retention of a channel, from its namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamOptions {
+    /// How many messages history keeps (0: none, but offsets still advance).
+    pub history_size: usize,
+    /// How long a message stays in history.
+    pub history_ttl: Duration,
+}
+
+/// Options of one publish.
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    /// Retention of the channel.
+    pub stream: StreamOptions,
+    /// A retried publish with the same key on the same channel within `idempotency_window` is
+    /// stored once; the retry gets the original offset back.
+    pub idempotency_key: Option<String>,
+    /// How long idempotency keys are remembered.
+    pub idempotency_window: Duration,
+}
+
+/// A message to publish.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// The payload.
+    pub payload: Payload,
+    /// The publisher's client id, when a client published.
+    pub client_id: Option<Arc<str>>,
+    /// An opaque marker passed through to subscribers.
+    pub encoding: Option<Arc<str>>,
+}
+
+/// What a publish did.
+#[derive(Debug, Clone)]
+pub struct PublishOutcome {
+    /// The stored publication (for a duplicate: the original one's epoch, offset and time).
+    pub publication: Publication,
+    /// Whether this was a retry of an already stored publish (nothing was stored or delivered).
+    pub duplicate: bool,
+}
+
+/// A history read.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryQuery {
+    /// Start after (forward) or before (backward) this offset; from the window's end when absent.
+    pub since: Option<u64>,
+    /// Which way to read.
+    pub direction: Direction,
+    /// At most this many publications.
+    pub limit: usize,
+}
+
+/// A page of history and the stream's state when it was read.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    /// The stream's current epoch.
+    pub epoch: Arc<str>,
+    /// The offset of the newest publication ever stored in this epoch (0 if none).
+    pub top_offset: u64,
+    /// The offset of the oldest publication still in history, if any.
+    pub oldest_offset: Option<u64>,
+    /// The publications, in the requested direction.
+    pub publications: Vec<Publication>,
+}
+
+impl HistoryPage {
+    /// Returns whether a client at `(epoch, offset)` can get everything it missed from history:
+    /// same epoch, not ahead of the stream, and nothing after `offset` has been trimmed.
+    pub fn covers(&self, epoch: &str, offset: u64) -> bool {
+        if *self.epoch != *epoch || offset > self.top_offset {
+            return false;
+        }
+        offset == self.top_offset || self.oldest_offset.is_some_and(|oldest| oldest <= offset + 1)
+    }
+}
+
+/// Presence options of a channel, from its namespace.
+#[derive(Debug, Clone, Copy)]
+pub struct PresenceOptions {
+    /// An entry not refreshed within this time is removed (and a leave is announced).
+    pub ttl: Duration,
+    /// Whether join and leave events are delivered to subscribers.
+    pub announce: bool,
+}
+
+/// Presence counts of a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Occupancy {
+    /// Distinct client ids present.
+    pub members: usize,
+    /// Connections present (one client id may have several).
+    pub connections: usize,
+}
+
+/// An engine failure. Engines map their backend errors into these.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The backend could not be reached or failed; the operation may be retried.
+    #[error("engine backend unavailable: {0}")]
+    Unavailable(String),
+    /// The engine was shut down.
+    #[error("engine is closed")]
+    Closed,
+}
+
+impl EngineError {
+    /// Returns the client-facing error code.
+    pub fn code(&self) -> tributary_protocol::ErrorCode {
+        tributary_protocol::ErrorCode::Unavailable
+    }
+}
+
+/// The node-side receiver of what an engine delivers. Calls must not block: they run on the
+/// engine's publish path (the hub only pushes into bounded queues).
+pub trait EngineSink: Send + Sync {
+    /// A publication on a channel this node subscribed to. Per channel, calls arrive in offset
+    /// order, one at a time.
+    fn on_publication(&self, key: &ChannelKey, publication: &Publication);
+    /// A presence event on a channel this node subscribed to.
+    fn on_presence(&self, key: &ChannelKey, event: &PresenceEvent);
+    /// A node-wide control event (revocations, disconnects), delivered to every node.
+    fn on_control(&self, event: &Bytes);
+}
+
+/// Channels: offsets, history, presence and delivery to every node's [`EngineSink`].
+///
+/// Guarantees every implementation must give (the [`conformance`](crate::conformance) suite
+/// checks each one):
+/// - per channel, offsets start at 1 and strictly increase within an epoch; the epoch changes
+///   only when history is lost;
+/// - after [`Engine::subscribe`] returns, every later publication on that channel reaches the
+///   sink exactly once, in offset order;
+/// - a publish with an idempotency key seen within the window is not stored again and returns
+///   the original publication with `duplicate: true`;
+/// - history returns exactly the stored publications still within size and TTL;
+/// - presence counts a client id once however many connections it has; join is announced for
+///   its first connection and leave for its last, including when entries expire.
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// Sets the sink that receives publications. Called once, before anything else; the engine
+    /// keeps only a weak reference so that dropping the node frees it.
+    fn set_sink(&self, sink: Weak<dyn EngineSink>);
+
+    /// Stores and delivers a message.
+    async fn publish(
+        &self,
+        key: &ChannelKey,
+        message: NewMessage,
+        options: &PublishOptions,
+    ) -> Result<PublishOutcome, EngineError>;
+
+    /// Starts delivering the channel's publications to this node's sink.
+    async fn subscribe(&self, key: &ChannelKey) -> Result<(), EngineError>;
+
+    /// Stops delivering the channel's publications to this node's sink.
+    async fn unsubscribe(&self, key: &ChannelKey) -> Result<(), EngineError>;
+
+    /// Reads history. Creates the stream's epoch if the channel has none yet, so that a
+    /// position read now stays valid for the next publish.
+    async fn history(
+        &self,
+        key: &ChannelKey,
+        query: HistoryQuery,
+        stream: StreamOptions,
+    ) -> Result<HistoryPage, EngineError>;
+
+    /// Adds or refreshes a connection's presence entry; returns whether this was the client
+    /// id's first connection (a join, announced when `options.announce`).
+    async fn presence_join(
+        &self,
+        key: &ChannelKey,
+        member: MemberInfo,
+        options: PresenceOptions,
+    ) -> Result<bool, EngineError>;
+
+    /// Replaces a present connection's state and announces the update; returns false (and
+    /// announces nothing) when the connection is not present.
+    async fn presence_update(&self, key: &ChannelKey, member: MemberInfo) -> Result<bool, EngineError>;
+
+    /// Removes a connection's presence entry; returns whether it was the client id's last
+    /// connection (a leave, announced when the entry was joined with `announce`).
+    async fn presence_leave(&self, key: &ChannelKey, conn_id: &str) -> Result<bool, EngineError>;
+
+    /// Returns the present connections.
+    async fn presence(&self, key: &ChannelKey) -> Result<Vec<MemberInfo>, EngineError>;
+
+    /// Returns the presence counts.
+    async fn occupancy(&self, key: &ChannelKey) -> Result<Occupancy, EngineError>;
+
+    /// Delivers a control event to every node's sink.
+    async fn publish_control(&self, event: Bytes) -> Result<(), EngineError>;
+}

@@ -1,0 +1,265 @@
+//! The in-memory engine: one node, no persistence. History and presence live in this process
+//! and are lost (with a new epoch per channel) when it restarts.
+//!
+//! Locking: a shard map finds a channel's stream, and each stream has its own mutex, held while
+//! the offset is assigned *and* the publication is handed to the sink. That is what makes
+//! delivery per channel ordered with concurrent publishers; the sink only does `try_send`s,
+//! so the lock is short. No lock here is ever held across an `.await`.
+
+mod presence;
+mod stream;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::time::Instant;
+use tributary_protocol::frame::{MemberInfo, PresenceEvent};
+
+use crate::contract::{
+    ChannelKey, Engine, EngineError, EngineSink, HistoryPage, HistoryQuery, NewMessage, Occupancy,
+    PresenceOptions, PublishOptions, PublishOutcome, StreamOptions,
+};
+use presence::{PresenceSet, Removed};
+use stream::Stream;
+
+const SHARDS: usize = 32;
+
+/// Settings of the in-memory engine.
+#[derive(Debug, Clone)]
+pub struct MemoryEngineConfig {
+    /// A stream with no history left is forgotten (and gets a new epoch) after this idle time.
+    pub stream_idle_ttl: Duration,
+    /// How often expired presence entries and idle streams are swept.
+    pub sweep_interval: Duration,
+}
+
+impl Default for MemoryEngineConfig {
+    fn default() -> Self {
+        Self { stream_idle_ttl: Duration::from_secs(24 * 3600), sweep_interval: Duration::from_millis(500) }
+    }
+}
+
+type StreamMap = HashMap<ChannelKey, Arc<Mutex<Stream>>>;
+
+struct Inner {
+    config: MemoryEngineConfig,
+    hasher: RandomState,
+    shards: Vec<Mutex<StreamMap>>,
+    presence: Mutex<HashMap<ChannelKey, PresenceSet>>,
+    sink: OnceLock<Weak<dyn EngineSink>>,
+}
+
+/// The single-node engine.
+#[derive(Clone)]
+pub struct MemoryEngine {
+    inner: Arc<Inner>,
+}
+
+/// Locks a mutex, recovering from poisoning: every critical section here leaves the data
+/// consistent before anything that could panic, so a poisoned lock holds valid state.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl MemoryEngine {
+    /// Creates the engine and, when called inside a Tokio runtime, its sweeper task (which
+    /// stops when the engine is dropped).
+    pub fn new(config: MemoryEngineConfig) -> Self {
+        let inner = Arc::new(Inner {
+            config,
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            presence: Mutex::new(HashMap::new()),
+            sink: OnceLock::new(),
+        });
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(sweep_loop(Arc::downgrade(&inner)));
+        }
+        Self { inner }
+    }
+}
+
+impl Inner {
+    fn sink(&self) -> Option<Arc<dyn EngineSink>> {
+        self.sink.get().and_then(Weak::upgrade)
+    }
+
+    fn shard(&self, key: &ChannelKey) -> &Mutex<StreamMap> {
+        &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
+    }
+
+    fn stream(&self, key: &ChannelKey) -> Arc<Mutex<Stream>> {
+        lock(self.shard(key)).entry(key.clone()).or_insert_with(|| Arc::new(Mutex::new(Stream::new()))).clone()
+    }
+
+    fn announce(&self, key: &ChannelKey, event: PresenceEvent) {
+        if let Some(sink) = self.sink() {
+            sink.on_presence(key, &event);
+        }
+    }
+
+    fn announce_removed(&self, key: &ChannelKey, removed: Removed) -> bool {
+        if removed.left && removed.announce {
+            self.announce(key, PresenceEvent::Leave(removed.member));
+        }
+        removed.left
+    }
+
+    fn sweep(&self) {
+        let now = Instant::now();
+        {
+            let mut presence = lock(&self.presence);
+            for (key, set) in presence.iter_mut() {
+                for removed in set.expire(now) {
+                    self.announce_removed(key, removed);
+                }
+            }
+            presence.retain(|_, set| !set.is_empty());
+        }
+        let idle = self.config.stream_idle_ttl;
+        for shard in &self.shards {
+            // A stream in use elsewhere (an Arc clone alive) is never dropped under its user.
+            lock(shard).retain(|_, stream| Arc::strong_count(stream) > 1 || !lock(stream).is_idle(now, idle));
+        }
+    }
+}
+
+async fn sweep_loop(inner: Weak<Inner>) {
+    let interval = match inner.upgrade() {
+        Some(inner) => inner.config.sweep_interval,
+        None => return,
+    };
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match inner.upgrade() {
+            Some(inner) => inner.sweep(),
+            None => return,
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for MemoryEngine {
+    fn set_sink(&self, sink: Weak<dyn EngineSink>) {
+        if self.inner.sink.set(sink).is_err() {
+            tracing::warn!("engine sink was already set; keeping the first one");
+        }
+    }
+
+    async fn publish(
+        &self,
+        key: &ChannelKey,
+        message: NewMessage,
+        options: &PublishOptions,
+    ) -> Result<PublishOutcome, EngineError> {
+        let stream = self.inner.stream(key);
+        let mut stream = lock(&stream);
+        let outcome = stream.publish(message, options);
+        if !outcome.duplicate
+            && let Some(sink) = self.inner.sink()
+        {
+            // Delivered under the stream lock: this is what orders delivery per channel.
+            sink.on_publication(key, &outcome.publication);
+        }
+        Ok(outcome)
+    }
+
+    async fn subscribe(&self, _key: &ChannelKey) -> Result<(), EngineError> {
+        // One node: the sink already sees every publication, and the hub drops those without
+        // local subscribers.
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, _key: &ChannelKey) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        key: &ChannelKey,
+        query: HistoryQuery,
+        stream: StreamOptions,
+    ) -> Result<HistoryPage, EngineError> {
+        let entry = self.inner.stream(key);
+        let page = lock(&entry).history(query, stream);
+        Ok(page)
+    }
+
+    async fn presence_join(
+        &self,
+        key: &ChannelKey,
+        member: MemberInfo,
+        options: PresenceOptions,
+    ) -> Result<bool, EngineError> {
+        let mut presence = lock(&self.inner.presence);
+        let set = presence.entry(key.clone()).or_default();
+        let joined = set.join(member.clone(), Instant::now() + options.ttl, options.announce);
+        if joined && options.announce {
+            self.inner.announce(key, PresenceEvent::Join(member));
+        }
+        Ok(joined)
+    }
+
+    async fn presence_update(&self, key: &ChannelKey, member: MemberInfo) -> Result<bool, EngineError> {
+        let mut presence = lock(&self.inner.presence);
+        let updated = presence.get_mut(key).and_then(|set| set.update(member));
+        match updated {
+            Some(member) => {
+                self.inner.announce(key, PresenceEvent::Update(member));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn presence_leave(&self, key: &ChannelKey, conn_id: &str) -> Result<bool, EngineError> {
+        let mut presence = lock(&self.inner.presence);
+        let Some(set) = presence.get_mut(key) else { return Ok(false) };
+        let left = set.remove(conn_id).map(|removed| self.inner.announce_removed(key, removed)).unwrap_or(false);
+        if set.is_empty() {
+            presence.remove(key);
+        }
+        Ok(left)
+    }
+
+    async fn presence(&self, key: &ChannelKey) -> Result<Vec<MemberInfo>, EngineError> {
+        Ok(lock(&self.inner.presence).get(key).map(PresenceSet::members).unwrap_or_default())
+    }
+
+    async fn occupancy(&self, key: &ChannelKey) -> Result<Occupancy, EngineError> {
+        Ok(lock(&self.inner.presence).get(key).map(PresenceSet::occupancy).unwrap_or_default())
+    }
+
+    async fn publish_control(&self, event: Bytes) -> Result<(), EngineError> {
+        if let Some(sink) = self.inner.sink() {
+            sink.on_control(&event);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod conformance_tests {
+    use super::*;
+
+    async fn memory_engine() -> Arc<dyn Engine> {
+        Arc::new(MemoryEngine::new(MemoryEngineConfig {
+            sweep_interval: Duration::from_millis(50),
+            ..MemoryEngineConfig::default()
+        }))
+    }
+
+    crate::engine_conformance_suite!(memory_engine);
+}
+
+/// Returns a fresh random token; the conformance suite uses it for unique app ids.
+#[cfg(any(test, feature = "conformance"))]
+pub(crate) fn stream_epoch_for_tests() -> Arc<str> {
+    stream::new_epoch()
+}

@@ -8,7 +8,6 @@ use tributary_protocol::ErrorCode;
 /// violations become [`StoreError::AlreadyExists`] or [`StoreError::NotFound`], everything else is
 /// [`StoreError::Database`], whose message is opaque and never contains bound values.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum StoreError {
     /// The named record (`"tenant"`, `"app"`, `"api key"`, `"signing key"`) does not exist, or
     /// is not visible in the scope that was asked for.

@@ -1,1 +1,66 @@
-//! placeholder
+//! Tributary's control-plane store: tenants, apps, API keys and token signing keys.
+//!
+//! This crate owns the relational schema (`migrations/sqlite`, and later `migrations/postgres`),
+//! every query against it, the translation of database errors into [`StoreError`], and the
+//! encryption of tenant secrets at rest under a [`MasterKey`]. Every query that reads an app's
+//! data is scoped by the app id, and by the tenant id where the caller knows it, so one tenant
+//! can never read or change another's records through this API.
+//!
+//! It does not own HTTP handlers, token verification (it only hands out signing keys), the
+//! message engine or configuration loading; callers pass the database path and master key in.
+//!
+//! [`Store`] is cheap to clone (a connection pool and an `Arc`) and is shared by the control plane
+//! and the data plane. Only SQLite is built today; a PostgreSQL backend will sit behind the same
+//! methods.
+//!
+//! # Layout
+//! - [`error`]: [`StoreError`], its protocol [`ErrorCode`](tributary_protocol::ErrorCode), and the
+//!   one place `sqlx` errors are translated (unique → `AlreadyExists`, foreign key → `NotFound`).
+//! - [`crypto`]: [`MasterKey`] and [`SecretCipher`], AES-256-GCM with the owning row as AAD.
+//! - `id`: prefixed, time-sortable record ids (`ten_…`, `app_…`, `key_…`, `sk_…`), `[a-z0-9_]` only.
+//! - `sqlite`: SQLite connection options, pool type and embedded migrations
+//!   ([`Store::open_sqlite`]); the only SQLite-specific module.
+//! - [`tenant`]: [`Tenant`] and [`App`] records and their queries.
+//! - [`api_key`]: [`ApiKey`] records, the `trb_<key_id>_<secret>` format, creation, verification
+//!   and revocation.
+//! - [`signing_key`]: per-app HS256 [`SigningKeyRecord`]s, encrypted at rest.
+#![forbid(unsafe_code)]
+
+pub mod api_key;
+pub mod crypto;
+pub mod error;
+mod id;
+pub mod signing_key;
+mod sqlite;
+pub mod tenant;
+
+use std::sync::Arc;
+
+pub use api_key::{ApiKey, NewApiKey};
+pub use crypto::{MasterKey, SecretCipher};
+pub use error::StoreError;
+pub use signing_key::SigningKeyRecord;
+pub use tenant::{App, Tenant};
+
+/// Handle to the database of tenants, apps and keys, and the cipher for their secrets.
+///
+/// Cloning is cheap and clones share the pool. Each method is one statement, so each is atomic
+/// on its own; no method spans several writes.
+#[derive(Clone)]
+pub struct Store {
+    pool: sqlite::DbPool,
+    cipher: Arc<SecretCipher>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("pool", &self.pool).finish_non_exhaustive()
+    }
+}
+
+/// Returns the current time in unix seconds, the unit of every `created_at` and `revoked_at`.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX))
+}

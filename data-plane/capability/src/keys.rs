@@ -73,7 +73,12 @@ pub struct SigningKey {
 
 impl SigningKey {
     /// Returns a key of `app_id` named `kid` with the given algorithm and key material.
-    pub fn new(app_id: impl Into<String>, kid: impl Into<String>, alg: KeyAlgorithm, secret: Vec<u8>) -> Self {
+    pub fn new(
+        app_id: impl Into<String>,
+        kid: impl Into<String>,
+        alg: KeyAlgorithm,
+        secret: Vec<u8>,
+    ) -> Self {
         Self { app_id: app_id.into(), kid: kid.into(), alg, secret: SecretSlice::from(secret) }
     }
 

@@ -56,7 +56,10 @@ impl FromStr for Right {
 
     /// Parses the snake_case name of a right.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Right::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| CapabilityError::UnknownRight(s.to_owned()))
+        Right::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| CapabilityError::UnknownRight(s.to_owned()))
     }
 }
 
@@ -175,9 +178,9 @@ impl Capabilities {
     /// The split is at the *last* `=`, because `=` is allowed in channel names and never
     /// appears in a right.
     pub fn parse_spec(spec: &str) -> Result<Grant, CapabilityError> {
-        let (pattern, list) = spec
-            .rsplit_once('=')
-            .ok_or_else(|| CapabilityError::InvalidSpec("expected <pattern>=<right>,<right>...".to_owned()))?;
+        let (pattern, list) = spec.rsplit_once('=').ok_or_else(|| {
+            CapabilityError::InvalidSpec("expected <pattern>=<right>,<right>...".to_owned())
+        })?;
         let pattern = ChannelPattern::parse(pattern.trim())?;
         let rights = match list.trim() {
             "" => return Err(CapabilityError::InvalidSpec("the right list is empty".to_owned())),
@@ -273,7 +276,10 @@ mod tests {
             Capabilities::parse_spec("chat:*=subscribe,admin"),
             Err(CapabilityError::UnknownRight("admin".into()))
         );
-        assert_eq!(Capabilities::parse_spec("chat:*=publish,"), Err(CapabilityError::UnknownRight("".into())));
+        assert_eq!(
+            Capabilities::parse_spec("chat:*=publish,"),
+            Err(CapabilityError::UnknownRight("".into()))
+        );
         assert_eq!(
             Capabilities::parse_spec("=publish"),
             Err(CapabilityError::InvalidPattern(ChannelError::Empty))

@@ -101,7 +101,11 @@ fn unique_key(channel: &str) -> ChannelKey {
 }
 
 fn json(n: u64) -> NewMessage {
-    NewMessage { payload: Payload::Json(Bytes::from(format!("{{\"n\":{n}}}"))), client_id: None, encoding: None }
+    NewMessage {
+        payload: Payload::Json(Bytes::from(format!("{{\"n\":{n}}}"))),
+        client_id: None,
+        encoding: None,
+    }
 }
 
 fn opts(size: usize) -> PublishOptions {
@@ -340,8 +344,10 @@ pub async fn presence_update_replaces_state(engine: Arc<dyn Engine>) {
 pub async fn control_events_are_delivered(engine: Arc<dyn Engine>) {
     let sink = RecordingSink::attach(&engine);
     engine.publish_control(Bytes::from_static(b"revoke:x")).await.unwrap();
-    eventually("control delivered", || sink.seen().iter().any(|r| matches!(r, Recorded::Control(b) if b == "revoke:x")))
-        .await;
+    eventually("control delivered", || {
+        sink.seen().iter().any(|r| matches!(r, Recorded::Control(b) if b == "revoke:x"))
+    })
+    .await;
 }
 
 /// Stamps out one `#[tokio::test]` per conformance case for an engine factory: an async

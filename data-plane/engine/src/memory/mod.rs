@@ -93,7 +93,10 @@ impl Inner {
     }
 
     fn stream(&self, key: &ChannelKey) -> Arc<Mutex<Stream>> {
-        lock(self.shard(key)).entry(key.clone()).or_insert_with(|| Arc::new(Mutex::new(Stream::new()))).clone()
+        lock(self.shard(key))
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Mutex::new(Stream::new())))
+            .clone()
     }
 
     fn announce(&self, key: &ChannelKey, event: PresenceEvent) {
@@ -221,7 +224,8 @@ impl Engine for MemoryEngine {
     async fn presence_leave(&self, key: &ChannelKey, conn_id: &str) -> Result<bool, EngineError> {
         let mut presence = lock(&self.inner.presence);
         let Some(set) = presence.get_mut(key) else { return Ok(false) };
-        let left = set.remove(conn_id).map(|removed| self.inner.announce_removed(key, removed)).unwrap_or(false);
+        let left =
+            set.remove(conn_id).map(|removed| self.inner.announce_removed(key, removed)).unwrap_or(false);
         if set.is_empty() {
             presence.remove(key);
         }

@@ -77,12 +77,15 @@ impl Stream {
         };
         if let Some(key) = &options.idempotency_key {
             let expires_at = now + options.idempotency_window;
-            self.idempotency.insert(key.clone(), IdempotencyEntry { publication: publication.clone(), expires_at });
+            self.idempotency
+                .insert(key.clone(), IdempotencyEntry { publication: publication.clone(), expires_at });
             self.idempotency_order.push_back((expires_at, key.clone()));
         }
         if options.stream.history_size > 0 {
-            self.history
-                .push_back(Stored { publication: publication.clone(), expires_at: now + options.stream.history_ttl });
+            self.history.push_back(Stored {
+                publication: publication.clone(),
+                expires_at: now + options.stream.history_ttl,
+            });
         }
         self.trim(options.stream, now);
         PublishOutcome { publication, duplicate: false }
@@ -125,12 +128,7 @@ impl Stream {
             Direction::Backward => {
                 let before = query.since.unwrap_or(u64::MAX);
                 let end = self.history.partition_point(|s| s.publication.offset < before);
-                self.history
-                    .range(..end)
-                    .rev()
-                    .take(limit)
-                    .map(|s| s.publication.clone())
-                    .collect()
+                self.history.range(..end).rev().take(limit).map(|s| s.publication.clone()).collect()
             }
         };
         HistoryPage {

@@ -1,0 +1,223 @@
+//! API keys: what tenants' backends present to the HTTP API.
+//!
+//! # Format
+//! The plaintext of a key is `trb_<key_id>_<secret>`, for example
+//! `trb_key_01jd3k5v4q8w2r9x7m6n5p4t3s_Zm9v…` where
+//! - `trb_` marks it as a Tributary key (so secret scanners can find leaked ones),
+//! - `<key_id>` is the record id, `key_` plus 26 base32 characters (a fixed length), and
+//! - `<secret>` is 32 random bytes in unpadded base64url (43 characters).
+//!
+//! base64url may itself contain `_` and `-`, so the plaintext is not split on `_`: the key id
+//! has a fixed length and is cut at that offset, and the `_` after it is checked.
+//!
+//! The store keeps only the key id and SHA-256 of the secret. A fast, unsalted hash is right
+//! here (unlike for passwords) because the secret has 256 bits of entropy: nothing can be
+//! brute-forced or looked up in a table, and a slow KDF would only cost CPU on every request.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use secrecy::SecretString;
+use secrecy::zeroize::Zeroizing;
+use sha2::{Digest as _, Sha256};
+use sqlx::Row as _;
+use subtle::ConstantTimeEq as _;
+
+use crate::sqlite::DbRow;
+use crate::{Store, StoreError, id, unix_now};
+
+/// The prefix of every API key plaintext.
+const PLAINTEXT_PREFIX: &str = "trb_";
+/// Length of the random secret in bytes.
+const SECRET_LEN: usize = 32;
+/// Length of the secret in unpadded base64url: ceil(32 * 4 / 3).
+const ENCODED_SECRET_LEN: usize = 43;
+
+/// The stored record of an API key; it holds no secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// The key id, `key_` followed by 26 base32 characters; also part of the plaintext.
+    pub id: String,
+    /// The tenant that owns the key's app.
+    pub tenant_id: String,
+    /// The app the key acts for.
+    pub app_id: String,
+    /// A label chosen by the tenant, such as `"ci"`; not unique.
+    pub name: String,
+    /// When the key was created, in unix seconds.
+    pub created_at: i64,
+    /// When the key was revoked, in unix seconds, if it was.
+    pub revoked_at: Option<i64>,
+}
+
+/// A key just created: its record and the plaintext, which is shown once and never stored.
+#[derive(Debug)]
+pub struct NewApiKey {
+    /// The stored record.
+    pub record: ApiKey,
+    /// The full key in the `trb_<key_id>_<secret>` format; the only copy there will ever be.
+    pub plaintext: SecretString,
+}
+
+impl ApiKey {
+    fn from_row(row: &DbRow) -> Result<Self, sqlx::Error> {
+        Ok(ApiKey {
+            id: row.try_get("id")?,
+            tenant_id: row.try_get("tenant_id")?,
+            app_id: row.try_get("app_id")?,
+            name: row.try_get("name")?,
+            created_at: row.try_get("created_at")?,
+            revoked_at: row.try_get("revoked_at")?,
+        })
+    }
+}
+
+/// Splits a presented plaintext into its key id and decoded secret, or returns `None` if it is
+/// not in the format. Lengths are checked before anything is decoded.
+fn parse(presented: &str) -> Option<(&str, Zeroizing<Vec<u8>>)> {
+    let rest = presented.strip_prefix(PLAINTEXT_PREFIX)?;
+    let id_len = id::API_KEY.len() + id::ENCODED_LEN;
+    let key_id = rest.get(..id_len)?;
+    let encoded = rest.get(id_len..)?.strip_prefix('_')?;
+    if !id::is_valid(id::API_KEY, key_id) || encoded.len() != ENCODED_SECRET_LEN {
+        return None;
+    }
+    let secret = Zeroizing::new(URL_SAFE_NO_PAD.decode(encoded).ok()?);
+    (secret.len() == SECRET_LEN).then_some((key_id, secret))
+}
+
+/// Returns the hash stored for a secret.
+fn hash(secret: &[u8]) -> Vec<u8> {
+    Sha256::digest(secret).to_vec()
+}
+
+impl Store {
+    /// Creates an API key for an app of the tenant and returns its plaintext, once.
+    ///
+    /// Returns [`StoreError::NotFound`] if the app does not exist or belongs to another tenant.
+    pub async fn create_api_key(
+        &self,
+        tenant_id: &str,
+        app_id: &str,
+        name: &str,
+    ) -> Result<NewApiKey, StoreError> {
+        let record = ApiKey {
+            id: id::new(id::API_KEY),
+            tenant_id: tenant_id.to_owned(),
+            app_id: app_id.to_owned(),
+            name: name.to_owned(),
+            created_at: unix_now(),
+            revoked_at: None,
+        };
+        let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
+        rand::fill(&mut *secret);
+        sqlx::query(
+            "INSERT INTO api_keys (id, tenant_id, app_id, name, key_hash, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&record.id)
+        .bind(&record.tenant_id)
+        .bind(&record.app_id)
+        .bind(&record.name)
+        .bind(hash(&*secret))
+        .bind(record.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|err| StoreError::from_sqlx(err, "api key", "app"))?;
+        let plaintext = format!("{PLAINTEXT_PREFIX}{}_{}", record.id, URL_SAFE_NO_PAD.encode(*secret));
+        Ok(NewApiKey { record, plaintext: SecretString::from(plaintext) })
+    }
+
+    /// Returns the record of the presented key if it is valid.
+    ///
+    /// Returns [`StoreError::InvalidApiKey`] alike for a malformed string, an unknown key id, a
+    /// wrong secret and a revoked key. The hash comparison is constant-time; the lookup by key id
+    /// is not, which only reveals whether a key id exists, and key ids are not secret.
+    pub async fn verify_api_key(&self, presented: &str) -> Result<ApiKey, StoreError> {
+        let Some((key_id, secret)) = parse(presented) else {
+            tracing::debug!("api key refused: malformed");
+            return Err(StoreError::InvalidApiKey);
+        };
+        let row = sqlx::query(
+            "SELECT id, tenant_id, app_id, name, key_hash, created_at, revoked_at FROM api_keys WHERE id = $1",
+        )
+        .bind(key_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            tracing::debug!(key_id, "api key refused: unknown key id");
+            return Err(StoreError::InvalidApiKey);
+        };
+        let stored_hash: Vec<u8> = row.try_get("key_hash")?;
+        if !bool::from(stored_hash.ct_eq(&hash(&secret))) {
+            tracing::debug!(key_id, "api key refused: wrong secret");
+            return Err(StoreError::InvalidApiKey);
+        }
+        let key = ApiKey::from_row(&row)?;
+        if key.revoked_at.is_some() {
+            tracing::debug!(key_id, "api key refused: revoked");
+            return Err(StoreError::InvalidApiKey);
+        }
+        Ok(key)
+    }
+
+    /// Revokes a key of an app of the tenant. Revoking a revoked key succeeds and keeps the
+    /// first revocation time.
+    ///
+    /// Returns [`StoreError::NotFound`] unless the key belongs to that app of that tenant.
+    pub async fn revoke_api_key(
+        &self,
+        tenant_id: &str,
+        app_id: &str,
+        key_id: &str,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) \
+             WHERE id = $2 AND app_id = $3 AND tenant_id = $4",
+        )
+        .bind(unix_now())
+        .bind(key_id)
+        .bind(app_id)
+        .bind(tenant_id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("api key"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plaintext(secret: &[u8]) -> String {
+        format!("trb_{}_{}", id::new(id::API_KEY), URL_SAFE_NO_PAD.encode(secret))
+    }
+
+    #[test]
+    fn well_formed_plaintext_parses_even_with_underscores_in_the_secret() {
+        // 0xff bytes encode to `_` in base64url.
+        let text = plaintext(&[0xff; SECRET_LEN]);
+        let (key_id, secret) = parse(&text).unwrap();
+        assert!(key_id.starts_with("key_"));
+        assert_eq!(*secret, vec![0xff; SECRET_LEN]);
+    }
+
+    #[test]
+    fn malformed_plaintexts_do_not_parse() {
+        let good = plaintext(&[1; SECRET_LEN]);
+        for bad in [
+            String::new(),
+            "trb_".to_owned(),
+            good.replacen("trb_", "xyz_", 1),
+            good[..good.len() - 1].to_owned(),
+            format!("{good}A"),
+            good.replacen("_key_", "_kex_", 1),
+            plaintext(&[1; SECRET_LEN - 1]),
+            format!("{}é", &good[..good.len() - 2]),
+        ] {
+            assert!(parse(&bad).is_none(), "{bad}");
+        }
+    }
+}

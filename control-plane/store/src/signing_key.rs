@@ -1,0 +1,148 @@
+//! Signing keys: the per-app HMAC secrets that connection tokens (JWTs) are signed with.
+//!
+//! A tenant's backend signs tokens with a key's secret and puts its `kid` in the JWT header; the
+//! data plane looks the key up by the token's app and `kid`. Secrets are encrypted at rest with
+//! the store's [`SecretCipher`](crate::SecretCipher), bound to `signing_key:<app_id>:<kid>`.
+
+use secrecy::SecretSlice;
+use sqlx::Row as _;
+
+use crate::sqlite::DbRow;
+use crate::{Store, StoreError, id, unix_now};
+
+/// The only algorithm signing keys are created for.
+const ALG_HS256: &str = "HS256";
+/// Secret length in bytes: HS256 wants a key at least as long as its 256-bit output.
+const SECRET_LEN: usize = 32;
+
+/// An active signing key of an app, with its decrypted secret.
+#[derive(Clone)]
+pub struct SigningKeyRecord {
+    /// The app whose tokens this key signs.
+    pub app_id: String,
+    /// The key id, `sk_` followed by 26 base32 characters; the `kid` of JWT headers.
+    pub kid: String,
+    /// The JWT algorithm, `"HS256"`.
+    pub alg: String,
+    /// The HMAC secret (32 random bytes); zeroed on drop and never printed.
+    pub secret: SecretSlice<u8>,
+    /// When the key was created, in unix seconds.
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for SigningKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKeyRecord")
+            .field("app_id", &self.app_id)
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Returns the associated data that binds a secret to its row.
+fn aad(app_id: &str, kid: &str) -> Vec<u8> {
+    format!("signing_key:{app_id}:{kid}").into_bytes()
+}
+
+impl Store {
+    /// Creates an HS256 signing key with a random 32-byte secret for an app of the tenant.
+    ///
+    /// Returns [`StoreError::NotFound`] if the app does not exist or belongs to another tenant.
+    pub async fn create_signing_key(
+        &self,
+        tenant_id: &str,
+        app_id: &str,
+    ) -> Result<SigningKeyRecord, StoreError> {
+        let kid = id::new(id::SIGNING_KEY);
+        let mut secret = vec![0u8; SECRET_LEN];
+        rand::fill(secret.as_mut_slice());
+        let secret = SecretSlice::from(secret);
+        let ciphertext =
+            self.cipher.encrypt(secrecy::ExposeSecret::expose_secret(&secret), &aad(app_id, &kid));
+        let created_at = unix_now();
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, tenant_id, app_id, alg, secret_ciphertext, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&kid)
+        .bind(tenant_id)
+        .bind(app_id)
+        .bind(ALG_HS256)
+        .bind(ciphertext)
+        .bind(created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|err| StoreError::from_sqlx(err, "signing key", "app"))?;
+        Ok(SigningKeyRecord { app_id: app_id.to_owned(), kid, alg: ALG_HS256.to_owned(), secret, created_at })
+    }
+
+    /// Returns the key `kid` of the app with its decrypted secret.
+    ///
+    /// Returns [`StoreError::NotFound`] unless `kid` is an unrevoked key of that very app (a key
+    /// of another app is not found, so one app's key never verifies another app's tokens), and
+    /// [`StoreError::Decrypt`] if the secret cannot be decrypted with this store's master key.
+    pub async fn signing_key(&self, app_id: &str, kid: &str) -> Result<SigningKeyRecord, StoreError> {
+        let row = sqlx::query(
+            "SELECT app_id, kid, alg, secret_ciphertext, created_at FROM signing_keys \
+             WHERE app_id = $1 AND kid = $2 AND revoked_at IS NULL",
+        )
+        .bind(app_id)
+        .bind(kid)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound("signing key"))?;
+        self.decrypt_signing_key(&row)
+    }
+
+    /// Returns the unrevoked keys of the app, newest first, with their decrypted secrets.
+    ///
+    /// Fails with [`StoreError::Decrypt`] if any secret cannot be decrypted.
+    pub async fn signing_keys(&self, app_id: &str) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        // Kids are UUIDv7-based and sort by creation, which orders keys made in the same second.
+        let rows = sqlx::query(
+            "SELECT app_id, kid, alg, secret_ciphertext, created_at FROM signing_keys \
+             WHERE app_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC, kid DESC",
+        )
+        .bind(app_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|row| self.decrypt_signing_key(row)).collect()
+    }
+
+    /// Builds a record from a row, decrypting its secret with the row's own app id and kid.
+    fn decrypt_signing_key(&self, row: &DbRow) -> Result<SigningKeyRecord, StoreError> {
+        let app_id: String = row.try_get("app_id")?;
+        let kid: String = row.try_get("kid")?;
+        let ciphertext: Vec<u8> = row.try_get("secret_ciphertext")?;
+        let secret = self.cipher.decrypt(&ciphertext, &aad(&app_id, &kid)).inspect_err(|_| {
+            tracing::error!(app_id, kid, "signing key secret failed to decrypt; wrong master key?");
+        })?;
+        Ok(SigningKeyRecord {
+            secret: SecretSlice::from(secret),
+            alg: row.try_get("alg")?,
+            created_at: row.try_get("created_at")?,
+            app_id,
+            kid,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_the_secret() {
+        let record = SigningKeyRecord {
+            app_id: "app_x".into(),
+            kid: "sk_y".into(),
+            alg: ALG_HS256.into(),
+            secret: SecretSlice::from(b"topsecretbytes".to_vec()),
+            created_at: 1,
+        };
+        let shown = format!("{record:?}");
+        assert!(shown.contains("sk_y") && !shown.contains("topsecret") && !shown.contains("116"), "{shown}");
+    }
+}

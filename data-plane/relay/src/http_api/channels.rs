@@ -1,0 +1,83 @@
+//! Reading channels from backends: history, presence, occupancy.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use tributary_engine::ChannelKey;
+use tributary_protocol::ErrorCode;
+use tributary_protocol::frame::{Direction, MemberInfo};
+
+use super::{ApiError, authenticate, channel};
+use crate::ops::{self, OpError};
+use crate::state::RelayState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HistoryParams {
+    since: Option<u64>,
+    direction: Option<Direction>,
+    limit: Option<u32>,
+}
+
+/// `GET /v1/channels/{channel}/history?since=&direction=forward|backward&limit=`.
+pub(super) async fn history(
+    State(state): State<Arc<RelayState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    params: Result<Query<HistoryParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let identity = authenticate(&state, &headers).await?;
+    let channel = channel(&name)?;
+    let Query(params) = params.map_err(|e| OpError::new(ErrorCode::InvalidParameter, e.body_text()))?;
+    let app = Arc::from(identity.app_id);
+    let direction = params.direction.unwrap_or_default();
+    let result = ops::history(&state, &app, channel, params.since, direction, params.limit).await?;
+    let mut response = result.to_json().get().to_owned().into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(response)
+}
+
+#[derive(Serialize)]
+pub(super) struct PresenceReply {
+    channel: String,
+    members: Vec<MemberInfo>,
+    occupancy: tributary_engine::Occupancy,
+}
+
+async fn presence_key(state: &RelayState, headers: &HeaderMap, name: &str) -> Result<ChannelKey, ApiError> {
+    let identity = authenticate(state, headers).await?;
+    let channel = channel(name)?;
+    if !state.config.namespace(channel.namespace()).presence {
+        return Err(
+            OpError::new(ErrorCode::DisabledInNamespace, "presence is disabled for this namespace").into()
+        );
+    }
+    Ok(ChannelKey::new(identity.app_id, channel))
+}
+
+/// `GET /v1/channels/{channel}/presence`.
+pub(super) async fn presence(
+    State(state): State<Arc<RelayState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<PresenceReply>, ApiError> {
+    let key = presence_key(&state, &headers, &name).await?;
+    let members = state.engine.presence(&key).await.map_err(OpError::from)?;
+    let occupancy = state.engine.occupancy(&key).await.map_err(OpError::from)?;
+    Ok(Json(PresenceReply { channel: key.channel.to_string(), members, occupancy }))
+}
+
+/// `GET /v1/channels/{channel}/occupancy`.
+pub(super) async fn occupancy(
+    State(state): State<Arc<RelayState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<tributary_engine::Occupancy>, ApiError> {
+    let key = presence_key(&state, &headers, &name).await?;
+    Ok(Json(state.engine.occupancy(&key).await.map_err(OpError::from)?))
+}

@@ -1,0 +1,159 @@
+//! Publishing from backends: one message, or a batch to many channels.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tributary_protocol::ErrorCode;
+use tributary_protocol::frame::client::MAX_KEY_LEN;
+use tributary_protocol::frame::server::ErrorBody;
+
+use super::{ApiError, authenticate, channel, parse_body};
+use crate::ops::{self, OpError, PublishInput, PublishResult};
+use crate::state::RelayState;
+
+/// Most messages in one batch.
+pub const MAX_BATCH: usize = 100;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MessageBody {
+    data: Box<RawValue>,
+    #[serde(default)]
+    binary: bool,
+    encoding: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BatchItem {
+    channel: String,
+    data: Box<RawValue>,
+    #[serde(default)]
+    binary: bool,
+    encoding: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BatchBody {
+    messages: Vec<BatchItem>,
+}
+
+fn idempotency_key(headers: &HeaderMap, body: Option<String>) -> Result<Option<String>, ApiError> {
+    let header = headers.get("idempotency-key").map(|v| v.to_str().map(str::to_owned));
+    let key = match header {
+        Some(Ok(key)) => Some(key),
+        Some(Err(_)) => {
+            return Err(OpError::new(ErrorCode::InvalidParameter, "Idempotency-Key must be ASCII").into());
+        }
+        None => body,
+    };
+    match key {
+        Some(k) if k.is_empty() || k.len() > MAX_KEY_LEN => Err(OpError::new(
+            ErrorCode::InvalidParameter,
+            format!("idempotency key must be 1 to {MAX_KEY_LEN} bytes"),
+        )
+        .into()),
+        other => Ok(other),
+    }
+}
+
+fn check_encoding(encoding: &Option<String>) -> Result<(), OpError> {
+    match encoding {
+        Some(e) if e.is_empty() || e.len() > MAX_KEY_LEN => Err(OpError::new(
+            ErrorCode::InvalidParameter,
+            format!("encoding must be 1 to {MAX_KEY_LEN} bytes"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `POST /v1/channels/{channel}/messages`.
+pub(super) async fn publish_one(
+    State(state): State<Arc<RelayState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<PublishResult>, ApiError> {
+    let identity = authenticate(&state, &headers).await?;
+    let channel = channel(&name)?;
+    let body: MessageBody = parse_body(body)?;
+    check_encoding(&body.encoding)?;
+    let input = PublishInput {
+        channel,
+        data: &body.data,
+        binary: body.binary,
+        encoding: body.encoding,
+        idempotency_key: idempotency_key(&headers, body.idempotency_key)?,
+        client_id: None,
+    };
+    Ok(Json(ops::publish(&state, &Arc::from(identity.app_id), input).await?))
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BatchOutcome<'a> {
+    Ok(PublishResult),
+    Err { channel: String, error: ErrorBody<'a> },
+}
+
+#[derive(Serialize)]
+pub(super) struct BatchReply {
+    results: Vec<serde_json::Value>,
+}
+
+/// `POST /v1/publish`: each message is published on its own; one failing does not stop the
+/// others, and each result says how it went. A batch-level `Idempotency-Key` applies to every
+/// message (keys are scoped per channel) unless the message has its own.
+pub(super) async fn publish_batch(
+    State(state): State<Arc<RelayState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<BatchReply>, ApiError> {
+    let identity = authenticate(&state, &headers).await?;
+    let body: BatchBody = parse_body(body)?;
+    if body.messages.is_empty() || body.messages.len() > MAX_BATCH {
+        return Err(OpError::new(
+            ErrorCode::InvalidParameter,
+            format!("a batch has 1 to {MAX_BATCH} messages"),
+        )
+        .into());
+    }
+    let batch_key = idempotency_key(&headers, None)?;
+    let app: Arc<str> = Arc::from(identity.app_id);
+    let mut results = Vec::with_capacity(body.messages.len());
+    for item in body.messages {
+        let name = item.channel.clone();
+        let outcome = async {
+            check_encoding(&item.encoding)?;
+            let input = PublishInput {
+                channel: tributary_protocol::ChannelName::parse(&item.channel)
+                    .map_err(|e| OpError::new(ErrorCode::InvalidChannel, e.to_string()))?,
+                data: &item.data,
+                binary: item.binary,
+                encoding: item.encoding,
+                idempotency_key: item.idempotency_key.or_else(|| batch_key.clone()),
+                client_id: None,
+            };
+            ops::publish(&state, &app, input).await
+        }
+        .await;
+        let value = match outcome {
+            Ok(result) => serde_json::to_value(BatchOutcome::Ok(result)),
+            Err(err) => serde_json::to_value(BatchOutcome::Err {
+                channel: name,
+                error: ErrorBody::new(err.code, &err.message),
+            }),
+        };
+        results.push(value.unwrap_or(serde_json::Value::Null));
+    }
+    Ok(Json(BatchReply { results }))
+}

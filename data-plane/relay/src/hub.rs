@@ -1,0 +1,161 @@
+//! The channel hub: for each channel with local subscribers, who they are.
+//!
+//! The engine hands the hub each publication once; the hub encodes it into its frame once and
+//! gives every subscriber a reference-counted clone through its bounded queue.
+//!
+//! A subscriber that is still recovering (its history is being read) gets live items into a
+//! side buffer instead of its queue. [`Hub::finish_recovery`] then moves the buffered items
+//! that come after what history delivered into the queue, under the channel's lock, so nothing
+//! is lost or duplicated at the seam between history and the live stream.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tributary_engine::{ChannelKey, EngineSink};
+use tributary_protocol::Publication;
+use tributary_protocol::frame::{PresenceEvent, server};
+
+use crate::conn::{ConnHandle, Outbound, PreparedMessage, text};
+
+const SHARDS: usize = 32;
+
+struct Subscriber {
+    conn: ConnHandle,
+    /// `Some` while recovering: live items wait here until history has been delivered.
+    buffer: Option<Vec<Outbound>>,
+}
+
+type ChannelMap = HashMap<ChannelKey, Vec<Subscriber>>;
+
+/// Receives control events (revocations, disconnects) for the node.
+pub trait ControlHandler: Send + Sync {
+    /// Handles one control event.
+    fn on_control(&self, event: &Bytes);
+}
+
+/// The channel hub of one node.
+pub struct Hub {
+    hasher: RandomState,
+    shards: Vec<Mutex<ChannelMap>>,
+    /// A recovering subscriber may buffer at most this many items, like its queue.
+    max_buffer: usize,
+    control: Mutex<Option<Arc<dyn ControlHandler>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Hub {
+    /// Creates an empty hub; recovering subscribers buffer at most `max_buffer` live items.
+    pub fn new(max_buffer: usize) -> Self {
+        Self {
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            max_buffer,
+            control: Mutex::new(None),
+        }
+    }
+
+    /// Sets the handler of control events.
+    pub fn set_control_handler(&self, handler: Arc<dyn ControlHandler>) {
+        *lock(&self.control) = Some(handler);
+    }
+
+    fn shard(&self, key: &ChannelKey) -> &Mutex<ChannelMap> {
+        &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
+    }
+
+    /// Adds a subscriber in recovering mode; returns whether it is the channel's first local
+    /// subscriber (the caller then subscribes the node in the engine).
+    pub fn add(&self, key: &ChannelKey, conn: &ConnHandle) -> bool {
+        let mut shard = lock(self.shard(key));
+        let subs = shard.entry(key.clone()).or_default();
+        subs.retain(|s| s.conn.id() != conn.id());
+        subs.push(Subscriber { conn: conn.clone(), buffer: Some(Vec::new()) });
+        subs.len() == 1
+    }
+
+    /// Ends recovery: queues the buffered items that come after `delivered` (the position
+    /// history delivered up to), then switches the subscriber to live delivery.
+    pub fn finish_recovery(&self, key: &ChannelKey, conn: &ConnHandle, epoch: &str, delivered: u64) {
+        let mut shard = lock(self.shard(key));
+        let Some(sub) =
+            shard.get_mut(key).and_then(|subs| subs.iter_mut().find(|s| s.conn.id() == conn.id()))
+        else {
+            return;
+        };
+        for item in sub.buffer.take().unwrap_or_default() {
+            let fresh = match &item {
+                // A new epoch means the stream restarted: everything in it is new.
+                Outbound::Message(m) => *m.epoch != *epoch || m.offset > delivered,
+                Outbound::Frame(_) => true,
+            };
+            if fresh && !sub.conn.push(item) {
+                return;
+            }
+        }
+    }
+
+    /// Removes a subscriber; returns whether the channel has no local subscriber left.
+    pub fn remove(&self, key: &ChannelKey, conn_id: &str) -> bool {
+        let mut shard = lock(self.shard(key));
+        let Some(subs) = shard.get_mut(key) else { return false };
+        let before = subs.len();
+        subs.retain(|s| &**s.conn.id() != conn_id);
+        let removed = subs.len() < before;
+        if subs.is_empty() {
+            shard.remove(key);
+        }
+        removed && !shard.contains_key(key)
+    }
+
+    /// Returns how many local subscribers `key` has.
+    pub fn subscriber_count(&self, key: &ChannelKey) -> usize {
+        lock(self.shard(key)).get(key).map(Vec::len).unwrap_or(0)
+    }
+
+    fn deliver(&self, key: &ChannelKey, make: impl FnOnce() -> Outbound) {
+        let mut shard = lock(self.shard(key));
+        let Some(subs) = shard.get_mut(key) else { return };
+        let item = make();
+        for sub in subs.iter_mut() {
+            match &mut sub.buffer {
+                Some(buffer) if buffer.len() >= self.max_buffer => {
+                    sub.conn.close(tributary_protocol::CloseCode::SlowConsumer)
+                }
+                Some(buffer) => buffer.push(item.clone()),
+                None => {
+                    sub.conn.push(item.clone());
+                }
+            }
+        }
+    }
+}
+
+impl EngineSink for Hub {
+    fn on_publication(&self, key: &ChannelKey, publication: &Publication) {
+        self.deliver(key, || {
+            let frame = text(server::encode_message(key.channel.as_str(), publication));
+            Outbound::Message(Arc::new(PreparedMessage {
+                frame,
+                channel: key.channel.clone(),
+                epoch: publication.epoch.clone(),
+                offset: publication.offset,
+            }))
+        });
+    }
+
+    fn on_presence(&self, key: &ChannelKey, event: &PresenceEvent) {
+        self.deliver(key, || Outbound::Frame(text(event.encode(key.channel.as_str()))));
+    }
+
+    fn on_control(&self, event: &Bytes) {
+        let handler = lock(&self.control).clone();
+        if let Some(handler) = handler {
+            handler.on_control(event);
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Operations shared by the client protocol and the HTTP API: errors, publish, history.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tributary_engine::{ChannelKey, HistoryQuery, NewMessage, PublishOptions, PublishOutcome};
+use tributary_protocol::frame::Direction;
+use tributary_protocol::{ChannelName, ErrorCode, Payload, PayloadError, Publication};
+
+use crate::state::RelayState;
+
+/// A failed operation: a code and a precise message for the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct OpError {
+    /// The error code.
+    pub code: ErrorCode,
+    /// The message.
+    pub message: String,
+}
+
+impl OpError {
+    /// Builds an error with a specific message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+impl From<ErrorCode> for OpError {
+    fn from(code: ErrorCode) -> Self {
+        Self::new(code, code.message())
+    }
+}
+
+impl From<tributary_engine::EngineError> for OpError {
+    fn from(err: tributary_engine::EngineError) -> Self {
+        tracing::error!(error = %err, "engine operation failed");
+        Self::from(err.code())
+    }
+}
+
+impl From<PayloadError> for OpError {
+    fn from(err: PayloadError) -> Self {
+        let code = match err {
+            PayloadError::NotBase64 => ErrorCode::InvalidPayload,
+            PayloadError::TooLarge { .. } => ErrorCode::MessageTooLarge,
+        };
+        Self::new(code, err.to_string())
+    }
+}
+
+/// A message to publish, from a client frame or an HTTP request.
+pub struct PublishInput<'a> {
+    /// The channel.
+    pub channel: ChannelName,
+    /// The JSON data (base64 text when `binary`).
+    pub data: &'a RawValue,
+    /// Whether `data` is base64 of opaque bytes.
+    pub binary: bool,
+    /// Opaque marker passed through.
+    pub encoding: Option<String>,
+    /// Idempotency key.
+    pub idempotency_key: Option<String>,
+    /// The publishing client, when a client publishes.
+    pub client_id: Option<Arc<str>>,
+}
+
+/// The result of a publish, as replied to the publisher.
+#[derive(Debug, Serialize)]
+pub struct PublishResult {
+    /// The channel.
+    pub channel: String,
+    /// The epoch.
+    pub epoch: Arc<str>,
+    /// The offset assigned (for a retried publish: the original offset).
+    pub offset: u64,
+    /// Milliseconds since the Unix epoch when it was stored.
+    pub ts: u64,
+    /// Whether this was a retry of an already stored publish.
+    pub duplicate: bool,
+}
+
+/// Publishes into `app`, enforcing the namespace's size limit.
+pub async fn publish(
+    state: &RelayState,
+    app: &Arc<str>,
+    input: PublishInput<'_>,
+) -> Result<PublishResult, OpError> {
+    let ns = state.config.namespace(input.channel.namespace());
+    let payload = Payload::from_raw(input.data, input.binary, ns.max_message_bytes)?;
+    let key = ChannelKey::new(app.clone(), input.channel);
+    let options = PublishOptions {
+        stream: ns.stream(),
+        idempotency_key: input.idempotency_key,
+        idempotency_window: Duration::from_secs(state.config.idempotency_window_secs),
+    };
+    let message = NewMessage { payload, client_id: input.client_id, encoding: input.encoding.map(Arc::from) };
+    let PublishOutcome { publication, duplicate } = state.engine.publish(&key, message, &options).await?;
+    Ok(PublishResult {
+        channel: key.channel.to_string(),
+        epoch: publication.epoch,
+        offset: publication.offset,
+        ts: publication.ts_ms,
+        duplicate,
+    })
+}
+
+/// A page of history as replied to clients.
+pub struct HistoryResult {
+    /// The channel.
+    pub channel: ChannelName,
+    /// The epoch.
+    pub epoch: Arc<str>,
+    /// The newest offset of the stream.
+    pub top_offset: u64,
+    /// The publications.
+    pub publications: Vec<Publication>,
+}
+
+impl HistoryResult {
+    /// Encodes `{"channel":..,"epoch":..,"offset":..,"messages":[<message frames>]}`.
+    pub fn to_json(&self) -> Box<RawValue> {
+        let mut out = String::with_capacity(64 + self.publications.len() * 128);
+        out.push_str(r#"{"channel":"#);
+        out.push_str(&serde_json::to_string(self.channel.as_str()).unwrap_or_default());
+        out.push_str(r#","epoch":"#);
+        out.push_str(&serde_json::to_string(&*self.epoch).unwrap_or_default());
+        out.push_str(&format!(r#","offset":{},"messages":["#, self.top_offset));
+        for (i, p) in self.publications.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let frame = tributary_protocol::frame::server::encode_message(self.channel.as_str(), p);
+            out.push_str(std::str::from_utf8(&frame).unwrap_or("null"));
+        }
+        out.push_str("]}");
+        RawValue::from_string(out).unwrap_or_default()
+    }
+}
+
+/// The largest page of history one request may ask for.
+pub const MAX_HISTORY_LIMIT: u32 = 1000;
+
+/// Reads history, refusing namespaces without history.
+pub async fn history(
+    state: &RelayState,
+    app: &Arc<str>,
+    channel: ChannelName,
+    since: Option<u64>,
+    direction: Direction,
+    limit: Option<u32>,
+) -> Result<HistoryResult, OpError> {
+    let ns = state.config.namespace(channel.namespace());
+    if ns.history_size == 0 {
+        return Err(OpError::new(ErrorCode::DisabledInNamespace, "history is disabled for this namespace"));
+    }
+    let limit = limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_HISTORY_LIMIT {
+        return Err(OpError::new(
+            ErrorCode::InvalidParameter,
+            format!("limit must be 1 to {MAX_HISTORY_LIMIT}"),
+        ));
+    }
+    let key = ChannelKey::new(app.clone(), channel);
+    let query = HistoryQuery { since, direction, limit: limit as usize };
+    let page = state.engine.history(&key, query, ns.stream()).await?;
+    Ok(HistoryResult {
+        channel: key.channel,
+        epoch: page.epoch,
+        top_offset: page.top_offset,
+        publications: page.publications,
+    })
+}

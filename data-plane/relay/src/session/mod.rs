@@ -1,0 +1,311 @@
+//! A client session: one authenticated connection and its subscriptions, independent of the
+//! transport. WebSocket feeds it every client frame; SSE and long-poll use only
+//! [`Session::subscribe`], because their clients cannot send frames.
+
+mod auth;
+mod subscribe;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tributary_capability::{Capabilities, Right, VerifiedToken};
+use tributary_engine::ChannelKey;
+use tributary_protocol::frame::{ClientFrame, ClientOp, PublishRequest, server};
+use tributary_protocol::{ChannelName, ErrorCode};
+
+pub use auth::{authenticate, unix_now};
+pub use subscribe::SubscribeReply;
+
+use crate::conn::{ConnHandle, Outbound, text};
+use crate::limits::TokenBucket;
+use crate::ops::{self, OpError, PublishInput};
+use crate::state::RelayState;
+
+/// Who the connection is, from its (possibly refreshed) token.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The client id (`sub`).
+    pub client_id: Arc<str>,
+    /// The app id.
+    pub app_id: Arc<str>,
+    /// What the client may do.
+    pub capabilities: Capabilities,
+    /// When the token expires, Unix seconds.
+    pub expires_at: u64,
+}
+
+impl From<VerifiedToken> for Identity {
+    fn from(token: VerifiedToken) -> Self {
+        Self {
+            client_id: token.client_id,
+            app_id: Arc::from(token.app_id),
+            capabilities: token.capabilities,
+            expires_at: token.expires_at,
+        }
+    }
+}
+
+pub(crate) struct Subscription {
+    key: ChannelKey,
+    presence: bool,
+}
+
+/// One client session.
+pub struct Session {
+    state: Arc<RelayState>,
+    conn: ConnHandle,
+    identity: Identity,
+    subscriptions: HashMap<ChannelName, Subscription>,
+    publish_bucket: TokenBucket,
+    /// Long-poll requests come and go; counting them in presence would flap join/leave.
+    presence_allowed: bool,
+}
+
+/// The reply to `connect`.
+#[derive(Debug, Serialize)]
+pub struct ConnectedReply<'a> {
+    /// The client id from the token.
+    pub client_id: &'a str,
+    /// This connection's id.
+    pub conn_id: &'a str,
+    /// When the token expires, Unix seconds; refresh before then.
+    pub expires_at: u64,
+    /// How often the server pings, in milliseconds.
+    pub ping_interval_ms: u64,
+    /// The protocol version.
+    pub protocol: &'static str,
+}
+
+#[derive(Serialize)]
+struct Empty {}
+
+#[derive(Serialize)]
+struct PresenceReply {
+    channel: String,
+    members: Vec<tributary_protocol::frame::MemberInfo>,
+    occupancy: tributary_engine::Occupancy,
+}
+
+#[derive(Serialize)]
+struct RefreshReply {
+    expires_at: u64,
+}
+
+impl Session {
+    /// Creates a session for a connection whose token was verified.
+    pub fn new(state: Arc<RelayState>, conn: ConnHandle, identity: Identity, presence_allowed: bool) -> Self {
+        let publish_bucket =
+            TokenBucket::new(state.config.publish_rate_per_second, state.config.publish_burst);
+        Self { state, conn, identity, subscriptions: HashMap::new(), publish_bucket, presence_allowed }
+    }
+
+    /// Returns the connection.
+    pub fn conn(&self) -> &ConnHandle {
+        &self.conn
+    }
+
+    /// Returns who the client is.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Handles one client frame, queuing its reply.
+    pub async fn handle(&mut self, frame: ClientFrame) {
+        let id = frame.id;
+        let outcome = match frame.op {
+            ClientOp::Connect { .. } => Err(ErrorCode::ConnectExpected.into()),
+            ClientOp::Subscribe(request) => match self.subscribe(request, Some(id)).await {
+                // The reply was queued before the replayed messages.
+                Ok(_) => return,
+                Err(err) => Err(err),
+            },
+            ClientOp::Unsubscribe { channel } => {
+                self.unsubscribe(&channel).await.map(|()| reply(id, &Empty {}))
+            }
+            ClientOp::Publish(request) => self.publish(request).await.map(|r| reply(id, &r)),
+            ClientOp::History(request) => self.history(request).await.map(|r| {
+                #[derive(Serialize)]
+                struct Reply<'a> {
+                    r#type: &'static str,
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    id: Option<u64>,
+                    result: &'a RawValue,
+                }
+                let json = r.to_json();
+                text(bytes::Bytes::from(
+                    serde_json::to_vec(&Reply { r#type: "reply", id, result: &json }).unwrap_or_default(),
+                ))
+            }),
+            ClientOp::Presence { channel } => self.presence(channel).await.map(|r| reply(id, &r)),
+            ClientOp::PresenceUpdate { channel, state } => {
+                self.presence_update(&channel, state).await.map(|()| reply(id, &Empty {}))
+            }
+            ClientOp::Refresh { token } => self.refresh(&token).await.map(|r| reply(id, &r)),
+            ClientOp::Ping => Ok(reply(id, &Empty {})),
+        };
+        let frame = match outcome {
+            Ok(frame) if id.is_some() => frame,
+            Ok(_) => return,
+            Err(err) => text(server::encode_error(id, err.code, &err.message)),
+        };
+        self.conn.push(Outbound::Frame(frame));
+    }
+
+    /// Refuses a malformed frame with its error, keeping the connection.
+    pub fn refuse(&self, id: Option<u64>, code: ErrorCode, message: &str) {
+        self.conn.push(Outbound::Frame(text(server::encode_error(id, code, message))));
+    }
+
+    /// Unsubscribes from a channel (and leaves its presence).
+    pub async fn unsubscribe(&mut self, channel: &ChannelName) -> Result<(), OpError> {
+        let subscription = self.subscriptions.remove(channel).ok_or(ErrorCode::NotSubscribed)?;
+        self.drop_subscription(subscription).await;
+        Ok(())
+    }
+
+    async fn drop_subscription(&self, subscription: Subscription) {
+        if self.state.hub.remove(&subscription.key, self.conn.id())
+            && let Err(err) = self.state.engine.unsubscribe(&subscription.key).await
+        {
+            tracing::warn!(error = %err, "engine unsubscribe failed");
+        }
+        if subscription.presence
+            && let Err(err) = self.state.engine.presence_leave(&subscription.key, self.conn.id()).await
+        {
+            tracing::warn!(error = %err, "presence leave failed");
+        }
+    }
+
+    async fn publish(&mut self, request: PublishRequest) -> Result<ops::PublishResult, OpError> {
+        if !self.identity.capabilities.allows(&request.channel, Right::Publish) {
+            return Err(OpError::new(
+                ErrorCode::Forbidden,
+                format!("no publish right on {}", request.channel),
+            ));
+        }
+        if !self.state.config.namespace(request.channel.namespace()).client_publish {
+            return Err(OpError::new(
+                ErrorCode::DisabledInNamespace,
+                "clients may not publish in this namespace",
+            ));
+        }
+        if !self.publish_bucket.try_take() {
+            return Err(ErrorCode::RateLimited.into());
+        }
+        let input = PublishInput {
+            channel: request.channel,
+            data: &request.data,
+            binary: request.binary,
+            encoding: request.encoding,
+            idempotency_key: request.idempotency_key,
+            client_id: Some(self.identity.client_id.clone()),
+        };
+        ops::publish(&self.state, &self.identity.app_id, input).await
+    }
+
+    async fn history(
+        &self,
+        request: tributary_protocol::frame::HistoryRequest,
+    ) -> Result<ops::HistoryResult, OpError> {
+        if !self.identity.capabilities.allows(&request.channel, Right::History) {
+            return Err(OpError::new(
+                ErrorCode::Forbidden,
+                format!("no history right on {}", request.channel),
+            ));
+        }
+        ops::history(
+            &self.state,
+            &self.identity.app_id,
+            request.channel,
+            request.since,
+            request.direction,
+            request.limit,
+        )
+        .await
+    }
+
+    async fn presence(&self, channel: ChannelName) -> Result<PresenceReply, OpError> {
+        if !self.identity.capabilities.allows(&channel, Right::Presence) {
+            return Err(OpError::new(ErrorCode::Forbidden, format!("no presence right on {channel}")));
+        }
+        if !self.state.config.namespace(channel.namespace()).presence {
+            return Err(OpError::new(
+                ErrorCode::DisabledInNamespace,
+                "presence is disabled for this namespace",
+            ));
+        }
+        let key = ChannelKey::new(self.identity.app_id.clone(), channel);
+        let members = self.state.engine.presence(&key).await?;
+        let occupancy = self.state.engine.occupancy(&key).await?;
+        Ok(PresenceReply { channel: key.channel.to_string(), members, occupancy })
+    }
+
+    async fn presence_update(&self, channel: &ChannelName, state: Box<RawValue>) -> Result<(), OpError> {
+        let subscription = self.subscriptions.get(channel).ok_or(ErrorCode::NotSubscribed)?;
+        if !subscription.presence {
+            return Err(OpError::new(
+                ErrorCode::DisabledInNamespace,
+                "presence is disabled for this namespace",
+            ));
+        }
+        let member = self.member(Some(Arc::from(state)));
+        if self.state.engine.presence_update(&subscription.key, member).await? {
+            Ok(())
+        } else {
+            Err(ErrorCode::NotSubscribed.into())
+        }
+    }
+
+    async fn refresh(&mut self, token: &str) -> Result<RefreshReply, OpError> {
+        let identity = Identity::from(authenticate(&self.state, token).await?);
+        if identity.client_id != self.identity.client_id || identity.app_id != self.identity.app_id {
+            return Err(ErrorCode::TokenMismatch.into());
+        }
+        self.identity = identity;
+        // Subscriptions the new token no longer grants end now.
+        let revoked: Vec<ChannelName> = self
+            .subscriptions
+            .keys()
+            .filter(|c| !self.identity.capabilities.allows(c, Right::Subscribe))
+            .cloned()
+            .collect();
+        for channel in revoked {
+            if let Some(subscription) = self.subscriptions.remove(&channel) {
+                self.drop_subscription(subscription).await;
+                let frame = server::encode_unsubscribed(channel.as_str(), ErrorCode::Forbidden);
+                self.conn.push(Outbound::Frame(text(frame)));
+            }
+        }
+        Ok(RefreshReply { expires_at: self.identity.expires_at })
+    }
+
+    /// Refreshes this connection's presence entries (the heartbeat).
+    pub async fn heartbeat(&self) {
+        for (channel, subscription) in &self.subscriptions {
+            if !subscription.presence {
+                continue;
+            }
+            let ns = self.state.config.namespace(channel.namespace());
+            let options = self.state.config.presence_options(&ns);
+            if let Err(err) =
+                self.state.engine.presence_join(&subscription.key, self.member(None), options).await
+            {
+                tracing::warn!(error = %err, "presence heartbeat failed");
+            }
+        }
+    }
+
+    /// Ends the session: leaves every channel and its presence, and unregisters.
+    pub async fn close(mut self) {
+        for (_, subscription) in std::mem::take(&mut self.subscriptions) {
+            self.drop_subscription(subscription).await;
+        }
+        self.state.connections.unregister(&self.conn);
+    }
+}
+
+fn reply<T: Serialize>(id: Option<u64>, result: &T) -> axum::extract::ws::Utf8Bytes {
+    text(server::encode_reply(id, result))
+}

@@ -1,0 +1,160 @@
+//! Subscribing, with recovery: the seam between history and the live stream.
+//!
+//! The order is what makes recovery exact: (1) join the hub in recovering mode, so live
+//! publications are buffered from now on; (2) read history after the client's position;
+//! (3) queue the reply and the missed messages; (4) hand the hub the last offset delivered, and
+//! it queues only the buffered publications after it. A publication stored between (1) and (2)
+//! is both in history and in the buffer, and step 4 drops the copy.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use tributary_capability::Right;
+use tributary_engine::{ChannelKey, HistoryQuery};
+use tributary_protocol::frame::{Direction, MemberInfo, SubscribeRequest, server};
+use tributary_protocol::{ErrorCode, StreamPosition};
+
+use super::{Session, Subscription};
+use crate::conn::{Outbound, PreparedMessage, text};
+use crate::ops::OpError;
+
+/// The reply to a subscribe.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscribeReply {
+    /// The channel.
+    pub channel: String,
+    /// The stream's epoch.
+    pub epoch: Arc<str>,
+    /// The stream's newest offset when the subscription started.
+    pub offset: u64,
+    /// Whether the namespace keeps history, so a later reconnect can recover.
+    pub recoverable: bool,
+    /// For a recovery request: whether every missed message is being delivered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    /// How many messages from history follow this reply.
+    pub replayed: usize,
+    /// The position the live stream continues from (not sent; used for SSE and long-poll cursors).
+    #[serde(skip)]
+    pub position: StreamPosition,
+}
+
+impl Session {
+    /// Subscribes to a channel, replays what the client missed, then goes live. The reply is
+    /// queued before the replayed messages when `id_for_reply` is given.
+    pub async fn subscribe(
+        &mut self,
+        request: SubscribeRequest,
+        reply_id: Option<Option<u64>>,
+    ) -> Result<SubscribeReply, OpError> {
+        let channel = request.channel.clone();
+        if !self.identity.capabilities.allows(&channel, Right::Subscribe) {
+            return Err(OpError::new(ErrorCode::Forbidden, format!("no subscribe right on {channel}")));
+        }
+        if self.subscriptions.contains_key(&channel) {
+            return Err(ErrorCode::AlreadySubscribed.into());
+        }
+        if self.subscriptions.len() >= self.state.config.max_subscriptions_per_connection {
+            return Err(ErrorCode::TooManySubscriptions.into());
+        }
+        let ns = self.state.config.namespace(channel.namespace());
+        if (request.recover.is_some() || request.rewind.is_some()) && ns.history_size == 0 {
+            return Err(OpError::new(
+                ErrorCode::DisabledInNamespace,
+                "history is disabled for this namespace",
+            ));
+        }
+        let key = ChannelKey::new(self.identity.app_id.clone(), channel.clone());
+        if self.state.hub.add(&key, &self.conn)
+            && let Err(err) = self.state.engine.subscribe(&key).await
+        {
+            self.state.hub.remove(&key, self.conn.id());
+            return Err(err.into());
+        }
+        match self.replay(&key, &request, ns.stream(), ns.history_size > 0, reply_id).await {
+            Ok(reply) => {
+                let presence = ns.presence && self.presence_allowed;
+                self.subscriptions.insert(channel, Subscription { key: key.clone(), presence });
+                if presence {
+                    let member = self.member(request.state.map(Arc::from));
+                    let options = self.state.config.presence_options(&ns);
+                    self.state.engine.presence_join(&key, member, options).await?;
+                }
+                Ok(reply)
+            }
+            Err(err) => {
+                if self.state.hub.remove(&key, self.conn.id()) {
+                    let _ = self.state.engine.unsubscribe(&key).await;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn replay(
+        &self,
+        key: &ChannelKey,
+        request: &SubscribeRequest,
+        stream: tributary_engine::StreamOptions,
+        recoverable: bool,
+        reply_id: Option<Option<u64>>,
+    ) -> Result<SubscribeReply, OpError> {
+        let max = self.state.config.max_recover;
+        let query = match (&request.recover, request.rewind) {
+            (Some(position), _) => {
+                HistoryQuery { since: Some(position.offset), direction: Direction::Forward, limit: max }
+            }
+            (None, Some(n)) => {
+                HistoryQuery { since: None, direction: Direction::Backward, limit: (n as usize).min(max) }
+            }
+            (None, None) => HistoryQuery { since: None, direction: Direction::Backward, limit: 0 },
+        };
+        let page = self.state.engine.history(key, query, stream).await?;
+        let mut publications = page.publications.clone();
+        let recovered = request.recover.as_ref().map(|position| {
+            let complete =
+                publications.len() < max || publications.last().map(|p| p.offset) == Some(page.top_offset);
+            page.covers(&position.epoch, position.offset) && complete
+        });
+        match (recovered, request.rewind) {
+            (Some(false), _) => publications.clear(),
+            (None, Some(_)) => publications.reverse(),
+            _ => {}
+        }
+        let delivered = match (recovered, publications.last()) {
+            (_, Some(last)) => last.offset,
+            (Some(true), None) => request.recover.as_ref().map(|p| p.offset).unwrap_or(page.top_offset),
+            _ => page.top_offset,
+        };
+        let reply = SubscribeReply {
+            channel: key.channel.to_string(),
+            epoch: page.epoch.clone(),
+            offset: page.top_offset,
+            recoverable,
+            recovered,
+            replayed: publications.len(),
+            position: StreamPosition { epoch: page.epoch.to_string(), offset: delivered },
+        };
+        if let Some(id) = reply_id {
+            self.conn.push(Outbound::Frame(text(server::encode_reply(id, &reply))));
+        }
+        for publication in &publications {
+            let frame = text(server::encode_message(key.channel.as_str(), publication));
+            let prepared = PreparedMessage {
+                frame,
+                channel: key.channel.clone(),
+                epoch: publication.epoch.clone(),
+                offset: publication.offset,
+            };
+            if !self.conn.push(Outbound::Message(Arc::new(prepared))) {
+                break;
+            }
+        }
+        self.state.hub.finish_recovery(key, &self.conn, &page.epoch, delivered);
+        Ok(reply)
+    }
+
+    pub(super) fn member(&self, state: Option<Arc<serde_json::value::RawValue>>) -> MemberInfo {
+        MemberInfo { client_id: self.identity.client_id.clone(), conn_id: self.conn.id().clone(), state }
+    }
+}

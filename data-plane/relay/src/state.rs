@@ -1,0 +1,27 @@
+//! The state shared by every transport of one relay.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tributary_engine::Engine;
+
+use crate::config::RelayConfig;
+use crate::conn::Connections;
+use crate::directory::AppDirectory;
+use crate::hub::Hub;
+
+/// Everything a transport needs: settings, engine, hub, directory and live connections.
+pub struct RelayState {
+    /// Settings.
+    pub config: RelayConfig,
+    /// The engine.
+    pub engine: Arc<dyn Engine>,
+    /// The channel hub.
+    pub hub: Arc<Hub>,
+    /// Apps and keys.
+    pub directory: Arc<dyn AppDirectory>,
+    /// Live connections.
+    pub connections: Connections,
+    /// Cancelled when the relay shuts down.
+    pub shutdown: CancellationToken,
+}

@@ -1,0 +1,167 @@
+//! Server-Sent Events: `GET /v1/sse?channels=a,b` with a token, resuming from `Last-Event-ID`.
+//!
+//! Each `message` event's id is an opaque cursor holding the position of every channel of the
+//! stream, so the browser's automatic reconnect (which sends the last id back) recovers all
+//! channels at once. Other frames (subscribe replies, presence events) are sent without an id.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tributary_protocol::frame::{SubscribeRequest, server};
+use tributary_protocol::{CloseCode, Cursor, ErrorCode};
+
+use crate::conn::{ConnHandle, Outbound};
+use crate::http_api::ApiError;
+use crate::ops::OpError;
+use crate::session::{Session, unix_now};
+use crate::state::RelayState;
+
+/// Query parameters of the SSE endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SseQuery {
+    /// Comma-separated channels.
+    pub channels: String,
+    /// The token, for clients that cannot set `Authorization` (browsers' `EventSource`).
+    pub token: Option<String>,
+    /// A cursor to resume from, when `Last-Event-ID` cannot be sent.
+    pub cursor: Option<String>,
+}
+
+/// Opens an event stream.
+pub async fn stream(
+    State(state): State<Arc<RelayState>>,
+    headers: HeaderMap,
+    query: Result<Query<SseQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    match open(state, headers, query).await {
+        Ok(response) => response,
+        Err(err) => ApiError::from(err).into_response(),
+    }
+}
+
+async fn open(
+    state: Arc<RelayState>,
+    headers: HeaderMap,
+    query: Result<Query<SseQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, OpError> {
+    let Query(query) = query.map_err(|e| OpError::new(ErrorCode::InvalidParameter, e.body_text()))?;
+    let channels = super::parse_channels(&query.channels)?;
+    let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).or(query.cursor.as_deref());
+    let mut cursor = match resume {
+        Some(text) => Cursor::decode(text).ok_or_else(|| {
+            OpError::new(ErrorCode::InvalidParameter, "Last-Event-ID is not a cursor of this server")
+        })?,
+        None => Cursor::default(),
+    };
+    let token = super::bearer(&headers, query.token.as_deref());
+    let (identity, conn, rx) = super::open_connection(&state, token).await?;
+    let mut session = Session::new(state.clone(), conn.clone(), identity, true);
+    for channel in channels {
+        let recover = cursor.positions.get(channel.as_str()).cloned();
+        let request = SubscribeRequest { channel, recover, rewind: None, state: None };
+        match session.subscribe(request, Some(None)).await {
+            Ok(reply) => {
+                cursor.positions.insert(reply.channel.clone(), reply.position.clone());
+            }
+            Err(err) => {
+                session.close().await;
+                return Err(err);
+            }
+        }
+    }
+    let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, Infallible>>(16);
+    let timers = Timers {
+        ping: Duration::from_millis(state.config.ping_interval_ms),
+        heartbeat: Duration::from_millis((state.config.presence_timeout_ms / 3).max(1)),
+    };
+    tokio::spawn(pump(session, rx, body_tx, cursor, timers));
+    let mut response = Body::from_stream(ReceiverStream::new(body_rx)).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// Moves queued frames into the response body until the client goes away or the session ends.
+struct Timers {
+    ping: Duration,
+    heartbeat: Duration,
+}
+
+async fn pump(
+    session: Session,
+    mut rx: mpsc::Receiver<Outbound>,
+    body: mpsc::Sender<Result<Bytes, Infallible>>,
+    mut cursor: Cursor,
+    timers: Timers,
+) {
+    let conn: ConnHandle = session.conn().clone();
+    let mut ping = tokio::time::interval_at(Instant::now() + timers.ping, timers.ping);
+    let mut heartbeat = tokio::time::interval_at(Instant::now() + timers.heartbeat, timers.heartbeat);
+    let mut batch = Vec::with_capacity(64);
+    // A comment first, so proxies and clients see the stream open at once.
+    let mut open = body.send(Ok(Bytes::from_static(b": open\n\n"))).await.is_ok();
+    while open {
+        let expires_in = Duration::from_secs(session.identity().expires_at.saturating_sub(unix_now()));
+        tokio::select! {
+            biased;
+            _ = conn.closed().cancelled() => break,
+            _ = body.closed() => break,
+            n = rx.recv_many(&mut batch, 64) => {
+                if n == 0 { break; }
+                let chunk = encode_batch(&mut batch, &mut cursor);
+                open = body.send(Ok(chunk)).await.is_ok();
+            }
+            _ = ping.tick() => open = body.send(Ok(Bytes::from_static(b": ping\n\n"))).await.is_ok(),
+            _ = heartbeat.tick() => session.heartbeat().await,
+            _ = tokio::time::sleep(expires_in) => conn.close(CloseCode::TokenExpired),
+        }
+    }
+    if let Some(code) = conn.close_code() {
+        let frame = server::encode_disconnect(code);
+        let mut chunk = Vec::with_capacity(frame.len() + 8);
+        chunk.extend_from_slice(b"data: ");
+        chunk.extend_from_slice(&frame);
+        chunk.extend_from_slice(b"\n\n");
+        let _ = body.try_send(Ok(Bytes::from(chunk)));
+    }
+    conn.closed().cancel();
+    session.close().await;
+}
+
+/// Encodes queued frames as SSE events. Frames are compact JSON, which never contains a raw
+/// newline, so each fits one `data:` line.
+fn encode_batch(batch: &mut Vec<Outbound>, cursor: &mut Cursor) -> Bytes {
+    let mut out = Vec::new();
+    for item in batch.drain(..) {
+        match item {
+            Outbound::Message(m) => {
+                let position =
+                    tributary_protocol::StreamPosition { epoch: m.epoch.to_string(), offset: m.offset };
+                cursor.positions.insert(m.channel.to_string(), position);
+                out.extend_from_slice(b"id: ");
+                out.extend_from_slice(cursor.encode().as_bytes());
+                out.extend_from_slice(b"\ndata: ");
+                out.extend_from_slice(m.frame.as_bytes());
+            }
+            Outbound::Frame(f) => {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(f.as_bytes());
+            }
+        }
+        out.extend_from_slice(b"\n\n");
+    }
+    Bytes::from(out)
+}

@@ -1,1 +1,247 @@
-//! placeholder
+//! Dev-only test kit: a real Tributary server on port 0 with its own data directory, and the
+//! clients tests talk to it with (WebSocket, SSE, long-poll, HTTP), so test bodies read as
+//! behaviour. Nothing here is shared between tests.
+//!
+//! # Layout
+//! - [`TestServer`]: spawn, URLs, one helper per HTTP API operation.
+//! - [`ws`]: [`WsClient`], a WebSocket client that matches replies to requests.
+//! - [`sse`]: [`SseClient`], a Server-Sent Events reader.
+//! - [`eventually`]: wait for a condition instead of sleeping and hoping.
+
+pub mod sse;
+pub mod ws;
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tributary::bootstrap::Credentials;
+use tributary::config::TributaryConfig;
+use tributary_relay::RelayConfig;
+
+pub use sse::SseClient;
+pub use ws::WsClient;
+
+/// Installs a test log subscriber once; silent unless `TEST_LOG=1`.
+fn init_tracing() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var("TEST_LOG").is_ok_and(|v| v == "1") {
+            let _ = tracing_subscriber::fmt().with_env_filter("debug").with_test_writer().try_init();
+        }
+    });
+}
+
+/// A running server, stopped when dropped.
+pub struct TestServer {
+    addr: std::net::SocketAddr,
+    credentials: Credentials,
+    http: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts a server with the default configuration.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Starts a server after `configure` adjusts its relay settings.
+    pub async fn spawn_with(configure: impl FnOnce(&mut RelayConfig)) -> Self {
+        init_tracing();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = TributaryConfig {
+            data_dir: dir.path().to_owned(),
+            master_key: Some(tributary_store::MasterKey::generate().to_base64()),
+            ..TributaryConfig::default()
+        };
+        configure(&mut config.relay);
+        let problems = config.problems();
+        assert!(problems.is_empty(), "test configuration is invalid: {problems:?}");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        let bound = tributary::server::bind(config, Some(listener)).await.expect("server binds");
+        let addr = bound.addr();
+        let credentials = bound.credentials().clone();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let _ = bound
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Self {
+            addr,
+            credentials,
+            http: reqwest::Client::new(),
+            shutdown: Some(tx),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    /// Stops the server and waits until it has shut down.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Returns the HTTP base URL.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Returns the WebSocket URL.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/connect", self.addr)
+    }
+
+    /// Returns the development app's API key.
+    pub fn api_key(&self) -> &str {
+        &self.credentials.api_key
+    }
+
+    /// Returns the development app's id.
+    pub fn app_id(&self) -> &str {
+        &self.credentials.app_id
+    }
+
+    /// Returns an HTTP client.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Mints a token through the HTTP API; `grants` are `(pattern, rights)`.
+    pub async fn token(&self, client_id: &str, grants: &[(&str, &[&str])]) -> String {
+        self.token_ttl(client_id, grants, 3600).await
+    }
+
+    /// Mints a token with a lifetime of `ttl_secs`.
+    pub async fn token_ttl(&self, client_id: &str, grants: &[(&str, &[&str])], ttl_secs: u64) -> String {
+        let capabilities: Vec<Value> =
+            grants.iter().map(|(c, a)| json!({"channel": c, "allow": a})).collect();
+        let body = json!({"client_id": client_id, "ttl_secs": ttl_secs, "capabilities": capabilities});
+        let (status, reply) = self.post("/v1/tokens", &body, None).await;
+        assert_eq!(status, 200, "minting failed: {reply}");
+        reply["token"].as_str().expect("token in reply").to_owned()
+    }
+
+    /// Mints a token with every right on every channel.
+    pub async fn all_rights(&self, client_id: &str) -> String {
+        self.token(client_id, &[("*", &["subscribe", "publish", "presence", "history"])]).await
+    }
+
+    /// POSTs JSON with the API key; returns the status and the JSON body.
+    pub async fn post(&self, path: &str, body: &Value, idempotency_key: Option<&str>) -> (u16, Value) {
+        let mut request =
+            self.http.post(format!("{}{path}", self.http_url())).bearer_auth(self.api_key()).json(body);
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// GETs with the API key; returns the status and the JSON body.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.http_url()))
+            .bearer_auth(self.api_key())
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Publishes through the HTTP API and returns the reply (panics unless it succeeded).
+    pub async fn publish(&self, channel: &str, data: Value) -> Value {
+        let (status, reply) =
+            self.post(&format!("/v1/channels/{channel}/messages"), &json!({"data": data}), None).await;
+        assert_eq!(status, 200, "publish failed: {reply}");
+        reply
+    }
+
+    /// Connects over WebSocket and authenticates with `token`; panics if refused.
+    pub async fn ws(&self, token: &str) -> WsClient {
+        let (client, reply) = WsClient::connect(&self.ws_url(), token).await.expect("websocket connects");
+        assert!(reply.get("result").is_some(), "connect refused: {reply}");
+        client
+    }
+
+    /// Runs one long-poll request; returns the status and the JSON body.
+    pub async fn poll(
+        &self,
+        channels: &str,
+        token: &str,
+        cursor: Option<&str>,
+        timeout_ms: u64,
+    ) -> (u16, Value) {
+        let mut query = vec![("channels", channels.to_owned()), ("timeout_ms", timeout_ms.to_string())];
+        if let Some(cursor) = cursor {
+            query.push(("cursor", cursor.to_owned()));
+        }
+        let response = self
+            .http
+            .get(format!("{}/v1/poll", self.http_url()))
+            .bearer_auth(token)
+            .query(&query)
+            .send()
+            .await
+            .expect("poll sent");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Opens an SSE stream.
+    pub async fn sse(
+        &self,
+        channels: &str,
+        token: &str,
+        last_event_id: Option<&str>,
+    ) -> anyhow::Result<SseClient> {
+        SseClient::open(&self.http, &format!("{}/v1/sse", self.http_url()), channels, token, last_event_id)
+            .await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Waits until `check` returns true, for at most `timeout`; fails with `what` otherwise.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Parses a JSON text frame.
+pub fn parse(text: &str) -> anyhow::Result<Value> {
+    serde_json::from_str(text).with_context(|| format!("not JSON: {text}"))
+}

@@ -25,6 +25,9 @@ use crate::state::RelayState;
 /// Frames written per flush at most, so one busy connection cannot starve its own pings.
 const COALESCE_MAX: usize = 64;
 
+/// How long the close frame may take to send before the socket is just dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Upgrades to WebSocket with our limits set (tungstenite's defaults allow 64 MiB messages).
 pub async fn upgrade(State(state): State<Arc<RelayState>>, ws: WebSocketUpgrade) -> Response {
     let max = state.config.max_frame_bytes;
@@ -201,7 +204,12 @@ async fn write_loop(
             biased;
             _ = conn.closed().cancelled() => break,
             n = rx.recv_many(&mut batch, COALESCE_MAX) => {
-                if n == 0 || write_batch(&mut sink, &mut batch).await.is_err() {
+                // A peer that stops reading must not pin this task: closing wins over writing.
+                let written = tokio::select! {
+                    written = write_batch(&mut sink, &mut batch) => written.is_ok(),
+                    _ = conn.closed().cancelled() => false,
+                };
+                if n == 0 || !written {
                     conn.closed().cancel();
                     break;
                 }
@@ -214,13 +222,17 @@ async fn write_loop(
             }
         }
     }
-    match conn.close_code() {
-        Some(code) => close(&mut sink, code).await,
-        None => {
-            let _ =
-                sink.send(Message::Close(Some(CloseFrame { code: 1000, reason: Utf8Bytes::from("") }))).await;
+    let goodbye = async {
+        match conn.close_code() {
+            Some(code) => close(&mut sink, code).await,
+            None => {
+                let normal = CloseFrame { code: 1000, reason: Utf8Bytes::from("") };
+                let _ = sink.send(Message::Close(Some(normal))).await;
+            }
         }
-    }
+    };
+    // The close frame is best effort: a peer that reads nothing gets its TCP connection dropped.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
 }
 
 async fn write_batch(

@@ -1,0 +1,104 @@
+//! The command line: `serve` and the other roles, `config`, and the client helpers `token`,
+//! `publish` and `subscribe` that make trying Tributary a matter of two terminals.
+
+mod client;
+mod serve;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit code for an invalid configuration or usage (EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
+
+/// Tributary: realtime pub/sub, presence and history in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "tributary", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the configuration comes from; shared by every command that needs it.
+#[derive(Debug, Args, Clone)]
+pub struct ConfigArgs {
+    /// Configuration file (default: <data-dir>/tributary.toml, created on first `serve`).
+    #[arg(long, env = "TRIBUTARY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory of the embedded defaults.
+    #[arg(long, env = "TRIBUTARY_DATA_DIR", default_value = "tributary-data")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs every role in one process on the configured storage (embedded defaults: SQLite + memory engine).
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Listen address, e.g. 0.0.0.0:7070 (port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Runs only the relay role (not built yet: use `serve`).
+    Relay,
+    /// Runs only the control-plane role (not built yet: use `serve`).
+    ControlPlane,
+    /// Runs only the delivery worker role (not built yet).
+    Worker,
+    /// Runs the Kubernetes operator (not built yet).
+    Operator,
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Mints a capability token for a client, offline, with the data directory's app key.
+    Token(client::TokenArgs),
+    /// Publishes a message through the HTTP API.
+    Publish(client::PublishArgs),
+    /// Subscribes over WebSocket and prints every frame as a JSON line.
+    Subscribe(client::SubscribeArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Prints the default configuration file, every key with its default.
+    Default,
+    /// Loads and validates the configuration, then prints it (without secrets).
+    Check {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+/// Runs a command; returns the process exit code.
+pub async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config, listen } => serve::serve(config, listen, env).await,
+        Command::Relay | Command::ControlPlane | Command::Worker | Command::Operator => {
+            eprintln!(
+                "this role cannot run on its own yet; `tributary serve` runs the relay and control plane together"
+            );
+            Ok(ExitCode::from(EXIT_USAGE))
+        }
+        Command::Config { command: ConfigCommand::Default } => {
+            print!("{}", tributary::config::DEFAULT_CONFIG_TOML);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config { command: ConfigCommand::Check { config } } => {
+            match serve::load(&config, None, &env) {
+                Ok(config) => {
+                    println!("{}", toml::to_string_pretty(&config)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(code) => Ok(code),
+            }
+        }
+        Command::Token(args) => client::token(args, env).await,
+        Command::Publish(args) => client::publish(args).await,
+        Command::Subscribe(args) => client::subscribe(args).await,
+    }
+}

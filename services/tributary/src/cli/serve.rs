@@ -1,0 +1,94 @@
+//! `tributary serve`.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+
+use tributary::bootstrap;
+use tributary::config::{self, TributaryConfig};
+use tributary::server;
+
+use super::{ConfigArgs, EXIT_USAGE};
+
+/// Loads the configuration for `args`, creating the data directory's file on first use when
+/// no file was named. Prints the problems and returns exit code 64 when it is invalid.
+pub fn load(
+    args: &ConfigArgs,
+    listen: Option<&str>,
+    env: &HashMap<String, String>,
+) -> Result<TributaryConfig, ExitCode> {
+    let file = match &args.config {
+        Some(path) => path.clone(),
+        None => match bootstrap::ensure_config_file(&args.data_dir) {
+            Ok(path) => path,
+            Err(err) => {
+                eprintln!("error: {err}");
+                return Err(ExitCode::from(EXIT_USAGE));
+            }
+        },
+    };
+    let mut flags = vec![("data_dir".to_owned(), toml_string(&args.data_dir.to_string_lossy()))];
+    if let Some(listen) = listen {
+        flags.push(("listen".to_owned(), toml_string(listen)));
+    }
+    config::load(Some(&file), env, &flags).map_err(|err| {
+        eprintln!("error: {err}");
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// Runs every role until Ctrl-C or SIGTERM.
+pub async fn serve(
+    args: ConfigArgs,
+    listen: Option<String>,
+    env: HashMap<String, String>,
+) -> anyhow::Result<ExitCode> {
+    let config = match load(&args, listen.as_deref(), &env) {
+        Ok(config) => config,
+        Err(code) => return Ok(code),
+    };
+    let data_dir = config.data_dir.clone();
+    let bound = server::bind(config, None).await?;
+    let c = bound.credentials();
+    eprintln!(
+        "tributary is listening on http://{addr} (WebSocket {ws})\n\
+         data directory: {dir}   credentials: {dir}/{file}\n\
+         development app: {app}\n\n\
+         try it:\n  \
+           tributary subscribe chat:demo --position-file /tmp/demo.pos     # terminal 1\n  \
+           tributary publish chat:demo '{{\"text\":\"hello\"}}'                 # terminal 2\n  \
+           tributary token --client-id alice --grant 'chat:*=subscribe,publish,presence,history'\n",
+        addr = bound.addr(),
+        ws = c.ws_url,
+        dir = data_dir.display(),
+        file = bootstrap::CREDENTIALS_FILE,
+        app = c.app_id,
+    );
+    bound.run(shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,239 @@
+//! Configuration: one tree of per-crate sections, loaded with a fixed precedence.
+//!
+//! Built-in defaults < TOML file < `TRIBUTARY_*` environment < command-line flags. The
+//! environment arrives as a map (main reads it once), so tests never touch the process
+//! environment. [`load`] reports every problem at once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use tributary_relay::RelayConfig;
+
+/// The default configuration file, embedded so `tributary config default` and the docs cannot drift.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../default-config.toml");
+
+/// The environment variable prefix.
+pub const ENV_PREFIX: &str = "TRIBUTARY_";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TributaryConfig {
+    /// Address of the HTTP/WebSocket listener.
+    pub listen: SocketAddr,
+    /// Directory of the embedded defaults' files.
+    pub data_dir: PathBuf,
+    /// base64 of the 32-byte master key that encrypts tenant secrets.
+    #[serde(skip_serializing)]
+    pub master_key: Option<SecretString>,
+    /// Storage settings.
+    pub storage: StorageConfig,
+    /// Engine settings.
+    pub engine: EngineConfig,
+    /// Relay settings.
+    pub relay: RelayConfig,
+}
+
+impl Default for TributaryConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            data_dir: PathBuf::from("tributary-data"),
+            master_key: None,
+            storage: StorageConfig::default(),
+            engine: EngineConfig::default(),
+            relay: RelayConfig::default(),
+        }
+    }
+}
+
+/// Storage settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// The SQLite file; relative to `data_dir` unless absolute.
+    pub sqlite_path: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { sqlite_path: PathBuf::from("tributary.db") }
+    }
+}
+
+/// Engine settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// `memory` (the only engine so far).
+    pub kind: String,
+    /// Idle time after which an empty stream is forgotten, in seconds.
+    pub stream_idle_ttl_secs: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { kind: "memory".into(), stream_idle_ttl_secs: 86_400 }
+    }
+}
+
+/// A configuration that cannot be used, with every problem found.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", problems.join("\n  - "))]
+pub struct ConfigError {
+    /// Every problem, one per line.
+    pub problems: Vec<String>,
+}
+
+impl TributaryConfig {
+    /// Returns the SQLite file path.
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.data_dir.join(&self.storage.sqlite_path)
+    }
+
+    /// Returns every problem with this configuration.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = self.relay.problems();
+        if self.engine.kind != "memory" {
+            problems.push(format!("engine.kind {:?} is not available yet; use \"memory\"", self.engine.kind));
+        }
+        if self.engine.stream_idle_ttl_secs == 0 {
+            problems.push("engine.stream_idle_ttl_secs must be greater than 0".into());
+        }
+        problems
+    }
+}
+
+/// Loads the configuration: defaults, then `file` (if any), then `TRIBUTARY_*` entries of
+/// `env`, then `flags` (dotted keys such as `listen` or `relay.max_frame_bytes`).
+pub fn load(
+    file: Option<&Path>,
+    env: &HashMap<String, String>,
+    flags: &[(String, String)],
+) -> Result<TributaryConfig, ConfigError> {
+    let mut problems = Vec::new();
+    let mut tree = toml::Table::new();
+    if let Some(path) = file {
+        match std::fs::read_to_string(path) {
+            Ok(text) => match text.parse::<toml::Table>() {
+                Ok(table) => tree = table,
+                Err(e) => problems.push(format!("{}: {e}", path.display())),
+            },
+            Err(e) => problems.push(format!("{}: {e}", path.display())),
+        }
+    }
+    let mut env_keys: Vec<_> = env.iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+    env_keys.sort();
+    for (name, value) in env_keys {
+        let path: Vec<String> =
+            name[ENV_PREFIX.len()..].split("__").map(|part| part.to_ascii_lowercase()).collect();
+        if path.first().is_some_and(|p| p == "config" || p == "log") {
+            continue;
+        }
+        set_path(&mut tree, &path, literal(value));
+    }
+    for (key, value) in flags {
+        let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+        set_path(&mut tree, &path, literal(value));
+    }
+    let config = match TributaryConfig::deserialize(toml::Value::Table(tree)) {
+        Ok(config) => Some(config),
+        Err(e) => {
+            problems.push(e.to_string().trim().to_owned());
+            None
+        }
+    };
+    if let Some(config) = &config {
+        problems.extend(config.problems());
+    }
+    match config {
+        Some(config) if problems.is_empty() => Ok(config),
+        _ => Err(ConfigError { problems }),
+    }
+}
+
+/// Reads an environment or flag value as a TOML literal (number, boolean, array) when it is
+/// one, and as a string otherwise.
+fn literal(value: &str) -> toml::Value {
+    match format!("v = {value}").parse::<toml::Table>() {
+        Ok(mut table) => table.remove("v").unwrap_or_else(|| toml::Value::String(value.to_owned())),
+        Err(_) => toml::Value::String(value.to_owned()),
+    }
+}
+
+fn set_path(tree: &mut toml::Table, path: &[String], value: toml::Value) {
+    let Some((last, parents)) = path.split_last() else { return };
+    let mut node = tree;
+    for key in parents {
+        let entry = node.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        match entry {
+            toml::Value::Table(table) => node = table,
+            _ => return,
+        }
+    }
+    node.insert(last.clone(), value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn the_embedded_default_file_is_exactly_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, DEFAULT_CONFIG_TOML).unwrap();
+        let loaded = load(Some(&path), &HashMap::new(), &[]).unwrap();
+        let defaults = TributaryConfig::default();
+        assert_eq!(loaded.listen, defaults.listen);
+        assert_eq!(loaded.relay, defaults.relay);
+        assert_eq!(loaded.engine, defaults.engine);
+        assert_eq!(loaded.storage, defaults.storage);
+    }
+
+    #[test]
+    fn env_overrides_file_and_flags_override_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\n[relay]\nping_interval_ms = 1000\n").unwrap();
+        let env = env(&[
+            ("TRIBUTARY_LISTEN", "127.0.0.1:2"),
+            ("TRIBUTARY_RELAY__NAMESPACES__CHAT__HISTORY_SIZE", "7"),
+            ("OTHER", "x"),
+        ]);
+        let flags = vec![("listen".to_string(), "127.0.0.1:3".to_string())];
+        let config = load(Some(&path), &env, &flags).unwrap();
+        assert_eq!(config.listen.port(), 3);
+        assert_eq!(config.relay.ping_interval_ms, 1000);
+        assert_eq!(config.relay.namespace("chat").history_size, 7);
+        let config = load(Some(&path), &env, &[]).unwrap();
+        assert_eq!(config.listen.port(), 2);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let env = env(&[
+            ("TRIBUTARY_RELAY__IDLE_TIMEOUT_MS", "1"),
+            ("TRIBUTARY_RELAY__IDEMPOTENCY_WINDOW_SECS", "5"),
+            ("TRIBUTARY_RELAY__TOKEN_LEEWAY_SECS", "600"),
+        ]);
+        let err = load(None, &env, &[]).unwrap_err();
+        assert_eq!(err.problems.len(), 3, "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = load(None, &env(&[("TRIBUTARY_RELAY__NO_SUCH_KEY", "1")]), &[]).unwrap_err();
+        assert!(err.to_string().contains("no_such_key"), "{err}");
+    }
+}

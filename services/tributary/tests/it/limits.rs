@@ -1,0 +1,77 @@
+use serde_json::json;
+use tributary_testkit::{TestServer, WsClient};
+
+#[tokio::test]
+async fn a_slow_consumer_is_disconnected_with_reconnect_and_recover() {
+    let server = TestServer::spawn_with(|relay| relay.outbound_queue_len = 8).await;
+    let mut slow = server.ws(&server.all_rights("slow").await).await;
+    slow.request(json!({"op": "subscribe", "channel": "firehose"})).await.unwrap();
+    let payload = "x".repeat(30_000);
+    // The slow client reads nothing while several megabytes are published.
+    for _ in 0..300 {
+        server.publish("firehose", json!(payload)).await;
+    }
+    let (code, reason) = slow.closed().await.unwrap();
+    assert_eq!(code, 3001, "{reason}");
+    let mut fresh = server.ws(&server.all_rights("fresh").await).await;
+    fresh.request(json!({"op": "subscribe", "channel": "firehose"})).await.unwrap();
+    server.publish("firehose", json!("after")).await;
+    assert_eq!(fresh.next_of("message").await.unwrap()["data"], "after", "the node keeps serving");
+}
+
+#[tokio::test]
+async fn the_connection_limit_per_app_is_enforced() {
+    let server = TestServer::spawn_with(|relay| relay.max_connections_per_app = 2).await;
+    let token = server.all_rights("many").await;
+    let _a = server.ws(&token).await;
+    let _b = server.ws(&token).await;
+    let (mut c, reply) = WsClient::connect(&server.ws_url(), &token).await.unwrap();
+    assert_eq!(reply["error"]["name"], "connection_limit");
+    assert_eq!(c.closed().await.unwrap().0, 3003);
+    drop(_a);
+    tributary_testkit::eventually("a slot frees up", std::time::Duration::from_secs(5), || async {
+        WsClient::connect(&server.ws_url(), &token)
+            .await
+            .map(|(_, r)| r.get("result").is_some())
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn publish_rate_subscription_count_and_client_publish_are_limited() {
+    let server = TestServer::spawn_with(|relay| {
+        relay.publish_rate_per_second = 1;
+        relay.publish_burst = 2;
+        relay.max_subscriptions_per_connection = 2;
+        relay.namespaces.insert(
+            "feed".into(),
+            tributary_relay::NamespaceConfig { client_publish: false, ..Default::default() },
+        );
+    })
+    .await;
+    let mut c = server.ws(&server.all_rights("lim").await).await;
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        let r = c.request(json!({"op": "publish", "channel": "chat:r", "data": 1})).await.unwrap();
+        names.push(r["error"]["name"].as_str().unwrap_or("ok").to_owned());
+    }
+    assert_eq!(names, vec!["ok", "ok", "rate_limited"]);
+    c.request(json!({"op": "subscribe", "channel": "a"})).await.unwrap();
+    c.request(json!({"op": "subscribe", "channel": "b"})).await.unwrap();
+    let third = c.request(json!({"op": "subscribe", "channel": "c"})).await.unwrap();
+    assert_eq!(third["error"]["name"], "too_many_subscriptions");
+    let dup = c.request(json!({"op": "subscribe", "channel": "a"})).await.unwrap();
+    assert_eq!(dup["error"]["name"], "already_subscribed");
+    let feed = c.request(json!({"op": "publish", "channel": "feed:x", "data": 1})).await.unwrap();
+    assert_eq!(feed["error"]["name"], "disabled_in_namespace");
+}
+
+#[tokio::test]
+async fn shutdown_closes_connections_with_a_reconnect_code() {
+    let server = TestServer::spawn().await;
+    let mut c = server.ws(&server.all_rights("bye").await).await;
+    server.stop().await;
+    assert_eq!(c.closed().await.unwrap().0, 3000);
+}

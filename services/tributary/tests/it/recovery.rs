@@ -1,0 +1,147 @@
+use serde_json::{Value, json};
+use tributary_testkit::TestServer;
+
+fn offsets(messages: &[Value]) -> Vec<u64> {
+    messages.iter().map(|m| m["offset"].as_u64().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn a_reconnecting_client_gets_exactly_what_it_missed_then_the_live_stream() {
+    let server = TestServer::spawn().await;
+    let token = server.all_rights("r").await;
+    let mut c = server.ws(&token).await;
+    c.request(json!({"op": "subscribe", "channel": "chat:r"})).await.unwrap();
+    for n in 1..=3 {
+        server.publish("chat:r", json!(n)).await;
+    }
+    let seen = c.messages(3).await.unwrap();
+    let (epoch, last) = (seen[2]["epoch"].clone(), seen[2]["offset"].clone());
+    drop(c);
+    for n in 4..=6 {
+        server.publish("chat:r", json!(n)).await;
+    }
+    let mut c = server.ws(&token).await;
+    let reply = c
+        .request(json!({"op": "subscribe", "channel": "chat:r", "recover": {"epoch": epoch, "offset": last}}))
+        .await
+        .unwrap();
+    assert_eq!(reply["result"]["recovered"], true, "{reply}");
+    assert_eq!(reply["result"]["replayed"], 3);
+    server.publish("chat:r", json!(7)).await;
+    let got = c.messages(4).await.unwrap();
+    assert_eq!(offsets(&got), vec![4, 5, 6, 7]);
+    assert_eq!(got[0]["data"], 4);
+}
+
+#[tokio::test]
+async fn recovery_at_the_seam_under_concurrent_publishing_has_no_gap_and_no_duplicate() {
+    let server = TestServer::spawn().await;
+    let token = server.all_rights("seam").await;
+    let total = 300u64;
+    let publisher = {
+        let http = server.http().clone();
+        let url = format!("{}/v1/channels/chat:seam/messages", server.http_url());
+        let key = server.api_key().to_owned();
+        tokio::spawn(async move {
+            for n in 1..=total {
+                http.post(&url).bearer_auth(&key).json(&json!({"data": n})).send().await.unwrap();
+            }
+        })
+    };
+    let mut c = server.ws(&token).await;
+    let reply = c.request(json!({"op": "subscribe", "channel": "chat:seam", "rewind": 1000})).await.unwrap();
+    let mut seen: Vec<u64> = Vec::new();
+    let mut epoch = reply["result"]["epoch"].clone();
+    // Reconnect repeatedly while the publisher runs, each time from the last position seen.
+    for _ in 0..5 {
+        for m in c.messages(20).await.unwrap() {
+            epoch = m["epoch"].clone();
+            seen.push(m["offset"].as_u64().unwrap());
+        }
+        drop(c);
+        c = server.ws(&token).await;
+        let last = *seen.last().unwrap();
+        let reply = c
+            .request(json!({"op": "subscribe", "channel": "chat:seam", "recover": {"epoch": epoch, "offset": last}}))
+            .await
+            .unwrap();
+        assert_eq!(reply["result"]["recovered"], true, "{reply}");
+    }
+    publisher.await.unwrap();
+    while seen.last() != Some(&total) {
+        seen.push(c.next_of("message").await.unwrap()["offset"].as_u64().unwrap());
+    }
+    assert_eq!(seen, (1..=total).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_position_outside_the_window_or_from_another_epoch_is_not_recovered() {
+    let server = TestServer::spawn_with(|relay| {
+        relay.namespaces.insert(
+            "small".into(),
+            tributary_relay::NamespaceConfig { history_size: 2, ..Default::default() },
+        );
+    })
+    .await;
+    let token = server.all_rights("w").await;
+    let mut epoch = Value::Null;
+    for n in 1..=5 {
+        epoch = server.publish("small:c", json!(n)).await["epoch"].clone();
+    }
+    let mut c = server.ws(&token).await;
+    let reply = c
+        .request(json!({"op": "subscribe", "channel": "small:c", "recover": {"epoch": epoch, "offset": 1}}))
+        .await
+        .unwrap();
+    assert_eq!(reply["result"]["recovered"], false, "offsets 2 and 3 were trimmed: {reply}");
+    assert_eq!(reply["result"]["replayed"], 0);
+    let mut d = server.ws(&token).await;
+    let reply = d
+        .request(json!({"op": "subscribe", "channel": "small:c", "recover": {"epoch": "gone", "offset": 4}}))
+        .await
+        .unwrap();
+    assert_eq!(reply["result"]["recovered"], false, "{reply}");
+    let mut e = server.ws(&token).await;
+    let reply = e
+        .request(json!({"op": "subscribe", "channel": "small:c", "recover": {"epoch": epoch, "offset": 3}}))
+        .await
+        .unwrap();
+    assert_eq!(reply["result"]["recovered"], true, "{reply}");
+    assert_eq!(offsets(&e.messages(2).await.unwrap()), vec![4, 5]);
+}
+
+#[tokio::test]
+async fn rewind_delivers_the_last_messages_in_order() {
+    let server = TestServer::spawn().await;
+    for n in 1..=5 {
+        server.publish("chat:rw", json!(n)).await;
+    }
+    let mut c = server.ws(&server.all_rights("rw").await).await;
+    let reply = c.request(json!({"op": "subscribe", "channel": "chat:rw", "rewind": 2})).await.unwrap();
+    assert_eq!(reply["result"]["replayed"], 2);
+    assert_eq!(offsets(&c.messages(2).await.unwrap()), vec![4, 5]);
+}
+
+#[tokio::test]
+async fn a_retried_publish_with_an_idempotency_key_is_stored_and_delivered_once() {
+    let server = TestServer::spawn().await;
+    let mut c = server.ws(&server.all_rights("i").await).await;
+    c.request(json!({"op": "subscribe", "channel": "chat:i"})).await.unwrap();
+    let path = "/v1/channels/chat:i/messages";
+    let (s1, first) = server.post(path, &json!({"data": "pay"}), Some("order-1")).await;
+    let (s2, retry) = server.post(path, &json!({"data": "pay"}), Some("order-1")).await;
+    assert_eq!((s1, s2), (200, 200));
+    assert_eq!(first["offset"], retry["offset"]);
+    assert_eq!(retry["duplicate"], true);
+    // The same key from a client frame on the same channel is the same message too.
+    let reply = c
+        .request(json!({"op": "publish", "channel": "chat:i", "data": "x", "idempotency_key": "order-1"}))
+        .await
+        .unwrap();
+    assert_eq!(reply["result"]["duplicate"], true, "{reply}");
+    server.publish("chat:i", json!("next")).await;
+    let got = c.messages(2).await.unwrap();
+    assert_eq!(offsets(&got), vec![1, 2]);
+    let (_, history) = server.get("/v1/channels/chat:i/history").await;
+    assert_eq!(history["messages"].as_array().unwrap().len(), 2);
+}

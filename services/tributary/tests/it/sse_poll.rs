@@ -1,0 +1,91 @@
+use std::time::Duration;
+
+use serde_json::json;
+use tributary_testkit::TestServer;
+
+#[tokio::test]
+async fn sse_streams_messages_and_resumes_from_last_event_id() {
+    let server = TestServer::spawn().await;
+    let token = server.all_rights("sse").await;
+    let mut stream = server.sse("chat:s,news", &token, None).await.unwrap();
+    let reply = stream.next_of("reply").await.unwrap();
+    assert!(reply.data["result"]["epoch"].is_string(), "{:?}", reply.data);
+    server.publish("chat:s", json!(1)).await;
+    server.publish("news", json!(2)).await;
+    let first = stream.next_of("message").await.unwrap();
+    let second = stream.next_of("message").await.unwrap();
+    assert_eq!((first.data["data"].clone(), second.data["data"].clone()), (json!(1), json!(2)));
+    let last_id = second.id.clone().expect("message events carry an id");
+    drop(stream);
+    server.publish("chat:s", json!(3)).await;
+    server.publish("news", json!(4)).await;
+    let mut resumed = server.sse("chat:s,news", &token, Some(&last_id)).await.unwrap();
+    let mut data = Vec::new();
+    while data.len() < 2 {
+        data.push(resumed.next_of("message").await.unwrap().data["data"].clone());
+    }
+    data.sort_by_key(|v| v.as_u64());
+    assert_eq!(data, vec![json!(3), json!(4)]);
+}
+
+#[tokio::test]
+async fn sse_refuses_bad_tokens_channels_and_cursors_with_json_errors() {
+    let server = TestServer::spawn().await;
+    let err = server.sse("a", "bogus", None).await.err().unwrap().to_string();
+    assert!(err.contains("401") && err.contains("invalid_token"), "{err}");
+    let token = server.token("x", &[("chat:*", &["subscribe"])]).await;
+    let err = server.sse("admin", &token, None).await.err().unwrap().to_string();
+    assert!(err.contains("403"), "{err}");
+    let err = server.sse("chat:a", &token, Some("not-a-cursor")).await.err().unwrap().to_string();
+    assert!(err.contains("invalid_parameter"), "{err}");
+}
+
+#[tokio::test]
+async fn long_poll_returns_the_cursor_then_messages_as_they_arrive() {
+    let server = TestServer::spawn().await;
+    let token = server.all_rights("poller").await;
+    let (status, first) = server.poll("chat:p", &token, None, 1000).await;
+    assert_eq!(status, 200, "{first}");
+    let cursor = first["cursor"].as_str().unwrap().to_owned();
+    assert!(first["messages"].as_array().unwrap().is_empty());
+    let publisher = {
+        let http = server.http().clone();
+        let url = format!("{}/v1/channels/chat:p/messages", server.http_url());
+        let key = server.api_key().to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            http.post(&url).bearer_auth(&key).json(&json!({"data": "wake"})).send().await.unwrap();
+        })
+    };
+    let (_, woke) = server.poll("chat:p", &token, Some(&cursor), 10_000).await;
+    publisher.await.unwrap();
+    assert_eq!(woke["messages"][0]["data"], "wake", "{woke}");
+    let cursor = woke["cursor"].as_str().unwrap().to_owned();
+    // Messages published between polls are not lost: the next poll starts from the cursor.
+    server.publish("chat:p", json!("a")).await;
+    server.publish("chat:p", json!("b")).await;
+    let (_, caught_up) = server.poll("chat:p", &token, Some(&cursor), 1000).await;
+    let data: Vec<_> = caught_up["messages"].as_array().unwrap().iter().map(|m| m["data"].clone()).collect();
+    assert_eq!(data, vec![json!("a"), json!("b")]);
+    let (_, empty) = server.poll("chat:p", &token, caught_up["cursor"].as_str(), 100).await;
+    assert!(empty["messages"].as_array().unwrap().is_empty(), "a timed-out poll is empty");
+}
+
+#[tokio::test]
+async fn long_poll_says_when_a_cursor_cannot_be_recovered() {
+    let server = TestServer::spawn_with(|relay| {
+        relay.namespaces.insert(
+            "tiny".into(),
+            tributary_relay::NamespaceConfig { history_size: 1, ..Default::default() },
+        );
+    })
+    .await;
+    let token = server.all_rights("p").await;
+    let (_, first) = server.poll("tiny:a", &token, None, 100).await;
+    for n in 0..3 {
+        server.publish("tiny:a", json!(n)).await;
+    }
+    let (status, reply) = server.poll("tiny:a", &token, first["cursor"].as_str(), 100).await;
+    assert_eq!(status, 200);
+    assert_eq!(reply["unrecovered"], json!(["tiny:a"]), "{reply}");
+}

@@ -3,6 +3,10 @@
 //!
 //! Every case uses its own random app id, so cases can share one backend (one Redis) safely.
 
+// This module is test code compiled into the library so other crates can run it; a failed
+// step must panic the test.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 

@@ -248,6 +248,12 @@ impl Engine for MemoryEngine {
     }
 }
 
+/// Returns a fresh random token; the conformance suite uses it for unique app ids.
+#[cfg(any(test, feature = "conformance"))]
+pub(crate) fn stream_epoch_for_tests() -> Arc<str> {
+    stream::new_epoch()
+}
+
 #[cfg(test)]
 mod conformance_tests {
     use super::*;
@@ -260,10 +266,4 @@ mod conformance_tests {
     }
 
     crate::engine_conformance_suite!(memory_engine);
-}
-
-/// Returns a fresh random token; the conformance suite uses it for unique app ids.
-#[cfg(any(test, feature = "conformance"))]
-pub(crate) fn stream_epoch_for_tests() -> Arc<str> {
-    stream::new_epoch()
 }

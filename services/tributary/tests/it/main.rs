@@ -1,5 +1,8 @@
 //! Integration tests: the real server on port 0, real sockets, real clients.
 
+// Test helpers outside #[test] functions panic on failure on purpose.
+#![allow(clippy::unwrap_used)]
+
 mod bad_input;
 mod conformance;
 mod docs;

@@ -37,7 +37,7 @@ async fn join_leave_and_state_updates_are_seen_and_one_client_is_one_member() {
     assert_eq!(presence["result"]["occupancy"], json!({"members": 2, "connections": 3}), "{presence}");
     drop(first);
     second.request(json!({"op": "unsubscribe", "channel": "room:1"})).await.unwrap();
-    let leave = next_event_of(&mut watcher, "leave", "sensor-7").await;
+    next_event_of(&mut watcher, "leave", "sensor-7").await;
     let (status, occupancy) = server.get("/v1/channels/room:1/occupancy").await;
     assert_eq!((status, occupancy), (200, json!({"members": 1, "connections": 1})));
 }

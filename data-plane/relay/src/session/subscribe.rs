@@ -34,7 +34,8 @@ pub struct SubscribeReply {
     pub recovered: Option<bool>,
     /// How many messages from history follow this reply.
     pub replayed: usize,
-    /// The position the live stream continues from (not sent; used for SSE and long-poll cursors).
+    /// The position before the first replayed message, or where the live stream starts when
+    /// nothing is replayed (not sent; the start of SSE and long-poll cursors).
     #[serde(skip)]
     pub position: StreamPosition,
 }
@@ -58,12 +59,8 @@ impl Session {
             return Err(ErrorCode::TooManySubscriptions.into());
         }
         let ns = self.state.config.namespace(channel.namespace());
-        if (request.recover.is_some() || request.rewind.is_some()) && ns.history_size == 0 {
-            return Err(OpError::new(
-                ErrorCode::DisabledInNamespace,
-                "history is disabled for this namespace",
-            ));
-        }
+        // Without history a recovery simply reports `recovered: false` (unless nothing was
+        // missed), so SSE and long-poll cursors work on live-only namespaces too.
         let key = ChannelKey::new(self.identity.app_id.clone(), channel.clone());
         if self.state.hub.add(&key, &self.conn)
             && let Err(err) = self.state.engine.subscribe(&key).await
@@ -133,7 +130,12 @@ impl Session {
             recoverable,
             recovered,
             replayed: publications.len(),
-            position: StreamPosition { epoch: page.epoch.to_string(), offset: delivered },
+            // The position *before* the replayed messages: a cursor advances only as messages
+            // are actually handed to the client.
+            position: StreamPosition {
+                epoch: page.epoch.to_string(),
+                offset: publications.first().map(|p| p.offset - 1).unwrap_or(delivered),
+            },
         };
         if let Some(id) = reply_id {
             self.conn.push(Outbound::Frame(text(server::encode_reply(id, &reply))));

@@ -76,10 +76,10 @@ async fn run(socket: WebSocket, state: Arc<RelayState>) {
     let (identity, conn, rx) = match crate::transport::open_connection(&state, Some(&token)).await {
         Ok(opened) => opened,
         Err(err) => {
-            let code = if err.code == ErrorCode::ConnectionLimit {
-                CloseCode::ConnectionLimit
-            } else {
-                CloseCode::InvalidToken
+            let code = match err.code {
+                ErrorCode::ConnectionLimit => CloseCode::ConnectionLimit,
+                code if code.temporary() => CloseCode::Internal,
+                _ => CloseCode::InvalidToken,
             };
             return refuse(sink, id, err.code, &err.message, code).await;
         }

@@ -89,3 +89,29 @@ async fn long_poll_says_when_a_cursor_cannot_be_recovered() {
     assert_eq!(status, 200);
     assert_eq!(reply["unrecovered"], json!(["tiny:a"]), "{reply}");
 }
+
+#[tokio::test]
+async fn long_poll_works_on_a_namespace_without_history() {
+    let server = TestServer::spawn_with(|relay| {
+        relay.namespaces.insert(
+            "live".into(),
+            tributary_relay::NamespaceConfig { history_size: 0, ..Default::default() },
+        );
+    })
+    .await;
+    let token = server.all_rights("p").await;
+    let (_, first) = server.poll("live:a", &token, None, 100).await;
+    let publisher = {
+        let http = server.http().clone();
+        let url = format!("{}/v1/channels/live:a/messages", server.http_url());
+        let key = server.api_key().to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            http.post(&url).bearer_auth(&key).json(&json!({"data": "now"})).send().await.unwrap();
+        })
+    };
+    let (status, reply) = server.poll("live:a", &token, first["cursor"].as_str(), 10_000).await;
+    publisher.await.unwrap();
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["messages"][0]["data"], "now", "{reply}");
+}

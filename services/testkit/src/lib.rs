@@ -39,6 +39,7 @@ pub struct TestServer {
     addr: std::net::SocketAddr,
     credentials: Credentials,
     http: reqwest::Client,
+    store: tributary_store::Store,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -66,6 +67,7 @@ impl TestServer {
         let bound = tributary::server::bind(config, Some(listener)).await.expect("server binds");
         let addr = bound.addr();
         let credentials = bound.credentials().clone();
+        let store = bound.store().clone();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
             let _ = bound
@@ -78,6 +80,7 @@ impl TestServer {
             addr,
             credentials,
             http: reqwest::Client::new(),
+            store,
             shutdown: Some(tx),
             task: Some(task),
             _dir: dir,
@@ -114,9 +117,53 @@ impl TestServer {
         &self.credentials.app_id
     }
 
+    /// Creates another tenant with one app, a signing key and an API key; returns the app.
+    pub async fn create_app(&self, name: &str) -> OtherApp {
+        let tenant = self.store.create_tenant(name).await.expect("tenant created");
+        let app = self.store.create_app(&tenant.id, name).await.expect("app created");
+        self.store.create_signing_key(&tenant.id, &app.id).await.expect("signing key created");
+        let key = self.store.create_api_key(&tenant.id, &app.id, name).await.expect("api key created");
+        OtherApp { app_id: app.id, api_key: secrecy::ExposeSecret::expose_secret(&key.plaintext).to_owned() }
+    }
+
+    /// Returns the newest signing key of `app_id`, to craft tokens by hand.
+    pub async fn signing_key(&self, app_id: &str) -> tributary_capability::SigningKey {
+        let record =
+            self.store.signing_keys(app_id).await.expect("keys listed").into_iter().next().expect("a key");
+        tributary::directory::signing_key(record).expect("usable key")
+    }
+
     /// Returns an HTTP client.
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// Mints a token for another app through the HTTP API with that app's API key.
+    pub async fn token_for(&self, app: &OtherApp, client_id: &str, grants: &[(&str, &[&str])]) -> String {
+        let capabilities: Vec<Value> =
+            grants.iter().map(|(c, a)| json!({"channel": c, "allow": a})).collect();
+        let response = self
+            .http
+            .post(format!("{}/v1/tokens", self.http_url()))
+            .bearer_auth(&app.api_key)
+            .json(&json!({"client_id": client_id, "capabilities": capabilities}))
+            .send()
+            .await
+            .expect("request sent");
+        let reply: Value = response.json().await.expect("json reply");
+        reply["token"].as_str().expect("token in reply").to_owned()
+    }
+
+    /// Publishes `data` to `channel` after `delay`, from a background task.
+    pub fn publish_later(&self, channel: &str, data: Value, delay: Duration) -> tokio::task::JoinHandle<()> {
+        let http = self.http.clone();
+        let url = format!("{}/v1/channels/{channel}/messages", self.http_url());
+        let key = self.api_key().to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let response = http.post(&url).bearer_auth(&key).json(&json!({"data": data})).send().await;
+            assert!(response.is_ok_and(|r| r.status() == 200), "delayed publish failed");
+        })
     }
 
     /// Mints a token through the HTTP API; `grants` are `(pattern, rights)`.
@@ -221,6 +268,15 @@ impl Drop for TestServer {
             let _ = tx.send(());
         }
     }
+}
+
+/// Another app in the same server.
+#[derive(Debug, Clone)]
+pub struct OtherApp {
+    /// The app id.
+    pub app_id: String,
+    /// Its API key.
+    pub api_key: String,
 }
 
 /// Waits until `check` returns true, for at most `timeout`; fails with `what` otherwise.

@@ -114,6 +114,26 @@ impl WsClient {
         }
     }
 
+    /// Returns whether no `message` frame arrives within `wait` (other frames are dropped).
+    pub async fn no_message_within(&mut self, wait: Duration) -> bool {
+        if self.pending.iter().any(|f| f["type"] == "message") {
+            return false;
+        }
+        self.pending.clear();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.read()).await {
+                Err(_) => return true,
+                Ok(Ok(frame)) if frame["type"] == "message" => {
+                    self.pending.push_back(frame);
+                    return false;
+                }
+                Ok(Ok(_)) => continue,
+                Ok(Err(_)) => return true,
+            }
+        }
+    }
+
     /// Reads until the server closes; returns the close code and reason.
     pub async fn closed(&mut self) -> anyhow::Result<(u16, String)> {
         loop {

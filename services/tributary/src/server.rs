@@ -46,12 +46,18 @@ pub struct Bound {
     addr: SocketAddr,
     relay: Relay,
     credentials: Credentials,
+    store: Store,
 }
 
 impl Bound {
     /// Returns the bound HTTP/WebSocket address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Returns the store (tests use it to create more tenants and apps).
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// Returns the development credentials of the data directory.
@@ -102,6 +108,6 @@ pub async fn bind(
         stream_idle_ttl: Duration::from_secs(config.engine.stream_idle_ttl_secs),
         ..MemoryEngineConfig::default()
     }));
-    let relay = Relay::new(config.relay.clone(), engine, Arc::new(StoreDirectory::new(store)));
-    Ok(Bound { listener, addr, relay, credentials })
+    let relay = Relay::new(config.relay.clone(), engine, Arc::new(StoreDirectory::new(store.clone())));
+    Ok(Bound { listener, addr, relay, credentials, store })
 }

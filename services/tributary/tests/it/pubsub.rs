@@ -101,3 +101,29 @@ async fn apps_never_see_each_others_channels() {
     let (_, reply) = tributary_testkit::WsClient::connect(&one.ws_url(), &token_of_two).await.unwrap();
     assert_eq!(reply["error"]["name"], "unknown_key", "{reply}");
 }
+
+#[tokio::test]
+async fn two_apps_in_one_server_share_nothing() {
+    let server = TestServer::spawn().await;
+    let other = server.create_app("other-co").await;
+    let mut ours = server.ws(&server.all_rights("ours").await).await;
+    ours.request(json!({"op": "subscribe", "channel": "chat:same"})).await.unwrap();
+    let theirs_token =
+        server.token_for(&other, "theirs", &[("*", &["subscribe", "publish", "presence", "history"])]).await;
+    let mut theirs = server.ws(&theirs_token).await;
+    theirs.request(json!({"op": "subscribe", "channel": "chat:same"})).await.unwrap();
+    // The other app publishes on a channel with the same name: only its own subscriber sees it.
+    let reply =
+        theirs.request(json!({"op": "publish", "channel": "chat:same", "data": "secret"})).await.unwrap();
+    assert_eq!(reply["result"]["offset"], 1);
+    assert_eq!(theirs.next_of("message").await.unwrap()["data"], "secret");
+    assert!(ours.no_message_within(std::time::Duration::from_millis(300)).await, "nothing crosses apps");
+    let (_, history) = server.get("/v1/channels/chat:same/history").await;
+    assert!(history["messages"].as_array().unwrap().is_empty(), "{history}");
+    let (_, presence) = server.get("/v1/channels/chat:same/presence").await;
+    let members: Vec<_> =
+        presence["members"].as_array().unwrap().iter().map(|m| m["client_id"].clone()).collect();
+    assert_eq!(members, vec![json!("ours")]);
+    // Our app's offsets are its own.
+    assert_eq!(server.publish("chat:same", json!("mine")).await["offset"], 1);
+}

@@ -48,15 +48,7 @@ async fn long_poll_returns_the_cursor_then_messages_as_they_arrive() {
     assert_eq!(status, 200, "{first}");
     let cursor = first["cursor"].as_str().unwrap().to_owned();
     assert!(first["messages"].as_array().unwrap().is_empty());
-    let publisher = {
-        let http = server.http().clone();
-        let url = format!("{}/v1/channels/chat:p/messages", server.http_url());
-        let key = server.api_key().to_owned();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            http.post(&url).bearer_auth(&key).json(&json!({"data": "wake"})).send().await.unwrap();
-        })
-    };
+    let publisher = server.publish_later("chat:p", json!("wake"), Duration::from_millis(200));
     let (_, woke) = server.poll("chat:p", &token, Some(&cursor), 10_000).await;
     publisher.await.unwrap();
     assert_eq!(woke["messages"][0]["data"], "wake", "{woke}");
@@ -101,15 +93,7 @@ async fn long_poll_works_on_a_namespace_without_history() {
     .await;
     let token = server.all_rights("p").await;
     let (_, first) = server.poll("live:a", &token, None, 100).await;
-    let publisher = {
-        let http = server.http().clone();
-        let url = format!("{}/v1/channels/live:a/messages", server.http_url());
-        let key = server.api_key().to_owned();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            http.post(&url).bearer_auth(&key).json(&json!({"data": "now"})).send().await.unwrap();
-        })
-    };
+    let publisher = server.publish_later("live:a", json!("now"), Duration::from_millis(200));
     let (status, reply) = server.poll("live:a", &token, first["cursor"].as_str(), 10_000).await;
     publisher.await.unwrap();
     assert_eq!(status, 200, "{reply}");

@@ -106,3 +106,44 @@ async fn token_minting_refuses_bad_requests() {
         server.post("/v1/tokens", &json!({"client_id": "", "capabilities": []}), None).await;
     assert_eq!(status, 400, "{reply}");
 }
+
+fn sign(key: &tributary_capability::SigningKey, claims: &serde_json::Value) -> String {
+    use secrecy::ExposeSecret;
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some(key.kid.clone());
+    let secret = jsonwebtoken::EncodingKey::from_secret(key.secret.expose_secret());
+    jsonwebtoken::encode(&header, claims, &secret).unwrap()
+}
+
+#[tokio::test]
+async fn hand_made_tokens_with_wrong_audience_future_nbf_or_no_expiry_are_refused() {
+    let server = TestServer::spawn().await;
+    let key = server.signing_key(server.app_id()).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let app = server.app_id();
+    let base = json!({
+        "sub": "crafted", "app": app, "aud": format!("tributary:{app}"), "iat": now, "exp": now + 600,
+        "caps": [{"channel": "*", "allow": ["subscribe"]}],
+    });
+    let (_, ok) = WsClient::connect(&server.ws_url(), &sign(&key, &base)).await.unwrap();
+    assert!(ok.get("result").is_some(), "the hand-made baseline is valid: {ok}");
+    let mut wrong_aud = base.clone();
+    wrong_aud["aud"] = json!("tributary:app_other");
+    assert_eq!(refused(&server, &sign(&key, &wrong_aud)).await, "wrong_audience");
+    let mut future = base.clone();
+    future["nbf"] = json!(now + 300);
+    assert_eq!(refused(&server, &sign(&key, &future)).await, "token_not_yet_valid");
+    let mut no_exp = base.clone();
+    no_exp.as_object_mut().unwrap().remove("exp");
+    assert_eq!(refused(&server, &sign(&key, &no_exp)).await, "invalid_token");
+    let mut expired = base.clone();
+    expired["exp"] = json!(now - 120);
+    assert_eq!(refused(&server, &sign(&key, &expired)).await, "token_expired");
+    let other = server.create_app("elsewhere").await;
+    let their_key = server.signing_key(&other.app_id).await;
+    assert_eq!(
+        refused(&server, &sign(&their_key, &base)).await,
+        "unknown_key",
+        "their kid is not a key of our app"
+    );
+}

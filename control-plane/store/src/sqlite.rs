@@ -62,7 +62,7 @@ impl Store {
             .foreign_keys(true);
         let pool: DbPool = SqlitePoolOptions::new().connect_with(options).await?;
         migrator().run(&pool).await?;
-        tracing::info!(path = %path.display(), "sqlite store opened");
+        tracing::debug!(path = %path.display(), "sqlite store opened");
         Ok(Store { pool, cipher: Arc::new(SecretCipher::new(master_key)) })
     }
 }

@@ -14,8 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tokio::sync::mpsc;
-use tributary_protocol::frame::SubscribeRequest;
-use tributary_protocol::{Cursor, ErrorCode, StreamPosition};
+use tributary_protocol::{Cursor, StreamPosition};
 
 use crate::conn::Outbound;
 use crate::http_api::ApiError;
@@ -58,37 +57,22 @@ async fn run(
     headers: HeaderMap,
     query: Result<Query<PollQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, OpError> {
-    let Query(query) = query.map_err(|e| OpError::new(ErrorCode::InvalidParameter, e.body_text()))?;
+    let query = super::query(query)?;
     let channels = super::parse_channels(&query.channels)?;
-    let given = match &query.cursor {
-        Some(text) => Some(Cursor::decode(text).ok_or_else(|| {
-            OpError::new(ErrorCode::InvalidParameter, "cursor is not a cursor of this server")
-        })?),
-        None => None,
-    };
+    let given = super::decode_cursor(query.cursor.as_deref(), "cursor")?;
     let wait =
         Duration::from_millis(query.timeout_ms.unwrap_or(25_000).min(state.config.long_poll_max_wait_ms));
     let (identity, conn, mut rx) =
         super::open_connection(&state, super::bearer(&headers, query.token.as_deref())).await?;
     let mut session = Session::new(state.clone(), conn, identity, false);
-    let mut cursor = Cursor::default();
-    let mut unrecovered = Vec::new();
-    for channel in channels {
-        let recover = given.as_ref().and_then(|c| c.positions.get(channel.as_str()).cloned());
-        let request = SubscribeRequest { channel, recover, rewind: None, state: None };
-        match session.subscribe(request, None).await {
-            Ok(reply) => {
-                if reply.recovered == Some(false) {
-                    unrecovered.push(reply.channel.clone());
-                }
-                cursor.positions.insert(reply.channel, reply.position);
-            }
+    let super::Subscribed { mut cursor, unrecovered } =
+        match super::subscribe_all(&mut session, channels, given.as_ref(), false).await {
+            Ok(subscribed) => subscribed,
             Err(err) => {
                 session.close().await;
                 return Err(err);
             }
-        }
-    }
+        };
     let mut frames = Vec::new();
     if given.is_some() && unrecovered.is_empty() {
         collect(&mut rx, &mut frames, wait, &state).await;

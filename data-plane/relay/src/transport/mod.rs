@@ -6,12 +6,15 @@ pub mod websocket;
 
 use std::sync::Arc;
 
+use axum::extract::Query;
+use axum::extract::rejection::QueryRejection;
 use axum::http::HeaderMap;
-use tributary_protocol::ErrorCode;
+use tributary_protocol::frame::SubscribeRequest;
+use tributary_protocol::{ChannelName, Cursor, ErrorCode};
 
 use crate::conn::ConnHandle;
 use crate::ops::OpError;
-use crate::session::{Identity, authenticate};
+use crate::session::{Identity, Session, authenticate};
 use crate::state::RelayState;
 
 /// Returns the bearer token of an `Authorization` header, or the `token` query parameter.
@@ -37,6 +40,51 @@ pub async fn open_connection(
         return Err(ErrorCode::ConnectionLimit.into());
     }
     Ok((identity, conn, rx))
+}
+
+/// Maps a rejected query string to `invalid_parameter`.
+pub fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, OpError> {
+    query.map(|Query(q)| q).map_err(|e| OpError::new(ErrorCode::InvalidParameter, e.body_text()))
+}
+
+/// Decodes an optional cursor; a present but malformed one is `invalid_parameter`.
+pub fn decode_cursor(text: Option<&str>, what: &str) -> Result<Option<Cursor>, OpError> {
+    text.map(|text| {
+        Cursor::decode(text).ok_or_else(|| {
+            OpError::new(ErrorCode::InvalidParameter, format!("{what} is not a cursor of this server"))
+        })
+    })
+    .transpose()
+}
+
+/// What subscribing a cursor's channels produced.
+pub struct Subscribed {
+    /// Where each channel starts (before anything replayed).
+    pub cursor: Cursor,
+    /// Channels whose position in `from` could not be recovered.
+    pub unrecovered: Vec<String>,
+}
+
+/// Subscribes `session` to every channel, recovering each from its position in `from` (if
+/// any). With `send_replies`, each subscribe reply is queued (SSE shows them; long-poll does not).
+/// On error the caller must close the session.
+pub async fn subscribe_all(
+    session: &mut Session,
+    channels: Vec<ChannelName>,
+    from: Option<&Cursor>,
+    send_replies: bool,
+) -> Result<Subscribed, OpError> {
+    let mut subscribed = Subscribed { cursor: Cursor::default(), unrecovered: Vec::new() };
+    for channel in channels {
+        let recover = from.and_then(|c| c.positions.get(channel.as_str()).cloned());
+        let request = SubscribeRequest { channel, recover, rewind: None, state: None };
+        let reply = session.subscribe(request, send_replies.then_some(None)).await?;
+        if reply.recovered == Some(false) {
+            subscribed.unrecovered.push(reply.channel.clone());
+        }
+        subscribed.cursor.positions.insert(reply.channel, reply.position);
+    }
+    Ok(subscribed)
 }
 
 /// Parses a comma-separated channel list.

@@ -17,8 +17,8 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tributary_protocol::frame::{SubscribeRequest, server};
-use tributary_protocol::{CloseCode, Cursor, ErrorCode};
+use tributary_protocol::frame::server;
+use tributary_protocol::{CloseCode, Cursor};
 
 use crate::conn::{ConnHandle, Outbound};
 use crate::http_api::ApiError;
@@ -55,31 +55,20 @@ async fn open(
     headers: HeaderMap,
     query: Result<Query<SseQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, OpError> {
-    let Query(query) = query.map_err(|e| OpError::new(ErrorCode::InvalidParameter, e.body_text()))?;
+    let query = super::query(query)?;
     let channels = super::parse_channels(&query.channels)?;
     let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).or(query.cursor.as_deref());
-    let mut cursor = match resume {
-        Some(text) => Cursor::decode(text).ok_or_else(|| {
-            OpError::new(ErrorCode::InvalidParameter, "Last-Event-ID is not a cursor of this server")
-        })?,
-        None => Cursor::default(),
-    };
+    let from = super::decode_cursor(resume, "Last-Event-ID")?;
     let token = super::bearer(&headers, query.token.as_deref());
     let (identity, conn, rx) = super::open_connection(&state, token).await?;
-    let mut session = Session::new(state.clone(), conn.clone(), identity, true);
-    for channel in channels {
-        let recover = cursor.positions.get(channel.as_str()).cloned();
-        let request = SubscribeRequest { channel, recover, rewind: None, state: None };
-        match session.subscribe(request, Some(None)).await {
-            Ok(reply) => {
-                cursor.positions.insert(reply.channel.clone(), reply.position.clone());
-            }
-            Err(err) => {
-                session.close().await;
-                return Err(err);
-            }
+    let mut session = Session::new(state.clone(), conn, identity, true);
+    let cursor = match super::subscribe_all(&mut session, channels, from.as_ref(), true).await {
+        Ok(subscribed) => subscribed.cursor,
+        Err(err) => {
+            session.close().await;
+            return Err(err);
         }
-    }
+    };
     let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, Infallible>>(16);
     let timers = Timers {
         ping: Duration::from_millis(state.config.ping_interval_ms),

@@ -139,10 +139,10 @@ pub async fn offsets_increase_within_one_epoch(engine: Arc<dyn Engine>) {
     let mut epoch = None;
     for n in 1..=5 {
         let out = engine.publish(&key, json(n), &opts(10)).await.unwrap();
-        assert_eq!(out.publication.offset, n);
+        assert_eq!(out.offset, n);
         assert!(!out.duplicate);
-        let e = epoch.get_or_insert_with(|| out.publication.epoch.clone());
-        assert_eq!(*e, out.publication.epoch);
+        let e = epoch.get_or_insert_with(|| out.epoch.clone());
+        assert_eq!(*e, out.epoch);
     }
 }
 
@@ -234,8 +234,8 @@ pub async fn idempotent_retry_is_stored_once(engine: Arc<dyn Engine>) {
     let first = engine.publish(&key, json(1), &options).await.unwrap();
     let retry = engine.publish(&key, json(1), &options).await.unwrap();
     assert!(retry.duplicate);
-    assert_eq!(retry.publication.offset, first.publication.offset);
-    assert_eq!(retry.publication.epoch, first.publication.epoch);
+    assert_eq!((retry.offset, retry.ts_ms), (first.offset, first.ts_ms));
+    assert_eq!(retry.epoch, first.epoch);
     let other = engine.publish(&unique_key("chat:idem-other"), json(1), &options).await.unwrap();
     assert!(!other.duplicate, "keys are scoped per channel");
     engine.publish(&key, json(2), &opts(10)).await.unwrap();
@@ -253,7 +253,7 @@ pub async fn apps_do_not_share_channels(engine: Arc<dyn Engine>) {
     engine.publish(&a, json(1), &opts(10)).await.unwrap();
     engine.publish(&a, json(2), &opts(10)).await.unwrap();
     let out = engine.publish(&b, json(1), &opts(10)).await.unwrap();
-    assert_eq!(out.publication.offset, 1);
+    assert_eq!(out.offset, 1);
     let page = engine.history(&b, forward(None, 10), stream(10)).await.unwrap();
     assert_eq!(page.publications.len(), 1);
 }
@@ -266,7 +266,7 @@ pub async fn history_of_a_new_channel_fixes_the_epoch(engine: Arc<dyn Engine>) {
     assert_eq!(page.top_offset, 0);
     assert!(page.covers(&page.epoch, 0));
     let out = engine.publish(&key, json(1), &opts(10)).await.unwrap();
-    assert_eq!(out.publication.epoch, page.epoch);
+    assert_eq!(out.epoch, page.epoch);
 }
 
 /// Without history, offsets still advance and history stays empty.
@@ -275,7 +275,7 @@ pub async fn no_history_still_advances_offsets(engine: Arc<dyn Engine>) {
     let key = unique_key("chat:nohistory");
     engine.publish(&key, json(1), &opts(0)).await.unwrap();
     let out = engine.publish(&key, json(2), &opts(0)).await.unwrap();
-    assert_eq!(out.publication.offset, 2);
+    assert_eq!(out.offset, 2);
     let page = engine.history(&key, forward(None, 10), stream(0)).await.unwrap();
     assert!(page.publications.is_empty());
     assert_eq!(page.top_offset, 2);

@@ -57,10 +57,14 @@ pub struct NewMessage {
 }
 
 /// What a publish did.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishOutcome {
-    /// The stored publication (for a duplicate: the original one's epoch, offset and time).
-    pub publication: Publication,
+    /// The stream's epoch.
+    pub epoch: Arc<str>,
+    /// The offset assigned (for a duplicate: the original publication's offset).
+    pub offset: u64,
+    /// When it was stored, milliseconds since the Unix epoch (for a duplicate: the original time).
+    pub ts_ms: u64,
     /// Whether this was a retry of an already stored publish (nothing was stored or delivered).
     pub duplicate: bool,
 }
@@ -157,7 +161,7 @@ pub trait EngineSink: Send + Sync {
 /// - after [`Engine::subscribe`] returns, every later publication on that channel reaches the
 ///   sink exactly once, in offset order;
 /// - a publish with an idempotency key seen within the window is not stored again and returns
-///   the original publication with `duplicate: true`;
+///   the original position with `duplicate: true`;
 /// - history returns exactly the stored publications still within size and TTL;
 /// - presence counts a client id once however many connections it has; join is announced for
 ///   its first connection and leave for its last, including when entries expire.
@@ -175,7 +179,8 @@ pub trait Engine: Send + Sync + 'static {
         options: &PublishOptions,
     ) -> Result<PublishOutcome, EngineError>;
 
-    /// Starts delivering the channel's publications to this node's sink.
+    /// Starts delivering the channel's publications to this node's sink. While a node is
+    /// subscribed, the channel's stream (and so its epoch) is kept even when idle.
     async fn subscribe(&self, key: &ChannelKey) -> Result<(), EngineError>;
 
     /// Stops delivering the channel's publications to this node's sink.

@@ -16,12 +16,20 @@ pub struct RelayConfig {
     pub max_subscriptions_per_connection: usize,
     /// Frames queued for one connection before it is disconnected as a slow consumer.
     pub outbound_queue_len: usize,
+    /// Bytes queued for one connection before it is disconnected as a slow consumer; history
+    /// replies are cut to half of it.
+    pub max_queued_bytes: usize,
     /// Most connections per app on this node.
     pub max_connections_per_app: usize,
     /// Sustained client publishes per second per connection.
     pub publish_rate_per_second: u32,
     /// Client publishes allowed in a burst per connection.
     pub publish_burst: u32,
+    /// Sustained other requests (subscribe, unsubscribe, history, presence, refresh) per second
+    /// per connection.
+    pub request_rate_per_second: u32,
+    /// Other requests allowed in a burst per connection.
+    pub request_burst: u32,
     /// Time a new WebSocket has to send its `connect` frame, in milliseconds.
     pub handshake_timeout_ms: u64,
     /// Interval of server pings, in milliseconds.
@@ -33,7 +41,8 @@ pub struct RelayConfig {
     pub presence_timeout_ms: u64,
     /// How long idempotency keys are remembered, in seconds (at least 120).
     pub idempotency_window_secs: u64,
-    /// Most messages replayed by one recovery; beyond it the reply says `recovered: false`.
+    /// Most messages replayed by one recovery; beyond it (or beyond the free room in the
+    /// connection's queue) the reply says `recovered: false`. Must be below `outbound_queue_len`.
     pub max_recover: usize,
     /// Longest wait of one long-poll request, in milliseconds.
     pub long_poll_max_wait_ms: u64,
@@ -52,15 +61,18 @@ impl Default for RelayConfig {
             max_frame_bytes: 64 * 1024,
             max_subscriptions_per_connection: 128,
             outbound_queue_len: 1024,
+            max_queued_bytes: 16 * 1024 * 1024,
             max_connections_per_app: 10_000,
             publish_rate_per_second: 50,
             publish_burst: 100,
+            request_rate_per_second: 100,
+            request_burst: 200,
             handshake_timeout_ms: 10_000,
             ping_interval_ms: 25_000,
             idle_timeout_ms: 60_000,
             presence_timeout_ms: 30_000,
             idempotency_window_secs: 300,
-            max_recover: 10_000,
+            max_recover: 1000,
             long_poll_max_wait_ms: 30_000,
             token_leeway_secs: 5,
             max_token_ttl_secs: 24 * 3600,
@@ -138,12 +150,20 @@ impl RelayConfig {
         positive("max_connections_per_app", self.max_connections_per_app as u64);
         positive("publish_rate_per_second", self.publish_rate_per_second.into());
         positive("publish_burst", self.publish_burst.into());
+        positive("request_rate_per_second", self.request_rate_per_second.into());
+        positive("request_burst", self.request_burst.into());
         positive("handshake_timeout_ms", self.handshake_timeout_ms);
         positive("ping_interval_ms", self.ping_interval_ms);
         positive("presence_timeout_ms", self.presence_timeout_ms);
         positive("max_recover", self.max_recover as u64);
         positive("long_poll_max_wait_ms", self.long_poll_max_wait_ms);
         positive("max_token_ttl_secs", self.max_token_ttl_secs);
+        if self.max_recover >= self.outbound_queue_len {
+            problems.push("relay.max_recover must be below relay.outbound_queue_len".into());
+        }
+        if self.max_queued_bytes < self.max_frame_bytes.saturating_mul(4) {
+            problems.push("relay.max_queued_bytes must be at least 4 times relay.max_frame_bytes".into());
+        }
         if self.idle_timeout_ms <= self.ping_interval_ms {
             problems.push("relay.idle_timeout_ms must be greater than relay.ping_interval_ms".into());
         }

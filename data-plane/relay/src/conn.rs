@@ -36,6 +36,21 @@ pub enum Outbound {
     Frame(Utf8Bytes),
 }
 
+impl Outbound {
+    /// Returns the frame's size in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Outbound::Message(m) => m.frame.len(),
+            Outbound::Frame(f) => f.len(),
+        }
+    }
+
+    /// Returns whether the frame is empty (never, for frames we build).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Converts an encoded frame to WebSocket text. Our encoders produce UTF-8 JSON, so the check
 /// is a formality done once per frame, never per subscriber.
 pub fn text(frame: bytes::Bytes) -> Utf8Bytes {
@@ -48,6 +63,9 @@ struct Shared {
     tx: mpsc::Sender<Outbound>,
     closed: CancellationToken,
     close_code: OnceLock<CloseCode>,
+    /// Bytes in the queue: a count limit alone would let a few huge replies pin gigabytes.
+    queued_bytes: AtomicUsize,
+    max_queued_bytes: usize,
 }
 
 /// A handle to a connection: cheap to clone, safe to use from the hub.
@@ -63,11 +81,25 @@ impl std::fmt::Debug for ConnHandle {
 }
 
 impl ConnHandle {
-    /// Creates a connection with a queue of `queue_len` frames; returns the handle and the
-    /// receiving end for the connection's writer.
-    pub fn new(id: Arc<str>, app: Arc<str>, queue_len: usize) -> (Self, mpsc::Receiver<Outbound>) {
+    /// Creates a connection whose queue holds at most `queue_len` frames and `max_queued_bytes`
+    /// bytes; returns the handle and the receiving end for the connection's writer, which must
+    /// call [`ConnHandle::dequeued`] for what it takes.
+    pub fn new(
+        id: Arc<str>,
+        app: Arc<str>,
+        queue_len: usize,
+        max_queued_bytes: usize,
+    ) -> (Self, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(queue_len);
-        let shared = Shared { id, app, tx, closed: CancellationToken::new(), close_code: OnceLock::new() };
+        let shared = Shared {
+            id,
+            app,
+            tx,
+            closed: CancellationToken::new(),
+            close_code: OnceLock::new(),
+            queued_bytes: AtomicUsize::new(0),
+            max_queued_bytes,
+        };
         (Self { shared: Arc::new(shared) }, rx)
     }
 
@@ -81,17 +113,41 @@ impl ConnHandle {
         &self.shared.app
     }
 
-    /// Queues a frame without waiting. A full queue closes the connection as a slow consumer;
-    /// returns whether the frame was queued.
+    /// Queues a frame without waiting. A queue full by count or by bytes closes the connection
+    /// as a slow consumer. Returns whether the frame was queued; after a close nothing is, so
+    /// what a client received before the close is always a gap-free prefix.
     pub fn push(&self, item: Outbound) -> bool {
+        if self.shared.closed.is_cancelled() {
+            return false;
+        }
+        let len = item.len();
+        let before = self.shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        if before + len > self.shared.max_queued_bytes {
+            self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            self.close(CloseCode::SlowConsumer);
+            return false;
+        }
         match self.shared.tx.try_send(item) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close(CloseCode::SlowConsumer);
+            Err(err) => {
+                self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                if matches!(err, mpsc::error::TrySendError::Full(_)) {
+                    self.close(CloseCode::SlowConsumer);
+                }
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    /// Records that the writer took `items` off the queue.
+    pub fn dequeued(&self, items: &[Outbound]) {
+        let bytes: usize = items.iter().map(Outbound::len).sum();
+        self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Returns how many more frames the queue can take now.
+    pub fn room(&self) -> usize {
+        self.shared.tx.capacity()
     }
 
     /// Closes the connection with `code`; the first code wins.

@@ -97,14 +97,9 @@ pub async fn publish(
         idempotency_window: Duration::from_secs(state.config.idempotency_window_secs),
     };
     let message = NewMessage { payload, client_id: input.client_id, encoding: input.encoding.map(Arc::from) };
-    let PublishOutcome { publication, duplicate } = state.engine.publish(&key, message, &options).await?;
-    Ok(PublishResult {
-        channel: key.channel.to_string(),
-        epoch: publication.epoch,
-        offset: publication.offset,
-        ts: publication.ts_ms,
-        duplicate,
-    })
+    let PublishOutcome { epoch, offset, ts_ms, duplicate } =
+        state.engine.publish(&key, message, &options).await?;
+    Ok(PublishResult { channel: key.channel.to_string(), epoch, offset, ts: ts_ms, duplicate })
 }
 
 /// A page of history as replied to clients.
@@ -120,8 +115,10 @@ pub struct HistoryResult {
 }
 
 impl HistoryResult {
-    /// Encodes `{"channel":..,"epoch":..,"offset":..,"messages":[<message frames>]}`.
-    pub fn to_json(&self) -> Box<RawValue> {
+    /// Encodes `{"channel":..,"epoch":..,"offset":..,"messages":[<message frames>]}`, with as
+    /// many messages as fit in `max_bytes` (at least one): a client pages on from the last
+    /// offset it got, so one request never builds an unbounded reply.
+    pub fn to_json(&self, max_bytes: usize) -> Box<RawValue> {
         let mut out = String::with_capacity(64 + self.publications.len() * 128);
         out.push_str(r#"{"channel":"#);
         out.push_str(&serde_json::to_string(self.channel.as_str()).unwrap_or_default());
@@ -133,6 +130,10 @@ impl HistoryResult {
                 out.push(',');
             }
             let frame = tributary_protocol::frame::server::encode_message(self.channel.as_str(), p);
+            if i > 0 && out.len() + frame.len() > max_bytes {
+                out.pop();
+                break;
+            }
             out.push_str(std::str::from_utf8(&frame).unwrap_or("null"));
         }
         out.push_str("]}");

@@ -28,6 +28,9 @@ use stream::Stream;
 
 const SHARDS: usize = 32;
 
+/// How often idle streams are looked for.
+const STREAM_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Settings of the in-memory engine.
 #[derive(Debug, Clone)]
 pub struct MemoryEngineConfig {
@@ -112,7 +115,9 @@ impl Inner {
         removed.left
     }
 
-    fn sweep(&self) {
+    /// Expires presence entries; every `streams_every`-th call also forgets idle streams, which
+    /// visits every stream and so runs less often than the presence sweep needs to.
+    fn sweep(&self, tick: u64) {
         let now = Instant::now();
         {
             let mut presence = lock(&self.presence);
@@ -122,6 +127,11 @@ impl Inner {
                 }
             }
             presence.retain(|_, set| !set.is_empty());
+        }
+        let every =
+            (STREAM_SWEEP_INTERVAL.as_millis() / self.config.sweep_interval.as_millis().max(1)).max(1);
+        if u128::from(tick) % every != 0 {
+            return;
         }
         let idle = self.config.stream_idle_ttl;
         for shard in &self.shards {
@@ -138,10 +148,10 @@ async fn sweep_loop(inner: Weak<Inner>) {
     };
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    for tick in 0u64.. {
         ticker.tick().await;
         match inner.upgrade() {
-            Some(inner) => inner.sweep(),
+            Some(inner) => inner.sweep(tick),
             None => return,
         }
     }
@@ -163,23 +173,27 @@ impl Engine for MemoryEngine {
     ) -> Result<PublishOutcome, EngineError> {
         let stream = self.inner.stream(key);
         let mut stream = lock(&stream);
-        let outcome = stream.publish(message, options);
-        if !outcome.duplicate
+        let (outcome, stored) = stream.publish(message, options);
+        if let Some(publication) = stored
             && let Some(sink) = self.inner.sink()
         {
             // Delivered under the stream lock: this is what orders delivery per channel.
-            sink.on_publication(key, &outcome.publication);
+            sink.on_publication(key, &publication);
         }
         Ok(outcome)
     }
 
-    async fn subscribe(&self, _key: &ChannelKey) -> Result<(), EngineError> {
-        // One node: the sink already sees every publication, and the hub drops those without
-        // local subscribers.
+    async fn subscribe(&self, key: &ChannelKey) -> Result<(), EngineError> {
+        // One node: the sink already sees every publication (the hub drops those without local
+        // subscribers). Subscribing only pins the stream, so its epoch outlives quiet periods.
+        lock(&self.inner.stream(key)).subscribers += 1;
         Ok(())
     }
 
-    async fn unsubscribe(&self, _key: &ChannelKey) -> Result<(), EngineError> {
+    async fn unsubscribe(&self, key: &ChannelKey) -> Result<(), EngineError> {
+        let stream = self.inner.stream(key);
+        let mut stream = lock(&stream);
+        stream.subscribers = stream.subscribers.saturating_sub(1);
         Ok(())
     }
 
@@ -266,4 +280,41 @@ mod conformance_tests {
     }
 
     crate::engine_conformance_suite!(memory_engine);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tributary_protocol::ChannelName;
+    use tributary_protocol::frame::Direction;
+
+    fn key(name: &str) -> ChannelKey {
+        ChannelKey::new("app", ChannelName::parse(name).unwrap())
+    }
+
+    async fn epoch(engine: &MemoryEngine, key: &ChannelKey) -> Arc<str> {
+        let query = HistoryQuery { since: None, direction: Direction::Forward, limit: 1 };
+        let stream = StreamOptions { history_size: 10, history_ttl: Duration::from_secs(60) };
+        engine.history(key, query, stream).await.unwrap().epoch
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn streams_created_by_reads_are_forgotten_but_subscribed_ones_keep_their_epoch() {
+        let engine = MemoryEngine::new(MemoryEngineConfig {
+            sweep_interval: Duration::from_secs(1),
+            stream_idle_ttl: Duration::from_secs(24 * 3600),
+        });
+        let (read, subscribed) = (key("read-only"), key("subscribed"));
+        let read_epoch = epoch(&engine, &read).await;
+        engine.subscribe(&subscribed).await.unwrap();
+        let subscribed_epoch = epoch(&engine, &subscribed).await;
+        for _ in 0..400 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(epoch(&engine, &subscribed).await, subscribed_epoch);
+        assert_ne!(epoch(&engine, &read).await, read_epoch, "the never-published stream was forgotten");
+        let total: usize = engine.inner.shards.iter().map(|s| lock(s).len()).sum();
+        assert_eq!(total, 2, "the re-read stream exists again, nothing else piled up");
+    }
 }

@@ -27,10 +27,20 @@ struct Stored {
     expires_at: Instant,
 }
 
+/// What a duplicate needs to answer: not the payload, which would pin memory for the window.
 struct IdempotencyEntry {
-    publication: Publication,
+    offset: u64,
+    ts_ms: u64,
     expires_at: Instant,
 }
+
+/// Most idempotency keys remembered per channel. Beyond it the oldest are forgotten early, so a
+/// flood of unique keys shortens the window instead of growing memory.
+const MAX_IDEMPOTENCY_KEYS: usize = 10_000;
+
+/// A stream that never had a message is forgotten after this idle time (unless subscribed), so
+/// reads of random channel names cannot pile up streams.
+const NEVER_PUBLISHED_TTL: Duration = Duration::from_secs(300);
 
 /// A channel's stream. Guarded by its own mutex so that publishes to one channel are ordered
 /// without blocking other channels.
@@ -42,6 +52,8 @@ pub(crate) struct Stream {
     /// Keys in insertion order, to expire them without scanning the map.
     idempotency_order: VecDeque<(Instant, String)>,
     pub(crate) last_used: Instant,
+    /// Nodes subscribed to the channel; a subscribed stream is never forgotten.
+    pub(crate) subscribers: usize,
 }
 
 impl Stream {
@@ -53,18 +65,30 @@ impl Stream {
             idempotency: HashMap::new(),
             idempotency_order: VecDeque::new(),
             last_used: Instant::now(),
+            subscribers: 0,
         }
     }
 
-    /// Stores a message, or returns the original publication for a retried idempotency key.
-    pub(crate) fn publish(&mut self, message: NewMessage, options: &PublishOptions) -> PublishOutcome {
+    /// Stores a message and returns it, or returns the original position for a retried
+    /// idempotency key (and no publication).
+    pub(crate) fn publish(
+        &mut self,
+        message: NewMessage,
+        options: &PublishOptions,
+    ) -> (PublishOutcome, Option<Publication>) {
         let now = Instant::now();
         self.last_used = now;
         self.expire_idempotency(now);
         if let Some(key) = &options.idempotency_key
             && let Some(entry) = self.idempotency.get(key)
         {
-            return PublishOutcome { publication: entry.publication.clone(), duplicate: true };
+            let outcome = PublishOutcome {
+                epoch: self.epoch.clone(),
+                offset: entry.offset,
+                ts_ms: entry.ts_ms,
+                duplicate: true,
+            };
+            return (outcome, None);
         }
         self.top += 1;
         let publication = Publication {
@@ -76,10 +100,7 @@ impl Stream {
             encoding: message.encoding,
         };
         if let Some(key) = &options.idempotency_key {
-            let expires_at = now + options.idempotency_window;
-            self.idempotency
-                .insert(key.clone(), IdempotencyEntry { publication: publication.clone(), expires_at });
-            self.idempotency_order.push_back((expires_at, key.clone()));
+            self.remember(key, &publication, now + options.idempotency_window);
         }
         if options.stream.history_size > 0 {
             self.history.push_back(Stored {
@@ -88,7 +109,27 @@ impl Stream {
             });
         }
         self.trim(options.stream, now);
-        PublishOutcome { publication, duplicate: false }
+        let outcome = PublishOutcome {
+            epoch: self.epoch.clone(),
+            offset: self.top,
+            ts_ms: publication.ts_ms,
+            duplicate: false,
+        };
+        (outcome, Some(publication))
+    }
+
+    fn remember(&mut self, key: &str, publication: &Publication, expires_at: Instant) {
+        while self.idempotency.len() >= MAX_IDEMPOTENCY_KEYS {
+            match self.idempotency_order.pop_front() {
+                Some((_, oldest)) => {
+                    self.idempotency.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+        let entry = IdempotencyEntry { offset: publication.offset, ts_ms: publication.ts_ms, expires_at };
+        self.idempotency.insert(key.to_owned(), entry);
+        self.idempotency_order.push_back((expires_at, key.to_owned()));
     }
 
     fn expire_idempotency(&mut self, now: Instant) {
@@ -139,12 +180,17 @@ impl Stream {
         }
     }
 
-    /// Returns whether the stream holds nothing worth keeping and has been idle for `idle`.
+    /// Returns whether the stream holds nothing worth keeping: no node subscribed, no history,
+    /// no idempotency key, and idle for `idle` (or a shorter time if it never had a message).
     pub(crate) fn is_idle(&mut self, now: Instant, idle: Duration) -> bool {
         while self.history.front().is_some_and(|s| s.expires_at <= now) {
             self.history.pop_front();
         }
         self.expire_idempotency(now);
-        self.history.is_empty() && self.idempotency.is_empty() && now.duration_since(self.last_used) >= idle
+        let idle = if self.top == 0 { idle.min(NEVER_PUBLISHED_TTL) } else { idle };
+        self.subscribers == 0
+            && self.history.is_empty()
+            && self.idempotency.is_empty()
+            && now.duration_since(self.last_used) >= idle
     }
 }

@@ -37,7 +37,7 @@ pub(super) async fn history(
     let app = Arc::from(identity.app_id);
     let direction = params.direction.unwrap_or_default();
     let result = ops::history(&state, &app, channel, params.since, direction, params.limit).await?;
-    let mut response = result.to_json().get().to_owned().into_response();
+    let mut response = result.to_json(state.config.max_queued_bytes / 2).get().to_owned().into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(response)
 }

@@ -56,14 +56,20 @@ fn idempotency_key(headers: &HeaderMap, body: Option<String>) -> Result<Option<S
         }
         None => body,
     };
-    match key {
-        Some(k) if k.is_empty() || k.len() > MAX_KEY_LEN => Err(OpError::new(
+    if let Some(key) = &key {
+        check_key(key)?;
+    }
+    Ok(key)
+}
+
+fn check_key(key: &str) -> Result<(), OpError> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(OpError::new(
             ErrorCode::InvalidParameter,
             format!("idempotency key must be 1 to {MAX_KEY_LEN} bytes"),
-        )
-        .into()),
-        other => Ok(other),
+        ));
     }
+    Ok(())
 }
 
 fn check_encoding(encoding: &Option<String>) -> Result<(), OpError> {
@@ -130,17 +136,20 @@ pub(super) async fn publish_batch(
     let batch_key = idempotency_key(&headers, None)?;
     let app: Arc<str> = Arc::from(identity.app_id);
     let mut results = Vec::with_capacity(body.messages.len());
-    for item in body.messages {
+    for (index, item) in body.messages.into_iter().enumerate() {
         let name = item.channel.clone();
         let outcome = async {
             check_encoding(&item.encoding)?;
+            let own_key = item.idempotency_key.map(|k| check_key(&k).map(|()| k)).transpose()?;
             let input = PublishInput {
                 channel: tributary_protocol::ChannelName::parse(&item.channel)
                     .map_err(|e| OpError::new(ErrorCode::InvalidChannel, e.to_string()))?,
                 data: &item.data,
                 binary: item.binary,
                 encoding: item.encoding,
-                idempotency_key: item.idempotency_key.or_else(|| batch_key.clone()),
+                // Keys are scoped per channel, so a batch key is made per item: two messages
+                // of one batch to the same channel are two messages, and a retry matches both.
+                idempotency_key: own_key.or_else(|| batch_key.as_ref().map(|k| format!("{k}#{index}"))),
                 client_id: None,
             };
             ops::publish(&state, &app, input).await

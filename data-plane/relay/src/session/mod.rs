@@ -59,6 +59,7 @@ pub struct Session {
     identity: Identity,
     subscriptions: HashMap<ChannelName, Subscription>,
     publish_bucket: TokenBucket,
+    request_bucket: TokenBucket,
     /// Long-poll requests come and go; counting them in presence would flap join/leave.
     presence_allowed: bool,
 }
@@ -98,7 +99,17 @@ impl Session {
     pub fn new(state: Arc<RelayState>, conn: ConnHandle, identity: Identity, presence_allowed: bool) -> Self {
         let publish_bucket =
             TokenBucket::new(state.config.publish_rate_per_second, state.config.publish_burst);
-        Self { state, conn, identity, subscriptions: HashMap::new(), publish_bucket, presence_allowed }
+        let request_bucket =
+            TokenBucket::new(state.config.request_rate_per_second, state.config.request_burst);
+        Self {
+            state,
+            conn,
+            identity,
+            subscriptions: HashMap::new(),
+            publish_bucket,
+            request_bucket,
+            presence_allowed,
+        }
     }
 
     /// Returns the connection.
@@ -114,6 +125,11 @@ impl Session {
     /// Handles one client frame, queuing its reply.
     pub async fn handle(&mut self, frame: ClientFrame) {
         let id = frame.id;
+        let limited = !matches!(frame.op, ClientOp::Ping | ClientOp::Publish(_) | ClientOp::Connect { .. });
+        if limited && !self.request_bucket.try_take() {
+            self.refuse(id, ErrorCode::RateLimited, ErrorCode::RateLimited.message());
+            return;
+        }
         let outcome = match frame.op {
             ClientOp::Connect { .. } => Err(ErrorCode::ConnectExpected.into()),
             ClientOp::Subscribe(request) => match self.subscribe(request, Some(id)).await {
@@ -133,7 +149,7 @@ impl Session {
                     id: Option<u64>,
                     result: &'a RawValue,
                 }
-                let json = r.to_json();
+                let json = r.to_json(self.state.config.max_queued_bytes / 2);
                 text(bytes::Bytes::from(
                     serde_json::to_vec(&Reply { r#type: "reply", id, result: &json }).unwrap_or_default(),
                 ))
@@ -251,11 +267,13 @@ impl Session {
             ));
         }
         let member = self.member(Some(Arc::from(state)));
-        if self.state.engine.presence_update(&subscription.key, member).await? {
-            Ok(())
-        } else {
-            Err(ErrorCode::NotSubscribed.into())
+        if !self.state.engine.presence_update(&subscription.key, member.clone()).await? {
+            // The entry expired (a missed heartbeat); the client is still subscribed, so join again.
+            let ns = self.state.config.namespace(channel.namespace());
+            let options = self.state.config.presence_options(&ns);
+            self.state.engine.presence_join(&subscription.key, member, options).await?;
         }
+        Ok(())
     }
 
     async fn refresh(&mut self, token: &str) -> Result<RefreshReply, OpError> {

@@ -18,6 +18,9 @@ use super::{Session, Subscription};
 use crate::conn::{Outbound, PreparedMessage, text};
 use crate::ops::OpError;
 
+/// Queue slots kept free for the subscribe reply and the first live frames.
+const REPLY_RESERVE: usize = 8;
+
 /// The reply to a subscribe.
 #[derive(Debug, Clone, Serialize)]
 pub struct SubscribeReply {
@@ -75,7 +78,11 @@ impl Session {
                 if presence {
                     let member = self.member(request.state.map(Arc::from));
                     let options = self.state.config.presence_options(&ns);
-                    self.state.engine.presence_join(&key, member, options).await?;
+                    // The reply is already queued, so a failure here must not become a second
+                    // reply; the next heartbeat joins again.
+                    if let Err(err) = self.state.engine.presence_join(&key, member, options).await {
+                        tracing::warn!(error = %err, "presence join failed; retrying with the heartbeat");
+                    }
                 }
                 Ok(reply)
             }
@@ -96,7 +103,9 @@ impl Session {
         recoverable: bool,
         reply_id: Option<Option<u64>>,
     ) -> Result<SubscribeReply, OpError> {
-        let max = self.state.config.max_recover;
+        // Never replay more than the queue can take now: a recovery must not make its own
+        // connection a slow consumer (several channels recovering at once share the room).
+        let max = self.state.config.max_recover.min(self.conn.room().saturating_sub(REPLY_RESERVE));
         let query = match (&request.recover, request.rewind) {
             (Some(position), _) => {
                 HistoryQuery { since: Some(position.offset), direction: Direction::Forward, limit: max }
@@ -106,11 +115,11 @@ impl Session {
             }
             (None, None) => HistoryQuery { since: None, direction: Direction::Backward, limit: 0 },
         };
-        let page = self.state.engine.history(key, query, stream).await?;
-        let mut publications = page.publications.clone();
+        let mut page = self.state.engine.history(key, query, stream).await?;
+        let mut publications = std::mem::take(&mut page.publications);
         let recovered = request.recover.as_ref().map(|position| {
-            let complete =
-                publications.len() < max || publications.last().map(|p| p.offset) == Some(page.top_offset);
+            // History offsets are consecutive, so the page holds offset+1 ..= offset+len.
+            let complete = position.offset.saturating_add(publications.len() as u64) >= page.top_offset;
             page.covers(&position.epoch, position.offset) && complete
         });
         match (recovered, request.rewind) {

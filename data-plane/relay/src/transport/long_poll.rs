@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tributary_protocol::{Cursor, StreamPosition};
 
-use crate::conn::Outbound;
+use crate::conn::{ConnHandle, Outbound};
 use crate::http_api::ApiError;
 use crate::ops::OpError;
 use crate::session::Session;
@@ -46,9 +46,12 @@ pub async fn poll(
     headers: HeaderMap,
     query: Result<Query<PollQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    match run(state, headers, query).await {
-        Ok(response) => response,
-        Err(err) => ApiError::from(err).into_response(),
+    // Run in a task of its own: if the client goes away mid-poll, hyper drops this handler,
+    // but the poll still ends (within its wait) and closes its session, freeing its slot.
+    match tokio::spawn(run(state, headers, query)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(err)) => ApiError::from(err).into_response(),
+        Err(_) => ApiError::from(tributary_protocol::ErrorCode::Internal).into_response(),
     }
 }
 
@@ -75,7 +78,8 @@ async fn run(
         };
     let mut frames = Vec::new();
     if given.is_some() && unrecovered.is_empty() {
-        collect(&mut rx, &mut frames, wait, &state).await;
+        let conn = session.conn().clone();
+        collect(&mut rx, &mut frames, wait, &state, &conn).await;
     }
     session.close().await;
     Ok(respond(frames, &mut cursor, &unrecovered))
@@ -86,11 +90,14 @@ async fn collect(
     frames: &mut Vec<Outbound>,
     wait: Duration,
     state: &RelayState,
+    conn: &ConnHandle,
 ) {
     tokio::select! {
         n = rx.recv_many(frames, MAX_FRAMES) => { if n == 0 { return; } }
         _ = tokio::time::sleep(wait) => return,
         _ = state.shutdown.cancelled() => return,
+        // Nothing is queued after a close, so what was queued before it is a gap-free prefix.
+        _ = conn.closed().cancelled() => {}
     }
     // Take what is already queued too, so a burst is one response, not many.
     while frames.len() < MAX_FRAMES {

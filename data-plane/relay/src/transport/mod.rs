@@ -35,7 +35,9 @@ pub async fn open_connection(
     let token = token.ok_or(ErrorCode::Unauthorized)?;
     let identity = Identity::from(authenticate(state, token).await?);
     let conn_id: Arc<str> = Arc::from(uuid::Uuid::now_v7().simple().to_string());
-    let (conn, rx) = ConnHandle::new(conn_id, identity.app_id.clone(), state.config.outbound_queue_len);
+    let config = &state.config;
+    let (conn, rx) =
+        ConnHandle::new(conn_id, identity.app_id.clone(), config.outbound_queue_len, config.max_queued_bytes);
     if !state.connections.register(&conn, state.config.max_connections_per_app) {
         return Err(ErrorCode::ConnectionLimit.into());
     }
@@ -89,9 +91,10 @@ pub async fn subscribe_all(
 
 /// Parses a comma-separated channel list.
 pub fn parse_channels(list: &str) -> Result<Vec<tributary_protocol::ChannelName>, OpError> {
+    let mut seen = std::collections::HashSet::new();
     let channels: Vec<_> = list
         .split(',')
-        .filter(|c| !c.is_empty())
+        .filter(|c| !c.is_empty() && seen.insert(*c))
         .map(|c| {
             tributary_protocol::ChannelName::parse(c)
                 .map_err(|e| OpError::new(ErrorCode::InvalidChannel, e.to_string()))

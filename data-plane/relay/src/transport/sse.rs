@@ -44,9 +44,12 @@ pub async fn stream(
     headers: HeaderMap,
     query: Result<Query<SseQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    match open(state, headers, query).await {
-        Ok(response) => response,
-        Err(err) => ApiError::from(err).into_response(),
+    // Run in a task of its own: if the client goes away mid-setup, hyper drops this handler,
+    // but the setup still finishes and its cleanup (which is in the pump) still runs.
+    match tokio::spawn(open(state, headers, query)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(err)) => ApiError::from(err).into_response(),
+        Err(_) => ApiError::from(tributary_protocol::ErrorCode::Internal).into_response(),
     }
 }
 
@@ -73,6 +76,7 @@ async fn open(
     let timers = Timers {
         ping: Duration::from_millis(state.config.ping_interval_ms),
         heartbeat: Duration::from_millis((state.config.presence_timeout_ms / 3).max(1)),
+        idle: Duration::from_millis(state.config.idle_timeout_ms),
     };
     tokio::spawn(pump(session, rx, body_tx, cursor, timers));
     let mut response = Body::from_stream(ReceiverStream::new(body_rx)).into_response();
@@ -83,16 +87,32 @@ async fn open(
     Ok(response)
 }
 
-/// Moves queued frames into the response body until the client goes away or the session ends.
 struct Timers {
     ping: Duration,
     heartbeat: Duration,
+    idle: Duration,
 }
 
+type BodySender = mpsc::Sender<Result<Bytes, Infallible>>;
+
+/// Sends a chunk unless the connection closes first; a client that reads nothing for the idle
+/// timeout is closed, so a stuck body never pins the session.
+async fn send(body: &BodySender, chunk: Bytes, conn: &ConnHandle, idle: Duration) -> bool {
+    tokio::select! {
+        sent = body.send(Ok(chunk)) => sent.is_ok(),
+        _ = conn.closed().cancelled() => false,
+        _ = tokio::time::sleep(idle) => {
+            conn.close(CloseCode::IdleTimeout);
+            false
+        }
+    }
+}
+
+/// Moves queued frames into the response body until the client goes away or the session ends.
 async fn pump(
     session: Session,
     mut rx: mpsc::Receiver<Outbound>,
-    body: mpsc::Sender<Result<Bytes, Infallible>>,
+    body: BodySender,
     mut cursor: Cursor,
     timers: Timers,
 ) {
@@ -101,7 +121,7 @@ async fn pump(
     let mut heartbeat = tokio::time::interval_at(Instant::now() + timers.heartbeat, timers.heartbeat);
     let mut batch = Vec::with_capacity(64);
     // A comment first, so proxies and clients see the stream open at once.
-    let mut open = body.send(Ok(Bytes::from_static(b": open\n\n"))).await.is_ok();
+    let mut open = send(&body, Bytes::from_static(b": open\n\n"), &conn, timers.idle).await;
     while open {
         let expires_in = Duration::from_secs(session.identity().expires_at.saturating_sub(unix_now()));
         tokio::select! {
@@ -110,10 +130,11 @@ async fn pump(
             _ = body.closed() => break,
             n = rx.recv_many(&mut batch, 64) => {
                 if n == 0 { break; }
+                conn.dequeued(&batch);
                 let chunk = encode_batch(&mut batch, &mut cursor);
-                open = body.send(Ok(chunk)).await.is_ok();
+                open = send(&body, chunk, &conn, timers.idle).await;
             }
-            _ = ping.tick() => open = body.send(Ok(Bytes::from_static(b": ping\n\n"))).await.is_ok(),
+            _ = ping.tick() => open = send(&body, Bytes::from_static(b": ping\n\n"), &conn, timers.idle).await,
             _ = heartbeat.tick() => session.heartbeat().await,
             _ = tokio::time::sleep(expires_in) => conn.close(CloseCode::TokenExpired),
         }
@@ -146,7 +167,11 @@ fn encode_batch(batch: &mut Vec<Outbound>, cursor: &mut Cursor) -> Bytes {
                 out.extend_from_slice(m.frame.as_bytes());
             }
             Outbound::Frame(f) => {
-                out.extend_from_slice(b"data: ");
+                // Every event carries the cursor, so a stream that drops before its first
+                // message still resumes from where it started.
+                out.extend_from_slice(b"id: ");
+                out.extend_from_slice(cursor.encode().as_bytes());
+                out.extend_from_slice(b"\ndata: ");
                 out.extend_from_slice(f.as_bytes());
             }
         }

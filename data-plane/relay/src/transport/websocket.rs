@@ -204,6 +204,7 @@ async fn write_loop(
             biased;
             _ = conn.closed().cancelled() => break,
             n = rx.recv_many(&mut batch, COALESCE_MAX) => {
+                conn.dequeued(&batch);
                 // A peer that stops reading must not pin this task: closing wins over writing.
                 let written = tokio::select! {
                     written = write_batch(&mut sink, &mut batch) => written.is_ok(),
@@ -215,7 +216,11 @@ async fn write_loop(
                 }
             }
             _ = ping.tick() => {
-                if sink.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                let sent = tokio::select! {
+                    sent = sink.send(Message::Ping(bytes::Bytes::new())) => sent.is_ok(),
+                    _ = conn.closed().cancelled() => false,
+                };
+                if !sent {
                     conn.closed().cancel();
                     break;
                 }

@@ -22,6 +22,25 @@ async fn a_batch_publishes_to_many_channels_and_reports_each_result() {
     assert_eq!(retry["results"][0]["duplicate"], true, "{retry}");
     let got = c.messages(2).await.unwrap();
     assert_eq!((got[0]["channel"].clone(), got[1]["channel"].clone()), (json!("a"), json!("b")));
+    // A batch key covers each item separately: two messages to one channel are both stored.
+    let twice = json!({"messages": [{"channel": "a", "data": "x"}, {"channel": "a", "data": "y"}]});
+    let (_, reply) = server.post("/v1/publish", &twice, Some("batch-2")).await;
+    assert_eq!(
+        (reply["results"][0]["duplicate"].clone(), reply["results"][1]["duplicate"].clone()),
+        (json!(false), json!(false))
+    );
+    let (_, retry) = server.post("/v1/publish", &twice, Some("batch-2")).await;
+    assert_eq!(
+        (retry["results"][0]["offset"].clone(), retry["results"][1]["offset"].clone()),
+        (reply["results"][0]["offset"].clone(), reply["results"][1]["offset"].clone())
+    );
+    assert_eq!(
+        c.messages(2).await.unwrap().iter().map(|m| m["data"].clone()).collect::<Vec<_>>(),
+        vec![json!("x"), json!("y")]
+    );
+    let bad_key = json!({"messages": [{"channel": "a", "data": 1, "idempotency_key": ""}]});
+    let (_, reply) = server.post("/v1/publish", &bad_key, None).await;
+    assert_eq!(reply["results"][0]["error"]["name"], "invalid_parameter");
     assert!(
         c.quiet_for(std::time::Duration::from_millis(200)).await,
         "the retried batch was not delivered again"

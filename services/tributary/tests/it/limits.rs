@@ -3,7 +3,11 @@ use tributary_testkit::{TestServer, WsClient};
 
 #[tokio::test]
 async fn a_slow_consumer_is_disconnected_with_reconnect_and_recover() {
-    let server = TestServer::spawn_with(|relay| relay.outbound_queue_len = 8).await;
+    let server = TestServer::spawn_with(|relay| {
+        relay.outbound_queue_len = 8;
+        relay.max_recover = 4;
+    })
+    .await;
     let mut slow = server.ws(&server.all_rights("slow").await).await;
     slow.request(json!({"op": "subscribe", "channel": "firehose"})).await.unwrap();
     let payload = "x".repeat(30_000);
@@ -74,4 +78,41 @@ async fn shutdown_closes_connections_with_a_reconnect_code() {
     let mut c = server.ws(&server.all_rights("bye").await).await;
     server.stop().await;
     assert_eq!(c.closed().await.unwrap().0, 3000);
+}
+
+#[tokio::test]
+async fn a_connection_that_queues_too_many_bytes_is_closed_even_with_room_for_more_frames() {
+    let server = TestServer::spawn_with(|relay| {
+        relay.outbound_queue_len = 100_000;
+        relay.max_queued_bytes = 4 * relay.max_frame_bytes;
+    })
+    .await;
+    let mut slow = server.ws(&server.all_rights("slow").await).await;
+    slow.request(json!({"op": "subscribe", "channel": "big"})).await.unwrap();
+    let payload = "x".repeat(30_000);
+    for _ in 0..300 {
+        server.publish("big", json!(payload)).await;
+    }
+    let (code, reason) = slow.closed().await.unwrap();
+    assert_eq!(code, 3001, "{reason}");
+}
+
+#[tokio::test]
+async fn requests_other_than_publish_and_ping_are_rate_limited() {
+    let server = TestServer::spawn_with(|relay| {
+        relay.request_rate_per_second = 1;
+        relay.request_burst = 3;
+    })
+    .await;
+    let mut c = server.ws(&server.all_rights("busy").await).await;
+    let mut names = Vec::new();
+    for n in 0..4 {
+        let r = c.request(json!({"op": "subscribe", "channel": format!("c{n}")})).await.unwrap();
+        names.push(r["error"]["name"].as_str().unwrap_or("ok").to_owned());
+    }
+    assert_eq!(names, vec!["ok", "ok", "ok", "rate_limited"]);
+    assert!(
+        c.request(json!({"op": "ping"})).await.unwrap().get("result").is_some(),
+        "pings are never limited"
+    );
 }

@@ -145,3 +145,26 @@ async fn a_retried_publish_with_an_idempotency_key_is_stored_and_delivered_once(
     let (_, history) = server.get("/v1/channels/chat:i/history").await;
     assert_eq!(history["messages"].as_array().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn a_recovery_never_replays_more_than_the_queue_can_take() {
+    let server = TestServer::spawn_with(|relay| {
+        relay.outbound_queue_len = 40;
+        relay.max_recover = 30;
+    })
+    .await;
+    let mut epoch = Value::Null;
+    for n in 1..=60 {
+        epoch = server.publish("chat:big", json!(n)).await["epoch"].clone();
+    }
+    let token = server.all_rights("q").await;
+    let mut far = server.ws(&token).await;
+    let reply =
+        far.request(json!({"op": "subscribe", "channel": "chat:big", "recover": {"epoch": epoch, "offset": 5}})).await.unwrap();
+    assert_eq!(reply["result"]["recovered"], false, "55 missed is more than 30: {reply}");
+    let mut near = server.ws(&token).await;
+    let reply =
+        near.request(json!({"op": "subscribe", "channel": "chat:big", "recover": {"epoch": epoch, "offset": 40}})).await.unwrap();
+    assert_eq!(reply["result"]["recovered"], true, "{reply}");
+    assert_eq!(offsets(&near.messages(20).await.unwrap()), (41..=60).collect::<Vec<_>>());
+}

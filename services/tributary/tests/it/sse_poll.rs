@@ -10,6 +10,7 @@ async fn sse_streams_messages_and_resumes_from_last_event_id() {
     let mut stream = server.sse("chat:s,news", &token, None).await.unwrap();
     let reply = stream.next_of("reply").await.unwrap();
     assert!(reply.data["result"]["epoch"].is_string(), "{:?}", reply.data);
+    assert!(reply.id.is_some(), "even the first event carries a cursor to resume from");
     server.publish("chat:s", json!(1)).await;
     server.publish("news", json!(2)).await;
     let first = stream.next_of("message").await.unwrap();

@@ -159,12 +159,16 @@ async fn a_recovery_never_replays_more_than_the_queue_can_take() {
     }
     let token = server.all_rights("q").await;
     let mut far = server.ws(&token).await;
-    let reply =
-        far.request(json!({"op": "subscribe", "channel": "chat:big", "recover": {"epoch": epoch, "offset": 5}})).await.unwrap();
+    let reply = far
+        .request(json!({"op": "subscribe", "channel": "chat:big", "recover": {"epoch": epoch, "offset": 5}}))
+        .await
+        .unwrap();
     assert_eq!(reply["result"]["recovered"], false, "55 missed is more than 30: {reply}");
     let mut near = server.ws(&token).await;
-    let reply =
-        near.request(json!({"op": "subscribe", "channel": "chat:big", "recover": {"epoch": epoch, "offset": 40}})).await.unwrap();
+    let reply = near
+        .request(json!({"op": "subscribe", "channel": "chat:big", "recover": {"epoch": epoch, "offset": 40}}))
+        .await
+        .unwrap();
     assert_eq!(reply["result"]["recovered"], true, "{reply}");
     assert_eq!(offsets(&near.messages(20).await.unwrap()), (41..=60).collect::<Vec<_>>());
 }

@@ -15,6 +15,9 @@ use tributary_relay::RelayConfig;
 /// The default configuration file, embedded so `tributary config default` and the docs cannot drift.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../default-config.toml");
 
+/// The top-level keys that `TRIBUTARY_*` variables may set.
+const CONFIG_SECTIONS: &[&str] = &["listen", "data_dir", "master_key", "storage", "engine", "relay"];
+
 /// The environment variable prefix.
 pub const ENV_PREFIX: &str = "TRIBUTARY_";
 
@@ -130,7 +133,9 @@ pub fn load(
     for (name, value) in env_keys {
         let path: Vec<String> =
             name[ENV_PREFIX.len()..].split("__").map(|part| part.to_ascii_lowercase()).collect();
-        if path.first().is_some_and(|p| p == "config" || p == "log") {
+        // Other TRIBUTARY_* variables belong to the CLI (TRIBUTARY_API_KEY, TRIBUTARY_URL,
+        // TRIBUTARY_TOKEN, TRIBUTARY_LOG, ...); below a known section, unknown keys are errors.
+        if !path.first().is_some_and(|p| CONFIG_SECTIONS.contains(&p.as_str())) {
             continue;
         }
         set_path(&mut tree, &path, literal(value));
@@ -209,6 +214,8 @@ mod tests {
         let env = env(&[
             ("TRIBUTARY_LISTEN", "127.0.0.1:2"),
             ("TRIBUTARY_RELAY__NAMESPACES__CHAT__HISTORY_SIZE", "7"),
+            ("TRIBUTARY_API_KEY", "belongs to the CLI"),
+            ("TRIBUTARY_LOG_FORMAT", "json"),
             ("OTHER", "x"),
         ]);
         let flags = vec![("listen".to_string(), "127.0.0.1:3".to_string())];

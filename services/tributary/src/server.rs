@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tributary_engine::{Engine, MemoryEngine, MemoryEngineConfig};
 use tributary_relay::Relay;
@@ -78,6 +79,13 @@ impl Bound {
             // Give writers a moment to send their close frames.
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
+        // Realtime frames are small: without TCP_NODELAY, Nagle's algorithm holds a frame back
+        // until the previous one is acknowledged, which with delayed ACKs costs up to 40 ms.
+        let listener = listener.tap_io(|stream| {
+            if let Err(err) = stream.set_nodelay(true) {
+                tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, router).with_graceful_shutdown(signal).await.map_err(ServeError::Serve)
     }
 }

@@ -25,6 +25,9 @@ use crate::state::RelayState;
 /// Frames written per flush at most, so one busy connection cannot starve its own pings.
 const COALESCE_MAX: usize = 64;
 
+/// Bytes of frames gathered before tungstenite writes to the socket (a flush writes sooner).
+const WRITE_BUFFER_BYTES: usize = 32 * 1024;
+
 /// How long the close frame may take to send before the socket is just dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -34,8 +37,11 @@ pub async fn upgrade(State(state): State<Arc<RelayState>>, ws: WebSocketUpgrade)
     ws.protocols([SUBPROTOCOL])
         .max_message_size(max)
         .max_frame_size(max)
+        // Small read buffer: most connections are idle most of the time. The write buffer
+        // collects a whole coalesced batch so it leaves in one syscall (at 0, every frame
+        // would be its own write); it grows only while there is data.
         .read_buffer_size(4096)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_write_buffer_size(max.saturating_mul(4).max(1 << 20))
         .on_upgrade(move |socket| {
             let span = tracing::info_span!(

@@ -1,0 +1,73 @@
+//! `tributary-bench`: the load generator behind `scripts/bench`.
+//!
+//! It talks to a running server over real sockets, as clients would, and prints one JSON object
+//! per scenario on stdout. Run it pinned to another core than the server (`taskset`), which is
+//! what `scripts/bench` does.
+//!
+//! # Layout
+//! - `client`: WebSocket connections from chosen 127.0.0.x source addresses, `tributary.v1` frames.
+//! - `fanout`: one publisher, one channel, N subscribers; saturated or at a fixed rate.
+//! - `idle`: N idle authenticated connections; server memory per connection.
+//! - `storm`: N new authenticated connections as fast as they come.
+//! - `server_stats`: RSS and CPU time of the server process from `/proc`.
+
+mod client;
+mod fanout;
+mod idle;
+mod server_stats;
+mod storm;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Load generator for Tributary.
+#[derive(Debug, Parser)]
+#[command(name = "tributary-bench")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// One publisher, one channel, many subscribers.
+    Fanout(fanout::FanoutArgs),
+    /// Many idle authenticated connections: server memory per connection.
+    Idle(idle::IdleArgs),
+    /// Many new authenticated connections as fast as they come.
+    Storm(storm::StormArgs),
+}
+
+/// Where the server is and how to reach it.
+#[derive(Debug, Args, Clone)]
+pub struct Target {
+    /// HTTP base URL of the server.
+    #[arg(long, default_value = "http://127.0.0.1:7070")]
+    pub http: String,
+    /// API key of the app (to mint the benchmark's token).
+    #[arg(long, env = "TRIBUTARY_API_KEY")]
+    pub api_key: String,
+    /// The server's process id, to read its memory and CPU time.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// How many 127.0.0.x source addresses to spread connections over (about 28,000 ports each).
+    #[arg(long, default_value_t = 4)]
+    pub source_ips: u8,
+    /// Connections being opened at once.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // One thread: the generator gets its own core and never competes with itself.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let report = runtime.block_on(async {
+        match cli.scenario {
+            Scenario::Fanout(args) => fanout::run(args).await,
+            Scenario::Idle(args) => idle::run(args).await,
+            Scenario::Storm(args) => storm::run(args).await,
+        }
+    })?;
+    println!("{report}");
+    Ok(())
+}

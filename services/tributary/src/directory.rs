@@ -1,20 +1,50 @@
 //! The relay's [`AppDirectory`], answered from the store.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
+use tokio::time::Instant;
 use tributary_capability::{KeyAlgorithm, SigningKey};
 use tributary_relay::{ApiKeyIdentity, AppDirectory, DirectoryError};
 use tributary_store::{SigningKeyRecord, Store, StoreError};
 
-/// Apps and keys from the store.
+/// How long a verification key is served from memory. Every connect needs one, and a storm of
+/// connects must not become a storm of queries; one second also bounds how long a revoked
+/// signing key keeps working on this node.
+const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// The cache never holds more keys than this; past it, it starts over.
+const KEY_CACHE_MAX: usize = 10_000;
+
+type KeyCache = HashMap<(String, String), (SigningKey, Instant)>;
+
+/// Apps and keys from the store, with verification keys cached briefly.
 pub struct StoreDirectory {
     store: Store,
+    keys: Mutex<KeyCache>,
 }
 
 impl StoreDirectory {
     /// Wraps a store.
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self { store, keys: Mutex::new(HashMap::new()) }
+    }
+
+    fn cached(&self, app_id: &str, kid: &str) -> Option<SigningKey> {
+        let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        let (key, fetched) = keys.get(&(app_id.to_owned(), kid.to_owned()))?;
+        (fetched.elapsed() < KEY_CACHE_TTL).then(|| key.clone())
+    }
+
+    fn remember(&self, key: &SigningKey) {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if keys.len() >= KEY_CACHE_MAX {
+            keys.clear();
+        }
+        keys.insert((key.app_id.clone(), key.kid.clone()), (key.clone(), Instant::now()));
     }
 }
 
@@ -43,7 +73,12 @@ impl AppDirectory for StoreDirectory {
     }
 
     async fn signing_key(&self, app_id: &str, kid: &str) -> Result<SigningKey, DirectoryError> {
-        signing_key(self.store.signing_key(app_id, kid).await.map_err(translate)?)
+        if let Some(key) = self.cached(app_id, kid) {
+            return Ok(key);
+        }
+        let key = signing_key(self.store.signing_key(app_id, kid).await.map_err(translate)?)?;
+        self.remember(&key);
+        Ok(key)
     }
 
     async fn minting_key(&self, app_id: &str) -> Result<SigningKey, DirectoryError> {

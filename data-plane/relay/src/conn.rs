@@ -32,11 +32,17 @@ pub struct PreparedMessage {
 pub enum Outbound {
     /// A publication (shared by all subscribers; cloning is a reference count).
     Message(Arc<PreparedMessage>),
-    /// Any other frame: a reply or a presence event.
-    Frame(Utf8Bytes),
+    /// Any other frame: a reply or a presence event. Behind an `Arc` so that an `Outbound` is
+    /// two words: every connection's queue allocates its slots up front.
+    Frame(Arc<Utf8Bytes>),
 }
 
 impl Outbound {
+    /// Wraps an encoded frame (a reply or an event).
+    pub fn frame(encoded: bytes::Bytes) -> Self {
+        Outbound::Frame(Arc::new(text(encoded)))
+    }
+
     /// Returns the frame's size in bytes.
     pub fn len(&self) -> usize {
         match self {

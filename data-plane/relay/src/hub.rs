@@ -149,7 +149,7 @@ impl EngineSink for Hub {
     }
 
     fn on_presence(&self, key: &ChannelKey, event: &PresenceEvent) {
-        self.deliver(key, || Outbound::Frame(text(event.encode(key.channel.as_str()))));
+        self.deliver(key, || Outbound::frame(event.encode(key.channel.as_str())));
     }
 
     fn on_control(&self, event: &Bytes) {

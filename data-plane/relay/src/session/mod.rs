@@ -166,12 +166,12 @@ impl Session {
             Ok(_) => return,
             Err(err) => text(server::encode_error(id, err.code, &err.message)),
         };
-        self.conn.push(Outbound::Frame(frame));
+        self.conn.push(Outbound::Frame(Arc::new(frame)));
     }
 
     /// Refuses a malformed frame with its error, keeping the connection.
     pub fn refuse(&self, id: Option<u64>, code: ErrorCode, message: &str) {
-        self.conn.push(Outbound::Frame(text(server::encode_error(id, code, message))));
+        self.conn.push(Outbound::frame(server::encode_error(id, code, message)));
     }
 
     /// Unsubscribes from a channel (and leaves its presence).
@@ -293,7 +293,7 @@ impl Session {
             if let Some(subscription) = self.subscriptions.remove(&channel) {
                 self.drop_subscription(subscription).await;
                 let frame = server::encode_unsubscribed(channel.as_str(), ErrorCode::Forbidden);
-                self.conn.push(Outbound::Frame(text(frame)));
+                self.conn.push(Outbound::frame(frame));
             }
         }
         Ok(RefreshReply { expires_at: self.identity.expires_at })

@@ -147,7 +147,7 @@ impl Session {
             },
         };
         if let Some(id) = reply_id {
-            self.conn.push(Outbound::Frame(text(server::encode_reply(id, &reply))));
+            self.conn.push(Outbound::frame(server::encode_reply(id, &reply)));
         }
         for publication in &publications {
             let frame = text(server::encode_message(key.channel.as_str(), publication));

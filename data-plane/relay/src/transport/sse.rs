@@ -119,7 +119,7 @@ async fn pump(
     let conn: ConnHandle = session.conn().clone();
     let mut ping = tokio::time::interval_at(Instant::now() + timers.ping, timers.ping);
     let mut heartbeat = tokio::time::interval_at(Instant::now() + timers.heartbeat, timers.heartbeat);
-    let mut batch = Vec::with_capacity(64);
+    let mut batch = Vec::new();
     // A comment first, so proxies and clients see the stream open at once.
     let mut open = send(&body, Bytes::from_static(b": open\n\n"), &conn, timers.idle).await;
     while open {

@@ -1,8 +1,8 @@
 //! The WebSocket transport (subprotocol `tributary.v1`).
 //!
-//! Two tasks per connection: this one reads frames and runs the session; the writer drains the
-//! connection's queue, coalescing whatever is waiting into one flush, and sends pings. Either
-//! side ends the connection through the [`ConnHandle`]'s close token.
+//! One task per connection reads frames and runs the session, drains the connection's queue
+//! (coalescing whatever is waiting into one flush) and sends pings. Anything can end the
+//! connection through the [`ConnHandle`]'s close token.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +25,10 @@ use crate::state::RelayState;
 /// Frames written per flush at most, so one busy connection cannot starve its own pings.
 const COALESCE_MAX: usize = 64;
 
+/// Bytes read per read call; allocated for every connection, so kept small (a larger frame
+/// just takes more reads).
+const READ_BUFFER_BYTES: usize = 1024;
+
 /// Bytes of frames gathered before tungstenite writes to the socket (a flush writes sooner).
 const WRITE_BUFFER_BYTES: usize = 32 * 1024;
 
@@ -40,7 +44,7 @@ pub async fn upgrade(State(state): State<Arc<RelayState>>, ws: WebSocketUpgrade)
         // Small read buffer: most connections are idle most of the time. The write buffer
         // collects a whole coalesced batch so it leaves in one syscall (at 0, every frame
         // would be its own write); it grows only while there is data.
-        .read_buffer_size(4096)
+        .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_write_buffer_size(max.saturating_mul(4).max(1 << 20))
         .on_upgrade(move |socket| {
@@ -102,15 +106,13 @@ async fn run(socket: WebSocket, state: Arc<RelayState>) {
         ping_interval_ms: state.config.ping_interval_ms,
         protocol: SUBPROTOCOL,
     };
-    conn.push(Outbound::Frame(text(server::encode_reply(id, &connected))));
-    let writer = tokio::spawn(write_loop(sink, rx, conn.clone(), state.clone()).in_current_span());
+    conn.push(Outbound::frame(server::encode_reply(id, &connected)));
     let mut session = Session::new(state.clone(), conn.clone(), identity, true);
-    read_loop(&mut session, &mut stream, &state).await;
-    if conn.close_code().is_none() {
-        conn.closed().cancel();
-    }
+    let mut io = Io { sink, stream, rx, batch: Vec::new() };
+    serve(&mut io, &mut session, &state).await;
+    conn.closed().cancel();
     session.close().await;
-    let _ = writer.await;
+    goodbye(&mut io.sink, &conn).await;
 }
 
 type WsResult = Result<Result<ClientFrame, tributary_protocol::frame::FrameError>, CloseCode>;
@@ -139,34 +141,69 @@ fn classify(err: axum::Error) -> CloseCode {
     }
 }
 
-/// Runs the session until the client leaves, the connection is closed, or a timer fires.
-async fn read_loop(session: &mut Session, stream: &mut SplitStream<WebSocket>, state: &RelayState) {
-    let idle = Duration::from_millis(state.config.idle_timeout_ms);
-    let heartbeat_every = Duration::from_millis((state.config.presence_timeout_ms / 3).max(1));
-    let mut heartbeat = tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
-    let mut idle_deadline = Instant::now() + idle;
+/// A connected WebSocket's halves and its outbound queue, all driven by one task.
+struct Io {
+    sink: SplitSink<WebSocket, Message>,
+    stream: SplitStream<WebSocket>,
+    rx: mpsc::Receiver<Outbound>,
+    /// Grows to the largest batch seen; an idle connection never pays for a full one.
+    batch: Vec<Outbound>,
+}
+
+/// Runs the session until the client leaves, the connection is closed, or a timer fires. One
+/// task per connection reads frames, drains the queue (coalescing), pings and keeps presence
+/// alive: a second task per connection would cost memory on every idle connection.
+async fn serve(io: &mut Io, session: &mut Session, state: &RelayState) {
+    let config = &state.config;
     let conn = session.conn().clone();
+    let idle = Duration::from_millis(config.idle_timeout_ms);
+    let ping_every = Duration::from_millis(config.ping_interval_ms);
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    let heartbeat_every = Duration::from_millis((config.presence_timeout_ms / 3).max(1));
+    let mut heartbeat = tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
+    // Timers live across iterations and are reset only when their deadline moves: creating
+    // them anew on every wake would put two timer registrations on every write.
+    let idle_timer = sleep_until(Instant::now() + idle);
+    tokio::pin!(idle_timer);
+    let mut expires_at = session.identity().expires_at;
+    let expiry = sleep_until(deadline(expires_at));
+    tokio::pin!(expiry);
     loop {
-        let expires_in = Duration::from_secs(session.identity().expires_at.saturating_sub(unix_now()));
         tokio::select! {
-            message = stream.next() => {
-                idle_deadline = Instant::now() + idle;
-                if !on_message(session, message, state.config.max_frame_bytes).await {
+            biased;
+            _ = conn.closed().cancelled() => return,
+            _ = state.shutdown.cancelled() => return conn.close(CloseCode::Shutdown),
+            n = io.rx.recv_many(&mut io.batch, COALESCE_MAX) => {
+                if n == 0 || !write_batch(io, &conn).await {
                     return;
                 }
             }
-            _ = conn.closed().cancelled() => return,
-            _ = state.shutdown.cancelled() => return conn.close(CloseCode::Shutdown),
-            _ = heartbeat.tick() => session.heartbeat().await,
-            _ = sleep_until(idle_deadline) => return conn.close(CloseCode::IdleTimeout),
-            _ = tokio::time::sleep(expires_in) => {
-                // Re-check: a refresh may have moved the expiry while we slept.
-                if session.identity().expires_at <= unix_now() {
-                    return conn.close(CloseCode::TokenExpired);
+            message = io.stream.next() => {
+                idle_timer.as_mut().reset(Instant::now() + idle);
+                if !on_message(session, message, config.max_frame_bytes).await {
+                    return;
+                }
+                if session.identity().expires_at != expires_at {
+                    // A refresh moved the expiry.
+                    expires_at = session.identity().expires_at;
+                    expiry.as_mut().reset(deadline(expires_at));
                 }
             }
+            _ = ping.tick() => {
+                if !send_or_close(&mut io.sink, Message::Ping(bytes::Bytes::new()), &conn).await {
+                    return;
+                }
+            }
+            _ = heartbeat.tick() => session.heartbeat().await,
+            _ = &mut idle_timer => return conn.close(CloseCode::IdleTimeout),
+            _ = &mut expiry => return conn.close(CloseCode::TokenExpired),
         }
     }
+}
+
+/// Returns the instant of a Unix time in seconds (now, if it has passed).
+fn deadline(unix_secs: u64) -> Instant {
+    Instant::now() + Duration::from_secs(unix_secs.saturating_sub(unix_now()))
 }
 
 /// Handles one WebSocket message; returns false when the connection must end.
@@ -195,69 +232,52 @@ async fn on_message(
     true
 }
 
-/// Drains the queue into the socket, coalescing, and pings; sends the close frame at the end.
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
-    conn: ConnHandle,
-    state: Arc<RelayState>,
-) {
-    let every = Duration::from_millis(state.config.ping_interval_ms);
-    let mut ping = tokio::time::interval_at(Instant::now() + every, every);
-    let mut batch = Vec::with_capacity(COALESCE_MAX);
-    loop {
-        tokio::select! {
-            biased;
-            _ = conn.closed().cancelled() => break,
-            n = rx.recv_many(&mut batch, COALESCE_MAX) => {
-                conn.dequeued(&batch);
-                // A peer that stops reading must not pin this task: closing wins over writing.
-                let written = tokio::select! {
-                    written = write_batch(&mut sink, &mut batch) => written.is_ok(),
-                    _ = conn.closed().cancelled() => false,
-                };
-                if n == 0 || !written {
-                    conn.closed().cancel();
-                    break;
-                }
-            }
-            _ = ping.tick() => {
-                let sent = tokio::select! {
-                    sent = sink.send(Message::Ping(bytes::Bytes::new())) => sent.is_ok(),
-                    _ = conn.closed().cancelled() => false,
-                };
-                if !sent {
-                    conn.closed().cancel();
-                    break;
-                }
-            }
-        }
+/// Sends a message unless the connection is closed first: a peer that stops reading must not
+/// pin the task, so closing wins over writing.
+async fn send_or_close(
+    sink: &mut SplitSink<WebSocket, Message>,
+    message: Message,
+    conn: &ConnHandle,
+) -> bool {
+    tokio::select! {
+        sent = sink.send(message) => sent.is_ok(),
+        _ = conn.closed().cancelled() => false,
     }
-    let goodbye = async {
+}
+
+/// Writes the batch taken from the queue with one flush; returns false when the socket is gone
+/// or the connection was closed meanwhile.
+async fn write_batch(io: &mut Io, conn: &ConnHandle) -> bool {
+    conn.dequeued(&io.batch);
+    let write = async {
+        for item in io.batch.drain(..) {
+            let frame = match item {
+                Outbound::Message(m) => m.frame.clone(),
+                Outbound::Frame(f) => (*f).clone(),
+            };
+            io.sink.feed(Message::Text(frame)).await?;
+        }
+        io.sink.flush().await
+    };
+    tokio::select! {
+        written = write => written.is_ok(),
+        _ = conn.closed().cancelled() => false,
+    }
+}
+
+/// Sends the close frame: the connection's close code, or 1000 when the client left. Best
+/// effort: a peer that reads nothing gets its TCP connection dropped after a moment.
+async fn goodbye(sink: &mut SplitSink<WebSocket, Message>, conn: &ConnHandle) {
+    let send = async {
         match conn.close_code() {
-            Some(code) => close(&mut sink, code).await,
+            Some(code) => close(sink, code).await,
             None => {
                 let normal = CloseFrame { code: 1000, reason: Utf8Bytes::from("") };
                 let _ = sink.send(Message::Close(Some(normal))).await;
             }
         }
     };
-    // The close frame is best effort: a peer that reads nothing gets its TCP connection dropped.
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
-}
-
-async fn write_batch(
-    sink: &mut SplitSink<WebSocket, Message>,
-    batch: &mut Vec<Outbound>,
-) -> Result<(), axum::Error> {
-    for item in batch.drain(..) {
-        let frame = match item {
-            Outbound::Message(m) => m.frame.clone(),
-            Outbound::Frame(f) => f,
-        };
-        sink.feed(Message::Text(frame)).await?;
-    }
-    sink.flush().await
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, send).await;
 }
 
 async fn refuse(

@@ -88,7 +88,7 @@ impl std::fmt::Debug for ConnHandle {
 
 impl ConnHandle {
     /// Creates a connection whose queue holds at most `queue_len` frames and `max_queued_bytes`
-    /// bytes; returns the handle and the receiving end for the connection's writer, which must
+    /// bytes; returns the handle and the receiving end for whatever writes the connection, which must
     /// call [`ConnHandle::dequeued`] for what it takes.
     pub fn new(
         id: Arc<str>,
@@ -145,7 +145,7 @@ impl ConnHandle {
         }
     }
 
-    /// Records that the writer took `items` off the queue.
+    /// Records that `items` were taken off the queue.
     pub fn dequeued(&self, items: &[Outbound]) {
         let bytes: usize = items.iter().map(Outbound::len).sum();
         self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);

@@ -1,5 +1,5 @@
 //! The relay: where clients connect. It owns the transports, client sessions, the channel hub
-//! and per-connection writers, and knows nothing about SQL (apps and keys come through the
+//! and per-connection queues, and knows nothing about SQL (apps and keys come through the
 //! [`AppDirectory`] trait that the binary implements).
 //!
 //! # Layout

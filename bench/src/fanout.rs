@@ -18,7 +18,12 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
+use anyhow::Context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
+
 use crate::client::{self, Ws};
+use crate::peer::{self, Peer};
 use crate::{Target, server_stats};
 
 /// Arguments of the fan-out scenario.
@@ -44,6 +49,12 @@ pub struct FanoutArgs {
     /// The channel (its namespace should have presence off).
     #[arg(long, default_value = "bench:fanout")]
     channel: String,
+    /// The server to measure.
+    #[arg(long, value_enum, default_value = "tributary")]
+    peer: Peer,
+    /// Address of a peer server (Redis or NATS), e.g. 127.0.0.1:6380.
+    #[arg(long)]
+    peer_addr: Option<std::net::SocketAddr>,
 }
 
 /// Deliveries in flight per subscriber in saturated mode: enough to keep the server busy, few
@@ -70,29 +81,23 @@ struct SubscriberResult {
 
 /// Runs the scenario and returns its JSON report.
 pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
-    let token = client::mint(&args.target, "bench", "bench:*").await?;
-    let mut subscribers = client::connect_many(&args.target, args.subscribers, &token).await?;
-    let subscribing = futures::stream::iter(subscribers.iter_mut())
-        .map(|ws| client::subscribe(ws, &args.channel, None))
-        .buffer_unordered(args.target.connect_concurrency.max(1));
-    for reply in subscribing.collect::<Vec<_>>().await {
-        reply?;
-    }
-    let publisher = client::connect(&args.target, args.subscribers, &token).await?;
     let shared = Arc::new(Shared {
         base: Instant::now(),
         delivered: AtomicU64::new(0),
         measuring: AtomicBool::new(false),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
-    let empty = new_histogram()?;
-    let tasks: Vec<_> = subscribers
-        .into_iter()
-        .map(|ws| tokio::spawn(subscriber(ws, empty.clone(), shared.clone(), stop_rx.clone())))
-        .collect();
     let published = Arc::new(AtomicU64::new(0));
-    let publishing =
-        tokio::spawn(publish(publisher, args_publish(&args), shared.clone(), published.clone(), stop_rx));
+    let pacer = Pacer {
+        plan: args_publish(&args),
+        shared: shared.clone(),
+        published: published.clone(),
+        stop: stop_rx.clone(),
+    };
+    let (tasks, publishing) = match args.peer {
+        Peer::Tributary => start_tributary(&args, &shared, &stop_rx, pacer).await?,
+        peer => start_peer(peer, &args, &shared, &stop_rx, pacer).await?,
+    };
 
     tokio::time::sleep(Duration::from_secs(args.warmup_seconds)).await;
     let before = server_stats::read(args.target.server_pid);
@@ -120,6 +125,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
     };
     Ok(json!({
         "scenario": "fanout",
+        "peer": format!("{:?}", args.peer).to_lowercase(),
         "subscribers": args.subscribers,
         "payload_bytes": args.payload_bytes,
         "target_deliveries_per_sec": args.deliveries_per_sec,
@@ -191,54 +197,180 @@ fn args_publish(args: &FanoutArgs) -> PublishPlan {
     }
 }
 
-fn frame(plan: &PublishPlan, now_us: u64, padding: &str) -> Message {
-    // `{"t":<20 digits>,"p":"..."}` is about payload_bytes long.
-    Message::text(format!(
-        r#"{{"op":"publish","channel":"{}","data":{{"t":{now_us},"p":"{padding}"}}}}"#,
-        plan.channel
-    ))
+type Tasks = (Vec<JoinHandle<SubscriberResult>>, JoinHandle<anyhow::Result<()>>);
+
+async fn start_tributary(
+    args: &FanoutArgs,
+    shared: &Arc<Shared>,
+    stop: &watch::Receiver<bool>,
+    pacer: Pacer,
+) -> anyhow::Result<Tasks> {
+    let token = client::mint(&args.target, "bench", "bench:*").await?;
+    let mut subscribers = client::connect_many(&args.target, args.subscribers, &token).await?;
+    let subscribing = futures::stream::iter(subscribers.iter_mut())
+        .map(|ws| client::subscribe(ws, &args.channel, None))
+        .buffer_unordered(args.target.connect_concurrency.max(1));
+    for reply in subscribing.collect::<Vec<_>>().await {
+        reply?;
+    }
+    let publisher = client::connect(&args.target, args.subscribers, &token).await?;
+    let empty = new_histogram()?;
+    let tasks = subscribers
+        .into_iter()
+        .map(|ws| tokio::spawn(subscriber(ws, empty.clone(), shared.clone(), stop.clone())))
+        .collect();
+    Ok((tasks, tokio::spawn(publish(publisher, pacer))))
 }
 
-async fn publish(
-    ws: Ws,
+async fn start_peer(
+    peer: Peer,
+    args: &FanoutArgs,
+    shared: &Arc<Shared>,
+    stop: &watch::Receiver<bool>,
+    pacer: Pacer,
+) -> anyhow::Result<Tasks> {
+    let addr = args.peer_addr.context("--peer-addr is needed for this peer")?;
+    let source_ips = args.target.source_ips;
+    let streams: Vec<_> = futures::stream::iter(0..args.subscribers)
+        .map(|n| peer::subscriber(peer, addr, n, source_ips, &args.channel))
+        .buffer_unordered(args.target.connect_concurrency.max(1))
+        .collect()
+        .await;
+    let empty = new_histogram()?;
+    let mut tasks = Vec::with_capacity(streams.len());
+    for stream in streams {
+        tasks.push(tokio::spawn(raw_subscriber(stream?, empty.clone(), shared.clone(), stop.clone())));
+    }
+    let publisher = peer::publisher(peer, addr, args.subscribers, source_ips).await?;
+    Ok((tasks, tokio::spawn(raw_publish(peer, publisher, pacer))))
+}
+
+/// Decides how many messages to publish next: in saturated mode as many as keep the deliveries
+/// in flight under the window, in rate mode what the clock owes.
+struct Pacer {
     plan: PublishPlan,
     shared: Arc<Shared>,
     published: Arc<AtomicU64>,
-    mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let (mut sink, mut stream) = ws.split();
-    // Drain whatever the server says to the publisher (errors would show up here).
-    let drain = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
-    let padding = "x".repeat(plan.payload_bytes.saturating_sub(16));
-    let window = plan.subscribers * WINDOW_PER_SUBSCRIBER;
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    let mut owed = 0f64;
-    let per_tick = plan.deliveries_per_sec as f64 / plan.subscribers as f64 / 1000.0;
-    while !*stop.borrow() {
-        let burst = if plan.deliveries_per_sec == 0 {
-            let sent = published.load(Ordering::Relaxed) * plan.subscribers;
-            let in_flight = sent.saturating_sub(shared.delivered.load(Ordering::Relaxed));
-            if in_flight >= window {
+    stop: watch::Receiver<bool>,
+}
+
+impl Pacer {
+    /// Returns the next burst size, or `None` when the run is over.
+    async fn next(&mut self, tick: &mut tokio::time::Interval, owed: &mut f64) -> Option<u64> {
+        let subscribers = self.plan.subscribers;
+        loop {
+            if *self.stop.borrow() {
+                return None;
+            }
+            if self.plan.deliveries_per_sec == 0 {
+                let sent = self.published.load(Ordering::Relaxed) * subscribers;
+                let in_flight = sent.saturating_sub(self.shared.delivered.load(Ordering::Relaxed));
+                let window = subscribers * WINDOW_PER_SUBSCRIBER;
+                if in_flight < window {
+                    return Some(((window - in_flight) / subscribers).clamp(1, 64));
+                }
                 tokio::task::yield_now().await;
                 continue;
             }
-            ((window - in_flight) / plan.subscribers).clamp(1, 64)
-        } else {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = stop.changed() => break,
+                _ = self.stop.changed() => return None,
             }
-            owed += per_tick;
+            *owed += self.plan.deliveries_per_sec as f64 / subscribers as f64 / 1000.0;
             let whole = owed.floor();
-            owed -= whole;
-            whole as u64
-        };
+            *owed -= whole;
+            return Some(whole as u64);
+        }
+    }
+
+    fn payload(&self, padding: &str) -> String {
+        format!(r#"{{"t":{},"p":"{padding}"}}"#, self.shared.now_us())
+    }
+}
+
+async fn publish(ws: Ws, mut pacer: Pacer) -> anyhow::Result<()> {
+    let (mut sink, mut stream) = ws.split();
+    // Drain whatever the server says to the publisher (errors would show up here).
+    let drain = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+    let padding = "x".repeat(pacer.plan.payload_bytes.saturating_sub(16));
+    let channel = pacer.plan.channel.clone();
+    let (mut tick, mut owed) = (tokio::time::interval(Duration::from_millis(1)), 0f64);
+    while let Some(burst) = pacer.next(&mut tick, &mut owed).await {
         for _ in 0..burst {
-            sink.feed(frame(&plan, shared.now_us(), &padding)).await?;
+            let data = pacer.payload(&padding);
+            let frame = format!(r#"{{"op":"publish","channel":"{channel}","data":{data}}}"#);
+            sink.feed(Message::text(frame)).await?;
         }
         sink.flush().await?;
-        published.fetch_add(burst, Ordering::Relaxed);
+        pacer.published.fetch_add(burst, Ordering::Relaxed);
     }
     drain.abort();
     Ok(())
+}
+
+async fn raw_publish(peer: Peer, stream: tokio::net::TcpStream, mut pacer: Pacer) -> anyhow::Result<()> {
+    let (mut reader, mut writer) = stream.into_split();
+    // Redis answers every PUBLISH with the receiver count; nobody needs it.
+    let drain = tokio::spawn(async move {
+        let mut sink = [0u8; 4096];
+        while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
+    });
+    let padding = "x".repeat(pacer.plan.payload_bytes.saturating_sub(16));
+    let subject = peer.subject(&pacer.plan.channel);
+    let (mut tick, mut owed) = (tokio::time::interval(Duration::from_millis(1)), 0f64);
+    let mut out = Vec::new();
+    while let Some(burst) = pacer.next(&mut tick, &mut owed).await {
+        out.clear();
+        for _ in 0..burst {
+            peer::publish_command(peer, &subject, &pacer.payload(&padding), &mut out);
+        }
+        writer.write_all(&out).await?;
+        pacer.published.fetch_add(burst, Ordering::Relaxed);
+    }
+    drain.abort();
+    Ok(())
+}
+
+async fn raw_subscriber(
+    stream: tokio::net::TcpStream,
+    histogram: Histogram<u64>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> SubscriberResult {
+    let mut result = SubscriberResult { histogram, in_window: 0, dropped: false };
+    let (mut reader, mut writer) = stream.into_split();
+    let mut scanner = peer::StampScanner::default();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let n = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            read = reader.read(&mut chunk) => match read {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    result.dropped = true;
+                    break;
+                }
+            },
+        };
+        let mut pings = 0;
+        let measuring = shared.measuring.load(Ordering::Relaxed);
+        let now = shared.now_us();
+        let mut delivered = 0;
+        scanner.feed(&chunk[..n], &mut pings, |sent| {
+            delivered += 1;
+            if measuring {
+                result.in_window += 1;
+                let _ = result.histogram.record(now.saturating_sub(sent).max(1));
+            }
+        });
+        shared.delivered.fetch_add(delivered, Ordering::Relaxed);
+        for _ in 0..pings {
+            if writer.write_all(b"PONG\r\n").await.is_err() {
+                result.dropped = true;
+                return result;
+            }
+        }
+    }
+    result
 }

@@ -8,12 +8,14 @@
 //! - `client`: WebSocket connections from chosen 127.0.0.x source addresses, `tributary.v1` frames.
 //! - `fanout`: one publisher, one channel, N subscribers; saturated or at a fixed rate.
 //! - `idle`: N idle authenticated connections; server memory per connection.
+//! - `peer`: minimal Redis and NATS clients, so the same fan-out runs against them.
 //! - `storm`: N new authenticated connections as fast as they come.
 //! - `server_stats`: RSS and CPU time of the server process from `/proc`.
 
 mod client;
 mod fanout;
 mod idle;
+mod peer;
 mod server_stats;
 mod storm;
 

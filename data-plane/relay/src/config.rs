@@ -50,6 +50,9 @@ pub struct RelayConfig {
     pub token_leeway_secs: u64,
     /// Longest lifetime of a token minted by the HTTP API, in seconds.
     pub max_token_ttl_secs: u64,
+    /// Mounts `/v1/diagnostics/echo`, an unauthenticated WebSocket echo used to run the
+    /// Autobahn conformance cases. Never turn it on in production.
+    pub diagnostic_echo: bool,
     /// Options per namespace (the channel-name part before the first `:`); `""` is the default
     /// namespace, used for names without `:` and for namespaces not listed.
     pub namespaces: BTreeMap<String, NamespaceConfig>,
@@ -76,6 +79,7 @@ impl Default for RelayConfig {
             long_poll_max_wait_ms: 30_000,
             token_leeway_secs: 5,
             max_token_ttl_secs: 24 * 3600,
+            diagnostic_echo: false,
             namespaces: BTreeMap::from([(String::new(), NamespaceConfig::default())]),
         }
     }

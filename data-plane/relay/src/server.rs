@@ -15,7 +15,7 @@ use crate::directory::AppDirectory;
 use crate::http_api::{self, ApiError};
 use crate::hub::Hub;
 use crate::state::RelayState;
-use crate::transport::{long_poll, sse, websocket};
+use crate::transport::{echo, long_poll, sse, websocket};
 
 /// A relay: build it, mount [`Relay::router`] on a listener, call [`Relay::shutdown`] to stop.
 pub struct Relay {
@@ -43,7 +43,11 @@ impl Relay {
     /// Returns the relay's routes: `/v1/connect` (WebSocket), `/v1/sse`, `/v1/poll`, the HTTP
     /// API and `/healthz`.
     pub fn router(&self) -> Router {
-        Router::new()
+        let mut router = Router::new();
+        if self.state.config.diagnostic_echo {
+            router = router.route("/v1/diagnostics/echo", get(echo::upgrade));
+        }
+        router
             .route("/v1/connect", get(websocket::upgrade))
             .route("/v1/sse", get(sse::stream))
             .route("/v1/poll", get(long_poll::poll))

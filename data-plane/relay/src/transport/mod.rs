@@ -1,5 +1,6 @@
 //! Transports: how clients reach a session.
 
+pub mod echo;
 pub mod long_poll;
 pub mod sse;
 pub mod websocket;

@@ -3,6 +3,7 @@
 // Test helpers outside #[test] functions panic on failure on purpose.
 #![allow(clippy::unwrap_used)]
 
+mod autobahn;
 mod bad_input;
 mod conformance;
 mod docs;

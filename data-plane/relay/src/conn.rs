@@ -151,6 +151,11 @@ impl ConnHandle {
         self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
 
+    /// Returns how many more bytes the queue can take now.
+    pub fn room_bytes(&self) -> usize {
+        self.shared.max_queued_bytes.saturating_sub(self.shared.queued_bytes.load(Ordering::Acquire))
+    }
+
     /// Returns how many more frames the queue can take now.
     pub fn room(&self) -> usize {
         self.shared.tx.capacity()

@@ -21,6 +21,16 @@ use crate::ops::OpError;
 /// Queue slots kept free for the subscribe reply and the first live frames.
 const REPLY_RESERVE: usize = 8;
 
+/// Returns about how many bytes a publication's `message` frame takes, without encoding it.
+fn estimated_frame_len(key: &ChannelKey, publication: &tributary_protocol::Publication) -> usize {
+    let payload = match &publication.payload {
+        tributary_protocol::Payload::Json(b) => b.len(),
+        tributary_protocol::Payload::Binary(b) => b.len().div_ceil(3) * 4 + 16,
+    };
+    let client = publication.client_id.as_ref().map_or(0, |c| c.len() + 16);
+    payload + key.channel.as_str().len() + publication.epoch.len() + client + 96
+}
+
 /// The reply to a subscribe.
 #[derive(Debug, Clone, Serialize)]
 pub struct SubscribeReply {
@@ -51,6 +61,18 @@ impl Session {
         request: SubscribeRequest,
         reply_id: Option<Option<u64>>,
     ) -> Result<SubscribeReply, OpError> {
+        self.subscribe_sharing(request, reply_id, 1).await
+    }
+
+    /// Subscribes like [`Session::subscribe`], letting the replay use at most `1 / share` of the
+    /// queue's free room: SSE and long-poll subscribe several channels before anything drains,
+    /// and the first must not take all the room from the others.
+    pub async fn subscribe_sharing(
+        &mut self,
+        request: SubscribeRequest,
+        reply_id: Option<Option<u64>>,
+        share: usize,
+    ) -> Result<SubscribeReply, OpError> {
         let channel = request.channel.clone();
         if !self.identity.capabilities.allows(&channel, Right::Subscribe) {
             return Err(OpError::new(ErrorCode::Forbidden, format!("no subscribe right on {channel}")));
@@ -71,7 +93,7 @@ impl Session {
             self.state.hub.remove(&key, self.conn.id());
             return Err(err.into());
         }
-        match self.replay(&key, &request, ns.stream(), ns.history_size > 0, reply_id).await {
+        match self.replay(&key, &request, ns.stream(), ns.history_size > 0, reply_id, share.max(1)).await {
             Ok(reply) => {
                 let presence = ns.presence && self.presence_allowed;
                 self.subscriptions.insert(channel, Subscription { key: key.clone(), presence });
@@ -102,10 +124,12 @@ impl Session {
         stream: tributary_engine::StreamOptions,
         recoverable: bool,
         reply_id: Option<Option<u64>>,
+        share: usize,
     ) -> Result<SubscribeReply, OpError> {
-        // Never replay more than the queue can take now: a recovery must not make its own
-        // connection a slow consumer (several channels recovering at once share the room).
-        let max = self.state.config.max_recover.min(self.conn.room().saturating_sub(REPLY_RESERVE));
+        // Never replay more than the queue can take now, by count and by bytes: a recovery must
+        // not make its own connection a slow consumer. What does not fit is not recovered.
+        let room = self.conn.room().saturating_sub(REPLY_RESERVE) / share;
+        let max = self.state.config.max_recover.min(room);
         let query = match (&request.recover, request.rewind) {
             (Some(position), _) => {
                 HistoryQuery { since: Some(position.offset), direction: Direction::Forward, limit: max }
@@ -117,6 +141,18 @@ impl Session {
         };
         let mut page = self.state.engine.history(key, query, stream).await?;
         let mut publications = std::mem::take(&mut page.publications);
+        let byte_room = self.conn.room_bytes() / 2 / share;
+        let mut bytes = 0;
+        let fits = publications
+            .iter()
+            .take_while(|p| {
+                bytes += estimated_frame_len(key, p);
+                bytes <= byte_room
+            })
+            .count();
+        // A forward page keeps its oldest messages (a recovery then reports what it could not
+        // deliver); a backward (rewind) page starts with the newest, so it keeps the newest.
+        publications.truncate(fits);
         let recovered = request.recover.as_ref().map(|position| {
             // History offsets are consecutive, so the page holds offset+1 ..= offset+len.
             let complete = position.offset.saturating_add(publications.len() as u64) >= page.top_offset;

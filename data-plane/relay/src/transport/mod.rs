@@ -78,10 +78,11 @@ pub async fn subscribe_all(
     send_replies: bool,
 ) -> Result<Subscribed, OpError> {
     let mut subscribed = Subscribed { cursor: Cursor::default(), unrecovered: Vec::new() };
-    for channel in channels {
+    let total = channels.len();
+    for (index, channel) in channels.into_iter().enumerate() {
         let recover = from.and_then(|c| c.positions.get(channel.as_str()).cloned());
         let request = SubscribeRequest { channel, recover, rewind: None, state: None };
-        let reply = session.subscribe(request, send_replies.then_some(None)).await?;
+        let reply = session.subscribe_sharing(request, send_replies.then_some(None), total - index).await?;
         if reply.recovered == Some(false) {
             subscribed.unrecovered.push(reply.channel.clone());
         }

@@ -169,12 +169,15 @@ async fn serve(io: &mut Io, session: &mut Session, state: &RelayState) {
     let expiry = sleep_until(deadline(expires_at));
     tokio::pin!(expiry);
     loop {
+        // Not `biased`: a queue that is never empty must not starve reads, timers or the
+        // heartbeat, and a chatty client must not starve its deliveries.
         tokio::select! {
-            biased;
             _ = conn.closed().cancelled() => return,
             _ = state.shutdown.cancelled() => return conn.close(CloseCode::Shutdown),
+            _ = &mut idle_timer => return conn.close(CloseCode::IdleTimeout),
+            _ = &mut expiry => return conn.close(CloseCode::TokenExpired),
             n = io.rx.recv_many(&mut io.batch, COALESCE_MAX) => {
-                if n == 0 || !write_batch(io, &conn).await {
+                if n == 0 || !write_batch(io, &conn, idle).await {
                     return;
                 }
             }
@@ -190,20 +193,20 @@ async fn serve(io: &mut Io, session: &mut Session, state: &RelayState) {
                 }
             }
             _ = ping.tick() => {
-                if !send_or_close(&mut io.sink, Message::Ping(bytes::Bytes::new()), &conn).await {
+                if !send_or_close(&mut io.sink, Message::Ping(bytes::Bytes::new()), &conn, idle).await {
                     return;
                 }
             }
             _ = heartbeat.tick() => session.heartbeat().await,
-            _ = &mut idle_timer => return conn.close(CloseCode::IdleTimeout),
-            _ = &mut expiry => return conn.close(CloseCode::TokenExpired),
         }
     }
 }
 
-/// Returns the instant of a Unix time in seconds (now, if it has passed).
+/// Returns the instant of a Unix time in seconds (now, if it has passed). Capped at ten years,
+/// because a token may say "never" with a huge `exp` and `Instant` arithmetic must not overflow.
 fn deadline(unix_secs: u64) -> Instant {
-    Instant::now() + Duration::from_secs(unix_secs.saturating_sub(unix_now()))
+    const TEN_YEARS: u64 = 10 * 365 * 24 * 3600;
+    Instant::now() + Duration::from_secs(unix_secs.saturating_sub(unix_now()).min(TEN_YEARS))
 }
 
 /// Handles one WebSocket message; returns false when the connection must end.
@@ -232,22 +235,28 @@ async fn on_message(
     true
 }
 
-/// Sends a message unless the connection is closed first: a peer that stops reading must not
-/// pin the task, so closing wins over writing.
+/// Sends a message unless the connection is closed first or the peer reads nothing for `stall`:
+/// a peer that stops reading must not pin the task, so it is closed as a slow consumer.
 async fn send_or_close(
     sink: &mut SplitSink<WebSocket, Message>,
     message: Message,
     conn: &ConnHandle,
+    stall: Duration,
 ) -> bool {
     tokio::select! {
         sent = sink.send(message) => sent.is_ok(),
         _ = conn.closed().cancelled() => false,
+        _ = tokio::time::sleep(stall) => {
+            conn.close(CloseCode::SlowConsumer);
+            false
+        }
     }
 }
 
-/// Writes the batch taken from the queue with one flush; returns false when the socket is gone
-/// or the connection was closed meanwhile.
-async fn write_batch(io: &mut Io, conn: &ConnHandle) -> bool {
+/// Writes the batch taken from the queue with one flush; returns false when the socket is gone,
+/// the connection was closed meanwhile, or the peer read nothing for `stall` (then it is closed
+/// as a slow consumer).
+async fn write_batch(io: &mut Io, conn: &ConnHandle, stall: Duration) -> bool {
     conn.dequeued(&io.batch);
     let write = async {
         for item in io.batch.drain(..) {
@@ -262,18 +271,23 @@ async fn write_batch(io: &mut Io, conn: &ConnHandle) -> bool {
     tokio::select! {
         written = write => written.is_ok(),
         _ = conn.closed().cancelled() => false,
+        _ = tokio::time::sleep(stall) => {
+            conn.close(CloseCode::SlowConsumer);
+            false
+        }
     }
 }
 
-/// Sends the close frame: the connection's close code, or 1000 when the client left. Best
-/// effort: a peer that reads nothing gets its TCP connection dropped after a moment.
+/// Sends the close frame: the connection's close code, or the answer to the client's own close.
+/// Best effort: a peer that reads nothing gets its TCP connection dropped after a moment.
 async fn goodbye(sink: &mut SplitSink<WebSocket, Message>, conn: &ConnHandle) {
     let send = async {
         match conn.close_code() {
             Some(code) => close(sink, code).await,
+            // The client closed first: the WebSocket layer queued the answer to its close frame,
+            // and closing the sink flushes it.
             None => {
-                let normal = CloseFrame { code: 1000, reason: Utf8Bytes::from("") };
-                let _ = sink.send(Message::Close(Some(normal))).await;
+                let _ = sink.close().await;
             }
         }
     };

@@ -104,3 +104,16 @@ async fn bad_http_requests_get_json_errors() {
         .unwrap();
     assert_eq!(huge.status(), 413);
 }
+
+#[tokio::test]
+async fn a_client_that_closes_gets_the_close_answered() {
+    let server = TestServer::spawn().await;
+    let mut c = server.ws(&server.all_rights("polite").await).await;
+    c.send_raw(Message::Close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: 1000.into(),
+        reason: "bye".into(),
+    })))
+    .await
+    .unwrap();
+    assert_eq!(c.closed().await.unwrap().0, 1000);
+}

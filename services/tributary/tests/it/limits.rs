@@ -116,3 +116,33 @@ async fn requests_other_than_publish_and_ping_are_rate_limited() {
         "pings are never limited"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_even_when_its_queue_has_room() {
+    let server = TestServer::spawn_with(|relay| {
+        relay.outbound_queue_len = 100_000;
+        relay.max_queued_bytes = 1 << 30;
+        relay.ping_interval_ms = 100;
+        relay.idle_timeout_ms = 500;
+    })
+    .await;
+    let mut stuck = server.ws(&server.all_rights("stuck").await).await;
+    stuck.request(json!({"op": "subscribe", "channel": "flood"})).await.unwrap();
+    let payload = "x".repeat(30_000);
+    for _ in 0..400 {
+        server.publish("flood", json!(payload)).await;
+    }
+    // Its socket buffers are full, so the close frame may never reach it; what matters is that
+    // the server lets go of the connection: its presence entry leaves.
+    tributary_testkit::eventually(
+        "the stuck connection is released",
+        std::time::Duration::from_secs(10),
+        || async {
+            let (_, occupancy) = server.get("/v1/channels/flood/occupancy").await;
+            occupancy["connections"] == 0
+        },
+    )
+    .await
+    .unwrap();
+    drop(stuck);
+}

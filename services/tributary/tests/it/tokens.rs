@@ -139,6 +139,11 @@ async fn hand_made_tokens_with_wrong_audience_future_nbf_or_no_expiry_are_refuse
     let mut expired = base.clone();
     expired["exp"] = json!(now - 120);
     assert_eq!(refused(&server, &sign(&key, &expired)).await, "token_expired");
+    let mut forever = base.clone();
+    forever["exp"] = json!(1u64 << 62);
+    let (mut c, reply) = WsClient::connect(&server.ws_url(), &sign(&key, &forever)).await.unwrap();
+    assert!(reply.get("result").is_some(), "an exp far in the future is fine: {reply}");
+    assert!(c.request(json!({"op": "ping"})).await.unwrap().get("result").is_some());
     let other = server.create_app("elsewhere").await;
     let their_key = server.signing_key(&other.app_id).await;
     assert_eq!(

@@ -64,7 +64,15 @@ const WINDOW_PER_SUBSCRIBER: u64 = 32;
 struct Shared {
     base: Instant,
     delivered: AtomicU64,
+    /// Deliveries owed so far: each publish adds the number of subscribers still connected.
+    expected: AtomicU64,
+    /// Subscribers still connected.
+    active: AtomicU64,
+    /// Error replies the server sent the publisher.
+    publish_errors: AtomicU64,
     measuring: AtomicBool,
+    /// One histogram for every subscriber: per-subscriber copies would cost 139 KiB each.
+    histogram: std::sync::Mutex<Histogram<u64>>,
 }
 
 impl Shared {
@@ -74,9 +82,21 @@ impl Shared {
 }
 
 struct SubscriberResult {
-    histogram: Histogram<u64>,
     in_window: u64,
     dropped: bool,
+}
+
+impl Shared {
+    fn record(&self, latency_us: u64) {
+        if let Ok(mut histogram) = self.histogram.lock() {
+            let _ = histogram.record(latency_us.max(1));
+        }
+    }
+
+    fn dropped(&self, result: &mut SubscriberResult) {
+        result.dropped = true;
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Runs the scenario and returns its JSON report.
@@ -84,11 +104,16 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
     let shared = Arc::new(Shared {
         base: Instant::now(),
         delivered: AtomicU64::new(0),
+        expected: AtomicU64::new(0),
+        active: AtomicU64::new(args.subscribers as u64),
+        publish_errors: AtomicU64::new(0),
         measuring: AtomicBool::new(false),
+        histogram: std::sync::Mutex::new(new_histogram()?),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let published = Arc::new(AtomicU64::new(0));
     let pacer = Pacer {
+        due_us: None,
         plan: args_publish(&args),
         shared: shared.clone(),
         published: published.clone(),
@@ -110,14 +135,13 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
     let _ = stop_tx.send(true);
     publishing.await??;
 
-    let mut histogram = new_histogram()?;
     let (mut in_window, mut dropped) = (0u64, 0usize);
     for task in tasks {
         let result = task.await?;
-        histogram.add(&result.histogram)?;
         in_window += result.in_window;
         dropped += usize::from(result.dropped);
     }
+    let histogram = shared.histogram.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?.clone();
     let per_sec = in_window as f64 / args.seconds as f64;
     let cpu_ms = match (before, after) {
         (Some(b), Some(a)) => Some(a.cpu_ms.saturating_sub(b.cpu_ms)),
@@ -140,6 +164,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
             "max": histogram.max(),
         },
         "subscribers_dropped": dropped,
+        "publish_errors": shared.publish_errors.load(Ordering::Relaxed),
         "server_rss_kib": after.map(|a| a.rss_kib),
         "server_cpu_ms": cpu_ms,
         "server_cpu_ns_per_delivery": cpu_ms.map(|ms| ms as f64 * 1e6 / in_window.max(1) as f64),
@@ -150,13 +175,8 @@ fn new_histogram() -> anyhow::Result<Histogram<u64>> {
     Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
 }
 
-async fn subscriber(
-    mut ws: Ws,
-    histogram: Histogram<u64>,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) -> SubscriberResult {
-    let mut result = SubscriberResult { histogram, in_window: 0, dropped: false };
+async fn subscriber(mut ws: Ws, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> SubscriberResult {
+    let mut result = SubscriberResult { in_window: 0, dropped: false };
     loop {
         tokio::select! {
             biased;
@@ -167,12 +187,12 @@ async fn subscriber(
                     shared.delivered.fetch_add(1, Ordering::Relaxed);
                     if shared.measuring.load(Ordering::Relaxed) {
                         result.in_window += 1;
-                        let _ = result.histogram.record(shared.now_us().saturating_sub(sent).max(1));
+                        shared.record(shared.now_us().saturating_sub(sent));
                     }
                 }
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => {
-                    result.dropped = true;
+                    shared.dropped(&mut result);
                     break;
                 }
             }
@@ -214,10 +234,9 @@ async fn start_tributary(
         reply?;
     }
     let publisher = client::connect(&args.target, args.subscribers, &token).await?;
-    let empty = new_histogram()?;
     let tasks = subscribers
         .into_iter()
-        .map(|ws| tokio::spawn(subscriber(ws, empty.clone(), shared.clone(), stop.clone())))
+        .map(|ws| tokio::spawn(subscriber(ws, shared.clone(), stop.clone())))
         .collect();
     Ok((tasks, tokio::spawn(publish(publisher, pacer))))
 }
@@ -236,10 +255,9 @@ async fn start_peer(
         .buffer_unordered(args.target.connect_concurrency.max(1))
         .collect()
         .await;
-    let empty = new_histogram()?;
     let mut tasks = Vec::with_capacity(streams.len());
     for stream in streams {
-        tasks.push(tokio::spawn(raw_subscriber(stream?, empty.clone(), shared.clone(), stop.clone())));
+        tasks.push(tokio::spawn(raw_subscriber(stream?, shared.clone(), stop.clone())));
     }
     let publisher = peer::publisher(peer, addr, args.subscribers, source_ips).await?;
     Ok((tasks, tokio::spawn(raw_publish(peer, publisher, pacer))))
@@ -252,6 +270,8 @@ struct Pacer {
     shared: Arc<Shared>,
     published: Arc<AtomicU64>,
     stop: watch::Receiver<bool>,
+    /// When the next message is due, in rate mode.
+    due_us: Option<f64>,
 }
 
 impl Pacer {
@@ -263,8 +283,8 @@ impl Pacer {
                 return None;
             }
             if self.plan.deliveries_per_sec == 0 {
-                let sent = self.published.load(Ordering::Relaxed) * subscribers;
-                let in_flight = sent.saturating_sub(self.shared.delivered.load(Ordering::Relaxed));
+                let expected = self.shared.expected.load(Ordering::Relaxed);
+                let in_flight = expected.saturating_sub(self.shared.delivered.load(Ordering::Relaxed));
                 let window = subscribers * WINDOW_PER_SUBSCRIBER;
                 if in_flight < window {
                     return Some(((window - in_flight) / subscribers).clamp(1, 64));
@@ -283,15 +303,38 @@ impl Pacer {
         }
     }
 
-    fn payload(&self, padding: &str) -> String {
-        format!(r#"{{"t":{},"p":"{padding}"}}"#, self.shared.now_us())
+    /// Returns the next payload. At a fixed rate it is stamped with the time it was due, not
+    /// the time it left: a generator that falls behind must show up as latency.
+    fn payload(&mut self, padding: &str) -> String {
+        let stamp = if self.plan.deliveries_per_sec == 0 {
+            self.shared.now_us()
+        } else {
+            let per_message_us = 1e6 * self.plan.subscribers as f64 / self.plan.deliveries_per_sec as f64;
+            let due = *self.due_us.get_or_insert(self.shared.now_us() as f64);
+            self.due_us = Some(due + per_message_us);
+            due as u64
+        };
+        format!(r#"{{"t":{stamp},"p":"{padding}"}}"#)
+    }
+
+    /// Records a published burst.
+    fn published(&self, burst: u64) {
+        self.published.fetch_add(burst, Ordering::Relaxed);
+        self.shared.expected.fetch_add(burst * self.shared.active.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }
 
 async fn publish(ws: Ws, mut pacer: Pacer) -> anyhow::Result<()> {
     let (mut sink, mut stream) = ws.split();
-    // Drain whatever the server says to the publisher (errors would show up here).
-    let drain = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+    // The server answers publishes without an id only when they fail: count those.
+    let shared = pacer.shared.clone();
+    let drain = tokio::spawn(async move {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(&message, Message::Text(t) if t.contains("\"error\"")) {
+                shared.publish_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
     let padding = "x".repeat(pacer.plan.payload_bytes.saturating_sub(16));
     let channel = pacer.plan.channel.clone();
     let (mut tick, mut owed) = (tokio::time::interval(Duration::from_millis(1)), 0f64);
@@ -302,7 +345,7 @@ async fn publish(ws: Ws, mut pacer: Pacer) -> anyhow::Result<()> {
             sink.feed(Message::text(frame)).await?;
         }
         sink.flush().await?;
-        pacer.published.fetch_add(burst, Ordering::Relaxed);
+        pacer.published(burst);
     }
     drain.abort();
     Ok(())
@@ -325,7 +368,7 @@ async fn raw_publish(peer: Peer, stream: tokio::net::TcpStream, mut pacer: Pacer
             peer::publish_command(peer, &subject, &pacer.payload(&padding), &mut out);
         }
         writer.write_all(&out).await?;
-        pacer.published.fetch_add(burst, Ordering::Relaxed);
+        pacer.published(burst);
     }
     drain.abort();
     Ok(())
@@ -333,11 +376,10 @@ async fn raw_publish(peer: Peer, stream: tokio::net::TcpStream, mut pacer: Pacer
 
 async fn raw_subscriber(
     stream: tokio::net::TcpStream,
-    histogram: Histogram<u64>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) -> SubscriberResult {
-    let mut result = SubscriberResult { histogram, in_window: 0, dropped: false };
+    let mut result = SubscriberResult { in_window: 0, dropped: false };
     let (mut reader, mut writer) = stream.into_split();
     let mut scanner = peer::StampScanner::default();
     let mut chunk = vec![0u8; 16 * 1024];
@@ -348,7 +390,7 @@ async fn raw_subscriber(
             read = reader.read(&mut chunk) => match read {
                 Ok(n) if n > 0 => n,
                 _ => {
-                    result.dropped = true;
+                    shared.dropped(&mut result);
                     break;
                 }
             },
@@ -357,17 +399,21 @@ async fn raw_subscriber(
         let measuring = shared.measuring.load(Ordering::Relaxed);
         let now = shared.now_us();
         let mut delivered = 0;
+        let mut latencies = Vec::new();
         scanner.feed(&chunk[..n], &mut pings, |sent| {
             delivered += 1;
             if measuring {
-                result.in_window += 1;
-                let _ = result.histogram.record(now.saturating_sub(sent).max(1));
+                latencies.push(now.saturating_sub(sent));
             }
         });
+        result.in_window += latencies.len() as u64;
+        for latency in latencies {
+            shared.record(latency);
+        }
         shared.delivered.fetch_add(delivered, Ordering::Relaxed);
         for _ in 0..pings {
             if writer.write_all(b"PONG\r\n").await.is_err() {
-                result.dropped = true;
+                shared.dropped(&mut result);
                 return result;
             }
         }

@@ -18,6 +18,9 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../default-config.toml");
 /// The top-level keys that `TRIBUTARY_*` variables may set.
 const CONFIG_SECTIONS: &[&str] = &["listen", "data_dir", "master_key", "storage", "engine", "relay"];
 
+/// `TRIBUTARY_*` variables that belong to the CLI or logging, not to the configuration.
+const CLI_VARIABLES: &[&str] = &["config", "log", "log_format", "api_key", "url", "token"];
+
 /// The environment variable prefix.
 pub const ENV_PREFIX: &str = "TRIBUTARY_";
 
@@ -133,9 +136,14 @@ pub fn load(
     for (name, value) in env_keys {
         let path: Vec<String> =
             name[ENV_PREFIX.len()..].split("__").map(|part| part.to_ascii_lowercase()).collect();
-        // Other TRIBUTARY_* variables belong to the CLI (TRIBUTARY_API_KEY, TRIBUTARY_URL,
-        // TRIBUTARY_TOKEN, TRIBUTARY_LOG, ...); below a known section, unknown keys are errors.
-        if !path.first().is_some_and(|p| CONFIG_SECTIONS.contains(&p.as_str())) {
+        let first = path.first().map(String::as_str).unwrap_or_default();
+        if CLI_VARIABLES.contains(&first) {
+            continue;
+        }
+        if !CONFIG_SECTIONS.contains(&first) {
+            // A typo such as TRIBUTARY_RELAY_PING_INTERVAL_MS (one underscore) must not be
+            // silently ignored.
+            problems.push(format!("{name}: unknown variable (nested keys are separated by \"__\")"));
             continue;
         }
         set_path(&mut tree, &path, literal(value));
@@ -236,6 +244,12 @@ mod tests {
         ]);
         let err = load(None, &env, &[]).unwrap_err();
         assert_eq!(err.problems.len(), 3, "{err}");
+    }
+
+    #[test]
+    fn misspelt_variables_are_refused() {
+        let err = load(None, &env(&[("TRIBUTARY_RELAY_PING_INTERVAL_MS", "1")]), &[]).unwrap_err();
+        assert!(err.to_string().contains("TRIBUTARY_RELAY_PING_INTERVAL_MS"), "{err}");
     }
 
     #[test]

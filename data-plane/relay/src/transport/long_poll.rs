@@ -17,7 +17,6 @@ use tokio::sync::mpsc;
 use tributary_protocol::{Cursor, StreamPosition};
 
 use crate::conn::{ConnHandle, Outbound};
-use crate::http_api::ApiError;
 use crate::ops::OpError;
 use crate::session::Session;
 use crate::state::RelayState;
@@ -46,13 +45,9 @@ pub async fn poll(
     headers: HeaderMap,
     query: Result<Query<PollQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    // Run in a task of its own: if the client goes away mid-poll, hyper drops this handler,
-    // but the poll still ends (within its wait) and closes its session, freeing its slot.
-    match tokio::spawn(run(state, headers, query)).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(err)) => ApiError::from(err).into_response(),
-        Err(_) => ApiError::from(tributary_protocol::ErrorCode::Internal).into_response(),
-    }
+    // If the client goes away mid-poll, the poll still ends (within its wait) and closes its
+    // session, freeing its slot.
+    super::detached(run(state, headers, query)).await
 }
 
 async fn run(

@@ -45,6 +45,21 @@ pub async fn open_connection(
     Ok((identity, conn, rx))
 }
 
+/// Runs a request's work in a task of its own and answers with its result. Hyper drops a
+/// handler whose client went away; work that registered a connection or hub subscriptions
+/// must still reach its cleanup, so it must not be dropped with the handler.
+pub async fn detached<F>(work: F) -> axum::response::Response
+where
+    F: std::future::Future<Output = Result<axum::response::Response, OpError>> + Send + 'static,
+{
+    use axum::response::IntoResponse;
+    match tokio::spawn(work).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(err)) => crate::http_api::ApiError::from(err).into_response(),
+        Err(_) => crate::http_api::ApiError::from(ErrorCode::Internal).into_response(),
+    }
+}
+
 /// Maps a rejected query string to `invalid_parameter`.
 pub fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, OpError> {
     query.map(|Query(q)| q).map_err(|e| OpError::new(ErrorCode::InvalidParameter, e.body_text()))

@@ -21,7 +21,6 @@ use tributary_protocol::frame::server;
 use tributary_protocol::{CloseCode, Cursor};
 
 use crate::conn::{ConnHandle, Outbound};
-use crate::http_api::ApiError;
 use crate::ops::OpError;
 use crate::session::{Session, unix_now};
 use crate::state::RelayState;
@@ -44,13 +43,9 @@ pub async fn stream(
     headers: HeaderMap,
     query: Result<Query<SseQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    // Run in a task of its own: if the client goes away mid-setup, hyper drops this handler,
-    // but the setup still finishes and its cleanup (which is in the pump) still runs.
-    match tokio::spawn(open(state, headers, query)).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(err)) => ApiError::from(err).into_response(),
-        Err(_) => ApiError::from(tributary_protocol::ErrorCode::Internal).into_response(),
-    }
+    // If the client goes away mid-setup, the setup still finishes and its cleanup (which is in
+    // the pump) still runs.
+    super::detached(open(state, headers, query)).await
 }
 
 async fn open(

@@ -61,33 +61,33 @@ pub struct FanoutArgs {
 /// enough that latency still means something and no queue overflows.
 const WINDOW_PER_SUBSCRIBER: u64 = 32;
 
-struct Shared {
-    base: Instant,
-    delivered: AtomicU64,
+pub(crate) struct Shared {
+    pub(crate) base: Instant,
+    pub(crate) delivered: AtomicU64,
     /// Deliveries owed so far: each publish adds the number of subscribers still connected.
-    expected: AtomicU64,
+    pub(crate) expected: AtomicU64,
     /// Subscribers still connected.
-    active: AtomicU64,
+    pub(crate) active: AtomicU64,
     /// Error replies the server sent the publisher.
-    publish_errors: AtomicU64,
-    measuring: AtomicBool,
+    pub(crate) publish_errors: AtomicU64,
+    pub(crate) measuring: AtomicBool,
     /// One histogram for every subscriber: per-subscriber copies would cost 139 KiB each.
-    histogram: std::sync::Mutex<Histogram<u64>>,
+    pub(crate) histogram: std::sync::Mutex<Histogram<u64>>,
 }
 
 impl Shared {
-    fn now_us(&self) -> u64 {
+    pub(crate) fn now_us(&self) -> u64 {
         self.base.elapsed().as_micros() as u64
     }
 }
 
-struct SubscriberResult {
-    in_window: u64,
-    dropped: bool,
+pub(crate) struct SubscriberResult {
+    pub(crate) in_window: u64,
+    pub(crate) dropped: bool,
 }
 
 impl Shared {
-    fn record(&self, latency_us: u64) {
+    pub(crate) fn record(&self, latency_us: u64) {
         if let Ok(mut histogram) = self.histogram.lock() {
             let _ = histogram.record(latency_us.max(1));
         }
@@ -171,11 +171,15 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
-fn new_histogram() -> anyhow::Result<Histogram<u64>> {
+pub(crate) fn new_histogram() -> anyhow::Result<Histogram<u64>> {
     Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
 }
 
-async fn subscriber(mut ws: Ws, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> SubscriberResult {
+pub(crate) async fn subscriber(
+    mut ws: Ws,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> SubscriberResult {
     let mut result = SubscriberResult { in_window: 0, dropped: false };
     loop {
         tokio::select! {
@@ -374,7 +378,7 @@ async fn raw_publish(peer: Peer, stream: tokio::net::TcpStream, mut pacer: Pacer
     Ok(())
 }
 
-async fn raw_subscriber(
+pub(crate) async fn raw_subscriber(
     stream: tokio::net::TcpStream,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,

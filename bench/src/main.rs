@@ -10,11 +10,13 @@
 //! - `idle`: N idle authenticated connections; server memory per connection.
 //! - `peer`: minimal Redis and NATS clients, so the same fan-out runs against them.
 //! - `storm`: N new authenticated connections as fast as they come.
+//! - `pairs`: many channels, one publisher and one subscriber each, at a steady rate.
 //! - `server_stats`: RSS and CPU time of the server process from `/proc`.
 
 mod client;
 mod fanout;
 mod idle;
+mod pairs;
 mod peer;
 mod server_stats;
 mod storm;
@@ -37,6 +39,8 @@ enum Scenario {
     Idle(idle::IdleArgs),
     /// Many new authenticated connections as fast as they come.
     Storm(storm::StormArgs),
+    /// Many channels: connection pairs, one channel each, at a steady rate.
+    Pairs(pairs::PairsArgs),
 }
 
 /// Where the server is and how to reach it.
@@ -68,6 +72,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Fanout(args) => fanout::run(args).await,
             Scenario::Idle(args) => idle::run(args).await,
             Scenario::Storm(args) => storm::run(args).await,
+            Scenario::Pairs(args) => pairs::run(args).await,
         }
     })?;
     println!("{report}");

@@ -101,15 +101,7 @@ impl Shared {
 
 /// Runs the scenario and returns its JSON report.
 pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
-    let shared = Arc::new(Shared {
-        base: Instant::now(),
-        delivered: AtomicU64::new(0),
-        expected: AtomicU64::new(0),
-        active: AtomicU64::new(args.subscribers as u64),
-        publish_errors: AtomicU64::new(0),
-        measuring: AtomicBool::new(false),
-        histogram: std::sync::Mutex::new(new_histogram()?),
-    });
+    let shared = Shared::new(args.subscribers)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let published = Arc::new(AtomicU64::new(0));
     let pacer = Pacer {
@@ -125,29 +117,13 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
     };
 
     tokio::time::sleep(Duration::from_secs(args.warmup_seconds)).await;
-    let before = server_stats::read(args.target.server_pid);
     let published_before = published.load(Ordering::Relaxed);
-    shared.measuring.store(true, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
-    shared.measuring.store(false, Ordering::Relaxed);
-    let after = server_stats::read(args.target.server_pid);
+    let server = shared.measure(args.target.server_pid, args.seconds).await;
     let published_in_window = published.load(Ordering::Relaxed) - published_before;
     let _ = stop_tx.send(true);
     publishing.await??;
-
-    let (mut in_window, mut dropped) = (0u64, 0usize);
-    for task in tasks {
-        let result = task.await?;
-        in_window += result.in_window;
-        dropped += usize::from(result.dropped);
-    }
-    let histogram = shared.histogram.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?.clone();
-    let per_sec = in_window as f64 / args.seconds as f64;
-    let cpu_ms = match (before, after) {
-        (Some(b), Some(a)) => Some(a.cpu_ms.saturating_sub(b.cpu_ms)),
-        _ => None,
-    };
-    Ok(json!({
+    let mut report = shared.report(tasks, server, args.seconds).await?;
+    report.extend(json_object(json!({
         "scenario": "fanout",
         "peer": format!("{:?}", args.peer).to_lowercase(),
         "subscribers": args.subscribers,
@@ -155,20 +131,83 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
         "target_deliveries_per_sec": args.deliveries_per_sec,
         "seconds": args.seconds,
         "published_per_sec": published_in_window as f64 / args.seconds as f64,
-        "deliveries_per_sec": per_sec,
-        "latency_us": {
-            "p50": histogram.value_at_quantile(0.50),
-            "p90": histogram.value_at_quantile(0.90),
-            "p99": histogram.value_at_quantile(0.99),
-            "p999": histogram.value_at_quantile(0.999),
-            "max": histogram.max(),
-        },
-        "subscribers_dropped": dropped,
-        "publish_errors": shared.publish_errors.load(Ordering::Relaxed),
-        "server_rss_kib": after.map(|a| a.rss_kib),
-        "server_cpu_ms": cpu_ms,
-        "server_cpu_ns_per_delivery": cpu_ms.map(|ms| ms as f64 * 1e6 / in_window.max(1) as f64),
-    }))
+    })));
+    Ok(serde_json::Value::Object(report))
+}
+
+/// Returns the fields of a JSON object (empty for anything else).
+pub(crate) fn json_object(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    match value {
+        serde_json::Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// The server's state at both ends of the measured window.
+pub(crate) struct Window {
+    before: Option<server_stats::Snapshot>,
+    after: Option<server_stats::Snapshot>,
+}
+
+impl Shared {
+    /// Creates the state of a run with `subscribers` subscribers.
+    pub(crate) fn new(subscribers: usize) -> anyhow::Result<Arc<Self>> {
+        Ok(Arc::new(Shared {
+            base: Instant::now(),
+            delivered: AtomicU64::new(0),
+            expected: AtomicU64::new(0),
+            active: AtomicU64::new(subscribers as u64),
+            publish_errors: AtomicU64::new(0),
+            measuring: AtomicBool::new(false),
+            histogram: std::sync::Mutex::new(new_histogram()?),
+        }))
+    }
+
+    /// Measures for `seconds`, reading the server's stats at both ends.
+    pub(crate) async fn measure(&self, server_pid: Option<u32>, seconds: u64) -> Window {
+        let before = server_stats::read(server_pid);
+        self.measuring.store(true, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        self.measuring.store(false, Ordering::Relaxed);
+        Window { before, after: server_stats::read(server_pid) }
+    }
+
+    /// Waits for the subscribers (after the stop signal) and returns the fields every
+    /// delivery scenario reports: rate, latency, drops and server cost.
+    pub(crate) async fn report(
+        &self,
+        tasks: Vec<JoinHandle<SubscriberResult>>,
+        server: Window,
+        seconds: u64,
+    ) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+        let (mut in_window, mut dropped) = (0u64, 0usize);
+        for task in tasks {
+            let result = task.await?;
+            in_window += result.in_window;
+            dropped += usize::from(result.dropped);
+        }
+        let histogram =
+            self.histogram.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?.clone();
+        let cpu_ms = match (server.before, server.after) {
+            (Some(b), Some(a)) => Some(a.cpu_ms.saturating_sub(b.cpu_ms)),
+            _ => None,
+        };
+        Ok(json_object(json!({
+            "deliveries_per_sec": in_window as f64 / seconds as f64,
+            "latency_us": {
+                "p50": histogram.value_at_quantile(0.50),
+                "p90": histogram.value_at_quantile(0.90),
+                "p99": histogram.value_at_quantile(0.99),
+                "p999": histogram.value_at_quantile(0.999),
+                "max": histogram.max(),
+            },
+            "subscribers_dropped": dropped,
+            "publish_errors": self.publish_errors.load(Ordering::Relaxed),
+            "server_rss_kib": server.after.map(|a| a.rss_kib),
+            "server_cpu_ms": cpu_ms,
+            "server_cpu_ns_per_delivery": cpu_ms.map(|ms| ms as f64 * 1e6 / in_window.max(1) as f64),
+        })))
+    }
 }
 
 pub(crate) fn new_histogram() -> anyhow::Result<Histogram<u64>> {

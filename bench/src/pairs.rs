@@ -2,7 +2,6 @@
 //! steady rate. Measures aggregate deliveries, latency and server CPU per message.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,12 +11,11 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::fanout::{self, Shared, SubscriberResult};
 use crate::peer::{self, Peer};
-use crate::{Target, client, server_stats};
+use crate::{Target, client};
 
 /// Arguments of the many-channels scenario.
 #[derive(Debug, Args)]
@@ -53,61 +51,28 @@ fn channel(pair: usize) -> String {
 
 /// Runs the scenario and returns its JSON report.
 pub async fn run(args: PairsArgs) -> anyhow::Result<serde_json::Value> {
-    let shared = Arc::new(Shared {
-        base: Instant::now(),
-        delivered: AtomicU64::new(0),
-        expected: AtomicU64::new(0),
-        active: AtomicU64::new(args.pairs as u64),
-        publish_errors: AtomicU64::new(0),
-        measuring: AtomicBool::new(false),
-        histogram: std::sync::Mutex::new(fanout::new_histogram()?),
-    });
+    let shared = Shared::new(args.pairs)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (subscribers, publishers) = match args.peer {
         Peer::Tributary => start_tributary(&args, &shared, &stop_rx).await?,
         peer => start_peer(peer, &args, &shared, &stop_rx).await?,
     };
     tokio::time::sleep(Duration::from_secs(args.warmup_seconds)).await;
-    let before = server_stats::read(args.target.server_pid);
-    shared.measuring.store(true, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
-    shared.measuring.store(false, Ordering::Relaxed);
-    let after = server_stats::read(args.target.server_pid);
+    let server = shared.measure(args.target.server_pid, args.seconds).await;
     let _ = stop_tx.send(true);
     for publisher in publishers {
         publisher.await??;
     }
-    let (mut in_window, mut dropped) = (0u64, 0usize);
-    for task in subscribers {
-        let result = task.await?;
-        in_window += result.in_window;
-        dropped += usize::from(result.dropped);
-    }
-    let histogram = shared.histogram.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?.clone();
-    let cpu_ms = match (before, after) {
-        (Some(b), Some(a)) => Some(a.cpu_ms.saturating_sub(b.cpu_ms)),
-        _ => None,
-    };
-    Ok(json!({
+    let mut report = shared.report(subscribers, server, args.seconds).await?;
+    report.extend(fanout::json_object(json!({
         "scenario": "pairs",
         "peer": format!("{:?}", args.peer).to_lowercase(),
         "pairs": args.pairs,
         "rate_per_pair": args.rate_per_pair,
         "seconds": args.seconds,
         "target_deliveries_per_sec": args.pairs as u64 * args.rate_per_pair,
-        "deliveries_per_sec": in_window as f64 / args.seconds as f64,
-        "latency_us": {
-            "p50": histogram.value_at_quantile(0.50),
-            "p90": histogram.value_at_quantile(0.90),
-            "p99": histogram.value_at_quantile(0.99),
-            "p999": histogram.value_at_quantile(0.999),
-            "max": histogram.max(),
-        },
-        "subscribers_dropped": dropped,
-        "server_rss_kib": after.map(|a| a.rss_kib),
-        "server_cpu_ms": cpu_ms,
-        "server_cpu_ns_per_delivery": cpu_ms.map(|ms| ms as f64 * 1e6 / in_window.max(1) as f64),
-    }))
+    })));
+    Ok(serde_json::Value::Object(report))
 }
 
 type Started = (Vec<JoinHandle<SubscriberResult>>, Vec<JoinHandle<anyhow::Result<()>>>);

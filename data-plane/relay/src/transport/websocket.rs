@@ -268,6 +268,12 @@ async fn write_batch(io: &mut Io, conn: &ConnHandle, stall: Duration) -> bool {
         }
         io.sink.flush().await
     };
+    let mut write = std::pin::pin!(write);
+    // Most writes complete at once (the socket has room); only a write that has to wait pays
+    // for registering the stall timer, which would otherwise happen on every delivery batch.
+    if let std::task::Poll::Ready(written) = futures::poll!(write.as_mut()) {
+        return written.is_ok();
+    }
     tokio::select! {
         written = write => written.is_ok(),
         _ = conn.closed().cancelled() => false,

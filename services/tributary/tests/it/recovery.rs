@@ -172,3 +172,31 @@ async fn a_recovery_never_replays_more_than_the_queue_can_take() {
     assert_eq!(reply["result"]["recovered"], true, "{reply}");
     assert_eq!(offsets(&near.messages(20).await.unwrap()), (41..=60).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn a_recovery_never_replays_more_bytes_than_the_queue_can_take() {
+    let server = TestServer::spawn_with(|relay| relay.max_queued_bytes = 4 * relay.max_frame_bytes).await;
+    let big = "x".repeat(30_000);
+    let mut epoch = Value::Null;
+    for _ in 0..10 {
+        epoch = server.publish("chat:heavy", json!(big)).await["epoch"].clone();
+    }
+    let token = server.all_rights("b").await;
+    let mut far = server.ws(&token).await;
+    let reply = far
+        .request(
+            json!({"op": "subscribe", "channel": "chat:heavy", "recover": {"epoch": epoch, "offset": 0}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply["result"]["recovered"], false, "300 KB missed is more than half of 256 KiB: {reply}");
+    let mut near = server.ws(&token).await;
+    let reply = near
+        .request(
+            json!({"op": "subscribe", "channel": "chat:heavy", "recover": {"epoch": epoch, "offset": 7}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply["result"]["recovered"], true, "{reply}");
+    assert_eq!(offsets(&near.messages(3).await.unwrap()), vec![8, 9, 10]);
+}

@@ -41,8 +41,8 @@ pub struct RelayConfig {
     pub presence_timeout_ms: u64,
     /// How long idempotency keys are remembered, in seconds (at least 120).
     pub idempotency_window_secs: u64,
-    /// Most messages replayed by one recovery; beyond it (or beyond the free room in the
-    /// connection's queue) the reply says `recovered: false`. Must be below `outbound_queue_len`.
+    /// Most messages one recovery replays; a client that missed more is told `recovered: false`.
+    /// Recoveries longer than the connection's queue are streamed page by page as it drains.
     pub max_recover: usize,
     /// Longest wait of one long-poll request, in milliseconds.
     pub long_poll_max_wait_ms: u64,
@@ -75,7 +75,7 @@ impl Default for RelayConfig {
             idle_timeout_ms: 60_000,
             presence_timeout_ms: 30_000,
             idempotency_window_secs: 300,
-            max_recover: 1000,
+            max_recover: 100_000,
             long_poll_max_wait_ms: 30_000,
             token_leeway_secs: 5,
             max_token_ttl_secs: 24 * 3600,
@@ -162,9 +162,6 @@ impl RelayConfig {
         positive("max_recover", self.max_recover as u64);
         positive("long_poll_max_wait_ms", self.long_poll_max_wait_ms);
         positive("max_token_ttl_secs", self.max_token_ttl_secs);
-        if self.max_recover >= self.outbound_queue_len {
-            problems.push("relay.max_recover must be below relay.outbound_queue_len".into());
-        }
         if self.max_queued_bytes < self.max_frame_bytes.saturating_mul(4) {
             problems.push("relay.max_queued_bytes must be at least 4 times relay.max_frame_bytes".into());
         }

@@ -7,6 +7,10 @@
 //! side buffer instead of its queue. [`Hub::finish_recovery`] then moves the buffered items
 //! that come after what history delivered into the queue, under the channel's lock, so nothing
 //! is lost or duplicated at the seam between history and the live stream.
+//!
+//! A recovery too long for the queue is read from history page by page as the client drains
+//! it; between pages the subscriber is catching up and live items are not kept for it at all
+//! (history will bring them), so a long recovery never holds a growing buffer.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -21,10 +25,21 @@ use crate::conn::{ConnHandle, Outbound, PreparedMessage, text};
 
 const SHARDS: usize = 32;
 
+/// How a subscriber takes live items.
+enum Mode {
+    /// Straight into its queue.
+    Live,
+    /// Into a side buffer, while its history page is read: the seam is settled by
+    /// [`Hub::finish_recovery`].
+    Recovering(Vec<Outbound>),
+    /// Not publications: it is between two history pages, far behind, and history will bring
+    /// them.
+    CatchingUp,
+}
+
 struct Subscriber {
     conn: ConnHandle,
-    /// `Some` while recovering: live items wait here until history has been delivered.
-    buffer: Option<Vec<Outbound>>,
+    mode: Mode,
 }
 
 type ChannelMap = HashMap<ChannelKey, Vec<Subscriber>>;
@@ -74,8 +89,29 @@ impl Hub {
         let mut shard = lock(self.shard(key));
         let subs = shard.entry(key.clone()).or_default();
         subs.retain(|s| s.conn.id() != conn.id());
-        subs.push(Subscriber { conn: conn.clone(), buffer: Some(Vec::new()) });
+        subs.push(Subscriber { conn: conn.clone(), mode: Mode::Recovering(Vec::new()) });
         subs.len() == 1
+    }
+
+    fn set_mode(&self, key: &ChannelKey, conn: &ConnHandle, mode: Mode) {
+        let mut shard = lock(self.shard(key));
+        if let Some(sub) =
+            shard.get_mut(key).and_then(|subs| subs.iter_mut().find(|s| s.conn.id() == conn.id()))
+        {
+            sub.mode = mode;
+        }
+    }
+
+    /// Puts a subscriber that got one page of a long recovery aside until its next page: live
+    /// items are dropped for it meanwhile, because its next history page holds them.
+    pub fn pause_recovery(&self, key: &ChannelKey, conn: &ConnHandle) {
+        self.set_mode(key, conn, Mode::CatchingUp);
+    }
+
+    /// Starts buffering live items again before the next history page is read, so the page
+    /// and the buffer overlap and [`Hub::finish_recovery`] can settle the seam if it is the last.
+    pub fn resume_recovery(&self, key: &ChannelKey, conn: &ConnHandle) {
+        self.set_mode(key, conn, Mode::Recovering(Vec::new()));
     }
 
     /// Ends recovery: queues the buffered items that come after `delivered` (the position
@@ -87,7 +123,8 @@ impl Hub {
         else {
             return;
         };
-        for item in sub.buffer.take().unwrap_or_default() {
+        let Mode::Recovering(buffer) = std::mem::replace(&mut sub.mode, Mode::Live) else { return };
+        for item in buffer {
             let fresh = match &item {
                 // A new epoch means the stream restarted: everything in it is new.
                 Outbound::Message(m) => *m.epoch != *epoch || m.offset > delivered,
@@ -122,14 +159,19 @@ impl Hub {
         let Some(subs) = shard.get_mut(key) else { return };
         let item = make();
         for sub in subs.iter_mut() {
-            match &mut sub.buffer {
-                Some(buffer) if buffer.len() >= self.max_buffer => {
-                    sub.conn.close(tributary_protocol::CloseCode::SlowConsumer)
-                }
-                Some(buffer) => buffer.push(item.clone()),
-                None => {
+            match &mut sub.mode {
+                Mode::Live => {
                     sub.conn.push(item.clone());
                 }
+                Mode::Recovering(buffer) if buffer.len() >= self.max_buffer => {
+                    sub.conn.close(tributary_protocol::CloseCode::SlowConsumer)
+                }
+                Mode::Recovering(buffer) => buffer.push(item.clone()),
+                // Presence events are not in history, so they cannot wait for it.
+                Mode::CatchingUp if matches!(item, Outbound::Frame(_)) => {
+                    sub.conn.push(item.clone());
+                }
+                Mode::CatchingUp => {}
             }
         }
     }

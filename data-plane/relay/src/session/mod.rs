@@ -50,6 +50,8 @@ impl From<VerifiedToken> for Identity {
 pub(crate) struct Subscription {
     key: ChannelKey,
     presence: bool,
+    /// `Some` while a long recovery is still being read from history.
+    catch_up: Option<subscribe::CatchUp>,
 }
 
 /// One client session.
@@ -62,6 +64,8 @@ pub struct Session {
     request_bucket: TokenBucket,
     /// Long-poll requests come and go; counting them in presence would flap join/leave.
     presence_allowed: bool,
+    /// How many subscriptions are catching up (streaming a long recovery).
+    catching_up: usize,
 }
 
 /// The reply to `connect`.
@@ -109,6 +113,7 @@ impl Session {
             publish_bucket,
             request_bucket,
             presence_allowed,
+            catching_up: 0,
         }
     }
 
@@ -181,7 +186,8 @@ impl Session {
         Ok(())
     }
 
-    async fn drop_subscription(&self, subscription: Subscription) {
+    async fn drop_subscription(&mut self, subscription: Subscription) {
+        self.catching_up -= usize::from(subscription.catch_up.is_some());
         if self.state.hub.remove(&subscription.key, self.conn.id())
             && let Err(err) = self.state.engine.unsubscribe(&subscription.key).await
         {

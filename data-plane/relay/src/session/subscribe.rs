@@ -5,14 +5,19 @@
 //! (3) queue the reply and the missed messages; (4) hand the hub the last offset delivered, and
 //! it queues only the buffered publications after it. A publication stored between (1) and (2)
 //! is both in history and in the buffer, and step 4 drops the copy.
+//!
+//! A recovery longer than the queue's free room is streamed: each page of history is queued as
+//! the client drains the previous one ([`Session::catch_up`]), with the hub dropping live
+//! publications for the subscriber in between (its next page holds them), and the seam of
+//! steps 1–4 is settled on the page that reaches the stream's newest offset.
 
 use std::sync::Arc;
 
 use serde::Serialize;
 use tributary_capability::Right;
-use tributary_engine::{ChannelKey, HistoryQuery};
+use tributary_engine::{ChannelKey, HistoryQuery, StreamOptions};
 use tributary_protocol::frame::{Direction, MemberInfo, SubscribeRequest, server};
-use tributary_protocol::{ErrorCode, StreamPosition};
+use tributary_protocol::{ChannelName, CloseCode, ErrorCode, Publication, StreamPosition};
 
 use super::{Session, Subscription};
 use crate::conn::{Outbound, PreparedMessage, text};
@@ -21,8 +26,23 @@ use crate::ops::OpError;
 /// Queue slots kept free for the subscribe reply and the first live frames.
 const REPLY_RESERVE: usize = 8;
 
+/// A recovery being streamed from history, page by page, as the client drains its queue.
+#[derive(Debug, Clone)]
+pub(super) struct CatchUp {
+    epoch: Arc<str>,
+    /// The offset of the last message queued.
+    delivered: u64,
+}
+
+/// How much of the queue one history page may fill.
+#[derive(Debug, Clone, Copy)]
+struct Room {
+    frames: usize,
+    bytes: usize,
+}
+
 /// Returns about how many bytes a publication's `message` frame takes, without encoding it.
-fn estimated_frame_len(key: &ChannelKey, publication: &tributary_protocol::Publication) -> usize {
+fn estimated_frame_len(key: &ChannelKey, publication: &Publication) -> usize {
     let payload = match &publication.payload {
         tributary_protocol::Payload::Json(b) => b.len(),
         tributary_protocol::Payload::Binary(b) => b.len().div_ceil(3) * 4 + 16,
@@ -45,8 +65,9 @@ pub struct SubscribeReply {
     /// For a recovery request: whether every missed message is being delivered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovered: Option<bool>,
-    /// How many messages from history follow this reply.
-    pub replayed: usize,
+    /// How many messages from history follow this reply (a long recovery streams them as the
+    /// client reads; messages published meanwhile follow them).
+    pub replayed: u64,
     /// The position before the first replayed message, or where the live stream starts when
     /// nothing is replayed (not sent; the start of SSE and long-poll cursors).
     #[serde(skip)]
@@ -94,9 +115,10 @@ impl Session {
             return Err(err.into());
         }
         match self.replay(&key, &request, ns.stream(), ns.history_size > 0, reply_id, share.max(1)).await {
-            Ok(reply) => {
+            Ok((reply, catch_up)) => {
                 let presence = ns.presence && self.presence_allowed;
-                self.subscriptions.insert(channel, Subscription { key: key.clone(), presence });
+                self.catching_up += usize::from(catch_up.is_some());
+                self.subscriptions.insert(channel, Subscription { key: key.clone(), presence, catch_up });
                 if presence {
                     let member = self.member(request.state.map(Arc::from));
                     let options = self.state.config.presence_options(&ns);
@@ -117,74 +139,114 @@ impl Session {
         }
     }
 
+    /// Returns how much of the queue a page may take now, split `share` ways.
+    fn room(&self, share: usize) -> Room {
+        let reserve = REPLY_RESERVE.min(self.state.config.outbound_queue_len / 2);
+        Room {
+            frames: self.conn.room().saturating_sub(reserve) / share,
+            // Half: the live stream keeps flowing into the same queue.
+            bytes: self.conn.room_bytes() / 2 / share,
+        }
+    }
+
+    /// Starts a subscription's delivery: the reply, whatever history it replays (all of it, or
+    /// the first page of a long recovery, which then continues in [`Session::catch_up`]), and
+    /// the switch to live.
     async fn replay(
         &self,
         key: &ChannelKey,
         request: &SubscribeRequest,
-        stream: tributary_engine::StreamOptions,
+        stream: StreamOptions,
         recoverable: bool,
         reply_id: Option<Option<u64>>,
         share: usize,
-    ) -> Result<SubscribeReply, OpError> {
-        // Never replay more than the queue can take now, by count and by bytes: a recovery must
-        // not make its own connection a slow consumer. What does not fit is not recovered.
-        let room = self.conn.room().saturating_sub(REPLY_RESERVE) / share;
-        let max = self.state.config.max_recover.min(room);
-        let query = match (&request.recover, request.rewind) {
-            (Some(position), _) => {
-                HistoryQuery { since: Some(position.offset), direction: Direction::Forward, limit: max }
+    ) -> Result<(SubscribeReply, Option<CatchUp>), OpError> {
+        let max = self.state.config.max_recover as u64;
+        // The offset after which the replay starts, if anything is replayed.
+        let since = match (&request.recover, request.rewind) {
+            (Some(position), _) => Some(position.offset),
+            (None, Some(n)) if n > 0 => {
+                // The newest `n`: find where the stream stands, then read forward like a
+                // recovery (the oldest message kept bounds it).
+                let head = self.head(key, stream).await?;
+                let oldest = head.oldest_offset.map_or(head.top_offset, |o| o - 1);
+                Some(head.top_offset.saturating_sub(u64::from(n).min(max)).max(oldest))
             }
-            (None, Some(n)) => {
-                HistoryQuery { since: None, direction: Direction::Backward, limit: (n as usize).min(max) }
-            }
-            (None, None) => HistoryQuery { since: None, direction: Direction::Backward, limit: 0 },
+            (None, _) => None,
         };
-        let mut page = self.state.engine.history(key, query, stream).await?;
+        let room = self.room(share);
+        let (page, recovered) = match since {
+            Some(since) => {
+                let query =
+                    HistoryQuery { since: Some(since), direction: Direction::Forward, limit: room.frames };
+                let page = self.state.engine.history(key, query, stream).await?;
+                let recovered = request.recover.as_ref().map(|position| {
+                    page.covers(&position.epoch, position.offset)
+                        && page.top_offset.saturating_sub(position.offset) <= max
+                });
+                (page, recovered)
+            }
+            None => (self.head(key, stream).await?, None),
+        };
+        let since = since.filter(|_| recovered != Some(false));
+        let epoch = page.epoch.clone();
+        let top = page.top_offset;
+        let reply = SubscribeReply {
+            channel: key.channel.to_string(),
+            epoch: epoch.clone(),
+            offset: top,
+            recoverable,
+            recovered,
+            replayed: since.map_or(0, |since| top.saturating_sub(since)),
+            // The position *before* the replayed messages: a cursor advances only as messages
+            // are actually handed to the client.
+            position: StreamPosition { epoch: epoch.to_string(), offset: since.unwrap_or(top) },
+        };
+        if let Some(id) = reply_id {
+            self.conn.push(Outbound::frame(server::encode_reply(id, &reply)));
+        }
+        let catch_up = match since {
+            Some(since) => self.deliver_page(key, page, &epoch, since, room),
+            None => {
+                self.state.hub.finish_recovery(key, &self.conn, &epoch, top);
+                None
+            }
+        };
+        Ok((reply, catch_up))
+    }
+
+    /// Reads where a stream stands, without any publication.
+    async fn head(
+        &self,
+        key: &ChannelKey,
+        stream: StreamOptions,
+    ) -> Result<tributary_engine::HistoryPage, OpError> {
+        let query = HistoryQuery { since: None, direction: Direction::Backward, limit: 0 };
+        Ok(self.state.engine.history(key, query, stream).await?)
+    }
+
+    /// Queues what fits of a forward history page read after `since`. If it reaches the
+    /// stream's newest offset, the subscriber goes live; otherwise it catches up from where the
+    /// page ended.
+    fn deliver_page(
+        &self,
+        key: &ChannelKey,
+        mut page: tributary_engine::HistoryPage,
+        epoch: &Arc<str>,
+        since: u64,
+        room: Room,
+    ) -> Option<CatchUp> {
         let mut publications = std::mem::take(&mut page.publications);
-        let byte_room = self.conn.room_bytes() / 2 / share;
         let mut bytes = 0;
         let fits = publications
             .iter()
             .take_while(|p| {
                 bytes += estimated_frame_len(key, p);
-                bytes <= byte_room
+                bytes <= room.bytes
             })
             .count();
-        // A forward page keeps its oldest messages (a recovery then reports what it could not
-        // deliver); a backward (rewind) page starts with the newest, so it keeps the newest.
         publications.truncate(fits);
-        let recovered = request.recover.as_ref().map(|position| {
-            // History offsets are consecutive, so the page holds offset+1 ..= offset+len.
-            let complete = position.offset.saturating_add(publications.len() as u64) >= page.top_offset;
-            page.covers(&position.epoch, position.offset) && complete
-        });
-        match (recovered, request.rewind) {
-            (Some(false), _) => publications.clear(),
-            (None, Some(_)) => publications.reverse(),
-            _ => {}
-        }
-        let delivered = match (recovered, publications.last()) {
-            (_, Some(last)) => last.offset,
-            (Some(true), None) => request.recover.as_ref().map(|p| p.offset).unwrap_or(page.top_offset),
-            _ => page.top_offset,
-        };
-        let reply = SubscribeReply {
-            channel: key.channel.to_string(),
-            epoch: page.epoch.clone(),
-            offset: page.top_offset,
-            recoverable,
-            recovered,
-            replayed: publications.len(),
-            // The position *before* the replayed messages: a cursor advances only as messages
-            // are actually handed to the client.
-            position: StreamPosition {
-                epoch: page.epoch.to_string(),
-                offset: publications.first().map(|p| p.offset - 1).unwrap_or(delivered),
-            },
-        };
-        if let Some(id) = reply_id {
-            self.conn.push(Outbound::frame(server::encode_reply(id, &reply)));
-        }
+        let mut delivered = since;
         for publication in &publications {
             let frame = text(server::encode_message(key.channel.as_str(), publication));
             let prepared = PreparedMessage {
@@ -194,11 +256,87 @@ impl Session {
                 offset: publication.offset,
             };
             if !self.conn.push(Outbound::Message(Arc::new(prepared))) {
+                // Closed as a slow consumer: nothing more is queued anyway.
                 break;
             }
+            delivered = publication.offset;
         }
-        self.state.hub.finish_recovery(key, &self.conn, &page.epoch, delivered);
-        Ok(reply)
+        if delivered >= page.top_offset {
+            self.state.hub.finish_recovery(key, &self.conn, epoch, delivered);
+            None
+        } else {
+            self.state.hub.pause_recovery(key, &self.conn);
+            Some(CatchUp { epoch: epoch.clone(), delivered })
+        }
+    }
+
+    /// Returns whether a long recovery is still being streamed on some subscription.
+    pub fn catching_up(&self) -> bool {
+        self.catching_up > 0
+    }
+
+    /// Queues the next history page of every subscription that is catching up, once the
+    /// client has drained enough of its queue for a page worth reading. Transports call it
+    /// whenever they have written to the client.
+    pub async fn catch_up(&mut self) {
+        let config = &self.state.config;
+        if self.catching_up == 0
+            || self.conn.room() < config.outbound_queue_len / 4
+            || self.conn.room_bytes() < config.max_queued_bytes / 4
+        {
+            return;
+        }
+        let share = self.catching_up;
+        let channels: Vec<ChannelName> =
+            self.subscriptions.iter().filter(|(_, s)| s.catch_up.is_some()).map(|(c, _)| c.clone()).collect();
+        for channel in channels {
+            let Some((key, catch_up)) =
+                self.subscriptions.get(&channel).and_then(|s| Some((s.key.clone(), s.catch_up.clone()?)))
+            else {
+                continue;
+            };
+            let next = self.next_page(&key, catch_up, share).await;
+            if let Some(subscription) = self.subscriptions.get_mut(&channel) {
+                if next.is_none() {
+                    self.catching_up -= 1;
+                }
+                subscription.catch_up = next;
+            }
+            if self.conn.closed().is_cancelled() {
+                return;
+            }
+        }
+    }
+
+    /// Reads and queues the page after `catch_up.delivered`.
+    async fn next_page(&self, key: &ChannelKey, catch_up: CatchUp, share: usize) -> Option<CatchUp> {
+        // Buffer live publications from before the read, so that if this page reaches the
+        // newest offset, the seam between it and the live stream is exact.
+        self.state.hub.resume_recovery(key, &self.conn);
+        let stream = self.state.config.namespace(key.channel.namespace()).stream();
+        let mut room = self.room(share);
+        // At least one message per page, or a crowd of catching-up channels would starve.
+        room.frames = room.frames.max(1);
+        let query = HistoryQuery {
+            since: Some(catch_up.delivered),
+            direction: Direction::Forward,
+            limit: room.frames,
+        };
+        let page = match self.state.engine.history(key, query, stream).await {
+            Ok(page) => page,
+            Err(err) => {
+                tracing::warn!(error = %err, "history read failed while catching up");
+                self.conn.close(CloseCode::Internal);
+                return None;
+            }
+        };
+        if !page.covers(&catch_up.epoch, catch_up.delivered) {
+            // History moved on (trimmed or reset) faster than this client read it. It asks
+            // again from its position and is told `recovered: false` there, never shown a gap.
+            self.conn.close(CloseCode::SlowConsumer);
+            return None;
+        }
+        self.deliver_page(key, page, &catch_up.epoch, catch_up.delivered, room)
     }
 
     pub(super) fn member(&self, state: Option<Arc<serde_json::value::RawValue>>) -> MemberInfo {

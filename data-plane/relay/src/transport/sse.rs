@@ -105,7 +105,7 @@ async fn send(body: &BodySender, chunk: Bytes, conn: &ConnHandle, idle: Duration
 
 /// Moves queued frames into the response body until the client goes away or the session ends.
 async fn pump(
-    session: Session,
+    mut session: Session,
     mut rx: mpsc::Receiver<Outbound>,
     body: BodySender,
     mut cursor: Cursor,
@@ -118,6 +118,9 @@ async fn pump(
     // A comment first, so proxies and clients see the stream open at once.
     let mut open = send(&body, Bytes::from_static(b": open\n\n"), &conn, timers.idle).await;
     while open {
+        if session.catching_up() {
+            session.catch_up().await;
+        }
         let expires_in = Duration::from_secs(session.identity().expires_at.saturating_sub(unix_now()));
         tokio::select! {
             biased;

@@ -169,6 +169,10 @@ async fn serve(io: &mut Io, session: &mut Session, state: &RelayState) {
     let expiry = sleep_until(deadline(expires_at));
     tokio::pin!(expiry);
     loop {
+        // A long recovery continues whenever the client has drained enough of its queue.
+        if session.catching_up() {
+            session.catch_up().await;
+        }
         // Not `biased`: a queue that is never empty must not starve reads, timers or the
         // heartbeat, and a chatty client must not starve its deliveries.
         tokio::select! {

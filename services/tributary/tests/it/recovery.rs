@@ -146,57 +146,141 @@ async fn a_retried_publish_with_an_idempotency_key_is_stored_and_delivered_once(
     assert_eq!(history["messages"].as_array().unwrap().len(), 2);
 }
 
+/// Asserts `got` is exactly the offsets `from..=to`, in order.
+fn assert_consecutive(got: &[Value], from: u64, to: u64) {
+    let offsets = offsets(got);
+    assert_eq!(
+        offsets.len() as u64,
+        to - from + 1,
+        "count: first {:?}, last {:?}",
+        offsets.first(),
+        offsets.last()
+    );
+    for (expected, offset) in (from..=to).zip(&offsets) {
+        assert_eq!(*offset, expected, "gap or duplicate");
+    }
+}
+
 #[tokio::test]
-async fn a_recovery_never_replays_more_than_the_queue_can_take() {
+async fn a_recovery_longer_than_the_queue_is_streamed_then_goes_live_without_gap_or_duplicate() {
     let server = TestServer::spawn_with(|relay| {
         relay.outbound_queue_len = 40;
-        relay.max_recover = 30;
+        relay.max_recover = 150;
+        relay.namespaces.insert(
+            "long".into(),
+            tributary_relay::NamespaceConfig { history_size: 1000, ..Default::default() },
+        );
     })
     .await;
     let mut epoch = Value::Null;
-    for n in 1..=60 {
-        epoch = server.publish("chat:big", json!(n)).await["epoch"].clone();
+    for n in 1..=200 {
+        epoch = server.publish("long:a", json!(n)).await["epoch"].clone();
     }
     let token = server.all_rights("q").await;
     let mut far = server.ws(&token).await;
     let reply = far
-        .request(json!({"op": "subscribe", "channel": "chat:big", "recover": {"epoch": epoch, "offset": 5}}))
+        .request(json!({"op": "subscribe", "channel": "long:a", "recover": {"epoch": epoch, "offset": 10}}))
         .await
         .unwrap();
-    assert_eq!(reply["result"]["recovered"], false, "55 missed is more than 30: {reply}");
+    assert_eq!(reply["result"]["recovered"], false, "190 missed is more than max_recover 150: {reply}");
+    assert_eq!(reply["result"]["replayed"], 0);
+    // Publishing goes on while the client recovers and catches up through a queue of 40.
+    let publisher = {
+        let (url, key) = (server.http_url(), server.api_key().to_owned());
+        let http = server.http().clone();
+        tokio::spawn(async move {
+            for n in 201..=300 {
+                let response = http
+                    .post(format!("{url}/v1/channels/long:a/messages"))
+                    .bearer_auth(&key)
+                    .json(&json!({ "data": n }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+            }
+        })
+    };
     let mut near = server.ws(&token).await;
     let reply = near
-        .request(json!({"op": "subscribe", "channel": "chat:big", "recover": {"epoch": epoch, "offset": 40}}))
+        .request(json!({"op": "subscribe", "channel": "long:a", "recover": {"epoch": epoch, "offset": 60}}))
         .await
         .unwrap();
     assert_eq!(reply["result"]["recovered"], true, "{reply}");
-    assert_eq!(offsets(&near.messages(20).await.unwrap()), (41..=60).collect::<Vec<_>>());
+    assert!(reply["result"]["replayed"].as_u64().unwrap() >= 140, "{reply}");
+    let got = near.messages(240).await.unwrap();
+    publisher.await.unwrap();
+    assert_consecutive(&got, 61, 300);
+    assert!(near.no_message_within(std::time::Duration::from_millis(200)).await, "nothing after the last");
+    // The stream is live again: a new message arrives once.
+    server.publish("long:a", json!("live")).await;
+    let live = near.messages(1).await.unwrap();
+    assert_eq!(offsets(&live), vec![301]);
 }
 
 #[tokio::test]
-async fn a_recovery_never_replays_more_bytes_than_the_queue_can_take() {
+async fn a_recovery_larger_than_the_queue_in_bytes_is_streamed() {
     let server = TestServer::spawn_with(|relay| relay.max_queued_bytes = 4 * relay.max_frame_bytes).await;
     let big = "x".repeat(30_000);
     let mut epoch = Value::Null;
-    for _ in 0..10 {
+    for _ in 0..30 {
         epoch = server.publish("chat:heavy", json!(big)).await["epoch"].clone();
     }
     let token = server.all_rights("b").await;
-    let mut far = server.ws(&token).await;
-    let reply = far
+    let mut c = server.ws(&token).await;
+    let reply = c
         .request(
             json!({"op": "subscribe", "channel": "chat:heavy", "recover": {"epoch": epoch, "offset": 0}}),
         )
         .await
         .unwrap();
-    assert_eq!(reply["result"]["recovered"], false, "300 KB missed is more than half of 256 KiB: {reply}");
-    let mut near = server.ws(&token).await;
-    let reply = near
-        .request(
-            json!({"op": "subscribe", "channel": "chat:heavy", "recover": {"epoch": epoch, "offset": 7}}),
-        )
+    assert_eq!(reply["result"]["recovered"], true, "900 KB through a 256 KiB queue: {reply}");
+    assert_consecutive(&c.messages(30).await.unwrap(), 1, 30);
+}
+
+#[tokio::test]
+async fn a_client_that_falls_out_of_history_while_catching_up_is_closed_and_then_told_the_truth() {
+    let server = TestServer::spawn_with(|relay| {
+        relay.max_queued_bytes = 4 * relay.max_frame_bytes;
+        relay.namespaces.insert(
+            "big".into(),
+            tributary_relay::NamespaceConfig { history_size: 400, ..Default::default() },
+        );
+    })
+    .await;
+    let payload = "y".repeat(30_000);
+    let mut epoch = Value::Null;
+    for _ in 0..400 {
+        epoch = server.publish("big:a", json!(payload)).await["epoch"].clone();
+    }
+    let token = server.all_rights("lagging").await;
+    let mut c = server.ws(&token).await;
+    let reply = c
+        .request(json!({"op": "subscribe", "channel": "big:a", "recover": {"epoch": epoch, "offset": 0}}))
         .await
         .unwrap();
     assert_eq!(reply["result"]["recovered"], true, "{reply}");
-    assert_eq!(offsets(&near.messages(3).await.unwrap()), vec![8, 9, 10]);
+    // The client reads nothing while 400 more messages push its position out of history: the
+    // kernel's socket buffers hold a few megabytes of the 12 MB it missed, not all of it.
+    for _ in 0..400 {
+        server.publish("big:a", json!(payload)).await;
+    }
+    let mut got = Vec::new();
+    let code = loop {
+        match c.next().await {
+            Ok(frame) if frame["type"] == "message" => got.push(frame),
+            Ok(_) => continue,
+            Err(err) => break err.to_string(),
+        }
+    };
+    assert!(code.contains("3001"), "closed as a slow consumer: {code}");
+    assert!(!got.is_empty() && got.len() < 400, "part of the recovery arrived: {}", got.len());
+    let last = got.len() as u64;
+    assert_consecutive(&got, 1, last);
+    let mut again = server.ws(&token).await;
+    let reply = again
+        .request(json!({"op": "subscribe", "channel": "big:a", "recover": {"epoch": epoch, "offset": last}}))
+        .await
+        .unwrap();
+    assert_eq!(reply["result"]["recovered"], false, "the gap is reported, never skipped: {reply}");
 }

@@ -100,3 +100,63 @@ async fn long_poll_works_on_a_namespace_without_history() {
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["messages"][0]["data"], "now", "{reply}");
 }
+
+fn long_history(relay: &mut tributary_relay::RelayConfig) {
+    relay.outbound_queue_len = 40;
+    relay
+        .namespaces
+        .insert("long".into(), tributary_relay::NamespaceConfig { history_size: 1000, ..Default::default() });
+}
+
+#[tokio::test]
+async fn sse_streams_a_recovery_longer_than_its_queue_on_two_channels() {
+    let server = TestServer::spawn_with(long_history).await;
+    let token = server.all_rights("sse-long").await;
+    let mut stream = server.sse("long:a,long:b", &token, None).await.unwrap();
+    stream.next_of("reply").await.unwrap();
+    let start = stream.next_of("reply").await.unwrap().id.expect("a cursor");
+    drop(stream);
+    for n in 1..=150 {
+        server.publish("long:a", json!(n)).await;
+        server.publish("long:b", json!(n)).await;
+    }
+    let mut resumed = server.sse("long:a,long:b", &token, Some(&start)).await.unwrap();
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    while a.len() + b.len() < 300 {
+        let event = resumed.next_of("message").await.unwrap();
+        let offset = event.data["offset"].as_u64().unwrap();
+        match event.data["channel"].as_str() {
+            Some("long:a") => a.push(offset),
+            _ => b.push(offset),
+        }
+    }
+    let all: Vec<u64> = (1..=150).collect();
+    assert_eq!((a, b), (all.clone(), all), "every missed message of both channels, in order, once");
+    server.publish("long:a", json!("live")).await;
+    assert_eq!(resumed.next_of("message").await.unwrap().data["offset"], 151);
+}
+
+#[tokio::test]
+async fn long_poll_pages_through_a_recovery_longer_than_its_queue() {
+    let server = TestServer::spawn_with(long_history).await;
+    let token = server.all_rights("poll-long").await;
+    let (_, first) = server.poll("long:p", &token, None, 100).await;
+    for n in 1..=100 {
+        server.publish("long:p", json!(n)).await;
+    }
+    let mut cursor = first["cursor"].as_str().unwrap().to_owned();
+    let mut data = Vec::new();
+    let mut polls = 0;
+    while data.len() < 100 {
+        let (status, page) = server.poll("long:p", &token, Some(&cursor), 1000).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["unrecovered"], json!([]), "{page}");
+        let messages = page["messages"].as_array().unwrap();
+        assert!(!messages.is_empty() && messages.len() <= 40, "a page fits the queue: {}", messages.len());
+        data.extend(messages.iter().map(|m| m["data"].as_u64().unwrap()));
+        cursor = page["cursor"].as_str().unwrap().to_owned();
+        polls += 1;
+    }
+    assert_eq!(data, (1..=100).collect::<Vec<_>>());
+    assert!(polls >= 3, "100 messages through a queue of 40 take several polls");
+}

@@ -11,6 +11,7 @@
 //! - `peer`: minimal Redis and NATS clients, so the same fan-out runs against them.
 //! - `storm`: N new authenticated connections as fast as they come.
 //! - `pairs`: many channels, one publisher and one subscriber each, at a steady rate.
+//! - `recovery`: subscribers leave, messages are published, all come back with their positions.
 //! - `server_stats`: RSS and CPU time of the server process from `/proc`.
 
 mod client;
@@ -18,6 +19,7 @@ mod fanout;
 mod idle;
 mod pairs;
 mod peer;
+mod recovery;
 mod server_stats;
 mod storm;
 
@@ -41,6 +43,8 @@ enum Scenario {
     Storm(storm::StormArgs),
     /// Many channels: connection pairs, one channel each, at a steady rate.
     Pairs(pairs::PairsArgs),
+    /// Subscribers leave, messages are published, all reconnect and recover at once.
+    Recovery(recovery::RecoveryArgs),
 }
 
 /// Where the server is and how to reach it.
@@ -73,6 +77,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Idle(args) => idle::run(args).await,
             Scenario::Storm(args) => storm::run(args).await,
             Scenario::Pairs(args) => pairs::run(args).await,
+            Scenario::Recovery(args) => recovery::run(args).await,
         }
     })?;
     println!("{report}");

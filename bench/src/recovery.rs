@@ -3,7 +3,7 @@
 //! messages per second, and checks that every subscriber got exactly what it missed, in order:
 //! no gap, no duplicate.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Args;

@@ -5,20 +5,21 @@
 //! and never grows: the connection is closed as a slow consumer, with a code that tells the
 //! client to reconnect and recover its position.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, Waker};
 
-use axum::extract::ws::Utf8Bytes;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use bytes::Bytes;
 use tributary_protocol::{ChannelName, CloseCode};
 
 /// A publication's frame, encoded once and shared by every subscriber of this node.
 #[derive(Debug)]
 pub struct PreparedMessage {
-    /// The `message` frame.
-    pub frame: Utf8Bytes,
+    /// The `message` frame (UTF-8 JSON).
+    pub frame: Bytes,
     /// The channel.
     pub channel: ChannelName,
     /// The stream's epoch.
@@ -32,23 +33,28 @@ pub struct PreparedMessage {
 pub enum Outbound {
     /// A publication (shared by all subscribers; cloning is a reference count).
     Message(Arc<PreparedMessage>),
-    /// Any other frame: a reply or a presence event. Behind an `Arc` so that an `Outbound` is
-    /// two words: every connection's queue allocates its slots up front.
-    Frame(Arc<Utf8Bytes>),
+    /// Any other frame (UTF-8 JSON): a reply or a presence event. Behind an `Arc` so that an
+    /// `Outbound` is two words.
+    Frame(Arc<Bytes>),
 }
 
 impl Outbound {
     /// Wraps an encoded frame (a reply or an event).
-    pub fn frame(encoded: bytes::Bytes) -> Self {
-        Outbound::Frame(Arc::new(text(encoded)))
+    pub fn frame(encoded: Bytes) -> Self {
+        Outbound::Frame(Arc::new(encoded))
+    }
+
+    /// Returns the frame's bytes.
+    pub fn bytes(&self) -> &Bytes {
+        match self {
+            Outbound::Message(m) => &m.frame,
+            Outbound::Frame(f) => f,
+        }
     }
 
     /// Returns the frame's size in bytes.
     pub fn len(&self) -> usize {
-        match self {
-            Outbound::Message(m) => m.frame.len(),
-            Outbound::Frame(f) => f.len(),
-        }
+        self.bytes().len()
     }
 
     /// Returns whether the frame is empty (never, for frames we build).
@@ -57,21 +63,39 @@ impl Outbound {
     }
 }
 
-/// Converts an encoded frame to WebSocket text. Our encoders produce UTF-8 JSON, so the check
-/// is a formality done once per frame, never per subscriber.
-pub fn text(frame: bytes::Bytes) -> Utf8Bytes {
-    Utf8Bytes::try_from(frame).unwrap_or_else(|_| Utf8Bytes::from(r#"{"type":"error"}"#))
+/// A queue that went idle with more than this many slots gives its memory back: a connection
+/// that was busy once must not keep a big queue for the rest of its idle life.
+const IDLE_QUEUE_CAPACITY: usize = 64;
+
+struct Queue {
+    items: VecDeque<Outbound>,
+    /// Bytes in the queue: a count limit alone would let a few huge replies pin gigabytes.
+    bytes: usize,
+    /// The connection's task, when it waits for items or for the close.
+    waker: Option<Waker>,
 }
 
 struct Shared {
     id: Arc<str>,
     app: Arc<str>,
-    tx: mpsc::Sender<Outbound>,
-    closed: CancellationToken,
+    queue: Mutex<Queue>,
+    max_items: usize,
+    max_bytes: usize,
+    closed: AtomicBool,
     close_code: OnceLock<CloseCode>,
-    /// Bytes in the queue: a count limit alone would let a few huge replies pin gigabytes.
-    queued_bytes: AtomicUsize,
-    max_queued_bytes: usize,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    fn wake(&self) {
+        let waker = lock(&self.queue).waker.take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
 }
 
 /// A handle to a connection: cheap to clone, safe to use from the hub.
@@ -88,25 +112,19 @@ impl std::fmt::Debug for ConnHandle {
 
 impl ConnHandle {
     /// Creates a connection whose queue holds at most `queue_len` frames and `max_queued_bytes`
-    /// bytes; returns the handle and the receiving end for whatever writes the connection, which must
-    /// call [`ConnHandle::dequeued`] for what it takes.
-    pub fn new(
-        id: Arc<str>,
-        app: Arc<str>,
-        queue_len: usize,
-        max_queued_bytes: usize,
-    ) -> (Self, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(queue_len);
-        let shared = Shared {
+    /// bytes; returns the handle and the [`Outbox`] that the connection's task drains. The queue
+    /// allocates nothing until something is queued.
+    pub fn new(id: Arc<str>, app: Arc<str>, queue_len: usize, max_queued_bytes: usize) -> (Self, Outbox) {
+        let shared = Arc::new(Shared {
             id,
             app,
-            tx,
-            closed: CancellationToken::new(),
+            queue: Mutex::new(Queue { items: VecDeque::new(), bytes: 0, waker: None }),
+            max_items: queue_len,
+            max_bytes: max_queued_bytes,
+            closed: AtomicBool::new(false),
             close_code: OnceLock::new(),
-            queued_bytes: AtomicUsize::new(0),
-            max_queued_bytes,
-        };
-        (Self { shared: Arc::new(shared) }, rx)
+        });
+        (Self { shared: shared.clone() }, Outbox { shared })
     }
 
     /// Returns the connection id.
@@ -123,48 +141,53 @@ impl ConnHandle {
     /// as a slow consumer. Returns whether the frame was queued; after a close nothing is, so
     /// what a client received before the close is always a gap-free prefix.
     pub fn push(&self, item: Outbound) -> bool {
-        if self.shared.closed.is_cancelled() {
+        if self.is_closed() {
             return false;
         }
         let len = item.len();
-        let before = self.shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
-        if before + len > self.shared.max_queued_bytes {
-            self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-            self.close(CloseCode::SlowConsumer);
-            return false;
-        }
-        match self.shared.tx.try_send(item) {
-            Ok(()) => true,
-            Err(err) => {
-                self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                if matches!(err, mpsc::error::TrySendError::Full(_)) {
-                    self.close(CloseCode::SlowConsumer);
-                }
-                false
+        let waker = {
+            let mut queue = lock(&self.shared.queue);
+            if queue.items.len() >= self.shared.max_items || queue.bytes + len > self.shared.max_bytes {
+                drop(queue);
+                self.close(CloseCode::SlowConsumer);
+                return false;
             }
+            queue.bytes += len;
+            queue.items.push_back(item);
+            queue.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
         }
-    }
-
-    /// Records that `items` were taken off the queue.
-    pub fn dequeued(&self, items: &[Outbound]) {
-        let bytes: usize = items.iter().map(Outbound::len).sum();
-        self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        true
     }
 
     /// Returns how many more bytes the queue can take now.
     pub fn room_bytes(&self) -> usize {
-        self.shared.max_queued_bytes.saturating_sub(self.shared.queued_bytes.load(Ordering::Acquire))
+        self.shared.max_bytes.saturating_sub(lock(&self.shared.queue).bytes)
     }
 
     /// Returns how many more frames the queue can take now.
     pub fn room(&self) -> usize {
-        self.shared.tx.capacity()
+        self.shared.max_items.saturating_sub(lock(&self.shared.queue).items.len())
     }
 
     /// Closes the connection with `code`; the first code wins.
     pub fn close(&self, code: CloseCode) {
         let _ = self.shared.close_code.set(code);
-        self.shared.closed.cancel();
+        self.shut();
+    }
+
+    /// Marks the connection closed without a code (it is ending on its own): nothing more is
+    /// queued.
+    pub fn shut(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.wake();
+    }
+
+    /// Returns whether the connection was closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
     }
 
     /// Returns the code the connection was closed with, if it was.
@@ -172,9 +195,83 @@ impl ConnHandle {
         self.shared.close_code.get().copied()
     }
 
-    /// Returns a token cancelled when the connection is closed.
-    pub fn closed(&self) -> &CancellationToken {
-        &self.shared.closed
+    /// Completes when the connection is closed. Only the connection's own task may wait on it
+    /// (the connection keeps one waker).
+    pub fn closed(&self) -> Closed<'_> {
+        Closed { shared: &self.shared }
+    }
+}
+
+/// The future of [`ConnHandle::closed`].
+pub struct Closed<'a> {
+    shared: &'a Shared,
+}
+
+impl Future for Closed<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        lock(&self.shared.queue).waker = Some(cx.waker().clone());
+        // A close between the check and the registration found no waker; look again.
+        if self.shared.closed.load(Ordering::Acquire) { Poll::Ready(()) } else { Poll::Pending }
+    }
+}
+
+/// The receiving end of a connection's queue, owned by the task that writes to the client.
+pub struct Outbox {
+    shared: Arc<Shared>,
+}
+
+impl Outbox {
+    /// Hands up to `max` queued frames to `take`, in order. Pending while the queue is empty
+    /// and the connection open; `Ready(0)` once it is closed and empty.
+    pub fn poll_drain(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+        mut take: impl FnMut(Outbound),
+    ) -> Poll<usize> {
+        let mut queue = lock(&self.shared.queue);
+        if queue.items.is_empty() {
+            if self.shared.closed.load(Ordering::Acquire) {
+                return Poll::Ready(0);
+            }
+            if queue.items.capacity() > IDLE_QUEUE_CAPACITY {
+                queue.items = VecDeque::new();
+            }
+            if !queue.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                queue.waker = Some(cx.waker().clone());
+            }
+            return Poll::Pending;
+        }
+        let queue = &mut *queue;
+        let n = queue.items.len().min(max);
+        for item in queue.items.drain(..n) {
+            queue.bytes -= item.len();
+            take(item);
+        }
+        Poll::Ready(n)
+    }
+
+    /// Moves up to `max` queued frames into `batch`, waiting for the first; returns 0 once the
+    /// connection is closed and nothing is left.
+    pub async fn recv_many(&mut self, batch: &mut Vec<Outbound>, max: usize) -> usize {
+        std::future::poll_fn(|cx| self.poll_drain(cx, max, |item| batch.push(item))).await
+    }
+
+    /// Moves up to `max` queued frames into `batch` without waiting.
+    pub fn try_recv_many(&mut self, batch: &mut Vec<Outbound>, max: usize) -> usize {
+        let mut queue = lock(&self.shared.queue);
+        let queue = &mut *queue;
+        let n = queue.items.len().min(max);
+        for item in queue.items.drain(..n) {
+            queue.bytes -= item.len();
+            batch.push(item);
+        }
+        n
     }
 }
 

@@ -21,7 +21,7 @@ use tributary_engine::{ChannelKey, EngineSink};
 use tributary_protocol::Publication;
 use tributary_protocol::frame::{PresenceEvent, server};
 
-use crate::conn::{ConnHandle, Outbound, PreparedMessage, text};
+use crate::conn::{ConnHandle, Outbound, PreparedMessage};
 
 const SHARDS: usize = 32;
 
@@ -180,7 +180,7 @@ impl Hub {
 impl EngineSink for Hub {
     fn on_publication(&self, key: &ChannelKey, publication: &Publication) {
         self.deliver(key, || {
-            let frame = text(server::encode_message(key.channel.as_str(), publication));
+            let frame = server::encode_message(key.channel.as_str(), publication);
             Outbound::Message(Arc::new(PreparedMessage {
                 frame,
                 channel: key.channel.clone(),

@@ -5,7 +5,7 @@
 mod auth;
 mod subscribe;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -18,7 +18,7 @@ use tributary_protocol::{ChannelName, ErrorCode};
 pub use auth::{authenticate, unix_now};
 pub use subscribe::SubscribeReply;
 
-use crate::conn::{ConnHandle, Outbound, text};
+use crate::conn::{ConnHandle, Outbound};
 use crate::limits::TokenBucket;
 use crate::ops::{self, OpError, PublishInput};
 use crate::state::RelayState;
@@ -59,7 +59,8 @@ pub struct Session {
     state: Arc<RelayState>,
     conn: ConnHandle,
     identity: Identity,
-    subscriptions: HashMap<ChannelName, Subscription>,
+    /// A `BTreeMap`: empty, it is three words and allocates nothing, and most connections hold few.
+    subscriptions: BTreeMap<ChannelName, Subscription>,
     publish_bucket: TokenBucket,
     request_bucket: TokenBucket,
     /// Long-poll requests come and go; counting them in presence would flap join/leave.
@@ -109,7 +110,7 @@ impl Session {
             state,
             conn,
             identity,
-            subscriptions: HashMap::new(),
+            subscriptions: BTreeMap::new(),
             publish_bucket,
             request_bucket,
             presence_allowed,
@@ -155,9 +156,9 @@ impl Session {
                     result: &'a RawValue,
                 }
                 let json = r.to_json(self.state.config.max_queued_bytes / 2);
-                text(bytes::Bytes::from(
+                bytes::Bytes::from(
                     serde_json::to_vec(&Reply { r#type: "reply", id, result: &json }).unwrap_or_default(),
-                ))
+                )
             }),
             ClientOp::Presence { channel } => self.presence(channel).await.map(|r| reply(id, &r)),
             ClientOp::PresenceUpdate { channel, state } => {
@@ -169,7 +170,7 @@ impl Session {
         let frame = match outcome {
             Ok(frame) if id.is_some() => frame,
             Ok(_) => return,
-            Err(err) => text(server::encode_error(id, err.code, &err.message)),
+            Err(err) => server::encode_error(id, err.code, &err.message),
         };
         self.conn.push(Outbound::Frame(Arc::new(frame)));
     }
@@ -330,6 +331,6 @@ impl Session {
     }
 }
 
-fn reply<T: Serialize>(id: Option<u64>, result: &T) -> axum::extract::ws::Utf8Bytes {
-    text(server::encode_reply(id, result))
+fn reply<T: Serialize>(id: Option<u64>, result: &T) -> bytes::Bytes {
+    server::encode_reply(id, result)
 }

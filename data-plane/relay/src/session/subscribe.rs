@@ -20,7 +20,7 @@ use tributary_protocol::frame::{Direction, MemberInfo, SubscribeRequest, server}
 use tributary_protocol::{ChannelName, CloseCode, ErrorCode, Publication, StreamPosition};
 
 use super::{Session, Subscription};
-use crate::conn::{Outbound, PreparedMessage, text};
+use crate::conn::{Outbound, PreparedMessage};
 use crate::ops::OpError;
 
 /// Queue slots kept free for the subscribe reply and the first live frames.
@@ -248,7 +248,7 @@ impl Session {
         publications.truncate(fits);
         let mut delivered = since;
         for publication in &publications {
-            let frame = text(server::encode_message(key.channel.as_str(), publication));
+            let frame = server::encode_message(key.channel.as_str(), publication);
             let prepared = PreparedMessage {
                 frame,
                 channel: key.channel.clone(),
@@ -302,7 +302,7 @@ impl Session {
                 }
                 subscription.catch_up = next;
             }
-            if self.conn.closed().is_cancelled() {
+            if self.conn.is_closed() {
                 return;
             }
         }

@@ -1,25 +1,52 @@
 //! A diagnostic WebSocket echo endpoint, `/v1/diagnostics/echo`, mounted only when
-//! `relay.diagnostic_echo` is on. It exists so that the WebSocket layer the relay runs on can be
+//! `relay.diagnostic_echo` is on. It exists so that the relay's own WebSocket layer can be
 //! checked against the Autobahn conformance cases (which need an echo server); it has no
 //! authentication and must stay off in production.
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use std::time::Duration;
+
+use axum::extract::Request;
 use axum::response::Response;
+
+use super::websocket::{Echoed, Socket, Stream};
 
 /// Autobahn's largest cases send 16 MiB messages.
 const ECHO_MAX_BYTES: usize = 16 * 1024 * 1024;
 
 /// Upgrades and echoes every text and binary message until the client closes.
-pub async fn upgrade(ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(ECHO_MAX_BYTES).max_frame_size(ECHO_MAX_BYTES).on_upgrade(echo)
+pub async fn upgrade(request: Request) -> Response {
+    let accepted = match super::websocket::accept(request, None) {
+        Ok(accepted) => accepted,
+        Err(refused) => return axum::response::IntoResponse::into_response(refused),
+    };
+    let upgrade = accepted.upgrade;
+    tokio::spawn(async move {
+        if let Ok(upgraded) = upgrade.await {
+            let (stream, read_ahead) = Stream::from_upgrade(upgraded);
+            let mut socket = Socket::new(stream, ECHO_MAX_BYTES);
+            socket.prepend(&read_ahead);
+            echo(socket).await;
+        }
+    });
+    accepted.response
 }
 
-async fn echo(mut socket: WebSocket) {
-    // Keep reading after a close frame: reading is what lets the WebSocket layer send its
-    // close reply before the stream ends.
-    while let Some(Ok(message)) = socket.recv().await {
-        if matches!(message, Message::Text(_) | Message::Binary(_)) && socket.send(message).await.is_err() {
-            break;
+async fn echo<S>(mut socket: Socket<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let close = loop {
+        match socket.echo_all() {
+            Ok(Echoed::More) => {}
+            Ok(Echoed::Closed(code)) => break if code == 1005 { 1000 } else { code },
+            Err(err) => break err.close_code(),
         }
-    }
+        if socket.pending() > 0 && std::future::poll_fn(|cx| socket.poll_flush(cx)).await.is_err() {
+            return;
+        }
+        if matches!(std::future::poll_fn(|cx| socket.poll_read(cx)).await, super::websocket::Read::Gone) {
+            return;
+        }
+    };
+    socket.close(close, "", Duration::from_secs(2)).await;
 }

@@ -13,10 +13,9 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use tokio::sync::mpsc;
 use tributary_protocol::{Cursor, StreamPosition};
 
-use crate::conn::{ConnHandle, Outbound};
+use crate::conn::{ConnHandle, Outbound, Outbox};
 use crate::ops::OpError;
 use crate::session::Session;
 use crate::state::RelayState;
@@ -81,7 +80,7 @@ async fn run(
 }
 
 async fn collect(
-    rx: &mut mpsc::Receiver<Outbound>,
+    rx: &mut Outbox,
     frames: &mut Vec<Outbound>,
     wait: Duration,
     state: &RelayState,
@@ -92,15 +91,10 @@ async fn collect(
         _ = tokio::time::sleep(wait) => return,
         _ = state.shutdown.cancelled() => return,
         // Nothing is queued after a close, so what was queued before it is a gap-free prefix.
-        _ = conn.closed().cancelled() => {}
+        _ = conn.closed() => {}
     }
     // Take what is already queued too, so a burst is one response, not many.
-    while frames.len() < MAX_FRAMES {
-        match rx.try_recv() {
-            Ok(item) => frames.push(item),
-            Err(_) => break,
-        }
-    }
+    rx.try_recv_many(frames, MAX_FRAMES - frames.len());
 }
 
 fn respond(frames: Vec<Outbound>, cursor: &mut Cursor, unrecovered: &[String]) -> Response {
@@ -111,9 +105,9 @@ fn respond(frames: Vec<Outbound>, cursor: &mut Cursor, unrecovered: &[String]) -
             Outbound::Message(m) => {
                 let position = StreamPosition { epoch: m.epoch.to_string(), offset: m.offset };
                 cursor.positions.insert(m.channel.to_string(), position);
-                messages.push(m.frame.as_str().to_owned());
+                messages.push(String::from_utf8_lossy(&m.frame).into_owned());
             }
-            Outbound::Frame(f) => events.push(f.as_str().to_owned()),
+            Outbound::Frame(f) => events.push(String::from_utf8_lossy(&f).into_owned()),
         }
     }
     let mut body = String::with_capacity(64 + messages.iter().map(String::len).sum::<usize>());

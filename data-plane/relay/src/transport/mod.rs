@@ -32,7 +32,7 @@ pub fn bearer<'a>(headers: &'a HeaderMap, query_token: Option<&'a str>) -> Optio
 pub async fn open_connection(
     state: &Arc<RelayState>,
     token: Option<&str>,
-) -> Result<(Identity, ConnHandle, tokio::sync::mpsc::Receiver<crate::conn::Outbound>), OpError> {
+) -> Result<(Identity, ConnHandle, crate::conn::Outbox), OpError> {
     let token = token.ok_or(ErrorCode::Unauthorized)?;
     let identity = Identity::from(authenticate(state, token).await?);
     let conn_id: Arc<str> = Arc::from(uuid::Uuid::now_v7().simple().to_string());
@@ -41,6 +41,11 @@ pub async fn open_connection(
         ConnHandle::new(conn_id, identity.app_id.clone(), config.outbound_queue_len, config.max_queued_bytes);
     if !state.connections.register(&conn, state.config.max_connections_per_app) {
         return Err(ErrorCode::ConnectionLimit.into());
+    }
+    // A shutdown cancels the token, then closes every registered connection: one registered
+    // in between is closed here.
+    if state.shutdown.is_cancelled() {
+        conn.close(tributary_protocol::CloseCode::Shutdown);
     }
     Ok((identity, conn, rx))
 }

@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tributary_protocol::frame::server;
 use tributary_protocol::{CloseCode, Cursor};
 
-use crate::conn::{ConnHandle, Outbound};
+use crate::conn::{ConnHandle, Outbound, Outbox};
 use crate::ops::OpError;
 use crate::session::{Session, unix_now};
 use crate::state::RelayState;
@@ -95,7 +95,7 @@ type BodySender = mpsc::Sender<Result<Bytes, Infallible>>;
 async fn send(body: &BodySender, chunk: Bytes, conn: &ConnHandle, idle: Duration) -> bool {
     tokio::select! {
         sent = body.send(Ok(chunk)) => sent.is_ok(),
-        _ = conn.closed().cancelled() => false,
+        _ = conn.closed() => false,
         _ = tokio::time::sleep(idle) => {
             conn.close(CloseCode::IdleTimeout);
             false
@@ -104,13 +104,7 @@ async fn send(body: &BodySender, chunk: Bytes, conn: &ConnHandle, idle: Duration
 }
 
 /// Moves queued frames into the response body until the client goes away or the session ends.
-async fn pump(
-    mut session: Session,
-    mut rx: mpsc::Receiver<Outbound>,
-    body: BodySender,
-    mut cursor: Cursor,
-    timers: Timers,
-) {
+async fn pump(mut session: Session, mut rx: Outbox, body: BodySender, mut cursor: Cursor, timers: Timers) {
     let conn: ConnHandle = session.conn().clone();
     let mut ping = tokio::time::interval_at(Instant::now() + timers.ping, timers.ping);
     let mut heartbeat = tokio::time::interval_at(Instant::now() + timers.heartbeat, timers.heartbeat);
@@ -124,11 +118,10 @@ async fn pump(
         let expires_in = Duration::from_secs(session.identity().expires_at.saturating_sub(unix_now()));
         tokio::select! {
             biased;
-            _ = conn.closed().cancelled() => break,
+            _ = conn.closed() => break,
             _ = body.closed() => break,
             n = rx.recv_many(&mut batch, 64) => {
                 if n == 0 { break; }
-                conn.dequeued(&batch);
                 let chunk = encode_batch(&mut batch, &mut cursor);
                 open = send(&body, chunk, &conn, timers.idle).await;
             }
@@ -145,7 +138,7 @@ async fn pump(
         chunk.extend_from_slice(b"\n\n");
         let _ = body.try_send(Ok(Bytes::from(chunk)));
     }
-    conn.closed().cancel();
+    conn.shut();
     session.close().await;
 }
 
@@ -162,7 +155,7 @@ fn encode_batch(batch: &mut Vec<Outbound>, cursor: &mut Cursor) -> Bytes {
                 out.extend_from_slice(b"id: ");
                 out.extend_from_slice(cursor.encode().as_bytes());
                 out.extend_from_slice(b"\ndata: ");
-                out.extend_from_slice(m.frame.as_bytes());
+                out.extend_from_slice(&m.frame);
             }
             Outbound::Frame(f) => {
                 // Every event carries the cursor, so a stream that drops before its first
@@ -170,7 +163,7 @@ fn encode_batch(batch: &mut Vec<Outbound>, cursor: &mut Cursor) -> Bytes {
                 out.extend_from_slice(b"id: ");
                 out.extend_from_slice(cursor.encode().as_bytes());
                 out.extend_from_slice(b"\ndata: ");
-                out.extend_from_slice(f.as_bytes());
+                out.extend_from_slice(&f);
             }
         }
         out.extend_from_slice(b"\n\n");

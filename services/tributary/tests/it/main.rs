@@ -14,3 +14,4 @@ mod pubsub;
 mod recovery;
 mod sse_poll;
 mod tokens;
+mod websocket;

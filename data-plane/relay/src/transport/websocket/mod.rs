@@ -1,0 +1,389 @@
+//! The WebSocket transport (subprotocol `tributary.v1`), on our own lean WebSocket layer.
+//!
+//! One task per connection reads frames and runs the session, writes the connection's queue
+//! (coalescing whatever is waiting into one write), pings, and keeps presence alive, all from
+//! one poll loop with one timer. Nothing is allocated per connection while it is idle beyond its
+//! task and session: buffers exist only while there is data, and the work of a request runs in a
+//! boxed future so that its state does not sit in every idle connection's task.
+
+mod frame;
+mod handshake;
+mod socket;
+mod stream;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::response::Response;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, Sleep, sleep_until};
+use tributary_protocol::frame::{ClientFrame, ClientOp, FrameError, server};
+use tributary_protocol::{CloseCode, ErrorCode, SUBPROTOCOL};
+
+pub use frame::WsError;
+pub use handshake::{Accepted, accept, accept_key};
+pub use socket::{Echoed, Read, Socket};
+pub use stream::Stream;
+
+use crate::conn::{ConnHandle, Outbox};
+use crate::session::{ConnectedReply, Session, unix_now};
+use crate::state::RelayState;
+use frame::{Incoming, opcode};
+
+/// Frames moved from the queue into the write buffer per wake at most, so one busy connection
+/// cannot starve its own reads and timers.
+const COALESCE_MAX: usize = 256;
+
+/// Encoded bytes waiting for the socket above which nothing more is taken from the queue: a
+/// client that reads slowly fills its bounded queue and is closed as a slow consumer, instead
+/// of growing an unbounded write buffer.
+const WRITE_HIGH_WATER: usize = 256 * 1024;
+
+/// How long the close frame may take to send before the socket is just dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Upgrades `GET /v1/connect` to a WebSocket speaking `tributary.v1`.
+pub async fn upgrade(State(state): State<Arc<RelayState>>, request: Request) -> Response {
+    let accepted = match handshake::accept(request, Some(SUBPROTOCOL)) {
+        Ok(accepted) => accepted,
+        Err(refused) => return axum::response::IntoResponse::into_response(refused),
+    };
+    let upgrade = accepted.upgrade;
+    tokio::spawn(run(upgrade, state));
+    accepted.response
+}
+
+/// Maps a framing error to the close code of `tributary.v1`.
+fn close_code(err: &WsError) -> CloseCode {
+    match err {
+        WsError::TooLarge => CloseCode::FrameTooLarge,
+        WsError::InvalidUtf8 | WsError::Protocol(_) => CloseCode::ProtocolViolation,
+    }
+}
+
+/// What the client sent, parsed (the frame's bytes are not kept).
+enum Input {
+    Frame(Result<ClientFrame, FrameError>),
+    /// The client's close frame, with its code (1005 when it gave none).
+    Close(u16),
+}
+
+fn parse(incoming: Incoming<'_>, max: usize) -> Input {
+    match incoming {
+        Incoming::Text(bytes) | Incoming::Binary(bytes) => Input::Frame(ClientFrame::parse(bytes, max)),
+        Incoming::Close(code, _) => Input::Close(code),
+        // Pings and pongs are answered by the socket and never reach here.
+        Incoming::Ping(_) | Incoming::Pong => Input::Close(1005),
+    }
+}
+
+/// A connection past its `connect` frame.
+struct Live<S> {
+    socket: Socket<S>,
+    session: Session,
+    outbox: Outbox,
+}
+
+/// Runs a connection. Every phase but the steady one runs in a boxed future, so an idle
+/// connection's task holds only what the steady phase needs.
+async fn run(upgrade: hyper::upgrade::OnUpgrade, state: Arc<RelayState>) {
+    let Some(mut live) = Box::pin(open(upgrade, state.clone())).await else { return };
+    let client_close = serve(&mut live, &state).await;
+    Box::pin(finish(live, client_close)).await;
+}
+
+/// Ends the session, then says goodbye: the connection's close code, or the answer to the
+/// client's close.
+async fn finish(live: Live<Stream>, client_close: Option<u16>) {
+    let Live { socket, session, .. } = live;
+    let conn = session.conn().clone();
+    conn.shut();
+    session.close().await;
+    match (conn.close_code(), client_close) {
+        (Some(code), _) => close(socket, code).await,
+        (None, Some(code)) => reply_close(socket, code).await,
+        // The socket is gone.
+        (None, None) => {}
+    }
+}
+
+/// Waits for the `connect` frame and opens the session, or refuses the connection.
+async fn open(upgrade: hyper::upgrade::OnUpgrade, state: Arc<RelayState>) -> Option<Live<Stream>> {
+    let max = state.config.max_frame_bytes;
+    let (stream, read_ahead) = Stream::from_upgrade(upgrade.await.ok()?);
+    let mut socket = Socket::new(stream, max);
+    socket.prepend(&read_ahead);
+    let deadline = Instant::now() + Duration::from_millis(state.config.handshake_timeout_ms);
+    let first = match tokio::time::timeout_at(deadline, read_input(&mut socket, max)).await {
+        Ok(first) => first,
+        Err(_) => Err(CloseCode::HandshakeTimeout),
+    };
+    let (id, token) = match first {
+        Ok(Input::Frame(Ok(ClientFrame { id, op: ClientOp::Connect { token } }))) => (id, token),
+        Ok(Input::Frame(Ok(ClientFrame { id, .. }))) => {
+            let frame =
+                server::encode_error(id, ErrorCode::ConnectExpected, "the first frame must be connect");
+            refuse(socket, &frame, CloseCode::ProtocolViolation).await;
+            return None;
+        }
+        Ok(Input::Frame(Err(err))) => {
+            let frame = server::encode_error(err.id, err.code, &err.message);
+            refuse(socket, &frame, CloseCode::ProtocolViolation).await;
+            return None;
+        }
+        Ok(Input::Close(code)) => {
+            reply_close(socket, code).await;
+            return None;
+        }
+        Err(code) => {
+            close(socket, code).await;
+            return None;
+        }
+    };
+    let opened = crate::transport::open_connection(&state, Some(&token)).await;
+    drop(token);
+    let (identity, conn, outbox) = match opened {
+        Ok(opened) => opened,
+        Err(err) => {
+            let code = match err.code {
+                ErrorCode::ConnectionLimit => CloseCode::ConnectionLimit,
+                code if code.temporary() => CloseCode::Internal,
+                _ => CloseCode::InvalidToken,
+            };
+            let frame = server::encode_error(id, err.code, &err.message);
+            refuse(socket, &frame, code).await;
+            return None;
+        }
+    };
+    let connected = ConnectedReply {
+        client_id: &identity.client_id,
+        conn_id: conn.id(),
+        expires_at: identity.expires_at,
+        ping_interval_ms: state.config.ping_interval_ms,
+        protocol: SUBPROTOCOL,
+    };
+    // Straight into the socket: the queue of an idle connection then never allocates.
+    frame::encode(socket.out(), opcode::TEXT, &server::encode_reply(id, &connected));
+    let session = Session::new(state, conn, identity, true);
+    Some(Live { socket, session, outbox })
+}
+
+/// Handles one client frame in a boxed future: the frame and the work it causes never sit in
+/// the connection's task.
+fn handle(session: &mut Session, frame: ClientFrame) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+    Box::pin(session.handle(frame))
+}
+
+/// Reads until the first complete message or close frame.
+async fn read_input<S: AsyncRead + AsyncWrite + Unpin>(
+    socket: &mut Socket<S>,
+    max: usize,
+) -> Result<Input, CloseCode> {
+    loop {
+        match socket.next(|incoming, _| parse(incoming, max)) {
+            Ok(Some(input)) => return Ok(input),
+            Ok(None) => {}
+            Err(err) => return Err(close_code(&err)),
+        }
+        // Answer pings before the connect frame too.
+        if socket.pending() > 0 {
+            let _ = std::future::poll_fn(|cx| socket.poll_flush(cx)).await;
+        }
+        match std::future::poll_fn(|cx| socket.poll_read(cx)).await {
+            Read::Data => {}
+            Read::Gone => return Err(CloseCode::ProtocolViolation),
+        }
+    }
+}
+
+/// What woke the connection's task.
+enum Event {
+    /// The connection was closed (by the hub, a limit, a shutdown or ourselves).
+    Closed,
+    /// The socket failed or the peer went away.
+    Gone,
+    /// The client sent bytes.
+    Input,
+    /// A deadline passed.
+    Timer,
+    /// Frames were taken from the queue.
+    Progress,
+}
+
+/// The connection's deadlines, all served by one timer.
+struct Deadlines {
+    ping: Instant,
+    heartbeat: Instant,
+    idle: Instant,
+    expiry: Instant,
+}
+
+impl Deadlines {
+    fn next(&self, stalled_since: Option<Instant>, stall: Duration) -> Instant {
+        let mut next = self.ping.min(self.heartbeat).min(self.idle).min(self.expiry);
+        if let Some(since) = stalled_since {
+            next = next.min(since + stall);
+        }
+        next
+    }
+}
+
+/// The intervals of a connection's deadlines, read from the configuration when needed rather
+/// than kept in every connection.
+fn intervals(config: &crate::config::RelayConfig) -> (Duration, Duration, Duration) {
+    (
+        Duration::from_millis(config.idle_timeout_ms),
+        Duration::from_millis(config.ping_interval_ms),
+        Duration::from_millis((config.presence_timeout_ms / 3).max(1)),
+    )
+}
+
+/// Runs the session until the client leaves, the connection is closed, or a deadline passes.
+/// Returns the client's close code if it closed the connection.
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(live: &mut Live<S>, state: &RelayState) -> Option<u16> {
+    let Live { socket, session, outbox } = live;
+    let config = &state.config;
+    let conn = session.conn().clone();
+    let (idle, ping_every, heartbeat_every) = intervals(config);
+    let now = Instant::now();
+    let mut deadlines = Deadlines {
+        ping: now + ping_every,
+        heartbeat: now + heartbeat_every,
+        idle: now + idle,
+        expiry: deadline(session.identity().expires_at),
+    };
+    let mut expires_at = session.identity().expires_at;
+    let mut timer = std::pin::pin!(sleep_until(deadlines.next(None, idle)));
+    loop {
+        // A long recovery continues whenever the client has drained enough of its queue.
+        if session.catching_up() {
+            Box::pin(session.catch_up()).await;
+        }
+        let next = deadlines.next(socket.stalled_since(), intervals(config).0);
+        if timer.deadline() != next {
+            timer.as_mut().reset(next);
+        }
+        // A shutdown closes every registered connection, so it needs no waiting on here.
+        let event = std::future::poll_fn(|cx| poll_event(cx, socket, outbox, &conn, timer.as_mut())).await;
+        match event {
+            Event::Closed => return None,
+            Event::Gone => return None,
+            Event::Progress => {}
+            Event::Input => {
+                deadlines.idle = Instant::now() + intervals(config).0;
+                loop {
+                    match socket.next(|incoming, _| parse(incoming, config.max_frame_bytes)) {
+                        Ok(None) => break,
+                        Ok(Some(Input::Frame(Ok(frame)))) => {
+                            handle(session, frame).await;
+                            if session.identity().expires_at != expires_at {
+                                // A refresh moved the expiry.
+                                expires_at = session.identity().expires_at;
+                                deadlines.expiry = deadline(expires_at);
+                            }
+                        }
+                        Ok(Some(Input::Frame(Err(err)))) => session.refuse(err.id, err.code, &err.message),
+                        Ok(Some(Input::Close(code))) => return Some(code),
+                        Err(err) => {
+                            conn.close(close_code(&err));
+                            return None;
+                        }
+                    }
+                }
+            }
+            Event::Timer => {
+                let now = Instant::now();
+                let (idle, ping_every, heartbeat_every) = intervals(config);
+                if now >= deadlines.expiry {
+                    conn.close(CloseCode::TokenExpired);
+                    return None;
+                }
+                if now >= deadlines.idle {
+                    conn.close(CloseCode::IdleTimeout);
+                    return None;
+                }
+                if socket.stalled_since().is_some_and(|since| now >= since + idle) {
+                    // The client stopped reading: it must not pin this task.
+                    conn.close(CloseCode::SlowConsumer);
+                    return None;
+                }
+                if now >= deadlines.ping {
+                    frame::encode(socket.out(), opcode::PING, &[]);
+                    deadlines.ping = now + ping_every;
+                }
+                if now >= deadlines.heartbeat {
+                    Box::pin(session.heartbeat()).await;
+                    deadlines.heartbeat = now + heartbeat_every;
+                }
+            }
+        }
+    }
+}
+
+/// Polls everything the connection waits on; returns the first thing to handle.
+fn poll_event<S: AsyncRead + AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    socket: &mut Socket<S>,
+    outbox: &mut Outbox,
+    conn: &ConnHandle,
+    timer: Pin<&mut Sleep>,
+) -> Poll<Event> {
+    if conn.is_closed() {
+        return Poll::Ready(Event::Closed);
+    }
+    let mut progress = false;
+    if socket.pending() > 0
+        && let Poll::Ready(Err(_)) = socket.poll_flush(cx)
+    {
+        return Poll::Ready(Event::Gone);
+    }
+    if socket.pending() < WRITE_HIGH_WATER {
+        let drained = outbox.poll_drain(cx, COALESCE_MAX, |item| {
+            frame::encode(socket.out(), opcode::TEXT, item.bytes());
+        });
+        match drained {
+            Poll::Ready(0) => return Poll::Ready(Event::Closed),
+            Poll::Ready(_) => progress = true,
+            Poll::Pending if socket.pending() == 0 => socket.release_write(),
+            Poll::Pending => {}
+        }
+    } else if Pin::new(&mut conn.closed()).poll(cx).is_ready() {
+        return Poll::Ready(Event::Closed);
+    }
+    match socket.poll_read(cx) {
+        Poll::Ready(Read::Data) => return Poll::Ready(Event::Input),
+        Poll::Ready(Read::Gone) => return Poll::Ready(Event::Gone),
+        Poll::Pending => {}
+    }
+    if timer.poll(cx).is_ready() {
+        return Poll::Ready(Event::Timer);
+    }
+    if progress { Poll::Ready(Event::Progress) } else { Poll::Pending }
+}
+
+/// Returns the instant of a Unix time in seconds (now, if it has passed). Capped at ten years,
+/// because a token may say "never" with a huge `exp` and `Instant` arithmetic must not overflow.
+fn deadline(unix_secs: u64) -> Instant {
+    const TEN_YEARS: u64 = 10 * 365 * 24 * 3600;
+    Instant::now() + Duration::from_secs(unix_secs.saturating_sub(unix_now()).min(TEN_YEARS))
+}
+
+/// Sends an error frame, then closes with `code`.
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(mut socket: Socket<S>, frame: &[u8], code: CloseCode) {
+    frame::encode(socket.out(), opcode::TEXT, frame);
+    close(socket, code).await;
+}
+
+async fn close<S: AsyncRead + AsyncWrite + Unpin>(mut socket: Socket<S>, code: CloseCode) {
+    socket.close(code.number(), code.reason(), CLOSE_TIMEOUT).await;
+}
+
+/// Answers the client's close frame with its own code (RFC 6455 §5.5.1).
+async fn reply_close<S: AsyncRead + AsyncWrite + Unpin>(mut socket: Socket<S>, code: u16) {
+    let code = if code == 1005 { 1000 } else { code };
+    socket.close(code, "", CLOSE_TIMEOUT).await;
+}

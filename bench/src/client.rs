@@ -89,10 +89,81 @@ pub async fn next_json(ws: &mut Ws) -> anyhow::Result<Value> {
 
 /// Returns the number after `"t":` in a message frame without parsing the JSON: the generator
 /// must stay cheaper than the server it measures.
-pub fn timestamp(frame: &str) -> Option<u64> {
-    let start = frame.find("\"t\":")? + 4;
-    let digits = frame[start..].bytes().take_while(u8::is_ascii_digit).count();
-    frame[start..start + digits].parse().ok()
+pub fn stamp(frame: &[u8]) -> Option<u64> {
+    let start = frame.windows(4).position(|w| w == b"\"t\":")? + 4;
+    let digits = frame[start..].iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return None;
+    }
+    Some(frame[start..start + digits].iter().fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0')))
+}
+
+/// A server frame read by [`ServerFrames`].
+pub enum Frame<'a> {
+    /// A text or binary message (unfragmented: the server never fragments).
+    Data(&'a [u8]),
+    /// A ping to answer.
+    Ping(&'a [u8]),
+    /// The server closed.
+    Close,
+}
+
+/// Reads server WebSocket frames straight off the socket: a subscriber in the generator must
+/// cost far less than the server, and a general WebSocket client parses, validates and
+/// allocates per message.
+#[derive(Default)]
+pub struct ServerFrames {
+    buf: Vec<u8>,
+}
+
+impl ServerFrames {
+    /// Adds bytes read from the socket and hands every complete frame to `on_frame`.
+    pub fn feed(&mut self, bytes: &[u8], mut on_frame: impl FnMut(Frame<'_>)) {
+        self.buf.extend_from_slice(bytes);
+        let mut pos = 0;
+        while let Some((opcode, start, end)) = header(&self.buf[pos..]) {
+            let payload = &self.buf[pos + start..pos + end];
+            match opcode {
+                0x1 | 0x2 => on_frame(Frame::Data(payload)),
+                0x9 => on_frame(Frame::Ping(payload)),
+                0x8 => on_frame(Frame::Close),
+                _ => {}
+            }
+            pos += end;
+        }
+        self.buf.drain(..pos);
+    }
+}
+
+/// Returns (opcode, payload start, frame end) of the complete unmasked frame at the front.
+fn header(buf: &[u8]) -> Option<(u8, usize, usize)> {
+    let (&b0, &b1) = (buf.first()?, buf.get(1)?);
+    let (len, start) = match b1 & 0x7f {
+        126 => (u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]) as usize, 4),
+        127 => (u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize, 10),
+        n => (n as usize, 2),
+    };
+    (buf.len() >= start + len).then_some((b0 & 0x0f, start, start + len))
+}
+
+/// Encodes a masked client frame (the mask is fixed: the generator is not a browser).
+pub fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x5a, 0x17, 0xc3, 0x9e];
+    let mut out = vec![0x80 | opcode];
+    match payload.len() {
+        n @ 0..=125 => out.push(0x80 | n as u8),
+        n @ 126..=0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
 }
 
 /// Opens `count` connections, `concurrency` at a time, all with `token`.
@@ -109,11 +180,33 @@ pub async fn connect_many(target: &Target, count: usize, token: &str) -> anyhow:
 
 #[cfg(test)]
 mod tests {
-    use super::timestamp;
+    use super::stamp;
+
+    #[test]
+    fn server_frames_are_read_across_chunk_boundaries() {
+        let mut wire = vec![0x81, 12];
+        wire.extend_from_slice(br#"{"t":42,"p":}"#.split_at(12).0);
+        wire.extend_from_slice(&[0x89, 0]);
+        wire.extend_from_slice(&[0x81, 126, 0, 200]);
+        wire.extend(std::iter::repeat_n(b'x', 200));
+        let mut frames = super::ServerFrames::default();
+        let mut seen = Vec::new();
+        for chunk in wire.chunks(7) {
+            frames.feed(chunk, |f| {
+                seen.push(match f {
+                    super::Frame::Data(d) => d.len(),
+                    super::Frame::Ping(_) => 0,
+                    super::Frame::Close => usize::MAX,
+                })
+            });
+        }
+        assert_eq!(seen, vec![12, 0, 200]);
+        assert_eq!(super::stamp(br#"{"t":42,"#), Some(42));
+    }
 
     #[test]
     fn timestamps_are_read_from_message_frames() {
-        assert_eq!(timestamp(r#"{"type":"message","data":{"t":12345,"p":"x"}}"#), Some(12345));
-        assert_eq!(timestamp(r#"{"type":"message","data":{}}"#), None);
+        assert_eq!(stamp(br#"{"type":"message","data":{"t":12345,"p":"x"}}"#), Some(12345));
+        assert_eq!(stamp(br#"{"type":"message","data":{}}"#), None);
     }
 }

@@ -215,30 +215,48 @@ pub(crate) fn new_histogram() -> anyhow::Result<Histogram<u64>> {
 }
 
 pub(crate) async fn subscriber(
-    mut ws: Ws,
+    ws: Ws,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) -> SubscriberResult {
     let mut result = SubscriberResult { in_window: 0, dropped: false };
+    // Subscribed and quiet: nothing is buffered in the WebSocket client, so the socket can be
+    // read directly from here on.
+    let (mut reader, mut writer) = ws.into_inner().into_split();
+    let mut frames = client::ServerFrames::default();
+    let mut chunk = vec![0u8; 16 * 1024];
     loop {
-        tokio::select! {
+        let n = tokio::select! {
             biased;
             _ = stop.changed() => break,
-            message = ws.next() => match message {
-                Some(Ok(Message::Text(text))) => {
-                    let Some(sent) = client::timestamp(&text) else { continue };
-                    shared.delivered.fetch_add(1, Ordering::Relaxed);
-                    if shared.measuring.load(Ordering::Relaxed) {
-                        result.in_window += 1;
-                        shared.record(shared.now_us().saturating_sub(sent));
-                    }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => {
+            read = reader.read(&mut chunk) => match read {
+                Ok(n) if n > 0 => n,
+                _ => {
                     shared.dropped(&mut result);
                     break;
                 }
+            },
+        };
+        let measuring = shared.measuring.load(Ordering::Relaxed);
+        let now = shared.now_us();
+        let (mut delivered, mut closed) = (0, false);
+        let mut pongs = Vec::new();
+        frames.feed(&chunk[..n], |frame| match frame {
+            client::Frame::Data(payload) => {
+                let Some(sent) = client::stamp(payload) else { return };
+                delivered += 1;
+                if measuring {
+                    result.in_window += 1;
+                    shared.record(now.saturating_sub(sent));
+                }
             }
+            client::Frame::Ping(payload) => pongs.extend(client::masked(0xA, payload)),
+            client::Frame::Close => closed = true,
+        });
+        shared.delivered.fetch_add(delivered, Ordering::Relaxed);
+        if closed || (!pongs.is_empty() && writer.write_all(&pongs).await.is_err()) {
+            shared.dropped(&mut result);
+            break;
         }
     }
     result

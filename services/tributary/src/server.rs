@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tributary_engine::{Engine, MemoryEngine, MemoryEngineConfig};
 use tributary_relay::Relay;
@@ -79,14 +78,64 @@ impl Bound {
             // Give writers a moment to send their close frames.
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
+        serve_http(listener, router, signal).await;
+        Ok(())
+    }
+}
+
+/// How long requests in flight (SSE streams, long polls) get to finish after a shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves HTTP/1.1 with upgrades until `signal` completes, then waits (at most
+/// [`DRAIN_TIMEOUT`]) for requests in flight. Hyper is given the TCP stream itself, so an
+/// upgraded WebSocket gets it back without adapters between it and the socket.
+async fn serve_http(listener: TcpListener, router: axum::Router, signal: impl Future<Output = ()> + Send) {
+    use hyper_util::rt::TokioIo;
+    let connections = tokio_util::task::TaskTracker::new();
+    let draining = tokio_util::sync::CancellationToken::new();
+    let mut signal = std::pin::pin!(signal);
+    let http = hyper::server::conn::http1::Builder::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of file descriptors, most likely: back off instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = signal.as_mut() => break,
+        };
         // Realtime frames are small: without TCP_NODELAY, Nagle's algorithm holds a frame back
         // until the previous one is acknowledged, which with delayed ACKs costs up to 40 ms.
-        let listener = listener.tap_io(|stream| {
-            if let Err(err) = stream.set_nodelay(true) {
-                tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        }
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
+        let draining = draining.clone();
+        connections.spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                _ = draining.cancelled() => {
+                    // Finish the request in flight, then close (keep-alive ends here).
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(err) = ended {
+                tracing::debug!(error = %err, "http connection ended with an error");
             }
         });
-        axum::serve(listener, router).with_graceful_shutdown(signal).await.map_err(ServeError::Serve)
+    }
+    drop(listener);
+    draining.cancel();
+    connections.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait()).await.is_err() {
+        tracing::warn!("requests still in flight after the drain timeout; stopping anyway");
     }
 }
 

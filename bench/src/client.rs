@@ -41,21 +41,35 @@ fn server_addr(target: &Target) -> anyhow::Result<SocketAddr> {
 /// Opens a WebSocket from source address 127.0.0.(1 + n % source_ips) and sends `connect`.
 pub async fn connect(target: &Target, n: usize, token: &str) -> anyhow::Result<Ws> {
     let server = server_addr(target)?;
-    let source = Ipv4Addr::new(127, 0, 0, 1 + (n % usize::from(target.source_ips.max(1))) as u8);
     let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
+    if target.source_ips > 1 {
+        // Binding before connecting makes the kernel search for a port free for every
+        // destination, which costs more than the rest of the connection: only done when one
+        // source address has too few ports.
+        let source = Ipv4Addr::new(127, 0, 0, 1 + (n % usize::from(target.source_ips)) as u8);
+        socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
+    }
     let stream = socket.connect(server).await.context("tcp connect")?;
     stream.set_nodelay(true)?;
     let mut request = format!("ws://{server}/v1/connect").into_client_request()?;
     request.headers_mut().insert("Sec-WebSocket-Protocol", "tributary.v1".parse()?);
-    let (mut ws, _) =
-        tokio_tungstenite::client_async(request, stream).await.context("websocket handshake")?;
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(client_config()))
+        .await
+        .context("websocket handshake")?;
     ws.send(Message::text(json!({"id": 1, "op": "connect", "token": token}).to_string())).await?;
     let reply = next_json(&mut ws).await?;
     if reply.get("result").is_none() {
         bail!("connect refused: {reply}");
     }
     Ok(ws)
+}
+
+/// A small read buffer: the client's default of 128 KiB, zeroed for every one of thousands of
+/// connections, made the generator slower than the server it measures.
+fn client_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
 }
 
 /// Subscribes and waits for the reply.
@@ -90,7 +104,11 @@ pub async fn next_json(ws: &mut Ws) -> anyhow::Result<Value> {
 /// Returns the number after `"t":` in a message frame without parsing the JSON: the generator
 /// must stay cheaper than the server it measures.
 pub fn stamp(frame: &[u8]) -> Option<u64> {
-    let start = frame.windows(4).position(|w| w == b"\"t\":")? + 4;
+    // The stamp in JSON (`"t":`), or in JSON carried as a string (`\"t\":`, Pusher's data).
+    let start = match frame.windows(4).position(|w| w == b"\"t\":") {
+        Some(at) => at + 4,
+        None => frame.windows(6).position(|w| w == b"\\\"t\\\":")? + 6,
+    };
     let digits = frame[start..].iter().take_while(|b| b.is_ascii_digit()).count();
     if digits == 0 {
         return None;
@@ -202,6 +220,7 @@ mod tests {
         }
         assert_eq!(seen, vec![12, 0, 200]);
         assert_eq!(super::stamp(br#"{"t":42,"#), Some(42));
+        assert_eq!(super::stamp(br#"{"offset":7,"data":"{\"t\":42}"}"#), Some(42));
     }
 
     #[test]

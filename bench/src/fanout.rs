@@ -214,15 +214,21 @@ pub(crate) fn new_histogram() -> anyhow::Result<Histogram<u64>> {
     Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
 }
 
-pub(crate) async fn subscriber(
-    ws: Ws,
+pub(crate) async fn subscriber(ws: Ws, shared: Arc<Shared>, stop: watch::Receiver<bool>) -> SubscriberResult {
+    // Subscribed and quiet: nothing is buffered in the WebSocket client, so the socket can be
+    // read directly from here on.
+    frame_subscriber(ws.into_inner(), shared, stop).await
+}
+
+/// Reads WebSocket frames off a subscribed connection, answering pings (WebSocket ones, and
+/// Engine.IO's `2` for Socket.IO).
+pub(crate) async fn frame_subscriber(
+    stream: tokio::net::TcpStream,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) -> SubscriberResult {
     let mut result = SubscriberResult { in_window: 0, dropped: false };
-    // Subscribed and quiet: nothing is buffered in the WebSocket client, so the socket can be
-    // read directly from here on.
-    let (mut reader, mut writer) = ws.into_inner().into_split();
+    let (mut reader, mut writer) = stream.into_split();
     let mut frames = client::ServerFrames::default();
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
@@ -242,6 +248,7 @@ pub(crate) async fn subscriber(
         let (mut delivered, mut closed) = (0, false);
         let mut pongs = Vec::new();
         frames.feed(&chunk[..n], |frame| match frame {
+            client::Frame::Data(b"2") => pongs.extend(client::masked(0x1, b"3")),
             client::Frame::Data(payload) => {
                 let Some(sent) = client::stamp(payload) else { return };
                 delivered += 1;
@@ -318,9 +325,14 @@ async fn start_peer(
         .await;
     let mut tasks = Vec::with_capacity(streams.len());
     for stream in streams {
-        tasks.push(tokio::spawn(raw_subscriber(stream?, shared.clone(), stop.clone())));
+        let (stream, shared, stop) = (stream?, shared.clone(), stop.clone());
+        tasks.push(if peer::speaks_websocket(peer) {
+            tokio::spawn(frame_subscriber(stream, shared, stop))
+        } else {
+            tokio::spawn(raw_subscriber(stream, shared, stop))
+        });
     }
-    let publisher = peer::publisher(peer, addr, args.subscribers, source_ips).await?;
+    let publisher = peer::publisher(peer, addr, args.subscribers, source_ips, &args.channel).await?;
     Ok((tasks, tokio::spawn(raw_publish(peer, publisher, pacer))))
 }
 

@@ -3,8 +3,10 @@
 use std::time::Duration;
 
 use clap::Args;
+use futures::StreamExt;
 use serde_json::json;
 
+use crate::peer::{self, Peer};
 use crate::{Target, client, server_stats};
 
 /// Arguments of the idle scenario.
@@ -15,17 +17,53 @@ pub struct IdleArgs {
     /// Connections to open and hold.
     #[arg(long, default_value_t = 10_000)]
     connections: usize,
+    /// The server to measure.
+    #[arg(long, value_enum, default_value = "tributary")]
+    peer: Peer,
+    /// Address of a peer server.
+    #[arg(long)]
+    peer_addr: Option<std::net::SocketAddr>,
+}
+
+/// Opens connection `n`: authenticated for Tributary, subscribed to a channel for peers (their
+/// equivalent of a connected client).
+pub(crate) async fn open(
+    target: &Target,
+    peer: Peer,
+    peer_addr: Option<std::net::SocketAddr>,
+    n: usize,
+    token: &str,
+) -> anyhow::Result<impl Send> {
+    Ok(match peer {
+        Peer::Tributary => Held::Tributary(client::connect(target, n, token).await?),
+        peer => {
+            let addr = peer_addr.ok_or_else(|| anyhow::anyhow!("--peer-addr is needed for this peer"))?;
+            Held::Peer(
+                peer::subscriber(peer, addr, n, target.source_ips, &format!("bench:idle-{}", n % 100))
+                    .await?,
+            )
+        }
+    })
 }
 
 /// Runs the scenario and returns its JSON report.
 pub async fn run(args: IdleArgs) -> anyhow::Result<serde_json::Value> {
     anyhow::ensure!(args.target.server_pid.is_some(), "the idle scenario needs --server-pid");
-    let token = client::mint(&args.target, "idle", "bench:*").await?;
+    let token = match args.peer {
+        Peer::Tributary => client::mint(&args.target, "idle", "bench:*").await?,
+        _ => String::new(),
+    };
     // Warm the server's allocator with one connection, so the baseline is not an empty process.
-    let warm = client::connect(&args.target, 0, &token).await?;
+    let warm = open(&args.target, args.peer, args.peer_addr, 0, &token).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = server_stats::read(args.target.server_pid);
-    let held = client::connect_many(&args.target, args.connections, &token).await?;
+    let held: Vec<_> = futures::stream::iter(1..=args.connections)
+        .map(|n| open(&args.target, args.peer, args.peer_addr, n, &token))
+        .buffer_unordered(args.target.connect_concurrency.max(1))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = server_stats::read(args.target.server_pid);
     drop((warm, held));
@@ -33,6 +71,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<serde_json::Value> {
     let delta_kib = after.rss_kib.saturating_sub(before.rss_kib);
     Ok(json!({
         "scenario": "idle",
+        "peer": format!("{:?}", args.peer).to_lowercase(),
         "connections": args.connections,
         "server_rss_before_kib": before.rss_kib,
         "server_rss_after_kib": after.rss_kib,

@@ -134,12 +134,17 @@ async fn start_peer(
         .await;
     let mut subscribers = Vec::with_capacity(streams.len());
     for stream in streams {
-        subscribers.push(tokio::spawn(fanout::raw_subscriber(stream?, shared.clone(), stop.clone())));
+        let (stream, shared, stop) = (stream?, shared.clone(), stop.clone());
+        subscribers.push(if peer::speaks_websocket(peer) {
+            tokio::spawn(fanout::frame_subscriber(stream, shared, stop))
+        } else {
+            tokio::spawn(fanout::raw_subscriber(stream, shared, stop))
+        });
     }
     let padding = "x".repeat(args.payload_bytes.saturating_sub(16));
     let mut publishers = Vec::with_capacity(args.pairs);
     for pair in 0..args.pairs {
-        let stream = peer::publisher(peer, addr, args.pairs + pair, source_ips).await?;
+        let stream = peer::publisher(peer, addr, args.pairs + pair, source_ips, &channel(pair)).await?;
         let (shared, stop, padding) = (shared.clone(), stop.clone(), padding.clone());
         let period = Duration::from_micros(1_000_000 / args.rate_per_pair.max(1));
         publishers.push(tokio::spawn(async move {

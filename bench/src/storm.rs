@@ -15,17 +15,26 @@ pub struct StormArgs {
     /// Connections to open.
     #[arg(long, default_value_t = 10_000)]
     connections: usize,
+    /// The server to measure.
+    #[arg(long, value_enum, default_value = "tributary")]
+    peer: crate::peer::Peer,
+    /// Address of a peer server.
+    #[arg(long)]
+    peer_addr: Option<std::net::SocketAddr>,
 }
 
 /// Runs the scenario and returns its JSON report.
 pub async fn run(args: StormArgs) -> anyhow::Result<serde_json::Value> {
-    let token = client::mint(&args.target, "storm", "bench:*").await?;
+    let token = match args.peer {
+        crate::peer::Peer::Tributary => client::mint(&args.target, "storm", "bench:*").await?,
+        _ => String::new(),
+    };
     let started = Instant::now();
     let mut held = Vec::with_capacity(args.connections);
     let mut failures = 0usize;
     let mut first_error = None;
     let mut opening = futures::stream::iter(0..args.connections)
-        .map(|n| client::connect(&args.target, n, &token))
+        .map(|n| crate::idle::open(&args.target, args.peer, args.peer_addr, n, &token))
         .buffer_unordered(args.target.connect_concurrency.max(1));
     while let Some(result) = opening.next().await {
         match result {
@@ -39,6 +48,7 @@ pub async fn run(args: StormArgs) -> anyhow::Result<serde_json::Value> {
     let elapsed = started.elapsed().as_secs_f64();
     Ok(json!({
         "scenario": "storm",
+        "peer": format!("{:?}", args.peer).to_lowercase(),
         "connections": args.connections,
         "connected": held.len(),
         "failures": failures,

@@ -83,6 +83,20 @@ impl Bound {
     }
 }
 
+/// Connections the kernel may hold for us before we accept them. The usual 128 overflows in a
+/// connect storm, and every dropped SYN costs its client a one-second retransmission; the kernel
+/// caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener with [`LISTEN_BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// How long requests in flight (SSE streams, long polls) get to finish after a shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -150,9 +164,7 @@ pub async fn bind(
             std.set_nonblocking(true).map_err(|source| ServeError::Bind { addr: config.listen, source })?;
             TcpListener::from_std(std).map_err(|source| ServeError::Bind { addr: config.listen, source })?
         }
-        None => TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServeError::Bind { addr: config.listen, source })?,
+        None => listen(config.listen).map_err(|source| ServeError::Bind { addr: config.listen, source })?,
     };
     let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
     let master_key = bootstrap::master_key(config.master_key.as_ref()).ok_or(ServeError::NoMasterKey)??;

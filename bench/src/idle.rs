@@ -33,15 +33,14 @@ pub(crate) async fn open(
     peer_addr: Option<std::net::SocketAddr>,
     n: usize,
     token: &str,
-) -> anyhow::Result<impl Send> {
+) -> anyhow::Result<tokio::net::TcpStream> {
     Ok(match peer {
-        Peer::Tributary => Held::Tributary(client::connect(target, n, token).await?),
+        // Connected, nothing left to read: the socket alone holds the connection.
+        Peer::Tributary => client::connect(target, n, token).await?.into_inner(),
         peer => {
             let addr = peer_addr.ok_or_else(|| anyhow::anyhow!("--peer-addr is needed for this peer"))?;
-            Held::Peer(
-                peer::subscriber(peer, addr, n, target.source_ips, &format!("bench:idle-{}", n % 100))
-                    .await?,
-            )
+            let channel = format!("bench:idle-{}", n % 100);
+            peer::subscriber(peer, addr, n, target.source_ips, &channel).await?
         }
     })
 }

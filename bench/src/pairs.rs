@@ -141,10 +141,21 @@ async fn start_peer(
             tokio::spawn(fanout::raw_subscriber(stream, shared, stop))
         });
     }
+    // Every publisher connects before any publishes: a server busy with the first ones' traffic
+    // would otherwise make the rest connect ever more slowly.
+    let streams: Vec<_> = futures::stream::iter(0..args.pairs)
+        .map(|pair| async move {
+            peer::publisher(peer, addr, args.pairs + pair, source_ips, &channel(pair))
+                .await
+                .map(|s| (pair, s))
+        })
+        .buffer_unordered(args.target.connect_concurrency.max(1))
+        .collect()
+        .await;
     let padding = "x".repeat(args.payload_bytes.saturating_sub(16));
     let mut publishers = Vec::with_capacity(args.pairs);
-    for pair in 0..args.pairs {
-        let stream = peer::publisher(peer, addr, args.pairs + pair, source_ips, &channel(pair)).await?;
+    for stream in streams {
+        let (pair, stream) = stream?;
         let (shared, stop, padding) = (shared.clone(), stop.clone(), padding.clone());
         let period = Duration::from_micros(1_000_000 / args.rate_per_pair.max(1));
         publishers.push(tokio::spawn(async move {

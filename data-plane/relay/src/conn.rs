@@ -333,3 +333,72 @@ impl Connections {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use futures::task::noop_waker_ref;
+    use tributary_protocol::CloseCode;
+
+    use super::{ConnHandle, Outbound, Outbox};
+
+    fn conn(items: usize, bytes: usize) -> (ConnHandle, Outbox) {
+        ConnHandle::new("c1".into(), "app".into(), items, bytes)
+    }
+
+    fn drain(outbox: &mut Outbox, max: usize) -> Poll<Vec<Bytes>> {
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let mut got = Vec::new();
+        outbox.poll_drain(&mut cx, max, |item| got.push(item.bytes().clone())).map(|_| got)
+    }
+
+    #[test]
+    fn frames_come_out_in_order_and_in_bounded_batches() {
+        let (conn, mut outbox) = conn(10, 1 << 20);
+        for n in 0..5 {
+            assert!(conn.push(Outbound::frame(Bytes::from(format!("{n}")))));
+        }
+        assert_eq!(drain(&mut outbox, 3), Poll::Ready(vec!["0".into(), "1".into(), "2".into()]));
+        assert_eq!(drain(&mut outbox, 3), Poll::Ready(vec!["3".into(), "4".into()]));
+        assert_eq!(drain(&mut outbox, 3), Poll::Pending, "empty and open: wait");
+        assert_eq!(conn.room(), 10);
+    }
+
+    #[test]
+    fn a_full_queue_closes_the_connection_and_takes_nothing_more() {
+        let (conn, mut outbox) = conn(2, 1 << 20);
+        assert!(conn.push(Outbound::frame(Bytes::from_static(b"a"))));
+        assert!(conn.push(Outbound::frame(Bytes::from_static(b"b"))));
+        assert!(!conn.push(Outbound::frame(Bytes::from_static(b"c"))), "the third does not fit");
+        assert_eq!(conn.close_code(), Some(CloseCode::SlowConsumer));
+        assert!(!conn.push(Outbound::frame(Bytes::from_static(b"d"))), "nothing after the close");
+        // What was queued before the close is still a gap-free prefix, then the end.
+        assert_eq!(drain(&mut outbox, 10), Poll::Ready(vec!["a".into(), "b".into()]));
+        assert_eq!(drain(&mut outbox, 10), Poll::Ready(Vec::new()));
+    }
+
+    #[test]
+    fn the_byte_limit_counts_what_is_queued_and_frees_what_is_taken() {
+        let (conn, mut outbox) = conn(100, 10);
+        assert!(conn.push(Outbound::frame(Bytes::from_static(b"123456"))));
+        assert_eq!(conn.room_bytes(), 4);
+        assert!(drain(&mut outbox, 10).is_ready());
+        assert_eq!(conn.room_bytes(), 10);
+        assert!(conn.push(Outbound::frame(Bytes::from_static(b"1234567890"))));
+        assert!(!conn.push(Outbound::frame(Bytes::from_static(b"x"))));
+        assert_eq!(conn.close_code(), Some(CloseCode::SlowConsumer));
+    }
+
+    #[test]
+    fn the_first_close_code_wins_and_wakes_the_waiting_task() {
+        let (conn, mut outbox) = conn(4, 100);
+        assert_eq!(drain(&mut outbox, 1), Poll::Pending);
+        conn.close(CloseCode::Shutdown);
+        conn.close(CloseCode::SlowConsumer);
+        assert_eq!(conn.close_code(), Some(CloseCode::Shutdown));
+        assert!(conn.is_closed());
+        assert_eq!(drain(&mut outbox, 1), Poll::Ready(Vec::new()));
+    }
+}

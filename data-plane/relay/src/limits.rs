@@ -2,27 +2,27 @@
 
 use tokio::time::Instant;
 
-/// A token bucket: `rate` tokens per second, at most `burst` saved up.
+/// A token bucket: `rate` tokens per second, at most `burst` saved up. The rate and burst come
+/// from the configuration on every call rather than being stored: every connection holds two
+/// buckets.
 #[derive(Debug)]
 pub struct TokenBucket {
-    rate: f64,
-    burst: f64,
     tokens: f64,
     last: Instant,
 }
 
 impl TokenBucket {
     /// Creates a full bucket.
-    pub fn new(rate_per_second: u32, burst: u32) -> Self {
-        Self { rate: rate_per_second.into(), burst: burst.into(), tokens: burst.into(), last: Instant::now() }
+    pub fn new(burst: u32) -> Self {
+        Self { tokens: burst.into(), last: Instant::now() }
     }
 
     /// Takes one token; returns false when none is left.
-    pub fn try_take(&mut self) -> bool {
+    pub fn try_take(&mut self, rate_per_second: u32, burst: u32) -> bool {
         let now = Instant::now();
         let elapsed = now.duration_since(self.last).as_secs_f64();
         self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.tokens = (self.tokens + elapsed * f64::from(rate_per_second)).min(burst.into());
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -39,11 +39,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn bucket_allows_the_burst_then_the_rate() {
-        let mut bucket = TokenBucket::new(10, 3);
-        assert!(bucket.try_take() && bucket.try_take() && bucket.try_take());
-        assert!(!bucket.try_take());
+        let mut bucket = TokenBucket::new(3);
+        let mut take = || bucket.try_take(10, 3);
+        assert!(take() && take() && take());
+        assert!(!take());
         tokio::time::advance(Duration::from_millis(100)).await;
-        assert!(bucket.try_take());
-        assert!(!bucket.try_take());
+        assert!(take());
+        assert!(!take());
     }
 }

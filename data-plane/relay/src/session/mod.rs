@@ -102,10 +102,8 @@ struct RefreshReply {
 impl Session {
     /// Creates a session for a connection whose token was verified.
     pub fn new(state: Arc<RelayState>, conn: ConnHandle, identity: Identity, presence_allowed: bool) -> Self {
-        let publish_bucket =
-            TokenBucket::new(state.config.publish_rate_per_second, state.config.publish_burst);
-        let request_bucket =
-            TokenBucket::new(state.config.request_rate_per_second, state.config.request_burst);
+        let publish_bucket = TokenBucket::new(state.config.publish_burst);
+        let request_bucket = TokenBucket::new(state.config.request_burst);
         Self {
             state,
             conn,
@@ -116,6 +114,11 @@ impl Session {
             presence_allowed,
             catching_up: 0,
         }
+    }
+
+    /// Returns the relay's shared state.
+    pub fn state(&self) -> &Arc<RelayState> {
+        &self.state
     }
 
     /// Returns the connection.
@@ -132,7 +135,8 @@ impl Session {
     pub async fn handle(&mut self, frame: ClientFrame) {
         let id = frame.id;
         let limited = !matches!(frame.op, ClientOp::Ping | ClientOp::Publish(_) | ClientOp::Connect { .. });
-        if limited && !self.request_bucket.try_take() {
+        let config = &self.state.config;
+        if limited && !self.request_bucket.try_take(config.request_rate_per_second, config.request_burst) {
             self.refuse(id, ErrorCode::RateLimited, ErrorCode::RateLimited.message());
             return;
         }
@@ -214,7 +218,8 @@ impl Session {
                 "clients may not publish in this namespace",
             ));
         }
-        if !self.publish_bucket.try_take() {
+        let config = &self.state.config;
+        if !self.publish_bucket.try_take(config.publish_rate_per_second, config.publish_burst) {
             return Err(ErrorCode::RateLimited.into());
         }
         let input = PublishInput {

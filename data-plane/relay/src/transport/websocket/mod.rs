@@ -53,7 +53,7 @@ pub async fn upgrade(State(state): State<Arc<RelayState>>, request: Request) -> 
         Err(refused) => return axum::response::IntoResponse::into_response(refused),
     };
     let upgrade = accepted.upgrade;
-    tokio::spawn(run(upgrade, state));
+    tokio::spawn(run(Box::pin(open(upgrade, state))));
     accepted.response
 }
 
@@ -88,11 +88,17 @@ struct Live<S> {
     outbox: Outbox,
 }
 
+impl<S> Live<S> {
+    fn config(&self) -> &crate::config::RelayConfig {
+        &self.session.state().config
+    }
+}
+
 /// Runs a connection. Every phase but the steady one runs in a boxed future, so an idle
 /// connection's task holds only what the steady phase needs.
-async fn run(upgrade: hyper::upgrade::OnUpgrade, state: Arc<RelayState>) {
-    let Some(mut live) = Box::pin(open(upgrade, state.clone())).await else { return };
-    let client_close = serve(&mut live, &state).await;
+async fn run(opening: Pin<Box<dyn Future<Output = Option<Live<Stream>>> + Send>>) {
+    let Some(mut live) = opening.await else { return };
+    let client_close = serve(&mut live).await;
     Box::pin(finish(live, client_close)).await;
 }
 
@@ -214,17 +220,54 @@ enum Event {
     Progress,
 }
 
-/// The connection's deadlines, all served by one timer.
+/// The connection's deadlines, all served by one timer, as milliseconds after `base`: four
+/// `Instant`s would make every idle connection's task 32 bytes larger.
 struct Deadlines {
-    ping: Instant,
-    heartbeat: Instant,
-    idle: Instant,
-    expiry: Instant,
+    base: Instant,
+    ping: u32,
+    heartbeat: u32,
+    idle: u32,
+    /// Token expiry, capped (a later expiry is looked at again when the cap passes).
+    expiry: u32,
 }
 
+/// The furthest a deadline is kept ahead: about 24 days.
+const MAX_AHEAD_MS: u32 = i32::MAX as u32;
+
 impl Deadlines {
+    fn new(expires_at: u64, (idle, ping_every, heartbeat_every): (Duration, Duration, Duration)) -> Self {
+        let mut deadlines = Self { base: Instant::now(), ping: 0, heartbeat: 0, idle: 0, expiry: 0 };
+        let now = deadlines.base;
+        deadlines.ping = deadlines.at(now + ping_every);
+        deadlines.heartbeat = deadlines.at(now + heartbeat_every);
+        deadlines.idle = deadlines.at(now + idle);
+        deadlines.set_expiry(expires_at);
+        deadlines
+    }
+
+    /// Converts an instant to milliseconds after the base (rounded up, so a deadline never
+    /// fires early).
+    fn at(&self, instant: Instant) -> u32 {
+        let micros = instant.saturating_duration_since(self.base).as_micros();
+        u32::try_from(micros.div_ceil(1000))
+            .unwrap_or(u32::MAX)
+            .min(self.now_ms().saturating_add(MAX_AHEAD_MS))
+    }
+
+    fn now_ms(&self) -> u32 {
+        u32::try_from(self.base.elapsed().as_millis()).unwrap_or(u32::MAX)
+    }
+
+    fn instant(&self, ms: u32) -> Instant {
+        self.base + Duration::from_millis(ms.into())
+    }
+
+    fn set_expiry(&mut self, expires_at: u64) {
+        self.expiry = self.at(deadline(expires_at));
+    }
+
     fn next(&self, stalled_since: Option<Instant>, stall: Duration) -> Instant {
-        let mut next = self.ping.min(self.heartbeat).min(self.idle).min(self.expiry);
+        let mut next = self.instant(self.ping.min(self.heartbeat).min(self.idle).min(self.expiry));
         if let Some(since) = stalled_since {
             next = next.min(since + stall);
         }
@@ -243,53 +286,52 @@ fn intervals(config: &crate::config::RelayConfig) -> (Duration, Duration, Durati
 }
 
 /// Runs the session until the client leaves, the connection is closed, or a deadline passes.
-/// Returns the client's close code if it closed the connection.
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(live: &mut Live<S>, state: &RelayState) -> Option<u16> {
-    let Live { socket, session, outbox } = live;
-    let config = &state.config;
-    let conn = session.conn().clone();
-    let (idle, ping_every, heartbeat_every) = intervals(config);
-    let now = Instant::now();
-    let mut deadlines = Deadlines {
-        ping: now + ping_every,
-        heartbeat: now + heartbeat_every,
-        idle: now + idle,
-        expiry: deadline(session.identity().expires_at),
-    };
-    let mut expires_at = session.identity().expires_at;
-    let mut timer = std::pin::pin!(sleep_until(deadlines.next(None, idle)));
+/// Returns the client's close code if it closed the connection. Everything kept across its
+/// awaits is part of every idle connection's task, hence the care about what is held here.
+async fn serve(live: &mut Live<Stream>) -> Option<u16> {
+    let mut deadlines = Deadlines::new(live.session.identity().expires_at, intervals(live.config()));
+    let mut expires_at = live.session.identity().expires_at;
+    let mut timer = std::pin::pin!(sleep_until(deadlines.next(None, intervals(live.config()).0)));
     loop {
         // A long recovery continues whenever the client has drained enough of its queue.
-        if session.catching_up() {
-            Box::pin(session.catch_up()).await;
+        if live.session.catching_up() {
+            Box::pin(live.session.catch_up()).await;
         }
-        let next = deadlines.next(socket.stalled_since(), intervals(config).0);
-        if timer.deadline() != next {
-            timer.as_mut().reset(next);
+        {
+            let next = deadlines.next(live.socket.stalled_since(), intervals(live.config()).0);
+            if timer.deadline() != next {
+                timer.as_mut().reset(next);
+            }
         }
         // A shutdown closes every registered connection, so it needs no waiting on here.
-        let event = std::future::poll_fn(|cx| poll_event(cx, socket, outbox, &conn, timer.as_mut())).await;
+        let event = std::future::poll_fn(|cx| {
+            let Live { socket, session, outbox } = &mut *live;
+            poll_event(cx, socket, outbox, session.conn(), timer.as_mut())
+        })
+        .await;
         match event {
-            Event::Closed => return None,
-            Event::Gone => return None,
+            Event::Closed | Event::Gone => return None,
             Event::Progress => {}
             Event::Input => {
-                deadlines.idle = Instant::now() + intervals(config).0;
+                deadlines.idle = deadlines.at(Instant::now() + intervals(live.config()).0);
                 loop {
-                    match socket.next(|incoming, _| parse(incoming, config.max_frame_bytes)) {
+                    let max = live.config().max_frame_bytes;
+                    match live.socket.next(|incoming, _| parse(incoming, max)) {
                         Ok(None) => break,
                         Ok(Some(Input::Frame(Ok(frame)))) => {
-                            handle(session, frame).await;
-                            if session.identity().expires_at != expires_at {
+                            handle(&mut live.session, frame).await;
+                            if live.session.identity().expires_at != expires_at {
                                 // A refresh moved the expiry.
-                                expires_at = session.identity().expires_at;
-                                deadlines.expiry = deadline(expires_at);
+                                expires_at = live.session.identity().expires_at;
+                                deadlines.set_expiry(expires_at);
                             }
                         }
-                        Ok(Some(Input::Frame(Err(err)))) => session.refuse(err.id, err.code, &err.message),
+                        Ok(Some(Input::Frame(Err(err)))) => {
+                            live.session.refuse(err.id, err.code, &err.message)
+                        }
                         Ok(Some(Input::Close(code))) => return Some(code),
                         Err(err) => {
-                            conn.close(close_code(&err));
+                            live.session.conn().close(close_code(&err));
                             return None;
                         }
                     }
@@ -297,27 +339,32 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(live: &mut Live<S>, state: &Re
             }
             Event::Timer => {
                 let now = Instant::now();
-                let (idle, ping_every, heartbeat_every) = intervals(config);
-                if now >= deadlines.expiry {
-                    conn.close(CloseCode::TokenExpired);
-                    return None;
+                let (idle, ping_every, heartbeat_every) = intervals(live.config());
+                let conn = live.session.conn();
+                if now >= deadlines.instant(deadlines.expiry) {
+                    if unix_now() >= expires_at {
+                        conn.close(CloseCode::TokenExpired);
+                        return None;
+                    }
+                    // The expiry was further away than a deadline is kept.
+                    deadlines.set_expiry(expires_at);
                 }
-                if now >= deadlines.idle {
+                if now >= deadlines.instant(deadlines.idle) {
                     conn.close(CloseCode::IdleTimeout);
                     return None;
                 }
-                if socket.stalled_since().is_some_and(|since| now >= since + idle) {
+                if live.socket.stalled_since().is_some_and(|since| now >= since + idle) {
                     // The client stopped reading: it must not pin this task.
                     conn.close(CloseCode::SlowConsumer);
                     return None;
                 }
-                if now >= deadlines.ping {
-                    frame::encode(socket.out(), opcode::PING, &[]);
-                    deadlines.ping = now + ping_every;
+                if now >= deadlines.instant(deadlines.ping) {
+                    frame::encode(live.socket.out(), opcode::PING, &[]);
+                    deadlines.ping = deadlines.at(now + ping_every);
                 }
-                if now >= deadlines.heartbeat {
-                    Box::pin(session.heartbeat()).await;
-                    deadlines.heartbeat = now + heartbeat_every;
+                if now >= deadlines.instant(deadlines.heartbeat) {
+                    deadlines.heartbeat = deadlines.at(now + heartbeat_every);
+                    Box::pin(live.session.heartbeat()).await;
                 }
             }
         }
@@ -386,4 +433,36 @@ async fn close<S: AsyncRead + AsyncWrite + Unpin>(mut socket: Socket<S>, code: C
 async fn reply_close<S: AsyncRead + AsyncWrite + Unpin>(mut socket: Socket<S>, code: u16) {
     let code = if code == 1005 { 1000 } else { code };
     socket.close(code, "", CLOSE_TIMEOUT).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::{Deadlines, MAX_AHEAD_MS, deadline};
+    use crate::session::unix_now;
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_never_fire_early_and_far_expiries_are_capped() {
+        let intervals =
+            (Duration::from_millis(60_000), Duration::from_millis(25_000), Duration::from_millis(10_000));
+        let d = Deadlines::new(unix_now() + 3600, intervals);
+        let start = d.base;
+        assert_eq!(
+            d.next(None, intervals.0),
+            start + Duration::from_millis(10_000),
+            "the heartbeat comes first"
+        );
+        assert!(d.instant(d.expiry) >= deadline(unix_now() + 3600) - Duration::from_millis(1));
+        // A stalled write brings its own deadline forward.
+        let stalled = Instant::now();
+        assert_eq!(d.next(Some(stalled), Duration::from_millis(500)), stalled + Duration::from_millis(500));
+        // Sub-millisecond instants round up.
+        assert_eq!(d.at(start + Duration::from_micros(1_001)), 2);
+        // A token that never expires is looked at again after about 24 days, not never.
+        let far = Deadlines::new(u64::MAX, intervals);
+        assert_eq!(far.expiry, MAX_AHEAD_MS);
+    }
 }

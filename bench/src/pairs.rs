@@ -102,10 +102,11 @@ async fn start_tributary(
         .map(|(pair, ws)| {
             let (shared, stop, padding) = (shared.clone(), stop.clone(), padding.clone());
             let period = Duration::from_micros(1_000_000 / args.rate_per_pair.max(1));
+            let pairs = args.pairs;
             tokio::spawn(async move {
                 let (mut sink, _stream) = ws.split();
                 let name = channel(pair);
-                let mut steady = Steady::new(period, shared, stop);
+                let mut steady = Steady::new(period, (pair, pairs), shared, stop);
                 while let Some(stamp) = steady.next().await {
                     let frame = format!(
                         r#"{{"op":"publish","channel":"{name}","data":{{"t":{stamp},"p":"{padding}"}}}}"#
@@ -156,13 +157,13 @@ async fn start_peer(
     let mut publishers = Vec::with_capacity(args.pairs);
     for stream in streams {
         let (pair, stream) = stream?;
-        let (shared, stop, padding) = (shared.clone(), stop.clone(), padding.clone());
+        let (shared, stop, padding, pairs) = (shared.clone(), stop.clone(), padding.clone(), args.pairs);
         let period = Duration::from_micros(1_000_000 / args.rate_per_pair.max(1));
         publishers.push(tokio::spawn(async move {
             let (_reader, mut writer) = stream.into_split();
             let subject = peer.subject(&channel(pair));
             let mut out = Vec::new();
-            let mut steady = Steady::new(period, shared, stop);
+            let mut steady = Steady::new(period, (pair, pairs), shared, stop);
             while let Some(stamp) = steady.next().await {
                 out.clear();
                 peer::publish_command(
@@ -187,8 +188,16 @@ struct Steady {
 }
 
 impl Steady {
-    fn new(period: Duration, shared: Arc<Shared>, stop: watch::Receiver<bool>) -> Self {
-        let mut tick = tokio::time::interval(period);
+    /// Ticks every `period`, the first after `phase` of it (`index` of `of`): publishers that all
+    /// tick at the same instant would send in bursts and measure the bursts, not the servers.
+    fn new(
+        period: Duration,
+        (index, of): (usize, usize),
+        shared: Arc<Shared>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        let phase = period.mul_f64(index as f64 / of.max(1) as f64);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         Self { tick, shared, stop }
     }

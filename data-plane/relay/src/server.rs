@@ -36,6 +36,7 @@ impl Relay {
             directory,
             connections: Connections::default(),
             shutdown: CancellationToken::new(),
+            tasks: tokio_util::task::TaskTracker::new(),
         };
         Self { state: Arc::new(state) }
     }

@@ -24,4 +24,7 @@ pub struct RelayState {
     pub connections: Connections,
     /// Cancelled when the relay shuts down.
     pub shutdown: CancellationToken,
+    /// The tasks of live connections (WebSocket and SSE), so a shutdown can wait for their
+    /// goodbyes.
+    pub tasks: tokio_util::task::TaskTracker,
 }

@@ -79,6 +79,13 @@ impl Bound {
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         serve_http(listener, router, signal).await;
+        // Connections were told to close; give their tasks time to leave presence and say
+        // goodbye before the process ends.
+        let tasks = &relay.state().tasks;
+        tasks.close();
+        if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait()).await.is_err() {
+            tracing::warn!("connections still closing after the drain timeout; stopping anyway");
+        }
         Ok(())
     }
 }
@@ -97,6 +104,9 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// How long a client has to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long requests in flight (SSE streams, long polls) get to finish after a shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -108,7 +118,9 @@ async fn serve_http(listener: TcpListener, router: axum::Router, signal: impl Fu
     let connections = tokio_util::task::TaskTracker::new();
     let draining = tokio_util::sync::CancellationToken::new();
     let mut signal = std::pin::pin!(signal);
-    let http = hyper::server::conn::http1::Builder::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // A client that never finishes its request headers must not hold a connection forever.
+    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {

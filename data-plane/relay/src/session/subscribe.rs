@@ -245,7 +245,11 @@ impl Session {
                 bytes <= room.bytes
             })
             .count();
-        publications.truncate(fits);
+        // At least one when the queue can take it: a share of the room smaller than one large
+        // message would otherwise stall a recovery for good.
+        let first_fits =
+            publications.first().is_some_and(|p| estimated_frame_len(key, p) <= self.conn.room_bytes());
+        publications.truncate(fits.max(usize::from(first_fits)));
         let mut delivered = since;
         for publication in &publications {
             let frame = server::encode_message(key.channel.as_str(), publication);

@@ -73,7 +73,7 @@ async fn open(
         heartbeat: Duration::from_millis((state.config.presence_timeout_ms / 3).max(1)),
         idle: Duration::from_millis(state.config.idle_timeout_ms),
     };
-    tokio::spawn(pump(session, rx, body_tx, cursor, timers));
+    state.tasks.spawn(pump(session, rx, body_tx, cursor, timers));
     let mut response = Body::from_stream(ReceiverStream::new(body_rx)).into_response();
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

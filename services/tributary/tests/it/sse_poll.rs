@@ -160,3 +160,38 @@ async fn long_poll_pages_through_a_recovery_longer_than_its_queue() {
     assert_eq!(data, (1..=100).collect::<Vec<_>>());
     assert!(polls >= 3, "100 messages through a queue of 40 take several polls");
 }
+
+#[tokio::test]
+async fn a_recovery_of_messages_larger_than_a_channel_share_of_the_queue_still_completes() {
+    let server = TestServer::spawn_with(|relay| {
+        relay.max_queued_bytes = 4 * relay.max_frame_bytes;
+        let max_message_bytes = relay.max_frame_bytes - 1024;
+        relay.namespaces.insert(
+            "big".into(),
+            tributary_relay::NamespaceConfig { history_size: 100, max_message_bytes, ..Default::default() },
+        );
+    })
+    .await;
+    let token = server.all_rights("sse-big").await;
+    let channels = "big:a,big:b,big:c";
+    let mut stream = server.sse(channels, &token, None).await.unwrap();
+    let mut start = None;
+    for _ in 0..3 {
+        start = stream.next_of("reply").await.unwrap().id;
+    }
+    drop(stream);
+    // Each message is larger than a third of half the queue: with three channels recovering
+    // together, no page could hold one unless a page always takes at least one.
+    let big = "z".repeat(tributary_relay::RelayConfig::default().max_frame_bytes - 1024 - 16);
+    for _ in 0..3 {
+        for channel in ["big:a", "big:b", "big:c"] {
+            server.publish(channel, json!(big)).await;
+        }
+    }
+    let mut resumed = server.sse(channels, &token, start.as_deref()).await.unwrap();
+    let mut got = 0;
+    while got < 9 {
+        resumed.next_of("message").await.unwrap();
+        got += 1;
+    }
+}

@@ -71,9 +71,13 @@ async fn a_connect_frame_sent_with_the_upgrade_request_is_read_and_the_handshake
     let server = TestServer::spawn().await;
     let token = server.all_rights("eager").await;
     let mut tcp = TcpStream::connect(addr(&server)).await.unwrap();
-    // One write: the request and the first frame together, as an eager client may send them.
+    // One write: the request and the first two frames together, as an eager client may send them.
     let mut bytes = upgrade_request(&addr(&server), "Sec-WebSocket-Version: 13\r\n").into_bytes();
     bytes.extend(masked(0x81, json!({"id": 1, "op": "connect", "token": token}).to_string().as_bytes()));
+    bytes.extend(masked(
+        0x81,
+        json!({"id": 9, "op": "subscribe", "channel": "chat:eager"}).to_string().as_bytes(),
+    ));
     tcp.write_all(&bytes).await.unwrap();
     let head = read_head(&mut tcp).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
@@ -84,6 +88,19 @@ async fn a_connect_frame_sent_with_the_upgrade_request_is_read_and_the_handshake
     assert_eq!(op, 1);
     let reply: Value = serde_json::from_slice(&payload).unwrap();
     assert_eq!(reply["result"]["client_id"], "eager", "{reply}");
+    // The subscribe that came in the same bytes is answered at once, not at the next read.
+    let (_, payload) = tokio::time::timeout(std::time::Duration::from_secs(2), read_frame(&mut tcp))
+        .await
+        .expect("the subscribe sent with the connect frame is handled without more input");
+    let reply: Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(
+        (reply["id"].clone(), reply["result"]["channel"].clone()),
+        (json!(9), json!("chat:eager")),
+        "{reply}"
+    );
+    // Its own presence join follows (the namespace announces joins).
+    let (_, payload) = read_frame(&mut tcp).await;
+    assert_eq!(serde_json::from_slice::<Value>(&payload).unwrap()["type"], "join");
 
     // A ping is answered with a pong carrying the same payload.
     tcp.write_all(&masked(0x89, b"are you there")).await.unwrap();

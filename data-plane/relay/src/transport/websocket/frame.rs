@@ -95,7 +95,8 @@ fn header(buf: &[u8], max: usize) -> Result<Option<Header>, WsError> {
     if opcode >= 0x8 && (!fin || len > 125) {
         return Err(WsError::Protocol("control frames must be final and at most 125 bytes"));
     }
-    if len > max as u64 {
+    // Control frames (at most 125 bytes) do not count against a message's size.
+    if opcode < 0x8 && len > max as u64 {
         return Err(WsError::TooLarge);
     }
     let Some(mask) = buf.get(at..at + 4) else { return Ok(None) };
@@ -426,6 +427,15 @@ mod tests {
         let mut wire = masked(0x01, b"ok");
         wire.extend(masked(0x00, &[0xED, 0xA0, 0x80]));
         assert_eq!(decode_all(&mut d, wire).unwrap_err(), WsError::InvalidUtf8);
+    }
+
+    #[test]
+    fn a_ping_between_fragments_does_not_count_against_the_message_size() {
+        let mut d = Decoder::new(100);
+        let mut wire = masked(0x02, &[0; 90]);
+        wire.extend(masked(0x89, &[7; 50]));
+        wire.extend(masked(0x80, &[0; 10]));
+        assert_eq!(decode_all(&mut d, wire).unwrap().len(), 2, "the ping and the 100-byte message");
     }
 
     #[test]

@@ -53,7 +53,8 @@ pub async fn upgrade(State(state): State<Arc<RelayState>>, request: Request) -> 
         Err(refused) => return axum::response::IntoResponse::into_response(refused),
     };
     let upgrade = accepted.upgrade;
-    tokio::spawn(run(Box::pin(open(upgrade, state))));
+    let tasks = state.tasks.clone();
+    tasks.spawn(run(Box::pin(open(upgrade, state))));
     accepted.response
 }
 
@@ -262,6 +263,19 @@ impl Deadlines {
         self.base + Duration::from_millis(ms.into())
     }
 
+    /// Moves the base forward once it is far behind, so the milliseconds never run out (a
+    /// `u32` of them lasts 49 days; connections may last longer).
+    fn rebase(&mut self) {
+        let elapsed = self.now_ms();
+        if elapsed < MAX_AHEAD_MS {
+            return;
+        }
+        self.base += Duration::from_millis(elapsed.into());
+        for deadline in [&mut self.ping, &mut self.heartbeat, &mut self.idle, &mut self.expiry] {
+            *deadline = deadline.saturating_sub(elapsed);
+        }
+    }
+
     fn set_expiry(&mut self, expires_at: u64) {
         self.expiry = self.at(deadline(expires_at));
     }
@@ -292,23 +306,30 @@ async fn serve(live: &mut Live<Stream>) -> Option<u16> {
     let mut deadlines = Deadlines::new(live.session.identity().expires_at, intervals(live.config()));
     let mut expires_at = live.session.identity().expires_at;
     let mut timer = std::pin::pin!(sleep_until(deadlines.next(None, intervals(live.config()).0)));
+    // Frames that arrived with the `connect` frame are already read: handle them first.
+    let mut buffered = live.socket.has_input();
     loop {
         // A long recovery continues whenever the client has drained enough of its queue.
         if live.session.catching_up() {
             Box::pin(live.session.catch_up()).await;
         }
         {
+            deadlines.rebase();
             let next = deadlines.next(live.socket.stalled_since(), intervals(live.config()).0);
             if timer.deadline() != next {
                 timer.as_mut().reset(next);
             }
         }
         // A shutdown closes every registered connection, so it needs no waiting on here.
-        let event = std::future::poll_fn(|cx| {
-            let Live { socket, session, outbox } = &mut *live;
-            poll_event(cx, socket, outbox, session.conn(), timer.as_mut())
-        })
-        .await;
+        let event = if std::mem::take(&mut buffered) {
+            Event::Input
+        } else {
+            std::future::poll_fn(|cx| {
+                let Live { socket, session, outbox } = &mut *live;
+                poll_event(cx, socket, outbox, session.conn(), timer.as_mut())
+            })
+            .await
+        };
         match event {
             Event::Closed | Event::Gone => return None,
             Event::Progress => {}
@@ -401,10 +422,14 @@ fn poll_event<S: AsyncRead + AsyncWrite + Unpin>(
     } else if Pin::new(&mut conn.closed()).poll(cx).is_ready() {
         return Poll::Ready(Event::Closed);
     }
-    match socket.poll_read(cx) {
-        Poll::Ready(Read::Data) => return Poll::Ready(Event::Input),
-        Poll::Ready(Read::Gone) => return Poll::Ready(Event::Gone),
-        Poll::Pending => {}
+    // A client that does not read stops being read: its pings would otherwise pile up pongs
+    // in the write buffer, beyond every queue limit.
+    if socket.pending() < WRITE_HIGH_WATER {
+        match socket.poll_read(cx) {
+            Poll::Ready(Read::Data) => return Poll::Ready(Event::Input),
+            Poll::Ready(Read::Gone) => return Poll::Ready(Event::Gone),
+            Poll::Pending => {}
+        }
     }
     if timer.poll(cx).is_ready() {
         return Poll::Ready(Event::Timer);

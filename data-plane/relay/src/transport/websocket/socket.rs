@@ -63,6 +63,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
         self.rbuf.extend_from_slice(bytes);
     }
 
+    /// Returns whether bytes were read that are not decoded yet.
+    pub fn has_input(&self) -> bool {
+        self.rpos < self.rbuf.len()
+    }
+
     /// Reads what the socket has.
     pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Read> {
         // Uninitialised: zeroing 16 KiB on every poll would cost more than the read.
@@ -195,6 +200,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
         let _ = tokio::time::timeout(timeout, async {
             if std::future::poll_fn(|cx| self.poll_flush(cx)).await.is_ok() {
                 let _ = std::future::poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await;
+                // Read (and drop) what the peer still sends until it closes too: closing a socket
+                // with unread bytes sends a reset, which may destroy the close frame in flight.
+                self.release_read();
+                while let Read::Data = std::future::poll_fn(|cx| self.poll_read(cx)).await {
+                    self.release_read();
+                }
             }
         })
         .await;

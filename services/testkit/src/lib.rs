@@ -7,7 +7,10 @@
 //! - [`ws`]: [`WsClient`], a WebSocket client that matches replies to requests.
 //! - [`sse`]: [`SseClient`], a Server-Sent Events reader.
 //! - [`eventually`]: wait for a condition instead of sleeping and hoping.
+//! - [`checker`]: [`HistoryChecker`], which finds lost, duplicated, reordered, phantom and
+//!   silently skipped messages and reused offsets in what a test published and received.
 
+pub mod checker;
 pub mod sse;
 pub mod ws;
 
@@ -21,6 +24,7 @@ use tributary::bootstrap::Credentials;
 use tributary::config::TributaryConfig;
 use tributary_relay::RelayConfig;
 
+pub use checker::{HistoryChecker, Report};
 pub use sse::SseClient;
 pub use ws::WsClient;
 

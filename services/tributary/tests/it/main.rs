@@ -5,6 +5,7 @@
 
 mod autobahn;
 mod bad_input;
+mod checked_history;
 mod conformance;
 mod docs;
 mod http_api;

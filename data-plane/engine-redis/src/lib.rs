@@ -1,0 +1,441 @@
+//! The Redis engine: channels' offsets, history, idempotency keys and presence live in Redis, so
+//! any number of relay nodes share them; publications reach every node subscribed to the
+//! channel through Redis pub/sub.
+//!
+//! Every operation on a channel is one server-side script (see [`scripts`]), so offsets,
+//! history, idempotency and delivery happen atomically. A node subscribes in Redis only to
+//! channels with local subscribers (reference counted), on one dedicated connection whose
+//! subscriptions are restored after a reconnect.
+//!
+//! Not yet: sharded pub/sub (`SSUBSCRIBE`, for Redis Cluster), and telling local subscribers
+//! when the pub/sub connection dropped (they may have missed publications).
+
+mod scripts;
+mod wire;
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{PushInfo, PushKind, Value};
+use tributary_engine::{
+    ChannelKey, Engine, EngineError, EngineSink, HistoryPage, HistoryQuery, NewMessage, Occupancy,
+    PresenceOptions, PublishOptions, PublishOutcome, StreamOptions,
+};
+use tributary_protocol::frame::{Direction, MemberInfo};
+
+use scripts::Scripts;
+use wire::Received;
+
+/// Settings of the Redis engine.
+#[derive(Debug, Clone)]
+pub struct RedisEngineConfig {
+    /// `redis://host:port/db` (`rediss://` for TLS).
+    pub url: String,
+    /// Prefix of every key and channel, so that several deployments can share one Redis.
+    pub prefix: String,
+    /// A channel with no history left and no publish for this long loses its epoch.
+    pub stream_idle_ttl: Duration,
+    /// How long a command may take before it fails.
+    pub command_timeout: Duration,
+    /// How often presence entries of subscribed channels are checked for expiry (their leaves
+    /// are announced then).
+    pub presence_sweep: Duration,
+}
+
+impl RedisEngineConfig {
+    /// Settings for `url` with the defaults.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            prefix: "trb".into(),
+            stream_idle_ttl: Duration::from_secs(24 * 3600),
+            command_timeout: Duration::from_secs(2),
+            presence_sweep: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The Redis engine.
+pub struct RedisEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RedisEngineConfig,
+    commands: ConnectionManager,
+    pubsub: tokio::sync::Mutex<ConnectionManager>,
+    scripts: Scripts,
+    routes: Arc<Routes>,
+}
+
+/// What the pub/sub connection's messages are routed by.
+#[derive(Default)]
+struct Routes {
+    sink: OnceLock<Weak<dyn EngineSink>>,
+    /// Redis channel → the channel it carries, and how many local subscribe calls hold it.
+    channels: RwLock<HashMap<String, (ChannelKey, usize)>>,
+    control: OnceLock<String>,
+}
+
+fn lock_read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock_write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Routes {
+    /// Called by the connection for every push (pub/sub message); must not block.
+    fn on_push(&self, push: PushInfo) {
+        if push.kind != PushKind::Message {
+            return;
+        }
+        let [Value::BulkString(channel), Value::BulkString(message)] = &push.data[..] else { return };
+        let Some(sink) = self.sink.get().and_then(Weak::upgrade) else { return };
+        let channel = String::from_utf8_lossy(channel);
+        if self.control.get().is_some_and(|c| *c == channel) {
+            sink.on_control(&Bytes::copy_from_slice(message));
+            return;
+        }
+        let key = match lock_read(&self.channels).get(channel.as_ref()) {
+            Some((key, _)) => key.clone(),
+            None => return,
+        };
+        match wire::decode_message(message) {
+            Ok(Received::Publication(publication)) => sink.on_publication(&key, &publication),
+            Ok(Received::Presence(event)) => sink.on_presence(&key, &event),
+            Err(err) => tracing::warn!(error = %err, "dropped an unreadable message"),
+        }
+    }
+}
+
+fn unavailable(err: impl std::fmt::Display) -> EngineError {
+    EngineError::Unavailable(err.to_string())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn fresh_epoch() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..10).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+}
+
+impl RedisEngine {
+    /// Connects (one connection for commands, one for pub/sub) and starts the presence sweeper.
+    pub async fn connect(config: RedisEngineConfig) -> Result<Self, EngineError> {
+        let client = redis::Client::open(format!("{}?protocol=resp3", config.url.trim_end_matches('/')))
+            .or_else(|_| redis::Client::open(config.url.as_str()))
+            .map_err(unavailable)?;
+        let manager = || {
+            ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(config.command_timeout))
+                .set_response_timeout(Some(config.command_timeout))
+                .set_number_of_retries(2)
+        };
+        let commands = client.get_connection_manager_with_config(manager()).await.map_err(unavailable)?;
+        let routes = Arc::new(Routes::default());
+        let pushed = routes.clone();
+        let pubsub_config = manager()
+            .set_push_sender(move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+                pushed.on_push(push);
+                Ok(())
+            })
+            .set_automatic_resubscription();
+        let mut pubsub =
+            client.get_connection_manager_with_config(pubsub_config).await.map_err(unavailable)?;
+        let control = format!("{}:control", config.prefix);
+        pubsub.subscribe(&control).await.map_err(unavailable)?;
+        let _ = routes.control.set(control);
+        let inner = Arc::new(Inner {
+            config,
+            commands,
+            pubsub: tokio::sync::Mutex::new(pubsub),
+            scripts: Scripts::new(),
+            routes,
+        });
+        tokio::spawn(sweep_presence(Arc::downgrade(&inner)));
+        Ok(Self { inner })
+    }
+}
+
+/// Expires presence entries of subscribed channels, so a node that died without leaving has
+/// its members leave within their timeout even when nothing else touches the channel.
+async fn sweep_presence(inner: Weak<Inner>) {
+    loop {
+        let Some(every) = inner.upgrade().map(|i| i.config.presence_sweep) else { return };
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let keys: Vec<ChannelKey> =
+            lock_read(&inner.routes.channels).values().map(|(k, _)| k.clone()).collect();
+        for key in keys {
+            if let Err(err) = inner.presence_read(&key).await {
+                tracing::debug!(error = %err, "presence sweep failed");
+            }
+        }
+    }
+}
+
+/// The Redis names of one channel.
+struct Names {
+    meta: String,
+    stream: String,
+    pubsub: String,
+    presence: [String; 3],
+}
+
+impl Inner {
+    fn names(&self, key: &ChannelKey) -> Names {
+        let tag = format!("{{{}:{}}}", key.app, key.channel.as_str());
+        let p = &self.config.prefix;
+        Names {
+            meta: format!("{p}:m:{tag}"),
+            stream: format!("{p}:s:{tag}"),
+            pubsub: format!("{p}:c:{tag}"),
+            presence: [format!("{p}:pz:{tag}"), format!("{p}:pm:{tag}"), format!("{p}:pc:{tag}")],
+        }
+    }
+
+    fn meta_ttl_ms(&self, stream: StreamOptions) -> u64 {
+        (self.config.stream_idle_ttl.max(stream.history_ttl)).as_millis() as u64
+    }
+
+    async fn presence_read(&self, key: &ChannelKey) -> Result<(Vec<MemberInfo>, Occupancy), EngineError> {
+        let names = self.names(key);
+        let mut invocation = self.scripts.presence_read.prepare_invoke();
+        for k in &names.presence {
+            invocation.key(k);
+        }
+        invocation.arg(now_ms()).arg(&names.pubsub);
+        let (records, members, connections): (Vec<String>, usize, usize) =
+            invocation.invoke_async(&mut self.commands.clone()).await.map_err(unavailable)?;
+        let list = records
+            .iter()
+            .filter_map(|r| r.get(1..))
+            .filter_map(|json| wire::decode_member(json).ok())
+            .collect();
+        Ok((list, Occupancy { members, connections }))
+    }
+}
+
+fn parse_entries(
+    entries: Vec<Value>,
+    epoch: &Arc<str>,
+) -> Result<Vec<tributary_protocol::Publication>, EngineError> {
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(parts) = entry else { return Err(unavailable("history entry")) };
+        let [Value::BulkString(id), Value::Array(fields)] = &parts[..] else {
+            return Err(unavailable("history entry"));
+        };
+        let offset = std::str::from_utf8(id)
+            .ok()
+            .and_then(|id| id.strip_prefix("0-"))
+            .and_then(|o| o.parse().ok())
+            .ok_or_else(|| unavailable("history id"))?;
+        let [_, Value::BulkString(ts), _, Value::BulkString(body)] = &fields[..] else {
+            return Err(unavailable("history fields"));
+        };
+        let ts = std::str::from_utf8(ts).ok().and_then(|t| t.parse().ok()).unwrap_or(0);
+        let body = std::str::from_utf8(body).map_err(unavailable)?;
+        out.push(wire::decode_body(body, epoch, offset, ts).map_err(unavailable)?);
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl Engine for RedisEngine {
+    fn set_sink(&self, sink: Weak<dyn EngineSink>) {
+        let _ = self.inner.routes.sink.set(sink);
+    }
+
+    async fn publish(
+        &self,
+        key: &ChannelKey,
+        message: NewMessage,
+        options: &PublishOptions,
+    ) -> Result<PublishOutcome, EngineError> {
+        let inner = &self.inner;
+        let names = inner.names(key);
+        let body = wire::encode_body(&message).map_err(unavailable)?;
+        let idempotency = options.idempotency_key.as_deref().map(|k| format!("{}:i:{k}", names.meta));
+        let (epoch, offset, ts_ms, duplicate): (String, u64, u64, u8) = inner
+            .scripts
+            .publish
+            .key(&names.meta)
+            .key(&names.stream)
+            .key(idempotency.as_deref().unwrap_or(&names.meta))
+            .arg(fresh_epoch())
+            .arg(now_ms())
+            .arg(options.stream.history_size)
+            .arg(options.stream.history_ttl.as_millis() as u64)
+            .arg(options.idempotency_window.as_secs().max(1))
+            .arg(if idempotency.is_some() { "1" } else { "0" })
+            .arg(body)
+            .arg(&names.pubsub)
+            .arg(inner.meta_ttl_ms(options.stream))
+            .invoke_async(&mut inner.commands.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(PublishOutcome { epoch: Arc::from(epoch), offset, ts_ms, duplicate: duplicate == 1 })
+    }
+
+    async fn subscribe(&self, key: &ChannelKey) -> Result<(), EngineError> {
+        let inner = &self.inner;
+        let channel = inner.names(key).pubsub;
+        // One subscription change at a time, so that the count and Redis agree.
+        let mut pubsub = inner.pubsub.lock().await;
+        let first = {
+            let mut channels = lock_write(&inner.routes.channels);
+            let entry = channels.entry(channel.clone()).or_insert_with(|| (key.clone(), 0));
+            entry.1 += 1;
+            entry.1 == 1
+        };
+        if first && let Err(err) = pubsub.subscribe(&channel).await {
+            let mut channels = lock_write(&inner.routes.channels);
+            if let Some(entry) = channels.get_mut(&channel) {
+                entry.1 -= 1;
+                if entry.1 == 0 {
+                    channels.remove(&channel);
+                }
+            }
+            return Err(unavailable(err));
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, key: &ChannelKey) -> Result<(), EngineError> {
+        let inner = &self.inner;
+        let channel = inner.names(key).pubsub;
+        let mut pubsub = inner.pubsub.lock().await;
+        let last = {
+            let mut channels = lock_write(&inner.routes.channels);
+            match channels.get_mut(&channel) {
+                Some(entry) if entry.1 > 1 => {
+                    entry.1 -= 1;
+                    false
+                }
+                Some(_) => {
+                    channels.remove(&channel);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            pubsub.unsubscribe(&channel).await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        key: &ChannelKey,
+        query: HistoryQuery,
+        stream: StreamOptions,
+    ) -> Result<HistoryPage, EngineError> {
+        let inner = &self.inner;
+        let names = inner.names(key);
+        let (epoch, top, oldest, entries): (String, u64, i64, Vec<Value>) = inner
+            .scripts
+            .history
+            .key(&names.meta)
+            .key(&names.stream)
+            .arg(fresh_epoch())
+            .arg(now_ms())
+            .arg(stream.history_size)
+            .arg(stream.history_ttl.as_millis() as u64)
+            .arg(if query.direction == Direction::Forward { "f" } else { "b" })
+            .arg(query.since.map(|s| s.to_string()).unwrap_or_default())
+            .arg(query.limit)
+            .arg(inner.meta_ttl_ms(stream))
+            .invoke_async(&mut inner.commands.clone())
+            .await
+            .map_err(unavailable)?;
+        let epoch: Arc<str> = Arc::from(epoch);
+        let publications = parse_entries(entries, &epoch)?;
+        Ok(HistoryPage { epoch, top_offset: top, oldest_offset: u64::try_from(oldest).ok(), publications })
+    }
+
+    async fn presence_join(
+        &self,
+        key: &ChannelKey,
+        member: MemberInfo,
+        options: PresenceOptions,
+    ) -> Result<bool, EngineError> {
+        let inner = &self.inner;
+        let names = inner.names(key);
+        let record =
+            format!("{}{}", u8::from(options.announce), wire::encode_member(&member).map_err(unavailable)?);
+        let now = now_ms();
+        let mut invocation = inner.scripts.presence_join.prepare_invoke();
+        for k in &names.presence {
+            invocation.key(k);
+        }
+        invocation
+            .arg(&*member.conn_id)
+            .arg(&*member.client_id)
+            .arg(record)
+            .arg(now + options.ttl.as_millis() as u64)
+            .arg(now)
+            .arg(&names.pubsub);
+        let joined: u8 = invocation.invoke_async(&mut inner.commands.clone()).await.map_err(unavailable)?;
+        Ok(joined == 1)
+    }
+
+    async fn presence_update(&self, key: &ChannelKey, member: MemberInfo) -> Result<bool, EngineError> {
+        let inner = &self.inner;
+        let names = inner.names(key);
+        let mut invocation = inner.scripts.presence_update.prepare_invoke();
+        for k in &names.presence {
+            invocation.key(k);
+        }
+        invocation
+            .arg(&*member.conn_id)
+            .arg(wire::encode_member(&member).map_err(unavailable)?)
+            .arg(now_ms())
+            .arg(&names.pubsub);
+        let updated: u8 = invocation.invoke_async(&mut inner.commands.clone()).await.map_err(unavailable)?;
+        Ok(updated == 1)
+    }
+
+    async fn presence_leave(&self, key: &ChannelKey, conn_id: &str) -> Result<bool, EngineError> {
+        let inner = &self.inner;
+        let names = inner.names(key);
+        let mut invocation = inner.scripts.presence_leave.prepare_invoke();
+        for k in &names.presence {
+            invocation.key(k);
+        }
+        invocation.arg(conn_id).arg(now_ms()).arg(&names.pubsub);
+        let left: u8 = invocation.invoke_async(&mut inner.commands.clone()).await.map_err(unavailable)?;
+        Ok(left == 1)
+    }
+
+    async fn presence(&self, key: &ChannelKey) -> Result<Vec<MemberInfo>, EngineError> {
+        Ok(self.inner.presence_read(key).await?.0)
+    }
+
+    async fn occupancy(&self, key: &ChannelKey) -> Result<Occupancy, EngineError> {
+        Ok(self.inner.presence_read(key).await?.1)
+    }
+
+    async fn publish_control(&self, event: Bytes) -> Result<(), EngineError> {
+        let inner = &self.inner;
+        let channel = inner.routes.control.get().cloned().unwrap_or_default();
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(event.as_ref())
+            .query_async(&mut inner.commands.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}

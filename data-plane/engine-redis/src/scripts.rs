@@ -1,0 +1,222 @@
+//! The server-side scripts: each operation on a channel is one atomic round trip.
+//!
+//! Keys of one channel share the hash tag `{app:channel}`, so they live in one slot of a Redis
+//! Cluster. A channel's meta hash holds its epoch (`e`) and newest offset (`t`); its stream holds
+//! history as entries `0-<offset>` with the store time (`t`) and the body (`b`). Presence is a
+//! sorted set (connection → expiry), a hash (connection → announce flag and member) and a hash
+//! (client id → connections).
+
+/// Shared Lua helpers, prepended to the scripts that need them.
+const HELPERS: &str = r#"
+local function epoch_of(meta, fresh)
+  local epoch = redis.call('HGET', meta, 'e')
+  if not epoch then
+    epoch = fresh
+    redis.call('HSET', meta, 'e', epoch, 't', 0)
+  end
+  return epoch
+end
+
+-- Drops history entries older than the cutoff (oldest first; they are in time order).
+local function trim_age(stream, cutoff)
+  while true do
+    local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 32)
+    if #first == 0 then return end
+    local dropped = 0
+    for _, entry in ipairs(first) do
+      if tonumber(entry[2][2]) >= cutoff then return end
+      redis.call('XDEL', stream, entry[1])
+      dropped = dropped + 1
+    end
+    if dropped < #first then return end
+  end
+end
+
+-- Removes expired presence entries, announcing leaves for the last connection of a client.
+local function sweep(zset, members, counts, now, channel)
+  local expired = redis.call('ZRANGEBYSCORE', zset, '-inf', now)
+  for _, conn in ipairs(expired) do
+    local record = redis.call('HGET', members, conn)
+    redis.call('ZREM', zset, conn)
+    redis.call('HDEL', members, conn)
+    if record then
+      local client = cjson.decode(string.sub(record, 2)).client_id
+      local left = redis.call('HINCRBY', counts, client, -1)
+      if left <= 0 then
+        redis.call('HDEL', counts, client)
+        if string.sub(record, 1, 1) == '1' then
+          redis.call('PUBLISH', channel, 'l' .. string.sub(record, 2))
+        end
+      end
+    end
+  end
+end
+"#;
+
+/// KEYS: meta, stream, idempotency key (unused without one).
+/// ARGV: fresh epoch, now ms, history size, history ttl ms, idempotency window s,
+/// has idempotency key (`1`), body, pub/sub channel, meta ttl ms.
+/// Returns `{epoch, offset, ts, duplicate}`.
+const PUBLISH: &str = r#"
+local meta, stream, idem = KEYS[1], KEYS[2], KEYS[3]
+local epoch = epoch_of(meta, ARGV[1])
+local now = tonumber(ARGV[2])
+if ARGV[6] == '1' then
+  local previous = redis.call('GET', idem)
+  if previous then
+    local e, o, t = string.match(previous, '^(.-):(%d+):(%d+)$')
+    if e == epoch then return {epoch, tonumber(o), tonumber(t), 1} end
+  end
+end
+local offset = redis.call('HINCRBY', meta, 't', 1)
+local size = tonumber(ARGV[3])
+if size > 0 then
+  local ttl = tonumber(ARGV[4])
+  redis.call('XADD', stream, 'MAXLEN', size, '0-' .. offset, 't', now, 'b', ARGV[7])
+  trim_age(stream, now - ttl)
+  redis.call('PEXPIRE', stream, ttl)
+end
+redis.call('PEXPIRE', meta, ARGV[9])
+if ARGV[6] == '1' then
+  redis.call('SET', idem, epoch .. ':' .. offset .. ':' .. now, 'EX', ARGV[5])
+end
+redis.call('PUBLISH', ARGV[8], 'p' .. epoch .. '\n' .. offset .. '\n' .. now .. '\n' .. ARGV[7])
+return {epoch, offset, now, 0}
+"#;
+
+/// KEYS: meta, stream. ARGV: fresh epoch, now ms, history size, history ttl ms, direction
+/// (`f`/`b`), since (empty for none), limit, meta ttl ms.
+/// Returns `{epoch, top, oldest (-1 for none), entries}`.
+const HISTORY: &str = r#"
+local meta, stream = KEYS[1], KEYS[2]
+local epoch = epoch_of(meta, ARGV[1])
+local top = tonumber(redis.call('HGET', meta, 't') or 0)
+local size = tonumber(ARGV[3])
+if size == 0 then
+  redis.call('DEL', stream)
+else
+  redis.call('XTRIM', stream, 'MAXLEN', size)
+  trim_age(stream, tonumber(ARGV[2]) - tonumber(ARGV[4]))
+end
+redis.call('PEXPIRE', meta, ARGV[8])
+local oldest = -1
+local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+if #first > 0 then oldest = tonumber(string.match(first[1][1], '^0%-(%d+)$')) end
+local limit = tonumber(ARGV[7])
+local entries = {}
+if limit > 0 then
+  if ARGV[5] == 'f' then
+    local from = '-'
+    if ARGV[6] ~= '' then from = '(0-' .. ARGV[6] end
+    entries = redis.call('XRANGE', stream, from, '+', 'COUNT', limit)
+  else
+    local to = '+'
+    if ARGV[6] ~= '' then to = '(0-' .. ARGV[6] end
+    entries = redis.call('XREVRANGE', stream, to, '-', 'COUNT', limit)
+  end
+end
+return {epoch, top, oldest, entries}
+"#;
+
+/// KEYS: presence zset, members hash, counts hash. ARGV: conn id, client id, record
+/// (announce flag then member JSON), expiry ms, now ms, pub/sub channel.
+/// Returns 1 when this was the client's first connection.
+const PRESENCE_JOIN: &str = r#"
+local zset, members, counts = KEYS[1], KEYS[2], KEYS[3]
+local now = tonumber(ARGV[5])
+sweep(zset, members, counts, now, ARGV[6])
+local expiry = tonumber(ARGV[4])
+local keep = expiry - now + 60000
+local known = redis.call('ZSCORE', zset, ARGV[1])
+redis.call('ZADD', zset, expiry, ARGV[1])
+for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, keep) end
+if known then return 0 end
+redis.call('HSET', members, ARGV[1], ARGV[3])
+local count = redis.call('HINCRBY', counts, ARGV[2], 1)
+if count == 1 then
+  if string.sub(ARGV[3], 1, 1) == '1' then
+    redis.call('PUBLISH', ARGV[6], 'j' .. string.sub(ARGV[3], 2))
+  end
+  return 1
+end
+return 0
+"#;
+
+/// KEYS: presence zset, members hash, counts hash. ARGV: conn id, now ms, pub/sub channel.
+/// Returns 1 when this was the client's last connection.
+const PRESENCE_LEAVE: &str = r#"
+local zset, members, counts = KEYS[1], KEYS[2], KEYS[3]
+sweep(zset, members, counts, tonumber(ARGV[2]), ARGV[3])
+local record = redis.call('HGET', members, ARGV[1])
+if not record then return 0 end
+redis.call('ZREM', zset, ARGV[1])
+redis.call('HDEL', members, ARGV[1])
+local client = cjson.decode(string.sub(record, 2)).client_id
+local left = redis.call('HINCRBY', counts, client, -1)
+if left > 0 then return 0 end
+redis.call('HDEL', counts, client)
+if string.sub(record, 1, 1) == '1' then
+  redis.call('PUBLISH', ARGV[3], 'l' .. string.sub(record, 2))
+end
+return 1
+"#;
+
+/// KEYS: presence zset, members hash, counts hash. ARGV: conn id, member JSON, now ms,
+/// pub/sub channel. Returns 1 when the connection was present (and the update announced).
+const PRESENCE_UPDATE: &str = r#"
+local zset, members, counts = KEYS[1], KEYS[2], KEYS[3]
+sweep(zset, members, counts, tonumber(ARGV[3]), ARGV[4])
+local record = redis.call('HGET', members, ARGV[1])
+if not record then return 0 end
+redis.call('HSET', members, ARGV[1], string.sub(record, 1, 1) .. ARGV[2])
+redis.call('PUBLISH', ARGV[4], 'u' .. ARGV[2])
+return 1
+"#;
+
+/// KEYS: presence zset, members hash, counts hash. ARGV: now ms, pub/sub channel.
+/// Returns `{members, client count, connection count}` after removing expired entries.
+const PRESENCE_READ: &str = r#"
+local zset, members, counts = KEYS[1], KEYS[2], KEYS[3]
+sweep(zset, members, counts, tonumber(ARGV[1]), ARGV[2])
+return {redis.call('HVALS', members), redis.call('HLEN', counts), redis.call('ZCARD', zset)}
+"#;
+
+/// The scripts, loaded once per engine.
+pub struct Scripts {
+    /// See [`PUBLISH`].
+    pub publish: redis::Script,
+    /// See [`HISTORY`].
+    pub history: redis::Script,
+    /// See [`PRESENCE_JOIN`].
+    pub presence_join: redis::Script,
+    /// See [`PRESENCE_LEAVE`].
+    pub presence_leave: redis::Script,
+    /// See [`PRESENCE_UPDATE`].
+    pub presence_update: redis::Script,
+    /// See [`PRESENCE_READ`].
+    pub presence_read: redis::Script,
+}
+
+fn with_helpers(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{HELPERS}\n{body}"))
+}
+
+impl Scripts {
+    /// Builds every script (Redis caches them by hash on first use).
+    pub fn new() -> Self {
+        Self {
+            publish: with_helpers(PUBLISH),
+            history: with_helpers(HISTORY),
+            presence_join: with_helpers(PRESENCE_JOIN),
+            presence_leave: with_helpers(PRESENCE_LEAVE),
+            presence_update: with_helpers(PRESENCE_UPDATE),
+            presence_read: with_helpers(PRESENCE_READ),
+        }
+    }
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -15,6 +15,7 @@ pub mod sse;
 pub mod ws;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -46,7 +47,7 @@ pub struct TestServer {
     store: tributary_store::Store,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
+    _dir: Arc<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -57,14 +58,46 @@ impl TestServer {
 
     /// Starts a server after `configure` adjusts its relay settings.
     pub async fn spawn_with(configure: impl FnOnce(&mut RelayConfig)) -> Self {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let master_key = tributary_store::MasterKey::generate().to_base64();
+        Self::spawn_in(dir, master_key, |config| configure(&mut config.relay)).await
+    }
+
+    /// Starts `nodes` servers that share one data directory (so one store of apps and keys) and
+    /// one Redis (`TRIBUTARY_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`) under a key
+    /// prefix of their own: a cluster as a load balancer would see it.
+    pub async fn spawn_cluster(nodes: usize, configure: impl Fn(&mut RelayConfig)) -> Vec<Self> {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let master_key = tributary_store::MasterKey::generate().to_base64();
+        let url =
+            std::env::var("TRIBUTARY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let prefix = format!("trbtest-{}", uuid::Uuid::new_v4().simple());
+        let mut servers = Vec::with_capacity(nodes);
+        for _ in 0..nodes {
+            let server = Self::spawn_in(dir.clone(), master_key.clone(), |config| {
+                config.engine.kind = "redis".into();
+                config.engine.redis_url = url.clone();
+                config.engine.redis_prefix = prefix.clone();
+                configure(&mut config.relay);
+            })
+            .await;
+            servers.push(server);
+        }
+        servers
+    }
+
+    async fn spawn_in(
+        dir: Arc<tempfile::TempDir>,
+        master_key: secrecy::SecretString,
+        configure: impl FnOnce(&mut TributaryConfig),
+    ) -> Self {
         init_tracing();
-        let dir = tempfile::tempdir().expect("temp dir");
         let mut config = TributaryConfig {
             data_dir: dir.path().to_owned(),
-            master_key: Some(tributary_store::MasterKey::generate().to_base64()),
+            master_key: Some(master_key),
             ..TributaryConfig::default()
         };
-        configure(&mut config.relay);
+        configure(&mut config);
         let problems = config.problems();
         assert!(problems.is_empty(), "test configuration is invalid: {problems:?}");
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");

@@ -74,15 +74,24 @@ impl Default for StorageConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
-    /// `memory` (the only engine so far).
+    /// `memory` (one node) or `redis` (any number of nodes sharing one Redis).
     pub kind: String,
     /// Idle time after which an empty stream is forgotten, in seconds.
     pub stream_idle_ttl_secs: u64,
+    /// The Redis URL (`redis://host:port/db`, `rediss://` for TLS), for `kind = "redis"`.
+    pub redis_url: String,
+    /// Prefix of every Redis key and channel, so that deployments can share one Redis.
+    pub redis_prefix: String,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { kind: "memory".into(), stream_idle_ttl_secs: 86_400 }
+        Self {
+            kind: "memory".into(),
+            stream_idle_ttl_secs: 86_400,
+            redis_url: String::new(),
+            redis_prefix: "trb".into(),
+        }
     }
 }
 
@@ -103,8 +112,22 @@ impl TributaryConfig {
     /// Returns every problem with this configuration.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = self.relay.problems();
-        if self.engine.kind != "memory" {
-            problems.push(format!("engine.kind {:?} is not available yet; use \"memory\"", self.engine.kind));
+        match self.engine.kind.as_str() {
+            "memory" => {}
+            "redis" => {
+                let url = &self.engine.redis_url;
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    problems.push(format!(
+                        "engine.redis_url {url:?} must be a redis:// or rediss:// URL when engine.kind is \"redis\""
+                    ));
+                }
+                if self.engine.redis_prefix.is_empty() || self.engine.redis_prefix.contains(['{', '}', ' ']) {
+                    problems.push("engine.redis_prefix must be non-empty, without braces or spaces".into());
+                }
+            }
+            other => {
+                problems.push(format!("engine.kind {other:?} is not an engine: use \"memory\" or \"redis\""))
+            }
         }
         if self.engine.stream_idle_ttl_secs == 0 {
             problems.push("engine.stream_idle_ttl_secs must be greater than 0".into());

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tributary_engine::{Engine, MemoryEngine, MemoryEngineConfig};
+use tributary_engine_redis::{RedisEngine, RedisEngineConfig};
 use tributary_relay::Relay;
 use tributary_store::Store;
 
@@ -35,9 +36,9 @@ pub enum ServeError {
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] tributary_store::StoreError),
-    /// Serving failed.
-    #[error("server: {0}")]
-    Serve(#[source] std::io::Error),
+    /// The engine's backend (Redis) could not be reached.
+    #[error("engine: {0}")]
+    Engine(#[source] tributary_engine::EngineError),
 }
 
 /// The server, bound and ready to run.
@@ -185,10 +186,19 @@ pub async fn bind(
     let store = Store::open_sqlite(&config.sqlite_path(), &master_key).await?;
     let credentials =
         bootstrap::ensure_credentials(&store, &config.data_dir, &format!("http://{addr}")).await?;
-    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(MemoryEngineConfig {
-        stream_idle_ttl: Duration::from_secs(config.engine.stream_idle_ttl_secs),
-        ..MemoryEngineConfig::default()
-    }));
+    let stream_idle_ttl = Duration::from_secs(config.engine.stream_idle_ttl_secs);
+    let engine: Arc<dyn Engine> = match config.engine.kind.as_str() {
+        "redis" => {
+            let mut redis = RedisEngineConfig::new(config.engine.redis_url.clone());
+            redis.prefix = config.engine.redis_prefix.clone();
+            redis.stream_idle_ttl = stream_idle_ttl;
+            Arc::new(RedisEngine::connect(redis).await.map_err(ServeError::Engine)?)
+        }
+        _ => Arc::new(MemoryEngine::new(MemoryEngineConfig {
+            stream_idle_ttl,
+            ..MemoryEngineConfig::default()
+        })),
+    };
     let relay = Relay::new(config.relay.clone(), engine, Arc::new(StoreDirectory::new(store.clone())));
     Ok(Bound { listener, addr, relay, credentials, store })
 }

@@ -41,6 +41,9 @@ enum Command {
         /// Listen address, e.g. 0.0.0.0:7070 (port 0 picks a free port).
         #[arg(long)]
         listen: Option<String>,
+        /// Use the Redis engine with this server (sets engine.kind = "redis" and engine.redis_url).
+        #[arg(long)]
+        redis_url: Option<String>,
     },
     /// Runs only the relay role (not built yet: use `serve`).
     Relay,
@@ -77,7 +80,7 @@ enum ConfigCommand {
 /// Runs a command; returns the process exit code.
 pub async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { config, listen } => serve::serve(config, listen, env).await,
+        Command::Serve { config, listen, redis_url } => serve::serve(config, listen, redis_url, env).await,
         Command::Relay | Command::ControlPlane | Command::Worker | Command::Operator => {
             eprintln!(
                 "this role cannot run on its own yet; `tributary serve` runs the relay and control plane together"
@@ -89,7 +92,7 @@ pub async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitC
             Ok(ExitCode::SUCCESS)
         }
         Command::Config { command: ConfigCommand::Check { config } } => {
-            match serve::load(&config, None, &env) {
+            match serve::load(&config, None, None, &env) {
                 Ok(config) => {
                     println!("{}", toml::to_string_pretty(&config)?);
                     Ok(ExitCode::SUCCESS)

@@ -14,6 +14,7 @@ use super::{ConfigArgs, EXIT_USAGE};
 pub fn load(
     args: &ConfigArgs,
     listen: Option<&str>,
+    redis_url: Option<&str>,
     env: &HashMap<String, String>,
 ) -> Result<TributaryConfig, ExitCode> {
     let file = match &args.config {
@@ -30,6 +31,10 @@ pub fn load(
     if let Some(listen) = listen {
         flags.push(("listen".to_owned(), toml_string(listen)));
     }
+    if let Some(url) = redis_url {
+        flags.push(("engine.kind".to_owned(), toml_string("redis")));
+        flags.push(("engine.redis_url".to_owned(), toml_string(url)));
+    }
     config::load(Some(&file), env, &flags).map_err(|err| {
         eprintln!("error: {err}");
         ExitCode::from(EXIT_USAGE)
@@ -44,9 +49,10 @@ fn toml_string(s: &str) -> String {
 pub async fn serve(
     args: ConfigArgs,
     listen: Option<String>,
+    redis_url: Option<String>,
     env: HashMap<String, String>,
 ) -> anyhow::Result<ExitCode> {
-    let config = match load(&args, listen.as_deref(), &env) {
+    let config = match load(&args, listen.as_deref(), redis_url.as_deref(), &env) {
         Ok(config) => config,
         Err(code) => return Ok(code),
     };

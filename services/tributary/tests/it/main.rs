@@ -6,6 +6,7 @@
 mod autobahn;
 mod bad_input;
 mod checked_history;
+mod cluster;
 mod conformance;
 mod docs;
 mod http_api;

@@ -1,0 +1,91 @@
+//! Faults with a throwaway `redis-server` of the test's own, on a free port.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tributary_engine::{ChannelKey, Engine, HistoryQuery, NewMessage, PublishOptions, StreamOptions};
+use tributary_engine_redis::{RedisEngine, RedisEngineConfig};
+use tributary_protocol::frame::Direction;
+use tributary_protocol::{ChannelName, Payload};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_redis(port: u16) -> std::process::Child {
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server is installed (scripts/test installs it)");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+fn options() -> PublishOptions {
+    PublishOptions {
+        stream: StreamOptions { history_size: 100, history_ttl: Duration::from_secs(60) },
+        idempotency_key: None,
+        idempotency_window: Duration::from_secs(120),
+    }
+}
+
+fn message(n: u64) -> NewMessage {
+    NewMessage { payload: Payload::Json(n.to_string().into()), client_id: None, encoding: None }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_down_publishes_fail_and_after_a_restart_without_persistence_the_epoch_changes() {
+    let port = free_port();
+    let mut redis = start_redis(port);
+    let engine: Arc<dyn Engine> = Arc::new(
+        RedisEngine::connect(RedisEngineConfig::new(format!("redis://127.0.0.1:{port}"))).await.unwrap(),
+    );
+    let key = ChannelKey::new("app", ChannelName::parse("chat:faults").unwrap());
+    let before = engine.publish(&key, message(1), &options()).await.unwrap();
+    assert_eq!(before.offset, 1);
+
+    redis.kill().unwrap();
+    redis.wait().unwrap();
+    let started = Instant::now();
+    let failed = engine.publish(&key, message(2), &options()).await;
+    assert!(failed.is_err(), "a publish while Redis is down is an error, never acknowledged: {failed:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "it fails in bounded time: {:?}", started.elapsed());
+
+    let mut redis = start_redis(port);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let after = loop {
+        match engine.publish(&key, message(3), &options()).await {
+            Ok(outcome) => break outcome,
+            Err(err) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "service resumes within seconds of Redis returning: {err}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_ne!(after.epoch, before.epoch, "history was lost with Redis: the epoch tells");
+    let page = engine
+        .history(
+            &key,
+            HistoryQuery { since: None, direction: Direction::Forward, limit: 10 },
+            options().stream,
+        )
+        .await
+        .unwrap();
+    assert!(!page.covers(&before.epoch, before.offset), "the old position is not recoverable");
+    println!(
+        "redis restart without persistence: published 3, acknowledged 2, failed 1, epoch {} -> {}",
+        before.epoch, after.epoch
+    );
+    redis.kill().unwrap();
+    let _ = redis.wait();
+}

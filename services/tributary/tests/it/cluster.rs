@@ -1,0 +1,129 @@
+//! Several relay nodes on one Redis (the Redis engine): what is published on one node reaches
+//! subscribers on every node, in order; presence is the union over nodes; a client recovers on
+//! another node than the one it left.
+
+use serde_json::{Value, json};
+use tributary_testkit::{HistoryChecker, TestServer};
+
+fn offsets(messages: &[Value]) -> Vec<u64> {
+    messages.iter().map(|m| m["offset"].as_u64().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn a_message_published_on_one_node_reaches_subscribers_on_every_node_in_order() {
+    let nodes = TestServer::spawn_cluster(3, |_| {}).await;
+    let token = nodes[0].all_rights("fan").await;
+    let mut subscribers = Vec::new();
+    for node in &nodes {
+        let mut ws = node.ws(&token).await;
+        ws.request(json!({"op": "subscribe", "channel": "chat:cluster"})).await.unwrap();
+        subscribers.push(ws);
+    }
+    // Publishes from every node, through the HTTP API and from a client.
+    let mut publisher = nodes[2].ws(&token).await;
+    for n in 0..30 {
+        if n % 3 == 2 {
+            publisher.request(json!({"op": "publish", "channel": "chat:cluster", "data": n})).await.unwrap();
+        } else {
+            nodes[n % 3].publish("chat:cluster", json!(n)).await;
+        }
+    }
+    for ws in &mut subscribers {
+        let got = ws.messages(30).await.unwrap();
+        assert_eq!(offsets(&got), (1..=30).collect::<Vec<_>>(), "every message once, in offset order");
+        let data: Vec<u64> = got.iter().map(|m| m["data"].as_u64().unwrap()).collect();
+        assert_eq!(data, (0..30).collect::<Vec<_>>());
+    }
+}
+
+#[tokio::test]
+async fn presence_is_the_union_over_nodes_and_joins_are_announced_once() {
+    let nodes = TestServer::spawn_cluster(2, |_| {}).await;
+    let mut watcher = nodes[1].ws(&nodes[1].all_rights("watcher").await).await;
+    watcher.request(json!({"op": "subscribe", "channel": "chat:room"})).await.unwrap();
+    let mut alice = nodes[0].ws(&nodes[0].all_rights("alice").await).await;
+    alice.request(json!({"op": "subscribe", "channel": "chat:room"})).await.unwrap();
+    let mut alice_again = nodes[1].ws(&nodes[1].all_rights("alice").await).await;
+    alice_again.request(json!({"op": "subscribe", "channel": "chat:room"})).await.unwrap();
+    let mut joins = Vec::new();
+    while joins.len() < 2 {
+        let event = watcher.next_of("join").await.unwrap();
+        joins.push(event["member"]["client_id"].as_str().unwrap().to_owned());
+    }
+    joins.sort();
+    assert_eq!(joins, vec!["alice", "watcher"], "alice joined once for two connections on two nodes");
+    for node in &nodes {
+        let (status, presence) = node.get("/v1/channels/chat:room/presence").await;
+        assert_eq!(status, 200, "{presence}");
+        assert_eq!(presence["occupancy"], json!({"members": 2, "connections": 3}), "{presence}");
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_left_one_node_recovers_on_another_without_gap_or_duplicate() {
+    let nodes = TestServer::spawn_cluster(2, |_| {}).await;
+    let checker = HistoryChecker::new();
+    let token = nodes[0].all_rights("mover").await;
+    let mut ws = nodes[0].ws(&token).await;
+    let reply = ws.request(json!({"op": "subscribe", "channel": "chat:move"})).await.unwrap();
+    let (epoch, start) =
+        (reply["result"]["epoch"].as_str().unwrap().to_owned(), reply["result"]["offset"].as_u64().unwrap());
+    checker.started("mover", "chat:move", &epoch, start, None);
+    let publish = |n: u64| {
+        let (node, checker) = (&nodes[(n % 2) as usize], &checker);
+        async move {
+            let id = format!("m{n}");
+            let reply = node.publish("chat:move", json!({"id": id})).await;
+            checker.acknowledged(
+                "chat:move",
+                &id,
+                reply["epoch"].as_str().unwrap(),
+                reply["offset"].as_u64().unwrap(),
+            );
+        }
+    };
+    for n in 0..5 {
+        publish(n).await;
+    }
+    let mut last = start;
+    for frame in ws.messages(5).await.unwrap() {
+        last = frame["offset"].as_u64().unwrap();
+        checker.delivered(
+            "mover",
+            "chat:move",
+            frame["epoch"].as_str().unwrap(),
+            last,
+            frame["data"]["id"].as_str().unwrap(),
+        );
+    }
+    drop(ws);
+    for n in 5..12 {
+        publish(n).await;
+    }
+    let mut moved = nodes[1].ws(&token).await;
+    let reply = moved
+        .request(
+            json!({"op": "subscribe", "channel": "chat:move", "recover": {"epoch": epoch, "offset": last}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply["result"]["recovered"], true, "{reply}");
+    checker.started("mover", "chat:move", &epoch, last, Some(true));
+    for n in 12..15 {
+        publish(n).await;
+    }
+    for frame in moved.messages(10).await.unwrap() {
+        let offset = frame["offset"].as_u64().unwrap();
+        checker.delivered(
+            "mover",
+            "chat:move",
+            frame["epoch"].as_str().unwrap(),
+            offset,
+            frame["data"]["id"].as_str().unwrap(),
+        );
+    }
+    let report = checker.report();
+    println!("cluster recovery: {report}");
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.acknowledged, 15);
+}

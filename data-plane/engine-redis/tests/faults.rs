@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tributary_engine::{ChannelKey, Engine, HistoryQuery, NewMessage, PublishOptions, StreamOptions};
 use tributary_engine_redis::{RedisEngine, RedisEngineConfig};

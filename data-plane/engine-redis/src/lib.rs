@@ -7,8 +7,11 @@
 //! channels with local subscribers (reference counted), on one dedicated connection whose
 //! subscriptions are restored after a reconnect.
 //!
-//! Not yet: sharded pub/sub (`SSUBSCRIBE`, for Redis Cluster), and telling local subscribers
-//! when the pub/sub connection dropped (they may have missed publications).
+//! When the pub/sub connection drops, publications may be missed while it reconnects, so the
+//! node's subscribers of every subscribed channel are told to recover (see
+//! [`EngineSink::on_gap`]).
+//!
+//! Not yet: sharded pub/sub (`SSUBSCRIBE`, for Redis Cluster).
 
 mod scripts;
 mod wire;
@@ -79,6 +82,9 @@ struct Routes {
     /// Redis channel → the channel it carries, and how many local subscribe calls hold it.
     channels: RwLock<HashMap<String, (ChannelKey, usize)>>,
     control: OnceLock<String>,
+    /// Signalled when the pub/sub connection dropped, so it is re-established (with its
+    /// subscriptions) at once rather than at the next subscription change.
+    lost: tokio::sync::Notify,
 }
 
 fn lock_read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -92,6 +98,18 @@ fn lock_write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 impl Routes {
     /// Called by the connection for every push (pub/sub message); must not block.
     fn on_push(&self, push: PushInfo) {
+        if push.kind == PushKind::Disconnection {
+            // Whatever was published while the connection was down never reaches this node;
+            // its subscribers must recover from history.
+            let Some(sink) = self.sink.get().and_then(Weak::upgrade) else { return };
+            let keys: Vec<ChannelKey> = lock_read(&self.channels).values().map(|(k, _)| k.clone()).collect();
+            tracing::warn!(channels = keys.len(), "Redis pub/sub connection lost; subscribers will recover");
+            self.lost.notify_one();
+            for key in keys {
+                sink.on_gap(&key);
+            }
+            return;
+        }
         if push.kind != PushKind::Message {
             return;
         }
@@ -163,6 +181,7 @@ impl RedisEngine {
             routes,
         });
         tokio::spawn(sweep_presence(Arc::downgrade(&inner)));
+        tokio::spawn(keep_pubsub(Arc::downgrade(&inner)));
         Ok(Self { inner })
     }
 }
@@ -180,6 +199,32 @@ async fn sweep_presence(inner: Weak<Inner>) {
             if let Err(err) = inner.presence_read(&key).await {
                 tracing::debug!(error = %err, "presence sweep failed");
             }
+        }
+    }
+}
+
+/// Re-establishes the pub/sub connection whenever it drops: the connection manager reconnects
+/// (restoring every subscription) only when a command is sent, so one is sent until it works.
+async fn keep_pubsub(inner: Weak<Inner>) {
+    loop {
+        let Some(routes) = inner.upgrade().map(|i| i.routes.clone()) else { return };
+        // Wakes now and then to notice that the engine is gone.
+        tokio::select! {
+            _ = routes.lost.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
+        }
+        drop(routes);
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let Some(inner) = inner.upgrade() else { return };
+            let pinged: Result<String, _> =
+                redis::cmd("PING").query_async(&mut *inner.pubsub.lock().await).await;
+            if pinged.is_ok() {
+                break;
+            }
+            drop(inner);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
 }

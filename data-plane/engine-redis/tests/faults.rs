@@ -91,3 +91,43 @@ async fn while_redis_is_down_publishes_fail_and_after_a_restart_without_persiste
     redis.kill().unwrap();
     let _ = redis.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_pubsub_connection_is_reestablished_with_its_subscriptions() {
+    let port = free_port();
+    let mut redis = start_redis(port);
+    let url = format!("redis://127.0.0.1:{port}");
+    let listener: Arc<dyn Engine> =
+        Arc::new(RedisEngine::connect(RedisEngineConfig::new(url.clone())).await.unwrap());
+    let sink = tributary_engine::conformance::RecordingSink::attach(&listener);
+    let sender = RedisEngine::connect(RedisEngineConfig::new(url)).await.unwrap();
+    let killed = resp(port, &["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(killed.starts_with(":2"), "both engines' pub/sub connections were killed: {killed}");
+    // Nobody subscribes or unsubscribes: the engines reconnect by themselves, and the control
+    // channel subscription comes back with them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        sender.publish_control(bytes::Bytes::from_static(b"still there?")).await.unwrap();
+        if sink.seen().iter().any(|r| matches!(r, tributary_engine::conformance::Recorded::Control(_))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pub/sub connection did not come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    redis.kill().unwrap();
+    let _ = redis.wait();
+}
+
+/// Sends one command with hand-written RESP; returns the raw reply.
+fn resp(port: u16, args: &[&str]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut request = format!("*{}\r\n", args.len());
+    for arg in args {
+        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut reply = [0u8; 512];
+    let n = stream.read(&mut reply).unwrap();
+    String::from_utf8_lossy(&reply[..n]).into_owned()
+}

@@ -150,6 +150,11 @@ pub trait EngineSink: Send + Sync {
     fn on_presence(&self, key: &ChannelKey, event: &PresenceEvent);
     /// A node-wide control event (revocations, disconnects), delivered to every node.
     fn on_control(&self, event: &Bytes);
+    /// Publications of `key` may have been missed (the engine's delivery connection dropped):
+    /// the node's subscribers must recover from history, or they would see a silent gap.
+    fn on_gap(&self, key: &ChannelKey) {
+        let _ = key;
+    }
 }
 
 /// Channels: offsets, history, presence and delivery to every node's [`EngineSink`].

@@ -194,6 +194,17 @@ impl EngineSink for Hub {
         self.deliver(key, || Outbound::frame(event.encode(key.channel.as_str())));
     }
 
+    fn on_gap(&self, key: &ChannelKey) {
+        // Closed with "reconnect and recover": history has what the node missed.
+        let subs: Vec<ConnHandle> = lock(self.shard(key))
+            .get(key)
+            .map(|s| s.iter().map(|s| s.conn.clone()).collect())
+            .unwrap_or_default();
+        for conn in subs {
+            conn.close(tributary_protocol::CloseCode::SlowConsumer);
+        }
+    }
+
     fn on_control(&self, event: &Bytes) {
         let handler = lock(&self.control).clone();
         if let Some(handler) = handler {

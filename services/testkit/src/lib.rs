@@ -11,6 +11,7 @@
 //!   silently skipped messages and reused offsets in what a test published and received.
 
 pub mod checker;
+pub mod redis;
 pub mod sse;
 pub mod ws;
 
@@ -26,6 +27,7 @@ use tributary::config::TributaryConfig;
 use tributary_relay::RelayConfig;
 
 pub use checker::{HistoryChecker, Report};
+pub use redis::ThrowawayRedis;
 pub use sse::SseClient;
 pub use ws::WsClient;
 
@@ -67,16 +69,25 @@ impl TestServer {
     /// one Redis (`TRIBUTARY_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`) under a key
     /// prefix of their own: a cluster as a load balancer would see it.
     pub async fn spawn_cluster(nodes: usize, configure: impl Fn(&mut RelayConfig)) -> Vec<Self> {
-        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-        let master_key = tributary_store::MasterKey::generate().to_base64();
         let url =
             std::env::var("TRIBUTARY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        Self::spawn_cluster_on(&url, nodes, configure).await
+    }
+
+    /// Like [`TestServer::spawn_cluster`], on the Redis at `url`.
+    pub async fn spawn_cluster_on(
+        url: &str,
+        nodes: usize,
+        configure: impl Fn(&mut RelayConfig),
+    ) -> Vec<Self> {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let master_key = tributary_store::MasterKey::generate().to_base64();
         let prefix = format!("trbtest-{}", uuid::Uuid::new_v4().simple());
         let mut servers = Vec::with_capacity(nodes);
         for _ in 0..nodes {
             let server = Self::spawn_in(dir.clone(), master_key.clone(), |config| {
                 config.engine.kind = "redis".into();
-                config.engine.redis_url = url.clone();
+                config.engine.redis_url = url.to_owned();
                 config.engine.redis_prefix = prefix.clone();
                 configure(&mut config.relay);
             })

@@ -3,7 +3,7 @@
 //! another node than the one it left.
 
 use serde_json::{Value, json};
-use tributary_testkit::{HistoryChecker, TestServer};
+use tributary_testkit::{HistoryChecker, TestServer, ThrowawayRedis};
 
 fn offsets(messages: &[Value]) -> Vec<u64> {
     messages.iter().map(|m| m["offset"].as_u64().unwrap()).collect()
@@ -126,4 +126,35 @@ async fn a_client_that_left_one_node_recovers_on_another_without_gap_or_duplicat
     println!("cluster recovery: {report}");
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(report.acknowledged, 15);
+}
+
+#[tokio::test]
+async fn when_the_node_loses_its_redis_subscription_its_subscribers_are_told_to_recover() {
+    let redis = ThrowawayRedis::start();
+    let nodes = TestServer::spawn_cluster_on(&redis.url(), 1, |_| {}).await;
+    let node = &nodes[0];
+    let token = node.all_rights("gap").await;
+    let mut ws = node.ws(&token).await;
+    let reply = ws.request(json!({"op": "subscribe", "channel": "chat:gap"})).await.unwrap();
+    let epoch = reply["result"]["epoch"].clone();
+    node.publish("chat:gap", json!(1)).await;
+    let first = ws.messages(1).await.unwrap();
+    // The node's pub/sub connection is cut: what is published until it is back never reaches the
+    // node, so its subscriber must not simply go on (that would be a silent gap).
+    let killed = redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(
+        killed.starts_with(':') && !killed.starts_with(":0"),
+        "a pub/sub connection was killed: {killed}"
+    );
+    let (code, _) = ws.closed().await.unwrap();
+    assert_eq!(code, 3001, "told to reconnect and recover");
+    node.publish("chat:gap", json!(2)).await;
+    let mut again = node.ws(&token).await;
+    let reply = again
+        .request(json!({"op": "subscribe", "channel": "chat:gap", "recover": {"epoch": epoch, "offset": first[0]["offset"]}}))
+        .await
+        .unwrap();
+    assert_eq!(reply["result"]["recovered"], true, "{reply}");
+    node.publish("chat:gap", json!(3)).await;
+    assert_eq!(offsets(&again.messages(2).await.unwrap()), vec![2, 3]);
 }

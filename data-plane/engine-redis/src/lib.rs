@@ -101,13 +101,10 @@ impl Routes {
         if push.kind == PushKind::Disconnection {
             // Whatever was published while the connection was down never reaches this node;
             // its subscribers must recover from history.
-            let Some(sink) = self.sink.get().and_then(Weak::upgrade) else { return };
-            let keys: Vec<ChannelKey> = lock_read(&self.channels).values().map(|(k, _)| k.clone()).collect();
-            tracing::warn!(channels = keys.len(), "Redis pub/sub connection lost; subscribers will recover");
+            // Subscribers are told to recover once the node is subscribed again (see
+            // `keep_pubsub`): told earlier, they could read history before delivery resumed.
+            tracing::warn!("Redis pub/sub connection lost; reconnecting");
             self.lost.notify_one();
-            for key in keys {
-                sink.on_gap(&key);
-            }
             return;
         }
         if push.kind != PushKind::Message {
@@ -150,9 +147,10 @@ fn fresh_epoch() -> String {
 impl RedisEngine {
     /// Connects (one connection for commands, one for pub/sub) and starts the presence sweeper.
     pub async fn connect(config: RedisEngineConfig) -> Result<Self, EngineError> {
-        let client = redis::Client::open(format!("{}?protocol=resp3", config.url.trim_end_matches('/')))
-            .or_else(|_| redis::Client::open(config.url.as_str()))
-            .map_err(unavailable)?;
+        // Push messages (pub/sub on a multiplexed connection) need RESP3.
+        let separator = if config.url.contains('?') { '&' } else { '?' };
+        let client =
+            redis::Client::open(format!("{}{separator}protocol=resp3", config.url)).map_err(unavailable)?;
         let manager = || {
             ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(config.command_timeout))
@@ -195,37 +193,81 @@ async fn sweep_presence(inner: Weak<Inner>) {
         let Some(inner) = inner.upgrade() else { return };
         let keys: Vec<ChannelKey> =
             lock_read(&inner.routes.channels).values().map(|(k, _)| k.clone()).collect();
+        let idle_ms = inner.config.stream_idle_ttl.as_millis() as u64;
         for key in keys {
             if let Err(err) = inner.presence_read(&key).await {
                 tracing::debug!(error = %err, "presence sweep failed");
+            }
+            // A subscribed channel keeps its epoch however quiet it is.
+            let meta = inner.names(&key).meta;
+            let kept: Result<i64, _> = redis::cmd("PEXPIRE")
+                .arg(&meta)
+                .arg(idle_ms)
+                .arg("GT")
+                .query_async(&mut inner.commands.clone())
+                .await;
+            if let Err(err) = kept {
+                tracing::debug!(error = %err, "keeping the epoch failed");
             }
         }
     }
 }
 
-/// Re-establishes the pub/sub connection whenever it drops: the connection manager reconnects
-/// (restoring every subscription) only when a command is sent, so one is sent until it works.
+/// Keeps the pub/sub connection alive: pings it every few seconds (a half-open socket sends no
+/// disconnection), and whenever it dropped, reconnects with backoff, subscribes every routed
+/// channel and the control channel again, and only then tells the sink that the subscribers of
+/// those channels may have missed publications.
 async fn keep_pubsub(inner: Weak<Inner>) {
     loop {
         let Some(routes) = inner.upgrade().map(|i| i.routes.clone()) else { return };
-        // Wakes now and then to notice that the engine is gone.
-        tokio::select! {
-            _ = routes.lost.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
-        }
+        let dropped = tokio::select! {
+            _ = routes.lost.notified() => true,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => false,
+        };
         drop(routes);
+        let Some(engine) = inner.upgrade() else { return };
+        if !dropped && engine.ping_pubsub().await {
+            continue;
+        }
+        drop(engine);
         let mut backoff = Duration::from_millis(50);
         loop {
-            let Some(inner) = inner.upgrade() else { return };
-            let pinged: Result<String, _> =
-                redis::cmd("PING").query_async(&mut *inner.pubsub.lock().await).await;
-            if pinged.is_ok() {
+            let Some(engine) = inner.upgrade() else { return };
+            if engine.resubscribe().await {
                 break;
             }
-            drop(inner);
+            drop(engine);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
+    }
+}
+
+impl Inner {
+    async fn ping_pubsub(&self) -> bool {
+        let pinged: Result<String, _> = redis::cmd("PING").query_async(&mut *self.pubsub.lock().await).await;
+        pinged.is_ok()
+    }
+
+    /// Subscribes everything again on a fresh connection; returns false if Redis is not back.
+    async fn resubscribe(&self) -> bool {
+        let mut pubsub = self.pubsub.lock().await;
+        let mut channels: Vec<String> = lock_read(&self.routes.channels).keys().cloned().collect();
+        channels.extend(self.routes.control.get().cloned());
+        for channel in &channels {
+            if pubsub.subscribe(channel).await.is_err() {
+                return false;
+            }
+        }
+        drop(pubsub);
+        let Some(sink) = self.routes.sink.get().and_then(Weak::upgrade) else { return true };
+        let keys: Vec<ChannelKey> =
+            lock_read(&self.routes.channels).values().map(|(k, _)| k.clone()).collect();
+        tracing::info!(channels = keys.len(), "Redis pub/sub restored; subscribers will recover");
+        for key in keys {
+            sink.on_gap(&key);
+        }
+        true
     }
 }
 
@@ -389,6 +431,12 @@ impl Engine for RedisEngine {
     ) -> Result<HistoryPage, EngineError> {
         let inner = &self.inner;
         let names = inner.names(key);
+        // Nothing is before offset 0 or after the largest one; Redis would refuse those bounds.
+        let empty = matches!(
+            (query.direction, query.since),
+            (Direction::Backward, Some(0)) | (Direction::Forward, Some(u64::MAX))
+        );
+        let limit = if empty { 0 } else { query.limit };
         let (epoch, top, oldest, entries): (String, u64, i64, Vec<Value>) = inner
             .scripts
             .history
@@ -400,7 +448,7 @@ impl Engine for RedisEngine {
             .arg(stream.history_ttl.as_millis() as u64)
             .arg(if query.direction == Direction::Forward { "f" } else { "b" })
             .arg(query.since.map(|s| s.to_string()).unwrap_or_default())
-            .arg(query.limit)
+            .arg(limit)
             .arg(inner.meta_ttl_ms(stream))
             .invoke_async(&mut inner.commands.clone())
             .await
@@ -420,7 +468,6 @@ impl Engine for RedisEngine {
         let names = inner.names(key);
         let record =
             format!("{}{}", u8::from(options.announce), wire::encode_member(&member).map_err(unavailable)?);
-        let now = now_ms();
         let mut invocation = inner.scripts.presence_join.prepare_invoke();
         for k in &names.presence {
             invocation.key(k);
@@ -429,8 +476,8 @@ impl Engine for RedisEngine {
             .arg(&*member.conn_id)
             .arg(&*member.client_id)
             .arg(record)
-            .arg(now + options.ttl.as_millis() as u64)
-            .arg(now)
+            .arg(options.ttl.as_millis() as u64)
+            .arg(if member.state.is_some() { "1" } else { "0" })
             .arg(&names.pubsub);
         let joined: u8 = invocation.invoke_async(&mut inner.commands.clone()).await.map_err(unavailable)?;
         Ok(joined == 1)
@@ -446,7 +493,7 @@ impl Engine for RedisEngine {
         invocation
             .arg(&*member.conn_id)
             .arg(wire::encode_member(&member).map_err(unavailable)?)
-            .arg(now_ms())
+            .arg(&*member.client_id)
             .arg(&names.pubsub);
         let updated: u8 = invocation.invoke_async(&mut inner.commands.clone()).await.map_err(unavailable)?;
         Ok(updated == 1)

@@ -8,13 +8,22 @@
 
 /// Shared Lua helpers, prepended to the scripts that need them.
 const HELPERS: &str = r#"
-local function epoch_of(meta, fresh)
+-- A new epoch starts from nothing: a stream left behind by an expired or evicted meta key
+-- belongs to the old epoch and would collide with the new offsets.
+local function epoch_of(meta, stream, fresh)
   local epoch = redis.call('HGET', meta, 'e')
   if not epoch then
     epoch = fresh
     redis.call('HSET', meta, 'e', epoch, 't', 0)
+    redis.call('DEL', stream)
   end
   return epoch
+end
+
+-- Redis's own clock, so that every node agrees (milliseconds).
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
 -- Drops history entries older than the cutoff (oldest first; they are in time order).
@@ -54,13 +63,13 @@ end
 "#;
 
 /// KEYS: meta, stream, idempotency key (unused without one).
-/// ARGV: fresh epoch, now ms, history size, history ttl ms, idempotency window s,
+/// ARGV: fresh epoch, (unused), history size, history ttl ms, idempotency window s,
 /// has idempotency key (`1`), body, pub/sub channel, meta ttl ms.
 /// Returns `{epoch, offset, ts, duplicate}`.
 const PUBLISH: &str = r#"
 local meta, stream, idem = KEYS[1], KEYS[2], KEYS[3]
-local epoch = epoch_of(meta, ARGV[1])
-local now = tonumber(ARGV[2])
+local epoch = epoch_of(meta, stream, ARGV[1])
+local now = now_ms()
 if ARGV[6] == '1' then
   local previous = redis.call('GET', idem)
   if previous then
@@ -76,7 +85,9 @@ if size > 0 then
   trim_age(stream, now - ttl)
   redis.call('PEXPIRE', stream, ttl)
 end
-redis.call('PEXPIRE', meta, ARGV[9])
+-- Only ever extended: a read with a shorter TTL must not make the epoch expire sooner.
+redis.call('PEXPIRE', meta, ARGV[9], 'GT')
+if redis.call('PTTL', meta) == -1 then redis.call('PEXPIRE', meta, ARGV[9]) end
 if ARGV[6] == '1' then
   redis.call('SET', idem, epoch .. ':' .. offset .. ':' .. now, 'EX', ARGV[5])
 end
@@ -84,21 +95,22 @@ redis.call('PUBLISH', ARGV[8], 'p' .. epoch .. '\n' .. offset .. '\n' .. now .. 
 return {epoch, offset, now, 0}
 "#;
 
-/// KEYS: meta, stream. ARGV: fresh epoch, now ms, history size, history ttl ms, direction
+/// KEYS: meta, stream. ARGV: fresh epoch, (unused), history size, history ttl ms, direction
 /// (`f`/`b`), since (empty for none), limit, meta ttl ms.
 /// Returns `{epoch, top, oldest (-1 for none), entries}`.
 const HISTORY: &str = r#"
 local meta, stream = KEYS[1], KEYS[2]
-local epoch = epoch_of(meta, ARGV[1])
+local epoch = epoch_of(meta, stream, ARGV[1])
 local top = tonumber(redis.call('HGET', meta, 't') or 0)
 local size = tonumber(ARGV[3])
 if size == 0 then
   redis.call('DEL', stream)
 else
   redis.call('XTRIM', stream, 'MAXLEN', size)
-  trim_age(stream, tonumber(ARGV[2]) - tonumber(ARGV[4]))
+  trim_age(stream, now_ms() - tonumber(ARGV[4]))
 end
-redis.call('PEXPIRE', meta, ARGV[8])
+redis.call('PEXPIRE', meta, ARGV[8], 'GT')
+if redis.call('PTTL', meta) == -1 then redis.call('PEXPIRE', meta, ARGV[8]) end
 local oldest = -1
 local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
 if #first > 0 then oldest = tonumber(string.match(first[1][1], '^0%-(%d+)$')) end
@@ -119,20 +131,28 @@ return {epoch, top, oldest, entries}
 "#;
 
 /// KEYS: presence zset, members hash, counts hash. ARGV: conn id, client id, record
-/// (announce flag then member JSON), expiry ms, now ms, pub/sub channel.
-/// Returns 1 when this was the client's first connection.
+/// (announce flag then member JSON), ttl ms, whether the member carries state (`1`), pub/sub
+/// channel. Returns 1 when this was the client's first connection.
 const PRESENCE_JOIN: &str = r#"
 local zset, members, counts = KEYS[1], KEYS[2], KEYS[3]
-local now = tonumber(ARGV[5])
+local now = now_ms()
 sweep(zset, members, counts, now, ARGV[6])
-local expiry = tonumber(ARGV[4])
-local keep = expiry - now + 60000
+local expiry = now + tonumber(ARGV[4])
 local known = redis.call('ZSCORE', zset, ARGV[1])
 redis.call('ZADD', zset, expiry, ARGV[1])
+local count = 0
+if not known then
+  redis.call('HSET', members, ARGV[1], ARGV[3])
+  count = redis.call('HINCRBY', counts, ARGV[2], 1)
+elseif ARGV[5] == '1' then
+  -- A refresh that carries state replaces it; a bare heartbeat keeps the state set before.
+  redis.call('HSET', members, ARGV[1], ARGV[3])
+end
+-- After the writes, so every key exists and gets its expiry: an abandoned channel's presence
+-- disappears even if no node sweeps it.
+local keep = math.max(tonumber(redis.call('ZRANGE', zset, -1, -1, 'WITHSCORES')[2] or expiry), expiry) - now + 60000
 for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, keep) end
 if known then return 0 end
-redis.call('HSET', members, ARGV[1], ARGV[3])
-local count = redis.call('HINCRBY', counts, ARGV[2], 1)
 if count == 1 then
   if string.sub(ARGV[3], 1, 1) == '1' then
     redis.call('PUBLISH', ARGV[6], 'j' .. string.sub(ARGV[3], 2))
@@ -142,11 +162,11 @@ end
 return 0
 "#;
 
-/// KEYS: presence zset, members hash, counts hash. ARGV: conn id, now ms, pub/sub channel.
+/// KEYS: presence zset, members hash, counts hash. ARGV: conn id, (unused), pub/sub channel.
 /// Returns 1 when this was the client's last connection.
 const PRESENCE_LEAVE: &str = r#"
 local zset, members, counts = KEYS[1], KEYS[2], KEYS[3]
-sweep(zset, members, counts, tonumber(ARGV[2]), ARGV[3])
+sweep(zset, members, counts, now_ms(), ARGV[3])
 local record = redis.call('HGET', members, ARGV[1])
 if not record then return 0 end
 redis.call('ZREM', zset, ARGV[1])
@@ -161,23 +181,25 @@ end
 return 1
 "#;
 
-/// KEYS: presence zset, members hash, counts hash. ARGV: conn id, member JSON, now ms,
-/// pub/sub channel. Returns 1 when the connection was present (and the update announced).
+/// KEYS: presence zset, members hash, counts hash. ARGV: conn id, member JSON, client id,
+/// pub/sub channel. Returns 1 when the connection was present for that client (and the update
+/// was announced).
 const PRESENCE_UPDATE: &str = r#"
 local zset, members, counts = KEYS[1], KEYS[2], KEYS[3]
-sweep(zset, members, counts, tonumber(ARGV[3]), ARGV[4])
+sweep(zset, members, counts, now_ms(), ARGV[4])
 local record = redis.call('HGET', members, ARGV[1])
 if not record then return 0 end
+if cjson.decode(string.sub(record, 2)).client_id ~= ARGV[3] then return 0 end
 redis.call('HSET', members, ARGV[1], string.sub(record, 1, 1) .. ARGV[2])
 redis.call('PUBLISH', ARGV[4], 'u' .. ARGV[2])
 return 1
 "#;
 
-/// KEYS: presence zset, members hash, counts hash. ARGV: now ms, pub/sub channel.
+/// KEYS: presence zset, members hash, counts hash. ARGV: (unused), pub/sub channel.
 /// Returns `{members, client count, connection count}` after removing expired entries.
 const PRESENCE_READ: &str = r#"
 local zset, members, counts = KEYS[1], KEYS[2], KEYS[3]
-sweep(zset, members, counts, tonumber(ARGV[1]), ARGV[2])
+sweep(zset, members, counts, now_ms(), ARGV[2])
 return {redis.call('HVALS', members), redis.call('HLEN', counts), redis.call('ZCARD', zset)}
 "#;
 

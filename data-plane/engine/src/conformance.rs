@@ -344,6 +344,40 @@ pub async fn presence_update_replaces_state(engine: Arc<dyn Engine>) {
     assert_eq!(sink.presence_events(&key), vec![("presence", "dev".into())], "no join when not announcing");
 }
 
+/// Reads before the first offset or after the last are empty pages, not errors.
+pub async fn history_edges_are_empty_pages(engine: Arc<dyn Engine>) {
+    let key = unique_key("chat:edges");
+    engine.publish(&key, json(1), &opts(10)).await.unwrap();
+    let backward = HistoryQuery { since: Some(0), direction: Direction::Backward, limit: 10 };
+    let page = engine.history(&key, backward, stream(10)).await.unwrap();
+    assert!(page.publications.is_empty());
+    assert_eq!(page.top_offset, 1);
+    let page = engine.history(&key, forward(Some(u64::MAX), 10), stream(10)).await.unwrap();
+    assert!(page.publications.is_empty());
+}
+
+/// A heartbeat (a join without state) keeps the state a member set; a join with state replaces it.
+pub async fn presence_heartbeat_keeps_the_state(engine: Arc<dyn Engine>) {
+    let _sink = RecordingSink::attach(&engine);
+    let key = unique_key("chat:state");
+    let options = PresenceOptions { ttl: Duration::from_secs(60), announce: true };
+    let state = |json: &str| Some(Arc::from(serde_json::value::RawValue::from_string(json.into()).unwrap()));
+    engine
+        .presence_join(&key, MemberInfo { state: state("1"), ..member("dev", "d1") }, options)
+        .await
+        .unwrap();
+    engine.presence_join(&key, member("dev", "d1"), options).await.unwrap();
+    let members = engine.presence(&key).await.unwrap();
+    assert_eq!(members[0].state.as_ref().map(|s| s.get()), Some("1"), "a heartbeat keeps the state");
+    engine
+        .presence_join(&key, MemberInfo { state: state("2"), ..member("dev", "d1") }, options)
+        .await
+        .unwrap();
+    let members = engine.presence(&key).await.unwrap();
+    assert_eq!(members[0].state.as_ref().map(|s| s.get()), Some("2"));
+    assert_eq!(engine.occupancy(&key).await.unwrap().connections, 1);
+}
+
 /// Control events reach the sink.
 pub async fn control_events_are_delivered(engine: Arc<dyn Engine>) {
     let sink = RecordingSink::attach(&engine);
@@ -373,6 +407,8 @@ macro_rules! engine_conformance_suite {
             presence_expires_without_heartbeat,
             presence_heartbeat_keeps_a_member,
             presence_update_replaces_state,
+            history_edges_are_empty_pages,
+            presence_heartbeat_keeps_the_state,
             control_events_are_delivered,
         );
     };

@@ -184,11 +184,13 @@ pub trait Engine: Send + Sync + 'static {
         options: &PublishOptions,
     ) -> Result<PublishOutcome, EngineError>;
 
-    /// Starts delivering the channel's publications to this node's sink. While a node is
-    /// subscribed, the channel's stream (and so its epoch) is kept even when idle.
+    /// Starts delivering the channel's publications to this node's sink; returns once delivery
+    /// is live. Calls are counted (one per local subscription): the node stays subscribed while
+    /// more subscribes than unsubscribes were made. While a node is subscribed, the channel's
+    /// stream (and so its epoch) is kept even when idle.
     async fn subscribe(&self, key: &ChannelKey) -> Result<(), EngineError>;
 
-    /// Stops delivering the channel's publications to this node's sink.
+    /// Undoes one [`Engine::subscribe`]; the last one stops delivery to this node's sink.
     async fn unsubscribe(&self, key: &ChannelKey) -> Result<(), EngineError>;
 
     /// Reads history. Creates the stream's epoch if the channel has none yet, so that a

@@ -84,7 +84,7 @@ impl Hub {
     }
 
     /// Adds a subscriber in recovering mode; returns whether it is the channel's first local
-    /// subscriber (the caller then subscribes the node in the engine).
+    /// subscriber.
     pub fn add(&self, key: &ChannelKey, conn: &ConnHandle) -> bool {
         let mut shard = lock(self.shard(key));
         let subs = shard.entry(key.clone()).or_default();

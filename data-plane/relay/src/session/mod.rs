@@ -193,9 +193,8 @@ impl Session {
 
     async fn drop_subscription(&mut self, subscription: Subscription) {
         self.catching_up -= usize::from(subscription.catch_up.is_some());
-        if self.state.hub.remove(&subscription.key, self.conn.id())
-            && let Err(err) = self.state.engine.unsubscribe(&subscription.key).await
-        {
+        self.state.hub.remove(&subscription.key, self.conn.id());
+        if let Err(err) = self.state.engine.unsubscribe(&subscription.key).await {
             tracing::warn!(error = %err, "engine unsubscribe failed");
         }
         if subscription.presence

@@ -108,9 +108,11 @@ impl Session {
         // Without history a recovery simply reports `recovered: false` (unless nothing was
         // missed), so SSE and long-poll cursors work on live-only namespaces too.
         let key = ChannelKey::new(self.identity.app_id.clone(), channel.clone());
-        if self.state.hub.add(&key, &self.conn)
-            && let Err(err) = self.state.engine.subscribe(&key).await
-        {
+        // Every subscription subscribes in the engine (which counts them), not only the node's
+        // first: a second subscriber must also wait until delivery is live before it reads
+        // history, and a first subscribe still in flight does not guarantee that.
+        self.state.hub.add(&key, &self.conn);
+        if let Err(err) = self.state.engine.subscribe(&key).await {
             self.state.hub.remove(&key, self.conn.id());
             return Err(err.into());
         }
@@ -131,9 +133,8 @@ impl Session {
                 Ok(reply)
             }
             Err(err) => {
-                if self.state.hub.remove(&key, self.conn.id()) {
-                    let _ = self.state.engine.unsubscribe(&key).await;
-                }
+                self.state.hub.remove(&key, self.conn.id());
+                let _ = self.state.engine.unsubscribe(&key).await;
                 Err(err)
             }
         }

@@ -47,6 +47,10 @@ pub struct RedisEngineConfig {
     /// How often presence entries of subscribed channels are checked for expiry (their leaves
     /// are announced then).
     pub presence_sweep: Duration,
+    /// Keep epochs across Redis restarts and failovers. Only safe when Redis cannot lose an
+    /// acknowledged write (AOF with `appendfsync always`, no failover to an asynchronous
+    /// replica); otherwise every channel starts a new epoch after a restart, which is the truth.
+    pub trust_restarts: bool,
 }
 
 impl RedisEngineConfig {
@@ -58,6 +62,7 @@ impl RedisEngineConfig {
             stream_idle_ttl: Duration::from_secs(24 * 3600),
             command_timeout: Duration::from_secs(2),
             presence_sweep: Duration::from_millis(500),
+            trust_restarts: false,
         }
     }
 }
@@ -361,7 +366,7 @@ impl Engine for RedisEngine {
             .key(&names.stream)
             .key(idempotency.as_deref().unwrap_or(&names.meta))
             .arg(fresh_epoch())
-            .arg(now_ms())
+            .arg(if inner.config.trust_restarts { "1" } else { "0" })
             .arg(options.stream.history_size)
             .arg(options.stream.history_ttl.as_millis() as u64)
             .arg(options.idempotency_window.as_secs().max(1))
@@ -443,7 +448,7 @@ impl Engine for RedisEngine {
             .key(&names.meta)
             .key(&names.stream)
             .arg(fresh_epoch())
-            .arg(now_ms())
+            .arg(if inner.config.trust_restarts { "1" } else { "0" })
             .arg(stream.history_size)
             .arg(stream.history_ttl.as_millis() as u64)
             .arg(if query.direction == Direction::Forward { "f" } else { "b" })

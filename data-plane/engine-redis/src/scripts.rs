@@ -8,14 +8,31 @@
 
 /// Shared Lua helpers, prepended to the scripts that need them.
 const HELPERS: &str = r#"
--- A new epoch starts from nothing: a stream left behind by an expired or evicted meta key
--- belongs to the old epoch and would collide with the new offsets.
-local function epoch_of(meta, stream, fresh)
+-- The id of this Redis process: it changes with every restart and on a failover.
+local function run_id()
+  return string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+end
+
+-- The channel's epoch. A new epoch starts from nothing: a stream left behind by an expired or
+-- evicted meta key belongs to the old epoch and would collide with the new offsets. An epoch
+-- last used under another Redis process (a restart from a snapshot, a failover to a replica)
+-- may have lost its tail, and new messages would reuse the lost ones' offsets: unless restarts
+-- are trusted (`trust` = '1', for AOF with `appendfsync always`), it is replaced too, so a
+-- client recovering from it is told `recovered: false` instead of being shown a silent gap.
+local function epoch_of(meta, stream, fresh, trust)
+  local run = run_id()
   local epoch = redis.call('HGET', meta, 'e')
+  if epoch and redis.call('HGET', meta, 'r') ~= run then
+    if trust == '1' then
+      redis.call('HSET', meta, 'r', run)
+    else
+      epoch = nil
+    end
+  end
   if not epoch then
     epoch = fresh
-    redis.call('HSET', meta, 'e', epoch, 't', 0)
     redis.call('DEL', stream)
+    redis.call('HSET', meta, 'e', epoch, 't', 0, 'r', run)
   end
   return epoch
 end
@@ -63,12 +80,12 @@ end
 "#;
 
 /// KEYS: meta, stream, idempotency key (unused without one).
-/// ARGV: fresh epoch, (unused), history size, history ttl ms, idempotency window s,
+/// ARGV: fresh epoch, trust restarts (`1`), history size, history ttl ms, idempotency window s,
 /// has idempotency key (`1`), body, pub/sub channel, meta ttl ms.
 /// Returns `{epoch, offset, ts, duplicate}`.
 const PUBLISH: &str = r#"
 local meta, stream, idem = KEYS[1], KEYS[2], KEYS[3]
-local epoch = epoch_of(meta, stream, ARGV[1])
+local epoch = epoch_of(meta, stream, ARGV[1], ARGV[2])
 local now = now_ms()
 if ARGV[6] == '1' then
   local previous = redis.call('GET', idem)
@@ -95,12 +112,12 @@ redis.call('PUBLISH', ARGV[8], 'p' .. epoch .. '\n' .. offset .. '\n' .. now .. 
 return {epoch, offset, now, 0}
 "#;
 
-/// KEYS: meta, stream. ARGV: fresh epoch, (unused), history size, history ttl ms, direction
+/// KEYS: meta, stream. ARGV: fresh epoch, trust restarts (`1`), history size, history ttl ms, direction
 /// (`f`/`b`), since (empty for none), limit, meta ttl ms.
 /// Returns `{epoch, top, oldest (-1 for none), entries}`.
 const HISTORY: &str = r#"
 local meta, stream = KEYS[1], KEYS[2]
-local epoch = epoch_of(meta, stream, ARGV[1])
+local epoch = epoch_of(meta, stream, ARGV[1], ARGV[2])
 local top = tonumber(redis.call('HGET', meta, 't') or 0)
 local size = tonumber(ARGV[3])
 if size == 0 then

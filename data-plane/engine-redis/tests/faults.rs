@@ -131,3 +131,86 @@ fn resp(port: u16, args: &[&str]) -> String {
     let n = stream.read(&mut reply).unwrap();
     String::from_utf8_lossy(&reply[..n]).into_owned()
 }
+
+fn start_redis_in(port: u16, dir: &std::path::Path) -> std::process::Child {
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server is installed");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// Publishes until it succeeds (Redis may still be loading its snapshot).
+async fn publish_when_back(
+    engine: &Arc<dyn Engine>,
+    key: &ChannelKey,
+    n: u64,
+) -> tributary_engine::PublishOutcome {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match engine.publish(key, message(n), &options()).await {
+            Ok(outcome) => return outcome,
+            Err(err) => {
+                assert!(Instant::now() < deadline, "Redis did not come back: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_from_a_snapshot_that_lost_the_tail_changes_the_epoch_unless_restarts_are_trusted() {
+    for trust in [false, true] {
+        let dir = std::env::temp_dir().join(format!("trb-rdb-{}-{trust}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let mut redis = start_redis_in(port, &dir);
+        let mut config = RedisEngineConfig::new(format!("redis://127.0.0.1:{port}"));
+        config.trust_restarts = trust;
+        let engine: Arc<dyn Engine> = Arc::new(RedisEngine::connect(config).await.unwrap());
+        let key = ChannelKey::new("app", ChannelName::parse("chat:snapshot").unwrap());
+        for n in 1..=3 {
+            engine.publish(&key, message(n), &options()).await.unwrap();
+        }
+        assert!(resp(port, &["SAVE"]).starts_with("+OK"));
+        // Acknowledged after the snapshot: lost when Redis restarts from it.
+        let lost = engine.publish(&key, message(4), &options()).await.unwrap();
+        assert_eq!(lost.offset, 4);
+        redis.kill().unwrap();
+        redis.wait().unwrap();
+        let mut redis = start_redis_in(port, &dir);
+        let after = publish_when_back(&engine, &key, 5).await;
+        if trust {
+            assert_eq!(after.epoch, lost.epoch, "trusted: the epoch is kept...");
+            assert_eq!(after.offset, 4, "...and offset 4 is reused: why restarts are not trusted by default");
+        } else {
+            assert_ne!(after.epoch, lost.epoch, "the loss shows as a new epoch, never a reused offset");
+            assert_eq!(after.offset, 1);
+            let page = engine
+                .history(
+                    &key,
+                    HistoryQuery { since: Some(4), direction: Direction::Forward, limit: 10 },
+                    options().stream,
+                )
+                .await
+                .unwrap();
+            assert!(!page.covers(&lost.epoch, 4), "a client at offset 4 is told recovered: false");
+            println!(
+                "redis restart from a snapshot: acknowledged 4, lost 1 (offset 4), epoch {} -> {}, silent gaps 0",
+                lost.epoch, after.epoch
+            );
+        }
+        redis.kill().unwrap();
+        let _ = redis.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -82,6 +82,8 @@ pub struct EngineConfig {
     pub redis_url: String,
     /// Prefix of every Redis key and channel, so that deployments can share one Redis.
     pub redis_prefix: String,
+    /// Keep epochs across Redis restarts and failovers (only when Redis cannot lose a write).
+    pub redis_trust_restarts: bool,
 }
 
 impl Default for EngineConfig {
@@ -91,6 +93,7 @@ impl Default for EngineConfig {
             stream_idle_ttl_secs: 86_400,
             redis_url: String::new(),
             redis_prefix: "trb".into(),
+            redis_trust_restarts: false,
         }
     }
 }

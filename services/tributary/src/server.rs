@@ -192,6 +192,7 @@ pub async fn bind(
             let mut redis = RedisEngineConfig::new(config.engine.redis_url.clone());
             redis.prefix = config.engine.redis_prefix.clone();
             redis.stream_idle_ttl = stream_idle_ttl;
+            redis.trust_restarts = config.engine.redis_trust_restarts;
             Arc::new(RedisEngine::connect(redis).await.map_err(ServeError::Engine)?)
         }
         _ => Arc::new(MemoryEngine::new(MemoryEngineConfig {

@@ -40,6 +40,19 @@ enum Mode {
 struct Subscriber {
     conn: ConnHandle,
     mode: Mode,
+    /// The last offset its recovery delivered, and its epoch. With an engine whose live delivery
+    /// lags its storage (Redis: a publication can be in history before its pub/sub message
+    /// arrives), a publication at or below it may still come live; it was delivered already.
+    floor: Option<(Arc<str>, u64)>,
+}
+
+impl Subscriber {
+    fn already_has(&self, item: &Outbound) -> bool {
+        match (&self.floor, item) {
+            (Some((epoch, floor)), Outbound::Message(m)) => *m.epoch == **epoch && m.offset <= *floor,
+            _ => false,
+        }
+    }
 }
 
 type ChannelMap = HashMap<ChannelKey, Vec<Subscriber>>;
@@ -89,7 +102,7 @@ impl Hub {
         let mut shard = lock(self.shard(key));
         let subs = shard.entry(key.clone()).or_default();
         subs.retain(|s| s.conn.id() != conn.id());
-        subs.push(Subscriber { conn: conn.clone(), mode: Mode::Recovering(Vec::new()) });
+        subs.push(Subscriber { conn: conn.clone(), mode: Mode::Recovering(Vec::new()), floor: None });
         subs.len() == 1
     }
 
@@ -124,6 +137,7 @@ impl Hub {
             return;
         };
         let Mode::Recovering(buffer) = std::mem::replace(&mut sub.mode, Mode::Live) else { return };
+        sub.floor = Some((Arc::from(epoch), delivered));
         for item in buffer {
             let fresh = match &item {
                 // A new epoch means the stream restarted: everything in it is new.
@@ -159,7 +173,9 @@ impl Hub {
         let Some(subs) = shard.get_mut(key) else { return };
         let item = make();
         for sub in subs.iter_mut() {
+            let delivered_already = sub.already_has(&item);
             match &mut sub.mode {
+                Mode::Live if delivered_already => {}
                 Mode::Live => {
                     sub.conn.push(item.clone());
                 }
@@ -210,5 +226,52 @@ impl EngineSink for Hub {
         if let Some(handler) = handler {
             handler.on_control(event);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use futures::task::noop_waker_ref;
+    use tributary_engine::{ChannelKey, EngineSink};
+    use tributary_protocol::{ChannelName, Payload, Publication};
+
+    use super::Hub;
+    use crate::conn::{ConnHandle, Outbound};
+
+    fn publication(offset: u64) -> Publication {
+        Publication {
+            epoch: Arc::from("E"),
+            offset,
+            ts_ms: 0,
+            client_id: None,
+            payload: Payload::Json(Bytes::from_static(b"1")),
+            encoding: None,
+        }
+    }
+
+    #[test]
+    fn a_publication_recovery_already_delivered_is_not_delivered_again_live() {
+        let hub = Hub::new(16);
+        let key = ChannelKey::new("app", ChannelName::parse("chat:floor").unwrap());
+        let (conn, mut outbox) = ConnHandle::new("c".into(), "app".into(), 16, 1 << 20);
+        hub.add(&key, &conn);
+        // Recovery delivered up to 5 from history; offset 5's pub/sub message arrives late.
+        hub.finish_recovery(&key, &conn, "E", 5);
+        hub.on_publication(&key, &publication(5));
+        hub.on_publication(&key, &publication(6));
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let mut offsets = Vec::new();
+        let drained = outbox.poll_drain(&mut cx, 10, |item| {
+            if let Outbound::Message(m) = item {
+                offsets.push(m.offset);
+            }
+        });
+        assert_eq!(drained, Poll::Ready(1));
+        assert_eq!(offsets, vec![6]);
     }
 }

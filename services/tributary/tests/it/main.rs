@@ -11,6 +11,7 @@ mod conformance;
 mod docs;
 mod http_api;
 mod limits;
+mod node_failure;
 mod presence;
 mod pubsub;
 mod recovery;

@@ -90,6 +90,8 @@ struct Routes {
     /// Signalled when the pub/sub connection dropped, so it is re-established (with its
     /// subscriptions) at once rather than at the next subscription change.
     lost: tokio::sync::Notify,
+    /// Whether the pub/sub connection is up (deliveries reach this node).
+    delivering: std::sync::atomic::AtomicBool,
 }
 
 fn lock_read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -109,6 +111,7 @@ impl Routes {
             // Subscribers are told to recover once the node is subscribed again (see
             // `keep_pubsub`): told earlier, they could read history before delivery resumed.
             tracing::warn!("Redis pub/sub connection lost; reconnecting");
+            self.delivering.store(false, std::sync::atomic::Ordering::Release);
             self.lost.notify_one();
             return;
         }
@@ -176,6 +179,7 @@ impl RedisEngine {
         let control = format!("{}:control", config.prefix);
         pubsub.subscribe(&control).await.map_err(unavailable)?;
         let _ = routes.control.set(control);
+        routes.delivering.store(true, std::sync::atomic::Ordering::Release);
         let inner = Arc::new(Inner {
             config,
             commands,
@@ -234,6 +238,7 @@ async fn keep_pubsub(inner: Weak<Inner>) {
         if !dropped && engine.ping_pubsub().await {
             continue;
         }
+        engine.routes.delivering.store(false, std::sync::atomic::Ordering::Release);
         drop(engine);
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -265,6 +270,7 @@ impl Inner {
             }
         }
         drop(pubsub);
+        self.routes.delivering.store(true, std::sync::atomic::Ordering::Release);
         let Some(sink) = self.routes.sink.get().and_then(Weak::upgrade) else { return true };
         let keys: Vec<ChannelKey> =
             lock_read(&self.routes.channels).values().map(|(k, _)| k.clone()).collect();
@@ -522,6 +528,16 @@ impl Engine for RedisEngine {
 
     async fn occupancy(&self, key: &ChannelKey) -> Result<Occupancy, EngineError> {
         Ok(self.inner.presence_read(key).await?.1)
+    }
+
+    async fn ready(&self) -> Result<(), EngineError> {
+        let inner = &self.inner;
+        if !inner.routes.delivering.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(EngineError::Unavailable("Redis pub/sub connection is down".into()));
+        }
+        let _: String =
+            redis::cmd("PING").query_async(&mut inner.commands.clone()).await.map_err(unavailable)?;
+        Ok(())
     }
 
     async fn publish_control(&self, event: Bytes) -> Result<(), EngineError> {

@@ -227,4 +227,10 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Delivers a control event to every node's sink.
     async fn publish_control(&self, event: Bytes) -> Result<(), EngineError>;
+
+    /// Returns whether the engine can serve now (its backend reachable, deliveries flowing);
+    /// a node that is not ready should get no new clients from its load balancer.
+    async fn ready(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
 }

@@ -53,6 +53,7 @@ impl Relay {
             .route("/v1/sse", get(sse::stream))
             .route("/v1/poll", get(long_poll::poll))
             .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(ready))
             .merge(http_api::routes())
             .fallback(|| async { ApiError::from(ErrorCode::NotFound) })
             .layer(DefaultBodyLimit::max(self.state.config.max_frame_bytes))
@@ -68,5 +69,22 @@ impl Relay {
     pub fn shutdown(&self) {
         self.state.shutdown.cancel();
         self.state.connections.close_all(CloseCode::Shutdown);
+    }
+}
+
+/// `GET /readyz`: 200 while the node can serve (not draining, engine reachable), else 503.
+async fn ready(
+    axum::extract::State(state): axum::extract::State<Arc<RelayState>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if state.shutdown.is_cancelled() {
+        return ApiError::from(crate::ops::OpError::new(ErrorCode::Unavailable, "shutting down"))
+            .into_response();
+    }
+    match state.engine.ready().await {
+        Ok(()) => "ready".into_response(),
+        Err(err) => {
+            ApiError::from(crate::ops::OpError::new(ErrorCode::Unavailable, err.to_string())).into_response()
+        }
     }
 }

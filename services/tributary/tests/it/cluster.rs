@@ -158,3 +158,25 @@ async fn when_the_node_loses_its_redis_subscription_its_subscribers_are_told_to_
     node.publish("chat:gap", json!(3)).await;
     assert_eq!(offsets(&again.messages(2).await.unwrap()), vec![2, 3]);
 }
+
+#[tokio::test]
+async fn readyz_reports_the_node_unready_while_redis_is_unreachable() {
+    let mut redis = ThrowawayRedis::start();
+    let nodes = TestServer::spawn_cluster_on(&redis.url(), 1, |_| {}).await;
+    let node = &nodes[0];
+    assert_eq!(node.get("/readyz").await.0, 200);
+    redis.kill();
+    tributary_testkit::eventually("unready without Redis", std::time::Duration::from_secs(15), || async {
+        let (status, body) = node.get("/readyz").await;
+        status == 503 && body["error"]["name"] == "unavailable"
+    })
+    .await
+    .unwrap();
+    assert_eq!(node.get("/healthz").await.0, 200, "alive all the same");
+    redis.restart();
+    tributary_testkit::eventually("ready again", std::time::Duration::from_secs(15), || async {
+        node.get("/readyz").await.0 == 200
+    })
+    .await
+    .unwrap();
+}

@@ -38,19 +38,26 @@ fn server_addr(target: &Target) -> anyhow::Result<SocketAddr> {
     authority.parse().with_context(|| format!("{authority} is not ip:port"))
 }
 
-/// Opens a WebSocket from source address 127.0.0.(1 + n % source_ips) and sends `connect`.
-pub async fn connect(target: &Target, n: usize, token: &str) -> anyhow::Result<Ws> {
-    let server = server_addr(target)?;
+/// Opens TCP connection `n` to `server` with `TCP_NODELAY`, from 127.0.0.(1 + n % source_ips)
+/// when there are several source addresses.
+pub async fn tcp(server: SocketAddr, n: usize, source_ips: u8) -> anyhow::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
-    if target.source_ips > 1 {
+    if source_ips > 1 {
         // Binding before connecting makes the kernel search for a port free for every
         // destination, which costs more than the rest of the connection: only done when one
         // source address has too few ports.
-        let source = Ipv4Addr::new(127, 0, 0, 1 + (n % usize::from(target.source_ips)) as u8);
+        let source = Ipv4Addr::new(127, 0, 0, 1 + (n % usize::from(source_ips)) as u8);
         socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
     }
     let stream = socket.connect(server).await.context("tcp connect")?;
     stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Opens a WebSocket from source address 127.0.0.(1 + n % source_ips) and sends `connect`.
+pub async fn connect(target: &Target, n: usize, token: &str) -> anyhow::Result<Ws> {
+    let server = server_addr(target)?;
+    let stream = tcp(server, n, target.source_ips).await?;
     let mut request = format!("ws://{server}/v1/connect").into_client_request()?;
     request.headers_mut().insert("Sec-WebSocket-Protocol", "tributary.v1".parse()?);
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(client_config()))

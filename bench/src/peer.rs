@@ -7,12 +7,12 @@
 //! `"t":<digits>` stamp, which appears exactly once per delivered message. That is cheaper than
 //! decoding Tributary's WebSocket frames, so if anything it flatters the peers.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::ValueEnum;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 /// A server to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -49,15 +49,7 @@ impl Peer {
 }
 
 async fn open(addr: SocketAddr, n: usize, source_ips: u8) -> anyhow::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    // As for Tributary's clients: bind only when one source address has too few ports.
-    if source_ips > 1 {
-        let source = Ipv4Addr::new(127, 0, 0, 1 + (n % usize::from(source_ips)) as u8);
-        socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
-    }
-    let stream = socket.connect(addr).await.context("tcp connect")?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
+    crate::client::tcp(addr, n, source_ips).await
 }
 
 fn resp(parts: &[&str]) -> Vec<u8> {

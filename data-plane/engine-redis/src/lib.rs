@@ -18,7 +18,7 @@ mod wire;
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -141,10 +141,6 @@ fn unavailable(err: impl std::fmt::Display) -> EngineError {
     EngineError::Unavailable(err.to_string())
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 fn fresh_epoch() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -193,8 +189,9 @@ impl RedisEngine {
     }
 }
 
-/// Expires presence entries of subscribed channels, so a node that died without leaving has
-/// its members leave within their timeout even when nothing else touches the channel.
+/// The upkeep of the channels this node serves: expired presence entries leave (so a node that
+/// died without leaving has its members leave within their timeout even when nothing else
+/// touches the channel), and the channels keep their epochs however quiet they are.
 async fn sweep_presence(inner: Weak<Inner>) {
     loop {
         let Some(every) = inner.upgrade().map(|i| i.config.presence_sweep) else { return };
@@ -204,19 +201,12 @@ async fn sweep_presence(inner: Weak<Inner>) {
             lock_read(&inner.routes.channels).values().map(|(k, _)| k.clone()).collect();
         let idle_ms = inner.config.stream_idle_ttl.as_millis() as u64;
         for key in keys {
-            if let Err(err) = inner.presence_read(&key).await {
-                tracing::debug!(error = %err, "presence sweep failed");
-            }
-            // A subscribed channel keeps its epoch however quiet it is.
-            let meta = inner.names(&key).meta;
-            let kept: Result<i64, _> = redis::cmd("PEXPIRE")
-                .arg(&meta)
-                .arg(idle_ms)
-                .arg("GT")
-                .query_async(&mut inner.commands.clone())
-                .await;
-            if let Err(err) = kept {
-                tracing::debug!(error = %err, "keeping the epoch failed");
+            let names = inner.names(&key);
+            let mut invocation = names.presence_call(&inner.scripts.upkeep);
+            invocation.key(&names.meta).arg(&names.pubsub).arg(idle_ms);
+            let done: Result<i64, _> = invocation.invoke_async(&mut inner.commands.clone()).await;
+            if let Err(err) = done {
+                tracing::debug!(error = %err, "channel upkeep failed");
             }
         }
     }
@@ -290,6 +280,17 @@ struct Names {
     presence: [String; 3],
 }
 
+impl Names {
+    /// Starts a call of a presence script: its first keys are the channel's presence keys.
+    fn presence_call<'a>(&'a self, script: &'a redis::Script) -> redis::ScriptInvocation<'a> {
+        let mut invocation = script.prepare_invoke();
+        for key in &self.presence {
+            invocation.key(key);
+        }
+        invocation
+    }
+}
+
 impl Inner {
     fn names(&self, key: &ChannelKey) -> Names {
         let tag = format!("{{{}:{}}}", key.app, key.channel.as_str());
@@ -308,11 +309,8 @@ impl Inner {
 
     async fn presence_read(&self, key: &ChannelKey) -> Result<(Vec<MemberInfo>, Occupancy), EngineError> {
         let names = self.names(key);
-        let mut invocation = self.scripts.presence_read.prepare_invoke();
-        for k in &names.presence {
-            invocation.key(k);
-        }
-        invocation.arg(now_ms()).arg(&names.pubsub);
+        let mut invocation = names.presence_call(&self.scripts.presence_read);
+        invocation.arg(&names.pubsub);
         let (records, members, connections): (Vec<String>, usize, usize) =
             invocation.invoke_async(&mut self.commands.clone()).await.map_err(unavailable)?;
         let list = records
@@ -479,10 +477,7 @@ impl Engine for RedisEngine {
         let names = inner.names(key);
         let record =
             format!("{}{}", u8::from(options.announce), wire::encode_member(&member).map_err(unavailable)?);
-        let mut invocation = inner.scripts.presence_join.prepare_invoke();
-        for k in &names.presence {
-            invocation.key(k);
-        }
+        let mut invocation = names.presence_call(&inner.scripts.presence_join);
         invocation
             .arg(&*member.conn_id)
             .arg(&*member.client_id)
@@ -497,10 +492,7 @@ impl Engine for RedisEngine {
     async fn presence_update(&self, key: &ChannelKey, member: MemberInfo) -> Result<bool, EngineError> {
         let inner = &self.inner;
         let names = inner.names(key);
-        let mut invocation = inner.scripts.presence_update.prepare_invoke();
-        for k in &names.presence {
-            invocation.key(k);
-        }
+        let mut invocation = names.presence_call(&inner.scripts.presence_update);
         invocation
             .arg(&*member.conn_id)
             .arg(wire::encode_member(&member).map_err(unavailable)?)
@@ -513,11 +505,8 @@ impl Engine for RedisEngine {
     async fn presence_leave(&self, key: &ChannelKey, conn_id: &str) -> Result<bool, EngineError> {
         let inner = &self.inner;
         let names = inner.names(key);
-        let mut invocation = inner.scripts.presence_leave.prepare_invoke();
-        for k in &names.presence {
-            invocation.key(k);
-        }
-        invocation.arg(conn_id).arg(now_ms()).arg(&names.pubsub);
+        let mut invocation = names.presence_call(&inner.scripts.presence_leave);
+        invocation.arg(conn_id).arg(&names.pubsub);
         let left: u8 = invocation.invoke_async(&mut inner.commands.clone()).await.map_err(unavailable)?;
         Ok(left == 1)
     }

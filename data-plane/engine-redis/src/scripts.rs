@@ -58,23 +58,26 @@ local function trim_age(stream, cutoff)
   end
 end
 
+-- Removes a connection's presence entry; returns 1 when it was its client's last connection
+-- (the leave is announced if the entry was joined announcing).
+local function drop_conn(zset, members, counts, conn, channel)
+  local record = redis.call('HGET', members, conn)
+  redis.call('ZREM', zset, conn)
+  if not record then return 0 end
+  redis.call('HDEL', members, conn)
+  local client = cjson.decode(string.sub(record, 2)).client_id
+  if redis.call('HINCRBY', counts, client, -1) > 0 then return 0 end
+  redis.call('HDEL', counts, client)
+  if string.sub(record, 1, 1) == '1' then
+    redis.call('PUBLISH', channel, 'l' .. string.sub(record, 2))
+  end
+  return 1
+end
+
 -- Removes expired presence entries, announcing leaves for the last connection of a client.
 local function sweep(zset, members, counts, now, channel)
-  local expired = redis.call('ZRANGEBYSCORE', zset, '-inf', now)
-  for _, conn in ipairs(expired) do
-    local record = redis.call('HGET', members, conn)
-    redis.call('ZREM', zset, conn)
-    redis.call('HDEL', members, conn)
-    if record then
-      local client = cjson.decode(string.sub(record, 2)).client_id
-      local left = redis.call('HINCRBY', counts, client, -1)
-      if left <= 0 then
-        redis.call('HDEL', counts, client)
-        if string.sub(record, 1, 1) == '1' then
-          redis.call('PUBLISH', channel, 'l' .. string.sub(record, 2))
-        end
-      end
-    end
+  for _, conn in ipairs(redis.call('ZRANGEBYSCORE', zset, '-inf', now)) do
+    drop_conn(zset, members, counts, conn, channel)
   end
 end
 "#;
@@ -179,23 +182,12 @@ end
 return 0
 "#;
 
-/// KEYS: presence zset, members hash, counts hash. ARGV: conn id, (unused), pub/sub channel.
+/// KEYS: presence zset, members hash, counts hash. ARGV: conn id, pub/sub channel.
 /// Returns 1 when this was the client's last connection.
 const PRESENCE_LEAVE: &str = r#"
 local zset, members, counts = KEYS[1], KEYS[2], KEYS[3]
-sweep(zset, members, counts, now_ms(), ARGV[3])
-local record = redis.call('HGET', members, ARGV[1])
-if not record then return 0 end
-redis.call('ZREM', zset, ARGV[1])
-redis.call('HDEL', members, ARGV[1])
-local client = cjson.decode(string.sub(record, 2)).client_id
-local left = redis.call('HINCRBY', counts, client, -1)
-if left > 0 then return 0 end
-redis.call('HDEL', counts, client)
-if string.sub(record, 1, 1) == '1' then
-  redis.call('PUBLISH', ARGV[3], 'l' .. string.sub(record, 2))
-end
-return 1
+sweep(zset, members, counts, now_ms(), ARGV[2])
+return drop_conn(zset, members, counts, ARGV[1], ARGV[2])
 "#;
 
 /// KEYS: presence zset, members hash, counts hash. ARGV: conn id, member JSON, client id,
@@ -212,12 +204,21 @@ redis.call('PUBLISH', ARGV[4], 'u' .. ARGV[2])
 return 1
 "#;
 
-/// KEYS: presence zset, members hash, counts hash. ARGV: (unused), pub/sub channel.
+/// KEYS: presence zset, members hash, counts hash. ARGV: pub/sub channel.
 /// Returns `{members, client count, connection count}` after removing expired entries.
 const PRESENCE_READ: &str = r#"
 local zset, members, counts = KEYS[1], KEYS[2], KEYS[3]
-sweep(zset, members, counts, now_ms(), ARGV[2])
+sweep(zset, members, counts, now_ms(), ARGV[1])
 return {redis.call('HVALS', members), redis.call('HLEN', counts), redis.call('ZCARD', zset)}
+"#;
+
+/// The periodic upkeep of a channel a node serves, in one round trip: expired presence entries
+/// leave, and the channel keeps its epoch however quiet it is.
+/// KEYS: presence zset, members hash, counts hash, meta. ARGV: pub/sub channel, meta ttl ms.
+const UPKEEP: &str = r#"
+sweep(KEYS[1], KEYS[2], KEYS[3], now_ms(), ARGV[1])
+redis.call('PEXPIRE', KEYS[4], ARGV[2], 'GT')
+return 0
 "#;
 
 /// The scripts, loaded once per engine.
@@ -234,6 +235,8 @@ pub struct Scripts {
     pub presence_update: redis::Script,
     /// See [`PRESENCE_READ`].
     pub presence_read: redis::Script,
+    /// See [`UPKEEP`].
+    pub upkeep: redis::Script,
 }
 
 fn with_helpers(body: &str) -> redis::Script {
@@ -250,6 +253,7 @@ impl Scripts {
             presence_leave: with_helpers(PRESENCE_LEAVE),
             presence_update: with_helpers(PRESENCE_UPDATE),
             presence_read: with_helpers(PRESENCE_READ),
+            upkeep: with_helpers(UPKEEP),
         }
     }
 }

@@ -17,8 +17,17 @@ fn free_port() -> u16 {
 }
 
 fn start_redis(port: u16) -> std::process::Child {
+    start_redis_in(port, &std::env::temp_dir())
+}
+
+/// Starts a `redis-server` without automatic persistence; `dir` is where `SAVE` writes and where
+/// a restart loads from.
+fn start_redis_in(port: u16, dir: &std::path::Path) -> std::process::Child {
     let child = std::process::Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(["--dbfilename", &format!("trb-{port}.rdb")])
+        .arg("--dir")
+        .arg(dir)
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("redis-server is installed (scripts/test installs it)");
@@ -130,22 +139,6 @@ fn resp(port: u16, args: &[&str]) -> String {
     let mut reply = [0u8; 512];
     let n = stream.read(&mut reply).unwrap();
     String::from_utf8_lossy(&reply[..n]).into_owned()
-}
-
-fn start_redis_in(port: u16, dir: &std::path::Path) -> std::process::Child {
-    let child = std::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server is installed");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
 }
 
 /// Publishes until it succeeds (Redis may still be loading its snapshot).

@@ -85,6 +85,18 @@ struct Shared {
     close_code: OnceLock<CloseCode>,
 }
 
+impl Queue {
+    /// Hands up to `max` frames to `take`, oldest first; returns how many.
+    fn take(&mut self, max: usize, mut take: impl FnMut(Outbound)) -> usize {
+        let n = self.items.len().min(max);
+        for item in self.items.drain(..n) {
+            self.bytes -= item.len();
+            take(item);
+        }
+        n
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -232,7 +244,7 @@ impl Outbox {
         &mut self,
         cx: &mut Context<'_>,
         max: usize,
-        mut take: impl FnMut(Outbound),
+        take: impl FnMut(Outbound),
     ) -> Poll<usize> {
         let mut queue = lock(&self.shared.queue);
         if queue.items.is_empty() {
@@ -247,13 +259,7 @@ impl Outbox {
             }
             return Poll::Pending;
         }
-        let queue = &mut *queue;
-        let n = queue.items.len().min(max);
-        for item in queue.items.drain(..n) {
-            queue.bytes -= item.len();
-            take(item);
-        }
-        Poll::Ready(n)
+        Poll::Ready(queue.take(max, take))
     }
 
     /// Moves up to `max` queued frames into `batch`, waiting for the first; returns 0 once the
@@ -264,14 +270,7 @@ impl Outbox {
 
     /// Moves up to `max` queued frames into `batch` without waiting.
     pub fn try_recv_many(&mut self, batch: &mut Vec<Outbound>, max: usize) -> usize {
-        let mut queue = lock(&self.shared.queue);
-        let queue = &mut *queue;
-        let n = queue.items.len().min(max);
-        for item in queue.items.drain(..n) {
-            queue.bytes -= item.len();
-            batch.push(item);
-        }
-        n
+        lock(&self.shared.queue).take(max, |item| batch.push(item))
     }
 }
 

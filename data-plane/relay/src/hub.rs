@@ -96,14 +96,13 @@ impl Hub {
         &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
     }
 
-    /// Adds a subscriber in recovering mode; returns whether it is the channel's first local
-    /// subscriber.
-    pub fn add(&self, key: &ChannelKey, conn: &ConnHandle) -> bool {
+    /// Adds a subscriber in recovering mode. (The engine counts subscriptions itself: every
+    /// local subscription subscribes there too.)
+    pub fn add(&self, key: &ChannelKey, conn: &ConnHandle) {
         let mut shard = lock(self.shard(key));
         let subs = shard.entry(key.clone()).or_default();
         subs.retain(|s| s.conn.id() != conn.id());
         subs.push(Subscriber { conn: conn.clone(), mode: Mode::Recovering(Vec::new()), floor: None });
-        subs.len() == 1
     }
 
     fn set_mode(&self, key: &ChannelKey, conn: &ConnHandle, mode: Mode) {
@@ -150,17 +149,14 @@ impl Hub {
         }
     }
 
-    /// Removes a subscriber; returns whether the channel has no local subscriber left.
-    pub fn remove(&self, key: &ChannelKey, conn_id: &str) -> bool {
+    /// Removes a subscriber.
+    pub fn remove(&self, key: &ChannelKey, conn_id: &str) {
         let mut shard = lock(self.shard(key));
-        let Some(subs) = shard.get_mut(key) else { return false };
-        let before = subs.len();
+        let Some(subs) = shard.get_mut(key) else { return };
         subs.retain(|s| &**s.conn.id() != conn_id);
-        let removed = subs.len() < before;
         if subs.is_empty() {
             shard.remove(key);
         }
-        removed && !shard.contains_key(key)
     }
 
     /// Returns how many local subscribers `key` has.

@@ -314,7 +314,6 @@ async fn serve(live: &mut Live<Stream>) -> Option<u16> {
             Box::pin(live.session.catch_up()).await;
         }
         {
-            deadlines.rebase();
             let next = deadlines.next(live.socket.stalled_since(), intervals(live.config()).0);
             if timer.deadline() != next {
                 timer.as_mut().reset(next);
@@ -359,6 +358,8 @@ async fn serve(live: &mut Live<Stream>) -> Option<u16> {
                 }
             }
             Event::Timer => {
+                // Here rather than on every wake: the timer fires at least every ping interval.
+                deadlines.rebase();
                 let now = Instant::now();
                 let (idle, ping_every, heartbeat_every) = intervals(live.config());
                 let conn = live.session.conn();

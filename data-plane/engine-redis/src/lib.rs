@@ -11,8 +11,10 @@
 //! node's subscribers of every subscribed channel are told to recover (see
 //! [`EngineSink::on_gap`]).
 //!
-//! Not yet: sharded pub/sub (`SSUBSCRIBE`, for Redis Cluster).
+//! The same code serves one Redis server and a Redis Cluster (see [`connection`]): every key of
+//! a channel shares one hash slot, and publications travel on sharded pub/sub.
 
+pub mod connection;
 mod scripts;
 mod wire;
 
@@ -22,7 +24,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{PushInfo, PushKind, Value};
 use tributary_engine::{
     ChannelKey, Engine, EngineError, EngineSink, HistoryPage, HistoryQuery, NewMessage, Occupancy,
@@ -30,13 +31,15 @@ use tributary_engine::{
 };
 use tributary_protocol::frame::{Direction, MemberInfo};
 
+use connection::{Conn, Target};
 use scripts::Scripts;
 use wire::Received;
 
 /// Settings of the Redis engine.
 #[derive(Debug, Clone)]
 pub struct RedisEngineConfig {
-    /// `redis://host:port/db` (`rediss://` for TLS).
+    /// `redis://host:port/db`, or `redis+cluster://host:port,host:port` for a Redis Cluster
+    /// (see [`Target`]).
     pub url: String,
     /// Prefix of every key and channel, so that several deployments can share one Redis.
     pub prefix: String,
@@ -74,8 +77,8 @@ pub struct RedisEngine {
 
 struct Inner {
     config: RedisEngineConfig,
-    commands: ConnectionManager,
-    pubsub: tokio::sync::Mutex<ConnectionManager>,
+    commands: Conn,
+    pubsub: tokio::sync::Mutex<Conn>,
     scripts: Scripts,
     routes: Arc<Routes>,
 }
@@ -115,7 +118,24 @@ impl Routes {
             self.lost.notify_one();
             return;
         }
-        if push.kind != PushKind::Message {
+        if push.kind == PushKind::SUnsubscribe {
+            // Redis Cluster drops a node's shard subscriptions when their slot moves to another
+            // node; one the engine still holds must be made again, and its subscribers recover.
+            let still_held = match push.data.first() {
+                Some(Value::BulkString(channel)) => {
+                    lock_read(&self.channels).contains_key(String::from_utf8_lossy(channel).as_ref())
+                        || self.control.get().is_some_and(|c| c.as_bytes() == channel.as_slice())
+                }
+                _ => false,
+            };
+            if still_held {
+                tracing::warn!("Redis dropped a shard subscription (slot moved); subscribing again");
+                self.delivering.store(false, std::sync::atomic::Ordering::Release);
+                self.lost.notify_one();
+            }
+            return;
+        }
+        if push.kind != PushKind::SMessage {
             return;
         }
         let [Value::BulkString(channel), Value::BulkString(message)] = &push.data[..] else { return };
@@ -151,29 +171,16 @@ fn fresh_epoch() -> String {
 impl RedisEngine {
     /// Connects (one connection for commands, one for pub/sub) and starts the presence sweeper.
     pub async fn connect(config: RedisEngineConfig) -> Result<Self, EngineError> {
-        // Push messages (pub/sub on a multiplexed connection) need RESP3.
-        let separator = if config.url.contains('?') { '&' } else { '?' };
-        let client =
-            redis::Client::open(format!("{}{separator}protocol=resp3", config.url)).map_err(unavailable)?;
-        let manager = || {
-            ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(config.command_timeout))
-                .set_response_timeout(Some(config.command_timeout))
-                .set_number_of_retries(2)
-        };
-        let commands = client.get_connection_manager_with_config(manager()).await.map_err(unavailable)?;
+        let target = Target::parse(&config.url).map_err(EngineError::Unavailable)?;
+        let commands = Conn::open(&target, config.command_timeout, None).await.map_err(unavailable)?;
         let routes = Arc::new(Routes::default());
         let pushed = routes.clone();
-        let pubsub_config = manager()
-            .set_push_sender(move |push: PushInfo| -> Result<(), std::convert::Infallible> {
-                pushed.on_push(push);
-                Ok(())
-            })
-            .set_automatic_resubscription();
         let mut pubsub =
-            client.get_connection_manager_with_config(pubsub_config).await.map_err(unavailable)?;
+            Conn::open(&target, config.command_timeout, Some(Box::new(move |push| pushed.on_push(push))))
+                .await
+                .map_err(unavailable)?;
         let control = format!("{}:control", config.prefix);
-        pubsub.subscribe(&control).await.map_err(unavailable)?;
+        pubsub.ssubscribe(&control).await.map_err(unavailable)?;
         let _ = routes.control.set(control);
         routes.delivering.store(true, std::sync::atomic::Ordering::Release);
         let inner = Arc::new(Inner {
@@ -255,7 +262,7 @@ impl Inner {
         let mut channels: Vec<String> = lock_read(&self.routes.channels).keys().cloned().collect();
         channels.extend(self.routes.control.get().cloned());
         for channel in &channels {
-            if pubsub.subscribe(channel).await.is_err() {
+            if pubsub.ssubscribe(channel).await.is_err() {
                 return false;
             }
         }
@@ -395,7 +402,7 @@ impl Engine for RedisEngine {
             entry.1 += 1;
             entry.1 == 1
         };
-        if first && let Err(err) = pubsub.subscribe(&channel).await {
+        if first && let Err(err) = pubsub.ssubscribe(&channel).await {
             let mut channels = lock_write(&inner.routes.channels);
             if let Some(entry) = channels.get_mut(&channel) {
                 entry.1 -= 1;
@@ -427,7 +434,7 @@ impl Engine for RedisEngine {
             }
         };
         if last {
-            pubsub.unsubscribe(&channel).await.map_err(unavailable)?;
+            pubsub.sunsubscribe(&channel).await.map_err(unavailable)?;
         }
         Ok(())
     }
@@ -532,7 +539,7 @@ impl Engine for RedisEngine {
     async fn publish_control(&self, event: Bytes) -> Result<(), EngineError> {
         let inner = &self.inner;
         let channel = inner.routes.control.get().cloned().unwrap_or_default();
-        let _: i64 = redis::cmd("PUBLISH")
+        let _: i64 = redis::cmd("SPUBLISH")
             .arg(channel)
             .arg(event.as_ref())
             .query_async(&mut inner.commands.clone())

@@ -69,7 +69,7 @@ local function drop_conn(zset, members, counts, conn, channel)
   if redis.call('HINCRBY', counts, client, -1) > 0 then return 0 end
   redis.call('HDEL', counts, client)
   if string.sub(record, 1, 1) == '1' then
-    redis.call('PUBLISH', channel, 'l' .. string.sub(record, 2))
+    redis.call('SPUBLISH', channel, 'l' .. string.sub(record, 2))
   end
   return 1
 end
@@ -111,7 +111,7 @@ if redis.call('PTTL', meta) == -1 then redis.call('PEXPIRE', meta, ARGV[9]) end
 if ARGV[6] == '1' then
   redis.call('SET', idem, epoch .. ':' .. offset .. ':' .. now, 'EX', ARGV[5])
 end
-redis.call('PUBLISH', ARGV[8], 'p' .. epoch .. '\n' .. offset .. '\n' .. now .. '\n' .. ARGV[7])
+redis.call('SPUBLISH', ARGV[8], 'p' .. epoch .. '\n' .. offset .. '\n' .. now .. '\n' .. ARGV[7])
 return {epoch, offset, now, 0}
 "#;
 
@@ -175,7 +175,7 @@ for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, keep) end
 if known then return 0 end
 if count == 1 then
   if string.sub(ARGV[3], 1, 1) == '1' then
-    redis.call('PUBLISH', ARGV[6], 'j' .. string.sub(ARGV[3], 2))
+    redis.call('SPUBLISH', ARGV[6], 'j' .. string.sub(ARGV[3], 2))
   end
   return 1
 end
@@ -200,7 +200,7 @@ local record = redis.call('HGET', members, ARGV[1])
 if not record then return 0 end
 if cjson.decode(string.sub(record, 2)).client_id ~= ARGV[3] then return 0 end
 redis.call('HSET', members, ARGV[1], string.sub(record, 1, 1) .. ARGV[2])
-redis.call('PUBLISH', ARGV[4], 'u' .. ARGV[2])
+redis.call('SPUBLISH', ARGV[4], 'u' .. ARGV[2])
 return 1
 "#;
 

@@ -27,7 +27,7 @@ use tributary::config::TributaryConfig;
 use tributary_relay::RelayConfig;
 
 pub use checker::{HistoryChecker, Report};
-pub use redis::ThrowawayRedis;
+pub use redis::{ThrowawayCluster, ThrowawayRedis};
 pub use sse::SseClient;
 pub use ws::WsClient;
 

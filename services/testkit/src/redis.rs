@@ -11,16 +11,25 @@ use tokio::time::Instant;
 pub struct ThrowawayRedis {
     port: u16,
     child: Option<Child>,
+    /// More `redis-server` arguments (cluster mode).
+    extra: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 impl ThrowawayRedis {
     /// Starts one without persistence on a free port and waits until it accepts connections.
     pub fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let mut redis = Self { port, child: None };
+        Self::start_with(Vec::new())
+    }
+
+    fn start_with(extra: Vec<String>) -> Self {
+        let mut redis = Self { port: free_port(), child: None, extra };
         redis.restart();
         redis
     }
@@ -52,6 +61,7 @@ impl ThrowawayRedis {
                 "--appendonly",
                 "no",
             ])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server is installed (scripts/test installs it)");
@@ -81,5 +91,68 @@ impl ThrowawayRedis {
 impl Drop for ThrowawayRedis {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A Redis Cluster of throwaway primaries (no replicas), the slots split evenly between them;
+/// every node is killed when dropped.
+pub struct ThrowawayCluster {
+    nodes: Vec<ThrowawayRedis>,
+    _dir: tempfile::TempDir,
+}
+
+impl ThrowawayCluster {
+    /// Starts `n` cluster-enabled servers, gives each its share of the 16384 slots, introduces
+    /// them to each other and waits until the cluster reports `ok` everywhere.
+    pub fn start(n: usize) -> Self {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let nodes: Vec<ThrowawayRedis> = (0..n)
+            .map(|i| {
+                let conf = dir.path().join(format!("nodes-{i}.conf"));
+                ThrowawayRedis::start_with(vec![
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    conf.to_string_lossy().into_owned(),
+                    "--cluster-node-timeout".into(),
+                    "2000".into(),
+                ])
+            })
+            .collect();
+        let share = 16384 / n;
+        for (i, node) in nodes.iter().enumerate() {
+            let first = i * share;
+            let last = if i + 1 == n { 16383 } else { first + share - 1 };
+            let reply = node.command(&["CLUSTER", "ADDSLOTSRANGE", &first.to_string(), &last.to_string()]);
+            assert!(reply.starts_with("+OK"), "CLUSTER ADDSLOTSRANGE: {reply}");
+        }
+        for node in &nodes[1..] {
+            let reply = nodes[0].command(&["CLUSTER", "MEET", "127.0.0.1", &node.port.to_string()]);
+            assert!(reply.starts_with("+OK"), "CLUSTER MEET: {reply}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = nodes.iter().all(|node| {
+                let info = node.command(&["CLUSTER", "INFO"]);
+                info.contains("cluster_state:ok") && info.contains(&format!("cluster_known_nodes:{n}"))
+            });
+            if ready {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the cluster did not form");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self { nodes, _dir: dir }
+    }
+
+    /// Returns the `redis+cluster://` URL listing every node as a seed.
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        format!("redis+cluster://{}", seeds.join(","))
+    }
+
+    /// Returns the nodes, in slot order (node `i` owns the `i`-th share of the slots).
+    pub fn nodes(&self) -> &[ThrowawayRedis] {
+        &self.nodes
     }
 }

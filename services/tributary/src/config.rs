@@ -78,7 +78,8 @@ pub struct EngineConfig {
     pub kind: String,
     /// Idle time after which an empty stream is forgotten, in seconds.
     pub stream_idle_ttl_secs: u64,
-    /// The Redis URL (`redis://host:port/db`, `rediss://` for TLS), for `kind = "redis"`.
+    /// The Redis URL (`redis://host:port/db`, or `redis+cluster://host:port,host:port`), for
+    /// `kind = "redis"`.
     pub redis_url: String,
     /// Prefix of every Redis key and channel, so that deployments can share one Redis.
     pub redis_prefix: String,
@@ -118,11 +119,11 @@ impl TributaryConfig {
         match self.engine.kind.as_str() {
             "memory" => {}
             "redis" => {
-                let url = &self.engine.redis_url;
-                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                    problems.push(format!(
-                        "engine.redis_url {url:?} must be a redis:// or rediss:// URL when engine.kind is \"redis\""
-                    ));
+                // The URL is not repeated: it may hold a password.
+                if let Err(problem) =
+                    tributary_engine_redis::connection::Target::parse(&self.engine.redis_url)
+                {
+                    problems.push(format!("engine.redis_url: {problem}"));
                 }
                 if self.engine.redis_prefix.is_empty() || self.engine.redis_prefix.contains(['{', '}', ' ']) {
                     problems.push("engine.redis_prefix must be non-empty, without braces or spaces".into());
@@ -282,5 +283,22 @@ mod tests {
     fn unknown_keys_are_refused() {
         let err = load(None, &env(&[("TRIBUTARY_RELAY__NO_SUCH_KEY", "1")]), &[]).unwrap_err();
         assert!(err.to_string().contains("no_such_key"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_redis_url_is_refused_without_repeating_its_password() {
+        for url in
+            ["http://user:hunter2@h:6379", "rediss://user:hunter2@h:6379", "redis+cluster://user:hunter2@"]
+        {
+            let env = env(&[("TRIBUTARY_ENGINE__KIND", "redis"), ("TRIBUTARY_ENGINE__REDIS_URL", url)]);
+            let err = load(None, &env, &[]).unwrap_err().to_string();
+            assert!(err.contains("engine.redis_url"), "{err}");
+            assert!(!err.contains("hunter2"), "the password leaked: {err}");
+        }
+        let env = env(&[
+            ("TRIBUTARY_ENGINE__KIND", "redis"),
+            ("TRIBUTARY_ENGINE__REDIS_URL", "redis+cluster://a:1,b:2"),
+        ]);
+        assert!(load(None, &env, &[]).is_ok());
     }
 }

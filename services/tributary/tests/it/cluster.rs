@@ -3,7 +3,7 @@
 //! another node than the one it left.
 
 use serde_json::{Value, json};
-use tributary_testkit::{HistoryChecker, TestServer, ThrowawayRedis};
+use tributary_testkit::{HistoryChecker, TestServer, ThrowawayCluster, ThrowawayRedis};
 
 fn offsets(messages: &[Value]) -> Vec<u64> {
     messages.iter().map(|m| m["offset"].as_u64().unwrap()).collect()
@@ -179,4 +179,50 @@ async fn readyz_reports_the_node_unready_while_redis_is_unreachable() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_channels_spread_over_shards_and_every_guarantee_holds() {
+    let redis = ThrowawayCluster::start(3);
+    let nodes = TestServer::spawn_cluster_on(&redis.url(), 3, |_| {}).await;
+    let token = nodes[0].all_rights("sharded").await;
+    let channels: Vec<String> = (0..6).map(|n| format!("chat:shard{n}")).collect();
+    let mut subscribers = Vec::new();
+    for node in &nodes {
+        let mut ws = node.ws(&token).await;
+        for channel in &channels {
+            ws.request(json!({"op": "subscribe", "channel": channel})).await.unwrap();
+        }
+        subscribers.push(ws);
+    }
+    for n in 0..30 {
+        let channel = &channels[n % channels.len()];
+        let reply = nodes[n % 3].publish(channel, json!(n)).await;
+        assert_eq!(reply["offset"].as_u64(), Some((n / channels.len() + 1) as u64), "{reply}");
+    }
+    for ws in &mut subscribers {
+        let got = ws.messages(30).await.unwrap();
+        for channel in &channels {
+            let of_channel: Vec<u64> = got
+                .iter()
+                .filter(|m| m["channel"] == channel.as_str())
+                .map(|m| m["offset"].as_u64().unwrap())
+                .collect();
+            assert_eq!(of_channel, (1..=5).collect::<Vec<_>>(), "{channel}: every message once, in order");
+        }
+    }
+    // The channels' keys live on more than one shard: the code path is really the cluster's.
+    let shards_with_keys =
+        redis.nodes().iter().filter(|node| !node.command(&["DBSIZE"]).starts_with(":0")).count();
+    assert!(shards_with_keys >= 2, "keys on {shards_with_keys} shard(s)");
+    // History and presence are read on another node than the one that wrote them.
+    let (status, history) = nodes[2].get("/v1/channels/chat:shard1/history").await;
+    assert_eq!(status, 200, "{history}");
+    assert_eq!(history["messages"].as_array().map(Vec::len), Some(5), "{history}");
+    let (status, presence) = nodes[1].get("/v1/channels/chat:shard0/presence").await;
+    assert_eq!(status, 200, "{presence}");
+    assert_eq!(presence["occupancy"], json!({"members": 1, "connections": 3}), "{presence}");
+    println!(
+        "redis cluster: 3 shards ({shards_with_keys} with keys), 3 nodes, 6 channels, 30 published, 90 delivered in order"
+    );
 }

@@ -43,6 +43,15 @@ impl WsClient {
         Ok(())
     }
 
+    /// Sends frames in one write, so the server reads them together (a pipelining client).
+    pub async fn send_all(&mut self, frames: impl IntoIterator<Item = Value>) -> anyhow::Result<()> {
+        for frame in frames {
+            self.socket.feed(Message::text(frame.to_string())).await?;
+        }
+        self.socket.flush().await?;
+        Ok(())
+    }
+
     /// Sends a raw WebSocket message.
     pub async fn send_raw(&mut self, message: Message) -> anyhow::Result<()> {
         self.socket.send(message).await?;

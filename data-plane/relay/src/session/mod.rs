@@ -150,7 +150,10 @@ impl Session {
             ClientOp::Unsubscribe { channel } => {
                 self.unsubscribe(&channel).await.map(|()| reply(id, &Empty {}))
             }
-            ClientOp::Publish(request) => self.publish(request).await.map(|r| reply(id, &r)),
+            ClientOp::Publish(request) => {
+                self.publish_all(vec![(id, request)]).await;
+                return;
+            }
             ClientOp::History(request) => self.history(request).await.map(|r| {
                 #[derive(Serialize)]
                 struct Reply<'a> {
@@ -204,7 +207,39 @@ impl Session {
         }
     }
 
-    async fn publish(&mut self, request: PublishRequest) -> Result<ops::PublishResult, OpError> {
+    /// Handles a run of publish requests together: each is checked in order (rights, rate),
+    /// then the engine stores them all at once, so an engine with a round trip (Redis) serves
+    /// them in one pipeline rather than one after another. The engine receives them in order,
+    /// so offsets follow the order of the requests; replies are queued in that order too.
+    pub async fn publish_all(&mut self, requests: Vec<(Option<u64>, PublishRequest)>) {
+        let (ids, checked): (Vec<Option<u64>>, Vec<Result<PublishRequest, OpError>>) =
+            requests.into_iter().map(|(id, request)| (id, self.may_publish(request))).unzip();
+        let this = &*self;
+        let outcomes = futures::future::join_all(checked.into_iter().map(|checked| async move {
+            let PublishRequest { channel, data, binary, encoding, idempotency_key } = checked?;
+            let input = PublishInput {
+                channel,
+                data: &data,
+                binary,
+                encoding,
+                idempotency_key,
+                client_id: Some(this.identity.client_id.clone()),
+            };
+            ops::publish(&this.state, &this.identity.app_id, input).await
+        }))
+        .await;
+        for (id, outcome) in ids.into_iter().zip(outcomes) {
+            let frame = match outcome {
+                Ok(result) if id.is_some() => reply(id, &result),
+                Ok(_) => continue,
+                Err(err) => server::encode_error(id, err.code, &err.message),
+            };
+            self.conn.push(Outbound::Frame(Arc::new(frame)));
+        }
+    }
+
+    /// Checks that this client may publish `request` now (takes from its publish rate).
+    fn may_publish(&mut self, request: PublishRequest) -> Result<PublishRequest, OpError> {
         if !self.identity.capabilities.allows(&request.channel, Right::Publish) {
             return Err(OpError::new(
                 ErrorCode::Forbidden,
@@ -221,15 +256,7 @@ impl Session {
         if !self.publish_bucket.try_take(config.publish_rate_per_second, config.publish_burst) {
             return Err(ErrorCode::RateLimited.into());
         }
-        let input = PublishInput {
-            channel: request.channel,
-            data: &request.data,
-            binary: request.binary,
-            encoding: request.encoding,
-            idempotency_key: request.idempotency_key,
-            client_id: Some(self.identity.client_id.clone()),
-        };
-        ops::publish(&self.state, &self.identity.app_id, input).await
+        Ok(request)
     }
 
     async fn history(

@@ -37,6 +37,47 @@ async fn a_message_published_on_one_node_reaches_subscribers_on_every_node_in_or
 }
 
 #[tokio::test]
+async fn a_clients_pipelined_publishes_are_stored_in_order_and_answered_in_order() {
+    let nodes = TestServer::spawn_cluster(2, |relay| relay.publish_burst = 1000).await;
+    let token = nodes[0].all_rights("pipeliner").await;
+    let mut subscriber = nodes[1].ws(&token).await;
+    subscriber.request(json!({"op": "subscribe", "channel": "chat:pipe"})).await.unwrap();
+    let mut publisher = nodes[0].ws(&token).await;
+    // 300 publishes in one write, with a refused one, a malformed one and a history request
+    // among them: each waits for the publishes before it.
+    let frames = (0..300u64).map(|n| match n {
+        100 => json!({"op": "publish", "id": n, "channel": "$nope", "data": n}),
+        150 => json!({"op": "history", "id": n, "channel": "chat:pipe", "direction": "backward", "limit": 1}),
+        200 => json!({"op": "publish", "id": n, "channel": "chat:pipe"}),
+        _ => json!({"op": "publish", "id": n, "channel": "chat:pipe", "data": n}),
+    });
+    publisher.send_all(frames).await.unwrap();
+    let mut offset = 0;
+    for n in 0..300u64 {
+        let reply = publisher.next_of("reply").await.unwrap();
+        assert_eq!(reply["id"], n, "replies in the order of the requests: {reply}");
+        match n {
+            100 | 200 => assert!(reply["error"]["code"].is_u64(), "{reply}"),
+            150 => assert_eq!(
+                reply["result"]["messages"][0]["data"], 149,
+                "history sees the publishes before it: {reply}"
+            ),
+            _ => {
+                offset += 1;
+                assert_eq!(
+                    reply["result"]["offset"], offset,
+                    "offsets in the order of the requests: {reply}"
+                );
+            }
+        }
+    }
+    let got = subscriber.messages(297).await.unwrap();
+    let data: Vec<u64> = got.iter().map(|m| m["data"].as_u64().unwrap()).collect();
+    let expected: Vec<u64> = (0..300).filter(|n| ![100, 150, 200].contains(n)).collect();
+    assert_eq!(data, expected, "delivered in the order published");
+}
+
+#[tokio::test]
 async fn presence_is_the_union_over_nodes_and_joins_are_announced_once() {
     let nodes = TestServer::spawn_cluster(2, |_| {}).await;
     let mut watcher = nodes[1].ws(&nodes[1].all_rights("watcher").await).await;

@@ -179,10 +179,54 @@ async fn open(upgrade: hyper::upgrade::OnUpgrade, state: Arc<RelayState>) -> Opt
     Some(Live { socket, session, outbox })
 }
 
-/// Handles one client frame in a boxed future: the frame and the work it causes never sit in
-/// the connection's task.
-fn handle(session: &mut Session, frame: ClientFrame) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-    Box::pin(session.handle(frame))
+/// How many consecutive publishes of one client are handed to the engine together at most.
+const PIPELINED_PUBLISHES: usize = 64;
+
+/// How handling the client's frames ended.
+enum Handled {
+    /// Every complete frame was handled; serve on.
+    More,
+    /// The client sent a close frame with this code.
+    ClientClosed(u16),
+    /// The connection was closed (a framing error).
+    Closed,
+}
+
+/// Handles every complete frame the client has sent, in a boxed future: the frames and the work
+/// they cause never sit in the connection's task. Consecutive publishes are handled together
+/// (see [`Session::publish_all`]); anything after them waits for them, so replies keep the
+/// order of the requests.
+fn handle_input(live: &mut Live<Stream>) -> Pin<Box<dyn Future<Output = Handled> + Send + '_>> {
+    Box::pin(async move {
+        let mut publishes = Vec::new();
+        loop {
+            let max = live.config().max_frame_bytes;
+            let input = match live.socket.next(|incoming, _| parse(incoming, max)) {
+                Ok(Some(Input::Frame(Ok(ClientFrame { id, op: ClientOp::Publish(request) })))) => {
+                    publishes.push((id, request));
+                    if publishes.len() < PIPELINED_PUBLISHES {
+                        continue;
+                    }
+                    None
+                }
+                other => Some(other),
+            };
+            if !publishes.is_empty() {
+                live.session.publish_all(std::mem::take(&mut publishes)).await;
+            }
+            let Some(input) = input else { continue };
+            match input {
+                Ok(None) => return Handled::More,
+                Ok(Some(Input::Frame(Ok(frame)))) => live.session.handle(frame).await,
+                Ok(Some(Input::Frame(Err(err)))) => live.session.refuse(err.id, err.code, &err.message),
+                Ok(Some(Input::Close(code))) => return Handled::ClientClosed(code),
+                Err(err) => {
+                    live.session.conn().close(close_code(&err));
+                    return Handled::Closed;
+                }
+            }
+        }
+    })
 }
 
 /// Reads until the first complete message or close frame.
@@ -334,27 +378,15 @@ async fn serve(live: &mut Live<Stream>) -> Option<u16> {
             Event::Progress => {}
             Event::Input => {
                 deadlines.idle = deadlines.at(Instant::now() + intervals(live.config()).0);
-                loop {
-                    let max = live.config().max_frame_bytes;
-                    match live.socket.next(|incoming, _| parse(incoming, max)) {
-                        Ok(None) => break,
-                        Ok(Some(Input::Frame(Ok(frame)))) => {
-                            handle(&mut live.session, frame).await;
-                            if live.session.identity().expires_at != expires_at {
-                                // A refresh moved the expiry.
-                                expires_at = live.session.identity().expires_at;
-                                deadlines.set_expiry(expires_at);
-                            }
-                        }
-                        Ok(Some(Input::Frame(Err(err)))) => {
-                            live.session.refuse(err.id, err.code, &err.message)
-                        }
-                        Ok(Some(Input::Close(code))) => return Some(code),
-                        Err(err) => {
-                            live.session.conn().close(close_code(&err));
-                            return None;
-                        }
-                    }
+                match handle_input(live).await {
+                    Handled::More => {}
+                    Handled::ClientClosed(code) => return Some(code),
+                    Handled::Closed => return None,
+                }
+                if live.session.identity().expires_at != expires_at {
+                    // A refresh moved the expiry.
+                    expires_at = live.session.identity().expires_at;
+                    deadlines.set_expiry(expires_at);
                 }
             }
             Event::Timer => {

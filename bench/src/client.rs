@@ -23,7 +23,7 @@ pub async fn mint(target: &Target, client_id: &str, pattern: &str) -> anyhow::Re
         "capabilities": [{"channel": pattern, "allow": ["subscribe", "publish", "history"]}],
     });
     let reply: Value = reqwest::Client::new()
-        .post(format!("{}/v1/tokens", target.http))
+        .post(format!("{}/v1/tokens", target.first_node()))
         .bearer_auth(&target.api_key)
         .json(&body)
         .send()
@@ -33,8 +33,11 @@ pub async fn mint(target: &Target, client_id: &str, pattern: &str) -> anyhow::Re
     reply["token"].as_str().map(str::to_owned).with_context(|| format!("no token: {reply}"))
 }
 
-fn server_addr(target: &Target) -> anyhow::Result<SocketAddr> {
-    let authority = target.http.trim_start_matches("http://").trim_end_matches('/');
+/// The address of the node that connection `n` goes to (connections are spread over the nodes
+/// in turn).
+fn server_addr(target: &Target, n: usize) -> anyhow::Result<SocketAddr> {
+    let nodes: Vec<&str> = target.http.split(',').collect();
+    let authority = nodes[n % nodes.len()].trim().trim_start_matches("http://").trim_end_matches('/');
     authority.parse().with_context(|| format!("{authority} is not ip:port"))
 }
 
@@ -56,7 +59,7 @@ pub async fn tcp(server: SocketAddr, n: usize, source_ips: u8) -> anyhow::Result
 
 /// Opens a WebSocket from source address 127.0.0.(1 + n % source_ips) and sends `connect`.
 pub async fn connect(target: &Target, n: usize, token: &str) -> anyhow::Result<Ws> {
-    let server = server_addr(target)?;
+    let server = server_addr(target, n)?;
     let stream = tcp(server, n, target.source_ips).await?;
     let mut request = format!("ws://{server}/v1/connect").into_client_request()?;
     request.headers_mut().insert("Sec-WebSocket-Protocol", "tributary.v1".parse()?);

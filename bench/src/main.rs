@@ -50,7 +50,8 @@ enum Scenario {
 /// Where the server is and how to reach it.
 #[derive(Debug, Args, Clone)]
 pub struct Target {
-    /// HTTP base URL of the server.
+    /// HTTP base URL of the server; several nodes as a comma-separated list, over which
+    /// connections are spread in turn (tokens are minted on the first).
     #[arg(long, default_value = "http://127.0.0.1:7070")]
     pub http: String,
     /// API key of the app (to mint the benchmark's token).
@@ -65,6 +66,13 @@ pub struct Target {
     /// Connections being opened at once.
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
+}
+
+impl Target {
+    /// The first node's HTTP base URL.
+    pub fn first_node(&self) -> &str {
+        self.http.split(',').next().unwrap_or_default().trim()
+    }
 }
 
 fn main() -> anyhow::Result<()> {

@@ -19,12 +19,15 @@ mod scripts;
 mod wire;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt;
 use redis::{PushInfo, PushKind, Value};
+use tokio::time::Instant;
 use tributary_engine::{
     ChannelKey, Engine, EngineError, EngineSink, HistoryPage, HistoryQuery, NewMessage, Occupancy,
     PresenceOptions, PublishOptions, PublishOutcome, StreamOptions,
@@ -47,8 +50,8 @@ pub struct RedisEngineConfig {
     pub stream_idle_ttl: Duration,
     /// How long a command may take before it fails.
     pub command_timeout: Duration,
-    /// How often presence entries of subscribed channels are checked for expiry (their leaves
-    /// are announced then).
+    /// How often the node looks for subscribed channels whose upkeep is due (a presence entry
+    /// expired, so its leave is announced; or the epoch needs keeping).
     pub presence_sweep: Duration,
     /// Keep epochs across Redis restarts and failovers. Only safe when Redis cannot lose an
     /// acknowledged write (AOF with `appendfsync always`, no failover to an asynchronous
@@ -83,18 +86,45 @@ struct Inner {
     routes: Arc<Routes>,
 }
 
+/// A channel the node is subscribed to in Redis.
+struct Route {
+    key: ChannelKey,
+    /// How many local subscribe calls hold it.
+    holders: usize,
+    /// When its upkeep is due next (see [`upkeep`]), in milliseconds of [`Routes::clock`].
+    upkeep_due: AtomicU64,
+}
+
 /// What the pub/sub connection's messages are routed by.
-#[derive(Default)]
 struct Routes {
     sink: OnceLock<Weak<dyn EngineSink>>,
-    /// Redis channel → the channel it carries, and how many local subscribe calls hold it.
-    channels: RwLock<HashMap<String, (ChannelKey, usize)>>,
+    /// Redis channel → the channel it carries.
+    channels: RwLock<HashMap<String, Route>>,
+    /// The start of the node's upkeep clock.
+    clock: Instant,
     control: OnceLock<String>,
     /// Signalled when the pub/sub connection dropped, so it is re-established (with its
     /// subscriptions) at once rather than at the next subscription change.
     lost: tokio::sync::Notify,
     /// Whether the pub/sub connection is up (deliveries reach this node).
-    delivering: std::sync::atomic::AtomicBool,
+    delivering: AtomicBool,
+}
+
+impl Routes {
+    fn new() -> Self {
+        Self {
+            sink: OnceLock::new(),
+            channels: RwLock::new(HashMap::new()),
+            clock: Instant::now(),
+            control: OnceLock::new(),
+            lost: tokio::sync::Notify::new(),
+            delivering: AtomicBool::new(false),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
 }
 
 fn lock_read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -114,7 +144,7 @@ impl Routes {
             // Subscribers are told to recover once the node is subscribed again (see
             // `keep_pubsub`): told earlier, they could read history before delivery resumed.
             tracing::warn!("Redis pub/sub connection lost; reconnecting");
-            self.delivering.store(false, std::sync::atomic::Ordering::Release);
+            self.delivering.store(false, Ordering::Release);
             self.lost.notify_one();
             return;
         }
@@ -130,7 +160,7 @@ impl Routes {
             };
             if still_held {
                 tracing::warn!("Redis dropped a shard subscription (slot moved); subscribing again");
-                self.delivering.store(false, std::sync::atomic::Ordering::Release);
+                self.delivering.store(false, Ordering::Release);
                 self.lost.notify_one();
             }
             return;
@@ -146,7 +176,13 @@ impl Routes {
             return;
         }
         let key = match lock_read(&self.channels).get(channel.as_ref()) {
-            Some((key, _)) => key.clone(),
+            Some(route) => {
+                if message.first() == Some(&b'j') {
+                    // A member joined: its expiry must be watched (the next upkeep learns it).
+                    route.upkeep_due.store(0, Ordering::Relaxed);
+                }
+                route.key.clone()
+            }
             None => return,
         };
         match wire::decode_message(message) {
@@ -173,7 +209,7 @@ impl RedisEngine {
     pub async fn connect(config: RedisEngineConfig) -> Result<Self, EngineError> {
         let target = Target::parse(&config.url).map_err(EngineError::Unavailable)?;
         let commands = Conn::open(&target, config.command_timeout, None).await.map_err(unavailable)?;
-        let routes = Arc::new(Routes::default());
+        let routes = Arc::new(Routes::new());
         let pushed = routes.clone();
         let mut pubsub =
             Conn::open(&target, config.command_timeout, Some(Box::new(move |push| pushed.on_push(push))))
@@ -182,7 +218,7 @@ impl RedisEngine {
         let control = format!("{}:control", config.prefix);
         pubsub.ssubscribe(&control).await.map_err(unavailable)?;
         let _ = routes.control.set(control);
-        routes.delivering.store(true, std::sync::atomic::Ordering::Release);
+        routes.delivering.store(true, Ordering::Release);
         let inner = Arc::new(Inner {
             config,
             commands,
@@ -190,32 +226,70 @@ impl RedisEngine {
             scripts: Scripts::new(),
             routes,
         });
-        tokio::spawn(sweep_presence(Arc::downgrade(&inner)));
+        tokio::spawn(upkeep(Arc::downgrade(&inner)));
         tokio::spawn(keep_pubsub(Arc::downgrade(&inner)));
         Ok(Self { inner })
     }
 }
 
+/// How many upkeep calls are in flight at once.
+const UPKEEP_CONCURRENCY: usize = 16;
+
+/// `Route::upkeep_due` while the channel's upkeep runs.
+const UPKEEP_RUNNING: u64 = u64::MAX;
+
 /// The upkeep of the channels this node serves: expired presence entries leave (so a node that
 /// died without leaving has its members leave within their timeout even when nothing else
 /// touches the channel), and the channels keep their epochs however quiet they are.
-async fn sweep_presence(inner: Weak<Inner>) {
+///
+/// A channel is looked at only when its upkeep is due, not on every round: when its earliest
+/// presence entry expires (the script says when), soon after a member joins, and otherwise a
+/// quarter of the idle TTL later to keep its epoch. A node serving many channels without
+/// presence thus costs Redis almost nothing.
+async fn upkeep(inner: Weak<Inner>) {
     loop {
         let Some(every) = inner.upgrade().map(|i| i.config.presence_sweep) else { return };
         tokio::time::sleep(every).await;
         let Some(inner) = inner.upgrade() else { return };
-        let keys: Vec<ChannelKey> =
-            lock_read(&inner.routes.channels).values().map(|(k, _)| k.clone()).collect();
+        let now = inner.routes.now_ms();
+        let due: Vec<ChannelKey> = lock_read(&inner.routes.channels)
+            .values()
+            .filter(|route| {
+                // Marked, so that a join seen while the script runs is not overwritten below.
+                let due = route.upkeep_due.load(Ordering::Relaxed) <= now;
+                if due {
+                    route.upkeep_due.store(UPKEEP_RUNNING, Ordering::Relaxed);
+                }
+                due
+            })
+            .map(|route| route.key.clone())
+            .collect();
         let idle_ms = inner.config.stream_idle_ttl.as_millis() as u64;
-        for key in keys {
-            let names = inner.names(&key);
-            let mut invocation = names.presence_call(&inner.scripts.upkeep);
-            invocation.key(&names.meta).arg(&names.pubsub).arg(idle_ms);
-            let done: Result<i64, _> = invocation.invoke_async(&mut inner.commands.clone()).await;
-            if let Err(err) = done {
-                tracing::debug!(error = %err, "channel upkeep failed");
-            }
-        }
+        let quiet_ms = (idle_ms / 4).max(every.as_millis() as u64);
+        let inner = &inner;
+        futures::stream::iter(due)
+            .for_each_concurrent(UPKEEP_CONCURRENCY, |key| async move {
+                let names = inner.names(&key);
+                let mut invocation = names.presence_call(&inner.scripts.upkeep);
+                invocation.key(&names.meta).arg(&names.pubsub).arg(idle_ms);
+                let next = match invocation.invoke_async::<i64>(&mut inner.commands.clone()).await {
+                    // The delay until the earliest presence entry expires, or -1 without any.
+                    Ok(next) => now + u64::try_from(next).map_or(quiet_ms, |ms| ms.min(quiet_ms)),
+                    Err(err) => {
+                        tracing::debug!(error = %err, "channel upkeep failed");
+                        now
+                    }
+                };
+                if let Some(route) = lock_read(&inner.routes.channels).get(&names.pubsub) {
+                    let _ = route.upkeep_due.compare_exchange(
+                        UPKEEP_RUNNING,
+                        next,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
+            })
+            .await;
     }
 }
 
@@ -235,7 +309,7 @@ async fn keep_pubsub(inner: Weak<Inner>) {
         if !dropped && engine.ping_pubsub().await {
             continue;
         }
-        engine.routes.delivering.store(false, std::sync::atomic::Ordering::Release);
+        engine.routes.delivering.store(false, Ordering::Release);
         drop(engine);
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -267,10 +341,10 @@ impl Inner {
             }
         }
         drop(pubsub);
-        self.routes.delivering.store(true, std::sync::atomic::Ordering::Release);
+        self.routes.delivering.store(true, Ordering::Release);
         let Some(sink) = self.routes.sink.get().and_then(Weak::upgrade) else { return true };
         let keys: Vec<ChannelKey> =
-            lock_read(&self.routes.channels).values().map(|(k, _)| k.clone()).collect();
+            lock_read(&self.routes.channels).values().map(|route| route.key.clone()).collect();
         tracing::info!(channels = keys.len(), "Redis pub/sub restored; subscribers will recover");
         for key in keys {
             sink.on_gap(&key);
@@ -398,15 +472,19 @@ impl Engine for RedisEngine {
         let mut pubsub = inner.pubsub.lock().await;
         let first = {
             let mut channels = lock_write(&inner.routes.channels);
-            let entry = channels.entry(channel.clone()).or_insert_with(|| (key.clone(), 0));
-            entry.1 += 1;
-            entry.1 == 1
+            let route = channels.entry(channel.clone()).or_insert_with(|| Route {
+                key: key.clone(),
+                holders: 0,
+                upkeep_due: AtomicU64::new(0),
+            });
+            route.holders += 1;
+            route.holders == 1
         };
         if first && let Err(err) = pubsub.ssubscribe(&channel).await {
             let mut channels = lock_write(&inner.routes.channels);
-            if let Some(entry) = channels.get_mut(&channel) {
-                entry.1 -= 1;
-                if entry.1 == 0 {
+            if let Some(route) = channels.get_mut(&channel) {
+                route.holders -= 1;
+                if route.holders == 0 {
                     channels.remove(&channel);
                 }
             }
@@ -422,8 +500,8 @@ impl Engine for RedisEngine {
         let last = {
             let mut channels = lock_write(&inner.routes.channels);
             match channels.get_mut(&channel) {
-                Some(entry) if entry.1 > 1 => {
-                    entry.1 -= 1;
+                Some(route) if route.holders > 1 => {
+                    route.holders -= 1;
                     false
                 }
                 Some(_) => {
@@ -528,7 +606,7 @@ impl Engine for RedisEngine {
 
     async fn ready(&self) -> Result<(), EngineError> {
         let inner = &self.inner;
-        if !inner.routes.delivering.load(std::sync::atomic::Ordering::Acquire) {
+        if !inner.routes.delivering.load(Ordering::Acquire) {
             return Err(EngineError::Unavailable("Redis pub/sub connection is down".into()));
         }
         let _: String =

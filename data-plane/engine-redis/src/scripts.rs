@@ -212,13 +212,18 @@ sweep(zset, members, counts, now_ms(), ARGV[1])
 return {redis.call('HVALS', members), redis.call('HLEN', counts), redis.call('ZCARD', zset)}
 "#;
 
-/// The periodic upkeep of a channel a node serves, in one round trip: expired presence entries
-/// leave, and the channel keeps its epoch however quiet it is.
+/// The upkeep of a channel a node serves, in one round trip: expired presence entries leave,
+/// and the channel keeps its epoch however quiet it is.
 /// KEYS: presence zset, members hash, counts hash, meta. ARGV: pub/sub channel, meta ttl ms.
+/// Returns the milliseconds until the earliest remaining presence entry expires, or -1 when
+/// there is none.
 const UPKEEP: &str = r#"
-sweep(KEYS[1], KEYS[2], KEYS[3], now_ms(), ARGV[1])
+local now = now_ms()
+sweep(KEYS[1], KEYS[2], KEYS[3], now, ARGV[1])
 redis.call('PEXPIRE', KEYS[4], ARGV[2], 'GT')
-return 0
+local earliest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]
+if earliest then return math.max(tonumber(earliest) - now, 0) end
+return -1
 "#;
 
 /// The scripts, loaded once per engine.

@@ -207,3 +207,61 @@ async fn a_restart_from_a_snapshot_that_lost_the_tail_changes_the_epoch_unless_r
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// How many times Redis has run a script (`EVALSHA`) so far.
+async fn scripts_run(url: &str) -> u64 {
+    let mut conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_channels_cost_redis_nothing_and_presence_is_swept_only_when_due() {
+    let port = free_port();
+    let mut redis = start_redis(port);
+    let url = format!("redis://127.0.0.1:{port}");
+    let mut config = RedisEngineConfig::new(url.clone());
+    config.presence_sweep = Duration::from_millis(50);
+    let engine: Arc<dyn Engine> = Arc::new(RedisEngine::connect(config).await.unwrap());
+    let keys: Vec<ChannelKey> = (0..200)
+        .map(|n| ChannelKey::new("app", ChannelName::parse(&format!("chat:quiet{n}")).unwrap()))
+        .collect();
+    for key in &keys {
+        engine.subscribe(key).await.unwrap();
+    }
+    // Each channel's first upkeep learns it has no presence; after that, nothing until its
+    // epoch needs keeping (hours away).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let settled = scripts_run(&url).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let quiet = scripts_run(&url).await - settled;
+    assert_eq!(quiet, 0, "200 quiet channels over 20 rounds ran {quiet} scripts");
+
+    // A member with a 300 ms timeout that is never refreshed: its channel is looked at when the
+    // member joins and when it expires, not every round.
+    let member = tributary_protocol::frame::MemberInfo {
+        client_id: "ghost".into(),
+        conn_id: "g1".into(),
+        state: None,
+    };
+    let options = tributary_engine::PresenceOptions { ttl: Duration::from_millis(300), announce: true };
+    let before = scripts_run(&url).await;
+    engine.presence_join(&keys[0], member, options).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while engine.occupancy(&keys[0]).await.unwrap().connections > 0 {
+        assert!(Instant::now() < deadline, "the member expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let spent = scripts_run(&url).await - before;
+    // The join, the occupancy reads (at most 50), and a handful of upkeeps.
+    assert!(spent < 70, "{spent} scripts for one member on one of 200 channels");
+    println!(
+        "presence upkeep: 200 quiet channels, 0 scripts in 20 rounds; one expiring member: {spent} scripts"
+    );
+    redis.kill().unwrap();
+}

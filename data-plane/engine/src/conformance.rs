@@ -315,6 +315,23 @@ pub async fn presence_expires_without_heartbeat(engine: Arc<dyn Engine>) {
     assert_eq!(engine.occupancy(&key).await.unwrap().connections, 0);
 }
 
+/// An entry heartbeated for a while and then abandoned leaves after its last heartbeat's
+/// timeout, not its first one's, and its leave is announced without anything else touching the
+/// channel.
+pub async fn presence_expires_after_the_last_heartbeat(engine: Arc<dyn Engine>) {
+    let sink = RecordingSink::attach(&engine);
+    let key = unique_key("chat:abandoned");
+    engine.subscribe(&key).await.unwrap();
+    let short = PresenceOptions { ttl: Duration::from_millis(400), announce: true };
+    for _ in 0..5 {
+        engine.presence_join(&key, member("walker", "w1"), short).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(sink.presence_events(&key).iter().all(|(kind, _)| *kind == "join"), "no leave while heartbeated");
+    eventually("walker leaves", || sink.presence_events(&key).contains(&("leave", "walker".into()))).await;
+    assert_eq!(engine.occupancy(&key).await.unwrap().connections, 0);
+}
+
 /// A refreshed entry does not expire.
 pub async fn presence_heartbeat_keeps_a_member(engine: Arc<dyn Engine>) {
     let _sink = RecordingSink::attach(&engine);
@@ -405,6 +422,7 @@ macro_rules! engine_conformance_suite {
             no_history_still_advances_offsets,
             presence_counts_a_client_once,
             presence_expires_without_heartbeat,
+            presence_expires_after_the_last_heartbeat,
             presence_heartbeat_keeps_a_member,
             presence_update_replaces_state,
             history_edges_are_empty_pages,

@@ -219,10 +219,20 @@ async fn scripts_run(url: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A child process killed (and reaped) when dropped, even by a failing assertion.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiet_channels_cost_redis_nothing_and_presence_is_swept_only_when_due() {
     let port = free_port();
-    let mut redis = start_redis(port);
+    let _redis = KillOnDrop(start_redis(port));
     let url = format!("redis://127.0.0.1:{port}");
     let mut config = RedisEngineConfig::new(url.clone());
     config.presence_sweep = Duration::from_millis(50);

@@ -273,5 +273,4 @@ async fn quiet_channels_cost_redis_nothing_and_presence_is_swept_only_when_due()
     println!(
         "presence upkeep: 200 quiet channels, 0 scripts in 20 rounds; one expiring member: {spent} scripts"
     );
-    redis.kill().unwrap();
 }

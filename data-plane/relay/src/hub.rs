@@ -11,6 +11,14 @@
 //! A recovery too long for the queue is read from history page by page as the client drains
 //! it; between pages the subscriber is catching up and live items are not kept for it at all
 //! (history will bring them), so a long recovery never holds a growing buffer.
+//!
+//! The live stream of a channel is contiguous: each publication the engine hands over follows
+//! the previous one's offset in the same epoch. When it does not (an engine that lost
+//! publications on their way, such as Redis pub/sub across a reconnection; a new epoch after
+//! Redis lost history), nothing of it is delivered: the channel's subscribers are closed with
+//! "reconnect and recover", and recovery from their last position fills the gap from history or
+//! tells them `recovered: false`. A subscriber never silently skips offsets or moves to another
+//! epoch.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -55,7 +63,27 @@ impl Subscriber {
     }
 }
 
-type ChannelMap = HashMap<ChannelKey, Vec<Subscriber>>;
+/// A channel's local subscribers and the position of the last publication handed over.
+#[derive(Default)]
+struct Channel {
+    subs: Vec<Subscriber>,
+    last: Option<(Arc<str>, u64)>,
+}
+
+impl Channel {
+    fn find(&mut self, conn: &ConnHandle) -> Option<&mut Subscriber> {
+        self.subs.iter_mut().find(|s| s.conn.id() == conn.id())
+    }
+
+    /// Closes every subscriber with "reconnect and recover".
+    fn resync(&self) {
+        for sub in &self.subs {
+            sub.conn.close(tributary_protocol::CloseCode::SlowConsumer);
+        }
+    }
+}
+
+type ChannelMap = HashMap<ChannelKey, Channel>;
 
 /// Receives control events (revocations, disconnects) for the node.
 pub trait ControlHandler: Send + Sync {
@@ -100,16 +128,14 @@ impl Hub {
     /// local subscription subscribes there too.)
     pub fn add(&self, key: &ChannelKey, conn: &ConnHandle) {
         let mut shard = lock(self.shard(key));
-        let subs = shard.entry(key.clone()).or_default();
+        let subs = &mut shard.entry(key.clone()).or_default().subs;
         subs.retain(|s| s.conn.id() != conn.id());
         subs.push(Subscriber { conn: conn.clone(), mode: Mode::Recovering(Vec::new()), floor: None });
     }
 
     fn set_mode(&self, key: &ChannelKey, conn: &ConnHandle, mode: Mode) {
         let mut shard = lock(self.shard(key));
-        if let Some(sub) =
-            shard.get_mut(key).and_then(|subs| subs.iter_mut().find(|s| s.conn.id() == conn.id()))
-        {
+        if let Some(sub) = shard.get_mut(key).and_then(|channel| channel.find(conn)) {
             sub.mode = mode;
         }
     }
@@ -130,17 +156,18 @@ impl Hub {
     /// history delivered up to), then switches the subscriber to live delivery.
     pub fn finish_recovery(&self, key: &ChannelKey, conn: &ConnHandle, epoch: &str, delivered: u64) {
         let mut shard = lock(self.shard(key));
-        let Some(sub) =
-            shard.get_mut(key).and_then(|subs| subs.iter_mut().find(|s| s.conn.id() == conn.id()))
-        else {
-            return;
-        };
+        let Some(sub) = shard.get_mut(key).and_then(|channel| channel.find(conn)) else { return };
         let Mode::Recovering(buffer) = std::mem::replace(&mut sub.mode, Mode::Live) else { return };
         sub.floor = Some((Arc::from(epoch), delivered));
         for item in buffer {
             let fresh = match &item {
-                // A new epoch means the stream restarted: everything in it is new.
-                Outbound::Message(m) => *m.epoch != *epoch || m.offset > delivered,
+                Outbound::Message(m) if *m.epoch != *epoch => {
+                    // The stream restarted after the history read: whatever the old epoch
+                    // held beyond it is not coming, and the client must be told.
+                    sub.conn.close(tributary_protocol::CloseCode::SlowConsumer);
+                    return;
+                }
+                Outbound::Message(m) => m.offset > delivered,
                 Outbound::Frame(_) => true,
             };
             if fresh && !sub.conn.push(item) {
@@ -152,24 +179,44 @@ impl Hub {
     /// Removes a subscriber.
     pub fn remove(&self, key: &ChannelKey, conn_id: &str) {
         let mut shard = lock(self.shard(key));
-        let Some(subs) = shard.get_mut(key) else { return };
-        subs.retain(|s| &**s.conn.id() != conn_id);
-        if subs.is_empty() {
+        let Some(channel) = shard.get_mut(key) else { return };
+        channel.subs.retain(|s| &**s.conn.id() != conn_id);
+        if channel.subs.is_empty() {
             shard.remove(key);
         }
     }
 
     /// Returns how many local subscribers `key` has.
     pub fn subscriber_count(&self, key: &ChannelKey) -> usize {
-        lock(self.shard(key)).get(key).map(Vec::len).unwrap_or(0)
+        lock(self.shard(key)).get(key).map(|channel| channel.subs.len()).unwrap_or(0)
     }
 
     fn deliver(&self, key: &ChannelKey, make: impl FnOnce() -> Outbound) {
         let mut shard = lock(self.shard(key));
-        let Some(subs) = shard.get_mut(key) else { return };
+        let Some(channel) = shard.get_mut(key) else { return };
         let item = make();
-        for sub in subs.iter_mut() {
+        if let Outbound::Message(m) = &item {
+            match &channel.last {
+                // Delivered already (a late copy): nothing to do.
+                Some((epoch, last)) if **epoch == *m.epoch && m.offset <= *last => return,
+                Some((epoch, last)) if **epoch != *m.epoch || m.offset > last + 1 => {
+                    tracing::debug!(channel = %key.channel, "gap in the live stream; subscribers recover");
+                    channel.resync();
+                    channel.last = Some((m.epoch.clone(), m.offset));
+                    return;
+                }
+                _ => channel.last = Some((m.epoch.clone(), m.offset)),
+            }
+        }
+        for sub in channel.subs.iter_mut() {
             let delivered_already = sub.already_has(&item);
+            if let (Some((epoch, _)), Outbound::Message(m), Mode::Live) = (&sub.floor, &item, &sub.mode)
+                && **epoch != *m.epoch
+            {
+                // Recovered in an epoch that has since been replaced.
+                sub.conn.close(tributary_protocol::CloseCode::SlowConsumer);
+                continue;
+            }
             match &mut sub.mode {
                 Mode::Live if delivered_already => {}
                 Mode::Live => {
@@ -208,12 +255,8 @@ impl EngineSink for Hub {
 
     fn on_gap(&self, key: &ChannelKey) {
         // Closed with "reconnect and recover": history has what the node missed.
-        let subs: Vec<ConnHandle> = lock(self.shard(key))
-            .get(key)
-            .map(|s| s.iter().map(|s| s.conn.clone()).collect())
-            .unwrap_or_default();
-        for conn in subs {
-            conn.close(tributary_protocol::CloseCode::SlowConsumer);
+        if let Some(channel) = lock(self.shard(key)).get(key) {
+            channel.resync();
         }
     }
 
@@ -269,5 +312,54 @@ mod tests {
         });
         assert_eq!(drained, Poll::Ready(1));
         assert_eq!(offsets, vec![6]);
+    }
+
+    fn publication_in(epoch: &str, offset: u64) -> Publication {
+        Publication { epoch: Arc::from(epoch), ..publication(offset) }
+    }
+
+    fn drain(outbox: &mut crate::conn::Outbox) -> Vec<u64> {
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let mut offsets = Vec::new();
+        let _ = outbox.poll_drain(&mut cx, 100, |item| {
+            if let Outbound::Message(m) = item {
+                offsets.push(m.offset);
+            }
+        });
+        offsets
+    }
+
+    #[test]
+    fn a_gap_in_the_live_stream_is_never_delivered_and_its_subscribers_recover() {
+        let hub = Hub::new(16);
+        let key = ChannelKey::new("app", ChannelName::parse("chat:gap").unwrap());
+        let (conn, mut outbox) = ConnHandle::new("c".into(), "app".into(), 16, 1 << 20);
+        hub.add(&key, &conn);
+        hub.finish_recovery(&key, &conn, "E", 0);
+        hub.on_publication(&key, &publication(1));
+        hub.on_publication(&key, &publication(2));
+        hub.on_publication(&key, &publication(2));
+        assert!(!conn.is_closed());
+        // 3 and 4 never came (lost on their way from the engine).
+        hub.on_publication(&key, &publication(5));
+        assert_eq!(drain(&mut outbox), vec![1, 2], "2's late copy and 5 are not delivered");
+        assert!(conn.is_closed(), "told to reconnect and recover from 2");
+    }
+
+    #[test]
+    fn a_subscriber_never_moves_to_a_new_epoch_silently() {
+        let hub = Hub::new(16);
+        let key = ChannelKey::new("app", ChannelName::parse("chat:epoch").unwrap());
+        let (live, mut live_outbox) = ConnHandle::new("live".into(), "app".into(), 16, 1 << 20);
+        let (recovering, mut recovering_outbox) = ConnHandle::new("rec".into(), "app".into(), 16, 1 << 20);
+        hub.add(&key, &live);
+        hub.finish_recovery(&key, &live, "E", 7);
+        hub.add(&key, &recovering);
+        // Redis lost the channel and started epoch F while the second one read history of E.
+        hub.on_publication(&key, &publication_in("F", 1));
+        hub.finish_recovery(&key, &recovering, "E", 7);
+        assert_eq!(drain(&mut live_outbox), Vec::<u64>::new());
+        assert_eq!(drain(&mut recovering_outbox), Vec::<u64>::new());
+        assert!(live.is_closed() && recovering.is_closed(), "both recover and are told recovered: false");
     }
 }

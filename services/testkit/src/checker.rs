@@ -8,7 +8,8 @@
 //! - **reordered**: a delivery at an offset below the previous one of the same epoch;
 //! - **phantom**: a delivery of something never published, or of another message than the one
 //!   acknowledged at that position;
-//! - **silent gaps**: a subscriber's offsets jump (same epoch) with no `recovered: false` to say so;
+//! - **silent gaps**: a subscriber's offsets jump (same epoch) with no `recovered: false` to say so,
+//!   or its deliveries move to another epoch than the one it (re)started in;
 //! - **reused offsets**: two different messages acknowledged at the same position.
 //!
 //! Subscribers and channels are plain strings; messages are identified by an id the test puts in
@@ -29,6 +30,9 @@ struct Subscriber {
     deliveries: HashMap<String, Vec<(Position, String)>>,
     /// Gaps the subscriber was told about, per channel: (epoch, after, up to).
     declared_gaps: HashMap<String, Vec<(String, u64, u64)>>,
+    /// Deliveries in another epoch than the one the subscription last started in (a move to a
+    /// new epoch nobody announced): (channel, offset).
+    unannounced_epochs: Vec<(String, u64)>,
 }
 
 #[derive(Default)]
@@ -66,6 +70,9 @@ pub struct Report {
     pub silent_gaps: Vec<(String, String, u64, u64)>,
     /// Positions acknowledged for two different messages: (channel, offset).
     pub reused_offsets: Vec<(String, u64)>,
+    /// Acknowledged messages a subscriber did not get but was told it would not (a
+    /// `recovered: false`): losses that are allowed because they are announced.
+    pub announced_losses: usize,
 }
 
 impl Report {
@@ -85,7 +92,7 @@ impl fmt::Display for Report {
         write!(
             f,
             "published {}, acknowledged {}, delivered {}, lost {}, duplicated {}, reordered {}, phantom {}, \
-             silent gaps {}, reused offsets {}",
+             silent gaps {}, reused offsets {}, announced losses {}",
             self.published,
             self.acknowledged,
             self.delivered,
@@ -94,7 +101,8 @@ impl fmt::Display for Report {
             self.reordered.len(),
             self.phantom.len(),
             self.silent_gaps.len(),
-            self.reused_offsets.len()
+            self.reused_offsets.len(),
+            self.announced_losses
         )
     }
 }
@@ -127,7 +135,8 @@ impl HistoryChecker {
 
     /// Records that `subscriber` (re)subscribed to `channel` starting after `(epoch, offset)`.
     /// `recovered: Some(false)` declares that what came between its last delivery and this
-    /// position is not coming (the client was told).
+    /// position is not coming (the client was told); when the epoch changed, the rest of the old
+    /// epoch is not coming either.
     pub fn started(
         &self,
         subscriber: &str,
@@ -139,12 +148,23 @@ impl HistoryChecker {
         let mut state = lock(&self.state);
         let sub = state.subscribers.entry(subscriber.to_owned()).or_default();
         if recovered == Some(false) {
-            let last = sub.deliveries.get(channel).and_then(|d| d.last()).map(|((e, o), _)| (e.clone(), *o));
+            let last = sub
+                .deliveries
+                .get(channel)
+                .and_then(|d| d.last())
+                .map(|(position, _)| position)
+                .or_else(|| sub.starts.get(channel).and_then(|s| s.last()))
+                .cloned();
+            let gaps = sub.declared_gaps.entry(channel.to_owned()).or_default();
             let after = match last {
                 Some((e, o)) if e == epoch => o,
-                _ => 0,
+                Some((e, o)) => {
+                    gaps.push((e, o, u64::MAX));
+                    0
+                }
+                None => 0,
             };
-            sub.declared_gaps.entry(channel.to_owned()).or_default().push((epoch.to_owned(), after, offset));
+            gaps.push((epoch.to_owned(), after, offset));
         }
         sub.starts.entry(channel.to_owned()).or_default().push((epoch.to_owned(), offset));
     }
@@ -153,6 +173,9 @@ impl HistoryChecker {
     pub fn delivered(&self, subscriber: &str, channel: &str, epoch: &str, offset: u64, id: &str) {
         let mut state = lock(&self.state);
         let sub = state.subscribers.entry(subscriber.to_owned()).or_default();
+        if sub.starts.get(channel).and_then(|s| s.last()).is_some_and(|(started, _)| started != epoch) {
+            sub.unannounced_epochs.push((channel.to_owned(), offset));
+        }
         sub.deliveries
             .entry(channel.to_owned())
             .or_default()
@@ -180,6 +203,9 @@ impl HistoryChecker {
             }
         }
         for (name, sub) in &state.subscribers {
+            for (channel, offset) in &sub.unannounced_epochs {
+                report.silent_gaps.push((name.clone(), channel.clone(), 0, *offset));
+            }
             for (channel, deliveries) in &sub.deliveries {
                 report.delivered += deliveries.len();
                 check_deliveries(name, channel, deliveries, sub, &state, &mut report);
@@ -261,6 +287,18 @@ fn check_complete(
             }
         }
     }
+    // What the subscriber was told it would not get, and did not.
+    let mut announced = HashSet::new();
+    for (epoch, from, upto) in declared {
+        for ((e, offset), ids) in acked.range((epoch.clone(), from + 1)..) {
+            if e != epoch || offset > upto {
+                break;
+            }
+            if !got.contains(&(e.clone(), *offset)) && announced.insert((e, *offset)) {
+                report.announced_losses += ids.len();
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -283,6 +321,39 @@ mod tests {
         let report = c.report();
         assert!(report.is_clean(), "{report:?}");
         assert_eq!((report.published, report.acknowledged, report.delivered), (3, 3, 3));
+    }
+
+    #[test]
+    fn a_new_epoch_announced_with_recovered_false_excuses_the_rest_of_the_old_one() {
+        let c = HistoryChecker::new();
+        c.started("s", "ch", "E", 0, None);
+        for n in 1..=3 {
+            publish(&c, &format!("m{n}"), n);
+        }
+        c.delivered("s", "ch", "E", 1, "m1");
+        c.delivered("s", "ch", "E", 2, "m2");
+        for n in 1..=3 {
+            c.attempted(&format!("f{n}"));
+            c.acknowledged("ch", &format!("f{n}"), "F", n);
+        }
+        c.started("s", "ch", "F", 2, Some(false));
+        c.delivered("s", "ch", "F", 3, "f3");
+        let report = c.report();
+        assert!(report.is_clean(), "{report:?}");
+        assert_eq!(report.announced_losses, 3, "m3, f1 and f2 were missed, and the subscriber was told");
+        // Moving to the new epoch without being told is a silent gap.
+        let c = HistoryChecker::new();
+        c.started("s", "ch", "E", 0, None);
+        publish(&c, "m1", 1);
+        c.acknowledged("ch", "f1", "F", 1);
+        c.delivered("s", "ch", "F", 1, "f1");
+        assert_eq!(c.report().silent_gaps.len(), 1);
+        // Without the announcement the same loss is a loss.
+        let c = HistoryChecker::new();
+        c.started("s", "ch", "E", 0, None);
+        publish(&c, "m1", 1);
+        c.started("s", "ch", "F", 0, None);
+        assert_eq!(c.report().lost.len(), 1);
     }
 
     #[test]

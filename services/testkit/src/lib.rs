@@ -80,6 +80,12 @@ impl TestServer {
         nodes: usize,
         configure: impl Fn(&mut RelayConfig),
     ) -> Vec<Self> {
+        Self::spawn_nodes(url, nodes, |config| configure(&mut config.relay)).await
+    }
+
+    /// Like [`TestServer::spawn_cluster_on`], with the whole configuration to adjust (engine
+    /// settings too).
+    pub async fn spawn_nodes(url: &str, nodes: usize, configure: impl Fn(&mut TributaryConfig)) -> Vec<Self> {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let master_key = tributary_store::MasterKey::generate().to_base64();
         let prefix = format!("trbtest-{}", uuid::Uuid::new_v4().simple());
@@ -89,7 +95,7 @@ impl TestServer {
                 config.engine.kind = "redis".into();
                 config.engine.redis_url = url.to_owned();
                 config.engine.redis_prefix = prefix.clone();
-                configure(&mut config.relay);
+                configure(config);
             })
             .await;
             servers.push(server);

@@ -11,8 +11,10 @@ use tokio::time::Instant;
 pub struct ThrowawayRedis {
     port: u16,
     child: Option<Child>,
-    /// More `redis-server` arguments (cluster mode).
+    /// More `redis-server` arguments (cluster mode, persistence).
     extra: Vec<String>,
+    /// Where a durable one keeps its append-only file across restarts.
+    _dir: Option<tempfile::TempDir>,
 }
 
 fn free_port() -> u16 {
@@ -28,8 +30,22 @@ impl ThrowawayRedis {
         Self::start_with(Vec::new())
     }
 
+    /// Starts one that loses no acknowledged write: an append-only file synced on every write
+    /// (`appendfsync always`), kept in a directory of its own across [`ThrowawayRedis::restart`].
+    pub fn start_durable() -> Self {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let extra = ["--appendonly", "yes", "--appendfsync", "always", "--dir"]
+            .into_iter()
+            .map(String::from)
+            .chain([dir.path().to_string_lossy().into_owned()])
+            .collect();
+        let mut redis = Self { port: free_port(), child: None, extra, _dir: Some(dir) };
+        redis.restart();
+        redis
+    }
+
     fn start_with(extra: Vec<String>) -> Self {
-        let mut redis = Self { port: free_port(), child: None, extra };
+        let mut redis = Self { port: free_port(), child: None, extra, _dir: None };
         redis.restart();
         redis
     }
@@ -47,7 +63,7 @@ impl ThrowawayRedis {
         }
     }
 
-    /// Starts it again on the same port (empty: it keeps nothing on disk).
+    /// Starts it again on the same port: empty, or from its append-only file when durable.
     pub fn restart(&mut self) {
         self.kill();
         let child = Command::new("redis-server")

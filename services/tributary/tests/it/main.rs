@@ -15,6 +15,7 @@ mod node_failure;
 mod presence;
 mod pubsub;
 mod recovery;
+mod redis_restart;
 mod sse_poll;
 mod tokens;
 mod websocket;

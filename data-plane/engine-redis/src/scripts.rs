@@ -43,18 +43,18 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Drops history entries older than the cutoff (oldest first; they are in time order).
+-- Drops history entries older than the cutoff (oldest first; they are in time order). The
+-- oldest entry alone is read first: on almost every publish it is fresh and nothing more is read.
 local function trim_age(stream, cutoff)
+  local count = 1
   while true do
-    local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 32)
+    local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', count)
     if #first == 0 then return end
-    local dropped = 0
     for _, entry in ipairs(first) do
       if tonumber(entry[2][2]) >= cutoff then return end
       redis.call('XDEL', stream, entry[1])
-      dropped = dropped + 1
     end
-    if dropped < #first then return end
+    count = 32
   end
 end
 

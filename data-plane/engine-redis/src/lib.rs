@@ -104,8 +104,12 @@ struct Routes {
     clock: Instant,
     control: OnceLock<String>,
     /// Signalled when the pub/sub connection dropped, so it is re-established (with its
-    /// subscriptions) at once rather than at the next subscription change.
+    /// subscriptions) at once rather than at the next subscription change, or when Redis
+    /// dropped some subscriptions (see `moved`).
     lost: tokio::sync::Notify,
+    /// Channels whose shard subscription Redis Cluster dropped (their slot moved), to be made
+    /// again.
+    moved: std::sync::Mutex<Vec<String>>,
     /// Whether the pub/sub connection is up (deliveries reach this node).
     delivering: AtomicBool,
 }
@@ -118,6 +122,7 @@ impl Routes {
             clock: Instant::now(),
             control: OnceLock::new(),
             lost: tokio::sync::Notify::new(),
+            moved: std::sync::Mutex::new(Vec::new()),
             delivering: AtomicBool::new(false),
         }
     }
@@ -151,16 +156,13 @@ impl Routes {
         if push.kind == PushKind::SUnsubscribe {
             // Redis Cluster drops a node's shard subscriptions when their slot moves to another
             // node; one the engine still holds must be made again, and its subscribers recover.
-            let still_held = match push.data.first() {
-                Some(Value::BulkString(channel)) => {
-                    lock_read(&self.channels).contains_key(String::from_utf8_lossy(channel).as_ref())
-                        || self.control.get().is_some_and(|c| c.as_bytes() == channel.as_slice())
-                }
-                _ => false,
-            };
-            if still_held {
+            let Some(Value::BulkString(channel)) = push.data.first() else { return };
+            let channel = String::from_utf8_lossy(channel).into_owned();
+            let held = lock_read(&self.channels).contains_key(&channel)
+                || self.control.get().is_some_and(|c| *c == channel);
+            if held {
                 tracing::warn!("Redis dropped a shard subscription (slot moved); subscribing again");
-                self.delivering.store(false, Ordering::Release);
+                self.moved.lock().unwrap_or_else(|p| p.into_inner()).push(channel);
                 self.lost.notify_one();
             }
             return;
@@ -300,13 +302,22 @@ async fn upkeep(inner: Weak<Inner>) {
 async fn keep_pubsub(inner: Weak<Inner>) {
     loop {
         let Some(routes) = inner.upgrade().map(|i| i.routes.clone()) else { return };
-        let dropped = tokio::select! {
+        let notified = tokio::select! {
             _ = routes.lost.notified() => true,
             _ = tokio::time::sleep(Duration::from_secs(5)) => false,
         };
         drop(routes);
         let Some(engine) = inner.upgrade() else { return };
-        if !dropped && engine.ping_pubsub().await {
+        let moved = std::mem::take(&mut *engine.routes.moved.lock().unwrap_or_else(|p| p.into_inner()));
+        let healthy = if !engine.routes.delivering.load(Ordering::Acquire) {
+            false
+        } else if !moved.is_empty() {
+            // Only the channels whose slot moved: the rest of the node is unaffected.
+            engine.subscribe_again(moved).await
+        } else {
+            notified || engine.ping_pubsub().await
+        };
+        if healthy {
             continue;
         }
         engine.routes.delivering.store(false, Ordering::Release);
@@ -314,7 +325,10 @@ async fn keep_pubsub(inner: Weak<Inner>) {
         let mut backoff = Duration::from_millis(50);
         loop {
             let Some(engine) = inner.upgrade() else { return };
-            if engine.resubscribe().await {
+            let mut channels: Vec<String> = lock_read(&engine.routes.channels).keys().cloned().collect();
+            channels.extend(engine.routes.control.get().cloned());
+            if engine.subscribe_again(channels).await {
+                engine.routes.delivering.store(true, Ordering::Release);
                 break;
             }
             drop(engine);
@@ -324,27 +338,46 @@ async fn keep_pubsub(inner: Weak<Inner>) {
     }
 }
 
+/// How many subscriptions are made at once when subscribing again.
+const RESUBSCRIBE_CONCURRENCY: usize = 64;
+
 impl Inner {
     async fn ping_pubsub(&self) -> bool {
         let pinged: Result<String, _> = redis::cmd("PING").query_async(&mut *self.pubsub.lock().await).await;
         pinged.is_ok()
     }
 
-    /// Subscribes everything again on a fresh connection; returns false if Redis is not back.
-    async fn resubscribe(&self) -> bool {
-        let mut pubsub = self.pubsub.lock().await;
-        let mut channels: Vec<String> = lock_read(&self.routes.channels).keys().cloned().collect();
-        channels.extend(self.routes.control.get().cloned());
-        for channel in &channels {
-            if pubsub.ssubscribe(channel).await.is_err() {
-                return false;
-            }
-        }
+    /// Subscribes `channels` again, then tells the sink that their subscribers may have missed
+    /// publications (told earlier, they could read history before delivery resumed), and has
+    /// their presence looked at (joins may have been missed too). Returns false if Redis
+    /// refused any.
+    async fn subscribe_again(&self, channels: Vec<String>) -> bool {
+        let pubsub = self.pubsub.lock().await;
+        let conn: Conn = pubsub.clone();
+        let results: Vec<redis::RedisResult<()>> = futures::stream::iter(channels.clone())
+            .map(move |channel: String| {
+                let mut conn = conn.clone();
+                async move { conn.ssubscribe(&channel).await }
+            })
+            .buffer_unordered(RESUBSCRIBE_CONCURRENCY)
+            .collect()
+            .await;
         drop(pubsub);
-        self.routes.delivering.store(true, Ordering::Release);
+        if results.iter().any(Result::is_err) {
+            return false;
+        }
+        let keys: Vec<ChannelKey> = {
+            let routes = lock_read(&self.routes.channels);
+            channels
+                .iter()
+                .filter_map(|channel| routes.get(channel))
+                .map(|route| {
+                    route.upkeep_due.store(0, Ordering::Relaxed);
+                    route.key.clone()
+                })
+                .collect()
+        };
         let Some(sink) = self.routes.sink.get().and_then(Weak::upgrade) else { return true };
-        let keys: Vec<ChannelKey> =
-            lock_read(&self.routes.channels).values().map(|route| route.key.clone()).collect();
         tracing::info!(channels = keys.len(), "Redis pub/sub restored; subscribers will recover");
         for key in keys {
             sink.on_gap(&key);
@@ -444,12 +477,12 @@ impl Engine for RedisEngine {
         let names = inner.names(key);
         let body = wire::encode_body(&message).map_err(unavailable)?;
         let idempotency = options.idempotency_key.as_deref().map(|k| format!("{}:i:{k}", names.meta));
-        let (epoch, offset, ts_ms, duplicate): (String, u64, u64, u8) = inner
-            .scripts
-            .publish
-            .key(&names.meta)
-            .key(&names.stream)
-            .key(idempotency.as_deref().unwrap_or(&names.meta))
+        let (epoch, offset, ts_ms, duplicate): (String, u64, u64, u8) = redis::cmd("EVAL")
+            .arg(&inner.scripts.publish)
+            .arg(3)
+            .arg(&names.meta)
+            .arg(&names.stream)
+            .arg(idempotency.as_deref().unwrap_or(&names.meta))
             .arg(fresh_epoch())
             .arg(if inner.config.trust_restarts { "1" } else { "0" })
             .arg(options.stream.history_size)
@@ -459,7 +492,7 @@ impl Engine for RedisEngine {
             .arg(body)
             .arg(&names.pubsub)
             .arg(inner.meta_ttl_ms(options.stream))
-            .invoke_async(&mut inner.commands.clone())
+            .query_async(&mut inner.commands.clone())
             .await
             .map_err(unavailable)?;
         Ok(PublishOutcome { epoch: Arc::from(epoch), offset, ts_ms, duplicate: duplicate == 1 })

@@ -6,8 +6,8 @@
 //! sorted set (connection → expiry), a hash (connection → announce flag and member) and a hash
 //! (client id → connections).
 
-/// Shared Lua helpers, prepended to the scripts that need them.
-const HELPERS: &str = r#"
+/// Lua helpers of the scripts that touch a channel's stream.
+const STREAM_HELPERS: &str = r#"
 -- The id of this Redis process: it changes with every restart and on a failover.
 local function run_id()
   return string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
@@ -37,12 +37,6 @@ local function epoch_of(meta, stream, fresh, trust)
   return epoch
 end
 
--- Redis's own clock, so that every node agrees (milliseconds).
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
 -- Drops history entries older than the cutoff (oldest first; they are in time order). The
 -- oldest entry alone is read first: on almost every publish it is fresh and nothing more is read.
 local function trim_age(stream, cutoff)
@@ -58,6 +52,10 @@ local function trim_age(stream, cutoff)
   end
 end
 
+"#;
+
+/// Lua helpers of the presence scripts.
+const PRESENCE_HELPERS: &str = r#"
 -- Removes a connection's presence entry; returns 1 when it was its client's last connection
 -- (the leave is announced if the entry was joined announcing).
 local function drop_conn(zset, members, counts, conn, channel)
@@ -80,6 +78,16 @@ local function sweep(zset, members, counts, now, channel)
     drop_conn(zset, members, counts, conn, channel)
   end
 end
+"#;
+
+/// The clock helper, which every script needs.
+const CLOCK: &str = r#"
+-- Redis's own clock, so that every node agrees (milliseconds).
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
 "#;
 
 /// KEYS: meta, stream, idempotency key (unused without one).
@@ -228,8 +236,11 @@ return -1
 
 /// The scripts, loaded once per engine.
 pub struct Scripts {
-    /// See [`PUBLISH`].
-    pub publish: redis::Script,
+    /// See [`PUBLISH`]: sent whole with `EVAL` rather than by hash. A client's consecutive
+    /// publishes are sent without waiting for each other, and `EVALSHA` after Redis lost its
+    /// script cache (a restart) fails and is retried after loading the script, which could let
+    /// a later publish of the run take its offset first.
+    pub publish: String,
     /// See [`HISTORY`].
     pub history: redis::Script,
     /// See [`PRESENCE_JOIN`].
@@ -244,21 +255,32 @@ pub struct Scripts {
     pub upkeep: redis::Script,
 }
 
-fn with_helpers(body: &str) -> redis::Script {
-    redis::Script::new(&format!("{HELPERS}\n{body}"))
+/// The text sent to Redis: the helpers and the body, without comments or indentation (Redis
+/// hashes the text of every `EVAL`).
+fn code(helpers: &str, body: &str) -> String {
+    format!("{CLOCK}\n{helpers}\n{body}")
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn script(helpers: &str, body: &str) -> redis::Script {
+    redis::Script::new(&code(helpers, body))
 }
 
 impl Scripts {
     /// Builds every script (Redis caches them by hash on first use).
     pub fn new() -> Self {
         Self {
-            publish: with_helpers(PUBLISH),
-            history: with_helpers(HISTORY),
-            presence_join: with_helpers(PRESENCE_JOIN),
-            presence_leave: with_helpers(PRESENCE_LEAVE),
-            presence_update: with_helpers(PRESENCE_UPDATE),
-            presence_read: with_helpers(PRESENCE_READ),
-            upkeep: with_helpers(UPKEEP),
+            publish: code(STREAM_HELPERS, PUBLISH),
+            history: script(STREAM_HELPERS, HISTORY),
+            presence_join: script(PRESENCE_HELPERS, PRESENCE_JOIN),
+            presence_leave: script(PRESENCE_HELPERS, PRESENCE_LEAVE),
+            presence_update: script(PRESENCE_HELPERS, PRESENCE_UPDATE),
+            presence_read: script(PRESENCE_HELPERS, PRESENCE_READ),
+            upkeep: script(PRESENCE_HELPERS, UPKEEP),
         }
     }
 }

@@ -12,13 +12,14 @@
 //! it; between pages the subscriber is catching up and live items are not kept for it at all
 //! (history will bring them), so a long recovery never holds a growing buffer.
 //!
-//! The live stream of a channel is contiguous: each publication the engine hands over follows
-//! the previous one's offset in the same epoch. When it does not (an engine that lost
-//! publications on their way, such as Redis pub/sub across a reconnection; a new epoch after
-//! Redis lost history), nothing of it is delivered: the channel's subscribers are closed with
-//! "reconnect and recover", and recovery from their last position fills the gap from history or
-//! tells them `recovered: false`. A subscriber never silently skips offsets or moves to another
-//! epoch.
+//! Each subscriber's stream is contiguous: the hub keeps its position (epoch and offset of the
+//! last message it was given) and gives it a publication only if it is the next offset in the
+//! same epoch. A late copy of one it has (an engine whose live delivery lags its storage, such
+//! as Redis: a publication can be in history before its pub/sub message arrives) is skipped.
+//! Anything else (publications lost on their way, as across a Redis pub/sub reconnection; a new
+//! epoch after Redis lost history) closes the subscriber with "reconnect and recover", and
+//! recovery from its last position fills the hole from history or tells it `recovered: false`.
+//! A subscriber never silently skips offsets or moves to another epoch.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -48,38 +49,66 @@ enum Mode {
 struct Subscriber {
     conn: ConnHandle,
     mode: Mode,
-    /// The last offset its recovery delivered, and its epoch. With an engine whose live delivery
-    /// lags its storage (Redis: a publication can be in history before its pub/sub message
-    /// arrives), a publication at or below it may still come live; it was delivered already.
-    floor: Option<(Arc<str>, u64)>,
+    /// The epoch and offset of the last message it was given (set when its recovery ends).
+    position: Option<(Arc<str>, u64)>,
+}
+
+/// What to do with a message for a subscriber at some position.
+enum Next {
+    /// It is the next offset: give it.
+    Give,
+    /// It has it already (a late copy): skip it.
+    Skip,
+    /// A hole or another epoch: the subscriber must recover.
+    Resync,
+}
+
+fn next(position: &Option<(Arc<str>, u64)>, message: &PreparedMessage) -> Next {
+    match position {
+        Some((epoch, offset)) if **epoch == *message.epoch => {
+            if message.offset <= *offset {
+                Next::Skip
+            } else if message.offset == offset + 1 {
+                Next::Give
+            } else {
+                Next::Resync
+            }
+        }
+        Some(_) => Next::Resync,
+        // Live without a position does not happen (recovery sets one); give rather than drop.
+        None => Next::Give,
+    }
 }
 
 impl Subscriber {
-    fn already_has(&self, item: &Outbound) -> bool {
-        match (&self.floor, item) {
-            (Some((epoch, floor)), Outbound::Message(m)) => *m.epoch == **epoch && m.offset <= *floor,
-            _ => false,
+    /// Gives a live item, keeping the stream contiguous (see the module's doc).
+    fn give(&mut self, item: &Outbound) {
+        let Outbound::Message(message) = item else {
+            self.conn.push(item.clone());
+            return;
+        };
+        match next(&self.position, message) {
+            Next::Give => {
+                if let Some((_, offset)) = &mut self.position {
+                    *offset = message.offset;
+                }
+                self.conn.push(item.clone());
+            }
+            Next::Skip => {}
+            Next::Resync => self.conn.close(tributary_protocol::CloseCode::SlowConsumer),
         }
     }
 }
 
-/// A channel's local subscribers and the position of the last publication handed over.
+/// A channel's local subscribers.
 #[derive(Default)]
 struct Channel {
     subs: Vec<Subscriber>,
-    last: Option<(Arc<str>, u64)>,
 }
 
 impl Channel {
     fn find(&mut self, conn: &ConnHandle) -> Option<&mut Subscriber> {
         self.subs.iter_mut().find(|s| s.conn.id() == conn.id())
-    }
-
-    /// Closes every subscriber with "reconnect and recover".
-    fn resync(&self) {
-        for sub in &self.subs {
-            sub.conn.close(tributary_protocol::CloseCode::SlowConsumer);
-        }
     }
 }
 
@@ -130,7 +159,7 @@ impl Hub {
         let mut shard = lock(self.shard(key));
         let subs = &mut shard.entry(key.clone()).or_default().subs;
         subs.retain(|s| s.conn.id() != conn.id());
-        subs.push(Subscriber { conn: conn.clone(), mode: Mode::Recovering(Vec::new()), floor: None });
+        subs.push(Subscriber { conn: conn.clone(), mode: Mode::Recovering(Vec::new()), position: None });
     }
 
     fn set_mode(&self, key: &ChannelKey, conn: &ConnHandle, mode: Mode) {
@@ -158,19 +187,12 @@ impl Hub {
         let mut shard = lock(self.shard(key));
         let Some(sub) = shard.get_mut(key).and_then(|channel| channel.find(conn)) else { return };
         let Mode::Recovering(buffer) = std::mem::replace(&mut sub.mode, Mode::Live) else { return };
-        sub.floor = Some((Arc::from(epoch), delivered));
+        // The buffer holds what arrived live while history was read: copies of what history
+        // delivered, then (with no hole) what came after it.
+        sub.position = Some((Arc::from(epoch), delivered));
         for item in buffer {
-            let fresh = match &item {
-                Outbound::Message(m) if *m.epoch != *epoch => {
-                    // The stream restarted after the history read: whatever the old epoch
-                    // held beyond it is not coming, and the client must be told.
-                    sub.conn.close(tributary_protocol::CloseCode::SlowConsumer);
-                    return;
-                }
-                Outbound::Message(m) => m.offset > delivered,
-                Outbound::Frame(_) => true,
-            };
-            if fresh && !sub.conn.push(item) {
+            sub.give(&item);
+            if sub.conn.is_closed() {
                 return;
             }
         }
@@ -195,33 +217,9 @@ impl Hub {
         let mut shard = lock(self.shard(key));
         let Some(channel) = shard.get_mut(key) else { return };
         let item = make();
-        if let Outbound::Message(m) = &item {
-            match &channel.last {
-                // Delivered already (a late copy): nothing to do.
-                Some((epoch, last)) if **epoch == *m.epoch && m.offset <= *last => return,
-                Some((epoch, last)) if **epoch != *m.epoch || m.offset > last + 1 => {
-                    tracing::debug!(channel = %key.channel, "gap in the live stream; subscribers recover");
-                    channel.resync();
-                    channel.last = Some((m.epoch.clone(), m.offset));
-                    return;
-                }
-                _ => channel.last = Some((m.epoch.clone(), m.offset)),
-            }
-        }
         for sub in channel.subs.iter_mut() {
-            let delivered_already = sub.already_has(&item);
-            if let (Some((epoch, _)), Outbound::Message(m), Mode::Live) = (&sub.floor, &item, &sub.mode)
-                && **epoch != *m.epoch
-            {
-                // Recovered in an epoch that has since been replaced.
-                sub.conn.close(tributary_protocol::CloseCode::SlowConsumer);
-                continue;
-            }
             match &mut sub.mode {
-                Mode::Live if delivered_already => {}
-                Mode::Live => {
-                    sub.conn.push(item.clone());
-                }
+                Mode::Live => sub.give(&item),
                 Mode::Recovering(buffer) if buffer.len() >= self.max_buffer => {
                     sub.conn.close(tributary_protocol::CloseCode::SlowConsumer)
                 }
@@ -256,7 +254,9 @@ impl EngineSink for Hub {
     fn on_gap(&self, key: &ChannelKey) {
         // Closed with "reconnect and recover": history has what the node missed.
         if let Some(channel) = lock(self.shard(key)).get(key) {
-            channel.resync();
+            for sub in &channel.subs {
+                sub.conn.close(tributary_protocol::CloseCode::SlowConsumer);
+            }
         }
     }
 
@@ -361,5 +361,22 @@ mod tests {
         assert_eq!(drain(&mut live_outbox), Vec::<u64>::new());
         assert_eq!(drain(&mut recovering_outbox), Vec::<u64>::new());
         assert!(live.is_closed() && recovering.is_closed(), "both recover and are told recovered: false");
+    }
+
+    #[test]
+    fn a_subscriber_whose_history_covers_what_pub_sub_missed_is_not_closed() {
+        // The node was unsubscribed in Redis while 9 and 10 were published (its previous
+        // subscriber had just left); a late 8 and then 11 arrive while the new subscriber reads
+        // history, which covers up to 10.
+        let hub = Hub::new(16);
+        let key = ChannelKey::new("app", ChannelName::parse("chat:rejoin").unwrap());
+        let (conn, mut outbox) = ConnHandle::new("c".into(), "app".into(), 16, 1 << 20);
+        hub.add(&key, &conn);
+        hub.on_publication(&key, &publication(8));
+        hub.on_publication(&key, &publication(11));
+        hub.finish_recovery(&key, &conn, "E", 10);
+        hub.on_publication(&key, &publication(12));
+        assert_eq!(drain(&mut outbox), vec![11, 12]);
+        assert!(!conn.is_closed());
     }
 }

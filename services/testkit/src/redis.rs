@@ -171,4 +171,53 @@ impl ThrowawayCluster {
     pub fn nodes(&self) -> &[ThrowawayRedis] {
         &self.nodes
     }
+
+    /// Returns the hash slot of `key`.
+    pub fn slot_of(&self, key: &str) -> u16 {
+        let reply = self.nodes[0].command(&["CLUSTER", "KEYSLOT", key]);
+        reply.trim().trim_start_matches(':').parse().expect("CLUSTER KEYSLOT answers a number")
+    }
+
+    /// Returns which node owns `slot`.
+    pub fn owner_of(&self, slot: u16) -> usize {
+        (usize::from(slot) / (16384 / self.nodes.len())).min(self.nodes.len() - 1)
+    }
+
+    /// Moves `slot` with its keys from its owner to node `to`, as `redis-cli --cluster reshard`
+    /// does: importing and migrating states, `MIGRATE` of every key, then the new owner
+    /// announced to every node.
+    pub fn move_slot(&self, slot: u16, to: usize) {
+        let from = self.owner_of(slot);
+        let id = |node: &ThrowawayRedis| bulk_strings(&node.command(&["CLUSTER", "MYID"])).remove(0);
+        let (from_id, to_id) = (id(&self.nodes[from]), id(&self.nodes[to]));
+        let slot = slot.to_string();
+        let ok = |reply: String| assert!(reply.starts_with("+OK"), "{reply}");
+        ok(self.nodes[to].command(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]));
+        ok(self.nodes[from].command(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]));
+        loop {
+            let keys = bulk_strings(&self.nodes[from].command(&["CLUSTER", "GETKEYSINSLOT", &slot, "20"]));
+            if keys.is_empty() {
+                break;
+            }
+            let port = self.nodes[to].port.to_string();
+            let mut migrate = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            migrate.extend(keys.iter().map(String::as_str));
+            ok(self.nodes[from].command(&migrate));
+        }
+        for node in &self.nodes {
+            ok(node.command(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]));
+        }
+    }
+}
+
+/// The bulk strings of a RESP reply (an array of them, or one).
+fn bulk_strings(reply: &str) -> Vec<String> {
+    let mut lines = reply.split("\r\n");
+    let mut out = Vec::new();
+    while let Some(line) = lines.next() {
+        if line.starts_with('$') && line != "$-1" {
+            out.extend(lines.next().map(str::to_owned));
+        }
+    }
+    out
 }

@@ -53,6 +53,10 @@ pub struct RedisEngineConfig {
     /// How often the node looks for subscribed channels whose upkeep is due (a presence entry
     /// expired, so its leave is announced; or the epoch needs keeping).
     pub presence_sweep: Duration,
+    /// How many connections carry commands. A channel's commands always take the same one (so
+    /// a client's pipelined publishes keep their order); more spread the I/O of a busy node
+    /// over more tasks. At least 1.
+    pub command_connections: usize,
     /// Keep epochs across Redis restarts and failovers. Only safe when Redis cannot lose an
     /// acknowledged write (AOF with `appendfsync always`, no failover to an asynchronous
     /// replica); otherwise every channel starts a new epoch after a restart, which is the truth.
@@ -68,6 +72,7 @@ impl RedisEngineConfig {
             stream_idle_ttl: Duration::from_secs(24 * 3600),
             command_timeout: Duration::from_secs(2),
             presence_sweep: Duration::from_millis(500),
+            command_connections: 4,
             trust_restarts: false,
         }
     }
@@ -80,7 +85,8 @@ pub struct RedisEngine {
 
 struct Inner {
     config: RedisEngineConfig,
-    commands: Conn,
+    /// The command connections (see [`RedisEngineConfig::command_connections`]).
+    commands: Vec<Conn>,
     pubsub: tokio::sync::Mutex<Conn>,
     scripts: Scripts,
     routes: Arc<Routes>,
@@ -207,10 +213,13 @@ fn fresh_epoch() -> String {
 }
 
 impl RedisEngine {
-    /// Connects (one connection for commands, one for pub/sub) and starts the presence sweeper.
+    /// Connects (the command connections, one for pub/sub) and starts the channels' upkeep.
     pub async fn connect(config: RedisEngineConfig) -> Result<Self, EngineError> {
         let target = Target::parse(&config.url).map_err(EngineError::Unavailable)?;
-        let commands = Conn::open(&target, config.command_timeout, None).await.map_err(unavailable)?;
+        let mut commands = Vec::new();
+        for _ in 0..config.command_connections.max(1) {
+            commands.push(Conn::open(&target, config.command_timeout, None).await.map_err(unavailable)?);
+        }
         let routes = Arc::new(Routes::new());
         let pushed = routes.clone();
         let mut pubsub =
@@ -274,7 +283,7 @@ async fn upkeep(inner: Weak<Inner>) {
                 let names = inner.names(&key);
                 let mut invocation = names.presence_call(&inner.scripts.upkeep);
                 invocation.key(&names.meta).arg(&names.pubsub).arg(idle_ms);
-                let next = match invocation.invoke_async::<i64>(&mut inner.commands.clone()).await {
+                let next = match invocation.invoke_async::<i64>(&mut inner.commands_for(&key)).await {
                     // The delay until the earliest presence entry expires, or -1 without any.
                     Ok(next) => now + u64::try_from(next).map_or(quiet_ms, |ms| ms.min(quiet_ms)),
                     Err(err) => {
@@ -417,6 +426,13 @@ impl Inner {
         }
     }
 
+    /// The command connection of a channel: always the same one for a channel.
+    fn commands_for(&self, key: &ChannelKey) -> Conn {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key) as usize;
+        self.commands[hash % self.commands.len()].clone()
+    }
+
     fn meta_ttl_ms(&self, stream: StreamOptions) -> u64 {
         (self.config.stream_idle_ttl.max(stream.history_ttl)).as_millis() as u64
     }
@@ -426,7 +442,7 @@ impl Inner {
         let mut invocation = names.presence_call(&self.scripts.presence_read);
         invocation.arg(&names.pubsub);
         let (records, members, connections): (Vec<String>, usize, usize) =
-            invocation.invoke_async(&mut self.commands.clone()).await.map_err(unavailable)?;
+            invocation.invoke_async(&mut self.commands_for(key)).await.map_err(unavailable)?;
         let list = records
             .iter()
             .filter_map(|r| r.get(1..))
@@ -492,7 +508,7 @@ impl Engine for RedisEngine {
             .arg(body)
             .arg(&names.pubsub)
             .arg(inner.meta_ttl_ms(options.stream))
-            .query_async(&mut inner.commands.clone())
+            .query_async(&mut inner.commands_for(key))
             .await
             .map_err(unavailable)?;
         Ok(PublishOutcome { epoch: Arc::from(epoch), offset, ts_ms, duplicate: duplicate == 1 })
@@ -577,7 +593,7 @@ impl Engine for RedisEngine {
             .arg(query.since.map(|s| s.to_string()).unwrap_or_default())
             .arg(limit)
             .arg(inner.meta_ttl_ms(stream))
-            .invoke_async(&mut inner.commands.clone())
+            .invoke_async(&mut inner.commands_for(key))
             .await
             .map_err(unavailable)?;
         let epoch: Arc<str> = Arc::from(epoch);
@@ -603,7 +619,7 @@ impl Engine for RedisEngine {
             .arg(options.ttl.as_millis() as u64)
             .arg(if member.state.is_some() { "1" } else { "0" })
             .arg(&names.pubsub);
-        let joined: u8 = invocation.invoke_async(&mut inner.commands.clone()).await.map_err(unavailable)?;
+        let joined: u8 = invocation.invoke_async(&mut inner.commands_for(key)).await.map_err(unavailable)?;
         Ok(joined == 1)
     }
 
@@ -616,7 +632,7 @@ impl Engine for RedisEngine {
             .arg(wire::encode_member(&member).map_err(unavailable)?)
             .arg(&*member.client_id)
             .arg(&names.pubsub);
-        let updated: u8 = invocation.invoke_async(&mut inner.commands.clone()).await.map_err(unavailable)?;
+        let updated: u8 = invocation.invoke_async(&mut inner.commands_for(key)).await.map_err(unavailable)?;
         Ok(updated == 1)
     }
 
@@ -625,7 +641,7 @@ impl Engine for RedisEngine {
         let names = inner.names(key);
         let mut invocation = names.presence_call(&inner.scripts.presence_leave);
         invocation.arg(conn_id).arg(&names.pubsub);
-        let left: u8 = invocation.invoke_async(&mut inner.commands.clone()).await.map_err(unavailable)?;
+        let left: u8 = invocation.invoke_async(&mut inner.commands_for(key)).await.map_err(unavailable)?;
         Ok(left == 1)
     }
 
@@ -643,7 +659,7 @@ impl Engine for RedisEngine {
             return Err(EngineError::Unavailable("Redis pub/sub connection is down".into()));
         }
         let _: String =
-            redis::cmd("PING").query_async(&mut inner.commands.clone()).await.map_err(unavailable)?;
+            redis::cmd("PING").query_async(&mut inner.commands[0].clone()).await.map_err(unavailable)?;
         Ok(())
     }
 
@@ -653,7 +669,7 @@ impl Engine for RedisEngine {
         let _: i64 = redis::cmd("SPUBLISH")
             .arg(channel)
             .arg(event.as_ref())
-            .query_async(&mut inner.commands.clone())
+            .query_async(&mut inner.commands[0].clone())
             .await
             .map_err(unavailable)?;
         Ok(())

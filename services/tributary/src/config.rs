@@ -85,6 +85,8 @@ pub struct EngineConfig {
     pub redis_prefix: String,
     /// Keep epochs across Redis restarts and failovers (only when Redis cannot lose a write).
     pub redis_trust_restarts: bool,
+    /// How many connections carry commands to Redis (a channel always uses the same one).
+    pub redis_connections: usize,
 }
 
 impl Default for EngineConfig {
@@ -95,6 +97,7 @@ impl Default for EngineConfig {
             redis_url: String::new(),
             redis_prefix: "trb".into(),
             redis_trust_restarts: false,
+            redis_connections: 4,
         }
     }
 }
@@ -124,6 +127,9 @@ impl TributaryConfig {
                     tributary_engine_redis::connection::Target::parse(&self.engine.redis_url)
                 {
                     problems.push(format!("engine.redis_url: {problem}"));
+                }
+                if !(1..=64).contains(&self.engine.redis_connections) {
+                    problems.push("engine.redis_connections must be between 1 and 64".into());
                 }
                 if self.engine.redis_prefix.is_empty() || self.engine.redis_prefix.contains(['{', '}', ' ']) {
                     problems.push("engine.redis_prefix must be non-empty, without braces or spaces".into());

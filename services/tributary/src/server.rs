@@ -193,6 +193,7 @@ pub async fn bind(
             redis.prefix = config.engine.redis_prefix.clone();
             redis.stream_idle_ttl = stream_idle_ttl;
             redis.trust_restarts = config.engine.redis_trust_restarts;
+            redis.command_connections = config.engine.redis_connections;
             Arc::new(RedisEngine::connect(redis).await.map_err(ServeError::Engine)?)
         }
         _ => Arc::new(MemoryEngine::new(MemoryEngineConfig {

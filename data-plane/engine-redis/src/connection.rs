@@ -10,8 +10,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, PushInfo, RedisFuture, RedisResult, Value};
 
 /// Where Redis is: `redis://host:port/db` for one server, or
-/// `redis+cluster://host:port,host:port` for a Redis Cluster (any reachable nodes as seeds).
-/// TLS (`rediss://`) is refused with a clear error until the engine is built with a TLS stack.
+/// `redis+cluster://host:port,host:port` for a Redis Cluster (any reachable nodes as seeds);
+/// `rediss://` and `rediss+cluster://` for TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// One server (a primary, possibly behind a failover proxy).
@@ -24,18 +24,15 @@ impl Target {
     /// Reads a URL; every connection asks for RESP3, which pub/sub on a multiplexed connection
     /// needs.
     pub fn parse(url: &str) -> Result<Self, String> {
-        if url.starts_with("rediss") {
-            return Err(
-                "TLS to Redis (rediss://) is not supported yet: reach Redis on a private network".into()
-            );
-        }
-        let Some(rest) = url.strip_prefix("redis+cluster://") else {
-            if !url.starts_with("redis://") {
-                return Err("must be a redis:// or redis+cluster:// URL".into());
+        let cluster = [("redis+cluster://", "redis://"), ("rediss+cluster://", "rediss://")]
+            .into_iter()
+            .find_map(|(scheme, single)| url.strip_prefix(scheme).map(|rest| (single, rest)));
+        let Some((scheme, rest)) = cluster else {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err("must be a redis://, rediss://, redis+cluster:// or rediss+cluster:// URL".into());
             }
             return Ok(Self::Single(with_resp3(url)));
         };
-        let scheme = "redis://";
         // Credentials and the query apply to every seed: `user:pass@a:1,b:2?x=y`.
         let (credentials, hosts) = match rest.rsplit_once('@') {
             Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
@@ -58,6 +55,16 @@ impl Target {
     }
 }
 
+/// A Redis URL fit for logs and `Debug`: its password (`user:password@`) replaced by `***`.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((credentials, hosts)) = rest.rsplit_once('@') else { return url.to_owned() };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{hosts}"),
+        None => format!("{scheme}://***@{hosts}"),
+    }
+}
+
 fn with_resp3(url: &str) -> String {
     let separator = if url.contains('?') { '&' } else { '?' };
     format!("{url}{separator}protocol=resp3")
@@ -75,14 +82,25 @@ pub enum Conn {
 impl Conn {
     /// Connects; `push` receives pub/sub messages and disconnections (pass it for the pub/sub
     /// connection only).
+    /// With TLS (`rediss`), the server's certificate is checked against `ca_pem` (PEM
+    /// certificates) when given, else against the system's trusted roots.
     pub async fn open(
         target: &Target,
         timeout: Duration,
+        ca_pem: Option<&[u8]>,
         push: Option<Box<dyn Fn(PushInfo) + Send + Sync>>,
     ) -> RedisResult<Self> {
+        // One crypto provider for every TLS user in the process (a no-op when already set).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let certificates =
+            || redis::TlsCertificates { client_tls: None, root_cert: ca_pem.map(<[u8]>::to_vec) };
         match target {
             Target::Single(url) => {
-                let client = redis::Client::open(url.as_str())?;
+                let client = if url.starts_with("rediss://") && ca_pem.is_some() {
+                    redis::Client::build_with_tls(url.as_str(), certificates())?
+                } else {
+                    redis::Client::open(url.as_str())?
+                };
                 let mut config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(timeout))
                     .set_response_timeout(Some(timeout))
@@ -103,6 +121,9 @@ impl Conn {
                     .connection_timeout(timeout)
                     .response_timeout(timeout)
                     .retries(2);
+                if seeds.iter().any(|seed| seed.starts_with("rediss://")) && ca_pem.is_some() {
+                    builder = builder.certs(certificates());
+                }
                 if let Some(push) = push {
                     builder =
                         builder.push_sender(move |info: PushInfo| -> Result<(), std::convert::Infallible> {
@@ -179,6 +200,13 @@ mod tests {
     }
 
     #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(super::redacted("redis://u:hunter2@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(super::redacted("rediss://hunter2@h"), "rediss://***@h");
+        assert_eq!(super::redacted("redis://h:1"), "redis://h:1");
+    }
+
+    #[test]
     fn a_cluster_url_lists_its_seeds_with_shared_credentials() {
         assert_eq!(
             Target::parse("redis+cluster://u:p@a:7000, b:7001").unwrap(),
@@ -189,6 +217,9 @@ mod tests {
         );
         assert!(Target::parse("redis+cluster://").is_err());
         assert!(Target::parse("http://secret@h").unwrap_err().contains("redis+cluster://"));
-        assert!(Target::parse("rediss://h").unwrap_err().contains("TLS"));
+        assert_eq!(
+            Target::parse("rediss+cluster://a:1").unwrap(),
+            Target::Cluster(vec!["rediss://a:1?protocol=resp3".into()])
+        );
     }
 }

@@ -39,7 +39,7 @@ use scripts::Scripts;
 use wire::Received;
 
 /// Settings of the Redis engine.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisEngineConfig {
     /// `redis://host:port/db`, or `redis+cluster://host:port,host:port` for a Redis Cluster
     /// (see [`Target`]).
@@ -53,6 +53,9 @@ pub struct RedisEngineConfig {
     /// How often the node looks for subscribed channels whose upkeep is due (a presence entry
     /// expired, so its leave is announced; or the epoch needs keeping).
     pub presence_sweep: Duration,
+    /// PEM certificates of the authority that signed Redis's TLS certificate, for `rediss` URLs
+    /// and a private authority (the system's trusted roots otherwise).
+    pub tls_ca_pem: Option<Vec<u8>>,
     /// How many connections carry commands. A channel's commands always take the same one (so
     /// a client's pipelined publishes keep their order); more spread the I/O of a busy node
     /// over more tasks. At least 1.
@@ -61,6 +64,22 @@ pub struct RedisEngineConfig {
     /// acknowledged write (AOF with `appendfsync always`, no failover to an asynchronous
     /// replica); otherwise every channel starts a new epoch after a restart, which is the truth.
     pub trust_restarts: bool,
+}
+
+impl std::fmt::Debug for RedisEngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password.
+        f.debug_struct("RedisEngineConfig")
+            .field("url", &connection::redacted(&self.url))
+            .field("prefix", &self.prefix)
+            .field("stream_idle_ttl", &self.stream_idle_ttl)
+            .field("command_timeout", &self.command_timeout)
+            .field("presence_sweep", &self.presence_sweep)
+            .field("command_connections", &self.command_connections)
+            .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(Vec::len))
+            .field("trust_restarts", &self.trust_restarts)
+            .finish()
+    }
 }
 
 impl RedisEngineConfig {
@@ -73,6 +92,7 @@ impl RedisEngineConfig {
             command_timeout: Duration::from_secs(2),
             presence_sweep: Duration::from_millis(500),
             command_connections: 4,
+            tls_ca_pem: None,
             trust_restarts: false,
         }
     }
@@ -218,14 +238,19 @@ impl RedisEngine {
         let target = Target::parse(&config.url).map_err(EngineError::Unavailable)?;
         let mut commands = Vec::new();
         for _ in 0..config.command_connections.max(1) {
-            commands.push(Conn::open(&target, config.command_timeout, None).await.map_err(unavailable)?);
+            let conn = Conn::open(&target, config.command_timeout, config.tls_ca_pem.as_deref(), None);
+            commands.push(conn.await.map_err(unavailable)?);
         }
         let routes = Arc::new(Routes::new());
         let pushed = routes.clone();
-        let mut pubsub =
-            Conn::open(&target, config.command_timeout, Some(Box::new(move |push| pushed.on_push(push))))
-                .await
-                .map_err(unavailable)?;
+        let mut pubsub = Conn::open(
+            &target,
+            config.command_timeout,
+            config.tls_ca_pem.as_deref(),
+            Some(Box::new(move |push| pushed.on_push(push))),
+        )
+        .await
+        .map_err(unavailable)?;
         let control = format!("{}:control", config.prefix);
         pubsub.ssubscribe(&control).await.map_err(unavailable)?;
         let _ = routes.control.set(control);

@@ -13,8 +13,11 @@ pub struct ThrowawayRedis {
     child: Option<Child>,
     /// More `redis-server` arguments (cluster mode, persistence).
     extra: Vec<String>,
-    /// Where a durable one keeps its append-only file across restarts.
-    _dir: Option<tempfile::TempDir>,
+    /// Where a durable one keeps its append-only file across restarts, and a TLS one its
+    /// certificates.
+    dir: Option<tempfile::TempDir>,
+    /// `rediss` when it speaks TLS only.
+    scheme: &'static str,
 }
 
 fn free_port() -> u16 {
@@ -39,20 +42,116 @@ impl ThrowawayRedis {
             .map(String::from)
             .chain([dir.path().to_string_lossy().into_owned()])
             .collect();
-        let mut redis = Self { port: free_port(), child: None, extra, _dir: Some(dir) };
+        let mut redis = Self { port: free_port(), child: None, extra, dir: Some(dir), scheme: "redis" };
+        redis.restart();
+        redis
+    }
+
+    /// Starts one that speaks TLS only, with a certificate for `localhost` and `127.0.0.1`
+    /// signed by a certificate authority of its own (see [`ThrowawayRedis::ca_file`]), made
+    /// with `openssl` (installed by `scripts/test`).
+    pub fn start_tls() -> Self {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+        let openssl = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl is installed (scripts/test installs it)");
+            assert!(status.success(), "openssl {args:?}");
+        };
+        let (ca_key, ca, key, csr, cert, ext) = (
+            path("ca.key"),
+            path("ca.crt"),
+            path("server.key"),
+            path("server.csr"),
+            path("server.crt"),
+            path("ext"),
+        );
+        std::fs::write(&ext, "subjectAltName=DNS:localhost,IP:127.0.0.1").expect("write the extension file");
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca,
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test-ca",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            "/CN=localhost",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &cert,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+        let port = free_port();
+        let extra = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut redis = Self { port, child: None, extra, dir: Some(dir), scheme: "rediss" };
         redis.restart();
         redis
     }
 
     fn start_with(extra: Vec<String>) -> Self {
-        let mut redis = Self { port: free_port(), child: None, extra, _dir: None };
+        let mut redis = Self { port: free_port(), child: None, extra, dir: None, scheme: "redis" };
         redis.restart();
         redis
     }
 
     /// Returns its URL.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
+    }
+
+    /// Returns the certificate (PEM) of the authority that signed a TLS one's certificate.
+    pub fn ca_file(&self) -> Option<std::path::PathBuf> {
+        let dir = self.dir.as_ref().filter(|_| self.scheme == "rediss")?;
+        Some(dir.path().join("ca.crt"))
     }
 
     /// Kills it (SIGKILL) and waits for it to exit.

@@ -71,7 +71,7 @@ impl Default for StorageConfig {
 }
 
 /// Engine settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
     /// `memory` (one node) or `redis` (any number of nodes sharing one Redis).
@@ -87,6 +87,24 @@ pub struct EngineConfig {
     pub redis_trust_restarts: bool,
     /// How many connections carry commands to Redis (a channel always uses the same one).
     pub redis_connections: usize,
+    /// For `rediss` URLs: a PEM file of the authority that signed Redis's certificate (empty:
+    /// the system's trusted roots).
+    pub redis_tls_ca_file: String,
+}
+
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The Redis URL may hold a password.
+        f.debug_struct("EngineConfig")
+            .field("kind", &self.kind)
+            .field("stream_idle_ttl_secs", &self.stream_idle_ttl_secs)
+            .field("redis_url", &tributary_engine_redis::connection::redacted(&self.redis_url))
+            .field("redis_prefix", &self.redis_prefix)
+            .field("redis_trust_restarts", &self.redis_trust_restarts)
+            .field("redis_connections", &self.redis_connections)
+            .field("redis_tls_ca_file", &self.redis_tls_ca_file)
+            .finish()
+    }
 }
 
 impl Default for EngineConfig {
@@ -98,6 +116,7 @@ impl Default for EngineConfig {
             redis_prefix: "trb".into(),
             redis_trust_restarts: false,
             redis_connections: 4,
+            redis_tls_ca_file: String::new(),
         }
     }
 }
@@ -294,13 +313,16 @@ mod tests {
     #[test]
     fn a_bad_redis_url_is_refused_without_repeating_its_password() {
         for url in
-            ["http://user:hunter2@h:6379", "rediss://user:hunter2@h:6379", "redis+cluster://user:hunter2@"]
+            ["http://user:hunter2@h:6379", "redis+cluster://user:hunter2@", "rediss+cluster://user:hunter2@"]
         {
             let env = env(&[("TRIBUTARY_ENGINE__KIND", "redis"), ("TRIBUTARY_ENGINE__REDIS_URL", url)]);
             let err = load(None, &env, &[]).unwrap_err().to_string();
             assert!(err.contains("engine.redis_url"), "{err}");
             assert!(!err.contains("hunter2"), "the password leaked: {err}");
         }
+        let env_with_password = env(&[("TRIBUTARY_ENGINE__REDIS_URL", "redis://u:hunter2@h:1")]);
+        let config = load(None, &env_with_password, &[]).unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"), "Debug shows no password");
         let env = env(&[
             ("TRIBUTARY_ENGINE__KIND", "redis"),
             ("TRIBUTARY_ENGINE__REDIS_URL", "redis+cluster://a:1,b:2"),

@@ -39,6 +39,15 @@ pub enum ServeError {
     /// The engine's backend (Redis) could not be reached.
     #[error("engine: {0}")]
     Engine(#[source] tributary_engine::EngineError),
+    /// `engine.redis_tls_ca_file` could not be read.
+    #[error("cannot read engine.redis_tls_ca_file {path}: {source}")]
+    TlsCa {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The server, bound and ready to run.
@@ -194,6 +203,12 @@ pub async fn bind(
             redis.stream_idle_ttl = stream_idle_ttl;
             redis.trust_restarts = config.engine.redis_trust_restarts;
             redis.command_connections = config.engine.redis_connections;
+            let ca = &config.engine.redis_tls_ca_file;
+            if !ca.is_empty() {
+                let pem =
+                    std::fs::read(ca).map_err(|source| ServeError::TlsCa { path: ca.clone(), source })?;
+                redis.tls_ca_pem = Some(pem);
+            }
             Arc::new(RedisEngine::connect(redis).await.map_err(ServeError::Engine)?)
         }
         _ => Arc::new(MemoryEngine::new(MemoryEngineConfig {

@@ -16,6 +16,7 @@ mod presence;
 mod pubsub;
 mod recovery;
 mod redis_restart;
+mod redis_tls;
 mod sse_poll;
 mod tokens;
 mod websocket;

@@ -22,7 +22,7 @@ use sha2::{Digest as _, Sha256};
 use sqlx::Row as _;
 use subtle::ConstantTimeEq as _;
 
-use crate::sqlite::DbRow;
+use crate::db::DbRow;
 use crate::{Store, StoreError, id, unix_now};
 
 /// The prefix of every API key plaintext.

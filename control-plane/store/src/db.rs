@@ -1,36 +1,67 @@
-//! Everything specific to SQLite: connection options, the pool type and the embedded migrations.
+//! The database behind the store, chosen by URL: `sqlite://path` (the embedded default) or
+//! `postgres://…` (production). Everything backend-specific lives here: the pool, connection
+//! set-up and the embedded migrations of each backend (`migrations/sqlite`,
+//! `migrations/postgres`).
 //!
-//! The repository modules write portable SQL (`$1` placeholders, which sqlx accepts for SQLite
-//! too, `INTEGER` unix seconds, `BLOB`/`BYTEA` bytes) against the aliases below, so the
-//! PostgreSQL backend only needs its own version of this module and of `migrations/postgres`.
+//! The repository modules write portable SQL (`$1` placeholders, which both backends accept,
+//! unix seconds as 64-bit integers, bytes as `BLOB`/`BYTEA`) through sqlx's `Any` driver, so one
+//! implementation of every query serves both.
 
 use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 
+use futures::FutureExt as _;
+use sqlx::AnyConnection;
 use sqlx::SqlSafeStr as _;
+use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
 use crate::{MasterKey, SecretCipher, Store, StoreError};
 
-/// The database the store runs on.
-pub(crate) type Db = sqlx::Sqlite;
 /// The connection pool the store holds.
-pub(crate) type DbPool = sqlx::Pool<Db>;
+pub(crate) type DbPool = sqlx::AnyPool;
 /// A row returned by the database.
-pub(crate) type DbRow = <Db as sqlx::Database>::Row;
+pub(crate) type DbRow = sqlx::any::AnyRow;
 
-/// The files of `migrations/sqlite`, in order. They are embedded with `include_str!` rather than
-/// `sqlx::migrate!`, because that macro needs sqlx's `macros` feature (a proc-macro build we do
-/// not otherwise need). A new migration file must be added here too; the test
+/// Which database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// An SQLite file (`sqlite://path`).
+    Sqlite,
+    /// A PostgreSQL database (`postgres://…` or `postgresql://…`).
+    Postgres,
+}
+
+impl Backend {
+    /// Reads the backend from a database URL.
+    pub fn of(url: &str) -> Result<Self, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else {
+            Err(StoreError::InvalidDatabaseUrl)
+        }
+    }
+}
+
+/// The migration files of each backend, in order. They are embedded with `include_str!` rather
+/// than `sqlx::migrate!`, because that macro needs sqlx's `macros` feature (a proc-macro build we
+/// do not otherwise need). A new migration must be added to both lists; the test
 /// `every_migration_file_is_embedded` fails until it is.
-const MIGRATIONS: &[(i64, &str, &str)] =
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] =
     &[(1, "tenants", include_str!("../../../migrations/sqlite/0001_tenants.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "tenants", include_str!("../../../migrations/postgres/0001_tenants.sql"))];
 
-/// Returns the migrator for the embedded SQLite migrations.
-fn migrator() -> Migrator {
-    let migrations = MIGRATIONS
+/// Returns the migrator of a backend's embedded migrations.
+fn migrator(backend: Backend) -> Migrator {
+    let files = match backend {
+        Backend::Sqlite => SQLITE_MIGRATIONS,
+        Backend::Postgres => POSTGRES_MIGRATIONS,
+    };
+    let migrations = files
         .iter()
         .map(|&(version, description, sql)| {
             Migration::new(
@@ -45,25 +76,66 @@ fn migrator() -> Migrator {
     Migrator::with_migrations(migrations)
 }
 
+/// Sets up each new SQLite connection: WAL journaling, so readers do not block the single
+/// writer, and foreign keys on, which the tenant scoping of keys relies on (on by default in
+/// sqlx, but not relied upon).
+fn sqlite_setup(conn: &mut AnyConnection) -> futures::future::BoxFuture<'_, Result<(), sqlx::Error>> {
+    async move {
+        if conn.backend_name() == "SQLite" {
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+            sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+    .boxed()
+}
+
+/// Creates the (empty) database at `url`: a PostgreSQL database or an SQLite file. For tests
+/// and first installs; [`Store::open`] then creates the tables.
+pub async fn create_database(url: &str) -> Result<(), StoreError> {
+    use sqlx::migrate::MigrateDatabase as _;
+    Backend::of(url)?;
+    sqlx::any::install_default_drivers();
+    sqlx::Any::create_database(url).await?;
+    Ok(())
+}
+
 impl Store {
-    /// Opens (creating it if missing) the SQLite database at `path` and runs pending migrations.
+    /// Opens the database at `url` (`sqlite://path`, created if missing, or `postgres://…`)
+    /// and runs its pending migrations.
     ///
-    /// The database uses WAL journaling, so readers do not block the single writer, and has
-    /// foreign keys turned on, which the tenant scoping of keys relies on. `master_key` encrypts
-    /// and decrypts the tenant secrets; opening with another key than the one the secrets were
-    /// written with succeeds, but reading those secrets returns [`StoreError::Decrypt`].
+    /// `master_key` encrypts and decrypts the tenant secrets; opening with another key than the
+    /// one the secrets were written with succeeds, but reading those secrets returns
+    /// [`StoreError::Decrypt`].
+    pub async fn open(url: &str, master_key: &MasterKey) -> Result<Store, StoreError> {
+        let backend = Backend::of(url)?;
+        sqlx::any::install_default_drivers();
+        let url = match backend {
+            // `mode=rwc` creates the file when it is missing.
+            Backend::Sqlite if !url.contains("mode=") => {
+                format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+            }
+            _ => url.to_owned(),
+        };
+        let pool: DbPool = AnyPoolOptions::new()
+            .after_connect(|conn, _| sqlite_setup(conn))
+            .connect(&url)
+            .await
+            .map_err(StoreError::from)?;
+        migrator(backend).run(&pool).await?;
+        tracing::debug!(?backend, "store opened");
+        Ok(Store { pool, backend, cipher: Arc::new(SecretCipher::new(master_key)) })
+    }
+
+    /// Opens (creating it if missing) the SQLite database at `path`: [`Store::open`] with
+    /// `sqlite://path`.
     pub async fn open_sqlite(path: &Path, master_key: &MasterKey) -> Result<Store, StoreError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // On by default in sqlx, but the composite foreign keys are what stop a key being
-            // filed under another tenant's app, so we do not rely on the default.
-            .foreign_keys(true);
-        let pool: DbPool = SqlitePoolOptions::new().connect_with(options).await?;
-        migrator().run(&pool).await?;
-        tracing::debug!(path = %path.display(), "sqlite store opened");
-        Ok(Store { pool, cipher: Arc::new(SecretCipher::new(master_key)) })
+        Store::open(&format!("sqlite://{}", path.display()), master_key).await
+    }
+
+    /// Returns which database the store runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 }
 
@@ -71,17 +143,33 @@ impl Store {
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_migration_file_is_embedded() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations/sqlite");
+    fn files(dir: &str) -> Vec<String> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations").join(dir);
         let mut files: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
             .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
             .filter(|name| name.ends_with(".sql"))
             .collect();
         files.sort();
-        let embedded: Vec<String> =
-            MIGRATIONS.iter().map(|(version, name, _)| format!("{version:04}_{name}.sql")).collect();
-        assert_eq!(files, embedded);
+        files
+    }
+
+    fn embedded(list: &[(i64, &str, &str)]) -> Vec<String> {
+        list.iter().map(|(version, name, _)| format!("{version:04}_{name}.sql")).collect()
+    }
+
+    #[test]
+    fn every_migration_file_is_embedded() {
+        assert_eq!(files("sqlite"), embedded(SQLITE_MIGRATIONS));
+        assert_eq!(files("postgres"), embedded(POSTGRES_MIGRATIONS));
+        assert_eq!(files("sqlite"), files("postgres"), "both backends have the same migrations");
+    }
+
+    #[test]
+    fn the_backend_is_read_from_the_url() {
+        assert_eq!(Backend::of("sqlite:///tmp/x.db").unwrap(), Backend::Sqlite);
+        assert_eq!(Backend::of("postgres://u@h/db").unwrap(), Backend::Postgres);
+        assert_eq!(Backend::of("postgresql://h/db").unwrap(), Backend::Postgres);
+        assert!(matches!(Backend::of("mysql://h/db"), Err(StoreError::InvalidDatabaseUrl)));
     }
 }

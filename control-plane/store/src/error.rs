@@ -33,6 +33,9 @@ pub enum StoreError {
     /// Running the schema migrations failed.
     #[error("database migration failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    /// The database URL names no supported backend (`sqlite://…` or `postgres://…`).
+    #[error("unsupported database URL: use sqlite://path or postgres://…")]
+    InvalidDatabaseUrl,
 }
 
 impl StoreError {
@@ -45,7 +48,8 @@ impl StoreError {
             StoreError::InvalidMasterKey
             | StoreError::Decrypt
             | StoreError::Database(_)
-            | StoreError::Migrate(_) => ErrorCode::Internal,
+            | StoreError::Migrate(_)
+            | StoreError::InvalidDatabaseUrl => ErrorCode::Internal,
         }
     }
 

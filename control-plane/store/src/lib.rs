@@ -1,6 +1,6 @@
 //! Tributary's control-plane store: tenants, apps, API keys and token signing keys.
 //!
-//! This crate owns the relational schema (`migrations/sqlite`, and later `migrations/postgres`),
+//! This crate owns the relational schema (`migrations/sqlite` and `migrations/postgres`),
 //! every query against it, the translation of database errors into [`StoreError`], and the
 //! encryption of tenant secrets at rest under a [`MasterKey`]. Every query that reads an app's
 //! data is scoped by the app id, and by the tenant id where the caller knows it, so one tenant
@@ -10,16 +10,16 @@
 //! message engine or configuration loading; callers pass the database path and master key in.
 //!
 //! [`Store`] is cheap to clone (a connection pool and an `Arc`) and is shared by the control plane
-//! and the data plane. Only SQLite is built today; a PostgreSQL backend will sit behind the same
-//! methods.
+//! and the data plane. It runs on SQLite (the embedded default) or PostgreSQL (production),
+//! chosen by the database URL, with the same methods and the same SQL.
 //!
 //! # Layout
 //! - [`error`]: [`StoreError`], its protocol [`ErrorCode`](tributary_protocol::ErrorCode), and the
 //!   one place `sqlx` errors are translated (unique → `AlreadyExists`, foreign key → `NotFound`).
 //! - [`crypto`]: [`MasterKey`] and [`SecretCipher`], AES-256-GCM with the owning row as AAD.
 //! - `id`: prefixed, time-sortable record ids (`ten_…`, `app_…`, `key_…`, `sk_…`), `[a-z0-9_]` only.
-//! - `sqlite`: SQLite connection options, pool type and embedded migrations
-//!   ([`Store::open_sqlite`]); the only SQLite-specific module.
+//! - [`db`]: the backend chosen by URL ([`Store::open`]), the pool, connection set-up and the
+//!   embedded migrations of each backend; the only backend-specific module.
 //! - [`tenant`]: [`Tenant`] and [`App`] records and their queries.
 //! - [`api_key`]: [`ApiKey`] records, the `trb_<key_id>_<secret>` format, creation, verification
 //!   and revocation.
@@ -28,16 +28,17 @@
 
 pub mod api_key;
 pub mod crypto;
+pub mod db;
 pub mod error;
 mod id;
 pub mod signing_key;
-mod sqlite;
 pub mod tenant;
 
 use std::sync::Arc;
 
 pub use api_key::{ApiKey, NewApiKey};
 pub use crypto::{MasterKey, SecretCipher};
+pub use db::{Backend, create_database};
 pub use error::StoreError;
 pub use signing_key::SigningKeyRecord;
 pub use tenant::{App, Tenant};
@@ -48,13 +49,14 @@ pub use tenant::{App, Tenant};
 /// on its own; no method spans several writes.
 #[derive(Clone)]
 pub struct Store {
-    pool: sqlite::DbPool,
+    pool: db::DbPool,
+    backend: Backend,
     cipher: Arc<SecretCipher>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("pool", &self.pool).finish_non_exhaustive()
+        f.debug_struct("Store").field("backend", &self.backend).finish_non_exhaustive()
     }
 }
 

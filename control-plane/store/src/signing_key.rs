@@ -7,7 +7,7 @@
 use secrecy::SecretSlice;
 use sqlx::Row as _;
 
-use crate::sqlite::DbRow;
+use crate::db::DbRow;
 use crate::{Store, StoreError, id, unix_now};
 
 /// The only algorithm signing keys are created for.

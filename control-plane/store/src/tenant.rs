@@ -2,7 +2,7 @@
 
 use sqlx::Row as _;
 
-use crate::sqlite::DbRow;
+use crate::db::DbRow;
 use crate::{Store, StoreError, id, unix_now};
 
 /// A company signed up to the service; it owns apps.

@@ -103,6 +103,35 @@ impl TestServer {
         servers
     }
 
+    /// Starts `nodes` servers as a production deployment runs them: each with a data directory
+    /// of its own, all sharing one fresh PostgreSQL database (on the server of
+    /// `TRIBUTARY_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`) for
+    /// apps and keys, and the Redis at `redis_url` under a prefix of their own.
+    pub async fn spawn_nodes_on_postgres(redis_url: &str, nodes: usize) -> Vec<Self> {
+        let server = std::env::var("TRIBUTARY_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let base = server.rsplit_once('/').map_or(server.as_str(), |(base, _)| base);
+        let database_url = format!("{base}/trbtest_{}", uuid::Uuid::new_v4().simple());
+        tributary_store::create_database(&database_url)
+            .await
+            .expect("PostgreSQL answers on 127.0.0.1:5432 (scripts/test starts it)");
+        let master_key = tributary_store::MasterKey::generate().to_base64();
+        let prefix = format!("trbtest-{}", uuid::Uuid::new_v4().simple());
+        let mut servers = Vec::with_capacity(nodes);
+        for _ in 0..nodes {
+            let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+            let server = Self::spawn_in(dir, master_key.clone(), |config| {
+                config.storage.database_url = database_url.clone();
+                config.engine.kind = "redis".into();
+                config.engine.redis_url = redis_url.to_owned();
+                config.engine.redis_prefix = prefix.clone();
+            })
+            .await;
+            servers.push(server);
+        }
+        servers
+    }
+
     async fn spawn_in(
         dir: Arc<tempfile::TempDir>,
         master_key: secrecy::SecretString,

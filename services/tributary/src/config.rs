@@ -57,16 +57,28 @@ impl Default for TributaryConfig {
 }
 
 /// Storage settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// The SQLite file; relative to `data_dir` unless absolute.
+    /// The database: `postgres://…` for PostgreSQL; empty for the SQLite file `sqlite_path`.
+    pub database_url: String,
+    /// The SQLite file when `database_url` is empty; relative to `data_dir` unless absolute.
     pub sqlite_path: PathBuf,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { sqlite_path: PathBuf::from("tributary.db") }
+        Self { database_url: String::new(), sqlite_path: PathBuf::from("tributary.db") }
+    }
+}
+
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The database URL may hold a password.
+        f.debug_struct("StorageConfig")
+            .field("database_url", &tributary_engine_redis::connection::redacted(&self.database_url))
+            .field("sqlite_path", &self.sqlite_path)
+            .finish()
     }
 }
 
@@ -135,9 +147,24 @@ impl TributaryConfig {
         self.data_dir.join(&self.storage.sqlite_path)
     }
 
+    /// Returns the URL of the store's database: `storage.database_url`, or the SQLite file.
+    pub fn database_url(&self) -> String {
+        if self.storage.database_url.is_empty() {
+            format!("sqlite://{}", self.sqlite_path().display())
+        } else {
+            self.storage.database_url.clone()
+        }
+    }
+
     /// Returns every problem with this configuration.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = self.relay.problems();
+        if !self.storage.database_url.is_empty()
+            && tributary_store::Backend::of(&self.storage.database_url).is_err()
+        {
+            // The URL is not repeated: it may hold a password.
+            problems.push("storage.database_url must be a postgres:// or sqlite:// URL (or empty)".into());
+        }
         match self.engine.kind.as_str() {
             "memory" => {}
             "redis" => {

@@ -1,53 +1,96 @@
 //! Integration tests of `tributary-store`, one binary for the whole crate (STYLE.md E).
 //!
-//! Each test opens its own store on a fresh temporary SQLite file, and may read or change rows
-//! behind the store's back through a second, raw pool on the same file.
+//! Every test runs against both backends: SQLite in a temporary file, and PostgreSQL
+//! (`TRIBUTARY_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`) in a
+//! fresh database of its own. A test may read or change rows behind the store's back through a
+//! second, raw pool on the same database.
 
 mod api_keys;
 mod master_key;
 mod signing_keys;
 mod tenants;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
-use tributary_store::{App, MasterKey, Store, Tenant};
+use sqlx::AnyPool;
+use tributary_store::{App, Backend, MasterKey, Store, Tenant};
 
-/// A store on its own temporary database.
+/// A store on its own fresh database.
 pub struct TestDb {
-    /// Keeps the directory (and so the database) alive for the test.
-    pub dir: tempfile::TempDir,
+    /// Keeps the directory of an SQLite database alive for the test.
+    dir: Option<tempfile::TempDir>,
+    /// The database URL (to open it again).
+    pub url: String,
     /// The store under test.
     pub store: Store,
-    /// A pool on the same file, for looking at and tampering with raw rows.
-    pub raw: SqlitePool,
+    /// A pool on the same database, for looking at and tampering with raw rows.
+    pub raw: AnyPool,
+}
+
+/// The PostgreSQL server the tests create their databases on.
+fn postgres_url() -> String {
+    std::env::var("TRIBUTARY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 impl TestDb {
-    /// Opens a store with a new master key on a new database.
-    pub async fn sqlite() -> TestDb {
-        TestDb::sqlite_with_key(&MasterKey::generate()).await
+    /// One store per backend, each with a new master key on a new database.
+    pub async fn all() -> Vec<TestDb> {
+        TestDb::all_with_key(&MasterKey::generate()).await
     }
 
-    /// Opens a store with the given master key on a new database.
-    pub async fn sqlite_with_key(key: &MasterKey) -> TestDb {
+    /// One store per backend with the given master key, each on a new database.
+    pub async fn all_with_key(key: &MasterKey) -> Vec<TestDb> {
+        vec![TestDb::sqlite(key).await, TestDb::postgres(key).await]
+    }
+
+    async fn sqlite(key: &MasterKey) -> TestDb {
         let dir = tempfile::tempdir().expect("the temp dir is writable");
-        let path = dir.path().join("store.db");
-        let store = Store::open_sqlite(&path, key).await.expect("a fresh database opens");
-        let raw = SqlitePool::connect_with(SqliteConnectOptions::new().filename(&path))
+        let url = format!("sqlite://{}", dir.path().join("store.db").display());
+        TestDb::open(url, key, Some(dir)).await
+    }
+
+    async fn postgres(key: &MasterKey) -> TestDb {
+        let server = postgres_url();
+        let base = server.rsplit_once('/').map_or(server.as_str(), |(base, _)| base);
+        let url = format!("{base}/trbtest_{}", uuid::Uuid::new_v4().simple());
+        tributary_store::create_database(&url)
             .await
-            .expect("the raw pool opens the same file");
-        TestDb { dir, store, raw }
+            .expect("PostgreSQL answers on 127.0.0.1:5432 (scripts/test starts it)");
+        TestDb::open(url, key, None).await
     }
 
-    /// Returns the path of the database file.
-    pub fn path(&self) -> std::path::PathBuf {
-        self.dir.path().join("store.db")
+    async fn open(url: String, key: &MasterKey, dir: Option<tempfile::TempDir>) -> TestDb {
+        let store = Store::open(&url, key).await.expect("a fresh database opens");
+        let raw = AnyPool::connect(&url).await.expect("the raw pool opens the same database");
+        TestDb { dir, url, store, raw }
     }
 
-    /// Returns the bytes of every file of the database (main file, WAL and shared memory).
-    pub fn files_on_disk(&self) -> Vec<u8> {
+    /// Returns everything the database holds, as bytes: the files of an SQLite database (main
+    /// file, WAL and shared memory), the raw values of every stored column in PostgreSQL.
+    pub async fn stored_bytes(&self) -> Vec<u8> {
         let mut bytes = Vec::new();
-        for entry in std::fs::read_dir(self.dir.path()).expect("the temp dir is readable") {
-            bytes.extend(std::fs::read(entry.expect("entry").path()).expect("database files are readable"));
+        match self.store.backend() {
+            Backend::Sqlite => {
+                let dir = self.dir.as_ref().expect("an SQLite database has a directory");
+                for entry in std::fs::read_dir(dir.path()).expect("the temp dir is readable") {
+                    bytes.extend(
+                        std::fs::read(entry.expect("entry").path()).expect("database files are readable"),
+                    );
+                }
+            }
+            Backend::Postgres => {
+                let queries = [
+                    "SELECT id || name, key_hash FROM api_keys",
+                    "SELECT kid || alg, secret_ciphertext FROM signing_keys",
+                ];
+                for query in queries {
+                    let rows: Vec<(String, Vec<u8>)> =
+                        sqlx::query_as(query).fetch_all(&self.raw).await.expect("the rows are readable");
+                    for (text, blob) in rows {
+                        bytes.extend(text.into_bytes());
+                        bytes.extend(blob);
+                    }
+                }
+            }
         }
         bytes
     }

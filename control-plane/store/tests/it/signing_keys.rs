@@ -14,85 +14,90 @@ async fn raw_ciphertext(db: &TestDb, kid: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn signing_key_is_encrypted_at_rest_and_decrypts_back() {
-    let db = TestDb::sqlite().await;
-    let (tenant, app) = db.tenant_with_app("prod").await;
-    let created = db.store.create_signing_key(&tenant.id, &app.id).await.unwrap();
-    assert!(created.kid.starts_with("sk_"));
-    assert_eq!(created.alg, "HS256");
-    let secret = created.secret.expose_secret().to_vec();
-    assert_eq!(secret.len(), 32);
+    for db in TestDb::all().await {
+        let (tenant, app) = db.tenant_with_app("prod").await;
+        let created = db.store.create_signing_key(&tenant.id, &app.id).await.unwrap();
+        assert!(created.kid.starts_with("sk_"));
+        assert_eq!(created.alg, "HS256");
+        let secret = created.secret.expose_secret().to_vec();
+        assert_eq!(secret.len(), 32);
 
-    let stored = raw_ciphertext(&db, &created.kid).await;
-    assert_ne!(stored, secret);
-    assert!(!stored.windows(secret.len()).any(|window| window == secret.as_slice()));
-    let file = db.files_on_disk();
-    assert!(!file.windows(secret.len()).any(|window| window == secret.as_slice()));
+        let stored = raw_ciphertext(&db, &created.kid).await;
+        assert_ne!(stored, secret);
+        assert!(!stored.windows(secret.len()).any(|window| window == secret.as_slice()));
+        let file = db.stored_bytes().await;
+        assert!(!file.windows(secret.len()).any(|window| window == secret.as_slice()));
 
-    let read = db.store.signing_key(&app.id, &created.kid).await.unwrap();
-    assert_eq!(read.secret.expose_secret(), secret.as_slice());
-    assert_eq!((read.kid, read.created_at), (created.kid, created.created_at));
+        let read = db.store.signing_key(&app.id, &created.kid).await.unwrap();
+        assert_eq!(read.secret.expose_secret(), secret.as_slice());
+        assert_eq!((read.kid, read.created_at), (created.kid, created.created_at));
+    }
 }
 
 #[tokio::test]
 async fn ciphertext_copied_to_another_row_fails_to_decrypt() {
-    let db = TestDb::sqlite().await;
-    let (tenant, app) = db.tenant_with_app("prod").await;
-    let first = db.store.create_signing_key(&tenant.id, &app.id).await.unwrap();
-    let second = db.store.create_signing_key(&tenant.id, &app.id).await.unwrap();
-    sqlx::query("UPDATE signing_keys SET secret_ciphertext = $1 WHERE kid = $2")
-        .bind(raw_ciphertext(&db, &first.kid).await)
-        .bind(&second.kid)
-        .execute(&db.raw)
-        .await
-        .unwrap();
-    let err = db.store.signing_key(&app.id, &second.kid).await.unwrap_err();
-    assert!(matches!(err, StoreError::Decrypt), "{err:?}");
-    db.store.signing_key(&app.id, &first.kid).await.unwrap();
+    for db in TestDb::all().await {
+        let (tenant, app) = db.tenant_with_app("prod").await;
+        let first = db.store.create_signing_key(&tenant.id, &app.id).await.unwrap();
+        let second = db.store.create_signing_key(&tenant.id, &app.id).await.unwrap();
+        sqlx::query("UPDATE signing_keys SET secret_ciphertext = $1 WHERE kid = $2")
+            .bind(raw_ciphertext(&db, &first.kid).await)
+            .bind(&second.kid)
+            .execute(&db.raw)
+            .await
+            .unwrap();
+        let err = db.store.signing_key(&app.id, &second.kid).await.unwrap_err();
+        assert!(matches!(err, StoreError::Decrypt), "{err:?}");
+        db.store.signing_key(&app.id, &first.kid).await.unwrap();
+    }
 }
 
 #[tokio::test]
 async fn key_of_one_app_is_not_found_through_another() {
-    let db = TestDb::sqlite().await;
-    let (tenant, app_a) = db.tenant_with_app("prod").await;
-    let app_b = db.store.create_app(&tenant.id, "staging").await.unwrap();
-    let key_a = db.store.create_signing_key(&tenant.id, &app_a.id).await.unwrap();
-    let err = db.store.signing_key(&app_b.id, &key_a.kid).await.unwrap_err();
-    assert!(matches!(err, StoreError::NotFound("signing key")), "{err:?}");
-    assert!(db.store.signing_keys(&app_b.id).await.unwrap().is_empty());
+    for db in TestDb::all().await {
+        let (tenant, app_a) = db.tenant_with_app("prod").await;
+        let app_b = db.store.create_app(&tenant.id, "staging").await.unwrap();
+        let key_a = db.store.create_signing_key(&tenant.id, &app_a.id).await.unwrap();
+        let err = db.store.signing_key(&app_b.id, &key_a.kid).await.unwrap_err();
+        assert!(matches!(err, StoreError::NotFound("signing key")), "{err:?}");
+        assert!(db.store.signing_keys(&app_b.id).await.unwrap().is_empty());
 
-    let other = db.store.create_tenant("Other").await.unwrap();
-    let err = db.store.create_signing_key(&other.id, &app_a.id).await.unwrap_err();
-    assert!(matches!(err, StoreError::NotFound("app")), "{err:?}");
+        let other = db.store.create_tenant("Other").await.unwrap();
+        let err = db.store.create_signing_key(&other.id, &app_a.id).await.unwrap_err();
+        assert!(matches!(err, StoreError::NotFound("app")), "{err:?}");
+    }
 }
 
 #[tokio::test]
 async fn active_keys_are_listed_newest_first_without_revoked_ones() {
-    let db = TestDb::sqlite().await;
-    let (tenant, app) = db.tenant_with_app("prod").await;
-    let mut kids = Vec::new();
-    for _ in 0..3 {
-        kids.push(db.store.create_signing_key(&tenant.id, &app.id).await.unwrap().kid);
-    }
-    sqlx::query("UPDATE signing_keys SET revoked_at = 1 WHERE kid = $1")
-        .bind(&kids[1])
-        .execute(&db.raw)
-        .await
-        .unwrap();
+    for db in TestDb::all().await {
+        let (tenant, app) = db.tenant_with_app("prod").await;
+        let mut kids = Vec::new();
+        for _ in 0..3 {
+            kids.push(db.store.create_signing_key(&tenant.id, &app.id).await.unwrap().kid);
+        }
+        sqlx::query("UPDATE signing_keys SET revoked_at = 1 WHERE kid = $1")
+            .bind(&kids[1])
+            .execute(&db.raw)
+            .await
+            .unwrap();
 
-    let listed: Vec<String> =
-        db.store.signing_keys(&app.id).await.unwrap().into_iter().map(|k| k.kid).collect();
-    assert_eq!(listed, vec![kids[2].clone(), kids[0].clone()]);
-    assert!(matches!(db.store.signing_key(&app.id, &kids[1]).await, Err(StoreError::NotFound(_))));
+        let listed: Vec<String> =
+            db.store.signing_keys(&app.id).await.unwrap().into_iter().map(|k| k.kid).collect();
+        assert_eq!(listed, vec![kids[2].clone(), kids[0].clone()]);
+        assert!(matches!(db.store.signing_key(&app.id, &kids[1]).await, Err(StoreError::NotFound(_))));
+    }
 }
 
 #[tokio::test]
 async fn wrong_master_key_cannot_read_signing_keys() {
-    let db = TestDb::sqlite().await;
-    let (tenant, app) = db.tenant_with_app("prod").await;
-    let key = db.store.create_signing_key(&tenant.id, &app.id).await.unwrap();
-    let wrong = Store::open_sqlite(&db.path(), &MasterKey::generate()).await.unwrap();
-    let err = wrong.signing_key(&app.id, &key.kid).await.unwrap_err();
-    assert!(matches!(err, StoreError::Decrypt), "{err:?}");
-    assert_eq!(err.code(), tributary_protocol::ErrorCode::Internal);
-    assert!(matches!(wrong.signing_keys(&app.id).await, Err(StoreError::Decrypt)));
+    for db in TestDb::all().await {
+        let (tenant, app) = db.tenant_with_app("prod").await;
+        let key = db.store.create_signing_key(&tenant.id, &app.id).await.unwrap();
+        let wrong = Store::open(&db.url, &MasterKey::generate()).await.unwrap();
+        let err = wrong.signing_key(&app.id, &key.kid).await.unwrap_err();
+        assert!(matches!(err, StoreError::Decrypt), "{err:?}");
+        assert_eq!(err.code(), tributary_protocol::ErrorCode::Internal);
+        assert!(matches!(wrong.signing_keys(&app.id).await, Err(StoreError::Decrypt)));
+    }
 }

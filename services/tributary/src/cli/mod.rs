@@ -53,6 +53,11 @@ enum Command {
     Worker,
     /// Runs the Kubernetes operator (not built yet).
     Operator,
+    /// Runs the store's pending database migrations (the server also runs them when it starts).
+    Migrate {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -91,9 +96,25 @@ pub async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitC
             print!("{}", tributary::config::DEFAULT_CONFIG_TOML);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Migrate { config } => {
+            let config = match serve::load(&config, None, None, &env) {
+                Ok(config) => config,
+                Err(code) => return Ok(code),
+            };
+            // Migrations read no secret, so any master key will do.
+            let store =
+                tributary_store::Store::open(&config.database_url(), &tributary_store::MasterKey::generate())
+                    .await?;
+            println!("migrations applied ({:?})", store.backend());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config { command: ConfigCommand::Check { config } } => {
             match serve::load(&config, None, None, &env) {
-                Ok(config) => {
+                Ok(mut config) => {
+                    // URLs may hold passwords.
+                    let redact = tributary_engine_redis::connection::redacted;
+                    config.storage.database_url = redact(&config.storage.database_url);
+                    config.engine.redis_url = redact(&config.engine.redis_url);
                     println!("{}", toml::to_string_pretty(&config)?);
                     Ok(ExitCode::SUCCESS)
                 }

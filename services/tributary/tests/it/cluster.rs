@@ -315,3 +315,26 @@ async fn when_a_channels_slot_moves_to_another_shard_only_its_subscribers_recove
         "redis cluster slot move: the moved channel's subscriber recovered, the other kept its connection"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_with_data_directories_of_their_own_share_apps_and_keys_through_postgresql() {
+    let url = std::env::var("TRIBUTARY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let nodes = TestServer::spawn_nodes_on_postgres(&url, 2).await;
+    // A token minted with node 0's app key works on node 1: both read the same store.
+    let token = nodes[0].all_rights("shared").await;
+    let mut subscriber = nodes[1].ws(&token).await;
+    subscriber.request(json!({"op": "subscribe", "channel": "chat:pg"})).await.unwrap();
+    let reply = nodes[0].publish("chat:pg", json!("hello")).await;
+    assert_eq!(reply["offset"], 1, "{reply}");
+    assert_eq!(subscriber.messages(1).await.unwrap()[0]["data"], "hello");
+    // And node 1 knows node 0's API key.
+    let (status, body) = nodes[1]
+        .http()
+        .get(format!("{}/v1/channels/chat:pg/history", nodes[1].http_url()))
+        .bearer_auth(nodes[0].api_key())
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), r))
+        .unwrap();
+    assert_eq!(status, 200, "{:?}", body.text().await);
+}

@@ -18,5 +18,6 @@ mod recovery;
 mod redis_restart;
 mod redis_tls;
 mod sse_poll;
+mod storage;
 mod tokens;
 mod websocket;

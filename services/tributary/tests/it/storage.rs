@@ -1,0 +1,67 @@
+//! The store's database chosen by URL: `tributary migrate` on PostgreSQL, and a bad URL refused
+//! at startup without repeating its password.
+
+use std::process::Command;
+
+fn tributary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tributary"))
+}
+
+fn postgres_database() -> String {
+    let server = std::env::var("TRIBUTARY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let base = server.rsplit_once('/').map_or(server.as_str(), |(base, _)| base).to_owned();
+    format!("{base}/trbtest_{}", uuid::Uuid::new_v4().simple())
+}
+
+#[tokio::test]
+async fn tributary_migrate_creates_the_schema_on_postgresql_and_is_idempotent() {
+    let url = postgres_database();
+    tributary_store::create_database(&url).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let output = tributary()
+            .args(["migrate", "--data-dir"])
+            .arg(dir.path())
+            .env("TRIBUTARY_STORAGE__DATABASE_URL", &url)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+        assert!(stdout.contains("migrations applied (Postgres)"), "{stdout}");
+    }
+    let store = tributary_store::Store::open(&url, &tributary_store::MasterKey::generate()).await.unwrap();
+    let tenant = store.create_tenant("Acme").await.unwrap();
+    assert_eq!(store.tenant(&tenant.id).await.unwrap(), tenant);
+}
+
+#[test]
+fn a_database_url_of_no_supported_kind_is_refused_without_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = tributary()
+        .args(["config", "check", "--data-dir"])
+        .arg(dir.path())
+        .env("TRIBUTARY_STORAGE__DATABASE_URL", "mysql://root:hunter2@db/app")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("storage.database_url"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+#[test]
+fn config_check_prints_database_and_redis_urls_without_passwords() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = tributary()
+        .args(["config", "check", "--data-dir"])
+        .arg(dir.path())
+        .env("TRIBUTARY_STORAGE__DATABASE_URL", "postgres://app:hunter2@db/app")
+        .env("TRIBUTARY_ENGINE__REDIS_URL", "redis://:hunter3@redis:6379")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("postgres://app:***@db/app"), "{stdout}");
+    assert!(!stdout.contains("hunter2") && !stdout.contains("hunter3"), "{stdout}");
+}

@@ -110,9 +110,11 @@ impl Store {
     pub async fn open(url: &str, master_key: &MasterKey) -> Result<Store, StoreError> {
         let backend = Backend::of(url)?;
         sqlx::any::install_default_drivers();
+        let has_mode =
+            url.split_once('?').is_some_and(|(_, query)| query.split('&').any(|p| p.starts_with("mode=")));
         let url = match backend {
             // `mode=rwc` creates the file when it is missing.
-            Backend::Sqlite if !url.contains("mode=") => {
+            Backend::Sqlite if !has_mode => {
                 format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
             }
             _ => url.to_owned(),
@@ -127,10 +129,25 @@ impl Store {
         Ok(Store { pool, backend, cipher: Arc::new(SecretCipher::new(master_key)) })
     }
 
-    /// Opens (creating it if missing) the SQLite database at `path`: [`Store::open`] with
-    /// `sqlite://path`.
+    /// Opens (creating it if missing) the SQLite database at `path`, relative to the working
+    /// directory unless absolute.
     pub async fn open_sqlite(path: &Path, master_key: &MasterKey) -> Result<Store, StoreError> {
-        Store::open(&format!("sqlite://{}", path.display()), master_key).await
+        use sqlx::ConnectOptions as _;
+        // Built by sqlx, which percent-encodes what a URL cannot hold (spaces, `?`, `#`), from
+        // the absolute path with its `..` resolved, so that no part of it is read as a URL host
+        // or collapsed. sqlx leaves `%` as it is and decodes it when parsing: it is encoded here.
+        let path = std::path::absolute(path).map_err(|_| StoreError::InvalidDatabaseUrl)?;
+        let path = match (path.parent().map(std::fs::canonicalize), path.file_name()) {
+            (Some(Ok(parent)), Some(file)) => parent.join(file),
+            _ => path,
+        };
+        let path = match path.to_str() {
+            Some(text) => std::path::PathBuf::from(text.replace('%', "%25")),
+            None => path,
+        };
+        let url =
+            sqlx::sqlite::SqliteConnectOptions::new().filename(&path).create_if_missing(true).to_url_lossy();
+        Store::open(url.as_str(), master_key).await
     }
 
     /// Returns which database the store runs on.
@@ -163,6 +180,21 @@ mod tests {
         assert_eq!(files("sqlite"), embedded(SQLITE_MIGRATIONS));
         assert_eq!(files("postgres"), embedded(POSTGRES_MIGRATIONS));
         assert_eq!(files("sqlite"), files("postgres"), "both backends have the same migrations");
+    }
+
+    #[tokio::test]
+    async fn sqlite_paths_that_are_not_url_friendly_open() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["with space", "what?#x", "per%41cent", "a:b@c"] {
+            let path = dir.path().join(name).join("..").join(name);
+            std::fs::create_dir_all(&path).unwrap();
+            let store = Store::open_sqlite(&path.join("t.db"), &MasterKey::generate())
+                .await
+                .map_err(|e| format!("{name}: {e:?}"))
+                .unwrap();
+            store.create_tenant("Acme").await.unwrap();
+            assert!(dir.path().join(name).join("t.db").exists(), "{name}");
+        }
     }
 
     #[test]

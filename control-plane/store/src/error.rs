@@ -70,8 +70,12 @@ impl StoreError {
             }
         }
         // The raw error is logged here, once, because callers only see the opaque variant
-        // (STYLE.md H.8). sqlx messages carry table and column names, never bound values.
-        tracing::warn!(error = %err, error.cause_chain = ?err, "database error");
+        // (STYLE.md H.8). Only its message and code: PostgreSQL's details can quote row values.
+        let code = match &err {
+            sqlx::Error::Database(db) => db.code().map(|code| code.into_owned()),
+            _ => None,
+        };
+        tracing::warn!(error = %err, code, "database error");
         StoreError::Database(err)
     }
 }

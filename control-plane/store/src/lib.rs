@@ -7,7 +7,7 @@
 //! can never read or change another's records through this API.
 //!
 //! It does not own HTTP handlers, token verification (it only hands out signing keys), the
-//! message engine or configuration loading; callers pass the database path and master key in.
+//! message engine or configuration loading; callers pass the database URL and master key in.
 //!
 //! [`Store`] is cheap to clone (a connection pool and an `Arc`) and is shared by the control plane
 //! and the data plane. It runs on SQLite (the embedded default) or PostgreSQL (production),

@@ -84,6 +84,11 @@ impl Store {
     /// of another app is not found, so one app's key never verifies another app's tokens), and
     /// [`StoreError::Decrypt`] if the secret cannot be decrypted with this store's master key.
     pub async fn signing_key(&self, app_id: &str, kid: &str) -> Result<SigningKeyRecord, StoreError> {
+        // Ids come from tokens, which anyone can forge: one that cannot exist is not looked up
+        // (PostgreSQL would refuse a NUL byte as an error, not as "not found").
+        if !(id::is_valid(id::APP, app_id) && id::is_valid(id::SIGNING_KEY, kid)) {
+            return Err(StoreError::NotFound("signing key"));
+        }
         let row = sqlx::query(
             "SELECT app_id, kid, alg, secret_ciphertext, created_at FROM signing_keys \
              WHERE app_id = $1 AND kid = $2 AND revoked_at IS NULL",
@@ -100,6 +105,9 @@ impl Store {
     ///
     /// Fails with [`StoreError::Decrypt`] if any secret cannot be decrypted.
     pub async fn signing_keys(&self, app_id: &str) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        if !id::is_valid(id::APP, app_id) {
+            return Ok(Vec::new());
+        }
         // Kids are UUIDv7-based and sort by creation, which orders keys made in the same second.
         let rows = sqlx::query(
             "SELECT app_id, kid, alg, secret_ciphertext, created_at FROM signing_keys \

@@ -66,6 +66,9 @@ impl Store {
 
     /// Returns the tenant, or [`StoreError::NotFound`] if there is none with this id.
     pub async fn tenant(&self, tenant_id: &str) -> Result<Tenant, StoreError> {
+        if !id::is_valid(id::TENANT, tenant_id) {
+            return Err(StoreError::NotFound("tenant"));
+        }
         let row = sqlx::query("SELECT id, name, created_at FROM tenants WHERE id = $1")
             .bind(tenant_id)
             .fetch_optional(&self.pool)
@@ -99,6 +102,9 @@ impl Store {
     /// Returns the app if it belongs to the tenant, and [`StoreError::NotFound`] otherwise
     /// (an app of another tenant is indistinguishable from a missing one).
     pub async fn app(&self, tenant_id: &str, app_id: &str) -> Result<App, StoreError> {
+        if !(id::is_valid(id::TENANT, tenant_id) && id::is_valid(id::APP, app_id)) {
+            return Err(StoreError::NotFound("app"));
+        }
         let row =
             sqlx::query("SELECT id, tenant_id, name, created_at FROM apps WHERE id = $1 AND tenant_id = $2")
                 .bind(app_id)
@@ -114,6 +120,11 @@ impl Store {
     /// This is for the data plane, which learns the app id from a token's audience or an API key
     /// and needs the tenant from it; control-plane requests should use [`Store::app`].
     pub async fn app_by_id(&self, app_id: &str) -> Result<App, StoreError> {
+        // Ids may come from tokens, which anyone can forge: one that cannot exist is not looked
+        // up (PostgreSQL refuses a NUL byte with an error, not "not found").
+        if !id::is_valid(id::APP, app_id) {
+            return Err(StoreError::NotFound("app"));
+        }
         let row = sqlx::query("SELECT id, tenant_id, name, created_at FROM apps WHERE id = $1")
             .bind(app_id)
             .fetch_optional(&self.pool)

@@ -55,14 +55,32 @@ impl Target {
     }
 }
 
-/// A Redis URL fit for logs and `Debug`: its password (`user:password@`) replaced by `***`.
+/// A database or Redis URL fit for logs and `Debug`: the password of `user:password@` and of a
+/// `password=` query parameter replaced by `***`.
 pub fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let Some((credentials, hosts)) = rest.rsplit_once('@') else { return url.to_owned() };
-    match credentials.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{hosts}"),
-        None => format!("{scheme}://***@{hosts}"),
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut out =
+        match base.split_once("://").and_then(|(scheme, rest)| Some((scheme, rest.rsplit_once('@')?))) {
+            Some((scheme, (credentials, hosts))) => match credentials.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{hosts}"),
+                None => format!("{scheme}://***@{hosts}"),
+            },
+            None => base.to_owned(),
+        };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out = format!("{out}?{}", pairs.join("&"));
     }
+    out
 }
 
 fn with_resp3(url: &str) -> String {
@@ -204,6 +222,11 @@ mod tests {
         assert_eq!(super::redacted("redis://u:hunter2@h:1/0"), "redis://u:***@h:1/0");
         assert_eq!(super::redacted("rediss://hunter2@h"), "rediss://***@h");
         assert_eq!(super::redacted("redis://h:1"), "redis://h:1");
+        assert_eq!(
+            super::redacted("postgres://db/app?password=x&sslmode=require"),
+            "postgres://db/app?password=***&sslmode=require"
+        );
+        assert_eq!(super::redacted("postgres://u@db/app?password=x"), "postgres://***@db/app?password=***");
     }
 
     #[test]

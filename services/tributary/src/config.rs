@@ -147,12 +147,15 @@ impl TributaryConfig {
         self.data_dir.join(&self.storage.sqlite_path)
     }
 
-    /// Returns the URL of the store's database: `storage.database_url`, or the SQLite file.
-    pub fn database_url(&self) -> String {
+    /// Opens the store: `storage.database_url`, or the SQLite file `sqlite_path`.
+    pub async fn open_store(
+        &self,
+        master_key: &tributary_store::MasterKey,
+    ) -> Result<tributary_store::Store, tributary_store::StoreError> {
         if self.storage.database_url.is_empty() {
-            format!("sqlite://{}", self.sqlite_path().display())
+            tributary_store::Store::open_sqlite(&self.sqlite_path(), master_key).await
         } else {
-            self.storage.database_url.clone()
+            tributary_store::Store::open(&self.storage.database_url, master_key).await
         }
     }
 

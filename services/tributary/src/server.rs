@@ -192,7 +192,7 @@ pub async fn bind(
     let master_key = bootstrap::master_key(config.master_key.as_ref()).ok_or(ServeError::NoMasterKey)??;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| BootstrapError::Io { path: config.data_dir.clone(), source })?;
-    let store = Store::open(&config.database_url(), &master_key).await?;
+    let store = config.open_store(&master_key).await?;
     let credentials =
         bootstrap::ensure_credentials(&store, &config.data_dir, &format!("http://{addr}")).await?;
     let stream_idle_ttl = Duration::from_secs(config.engine.stream_idle_ttl_secs);

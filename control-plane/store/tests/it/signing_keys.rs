@@ -101,3 +101,22 @@ async fn wrong_master_key_cannot_read_signing_keys() {
         assert!(matches!(wrong.signing_keys(&app.id).await, Err(StoreError::Decrypt)));
     }
 }
+
+#[tokio::test]
+async fn forged_ids_are_not_found_on_every_backend() {
+    for db in TestDb::all().await {
+        let (tenant, app) = db.tenant_with_app("prod").await;
+        db.store.create_signing_key(&tenant.id, &app.id).await.unwrap();
+        // A token's claims are the client's to write: NUL bytes, SQL, anything.
+        for forged in ["\u{0}", "app_\u{0}", "' OR 1=1 --", &"x".repeat(10_000)] {
+            let err = db.store.signing_key(forged, "sk_x").await.unwrap_err();
+            assert!(matches!(err, StoreError::NotFound(_)), "{:?}: {err:?}", db.store.backend());
+            let err = db.store.signing_key(&app.id, forged).await.unwrap_err();
+            assert!(matches!(err, StoreError::NotFound(_)), "{:?}: {err:?}", db.store.backend());
+            assert!(matches!(db.store.app_by_id(forged).await, Err(StoreError::NotFound(_))));
+            assert!(matches!(db.store.tenant(forged).await, Err(StoreError::NotFound(_))));
+            assert!(db.store.signing_keys(forged).await.unwrap().is_empty());
+        }
+        assert_eq!(db.store.signing_keys(&app.id).await.unwrap().len(), 1, "nothing else was harmed");
+    }
+}

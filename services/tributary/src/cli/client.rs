@@ -111,7 +111,7 @@ pub async fn token(args: TokenArgs, env: HashMap<String, String>) -> anyhow::Res
     };
     let grants = args.grants.iter().map(|g| Capabilities::parse_spec(g)).collect::<Result<Vec<_>, _>>()?;
     let master_key = bootstrap::master_key(config.master_key.as_ref()).context("master_key is not set")??;
-    let store = tributary_store::Store::open(&config.database_url(), &master_key).await?;
+    let store = config.open_store(&master_key).await?;
     let credentials = bootstrap::read_credentials(&config.data_dir)?;
     let record = store
         .signing_keys(&credentials.app_id)

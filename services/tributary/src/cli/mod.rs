@@ -102,9 +102,7 @@ pub async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitC
                 Err(code) => return Ok(code),
             };
             // Migrations read no secret, so any master key will do.
-            let store =
-                tributary_store::Store::open(&config.database_url(), &tributary_store::MasterKey::generate())
-                    .await?;
+            let store = config.open_store(&tributary_store::MasterKey::generate()).await?;
             println!("migrations applied ({:?})", store.backend());
             Ok(ExitCode::SUCCESS)
         }

@@ -35,7 +35,7 @@ pub fn audience_for(app_id: &str) -> String {
 }
 
 /// Describes why `id` is not an acceptable client id or `jti`, or returns `None` when it is.
-pub(crate) fn identifier_problem(id: &str) -> Option<String> {
+pub fn identifier_problem(id: &str) -> Option<String> {
     if id.is_empty() {
         Some("must not be empty".to_owned())
     } else if id.len() > MAX_CLIENT_ID_LEN {

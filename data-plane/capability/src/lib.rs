@@ -32,7 +32,7 @@ pub mod mint;
 pub mod rights;
 pub mod verify;
 
-pub use claims::{MAX_CLIENT_ID_LEN, audience_for};
+pub use claims::{MAX_CLIENT_ID_LEN, audience_for, identifier_problem};
 pub use error::{CapabilityError, TokenError};
 pub use keys::{HS256_SECRET_LEN, KeyAlgorithm, SigningKey};
 pub use mint::{MAX_GRANTS, MAX_TTL_SECS, MintedToken, TokenRequest, mint};

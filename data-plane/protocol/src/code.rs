@@ -164,6 +164,8 @@ close_codes! {
     TokenExpired = (3005, "token expired: reconnect with a fresh token"),
     /// No `connect` frame arrived within the handshake timeout.
     HandshakeTimeout = (3006, "handshake timeout"),
+    /// The app's backend disconnected this client and allows it back: reconnect (with backoff).
+    Disconnected = (3007, "disconnected by the server: reconnect"),
     /// The client broke the protocol (for example a frame that is not a WebSocket text or binary frame).
     ProtocolViolation = (3500, "protocol violation"),
     /// The token given in `connect` was refused; the `connect` reply says why.

@@ -78,6 +78,7 @@ struct Queue {
 struct Shared {
     id: Arc<str>,
     app: Arc<str>,
+    client: Arc<str>,
     queue: Mutex<Queue>,
     max_items: usize,
     max_bytes: usize,
@@ -126,10 +127,17 @@ impl ConnHandle {
     /// Creates a connection whose queue holds at most `queue_len` frames and `max_queued_bytes`
     /// bytes; returns the handle and the [`Outbox`] that the connection's task drains. The queue
     /// allocates nothing until something is queued.
-    pub fn new(id: Arc<str>, app: Arc<str>, queue_len: usize, max_queued_bytes: usize) -> (Self, Outbox) {
+    pub fn new(
+        id: Arc<str>,
+        app: Arc<str>,
+        client: Arc<str>,
+        queue_len: usize,
+        max_queued_bytes: usize,
+    ) -> (Self, Outbox) {
         let shared = Arc::new(Shared {
             id,
             app,
+            client,
             queue: Mutex::new(Queue { items: VecDeque::new(), bytes: 0, waker: None }),
             max_items: queue_len,
             max_bytes: max_queued_bytes,
@@ -147,6 +155,11 @@ impl ConnHandle {
     /// Returns the app id.
     pub fn app(&self) -> &Arc<str> {
         &self.shared.app
+    }
+
+    /// Returns the client id (the token's subject).
+    pub fn client(&self) -> &Arc<str> {
+        &self.shared.client
     }
 
     /// Queues a frame without waiting. A queue full by count or by bytes closes the connection
@@ -313,6 +326,24 @@ impl Connections {
         }
     }
 
+    /// Closes every connection of `client` in `app` with `code`; returns how many there were.
+    /// A scan of the node's connections: disconnecting is rare, and an index by client would
+    /// cost every connection memory.
+    pub fn close_client(&self, app: &str, client: &str, code: CloseCode) -> usize {
+        let matching: Vec<ConnHandle> = self
+            .by_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|conn| &**conn.app() == app && &**conn.client() == client)
+            .cloned()
+            .collect();
+        for conn in &matching {
+            conn.close(code);
+        }
+        matching.len()
+    }
+
     /// Returns how many connections are registered.
     pub fn len(&self) -> usize {
         self.total.load(Ordering::Relaxed)
@@ -344,7 +375,7 @@ mod tests {
     use super::{ConnHandle, Outbound, Outbox};
 
     fn conn(items: usize, bytes: usize) -> (ConnHandle, Outbox) {
-        ConnHandle::new("c1".into(), "app".into(), items, bytes)
+        ConnHandle::new("c1".into(), "app".into(), "client".into(), items, bytes)
     }
 
     fn drain(outbox: &mut Outbox, max: usize) -> Poll<Vec<Bytes>> {

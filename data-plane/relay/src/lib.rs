@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod control;
 pub mod directory;
 pub mod http_api;
 pub mod hub;

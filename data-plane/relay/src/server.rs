@@ -38,7 +38,9 @@ impl Relay {
             shutdown: CancellationToken::new(),
             tasks: tokio_util::task::TaskTracker::new(),
         };
-        Self { state: Arc::new(state) }
+        let state = Arc::new(state);
+        state.hub.set_control_handler(Arc::new(crate::control::ControlEvents::new(&state)));
+        Self { state }
     }
 
     /// Returns the relay's routes: `/v1/connect` (WebSocket), `/v1/sse`, `/v1/poll`, the HTTP

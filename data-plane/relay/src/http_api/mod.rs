@@ -5,12 +5,14 @@
 //! - `GET /v1/channels/{channel}/history` reads history.
 //! - `GET /v1/channels/{channel}/presence` and `/occupancy` read presence.
 //! - `POST /v1/tokens` mints a capability token for a client.
+//! - `POST /v1/clients/{client_id}/disconnect` closes a client's connections on every node.
 //!
 //! Every error body is `{"error":{"code":..,"name":..,"message":..,"temporary":..}}` with the
 //! code's HTTP status. Bodies are read as bytes and parsed here, so malformed JSON gets our
 //! error codes rather than the framework's plain-text rejections.
 
 mod channels;
+mod clients;
 mod publish;
 mod tokens;
 
@@ -67,6 +69,7 @@ pub fn routes() -> Router<Arc<RelayState>> {
         .route("/v1/channels/{channel}/presence", get(channels::presence))
         .route("/v1/channels/{channel}/occupancy", get(channels::occupancy))
         .route("/v1/tokens", post(tokens::mint))
+        .route("/v1/clients/{client_id}/disconnect", post(clients::disconnect))
 }
 
 /// Authenticates the request's API key.

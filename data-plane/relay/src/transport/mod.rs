@@ -37,8 +37,13 @@ pub async fn open_connection(
     let identity = Identity::from(authenticate(state, token).await?);
     let conn_id: Arc<str> = Arc::from(uuid::Uuid::now_v7().simple().to_string());
     let config = &state.config;
-    let (conn, rx) =
-        ConnHandle::new(conn_id, identity.app_id.clone(), config.outbound_queue_len, config.max_queued_bytes);
+    let (conn, rx) = ConnHandle::new(
+        conn_id,
+        identity.app_id.clone(),
+        identity.client_id.clone(),
+        config.outbound_queue_len,
+        config.max_queued_bytes,
+    );
     if !state.connections.register(&conn, state.config.max_connections_per_app) {
         return Err(ErrorCode::ConnectionLimit.into());
     }

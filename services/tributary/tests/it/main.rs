@@ -8,6 +8,7 @@ mod bad_input;
 mod checked_history;
 mod cluster;
 mod conformance;
+mod disconnect;
 mod docs;
 mod http_api;
 mod limits;

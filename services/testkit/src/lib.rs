@@ -108,13 +108,7 @@ impl TestServer {
     /// `TRIBUTARY_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`) for
     /// apps and keys, and the Redis at `redis_url` under a prefix of their own.
     pub async fn spawn_nodes_on_postgres(redis_url: &str, nodes: usize) -> Vec<Self> {
-        let server = std::env::var("TRIBUTARY_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let base = server.rsplit_once('/').map_or(server.as_str(), |(base, _)| base);
-        let database_url = format!("{base}/trbtest_{}", uuid::Uuid::new_v4().simple());
-        tributary_store::create_database(&database_url)
-            .await
-            .expect("PostgreSQL answers on 127.0.0.1:5432 (scripts/test starts it)");
+        let database_url = fresh_postgres_database().await;
         let master_key = tributary_store::MasterKey::generate().to_base64();
         let prefix = format!("trbtest-{}", uuid::Uuid::new_v4().simple());
         let mut servers = Vec::with_capacity(nodes);
@@ -360,6 +354,20 @@ pub struct OtherApp {
     pub app_id: String,
     /// Its API key.
     pub api_key: String,
+}
+
+/// Creates a fresh, empty PostgreSQL database on the server of `TRIBUTARY_TEST_POSTGRES_URL`
+/// (default `postgres://postgres@127.0.0.1:5432/postgres`) and returns its URL. Named
+/// `trbtest_…`: `scripts/test` drops those of earlier runs.
+pub async fn fresh_postgres_database() -> String {
+    let server = std::env::var("TRIBUTARY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let base = server.rsplit_once('/').map_or(server.as_str(), |(base, _)| base);
+    let url = format!("{base}/trbtest_{}", uuid::Uuid::new_v4().simple());
+    tributary_store::create_database(&url)
+        .await
+        .expect("PostgreSQL answers on 127.0.0.1:5432 (scripts/test starts it)");
+    url
 }
 
 /// Waits until `check` returns true, for at most `timeout`; fails with `what` otherwise.

@@ -7,17 +7,9 @@ fn tributary() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tributary"))
 }
 
-fn postgres_database() -> String {
-    let server = std::env::var("TRIBUTARY_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let base = server.rsplit_once('/').map_or(server.as_str(), |(base, _)| base).to_owned();
-    format!("{base}/trbtest_{}", uuid::Uuid::new_v4().simple())
-}
-
 #[tokio::test]
 async fn tributary_migrate_creates_the_schema_on_postgresql_and_is_idempotent() {
-    let url = postgres_database();
-    tributary_store::create_database(&url).await.unwrap();
+    let url = tributary_testkit::fresh_postgres_database().await;
     let dir = tempfile::tempdir().unwrap();
     for _ in 0..2 {
         let output = tributary()

@@ -24,8 +24,13 @@ impl Drop for Node {
 }
 
 async fn start_node(dir: &std::path::Path, redis: &str) -> Node {
+    start_node_with(dir, redis, &[]).await
+}
+
+async fn start_node_with(dir: &std::path::Path, redis: &str, env: &[(&str, &str)]) -> Node {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .envs(env.iter().copied())
         .arg("serve")
         .arg("--data-dir")
         .arg(dir)
@@ -158,4 +163,69 @@ async fn a_killed_nodes_subscriber_recovers_on_another_node_with_nothing_lost_or
     println!("kill -9 of a relay node: {report}");
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(report.acknowledged as u64, total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_members_leave_within_the_presence_timeout() {
+    let redis = ThrowawayRedis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let timeout = [("TRIBUTARY_RELAY__PRESENCE_TIMEOUT_MS", "1500")];
+    let mut doomed = start_node_with(dir.path(), &redis.url(), &timeout).await;
+    let survivor = start_node_with(dir.path(), &redis.url(), &timeout).await;
+    let credentials: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("credentials.json")).unwrap()).unwrap();
+    let api_key = credentials["api_key"].as_str().unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let token = |client: &str| {
+        let (http, url, key) = (http.clone(), survivor.http.clone(), api_key.clone());
+        let body = json!({"client_id": client, "capabilities": [{"channel": "*", "allow": ["subscribe", "presence"]}]});
+        async move {
+            let reply: Value = http
+                .post(format!("{url}/v1/tokens"))
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            reply["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let ws_url = |node: &Node| format!("{}/v1/connect", node.http.replacen("http", "ws", 1));
+    let (mut watcher, _) = WsClient::connect(&ws_url(&survivor), &token("watcher").await).await.unwrap();
+    watcher.request(json!({"op": "subscribe", "channel": "chat:members"})).await.unwrap();
+    let (mut ghost, _) = WsClient::connect(&ws_url(&doomed), &token("ghost").await).await.unwrap();
+    ghost.request(json!({"op": "subscribe", "channel": "chat:members"})).await.unwrap();
+    loop {
+        let join = watcher.next_of("join").await.unwrap();
+        if join["member"]["client_id"] == "ghost" {
+            break;
+        }
+    }
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
+    let killed = tokio::time::Instant::now();
+    loop {
+        let leave = watcher.next_of("leave").await.unwrap();
+        if leave["member"]["client_id"] == "ghost" {
+            break;
+        }
+    }
+    let after = killed.elapsed();
+    let occupancy: Value = http
+        .get(format!("{}/v1/channels/chat:members/occupancy", survivor.http))
+        .bearer_auth(&api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    println!(
+        "kill -9 of a node: its member left after {after:?} (presence timeout 1.5 s), occupancy {occupancy}"
+    );
+    assert!(after < Duration::from_millis(1500 + 1500), "left within the timeout and a sweep: {after:?}");
+    assert_eq!(occupancy["members"], 1, "only the watcher is left: {occupancy}");
 }

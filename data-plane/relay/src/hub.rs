@@ -100,19 +100,12 @@ impl Subscriber {
     }
 }
 
-/// A channel's local subscribers.
-#[derive(Default)]
-struct Channel {
-    subs: Vec<Subscriber>,
+/// Finds a connection among a channel's subscribers.
+fn find<'a>(subs: &'a mut [Subscriber], conn: &ConnHandle) -> Option<&'a mut Subscriber> {
+    subs.iter_mut().find(|s| s.conn.id() == conn.id())
 }
 
-impl Channel {
-    fn find(&mut self, conn: &ConnHandle) -> Option<&mut Subscriber> {
-        self.subs.iter_mut().find(|s| s.conn.id() == conn.id())
-    }
-}
-
-type ChannelMap = HashMap<ChannelKey, Channel>;
+type ChannelMap = HashMap<ChannelKey, Vec<Subscriber>>;
 
 /// Receives control events (revocations, disconnects) for the node.
 pub trait ControlHandler: Send + Sync {
@@ -157,14 +150,14 @@ impl Hub {
     /// local subscription subscribes there too.)
     pub fn add(&self, key: &ChannelKey, conn: &ConnHandle) {
         let mut shard = lock(self.shard(key));
-        let subs = &mut shard.entry(key.clone()).or_default().subs;
+        let subs = shard.entry(key.clone()).or_default();
         subs.retain(|s| s.conn.id() != conn.id());
         subs.push(Subscriber { conn: conn.clone(), mode: Mode::Recovering(Vec::new()), position: None });
     }
 
     fn set_mode(&self, key: &ChannelKey, conn: &ConnHandle, mode: Mode) {
         let mut shard = lock(self.shard(key));
-        if let Some(sub) = shard.get_mut(key).and_then(|channel| channel.find(conn)) {
+        if let Some(sub) = shard.get_mut(key).and_then(|subs| find(subs, conn)) {
             sub.mode = mode;
         }
     }
@@ -185,7 +178,7 @@ impl Hub {
     /// history delivered up to), then switches the subscriber to live delivery.
     pub fn finish_recovery(&self, key: &ChannelKey, conn: &ConnHandle, epoch: &str, delivered: u64) {
         let mut shard = lock(self.shard(key));
-        let Some(sub) = shard.get_mut(key).and_then(|channel| channel.find(conn)) else { return };
+        let Some(sub) = shard.get_mut(key).and_then(|subs| find(subs, conn)) else { return };
         let Mode::Recovering(buffer) = std::mem::replace(&mut sub.mode, Mode::Live) else { return };
         // The buffer holds what arrived live while history was read: copies of what history
         // delivered, then (with no hole) what came after it.
@@ -201,23 +194,23 @@ impl Hub {
     /// Removes a subscriber.
     pub fn remove(&self, key: &ChannelKey, conn_id: &str) {
         let mut shard = lock(self.shard(key));
-        let Some(channel) = shard.get_mut(key) else { return };
-        channel.subs.retain(|s| &**s.conn.id() != conn_id);
-        if channel.subs.is_empty() {
+        let Some(subs) = shard.get_mut(key) else { return };
+        subs.retain(|s| &**s.conn.id() != conn_id);
+        if subs.is_empty() {
             shard.remove(key);
         }
     }
 
     /// Returns how many local subscribers `key` has.
     pub fn subscriber_count(&self, key: &ChannelKey) -> usize {
-        lock(self.shard(key)).get(key).map(|channel| channel.subs.len()).unwrap_or(0)
+        lock(self.shard(key)).get(key).map(Vec::len).unwrap_or(0)
     }
 
     fn deliver(&self, key: &ChannelKey, make: impl FnOnce() -> Outbound) {
         let mut shard = lock(self.shard(key));
-        let Some(channel) = shard.get_mut(key) else { return };
+        let Some(subs) = shard.get_mut(key) else { return };
         let item = make();
-        for sub in channel.subs.iter_mut() {
+        for sub in subs.iter_mut() {
             match &mut sub.mode {
                 Mode::Live => sub.give(&item),
                 Mode::Recovering(buffer) if buffer.len() >= self.max_buffer => {
@@ -253,8 +246,8 @@ impl EngineSink for Hub {
 
     fn on_gap(&self, key: &ChannelKey) {
         // Closed with "reconnect and recover": history has what the node missed.
-        if let Some(channel) = lock(self.shard(key)).get(key) {
-            for sub in &channel.subs {
+        if let Some(subs) = lock(self.shard(key)).get(key) {
+            for sub in subs {
                 sub.conn.close(tributary_protocol::CloseCode::SlowConsumer);
             }
         }

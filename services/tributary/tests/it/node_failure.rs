@@ -48,6 +48,34 @@ async fn start_node_with(dir: &std::path::Path, redis: &str, env: &[(&str, &str)
     Node { child, http }
 }
 
+/// Returns the API key the first node wrote into the shared data directory.
+fn api_key(dir: &std::path::Path) -> String {
+    let credentials: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("credentials.json")).unwrap()).unwrap();
+    credentials["api_key"].as_str().unwrap().to_owned()
+}
+
+/// Mints a token for `client` with `rights` on every channel, through `node`'s HTTP API.
+async fn mint(node: &Node, api_key: &str, client: &str, rights: &[&str]) -> String {
+    let body =
+        json!({"client_id": client, "ttl_secs": 600, "capabilities": [{"channel": "*", "allow": rights}]});
+    let reply: Value = reqwest::Client::new()
+        .post(format!("{}/v1/tokens", node.http))
+        .bearer_auth(api_key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    reply["token"].as_str().unwrap().to_owned()
+}
+
+fn ws_url(node: &Node) -> String {
+    format!("{}/v1/connect", node.http.replacen("http", "ws", 1))
+}
+
 fn record(checker: &HistoryChecker, who: &str, frame: &Value) -> u64 {
     let offset = frame["offset"].as_u64().unwrap();
     checker.delivered(
@@ -86,22 +114,9 @@ async fn a_killed_nodes_subscriber_recovers_on_another_node_with_nothing_lost_or
     let dir = tempfile::tempdir().unwrap();
     let mut doomed = start_node(dir.path(), &redis.url()).await;
     let survivor = start_node(dir.path(), &redis.url()).await;
-    let credentials: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("credentials.json")).unwrap()).unwrap();
-    let api_key = credentials["api_key"].as_str().unwrap().to_owned();
+    let api_key = api_key(dir.path());
     let http = reqwest::Client::new();
-    let token: Value = http
-        .post(format!("{}/v1/tokens", survivor.http))
-        .bearer_auth(&api_key)
-        .json(&json!({"client_id": "mover", "ttl_secs": 600, "capabilities": [{"channel": "*", "allow": ["subscribe"]}]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = token["token"].as_str().unwrap().to_owned();
-    let ws_url = |node: &Node| format!("{}/v1/connect", node.http.replacen("http", "ws", 1));
+    let token = mint(&survivor, &api_key, "mover", &["subscribe"]).await;
     let checker = Arc::new(HistoryChecker::new());
 
     let (mut moving, _) = WsClient::connect(&ws_url(&doomed), &token).await.unwrap();
@@ -172,28 +187,9 @@ async fn a_killed_nodes_members_leave_within_the_presence_timeout() {
     let timeout = [("TRIBUTARY_RELAY__PRESENCE_TIMEOUT_MS", "1500")];
     let mut doomed = start_node_with(dir.path(), &redis.url(), &timeout).await;
     let survivor = start_node_with(dir.path(), &redis.url(), &timeout).await;
-    let credentials: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("credentials.json")).unwrap()).unwrap();
-    let api_key = credentials["api_key"].as_str().unwrap().to_owned();
+    let api_key = api_key(dir.path());
     let http = reqwest::Client::new();
-    let token = |client: &str| {
-        let (http, url, key) = (http.clone(), survivor.http.clone(), api_key.clone());
-        let body = json!({"client_id": client, "capabilities": [{"channel": "*", "allow": ["subscribe", "presence"]}]});
-        async move {
-            let reply: Value = http
-                .post(format!("{url}/v1/tokens"))
-                .bearer_auth(key)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            reply["token"].as_str().unwrap().to_owned()
-        }
-    };
-    let ws_url = |node: &Node| format!("{}/v1/connect", node.http.replacen("http", "ws", 1));
+    let token = |client| mint(&survivor, &api_key, client, &["subscribe", "presence"]);
     let (mut watcher, _) = WsClient::connect(&ws_url(&survivor), &token("watcher").await).await.unwrap();
     watcher.request(json!({"op": "subscribe", "channel": "chat:members"})).await.unwrap();
     let (mut ghost, _) = WsClient::connect(&ws_url(&doomed), &token("ghost").await).await.unwrap();

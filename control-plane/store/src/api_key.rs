@@ -14,23 +14,18 @@
 //! here (unlike for passwords) because the secret has 256 bits of entropy: nothing can be
 //! brute-forced or looked up in a table, and a slow KDF would only cost CPU on every request.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use secrecy::SecretString;
 use secrecy::zeroize::Zeroizing;
-use sha2::{Digest as _, Sha256};
 use sqlx::Row as _;
 use subtle::ConstantTimeEq as _;
 
+use crate::audit::{self, Actor};
 use crate::db::DbRow;
+use crate::secret_token::{self, hash};
 use crate::{Store, StoreError, id, unix_now};
 
 /// The prefix of every API key plaintext.
 const PLAINTEXT_PREFIX: &str = "trb_";
-/// Length of the random secret in bytes.
-const SECRET_LEN: usize = 32;
-/// Length of the secret in unpadded base64url: ceil(32 * 4 / 3).
-const ENCODED_SECRET_LEN: usize = 43;
 
 /// The stored record of an API key; it holds no secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,22 +67,15 @@ impl ApiKey {
 }
 
 /// Splits a presented plaintext into its key id and decoded secret, or returns `None` if it is
-/// not in the format. Lengths are checked before anything is decoded.
+/// not in the format.
 fn parse(presented: &str) -> Option<(&str, Zeroizing<Vec<u8>>)> {
-    let rest = presented.strip_prefix(PLAINTEXT_PREFIX)?;
-    let id_len = id::API_KEY.len() + id::ENCODED_LEN;
-    let key_id = rest.get(..id_len)?;
-    let encoded = rest.get(id_len..)?.strip_prefix('_')?;
-    if !id::is_valid(id::API_KEY, key_id) || encoded.len() != ENCODED_SECRET_LEN {
-        return None;
-    }
-    let secret = Zeroizing::new(URL_SAFE_NO_PAD.decode(encoded).ok()?);
-    (secret.len() == SECRET_LEN).then_some((key_id, secret))
+    secret_token::parse(presented, PLAINTEXT_PREFIX, id::API_KEY)
 }
 
-/// Returns the hash stored for a secret.
-fn hash(secret: &[u8]) -> Vec<u8> {
-    Sha256::digest(secret).to_vec()
+/// Returns the key id of a presented API key if it is in the format (the secret unchecked):
+/// what a cache of verified keys is keyed and invalidated by.
+pub fn api_key_id(presented: &str) -> Option<&str> {
+    parse(presented).map(|(key_id, _)| key_id)
 }
 
 impl Store {
@@ -100,6 +88,20 @@ impl Store {
         app_id: &str,
         name: &str,
     ) -> Result<NewApiKey, StoreError> {
+        self.create_api_key_as(&Actor::system(), tenant_id, app_id, name).await
+    }
+
+    /// Creates an API key as [`Store::create_api_key`] does; audited as `api_key.create`.
+    pub async fn create_api_key_as(
+        &self,
+        actor: &Actor,
+        tenant_id: &str,
+        app_id: &str,
+        name: &str,
+    ) -> Result<NewApiKey, StoreError> {
+        if !(id::is_valid(id::TENANT, tenant_id) && id::is_valid(id::APP, app_id)) {
+            return Err(StoreError::NotFound("app"));
+        }
         let record = ApiKey {
             id: id::new(id::API_KEY),
             tenant_id: tenant_id.to_owned(),
@@ -108,8 +110,8 @@ impl Store {
             created_at: unix_now(),
             revoked_at: None,
         };
-        let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
-        rand::fill(&mut *secret);
+        let secret = secret_token::generate();
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO api_keys (id, tenant_id, app_id, name, key_hash, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -120,10 +122,12 @@ impl Store {
         .bind(&record.name)
         .bind(hash(&*secret))
         .bind(record.created_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|err| StoreError::from_sqlx(err, "api key", "app"))?;
-        let plaintext = format!("{PLAINTEXT_PREFIX}{}_{}", record.id, URL_SAFE_NO_PAD.encode(*secret));
+        audit::record(&mut tx, actor, Some(tenant_id), "api_key.create", &record.id).await?;
+        tx.commit().await?;
+        let plaintext = secret_token::plaintext(PLAINTEXT_PREFIX, &record.id, &*secret);
         Ok(NewApiKey { record, plaintext: SecretString::from(plaintext) })
     }
 
@@ -170,6 +174,24 @@ impl Store {
         app_id: &str,
         key_id: &str,
     ) -> Result<(), StoreError> {
+        self.revoke_api_key_as(&Actor::system(), tenant_id, app_id, key_id).await
+    }
+
+    /// Revokes a key as [`Store::revoke_api_key`] does; audited as `api_key.revoke`.
+    pub async fn revoke_api_key_as(
+        &self,
+        actor: &Actor,
+        tenant_id: &str,
+        app_id: &str,
+        key_id: &str,
+    ) -> Result<(), StoreError> {
+        let valid = id::is_valid(id::TENANT, tenant_id)
+            && id::is_valid(id::APP, app_id)
+            && id::is_valid(id::API_KEY, key_id);
+        if !valid {
+            return Err(StoreError::NotFound("api key"));
+        }
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) \
              WHERE id = $2 AND app_id = $3 AND tenant_id = $4",
@@ -178,12 +200,46 @@ impl Store {
         .bind(key_id)
         .bind(app_id)
         .bind(tenant_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound("api key"));
         }
+        audit::record(&mut tx, actor, Some(tenant_id), "api_key.revoke", key_id).await?;
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// Returns the API keys of an app of the tenant (revoked ones too), newest first.
+    pub async fn api_keys(&self, tenant_id: &str, app_id: &str) -> Result<Vec<ApiKey>, StoreError> {
+        if !(id::is_valid(id::TENANT, tenant_id) && id::is_valid(id::APP, app_id)) {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT id, tenant_id, app_id, name, created_at, revoked_at FROM api_keys \
+             WHERE app_id = $1 AND tenant_id = $2 ORDER BY id DESC",
+        )
+        .bind(app_id)
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(ApiKey::from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Returns whether the key with this id exists and is not revoked (for caches of verified
+    /// keys to drop the ones revoked behind their back).
+    pub async fn api_key_is_active(&self, key_id: &str) -> Result<bool, StoreError> {
+        if !id::is_valid(id::API_KEY, key_id) {
+            return Ok(false);
+        }
+        let row = sqlx::query("SELECT revoked_at FROM api_keys WHERE id = $1")
+            .bind(key_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => row.try_get::<Option<i64>, _>("revoked_at")?.is_none(),
+            None => false,
+        })
     }
 }
 
@@ -192,21 +248,21 @@ mod tests {
     use super::*;
 
     fn plaintext(secret: &[u8]) -> String {
-        format!("trb_{}_{}", id::new(id::API_KEY), URL_SAFE_NO_PAD.encode(secret))
+        secret_token::plaintext(PLAINTEXT_PREFIX, &id::new(id::API_KEY), secret)
     }
 
     #[test]
     fn well_formed_plaintext_parses_even_with_underscores_in_the_secret() {
         // 0xff bytes encode to `_` in base64url.
-        let text = plaintext(&[0xff; SECRET_LEN]);
+        let text = plaintext(&[0xff; secret_token::SECRET_LEN]);
         let (key_id, secret) = parse(&text).unwrap();
         assert!(key_id.starts_with("key_"));
-        assert_eq!(*secret, vec![0xff; SECRET_LEN]);
+        assert_eq!(*secret, vec![0xff; secret_token::SECRET_LEN]);
     }
 
     #[test]
     fn malformed_plaintexts_do_not_parse() {
-        let good = plaintext(&[1; SECRET_LEN]);
+        let good = plaintext(&[1; secret_token::SECRET_LEN]);
         for bad in [
             String::new(),
             "trb_".to_owned(),
@@ -214,7 +270,7 @@ mod tests {
             good[..good.len() - 1].to_owned(),
             format!("{good}A"),
             good.replacen("_key_", "_kex_", 1),
-            plaintext(&[1; SECRET_LEN - 1]),
+            plaintext(&[1; secret_token::SECRET_LEN - 1]),
             format!("{}é", &good[..good.len() - 2]),
         ] {
             assert!(parse(&bad).is_none(), "{bad}");

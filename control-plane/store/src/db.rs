@@ -50,10 +50,14 @@ impl Backend {
 /// than `sqlx::migrate!`, because that macro needs sqlx's `macros` feature (a proc-macro build we
 /// do not otherwise need). A new migration must be added to both lists; the test
 /// `every_migration_file_is_embedded` fails until it is.
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "tenants", include_str!("../../../migrations/sqlite/0001_tenants.sql"))];
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "tenants", include_str!("../../../migrations/postgres/0001_tenants.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "tenants", include_str!("../../../migrations/sqlite/0001_tenants.sql")),
+    (2, "control_plane", include_str!("../../../migrations/sqlite/0002_control_plane.sql")),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "tenants", include_str!("../../../migrations/postgres/0001_tenants.sql")),
+    (2, "control_plane", include_str!("../../../migrations/postgres/0002_control_plane.sql")),
+];
 
 /// Returns the migrator of a backend's embedded migrations.
 fn migrator(backend: Backend) -> Migrator {

@@ -19,6 +19,12 @@ pub enum StoreError {
     /// The presented API key is malformed, unknown or revoked. Which one is deliberately not said.
     #[error("invalid api key")]
     InvalidApiKey,
+    /// The management token is malformed, unknown or revoked.
+    #[error("invalid management token")]
+    InvalidManagementToken,
+    /// An operator role for a tenant's token, or a tenant role without a tenant.
+    #[error("operator tokens have no tenant and tenant tokens no operator role")]
+    InvalidRole,
     /// The master key is not standard base64 of exactly 32 bytes.
     #[error("invalid master key: expected standard base64 of exactly 32 bytes")]
     InvalidMasterKey,
@@ -44,7 +50,9 @@ impl StoreError {
         match self {
             StoreError::NotFound(_) => ErrorCode::NotFound,
             StoreError::InvalidApiKey => ErrorCode::InvalidApiKey,
-            StoreError::AlreadyExists(_) => ErrorCode::InvalidParameter,
+            StoreError::InvalidManagementToken => ErrorCode::Unauthorized,
+            StoreError::InvalidRole => ErrorCode::InvalidParameter,
+            StoreError::AlreadyExists(_) => ErrorCode::AlreadyExists,
             StoreError::InvalidMasterKey
             | StoreError::Decrypt
             | StoreError::Database(_)
@@ -101,7 +109,7 @@ mod tests {
     #[test]
     fn client_errors_map_to_precise_codes_and_the_rest_to_internal() {
         assert_eq!(StoreError::NotFound("app").code(), ErrorCode::NotFound);
-        assert_eq!(StoreError::AlreadyExists("app").code(), ErrorCode::InvalidParameter);
+        assert_eq!(StoreError::AlreadyExists("app").code(), ErrorCode::AlreadyExists);
         assert_eq!(StoreError::InvalidApiKey.code(), ErrorCode::InvalidApiKey);
         assert_eq!(StoreError::Decrypt.code(), ErrorCode::Internal);
         assert_eq!(StoreError::Database(sqlx::Error::RowNotFound).code(), ErrorCode::Internal);

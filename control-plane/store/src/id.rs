@@ -22,6 +22,12 @@ pub(crate) const APP: &str = "app_";
 pub(crate) const API_KEY: &str = "key_";
 /// Prefix of signing key ids (`kid` in JWT headers).
 pub(crate) const SIGNING_KEY: &str = "sk_";
+/// Prefix of management token ids.
+pub(crate) const MANAGEMENT_TOKEN: &str = "mt_";
+/// Prefix of audit event ids.
+pub(crate) const AUDIT_EVENT: &str = "ev_";
+/// Prefix of token ids (`jti`) minted by the control plane.
+pub(crate) const TOKEN: &str = "tok_";
 
 /// Returns a new id with the given prefix.
 pub(crate) fn new(prefix: &str) -> String {

@@ -27,21 +27,32 @@
 #![forbid(unsafe_code)]
 
 pub mod api_key;
+pub mod audit;
 pub mod crypto;
 pub mod db;
 pub mod error;
+pub mod grant;
 mod id;
+pub mod management_token;
+pub mod policy;
+pub mod revocation;
+mod secret_token;
 pub mod signing_key;
 pub mod tenant;
 
 use std::sync::Arc;
 
-pub use api_key::{ApiKey, NewApiKey};
+pub use api_key::{ApiKey, NewApiKey, api_key_id};
+pub use audit::{Actor, AuditEvent};
 pub use crypto::{MasterKey, SecretCipher};
 pub use db::{Backend, create_database};
 pub use error::StoreError;
+pub use grant::{TokenGrant, new_token_id};
+pub use management_token::{ManagementToken, NewManagementToken, Role};
+pub use policy::AppSnapshot;
+pub use revocation::Revoked;
 pub use signing_key::SigningKeyRecord;
-pub use tenant::{App, Tenant};
+pub use tenant::{App, Tenant, TenantStatus};
 
 /// Handle to the database of tenants, apps and keys, and the cipher for their secrets.
 ///

@@ -7,6 +7,7 @@
 use secrecy::SecretSlice;
 use sqlx::Row as _;
 
+use crate::audit::{self, Actor};
 use crate::db::DbRow;
 use crate::{Store, StoreError, id, unix_now};
 
@@ -26,6 +27,9 @@ pub struct SigningKeyRecord {
     pub alg: String,
     /// The HMAC secret (32 random bytes); zeroed on drop and never printed.
     pub secret: SecretSlice<u8>,
+    /// The key's generation (the `gen` of the tokens it signs); raising it revokes every
+    /// token signed before.
+    pub generation: i64,
     /// When the key was created, in unix seconds.
     pub created_at: i64,
 }
@@ -36,6 +40,7 @@ impl std::fmt::Debug for SigningKeyRecord {
             .field("app_id", &self.app_id)
             .field("kid", &self.kid)
             .field("alg", &self.alg)
+            .field("generation", &self.generation)
             .field("created_at", &self.created_at)
             .finish_non_exhaustive()
     }
@@ -52,6 +57,34 @@ impl Store {
     /// Returns [`StoreError::NotFound`] if the app does not exist or belongs to another tenant.
     pub async fn create_signing_key(
         &self,
+        tenant_id: &str,
+        app_id: &str,
+    ) -> Result<SigningKeyRecord, StoreError> {
+        self.create_signing_key_as(&Actor::system(), tenant_id, app_id).await
+    }
+
+    /// Creates a signing key as [`Store::create_signing_key`] does; audited as
+    /// `signing_key.create`.
+    pub async fn create_signing_key_as(
+        &self,
+        actor: &Actor,
+        tenant_id: &str,
+        app_id: &str,
+    ) -> Result<SigningKeyRecord, StoreError> {
+        if !(id::is_valid(id::TENANT, tenant_id) && id::is_valid(id::APP, app_id)) {
+            return Err(StoreError::NotFound("app"));
+        }
+        let mut tx = self.pool.begin().await?;
+        let record = self.insert_signing_key(&mut tx, actor, tenant_id, app_id).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    /// Inserts a new key of the app and its audit event, inside the caller's transaction.
+    pub(crate) async fn insert_signing_key(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        actor: &Actor,
         tenant_id: &str,
         app_id: &str,
     ) -> Result<SigningKeyRecord, StoreError> {
@@ -72,10 +105,18 @@ impl Store {
         .bind(ALG_HS256)
         .bind(ciphertext)
         .bind(created_at)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await
         .map_err(|err| StoreError::from_sqlx(err, "signing key", "app"))?;
-        Ok(SigningKeyRecord { app_id: app_id.to_owned(), kid, alg: ALG_HS256.to_owned(), secret, created_at })
+        audit::record(conn, actor, Some(tenant_id), "signing_key.create", &kid).await?;
+        Ok(SigningKeyRecord {
+            app_id: app_id.to_owned(),
+            kid,
+            alg: ALG_HS256.to_owned(),
+            secret,
+            generation: 1,
+            created_at,
+        })
     }
 
     /// Returns the key `kid` of the app with its decrypted secret.
@@ -90,7 +131,7 @@ impl Store {
             return Err(StoreError::NotFound("signing key"));
         }
         let row = sqlx::query(
-            "SELECT app_id, kid, alg, secret_ciphertext, created_at FROM signing_keys \
+            "SELECT app_id, kid, alg, secret_ciphertext, generation, created_at FROM signing_keys \
              WHERE app_id = $1 AND kid = $2 AND revoked_at IS NULL",
         )
         .bind(app_id)
@@ -110,13 +151,92 @@ impl Store {
         }
         // Kids are UUIDv7-based and sort by creation, which orders keys made in the same second.
         let rows = sqlx::query(
-            "SELECT app_id, kid, alg, secret_ciphertext, created_at FROM signing_keys \
+            "SELECT app_id, kid, alg, secret_ciphertext, generation, created_at FROM signing_keys \
              WHERE app_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC, kid DESC",
         )
         .bind(app_id)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(|row| self.decrypt_signing_key(row)).collect()
+    }
+
+    /// Raises the generation of a key of an app of the tenant by one, revoking every token it
+    /// signed so far; audited as `signing_key.bump_generation`. Returns the new generation.
+    ///
+    /// Returns [`StoreError::NotFound`] unless `kid` is an unrevoked key of that app.
+    pub async fn bump_signing_key_generation(
+        &self,
+        actor: &Actor,
+        tenant_id: &str,
+        app_id: &str,
+        kid: &str,
+    ) -> Result<i64, StoreError> {
+        self.change_signing_key(
+            actor,
+            (tenant_id, app_id, kid),
+            "UPDATE signing_keys SET generation = generation + 1 \
+             WHERE kid = $1 AND app_id = $2 AND tenant_id = $3 AND revoked_at IS NULL",
+            None,
+            "signing_key.bump_generation",
+        )
+        .await?;
+        let row = sqlx::query("SELECT generation FROM signing_keys WHERE kid = $1 AND app_id = $2")
+            .bind(kid)
+            .bind(app_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("generation")?)
+    }
+
+    /// Revokes a key of an app of the tenant: tokens it signed are refused from then on;
+    /// audited as `signing_key.revoke`.
+    ///
+    /// Returns [`StoreError::NotFound`] unless `kid` is an unrevoked key of that app.
+    pub async fn revoke_signing_key(
+        &self,
+        actor: &Actor,
+        tenant_id: &str,
+        app_id: &str,
+        kid: &str,
+    ) -> Result<(), StoreError> {
+        self.change_signing_key(
+            actor,
+            (tenant_id, app_id, kid),
+            "UPDATE signing_keys SET revoked_at = $4 \
+             WHERE kid = $1 AND app_id = $2 AND tenant_id = $3 AND revoked_at IS NULL",
+            Some(unix_now()),
+            "signing_key.revoke",
+        )
+        .await
+    }
+
+    /// Runs one update of a key (`$1` kid, `$2` app, `$3` tenant, then `$4` if given) and its
+    /// audit event.
+    async fn change_signing_key(
+        &self,
+        actor: &Actor,
+        (tenant_id, app_id, kid): (&str, &str, &str),
+        update: &'static str,
+        fourth: Option<i64>,
+        action: &str,
+    ) -> Result<(), StoreError> {
+        let valid = id::is_valid(id::TENANT, tenant_id)
+            && id::is_valid(id::APP, app_id)
+            && id::is_valid(id::SIGNING_KEY, kid);
+        if !valid {
+            return Err(StoreError::NotFound("signing key"));
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut query = sqlx::query(update).bind(kid).bind(app_id).bind(tenant_id);
+        if let Some(value) = fourth {
+            query = query.bind(value);
+        }
+        if query.execute(&mut *tx).await?.rows_affected() == 0 {
+            return Err(StoreError::NotFound("signing key"));
+        }
+        audit::record(&mut tx, actor, Some(tenant_id), action, kid).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Builds a record from a row, decrypting its secret with the row's own app id and kid.
@@ -130,6 +250,7 @@ impl Store {
         Ok(SigningKeyRecord {
             secret: SecretSlice::from(secret),
             alg: row.try_get("alg")?,
+            generation: row.try_get("generation")?,
             created_at: row.try_get("created_at")?,
             app_id,
             kid,
@@ -148,6 +269,7 @@ mod tests {
             kid: "sk_y".into(),
             alg: ALG_HS256.into(),
             secret: SecretSlice::from(b"topsecretbytes".to_vec()),
+            generation: 1,
             created_at: 1,
         };
         let shown = format!("{record:?}");

@@ -2,7 +2,7 @@
 //!
 //! ```json
 //! { "sub": "user-42", "app": "app_1", "aud": "tributary:app_1",
-//!   "exp": 1700003600, "nbf": 1700000000, "iat": 1700000000, "jti": "optional",
+//!   "exp": 1700003600, "nbf": 1700000000, "iat": 1700000000, "gen": 1, "jti": "optional",
 //!   "caps": [ { "channel": "chat:*", "allow": ["subscribe", "publish"] } ],
 //!   "info": { "any": "client metadata" } }
 //! ```
@@ -10,6 +10,8 @@
 //! `sub` is the client id: 1 to [`MAX_CLIENT_ID_LEN`] bytes without control characters, because
 //! it shows up in presence lists and log lines. `aud` names the app the token is for (see
 //! [`audience_for`]); a verifier also accepts an array that contains it, as RFC 7519 allows.
+//! `gen` is the generation of the signing key the token was signed under (1 when absent); a
+//! key whose generation was raised refuses every token of a lower one.
 //! `caps` may be absent (the token then allows nothing on any channel). Unknown top-level claims
 //! are ignored, but unknown fields inside a grant are refused: a future field such as "deny"
 //! must not be silently dropped by an older relay, which would grant more than meant.
@@ -20,6 +22,7 @@ use serde_json::{Map, Value};
 use tributary_protocol::ChannelPattern;
 
 use crate::error::TokenError;
+use crate::keys::FIRST_GENERATION;
 use crate::mint::MAX_GRANTS;
 use crate::rights::{Capabilities, Grant, Rights};
 
@@ -70,6 +73,7 @@ pub(crate) struct OutgoingClaims<'a> {
     pub exp: u64,
     pub nbf: u64,
     pub iat: u64,
+    pub r#gen: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jti: Option<&'a str>,
     pub caps: Vec<GrantClaim>,
@@ -86,6 +90,8 @@ pub(crate) struct IncomingClaims {
     pub aud: Vec<String>,
     pub exp: u64,
     pub nbf: Option<u64>,
+    pub iat: Option<u64>,
+    pub r#gen: u64,
     pub jti: Option<String>,
     pub capabilities: Capabilities,
     pub info: Option<Value>,
@@ -100,13 +106,14 @@ impl IncomingClaims {
         if let Some(jti) = &jti {
             check_identifier("jti", jti)?;
         }
-        let _iat: Option<u64> = optional(&mut map, "iat", "a non-negative integer")?;
         Ok(Self {
             sub,
             app: required(&mut map, "app", "a string")?,
             aud: audience(&mut map)?,
             exp: required(&mut map, "exp", "a non-negative integer")?,
             nbf: optional(&mut map, "nbf", "a non-negative integer")?,
+            iat: optional(&mut map, "iat", "a non-negative integer")?,
+            r#gen: optional(&mut map, "gen", "a non-negative integer")?.unwrap_or(FIRST_GENERATION),
             jti,
             capabilities: capabilities(&mut map)?,
             info: optional(&mut map, "info", "JSON")?,

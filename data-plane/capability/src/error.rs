@@ -45,6 +45,10 @@ pub enum TokenError {
     /// A claim is present but has the wrong type or an invalid value.
     #[error("invalid token claim: {0}")]
     InvalidClaim(String),
+    /// The token was signed under an earlier generation of its key (its `gen` claim is lower
+    /// than the key's): every token the key signed before the bump is revoked.
+    #[error("token was signed before its key's generation was raised")]
+    Revoked,
 }
 
 impl TokenError {
@@ -58,6 +62,7 @@ impl TokenError {
             Self::Expired => ErrorCode::TokenExpired,
             Self::NotYetValid => ErrorCode::TokenNotYetValid,
             Self::WrongAudience | Self::WrongApp => ErrorCode::WrongAudience,
+            Self::Revoked => ErrorCode::TokenRevoked,
             Self::Malformed(_)
             | Self::TooLarge
             | Self::UnsupportedAlgorithm

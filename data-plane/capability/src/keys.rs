@@ -14,6 +14,9 @@ use secrecy::{ExposeSecret, SecretSlice};
 /// RFC 7518 section 3.2 allows.
 pub const HS256_SECRET_LEN: usize = 32;
 
+/// The generation of a new key, and of tokens without a `gen` claim.
+pub const FIRST_GENERATION: u64 = 1;
+
 /// The signature algorithm of a key.
 ///
 /// Only HS256 exists today. Asymmetric algorithms (EdDSA, ES256) are meant to be added as
@@ -69,6 +72,9 @@ pub struct SigningKey {
     pub alg: KeyAlgorithm,
     /// The key material: for HS256 the shared secret.
     pub secret: SecretSlice<u8>,
+    /// The key's generation, written as the `gen` claim of every token it signs. Raising it
+    /// revokes every token the key signed before: a token whose `gen` is lower is refused.
+    pub generation: u64,
 }
 
 impl SigningKey {
@@ -79,7 +85,19 @@ impl SigningKey {
         alg: KeyAlgorithm,
         secret: Vec<u8>,
     ) -> Self {
-        Self { app_id: app_id.into(), kid: kid.into(), alg, secret: SecretSlice::from(secret) }
+        Self {
+            app_id: app_id.into(),
+            kid: kid.into(),
+            alg,
+            secret: SecretSlice::from(secret),
+            generation: FIRST_GENERATION,
+        }
+    }
+
+    /// Returns the key with its generation set (a stored key's current generation).
+    pub fn with_generation(mut self, generation: u64) -> Self {
+        self.generation = generation;
+        self
     }
 
     /// Returns a new HS256 key of `app_id` named `kid` with [`HS256_SECRET_LEN`] random bytes

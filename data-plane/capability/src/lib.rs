@@ -34,7 +34,7 @@ pub mod verify;
 
 pub use claims::{MAX_CLIENT_ID_LEN, audience_for, identifier_problem};
 pub use error::{CapabilityError, TokenError};
-pub use keys::{HS256_SECRET_LEN, KeyAlgorithm, SigningKey};
+pub use keys::{FIRST_GENERATION, HS256_SECRET_LEN, KeyAlgorithm, SigningKey};
 pub use mint::{MAX_GRANTS, MAX_TTL_SECS, MintedToken, TokenRequest, mint};
 pub use rights::{Capabilities, Grant, Right, Rights};
 pub use verify::{

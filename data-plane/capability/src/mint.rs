@@ -96,6 +96,7 @@ pub fn mint(request: &TokenRequest, key: &SigningKey, now_secs: u64) -> Result<M
         exp: expires_at,
         nbf: not_before,
         iat: now_secs,
+        r#gen: key.generation,
         jti: request.jti.as_deref(),
         caps: request.grants.iter().map(GrantClaim::from).collect(),
         info: request.info.as_ref(),
@@ -171,7 +172,7 @@ mod tests {
             payload(&minted.token),
             json!({
                 "sub": "user-1", "app": "app_1", "aud": "tributary:app_1",
-                "exp": NOW + 3600, "nbf": NOW, "iat": NOW, "jti": "t-1",
+                "exp": NOW + 3600, "nbf": NOW, "iat": NOW, "gen": 1, "jti": "t-1",
                 "caps": [{ "channel": "chat:*", "allow": ["subscribe"] }],
                 "info": { "name": "Ada" },
             })

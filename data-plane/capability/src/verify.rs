@@ -83,6 +83,11 @@ pub struct VerifiedToken {
     pub not_before: Option<u64>,
     /// The token id, used to revoke one token.
     pub jti: Option<String>,
+    /// The `iat` claim, in Unix seconds, if the token has one. Revocations of "every token
+    /// issued before" a time treat a token without it as issued at 0.
+    pub issued_at: Option<u64>,
+    /// The `gen` claim: the generation of its signing key it was signed under (1 if absent).
+    pub generation: u64,
     /// What the token allows.
     pub capabilities: Capabilities,
     /// Client metadata from the token.
@@ -119,6 +124,9 @@ pub fn verify(token: &str, key: &SigningKey, opts: &VerifyOptions) -> Result<Ver
     if claims.nbf.is_some_and(|nbf| nbf > opts.now_secs.saturating_add(opts.leeway_secs)) {
         return Err(TokenError::NotYetValid);
     }
+    if claims.r#gen < key.generation {
+        return Err(TokenError::Revoked);
+    }
     Ok(VerifiedToken {
         client_id: Arc::from(claims.sub),
         app_id: claims.app,
@@ -126,6 +134,8 @@ pub fn verify(token: &str, key: &SigningKey, opts: &VerifyOptions) -> Result<Ver
         expires_at: claims.exp,
         not_before: claims.nbf,
         jti: claims.jti,
+        issued_at: claims.iat,
+        generation: claims.r#gen,
         capabilities: claims.capabilities,
         info: claims.info,
     })

@@ -88,6 +88,8 @@ error_codes! {
     DisabledInNamespace = (1015, "disabled_in_namespace", 403, false, "this is disabled for the channel's namespace"),
     /// The requested resource or route does not exist.
     NotFound = (1016, "not_found", 404, false, "not found"),
+    /// A record with this name or id already exists.
+    AlreadyExists = (1017, "already_exists", 409, false, "already exists"),
     /// The request needs credentials and none were given.
     Unauthorized = (1100, "unauthorized", 401, false, "credentials are required"),
     /// The token is malformed, badly signed or uses an algorithm its key does not allow.
@@ -106,6 +108,12 @@ error_codes! {
     InvalidApiKey = (1107, "invalid_api_key", 401, false, "invalid API key"),
     /// A refreshed token names another client or app than the connection.
     TokenMismatch = (1108, "token_mismatch", 403, false, "token belongs to another client or app"),
+    /// The token, its client, its signing key's generation or its whole app was revoked.
+    TokenRevoked = (1109, "token_revoked", 401, false, "token has been revoked"),
+    /// The app's account (tenant) is suspended or deleted: nothing is served until it is active.
+    TenantSuspended = (1110, "tenant_suspended", 403, false, "account suspended"),
+    /// The management credentials are valid but do not allow this action.
+    PermissionDenied = (1111, "permission_denied", 403, false, "your role does not allow this action"),
     /// The app has as many connections on this node as it may.
     ConnectionLimit = (1200, "connection_limit", 429, true, "connection limit reached"),
     /// The server is shutting down or cannot take the request now.
@@ -176,6 +184,8 @@ close_codes! {
     UnsupportedProtocol = (3503, "unsupported protocol version"),
     /// The connection's client or token was revoked.
     Revoked = (3504, "revoked"),
+    /// The app's account (tenant) was suspended or deleted.
+    TenantSuspended = (3505, "account suspended"),
 }
 
 impl CloseCode {

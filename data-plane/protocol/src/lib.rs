@@ -15,12 +15,14 @@
 
 pub mod channel;
 pub mod code;
+pub mod control;
 pub mod envelope;
 pub mod frame;
 pub mod position;
 
 pub use channel::{ChannelError, ChannelName, ChannelPattern};
 pub use code::{CloseCode, ErrorCode};
+pub use control::ControlEvent;
 pub use envelope::{Payload, PayloadError, Publication};
 pub use position::{Cursor, StreamPosition};
 

@@ -50,6 +50,10 @@ pub struct RelayConfig {
     pub token_leeway_secs: u64,
     /// Longest lifetime of a token minted by the HTTP API, in seconds.
     pub max_token_ttl_secs: u64,
+    /// How often every cached app (keys, revocations, tenant status) is read again from the
+    /// store, in seconds: the bound on how long a change whose control event was lost takes
+    /// to reach this node.
+    pub control_resync_secs: u64,
     /// Mounts `/v1/diagnostics/echo`, an unauthenticated WebSocket echo used to run the
     /// Autobahn conformance cases. Never turn it on in production.
     pub diagnostic_echo: bool,
@@ -79,6 +83,7 @@ impl Default for RelayConfig {
             long_poll_max_wait_ms: 30_000,
             token_leeway_secs: 5,
             max_token_ttl_secs: 24 * 3600,
+            control_resync_secs: 30,
             diagnostic_echo: false,
             namespaces: BTreeMap::from([(String::new(), NamespaceConfig::default())]),
         }
@@ -162,6 +167,7 @@ impl RelayConfig {
         positive("max_recover", self.max_recover as u64);
         positive("long_poll_max_wait_ms", self.long_poll_max_wait_ms);
         positive("max_token_ttl_secs", self.max_token_ttl_secs);
+        positive("control_resync_secs", self.control_resync_secs);
         if self.max_queued_bytes < self.max_frame_bytes.saturating_mul(4) {
             problems.push("relay.max_queued_bytes must be at least 4 times relay.max_frame_bytes".into());
         }

@@ -15,6 +15,8 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use tributary_protocol::{ChannelName, CloseCode};
 
+use crate::policy::{AppPolicy, Credential};
+
 /// A publication's frame, encoded once and shared by every subscriber of this node.
 #[derive(Debug)]
 pub struct PreparedMessage {
@@ -79,6 +81,8 @@ struct Shared {
     id: Arc<str>,
     app: Arc<str>,
     client: Arc<str>,
+    /// The token's facts, replaced when the client refreshes its token.
+    credential: Mutex<Arc<Credential>>,
     queue: Mutex<Queue>,
     max_items: usize,
     max_bytes: usize,
@@ -131,6 +135,7 @@ impl ConnHandle {
         id: Arc<str>,
         app: Arc<str>,
         client: Arc<str>,
+        credential: Credential,
         queue_len: usize,
         max_queued_bytes: usize,
     ) -> (Self, Outbox) {
@@ -138,6 +143,7 @@ impl ConnHandle {
             id,
             app,
             client,
+            credential: Mutex::new(Arc::new(credential)),
             queue: Mutex::new(Queue { items: VecDeque::new(), bytes: 0, waker: None }),
             max_items: queue_len,
             max_bytes: max_queued_bytes,
@@ -160,6 +166,32 @@ impl ConnHandle {
     /// Returns the client id (the token's subject).
     pub fn client(&self) -> &Arc<str> {
         &self.shared.client
+    }
+
+    /// Returns the facts of the connection's current token.
+    pub fn credential(&self) -> Arc<Credential> {
+        lock(&self.shared.credential).clone()
+    }
+
+    /// Replaces the token's facts (after a refresh).
+    pub fn set_credential(&self, credential: Credential) {
+        *lock(&self.shared.credential) = Arc::new(credential);
+    }
+
+    /// Closes the connection if `policy` (its app's; `None`: the app is gone) no longer admits
+    /// it; returns whether it was closed.
+    pub fn close_unless_admitted(&self, policy: Option<&AppPolicy>) -> bool {
+        let refusal = match policy {
+            Some(policy) => policy.admit(self.client(), &self.credential()).err(),
+            None => Some(crate::policy::Refusal::KeyGone),
+        };
+        match refusal {
+            Some(refusal) => {
+                self.close(refusal.close_code());
+                true
+            }
+            None => false,
+        }
     }
 
     /// Queues a frame without waiting. A queue full by count or by bytes closes the connection
@@ -344,6 +376,19 @@ impl Connections {
         matching.len()
     }
 
+    /// Closes every connection of `app` that `policy` no longer admits; returns how many.
+    pub fn close_unadmitted(&self, app: &str, policy: Option<&AppPolicy>) -> usize {
+        let of_app: Vec<ConnHandle> = self
+            .by_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|conn| &**conn.app() == app)
+            .cloned()
+            .collect();
+        of_app.iter().filter(|conn| conn.close_unless_admitted(policy)).count()
+    }
+
     /// Returns how many connections are registered.
     pub fn len(&self) -> usize {
         self.total.load(Ordering::Relaxed)
@@ -372,10 +417,10 @@ mod tests {
     use futures::task::noop_waker_ref;
     use tributary_protocol::CloseCode;
 
-    use super::{ConnHandle, Outbound, Outbox};
+    use super::{ConnHandle, Credential, Outbound, Outbox};
 
     fn conn(items: usize, bytes: usize) -> (ConnHandle, Outbox) {
-        ConnHandle::new("c1".into(), "app".into(), "client".into(), items, bytes)
+        ConnHandle::new("c1".into(), "app".into(), "client".into(), Credential::dummy(), items, bytes)
     }
 
     fn drain(outbox: &mut Outbox, max: usize) -> Poll<Vec<Bytes>> {

@@ -1,37 +1,29 @@
-//! Control events: what one node asks of every node, through the engine's control channel (the
-//! memory engine delivers them to its own node; the Redis engine to every node). Today:
-//! disconnecting a client everywhere. Events of a type this node does not know are ignored,
-//! so newer nodes can send events older ones skip.
+//! Control events: what one node (or the control plane) asks of every node, through the
+//! engine's control channel (the memory engine delivers them to its own node; the Redis engine
+//! to every node). The event type lives in `tributary_protocol::control`.
+//!
+//! - `disconnect` closes a client's connections.
+//! - `app_changed` and `tenant_changed` reload the apps' policies from the directory and close
+//!   the connections they no longer admit (revoked tokens, keys, suspended tenants).
+//!
+//! Events only say "look again"; the store holds the change. A node that missed an event (its
+//! engine connection dropped) catches up at the periodic resync, every
+//! `relay.control_resync_secs`, which reloads every app it has cached.
 
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
-use tributary_protocol::{CloseCode, ErrorCode};
+use tributary_protocol::CloseCode;
+pub use tributary_protocol::ControlEvent;
 
 use crate::hub::ControlHandler;
 use crate::ops::OpError;
 use crate::state::RelayState;
 
-/// One control event, as JSON on the control channel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum ControlEvent {
-    /// Close every connection of a client of an app.
-    Disconnect {
-        /// The app.
-        app: String,
-        /// The client id (the tokens' subject).
-        client_id: String,
-        /// Whether the client may come back at once (close 3007) or was cut off (close 3504).
-        reconnect: bool,
-    },
-}
-
 /// Sends an event to every node (this one included).
 pub async fn send(state: &RelayState, event: &ControlEvent) -> Result<(), OpError> {
-    let bytes = serde_json::to_vec(event).map_err(|e| OpError::new(ErrorCode::Internal, e.to_string()))?;
-    state.engine.publish_control(Bytes::from(bytes)).await.map_err(OpError::from)
+    state.engine.publish_control(Bytes::from(event.to_json())).await.map_err(OpError::from)
 }
 
 /// Applies the control events this node hears.
@@ -55,22 +47,71 @@ impl ControlHandler for ControlEvents {
                 let closed = state.connections.close_client(&app, &client_id, code);
                 tracing::debug!(closed, "client disconnected by control event");
             }
+            Ok(ControlEvent::AppChanged { app }) => {
+                tokio::spawn(async move { reload_apps(&state, vec![app.into()], RELOAD_TRIES).await });
+            }
+            Ok(ControlEvent::TenantChanged { tenant }) => {
+                // Apps this node has not loaded have no connections here; they are read fresh
+                // when first used.
+                let apps = state.policies.apps(Some(&tenant));
+                tokio::spawn(async move { reload_apps(&state, apps, RELOAD_TRIES).await });
+            }
             Err(err) => tracing::debug!(error = %err, "ignored a control event this node does not know"),
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::ControlEvent;
+/// How often a reload that failed (database unreachable) is tried again before it is left to
+/// the periodic resync, and the pause between tries.
+const RELOAD_TRIES: u32 = 5;
+const RELOAD_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
-    #[test]
-    fn events_have_a_stable_json_form() {
-        let event =
-            ControlEvent::Disconnect { app: "app_1".into(), client_id: "alice".into(), reconnect: false };
-        let json = serde_json::to_string(&event).unwrap();
-        assert_eq!(json, r#"{"type":"disconnect","app":"app_1","client_id":"alice","reconnect":false}"#);
-        assert_eq!(serde_json::from_str::<ControlEvent>(&json).unwrap(), event);
-        assert!(serde_json::from_str::<ControlEvent>(r#"{"type":"from_the_future"}"#).is_err());
+/// Reloads the policies of `apps` (each tried up to `tries` times) and closes the connections
+/// they no longer admit; returns how many connections were closed.
+pub async fn reload_apps(state: &RelayState, apps: Vec<Arc<str>>, tries: u32) -> usize {
+    let mut closed = 0;
+    for app in apps {
+        state.directory.forget_app(&app);
+        for attempt in 1..=tries {
+            match state.policies.reload(&*state.directory, &app).await {
+                Ok(policy) => {
+                    closed += state.connections.close_unadmitted(&app, policy.as_deref());
+                    break;
+                }
+                Err(err) if attempt >= tries => {
+                    tracing::warn!(%app, error = %err, "app reload failed; serving from the cache until the next resync");
+                }
+                Err(_) => tokio::time::sleep(RELOAD_RETRY_PAUSE).await,
+            }
+        }
     }
+    if closed > 0 {
+        tracing::info!(closed, "connections closed after an app change");
+    }
+    closed
+}
+
+/// Starts the periodic resync: every `relay.control_resync_secs`, every cached app is reloaded
+/// (and its connections checked again) and the directory checks its own caches. Ends with the
+/// relay.
+pub fn spawn_resync(state: &Arc<RelayState>) {
+    let weak = Arc::downgrade(state);
+    let period = Duration::from_secs(state.config.control_resync_secs);
+    let shutdown = state.shutdown.clone();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let Some(state) = weak.upgrade() else { return };
+            state.directory.resync().await;
+            let apps = state.policies.apps(None);
+            // One try each: a database that is down must not hold the resync up for long.
+            reload_apps(&state, apps, 1).await;
+        }
+    });
 }

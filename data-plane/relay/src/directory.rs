@@ -13,6 +13,49 @@ pub struct ApiKeyIdentity {
     pub app_id: String,
 }
 
+/// Everything that decides whether an app's tokens are admitted, as the directory reads it.
+#[derive(Clone)]
+pub struct AppRecord {
+    /// The app id.
+    pub app_id: String,
+    /// The tenant that owns it.
+    pub tenant_id: String,
+    /// Whether the tenant is served (active or past due); a suspended or deleted one is not.
+    pub served: bool,
+    /// Every token issued (`iat`) before this unix second is revoked: the later of the app's
+    /// and the tenant's "revoke every token" times, 0 if neither was used.
+    pub tokens_revoked_before: u64,
+    /// The app's unrevoked signing keys with their current generations, newest first.
+    pub signing_keys: Vec<SigningKey>,
+    /// Revoked token ids.
+    pub revoked_tokens: Vec<String>,
+    /// Revoked clients: every token of the client issued before the time (unix seconds).
+    pub revoked_clients: Vec<(String, u64)>,
+}
+
+/// A token minted by `POST /v1/tokens`, for the directory to record.
+#[derive(Debug, Clone)]
+pub struct MintedGrant {
+    /// The token id (`jti`).
+    pub jti: String,
+    /// The tenant.
+    pub tenant_id: String,
+    /// The app.
+    pub app_id: String,
+    /// The client id.
+    pub client_id: String,
+    /// The signing key.
+    pub kid: String,
+    /// The key generation it was signed under.
+    pub generation: u64,
+    /// The `caps` claim as JSON.
+    pub capabilities: String,
+    /// Issued at, unix seconds.
+    pub issued_at: u64,
+    /// Expires at, unix seconds.
+    pub expires_at: u64,
+}
+
 /// Why a directory lookup failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
@@ -38,16 +81,32 @@ impl DirectoryError {
     }
 }
 
-/// Apps, API keys and signing keys, as the relay sees them. Implementations must scope every
-/// lookup by app: a key id of app A is never found for app B.
+/// Apps and API keys, as the relay sees them. The relay caches what [`AppDirectory::app`]
+/// returns and asks again when told an app changed, so implementations need not cache apps;
+/// they may cache API keys, and must then drop an app's keys in [`AppDirectory::forget_app`].
 #[async_trait]
 pub trait AppDirectory: Send + Sync + 'static {
     /// Returns the app an API key belongs to.
     async fn authenticate_api_key(&self, presented: &str) -> Result<ApiKeyIdentity, DirectoryError>;
 
-    /// Returns the signing key `kid` of `app_id`.
-    async fn signing_key(&self, app_id: &str, kid: &str) -> Result<SigningKey, DirectoryError>;
+    /// Returns the app with this id, or `None` if there is none. Implementations must not
+    /// find an app by anything but its exact id.
+    async fn app(&self, app_id: &str) -> Result<Option<AppRecord>, DirectoryError>;
 
-    /// Returns the key used to mint new tokens for `app_id`.
-    async fn minting_key(&self, app_id: &str) -> Result<SigningKey, DirectoryError>;
+    /// Drops whatever is cached about `app_id` (it changed).
+    fn forget_app(&self, _app_id: &str) {}
+
+    /// Checks cached state against the source of truth (called at every periodic resync).
+    async fn resync(&self) {}
+
+    /// Returns a new token id for a minted token.
+    fn new_token_id(&self) -> String {
+        format!("tok_{}", uuid::Uuid::now_v7().simple())
+    }
+
+    /// Records a minted token. Best effort: a token whose grant could not be recorded still
+    /// works and can still be revoked by its id.
+    async fn record_grant(&self, _grant: &MintedGrant) -> Result<(), DirectoryError> {
+        Ok(())
+    }
 }

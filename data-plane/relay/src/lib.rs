@@ -22,11 +22,12 @@ pub mod http_api;
 pub mod hub;
 pub mod limits;
 pub mod ops;
+pub mod policy;
 pub mod server;
 pub mod session;
 pub mod state;
 pub mod transport;
 
 pub use config::{NamespaceConfig, RelayConfig};
-pub use directory::{ApiKeyIdentity, AppDirectory, DirectoryError};
+pub use directory::{ApiKeyIdentity, AppDirectory, AppRecord, DirectoryError, MintedGrant};
 pub use server::Relay;

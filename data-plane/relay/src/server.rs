@@ -34,12 +34,14 @@ impl Relay {
             engine,
             hub,
             directory,
+            policies: Default::default(),
             connections: Connections::default(),
             shutdown: CancellationToken::new(),
             tasks: tokio_util::task::TaskTracker::new(),
         };
         let state = Arc::new(state);
         state.hub.set_control_handler(Arc::new(crate::control::ControlEvents::new(&state)));
+        crate::control::spawn_resync(&state);
         Self { state }
     }
 

@@ -9,6 +9,7 @@ use crate::config::RelayConfig;
 use crate::conn::Connections;
 use crate::directory::AppDirectory;
 use crate::hub::Hub;
+use crate::policy::Policies;
 
 /// Everything a transport needs: settings, engine, hub, directory and live connections.
 pub struct RelayState {
@@ -20,6 +21,8 @@ pub struct RelayState {
     pub hub: Arc<Hub>,
     /// Apps and keys.
     pub directory: Arc<dyn AppDirectory>,
+    /// The admission rules of the apps this node has seen, from the directory.
+    pub policies: Policies,
     /// Live connections.
     pub connections: Connections,
     /// Cancelled when the relay shuts down.

@@ -1,11 +1,12 @@
 //! First start on the embedded defaults: a data directory with a configuration file holding a
-//! fresh master key, and a development tenant, app, signing key and API key.
+//! fresh master key, and a development tenant, app, signing key and API key, and an operator
+//! token for the management API.
 
 use std::path::{Path, PathBuf};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use tributary_store::{MasterKey, Store, StoreError};
+use tributary_store::{Actor, MasterKey, Role, Store, StoreError};
 
 /// The configuration file `serve` creates in the data directory.
 pub const CONFIG_FILE: &str = "tributary.toml";
@@ -27,11 +28,19 @@ pub struct Credentials {
     pub api_key: String,
     /// The signing key id used to mint tokens.
     pub signing_key_id: String,
+    /// An operator token for the management API (`/v1/tenants`, `tributary admin`). Absent in
+    /// files written before it existed; the next start adds one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_token: Option<String>,
 }
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials").field("app_id", &self.app_id).field("api_key", &"[redacted]").finish()
+        f.debug_struct("Credentials")
+            .field("app_id", &self.app_id)
+            .field("api_key", &"[redacted]")
+            .field("operator_token", &"[redacted]")
+            .finish()
     }
 }
 
@@ -112,9 +121,17 @@ pub async fn ensure_credentials(
         let text = std::fs::read_to_string(&path).map_err(io(&path))?;
         let mut credentials: Credentials = serde_json::from_str(&text)
             .map_err(|e| BootstrapError::Credentials { path: path.clone(), message: e.to_string() })?;
+        let mut changed = false;
         if credentials.http_url != http_url {
             credentials.http_url = http_url.to_owned();
             credentials.ws_url = ws_url;
+            changed = true;
+        }
+        if credentials.operator_token.is_none() {
+            credentials.operator_token = Some(operator_token(store).await?);
+            changed = true;
+        }
+        if changed {
             write_credentials(&path, &credentials)?;
         }
         return Ok(credentials);
@@ -130,9 +147,17 @@ pub async fn ensure_credentials(
         app_id: app.id,
         api_key: api_key.plaintext.expose_secret().to_owned(),
         signing_key_id: signing.kid,
+        operator_token: Some(operator_token(store).await?),
     };
     write_credentials(&path, &credentials)?;
     Ok(credentials)
+}
+
+/// Creates an operator token (every tenant, every action) and returns its plaintext.
+async fn operator_token(store: &Store) -> Result<String, BootstrapError> {
+    let token =
+        store.create_management_token(&Actor::system(), None, "bootstrap operator", Role::Operator).await?;
+    Ok(token.plaintext.expose_secret().to_owned())
 }
 
 fn write_credentials(path: &Path, credentials: &Credentials) -> Result<(), BootstrapError> {

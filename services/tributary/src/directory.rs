@@ -1,50 +1,44 @@
 //! The relay's [`AppDirectory`], answered from the store.
+//!
+//! Apps are cached by the relay itself (its policy cache); this directory caches verified API
+//! keys, so that an HTTP API request does not cost a database query and keeps working while the
+//! database is down. A cached key is dropped when its app changes (control event) and checked
+//! against the store at every periodic resync.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
-use tokio::time::Instant;
+use sha2::{Digest as _, Sha256};
 use tributary_capability::{KeyAlgorithm, SigningKey};
-use tributary_relay::{ApiKeyIdentity, AppDirectory, DirectoryError};
-use tributary_store::{SigningKeyRecord, Store, StoreError};
+use tributary_relay::{ApiKeyIdentity, AppDirectory, AppRecord, DirectoryError, MintedGrant};
+use tributary_store::{Revoked, SigningKeyRecord, Store, StoreError, TokenGrant};
 
-/// How long a verification key is served from memory. Every connect needs one, and a storm of
-/// connects must not become a storm of queries; one second also bounds how long a revoked
-/// signing key keeps working on this node.
-const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
+/// The API key cache never holds more keys than this; past it, it starts over.
+const API_KEY_CACHE_MAX: usize = 10_000;
 
-/// The cache never holds more keys than this; past it, it starts over.
-const KEY_CACHE_MAX: usize = 10_000;
+/// A verified API key: its id (to check it is still active) and what it identifies.
+struct CachedKey {
+    key_id: String,
+    identity: ApiKeyIdentity,
+}
 
-type KeyCache = HashMap<(String, String), (SigningKey, Instant)>;
-
-/// Apps and keys from the store, with verification keys cached briefly.
+/// Apps and keys from the store.
 pub struct StoreDirectory {
     store: Store,
-    keys: Mutex<KeyCache>,
+    /// Keyed by SHA-256 of the whole presented key, so the cache holds no usable secret.
+    api_keys: Mutex<HashMap<[u8; 32], CachedKey>>,
 }
 
 impl StoreDirectory {
     /// Wraps a store.
     pub fn new(store: Store) -> Self {
-        Self { store, keys: Mutex::new(HashMap::new()) }
+        Self { store, api_keys: Mutex::new(HashMap::new()) }
     }
 
-    fn cached(&self, app_id: &str, kid: &str) -> Option<SigningKey> {
-        let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        let (key, fetched) = keys.get(&(app_id.to_owned(), kid.to_owned()))?;
-        (fetched.elapsed() < KEY_CACHE_TTL).then(|| key.clone())
-    }
-
-    fn remember(&self, key: &SigningKey) {
-        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        if keys.len() >= KEY_CACHE_MAX {
-            keys.clear();
-        }
-        keys.insert((key.app_id.clone(), key.kid.clone()), (key.clone(), Instant::now()));
+    fn api_keys(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], CachedKey>> {
+        self.api_keys.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -62,27 +56,98 @@ pub fn signing_key(record: SigningKeyRecord) -> Result<SigningKey, DirectoryErro
     let alg = KeyAlgorithm::parse(&record.alg).ok_or_else(|| {
         DirectoryError::Unavailable(format!("stored key has unknown algorithm {:?}", record.alg))
     })?;
-    Ok(SigningKey::new(record.app_id, record.kid, alg, record.secret.expose_secret().to_vec()))
+    let generation = u64::try_from(record.generation).unwrap_or(0);
+    Ok(SigningKey::new(record.app_id, record.kid, alg, record.secret.expose_secret().to_vec())
+        .with_generation(generation))
+}
+
+/// Unix seconds as stored (`i64`) to the relay's `u64`; negative values (never written) as 0.
+fn seconds(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
 }
 
 #[async_trait]
 impl AppDirectory for StoreDirectory {
     async fn authenticate_api_key(&self, presented: &str) -> Result<ApiKeyIdentity, DirectoryError> {
-        let key = self.store.verify_api_key(presented).await.map_err(translate)?;
-        Ok(ApiKeyIdentity { tenant_id: key.tenant_id, app_id: key.app_id })
-    }
-
-    async fn signing_key(&self, app_id: &str, kid: &str) -> Result<SigningKey, DirectoryError> {
-        if let Some(key) = self.cached(app_id, kid) {
-            return Ok(key);
+        let fingerprint: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        if let Some(cached) = self.api_keys().get(&fingerprint) {
+            return Ok(cached.identity.clone());
         }
-        let key = signing_key(self.store.signing_key(app_id, kid).await.map_err(translate)?)?;
-        self.remember(&key);
-        Ok(key)
+        let key = self.store.verify_api_key(presented).await.map_err(translate)?;
+        let identity = ApiKeyIdentity { tenant_id: key.tenant_id, app_id: key.app_id };
+        let mut cache = self.api_keys();
+        if cache.len() >= API_KEY_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(fingerprint, CachedKey { key_id: key.id, identity: identity.clone() });
+        Ok(identity)
     }
 
-    async fn minting_key(&self, app_id: &str) -> Result<SigningKey, DirectoryError> {
-        let newest = self.store.signing_keys(app_id).await.map_err(translate)?.into_iter().next();
-        signing_key(newest.ok_or(DirectoryError::NotFound)?)
+    async fn app(&self, app_id: &str) -> Result<Option<AppRecord>, DirectoryError> {
+        let Some(snapshot) = self.store.app_snapshot(app_id).await.map_err(translate)? else {
+            return Ok(None);
+        };
+        let signing_keys = snapshot.signing_keys.into_iter().map(signing_key).collect::<Result<_, _>>()?;
+        let mut revoked_tokens = Vec::new();
+        let mut revoked_clients = Vec::new();
+        for revoked in snapshot.revocations {
+            match revoked {
+                Revoked::Token(jti) => revoked_tokens.push(jti),
+                Revoked::Client { client_id, issued_before } => {
+                    revoked_clients.push((client_id, seconds(issued_before)))
+                }
+            }
+        }
+        let cutoff = snapshot.app.tokens_revoked_before.max(snapshot.tenant.tokens_revoked_before);
+        Ok(Some(AppRecord {
+            app_id: snapshot.app.id,
+            tenant_id: snapshot.tenant.id,
+            served: snapshot.tenant.status.is_served(),
+            tokens_revoked_before: seconds(cutoff),
+            signing_keys,
+            revoked_tokens,
+            revoked_clients,
+        }))
+    }
+
+    fn forget_app(&self, app_id: &str) {
+        self.api_keys().retain(|_, cached| cached.identity.app_id != app_id);
+    }
+
+    async fn resync(&self) {
+        let key_ids: Vec<String> = {
+            let mut ids: Vec<String> = self.api_keys().values().map(|c| c.key_id.clone()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        };
+        for key_id in key_ids {
+            match self.store.api_key_is_active(&key_id).await {
+                Ok(true) => {}
+                Ok(false) => self.api_keys().retain(|_, cached| cached.key_id != key_id),
+                // The database is down: keep serving the keys we verified.
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn new_token_id(&self) -> String {
+        tributary_store::new_token_id()
+    }
+
+    async fn record_grant(&self, grant: &MintedGrant) -> Result<(), DirectoryError> {
+        let signed = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        let grant = TokenGrant {
+            jti: grant.jti.clone(),
+            tenant_id: grant.tenant_id.clone(),
+            app_id: grant.app_id.clone(),
+            client_id: grant.client_id.clone(),
+            kid: grant.kid.clone(),
+            generation: signed(grant.generation),
+            capabilities: grant.capabilities.clone(),
+            issued_at: signed(grant.issued_at),
+            expires_at: signed(grant.expires_at),
+        };
+        self.store.record_grant(&grant).await.map_err(translate)
     }
 }

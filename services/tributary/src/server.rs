@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tributary_control_plane::ControlPlane;
 use tributary_engine::{Engine, MemoryEngine, MemoryEngineConfig};
 use tributary_engine_redis::{RedisEngine, RedisEngineConfig};
 use tributary_relay::Relay;
@@ -55,6 +56,7 @@ pub struct Bound {
     listener: TcpListener,
     addr: SocketAddr,
     relay: Relay,
+    control_plane: Arc<ControlPlane>,
     credentials: Credentials,
     store: Store,
 }
@@ -78,8 +80,9 @@ impl Bound {
     /// Serves until `shutdown` completes; then closes every connection with "server shutting
     /// down" and waits (briefly) for requests in flight.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-        let Bound { listener, relay, .. } = self;
-        let router = relay.router();
+        let Bound { listener, relay, control_plane, .. } = self;
+        // The management routes first: the relay's router carries the fallback (404).
+        let router = control_plane.router().merge(relay.router());
         let relay = Arc::new(relay);
         let on_shutdown = relay.clone();
         let signal = async move {
@@ -216,6 +219,8 @@ pub async fn bind(
             ..MemoryEngineConfig::default()
         })),
     };
-    let relay = Relay::new(config.relay.clone(), engine, Arc::new(StoreDirectory::new(store.clone())));
-    Ok(Bound { listener, addr, relay, credentials, store })
+    let relay =
+        Relay::new(config.relay.clone(), engine.clone(), Arc::new(StoreDirectory::new(store.clone())));
+    let control_plane = ControlPlane::new(store.clone(), engine);
+    Ok(Bound { listener, addr, relay, control_plane, credentials, store })
 }

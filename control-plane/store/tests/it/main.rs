@@ -6,12 +6,30 @@
 //! second, raw pool on the same database.
 
 mod api_keys;
+mod app_snapshot;
+mod audit;
+mod grants;
+mod management_tokens;
 mod master_key;
+mod revocations;
+mod signing_key_generations;
 mod signing_keys;
+mod tenant_status;
 mod tenants;
 
 use sqlx::AnyPool;
-use tributary_store::{App, Backend, MasterKey, Store, Tenant};
+use tributary_store::{Actor, App, Backend, MasterKey, Store, Tenant};
+
+/// The actor of every audited write the tests make.
+pub fn actor() -> Actor {
+    Actor { actor: "user:test".into(), request_id: "req-1".into() }
+}
+
+/// The current time in unix seconds, as the store reads it.
+pub fn unix_now() -> i64 {
+    let elapsed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970");
+    i64::try_from(elapsed.as_secs()).expect("fits in an i64")
+}
 
 /// A store on its own fresh database.
 pub struct TestDb {
@@ -81,6 +99,7 @@ impl TestDb {
                 let queries = [
                     "SELECT id || name, key_hash FROM api_keys",
                     "SELECT kid || alg, secret_ciphertext FROM signing_keys",
+                    "SELECT id || name, token_hash FROM management_tokens",
                 ];
                 for query in queries {
                     let rows: Vec<(String, Vec<u8>)> =
@@ -93,6 +112,18 @@ impl TestDb {
             }
         }
         bytes
+    }
+
+    /// Returns the number of rows a `SELECT COUNT(*) …` query counts, read through the raw pool.
+    pub async fn count(&self, query: &'static str) -> i64 {
+        let (count,): (i64,) =
+            sqlx::query_as(query).fetch_one(&self.raw).await.expect("the count is readable");
+        count
+    }
+
+    /// Returns the number of audit events of every tenant (and of none).
+    pub async fn audit_event_count(&self) -> i64 {
+        self.count("SELECT COUNT(*) FROM audit_events").await
     }
 
     /// Creates a tenant with one app.

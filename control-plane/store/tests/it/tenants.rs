@@ -35,7 +35,7 @@ async fn duplicate_app_name_in_a_tenant_already_exists() {
         let (tenant, _) = db.tenant_with_app("prod").await;
         let err = db.store.create_app(&tenant.id, "prod").await.unwrap_err();
         assert!(matches!(err, StoreError::AlreadyExists("app")), "{err:?}");
-        assert_eq!(err.code(), tributary_protocol::ErrorCode::InvalidParameter);
+        assert_eq!(err.code(), tributary_protocol::ErrorCode::AlreadyExists);
 
         // The same name in another tenant is fine.
         let other = db.store.create_tenant("Other").await.unwrap();

@@ -239,3 +239,20 @@ proptest! {
         prop_assert!(verify(&changed, &key(), &opts(NOW)).is_err());
     }
 }
+
+#[test]
+fn raising_a_keys_generation_refuses_every_token_signed_before() {
+    let old = minted(&request());
+    let verified = verify(&old, &key(), &opts(NOW)).unwrap();
+    assert_eq!((verified.generation, verified.issued_at), (1, Some(NOW)));
+    let bumped = key().with_generation(2);
+    assert_eq!(verify(&old, &bumped, &opts(NOW)), Err(TokenError::Revoked));
+    assert_eq!(TokenError::Revoked.code(), tributary_protocol::ErrorCode::TokenRevoked);
+    // A token without `gen` counts as generation 1: a bump revokes it too.
+    let hand = hand_signed(Algorithm::HS256, &claims());
+    assert_eq!(verify(&hand, &key(), &opts(NOW)).unwrap().generation, 1);
+    assert_eq!(verify(&hand, &bumped, &opts(NOW)), Err(TokenError::Revoked));
+    // Tokens signed after the bump carry the new generation and verify.
+    let fresh = mint(&request(), &bumped, NOW).unwrap().token;
+    assert_eq!(verify(&fresh, &bumped, &opts(NOW)).unwrap().generation, 2);
+}

@@ -30,6 +30,7 @@ use tributary_protocol::frame::server::ErrorBody;
 
 use crate::directory::ApiKeyIdentity;
 use crate::ops::OpError;
+use crate::policy::AppPolicy;
 use crate::state::RelayState;
 
 /// An HTTP API error.
@@ -72,18 +73,36 @@ pub fn routes() -> Router<Arc<RelayState>> {
         .route("/v1/clients/{client_id}/disconnect", post(clients::disconnect))
 }
 
-/// Authenticates the request's API key.
+/// Authenticates the request's API key and checks that its tenant is served.
 pub(crate) async fn authenticate(
     state: &RelayState,
     headers: &HeaderMap,
 ) -> Result<ApiKeyIdentity, ApiError> {
+    authenticate_with_policy(state, headers).await.map(|(identity, _)| identity)
+}
+
+/// Authenticates the request's API key and returns it with its app's policy.
+pub(crate) async fn authenticate_with_policy(
+    state: &RelayState,
+    headers: &HeaderMap,
+) -> Result<(ApiKeyIdentity, Arc<AppPolicy>), ApiError> {
     let presented = crate::transport::bearer(headers, None).ok_or(ErrorCode::Unauthorized)?;
-    state.directory.authenticate_api_key(presented).await.map_err(|err| {
+    let identity = state.directory.authenticate_api_key(presented).await.map_err(|err| {
         if let crate::directory::DirectoryError::Unavailable(reason) = &err {
             tracing::error!(%reason, "API key lookup failed");
         }
         ApiError::from(err.code())
-    })
+    })?;
+    let policy = state
+        .policies
+        .get(&*state.directory, &identity.app_id)
+        .await
+        .map_err(crate::session::unavailable)?
+        .ok_or(ErrorCode::InvalidApiKey)?;
+    if !policy.served() {
+        return Err(ErrorCode::TenantSuspended.into());
+    }
+    Ok((identity, policy))
 }
 
 /// Parses a JSON body, mapping every failure to a precise error code.

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use tributary_capability::{Grant, Rights, TokenRequest};
 use tributary_protocol::{ChannelPattern, ErrorCode};
 
-use super::{ApiError, authenticate, parse_body};
+use super::{ApiError, authenticate_with_policy, parse_body};
+use crate::directory::MintedGrant;
 use crate::ops::OpError;
 use crate::session::unix_now;
 use crate::state::RelayState;
@@ -35,6 +36,7 @@ pub(super) struct MintBody {
 #[derive(Serialize)]
 pub(super) struct MintReply {
     token: String,
+    token_id: String,
     client_id: String,
     expires_at: u64,
 }
@@ -45,7 +47,7 @@ pub(super) async fn mint(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<MintReply>, ApiError> {
-    let identity = authenticate(&state, &headers).await?;
+    let (identity, policy) = authenticate_with_policy(&state, &headers).await?;
     let body: MintBody = parse_body(body)?;
     let ttl = body.ttl_secs.unwrap_or(3600);
     if ttl == 0 || ttl > state.config.max_token_ttl_secs {
@@ -61,10 +63,41 @@ pub(super) async fn mint(
             Ok(Grant { pattern, rights: g.allow })
         })
         .collect::<Result<Vec<_>, OpError>>()?;
-    let key = state.directory.minting_key(&identity.app_id).await.map_err(|e| ApiError::from(e.code()))?;
-    let mut request = TokenRequest::new(body.client_id.clone(), identity.app_id, ttl, grants);
+    let key = policy.minting_key().ok_or(ErrorCode::UnknownKey)?;
+    let jti = state.directory.new_token_id();
+    let mut request = TokenRequest::new(body.client_id.clone(), identity.app_id.clone(), ttl, grants);
     request.info = body.info;
-    let minted = tributary_capability::mint(&request, &key, unix_now())
-        .map_err(|e| OpError::new(e.code(), e.to_string()))?;
-    Ok(Json(MintReply { token: minted.token, client_id: body.client_id, expires_at: minted.expires_at }))
+    request.jti = Some(jti.clone());
+    let now = unix_now();
+    let minted =
+        tributary_capability::mint(&request, key, now).map_err(|e| OpError::new(e.code(), e.to_string()))?;
+    let grant = MintedGrant {
+        jti: jti.clone(),
+        tenant_id: identity.tenant_id,
+        app_id: identity.app_id,
+        client_id: body.client_id.clone(),
+        kid: key.kid.clone(),
+        generation: key.generation,
+        capabilities: caps_json(&request.grants),
+        issued_at: now,
+        expires_at: minted.expires_at,
+    };
+    if let Err(err) = state.directory.record_grant(&grant).await {
+        tracing::warn!(error = %err, "token minted but its grant was not recorded");
+    }
+    Ok(Json(MintReply {
+        token: minted.token,
+        token_id: jti,
+        client_id: body.client_id,
+        expires_at: minted.expires_at,
+    }))
+}
+
+/// Returns the grants as the JSON array of the token's `caps` claim.
+fn caps_json(grants: &[Grant]) -> String {
+    let caps: Vec<serde_json::Value> = grants
+        .iter()
+        .map(|g| serde_json::json!({ "channel": g.pattern.as_str(), "allow": g.rights }))
+        .collect();
+    serde_json::Value::Array(caps).to_string()
 }

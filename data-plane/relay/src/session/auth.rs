@@ -1,5 +1,8 @@
-//! Token verification for every transport: find the key within the token's own app, verify.
+//! Token verification for every transport: find the key within the token's own app, verify,
+//! then ask the app's policy (tenant status, revocations) whether the token is admitted. Every
+//! answer comes from the node's cache of app policies: no database round trip per connection.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tributary_capability::{TokenError, VerifiedToken, VerifyOptions};
@@ -7,6 +10,7 @@ use tributary_protocol::ErrorCode;
 
 use crate::directory::DirectoryError;
 use crate::ops::OpError;
+use crate::policy::{AppPolicy, Credential};
 use crate::state::RelayState;
 
 /// Returns the current Unix time in seconds.
@@ -20,21 +24,37 @@ impl From<TokenError> for OpError {
     }
 }
 
-/// Verifies a capability token. The key id is looked up only among the keys of the app the
-/// token names, and the signature, algorithm, audience and times are then checked against it.
-pub async fn authenticate(state: &RelayState, token: &str) -> Result<VerifiedToken, OpError> {
+/// Translates a failed policy load for a client.
+pub(crate) fn unavailable(err: DirectoryError) -> OpError {
+    match err {
+        DirectoryError::Unavailable(reason) => {
+            tracing::error!(%reason, "app lookup failed");
+            OpError::from(ErrorCode::Unavailable)
+        }
+        other => OpError::from(other.code()),
+    }
+}
+
+/// Verifies a capability token and checks that its app admits it. The key id is looked up only
+/// among the keys of the app the token names, and the signature, algorithm, audience, times and
+/// key generation are then checked against it; then the tenant's status and the app's
+/// revocations.
+pub async fn authenticate(
+    state: &RelayState,
+    token: &str,
+) -> Result<(VerifiedToken, Credential, Arc<AppPolicy>), OpError> {
     let unverified = tributary_capability::peek(token)?;
-    let key =
-        state.directory.signing_key(&unverified.app_id, &unverified.kid).await.map_err(|err| match err {
-            DirectoryError::NotFound => {
-                OpError::new(ErrorCode::UnknownKey, "unknown signing key for this app")
-            }
-            DirectoryError::Unavailable(reason) => {
-                tracing::error!(%reason, "signing key lookup failed");
-                OpError::from(ErrorCode::Unavailable)
-            }
-            other => OpError::from(other.code()),
-        })?;
+    let unknown = || OpError::new(ErrorCode::UnknownKey, "unknown signing key for this app");
+    let policy = state
+        .policies
+        .get(&*state.directory, &unverified.app_id)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(unknown)?;
+    let key = policy.key(&unverified.kid).ok_or_else(unknown)?;
     let options = VerifyOptions { now_secs: unix_now(), leeway_secs: state.config.token_leeway_secs };
-    Ok(tributary_capability::verify(token, &key, &options)?)
+    let verified = tributary_capability::verify(token, key, &options)?;
+    let credential = Credential::of(&verified);
+    policy.admit(&verified.client_id, &credential).map_err(|refusal| OpError::from(refusal.error_code()))?;
+    Ok((verified, credential, policy))
 }

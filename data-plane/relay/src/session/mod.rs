@@ -15,12 +15,14 @@ use tributary_engine::ChannelKey;
 use tributary_protocol::frame::{ClientFrame, ClientOp, PublishRequest, server};
 use tributary_protocol::{ChannelName, ErrorCode};
 
+pub(crate) use auth::unavailable;
 pub use auth::{authenticate, unix_now};
 pub use subscribe::SubscribeReply;
 
 use crate::conn::{ConnHandle, Outbound};
 use crate::limits::TokenBucket;
 use crate::ops::{self, OpError, PublishInput};
+use crate::policy::Credential;
 use crate::state::RelayState;
 
 /// Who the connection is, from its (possibly refreshed) token.
@@ -34,15 +36,24 @@ pub struct Identity {
     pub capabilities: Capabilities,
     /// When the token expires, Unix seconds.
     pub expires_at: u64,
+    /// What a revocation needs to know about the token.
+    pub credential: Credential,
 }
 
-impl From<VerifiedToken> for Identity {
-    fn from(token: VerifiedToken) -> Self {
+impl Identity {
+    /// Verifies a token and checks that its app admits it (see [`authenticate`]).
+    pub async fn authenticate(state: &RelayState, token: &str) -> Result<Self, OpError> {
+        let (token, credential, _) = authenticate(state, token).await?;
+        Ok(Self::from_token(token, credential))
+    }
+
+    fn from_token(token: VerifiedToken, credential: Credential) -> Self {
         Self {
             client_id: token.client_id,
             app_id: Arc::from(token.app_id),
             capabilities: token.capabilities,
             expires_at: token.expires_at,
+            credential,
         }
     }
 }
@@ -315,10 +326,12 @@ impl Session {
     }
 
     async fn refresh(&mut self, token: &str) -> Result<RefreshReply, OpError> {
-        let identity = Identity::from(authenticate(&self.state, token).await?);
+        let identity = Identity::authenticate(&self.state, token).await?;
         if identity.client_id != self.identity.client_id || identity.app_id != self.identity.app_id {
             return Err(ErrorCode::TokenMismatch.into());
         }
+        self.conn.set_credential(identity.credential.clone());
+        crate::transport::recheck(&self.state, &self.conn).await;
         self.identity = identity;
         // Subscriptions the new token no longer grants end now.
         let revoked: Vec<ChannelName> = self

@@ -15,7 +15,7 @@ use tributary_protocol::{ChannelName, Cursor, ErrorCode};
 
 use crate::conn::ConnHandle;
 use crate::ops::OpError;
-use crate::session::{Identity, Session, authenticate};
+use crate::session::{Identity, Session};
 use crate::state::RelayState;
 
 /// Returns the bearer token of an `Authorization` header, or the `token` query parameter.
@@ -34,25 +34,36 @@ pub async fn open_connection(
     token: Option<&str>,
 ) -> Result<(Identity, ConnHandle, crate::conn::Outbox), OpError> {
     let token = token.ok_or(ErrorCode::Unauthorized)?;
-    let identity = Identity::from(authenticate(state, token).await?);
+    let identity = Identity::authenticate(state, token).await?;
     let conn_id: Arc<str> = Arc::from(uuid::Uuid::now_v7().simple().to_string());
     let config = &state.config;
     let (conn, rx) = ConnHandle::new(
         conn_id,
         identity.app_id.clone(),
         identity.client_id.clone(),
+        identity.credential.clone(),
         config.outbound_queue_len,
         config.max_queued_bytes,
     );
     if !state.connections.register(&conn, state.config.max_connections_per_app) {
         return Err(ErrorCode::ConnectionLimit.into());
     }
+    recheck(state, &conn).await;
     // A shutdown cancels the token, then closes every registered connection: one registered
     // in between is closed here.
     if state.shutdown.is_cancelled() {
         conn.close(tributary_protocol::CloseCode::Shutdown);
     }
     Ok((identity, conn, rx))
+}
+
+/// Checks a registered connection against its app's current policy. A revocation reloads the
+/// policy and then checks the registered connections; one that was verified against the old
+/// policy but registered after that check is caught here.
+pub(crate) async fn recheck(state: &RelayState, conn: &ConnHandle) {
+    if let Ok(policy) = state.policies.get(&*state.directory, conn.app()).await {
+        conn.close_unless_admitted(policy.as_deref());
+    }
 }
 
 /// Runs a request's work in a task of its own and answers with its result. Hyper drops a

@@ -1,0 +1,58 @@
+//! The routes, one module per kind of record. Every handler starts with the caller's scope and
+//! role check (see [`crate::auth`]).
+
+mod apps;
+mod audit;
+mod keys;
+mod revocations;
+mod tenants;
+mod tokens;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::ControlPlane;
+use crate::error::ApiError;
+
+/// Every management route.
+pub(crate) fn all() -> Router<Arc<ControlPlane>> {
+    let tenant = "/v1/tenants/{tenant}";
+    let app = "/v1/tenants/{tenant}/apps/{app}";
+    Router::new()
+        .route("/v1/tenants", post(tenants::create).get(tenants::list))
+        .route(tenant, get(tenants::get))
+        .route(&format!("{tenant}/status"), post(tenants::set_status))
+        .route(&format!("{tenant}/revocations"), post(revocations::revoke_tenant))
+        .route(&format!("{tenant}/audit-events"), get(audit::list))
+        .route(&format!("{tenant}/apps"), post(apps::create).get(apps::list))
+        .route(app, get(apps::get))
+        .route(&format!("{app}/api-keys"), post(keys::create_api_key).get(keys::list_api_keys))
+        .route(&format!("{app}/api-keys/{{key}}/revoke"), post(keys::revoke_api_key))
+        .route(&format!("{app}/signing-keys"), post(keys::create_signing_key).get(keys::list_signing_keys))
+        .route(&format!("{app}/signing-keys/{{kid}}/revoke"), post(keys::revoke_signing_key))
+        .route(&format!("{app}/signing-keys/{{kid}}/bump-generation"), post(keys::bump_generation))
+        .route(&format!("{app}/revocations"), post(revocations::revoke_in_app))
+        .route(&format!("{app}/grants"), get(revocations::grants))
+        .route(&format!("{tenant}/management-tokens"), post(tokens::create).get(tokens::list))
+        .route(&format!("{tenant}/management-tokens/{{token}}/revoke"), post(tokens::revoke))
+}
+
+/// Checks that `app` is an app of `tenant` (after the caller's scope was checked): a
+/// tenant's own ids and another tenant's look the same, `not_found`.
+async fn app_of(plane: &ControlPlane, tenant: &str, app: &str) -> Result<tributary_store::App, ApiError> {
+    Ok(plane.store.app(tenant, app).await?)
+}
+
+/// Reads `?limit=` (default 50, at most 500).
+fn limit(query: &std::collections::HashMap<String, String>) -> Result<u32, ApiError> {
+    match query.get("limit") {
+        None => Ok(50),
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=500).contains(n))
+            .ok_or_else(|| ApiError::invalid("limit must be an integer from 1 to 500")),
+    }
+}

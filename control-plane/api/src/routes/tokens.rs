@@ -1,0 +1,107 @@
+//! Management tokens of a tenant: for automation (CI, Terraform). A token may only be given a
+//! role up to its creator's.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use bytes::Bytes;
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use tributary_protocol::ErrorCode;
+use tributary_store::{ManagementToken, Role};
+
+use crate::ControlPlane;
+use crate::auth::Caller;
+use crate::body;
+use crate::error::ApiError;
+
+/// A management token as lists show it: no secret.
+#[derive(Serialize)]
+pub(crate) struct TokenView {
+    id: String,
+    tenant_id: Option<String>,
+    name: String,
+    role: &'static str,
+    created_at: i64,
+    revoked_at: Option<i64>,
+}
+
+impl From<ManagementToken> for TokenView {
+    fn from(t: ManagementToken) -> Self {
+        Self {
+            id: t.id,
+            tenant_id: t.tenant_id,
+            name: t.name,
+            role: t.role.as_str(),
+            created_at: t.created_at,
+            revoked_at: t.revoked_at,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub(crate) struct NewTokenView {
+    #[serde(flatten)]
+    token: TokenView,
+    /// The whole token, shown once.
+    secret: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateBody {
+    name: String,
+    role: String,
+}
+
+/// `POST /v1/tenants/{tenant}/management-tokens` `{"name":..,"role":..}` (admin): 201 with the
+/// token and its secret. Roles: `read_only`, `developer`, `admin`, `owner`; never above the
+/// caller's own (the operator may give any tenant role).
+pub(crate) async fn create(
+    State(plane): State<Arc<ControlPlane>>,
+    Path(tenant): Path<String>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<NewTokenView>), ApiError> {
+    caller.tenant(&tenant, Role::Admin)?;
+    let body: CreateBody = body::parse(body)?;
+    body::name("name", &body.name)?;
+    let role = Role::parse(&body.role)
+        .filter(|role| *role != Role::Operator)
+        .ok_or_else(|| ApiError::invalid("role must be one of read_only, developer, admin, owner"))?;
+    if role > caller.token.role {
+        return Err(ApiError::new(
+            ErrorCode::PermissionDenied,
+            "a token cannot be given more than its creator's role",
+        ));
+    }
+    let created = plane.store.create_management_token(&caller.actor, Some(&tenant), &body.name, role).await?;
+    let secret = created.plaintext.expose_secret().to_owned();
+    Ok((StatusCode::CREATED, Json(NewTokenView { token: created.record.into(), secret })))
+}
+
+/// `GET /v1/tenants/{tenant}/management-tokens` (admin).
+pub(crate) async fn list(
+    State(plane): State<Arc<ControlPlane>>,
+    Path(tenant): Path<String>,
+    caller: Caller,
+) -> Result<Json<Vec<TokenView>>, ApiError> {
+    caller.tenant(&tenant, Role::Admin)?;
+    plane.store.tenant(&tenant).await?;
+    Ok(Json(plane.store.management_tokens(&tenant).await?.into_iter().map(TokenView::from).collect()))
+}
+
+/// `POST /v1/tenants/{tenant}/management-tokens/{token}/revoke` (admin): the token stops
+/// working at once (tokens are checked against the store on every request).
+pub(crate) async fn revoke(
+    State(plane): State<Arc<ControlPlane>>,
+    Path((tenant, token)): Path<(String, String)>,
+    caller: Caller,
+) -> Result<StatusCode, ApiError> {
+    caller.tenant(&tenant, Role::Admin)?;
+    plane.store.revoke_management_token(&caller.actor, &tenant, &token).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,68 @@
+//! Control events: what one node (or the control plane) asks of every relay node, as JSON on
+//! the engine's control channel.
+//!
+//! Events carry no secrets and no state that must not be lost: a change is written to the
+//! store first, and the event only says "look again now". A node that misses an event (its
+//! engine connection dropped) catches up at its next periodic resync. Events of a type a node
+//! does not know fail to parse and are ignored, so newer nodes can send events older ones skip.
+
+use serde::{Deserialize, Serialize};
+
+/// One control event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControlEvent {
+    /// Close every connection of a client of an app.
+    Disconnect {
+        /// The app.
+        app: String,
+        /// The client id (the tokens' subject).
+        client_id: String,
+        /// Whether the client may come back at once (close 3007) or was cut off (close 3504).
+        reconnect: bool,
+    },
+    /// Something an app's connections depend on changed (a signing key, an API key, a
+    /// revocation): reload the app and close the connections it no longer admits.
+    AppChanged {
+        /// The app.
+        app: String,
+    },
+    /// A tenant changed (its status, a tenant-wide revocation): reload every app of it.
+    TenantChanged {
+        /// The tenant.
+        tenant: String,
+    },
+}
+
+impl ControlEvent {
+    /// Returns the event as JSON bytes.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Every field is a string or a bool: serialising cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ControlEvent;
+
+    #[test]
+    fn events_have_a_stable_json_form() {
+        let cases = [
+            (
+                ControlEvent::Disconnect { app: "app_1".into(), client_id: "alice".into(), reconnect: false },
+                r#"{"type":"disconnect","app":"app_1","client_id":"alice","reconnect":false}"#,
+            ),
+            (ControlEvent::AppChanged { app: "app_1".into() }, r#"{"type":"app_changed","app":"app_1"}"#),
+            (
+                ControlEvent::TenantChanged { tenant: "ten_1".into() },
+                r#"{"type":"tenant_changed","tenant":"ten_1"}"#,
+            ),
+        ];
+        for (event, json) in cases {
+            assert_eq!(String::from_utf8(event.to_json()).unwrap(), json);
+            assert_eq!(serde_json::from_str::<ControlEvent>(json).unwrap(), event);
+        }
+        assert!(serde_json::from_str::<ControlEvent>(r#"{"type":"from_the_future"}"#).is_err());
+    }
+}

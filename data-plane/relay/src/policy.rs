@@ -1,0 +1,262 @@
+//! Admission: whether an app's tokens and connections are let in, answered from memory.
+//!
+//! Each node keeps an [`AppPolicy`] per app it has seen, loaded from the [`AppDirectory`] on
+//! first use and reloaded when a control event says the app (or its tenant) changed, and at
+//! every periodic resync. A token check therefore never waits on the database, and a node
+//! keeps admitting (and refusing) from its cache while the database is down. After a reload
+//! the app's open connections are checked again and those no longer admitted are closed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::OnceCell;
+use tributary_capability::{SigningKey, VerifiedToken};
+use tributary_protocol::{CloseCode, ErrorCode};
+
+use crate::directory::{AppDirectory, AppRecord, DirectoryError};
+
+/// What a connection's token says about it, kept for as long as the connection lives so that
+/// a revocation can find it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// The signing key.
+    pub kid: Box<str>,
+    /// The key generation the token was signed under.
+    pub generation: u64,
+    /// The token id, if it has one.
+    pub jti: Option<Box<str>>,
+    /// When it was issued (`iat`), 0 if it does not say.
+    pub issued_at: u64,
+}
+
+impl Credential {
+    /// Returns the credential of a verified token.
+    pub fn of(token: &VerifiedToken) -> Self {
+        Self {
+            kid: token.kid.as_str().into(),
+            generation: token.generation,
+            jti: token.jti.as_deref().map(Into::into),
+            issued_at: token.issued_at.unwrap_or(0),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Credential {
+    /// A credential for tests that never check admission.
+    pub(crate) fn dummy() -> Self {
+        Self { kid: "k".into(), generation: 1, jti: None, issued_at: 0 }
+    }
+}
+
+/// Why a credential is not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The tenant is suspended or deleted.
+    Suspended,
+    /// The token, its client, its key generation or its app was revoked.
+    Revoked,
+    /// The signing key is gone (revoked or deleted).
+    KeyGone,
+}
+
+impl Refusal {
+    /// Returns the error a new request gets.
+    pub fn error_code(self) -> ErrorCode {
+        match self {
+            Refusal::Suspended => ErrorCode::TenantSuspended,
+            Refusal::Revoked => ErrorCode::TokenRevoked,
+            Refusal::KeyGone => ErrorCode::UnknownKey,
+        }
+    }
+
+    /// Returns the code an open connection is closed with.
+    pub fn close_code(self) -> CloseCode {
+        match self {
+            Refusal::Suspended => CloseCode::TenantSuspended,
+            Refusal::Revoked | Refusal::KeyGone => CloseCode::Revoked,
+        }
+    }
+}
+
+/// One app's admission rules, in memory.
+#[derive(Debug)]
+pub struct AppPolicy {
+    /// The tenant.
+    pub tenant_id: Arc<str>,
+    served: bool,
+    tokens_revoked_before: u64,
+    keys: Vec<SigningKey>,
+    revoked_tokens: HashSet<String>,
+    revoked_clients: HashMap<String, u64>,
+}
+
+impl From<AppRecord> for AppPolicy {
+    fn from(record: AppRecord) -> Self {
+        Self {
+            tenant_id: record.tenant_id.into(),
+            served: record.served,
+            tokens_revoked_before: record.tokens_revoked_before,
+            keys: record.signing_keys,
+            revoked_tokens: record.revoked_tokens.into_iter().collect(),
+            revoked_clients: record.revoked_clients.into_iter().collect(),
+        }
+    }
+}
+
+impl AppPolicy {
+    /// Returns whether the app's tenant is served.
+    pub fn served(&self) -> bool {
+        self.served
+    }
+
+    /// Returns the unrevoked key `kid` of the app.
+    pub fn key(&self, kid: &str) -> Option<&SigningKey> {
+        self.keys.iter().find(|key| key.kid == kid)
+    }
+
+    /// Returns the key new tokens are signed with: the newest.
+    pub fn minting_key(&self) -> Option<&SigningKey> {
+        self.keys.first()
+    }
+
+    /// Returns whether a credential of `client` is admitted now.
+    pub fn admit(&self, client: &str, credential: &Credential) -> Result<(), Refusal> {
+        if !self.served {
+            return Err(Refusal::Suspended);
+        }
+        let Some(key) = self.key(&credential.kid) else { return Err(Refusal::KeyGone) };
+        let revoked = credential.generation < key.generation
+            || credential.issued_at < self.tokens_revoked_before
+            || credential.jti.as_deref().is_some_and(|jti| self.revoked_tokens.contains(jti))
+            || self.revoked_clients.get(client).is_some_and(|&before| credential.issued_at < before);
+        if revoked { Err(Refusal::Revoked) } else { Ok(()) }
+    }
+}
+
+/// Most apps a node keeps in memory. Past it, apps that do not exist (looked up for forged
+/// tokens) are forgotten first.
+const MAX_CACHED_APPS: usize = 100_000;
+
+type Slot = Arc<OnceCell<Option<Arc<AppPolicy>>>>;
+
+/// The policies of the apps this node has seen.
+#[derive(Default)]
+pub struct Policies {
+    slots: Mutex<HashMap<Arc<str>, Slot>>,
+}
+
+impl Policies {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Slot>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Returns the policy of `app_id` (`None`: no such app), loading it on first use. Many
+    /// concurrent first uses share one load.
+    pub async fn get(
+        &self,
+        directory: &dyn AppDirectory,
+        app_id: &str,
+    ) -> Result<Option<Arc<AppPolicy>>, DirectoryError> {
+        let slot = {
+            let mut slots = self.lock();
+            if let Some(slot) = slots.get(app_id) {
+                slot.clone()
+            } else {
+                if slots.len() >= MAX_CACHED_APPS {
+                    slots.retain(|_, slot| matches!(slot.get(), Some(Some(_))));
+                }
+                let slot = Slot::default();
+                slots.insert(app_id.into(), slot.clone());
+                slot
+            }
+        };
+        // A failed load leaves the cell empty, so the next use tries again.
+        let policy = slot.get_or_try_init(|| load(directory, app_id)).await?;
+        Ok(policy.clone())
+    }
+
+    /// Loads `app_id` again and replaces the cached policy; on failure the cached one stays.
+    pub async fn reload(
+        &self,
+        directory: &dyn AppDirectory,
+        app_id: &str,
+    ) -> Result<Option<Arc<AppPolicy>>, DirectoryError> {
+        let policy = load(directory, app_id).await?;
+        let slot = Slot::new(OnceCell::new_with(Some(policy.clone())));
+        self.lock().insert(app_id.into(), slot);
+        Ok(policy)
+    }
+
+    /// Returns the apps with a loaded policy, of `tenant` only if given.
+    pub fn apps(&self, tenant: Option<&str>) -> Vec<Arc<str>> {
+        self.lock()
+            .iter()
+            .filter(|(_, slot)| match slot.get() {
+                Some(Some(policy)) => tenant.is_none_or(|tenant| &*policy.tenant_id == tenant),
+                _ => false,
+            })
+            .map(|(app, _)| app.clone())
+            .collect()
+    }
+}
+
+async fn load(directory: &dyn AppDirectory, app_id: &str) -> Result<Option<Arc<AppPolicy>>, DirectoryError> {
+    Ok(directory.app(app_id).await?.map(|record| Arc::new(AppPolicy::from(record))))
+}
+
+#[cfg(test)]
+mod tests {
+    use tributary_capability::{KeyAlgorithm, SigningKey};
+
+    use super::*;
+
+    fn record() -> AppRecord {
+        AppRecord {
+            app_id: "app_1".into(),
+            tenant_id: "ten_1".into(),
+            served: true,
+            tokens_revoked_before: 100,
+            signing_keys: vec![
+                SigningKey::new("app_1", "k2", KeyAlgorithm::Hs256, vec![2; 32]).with_generation(3),
+                SigningKey::new("app_1", "k1", KeyAlgorithm::Hs256, vec![1; 32]),
+            ],
+            revoked_tokens: vec!["tok_bad".into()],
+            revoked_clients: vec![("mallory".into(), 500)],
+        }
+    }
+
+    fn credential(kid: &str, generation: u64, jti: Option<&str>, issued_at: u64) -> Credential {
+        Credential { kid: kid.into(), generation, jti: jti.map(Into::into), issued_at }
+    }
+
+    #[test]
+    fn every_revocation_refuses_exactly_what_it_names() {
+        let policy = AppPolicy::from(record());
+        assert_eq!(policy.minting_key().map(|k| k.kid.as_str()), Some("k2"));
+        let ok = credential("k1", 1, Some("tok_good"), 200);
+        assert_eq!(policy.admit("alice", &ok), Ok(()));
+        let cases = [
+            ("a key gone", "alice", credential("k9", 1, None, 200), Refusal::KeyGone),
+            ("an older generation", "alice", credential("k2", 2, None, 200), Refusal::Revoked),
+            ("issued before the app cut-off", "alice", credential("k1", 1, None, 99), Refusal::Revoked),
+            ("no iat counts as issued at 0", "alice", credential("k1", 1, None, 0), Refusal::Revoked),
+            ("a revoked jti", "alice", credential("k1", 1, Some("tok_bad"), 200), Refusal::Revoked),
+            ("a revoked client's old token", "mallory", credential("k1", 1, None, 499), Refusal::Revoked),
+        ];
+        for (what, client, credential, refusal) in cases {
+            assert_eq!(policy.admit(client, &credential), Err(refusal), "{what}");
+        }
+        assert_eq!(policy.admit("mallory", &credential("k1", 1, None, 500)), Ok(()), "a newer token");
+        assert_eq!(policy.admit("alice", &credential("k2", 3, None, 200)), Ok(()), "the current generation");
+    }
+
+    #[test]
+    fn a_suspended_tenant_refuses_everything_with_its_own_codes() {
+        let policy = AppPolicy::from(AppRecord { served: false, ..record() });
+        assert_eq!(policy.admit("alice", &credential("k1", 1, None, 200)), Err(Refusal::Suspended));
+        assert_eq!(Refusal::Suspended.error_code(), ErrorCode::TenantSuspended);
+        assert_eq!(Refusal::Suspended.close_code(), CloseCode::TenantSuspended);
+        assert_eq!(Refusal::Revoked.close_code(), CloseCode::Revoked);
+    }
+}

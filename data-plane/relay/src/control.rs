@@ -71,10 +71,11 @@ const RELOAD_RETRY_PAUSE: Duration = Duration::from_millis(200);
 pub async fn reload_apps(state: &RelayState, apps: Vec<Arc<str>>, tries: u32) -> usize {
     let mut closed = 0;
     for app in apps {
-        state.directory.forget_app(&app);
         for attempt in 1..=tries {
             match state.policies.reload(&*state.directory, &app).await {
                 Ok(policy) => {
+                    // Only once the store answered: while it is down, cached keys keep working.
+                    state.directory.forget_app(&app);
                     closed += state.connections.close_unadmitted(&app, policy.as_deref());
                     break;
                 }

@@ -109,16 +109,28 @@ impl TestServer {
     /// apps and keys, and the Redis at `redis_url` under a prefix of their own.
     pub async fn spawn_nodes_on_postgres(redis_url: &str, nodes: usize) -> Vec<Self> {
         let database_url = fresh_postgres_database().await;
+        Self::spawn_nodes_on_database(&database_url, redis_url, nodes, |_| {}).await
+    }
+
+    /// Like [`TestServer::spawn_nodes_on_postgres`], on the database at `database_url`, with the
+    /// configuration adjusted by `configure`.
+    pub async fn spawn_nodes_on_database(
+        database_url: &str,
+        redis_url: &str,
+        nodes: usize,
+        configure: impl Fn(&mut TributaryConfig),
+    ) -> Vec<Self> {
         let master_key = tributary_store::MasterKey::generate().to_base64();
         let prefix = format!("trbtest-{}", uuid::Uuid::new_v4().simple());
         let mut servers = Vec::with_capacity(nodes);
         for _ in 0..nodes {
             let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
             let server = Self::spawn_in(dir, master_key.clone(), |config| {
-                config.storage.database_url = database_url.clone();
+                config.storage.database_url = database_url.to_owned();
                 config.engine.kind = "redis".into();
                 config.engine.redis_url = redis_url.to_owned();
                 config.engine.redis_prefix = prefix.clone();
+                configure(config);
             })
             .await;
             servers.push(server);
@@ -192,6 +204,34 @@ impl TestServer {
     /// Returns the development app's id.
     pub fn app_id(&self) -> &str {
         &self.credentials.app_id
+    }
+
+    /// Returns the development tenant's id.
+    pub fn tenant_id(&self) -> &str {
+        &self.credentials.tenant_id
+    }
+
+    /// Returns the data directory's operator token (management API).
+    pub fn operator_token(&self) -> &str {
+        self.credentials.operator_token.as_deref().expect("first start writes an operator token")
+    }
+
+    /// Calls the management API as `token`: `method` (`GET`/`POST`), `path`, an optional JSON
+    /// body; returns the status and the JSON body (`null` when there is none).
+    pub async fn manage(&self, method: &str, path: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
+        let url = format!("{}{path}", self.http_url());
+        let mut request = match method {
+            "GET" => self.http.get(url),
+            "POST" => self.http.post(url),
+            other => panic!("unsupported method {other}"),
+        }
+        .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// Creates another tenant with one app, a signing key and an API key; returns the app.
@@ -368,6 +408,19 @@ pub async fn fresh_postgres_database() -> String {
         .await
         .expect("PostgreSQL answers on 127.0.0.1:5432 (scripts/test starts it)");
     url
+}
+
+/// Drops a PostgreSQL database made by [`fresh_postgres_database`] while servers still use it
+/// (their connections are cut): the database is gone, as in an outage.
+pub async fn drop_postgres_database(url: &str) {
+    use sqlx::Connection as _;
+    let (base, name) = url.rsplit_once('/').expect("a database URL ends in its name");
+    assert!(name.starts_with("trbtest_"), "only test databases are dropped");
+    sqlx::any::install_default_drivers();
+    let mut admin =
+        sqlx::AnyConnection::connect(&format!("{base}/postgres")).await.expect("PostgreSQL answers");
+    let statement = format!("DROP DATABASE \"{name}\" WITH (FORCE)");
+    sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut admin).await.expect("the test database drops");
 }
 
 /// Waits until `check` returns true, for at most `timeout`; fails with `what` otherwise.

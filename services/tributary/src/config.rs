@@ -19,7 +19,7 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../default-config.toml");
 const CONFIG_SECTIONS: &[&str] = &["listen", "data_dir", "master_key", "storage", "engine", "relay"];
 
 /// `TRIBUTARY_*` variables that belong to the CLI or logging, not to the configuration.
-const CLI_VARIABLES: &[&str] = &["config", "log", "log_format", "api_key", "url", "token"];
+const CLI_VARIABLES: &[&str] = &["config", "log", "log_format", "api_key", "url", "token", "admin_token"];
 
 /// The environment variable prefix.
 pub const ENV_PREFIX: &str = "TRIBUTARY_";

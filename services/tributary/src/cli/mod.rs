@@ -1,6 +1,8 @@
-//! The command line: `serve` and the other roles, `config`, and the client helpers `token`,
-//! `publish` and `subscribe` that make trying Tributary a matter of two terminals.
+//! The command line: `serve` and the other roles, `config`, the client helpers `token`,
+//! `publish` and `subscribe` that make trying Tributary a matter of two terminals, and `admin`
+//! for operators.
 
+mod admin;
 mod client;
 mod serve;
 
@@ -69,6 +71,8 @@ enum Command {
     Publish(client::PublishArgs),
     /// Subscribes over WebSocket and prints every frame as a JSON line.
     Subscribe(client::SubscribeArgs),
+    /// Operator commands through the management API (tenants, apps, keys, revocations, audit).
+    Admin(admin::AdminArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,5 +126,6 @@ pub async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitC
         Command::Token(args) => client::token(args, env).await,
         Command::Publish(args) => client::publish(args).await,
         Command::Subscribe(args) => client::subscribe(args).await,
+        Command::Admin(args) => admin::admin(args).await,
     }
 }

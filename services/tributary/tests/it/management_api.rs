@@ -249,3 +249,58 @@ async fn bad_input_on_every_write_gets_a_clear_error_and_writes_nothing() {
     let (_, keys) = server.manage("GET", &format!("{a}/signing-keys"), &owner, None).await;
     assert_eq!((keys[0]["kid"].as_str(), keys[0]["generation"].as_i64()), (Some(kid), Some(1)));
 }
+
+/// Runs `tributary admin` against `server` as the operator; returns (success, stdout, stderr).
+async fn admin(server: &TestServer, args: &[&str]) -> (bool, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .arg("admin")
+        .args(args)
+        .args(["--url", &server.http_url(), "--token", server.operator_token()])
+        .env("TRIBUTARY_DATA_DIR", "/nonexistent")
+        .output()
+        .await
+        .unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.success(), text(&output.stdout), text(&output.stderr))
+}
+
+#[tokio::test]
+async fn tributary_admin_runs_the_operators_tasks_through_the_api() {
+    let server = TestServer::spawn().await;
+    let (ok, out, err) = admin(&server, &["tenants", "create", "Globex"]).await;
+    assert!(ok, "{err}");
+    let tenant: Value = serde_json::from_str(&out).unwrap();
+    let id = tenant["id"].as_str().unwrap();
+    let (ok, out, err) = admin(&server, &["apps", "create", id, "prod"]).await;
+    assert!(ok, "{err}");
+    let app: Value = serde_json::from_str(&out).unwrap();
+    assert!(app["signing_key"]["secret"].is_string(), "{app}");
+    let app_id = app["id"].as_str().unwrap();
+    let (ok, out, _) = admin(&server, &["api-key", id, app_id]).await;
+    assert!(ok && out.contains("trb_key_"), "{out}");
+    let (ok, out, _) = admin(&server, &["revoke", id, "--app", app_id, "--client-id", "bob"]).await;
+    assert!(ok && out.contains("\"client\""), "{out}");
+
+    let (ok, out, _) = admin(&server, &["tenants", "suspend", id]).await;
+    assert!(ok && out.contains("\"suspended\""), "{out}");
+    let (_, shown) = server.manage("GET", &format!("/v1/tenants/{id}"), server.operator_token(), None).await;
+    assert_eq!(shown["status"], "suspended");
+    let (ok, out, _) = admin(&server, &["tenants", "activate", id]).await;
+    assert!(ok && out.contains("\"active\""), "{out}");
+
+    let (ok, _, err) = admin(&server, &["tenants", "status", id, "paused"]).await;
+    assert!(!ok && err.contains("400") && err.contains("invalid_parameter"), "a clear error: {err}");
+    let (ok, out, _) = admin(&server, &["audit", id, "--limit", "3"]).await;
+    assert!(ok, "{out}");
+    let events: Value = serde_json::from_str(&out).unwrap();
+    let actions: Vec<&str> =
+        events.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["tenant.status.active", "tenant.status.suspended", "client.revoke"]);
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["admin", "tenants", "list", "--url", &server.http_url(), "--token", "trbm_wrong"])
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && err.contains("401") && err.contains("unauthorized"), "{err}");
+}

@@ -61,4 +61,5 @@ CREATE TABLE audit_events (
     at         BIGINT NOT NULL
 );
 
-CREATE INDEX audit_events_by_tenant ON audit_events (tenant_id, at);
+-- Ids sort by time: "newest first" is ORDER BY id DESC.
+CREATE INDEX audit_events_by_tenant ON audit_events (tenant_id, id);

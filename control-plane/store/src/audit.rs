@@ -34,7 +34,7 @@ pub struct AuditEvent {
     pub tenant_id: Option<String>,
     /// Who acted.
     pub actor: String,
-    /// What was done, such as `tenant.suspend` or `api_key.create`.
+    /// What was done, such as `tenant.status.suspended` or `api_key.create`.
     pub action: String,
     /// The id of the record acted upon.
     pub target: String,

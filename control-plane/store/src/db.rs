@@ -59,6 +59,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "control_plane", include_str!("../../../migrations/postgres/0002_control_plane.sql")),
 ];
 
+/// How long a query waits for a connection before failing. Short, so that while the database
+/// is unreachable requests fail fast (the data plane serves from its cache) instead of hanging
+/// for sqlx's default 30 seconds.
+const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Returns the migrator of a backend's embedded migrations.
 fn migrator(backend: Backend) -> Migrator {
     let files = match backend {
@@ -124,6 +129,7 @@ impl Store {
             _ => url.to_owned(),
         };
         let pool: DbPool = AnyPoolOptions::new()
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .after_connect(|conn, _| sqlite_setup(conn))
             .connect(&url)
             .await

@@ -101,6 +101,15 @@ impl Store {
         Ok(rows.iter().map(TokenGrant::from_row).collect::<Result<_, _>>()?)
     }
 
+    /// Deletes grants that expired more than `keep_secs` ago; returns how many.
+    pub async fn purge_expired_grants(&self, keep_secs: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM token_grants WHERE expires_at <= $1")
+            .bind(crate::unix_now() - keep_secs)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Returns when the grant `jti` of the app expires, if the control plane minted it.
     pub(crate) async fn grant_expiry(&self, app_id: &str, jti: &str) -> Result<Option<i64>, StoreError> {
         if !(id::is_valid(id::APP, app_id) && id::is_valid(id::TOKEN, jti)) {

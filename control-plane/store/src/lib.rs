@@ -56,8 +56,8 @@ pub use tenant::{App, Tenant, TenantStatus};
 
 /// Handle to the database of tenants, apps and keys, and the cipher for their secrets.
 ///
-/// Cloning is cheap and clones share the pool. Each method is one statement, so each is atomic
-/// on its own; no method spans several writes.
+/// Cloning is cheap and clones share the pool. Each method is atomic: a management write is one
+/// transaction that also records its audit event.
 #[derive(Clone)]
 pub struct Store {
     pool: db::DbPool,

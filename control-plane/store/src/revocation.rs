@@ -12,9 +12,15 @@ use crate::audit::{self, Actor};
 use crate::tenant::next_second;
 use crate::{Store, StoreError, id, unix_now};
 
-/// How long a revocation is kept when the revoked token's expiry is not known (tokens minted
-/// outside the control plane): 30 days, the longest token lifetime the docs allow.
+/// How long a revocation is kept when the revoked token's expiry is not known (tokens signed
+/// by tenants' own backends): 30 days. A self-signed token that lives longer than 30 days past
+/// its revocation would be admitted again; docs/management-api.md tells tenants to keep
+/// self-signed tokens shorter.
 pub const REVOCATION_RETENTION_SECS: i64 = 30 * 24 * 3600;
+
+/// Kept past a minted token's expiry: the data plane admits a token up to its clock-skew
+/// leeway after `exp`, and that leeway is at most 60 seconds.
+const EXPIRY_MARGIN_SECS: i64 = 60;
 
 /// What a revocation applies to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +63,7 @@ impl Store {
         check_scope(tenant_id, app_id, jti)?;
         // A grant we minted says how long the token can live; otherwise keep the row long.
         let expires_at = match self.grant_expiry(app_id, jti).await? {
-            Some(expiry) => expiry,
+            Some(expiry) => expiry.saturating_add(EXPIRY_MARGIN_SECS),
             None => unix_now() + REVOCATION_RETENTION_SECS,
         };
         self.insert_revocation(actor, (tenant_id, app_id), ("token", jti), next_second(), expires_at).await

@@ -108,7 +108,7 @@ error_codes! {
     InvalidApiKey = (1107, "invalid_api_key", 401, false, "invalid API key"),
     /// A refreshed token names another client or app than the connection.
     TokenMismatch = (1108, "token_mismatch", 403, false, "token belongs to another client or app"),
-    /// The token, its client, its signing key's generation or its whole app was revoked.
+    /// The token, its client, its signing key's generation, its app or its tenant was revoked.
     TokenRevoked = (1109, "token_revoked", 401, false, "token has been revoked"),
     /// The app's account (tenant) is suspended or deleted: nothing is served until it is active.
     TenantSuspended = (1110, "tenant_suspended", 403, false, "account suspended"),

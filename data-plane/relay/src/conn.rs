@@ -82,7 +82,7 @@ struct Shared {
     app: Arc<str>,
     client: Arc<str>,
     /// The token's facts, replaced when the client refreshes its token.
-    credential: Mutex<Arc<Credential>>,
+    credential: Mutex<Credential>,
     queue: Mutex<Queue>,
     max_items: usize,
     max_bytes: usize,
@@ -143,7 +143,7 @@ impl ConnHandle {
             id,
             app,
             client,
-            credential: Mutex::new(Arc::new(credential)),
+            credential: Mutex::new(credential),
             queue: Mutex::new(Queue { items: VecDeque::new(), bytes: 0, waker: None }),
             max_items: queue_len,
             max_bytes: max_queued_bytes,
@@ -169,13 +169,13 @@ impl ConnHandle {
     }
 
     /// Returns the facts of the connection's current token.
-    pub fn credential(&self) -> Arc<Credential> {
+    pub fn credential(&self) -> Credential {
         lock(&self.shared.credential).clone()
     }
 
     /// Replaces the token's facts (after a refresh).
     pub fn set_credential(&self, credential: Credential) {
-        *lock(&self.shared.credential) = Arc::new(credential);
+        *lock(&self.shared.credential) = credential;
     }
 
     /// Closes the connection if `policy` (its app's; `None`: the app is gone) no longer admits

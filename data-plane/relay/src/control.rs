@@ -67,16 +67,15 @@ const RELOAD_TRIES: u32 = 5;
 const RELOAD_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// Reloads the policies of `apps` (each tried up to `tries` times) and closes the connections
-/// they no longer admit; returns how many connections were closed.
+/// they no longer admit; returns how many connections were closed. A failed reload keeps the
+/// cached policy.
 pub async fn reload_apps(state: &RelayState, apps: Vec<Arc<str>>, tries: u32) -> usize {
     let mut closed = 0;
     for app in apps {
         for attempt in 1..=tries {
-            match state.policies.reload(&*state.directory, &app).await {
-                Ok(policy) => {
-                    // Only once the store answered: while it is down, cached keys keep working.
-                    state.directory.forget_app(&app);
-                    closed += state.connections.close_unadmitted(&app, policy.as_deref());
+            match reload_app(state, &app).await {
+                Ok(n) => {
+                    closed += n;
                     break;
                 }
                 Err(err) if attempt >= tries => {
@@ -90,6 +89,33 @@ pub async fn reload_apps(state: &RelayState, apps: Vec<Arc<str>>, tries: u32) ->
         tracing::info!(closed, "connections closed after an app change");
     }
     closed
+}
+
+/// Reloads one app's policy and closes the connections it no longer admits.
+async fn reload_app(state: &RelayState, app: &str) -> Result<usize, crate::DirectoryError> {
+    let policy = state.policies.reload(&*state.directory, app).await?;
+    // Only once the store answered: while it is down, cached API keys keep working.
+    state.directory.forget_app(app);
+    Ok(state.connections.close_unadmitted(app, policy.as_deref()))
+}
+
+/// Reloads every cached app once; stops at the first failure (the store is down: every other
+/// app would wait for it too) and keeps serving from the cache.
+async fn resync(state: &RelayState) {
+    state.directory.resync().await;
+    let mut closed = 0;
+    for app in state.policies.apps(None) {
+        match reload_app(state, &app).await {
+            Ok(n) => closed += n,
+            Err(err) => {
+                tracing::warn!(error = %err, "resync stopped: the directory is unavailable; serving from the cache");
+                break;
+            }
+        }
+    }
+    if closed > 0 {
+        tracing::info!(closed, "connections closed by the periodic resync");
+    }
 }
 
 /// Starts the periodic resync: every `relay.control_resync_secs`, every cached app is reloaded
@@ -109,10 +135,7 @@ pub fn spawn_resync(state: &Arc<RelayState>) {
                 _ = shutdown.cancelled() => return,
             }
             let Some(state) = weak.upgrade() else { return };
-            state.directory.resync().await;
-            let apps = state.policies.apps(None);
-            // One try each: a database that is down must not hold the resync up for long.
-            reload_apps(&state, apps, 1).await;
+            resync(&state).await;
         }
     });
 }

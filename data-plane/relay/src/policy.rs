@@ -7,6 +7,7 @@
 //! the app's open connections are checked again and those no longer admitted are closed.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::OnceCell;
@@ -16,36 +17,46 @@ use tributary_protocol::{CloseCode, ErrorCode};
 use crate::directory::{AppDirectory, AppRecord, DirectoryError};
 
 /// What a connection's token says about it, kept for as long as the connection lives so that
-/// a revocation can find it.
+/// a revocation can find it. Every connection holds one, so it is small and allocates nothing:
+/// the key id is shared with the app's policy and the token id is kept as a hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credential {
-    /// The signing key.
-    pub kid: Box<str>,
+    /// The signing key's id, shared with the policy that verified it.
+    pub kid: Arc<str>,
     /// The key generation the token was signed under.
     pub generation: u64,
-    /// The token id, if it has one.
-    pub jti: Option<Box<str>>,
+    /// [`jti_hash`] of the token id, 0 if it has none.
+    pub jti: u64,
     /// When it was issued (`iat`), 0 if it does not say.
     pub issued_at: u64,
 }
 
 impl Credential {
-    /// Returns the credential of a verified token.
-    pub fn of(token: &VerifiedToken) -> Self {
+    /// Returns the credential of a token verified with the key `kid`.
+    pub fn of(token: &VerifiedToken, kid: Arc<str>) -> Self {
         Self {
-            kid: token.kid.as_str().into(),
+            kid,
             generation: token.generation,
-            jti: token.jti.as_deref().map(Into::into),
+            jti: token.jti.as_deref().map_or(0, jti_hash),
             issued_at: token.issued_at.unwrap_or(0),
         }
     }
+}
+
+/// Returns the hash a token id is compared by; never 0 (0 means "no token id"). A collision
+/// would only refuse a token that was not revoked (64 bits: never in practice), and token ids
+/// are chosen by whoever holds the signing key, not by the holder of the token.
+pub fn jti_hash(jti: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    jti.hash(&mut hasher);
+    hasher.finish().max(1)
 }
 
 #[cfg(test)]
 impl Credential {
     /// A credential for tests that never check admission.
     pub(crate) fn dummy() -> Self {
-        Self { kid: "k".into(), generation: 1, jti: None, issued_at: 0 }
+        Self { kid: "k".into(), generation: 1, jti: 0, issued_at: 0 }
     }
 }
 
@@ -86,8 +97,10 @@ pub struct AppPolicy {
     pub tenant_id: Arc<str>,
     served: bool,
     tokens_revoked_before: u64,
-    keys: Vec<SigningKey>,
-    revoked_tokens: HashSet<String>,
+    /// Newest first, each with its id as shared by the credentials it verified.
+    keys: Vec<(Arc<str>, SigningKey)>,
+    /// [`jti_hash`]es of the revoked token ids.
+    revoked_tokens: HashSet<u64>,
     revoked_clients: HashMap<String, u64>,
 }
 
@@ -97,8 +110,8 @@ impl From<AppRecord> for AppPolicy {
             tenant_id: record.tenant_id.into(),
             served: record.served,
             tokens_revoked_before: record.tokens_revoked_before,
-            keys: record.signing_keys,
-            revoked_tokens: record.revoked_tokens.into_iter().collect(),
+            keys: record.signing_keys.into_iter().map(|key| (Arc::from(key.kid.as_str()), key)).collect(),
+            revoked_tokens: record.revoked_tokens.iter().map(|jti| jti_hash(jti)).collect(),
             revoked_clients: record.revoked_clients.into_iter().collect(),
         }
     }
@@ -110,14 +123,14 @@ impl AppPolicy {
         self.served
     }
 
-    /// Returns the unrevoked key `kid` of the app.
-    pub fn key(&self, kid: &str) -> Option<&SigningKey> {
-        self.keys.iter().find(|key| key.kid == kid)
+    /// Returns the unrevoked key `kid` of the app, with its shared id.
+    pub fn key(&self, kid: &str) -> Option<(&Arc<str>, &SigningKey)> {
+        self.keys.iter().find(|(id, _)| &**id == kid).map(|(id, key)| (id, key))
     }
 
     /// Returns the key new tokens are signed with: the newest.
     pub fn minting_key(&self) -> Option<&SigningKey> {
-        self.keys.first()
+        self.keys.first().map(|(_, key)| key)
     }
 
     /// Returns whether a credential of `client` is admitted now.
@@ -125,10 +138,10 @@ impl AppPolicy {
         if !self.served {
             return Err(Refusal::Suspended);
         }
-        let Some(key) = self.key(&credential.kid) else { return Err(Refusal::KeyGone) };
+        let Some((_, key)) = self.key(&credential.kid) else { return Err(Refusal::KeyGone) };
         let revoked = credential.generation < key.generation
             || credential.issued_at < self.tokens_revoked_before
-            || credential.jti.as_deref().is_some_and(|jti| self.revoked_tokens.contains(jti))
+            || (credential.jti != 0 && self.revoked_tokens.contains(&credential.jti))
             || self.revoked_clients.get(client).is_some_and(|&before| credential.issued_at < before);
         if revoked { Err(Refusal::Revoked) } else { Ok(()) }
     }
@@ -227,7 +240,7 @@ mod tests {
     }
 
     fn credential(kid: &str, generation: u64, jti: Option<&str>, issued_at: u64) -> Credential {
-        Credential { kid: kid.into(), generation, jti: jti.map(Into::into), issued_at }
+        Credential { kid: kid.into(), generation, jti: jti.map_or(0, jti_hash), issued_at }
     }
 
     #[test]

@@ -20,11 +20,19 @@ pub struct ThrowawayRedis {
     scheme: &'static str,
 }
 
+/// Returns a port that is free, and whose cluster bus port (port + 10,000) is free too, both
+/// below Linux's ephemeral range (32768 and up). A port the kernel hands out for port 0 lies in
+/// that range, where the test's own client sockets can take it before `redis-server` binds it,
+/// and its bus port can fall past 65535.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    let bindable = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    for _ in 0..1000 {
+        let port = 12_000 + (uuid::Uuid::new_v4().as_u128() % 10_000) as u16;
+        if bindable(port) && bindable(port + 10_000) {
+            return port;
+        }
+    }
+    panic!("no free port pair below the ephemeral range")
 }
 
 impl ThrowawayRedis {

@@ -4,13 +4,16 @@
 //! # Layout
 //! - [`config`]: the configuration tree and its precedence (defaults < file < env < flags).
 //! - [`bootstrap`]: the data directory on first start: master key, development tenant and keys.
-//! - [`server`]: `serve` — [`server::bind`] then [`server::Bound::run`].
+//! - [`server`]: `serve` — [`server::bind`] then [`server::Bound::run`]; the relay's routes and
+//!   the management API (`tributary-control-plane`) on one listener.
 //! - [`directory`]: the relay's app directory backed by the store.
+//! - [`maintenance`]: periodic deletes of expired revocations and token grants.
 //! - [`telemetry`]: logging setup.
 #![forbid(unsafe_code)]
 
 pub mod bootstrap;
 pub mod config;
 pub mod directory;
+pub mod maintenance;
 pub mod server;
 pub mod telemetry;

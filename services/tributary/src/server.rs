@@ -80,7 +80,8 @@ impl Bound {
     /// Serves until `shutdown` completes; then closes every connection with "server shutting
     /// down" and waits (briefly) for requests in flight.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-        let Bound { listener, relay, control_plane, .. } = self;
+        let Bound { listener, relay, control_plane, store, .. } = self;
+        let housekeeping = tokio::spawn(crate::maintenance::run(store));
         // The management routes first: the relay's router carries the fallback (404).
         let router = control_plane.router().merge(relay.router());
         let relay = Arc::new(relay);
@@ -92,6 +93,7 @@ impl Bound {
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         serve_http(listener, router, signal).await;
+        housekeeping.abort();
         // Connections were told to close; give their tasks time to leave presence and say
         // goodbye before the process ends.
         let tasks = &relay.state().tasks;

@@ -82,6 +82,7 @@ pub(crate) async fn revoke_in_app(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RevokeTenantBody {
+    #[serde(default)]
     all: bool,
 }
 

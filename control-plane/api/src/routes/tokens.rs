@@ -95,13 +95,22 @@ pub(crate) async fn list(
 }
 
 /// `POST /v1/tenants/{tenant}/management-tokens/{token}/revoke` (admin): the token stops
-/// working at once (tokens are checked against the store on every request).
+/// working at once (tokens are checked against the store on every request). Like creation, a
+/// caller may only revoke tokens up to its own role.
 pub(crate) async fn revoke(
     State(plane): State<Arc<ControlPlane>>,
     Path((tenant, token)): Path<(String, String)>,
     caller: Caller,
 ) -> Result<StatusCode, ApiError> {
     caller.tenant(&tenant, Role::Admin)?;
+    let tokens = plane.store.management_tokens(&tenant).await?;
+    let target = tokens
+        .iter()
+        .find(|t| t.id == token)
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "management token not found"))?;
+    if target.role > caller.token.role {
+        return Err(ApiError::new(ErrorCode::PermissionDenied, "a token cannot revoke one of a higher role"));
+    }
     plane.store.revoke_management_token(&caller.actor, &tenant, &token).await?;
     Ok(StatusCode::NO_CONTENT)
 }

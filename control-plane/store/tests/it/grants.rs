@@ -81,3 +81,20 @@ async fn a_grant_for_an_app_of_another_tenant_is_not_recorded() {
         assert_eq!(db.count("SELECT COUNT(*) FROM token_grants").await, 0);
     }
 }
+
+#[tokio::test]
+async fn grants_expired_longer_than_kept_are_purged_and_live_ones_stay() {
+    for db in TestDb::all().await {
+        let (tenant, app) = db.tenant_with_app("prod").await;
+        let live = grant(&tenant.id, &app.id, "alice");
+        let recent = TokenGrant { expires_at: unix_now() - 100, ..grant(&tenant.id, &app.id, "bob") };
+        let old = TokenGrant { expires_at: unix_now() - 10_000, ..grant(&tenant.id, &app.id, "carol") };
+        for g in [&live, &recent, &old] {
+            db.store.record_grant(g).await.unwrap();
+        }
+        assert_eq!(db.store.purge_expired_grants(1_000).await.unwrap(), 1, "only the one expired long ago");
+        let left = db.store.grants(&tenant.id, &app.id, None, 10).await.unwrap();
+        assert_eq!(left, [recent.clone(), live.clone()]);
+        assert_eq!(db.store.purge_expired_grants(1_000).await.unwrap(), 0, "idempotent");
+    }
+}

@@ -17,6 +17,9 @@ use crate::ops::OpError;
 use crate::session::unix_now;
 use crate::state::RelayState;
 
+/// How long minting waits for its grant to be recorded.
+const GRANT_RECORD_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct GrantBody {
@@ -82,8 +85,11 @@ pub(super) async fn mint(
         issued_at: now,
         expires_at: minted.expires_at,
     };
-    if let Err(err) = state.directory.record_grant(&grant).await {
-        tracing::warn!(error = %err, "token minted but its grant was not recorded");
+    // Best effort and bounded: a store that is down or slow must not hold minting up.
+    match tokio::time::timeout(GRANT_RECORD_TIMEOUT, state.directory.record_grant(&grant)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "token minted but its grant was not recorded"),
+        Err(_) => tracing::warn!("token minted but recording its grant timed out"),
     }
     Ok(Json(MintReply {
         token: minted.token,

@@ -51,10 +51,10 @@ pub async fn authenticate(
         .await
         .map_err(unavailable)?
         .ok_or_else(unknown)?;
-    let key = policy.key(&unverified.kid).ok_or_else(unknown)?;
+    let (kid, key) = policy.key(&unverified.kid).ok_or_else(unknown)?;
     let options = VerifyOptions { now_secs: unix_now(), leeway_secs: state.config.token_leeway_secs };
     let verified = tributary_capability::verify(token, key, &options)?;
-    let credential = Credential::of(&verified);
+    let credential = Credential::of(&verified, kid.clone());
     policy.admit(&verified.client_id, &credential).map_err(|refusal| OpError::from(refusal.error_code()))?;
     Ok((verified, credential, policy))
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tributary_capability::{Capabilities, Right, VerifiedToken};
+use tributary_capability::{Capabilities, Right};
 use tributary_engine::ChannelKey;
 use tributary_protocol::frame::{ClientFrame, ClientOp, PublishRequest, server};
 use tributary_protocol::{ChannelName, ErrorCode};
@@ -36,25 +36,20 @@ pub struct Identity {
     pub capabilities: Capabilities,
     /// When the token expires, Unix seconds.
     pub expires_at: u64,
-    /// What a revocation needs to know about the token.
-    pub credential: Credential,
 }
 
 impl Identity {
-    /// Verifies a token and checks that its app admits it (see [`authenticate`]).
-    pub async fn authenticate(state: &RelayState, token: &str) -> Result<Self, OpError> {
+    /// Verifies a token and checks that its app admits it (see [`authenticate`]); returns who
+    /// the token names and what a revocation needs to know about it (kept by the connection).
+    pub async fn authenticate(state: &RelayState, token: &str) -> Result<(Self, Credential), OpError> {
         let (token, credential, _) = authenticate(state, token).await?;
-        Ok(Self::from_token(token, credential))
-    }
-
-    fn from_token(token: VerifiedToken, credential: Credential) -> Self {
-        Self {
+        let identity = Self {
             client_id: token.client_id,
             app_id: Arc::from(token.app_id),
             capabilities: token.capabilities,
             expires_at: token.expires_at,
-            credential,
-        }
+        };
+        Ok((identity, credential))
     }
 }
 
@@ -326,11 +321,11 @@ impl Session {
     }
 
     async fn refresh(&mut self, token: &str) -> Result<RefreshReply, OpError> {
-        let identity = Identity::authenticate(&self.state, token).await?;
+        let (identity, credential) = Identity::authenticate(&self.state, token).await?;
         if identity.client_id != self.identity.client_id || identity.app_id != self.identity.app_id {
             return Err(ErrorCode::TokenMismatch.into());
         }
-        self.conn.set_credential(identity.credential.clone());
+        self.conn.set_credential(credential);
         crate::transport::recheck(&self.state, &self.conn).await;
         self.identity = identity;
         // Subscriptions the new token no longer grants end now.

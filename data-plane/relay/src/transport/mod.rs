@@ -34,14 +34,14 @@ pub async fn open_connection(
     token: Option<&str>,
 ) -> Result<(Identity, ConnHandle, crate::conn::Outbox), OpError> {
     let token = token.ok_or(ErrorCode::Unauthorized)?;
-    let identity = Identity::authenticate(state, token).await?;
+    let (identity, credential) = Identity::authenticate(state, token).await?;
     let conn_id: Arc<str> = Arc::from(uuid::Uuid::now_v7().simple().to_string());
     let config = &state.config;
     let (conn, rx) = ConnHandle::new(
         conn_id,
         identity.app_id.clone(),
         identity.client_id.clone(),
-        identity.credential.clone(),
+        credential,
         config.outbound_queue_len,
         config.max_queued_bytes,
     );

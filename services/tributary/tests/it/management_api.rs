@@ -165,8 +165,17 @@ async fn roles_limit_what_a_token_may_do_and_cannot_be_escalated() {
     assert_eq!(server.manage("GET", "/v1/tenants", &owner, None).await.0, 403);
     let status_path = format!("/v1/tenants/{tenant}/status");
     assert_eq!(server.manage("POST", &status_path, &owner, Some(&json!({"status": "active"}))).await.0, 403);
-    // A revoked token stops working at once.
+    // Nor can an admin revoke a token above its own role.
     let (_, list) = server.manage("GET", &mgmt, &owner, None).await;
+    let owner_id = list.as_array().unwrap().iter().find(|t| t["role"] == "owner").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, body) =
+        server.manage("POST", &format!("{mgmt}/{owner_id}/revoke"), &tokens["admin"], None).await;
+    assert_eq!((status, body["error"]["name"].as_str()), (403, Some("permission_denied")), "{body}");
+    assert_eq!(server.manage("GET", &apps, &owner, None).await.0, 200, "the owner token still works");
+    // A revoked token stops working at once.
     let admin_id = list.as_array().unwrap().iter().find(|t| t["name"] == "admin").unwrap()["id"]
         .as_str()
         .unwrap()

@@ -1,0 +1,32 @@
+//! Housekeeping of the store while the server runs: revocations and token grants that can no
+//! longer matter are deleted, so neither table grows without bound.
+
+use std::time::Duration;
+
+use tributary_store::Store;
+
+/// How often the housekeeping runs.
+const EVERY: Duration = Duration::from_secs(600);
+
+/// How long a grant is kept after its token expired, for tenants to look it up.
+const GRANT_KEEP_SECS: i64 = 7 * 24 * 3600;
+
+/// Runs the housekeeping every [`EVERY`] until the task is dropped. Every node runs it; the
+/// deletes are idempotent, so several nodes doing it at once only repeat each other.
+pub async fn run(store: Store) {
+    let mut ticks = tokio::time::interval(EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match store.purge_expired_revocations().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "expired revocations deleted"),
+            Err(err) => tracing::warn!(error = %err, "deleting expired revocations failed"),
+        }
+        match store.purge_expired_grants(GRANT_KEEP_SECS).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "expired token grants deleted"),
+            Err(err) => tracing::warn!(error = %err, "deleting expired token grants failed"),
+        }
+    }
+}

@@ -53,10 +53,12 @@ impl Backend {
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "tenants", include_str!("../../../migrations/sqlite/0001_tenants.sql")),
     (2, "control_plane", include_str!("../../../migrations/sqlite/0002_control_plane.sql")),
+    (3, "plans_and_usage", include_str!("../../../migrations/sqlite/0003_plans_and_usage.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "tenants", include_str!("../../../migrations/postgres/0001_tenants.sql")),
     (2, "control_plane", include_str!("../../../migrations/postgres/0002_control_plane.sql")),
+    (3, "plans_and_usage", include_str!("../../../migrations/postgres/0003_plans_and_usage.sql")),
 ];
 
 /// How long a query waits for a connection before failing. Short, so that while the database

@@ -34,11 +34,13 @@ pub mod error;
 pub mod grant;
 mod id;
 pub mod management_token;
+pub mod plan;
 pub mod policy;
 pub mod revocation;
 mod secret_token;
 pub mod signing_key;
 pub mod tenant;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -49,10 +51,12 @@ pub use db::{Backend, create_database};
 pub use error::StoreError;
 pub use grant::{TokenGrant, new_token_id};
 pub use management_token::{ManagementToken, NewManagementToken, Role};
+pub use plan::{LimitOverrides, Limits, Plan};
 pub use policy::AppSnapshot;
 pub use revocation::Revoked;
 pub use signing_key::SigningKeyRecord;
 pub use tenant::{App, Tenant, TenantStatus};
+pub use usage::{Granularity, UsagePoint, UsageRow};
 
 /// Handle to the database of tenants, apps and keys, and the cipher for their secrets.
 ///

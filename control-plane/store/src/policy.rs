@@ -16,6 +16,10 @@ pub struct AppSnapshot {
     pub signing_keys: Vec<SigningKeyRecord>,
     /// Its revocations of tokens and clients that can still matter.
     pub revocations: Vec<Revoked>,
+    /// Its tenant's effective limits.
+    pub limits: crate::plan::Limits,
+    /// Messages its tenant published this calendar month (UTC), as flushed so far.
+    pub messages_this_month: i64,
 }
 
 impl Store {
@@ -35,6 +39,9 @@ impl Store {
         let tenant = self.tenant(&app.tenant_id).await?;
         let signing_keys = self.signing_keys(app_id).await?;
         let revocations = self.revocations(app_id).await?;
-        Ok(Some(AppSnapshot { app, tenant, signing_keys, revocations }))
+        let limits = self.tenant_limits(&tenant.id).await?;
+        let messages_this_month =
+            self.messages_published_since(&tenant.id, crate::usage::month_start(crate::unix_now())).await?;
+        Ok(Some(AppSnapshot { app, tenant, signing_keys, revocations, limits, messages_this_month }))
     }
 }

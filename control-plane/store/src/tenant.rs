@@ -56,6 +56,8 @@ pub struct Tenant {
     pub name: String,
     /// Whether it is served.
     pub status: TenantStatus,
+    /// Its plan (see [`crate::plan`]).
+    pub plan_id: String,
     /// Every token of its apps issued before this unix second is revoked (0: none).
     pub tokens_revoked_before: i64,
     /// When the tenant was created, in unix seconds.
@@ -86,6 +88,7 @@ impl Tenant {
             // Written only from `TenantStatus::as_str`; an unknown value (a newer schema) is
             // not served rather than guessed at.
             status: TenantStatus::parse(&status).unwrap_or(TenantStatus::Suspended),
+            plan_id: row.try_get("plan_id")?,
             tokens_revoked_before: row.try_get("tokens_revoked_before")?,
             created_at: row.try_get("created_at")?,
         })
@@ -104,10 +107,14 @@ impl App {
     }
 }
 
+/// The plan of a new tenant: no limits, so a self-hosted install is limited by nothing it did not
+/// set. A service puts each tenant on its plan when it signs up.
+pub const DEFAULT_PLAN: &str = "unlimited";
+
 /// The columns [`Tenant::from_row`] reads (a macro, so queries stay `&'static str`).
 macro_rules! tenant_columns {
     () => {
-        "id, name, status, tokens_revoked_before, created_at"
+        "id, name, status, plan_id, tokens_revoked_before, created_at"
     };
 }
 
@@ -137,6 +144,7 @@ impl Store {
             id: id::new(id::TENANT),
             name: name.to_owned(),
             status: TenantStatus::Active,
+            plan_id: DEFAULT_PLAN.to_owned(),
             tokens_revoked_before: 0,
             created_at: unix_now(),
         };

@@ -54,6 +54,9 @@ pub struct RelayConfig {
     /// store, in seconds: the bound on how long a change whose control event was lost takes
     /// to reach this node.
     pub control_resync_secs: u64,
+    /// How often this node's usage counts are written to the store, in seconds (at most 10:
+    /// a billing system reads them).
+    pub usage_flush_secs: u64,
     /// Mounts `/v1/diagnostics/echo`, an unauthenticated WebSocket echo used to run the
     /// Autobahn conformance cases. Never turn it on in production.
     pub diagnostic_echo: bool,
@@ -84,6 +87,7 @@ impl Default for RelayConfig {
             token_leeway_secs: 5,
             max_token_ttl_secs: 24 * 3600,
             control_resync_secs: 30,
+            usage_flush_secs: 10,
             diagnostic_echo: false,
             namespaces: BTreeMap::from([(String::new(), NamespaceConfig::default())]),
         }
@@ -168,6 +172,10 @@ impl RelayConfig {
         positive("long_poll_max_wait_ms", self.long_poll_max_wait_ms);
         positive("max_token_ttl_secs", self.max_token_ttl_secs);
         positive("control_resync_secs", self.control_resync_secs);
+        positive("usage_flush_secs", self.usage_flush_secs);
+        if self.usage_flush_secs > 10 {
+            problems.push("relay.usage_flush_secs must be at most 10".into());
+        }
         if self.max_queued_bytes < self.max_frame_bytes.saturating_mul(4) {
             problems.push("relay.max_queued_bytes must be at least 4 times relay.max_frame_bytes".into());
         }

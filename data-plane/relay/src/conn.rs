@@ -389,6 +389,16 @@ impl Connections {
         of_app.iter().filter(|conn| conn.close_unless_admitted(policy)).count()
     }
 
+    /// Returns how many connections each app has on this node.
+    pub fn per_app(&self) -> Vec<(Arc<str>, usize)> {
+        self.per_app
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(app, n)| (app.clone(), *n))
+            .collect()
+    }
+
     /// Returns how many connections are registered.
     pub fn len(&self) -> usize {
         self.total.load(Ordering::Relaxed)

@@ -104,6 +104,17 @@ pub trait AppDirectory: Send + Sync + 'static {
         format!("tok_{}", uuid::Uuid::now_v7().simple())
     }
 
+    /// Stores a batch of usage rows of node `node_id`; a batch with a number it already has
+    /// must be ignored (the node retries after a lost reply).
+    async fn record_usage(
+        &self,
+        _node_id: &str,
+        _seq: u64,
+        _rows: &[crate::usage::UsageRow],
+    ) -> Result<(), DirectoryError> {
+        Ok(())
+    }
+
     /// Records a minted token. Best effort: a token whose grant could not be recorded still
     /// works and can still be revoked by its id.
     async fn record_grant(&self, _grant: &MintedGrant) -> Result<(), DirectoryError> {

@@ -120,6 +120,8 @@ pub struct Hub {
     /// A recovering subscriber may buffer at most this many items, like its queue.
     max_buffer: usize,
     control: Mutex<Option<Arc<dyn ControlHandler>>>,
+    /// Counts deliveries per app.
+    usage: Arc<crate::usage::Usage>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -128,12 +130,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Hub {
     /// Creates an empty hub; recovering subscribers buffer at most `max_buffer` live items.
-    pub fn new(max_buffer: usize) -> Self {
+    pub fn new(max_buffer: usize, usage: Arc<crate::usage::Usage>) -> Self {
         Self {
             hasher: RandomState::new(),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             max_buffer,
             control: Mutex::new(None),
+            usage,
         }
     }
 
@@ -206,9 +209,10 @@ impl Hub {
         lock(self.shard(key)).get(key).map(Vec::len).unwrap_or(0)
     }
 
-    fn deliver(&self, key: &ChannelKey, make: impl FnOnce() -> Outbound) {
+    /// Hands an item to every subscriber of `key`; returns how many there were.
+    fn deliver(&self, key: &ChannelKey, make: impl FnOnce() -> Outbound) -> usize {
         let mut shard = lock(self.shard(key));
-        let Some(subs) = shard.get_mut(key) else { return };
+        let Some(subs) = shard.get_mut(key) else { return 0 };
         let item = make();
         for sub in subs.iter_mut() {
             match &mut sub.mode {
@@ -224,12 +228,13 @@ impl Hub {
                 Mode::CatchingUp => {}
             }
         }
+        subs.len()
     }
 }
 
 impl EngineSink for Hub {
     fn on_publication(&self, key: &ChannelKey, publication: &Publication) {
-        self.deliver(key, || {
+        let subscribers = self.deliver(key, || {
             let frame = server::encode_message(key.channel.as_str(), publication);
             Outbound::Message(Arc::new(PreparedMessage {
                 frame,
@@ -238,6 +243,9 @@ impl EngineSink for Hub {
                 offset: publication.offset,
             }))
         });
+        if subscribers > 0 {
+            self.usage.app(&key.app).delivered(subscribers, publication.payload.len());
+        }
     }
 
     fn on_presence(&self, key: &ChannelKey, event: &PresenceEvent) {
@@ -288,7 +296,7 @@ mod tests {
 
     #[test]
     fn a_publication_recovery_already_delivered_is_not_delivered_again_live() {
-        let hub = Hub::new(16);
+        let hub = Hub::new(16, Default::default());
         let key = ChannelKey::new("app", ChannelName::parse("chat:floor").unwrap());
         let (conn, mut outbox) = ConnHandle::new(
             "c".into(),
@@ -331,7 +339,7 @@ mod tests {
 
     #[test]
     fn a_gap_in_the_live_stream_is_never_delivered_and_its_subscribers_recover() {
-        let hub = Hub::new(16);
+        let hub = Hub::new(16, Default::default());
         let key = ChannelKey::new("app", ChannelName::parse("chat:gap").unwrap());
         let (conn, mut outbox) = ConnHandle::new(
             "c".into(),
@@ -355,7 +363,7 @@ mod tests {
 
     #[test]
     fn a_subscriber_never_moves_to_a_new_epoch_silently() {
-        let hub = Hub::new(16);
+        let hub = Hub::new(16, Default::default());
         let key = ChannelKey::new("app", ChannelName::parse("chat:epoch").unwrap());
         let (live, mut live_outbox) = ConnHandle::new(
             "live".into(),
@@ -389,7 +397,7 @@ mod tests {
         // The node was unsubscribed in Redis while 9 and 10 were published (its previous
         // subscriber had just left); a late 8 and then 11 arrive while the new subscriber reads
         // history, which covers up to 10.
-        let hub = Hub::new(16);
+        let hub = Hub::new(16, Default::default());
         let key = ChannelKey::new("app", ChannelName::parse("chat:rejoin").unwrap());
         let (conn, mut outbox) = ConnHandle::new(
             "c".into(),

@@ -27,6 +27,7 @@ pub mod server;
 pub mod session;
 pub mod state;
 pub mod transport;
+pub mod usage;
 
 pub use config::{NamespaceConfig, RelayConfig};
 pub use directory::{ApiKeyIdentity, AppDirectory, AppRecord, DirectoryError, MintedGrant};

@@ -97,8 +97,12 @@ pub async fn publish(
         idempotency_window: Duration::from_secs(state.config.idempotency_window_secs),
     };
     let message = NewMessage { payload, client_id: input.client_id, encoding: input.encoding.map(Arc::from) };
+    let bytes = message.payload.len();
     let PublishOutcome { epoch, offset, ts_ms, duplicate } =
         state.engine.publish(&key, message, &options).await?;
+    if !duplicate {
+        state.usage.app(app).published(bytes);
+    }
     Ok(PublishResult { channel: key.channel.to_string(), epoch, offset, ts: ts_ms, duplicate })
 }
 

@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::OnceCell;
@@ -151,12 +152,21 @@ impl AppPolicy {
 /// tokens) are forgotten first.
 const MAX_CACHED_APPS: usize = 100_000;
 
-type Slot = Arc<OnceCell<Option<Arc<AppPolicy>>>>;
+type Cell = Arc<OnceCell<Option<Arc<AppPolicy>>>>;
+
+/// A cached policy and the number of the load that filled it: loads are numbered when they
+/// start, and a load that started later read a newer state of the store.
+#[derive(Clone)]
+struct Slot {
+    started: u64,
+    cell: Cell,
+}
 
 /// The policies of the apps this node has seen.
 #[derive(Default)]
 pub struct Policies {
     slots: Mutex<HashMap<Arc<str>, Slot>>,
+    loads: AtomicU64,
 }
 
 impl Policies {
@@ -171,41 +181,53 @@ impl Policies {
         directory: &dyn AppDirectory,
         app_id: &str,
     ) -> Result<Option<Arc<AppPolicy>>, DirectoryError> {
-        let slot = {
+        let cell = {
             let mut slots = self.lock();
             if let Some(slot) = slots.get(app_id) {
-                slot.clone()
+                slot.cell.clone()
             } else {
                 if slots.len() >= MAX_CACHED_APPS {
-                    slots.retain(|_, slot| matches!(slot.get(), Some(Some(_))));
+                    slots.retain(|_, slot| matches!(slot.cell.get(), Some(Some(_))));
                 }
-                let slot = Slot::default();
+                let slot =
+                    Slot { started: self.loads.fetch_add(1, Ordering::Relaxed), cell: Cell::default() };
                 slots.insert(app_id.into(), slot.clone());
-                slot
+                slot.cell
             }
         };
         // A failed load leaves the cell empty, so the next use tries again.
-        let policy = slot.get_or_try_init(|| load(directory, app_id)).await?;
+        let policy = cell.get_or_try_init(|| load(directory, app_id)).await?;
         Ok(policy.clone())
     }
 
-    /// Loads `app_id` again and replaces the cached policy; on failure the cached one stays.
+    /// Loads `app_id` again and replaces the cached policy, unless a load that started later
+    /// has already replaced it (two changes in a row reload concurrently, and the older read
+    /// must not win); returns the cached policy. On failure the cached one stays.
     pub async fn reload(
         &self,
         directory: &dyn AppDirectory,
         app_id: &str,
     ) -> Result<Option<Arc<AppPolicy>>, DirectoryError> {
+        let started = self.loads.fetch_add(1, Ordering::Relaxed);
         let policy = load(directory, app_id).await?;
-        let slot = Slot::new(OnceCell::new_with(Some(policy.clone())));
-        self.lock().insert(app_id.into(), slot);
-        Ok(policy)
+        let mut slots = self.lock();
+        match slots.get(app_id) {
+            Some(newer) if newer.started > started && newer.cell.initialized() => {
+                Ok(newer.cell.get().cloned().flatten())
+            }
+            _ => {
+                let cell = Cell::new(OnceCell::new_with(Some(policy.clone())));
+                slots.insert(app_id.into(), Slot { started, cell });
+                Ok(policy)
+            }
+        }
     }
 
     /// Returns the apps with a loaded policy, of `tenant` only if given.
     pub fn apps(&self, tenant: Option<&str>) -> Vec<Arc<str>> {
         self.lock()
             .iter()
-            .filter(|(_, slot)| match slot.get() {
+            .filter(|(_, slot)| match slot.cell.get() {
                 Some(Some(policy)) => tenant.is_none_or(|tenant| &*policy.tenant_id == tenant),
                 _ => false,
             })
@@ -262,6 +284,43 @@ mod tests {
         }
         assert_eq!(policy.admit("mallory", &credential("k1", 1, None, 500)), Ok(()), "a newer token");
         assert_eq!(policy.admit("alice", &credential("k2", 3, None, 200)), Ok(()), "the current generation");
+    }
+
+    /// Answers its first `app` call slowly with the tenant served, later ones at once with it
+    /// suspended: the store's state before and after a suspension.
+    struct SlowThenSuspended {
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl AppDirectory for SlowThenSuspended {
+        async fn authenticate_api_key(&self, _: &str) -> Result<crate::ApiKeyIdentity, DirectoryError> {
+            Err(DirectoryError::InvalidApiKey)
+        }
+
+        async fn app(&self, _: &str) -> Result<Option<AppRecord>, DirectoryError> {
+            let call = self.calls.fetch_add(1, Ordering::SeqCst);
+            if call == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Ok(Some(AppRecord { served: call == 0, ..record() }))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_older_reload_finishing_last_does_not_replace_a_newer_one() {
+        let directory = SlowThenSuspended { calls: Default::default() };
+        let policies = Policies::default();
+        // Two changes in a row: the first reload reads the old state slowly, the second the
+        // new state quickly and finishes first.
+        let (older, newer) = tokio::join!(policies.reload(&directory, "app_1"), async {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            policies.reload(&directory, "app_1").await
+        });
+        assert!(!newer.unwrap().unwrap().served());
+        assert!(!older.unwrap().unwrap().served(), "the older load returns the newer policy");
+        let cached = policies.get(&directory, "app_1").await.unwrap().unwrap();
+        assert!(!cached.served(), "the newer state stays cached");
     }
 
     #[test]

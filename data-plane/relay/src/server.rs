@@ -25,7 +25,8 @@ pub struct Relay {
 impl Relay {
     /// Creates a relay on `engine`, wiring the engine's deliveries to a new hub.
     pub fn new(config: RelayConfig, engine: Arc<dyn Engine>, directory: Arc<dyn AppDirectory>) -> Self {
-        let hub = Arc::new(Hub::new(config.outbound_queue_len));
+        let usage = Arc::new(crate::usage::Usage::default());
+        let hub = Arc::new(Hub::new(config.outbound_queue_len, usage.clone()));
         let sink: Arc<dyn EngineSink> = hub.clone();
         let weak: Weak<dyn EngineSink> = Arc::downgrade(&sink);
         engine.set_sink(weak);
@@ -36,12 +37,14 @@ impl Relay {
             directory,
             policies: Default::default(),
             connections: Connections::default(),
+            usage,
             shutdown: CancellationToken::new(),
             tasks: tokio_util::task::TaskTracker::new(),
         };
         let state = Arc::new(state);
         state.hub.set_control_handler(Arc::new(crate::control::ControlEvents::new(&state)));
         crate::control::spawn_resync(&state);
+        crate::usage::spawn_metering(&state);
         Self { state }
     }
 

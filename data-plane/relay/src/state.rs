@@ -25,6 +25,8 @@ pub struct RelayState {
     pub policies: Policies,
     /// Live connections.
     pub connections: Connections,
+    /// Usage counted on this node, flushed to the directory.
+    pub usage: Arc<crate::usage::Usage>,
     /// Cancelled when the relay shuts down.
     pub shutdown: CancellationToken,
     /// The tasks of live connections (WebSocket and SSE), so a shutdown can wait for their

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use secrecy::ExposeSecret;
 use sha2::{Digest as _, Sha256};
 use tributary_capability::{KeyAlgorithm, SigningKey};
+use tributary_relay::usage::UsageRow;
 use tributary_relay::{ApiKeyIdentity, AppDirectory, AppRecord, DirectoryError, MintedGrant};
 use tributary_store::{Revoked, SigningKeyRecord, Store, StoreError, TokenGrant};
 
@@ -129,6 +130,25 @@ impl AppDirectory for StoreDirectory {
                 Err(_) => return,
             }
         }
+    }
+
+    async fn record_usage(&self, node_id: &str, seq: u64, rows: &[UsageRow]) -> Result<(), DirectoryError> {
+        let signed = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        let rows: Vec<tributary_store::UsageRow> = rows
+            .iter()
+            .map(|row| tributary_store::UsageRow {
+                app_id: row.app_id.to_string(),
+                minute: signed(row.minute),
+                messages_published: signed(row.published),
+                messages_delivered: signed(row.delivered),
+                bytes_published: signed(row.bytes_published),
+                bytes_delivered: signed(row.bytes_delivered),
+                peak_connections: signed(row.peak_connections),
+                connection_seconds: signed(row.connection_seconds),
+            })
+            .collect();
+        // Applied already (a retry after a lost reply) is success too.
+        self.store.record_usage(node_id, signed(seq), &rows).await.map(|_| ()).map_err(translate)
     }
 
     fn new_token_id(&self) -> String {

@@ -8,6 +8,10 @@ use tributary_store::Store;
 /// How often the housekeeping runs.
 const EVERY: Duration = Duration::from_secs(600);
 
+/// How long the numbers of applied usage batches are kept: a node retries a batch for at most
+/// an hour (`tributary_relay::usage::MAX_PENDING_BATCHES` flushes).
+const FLUSH_KEEP_SECS: i64 = 24 * 3600;
+
 /// How long a grant is kept after its token expired, for tenants to look it up.
 const GRANT_KEEP_SECS: i64 = 7 * 24 * 3600;
 
@@ -22,6 +26,10 @@ pub async fn run(store: Store) {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "expired revocations deleted"),
             Err(err) => tracing::warn!(error = %err, "deleting expired revocations failed"),
+        }
+        match store.purge_usage_flushes(FLUSH_KEEP_SECS).await {
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "deleting old usage flush records failed"),
         }
         match store.purge_expired_grants(GRANT_KEEP_SECS).await {
             Ok(0) => {}

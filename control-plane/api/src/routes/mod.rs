@@ -7,6 +7,7 @@ mod keys;
 mod revocations;
 mod tenants;
 mod tokens;
+mod usage;
 
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ pub(crate) fn all() -> Router<Arc<ControlPlane>> {
         .route(&format!("{tenant}/status"), post(tenants::set_status))
         .route(&format!("{tenant}/revocations"), post(revocations::revoke_tenant))
         .route(&format!("{tenant}/audit-events"), get(audit::list))
+        .route(&format!("{tenant}/usage"), get(usage::series))
         .route(&format!("{tenant}/apps"), post(apps::create).get(apps::list))
         .route(app, get(apps::get))
         .route(&format!("{app}/api-keys"), post(keys::create_api_key).get(keys::list_api_keys))

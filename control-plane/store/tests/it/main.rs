@@ -16,6 +16,7 @@ mod signing_key_generations;
 mod signing_keys;
 mod tenant_status;
 mod tenants;
+mod usage;
 
 use sqlx::AnyPool;
 use tributary_store::{Actor, App, Backend, MasterKey, Store, Tenant};

@@ -24,4 +24,5 @@ mod revocation;
 mod sse_poll;
 mod storage;
 mod tokens;
+mod usage;
 mod websocket;

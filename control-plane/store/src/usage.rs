@@ -188,8 +188,12 @@ impl Store {
                 add_minute(point, row)?;
             }
         }
+        // `add_minute` adds connection-seconds; whole minutes and the average are taken once
+        // per bucket, so short connections are not rounded away minute by minute.
         for point in &mut points {
-            point.average_connections = point.connection_minutes * 60 / width;
+            let seconds = point.connection_minutes;
+            point.connection_minutes = seconds / 60;
+            point.average_connections = seconds / width;
         }
         Ok(points)
     }
@@ -232,7 +236,7 @@ fn add_minute(point: &mut UsagePoint, row: &DbRow) -> Result<(), sqlx::Error> {
     point.bytes_published += sum(row, "bp")?;
     point.bytes_delivered += sum(row, "bd")?;
     point.peak_connections = point.peak_connections.max(sum(row, "pc")?);
-    point.connection_minutes += sum(row, "cs")? / 60;
+    point.connection_minutes += sum(row, "cs")?;
     Ok(())
 }
 

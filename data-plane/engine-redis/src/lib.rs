@@ -688,6 +688,26 @@ impl Engine for RedisEngine {
         Ok(())
     }
 
+    async fn counter_add(&self, name: &str, delta: i64, ttl: Duration) -> Result<i64, EngineError> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let inner = &self.inner;
+        let key = format!("{}:n:{name}", inner.config.prefix);
+        let index = BuildHasherDefault::<DefaultHasher>::default().hash_one(&key) as usize;
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let (value, _): (i64, i64) = redis::pipe()
+            .atomic()
+            .cmd("INCRBY")
+            .arg(&key)
+            .arg(delta)
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ttl_ms)
+            .query_async(&mut inner.commands[index % inner.commands.len()].clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(value)
+    }
+
     async fn publish_control(&self, event: Bytes) -> Result<(), EngineError> {
         let inner = &self.inner;
         let channel = inner.routes.control.get().cloned().unwrap_or_default();

@@ -405,6 +405,18 @@ pub async fn control_events_are_delivered(engine: Arc<dyn Engine>) {
     .await;
 }
 
+/// Counters add up, start at 0, are shared by name and forget their value after their TTL.
+pub async fn counters_add_up_and_expire(engine: Arc<dyn Engine>) {
+    let name = format!("test:{}", crate::memory::stream_epoch_for_tests());
+    let ttl = Duration::from_millis(300);
+    assert_eq!(engine.counter_add(&name, 5, ttl).await.unwrap(), 5);
+    assert_eq!(engine.counter_add(&name, 2, ttl).await.unwrap(), 7);
+    assert_eq!(engine.counter_add(&name, 0, ttl).await.unwrap(), 7, "adding 0 reads it");
+    assert_eq!(engine.counter_add(&format!("{name}:other"), 1, ttl).await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(engine.counter_add(&name, 1, ttl).await.unwrap(), 1, "expired, it starts again");
+}
+
 /// Stamps out one `#[tokio::test]` per conformance case for an engine factory: an async
 /// function returning `Arc<dyn Engine>`, called once per case.
 #[macro_export]
@@ -428,6 +440,7 @@ macro_rules! engine_conformance_suite {
             history_edges_are_empty_pages,
             presence_heartbeat_keeps_the_state,
             control_events_are_delivered,
+            counters_add_up_and_expire,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

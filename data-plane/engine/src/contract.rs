@@ -228,6 +228,12 @@ pub trait Engine: Send + Sync + 'static {
     /// Delivers a control event to every node's sink.
     async fn publish_control(&self, event: Bytes) -> Result<(), EngineError>;
 
+    /// Adds `delta` to the counter `name` shared by every node (a new counter starts at 0)
+    /// and returns its new value; the counter is forgotten `ttl` after its last change.
+    /// Limits that must hold across nodes (a tenant's publish rate, connections, monthly
+    /// messages) are counted with these.
+    async fn counter_add(&self, name: &str, delta: i64, ttl: Duration) -> Result<i64, EngineError>;
+
     /// Returns whether the engine can serve now (its backend reachable, deliveries flowing);
     /// a node that is not ready should get no new clients from its load balancer.
     async fn ready(&self) -> Result<(), EngineError> {

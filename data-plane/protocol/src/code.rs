@@ -114,10 +114,13 @@ error_codes! {
     TenantSuspended = (1110, "tenant_suspended", 403, false, "account suspended"),
     /// The management credentials are valid but do not allow this action.
     PermissionDenied = (1111, "permission_denied", 403, false, "your role does not allow this action"),
-    /// The app has as many connections on this node as it may.
+    /// The app has as many connections on this node as it may, or its account as many on all
+    /// nodes as its plan allows.
     ConnectionLimit = (1200, "connection_limit", 429, true, "connection limit reached"),
     /// The server is shutting down or cannot take the request now.
     Unavailable = (1201, "unavailable", 503, true, "service unavailable"),
+    /// The account's monthly message quota is used up (and its plan allows no overage).
+    QuotaExceeded = (1202, "quota_exceeded", 429, false, "monthly message quota used up"),
 }
 
 impl std::fmt::Display for ErrorCode {

@@ -31,6 +31,10 @@ pub struct AppRecord {
     pub revoked_tokens: Vec<String>,
     /// Revoked clients: every token of the client issued before the time (unix seconds).
     pub revoked_clients: Vec<(String, u64)>,
+    /// The tenant's limits.
+    pub limits: crate::quota::Limits,
+    /// Messages the tenant published this calendar month (UTC), as the store knows it.
+    pub messages_this_month: u64,
 }
 
 /// A token minted by `POST /v1/tokens`, for the directory to record.

@@ -23,6 +23,7 @@ pub mod hub;
 pub mod limits;
 pub mod ops;
 pub mod policy;
+pub mod quota;
 pub mod server;
 pub mod session;
 pub mod state;

@@ -98,6 +98,16 @@ pub async fn publish(
     };
     let message = NewMessage { payload, client_id: input.client_id, encoding: input.encoding.map(Arc::from) };
     let bytes = message.payload.len();
+    let policy = state
+        .policies
+        .get(&*state.directory, app)
+        .await
+        .map_err(crate::session::unavailable)?
+        .ok_or(ErrorCode::UnknownKey)?;
+    if !state.quotas.knows(&policy.tenant_id) {
+        state.quotas.learn(&*state.engine, &policy).await;
+    }
+    state.quotas.admit_publish(&policy, bytes)?;
     let PublishOutcome { epoch, offset, ts_ms, duplicate } =
         state.engine.publish(&key, message, &options).await?;
     if !duplicate {

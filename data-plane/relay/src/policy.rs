@@ -103,6 +103,8 @@ pub struct AppPolicy {
     /// [`jti_hash`]es of the revoked token ids.
     revoked_tokens: HashSet<u64>,
     revoked_clients: HashMap<String, u64>,
+    limits: crate::quota::Limits,
+    messages_this_month: u64,
 }
 
 impl From<AppRecord> for AppPolicy {
@@ -114,6 +116,8 @@ impl From<AppRecord> for AppPolicy {
             keys: record.signing_keys.into_iter().map(|key| (Arc::from(key.kid.as_str()), key)).collect(),
             revoked_tokens: record.revoked_tokens.iter().map(|jti| jti_hash(jti)).collect(),
             revoked_clients: record.revoked_clients.into_iter().collect(),
+            limits: record.limits,
+            messages_this_month: record.messages_this_month,
         }
     }
 }
@@ -122,6 +126,16 @@ impl AppPolicy {
     /// Returns whether the app's tenant is served.
     pub fn served(&self) -> bool {
         self.served
+    }
+
+    /// Returns the tenant's limits.
+    pub fn limits(&self) -> crate::quota::Limits {
+        self.limits
+    }
+
+    /// Returns the messages the tenant published this month, as the store knew at the load.
+    pub fn messages_this_month(&self) -> u64 {
+        self.messages_this_month
     }
 
     /// Returns the unrevoked key `kid` of the app, with its shared id.
@@ -223,6 +237,11 @@ impl Policies {
         }
     }
 
+    /// Returns every loaded policy.
+    pub fn loaded(&self) -> Vec<Arc<AppPolicy>> {
+        self.lock().values().filter_map(|slot| slot.cell.get().cloned().flatten()).collect()
+    }
+
     /// Returns the apps with a loaded policy, of `tenant` only if given.
     pub fn apps(&self, tenant: Option<&str>) -> Vec<Arc<str>> {
         self.lock()
@@ -258,6 +277,8 @@ mod tests {
             ],
             revoked_tokens: vec!["tok_bad".into()],
             revoked_clients: vec![("mallory".into(), 500)],
+            limits: Default::default(),
+            messages_this_month: 0,
         }
     }
 

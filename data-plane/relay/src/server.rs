@@ -38,6 +38,7 @@ impl Relay {
             policies: Default::default(),
             connections: Connections::default(),
             usage,
+            quotas: Default::default(),
             shutdown: CancellationToken::new(),
             tasks: tokio_util::task::TaskTracker::new(),
         };
@@ -45,6 +46,7 @@ impl Relay {
         state.hub.set_control_handler(Arc::new(crate::control::ControlEvents::new(&state)));
         crate::control::spawn_resync(&state);
         crate::usage::spawn_metering(&state);
+        crate::quota::spawn_sync(&state);
         Self { state }
     }
 

@@ -25,6 +25,8 @@ pub struct RelayState {
     pub policies: Policies,
     /// Live connections.
     pub connections: Connections,
+    /// Plan limits counted on this node and synced through the engine.
+    pub quotas: crate::quota::Quotas,
     /// Usage counted on this node, flushed to the directory.
     pub usage: Arc<crate::usage::Usage>,
     /// Cancelled when the relay shuts down.

@@ -62,7 +62,8 @@ pub fn signing_key(record: SigningKeyRecord) -> Result<SigningKey, DirectoryErro
         .with_generation(generation))
 }
 
-/// Unix seconds as stored (`i64`) to the relay's `u64`; negative values (never written) as 0.
+/// A stored count or unix second (`i64`) as the relay's `u64`; negative values (never
+/// written) as 0.
 fn seconds(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
@@ -100,6 +101,14 @@ impl AppDirectory for StoreDirectory {
             }
         }
         let cutoff = snapshot.app.tokens_revoked_before.max(snapshot.tenant.tokens_revoked_before);
+        let plan = snapshot.limits;
+        let limits = tributary_relay::quota::Limits {
+            max_connections: seconds(plan.max_connections),
+            max_messages_per_month: seconds(plan.max_messages_per_month),
+            max_publish_rate: seconds(plan.max_publish_rate),
+            max_message_bytes: seconds(plan.max_message_bytes),
+            overage_allowed: plan.overage_allowed,
+        };
         Ok(Some(AppRecord {
             app_id: snapshot.app.id,
             tenant_id: snapshot.tenant.id,
@@ -108,6 +117,8 @@ impl AppDirectory for StoreDirectory {
             signing_keys,
             revoked_tokens,
             revoked_clients,
+            limits,
+            messages_this_month: seconds(snapshot.messages_this_month),
         }))
     }
 

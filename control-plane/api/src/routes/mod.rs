@@ -4,6 +4,7 @@
 mod apps;
 mod audit;
 mod keys;
+mod plans;
 mod revocations;
 mod tenants;
 mod tokens;
@@ -23,6 +24,9 @@ pub(crate) fn all() -> Router<Arc<ControlPlane>> {
     let app = "/v1/tenants/{tenant}/apps/{app}";
     Router::new()
         .route("/v1/tenants", post(tenants::create).get(tenants::list))
+        .route("/v1/plans", get(plans::list))
+        .route(&format!("{tenant}/plan"), post(plans::set_plan))
+        .route(&format!("{tenant}/limits"), post(plans::set).get(plans::get))
         .route(tenant, get(tenants::get))
         .route(&format!("{tenant}/status"), post(tenants::set_status))
         .route(&format!("{tenant}/revocations"), post(revocations::revoke_tenant))

@@ -22,6 +22,7 @@ pub(crate) struct TenantView {
     id: String,
     name: String,
     status: &'static str,
+    plan: String,
     tokens_revoked_before: i64,
     created_at: i64,
 }
@@ -32,6 +33,7 @@ impl From<Tenant> for TenantView {
             id: t.id,
             name: t.name,
             status: t.status.as_str(),
+            plan: t.plan_id,
             tokens_revoked_before: t.tokens_revoked_before,
             created_at: t.created_at,
         }

@@ -80,7 +80,7 @@ pub(crate) async fn series(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     let to = seconds(&query, "to", now)?;
-    let from = seconds(&query, "from", to.saturating_sub(86_400))?;
+    let from = seconds(&query, "from", to.saturating_sub(86_400).max(0))?;
     if from >= to || (to - from) / granularity.seconds() > MAX_BUCKETS {
         return Err(ApiError::invalid(format!(
             "from must be before to, and at most {MAX_BUCKETS} buckets apart"

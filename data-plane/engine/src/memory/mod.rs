@@ -54,6 +54,8 @@ struct Inner {
     shards: Vec<Mutex<StreamMap>>,
     presence: Mutex<HashMap<ChannelKey, PresenceSet>>,
     sink: OnceLock<Weak<dyn EngineSink>>,
+    /// Shared counters (this node is every node): value and expiry.
+    counters: Mutex<HashMap<String, (i64, Instant)>>,
 }
 
 /// The single-node engine.
@@ -61,6 +63,9 @@ struct Inner {
 pub struct MemoryEngine {
     inner: Arc<Inner>,
 }
+
+/// Past this many counters, expired ones are dropped before a new one is made.
+const MAX_COUNTERS: usize = 10_000;
 
 /// Locks a mutex, recovering from poisoning: every critical section here leaves the data
 /// consistent before anything that could panic, so a poisoned lock holds valid state.
@@ -78,6 +83,7 @@ impl MemoryEngine {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             presence: Mutex::new(HashMap::new()),
             sink: OnceLock::new(),
+            counters: Mutex::new(HashMap::new()),
         });
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(sweep_loop(Arc::downgrade(&inner)));
@@ -259,6 +265,21 @@ impl Engine for MemoryEngine {
             sink.on_control(&event);
         }
         Ok(())
+    }
+
+    async fn counter_add(&self, name: &str, delta: i64, ttl: Duration) -> Result<i64, EngineError> {
+        let now = Instant::now();
+        let mut counters = lock(&self.inner.counters);
+        if counters.len() >= MAX_COUNTERS {
+            counters.retain(|_, (_, expires)| *expires > now);
+        }
+        let entry = counters.entry(name.to_owned()).or_insert((0, now));
+        if entry.1 <= now {
+            entry.0 = 0;
+        }
+        entry.0 = entry.0.saturating_add(delta);
+        entry.1 = now + ttl;
+        Ok(entry.0)
     }
 }
 

@@ -57,7 +57,15 @@ impl IntoResponse for ApiError {
         }
         let status =
             StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(Body { error: ErrorBody::new(self.0.code, &self.0.message) })).into_response()
+        let mut response =
+            (status, Json(Body { error: ErrorBody::new(self.0.code, &self.0.message) })).into_response();
+        if self.0.code == ErrorCode::RateLimited {
+            // Rate windows are a second long: the message says how many milliseconds are left.
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

@@ -40,16 +40,20 @@ pub struct Identity {
 
 impl Identity {
     /// Verifies a token and checks that its app admits it (see [`authenticate`]); returns who
-    /// the token names and what a revocation needs to know about it (kept by the connection).
-    pub async fn authenticate(state: &RelayState, token: &str) -> Result<(Self, Credential), OpError> {
-        let (token, credential, _) = authenticate(state, token).await?;
+    /// the token names, what a revocation needs to know about it (kept by the connection) and
+    /// the app's policy.
+    pub async fn authenticate(
+        state: &RelayState,
+        token: &str,
+    ) -> Result<(Self, Credential, Arc<crate::policy::AppPolicy>), OpError> {
+        let (token, credential, policy) = authenticate(state, token).await?;
         let identity = Self {
             client_id: token.client_id,
             app_id: Arc::from(token.app_id),
             capabilities: token.capabilities,
             expires_at: token.expires_at,
         };
-        Ok((identity, credential))
+        Ok((identity, credential, policy))
     }
 }
 
@@ -321,7 +325,7 @@ impl Session {
     }
 
     async fn refresh(&mut self, token: &str) -> Result<RefreshReply, OpError> {
-        let (identity, credential) = Identity::authenticate(&self.state, token).await?;
+        let (identity, credential, _) = Identity::authenticate(&self.state, token).await?;
         if identity.client_id != self.identity.client_id || identity.app_id != self.identity.app_id {
             return Err(ErrorCode::TokenMismatch.into());
         }

@@ -34,7 +34,8 @@ pub async fn open_connection(
     token: Option<&str>,
 ) -> Result<(Identity, ConnHandle, crate::conn::Outbox), OpError> {
     let token = token.ok_or(ErrorCode::Unauthorized)?;
-    let (identity, credential) = Identity::authenticate(state, token).await?;
+    let (identity, credential, policy) = Identity::authenticate(state, token).await?;
+    state.quotas.admit_connection(&policy)?;
     let conn_id: Arc<str> = Arc::from(uuid::Uuid::now_v7().simple().to_string());
     let config = &state.config;
     let (conn, rx) = ConnHandle::new(

@@ -13,6 +13,8 @@ const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("GET", "/v1/tenants/{tenant}", "", "read_only"),
     ("POST", "/v1/tenants/{tenant}/revocations", r#"{"all":true}"#, "admin"),
     ("GET", "/v1/tenants/{tenant}/audit-events", "", "admin"),
+    ("GET", "/v1/tenants/{tenant}/usage", "", "read_only"),
+    ("GET", "/v1/tenants/{tenant}/limits", "", "read_only"),
     ("GET", "/v1/tenants/{tenant}/apps", "", "read_only"),
     ("POST", "/v1/tenants/{tenant}/apps", r#"{"name":"intruder"}"#, "developer"),
     ("GET", "/v1/tenants/{tenant}/apps/{app}", "", "read_only"),
@@ -35,6 +37,9 @@ const OPERATOR_ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/v1/tenants", ""),
     ("POST", "/v1/tenants", r#"{"name":"mine"}"#),
     ("POST", "/v1/tenants/{tenant}/status", r#"{"status":"suspended"}"#),
+    ("GET", "/v1/plans", ""),
+    ("POST", "/v1/tenants/{tenant}/plan", r#"{"plan":"free"}"#),
+    ("POST", "/v1/tenants/{tenant}/limits", r#"{"max_connections":1}"#),
 ];
 
 /// One tenant's objects.

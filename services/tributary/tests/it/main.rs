@@ -17,6 +17,7 @@ mod management_api;
 mod node_failure;
 mod presence;
 mod pubsub;
+mod quotas;
 mod recovery;
 mod redis_restart;
 mod redis_tls;

@@ -54,35 +54,82 @@ impl std::fmt::Debug for MasterKey {
     }
 }
 
-/// AES-256-GCM under the [`MasterKey`], with a fresh random 96-bit nonce per encryption.
+/// AES-256-GCM with a fresh random 96-bit nonce per encryption, under a data key of each
+/// tenant derived from the [`MasterKey`].
+///
+/// A tenant's data key is HMAC-SHA256(master key, `"tributary/tenant-data-key/v1\0" ||
+/// tenant_id`): HKDF-Expand for one block, with the uniformly random master key as the
+/// pseudorandom key. Keys are derived when needed and never stored.
 ///
 /// The stored form is `nonce (12 bytes) || ciphertext || tag (16 bytes)`. The associated data
-/// (AAD) names the row the secret belongs to, for example `signing_key:<app_id>:<kid>`, so a
-/// ciphertext copied into another row fails to decrypt instead of handing out another app's
-/// secret. Random nonces are safe here because a store encrypts far fewer than the ~2^32
-/// messages after which a 96-bit nonce collision becomes a concern.
+/// (AAD) names the tenant and the row the secret belongs to (`tenant:<id>\0signing_key:<app>:<kid>`),
+/// so a ciphertext copied into another row or tenant fails to decrypt instead of handing out
+/// another app's secret. Random nonces are safe here because a tenant's key encrypts far fewer
+/// than the ~2^32 messages after which a 96-bit nonce collision becomes a concern.
+///
+/// Values written before per-tenant keys existed (under the master key itself, row AAD only)
+/// still decrypt; [`crate::Store::reencrypt_secrets`] rewrites them.
 pub struct SecretCipher {
+    master: SecretBox<[u8; KEY_LEN]>,
     aead: Aes256Gcm,
 }
+
+/// The HKDF "info" prefix of tenant data keys; the version lets a later scheme coexist.
+const TENANT_KEY_INFO: &[u8] = b"tributary/tenant-data-key/v1\0";
 
 impl SecretCipher {
     /// Returns a cipher that encrypts and decrypts under `key`.
     pub fn new(key: &MasterKey) -> Self {
-        SecretCipher { aead: Aes256Gcm::new(key.0.expose_secret().into()) }
+        SecretCipher {
+            master: SecretBox::init_with_mut(|bytes: &mut [u8; KEY_LEN]| {
+                bytes.copy_from_slice(key.0.expose_secret())
+            }),
+            aead: Aes256Gcm::new(key.0.expose_secret().into()),
+        }
     }
 
-    /// Encrypts `plaintext` bound to `aad` and returns `nonce || ciphertext`.
+    /// Returns the cipher of a tenant's data key.
+    fn tenant_aead(&self, tenant_id: &str) -> Aes256Gcm {
+        use hmac::{Hmac, Mac};
+        // HMAC accepts keys of any length: 32 bytes cannot fail.
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(self.master.expose_secret())
+            .expect("HMAC takes a key of any length");
+        mac.update(TENANT_KEY_INFO);
+        mac.update(tenant_id.as_bytes());
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        key.copy_from_slice(&mac.finalize().into_bytes());
+        Aes256Gcm::new((&*key).into())
+    }
+
+    /// Returns a value that differs between tenants' keys (for tests).
+    #[cfg(test)]
+    fn tenant_aead_fingerprint(&self, tenant_id: &str) -> Vec<u8> {
+        // A fixed nonce is fine for a test fingerprint: nothing secret is sealed.
+        self.tenant_aead(tenant_id)
+            .encrypt(Nonce::from_slice(&[0u8; NONCE_LEN]), Payload { msg: b"fingerprint", aad: b"" })
+            .unwrap_or_default()
+    }
+
+    /// Encrypts a secret of `tenant_id` under the tenant's data key, bound to the tenant and to
+    /// `aad` (the row).
+    pub fn encrypt_for(&self, tenant_id: &str, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+        seal(&self.tenant_aead(tenant_id), plaintext, &tenant_aad(tenant_id, aad))
+    }
+
+    /// Decrypts a value of [`SecretCipher::encrypt_for`] (or, for values written before tenant
+    /// data keys, of [`SecretCipher::encrypt`] with the same row `aad`).
+    ///
+    /// Returns [`StoreError::Decrypt`] when the value was encrypted under another key, tenant
+    /// or row, or was modified.
+    pub fn decrypt_for(&self, tenant_id: &str, stored: &[u8], aad: &[u8]) -> Result<Vec<u8>, StoreError> {
+        open(&self.tenant_aead(tenant_id), stored, &tenant_aad(tenant_id, aad))
+            .or_else(|_| self.decrypt(stored, aad))
+    }
+
+    /// Encrypts `plaintext` under the master key itself, bound to `aad`, and returns
+    /// `nonce || ciphertext`. Tenant secrets use [`SecretCipher::encrypt_for`].
     pub fn encrypt(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::fill(&mut nonce);
-        let sealed = self
-            .aead
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
-            .expect("AES-GCM only fails to encrypt messages longer than 64 GiB");
-        let mut stored = Vec::with_capacity(NONCE_LEN + sealed.len());
-        stored.extend_from_slice(&nonce);
-        stored.extend_from_slice(&sealed);
-        stored
+        seal(&self.aead, plaintext, aad)
     }
 
     /// Decrypts a value produced by [`SecretCipher::encrypt`] with the same `aad`.
@@ -90,14 +137,38 @@ impl SecretCipher {
     /// Returns [`StoreError::Decrypt`] when the value is too short, was encrypted under another
     /// key or another `aad`, or was modified.
     pub fn decrypt(&self, stored: &[u8], aad: &[u8]) -> Result<Vec<u8>, StoreError> {
-        if stored.len() < NONCE_LEN + TAG_LEN {
-            return Err(StoreError::Decrypt);
-        }
-        let (nonce, sealed) = stored.split_at(NONCE_LEN);
-        self.aead
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad })
-            .map_err(|_| StoreError::Decrypt)
+        open(&self.aead, stored, aad)
     }
+}
+
+/// Binds a row's AAD to its tenant: `tenant:<id>\0<row aad>`.
+fn tenant_aad(tenant_id: &str, aad: &[u8]) -> Vec<u8> {
+    let mut bound = Vec::with_capacity(8 + tenant_id.len() + aad.len());
+    bound.extend_from_slice(b"tenant:");
+    bound.extend_from_slice(tenant_id.as_bytes());
+    bound.push(0);
+    bound.extend_from_slice(aad);
+    bound
+}
+
+fn seal(aead: &Aes256Gcm, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::fill(&mut nonce);
+    let sealed = aead
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+        .expect("AES-GCM only fails to encrypt messages longer than 64 GiB");
+    let mut stored = Vec::with_capacity(NONCE_LEN + sealed.len());
+    stored.extend_from_slice(&nonce);
+    stored.extend_from_slice(&sealed);
+    stored
+}
+
+fn open(aead: &Aes256Gcm, stored: &[u8], aad: &[u8]) -> Result<Vec<u8>, StoreError> {
+    if stored.len() < NONCE_LEN + TAG_LEN {
+        return Err(StoreError::Decrypt);
+    }
+    let (nonce, sealed) = stored.split_at(NONCE_LEN);
+    aead.decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad }).map_err(|_| StoreError::Decrypt)
 }
 
 impl std::fmt::Debug for SecretCipher {
@@ -129,6 +200,25 @@ mod tests {
         ] {
             assert!(matches!(MasterKey::from_base64(&bad), Err(StoreError::InvalidMasterKey)), "{bad}");
         }
+    }
+
+    #[test]
+    fn each_tenant_has_its_own_data_key_and_values_are_bound_to_tenant_and_row() {
+        let cipher = SecretCipher::new(&MasterKey::generate());
+        let sealed = cipher.encrypt_for("ten_a", b"secret", b"row-1");
+        assert_eq!(cipher.decrypt_for("ten_a", &sealed, b"row-1").unwrap(), b"secret");
+        assert!(cipher.decrypt_for("ten_b", &sealed, b"row-1").is_err(), "another tenant");
+        assert!(cipher.decrypt_for("ten_a", &sealed, b"row-2").is_err(), "another row");
+        assert!(cipher.decrypt(&sealed, b"row-1").is_err(), "not under the master key itself");
+        // Two tenants' keys differ: the same plaintext and row seal differently and do not open
+        // across.
+        assert_ne!(cipher.tenant_aead_fingerprint("ten_a"), cipher.tenant_aead_fingerprint("ten_b"));
+        // Values written before tenant keys (master key, row AAD) still open.
+        let legacy = cipher.encrypt(b"old", b"row-1");
+        assert_eq!(cipher.decrypt_for("ten_a", &legacy, b"row-1").unwrap(), b"old");
+        // Another master key opens nothing.
+        let other = SecretCipher::new(&MasterKey::generate());
+        assert!(other.decrypt_for("ten_a", &sealed, b"row-1").is_err());
     }
 
     #[test]

@@ -92,8 +92,11 @@ impl Store {
         let mut secret = vec![0u8; SECRET_LEN];
         rand::fill(secret.as_mut_slice());
         let secret = SecretSlice::from(secret);
-        let ciphertext =
-            self.cipher.encrypt(secrecy::ExposeSecret::expose_secret(&secret), &aad(app_id, &kid));
+        let ciphertext = self.cipher.encrypt_for(
+            tenant_id,
+            secrecy::ExposeSecret::expose_secret(&secret),
+            &aad(app_id, &kid),
+        );
         let created_at = unix_now();
         sqlx::query(
             "INSERT INTO signing_keys (kid, tenant_id, app_id, alg, secret_ciphertext, created_at) \
@@ -131,7 +134,7 @@ impl Store {
             return Err(StoreError::NotFound("signing key"));
         }
         let row = sqlx::query(
-            "SELECT app_id, kid, alg, secret_ciphertext, generation, created_at FROM signing_keys \
+            "SELECT tenant_id, app_id, kid, alg, secret_ciphertext, generation, created_at FROM signing_keys \
              WHERE app_id = $1 AND kid = $2 AND revoked_at IS NULL",
         )
         .bind(app_id)
@@ -151,7 +154,7 @@ impl Store {
         }
         // Kids are UUIDv7-based and sort by creation, which orders keys made in the same second.
         let rows = sqlx::query(
-            "SELECT app_id, kid, alg, secret_ciphertext, generation, created_at FROM signing_keys \
+            "SELECT tenant_id, app_id, kid, alg, secret_ciphertext, generation, created_at FROM signing_keys \
              WHERE app_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC, kid DESC",
         )
         .bind(app_id)
@@ -239,14 +242,53 @@ impl Store {
         Ok(())
     }
 
+    /// Re-encrypts every stored secret under this store's master key (and its tenant data
+    /// keys), reading each with `old` (or, on a re-run, already with this store's key), in one
+    /// transaction; returns how many were rewritten. This is the second step of a master key
+    /// rotation (docs/operations.md): open the store with the new key, re-encrypt from the old.
+    ///
+    /// Returns [`StoreError::Decrypt`] (and changes nothing) if a secret opens with neither key.
+    pub async fn reencrypt_secrets(&self, old: &crate::MasterKey) -> Result<u64, StoreError> {
+        let old = crate::SecretCipher::new(old);
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query("SELECT tenant_id, app_id, kid, secret_ciphertext FROM signing_keys")
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut rewritten = 0;
+        for row in &rows {
+            let tenant_id: String = row.try_get("tenant_id")?;
+            let app_id: String = row.try_get("app_id")?;
+            let kid: String = row.try_get("kid")?;
+            let stored: Vec<u8> = row.try_get("secret_ciphertext")?;
+            let row_aad = aad(&app_id, &kid);
+            let secret = secrecy::zeroize::Zeroizing::new(
+                old.decrypt_for(&tenant_id, &stored, &row_aad)
+                    .or_else(|_| self.cipher.decrypt_for(&tenant_id, &stored, &row_aad))
+                    .inspect_err(|_| tracing::error!(app_id, kid, "a signing key opens with neither key"))?,
+            );
+            let sealed = self.cipher.encrypt_for(&tenant_id, &secret, &row_aad);
+            sqlx::query("UPDATE signing_keys SET secret_ciphertext = $1 WHERE kid = $2 AND app_id = $3")
+                .bind(sealed)
+                .bind(&kid)
+                .bind(&app_id)
+                .execute(&mut *tx)
+                .await?;
+            rewritten += 1;
+        }
+        tx.commit().await?;
+        Ok(rewritten)
+    }
+
     /// Builds a record from a row, decrypting its secret with the row's own app id and kid.
     fn decrypt_signing_key(&self, row: &DbRow) -> Result<SigningKeyRecord, StoreError> {
+        let tenant_id: String = row.try_get("tenant_id")?;
         let app_id: String = row.try_get("app_id")?;
         let kid: String = row.try_get("kid")?;
         let ciphertext: Vec<u8> = row.try_get("secret_ciphertext")?;
-        let secret = self.cipher.decrypt(&ciphertext, &aad(&app_id, &kid)).inspect_err(|_| {
-            tracing::error!(app_id, kid, "signing key secret failed to decrypt; wrong master key?");
-        })?;
+        let secret =
+            self.cipher.decrypt_for(&tenant_id, &ciphertext, &aad(&app_id, &kid)).inspect_err(|_| {
+                tracing::error!(app_id, kid, "signing key secret failed to decrypt; wrong master key?");
+            })?;
         Ok(SigningKeyRecord {
             secret: SecretSlice::from(secret),
             alg: row.try_get("alg")?,

@@ -36,6 +36,8 @@ pub fn unix_now() -> i64 {
 pub struct TestDb {
     /// Keeps the directory of an SQLite database alive for the test.
     dir: Option<tempfile::TempDir>,
+    /// The master key the store was opened with, as base64.
+    key: secrecy::SecretString,
     /// The database URL (to open it again).
     pub url: String,
     /// The store under test.
@@ -80,7 +82,13 @@ impl TestDb {
     async fn open(url: String, key: &MasterKey, dir: Option<tempfile::TempDir>) -> TestDb {
         let store = Store::open(&url, key).await.expect("a fresh database opens");
         let raw = AnyPool::connect(&url).await.expect("the raw pool opens the same database");
-        TestDb { dir, url, store, raw }
+        TestDb { dir, key: key.to_base64(), url, store, raw }
+    }
+
+    /// Returns the master key the store was opened with.
+    pub fn master_key(&self) -> MasterKey {
+        use secrecy::ExposeSecret as _;
+        MasterKey::from_base64(self.key.expose_secret()).expect("a key this test made")
     }
 
     /// Returns everything the database holds, as bytes: the files of an SQLite database (main

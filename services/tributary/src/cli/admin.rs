@@ -69,6 +69,8 @@ enum AdminCommand {
         #[arg(long, requires = "app")]
         client_id: Option<String>,
     },
+    /// Lists the plans and their limits.
+    Plans,
     /// Prints a tenant's newest audit events.
     Audit {
         /// The tenant id.
@@ -109,6 +111,26 @@ enum TenantCommand {
         tenant: String,
         /// The status.
         status: String,
+    },
+    /// Puts a tenant on a plan (`tributary admin plans` lists them).
+    Plan {
+        /// The tenant id.
+        tenant: String,
+        /// The plan id, such as free or pro.
+        plan: String,
+    },
+    /// Shows a tenant's plan, overrides and limits; with `--set`, replaces its overrides first.
+    Limits {
+        /// The tenant id.
+        tenant: String,
+        /// The overrides as JSON, e.g. '{"max_connections": 500}' (absent fields: the plan's).
+        #[arg(long)]
+        set: Option<String>,
+    },
+    /// Shows a tenant's usage per day over the last 30 days.
+    Usage {
+        /// The tenant id.
+        tenant: String,
     },
 }
 
@@ -155,6 +177,24 @@ fn call_of(command: AdminCommand) -> Call {
         AdminCommand::Tenants(TenantCommand::Suspend { tenant }) => status(&tenant, "suspended"),
         AdminCommand::Tenants(TenantCommand::Activate { tenant }) => status(&tenant, "active"),
         AdminCommand::Tenants(TenantCommand::Status { tenant, status: value }) => status(&tenant, &value),
+        AdminCommand::Tenants(TenantCommand::Plan { tenant, plan }) => {
+            Call::post(format!("/v1/tenants/{tenant}/plan"), Some(json!({"plan": plan})))
+        }
+        AdminCommand::Tenants(TenantCommand::Limits { tenant, set: None }) => {
+            Call::get(format!("/v1/tenants/{tenant}/limits"))
+        }
+        AdminCommand::Tenants(TenantCommand::Limits { tenant, set: Some(json) }) => {
+            // Sent as given: the API says what is wrong with it.
+            let body = serde_json::from_str(&json).unwrap_or(Value::String(json));
+            Call::post(format!("/v1/tenants/{tenant}/limits"), Some(body))
+        }
+        AdminCommand::Tenants(TenantCommand::Usage { tenant }) => {
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let from = now.saturating_sub(30 * 86_400);
+            Call::get(format!("/v1/tenants/{tenant}/usage?granularity=day&from={from}&to={now}"))
+        }
+        AdminCommand::Plans => Call::get("/v1/plans".into()),
         AdminCommand::Apps(AppCommand::List { tenant }) => Call::get(format!("/v1/tenants/{tenant}/apps")),
         AdminCommand::Apps(AppCommand::Create { tenant, name }) => {
             Call::post(format!("/v1/tenants/{tenant}/apps"), Some(json!({"name": name})))

@@ -60,6 +60,15 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Re-encrypts every tenant secret under the configured master key, reading it with the
+    /// old one (the second step of a master key rotation; docs/operations.md).
+    ReencryptSecrets {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// A file holding the old master key (base64), which every secret is read with.
+        #[arg(long)]
+        old_key_file: PathBuf,
+    },
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -108,6 +117,21 @@ pub async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitC
             // Migrations read no secret, so any master key will do.
             let store = config.open_store(&tributary_store::MasterKey::generate()).await?;
             println!("migrations applied ({:?})", store.backend());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ReencryptSecrets { config, old_key_file } => {
+            let config = match serve::load(&config, None, None, &env) {
+                Ok(config) => config,
+                Err(code) => return Ok(code),
+            };
+            let new_key = tributary::bootstrap::master_key(config.master_key.as_ref())
+                .ok_or_else(|| anyhow::anyhow!("master_key is not set"))??;
+            let old_text = std::fs::read_to_string(&old_key_file)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", old_key_file.display()))?;
+            let old_key = tributary_store::MasterKey::from_base64(&old_text)?;
+            let store = config.open_store(&new_key).await?;
+            let rewritten = store.reencrypt_secrets(&old_key).await?;
+            println!("{rewritten} secrets re-encrypted under the configured master key");
             Ok(ExitCode::SUCCESS)
         }
         Command::Config { command: ConfigCommand::Check { config } } => {

@@ -297,6 +297,21 @@ async fn tributary_admin_runs_the_operators_tasks_through_the_api() {
     let (ok, out, _) = admin(&server, &["tenants", "activate", id]).await;
     assert!(ok && out.contains("\"active\""), "{out}");
 
+    let (ok, out, err) = admin(&server, &["tenants", "plan", id, "free"]).await;
+    assert!(ok && out.contains("\"free\""), "{err}");
+    let (ok, out, err) =
+        admin(&server, &["tenants", "limits", id, "--set", r#"{"max_connections": 7}"#]).await;
+    assert!(ok, "{err}");
+    let limits: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (limits["limits"]["max_connections"].as_i64(), limits["limits"]["max_publish_rate"].as_i64()),
+        (Some(7), Some(50))
+    );
+    let (ok, out, _) = admin(&server, &["plans"]).await;
+    assert!(ok && out.contains("\"pro\""), "{out}");
+    let (ok, out, _) = admin(&server, &["tenants", "usage", id]).await;
+    assert!(ok && out.contains("\"granularity\": \"day\""), "{out}");
+
     let (ok, _, err) = admin(&server, &["tenants", "status", id, "paused"]).await;
     assert!(!ok && err.contains("400") && err.contains("invalid_parameter"), "a clear error: {err}");
     let (ok, out, _) = admin(&server, &["audit", id, "--limit", "3"]).await;
@@ -304,7 +319,7 @@ async fn tributary_admin_runs_the_operators_tasks_through_the_api() {
     let events: Value = serde_json::from_str(&out).unwrap();
     let actions: Vec<&str> =
         events.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert_eq!(actions, ["tenant.status.active", "tenant.status.suspended", "client.revoke"]);
+    assert_eq!(actions, ["tenant.limits", "tenant.plan.free", "tenant.status.active"]);
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
         .args(["admin", "tenants", "list", "--url", &server.http_url(), "--token", "trbm_wrong"])
         .output()

@@ -42,6 +42,11 @@ pub struct ApiKey {
     pub created_at: i64,
     /// When the key was revoked, in unix seconds, if it was.
     pub revoked_at: Option<i64>,
+    /// What the key may do, as JSON (`{"grants": [...], "mint_tokens": bool}`); `None`:
+    /// everything on every channel of its app. The store keeps it as given; the API checks it.
+    pub capabilities: Option<String>,
+    /// When a rotated key stops working, in unix seconds; `None`: no end.
+    pub expires_at: Option<i64>,
 }
 
 /// A key just created: its record and the plaintext, which is shown once and never stored.
@@ -62,8 +67,22 @@ impl ApiKey {
             name: row.try_get("name")?,
             created_at: row.try_get("created_at")?,
             revoked_at: row.try_get("revoked_at")?,
+            capabilities: row.try_get("capabilities")?,
+            expires_at: row.try_get("expires_at")?,
         })
     }
+
+    /// Returns whether the key works at `now` (unix seconds): not revoked, not past its end.
+    pub fn is_active_at(&self, now: i64) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|end| end > now)
+    }
+}
+
+/// The columns [`ApiKey::from_row`] reads.
+macro_rules! api_key_columns {
+    () => {
+        "id, tenant_id, app_id, name, created_at, revoked_at, capabilities, expires_at"
+    };
 }
 
 /// Splits a presented plaintext into its key id and decoded secret, or returns `None` if it is
@@ -76,6 +95,43 @@ fn parse(presented: &str) -> Option<(&str, Zeroizing<Vec<u8>>)> {
 /// what a cache of verified keys is keyed and invalidated by.
 pub fn api_key_id(presented: &str) -> Option<&str> {
     parse(presented).map(|(key_id, _)| key_id)
+}
+
+/// Inserts a new key (with a fresh secret) inside the caller's transaction.
+async fn insert_api_key(
+    conn: &mut sqlx::AnyConnection,
+    tenant_id: &str,
+    app_id: &str,
+    name: &str,
+    capabilities: Option<&str>,
+) -> Result<NewApiKey, StoreError> {
+    let record = ApiKey {
+        id: id::new(id::API_KEY),
+        tenant_id: tenant_id.to_owned(),
+        app_id: app_id.to_owned(),
+        name: name.to_owned(),
+        created_at: unix_now(),
+        revoked_at: None,
+        capabilities: capabilities.map(str::to_owned),
+        expires_at: None,
+    };
+    let secret = secret_token::generate();
+    sqlx::query(
+        "INSERT INTO api_keys (id, tenant_id, app_id, name, key_hash, created_at, capabilities) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&record.id)
+    .bind(&record.tenant_id)
+    .bind(&record.app_id)
+    .bind(&record.name)
+    .bind(hash(&*secret))
+    .bind(record.created_at)
+    .bind(&record.capabilities)
+    .execute(conn)
+    .await
+    .map_err(|err| StoreError::from_sqlx(err, "api key", "app"))?;
+    let plaintext = secret_token::plaintext(PLAINTEXT_PREFIX, &record.id, &*secret);
+    Ok(NewApiKey { record, plaintext: SecretString::from(plaintext) })
 }
 
 impl Store {
@@ -99,36 +155,76 @@ impl Store {
         app_id: &str,
         name: &str,
     ) -> Result<NewApiKey, StoreError> {
+        self.create_api_key_with(actor, tenant_id, app_id, name, None).await
+    }
+
+    /// Creates an API key that may do only what `capabilities` says (JSON, see
+    /// [`ApiKey::capabilities`]; `None`: everything); audited as `api_key.create`.
+    pub async fn create_api_key_with(
+        &self,
+        actor: &Actor,
+        tenant_id: &str,
+        app_id: &str,
+        name: &str,
+        capabilities: Option<&str>,
+    ) -> Result<NewApiKey, StoreError> {
         if !(id::is_valid(id::TENANT, tenant_id) && id::is_valid(id::APP, app_id)) {
             return Err(StoreError::NotFound("app"));
         }
-        let record = ApiKey {
-            id: id::new(id::API_KEY),
-            tenant_id: tenant_id.to_owned(),
-            app_id: app_id.to_owned(),
-            name: name.to_owned(),
-            created_at: unix_now(),
-            revoked_at: None,
-        };
-        let secret = secret_token::generate();
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO api_keys (id, tenant_id, app_id, name, key_hash, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&record.id)
-        .bind(&record.tenant_id)
-        .bind(&record.app_id)
-        .bind(&record.name)
-        .bind(hash(&*secret))
-        .bind(record.created_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(|err| StoreError::from_sqlx(err, "api key", "app"))?;
-        audit::record(&mut tx, actor, Some(tenant_id), "api_key.create", &record.id).await?;
+        let created = insert_api_key(&mut tx, tenant_id, app_id, name, capabilities).await?;
+        audit::record(&mut tx, actor, Some(tenant_id), "api_key.create", &created.record.id).await?;
         tx.commit().await?;
-        let plaintext = secret_token::plaintext(PLAINTEXT_PREFIX, &record.id, &*secret);
-        Ok(NewApiKey { record, plaintext: SecretString::from(plaintext) })
+        Ok(created)
+    }
+
+    /// Rotates a key of an app of the tenant: a new key with the same name and capabilities,
+    /// while the old one keeps working for `overlap_secs` more (0: it stops now); audited as
+    /// `api_key.rotate`. Returns the new key.
+    ///
+    /// Returns [`StoreError::NotFound`] unless the key is an active key of that app.
+    pub async fn rotate_api_key(
+        &self,
+        actor: &Actor,
+        tenant_id: &str,
+        app_id: &str,
+        key_id: &str,
+        overlap_secs: i64,
+    ) -> Result<NewApiKey, StoreError> {
+        let valid = id::is_valid(id::TENANT, tenant_id)
+            && id::is_valid(id::APP, app_id)
+            && id::is_valid(id::API_KEY, key_id);
+        if !valid {
+            return Err(StoreError::NotFound("api key"));
+        }
+        let now = unix_now();
+        let mut tx = self.pool.begin().await?;
+        let old = sqlx::query(concat!(
+            "SELECT ",
+            api_key_columns!(),
+            " FROM api_keys WHERE id = $1 AND app_id = $2 AND tenant_id = $3"
+        ))
+        .bind(key_id)
+        .bind(app_id)
+        .bind(tenant_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|row| ApiKey::from_row(&row))
+        .transpose()?
+        .filter(|key| key.is_active_at(now))
+        .ok_or(StoreError::NotFound("api key"))?;
+        let end = now.saturating_add(overlap_secs.max(0));
+        let end = old.expires_at.map_or(end, |current| current.min(end));
+        sqlx::query("UPDATE api_keys SET expires_at = $1 WHERE id = $2")
+            .bind(end)
+            .bind(key_id)
+            .execute(&mut *tx)
+            .await?;
+        let created =
+            insert_api_key(&mut tx, tenant_id, app_id, &old.name, old.capabilities.as_deref()).await?;
+        audit::record(&mut tx, actor, Some(tenant_id), "api_key.rotate", key_id).await?;
+        tx.commit().await?;
+        Ok(created)
     }
 
     /// Returns the record of the presented key if it is valid.
@@ -141,12 +237,11 @@ impl Store {
             tracing::debug!("api key refused: malformed");
             return Err(StoreError::InvalidApiKey);
         };
-        let row = sqlx::query(
-            "SELECT id, tenant_id, app_id, name, key_hash, created_at, revoked_at FROM api_keys WHERE id = $1",
-        )
-        .bind(key_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row =
+            sqlx::query(concat!("SELECT key_hash, ", api_key_columns!(), " FROM api_keys WHERE id = $1"))
+                .bind(key_id)
+                .fetch_optional(&self.pool)
+                .await?;
         let Some(row) = row else {
             tracing::debug!(key_id, "api key refused: unknown key id");
             return Err(StoreError::InvalidApiKey);
@@ -157,8 +252,8 @@ impl Store {
             return Err(StoreError::InvalidApiKey);
         }
         let key = ApiKey::from_row(&row)?;
-        if key.revoked_at.is_some() {
-            tracing::debug!(key_id, "api key refused: revoked");
+        if !key.is_active_at(unix_now()) {
+            tracing::debug!(key_id, "api key refused: revoked or past its rotation overlap");
             return Err(StoreError::InvalidApiKey);
         }
         Ok(key)
@@ -215,10 +310,11 @@ impl Store {
         if !(id::is_valid(id::TENANT, tenant_id) && id::is_valid(id::APP, app_id)) {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(
-            "SELECT id, tenant_id, app_id, name, created_at, revoked_at FROM api_keys \
-             WHERE app_id = $1 AND tenant_id = $2 ORDER BY id DESC",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            api_key_columns!(),
+            " FROM api_keys WHERE app_id = $1 AND tenant_id = $2 ORDER BY id DESC"
+        ))
         .bind(app_id)
         .bind(tenant_id)
         .fetch_all(&self.pool)
@@ -232,12 +328,12 @@ impl Store {
         if !id::is_valid(id::API_KEY, key_id) {
             return Ok(false);
         }
-        let row = sqlx::query("SELECT revoked_at FROM api_keys WHERE id = $1")
+        let row = sqlx::query(concat!("SELECT ", api_key_columns!(), " FROM api_keys WHERE id = $1"))
             .bind(key_id)
             .fetch_optional(&self.pool)
             .await?;
         Ok(match row {
-            Some(row) => row.try_get::<Option<i64>, _>("revoked_at")?.is_none(),
+            Some(row) => ApiKey::from_row(&row)?.is_active_at(unix_now()),
             None => false,
         })
     }

@@ -54,11 +54,21 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "tenants", include_str!("../../../migrations/sqlite/0001_tenants.sql")),
     (2, "control_plane", include_str!("../../../migrations/sqlite/0002_control_plane.sql")),
     (3, "plans_and_usage", include_str!("../../../migrations/sqlite/0003_plans_and_usage.sql")),
+    (
+        4,
+        "api_key_rotation_and_capabilities",
+        include_str!("../../../migrations/sqlite/0004_api_key_rotation_and_capabilities.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "tenants", include_str!("../../../migrations/postgres/0001_tenants.sql")),
     (2, "control_plane", include_str!("../../../migrations/postgres/0002_control_plane.sql")),
     (3, "plans_and_usage", include_str!("../../../migrations/postgres/0003_plans_and_usage.sql")),
+    (
+        4,
+        "api_key_rotation_and_capabilities",
+        include_str!("../../../migrations/postgres/0004_api_key_rotation_and_capabilities.sql"),
+    ),
 ];
 
 /// How long a query waits for a connection before failing. Short, so that while the database

@@ -102,6 +102,14 @@ impl ChannelPattern {
     pub fn matches(&self, channel: &ChannelName) -> bool {
         glob_match(self.0.as_bytes(), channel.as_str().as_bytes())
     }
+
+    /// Returns whether every channel `other` matches, this pattern matches too (so a grant of
+    /// `other` is no wider than one of `self`). Sound, and exact for the patterns people write:
+    /// `other`'s text, its `*` included, must match this pattern, and only a `*` of this
+    /// pattern can match a `*` of `other` (channel names have none).
+    pub fn covers(&self, other: &ChannelPattern) -> bool {
+        glob_match(self.0.as_bytes(), other.0.as_bytes())
+    }
 }
 
 impl fmt::Debug for ChannelPattern {
@@ -135,6 +143,25 @@ fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_pattern_covers_the_patterns_it_is_wider_than() {
+        let p = |s: &str| ChannelPattern::parse(s).unwrap();
+        for (wide, narrow) in [
+            ("*", "chat:*"),
+            ("chat:*", "chat:room-*"),
+            ("chat:*", "chat:lobby"),
+            ("a*c", "ab*c"),
+            ("x", "x"),
+        ] {
+            assert!(p(wide).covers(&p(narrow)), "{wide} covers {narrow}");
+        }
+        for (wide, narrow) in
+            [("chat:*", "*"), ("chat:*", "news"), ("a*", "*a"), ("*x*", "*"), ("chat:room", "chat:*")]
+        {
+            assert!(!p(wide).covers(&p(narrow)), "{wide} does not cover {narrow}");
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 

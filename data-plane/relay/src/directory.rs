@@ -1,16 +1,68 @@
 //! What the relay needs to know about apps, asked through a trait so the relay never talks SQL.
 
-use async_trait::async_trait;
-use tributary_capability::SigningKey;
-use tributary_protocol::ErrorCode;
+use std::sync::Arc;
 
-/// The app an API key belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+use async_trait::async_trait;
+use tributary_capability::{Capabilities, Grant, Right, SigningKey};
+use tributary_protocol::{ChannelName, ErrorCode};
+
+use crate::ops::OpError;
+
+/// The app an API key belongs to, and what it may do there.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ApiKeyIdentity {
     /// The tenant id.
     pub tenant_id: String,
     /// The app id.
     pub app_id: String,
+    /// What the key may do; `None`: everything on every channel of its app.
+    pub permissions: Option<Arc<KeyPermissions>>,
+}
+
+/// What a restricted API key may do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyPermissions {
+    /// The rights it has per channel pattern (publish, subscribe, history, presence).
+    pub grants: Capabilities,
+    /// Whether it may mint tokens (only within `grants`) and disconnect clients.
+    pub mint_tokens: bool,
+}
+
+impl ApiKeyIdentity {
+    /// Returns an error unless the key may use `right` on `channel`.
+    pub fn allow(&self, channel: &ChannelName, right: Right) -> Result<(), OpError> {
+        match &self.permissions {
+            Some(p) if !p.grants.allows(channel, right) => Err(OpError::new(
+                ErrorCode::Forbidden,
+                format!("this API key may not {} on {channel}", right.as_str()),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Returns an error unless the key may mint a token with `grants` (and disconnect clients,
+    /// when `grants` is empty): each must be within one of the key's own.
+    pub fn allow_minting(&self, grants: &[Grant]) -> Result<(), OpError> {
+        let Some(p) = &self.permissions else { return Ok(()) };
+        if !p.mint_tokens {
+            return Err(OpError::new(
+                ErrorCode::Forbidden,
+                "this API key may not mint tokens or disconnect clients",
+            ));
+        }
+        for wanted in grants {
+            let covered = p.grants.grants().iter().any(|own| {
+                own.pattern.covers(&wanted.pattern) && wanted.rights.iter().all(|r| own.rights.contains(r))
+            });
+            if !covered {
+                return Err(OpError::new(
+                    ErrorCode::Forbidden,
+                    format!("this API key may not grant {:?} on {}", wanted.rights, wanted.pattern.as_str()),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Everything that decides whether an app's tokens are admitted, as the directory reads it.

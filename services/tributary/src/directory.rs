@@ -6,12 +6,13 @@
 //! against the store at every periodic resync.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
 use sha2::{Digest as _, Sha256};
 use tributary_capability::{KeyAlgorithm, SigningKey};
+use tributary_relay::directory::KeyPermissions;
 use tributary_relay::usage::UsageRow;
 use tributary_relay::{ApiKeyIdentity, AppDirectory, AppRecord, DirectoryError, MintedGrant};
 use tributary_store::{Revoked, SigningKeyRecord, Store, StoreError, TokenGrant};
@@ -19,10 +20,58 @@ use tributary_store::{Revoked, SigningKeyRecord, Store, StoreError, TokenGrant};
 /// The API key cache never holds more keys than this; past it, it starts over.
 const API_KEY_CACHE_MAX: usize = 10_000;
 
-/// A verified API key: its id (to check it is still active) and what it identifies.
+/// A verified API key: its id (to check it is still active), what it identifies, and when a
+/// rotated key stops working.
 struct CachedKey {
     key_id: String,
     identity: ApiKeyIdentity,
+    expires_at: Option<i64>,
+}
+
+/// The stored form of a key's capabilities (see `tributary_store::ApiKey::capabilities`).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyCapabilitiesJson {
+    /// Rights per channel pattern.
+    #[serde(default)]
+    pub grants: Vec<GrantJson>,
+    /// Whether the key may mint tokens and disconnect clients.
+    #[serde(default)]
+    pub mint_tokens: bool,
+}
+
+/// One grant of a key's capabilities.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantJson {
+    /// The channel pattern.
+    pub channel: String,
+    /// The rights.
+    pub allow: tributary_capability::Rights,
+}
+
+/// Parses a key's stored capabilities; `None` stored means everything.
+pub fn key_permissions(stored: Option<&str>) -> Result<Option<Arc<KeyPermissions>>, String> {
+    let Some(text) = stored else { return Ok(None) };
+    let parsed: KeyCapabilitiesJson = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let grants = parsed
+        .grants
+        .into_iter()
+        .map(|g| {
+            let pattern = tributary_protocol::ChannelPattern::parse(&g.channel).map_err(|e| e.to_string())?;
+            Ok(tributary_capability::Grant::new(pattern, g.allow))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Some(Arc::new(KeyPermissions {
+        grants: tributary_capability::Capabilities::new(grants),
+        mint_tokens: parsed.mint_tokens,
+    })))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Apps and keys from the store.
@@ -73,15 +122,26 @@ impl AppDirectory for StoreDirectory {
     async fn authenticate_api_key(&self, presented: &str) -> Result<ApiKeyIdentity, DirectoryError> {
         let fingerprint: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         if let Some(cached) = self.api_keys().get(&fingerprint) {
+            if cached.expires_at.is_some_and(|end| end <= unix_now()) {
+                return Err(DirectoryError::InvalidApiKey);
+            }
             return Ok(cached.identity.clone());
         }
         let key = self.store.verify_api_key(presented).await.map_err(translate)?;
-        let identity = ApiKeyIdentity { tenant_id: key.tenant_id, app_id: key.app_id };
+        let permissions = key_permissions(key.capabilities.as_deref()).map_err(|reason| {
+            // Written only through the API, which checks it: refuse rather than guess.
+            tracing::error!(key_id = key.id, %reason, "stored API key capabilities do not parse");
+            DirectoryError::InvalidApiKey
+        })?;
+        let identity = ApiKeyIdentity { tenant_id: key.tenant_id, app_id: key.app_id, permissions };
         let mut cache = self.api_keys();
         if cache.len() >= API_KEY_CACHE_MAX {
             cache.clear();
         }
-        cache.insert(fingerprint, CachedKey { key_id: key.id, identity: identity.clone() });
+        cache.insert(
+            fingerprint,
+            CachedKey { key_id: key.id, identity: identity.clone(), expires_at: key.expires_at },
+        );
         Ok(identity)
     }
 

@@ -26,13 +26,62 @@ pub(crate) struct ApiKeyView {
     id: String,
     app_id: String,
     name: String,
+    /// What it may do; `null`: everything.
+    capabilities: Option<serde_json::Value>,
     created_at: i64,
     revoked_at: Option<i64>,
+    /// When a rotated key stops working.
+    expires_at: Option<i64>,
 }
 
 impl From<ApiKey> for ApiKeyView {
     fn from(k: ApiKey) -> Self {
-        Self { id: k.id, app_id: k.app_id, name: k.name, created_at: k.created_at, revoked_at: k.revoked_at }
+        Self {
+            capabilities: k.capabilities.as_deref().and_then(|c| serde_json::from_str(c).ok()),
+            id: k.id,
+            app_id: k.app_id,
+            name: k.name,
+            created_at: k.created_at,
+            revoked_at: k.revoked_at,
+            expires_at: k.expires_at,
+        }
+    }
+}
+
+/// What a restricted API key may do.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeyCapabilities {
+    /// Rights (`publish`, `subscribe`, `history`, `presence`) per channel pattern.
+    #[serde(default)]
+    grants: Vec<KeyGrant>,
+    /// Whether it may mint tokens (within `grants`) and disconnect clients.
+    #[serde(default)]
+    mint_tokens: bool,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeyGrant {
+    channel: String,
+    allow: tributary_capability::Rights,
+}
+
+impl KeyCapabilities {
+    /// Checks the patterns and returns the JSON to store.
+    fn to_stored(&self) -> Result<String, ApiError> {
+        if self.grants.len() > tributary_capability::MAX_GRANTS {
+            return Err(ApiError::invalid(format!(
+                "an API key has at most {} grants",
+                tributary_capability::MAX_GRANTS
+            )));
+        }
+        for grant in &self.grants {
+            tributary_protocol::ChannelPattern::parse(&grant.channel)
+                .map_err(|e| ApiError::new(tributary_protocol::ErrorCode::InvalidChannel, e.to_string()))?;
+        }
+        serde_json::to_string(self)
+            .map_err(|e| ApiError::new(tributary_protocol::ErrorCode::Internal, e.to_string()))
     }
 }
 
@@ -84,11 +133,14 @@ impl From<SigningKeyRecord> for NewSigningKeyView {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct NameBody {
+pub(crate) struct NewKeyBody {
     name: String,
+    #[serde(default)]
+    capabilities: Option<KeyCapabilities>,
 }
 
-/// `POST …/apps/{app}/api-keys` `{"name":..}` (developer): 201 with the key and its secret.
+/// `POST …/apps/{app}/api-keys` `{"name":..,"capabilities":{..}}` (developer): 201 with the key
+/// and its secret. Without `capabilities` the key may do everything in its app.
 pub(crate) async fn create_api_key(
     State(plane): State<Arc<ControlPlane>>,
     Path((tenant, app)): Path<(String, String)>,
@@ -96,9 +148,13 @@ pub(crate) async fn create_api_key(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<NewApiKeyView>), ApiError> {
     caller.tenant(&tenant, Role::Developer)?;
-    let body: NameBody = body::parse(body)?;
+    let body: NewKeyBody = body::parse(body)?;
     body::name("name", &body.name)?;
-    let created = plane.store.create_api_key_as(&caller.actor, &tenant, &app, &body.name).await?;
+    let capabilities = body.capabilities.as_ref().map(KeyCapabilities::to_stored).transpose()?;
+    let created = plane
+        .store
+        .create_api_key_with(&caller.actor, &tenant, &app, &body.name, capabilities.as_deref())
+        .await?;
     let secret = created.plaintext.expose_secret().to_owned();
     Ok((StatusCode::CREATED, Json(NewApiKeyView { key: created.record.into(), secret })))
 }
@@ -125,6 +181,40 @@ pub(crate) async fn revoke_api_key(
     plane.store.revoke_api_key_as(&caller.actor, &tenant, &app, &key).await?;
     plane.announce(ControlEvent::AppChanged { app }).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The longest overlap of a rotation.
+const MAX_OVERLAP_SECS: u64 = 30 * 24 * 3600;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RotateBody {
+    #[serde(default)]
+    overlap_secs: Option<u64>,
+}
+
+/// `POST …/api-keys/{key}/rotate` `{"overlap_secs": 3600}` (developer): 201 with a new key
+/// (same name and capabilities, secret shown once); the old one works `overlap_secs` more
+/// (default an hour, 0 to stop it now).
+pub(crate) async fn rotate_api_key(
+    State(plane): State<Arc<ControlPlane>>,
+    Path((tenant, app, key)): Path<(String, String, String)>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<NewApiKeyView>), ApiError> {
+    caller.tenant(&tenant, Role::Developer)?;
+    let body: RotateBody = match body {
+        Ok(bytes) if bytes.is_empty() => RotateBody::default(),
+        other => body::parse(other)?,
+    };
+    let overlap = body.overlap_secs.unwrap_or(3600);
+    if overlap > MAX_OVERLAP_SECS {
+        return Err(ApiError::invalid(format!("overlap_secs must be 0 to {MAX_OVERLAP_SECS}")));
+    }
+    let created = plane.store.rotate_api_key(&caller.actor, &tenant, &app, &key, overlap as i64).await?;
+    plane.announce(ControlEvent::AppChanged { app }).await;
+    let secret = created.plaintext.expose_secret().to_owned();
+    Ok((StatusCode::CREATED, Json(NewApiKeyView { key: created.record.into(), secret })))
 }
 
 /// `POST …/apps/{app}/signing-keys` (developer): 201 with a new key and its secret. New tokens

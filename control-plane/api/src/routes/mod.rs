@@ -36,6 +36,7 @@ pub(crate) fn all() -> Router<Arc<ControlPlane>> {
         .route(app, get(apps::get))
         .route(&format!("{app}/api-keys"), post(keys::create_api_key).get(keys::list_api_keys))
         .route(&format!("{app}/api-keys/{{key}}/revoke"), post(keys::revoke_api_key))
+        .route(&format!("{app}/api-keys/{{key}}/rotate"), post(keys::rotate_api_key))
         .route(&format!("{app}/signing-keys"), post(keys::create_signing_key).get(keys::list_signing_keys))
         .route(&format!("{app}/signing-keys/{{kid}}/revoke"), post(keys::revoke_signing_key))
         .route(&format!("{app}/signing-keys/{{kid}}/bump-generation"), post(keys::bump_generation))

@@ -28,8 +28,10 @@ async fn plaintext_is_not_stored() {
         let new = db.store.create_api_key(&tenant.id, &app.id, "ci").await.unwrap();
         // The secret may itself contain `_`, so cut after the known `trb_<key_id>_` prefix.
         let prefix = format!("trb_{}_", new.record.id);
-        let secret_part = new.plaintext.expose_secret().strip_prefix(&prefix).unwrap().to_owned();
-        assert_eq!(secret_part.len(), 43);
+        // Then the secret (43 characters) and `_<checksum>` (8 hex digits).
+        let rest = new.plaintext.expose_secret().strip_prefix(&prefix).unwrap();
+        let secret_part = rest[..43].to_owned();
+        assert!(rest[43..].starts_with('_') && rest.len() == 43 + 9, "{rest}");
         let (hash,): (Vec<u8>,) = sqlx::query_as("SELECT key_hash FROM api_keys WHERE id = $1")
             .bind(&new.record.id)
             .fetch_one(&db.raw)

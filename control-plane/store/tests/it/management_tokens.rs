@@ -50,8 +50,10 @@ async fn plaintext_is_not_stored() {
             .unwrap();
         // The secret may itself contain `_`, so cut after the known `trbm_<token_id>_` prefix.
         let prefix = format!("trbm_{}_", new.record.id);
-        let secret_part = new.plaintext.expose_secret().strip_prefix(&prefix).unwrap().to_owned();
-        assert_eq!(secret_part.len(), 43);
+        // Then the secret (43 characters) and `_<checksum>` (8 hex digits).
+        let rest = new.plaintext.expose_secret().strip_prefix(&prefix).unwrap();
+        let secret_part = rest[..43].to_owned();
+        assert!(rest[43..].starts_with('_') && rest.len() == 43 + 9, "{rest}");
         let (hash,): (Vec<u8>,) = sqlx::query_as("SELECT token_hash FROM management_tokens WHERE id = $1")
             .bind(&new.record.id)
             .fetch_one(&db.raw)

@@ -33,6 +33,7 @@ pub(super) async fn history(
 ) -> Result<Response, ApiError> {
     let identity = authenticate(&state, &headers).await?;
     let channel = channel(&name)?;
+    identity.allow(&channel, tributary_capability::Right::History)?;
     let Query(params) = params.map_err(|e| OpError::new(ErrorCode::InvalidParameter, e.body_text()))?;
     let app = Arc::from(identity.app_id);
     let direction = params.direction.unwrap_or_default();
@@ -52,6 +53,7 @@ pub(super) struct PresenceReply {
 async fn presence_key(state: &RelayState, headers: &HeaderMap, name: &str) -> Result<ChannelKey, ApiError> {
     let identity = authenticate(state, headers).await?;
     let channel = channel(name)?;
+    identity.allow(&channel, tributary_capability::Right::Presence)?;
     if !state.config.namespace(channel.namespace()).presence {
         return Err(
             OpError::new(ErrorCode::DisabledInNamespace, "presence is disabled for this namespace").into()

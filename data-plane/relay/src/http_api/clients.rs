@@ -36,6 +36,7 @@ pub(super) async fn disconnect(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<DisconnectReply>, ApiError> {
     let identity = authenticate(&state, &headers).await?;
+    identity.allow_minting(&[])?;
     if let Some(problem) = tributary_capability::identifier_problem(&client_id) {
         return Err(OpError::new(ErrorCode::InvalidParameter, format!("client_id {problem}")).into());
     }

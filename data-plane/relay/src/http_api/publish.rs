@@ -91,6 +91,7 @@ pub(super) async fn publish_one(
 ) -> Result<Json<PublishResult>, ApiError> {
     let identity = authenticate(&state, &headers).await?;
     let channel = channel(&name)?;
+    identity.allow(&channel, tributary_capability::Right::Publish)?;
     let body: MessageBody = parse_body(body)?;
     check_encoding(&body.encoding)?;
     let input = PublishInput {
@@ -134,16 +135,18 @@ pub(super) async fn publish_batch(
         .into());
     }
     let batch_key = idempotency_key(&headers, None)?;
-    let app: Arc<str> = Arc::from(identity.app_id);
+    let app: Arc<str> = Arc::from(identity.app_id.as_str());
     let mut results = Vec::with_capacity(body.messages.len());
     for (index, item) in body.messages.into_iter().enumerate() {
         let name = item.channel.clone();
         let outcome = async {
             check_encoding(&item.encoding)?;
             let own_key = item.idempotency_key.map(|k| check_key(&k).map(|()| k)).transpose()?;
+            let channel = tributary_protocol::ChannelName::parse(&item.channel)
+                .map_err(|e| OpError::new(ErrorCode::InvalidChannel, e.to_string()))?;
+            identity.allow(&channel, tributary_capability::Right::Publish)?;
             let input = PublishInput {
-                channel: tributary_protocol::ChannelName::parse(&item.channel)
-                    .map_err(|e| OpError::new(ErrorCode::InvalidChannel, e.to_string()))?,
+                channel,
                 data: &item.data,
                 binary: item.binary,
                 encoding: item.encoding,

@@ -66,6 +66,7 @@ pub(super) async fn mint(
             Ok(Grant { pattern, rights: g.allow })
         })
         .collect::<Result<Vec<_>, OpError>>()?;
+    identity.allow_minting(&grants)?;
     let key = policy.minting_key().ok_or(ErrorCode::UnknownKey)?;
     let jti = state.directory.new_token_id();
     let mut request = TokenRequest::new(body.client_id.clone(), identity.app_id.clone(), ttl, grants);

@@ -21,6 +21,7 @@ const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("GET", "/v1/tenants/{tenant}/apps/{app}/api-keys", "", "read_only"),
     ("POST", "/v1/tenants/{tenant}/apps/{app}/api-keys", r#"{"name":"intruder"}"#, "developer"),
     ("POST", "/v1/tenants/{tenant}/apps/{app}/api-keys/{key}/revoke", "", "developer"),
+    ("POST", "/v1/tenants/{tenant}/apps/{app}/api-keys/{key}/rotate", r#"{"overlap_secs":0}"#, "developer"),
     ("GET", "/v1/tenants/{tenant}/apps/{app}/signing-keys", "", "read_only"),
     ("POST", "/v1/tenants/{tenant}/apps/{app}/signing-keys", "", "developer"),
     ("POST", "/v1/tenants/{tenant}/apps/{app}/signing-keys/{kid}/revoke", "", "developer"),

@@ -3,6 +3,7 @@
 // Test helpers outside #[test] functions panic on failure on purpose.
 #![allow(clippy::unwrap_used)]
 
+mod api_keys;
 mod autobahn;
 mod bad_input;
 mod checked_history;

@@ -59,6 +59,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "api_key_rotation_and_capabilities",
         include_str!("../../../migrations/sqlite/0004_api_key_rotation_and_capabilities.sql"),
     ),
+    (5, "namespaces", include_str!("../../../migrations/sqlite/0005_namespaces.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "tenants", include_str!("../../../migrations/postgres/0001_tenants.sql")),
@@ -69,6 +70,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "api_key_rotation_and_capabilities",
         include_str!("../../../migrations/postgres/0004_api_key_rotation_and_capabilities.sql"),
     ),
+    (5, "namespaces", include_str!("../../../migrations/postgres/0005_namespaces.sql")),
 ];
 
 /// How long a query waits for a connection before failing. Short, so that while the database

@@ -20,6 +20,8 @@ pub struct AppSnapshot {
     pub limits: crate::plan::Limits,
     /// Messages its tenant published this calendar month (UTC), as flushed so far.
     pub messages_this_month: i64,
+    /// Its namespaces.
+    pub namespaces: Vec<crate::Namespace>,
 }
 
 impl Store {
@@ -42,6 +44,15 @@ impl Store {
         let limits = self.tenant_limits(&tenant.id).await?;
         let messages_this_month =
             self.messages_published_since(&tenant.id, crate::usage::month_start(crate::unix_now())).await?;
-        Ok(Some(AppSnapshot { app, tenant, signing_keys, revocations, limits, messages_this_month }))
+        let namespaces = self.namespaces(None, app_id).await?;
+        Ok(Some(AppSnapshot {
+            app,
+            tenant,
+            signing_keys,
+            revocations,
+            limits,
+            messages_this_month,
+            namespaces,
+        }))
     }
 }

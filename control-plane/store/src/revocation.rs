@@ -95,12 +95,14 @@ impl Store {
     ) -> Result<(), StoreError> {
         check_scope(tenant_id, app_id, subject)?;
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        // The update path skips the foreign key's tenant check, so it names the tenant itself.
+        let done = sqlx::query(
             "INSERT INTO token_revocations \
              (tenant_id, app_id, kind, subject, issued_before, expires_at, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (app_id, kind, subject) DO UPDATE SET \
-             issued_before = excluded.issued_before, expires_at = excluded.expires_at",
+             issued_before = excluded.issued_before, expires_at = excluded.expires_at \
+             WHERE token_revocations.tenant_id = excluded.tenant_id",
         )
         .bind(tenant_id)
         .bind(app_id)
@@ -112,6 +114,9 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(|err| StoreError::from_sqlx(err, "revocation", "app"))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("app"));
+        }
         let action = format!("{kind}.revoke");
         audit::record(&mut tx, actor, Some(tenant_id), &action, &format!("{app_id}/{subject}")).await?;
         tx.commit().await?;

@@ -87,6 +87,8 @@ pub struct AppRecord {
     pub limits: crate::quota::Limits,
     /// Messages the tenant published this calendar month (UTC), as the store knows it.
     pub messages_this_month: u64,
+    /// The app's own namespaces, which take precedence over the configuration file's.
+    pub namespaces: Vec<(String, crate::config::NamespaceConfig)>,
 }
 
 /// A token minted by `POST /v1/tokens`, for the directory to record.

@@ -88,7 +88,7 @@ pub async fn publish(
     app: &Arc<str>,
     input: PublishInput<'_>,
 ) -> Result<PublishResult, OpError> {
-    let ns = state.config.namespace(input.channel.namespace());
+    let ns = state.namespace(app, input.channel.namespace());
     let payload = Payload::from_raw(input.data, input.binary, ns.max_message_bytes)?;
     let key = ChannelKey::new(app.clone(), input.channel);
     let options = PublishOptions {
@@ -167,7 +167,7 @@ pub async fn history(
     direction: Direction,
     limit: Option<u32>,
 ) -> Result<HistoryResult, OpError> {
-    let ns = state.config.namespace(channel.namespace());
+    let ns = state.namespace(app, channel.namespace());
     if ns.history_size == 0 {
         return Err(OpError::new(ErrorCode::DisabledInNamespace, "history is disabled for this namespace"));
     }

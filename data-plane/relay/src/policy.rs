@@ -105,6 +105,7 @@ pub struct AppPolicy {
     revoked_clients: HashMap<String, u64>,
     limits: crate::quota::Limits,
     messages_this_month: u64,
+    namespaces: HashMap<String, crate::config::NamespaceConfig>,
 }
 
 impl From<AppRecord> for AppPolicy {
@@ -118,6 +119,7 @@ impl From<AppRecord> for AppPolicy {
             revoked_clients: record.revoked_clients.into_iter().collect(),
             limits: record.limits,
             messages_this_month: record.messages_this_month,
+            namespaces: record.namespaces.into_iter().collect(),
         }
     }
 }
@@ -126,6 +128,11 @@ impl AppPolicy {
     /// Returns whether the app's tenant is served.
     pub fn served(&self) -> bool {
         self.served
+    }
+
+    /// Returns the app's own namespace `name`, if it has one.
+    pub fn namespace(&self, name: &str) -> Option<&crate::config::NamespaceConfig> {
+        self.namespaces.get(name)
     }
 
     /// Returns the tenant's limits.
@@ -237,6 +244,11 @@ impl Policies {
         }
     }
 
+    /// Returns the loaded policy of `app_id`, without loading it.
+    pub fn peek(&self, app_id: &str) -> Option<Arc<AppPolicy>> {
+        self.lock().get(app_id).and_then(|slot| slot.cell.get().cloned().flatten())
+    }
+
     /// Returns every loaded policy.
     pub fn loaded(&self) -> Vec<Arc<AppPolicy>> {
         self.lock().values().filter_map(|slot| slot.cell.get().cloned().flatten()).collect()
@@ -279,6 +291,7 @@ mod tests {
             revoked_clients: vec![("mallory".into(), 500)],
             limits: Default::default(),
             messages_this_month: 0,
+            namespaces: Vec::new(),
         }
     }
 

@@ -374,6 +374,7 @@ mod tests {
             revoked_clients: Vec::new(),
             limits,
             messages_this_month,
+            namespaces: Vec::new(),
         })
     }
 

@@ -11,6 +11,20 @@ use crate::directory::AppDirectory;
 use crate::hub::Hub;
 use crate::policy::Policies;
 
+impl RelayState {
+    /// Returns the options of namespace `name` for `app`: the app's own (from the control
+    /// plane), else the configuration file's, else the app's default namespace, else the
+    /// file's default. The app's policy is loaded before any of its requests gets here.
+    pub fn namespace(&self, app: &str, name: &str) -> crate::config::NamespaceConfig {
+        let policy = self.policies.peek(app);
+        let own = |ns: &str| policy.as_ref().and_then(|p| p.namespace(ns).cloned());
+        own(name)
+            .or_else(|| self.config.namespaces.get(name).cloned())
+            .or_else(|| own(""))
+            .unwrap_or_else(|| self.config.namespace(""))
+    }
+}
+
 /// Everything a transport needs: settings, engine, hub, directory and live connections.
 pub struct RelayState {
     /// Settings.

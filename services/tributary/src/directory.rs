@@ -179,6 +179,18 @@ impl AppDirectory for StoreDirectory {
             revoked_clients,
             limits,
             messages_this_month: seconds(snapshot.messages_this_month),
+            namespaces: snapshot
+                .namespaces
+                .into_iter()
+                .filter_map(|ns| match serde_json::from_str(&ns.options) {
+                    Ok(options) => Some((ns.name, options)),
+                    Err(err) => {
+                        // Written only through the API, which checks it.
+                        tracing::error!(app_id, namespace = ns.name, error = %err, "stored namespace options do not parse");
+                        None
+                    }
+                })
+                .collect(),
         }))
     }
 

@@ -4,6 +4,7 @@
 mod apps;
 mod audit;
 mod keys;
+mod namespaces;
 mod plans;
 mod revocations;
 mod tenants;
@@ -42,6 +43,8 @@ pub(crate) fn all() -> Router<Arc<ControlPlane>> {
         .route(&format!("{app}/signing-keys/{{kid}}/bump-generation"), post(keys::bump_generation))
         .route(&format!("{app}/revocations"), post(revocations::revoke_in_app))
         .route(&format!("{app}/grants"), get(revocations::grants))
+        .route(&format!("{app}/namespaces"), get(namespaces::list))
+        .route(&format!("{app}/namespaces/{{name}}"), post(namespaces::set).delete(namespaces::delete))
         .route(&format!("{tenant}/management-tokens"), post(tokens::create).get(tokens::list))
         .route(&format!("{tenant}/management-tokens/{{token}}/revoke"), post(tokens::revoke))
 }

@@ -11,6 +11,7 @@ mod audit;
 mod grants;
 mod management_tokens;
 mod master_key;
+mod namespaces;
 mod revocations;
 mod signing_key_generations;
 mod signing_keys;

@@ -110,6 +110,23 @@ async fn revoking_in_an_app_of_another_tenant_is_not_found() {
 }
 
 #[tokio::test]
+async fn another_tenant_cannot_rewrite_an_existing_revocation_of_ours() {
+    for db in TestDb::all().await {
+        let (tenant, app) = db.tenant_with_app("prod").await;
+        let (other, _) = db.tenant_with_app("prod").await;
+        let cutoff = db.store.revoke_client(&actor(), &tenant.id, &app.id, "alice").await.unwrap();
+        // The row exists, so an insert would take the upsert's update path: it must not.
+        let err = db.store.revoke_client(&actor(), &other.id, &app.id, "alice").await.unwrap_err();
+        assert!(matches!(err, StoreError::NotFound("app")), "{err:?}");
+        let stored = db.store.revocations(&app.id).await.unwrap();
+        assert_eq!(stored, [Revoked::Client { client_id: "alice".into(), issued_before: cutoff }]);
+        assert!(
+            db.store.audit_events(&other.id, 10).await.unwrap().iter().all(|e| e.action != "client.revoke")
+        );
+    }
+}
+
+#[tokio::test]
 async fn revoking_in_a_forged_app_is_not_found() {
     for db in TestDb::all().await {
         let (tenant, _) = db.tenant_with_app("prod").await;

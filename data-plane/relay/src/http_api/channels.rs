@@ -54,7 +54,7 @@ async fn presence_key(state: &RelayState, headers: &HeaderMap, name: &str) -> Re
     let identity = authenticate(state, headers).await?;
     let channel = channel(name)?;
     identity.allow(&channel, tributary_capability::Right::Presence)?;
-    if !state.config.namespace(channel.namespace()).presence {
+    if !state.namespace(&identity.app_id, channel.namespace()).presence {
         return Err(
             OpError::new(ErrorCode::DisabledInNamespace, "presence is disabled for this namespace").into()
         );

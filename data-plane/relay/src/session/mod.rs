@@ -256,7 +256,7 @@ impl Session {
                 format!("no publish right on {}", request.channel),
             ));
         }
-        if !self.state.config.namespace(request.channel.namespace()).client_publish {
+        if !self.state.namespace(&self.identity.app_id, request.channel.namespace()).client_publish {
             return Err(OpError::new(
                 ErrorCode::DisabledInNamespace,
                 "clients may not publish in this namespace",
@@ -294,7 +294,7 @@ impl Session {
         if !self.identity.capabilities.allows(&channel, Right::Presence) {
             return Err(OpError::new(ErrorCode::Forbidden, format!("no presence right on {channel}")));
         }
-        if !self.state.config.namespace(channel.namespace()).presence {
+        if !self.state.namespace(&self.identity.app_id, channel.namespace()).presence {
             return Err(OpError::new(
                 ErrorCode::DisabledInNamespace,
                 "presence is disabled for this namespace",
@@ -317,7 +317,7 @@ impl Session {
         let member = self.member(Some(Arc::from(state)));
         if !self.state.engine.presence_update(&subscription.key, member.clone()).await? {
             // The entry expired (a missed heartbeat); the client is still subscribed, so join again.
-            let ns = self.state.config.namespace(channel.namespace());
+            let ns = self.state.namespace(&self.identity.app_id, channel.namespace());
             let options = self.state.config.presence_options(&ns);
             self.state.engine.presence_join(&subscription.key, member, options).await?;
         }
@@ -355,7 +355,7 @@ impl Session {
             if !subscription.presence {
                 continue;
             }
-            let ns = self.state.config.namespace(channel.namespace());
+            let ns = self.state.namespace(&self.identity.app_id, channel.namespace());
             let options = self.state.config.presence_options(&ns);
             if let Err(err) =
                 self.state.engine.presence_join(&subscription.key, self.member(None), options).await

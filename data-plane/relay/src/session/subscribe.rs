@@ -104,7 +104,7 @@ impl Session {
         if self.subscriptions.len() >= self.state.config.max_subscriptions_per_connection {
             return Err(ErrorCode::TooManySubscriptions.into());
         }
-        let ns = self.state.config.namespace(channel.namespace());
+        let ns = self.state.namespace(&self.identity.app_id, channel.namespace());
         // Without history a recovery simply reports `recovered: false` (unless nothing was
         // missed), so SSE and long-poll cursors work on live-only namespaces too.
         let key = ChannelKey::new(self.identity.app_id.clone(), channel.clone());
@@ -318,7 +318,7 @@ impl Session {
         // Buffer live publications from before the read, so that if this page reaches the
         // newest offset, the seam between it and the live stream is exact.
         self.state.hub.resume_recovery(key, &self.conn);
-        let stream = self.state.config.namespace(key.channel.namespace()).stream();
+        let stream = self.state.namespace(&key.app, key.channel.namespace()).stream();
         let mut room = self.room(share);
         // At least one message per page, or a crowd of catching-up channels would starve.
         room.frames = room.frames.max(1);

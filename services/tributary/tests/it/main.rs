@@ -15,6 +15,7 @@ mod http_api;
 mod isolation;
 mod limits;
 mod management_api;
+mod namespaces;
 mod node_failure;
 mod presence;
 mod pubsub;

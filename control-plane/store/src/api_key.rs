@@ -1,11 +1,13 @@
 //! API keys: what tenants' backends present to the HTTP API.
 //!
 //! # Format
-//! The plaintext of a key is `trb_<key_id>_<secret>`, for example
-//! `trb_key_01jd3k5v4q8w2r9x7m6n5p4t3s_Zm9v…` where
+//! The plaintext of a key is `trb_<key_id>_<secret>_<check>`, for example
+//! `trb_key_01jd3k5v4q8w2r9x7m6n5p4t3s_Zm9v…_3f1c09ab` where
 //! - `trb_` marks it as a Tributary key (so secret scanners can find leaked ones),
-//! - `<key_id>` is the record id, `key_` plus 26 base32 characters (a fixed length), and
-//! - `<secret>` is 32 random bytes in unpadded base64url (43 characters).
+//! - `<key_id>` is the record id, `key_` plus 26 base32 characters (a fixed length),
+//! - `<secret>` is 32 random bytes in unpadded base64url (43 characters), and
+//! - `<check>` is the CRC-32 of everything before it, 8 hex digits (see `secret_token`); keys
+//!   made before it existed have none and are still accepted.
 //!
 //! base64url may itself contain `_` and `-`, so the plaintext is not split on `_`: the key id
 //! has a fixed length and is cut at that offset, and the `_` after it is checked.
@@ -54,7 +56,8 @@ pub struct ApiKey {
 pub struct NewApiKey {
     /// The stored record.
     pub record: ApiKey,
-    /// The full key in the `trb_<key_id>_<secret>` format; the only copy there will ever be.
+    /// The full key in the `trb_<key_id>_<secret>_<check>` format; the only copy there will
+    /// ever be.
     pub plaintext: SecretString,
 }
 

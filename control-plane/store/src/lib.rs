@@ -19,7 +19,8 @@
 //! - [`crypto`]: [`MasterKey`] and [`SecretCipher`], AES-256-GCM with the owning row as AAD.
 //! - `id`: prefixed, time-sortable record ids (`ten_…`, `app_…`, `key_…`, `sk_…`), `[a-z0-9_]` only.
 //! - [`db`]: the backend chosen by URL ([`Store::open`]), the pool, connection set-up and the
-//!   embedded migrations of each backend; the only backend-specific module.
+//!   embedded migrations of each backend; the only backend-specific module (apart from one
+//!   table lock in `signing_key::reencrypt_secrets` on PostgreSQL).
 //! - [`tenant`]: [`Tenant`] and [`App`] records and their queries.
 //! - [`api_key`]: [`ApiKey`] records, the `trb_<key_id>_<secret>` format, creation, verification
 //!   and revocation.

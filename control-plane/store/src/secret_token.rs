@@ -59,6 +59,11 @@ pub(crate) fn parse<'a>(
     prefix: &str,
     id_prefix: &str,
 ) -> Option<(&'a str, Zeroizing<Vec<u8>>)> {
+    // Only ASCII can be a credential; checking it first also keeps every cut below on a
+    // character boundary.
+    if !presented.is_ascii() {
+        return None;
+    }
     let rest = presented.strip_prefix(prefix)?;
     let id_len = id_prefix.len() + id::ENCODED_LEN;
     let record_id = rest.get(..id_len)?;
@@ -86,6 +91,15 @@ pub(crate) fn hash(secret: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_ascii_input_of_any_length_is_refused_without_panicking() {
+        let id = id::new(id::API_KEY);
+        // 52 bytes after the id, a multibyte character across byte 43.
+        let tricky = format!("trb_{id}_{}é{}", "a".repeat(42), "b".repeat(8));
+        assert!(parse(&tricky, "trb_", id::API_KEY).is_none());
+        assert!(parse("trb_é", "trb_", id::API_KEY).is_none());
+    }
 
     #[test]
     fn crc32_is_the_ieee_one() {

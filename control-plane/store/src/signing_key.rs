@@ -251,6 +251,12 @@ impl Store {
     pub async fn reencrypt_secrets(&self, old: &crate::MasterKey) -> Result<u64, StoreError> {
         let old = crate::SecretCipher::new(old);
         let mut tx = self.pool.begin().await?;
+        if self.backend == crate::Backend::Postgres {
+            // Keys created meanwhile (by a node still on the old key) would be missed by the
+            // read below and left unreadable: hold new ones back until this commits. (SQLite
+            // has one writer at a time already.)
+            sqlx::query("LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
+        }
         let rows = sqlx::query("SELECT tenant_id, app_id, kid, secret_ciphertext FROM signing_keys")
             .fetch_all(&mut *tx)
             .await?;

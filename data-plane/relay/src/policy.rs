@@ -254,13 +254,16 @@ impl Policies {
         self.lock().values().filter_map(|slot| slot.cell.get().cloned().flatten()).collect()
     }
 
-    /// Returns the apps with a loaded policy, of `tenant` only if given.
+    /// Returns the apps with a loaded policy, of `tenant` only if given. With a tenant, apps
+    /// whose first load is still running are included too: that load may have read the
+    /// tenant before the change, and must not be the last word.
     pub fn apps(&self, tenant: Option<&str>) -> Vec<Arc<str>> {
         self.lock()
             .iter()
             .filter(|(_, slot)| match slot.cell.get() {
                 Some(Some(policy)) => tenant.is_none_or(|tenant| &*policy.tenant_id == tenant),
-                _ => false,
+                Some(None) => false,
+                None => tenant.is_some(),
             })
             .map(|(app, _)| app.clone())
             .collect()
@@ -355,6 +358,24 @@ mod tests {
         assert!(!older.unwrap().unwrap().served(), "the older load returns the newer policy");
         let cached = policies.get(&directory, "app_1").await.unwrap().unwrap();
         assert!(!cached.served(), "the newer state stays cached");
+    }
+
+    #[tokio::test]
+    async fn a_tenant_change_also_reloads_an_app_whose_first_load_is_still_running() {
+        let directory = Arc::new(SlowThenSuspended { calls: Default::default() });
+        let policies = Arc::new(Policies::default());
+        let loading = {
+            let (directory, policies) = (directory.clone(), policies.clone());
+            tokio::spawn(async move { policies.get(&*directory, "app_1").await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        // The first load (served) is still running when the tenant changes.
+        assert_eq!(policies.apps(Some("ten_1")), vec![Arc::<str>::from("app_1")]);
+        assert!(policies.apps(None).is_empty(), "a resync only reloads what is loaded");
+        let reloaded = policies.reload(&*directory, "app_1").await.unwrap().unwrap();
+        assert!(!reloaded.served());
+        loading.await.unwrap().unwrap();
+        assert!(!policies.get(&*directory, "app_1").await.unwrap().unwrap().served(), "the change stays");
     }
 
     #[test]

@@ -120,14 +120,20 @@ impl Quotas {
         let mut tenants = lock(&self.tenants);
         let t = tenants.entry(tenant.clone()).or_default();
         t.limits = limits;
-        if t.second != now {
+        // Counts only ever move forward: publishes counted while the engine answered may
+        // already have moved this tenant to a later second.
+        if now > t.second {
             (t.second, t.local, t.synced, t.global) = (now, 0, 0, 0);
         }
-        if t.month != month {
+        if month > t.month {
             (t.month, t.month_unsynced, t.month_global, t.month_stored) = (month, 0, 0, 0);
         }
-        t.global = t.global.max(rate.unwrap_or(0).max(0) as u64);
-        t.month_global = t.month_global.max(monthly.unwrap_or(0).max(0) as u64);
+        if t.second == now {
+            t.global = t.global.max(rate.unwrap_or(0).max(0) as u64);
+        }
+        if t.month == month {
+            t.month_global = t.month_global.max(monthly.unwrap_or(0).max(0) as u64);
+        }
     }
 
     /// Checks a publish of `bytes` payload bytes against the policy's limits and counts it.
@@ -147,16 +153,16 @@ impl Quotas {
         let mut tenants = lock(&self.tenants);
         let tenant = tenants.entry(policy.tenant_id.clone()).or_default();
         tenant.limits = limits;
-        if tenant.second != second {
+        if second > tenant.second {
             (tenant.second, tenant.local, tenant.synced, tenant.global) = (second, 0, 0, 0);
         }
-        if tenant.month != month {
+        if month > tenant.month {
             (tenant.month, tenant.month_unsynced, tenant.month_global, tenant.month_stored) =
                 (month, 0, 0, 0);
         }
         tenant.month_stored = tenant.month_stored.max(policy.messages_this_month());
         if limits.max_publish_rate > 0
-            && tenant.global + tenant.local - tenant.synced >= limits.max_publish_rate
+            && tenant.global + tenant.local.saturating_sub(tenant.synced) >= limits.max_publish_rate
         {
             let wait = 1000 - now % 1000;
             return Err(OpError::new(
@@ -264,14 +270,21 @@ async fn sync_publishes(state: &RelayState) {
             .iter_mut()
             .filter(|(_, t)| t.limits.counts_publishes())
             .map(|(name, t)| {
-                if t.second != now {
+                if now > t.second {
                     (t.second, t.local, t.synced, t.global) = (now, 0, 0, 0);
                 }
                 let month = month_of(now);
-                if t.month != month {
+                if month > t.month {
                     (t.month, t.month_unsynced, t.month_global, t.month_stored) = (month, 0, 0, 0);
                 }
-                (name.clone(), t.limits, t.second, t.local - t.synced, t.month, t.month_unsynced)
+                (
+                    name.clone(),
+                    t.limits,
+                    t.second,
+                    t.local.saturating_sub(t.synced),
+                    t.month,
+                    t.month_unsynced,
+                )
             })
             .collect()
     };
@@ -301,21 +314,21 @@ async fn sync_publishes(state: &RelayState) {
         if t.second == second {
             match rate {
                 Some(Ok(global)) => {
-                    t.synced += delta;
+                    t.synced = (t.synced + delta).min(t.local);
                     t.global = global.max(0) as u64;
                 }
                 // Not counted across nodes: nothing to wait for.
-                None => t.synced += delta,
+                None => t.synced = (t.synced + delta).min(t.local),
                 Some(Err(_)) => {}
             }
         }
         if t.month == month {
             match monthly {
                 Some(Ok(global)) => {
-                    t.month_unsynced -= month_delta;
+                    t.month_unsynced = t.month_unsynced.saturating_sub(month_delta);
                     t.month_global = global.max(0) as u64;
                 }
-                None => t.month_unsynced -= month_delta,
+                None => t.month_unsynced = t.month_unsynced.saturating_sub(month_delta),
                 Some(Err(_)) => {}
             }
         }

@@ -79,12 +79,15 @@ pub struct StoreDirectory {
     store: Store,
     /// Keyed by SHA-256 of the whole presented key, so the cache holds no usable secret.
     api_keys: Mutex<HashMap<[u8; 32], CachedKey>>,
+    /// Raised by every [`AppDirectory::forget_app`]: a key read from the store before a forget
+    /// may be stale (revoked meanwhile) and is not cached.
+    forgets: std::sync::atomic::AtomicU64,
 }
 
 impl StoreDirectory {
     /// Wraps a store.
     pub fn new(store: Store) -> Self {
-        Self { store, api_keys: Mutex::new(HashMap::new()) }
+        Self { store, api_keys: Mutex::new(HashMap::new()), forgets: Default::default() }
     }
 
     fn api_keys(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], CachedKey>> {
@@ -127,6 +130,7 @@ impl AppDirectory for StoreDirectory {
             }
             return Ok(cached.identity.clone());
         }
+        let forgets = self.forgets.load(std::sync::atomic::Ordering::Acquire);
         let key = self.store.verify_api_key(presented).await.map_err(translate)?;
         let permissions = key_permissions(key.capabilities.as_deref()).map_err(|reason| {
             // Written only through the API, which checks it: refuse rather than guess.
@@ -135,6 +139,11 @@ impl AppDirectory for StoreDirectory {
         })?;
         let identity = ApiKeyIdentity { tenant_id: key.tenant_id, app_id: key.app_id, permissions };
         let mut cache = self.api_keys();
+        if self.forgets.load(std::sync::atomic::Ordering::Acquire) != forgets {
+            // A change was announced while the store answered: answer this request, but let
+            // the next one ask again.
+            return Ok(identity);
+        }
         if cache.len() >= API_KEY_CACHE_MAX {
             cache.clear();
         }
@@ -195,7 +204,9 @@ impl AppDirectory for StoreDirectory {
     }
 
     fn forget_app(&self, app_id: &str) {
-        self.api_keys().retain(|_, cached| cached.identity.app_id != app_id);
+        let mut cache = self.api_keys();
+        self.forgets.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        cache.retain(|_, cached| cached.identity.app_id != app_id);
     }
 
     async fn resync(&self) {

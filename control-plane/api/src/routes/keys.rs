@@ -37,7 +37,11 @@ pub(crate) struct ApiKeyView {
 impl From<ApiKey> for ApiKeyView {
     fn from(k: ApiKey) -> Self {
         Self {
-            capabilities: k.capabilities.as_deref().and_then(|c| serde_json::from_str(c).ok()),
+            // `null` means "everything": a stored value that does not parse must not read as that.
+            capabilities: k
+                .capabilities
+                .as_deref()
+                .map(|c| serde_json::from_str(c).unwrap_or_else(|_| serde_json::json!({"unreadable": true}))),
             id: k.id,
             app_id: k.app_id,
             name: k.name,

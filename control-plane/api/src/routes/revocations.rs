@@ -56,6 +56,7 @@ pub(crate) async fn revoke_in_app(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Revocation>, ApiError> {
     caller.tenant(&tenant, Role::Developer)?;
+    app_of(&plane, &tenant, &app).await?;
     let body: RevokeBody = body::parse(body)?;
     let actor = &caller.actor;
     let revocation = match (body.token_id, body.client_id, body.all) {

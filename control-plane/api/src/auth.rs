@@ -1,16 +1,22 @@
-//! Who is calling: a management token (`Authorization: Bearer trbm_…`), an operator's or a
-//! tenant's with a role, and the request id every audit event carries.
+//! Who is calling: a management token (`Authorization: Bearer trbm_…`, for automation and
+//! operators) or a console user's session (the `trb_session` cookie), and the request id every
+//! audit event carries.
 //!
-//! Scoping is the first check of every tenant route: a tenant's token asking for another
-//! tenant's objects gets 404 `not_found`, exactly as if they did not exist, so ids of other
-//! tenants cannot be probed. The role check comes second (403 `permission_denied`).
+//! Scoping is the first check of every tenant route: a credential without a role in the path's
+//! tenant gets 404 `not_found`, exactly as if the tenant did not exist, so ids of other tenants
+//! cannot be probed. The role check comes second (403 `permission_denied`).
+//!
+//! A session cookie is sent by the browser on its own, so a request that changes something
+//! with one must also carry the session's CSRF token in `x-csrf-token` (a page of another
+//! site cannot read it); without it the request is refused (403 `permission_denied`).
 
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use axum::http::{Method, header};
 use tributary_protocol::ErrorCode;
-use tributary_store::{Actor, ManagementToken, Role};
+use tributary_store::{Actor, ManagementToken, Role, User};
 
 use crate::ControlPlane;
 use crate::error::ApiError;
@@ -18,11 +24,33 @@ use crate::error::ApiError;
 /// The longest request id kept from `x-request-id`; longer ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "trb_session";
+
+/// The header a session's CSRF token is sent in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// What authenticated the request.
+#[derive(Debug)]
+pub enum Principal {
+    /// A management token.
+    Token(ManagementToken),
+    /// A console user, by session.
+    User {
+        /// The user.
+        user: User,
+        /// The session (for logout).
+        session_id: String,
+        /// The tenants the user belongs to, with the user's role in each.
+        memberships: Vec<(String, Role)>,
+    },
+}
+
 /// The authenticated caller of a request.
 #[derive(Debug)]
 pub struct Caller {
-    /// The verified management token.
-    pub token: ManagementToken,
+    /// Who it is.
+    pub principal: Principal,
     /// The actor and request id for audit events.
     pub actor: Actor,
 }
@@ -30,7 +58,18 @@ pub struct Caller {
 impl Caller {
     /// Returns whether the caller is the operator.
     pub fn is_operator(&self) -> bool {
-        self.token.role == Role::Operator
+        matches!(&self.principal, Principal::Token(token) if token.role == Role::Operator)
+    }
+
+    /// Returns the caller's role in `tenant_id` (the operator's everywhere).
+    pub fn role_in(&self, tenant_id: &str) -> Option<Role> {
+        match &self.principal {
+            Principal::Token(token) if token.role == Role::Operator => Some(Role::Operator),
+            Principal::Token(token) => (token.tenant_id.as_deref() == Some(tenant_id)).then_some(token.role),
+            Principal::User { memberships, .. } => {
+                memberships.iter().find(|(tenant, _)| tenant == tenant_id).map(|(_, role)| *role)
+            }
+        }
     }
 
     /// Allows only the operator.
@@ -38,22 +77,17 @@ impl Caller {
         if self.is_operator() { Ok(()) } else { Err(ErrorCode::PermissionDenied.into()) }
     }
 
-    /// Allows the operator, or a token of `tenant_id` with at least `role`. A token of another
-    /// tenant gets `not_found`, as if the tenant did not exist.
+    /// Allows the operator, or a credential with at least `role` in `tenant_id`. One without a
+    /// role there gets `not_found`, as if the tenant did not exist.
     pub fn tenant(&self, tenant_id: &str, role: Role) -> Result<(), ApiError> {
-        if self.is_operator() {
-            return Ok(());
-        }
-        if self.token.tenant_id.as_deref() != Some(tenant_id) {
-            return Err(ApiError::new(ErrorCode::NotFound, "tenant not found"));
-        }
-        if self.token.role < role {
-            return Err(ApiError::new(
+        match self.role_in(tenant_id) {
+            None => Err(ApiError::new(ErrorCode::NotFound, "tenant not found")),
+            Some(own) if own < role => Err(ApiError::new(
                 ErrorCode::PermissionDenied,
                 format!("this needs the {} role or higher", role.as_str()),
-            ));
+            )),
+            Some(_) => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -69,24 +103,60 @@ fn request_id(parts: &Parts) -> String {
         .map_or_else(|| uuid::Uuid::now_v7().simple().to_string(), str::to_owned)
 }
 
+/// Returns the value of cookie `name`, if the request has it.
+pub fn cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
+    parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
 impl FromRequestParts<Arc<ControlPlane>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, plane: &Arc<ControlPlane>) -> Result<Self, ApiError> {
-        let presented = parts
+        let request_id = request_id(parts);
+        let bearer = parts
             .headers
-            .get(axum::http::header::AUTHORIZATION)
+            .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .ok_or(ErrorCode::Unauthorized)?;
-        let token = plane.store.verify_management_token(presented.trim()).await.map_err(|err| match err {
-            tributary_store::StoreError::InvalidManagementToken => {
-                ApiError::new(ErrorCode::Unauthorized, "invalid management token")
+            .and_then(|value| value.strip_prefix("Bearer "));
+        if let Some(presented) = bearer {
+            let token =
+                plane.store.verify_management_token(presented.trim()).await.map_err(|err| match err {
+                    tributary_store::StoreError::InvalidManagementToken => {
+                        ApiError::new(ErrorCode::Unauthorized, "invalid management token")
+                    }
+                    other => ApiError::from(other),
+                })?;
+            let who = if token.role == Role::Operator { "operator" } else { "token" };
+            let actor = Actor { actor: format!("{who}:{}", token.id), request_id };
+            return Ok(Caller { principal: Principal::Token(token), actor });
+        }
+        let presented = cookie(parts, SESSION_COOKIE).ok_or(ErrorCode::Unauthorized)?;
+        let session = plane.store.verify_session(presented).await.map_err(|err| match err {
+            tributary_store::StoreError::InvalidCredentials => {
+                ApiError::new(ErrorCode::Unauthorized, "the session has ended: log in again")
             }
             other => ApiError::from(other),
         })?;
-        let who = if token.role == Role::Operator { "operator" } else { "token" };
-        let actor = Actor { actor: format!("{who}:{}", token.id), request_id: request_id(parts) };
-        Ok(Caller { token, actor })
+        if !matches!(parts.method, Method::GET | Method::HEAD) {
+            let csrf =
+                parts.headers.get(CSRF_HEADER).and_then(|value| value.to_str().ok()).unwrap_or_default();
+            if !session.csrf_matches(csrf) {
+                return Err(ApiError::new(ErrorCode::PermissionDenied, "missing or wrong CSRF token"));
+            }
+        }
+        let memberships = plane.store.memberships(&session.user.id).await?;
+        let actor = Actor { actor: format!("user:{}", session.user.id), request_id };
+        Ok(Caller {
+            principal: Principal::User { user: session.user, session_id: session.id, memberships },
+            actor,
+        })
     }
 }

@@ -32,16 +32,48 @@ pub use error::ApiError;
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The management API's state: the store and the engine whose control channel reaches every
-/// relay node.
+/// relay node, and its settings.
 pub struct ControlPlane {
     store: Store,
     engine: Arc<dyn Engine>,
+    settings: ControlSettings,
+}
+
+/// Settings of the console's accounts (the `[control]` section of the configuration).
+#[derive(Debug, Clone)]
+pub struct ControlSettings {
+    /// Whether anyone may sign a company up (`POST /v1/auth/signup`); off on a self-hosted
+    /// install unless its operator wants it.
+    pub allow_signup: bool,
+    /// The plan of a company that signs up.
+    pub signup_plan: String,
+    /// How long a console session lasts, in seconds.
+    pub session_ttl_secs: i64,
+    /// Whether session cookies carry `Secure` (sent over HTTPS only); turn off only for local
+    /// development over plain HTTP.
+    pub secure_cookies: bool,
+}
+
+impl Default for ControlSettings {
+    fn default() -> Self {
+        Self {
+            allow_signup: false,
+            signup_plan: "free".to_owned(),
+            session_ttl_secs: 7 * 24 * 3600,
+            secure_cookies: true,
+        }
+    }
 }
 
 impl ControlPlane {
-    /// Creates the API over a store and an engine.
+    /// Creates the API over a store and an engine, with default settings.
     pub fn new(store: Store, engine: Arc<dyn Engine>) -> Arc<Self> {
-        Arc::new(Self { store, engine })
+        Self::with_settings(store, engine, ControlSettings::default())
+    }
+
+    /// Creates the API with `settings`.
+    pub fn with_settings(store: Store, engine: Arc<dyn Engine>, settings: ControlSettings) -> Arc<Self> {
+        Arc::new(Self { store, engine, settings })
     }
 
     /// Returns the management routes, to merge with the relay's.

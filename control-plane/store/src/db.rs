@@ -60,6 +60,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/sqlite/0004_api_key_rotation_and_capabilities.sql"),
     ),
     (5, "namespaces", include_str!("../../../migrations/sqlite/0005_namespaces.sql")),
+    (6, "users", include_str!("../../../migrations/sqlite/0006_users.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "tenants", include_str!("../../../migrations/postgres/0001_tenants.sql")),
@@ -71,6 +72,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/postgres/0004_api_key_rotation_and_capabilities.sql"),
     ),
     (5, "namespaces", include_str!("../../../migrations/postgres/0005_namespaces.sql")),
+    (6, "users", include_str!("../../../migrations/postgres/0006_users.sql")),
 ];
 
 /// How long a query waits for a connection before failing. Short, so that while the database

@@ -22,6 +22,13 @@ pub enum StoreError {
     /// The management token is malformed, unknown or revoked.
     #[error("invalid management token")]
     InvalidManagementToken,
+    /// An email and password, a session or an invitation that is not valid (which of them is
+    /// wrong is not said).
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// A password too short or too long.
+    #[error("the password must have 10 to 1024 bytes")]
+    InvalidPassword,
     /// An operator role for a tenant's token, or a tenant role without a tenant.
     #[error("operator tokens have no tenant and tenant tokens no operator role")]
     InvalidRole,
@@ -51,7 +58,8 @@ impl StoreError {
             StoreError::NotFound(_) => ErrorCode::NotFound,
             StoreError::InvalidApiKey => ErrorCode::InvalidApiKey,
             StoreError::InvalidManagementToken => ErrorCode::Unauthorized,
-            StoreError::InvalidRole => ErrorCode::InvalidParameter,
+            StoreError::InvalidRole | StoreError::InvalidPassword => ErrorCode::InvalidParameter,
+            StoreError::InvalidCredentials => ErrorCode::Unauthorized,
             StoreError::AlreadyExists(_) => ErrorCode::AlreadyExists,
             StoreError::InvalidMasterKey
             | StoreError::Decrypt

@@ -26,6 +26,12 @@ pub(crate) const SIGNING_KEY: &str = "sk_";
 pub(crate) const MANAGEMENT_TOKEN: &str = "mt_";
 /// Prefix of audit event ids.
 pub(crate) const AUDIT_EVENT: &str = "ev_";
+/// Prefix of user ids.
+pub(crate) const USER: &str = "usr_";
+/// Prefix of session ids.
+pub(crate) const SESSION: &str = "ses_";
+/// Prefix of invitation ids.
+pub(crate) const INVITATION: &str = "inv_";
 /// Prefix of token ids (`jti`) minted by the control plane.
 pub(crate) const TOKEN: &str = "tok_";
 

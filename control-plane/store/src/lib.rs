@@ -43,6 +43,7 @@ mod secret_token;
 pub mod signing_key;
 pub mod tenant;
 pub mod usage;
+pub mod user;
 
 use std::sync::Arc;
 
@@ -60,6 +61,7 @@ pub use revocation::Revoked;
 pub use signing_key::SigningKeyRecord;
 pub use tenant::{App, Tenant, TenantStatus};
 pub use usage::{Granularity, UsagePoint, UsageRow};
+pub use user::{NewInvitation, NewSession, Session, User};
 
 /// Handle to the database of tenants, apps and keys, and the cipher for their secrets.
 ///

@@ -65,6 +65,13 @@ impl TestServer {
         Self::spawn_in(dir, master_key, |config| configure(&mut config.relay)).await
     }
 
+    /// Starts a server after `configure` adjusts its whole configuration.
+    pub async fn spawn_configured(configure: impl FnOnce(&mut TributaryConfig)) -> Self {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let master_key = tributary_store::MasterKey::generate().to_base64();
+        Self::spawn_in(dir, master_key, configure).await
+    }
+
     /// Starts `nodes` servers that share one data directory (so one store of apps and keys) and
     /// one Redis (`TRIBUTARY_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`) under a key
     /// prefix of their own: a cluster as a load balancer would see it.

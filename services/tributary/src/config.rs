@@ -16,7 +16,8 @@ use tributary_relay::RelayConfig;
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../default-config.toml");
 
 /// The top-level keys that `TRIBUTARY_*` variables may set.
-const CONFIG_SECTIONS: &[&str] = &["listen", "data_dir", "master_key", "storage", "engine", "relay"];
+const CONFIG_SECTIONS: &[&str] =
+    &["listen", "data_dir", "master_key", "storage", "engine", "relay", "control"];
 
 /// `TRIBUTARY_*` variables that belong to the CLI or logging, not to the configuration.
 const CLI_VARIABLES: &[&str] = &["config", "log", "log_format", "api_key", "url", "token", "admin_token"];
@@ -41,6 +42,45 @@ pub struct TributaryConfig {
     pub engine: EngineConfig,
     /// Relay settings.
     pub relay: RelayConfig,
+    /// Control plane settings (console accounts).
+    pub control: ControlConfig,
+}
+
+/// Control plane settings: the console's accounts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Whether anyone may sign a company up at `POST /v1/auth/signup`.
+    pub allow_signup: bool,
+    /// The plan a company that signs up is put on.
+    pub signup_plan: String,
+    /// How long a console session lasts, in seconds.
+    pub session_ttl_secs: u64,
+    /// Whether the session cookie is `Secure` (HTTPS only).
+    pub secure_cookies: bool,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            allow_signup: false,
+            signup_plan: "free".into(),
+            session_ttl_secs: 7 * 24 * 3600,
+            secure_cookies: true,
+        }
+    }
+}
+
+impl ControlConfig {
+    /// Returns the settings the management API takes.
+    pub fn settings(&self) -> tributary_control_plane::ControlSettings {
+        tributary_control_plane::ControlSettings {
+            allow_signup: self.allow_signup,
+            signup_plan: self.signup_plan.clone(),
+            session_ttl_secs: i64::try_from(self.session_ttl_secs).unwrap_or(i64::MAX),
+            secure_cookies: self.secure_cookies,
+        }
+    }
 }
 
 impl Default for TributaryConfig {
@@ -52,6 +92,7 @@ impl Default for TributaryConfig {
             storage: StorageConfig::default(),
             engine: EngineConfig::default(),
             relay: RelayConfig::default(),
+            control: ControlConfig::default(),
         }
     }
 }
@@ -162,6 +203,9 @@ impl TributaryConfig {
     /// Returns every problem with this configuration.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = self.relay.problems();
+        if self.control.session_ttl_secs == 0 {
+            problems.push("control.session_ttl_secs must be greater than 0".into());
+        }
         if !self.storage.database_url.is_empty()
             && tributary_store::Backend::of(&self.storage.database_url).is_err()
         {

@@ -223,6 +223,6 @@ pub async fn bind(
     };
     let relay =
         Relay::new(config.relay.clone(), engine.clone(), Arc::new(StoreDirectory::new(store.clone())));
-    let control_plane = ControlPlane::new(store.clone(), engine);
+    let control_plane = ControlPlane::with_settings(store.clone(), engine, config.control.settings());
     Ok(Bound { listener, addr, relay, control_plane, credentials, store })
 }

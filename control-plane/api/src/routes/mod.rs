@@ -1,6 +1,7 @@
 //! The routes, one module per kind of record. Every handler starts with the caller's scope and
 //! role check (see [`crate::auth`]).
 
+mod account;
 mod apps;
 mod audit;
 mod keys;
@@ -26,6 +27,12 @@ pub(crate) fn all() -> Router<Arc<ControlPlane>> {
     Router::new()
         .route("/v1/tenants", post(tenants::create).get(tenants::list))
         .route("/v1/plans", get(plans::list))
+        .route("/v1/auth/signup", post(account::signup))
+        .route("/v1/auth/login", post(account::login))
+        .route("/v1/auth/logout", post(account::logout))
+        .route("/v1/auth/me", get(account::me))
+        .route("/v1/auth/invitations/accept", post(account::accept))
+        .route(&format!("{tenant}/invitations"), post(account::invite))
         .route(&format!("{tenant}/plan"), post(plans::set_plan))
         .route(&format!("{tenant}/limits"), post(plans::set).get(plans::get))
         .route(tenant, get(tenants::get))

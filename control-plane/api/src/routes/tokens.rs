@@ -72,7 +72,7 @@ pub(crate) async fn create(
     let role = Role::parse(&body.role)
         .filter(|role| *role != Role::Operator)
         .ok_or_else(|| ApiError::invalid("role must be one of read_only, developer, admin, owner"))?;
-    if role > caller.token.role {
+    if Some(role) > caller.role_in(&tenant) {
         return Err(ApiError::new(
             ErrorCode::PermissionDenied,
             "a token cannot be given more than its creator's role",
@@ -108,7 +108,7 @@ pub(crate) async fn revoke(
         .iter()
         .find(|t| t.id == token)
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "management token not found"))?;
-    if target.role > caller.token.role {
+    if Some(target.role) > caller.role_in(&tenant) {
         return Err(ApiError::new(ErrorCode::PermissionDenied, "a token cannot revoke one of a higher role"));
     }
     plane.store.revoke_management_token(&caller.actor, &tenant, &token).await?;

@@ -18,6 +18,7 @@ mod signing_keys;
 mod tenant_status;
 mod tenants;
 mod usage;
+mod users;
 
 use sqlx::AnyPool;
 use tributary_store::{Actor, App, Backend, MasterKey, Store, Tenant};

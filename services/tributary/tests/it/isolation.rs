@@ -32,6 +32,7 @@ const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("POST", "/v1/tenants/{tenant}/apps/{app}/namespaces/intruder", r#"{"presence":false}"#, "developer"),
     ("DELETE", "/v1/tenants/{tenant}/apps/{app}/namespaces/chat", "", "developer"),
     ("GET", "/v1/tenants/{tenant}/management-tokens", "", "admin"),
+    ("POST", "/v1/tenants/{tenant}/invitations", r#"{"email":"x@y.z","role":"read_only"}"#, "admin"),
     ("POST", "/v1/tenants/{tenant}/management-tokens", r#"{"name":"x","role":"read_only"}"#, "admin"),
     ("POST", "/v1/tenants/{tenant}/management-tokens/{token}/revoke", "", "admin"),
 ];

@@ -9,6 +9,7 @@ mod bad_input;
 mod checked_history;
 mod cluster;
 mod conformance;
+mod console_accounts;
 mod disconnect;
 mod docs;
 mod http_api;

@@ -1,0 +1,279 @@
+//! Console accounts: sign-up, login and logout with a session cookie, the current user, and
+//! invitations to join a tenant.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::header::SET_COOKIE;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use tributary_protocol::ErrorCode;
+use tributary_store::{NewSession, Role, StoreError, User};
+
+use crate::ControlPlane;
+use crate::auth::{Caller, Principal, SESSION_COOKIE};
+use crate::body;
+use crate::error::ApiError;
+
+/// How long an invitation can be accepted: 7 days.
+const INVITATION_TTL_SECS: i64 = 7 * 24 * 3600;
+
+#[derive(Serialize)]
+pub(crate) struct UserView {
+    id: String,
+    email: String,
+    name: String,
+    created_at: i64,
+}
+
+impl From<User> for UserView {
+    fn from(u: User) -> Self {
+        Self { id: u.id, email: u.email, name: u.name, created_at: u.created_at }
+    }
+}
+
+#[derive(Serialize)]
+pub(crate) struct MembershipView {
+    tenant_id: String,
+    role: &'static str,
+}
+
+/// What login, sign-up and accepting an invitation answer (the session itself is the cookie).
+#[derive(Serialize)]
+pub(crate) struct SessionView {
+    user: UserView,
+    memberships: Vec<MembershipView>,
+    /// Send it as `x-csrf-token` with every request that changes something.
+    csrf_token: String,
+    expires_at: i64,
+}
+
+fn email(value: &str) -> Result<(), ApiError> {
+    let value = value.trim();
+    let valid = (3..=254).contains(&value.len())
+        && value.split('@').count() == 2
+        && value.split('@').all(|part| !part.is_empty())
+        && !value.chars().any(|c| c.is_whitespace() || c.is_control());
+    if valid { Ok(()) } else { Err(ApiError::invalid("email is not an email address")) }
+}
+
+fn password(value: &str) -> Result<(), ApiError> {
+    match tributary_store::user::password_problem(value) {
+        Some(problem) => Err(ApiError::invalid(problem)),
+        None => Ok(()),
+    }
+}
+
+/// Answers with the session cookie set and the session's view.
+async fn with_session(
+    plane: &ControlPlane,
+    status: StatusCode,
+    user: User,
+    session: NewSession,
+) -> Result<Response, ApiError> {
+    let memberships = plane
+        .store
+        .memberships(&user.id)
+        .await?
+        .into_iter()
+        .map(|(tenant_id, role)| MembershipView { tenant_id, role: role.as_str() })
+        .collect();
+    let secure = if plane.settings.secure_cookies { "; Secure" } else { "" };
+    let cookie = format!(
+        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        session.token.expose_secret(),
+        plane.settings.session_ttl_secs
+    );
+    let view = SessionView {
+        user: user.into(),
+        memberships,
+        csrf_token: session.csrf.expose_secret().to_owned(),
+        expires_at: session.expires_at,
+    };
+    let mut response = (status, Json(view)).into_response();
+    let value = HeaderValue::from_str(&cookie).map_err(|_| ApiError::from(ErrorCode::Internal))?;
+    response.headers_mut().insert(SET_COOKIE, value);
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SignupBody {
+    email: String,
+    name: String,
+    password: String,
+    company: String,
+}
+
+/// `POST /v1/auth/signup` (when `control.allow_signup`): a user, a tenant on the sign-up plan
+/// with the user as owner, and a session.
+pub(crate) async fn signup(
+    State(plane): State<Arc<ControlPlane>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    if !plane.settings.allow_signup {
+        return Err(ApiError::new(ErrorCode::NotFound, "sign-up is not open on this server"));
+    }
+    let body: SignupBody = body::parse(body)?;
+    email(&body.email)?;
+    password(&body.password)?;
+    body::name("name", &body.name)?;
+    body::name("company", &body.company)?;
+    let (user, _) = plane
+        .store
+        .sign_up(&body.email, &body.name, &body.password, &body.company, &plane.settings.signup_plan)
+        .await
+        .map_err(|err| match err {
+            StoreError::AlreadyExists(_) => {
+                ApiError::new(ErrorCode::AlreadyExists, "this email has an account: log in")
+            }
+            other => other.into(),
+        })?;
+    let session = plane.store.create_session(&user.id, plane.settings.session_ttl_secs).await?;
+    with_session(&plane, StatusCode::CREATED, user, session).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LoginBody {
+    email: String,
+    password: String,
+}
+
+/// `POST /v1/auth/login`: a session for the right email and password; 401 `unauthorized`
+/// alike for an unknown email and a wrong password.
+pub(crate) async fn login(
+    State(plane): State<Arc<ControlPlane>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body: LoginBody = body::parse(body)?;
+    let user = plane.store.check_password(&body.email, &body.password).await.map_err(|err| match err {
+        StoreError::InvalidCredentials => ApiError::new(ErrorCode::Unauthorized, "wrong email or password"),
+        other => other.into(),
+    })?;
+    let session = plane.store.create_session(&user.id, plane.settings.session_ttl_secs).await?;
+    with_session(&plane, StatusCode::OK, user, session).await
+}
+
+/// `POST /v1/auth/logout` (session + CSRF token): ends the session and clears the cookie.
+pub(crate) async fn logout(
+    State(plane): State<Arc<ControlPlane>>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let Principal::User { session_id, .. } = &caller.principal else {
+        return Err(ApiError::invalid("only a console session logs out"));
+    };
+    plane.store.revoke_session(session_id).await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let clear = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    if let Ok(value) = HeaderValue::from_str(&clear) {
+        response.headers_mut().insert(SET_COOKIE, value);
+    }
+    Ok(response)
+}
+
+#[derive(Serialize)]
+pub(crate) struct MeView {
+    user: UserView,
+    memberships: Vec<MembershipView>,
+}
+
+/// `GET /v1/auth/me`: the session's user and tenants.
+pub(crate) async fn me(caller: Caller) -> Result<Json<MeView>, ApiError> {
+    let Principal::User { user, memberships, .. } = caller.principal else {
+        return Err(ApiError::invalid("only a console session has a user"));
+    };
+    let memberships = memberships
+        .into_iter()
+        .map(|(tenant_id, role)| MembershipView { tenant_id, role: role.as_str() })
+        .collect();
+    Ok(Json(MeView { user: user.into(), memberships }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct InviteBody {
+    email: String,
+    role: String,
+}
+
+#[derive(Serialize)]
+pub(crate) struct InvitationView {
+    id: String,
+    email: String,
+    role: &'static str,
+    expires_at: i64,
+    /// Send it to the invitee; shown once.
+    token: String,
+}
+
+/// `POST /v1/tenants/{tenant}/invitations` `{"email":..,"role":..}` (admin): an invitation to
+/// join the tenant, never above the inviter's own role.
+pub(crate) async fn invite(
+    State(plane): State<Arc<ControlPlane>>,
+    Path(tenant): Path<String>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<InvitationView>), ApiError> {
+    caller.tenant(&tenant, Role::Admin)?;
+    let body: InviteBody = body::parse(body)?;
+    email(&body.email)?;
+    let role = Role::parse(&body.role)
+        .filter(|role| *role != Role::Operator)
+        .ok_or_else(|| ApiError::invalid("role must be one of read_only, developer, admin, owner"))?;
+    if Some(role) > caller.role_in(&tenant) {
+        return Err(ApiError::new(
+            ErrorCode::PermissionDenied,
+            "an invitation cannot give more than the inviter's role",
+        ));
+    }
+    plane.store.tenant(&tenant).await?;
+    let invitation =
+        plane.store.create_invitation(&caller.actor, &tenant, &body.email, role, INVITATION_TTL_SECS).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(InvitationView {
+            id: invitation.id,
+            email: invitation.email,
+            role: invitation.role.as_str(),
+            expires_at: invitation.expires_at,
+            token: invitation.token.expose_secret().to_owned(),
+        }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AcceptBody {
+    token: String,
+    name: String,
+    password: String,
+}
+
+/// `POST /v1/auth/invitations/accept` `{"token":..,"name":..,"password":..}`: joins the
+/// tenant (making the account of the invited address, or checking its password when it has
+/// one) and starts a session.
+pub(crate) async fn accept(
+    State(plane): State<Arc<ControlPlane>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body: AcceptBody = body::parse(body)?;
+    body::name("name", &body.name)?;
+    password(&body.password)?;
+    let (user, _) = plane.store.accept_invitation(&body.token, &body.name, &body.password).await.map_err(
+        |err| match err {
+            StoreError::InvalidCredentials => ApiError::new(
+                ErrorCode::Unauthorized,
+                "the invitation is not valid (or the password is wrong)",
+            ),
+            other => other.into(),
+        },
+    )?;
+    let session = plane.store.create_session(&user.id, plane.settings.session_ttl_secs).await?;
+    with_session(&plane, StatusCode::OK, user, session).await
+}

@@ -182,6 +182,39 @@ impl Store {
         Ok(rows.iter().map(ManagementToken::from_row).collect::<Result<_, _>>()?)
     }
 
+    /// Returns the operator tokens (revoked ones too), newest first.
+    pub async fn operator_tokens(&self) -> Result<Vec<ManagementToken>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, tenant_id, name, role, created_at, revoked_at FROM management_tokens \
+             WHERE tenant_id IS NULL ORDER BY id DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(ManagementToken::from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Revokes an operator token; audited as `operator_token.revoke` (no tenant).
+    pub async fn revoke_operator_token(&self, actor: &Actor, token_id: &str) -> Result<(), StoreError> {
+        if !id::is_valid(id::MANAGEMENT_TOKEN, token_id) {
+            return Err(StoreError::NotFound("management token"));
+        }
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE management_tokens SET revoked_at = COALESCE(revoked_at, $1) \
+             WHERE id = $2 AND tenant_id IS NULL",
+        )
+        .bind(unix_now())
+        .bind(token_id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("management token"));
+        }
+        audit::record(&mut tx, actor, None, "operator_token.revoke", token_id).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Revokes a management token of the tenant; audited as `management_token.revoke`.
     pub async fn revoke_management_token(
         &self,

@@ -41,6 +41,9 @@ pub struct Limits {
     pub max_message_bytes: u64,
     /// Whether publishing goes on past the monthly quota.
     pub overage_allowed: bool,
+    /// The longest history a namespace keeps, in seconds (a namespace's `history_ttl_secs` is
+    /// cut to it).
+    pub max_history_secs: u64,
 }
 
 impl Limits {

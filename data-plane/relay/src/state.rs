@@ -18,10 +18,16 @@ impl RelayState {
     pub fn namespace(&self, app: &str, name: &str) -> crate::config::NamespaceConfig {
         let policy = self.policies.peek(app);
         let own = |ns: &str| policy.as_ref().and_then(|p| p.namespace(ns).cloned());
-        own(name)
+        let mut options = own(name)
             .or_else(|| self.config.namespaces.get(name).cloned())
             .or_else(|| own(""))
-            .unwrap_or_else(|| self.config.namespace(""))
+            .unwrap_or_else(|| self.config.namespace(""));
+        // The plan's history retention bounds every namespace of the tenant.
+        let retention = policy.map_or(0, |p| p.limits().max_history_secs);
+        if retention > 0 {
+            options.history_ttl_secs = options.history_ttl_secs.min(retention);
+        }
+        options
     }
 }
 

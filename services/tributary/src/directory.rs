@@ -177,6 +177,7 @@ impl AppDirectory for StoreDirectory {
             max_publish_rate: seconds(plan.max_publish_rate),
             max_message_bytes: seconds(plan.max_message_bytes),
             overage_allowed: plan.overage_allowed,
+            max_history_secs: seconds(plan.history_retention_secs),
         };
         Ok(Some(AppRecord {
             app_id: snapshot.app.id,

@@ -27,6 +27,8 @@ pub(crate) fn all() -> Router<Arc<ControlPlane>> {
     Router::new()
         .route("/v1/tenants", post(tenants::create).get(tenants::list))
         .route("/v1/plans", get(plans::list))
+        .route("/v1/operator-tokens", post(tokens::create_operator).get(tokens::list_operator))
+        .route("/v1/operator-tokens/{token}/revoke", post(tokens::revoke_operator))
         .route("/v1/auth/signup", post(account::signup))
         .route("/v1/auth/login", post(account::login))
         .route("/v1/auth/logout", post(account::logout))

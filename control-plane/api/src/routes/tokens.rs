@@ -114,3 +114,46 @@ pub(crate) async fn revoke(
     plane.store.revoke_management_token(&caller.actor, &tenant, &token).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// `GET /v1/operator-tokens` (operator): every operator token, revoked ones too.
+pub(crate) async fn list_operator(
+    State(plane): State<Arc<ControlPlane>>,
+    caller: Caller,
+) -> Result<Json<Vec<TokenView>>, ApiError> {
+    caller.operator()?;
+    Ok(Json(plane.store.operator_tokens().await?.into_iter().map(TokenView::from).collect()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OperatorBody {
+    name: String,
+}
+
+/// `POST /v1/operator-tokens` `{"name":..}` (operator): 201 with a new operator token and its
+/// secret (shown once).
+pub(crate) async fn create_operator(
+    State(plane): State<Arc<ControlPlane>>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<NewTokenView>), ApiError> {
+    caller.operator()?;
+    let body: OperatorBody = body::parse(body)?;
+    body::name("name", &body.name)?;
+    let created =
+        plane.store.create_management_token(&caller.actor, None, &body.name, Role::Operator).await?;
+    let secret = created.plaintext.expose_secret().to_owned();
+    Ok((StatusCode::CREATED, Json(NewTokenView { token: created.record.into(), secret })))
+}
+
+/// `POST /v1/operator-tokens/{token}/revoke` (operator): the token stops working at once (an
+/// operator may revoke its own; keep another).
+pub(crate) async fn revoke_operator(
+    State(plane): State<Arc<ControlPlane>>,
+    Path(token): Path<String>,
+    caller: Caller,
+) -> Result<StatusCode, ApiError> {
+    caller.operator()?;
+    plane.store.revoke_operator_token(&caller.actor, &token).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

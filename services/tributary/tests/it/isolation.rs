@@ -43,6 +43,9 @@ const OPERATOR_ROUTES: &[(&str, &str, &str)] = &[
     ("POST", "/v1/tenants", r#"{"name":"mine"}"#),
     ("POST", "/v1/tenants/{tenant}/status", r#"{"status":"suspended"}"#),
     ("GET", "/v1/plans", ""),
+    ("GET", "/v1/operator-tokens", ""),
+    ("POST", "/v1/operator-tokens", r#"{"name":"mine"}"#),
+    ("POST", "/v1/operator-tokens/{token}/revoke", ""),
     ("POST", "/v1/tenants/{tenant}/plan", r#"{"plan":"free"}"#),
     ("POST", "/v1/tenants/{tenant}/limits", r#"{"max_connections":1}"#),
 ];

@@ -328,3 +328,51 @@ async fn tributary_admin_runs_the_operators_tasks_through_the_api() {
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && err.contains("401") && err.contains("unauthorized"), "{err}");
 }
+
+#[tokio::test]
+async fn operators_manage_their_own_tokens() {
+    let server = TestServer::spawn().await;
+    let operator = server.operator_token();
+    let (status, created) =
+        server.manage("POST", "/v1/operator-tokens", operator, Some(&json!({"name": "ops-2"}))).await;
+    assert_eq!(status, 201, "{created}");
+    let second = created["secret"].as_str().unwrap().to_owned();
+    assert_eq!(created["role"], "operator");
+    assert_eq!(server.manage("GET", "/v1/tenants", &second, None).await.0, 200);
+    let (_, list) = server.manage("GET", "/v1/operator-tokens", operator, None).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(2), "{list}");
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(
+        server.manage("POST", &format!("/v1/operator-tokens/{id}/revoke"), operator, None).await.0,
+        204
+    );
+    let (status, reply) = server.manage("GET", "/v1/tenants", &second, None).await;
+    assert_eq!((status, reply["error"]["name"].as_str()), (401, Some("unauthorized")));
+    // A tenant's token is neither listed nor revocable here.
+    let (tenant, owner) = tenant_with_owner(&server, "Acme").await;
+    let (_, tokens) =
+        server.manage("GET", &format!("/v1/tenants/{tenant}/management-tokens"), &owner, None).await;
+    let tenant_token = tokens[0]["id"].as_str().unwrap();
+    let path = format!("/v1/operator-tokens/{tenant_token}/revoke");
+    assert_eq!(server.manage("POST", &path, operator, None).await.0, 404);
+    assert_eq!(server.manage("GET", "/v1/operator-tokens", &owner, None).await.0, 403);
+}
+
+#[tokio::test]
+async fn the_plans_history_retention_bounds_every_namespace() {
+    let server = TestServer::spawn().await;
+    server.publish("kept:a", json!("before")).await;
+    let path = format!("/v1/tenants/{}/limits", server.tenant_id());
+    let (status, _) = server
+        .manage("POST", &path, server.operator_token(), Some(&json!({"history_retention_secs": 1})))
+        .await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    server.publish("short:a", json!("gone soon")).await;
+    let (_, fresh) = server.get("/v1/channels/short:a/history").await;
+    assert_eq!(fresh["messages"].as_array().map(Vec::len), Some(1), "there at first: {fresh}");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (status, history) = server.get("/v1/channels/short:a/history").await;
+    assert_eq!(status, 200, "{history}");
+    assert_eq!(history["messages"], json!([]), "kept at most the plan's second: {history}");
+}

@@ -71,6 +71,19 @@ enum AdminCommand {
     },
     /// Lists the plans and their limits.
     Plans,
+    /// Operator tokens: list, create (prints the secret once), revoke.
+    #[command(subcommand)]
+    OperatorToken(OperatorTokenCommand),
+    /// Invites someone to a tenant; prints the invitation token to send them.
+    Invite {
+        /// The tenant id.
+        tenant: String,
+        /// Their email address.
+        email: String,
+        /// read_only, developer, admin or owner.
+        #[arg(long)]
+        role: String,
+    },
     /// Prints a tenant's newest audit events.
     Audit {
         /// The tenant id.
@@ -135,6 +148,22 @@ enum TenantCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum OperatorTokenCommand {
+    /// Lists the operator tokens.
+    List,
+    /// Creates one.
+    Create {
+        /// A label, such as the person or system it is for.
+        name: String,
+    },
+    /// Revokes one (at once).
+    Revoke {
+        /// The token id (`mt_…`).
+        token: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum AppCommand {
     /// Lists a tenant's apps.
     List {
@@ -195,6 +224,17 @@ fn call_of(command: AdminCommand) -> Call {
             Call::get(format!("/v1/tenants/{tenant}/usage?granularity=day&from={from}&to={now}"))
         }
         AdminCommand::Plans => Call::get("/v1/plans".into()),
+        AdminCommand::OperatorToken(OperatorTokenCommand::List) => Call::get("/v1/operator-tokens".into()),
+        AdminCommand::OperatorToken(OperatorTokenCommand::Create { name }) => {
+            Call::post("/v1/operator-tokens".into(), Some(json!({"name": name})))
+        }
+        AdminCommand::OperatorToken(OperatorTokenCommand::Revoke { token }) => {
+            Call::post(format!("/v1/operator-tokens/{token}/revoke"), None)
+        }
+        AdminCommand::Invite { tenant, email, role } => Call::post(
+            format!("/v1/tenants/{tenant}/invitations"),
+            Some(json!({"email": email, "role": role})),
+        ),
         AdminCommand::Apps(AppCommand::List { tenant }) => Call::get(format!("/v1/tenants/{tenant}/apps")),
         AdminCommand::Apps(AppCommand::Create { tenant, name }) => {
             Call::post(format!("/v1/tenants/{tenant}/apps"), Some(json!({"name": name})))

@@ -307,6 +307,12 @@ async fn tributary_admin_runs_the_operators_tasks_through_the_api() {
         (limits["limits"]["max_connections"].as_i64(), limits["limits"]["max_publish_rate"].as_i64()),
         (Some(7), Some(50))
     );
+    let (ok, out, _) = admin(&server, &["invite", id, "dev@globex.test", "--role", "developer"]).await;
+    assert!(ok && out.contains("trbi_inv_"), "{out}");
+    let (ok, out, _) = admin(&server, &["operator-token", "create", "ci"]).await;
+    assert!(ok && out.contains("trbm_mt_"), "{out}");
+    let (ok, out, _) = admin(&server, &["operator-token", "list"]).await;
+    assert!(ok && out.contains("\"ci\""), "{out}");
     let (ok, out, _) = admin(&server, &["plans"]).await;
     assert!(ok && out.contains("\"pro\""), "{out}");
     let (ok, out, _) = admin(&server, &["tenants", "usage", id]).await;
@@ -319,7 +325,7 @@ async fn tributary_admin_runs_the_operators_tasks_through_the_api() {
     let events: Value = serde_json::from_str(&out).unwrap();
     let actions: Vec<&str> =
         events.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert_eq!(actions, ["tenant.limits", "tenant.plan.free", "tenant.status.active"]);
+    assert_eq!(actions, ["invitation.create", "tenant.limits", "tenant.plan.free"]);
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
         .args(["admin", "tenants", "list", "--url", &server.http_url(), "--token", "trbm_wrong"])
         .output()

@@ -103,8 +103,9 @@ fn request_id(parts: &Parts) -> String {
         .map_or_else(|| uuid::Uuid::now_v7().simple().to_string(), str::to_owned)
 }
 
-/// Returns the value of cookie `name`, if the request has it.
-pub fn cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
+/// Returns the values of cookie `name` in the request (a browser may send several: one of a
+/// narrower path, or one a sibling domain set).
+pub fn cookies<'a>(parts: &'a Parts, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
     parts
         .headers
         .get_all(header::COOKIE)
@@ -112,9 +113,12 @@ pub fn cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
+        .filter(move |(key, _)| *key == name)
         .map(|(_, value)| value)
 }
+
+/// Most session cookies of one request tried (each is a store lookup).
+const MAX_SESSION_CANDIDATES: usize = 4;
 
 impl FromRequestParts<Arc<ControlPlane>> for Caller {
     type Rejection = ApiError;
@@ -138,13 +142,24 @@ impl FromRequestParts<Arc<ControlPlane>> for Caller {
             let actor = Actor { actor: format!("{who}:{}", token.id), request_id };
             return Ok(Caller { principal: Principal::Token(token), actor });
         }
-        let presented = cookie(parts, SESSION_COOKIE).ok_or(ErrorCode::Unauthorized)?;
-        let session = plane.store.verify_session(presented).await.map_err(|err| match err {
-            tributary_store::StoreError::InvalidCredentials => {
-                ApiError::new(ErrorCode::Unauthorized, "the session has ended: log in again")
+        let candidates: Vec<String> =
+            cookies(parts, SESSION_COOKIE).take(MAX_SESSION_CANDIDATES).map(str::to_owned).collect();
+        if candidates.is_empty() {
+            return Err(ErrorCode::Unauthorized.into());
+        }
+        let mut session = None;
+        for presented in &candidates {
+            match plane.store.verify_session(presented).await {
+                Ok(found) => {
+                    session = Some(found);
+                    break;
+                }
+                Err(tributary_store::StoreError::InvalidCredentials) => continue,
+                Err(other) => return Err(other.into()),
             }
-            other => ApiError::from(other),
-        })?;
+        }
+        let session = session
+            .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "the session has ended: log in again"))?;
         if !matches!(parts.method, Method::GET | Method::HEAD) {
             let csrf =
                 parts.headers.get(CSRF_HEADER).and_then(|value| value.to_str().ok()).unwrap_or_default();

@@ -27,7 +27,7 @@ pub enum StoreError {
     #[error("invalid credentials")]
     InvalidCredentials,
     /// A password too short or too long.
-    #[error("the password must have 10 to 1024 bytes")]
+    #[error("the password must have at least 10 characters and at most 1024 bytes")]
     InvalidPassword,
     /// An operator role for a tenant's token, or a tenant role without a tenant.
     #[error("operator tokens have no tenant and tenant tokens no operator role")]

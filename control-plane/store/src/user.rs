@@ -102,6 +102,33 @@ fn hasher() -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
+/// At most this many password hashes run at once: each takes 19 MiB and tens of
+/// milliseconds of a core, on blocking threads so the message path never waits behind them.
+const CONCURRENT_HASHES: usize = 2;
+
+fn hashing() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| tokio::sync::Semaphore::new(CONCURRENT_HASHES))
+}
+
+/// Runs a password computation off the async runtime, at most [`CONCURRENT_HASHES`] at once.
+async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, StoreError> {
+    let _permit = hashing().acquire().await.map_err(|_| StoreError::InvalidPassword)?;
+    tokio::task::spawn_blocking(work).await.map_err(|_| StoreError::InvalidPassword)
+}
+
+/// Returns the PHC string of `password`, computed off the runtime.
+async fn hash_password_async(password: &str) -> Result<String, StoreError> {
+    let password = secrecy::zeroize::Zeroizing::new(password.to_owned());
+    off_runtime(move || hash_password(&password)).await?
+}
+
+/// Returns whether `password` matches `stored`, checked off the runtime.
+async fn password_matches_async(password: &str, stored: String) -> bool {
+    let password = secrecy::zeroize::Zeroizing::new(password.to_owned());
+    off_runtime(move || password_matches(&password, &stored)).await.unwrap_or(false)
+}
+
 /// Returns the PHC string of `password`.
 fn hash_password(password: &str) -> Result<String, StoreError> {
     let mut salt = [0u8; 16];
@@ -141,8 +168,9 @@ impl Store {
     ///
     /// Returns [`StoreError::AlreadyExists`] if the email has an account.
     pub async fn create_user(&self, email: &str, name: &str, password: &str) -> Result<User, StoreError> {
+        let password_hash = checked_hash(password).await?;
         let mut tx = self.pool.begin().await?;
-        let user = insert_user(&mut tx, email, name, password).await?;
+        let user = insert_user(&mut tx, email, name, &password_hash).await?;
         tx.commit().await?;
         Ok(user)
     }
@@ -158,8 +186,9 @@ impl Store {
         plan_id: &str,
     ) -> Result<(User, crate::Tenant), StoreError> {
         self.plan(plan_id).await?;
+        let password_hash = checked_hash(password).await?;
         let mut tx = self.pool.begin().await?;
-        let user = insert_user(&mut tx, email, name, password).await?;
+        let user = insert_user(&mut tx, email, name, &password_hash).await?;
         let tenant_id = id::new(id::TENANT);
         let now = unix_now();
         sqlx::query(
@@ -182,6 +211,10 @@ impl Store {
     /// Returns the user whose email and password these are; [`StoreError::InvalidCredentials`]
     /// alike for an unknown email and a wrong password (which cost the same time).
     pub async fn check_password(&self, email: &str, password: &str) -> Result<User, StoreError> {
+        // Too long for any account: refused the same way, without a lookup, whatever the email.
+        if password.len() > MAX_PASSWORD_BYTES {
+            return Err(StoreError::InvalidCredentials);
+        }
         let email = email.trim().to_lowercase();
         let row =
             sqlx::query("SELECT id, email, name, created_at, password_hash FROM users WHERE email = $1")
@@ -189,11 +222,11 @@ impl Store {
                 .fetch_optional(&self.pool)
                 .await?;
         let Some(row) = row else {
-            let _ = password_matches(password, decoy_hash());
+            let _ = password_matches_async(password, decoy_hash().to_owned()).await;
             return Err(StoreError::InvalidCredentials);
         };
         let stored: String = row.try_get("password_hash")?;
-        if password.len() > MAX_PASSWORD_BYTES || !password_matches(password, &stored) {
+        if !password_matches_async(password, stored).await {
             return Err(StoreError::InvalidCredentials);
         }
         Ok(User::from_row(&row)?)
@@ -355,6 +388,12 @@ impl Store {
             .bind(&email)
             .fetch_optional(&self.pool)
             .await?;
+        // An existing account proves it is its owner, and a new one's hash is computed, before
+        // anything is written: the transaction holds its connection and row only for writes.
+        let (known, password_hash) = match existing {
+            Some(_) => (Some(self.check_password(&email, password).await?), String::new()),
+            None => (None, checked_hash(password).await?),
+        };
         let mut tx = self.pool.begin().await?;
         // Used once: the update that marks it is the lock (a second accept finds it used).
         let done =
@@ -366,15 +405,23 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::InvalidCredentials);
         }
-        let user = match existing {
-            Some(_) => self.check_password(&email, password).await?,
-            None => insert_user(&mut tx, &email, name, password).await?,
+        let user = match known {
+            Some(user) => user,
+            None => insert_user(&mut tx, &email, name, &password_hash).await?,
         };
-        insert_membership(&mut tx, &tenant_id, &user.id, role).await.or_else(|err| match err {
-            // Already a member: the invitation changes nothing but is used.
-            StoreError::AlreadyExists(_) => Ok(()),
-            other => Err(other),
-        })?;
+        // Already a member: the invitation changes nothing but is used. (Not an error caught
+        // after the fact: on PostgreSQL a failed statement aborts the whole transaction.)
+        sqlx::query(
+            "INSERT INTO memberships (tenant_id, user_id, role, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant_id, user_id) DO NOTHING",
+        )
+        .bind(&tenant_id)
+        .bind(&user.id)
+        .bind(role.as_str())
+        .bind(unix_now())
+        .execute(&mut *tx)
+        .await
+        .map_err(|err| StoreError::from_sqlx(err, "membership", "tenant"))?;
         let actor = Actor { actor: format!("user:{}", user.id), request_id: String::new() };
         audit::record(&mut tx, &actor, Some(&tenant_id), "invitation.accept", invitation_id).await?;
         tx.commit().await?;
@@ -382,22 +429,26 @@ impl Store {
     }
 }
 
+/// Checks a new password's length and returns its hash.
+async fn checked_hash(password: &str) -> Result<String, StoreError> {
+    if password_problem(password).is_some() {
+        return Err(StoreError::InvalidPassword);
+    }
+    hash_password_async(password).await
+}
+
 async fn insert_user(
     conn: &mut sqlx::AnyConnection,
     email: &str,
     name: &str,
-    password: &str,
+    password_hash: &str,
 ) -> Result<User, StoreError> {
-    if password_problem(password).is_some() {
-        return Err(StoreError::InvalidPassword);
-    }
     let user = User {
         id: id::new(id::USER),
         email: email.trim().to_lowercase(),
         name: name.to_owned(),
         created_at: unix_now(),
     };
-    let password_hash = hash_password(password)?;
     sqlx::query("INSERT INTO users (id, email, name, password_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
         .bind(&user.id)
         .bind(&user.email)

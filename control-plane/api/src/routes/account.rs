@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::header::SET_COOKIE;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use secrecy::ExposeSecret;
@@ -51,6 +51,24 @@ pub(crate) struct SessionView {
     /// Send it as `x-csrf-token` with every request that changes something.
     csrf_token: String,
     expires_at: i64,
+}
+
+/// Refuses a body that is not declared JSON. A page of another site can post a form (even one
+/// shaped like JSON) without asking, but not `application/json`: without this, it could log a
+/// visitor into the attacker's account (login CSRF).
+fn json_only(headers: &HeaderMap) -> Result<(), ApiError> {
+    let declared = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim().to_ascii_lowercase().starts_with("application/json"));
+    if declared {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::InvalidFrame,
+            "send the body as JSON with Content-Type: application/json",
+        ))
+    }
 }
 
 fn email(value: &str) -> Result<(), ApiError> {
@@ -114,8 +132,10 @@ pub(crate) struct SignupBody {
 /// with the user as owner, and a session.
 pub(crate) async fn signup(
     State(plane): State<Arc<ControlPlane>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    json_only(&headers)?;
     if !plane.settings.allow_signup {
         return Err(ApiError::new(ErrorCode::NotFound, "sign-up is not open on this server"));
     }
@@ -131,6 +151,10 @@ pub(crate) async fn signup(
         .map_err(|err| match err {
             StoreError::AlreadyExists(_) => {
                 ApiError::new(ErrorCode::AlreadyExists, "this email has an account: log in")
+            }
+            StoreError::NotFound("plan") => {
+                tracing::error!(plan = plane.settings.signup_plan, "control.signup_plan names no plan");
+                ApiError::new(ErrorCode::Internal, "sign-up is misconfigured on this server")
             }
             other => other.into(),
         })?;
@@ -149,8 +173,10 @@ pub(crate) struct LoginBody {
 /// alike for an unknown email and a wrong password.
 pub(crate) async fn login(
     State(plane): State<Arc<ControlPlane>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    json_only(&headers)?;
     let body: LoginBody = body::parse(body)?;
     let user = plane.store.check_password(&body.email, &body.password).await.map_err(|err| match err {
         StoreError::InvalidCredentials => ApiError::new(ErrorCode::Unauthorized, "wrong email or password"),
@@ -260,8 +286,10 @@ pub(crate) struct AcceptBody {
 /// one) and starts a session.
 pub(crate) async fn accept(
     State(plane): State<Arc<ControlPlane>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    json_only(&headers)?;
     let body: AcceptBody = body::parse(body)?;
     body::name("name", &body.name)?;
     password(&body.password)?;

@@ -156,6 +156,7 @@ pub(crate) async fn delete(
     caller: Caller,
 ) -> Result<StatusCode, ApiError> {
     caller.tenant(&tenant, Role::Developer)?;
+    app_of(&plane, &tenant, &app).await?;
     let name = stored_name(&name)?;
     plane.store.delete_namespace(&caller.actor, &tenant, &app, &name).await?;
     plane.announce(ControlEvent::AppChanged { app }).await;

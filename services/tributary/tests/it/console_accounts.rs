@@ -111,6 +111,27 @@ async fn a_company_signs_up_logs_in_and_works_with_a_cookie_and_csrf_token() {
     assert_eq!(status, 200, "{reply}");
     let again = browser(&reply, &cookie.unwrap());
 
+    // A form of another site cannot log anyone in: the body must be declared JSON.
+    let form = server
+        .http()
+        .post(format!("{}/v1/auth/login", server.http_url()))
+        .header("content-type", "text/plain")
+        .body(r#"{"email":"ada@example.com","password":"correct horse battery"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 400);
+    assert!(form.headers().get("set-cookie").is_none());
+    // Too long a password is refused like a wrong one.
+    let long =
+        open(&server, "/v1/auth/login", json!({"email": "ada@example.com", "password": "x".repeat(2000)}))
+            .await;
+    assert_eq!((long.0, long.2), (401, None));
+    // A stale cookie sent before the live one does not hide it.
+    let both =
+        Browser { cookie: format!("trbs_stale; trb_session={}", again.cookie), csrf: again.csrf.clone() };
+    assert_eq!(send(&server, &both, "GET", "/v1/auth/me", None, false).await.0, 200);
+
     // Logout ends that session only.
     assert_eq!(send(&server, &again, "POST", "/v1/auth/logout", None, true).await.0, 204);
     let (status, reply) = send(&server, &again, "GET", "/v1/auth/me", None, false).await;

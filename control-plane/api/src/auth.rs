@@ -77,6 +77,21 @@ impl Caller {
         if self.is_operator() { Ok(()) } else { Err(ErrorCode::PermissionDenied.into()) }
     }
 
+    /// Parses a tenant role to hand out (a token's, an invitation's): one of `read_only`,
+    /// `developer`, `admin`, `owner`, never above the caller's own role in `tenant_id`.
+    pub fn grantable_role(&self, tenant_id: &str, name: &str) -> Result<Role, ApiError> {
+        let role = Role::parse(name)
+            .filter(|role| *role != Role::Operator)
+            .ok_or_else(|| ApiError::invalid("role must be one of read_only, developer, admin, owner"))?;
+        if Some(role) > self.role_in(tenant_id) {
+            return Err(ApiError::new(
+                ErrorCode::PermissionDenied,
+                "no one can give more than their own role",
+            ));
+        }
+        Ok(role)
+    }
+
     /// Allows the operator, or a credential with at least `role` in `tenant_id`. One without a
     /// role there gets `not_found`, as if the tenant did not exist.
     pub fn tenant(&self, tenant_id: &str, role: Role) -> Result<(), ApiError> {

@@ -294,18 +294,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_publication_recovery_already_delivered_is_not_delivered_again_live() {
-        let hub = Hub::new(16, Default::default());
-        let key = ChannelKey::new("app", ChannelName::parse("chat:floor").unwrap());
-        let (conn, mut outbox) = ConnHandle::new(
-            "c".into(),
+    /// A connection with room for 16 frames.
+    fn test_conn(id: &str) -> (ConnHandle, crate::conn::Outbox) {
+        ConnHandle::new(
+            id.into(),
             "app".into(),
             "client".into(),
             crate::policy::Credential::dummy(),
             16,
             1 << 20,
-        );
+        )
+    }
+
+    #[test]
+    fn a_publication_recovery_already_delivered_is_not_delivered_again_live() {
+        let hub = Hub::new(16, Default::default());
+        let key = ChannelKey::new("app", ChannelName::parse("chat:floor").unwrap());
+        let (conn, mut outbox) = test_conn("c");
         hub.add(&key, &conn);
         // Recovery delivered up to 5 from history; offset 5's pub/sub message arrives late.
         hub.finish_recovery(&key, &conn, "E", 5);
@@ -341,14 +346,7 @@ mod tests {
     fn a_gap_in_the_live_stream_is_never_delivered_and_its_subscribers_recover() {
         let hub = Hub::new(16, Default::default());
         let key = ChannelKey::new("app", ChannelName::parse("chat:gap").unwrap());
-        let (conn, mut outbox) = ConnHandle::new(
-            "c".into(),
-            "app".into(),
-            "client".into(),
-            crate::policy::Credential::dummy(),
-            16,
-            1 << 20,
-        );
+        let (conn, mut outbox) = test_conn("c");
         hub.add(&key, &conn);
         hub.finish_recovery(&key, &conn, "E", 0);
         hub.on_publication(&key, &publication(1));
@@ -365,22 +363,8 @@ mod tests {
     fn a_subscriber_never_moves_to_a_new_epoch_silently() {
         let hub = Hub::new(16, Default::default());
         let key = ChannelKey::new("app", ChannelName::parse("chat:epoch").unwrap());
-        let (live, mut live_outbox) = ConnHandle::new(
-            "live".into(),
-            "app".into(),
-            "client".into(),
-            crate::policy::Credential::dummy(),
-            16,
-            1 << 20,
-        );
-        let (recovering, mut recovering_outbox) = ConnHandle::new(
-            "rec".into(),
-            "app".into(),
-            "client".into(),
-            crate::policy::Credential::dummy(),
-            16,
-            1 << 20,
-        );
+        let (live, mut live_outbox) = test_conn("live");
+        let (recovering, mut recovering_outbox) = test_conn("rec");
         hub.add(&key, &live);
         hub.finish_recovery(&key, &live, "E", 7);
         hub.add(&key, &recovering);
@@ -399,14 +383,7 @@ mod tests {
         // history, which covers up to 10.
         let hub = Hub::new(16, Default::default());
         let key = ChannelKey::new("app", ChannelName::parse("chat:rejoin").unwrap());
-        let (conn, mut outbox) = ConnHandle::new(
-            "c".into(),
-            "app".into(),
-            "client".into(),
-            crate::policy::Credential::dummy(),
-            16,
-            1 << 20,
-        );
+        let (conn, mut outbox) = test_conn("c");
         hub.add(&key, &conn);
         hub.on_publication(&key, &publication(8));
         hub.on_publication(&key, &publication(11));

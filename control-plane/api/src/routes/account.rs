@@ -249,15 +249,7 @@ pub(crate) async fn invite(
     caller.tenant(&tenant, Role::Admin)?;
     let body: InviteBody = body::parse(body)?;
     email(&body.email)?;
-    let role = Role::parse(&body.role)
-        .filter(|role| *role != Role::Operator)
-        .ok_or_else(|| ApiError::invalid("role must be one of read_only, developer, admin, owner"))?;
-    if Some(role) > caller.role_in(&tenant) {
-        return Err(ApiError::new(
-            ErrorCode::PermissionDenied,
-            "an invitation cannot give more than the inviter's role",
-        ));
-    }
+    let role = caller.grantable_role(&tenant, &body.role)?;
     plane.store.tenant(&tenant).await?;
     let invitation =
         plane.store.create_invitation(&caller.actor, &tenant, &body.email, role, INVITATION_TTL_SECS).await?;

@@ -69,15 +69,7 @@ pub(crate) async fn create(
     caller.tenant(&tenant, Role::Admin)?;
     let body: CreateBody = body::parse(body)?;
     body::name("name", &body.name)?;
-    let role = Role::parse(&body.role)
-        .filter(|role| *role != Role::Operator)
-        .ok_or_else(|| ApiError::invalid("role must be one of read_only, developer, admin, owner"))?;
-    if Some(role) > caller.role_in(&tenant) {
-        return Err(ApiError::new(
-            ErrorCode::PermissionDenied,
-            "a token cannot be given more than its creator's role",
-        ));
-    }
+    let role = caller.grantable_role(&tenant, &body.role)?;
     let created = plane.store.create_management_token(&caller.actor, Some(&tenant), &body.name, role).await?;
     let secret = created.plaintext.expose_secret().to_owned();
     Ok((StatusCode::CREATED, Json(NewTokenView { token: created.record.into(), secret })))

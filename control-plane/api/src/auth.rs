@@ -31,7 +31,7 @@ pub const SESSION_COOKIE: &str = "trb_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
 /// What authenticated the request.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Principal {
     /// A management token.
     Token(ManagementToken),
@@ -47,7 +47,7 @@ pub enum Principal {
 }
 
 /// The authenticated caller of a request.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Caller {
     /// Who it is.
     pub principal: Principal,

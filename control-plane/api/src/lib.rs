@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod graphql;
 mod routes;
 
 use std::sync::Arc;
@@ -37,6 +38,7 @@ pub struct ControlPlane {
     store: Store,
     engine: Arc<dyn Engine>,
     settings: ControlSettings,
+    graphql: graphql::ManagementSchema,
 }
 
 /// Settings of the console's accounts (the `[control]` section of the configuration).
@@ -73,7 +75,7 @@ impl ControlPlane {
 
     /// Creates the API with `settings`.
     pub fn with_settings(store: Store, engine: Arc<dyn Engine>, settings: ControlSettings) -> Arc<Self> {
-        Arc::new(Self { store, engine, settings })
+        Arc::new(Self { store, engine, settings, graphql: graphql::schema() })
     }
 
     /// Returns the management routes, to merge with the relay's.

@@ -1,16 +1,16 @@
 //! The routes, one module per kind of record. Every handler starts with the caller's scope and
 //! role check (see [`crate::auth`]).
 
-mod account;
-mod apps;
-mod audit;
-mod keys;
-mod namespaces;
-mod plans;
-mod revocations;
-mod tenants;
-mod tokens;
-mod usage;
+pub(crate) mod account;
+pub(crate) mod apps;
+pub(crate) mod audit;
+pub(crate) mod keys;
+pub(crate) mod namespaces;
+pub(crate) mod plans;
+pub(crate) mod revocations;
+pub(crate) mod tenants;
+pub(crate) mod tokens;
+pub(crate) mod usage;
 
 use std::sync::Arc;
 
@@ -27,6 +27,8 @@ pub(crate) fn all() -> Router<Arc<ControlPlane>> {
     Router::new()
         .route("/v1/tenants", post(tenants::create).get(tenants::list))
         .route("/v1/plans", get(plans::list))
+        .route("/graphql", post(crate::graphql::handle))
+        .route("/graphql/schema", get(crate::graphql::sdl))
         .route("/v1/operator-tokens", post(tokens::create_operator).get(tokens::list_operator))
         .route("/v1/operator-tokens/{token}/revoke", post(tokens::revoke_operator))
         .route("/v1/auth/signup", post(account::signup))

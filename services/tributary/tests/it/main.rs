@@ -12,6 +12,7 @@ mod conformance;
 mod console_accounts;
 mod disconnect;
 mod docs;
+mod graphql;
 mod http_api;
 mod isolation;
 mod limits;

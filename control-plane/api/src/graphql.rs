@@ -169,6 +169,12 @@ impl QueryRoot {
         answer(routes::revocations::grants(state, Path((tenant, app)), q, caller)).await
     }
 
+    /// The tenant's members and their roles.
+    async fn members(&self, ctx: &Context<'_>, tenant: String) -> async_graphql::Result<Json<Value>> {
+        let (state, caller) = parts(ctx)?;
+        answer(routes::account::members(state, Path(tenant), caller)).await
+    }
+
     /// The tenant's management tokens (admin).
     async fn management_tokens(
         &self,
@@ -434,6 +440,17 @@ impl MutationRoot {
     ) -> async_graphql::Result<Json<Value>> {
         let (state, caller) = parts(ctx)?;
         answer(routes::tokens::revoke(state, Path((tenant, token)), caller)).await
+    }
+
+    /// Removes a member of the tenant.
+    async fn remove_member(
+        &self,
+        ctx: &Context<'_>,
+        tenant: String,
+        user: String,
+    ) -> async_graphql::Result<Json<Value>> {
+        let (state, caller) = parts(ctx)?;
+        answer(routes::account::remove_member(state, Path((tenant, user)), caller)).await
     }
 
     /// Invites someone to the tenant; the invitation token is in the answer, once.

@@ -251,6 +251,52 @@ impl Store {
             .map_err(StoreError::from)
     }
 
+    /// Returns the members of a tenant with their roles, by email.
+    pub async fn members(&self, tenant_id: &str) -> Result<Vec<(User, Role)>, StoreError> {
+        if !id::is_valid(id::TENANT, tenant_id) {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT u.id, u.email, u.name, u.created_at, m.role FROM memberships m \
+             JOIN users u ON u.id = m.user_id WHERE m.tenant_id = $1 ORDER BY u.email",
+        )
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let role: String = row.try_get("role")?;
+                Ok((User::from_row(row)?, Role::parse(&role).unwrap_or(Role::ReadOnly)))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Removes a user from a tenant; audited as `member.remove`. Their sessions stay (they may
+    /// belong to other tenants) but no longer reach this one: memberships are read per request.
+    pub async fn remove_member(
+        &self,
+        actor: &Actor,
+        tenant_id: &str,
+        user_id: &str,
+    ) -> Result<(), StoreError> {
+        if !(id::is_valid(id::TENANT, tenant_id) && id::is_valid(id::USER, user_id)) {
+            return Err(StoreError::NotFound("member"));
+        }
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("DELETE FROM memberships WHERE tenant_id = $1 AND user_id = $2")
+            .bind(tenant_id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("member"));
+        }
+        audit::record(&mut tx, actor, Some(tenant_id), "member.remove", user_id).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Starts a session of `ttl_secs` for a user.
     pub async fn create_session(&self, user_id: &str, ttl_secs: i64) -> Result<NewSession, StoreError> {
         let id = id::new(id::SESSION);

@@ -297,3 +297,49 @@ pub(crate) async fn accept(
     let session = plane.store.create_session(&user.id, plane.settings.session_ttl_secs).await?;
     with_session(&plane, StatusCode::OK, user, session).await
 }
+
+#[derive(Serialize)]
+pub(crate) struct MemberView {
+    user: UserView,
+    role: &'static str,
+}
+
+/// `GET /v1/tenants/{tenant}/members` (read_only): the tenant's users and their roles.
+pub(crate) async fn members(
+    State(plane): State<Arc<ControlPlane>>,
+    Path(tenant): Path<String>,
+    caller: Caller,
+) -> Result<Json<Vec<MemberView>>, ApiError> {
+    caller.tenant(&tenant, Role::ReadOnly)?;
+    plane.store.tenant(&tenant).await?;
+    let members = plane.store.members(&tenant).await?;
+    Ok(Json(
+        members
+            .into_iter()
+            .map(|(user, role)| MemberView { user: user.into(), role: role.as_str() })
+            .collect(),
+    ))
+}
+
+/// `DELETE /v1/tenants/{tenant}/members/{user}` (admin): removes a member, never one above the
+/// caller's own role; their access to the tenant ends with their next request.
+pub(crate) async fn remove_member(
+    State(plane): State<Arc<ControlPlane>>,
+    Path((tenant, user)): Path<(String, String)>,
+    caller: Caller,
+) -> Result<StatusCode, ApiError> {
+    caller.tenant(&tenant, Role::Admin)?;
+    let members = plane.store.members(&tenant).await?;
+    let (_, role) = members
+        .iter()
+        .find(|(member, _)| member.id == user)
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "member not found"))?;
+    if Some(*role) > caller.role_in(&tenant) {
+        return Err(ApiError::new(
+            ErrorCode::PermissionDenied,
+            "no one can remove a member above their own role",
+        ));
+    }
+    plane.store.remove_member(&caller.actor, &tenant, &user).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

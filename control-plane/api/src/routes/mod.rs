@@ -37,6 +37,8 @@ pub(crate) fn all() -> Router<Arc<ControlPlane>> {
         .route("/v1/auth/me", get(account::me))
         .route("/v1/auth/invitations/accept", post(account::accept))
         .route(&format!("{tenant}/invitations"), post(account::invite))
+        .route(&format!("{tenant}/members"), get(account::members))
+        .route(&format!("{tenant}/members/{{user}}"), axum::routing::delete(account::remove_member))
         .route(&format!("{tenant}/plan"), post(plans::set_plan))
         .route(&format!("{tenant}/limits"), post(plans::set).get(plans::get))
         .route(tenant, get(tenants::get))

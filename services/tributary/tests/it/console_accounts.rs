@@ -204,6 +204,42 @@ async fn an_invitation_adds_a_member_with_its_role_once() {
     )
     .await;
     assert_eq!(status, 403, "developers do not invite");
+    // Members are listed; an admin-level removal ends the developer's access at once.
+    let (status, members) =
+        send(&server, &owner, "GET", &format!("/v1/tenants/{tenant}/members"), None, false).await;
+    assert_eq!(status, 200);
+    let emails: Vec<&str> =
+        members.as_array().unwrap().iter().map(|m| m["user"]["email"].as_str().unwrap()).collect();
+    assert_eq!(emails, ["dev@acme.test", "owner@acme.test"]);
+    let dev_id = members[0]["user"]["id"].as_str().unwrap().to_owned();
+    let owner_id = members[1]["user"]["id"].as_str().unwrap().to_owned();
+    let remove = |id: &str| format!("/v1/tenants/{tenant}/members/{id}");
+    let url = format!("{}{}", server.http_url(), remove(&owner_id));
+    let by_dev = server
+        .http()
+        .delete(url)
+        .header("cookie", format!("trb_session={}", dev.cookie))
+        .header("x-csrf-token", &dev.csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_dev.status(), 403, "a developer removes no one");
+    let url = format!("{}{}", server.http_url(), remove(&dev_id));
+    let by_owner = server
+        .http()
+        .delete(url)
+        .header("cookie", format!("trb_session={}", owner.cookie))
+        .header("x-csrf-token", &owner.csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_owner.status(), 204);
+    assert_eq!(
+        send(&server, &dev, "GET", &format!("/v1/tenants/{tenant}"), None, false).await.0,
+        404,
+        "no longer a member"
+    );
+
     // Used once.
     let (status, _, _) = open(&server, "/v1/auth/invitations/accept", accept).await;
     assert_eq!(status, 401);

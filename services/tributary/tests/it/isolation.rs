@@ -33,6 +33,8 @@ const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("DELETE", "/v1/tenants/{tenant}/apps/{app}/namespaces/chat", "", "developer"),
     ("GET", "/v1/tenants/{tenant}/management-tokens", "", "admin"),
     ("POST", "/v1/tenants/{tenant}/invitations", r#"{"email":"x@y.z","role":"read_only"}"#, "admin"),
+    ("GET", "/v1/tenants/{tenant}/members", "", "read_only"),
+    ("DELETE", "/v1/tenants/{tenant}/members/usr_00000000000000000000000000", "", "admin"),
     ("POST", "/v1/tenants/{tenant}/management-tokens", r#"{"name":"x","role":"read_only"}"#, "admin"),
     ("POST", "/v1/tenants/{tenant}/management-tokens/{token}/revoke", "", "admin"),
 ];

@@ -175,6 +175,12 @@ impl QueryRoot {
         answer(routes::account::members(state, Path(tenant), caller)).await
     }
 
+    /// The tenant's invitations not yet accepted (admin).
+    async fn invitations(&self, ctx: &Context<'_>, tenant: String) -> async_graphql::Result<Json<Value>> {
+        let (state, caller) = parts(ctx)?;
+        answer(routes::account::invitations(state, Path(tenant), caller)).await
+    }
+
     /// The tenant's management tokens (admin).
     async fn management_tokens(
         &self,
@@ -451,6 +457,30 @@ impl MutationRoot {
     ) -> async_graphql::Result<Json<Value>> {
         let (state, caller) = parts(ctx)?;
         answer(routes::account::remove_member(state, Path((tenant, user)), caller)).await
+    }
+
+    /// Changes a member's role.
+    async fn set_member_role(
+        &self,
+        ctx: &Context<'_>,
+        tenant: String,
+        user: String,
+        role: String,
+    ) -> async_graphql::Result<Json<Value>> {
+        let (state, caller) = parts(ctx)?;
+        answer(routes::account::set_role(state, Path((tenant, user)), caller, body(json!({"role": role}))))
+            .await
+    }
+
+    /// Withdraws an invitation.
+    async fn withdraw_invitation(
+        &self,
+        ctx: &Context<'_>,
+        tenant: String,
+        invitation: String,
+    ) -> async_graphql::Result<Json<Value>> {
+        let (state, caller) = parts(ctx)?;
+        answer(routes::account::withdraw(state, Path((tenant, invitation)), caller)).await
     }
 
     /// Invites someone to the tenant; the invitation token is in the answer, once.

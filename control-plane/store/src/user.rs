@@ -297,6 +297,92 @@ impl Store {
         Ok(())
     }
 
+    /// Changes a member's role; audited as `member.role.<role>`.
+    pub async fn set_member_role(
+        &self,
+        actor: &Actor,
+        tenant_id: &str,
+        user_id: &str,
+        role: Role,
+    ) -> Result<(), StoreError> {
+        if role == Role::Operator {
+            return Err(StoreError::InvalidRole);
+        }
+        if !(id::is_valid(id::TENANT, tenant_id) && id::is_valid(id::USER, user_id)) {
+            return Err(StoreError::NotFound("member"));
+        }
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("UPDATE memberships SET role = $1 WHERE tenant_id = $2 AND user_id = $3")
+            .bind(role.as_str())
+            .bind(tenant_id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("member"));
+        }
+        audit::record(&mut tx, actor, Some(tenant_id), &format!("member.role.{}", role.as_str()), user_id)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Returns a tenant's invitations not yet accepted nor ended: (id, email, role, expires_at).
+    pub async fn pending_invitations(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Vec<(String, String, Role, i64)>, StoreError> {
+        if !id::is_valid(id::TENANT, tenant_id) {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT id, email, role, expires_at FROM invitations \
+             WHERE tenant_id = $1 AND accepted_at IS NULL AND expires_at > $2 ORDER BY id DESC",
+        )
+        .bind(tenant_id)
+        .bind(unix_now())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let role: String = row.try_get("role")?;
+                Ok((
+                    row.try_get("id")?,
+                    row.try_get("email")?,
+                    Role::parse(&role).unwrap_or(Role::ReadOnly),
+                    row.try_get("expires_at")?,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Withdraws an invitation not yet accepted (it can no longer be); audited as
+    /// `invitation.withdraw`.
+    pub async fn withdraw_invitation(
+        &self,
+        actor: &Actor,
+        tenant_id: &str,
+        invitation_id: &str,
+    ) -> Result<(), StoreError> {
+        if !(id::is_valid(id::TENANT, tenant_id) && id::is_valid(id::INVITATION, invitation_id)) {
+            return Err(StoreError::NotFound("invitation"));
+        }
+        let mut tx = self.pool.begin().await?;
+        let done =
+            sqlx::query("DELETE FROM invitations WHERE id = $1 AND tenant_id = $2 AND accepted_at IS NULL")
+                .bind(invitation_id)
+                .bind(tenant_id)
+                .execute(&mut *tx)
+                .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("invitation"));
+        }
+        audit::record(&mut tx, actor, Some(tenant_id), "invitation.withdraw", invitation_id).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Starts a session of `ttl_secs` for a user.
     pub async fn create_session(&self, user_id: &str, ttl_secs: i64) -> Result<NewSession, StoreError> {
         let id = id::new(id::SESSION);

@@ -343,3 +343,71 @@ pub(crate) async fn remove_member(
     plane.store.remove_member(&caller.actor, &tenant, &user).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RoleBody {
+    role: String,
+}
+
+/// `POST /v1/tenants/{tenant}/members/{user}/role` `{"role":..}` (admin): changes a member's
+/// role; neither the member's current role nor the new one may be above the caller's own.
+pub(crate) async fn set_role(
+    State(plane): State<Arc<ControlPlane>>,
+    Path((tenant, user)): Path<(String, String)>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    caller.tenant(&tenant, Role::Admin)?;
+    let body: RoleBody = body::parse(body)?;
+    let role = caller.grantable_role(&tenant, &body.role)?;
+    let members = plane.store.members(&tenant).await?;
+    let (_, current) = members
+        .iter()
+        .find(|(member, _)| member.id == user)
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "member not found"))?;
+    if Some(*current) > caller.role_in(&tenant) {
+        return Err(ApiError::new(
+            ErrorCode::PermissionDenied,
+            "no one can change a member above their own role",
+        ));
+    }
+    plane.store.set_member_role(&caller.actor, &tenant, &user, role).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize)]
+pub(crate) struct PendingView {
+    id: String,
+    email: String,
+    role: &'static str,
+    expires_at: i64,
+}
+
+/// `GET /v1/tenants/{tenant}/invitations` (admin): invitations not yet accepted, newest first.
+pub(crate) async fn invitations(
+    State(plane): State<Arc<ControlPlane>>,
+    Path(tenant): Path<String>,
+    caller: Caller,
+) -> Result<Json<Vec<PendingView>>, ApiError> {
+    caller.tenant(&tenant, Role::Admin)?;
+    plane.store.tenant(&tenant).await?;
+    let pending = plane.store.pending_invitations(&tenant).await?;
+    Ok(Json(
+        pending
+            .into_iter()
+            .map(|(id, email, role, expires_at)| PendingView { id, email, role: role.as_str(), expires_at })
+            .collect(),
+    ))
+}
+
+/// `DELETE /v1/tenants/{tenant}/invitations/{invitation}` (admin): withdraws one.
+pub(crate) async fn withdraw(
+    State(plane): State<Arc<ControlPlane>>,
+    Path((tenant, invitation)): Path<(String, String)>,
+    caller: Caller,
+) -> Result<StatusCode, ApiError> {
+    caller.tenant(&tenant, Role::Admin)?;
+    plane.store.withdraw_invitation(&caller.actor, &tenant, &invitation).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -204,6 +204,33 @@ async fn an_invitation_adds_a_member_with_its_role_once() {
     )
     .await;
     assert_eq!(status, 403, "developers do not invite");
+    // Invitations are listed until accepted, and can be withdrawn.
+    let (_, spare) = send(
+        &server,
+        &owner,
+        "POST",
+        &invitations,
+        Some(json!({"email": "spare@acme.test", "role": "read_only"})),
+        true,
+    )
+    .await;
+    let (status, pending) = send(&server, &owner, "GET", &invitations, None, false).await;
+    assert_eq!(status, 200);
+    assert_eq!(pending.as_array().map(Vec::len), Some(1), "the accepted one is gone: {pending}");
+    let spare_id = spare["id"].as_str().unwrap();
+    let url = format!("{}{invitations}/{spare_id}", server.http_url());
+    let withdrawn = server
+        .http()
+        .delete(url)
+        .header("cookie", format!("trb_session={}", owner.cookie))
+        .header("x-csrf-token", &owner.csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(withdrawn.status(), 204);
+    let late = json!({"token": spare["token"], "name": "Spare", "password": "spare password!"});
+    assert_eq!(open(&server, "/v1/auth/invitations/accept", late).await.0, 401, "a withdrawn invitation");
+
     // Members are listed; an admin-level removal ends the developer's access at once.
     let (status, members) =
         send(&server, &owner, "GET", &format!("/v1/tenants/{tenant}/members"), None, false).await;
@@ -224,6 +251,16 @@ async fn an_invitation_adds_a_member_with_its_role_once() {
         .await
         .unwrap();
     assert_eq!(by_dev.status(), 403, "a developer removes no one");
+    // A role change applies at the next request.
+    let role = format!("/v1/tenants/{tenant}/members/{dev_id}/role");
+    assert_eq!(send(&server, &owner, "POST", &role, Some(json!({"role": "read_only"})), true).await.0, 204);
+    assert_eq!(
+        send(&server, &dev, "POST", &format!("/v1/tenants/{tenant}/apps"), Some(json!({"name": "x2"})), true)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(send(&server, &owner, "POST", &role, Some(json!({"role": "operator"})), true).await.0, 400);
     let url = format!("{}{}", server.http_url(), remove(&dev_id));
     let by_owner = server
         .http()

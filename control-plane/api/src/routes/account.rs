@@ -340,6 +340,7 @@ pub(crate) async fn remove_member(
             "no one can remove a member above their own role",
         ));
     }
+    last_owner_stays(&members, &user, None)?;
     plane.store.remove_member(&caller.actor, &tenant, &user).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -372,6 +373,7 @@ pub(crate) async fn set_role(
             "no one can change a member above their own role",
         ));
     }
+    last_owner_stays(&members, &user, Some(role))?;
     plane.store.set_member_role(&caller.actor, &tenant, &user, role).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -410,4 +412,19 @@ pub(crate) async fn withdraw(
     caller.tenant(&tenant, Role::Admin)?;
     plane.store.withdraw_invitation(&caller.actor, &tenant, &invitation).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Refuses to remove (`new_role` `None`) or demote the tenant's last owner: someone must always
+/// be able to manage it (short of the operator).
+fn last_owner_stays(members: &[(User, Role)], user_id: &str, new_role: Option<Role>) -> Result<(), ApiError> {
+    let owners: Vec<&str> = members
+        .iter()
+        .filter(|(_, role)| *role == Role::Owner)
+        .map(|(member, _)| member.id.as_str())
+        .collect();
+    let losing_an_owner = owners.contains(&user_id) && new_role != Some(Role::Owner);
+    if losing_an_owner && owners.len() == 1 {
+        return Err(ApiError::invalid("a tenant keeps at least one owner: make someone else owner first"));
+    }
+    Ok(())
 }

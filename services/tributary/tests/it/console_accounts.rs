@@ -251,6 +251,21 @@ async fn an_invitation_adds_a_member_with_its_role_once() {
         .await
         .unwrap();
     assert_eq!(by_dev.status(), 403, "a developer removes no one");
+    // The last owner can neither leave nor be demoted.
+    let owner_role = format!("/v1/tenants/{tenant}/members/{owner_id}/role");
+    let (status, reply) =
+        send(&server, &owner, "POST", &owner_role, Some(json!({"role": "admin"})), true).await;
+    assert_eq!((status, reply["error"]["name"].as_str()), (400, Some("invalid_parameter")), "{reply}");
+    let url = format!("{}{}", server.http_url(), remove(&owner_id));
+    let alone = server
+        .http()
+        .delete(url)
+        .header("cookie", format!("trb_session={}", owner.cookie))
+        .header("x-csrf-token", &owner.csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(alone.status(), 400);
     // A role change applies at the next request.
     let role = format!("/v1/tenants/{tenant}/members/{dev_id}/role");
     assert_eq!(send(&server, &owner, "POST", &role, Some(json!({"role": "read_only"})), true).await.0, 204);

@@ -688,6 +688,43 @@ impl Engine for RedisEngine {
         Ok(())
     }
 
+    async fn active_set(&self, name: &str, members: &[String], window: Duration) -> Result<u64, EngineError> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let inner = &self.inner;
+        let key = format!("{}:as:{name}", inner.config.prefix);
+        let index = BuildHasherDefault::<DefaultHasher>::default().hash_one(&key) as usize;
+        let window_ms = window.as_millis().max(1) as u64;
+        // The nodes' clocks mark the members; they need only agree to within the window.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if !members.is_empty() {
+            let zadd = pipe.cmd("ZADD").arg(&key);
+            for member in members {
+                zadd.arg(now_ms).arg(member);
+            }
+            zadd.ignore();
+        }
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(format!("({}", now_ms.saturating_sub(window_ms)))
+            .ignore()
+            .cmd("ZCARD")
+            .arg(&key)
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(window_ms * 2)
+            .ignore();
+        let (count,): (u64,) = pipe
+            .query_async(&mut inner.commands[index % inner.commands.len()].clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(count)
+    }
+
     async fn counter_add(&self, name: &str, delta: i64, ttl: Duration) -> Result<i64, EngineError> {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
         let inner = &self.inner;

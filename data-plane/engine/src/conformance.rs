@@ -417,6 +417,21 @@ pub async fn counters_add_up_and_expire(engine: Arc<dyn Engine>) {
     assert_eq!(engine.counter_add(&name, 1, ttl).await.unwrap(), 1, "expired, it starts again");
 }
 
+/// An active set counts each member once, whoever marked it, and forgets members not marked
+/// within its window.
+pub async fn active_sets_count_members_once_and_forget_quiet_ones(engine: Arc<dyn Engine>) {
+    let name = format!("set:{}", crate::memory::stream_epoch_for_tests());
+    let window = Duration::from_millis(400);
+    let marks = |list: &[&str]| list.iter().map(|m| (*m).to_owned()).collect::<Vec<_>>();
+    assert_eq!(engine.active_set(&name, &marks(&["a", "b"]), window).await.unwrap(), 2);
+    assert_eq!(engine.active_set(&name, &marks(&["b", "c"]), window).await.unwrap(), 3, "b once");
+    assert_eq!(engine.active_set(&name, &[], window).await.unwrap(), 3, "an empty mark reads it");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(engine.active_set(&name, &marks(&["c"]), window).await.unwrap(), 3);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(engine.active_set(&name, &[], window).await.unwrap(), 1, "a and b went quiet");
+}
+
 /// Stamps out one `#[tokio::test]` per conformance case for an engine factory: an async
 /// function returning `Arc<dyn Engine>`, called once per case.
 #[macro_export]
@@ -441,6 +456,7 @@ macro_rules! engine_conformance_suite {
             presence_heartbeat_keeps_the_state,
             control_events_are_delivered,
             counters_add_up_and_expire,
+            active_sets_count_members_once_and_forget_quiet_ones,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

@@ -234,6 +234,11 @@ pub trait Engine: Send + Sync + 'static {
     /// messages) are counted with these.
     async fn counter_add(&self, name: &str, delta: i64, ttl: Duration) -> Result<i64, EngineError>;
 
+    /// Marks `members` of the set `name` shared by every node as seen now, forgets the members
+    /// no node has marked within `window`, and returns how many members the set has: what
+    /// the nodes saw lately, each counted once (a tenant's channels with subscribers).
+    async fn active_set(&self, name: &str, members: &[String], window: Duration) -> Result<u64, EngineError>;
+
     /// Returns whether the engine can serve now (its backend reachable, deliveries flowing);
     /// a node that is not ready should get no new clients from its load balancer.
     async fn ready(&self) -> Result<(), EngineError> {

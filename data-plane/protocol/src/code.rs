@@ -121,6 +121,8 @@ error_codes! {
     Unavailable = (1201, "unavailable", 503, true, "service unavailable"),
     /// The account's monthly message quota is used up (and its plan allows no overage).
     QuotaExceeded = (1202, "quota_exceeded", 429, false, "monthly message quota used up"),
+    /// The account has as many channels with subscribers as its plan allows.
+    ChannelLimit = (1203, "channel_limit", 429, true, "channel limit reached"),
 }
 
 impl std::fmt::Display for ErrorCode {

@@ -204,6 +204,21 @@ impl Hub {
         }
     }
 
+    /// Returns the channels of `apps` with subscribers on this node, as `app/channel`.
+    pub fn channels_of(&self, apps: &[Arc<str>]) -> Vec<String> {
+        let mut names = Vec::new();
+        for shard in &self.shards {
+            let shard = lock(shard);
+            names.extend(
+                shard
+                    .iter()
+                    .filter(|(key, subs)| !subs.is_empty() && apps.contains(&key.app))
+                    .map(|(key, _)| format!("{}/{}", key.app, key.channel)),
+            );
+        }
+        names
+    }
+
     /// Returns how many local subscribers `key` has.
     pub fn subscriber_count(&self, key: &ChannelKey) -> usize {
         lock(self.shard(key)).get(key).map(Vec::len).unwrap_or(0)

@@ -249,6 +249,14 @@ impl Policies {
         self.lock().get(app_id).and_then(|slot| slot.cell.get().cloned().flatten())
     }
 
+    /// Returns every loaded policy with its app.
+    pub fn loaded_by_app(&self) -> Vec<(Arc<str>, Arc<AppPolicy>)> {
+        self.lock()
+            .iter()
+            .filter_map(|(app, slot)| slot.cell.get().cloned().flatten().map(|p| (app.clone(), p)))
+            .collect()
+    }
+
     /// Returns every loaded policy.
     pub fn loaded(&self) -> Vec<Arc<AppPolicy>> {
         self.lock().values().filter_map(|slot| slot.cell.get().cloned().flatten()).collect()

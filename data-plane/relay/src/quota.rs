@@ -44,6 +44,8 @@ pub struct Limits {
     /// The longest history a namespace keeps, in seconds (a namespace's `history_ttl_secs` is
     /// cut to it).
     pub max_history_secs: u64,
+    /// Channels with subscribers at once, over every node.
+    pub max_channels: u64,
 }
 
 impl Limits {
@@ -80,6 +82,10 @@ struct Tenant {
     /// This node's count at the last tick, and connections admitted here since.
     connections_here: u64,
     connections_admitted: u64,
+    /// Channels with subscribers on every node (each once) at the last tick, and channels new
+    /// on this node since.
+    channels_everyone: u64,
+    channels_admitted: u64,
 }
 
 /// The quota counts of this node.
@@ -191,6 +197,26 @@ impl Quotas {
         Ok(())
     }
 
+    /// Checks a subscription to a channel that has no subscriber on this node yet against the
+    /// tenant's channel limit, and counts it.
+    pub fn admit_channel(&self, policy: &AppPolicy) -> Result<(), OpError> {
+        let limits = policy.limits();
+        if limits.max_channels == 0 {
+            return Ok(());
+        }
+        let mut tenants = lock(&self.tenants);
+        let tenant = tenants.entry(policy.tenant_id.clone()).or_default();
+        tenant.limits = limits;
+        if tenant.channels_everyone + tenant.channels_admitted >= limits.max_channels {
+            return Err(OpError::new(
+                ErrorCode::ChannelLimit,
+                format!("the account's {} channels with subscribers are in use", limits.max_channels),
+            ));
+        }
+        tenant.channels_admitted += 1;
+        Ok(())
+    }
+
     /// Checks a new connection against the tenant's connection limit and counts it.
     pub fn admit_connection(&self, policy: &AppPolicy) -> Result<(), OpError> {
         let limits = policy.limits();
@@ -247,6 +273,7 @@ pub fn spawn_sync(state: &Arc<RelayState>) {
             if second != last_second {
                 last_second = second;
                 sync_connections(&state, second).await;
+                sync_channels(&state).await;
             }
         }
     });
@@ -334,6 +361,30 @@ async fn sync_publishes(state: &RelayState) {
                 None => t.month_unsynced = t.month_unsynced.saturating_sub(month_delta),
                 Some(Err(_)) => {}
             }
+        }
+    }
+}
+
+/// How long a channel counts after the last node that had subscribers to it reported it.
+const CHANNEL_WINDOW: Duration = Duration::from_secs(3);
+
+/// Reports this node's channels with subscribers per tenant with a channel limit, and reads
+/// how many the tenant has over every node.
+async fn sync_channels(state: &RelayState) {
+    let mut apps_of: HashMap<Arc<str>, Vec<Arc<str>>> = HashMap::new();
+    for (app, policy) in state.policies.loaded_by_app() {
+        if policy.limits().max_channels > 0 {
+            apps_of.entry(policy.tenant_id.clone()).or_default().push(app);
+        }
+    }
+    for (tenant, apps) in apps_of {
+        let here = state.hub.channels_of(&apps);
+        let everyone = state.engine.active_set(&format!("chans:{tenant}"), &here, CHANNEL_WINDOW).await;
+        let mut tenants = lock(&state.quotas.tenants);
+        let t = tenants.entry(tenant).or_default();
+        if let Ok(everyone) = everyone {
+            t.channels_everyone = everyone;
+            t.channels_admitted = 0;
         }
     }
 }

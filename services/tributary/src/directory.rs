@@ -178,6 +178,7 @@ impl AppDirectory for StoreDirectory {
             max_message_bytes: seconds(plan.max_message_bytes),
             overage_allowed: plan.overage_allowed,
             max_history_secs: seconds(plan.history_retention_secs),
+            max_channels: seconds(plan.max_channels),
         };
         Ok(Some(AppRecord {
             app_id: snapshot.app.id,

@@ -56,6 +56,8 @@ struct Inner {
     sink: OnceLock<Weak<dyn EngineSink>>,
     /// Shared counters (this node is every node): value and expiry.
     counters: Mutex<HashMap<String, (i64, Instant)>>,
+    /// Active sets: member and when it was last marked.
+    sets: Mutex<HashMap<String, HashMap<String, Instant>>>,
 }
 
 /// The single-node engine.
@@ -84,6 +86,7 @@ impl MemoryEngine {
             presence: Mutex::new(HashMap::new()),
             sink: OnceLock::new(),
             counters: Mutex::new(HashMap::new()),
+            sets: Mutex::new(HashMap::new()),
         });
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(sweep_loop(Arc::downgrade(&inner)));
@@ -265,6 +268,21 @@ impl Engine for MemoryEngine {
             sink.on_control(&event);
         }
         Ok(())
+    }
+
+    async fn active_set(&self, name: &str, members: &[String], window: Duration) -> Result<u64, EngineError> {
+        let now = Instant::now();
+        let mut sets = lock(&self.inner.sets);
+        let set = sets.entry(name.to_owned()).or_default();
+        for member in members {
+            set.insert(member.clone(), now);
+        }
+        set.retain(|_, seen| now.duration_since(*seen) <= window);
+        let count = set.len() as u64;
+        if set.is_empty() {
+            sets.remove(name);
+        }
+        Ok(count)
     }
 
     async fn counter_add(&self, name: &str, delta: i64, ttl: Duration) -> Result<i64, EngineError> {

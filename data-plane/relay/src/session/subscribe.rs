@@ -108,6 +108,12 @@ impl Session {
         // Without history a recovery simply reports `recovered: false` (unless nothing was
         // missed), so SSE and long-poll cursors work on live-only namespaces too.
         let key = ChannelKey::new(self.identity.app_id.clone(), channel.clone());
+        // A channel new on this node may be new to the tenant: it counts against the plan.
+        if self.state.hub.subscriber_count(&key) == 0
+            && let Some(policy) = self.state.policies.peek(&self.identity.app_id)
+        {
+            self.state.quotas.admit_channel(&policy)?;
+        }
         // Every subscription subscribes in the engine (which counts them), not only the node's
         // first: a second subscriber must also wait until delivery is live before it reads
         // history, and a first subscribe still in flight does not guarantee that.

@@ -144,3 +144,39 @@ async fn the_publish_rate_and_connection_limits_hold_across_two_nodes() {
         assert!(reply["error"]["message"].as_str().unwrap().contains("3 connections"), "{reply}");
     }
 }
+
+#[tokio::test]
+async fn the_channel_limit_counts_channels_with_subscribers_and_frees_quiet_ones() {
+    let server = TestServer::spawn().await;
+    limit(&server, json!({"max_channels": 2})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let token = server.all_rights("reader").await;
+    let (mut first, mut second) = (server.ws(&token).await, server.ws(&token).await);
+    for channel in ["room:a", "room:b"] {
+        let reply = first.request(json!({"op": "subscribe", "channel": channel})).await.unwrap();
+        assert!(reply.get("result").is_some(), "{reply}");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await; // reported by the node's tick
+    // Another subscriber of a counted channel takes nothing more.
+    let reply = second.request(json!({"op": "subscribe", "channel": "room:a"})).await.unwrap();
+    assert!(reply.get("result").is_some(), "{reply}");
+    let reply = second.request(json!({"op": "subscribe", "channel": "room:c"})).await.unwrap();
+    assert_eq!(reply["error"]["name"], "channel_limit", "{reply}");
+    assert!(reply["error"]["message"].as_str().unwrap().contains("2 channels"), "{reply}");
+    // A channel nobody subscribes any more stops counting after a few seconds.
+    for ws in [&mut first, &mut second] {
+        ws.request(json!({"op": "unsubscribe", "channel": "room:a"})).await.unwrap();
+    }
+    let freed = tokio::time::Instant::now();
+    let deadline = freed + Duration::from_secs(6);
+    loop {
+        let reply = second.request(json!({"op": "subscribe", "channel": "room:c"})).await.unwrap();
+        if reply.get("result").is_some() {
+            break;
+        }
+        assert_eq!(reply["error"]["name"], "channel_limit", "{reply}");
+        assert!(tokio::time::Instant::now() < deadline, "room:a still counts");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(freed.elapsed() > Duration::from_secs(1), "a reported channel counts for its window");
+}

@@ -20,6 +20,12 @@ use crate::auth::{Caller, Principal, SESSION_COOKIE};
 use crate::body;
 use crate::error::ApiError;
 
+/// Failed logins an address may have within [`LOGIN_WINDOW`] before it is locked for the rest
+/// of it.
+const MAX_LOGIN_FAILURES: i64 = 10;
+/// The window of [`MAX_LOGIN_FAILURES`] (from the last failure).
+const LOGIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 /// How long an invitation can be accepted: 7 days.
 const INVITATION_TTL_SECS: i64 = 7 * 24 * 3600;
 
@@ -178,10 +184,29 @@ pub(crate) async fn login(
 ) -> Result<Response, ApiError> {
     json_only(&headers)?;
     let body: LoginBody = body::parse(body)?;
-    let user = plane.store.check_password(&body.email, &body.password).await.map_err(|err| match err {
-        StoreError::InvalidCredentials => ApiError::new(ErrorCode::Unauthorized, "wrong email or password"),
-        other => other.into(),
-    })?;
+    // Failed logins are counted per address over every node (in the engine): past the limit
+    // the address is locked for the rest of the window, whoever tries.
+    let attempts = format!("login-failures:{}", body.email.trim().to_lowercase());
+    let failures = plane.engine.counter_add(&attempts, 0, LOGIN_WINDOW).await.unwrap_or(0);
+    if failures >= MAX_LOGIN_FAILURES {
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "too many failed logins for this address: retry in {} minutes",
+                LOGIN_WINDOW.as_secs() / 60
+            ),
+        ));
+    }
+    let user = match plane.store.check_password(&body.email, &body.password).await {
+        Ok(user) => user,
+        Err(StoreError::InvalidCredentials) => {
+            if let Err(err) = plane.engine.counter_add(&attempts, 1, LOGIN_WINDOW).await {
+                tracing::warn!(error = %err, "failed login not counted");
+            }
+            return Err(ApiError::new(ErrorCode::Unauthorized, "wrong email or password"));
+        }
+        Err(other) => return Err(other.into()),
+    };
     let session = plane.store.create_session(&user.id, plane.settings.session_ttl_secs).await?;
     with_session(&plane, StatusCode::OK, user, session).await
 }

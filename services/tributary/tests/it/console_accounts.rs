@@ -138,6 +138,30 @@ async fn a_company_signs_up_logs_in_and_works_with_a_cookie_and_csrf_token() {
     assert_eq!((status, reply["error"]["name"].as_str()), (401, Some("unauthorized")));
     assert_eq!(send(&server, &ada, "GET", "/v1/auth/me", None, false).await.0, 200);
 
+    // Ten failed logins lock the address (the right password included) for the window.
+    let victim =
+        json!({"email": "victim@example.com", "name": "V", "password": "victim password 1", "company": "V"});
+    assert_eq!(open(&server, "/v1/auth/signup", victim).await.0, 201);
+    for _ in 0..10 {
+        let wrong = json!({"email": "victim@example.com", "password": "guess guess guess"});
+        assert_eq!(open(&server, "/v1/auth/login", wrong).await.0, 401);
+    }
+    let right = json!({"email": "Victim@example.com", "password": "victim password 1"});
+    let (status, reply, cookie) = open(&server, "/v1/auth/login", right).await;
+    assert_eq!(
+        (status, reply["error"]["name"].as_str(), cookie),
+        (429, Some("rate_limited"), None),
+        "{reply}"
+    );
+    // Other addresses are not affected.
+    let (status, _, _) = open(
+        &server,
+        "/v1/auth/login",
+        json!({"email": "ada@example.com", "password": "correct horse battery"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+
     // Bad input.
     for (body, name) in [
         (

@@ -2,8 +2,7 @@
 //! peer sent (never trusting a length before checking it against the limit and against what
 //! arrived) and encoding what the server sends.
 //!
-//! It is data only: no sockets, no sessions, no topics-to-channels mapping (the relay owns
-//! those). [`decode`] returns `Ok(None)` while a packet is incomplete, so a reader can feed it
+//! It is data only: no sockets and no sessions (the relay owns those). [`decode`] returns `Ok(None)` while a packet is incomplete, so a reader can feed it
 //! a growing buffer; every malformed packet is a [`DecodeError`] whose
 //! [`DecodeError::reason_code`] is the MQTT 5 reason code to close the connection with.
 //!
@@ -11,10 +10,13 @@
 //! - `wire`: variable byte integers, UTF-8 strings and binary data, with the spec's rules.
 //! - [`properties`]: MQTT 5 properties.
 //! - [`packet`]: the packets and [`decode`] / [`encode`].
+//! - [`topic`]: topic names as channel names, topic filters matched the MQTT way, and the
+//!   channel patterns a filter's subscribe right must cover.
 #![forbid(unsafe_code)]
 
 pub mod packet;
 pub mod properties;
+pub mod topic;
 mod wire;
 
 pub use packet::{

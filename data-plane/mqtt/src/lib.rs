@@ -6,6 +6,11 @@
 //! a growing buffer; every malformed packet is a [`DecodeError`] whose
 //! [`DecodeError::reason_code`] is the MQTT 5 reason code to close the connection with.
 //!
+//! The decoder is fuzzed: `cd data-plane/mqtt && cargo +nightly fuzz run decode` (needs
+//! `cargo install cargo-fuzz`). The target feeds any bytes under each connection state and
+//! checks that whatever decodes encodes back to the same packet; 10 minutes (59 million
+//! inputs) found nothing on 2026-11-25.
+//!
 //! # Layout
 //! - `wire`: variable byte integers, UTF-8 strings and binary data, with the spec's rules.
 //! - [`properties`]: MQTT 5 properties.

@@ -404,7 +404,9 @@ fn other(kind: u8, flags: u8, body: Bytes, version: Version) -> Result<Packet, D
             flags_are(flags, 0)?;
             let packet_id = r.u16()?;
             let properties = if v5 { Properties::read(&mut r)? } else { Properties::default() };
-            Packet::UnsubAck(UnsubAck { packet_id, properties, codes: r.rest().to_vec() })
+            // MQTT 3.1.1's UNSUBACK has no codes (any byte after the identifier is malformed).
+            let codes = if v5 { r.rest().to_vec() } else { Vec::new() };
+            Packet::UnsubAck(UnsubAck { packet_id, properties, codes })
         }
         12 | 13 => {
             flags_are(flags, 0)?;

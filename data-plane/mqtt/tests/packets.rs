@@ -179,6 +179,7 @@ fn malformed_packets_get_their_reason_codes() {
         (&[0xc0, 0x01, 0x00], v5, 0x81),         // PINGREQ with a body
         (&[0xf0, 0x00], Some(Version::V311), 0x82), // AUTH in 3.1.1
         (&[0x00, 0x00], v5, 0x81),               // packet type 0
+        (&[0xb0, 0x03, 0x00, 0x01, 0x00], Some(Version::V311), 0x81), // codes in a 3.1.1 UNSUBACK
     ];
     for (bytes, version, code) in cases {
         let err = decode(bytes, version, MAX).unwrap_err();

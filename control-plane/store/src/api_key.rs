@@ -289,23 +289,20 @@ impl Store {
         if !valid {
             return Err(StoreError::NotFound("api key"));
         }
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
-            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) \
-             WHERE id = $2 AND app_id = $3 AND tenant_id = $4",
+        self.write_audited(
+            sqlx::query(
+                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) \
+                 WHERE id = $2 AND app_id = $3 AND tenant_id = $4",
+            )
+            .bind(unix_now())
+            .bind(key_id)
+            .bind(app_id)
+            .bind(tenant_id),
+            "api key",
+            (actor, Some(tenant_id)),
+            ("api_key.revoke", key_id),
         )
-        .bind(unix_now())
-        .bind(key_id)
-        .bind(app_id)
-        .bind(tenant_id)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound("api key"));
-        }
-        audit::record(&mut tx, actor, Some(tenant_id), "api_key.revoke", key_id).await?;
-        tx.commit().await?;
-        Ok(())
+        .await
     }
 
     /// Returns the API keys of an app of the tenant (revoked ones too), newest first.

@@ -85,6 +85,25 @@ pub(crate) async fn record(
 }
 
 impl Store {
+    /// Runs one write and its audit event in a transaction: the write must touch a row, else
+    /// nothing is kept and [`StoreError::NotFound`]`(missing)` is returned. The shape of every
+    /// "change this record of this tenant" method.
+    pub(crate) async fn write_audited<'q>(
+        &self,
+        write: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+        missing: &'static str,
+        (actor, tenant_id): (&Actor, Option<&str>),
+        (action, target): (&str, &str),
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if write.execute(&mut *tx).await?.rows_affected() == 0 {
+            return Err(StoreError::NotFound(missing));
+        }
+        record(&mut tx, actor, tenant_id, action, target).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Returns the newest `limit` audit events of a tenant, newest first.
     pub async fn audit_events(&self, tenant_id: &str, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
         if !id::is_valid(id::TENANT, tenant_id) {

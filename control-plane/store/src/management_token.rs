@@ -198,21 +198,18 @@ impl Store {
         if !id::is_valid(id::MANAGEMENT_TOKEN, token_id) {
             return Err(StoreError::NotFound("management token"));
         }
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
-            "UPDATE management_tokens SET revoked_at = COALESCE(revoked_at, $1) \
-             WHERE id = $2 AND tenant_id IS NULL",
+        self.write_audited(
+            sqlx::query(
+                "UPDATE management_tokens SET revoked_at = COALESCE(revoked_at, $1) \
+                 WHERE id = $2 AND tenant_id IS NULL",
+            )
+            .bind(unix_now())
+            .bind(token_id),
+            "management token",
+            (actor, None),
+            ("operator_token.revoke", token_id),
         )
-        .bind(unix_now())
-        .bind(token_id)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound("management token"));
-        }
-        audit::record(&mut tx, actor, None, "operator_token.revoke", token_id).await?;
-        tx.commit().await?;
-        Ok(())
+        .await
     }
 
     /// Revokes a management token of the tenant; audited as `management_token.revoke`.
@@ -225,21 +222,18 @@ impl Store {
         if !(id::is_valid(id::TENANT, tenant_id) && id::is_valid(id::MANAGEMENT_TOKEN, token_id)) {
             return Err(StoreError::NotFound("management token"));
         }
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
-            "UPDATE management_tokens SET revoked_at = COALESCE(revoked_at, $1) \
-             WHERE id = $2 AND tenant_id = $3",
+        self.write_audited(
+            sqlx::query(
+                "UPDATE management_tokens SET revoked_at = COALESCE(revoked_at, $1) \
+                 WHERE id = $2 AND tenant_id = $3",
+            )
+            .bind(unix_now())
+            .bind(token_id)
+            .bind(tenant_id),
+            "management token",
+            (actor, Some(tenant_id)),
+            ("management_token.revoke", token_id),
         )
-        .bind(unix_now())
-        .bind(token_id)
-        .bind(tenant_id)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound("management token"));
-        }
-        audit::record(&mut tx, actor, Some(tenant_id), "management_token.revoke", token_id).await?;
-        tx.commit().await?;
-        Ok(())
+        .await
     }
 }

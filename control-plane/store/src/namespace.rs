@@ -72,20 +72,16 @@ impl Store {
         if !(id::is_valid(id::TENANT, tenant_id) && id::is_valid(id::APP, app_id)) || name.contains('\0') {
             return Err(StoreError::NotFound("namespace"));
         }
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query("DELETE FROM namespaces WHERE app_id = $1 AND tenant_id = $2 AND name = $3")
-            .bind(app_id)
-            .bind(tenant_id)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound("namespace"));
-        }
-        audit::record(&mut tx, actor, Some(tenant_id), "namespace.delete", &format!("{app_id}/{name}"))
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        self.write_audited(
+            sqlx::query("DELETE FROM namespaces WHERE app_id = $1 AND tenant_id = $2 AND name = $3")
+                .bind(app_id)
+                .bind(tenant_id)
+                .bind(name),
+            "namespace",
+            (actor, Some(tenant_id)),
+            ("namespace.delete", &format!("{app_id}/{name}")),
+        )
+        .await
     }
 
     /// Returns the namespaces of an app (of the tenant, if given), by name.

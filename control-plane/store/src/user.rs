@@ -283,18 +283,15 @@ impl Store {
         if !(id::is_valid(id::TENANT, tenant_id) && id::is_valid(id::USER, user_id)) {
             return Err(StoreError::NotFound("member"));
         }
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query("DELETE FROM memberships WHERE tenant_id = $1 AND user_id = $2")
-            .bind(tenant_id)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound("member"));
-        }
-        audit::record(&mut tx, actor, Some(tenant_id), "member.remove", user_id).await?;
-        tx.commit().await?;
-        Ok(())
+        self.write_audited(
+            sqlx::query("DELETE FROM memberships WHERE tenant_id = $1 AND user_id = $2")
+                .bind(tenant_id)
+                .bind(user_id),
+            "member",
+            (actor, Some(tenant_id)),
+            ("member.remove", user_id),
+        )
+        .await
     }
 
     /// Changes a member's role; audited as `member.role.<role>`.
@@ -311,20 +308,16 @@ impl Store {
         if !(id::is_valid(id::TENANT, tenant_id) && id::is_valid(id::USER, user_id)) {
             return Err(StoreError::NotFound("member"));
         }
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query("UPDATE memberships SET role = $1 WHERE tenant_id = $2 AND user_id = $3")
-            .bind(role.as_str())
-            .bind(tenant_id)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound("member"));
-        }
-        audit::record(&mut tx, actor, Some(tenant_id), &format!("member.role.{}", role.as_str()), user_id)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        self.write_audited(
+            sqlx::query("UPDATE memberships SET role = $1 WHERE tenant_id = $2 AND user_id = $3")
+                .bind(role.as_str())
+                .bind(tenant_id)
+                .bind(user_id),
+            "member",
+            (actor, Some(tenant_id)),
+            (&format!("member.role.{}", role.as_str()), user_id),
+        )
+        .await
     }
 
     /// Returns a tenant's invitations not yet accepted nor ended: (id, email, role, expires_at).
@@ -368,19 +361,15 @@ impl Store {
         if !(id::is_valid(id::TENANT, tenant_id) && id::is_valid(id::INVITATION, invitation_id)) {
             return Err(StoreError::NotFound("invitation"));
         }
-        let mut tx = self.pool.begin().await?;
-        let done =
+        self.write_audited(
             sqlx::query("DELETE FROM invitations WHERE id = $1 AND tenant_id = $2 AND accepted_at IS NULL")
                 .bind(invitation_id)
-                .bind(tenant_id)
-                .execute(&mut *tx)
-                .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound("invitation"));
-        }
-        audit::record(&mut tx, actor, Some(tenant_id), "invitation.withdraw", invitation_id).await?;
-        tx.commit().await?;
-        Ok(())
+                .bind(tenant_id),
+            "invitation",
+            (actor, Some(tenant_id)),
+            ("invitation.withdraw", invitation_id),
+        )
+        .await
     }
 
     /// Starts a session of `ttl_secs` for a user.

@@ -22,6 +22,7 @@ async fn send(
     let url = format!("{}{path}", server.http_url());
     let mut request = match method {
         "GET" => server.http().get(url),
+        "DELETE" => server.http().delete(url),
         _ => server.http().post(url),
     }
     .header("cookie", format!("trb_session={}", browser.cookie));
@@ -242,16 +243,8 @@ async fn an_invitation_adds_a_member_with_its_role_once() {
     assert_eq!(status, 200);
     assert_eq!(pending.as_array().map(Vec::len), Some(1), "the accepted one is gone: {pending}");
     let spare_id = spare["id"].as_str().unwrap();
-    let url = format!("{}{invitations}/{spare_id}", server.http_url());
-    let withdrawn = server
-        .http()
-        .delete(url)
-        .header("cookie", format!("trb_session={}", owner.cookie))
-        .header("x-csrf-token", &owner.csrf)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(withdrawn.status(), 204);
+    let withdrawn = send(&server, &owner, "DELETE", &format!("{invitations}/{spare_id}"), None, true).await.0;
+    assert_eq!(withdrawn, 204);
     let late = json!({"token": spare["token"], "name": "Spare", "password": "spare password!"});
     assert_eq!(open(&server, "/v1/auth/invitations/accept", late).await.0, 401, "a withdrawn invitation");
 
@@ -265,31 +258,15 @@ async fn an_invitation_adds_a_member_with_its_role_once() {
     let dev_id = members[0]["user"]["id"].as_str().unwrap().to_owned();
     let owner_id = members[1]["user"]["id"].as_str().unwrap().to_owned();
     let remove = |id: &str| format!("/v1/tenants/{tenant}/members/{id}");
-    let url = format!("{}{}", server.http_url(), remove(&owner_id));
-    let by_dev = server
-        .http()
-        .delete(url)
-        .header("cookie", format!("trb_session={}", dev.cookie))
-        .header("x-csrf-token", &dev.csrf)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(by_dev.status(), 403, "a developer removes no one");
+    let by_dev = send(&server, &dev, "DELETE", &remove(&owner_id), None, true).await.0;
+    assert_eq!(by_dev, 403, "a developer removes no one");
     // The last owner can neither leave nor be demoted.
     let owner_role = format!("/v1/tenants/{tenant}/members/{owner_id}/role");
     let (status, reply) =
         send(&server, &owner, "POST", &owner_role, Some(json!({"role": "admin"})), true).await;
     assert_eq!((status, reply["error"]["name"].as_str()), (400, Some("invalid_parameter")), "{reply}");
-    let url = format!("{}{}", server.http_url(), remove(&owner_id));
-    let alone = server
-        .http()
-        .delete(url)
-        .header("cookie", format!("trb_session={}", owner.cookie))
-        .header("x-csrf-token", &owner.csrf)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(alone.status(), 400);
+    let alone = send(&server, &owner, "DELETE", &remove(&owner_id), None, true).await.0;
+    assert_eq!(alone, 400);
     // A role change applies at the next request.
     let role = format!("/v1/tenants/{tenant}/members/{dev_id}/role");
     assert_eq!(send(&server, &owner, "POST", &role, Some(json!({"role": "read_only"})), true).await.0, 204);
@@ -300,16 +277,8 @@ async fn an_invitation_adds_a_member_with_its_role_once() {
         403
     );
     assert_eq!(send(&server, &owner, "POST", &role, Some(json!({"role": "operator"})), true).await.0, 400);
-    let url = format!("{}{}", server.http_url(), remove(&dev_id));
-    let by_owner = server
-        .http()
-        .delete(url)
-        .header("cookie", format!("trb_session={}", owner.cookie))
-        .header("x-csrf-token", &owner.csrf)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(by_owner.status(), 204);
+    let by_owner = send(&server, &owner, "DELETE", &remove(&dev_id), None, true).await.0;
+    assert_eq!(by_owner, 204);
     assert_eq!(
         send(&server, &dev, "GET", &format!("/v1/tenants/{tenant}"), None, false).await.0,
         404,

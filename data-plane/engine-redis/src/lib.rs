@@ -33,6 +33,7 @@ use tributary_engine::{
     PresenceOptions, PublishOptions, PublishOutcome, StreamOptions,
 };
 use tributary_protocol::frame::{Direction, MemberInfo};
+use tributary_protocol::{ChannelName, Publication};
 
 use connection::{Conn, Target};
 use scripts::Scripts;
@@ -451,6 +452,18 @@ impl Inner {
         }
     }
 
+    /// The hash of an app's retained messages (channel → publication).
+    fn retained_key(&self, app: &str) -> String {
+        format!("{}:r:{{{app}}}", self.config.prefix)
+    }
+
+    /// The command connection of a key that is not a channel's.
+    fn commands_for_name(&self, name: &str) -> Conn {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(name) as usize;
+        self.commands[hash % self.commands.len()].clone()
+    }
+
     /// The command connection of a channel: always the same one for a channel.
     fn commands_for(&self, key: &ChannelKey) -> Conn {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
@@ -743,6 +756,80 @@ impl Engine for RedisEngine {
             .await
             .map_err(unavailable)?;
         Ok(value)
+    }
+
+    async fn set_retained(
+        &self,
+        key: &ChannelKey,
+        publication: Option<Publication>,
+    ) -> Result<(), EngineError> {
+        let inner = &self.inner;
+        let hash = inner.retained_key(&key.app);
+        let cmd = match publication {
+            Some(publication) => {
+                let mut cmd = redis::cmd("HSET");
+                cmd.arg(&hash)
+                    .arg(key.channel.as_str())
+                    .arg(wire::encode_publication(&publication).map_err(unavailable)?);
+                cmd
+            }
+            None => {
+                let mut cmd = redis::cmd("HDEL");
+                cmd.arg(&hash).arg(key.channel.as_str());
+                cmd
+            }
+        };
+        let _: i64 = cmd.query_async(&mut inner.commands_for_name(&hash)).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn retained(&self, key: &ChannelKey) -> Result<Option<Publication>, EngineError> {
+        let inner = &self.inner;
+        let hash = inner.retained_key(&key.app);
+        let stored: Option<String> = redis::cmd("HGET")
+            .arg(&hash)
+            .arg(key.channel.as_str())
+            .query_async(&mut inner.commands_for_name(&hash))
+            .await
+            .map_err(unavailable)?;
+        stored.map(|s| wire::decode_publication(&s).map_err(unavailable)).transpose()
+    }
+
+    async fn retained_in(
+        &self,
+        app: &str,
+        limit: usize,
+    ) -> Result<Vec<(ChannelName, Publication)>, EngineError> {
+        let inner = &self.inner;
+        let hash = inner.retained_key(app);
+        let mut conn = inner.commands_for_name(&hash);
+        let mut out = Vec::new();
+        let mut cursor = 0u64;
+        // HSCAN rather than HGETALL: an app with many retained channels is read in pieces, and
+        // no more than `limit` are kept.
+        loop {
+            let (next, fields): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+                .arg(&hash)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(256)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            for (channel, stored) in fields {
+                if out.len() >= limit {
+                    break;
+                }
+                let Ok(channel) = ChannelName::parse(&channel) else { continue };
+                out.push((channel, wire::decode_publication(&stored).map_err(unavailable)?));
+            }
+            cursor = next;
+            if cursor == 0 || out.len() >= limit {
+                break;
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
     }
 
     async fn publish_control(&self, event: Bytes) -> Result<(), EngineError> {

@@ -27,6 +27,9 @@ struct Body<'a> {
     c: Option<&'a str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     e: Option<&'a str>,
+    /// Protocol properties, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    m: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// Why something read from Redis could not be understood.
@@ -52,6 +55,7 @@ pub fn encode_body(message: &NewMessage) -> Result<String, WireError> {
         b: matches!(message.payload, Payload::Binary(_)),
         c: message.client_id.as_deref(),
         e: message.encoding.as_deref(),
+        m: message.meta.as_ref().map(|m| base64::engine::general_purpose::STANDARD.encode(m).into()),
     };
     serde_json::to_string(&body).map_err(|_| WireError("body"))
 }
@@ -74,7 +78,39 @@ pub fn decode_body(body: &str, epoch: &Arc<str>, offset: u64, ts_ms: u64) -> Res
         client_id: body.c.map(Arc::from),
         payload,
         encoding: body.e.map(Arc::from),
+        meta: match body.m {
+            Some(m) => Some(Bytes::from(
+                base64::engine::general_purpose::STANDARD.decode(&*m).map_err(|_| WireError("meta"))?,
+            )),
+            None => None,
+        },
     })
+}
+
+/// Encodes a publication with its position, as a retained message is stored:
+/// `<epoch>\n<offset>\n<ts>\n<body>`.
+pub fn encode_publication(publication: &Publication) -> Result<String, WireError> {
+    let message = NewMessage {
+        payload: publication.payload.clone(),
+        client_id: publication.client_id.clone(),
+        encoding: publication.encoding.clone(),
+        meta: publication.meta.clone(),
+    };
+    let body = encode_body(&message)?;
+    Ok(format!("{}\n{}\n{}\n{body}", publication.epoch, publication.offset, publication.ts_ms))
+}
+
+/// Decodes what [`encode_publication`] wrote.
+pub fn decode_publication(text: &str) -> Result<Publication, WireError> {
+    let mut parts = text.splitn(4, '\n');
+    let (Some(epoch), Some(offset), Some(ts), Some(body)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(WireError("publication header"));
+    };
+    let offset = offset.parse().map_err(|_| WireError("offset"))?;
+    let ts = ts.parse().map_err(|_| WireError("timestamp"))?;
+    decode_body(body, &Arc::from(epoch), offset, ts)
 }
 
 /// A presence member as stored.
@@ -118,17 +154,7 @@ pub fn decode_message(message: &[u8]) -> Result<Received, WireError> {
     let text = std::str::from_utf8(message).map_err(|_| WireError("not UTF-8"))?;
     let (kind, rest) = text.split_at_checked(1).ok_or(WireError("empty message"))?;
     match kind {
-        "p" => {
-            let mut parts = rest.splitn(4, '\n');
-            let (Some(epoch), Some(offset), Some(ts), Some(body)) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
-            else {
-                return Err(WireError("publication header"));
-            };
-            let offset = offset.parse().map_err(|_| WireError("offset"))?;
-            let ts = ts.parse().map_err(|_| WireError("timestamp"))?;
-            decode_body(body, &Arc::from(epoch), offset, ts).map(Received::Publication)
-        }
+        "p" => decode_publication(rest).map(Received::Publication),
         "j" => decode_member(rest).map(|m| Received::Presence(PresenceEvent::Join(m))),
         "l" => decode_member(rest).map(|m| Received::Presence(PresenceEvent::Leave(m))),
         "u" => decode_member(rest).map(|m| Received::Presence(PresenceEvent::Update(m))),
@@ -154,8 +180,12 @@ mod tests {
             Payload::Json(Bytes::from_static(br#"{"a":[1,"x\n"]}"#)),
             Payload::Binary(Bytes::from_static(b"\0\xff")),
         ] {
-            let message =
-                NewMessage { payload: payload.clone(), client_id: Some(Arc::from("c")), encoding: None };
+            let message = NewMessage {
+                payload: payload.clone(),
+                client_id: Some(Arc::from("c")),
+                encoding: None,
+                meta: Some(Bytes::from_static(b"\x01\x02")),
+            };
             let body = encode_body(&message).unwrap();
             let wire = format!("pE1\n7\n123\n{body}");
             let Received::Publication(p) = decode_message(wire.as_bytes()).unwrap() else { panic!("kind") };
@@ -163,6 +193,7 @@ mod tests {
                 (&*p.epoch, p.offset, p.ts_ms, p.payload, p.client_id.as_deref()),
                 ("E1", 7, 123, payload, Some("c"))
             );
+            assert_eq!(p.meta.as_deref(), Some(&b"\x01\x02"[..]));
         }
         assert!(decode_message(b"x").is_err());
         assert!(decode_message(b"pE\nnot-a-number\n1\n{}").is_err());

@@ -48,7 +48,7 @@ fn options() -> PublishOptions {
 }
 
 fn message(n: u64) -> NewMessage {
-    NewMessage { payload: Payload::Json(n.to_string().into()), client_id: None, encoding: None }
+    NewMessage { payload: Payload::Json(n.to_string().into()), client_id: None, encoding: None, meta: None }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -109,6 +109,7 @@ fn json(n: u64) -> NewMessage {
         payload: Payload::Json(Bytes::from(format!("{{\"n\":{n}}}"))),
         client_id: None,
         encoding: None,
+        meta: None,
     }
 }
 
@@ -432,6 +433,36 @@ pub async fn active_sets_count_members_once_and_forget_quiet_ones(engine: Arc<dy
     assert_eq!(engine.active_set(&name, &[], window).await.unwrap(), 1, "a and b went quiet");
 }
 
+/// Retained messages are kept per channel until replaced or cleared, with their meta, and
+/// never cross apps.
+pub async fn retained_messages_are_kept_per_channel_and_app(engine: Arc<dyn Engine>) {
+    let a = unique_key("devices/1/firmware");
+    let b = ChannelKey::new(a.app.clone(), ChannelName::parse("devices/2/firmware").unwrap());
+    let other_app = unique_key("devices/1/firmware");
+    assert_eq!(engine.retained(&a).await.unwrap(), None);
+    let mut message = json(1);
+    message.meta = Some(Bytes::from_static(b"\x05meta"));
+    let first = engine.publish(&a, message.clone(), &opts(10)).await.unwrap();
+    let stored = engine.history(&a, forward(Some(0), 10), stream(10)).await.unwrap().publications;
+    assert_eq!(stored.len(), 1);
+    engine.set_retained(&a, Some(stored[0].clone())).await.unwrap();
+    let retained = engine.retained(&a).await.unwrap().unwrap();
+    assert_eq!((retained.offset, retained.meta.clone()), (first.offset, message.meta.clone()));
+    assert_eq!(retained.payload, message.payload);
+    engine.set_retained(&b, Some(Publication { offset: 9, ..stored[0].clone() })).await.unwrap();
+    let all = engine.retained_in(&a.app, 100).await.unwrap();
+    let names: Vec<&str> = all.iter().map(|(c, _)| c.as_str()).collect();
+    assert_eq!(names, ["devices/1/firmware", "devices/2/firmware"]);
+    assert_eq!(engine.retained_in(&a.app, 1).await.unwrap().len(), 1, "the limit holds");
+    assert_eq!(engine.retained(&other_app).await.unwrap(), None, "apps do not share retained messages");
+    assert!(engine.retained_in(&other_app.app, 100).await.unwrap().is_empty());
+    engine.set_retained(&a, None).await.unwrap();
+    assert_eq!(engine.retained(&a).await.unwrap(), None);
+    assert_eq!(engine.retained_in(&a.app, 100).await.unwrap().len(), 1);
+    // Clearing what is not there is fine.
+    engine.set_retained(&a, None).await.unwrap();
+}
+
 /// Stamps out one `#[tokio::test]` per conformance case for an engine factory: an async
 /// function returning `Arc<dyn Engine>`, called once per case.
 #[macro_export]
@@ -457,6 +488,7 @@ macro_rules! engine_conformance_suite {
             control_events_are_delivered,
             counters_add_up_and_expire,
             active_sets_count_members_once_and_forget_quiet_ones,
+            retained_messages_are_kept_per_channel_and_app,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

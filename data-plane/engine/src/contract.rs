@@ -54,6 +54,8 @@ pub struct NewMessage {
     pub client_id: Option<Arc<str>>,
     /// An opaque marker passed through to subscribers.
     pub encoding: Option<Arc<str>>,
+    /// Protocol properties passed through to subscribers (see [`Publication::meta`]).
+    pub meta: Option<Bytes>,
 }
 
 /// What a publish did.
@@ -238,6 +240,26 @@ pub trait Engine: Send + Sync + 'static {
     /// no node has marked within `window`, and returns how many members the set has: what
     /// the nodes saw lately, each counted once (a tenant's channels with subscribers).
     async fn active_set(&self, name: &str, members: &[String], window: Duration) -> Result<u64, EngineError>;
+
+    /// Sets the retained message of a channel (its last value, which a new MQTT subscriber gets
+    /// at once), or clears it with `None`. Retained messages outlive history: they stay until
+    /// replaced or cleared.
+    async fn set_retained(
+        &self,
+        key: &ChannelKey,
+        publication: Option<Publication>,
+    ) -> Result<(), EngineError>;
+
+    /// Returns the retained message of a channel.
+    async fn retained(&self, key: &ChannelKey) -> Result<Option<Publication>, EngineError>;
+
+    /// Returns the retained messages of every channel of `app` (for wildcard subscriptions),
+    /// at most `limit` of them.
+    async fn retained_in(
+        &self,
+        app: &str,
+        limit: usize,
+    ) -> Result<Vec<(ChannelName, Publication)>, EngineError>;
 
     /// Returns whether the engine can serve now (its backend reachable, deliveries flowing);
     /// a node that is not ready should get no new clients from its load balancer.

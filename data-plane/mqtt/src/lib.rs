@@ -15,15 +15,19 @@
 //! - `wire`: variable byte integers, UTF-8 strings and binary data, with the spec's rules.
 //! - [`properties`]: MQTT 5 properties.
 //! - [`packet`]: the packets and [`decode`] / [`encode`].
+//! - [`outgoing`]: PUBLISH packets to subscribers written from stored messages, and the meta
+//!   stored with each message published over MQTT.
 //! - [`topic`]: topic names as channel names, topic filters matched the MQTT way, and the
 //!   channel patterns a filter's subscribe right must cover.
 #![forbid(unsafe_code)]
 
+pub mod outgoing;
 pub mod packet;
 pub mod properties;
 pub mod topic;
 mod wire;
 
+pub use outgoing::{MessageMeta, Outgoing};
 pub use packet::{
     ConnAck, Connect, Disconnect, LastWill, Packet, Publish, QoS, SubAck, Subscribe, Subscription, UnsubAck,
     Unsubscribe, decode, encode,

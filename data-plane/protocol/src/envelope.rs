@@ -120,4 +120,7 @@ pub struct Publication {
     pub payload: Payload,
     /// An opaque, client-defined marker such as an end-to-end encryption scheme; passed through untouched.
     pub encoding: Option<Arc<str>>,
+    /// Properties of the protocol the message was published with, for subscribers of that
+    /// protocol (MQTT: QoS, retain flag and MQTT 5 properties); opaque to everything else.
+    pub meta: Option<Bytes>,
 }

@@ -24,10 +24,21 @@ pub struct PreparedMessage {
     pub frame: Bytes,
     /// The channel.
     pub channel: ChannelName,
-    /// The stream's epoch.
-    pub epoch: Arc<str>,
-    /// The publication's offset.
-    pub offset: u64,
+    /// The publication (its payload shared, not copied): what transports other than
+    /// `tributary.v1` encode from, and its position.
+    pub publication: tributary_protocol::Publication,
+}
+
+impl PreparedMessage {
+    /// Returns the stream's epoch.
+    pub fn epoch(&self) -> &Arc<str> {
+        &self.publication.epoch
+    }
+
+    /// Returns the publication's offset.
+    pub fn offset(&self) -> u64 {
+        self.publication.offset
+    }
 }
 
 /// One item of a connection's outbound queue.

@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use tributary_engine::{ChannelKey, EngineSink};
-use tributary_protocol::Publication;
 use tributary_protocol::frame::{PresenceEvent, server};
+use tributary_protocol::{ChannelName, Publication};
 
 use crate::conn::{ConnHandle, Outbound, PreparedMessage};
 
@@ -65,10 +65,10 @@ enum Next {
 
 fn next(position: &Option<(Arc<str>, u64)>, message: &PreparedMessage) -> Next {
     match position {
-        Some((epoch, offset)) if **epoch == *message.epoch => {
-            if message.offset <= *offset {
+        Some((epoch, offset)) if **epoch == **message.epoch() => {
+            if message.offset() <= *offset {
                 Next::Skip
-            } else if message.offset == offset + 1 {
+            } else if message.offset() == offset + 1 {
                 Next::Give
             } else {
                 Next::Resync
@@ -90,7 +90,7 @@ impl Subscriber {
         match next(&self.position, message) {
             Next::Give => {
                 if let Some((_, offset)) = &mut self.position {
-                    *offset = message.offset;
+                    *offset = message.offset();
                 }
                 self.conn.push(item.clone());
             }
@@ -107,6 +107,17 @@ fn find<'a>(subs: &'a mut [Subscriber], conn: &ConnHandle) -> Option<&'a mut Sub
 
 type ChannelMap = HashMap<ChannelKey, Vec<Subscriber>>;
 
+/// Which channels a wildcard subscription takes (MQTT's `+` and `#` filters).
+pub type ChannelFilter = Arc<dyn Fn(&ChannelName) -> bool + Send + Sync>;
+
+/// A wildcard subscription of a connection: every channel of its app that its filter takes.
+struct PatternSubscriber {
+    conn: ConnHandle,
+    /// Names the subscription within its connection (the filter's text).
+    name: Arc<str>,
+    filter: ChannelFilter,
+}
+
 /// Receives control events (revocations, disconnects) for the node.
 pub trait ControlHandler: Send + Sync {
     /// Handles one control event.
@@ -122,6 +133,11 @@ pub struct Hub {
     control: Mutex<Option<Arc<dyn ControlHandler>>>,
     /// Counts deliveries per app.
     usage: Arc<crate::usage::Usage>,
+    /// Wildcard subscriptions by app. Live only: the publications of a channel reach them in
+    /// order, but nothing is recovered for them from history.
+    patterns: std::sync::RwLock<HashMap<Arc<str>, Vec<PatternSubscriber>>>,
+    /// Whether `patterns` has any, so apps without them pay one atomic load per publication.
+    any_patterns: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -137,6 +153,8 @@ impl Hub {
             max_buffer,
             control: Mutex::new(None),
             usage,
+            patterns: Default::default(),
+            any_patterns: Default::default(),
         }
     }
 
@@ -194,6 +212,29 @@ impl Hub {
         }
     }
 
+    /// Adds a wildcard subscription named `name` for `conn`: live publications of every channel
+    /// of its app that `filter` takes. Replaces the connection's subscription of that name.
+    pub fn add_pattern(&self, conn: &ConnHandle, name: Arc<str>, filter: ChannelFilter) {
+        let mut patterns = self.patterns.write().unwrap_or_else(|p| p.into_inner());
+        let subs = patterns.entry(conn.app().clone()).or_default();
+        subs.retain(|s| !(s.conn.id() == conn.id() && s.name == name));
+        subs.push(PatternSubscriber { conn: conn.clone(), name, filter });
+        self.any_patterns.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Removes a connection's wildcard subscription `name`, or all of them with `None`.
+    pub fn remove_pattern(&self, conn: &ConnHandle, name: Option<&str>) {
+        let mut patterns = self.patterns.write().unwrap_or_else(|p| p.into_inner());
+        let Some(subs) = patterns.get_mut(conn.app()) else { return };
+        subs.retain(|s| !(s.conn.id() == conn.id() && name.is_none_or(|n| *s.name == *n)));
+        if subs.is_empty() {
+            patterns.remove(conn.app());
+            if patterns.is_empty() {
+                self.any_patterns.store(false, std::sync::atomic::Ordering::Release);
+            }
+        }
+    }
+
     /// Removes a subscriber.
     pub fn remove(&self, key: &ChannelKey, conn_id: &str) {
         let mut shard = lock(self.shard(key));
@@ -224,6 +265,33 @@ impl Hub {
         lock(self.shard(key)).get(key).map(Vec::len).unwrap_or(0)
     }
 
+    /// Hands a publication to the wildcard subscribers of its app whose filter takes it;
+    /// returns how many there were.
+    fn deliver_to_patterns(
+        &self,
+        key: &ChannelKey,
+        item: &mut Option<Outbound>,
+        make: impl FnOnce() -> Outbound,
+    ) -> usize {
+        if !self.any_patterns.load(std::sync::atomic::Ordering::Acquire) {
+            return 0;
+        }
+        let patterns = self.patterns.read().unwrap_or_else(|p| p.into_inner());
+        let Some(subs) = patterns.get(&key.app) else { return 0 };
+        let mut make = Some(make);
+        let mut count = 0;
+        for sub in subs.iter().filter(|s| (s.filter)(&key.channel)) {
+            let item = match (item.as_ref(), make.take()) {
+                (Some(item), _) => item,
+                (None, Some(make)) => item.insert(make()),
+                (None, None) => return count,
+            };
+            sub.conn.push(item.clone());
+            count += 1;
+        }
+        count
+    }
+
     /// Hands an item to every subscriber of `key`; returns how many there were.
     fn deliver(&self, key: &ChannelKey, make: impl FnOnce() -> Outbound) -> usize {
         let mut shard = lock(self.shard(key));
@@ -249,15 +317,18 @@ impl Hub {
 
 impl EngineSink for Hub {
     fn on_publication(&self, key: &ChannelKey, publication: &Publication) {
-        let subscribers = self.deliver(key, || {
+        let make = || {
             let frame = server::encode_message(key.channel.as_str(), publication);
             Outbound::Message(Arc::new(PreparedMessage {
                 frame,
                 channel: key.channel.clone(),
-                epoch: publication.epoch.clone(),
-                offset: publication.offset,
+                publication: publication.clone(),
             }))
-        });
+        };
+        // Encoded once for both kinds of subscriber.
+        let mut item = None;
+        let mut subscribers = self.deliver(key, || item.insert(make()).clone());
+        subscribers += self.deliver_to_patterns(key, &mut item, make);
         if subscribers > 0 {
             self.usage.app(&key.app).delivered(subscribers, publication.payload.len());
         }
@@ -306,6 +377,7 @@ mod tests {
             client_id: None,
             payload: Payload::Json(Bytes::from_static(b"1")),
             encoding: None,
+            meta: None,
         }
     }
 
@@ -335,7 +407,7 @@ mod tests {
         let mut offsets = Vec::new();
         let drained = outbox.poll_drain(&mut cx, 10, |item| {
             if let Outbound::Message(m) = item {
-                offsets.push(m.offset);
+                offsets.push(m.offset());
             }
         });
         assert_eq!(drained, Poll::Ready(1));
@@ -351,7 +423,7 @@ mod tests {
         let mut offsets = Vec::new();
         let _ = outbox.poll_drain(&mut cx, 100, |item| {
             if let Outbound::Message(m) = item {
-                offsets.push(m.offset);
+                offsets.push(m.offset());
             }
         });
         offsets

@@ -90,14 +90,35 @@ pub async fn publish(
 ) -> Result<PublishResult, OpError> {
     let ns = state.namespace(app, input.channel.namespace());
     let payload = Payload::from_raw(input.data, input.binary, ns.max_message_bytes)?;
-    let key = ChannelKey::new(app.clone(), input.channel);
+    let message = NewMessage {
+        payload,
+        client_id: input.client_id,
+        encoding: input.encoding.map(Arc::from),
+        meta: None,
+    };
+    publish_message(state, app, input.channel, message, input.idempotency_key).await
+}
+
+/// Publishes a message whose payload is already built (MQTT's are bytes as they came), enforcing
+/// the namespace's size limit and the tenant's quotas.
+pub async fn publish_message(
+    state: &RelayState,
+    app: &Arc<str>,
+    channel: ChannelName,
+    message: NewMessage,
+    idempotency_key: Option<String>,
+) -> Result<PublishResult, OpError> {
+    let ns = state.namespace(app, channel.namespace());
+    let bytes = message.payload.len();
+    if bytes > ns.max_message_bytes {
+        return Err(PayloadError::TooLarge { size: bytes, limit: ns.max_message_bytes }.into());
+    }
+    let key = ChannelKey::new(app.clone(), channel);
     let options = PublishOptions {
         stream: ns.stream(),
-        idempotency_key: input.idempotency_key,
+        idempotency_key,
         idempotency_window: Duration::from_secs(state.config.idempotency_window_secs),
     };
-    let message = NewMessage { payload, client_id: input.client_id, encoding: input.encoding.map(Arc::from) };
-    let bytes = message.payload.len();
     let policy = state
         .policies
         .get(&*state.directory, app)

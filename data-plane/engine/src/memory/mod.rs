@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::time::Instant;
 use tributary_protocol::frame::{MemberInfo, PresenceEvent};
+use tributary_protocol::{ChannelName, Publication};
 
 use crate::contract::{
     ChannelKey, Engine, EngineError, EngineSink, HistoryPage, HistoryQuery, NewMessage, Occupancy,
@@ -58,6 +59,8 @@ struct Inner {
     counters: Mutex<HashMap<String, (i64, Instant)>>,
     /// Active sets: member and when it was last marked.
     sets: Mutex<HashMap<String, HashMap<String, Instant>>>,
+    /// Retained messages per app, by channel.
+    retained: Mutex<HashMap<Arc<str>, std::collections::BTreeMap<ChannelName, Publication>>>,
 }
 
 /// The single-node engine.
@@ -87,6 +90,7 @@ impl MemoryEngine {
             sink: OnceLock::new(),
             counters: Mutex::new(HashMap::new()),
             sets: Mutex::new(HashMap::new()),
+            retained: Mutex::new(HashMap::new()),
         });
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(sweep_loop(Arc::downgrade(&inner)));
@@ -283,6 +287,43 @@ impl Engine for MemoryEngine {
             sets.remove(name);
         }
         Ok(count)
+    }
+
+    async fn set_retained(
+        &self,
+        key: &ChannelKey,
+        publication: Option<Publication>,
+    ) -> Result<(), EngineError> {
+        let mut retained = lock(&self.inner.retained);
+        match publication {
+            Some(publication) => {
+                retained.entry(key.app.clone()).or_default().insert(key.channel.clone(), publication);
+            }
+            None => {
+                if let Some(app) = retained.get_mut(&key.app) {
+                    app.remove(&key.channel);
+                    if app.is_empty() {
+                        retained.remove(&key.app);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn retained(&self, key: &ChannelKey) -> Result<Option<Publication>, EngineError> {
+        Ok(lock(&self.inner.retained).get(&key.app).and_then(|app| app.get(&key.channel)).cloned())
+    }
+
+    async fn retained_in(
+        &self,
+        app: &str,
+        limit: usize,
+    ) -> Result<Vec<(ChannelName, Publication)>, EngineError> {
+        Ok(lock(&self.inner.retained)
+            .get(app)
+            .map(|app| app.iter().take(limit).map(|(c, p)| (c.clone(), p.clone())).collect())
+            .unwrap_or_default())
     }
 
     async fn counter_add(&self, name: &str, delta: i64, ttl: Duration) -> Result<i64, EngineError> {

@@ -98,6 +98,7 @@ impl Stream {
             client_id: message.client_id,
             payload: message.payload,
             encoding: message.encoding,
+            meta: message.meta,
         };
         if let Some(key) = &options.idempotency_key {
             self.remember(key, &publication, now + options.idempotency_window);

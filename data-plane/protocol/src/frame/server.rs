@@ -199,6 +199,7 @@ mod tests {
             client_id: Some(Arc::from("al\"ice")),
             payload,
             encoding: None,
+            meta: None,
         }
     }
 

@@ -258,19 +258,15 @@ impl Session {
             publications.first().is_some_and(|p| estimated_frame_len(key, p) <= self.conn.room_bytes());
         publications.truncate(fits.max(usize::from(first_fits)));
         let mut delivered = since;
-        for publication in &publications {
-            let frame = server::encode_message(key.channel.as_str(), publication);
-            let prepared = PreparedMessage {
-                frame,
-                channel: key.channel.clone(),
-                epoch: publication.epoch.clone(),
-                offset: publication.offset,
-            };
+        for publication in publications {
+            let frame = server::encode_message(key.channel.as_str(), &publication);
+            let offset = publication.offset;
+            let prepared = PreparedMessage { frame, channel: key.channel.clone(), publication };
             if !self.conn.push(Outbound::Message(Arc::new(prepared))) {
                 // Closed as a slow consumer: nothing more is queued anyway.
                 break;
             }
-            delivered = publication.offset;
+            delivered = offset;
         }
         if delivered >= page.top_offset {
             self.state.hub.finish_recovery(key, &self.conn, epoch, delivered);

@@ -103,7 +103,7 @@ fn respond(frames: Vec<Outbound>, cursor: &mut Cursor, unrecovered: &[String]) -
     for item in frames {
         match item {
             Outbound::Message(m) => {
-                let position = StreamPosition { epoch: m.epoch.to_string(), offset: m.offset };
+                let position = StreamPosition { epoch: m.epoch().to_string(), offset: m.offset() };
                 cursor.positions.insert(m.channel.to_string(), position);
                 messages.push(String::from_utf8_lossy(&m.frame).into_owned());
             }

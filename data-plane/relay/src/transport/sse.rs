@@ -150,7 +150,7 @@ fn encode_batch(batch: &mut Vec<Outbound>, cursor: &mut Cursor) -> Bytes {
         match item {
             Outbound::Message(m) => {
                 let position =
-                    tributary_protocol::StreamPosition { epoch: m.epoch.to_string(), offset: m.offset };
+                    tributary_protocol::StreamPosition { epoch: m.epoch().to_string(), offset: m.offset() };
                 cursor.positions.insert(m.channel.to_string(), position);
                 out.extend_from_slice(b"id: ");
                 out.extend_from_slice(cursor.encode().as_bytes());

@@ -29,8 +29,8 @@ mod wire;
 
 pub use outgoing::{MessageMeta, Outgoing};
 pub use packet::{
-    ConnAck, Connect, Disconnect, LastWill, Packet, Publish, QoS, SubAck, Subscribe, Subscription, UnsubAck,
-    Unsubscribe, decode, encode,
+    Ack, ConnAck, Connect, Disconnect, LastWill, Packet, Publish, QoS, SubAck, Subscribe, Subscription,
+    UnsubAck, Unsubscribe, decode, encode,
 };
 pub use properties::Properties;
 

@@ -191,6 +191,9 @@ close_codes! {
     Revoked = (3504, "revoked"),
     /// The app's account (tenant) was suspended or deleted.
     TenantSuspended = (3505, "account suspended"),
+    /// Another connection took over the session of this client id (MQTT); do not reconnect
+    /// automatically, or the two will take it from each other in turn.
+    SessionTakenOver = (3506, "session taken over by another connection"),
 }
 
 impl CloseCode {

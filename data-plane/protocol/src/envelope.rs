@@ -49,6 +49,15 @@ impl Payload {
         Ok(Payload::Json(compact_json(text)))
     }
 
+    /// Takes the bytes of a protocol whose payloads have no type (MQTT). Compact JSON stays JSON,
+    /// so subscribers over every protocol get it as a value; anything else (text that is not
+    /// JSON, or JSON with whitespace that a frame would have to rewrite) is binary, so that every
+    /// subscriber gets exactly the bytes that were sent.
+    pub fn from_bytes(bytes: Bytes) -> Self {
+        let json = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();
+        if json && !has_outer_whitespace(&bytes) { Payload::Json(bytes) } else { Payload::Binary(bytes) }
+    }
+
     /// Returns the stored size in bytes.
     pub fn len(&self) -> usize {
         match self {
@@ -75,27 +84,7 @@ fn check_size(size: usize, limit: usize) -> Result<(), PayloadError> {
 /// is (the common case); anything else is re-serialised so frames never contain raw newlines,
 /// which SSE relies on.
 fn compact_json(text: &str) -> Bytes {
-    let has_outer_whitespace = {
-        let mut in_string = false;
-        let mut escaped = false;
-        text.bytes().any(|b| {
-            if in_string {
-                match (escaped, b) {
-                    (true, _) => escaped = false,
-                    (false, b'\\') => escaped = true,
-                    (false, b'"') => in_string = false,
-                    _ => {}
-                }
-                false
-            } else if b == b'"' {
-                in_string = true;
-                false
-            } else {
-                b.is_ascii_whitespace()
-            }
-        })
-    };
-    if !has_outer_whitespace {
+    if !has_outer_whitespace(text.as_bytes()) {
         return Bytes::copy_from_slice(text.as_bytes());
     }
     match serde_json::from_str::<serde_json::Value>(text) {
@@ -103,6 +92,28 @@ fn compact_json(text: &str) -> Bytes {
         // The caller passes text that already parsed as JSON; keep it rather than lose it.
         Err(_) => Bytes::copy_from_slice(text.as_bytes()),
     }
+}
+
+/// Returns whether JSON text has whitespace outside its strings.
+fn has_outer_whitespace(text: &[u8]) -> bool {
+    let mut in_string = false;
+    let mut escaped = false;
+    text.iter().any(|&b| {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            false
+        } else if b == b'"' {
+            in_string = true;
+            false
+        } else {
+            b.is_ascii_whitespace()
+        }
+    })
 }
 
 /// A message as stored in a channel's history and fanned out to subscribers.
@@ -123,4 +134,23 @@ pub struct Publication {
     /// Properties of the protocol the message was published with, for subscribers of that
     /// protocol (MQTT: QoS, retain flag and MQTT 5 properties); opaque to everything else.
     pub meta: Option<Bytes>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn untyped_bytes_are_json_only_when_compact_json() {
+        for json in [&b"{\"t\":21.5}"[..], b"21.5", b"\"a b\"", b"[1,2]", b"true"] {
+            assert_eq!(
+                Payload::from_bytes(Bytes::copy_from_slice(json)),
+                Payload::Json(Bytes::copy_from_slice(json))
+            );
+        }
+        for other in [&b"hello"[..], b"{ \"t\": 1 }", b"\xff\x00", b"", b"21.5\n", b"{\"a\":1}{"] {
+            let payload = Payload::from_bytes(Bytes::copy_from_slice(other));
+            assert_eq!(payload, Payload::Binary(Bytes::copy_from_slice(other)), "{other:?}");
+        }
+    }
 }

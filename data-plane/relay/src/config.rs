@@ -63,6 +63,8 @@ pub struct RelayConfig {
     /// Options per namespace (the channel-name part before the first `:`); `""` is the default
     /// namespace, used for names without `:` and for namespaces not listed.
     pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// The MQTT front end (`[relay.mqtt]`).
+    pub mqtt: crate::mqtt::MqttConfig,
 }
 
 impl Default for RelayConfig {
@@ -90,6 +92,7 @@ impl Default for RelayConfig {
             usage_flush_secs: 10,
             diagnostic_echo: false,
             namespaces: BTreeMap::from([(String::new(), NamespaceConfig::default())]),
+            mqtt: crate::mqtt::MqttConfig::default(),
         }
     }
 }
@@ -173,6 +176,7 @@ impl RelayConfig {
         positive("max_token_ttl_secs", self.max_token_ttl_secs);
         positive("control_resync_secs", self.control_resync_secs);
         positive("usage_flush_secs", self.usage_flush_secs);
+        problems.extend(self.mqtt.problems());
         if self.usage_flush_secs > 10 {
             problems.push("relay.usage_flush_secs must be at most 10".into());
         }

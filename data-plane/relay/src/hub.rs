@@ -266,7 +266,9 @@ impl Hub {
     }
 
     /// Hands a publication to the wildcard subscribers of its app whose filter takes it;
-    /// returns how many there were.
+    /// returns how many there were. A connection gets it once: not again for a second filter
+    /// that takes it, and not at all if it subscribed to the channel itself (that subscription
+    /// delivers it, in order with its recovery).
     fn deliver_to_patterns(
         &self,
         key: &ChannelKey,
@@ -280,7 +282,18 @@ impl Hub {
         let Some(subs) = patterns.get(&key.app) else { return 0 };
         let mut make = Some(make);
         let mut count = 0;
+        let mut given: Vec<&Arc<str>> = Vec::new();
         for sub in subs.iter().filter(|s| (s.filter)(&key.channel)) {
+            let id = sub.conn.id();
+            if given.contains(&id) {
+                continue;
+            }
+            given.push(id);
+            let exact =
+                lock(self.shard(key)).get(key).is_some_and(|exact| exact.iter().any(|s| s.conn.id() == id));
+            if exact {
+                continue;
+            }
             let item = match (item.as_ref(), make.take()) {
                 (Some(item), _) => item,
                 (None, Some(make)) => item.insert(make()),

@@ -9,6 +9,7 @@
 //! - [`session`]: a client session, independent of the transport; recovery lives in `session::subscribe`.
 //! - [`hub`]: channel to local subscribers; encodes each publication once and shares it.
 //! - [`conn`]: a connection's bounded outbound queue and close signal; the connection registry.
+//! - [`mqtt`]: MQTT 3.1.1 and 5.0 clients on the same channels, sessions and hub.
 //! - [`ops`]: publish and history, shared by sessions and the HTTP API; [`OpError`](ops::OpError).
 //! - [`config`], [`directory`], [`limits`], [`state`]: settings, the app directory trait,
 //!   rate limiting, shared state.
@@ -21,6 +22,7 @@ pub mod directory;
 pub mod http_api;
 pub mod hub;
 pub mod limits;
+pub mod mqtt;
 pub mod ops;
 pub mod policy;
 pub mod quota;

@@ -37,6 +37,7 @@ impl Relay {
             directory,
             policies: Default::default(),
             connections: Connections::default(),
+            mqtt_sessions: Default::default(),
             usage,
             quotas: Default::default(),
             shutdown: CancellationToken::new(),

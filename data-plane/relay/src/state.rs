@@ -45,6 +45,8 @@ pub struct RelayState {
     pub policies: Policies,
     /// Live connections.
     pub connections: Connections,
+    /// MQTT sessions, online and parked.
+    pub mqtt_sessions: crate::mqtt::Sessions,
     /// Plan limits counted on this node and synced through the engine.
     pub quotas: crate::quota::Quotas,
     /// Usage counted on this node, flushed to the directory.

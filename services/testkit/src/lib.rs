@@ -6,11 +6,13 @@
 //! - [`TestServer`]: spawn, URLs, one helper per HTTP API operation.
 //! - [`ws`]: [`WsClient`], a WebSocket client that matches replies to requests.
 //! - [`sse`]: [`SseClient`], a Server-Sent Events reader.
+//! - [`mqtt`]: [`MqttClient`], a raw MQTT client for conformance tests.
 //! - [`eventually`]: wait for a condition instead of sleeping and hoping.
 //! - [`checker`]: [`HistoryChecker`], which finds lost, duplicated, reordered, phantom and
 //!   silently skipped messages and reused offsets in what a test published and received.
 
 pub mod checker;
+pub mod mqtt;
 pub mod redis;
 pub mod sse;
 pub mod ws;
@@ -27,6 +29,7 @@ use tributary::config::TributaryConfig;
 use tributary_relay::RelayConfig;
 
 pub use checker::{HistoryChecker, Report};
+pub use mqtt::MqttClient;
 pub use redis::{ThrowawayCluster, ThrowawayRedis};
 pub use sse::SseClient;
 pub use ws::WsClient;
@@ -44,6 +47,7 @@ fn init_tracing() {
 /// A running server, stopped when dropped.
 pub struct TestServer {
     addr: std::net::SocketAddr,
+    mqtt_addr: Option<std::net::SocketAddr>,
     credentials: Credentials,
     http: reqwest::Client,
     store: tributary_store::Store,
@@ -162,6 +166,7 @@ impl TestServer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
         let bound = tributary::server::bind(config, Some(listener)).await.expect("server binds");
         let addr = bound.addr();
+        let mqtt_addr = bound.mqtt_addr();
         let credentials = bound.credentials().clone();
         let store = bound.store().clone();
         let (tx, rx) = oneshot::channel();
@@ -174,6 +179,7 @@ impl TestServer {
         });
         Self {
             addr,
+            mqtt_addr,
             credentials,
             http: reqwest::Client::new(),
             store,
@@ -191,6 +197,20 @@ impl TestServer {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+    }
+
+    /// Starts a server with MQTT on a free port, after `configure` adjusts its relay settings.
+    pub async fn spawn_mqtt(configure: impl FnOnce(&mut RelayConfig)) -> Self {
+        Self::spawn_with(|relay| {
+            relay.mqtt.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+            configure(relay);
+        })
+        .await
+    }
+
+    /// Returns the MQTT address (servers started with [`TestServer::spawn_mqtt`]).
+    pub fn mqtt_addr(&self) -> std::net::SocketAddr {
+        self.mqtt_addr.expect("the server was started with MQTT on")
     }
 
     /// Returns the HTTP base URL.
@@ -282,7 +302,7 @@ impl TestServer {
     /// Publishes `data` to `channel` after `delay`, from a background task.
     pub fn publish_later(&self, channel: &str, data: Value, delay: Duration) -> tokio::task::JoinHandle<()> {
         let http = self.http.clone();
-        let url = format!("{}/v1/channels/{channel}/messages", self.http_url());
+        let url = format!("{}/v1/channels/{}/messages", self.http_url(), channel.replace('/', "%2F"));
         let key = self.api_key().to_owned();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -339,7 +359,8 @@ impl TestServer {
     /// Publishes through the HTTP API and returns the reply (panics unless it succeeded).
     pub async fn publish(&self, channel: &str, data: Value) -> Value {
         let (status, reply) =
-            self.post(&format!("/v1/channels/{channel}/messages"), &json!({"data": data}), None).await;
+            // A channel name may hold `/` (MQTT topics do): one path segment, escaped.
+            self.post(&format!("/v1/channels/{}/messages", channel.replace('/', "%2F")), &json!({"data": data}), None).await;
         assert_eq!(status, 200, "publish failed: {reply}");
         reply
     }

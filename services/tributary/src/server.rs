@@ -55,6 +55,8 @@ pub enum ServeError {
 pub struct Bound {
     listener: TcpListener,
     addr: SocketAddr,
+    /// The MQTT listener, when `relay.mqtt.listen` is set.
+    mqtt: Option<TcpListener>,
     relay: Relay,
     control_plane: Arc<ControlPlane>,
     credentials: Credentials,
@@ -65,6 +67,11 @@ impl Bound {
     /// Returns the bound HTTP/WebSocket address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Returns the bound MQTT address, if MQTT is on.
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.mqtt.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Returns the store (tests use it to create more tenants and apps).
@@ -80,7 +87,10 @@ impl Bound {
     /// Serves until `shutdown` completes; then closes every connection with "server shutting
     /// down" and waits (briefly) for requests in flight.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-        let Bound { listener, relay, control_plane, store, .. } = self;
+        let Bound { listener, relay, control_plane, store, mqtt, .. } = self;
+        if let Some(mqtt) = mqtt {
+            tokio::spawn(tributary_relay::mqtt::serve(mqtt, relay.state().clone()));
+        }
         let housekeeping = tokio::spawn(crate::maintenance::run(store));
         // The management routes first: the relay's router carries the fallback (404).
         let router = control_plane.router().merge(relay.router());
@@ -194,6 +204,12 @@ pub async fn bind(
         None => listen(config.listen).map_err(|source| ServeError::Bind { addr: config.listen, source })?,
     };
     let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+    let mqtt = match config.relay.mqtt.listen {
+        Some(mqtt_addr) => {
+            Some(listen(mqtt_addr).map_err(|source| ServeError::Bind { addr: mqtt_addr, source })?)
+        }
+        None => None,
+    };
     let master_key = bootstrap::master_key(config.master_key.as_ref()).ok_or(ServeError::NoMasterKey)??;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| BootstrapError::Io { path: config.data_dir.clone(), source })?;
@@ -224,5 +240,5 @@ pub async fn bind(
     let relay =
         Relay::new(config.relay.clone(), engine.clone(), Arc::new(StoreDirectory::new(store.clone())));
     let control_plane = ControlPlane::with_settings(store.clone(), engine, config.control.settings());
-    Ok(Bound { listener, addr, relay, control_plane, credentials, store })
+    Ok(Bound { listener, addr, mqtt, relay, control_plane, credentials, store })
 }

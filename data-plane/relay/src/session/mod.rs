@@ -250,13 +250,16 @@ impl Session {
 
     /// Checks that this client may publish `request` now (takes from its publish rate).
     fn may_publish(&mut self, request: PublishRequest) -> Result<PublishRequest, OpError> {
-        if !self.identity.capabilities.allows(&request.channel, Right::Publish) {
-            return Err(OpError::new(
-                ErrorCode::Forbidden,
-                format!("no publish right on {}", request.channel),
-            ));
+        self.may_publish_on(&request.channel)?;
+        Ok(request)
+    }
+
+    /// Checks that this client may publish on `channel` now (takes from its publish rate).
+    pub fn may_publish_on(&mut self, channel: &ChannelName) -> Result<(), OpError> {
+        if !self.identity.capabilities.allows(channel, Right::Publish) {
+            return Err(OpError::new(ErrorCode::Forbidden, format!("no publish right on {channel}")));
         }
-        if !self.state.namespace(&self.identity.app_id, request.channel.namespace()).client_publish {
+        if !self.state.namespace(&self.identity.app_id, channel.namespace()).client_publish {
             return Err(OpError::new(
                 ErrorCode::DisabledInNamespace,
                 "clients may not publish in this namespace",
@@ -266,7 +269,19 @@ impl Session {
         if !self.publish_bucket.try_take(config.publish_rate_per_second, config.publish_burst) {
             return Err(ErrorCode::RateLimited.into());
         }
-        Ok(request)
+        Ok(())
+    }
+
+    /// Takes the request budget of one request other than a publish; false when the client is
+    /// over its request rate.
+    pub fn take_request(&mut self) -> bool {
+        let config = &self.state.config;
+        self.request_bucket.try_take(config.request_rate_per_second, config.request_burst)
+    }
+
+    /// Returns whether the session is subscribed to `channel`.
+    pub fn is_subscribed(&self, channel: &ChannelName) -> bool {
+        self.subscriptions.contains_key(channel)
     }
 
     async fn history(
@@ -329,24 +344,41 @@ impl Session {
         if identity.client_id != self.identity.client_id || identity.app_id != self.identity.app_id {
             return Err(ErrorCode::TokenMismatch.into());
         }
+        for channel in self.reauthenticate(identity, credential).await {
+            let frame = server::encode_unsubscribed(channel.as_str(), ErrorCode::Forbidden);
+            self.conn.push(Outbound::frame(frame));
+        }
+        Ok(RefreshReply { expires_at: self.identity.expires_at })
+    }
+
+    /// Puts a new token of the same client and app in force: the connection is checked against
+    /// it, and the subscriptions it no longer grants end (returned, so the transport can say so).
+    pub async fn reauthenticate(&mut self, identity: Identity, credential: Credential) -> Vec<ChannelName> {
         self.conn.set_credential(credential);
         crate::transport::recheck(&self.state, &self.conn).await;
         self.identity = identity;
-        // Subscriptions the new token no longer grants end now.
         let revoked: Vec<ChannelName> = self
             .subscriptions
             .keys()
             .filter(|c| !self.identity.capabilities.allows(c, Right::Subscribe))
             .cloned()
             .collect();
-        for channel in revoked {
-            if let Some(subscription) = self.subscriptions.remove(&channel) {
+        for channel in &revoked {
+            if let Some(subscription) = self.subscriptions.remove(channel) {
                 self.drop_subscription(subscription).await;
-                let frame = server::encode_unsubscribed(channel.as_str(), ErrorCode::Forbidden);
-                self.conn.push(Outbound::frame(frame));
             }
         }
-        Ok(RefreshReply { expires_at: self.identity.expires_at })
+        revoked
+    }
+
+    /// Leaves the presence of every channel (the client went away but its session stays, as an
+    /// MQTT session does); [`Session::heartbeat`] joins again.
+    pub async fn leave_presence(&self) {
+        for subscription in self.subscriptions.values().filter(|s| s.presence) {
+            if let Err(err) = self.state.engine.presence_leave(&subscription.key, self.conn.id()).await {
+                tracing::warn!(error = %err, "presence leave failed");
+            }
+        }
     }
 
     /// Refreshes this connection's presence entries (the heartbeat).

@@ -17,6 +17,7 @@ mod http_api;
 mod isolation;
 mod limits;
 mod management_api;
+mod mqtt;
 mod namespaces;
 mod node_failure;
 mod presence;

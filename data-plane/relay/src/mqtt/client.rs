@@ -1,0 +1,338 @@
+//! The MQTT session of one client: its subscriptions (filters and their options), the packet
+//! ids and QoS 1 and 2 state of both directions, and the delivery of queued publications as
+//! PUBLISH packets. It outlives a connection when the session does (see `registry`); what
+//! belongs to one connection only (protocol version, limits and topic aliases the two sides
+//! agreed on) is a [`Link`].
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use tributary_mqtt::topic::TopicFilter;
+use tributary_mqtt::{MessageMeta, Outgoing, QoS, Version};
+use tributary_protocol::{ChannelName, StreamPosition};
+
+use crate::conn::{Outbox, PreparedMessage};
+use crate::session::Session;
+
+/// One subscription: a filter and its options.
+#[derive(Debug, Clone)]
+pub(super) struct Filter {
+    /// The filter as the client wrote it.
+    pub text: Arc<str>,
+    pub topic: Arc<TopicFilter>,
+    /// The channel, for a filter without wildcards (a subscription of the session, with
+    /// recovery); `None` for a wildcard subscription in the hub.
+    pub exact: Option<ChannelName>,
+    pub qos: QoS,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    /// The subscription identifier (MQTT 5).
+    pub id: Option<u32>,
+}
+
+/// A QoS 1 or 2 message sent and not yet acknowledged.
+struct Inflight {
+    id: u16,
+    message: Arc<PreparedMessage>,
+    qos: QoS,
+    retain: bool,
+    /// QoS 2: PUBREC came and PUBREL went; waiting for PUBCOMP.
+    released: bool,
+}
+
+/// What one network connection agreed on.
+pub(super) struct Link {
+    pub version: Version,
+    /// QoS 1 and 2 messages the client takes unacknowledged (its Receive Maximum, capped).
+    pub receive_maximum: u16,
+    /// The largest packet the client takes.
+    pub max_packet: usize,
+    /// Topic aliases the server may use towards the client, and those it set.
+    alias_max: u16,
+    aliases: HashMap<ChannelName, u16>,
+    /// Topic aliases the client set, towards the server.
+    pub inbound_aliases: HashMap<u16, ChannelName>,
+    /// Whether reason strings may be sent (MQTT 5 Request Problem Information).
+    pub problem_info: bool,
+    /// Retained messages for new subscriptions, waiting for room in the client's Receive
+    /// Maximum, with the filter each is for.
+    pub retained: VecDeque<(Arc<PreparedMessage>, Arc<str>)>,
+}
+
+impl Link {
+    /// Creates the link of a connection.
+    pub fn new(
+        version: Version,
+        receive_maximum: u16,
+        max_packet: usize,
+        alias_max: u16,
+        problem_info: bool,
+    ) -> Self {
+        Self {
+            version,
+            receive_maximum,
+            max_packet,
+            alias_max: if version == Version::V5 { alias_max } else { 0 },
+            aliases: HashMap::new(),
+            inbound_aliases: HashMap::new(),
+            problem_info,
+            retained: VecDeque::new(),
+        }
+    }
+}
+
+/// The session of an MQTT client.
+pub(super) struct Client {
+    /// The relay session: rights, exact subscriptions, presence, the connection's queue.
+    pub session: Session,
+    /// The receiving end of the session's queue.
+    pub outbox: Outbox,
+    /// The client id (the token's).
+    pub client_id: Arc<str>,
+    /// Seconds the session outlives its connection.
+    pub expiry_secs: u32,
+    pub filters: Vec<Filter>,
+    inflight: VecDeque<Inflight>,
+    /// QoS 2 publishes received whose PUBREL has not come yet.
+    pub awaiting_release: BTreeSet<u16>,
+    next_id: u16,
+    /// The last message delivered per channel of an exact filter: where a rebuilt session
+    /// recovers from.
+    positions: HashMap<ChannelName, (Arc<str>, u64)>,
+}
+
+/// Returns the lower of two QoS levels.
+fn min_qos(a: QoS, b: QoS) -> QoS {
+    if (a as u8) <= (b as u8) { a } else { b }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// At most this many subscription identifiers go on one PUBLISH; more overlapping
+/// subscriptions with identifiers than this are not worth an allocation per delivery.
+const MAX_IDS: usize = 8;
+
+impl Client {
+    /// Creates a session with no subscriptions.
+    pub fn new(session: Session, outbox: Outbox, client_id: Arc<str>, expiry_secs: u32) -> Self {
+        Self {
+            session,
+            outbox,
+            client_id,
+            expiry_secs,
+            filters: Vec::new(),
+            inflight: VecDeque::new(),
+            awaiting_release: BTreeSet::new(),
+            next_id: 0,
+            positions: HashMap::new(),
+        }
+    }
+
+    /// Returns how many QoS 1 and 2 messages wait for the client's acknowledgement.
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Returns whether another QoS 1 or 2 message may be sent now.
+    pub fn can_send(&self, link: &Link) -> bool {
+        self.inflight.len() < usize::from(link.receive_maximum)
+    }
+
+    /// Returns the position to recover `channel` from, if the session delivered some of it.
+    pub fn position(&self, channel: &ChannelName) -> Option<StreamPosition> {
+        self.positions
+            .get(channel)
+            .map(|(epoch, offset)| StreamPosition { epoch: epoch.to_string(), offset: *offset })
+    }
+
+    /// Forgets what the session knew of a channel it no longer subscribes to.
+    pub fn forget(&mut self, channel: &ChannelName) {
+        self.positions.remove(channel);
+    }
+
+    fn next_packet_id(&mut self) -> u16 {
+        loop {
+            self.next_id = self.next_id.wrapping_add(1).max(1);
+            let id = self.next_id;
+            if !self.inflight.iter().any(|m| m.id == id) {
+                return id;
+            }
+        }
+    }
+
+    /// Writes a queued publication as a PUBLISH to every matching subscription at once (the
+    /// highest QoS among them, all their identifiers), or nothing when none matches any more,
+    /// it expired, or it is larger than the client takes. `only`: a retained message sent for
+    /// the new subscription of this filter.
+    pub fn deliver(
+        &mut self,
+        link: &mut Link,
+        message: &Arc<PreparedMessage>,
+        only: Option<&str>,
+        out: &mut Vec<u8>,
+    ) {
+        let publication = &message.publication;
+        let topic = message.channel.as_str();
+        let meta = publication.meta.as_ref().and_then(MessageMeta::decode);
+        let own = publication.client_id.as_deref() == Some(&*self.client_id);
+        let mut qos = None::<QoS>;
+        let mut retain_as_published = false;
+        let mut ids = [0u32; MAX_IDS];
+        let mut id_count = 0;
+        for filter in &self.filters {
+            if only.is_some_and(|only| only != &*filter.text)
+                || (filter.no_local && own)
+                || !filter.topic.matches(topic)
+            {
+                continue;
+            }
+            qos = Some(qos.map_or(filter.qos, |q| q.max(filter.qos)));
+            retain_as_published |= filter.retain_as_published;
+            if let Some(id) = filter.id
+                && id_count < MAX_IDS
+            {
+                ids[id_count] = id;
+                id_count += 1;
+            }
+        }
+        let Some(qos) = qos else { return };
+        let qos = min_qos(qos, meta.as_ref().map_or(QoS::ExactlyOnce, |m| m.qos));
+        let retain = only.is_some() || (retain_as_published && meta.as_ref().is_some_and(|m| m.retain));
+        let expiry = match meta.as_ref().and_then(|m| m.expiry) {
+            Some(expiry) => {
+                let elapsed = now_ms().saturating_sub(publication.ts_ms) / 1000;
+                match u64::from(expiry).checked_sub(elapsed) {
+                    Some(left) if left > 0 => Some(left as u32),
+                    _ => return,
+                }
+            }
+            None => None,
+        };
+        let forwarded = meta.as_ref().map_or(&[][..], |m| &m.forwarded[..]);
+        let payload = match &publication.payload {
+            tributary_protocol::Payload::Json(b) | tributary_protocol::Payload::Binary(b) => b,
+        };
+        let mut outgoing = Outgoing {
+            dup: false,
+            qos,
+            retain,
+            topic,
+            packet_id: (qos != QoS::AtMostOnce).then_some(0),
+            topic_alias: None,
+            subscription_ids: &ids[..id_count],
+            expiry,
+            forwarded,
+            payload,
+        };
+        if outgoing.packet_len(link.version) > link.max_packet {
+            // MQTT-3.1.2-25: a packet larger than the client takes is dropped as if delivered.
+            tracing::debug!(topic, "publication larger than the client's maximum packet size; dropped");
+            return;
+        }
+        match link.aliases.get(&message.channel) {
+            Some(alias) => {
+                outgoing.topic_alias = Some(*alias);
+                outgoing.topic = "";
+            }
+            None if link.aliases.len() < usize::from(link.alias_max) => {
+                let alias = link.aliases.len() as u16 + 1;
+                link.aliases.insert(message.channel.clone(), alias);
+                outgoing.topic_alias = Some(alias);
+            }
+            None => {}
+        }
+        if qos != QoS::AtMostOnce {
+            let id = self.next_packet_id();
+            outgoing.packet_id = Some(id);
+            self.inflight.push_back(Inflight { id, message: message.clone(), qos, retain, released: false });
+        }
+        outgoing.write(link.version, out);
+        if only.is_none() && self.filters.iter().any(|f| f.exact.as_ref() == Some(&message.channel)) {
+            match self.positions.get_mut(&message.channel) {
+                Some((epoch, offset)) if **epoch == *publication.epoch => *offset = publication.offset,
+                _ => {
+                    self.positions
+                        .insert(message.channel.clone(), (publication.epoch.clone(), publication.offset));
+                }
+            }
+        }
+    }
+
+    /// Handles PUBACK: the QoS 1 message is delivered.
+    pub fn on_puback(&mut self, id: u16) {
+        self.inflight.retain(|m| !(m.id == id && m.qos == QoS::AtLeastOnce));
+    }
+
+    /// Handles PUBREC: answers PUBREL (or, for an unknown id, PUBREL with 0x92).
+    pub fn on_pubrec(&mut self, link: &Link, id: u16, code: u8, out: &mut Vec<u8>) {
+        let Some(index) = self.inflight.iter().position(|m| m.id == id && m.qos == QoS::ExactlyOnce) else {
+            write_ack(out, link.version, 0x62, id, 0x92);
+            return;
+        };
+        if code >= 0x80 {
+            // MQTT 5: the client refused the message; the flow ends here.
+            self.inflight.remove(index);
+            return;
+        }
+        if let Some(inflight) = self.inflight.get_mut(index) {
+            inflight.released = true;
+        }
+        write_ack(out, link.version, 0x62, id, 0);
+    }
+
+    /// Handles PUBCOMP: the QoS 2 message is delivered.
+    pub fn on_pubcomp(&mut self, id: u16) {
+        self.inflight.retain(|m| !(m.id == id && m.released));
+    }
+
+    /// Sends again, in order, whatever the client has not acknowledged (after a reconnect):
+    /// PUBLISH with DUP for those not received, PUBREL for those received but not completed.
+    pub fn resend(&mut self, link: &mut Link, out: &mut Vec<u8>) {
+        for inflight in &self.inflight {
+            if inflight.released {
+                write_ack(out, link.version, 0x62, inflight.id, 0);
+                continue;
+            }
+            let publication = &inflight.message.publication;
+            let meta = publication.meta.as_ref().and_then(MessageMeta::decode);
+            let payload = match &publication.payload {
+                tributary_protocol::Payload::Json(b) | tributary_protocol::Payload::Binary(b) => b,
+            };
+            let ids: Vec<u32> = self
+                .filters
+                .iter()
+                .filter(|f| f.topic.matches(inflight.message.channel.as_str()))
+                .filter_map(|f| f.id)
+                .take(MAX_IDS)
+                .collect();
+            Outgoing {
+                dup: true,
+                qos: inflight.qos,
+                retain: inflight.retain,
+                topic: inflight.message.channel.as_str(),
+                packet_id: Some(inflight.id),
+                topic_alias: None,
+                subscription_ids: &ids,
+                expiry: meta.as_ref().and_then(|m| m.expiry),
+                forwarded: meta.as_ref().map_or(&[][..], |m| &m.forwarded[..]),
+                payload,
+            }
+            .write(link.version, out);
+        }
+    }
+}
+
+/// Writes PUBACK (0x40), PUBREC (0x50), PUBREL (0x62) or PUBCOMP (0x70); MQTT 5 carries the
+/// reason code when it is not success.
+pub(super) fn write_ack(out: &mut Vec<u8>, version: Version, header: u8, id: u16, code: u8) {
+    let with_code = version == Version::V5 && code != 0;
+    out.push(header);
+    out.push(if with_code { 3 } else { 2 });
+    out.extend_from_slice(&id.to_be_bytes());
+    if with_code {
+        out.push(code);
+    }
+}

@@ -1,0 +1,890 @@
+//! One MQTT connection over TCP: CONNECT (authentication, the session claimed or resumed),
+//! then one loop that reads packets, writes the session's queue as PUBLISH packets within the
+//! client's Receive Maximum, and keeps the keep-alive, presence and token deadlines; then the
+//! end (the will, the session parked or closed).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep_until};
+use tributary_capability::Right;
+use tributary_mqtt::topic::{TopicFilter, channel_of};
+use tributary_mqtt::{
+    ConnAck, Connect, DecodeError, Disconnect, LastWill, Packet, Properties, Publish, QoS, SubAck, Subscribe,
+    UnsubAck, Unsubscribe, Version, decode, encode,
+};
+use tributary_protocol::frame::SubscribeRequest;
+use tributary_protocol::{ChannelName, CloseCode, ErrorCode};
+
+use super::client::{Client, Filter, Link, write_ack};
+use crate::conn::{ConnHandle, Outbound, Outbox, PreparedMessage};
+use crate::ops::OpError;
+use crate::policy::Credential;
+use crate::session::{Identity, Session, unix_now};
+use crate::state::RelayState;
+
+/// Queued items turned into packets per wake at most, so a busy connection still reads.
+const COALESCE_MAX: usize = 64;
+
+/// How long a write may stall before the client counts as gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the goodbye (a DISCONNECT) may take.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How a connection ended.
+enum Ending {
+    /// The socket closed or failed without a DISCONNECT: the will is published.
+    Gone,
+    /// The client sent DISCONNECT; with reason 0x04 it asked for its will to be published.
+    Disconnected { will: bool },
+    /// The server closed the connection (a revocation, a slow consumer, a shutdown, a takeover,
+    /// the token's expiry): the will is published.
+    Closed,
+    /// The client broke the protocol or a limit: DISCONNECT with this reason code (MQTT 5),
+    /// then the will.
+    Refused(u8, &'static str),
+}
+
+/// A connection past its CONNECT.
+struct Live {
+    client: Box<Client>,
+    link: Link,
+    app: Arc<str>,
+    generation: u64,
+    keep_alive: Duration,
+    will: Option<LastWill>,
+    expires_at: u64,
+    out: Vec<u8>,
+}
+
+/// Serves one MQTT connection.
+pub(super) async fn run(mut stream: TcpStream, state: Arc<RelayState>) {
+    let mut input = BytesMut::new();
+    let max = state.config.mqtt.max_packet_bytes;
+    let timeout = Duration::from_millis(state.config.handshake_timeout_ms);
+    let connect = match tokio::time::timeout(timeout, read_connect(&mut stream, &mut input, max)).await {
+        Ok(Ok(connect)) => connect,
+        Ok(Err(Some(DecodeError::UnsupportedProtocol))) => {
+            // MQTT-3.1.2-2: "unacceptable protocol version", in the 3.1.1 form every client reads.
+            let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+            return;
+        }
+        _ => return,
+    };
+    let Some(mut live) = Box::pin(open(&state, &mut stream, connect)).await else { return };
+    let ending = serve(&state, &mut stream, &mut input, &mut live).await;
+    Box::pin(finish(&state, stream, live, ending)).await;
+}
+
+/// Reads until the CONNECT packet. `Err(Some(_))`: it was malformed; `Err(None)`: the socket
+/// went away.
+async fn read_connect(
+    stream: &mut TcpStream,
+    input: &mut BytesMut,
+    max: usize,
+) -> Result<Box<Connect>, Option<DecodeError>> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        match decode(input, None, max) {
+            Ok(Some((Packet::Connect(connect), used))) => {
+                input.advance(used);
+                return Ok(connect);
+            }
+            Ok(Some(_)) => return Err(Some(DecodeError::Protocol("the first packet must be CONNECT"))),
+            Ok(None) => {}
+            Err(err) => return Err(Some(err)),
+        }
+        input.reserve(1024);
+        match stream.read_buf(input).await {
+            Ok(0) | Err(_) => return Err(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A CONNACK refusal: the MQTT 5 reason code and the 3.1.1 return code.
+struct Refusal(u8, u8, String);
+
+impl Refusal {
+    fn of(err: &OpError) -> Self {
+        let message = err.message.clone();
+        match err.code {
+            ErrorCode::TokenRevoked | ErrorCode::TenantSuspended | ErrorCode::Forbidden => {
+                Self(0x87, 0x05, message)
+            }
+            ErrorCode::ConnectionLimit | ErrorCode::ChannelLimit | ErrorCode::QuotaExceeded => {
+                Self(0x97, 0x03, message)
+            }
+            code if code.temporary() => Self(0x88, 0x03, message),
+            _ => Self(0x86, 0x04, message),
+        }
+    }
+}
+
+/// Sends CONNACK with a refusal, then closes.
+async fn refuse(stream: &mut TcpStream, version: Version, refusal: Refusal) {
+    let Refusal(v5, v3, reason) = refusal;
+    let mut properties = Properties::default();
+    if version == Version::V5 {
+        properties.reason_string = Some(reason);
+    }
+    let code = if version == Version::V5 { v5 } else { v3 };
+    let packet = encode(&Packet::ConnAck(ConnAck { session_present: false, code, properties }), version);
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, stream.write_all(&packet)).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Whether a client id or user name holds a character that means "many" somewhere.
+fn has_wildcard(text: &str) -> bool {
+    text.contains(['+', '#', '*'])
+}
+
+/// Authenticates CONNECT, claims or resumes the session and sends CONNACK.
+async fn open(state: &Arc<RelayState>, stream: &mut TcpStream, connect: Box<Connect>) -> Option<Live> {
+    let version = connect.version;
+    let config = &state.config.mqtt;
+    if has_wildcard(&connect.client_id) {
+        refuse(stream, version, Refusal(0x85, 0x02, "wildcard characters in the client id".into())).await;
+        return None;
+    }
+    let username = connect.username.as_deref().unwrap_or_default();
+    if has_wildcard(username) {
+        refuse(stream, version, Refusal(0x86, 0x04, "wildcard characters in the user name".into())).await;
+        return None;
+    }
+    let Some(token) = connect.password.as_ref().and_then(|p| std::str::from_utf8(p).ok()) else {
+        let reason = "the password must be a capability token of the app named by the user name";
+        refuse(stream, version, Refusal(0x86, 0x04, reason.into())).await;
+        return None;
+    };
+    let (identity, credential, policy) = match Identity::authenticate(state, token).await {
+        Ok(authenticated) => authenticated,
+        Err(err) => {
+            refuse(stream, version, Refusal::of(&err)).await;
+            return None;
+        }
+    };
+    if username != &*identity.app_id && username != &*credential.kid {
+        let reason = "the user name must be the token's app id or signing key id";
+        refuse(stream, version, Refusal(0x86, 0x04, reason.into())).await;
+        return None;
+    }
+    let assigned = connect.client_id.is_empty();
+    if assigned && version == Version::V311 && !connect.clean_start {
+        let reason = "an empty client id needs a clean session";
+        refuse(stream, version, Refusal(0x85, 0x02, reason.into())).await;
+        return None;
+    }
+    if !assigned && *connect.client_id != *identity.client_id {
+        let reason = "the client id must be the token's client id";
+        refuse(stream, version, Refusal(0x85, 0x02, reason.into())).await;
+        return None;
+    }
+    if let Some(will) = &connect.will {
+        let allowed = channel_of(&will.topic).is_ok_and(|c| identity.capabilities.allows(&c, Right::Publish));
+        if !allowed {
+            let reason = format!("no publish right on the will topic {}", will.topic);
+            refuse(stream, version, Refusal(0x87, 0x05, reason)).await;
+            return None;
+        }
+    }
+    if let Err(err) = state.quotas.admit_connection(&policy) {
+        refuse(stream, version, Refusal::of(&err)).await;
+        return None;
+    }
+    let max_keep_alive = config.max_keep_alive_secs;
+    let keep_alive = match connect.keep_alive {
+        0 => max_keep_alive,
+        asked => asked.min(max_keep_alive),
+    };
+    let expiry_secs = match version {
+        Version::V5 => connect.properties.session_expiry.unwrap_or(0).min(config.max_session_expiry_secs),
+        Version::V311 if connect.clean_start => 0,
+        Version::V311 => config.max_session_expiry_secs,
+    };
+    let app = identity.app_id.clone();
+    let client_id = identity.client_id.clone();
+    let Some(claim) = state.mqtt_sessions.claim(&app, &client_id).await else {
+        refuse(stream, version, Refusal(0x89, 0x03, "the previous connection did not let go".into())).await;
+        return None;
+    };
+    let mut previous = claim.previous;
+    if connect.clean_start
+        && let Some(old) = previous.take()
+    {
+        old.session.close().await;
+    }
+    let session_present = previous.is_some();
+    let expires_at = identity.expires_at;
+    let client = match previous {
+        Some(old) => resume(state, old, identity, credential).await,
+        None => fresh(state, identity, credential, client_id.clone()).await,
+    };
+    let mut client = match client {
+        Ok(client) => client,
+        Err(err) => {
+            state.mqtt_sessions.release(&app, &client_id, claim.generation, None);
+            refuse(stream, version, Refusal::of(&err)).await;
+            return None;
+        }
+    };
+    client.expiry_secs = expiry_secs;
+    state.mqtt_sessions.attach(&app, &client_id, claim.generation, client.session.conn());
+    let p = &connect.properties;
+    let receive_maximum = p.receive_maximum.unwrap_or(u16::MAX).min(config.max_inflight);
+    let max_packet = p.maximum_packet_size.map_or(usize::MAX, |m| m as usize);
+    let alias_max = p.topic_alias_maximum.unwrap_or(0).min(config.server_topic_aliases);
+    let problem_info = p.request_problem_info != Some(0);
+    let mut link = Link::new(version, receive_maximum, max_packet, alias_max, problem_info);
+    let mut properties = Properties::default();
+    if version == Version::V5 {
+        properties.receive_maximum = Some(config.receive_maximum);
+        properties.topic_alias_maximum = Some(config.topic_alias_maximum);
+        properties.maximum_packet_size = Some(config.max_packet_bytes as u32);
+        properties.retain_available = Some(1);
+        properties.wildcard_available = Some(1);
+        properties.subscription_ids_available = Some(1);
+        properties.shared_available = Some(0);
+        if keep_alive != connect.keep_alive {
+            properties.server_keep_alive = Some(keep_alive);
+        }
+        if connect.properties.session_expiry.is_some_and(|asked| asked != expiry_secs) {
+            properties.session_expiry = Some(expiry_secs);
+        }
+        if assigned {
+            properties.assigned_client_id = Some(client_id.to_string());
+        }
+    }
+    let connack = ConnAck { session_present, code: 0, properties };
+    let mut out = encode(&Packet::ConnAck(connack), version);
+    if session_present {
+        client.resend(&mut link, &mut out);
+        // Present again: join the presence of its channels.
+        client.session.heartbeat().await;
+    }
+    Some(Live {
+        client,
+        link,
+        app,
+        generation: claim.generation,
+        keep_alive: Duration::from_secs(keep_alive.into()),
+        will: connect.will,
+        expires_at,
+        out,
+    })
+}
+
+/// Registers a new connection for `identity` within its app's limit.
+fn new_conn(
+    state: &Arc<RelayState>,
+    identity: &Identity,
+    credential: Credential,
+) -> Result<(ConnHandle, Outbox), OpError> {
+    let config = &state.config;
+    let conn_id: Arc<str> = Arc::from(uuid::Uuid::now_v7().simple().to_string());
+    let (conn, outbox) = ConnHandle::new(
+        conn_id,
+        identity.app_id.clone(),
+        identity.client_id.clone(),
+        credential,
+        config.outbound_queue_len,
+        config.max_queued_bytes,
+    );
+    register(state, &conn)?;
+    Ok((conn, outbox))
+}
+
+fn register(state: &Arc<RelayState>, conn: &ConnHandle) -> Result<(), OpError> {
+    if !state.connections.register(conn, state.config.max_connections_per_app) {
+        return Err(ErrorCode::ConnectionLimit.into());
+    }
+    if state.shutdown.is_cancelled() {
+        conn.close(CloseCode::Shutdown);
+    }
+    Ok(())
+}
+
+/// A new session.
+async fn fresh(
+    state: &Arc<RelayState>,
+    identity: Identity,
+    credential: Credential,
+    client_id: Arc<str>,
+) -> Result<Box<Client>, OpError> {
+    let (conn, outbox) = new_conn(state, &identity, credential)?;
+    crate::transport::recheck(state, &conn).await;
+    let session = Session::new(state.clone(), conn, identity, true);
+    Ok(Box::new(Client::new(session, outbox, client_id, 0)))
+}
+
+/// Resumes a parked session under the new connection's token: subscriptions it no longer
+/// grants end. A session whose queue overflowed while it waited (or whose connection was
+/// taken over) is rebuilt on a new queue, its exact subscriptions recovering from the last
+/// message delivered.
+async fn resume(
+    state: &Arc<RelayState>,
+    mut old: Box<Client>,
+    identity: Identity,
+    credential: Credential,
+) -> Result<Box<Client>, OpError> {
+    if old.session.conn().is_closed() {
+        let filters = std::mem::take(&mut old.filters);
+        let (conn, outbox) = new_conn(state, &identity, credential)?;
+        let session = Session::new(state.clone(), conn, identity, true);
+        let stale = std::mem::replace(&mut old.session, session);
+        stale.close().await;
+        old.outbox = outbox;
+        crate::transport::recheck(state, old.session.conn()).await;
+        for filter in filters {
+            let recover = filter.exact.as_ref().and_then(|c| old.position(c));
+            if let Err(err) = add_filter(state, &mut old, filter.clone(), recover).await {
+                tracing::debug!(filter = %filter.text, error = %err.message, "subscription not resumed");
+            }
+        }
+        return Ok(old);
+    }
+    register(state, old.session.conn())?;
+    let revoked = old.session.reauthenticate(identity, credential).await;
+    let capabilities = old.session.identity().capabilities.clone();
+    let conn = old.session.conn().clone();
+    old.filters.retain(|f| match &f.exact {
+        Some(channel) => !revoked.contains(channel),
+        None => {
+            let kept = covers(&capabilities, &f.topic);
+            if !kept {
+                state.hub.remove_pattern(&conn, Some(&f.text));
+            }
+            kept
+        }
+    });
+    for channel in &revoked {
+        old.forget(channel);
+    }
+    Ok(old)
+}
+
+/// Returns whether `capabilities` allow subscribing to every channel `filter` can match.
+fn covers(capabilities: &tributary_capability::Capabilities, filter: &TopicFilter) -> bool {
+    filter.patterns().iter().all(|pattern| {
+        capabilities.grants().iter().any(|g| g.rights.contains(Right::Subscribe) && g.pattern.covers(pattern))
+    })
+}
+
+/// Adds a subscription: an exact filter subscribes its channel in the session (recovering from
+/// `recover`), a wildcard one goes to the hub.
+async fn add_filter(
+    state: &Arc<RelayState>,
+    client: &mut Client,
+    filter: Filter,
+    recover: Option<tributary_protocol::StreamPosition>,
+) -> Result<(), OpError> {
+    match &filter.exact {
+        Some(channel) => {
+            let request = SubscribeRequest { channel: channel.clone(), recover, rewind: None, state: None };
+            client.session.subscribe(request, None).await?;
+        }
+        None => {
+            if !covers(&client.session.identity().capabilities, &filter.topic) {
+                return Err(OpError::new(
+                    ErrorCode::Forbidden,
+                    format!("no subscribe right on every channel {} matches", filter.text),
+                ));
+            }
+            let topic = filter.topic.clone();
+            state.hub.add_pattern(
+                client.session.conn(),
+                filter.text.clone(),
+                Arc::new(move |channel: &ChannelName| topic.matches(channel.as_str())),
+            );
+        }
+    }
+    client.filters.push(filter);
+    Ok(())
+}
+
+/// What woke the connection.
+enum Event {
+    Readable(bool),
+    Queue(usize),
+    Closed,
+    Timer,
+}
+
+/// Serves the connection until it ends.
+async fn serve(
+    state: &Arc<RelayState>,
+    stream: &mut TcpStream,
+    input: &mut BytesMut,
+    live: &mut Live,
+) -> Ending {
+    let max = state.config.mqtt.max_packet_bytes;
+    let heartbeat_every = Duration::from_millis((state.config.presence_timeout_ms / 3).max(1));
+    // MQTT-3.1.2-24: one and a half keep-alives without a packet end the connection.
+    let grace = live.keep_alive + live.keep_alive / 2;
+    let mut keep_alive_at = Instant::now() + grace;
+    let mut heartbeat_at = Instant::now() + heartbeat_every;
+    let token_at = deadline(live.expires_at);
+    let mut timer = std::pin::pin!(sleep_until(keep_alive_at.min(heartbeat_at).min(token_at)));
+    // Packets that came with CONNECT.
+    let mut buffered = !input.is_empty();
+    loop {
+        if !live.out.is_empty() {
+            match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&live.out)).await {
+                Ok(Ok(())) => {}
+                _ => return Ending::Gone,
+            }
+            live.out.clear();
+            if live.out.capacity() > 64 * 1024 {
+                live.out = Vec::new();
+            }
+        }
+        if live.client.session.conn().is_closed() {
+            return Ending::Closed;
+        }
+        if live.client.session.catching_up() {
+            Box::pin(live.client.session.catch_up()).await;
+        }
+        let next = keep_alive_at.min(heartbeat_at).min(token_at);
+        if timer.deadline() != next {
+            timer.as_mut().reset(next);
+        }
+        // Retained messages of new subscriptions go first, within the Receive Maximum.
+        while live.client.can_send(&live.link)
+            && let Some((message, filter)) = live.link.retained.pop_front()
+        {
+            live.client.deliver(&mut live.link, &message, Some(&filter), &mut live.out);
+        }
+        let room = usize::from(live.link.receive_maximum).saturating_sub(live.client.inflight_len());
+        let mut batch = Vec::new();
+        let event = if std::mem::take(&mut buffered) {
+            Event::Readable(true)
+        } else {
+            let Client { outbox, session, .. } = &mut *live.client;
+            let conn = session.conn();
+            tokio::select! {
+                biased;
+                ready = stream.readable() => Event::Readable(ready.is_ok()),
+                n = outbox.recv_many(&mut batch, COALESCE_MAX.min(room)), if room > 0 => Event::Queue(n),
+                () = conn.closed(), if room == 0 => Event::Closed,
+                () = timer.as_mut() => Event::Timer,
+            }
+        };
+        match event {
+            Event::Readable(false) | Event::Closed | Event::Queue(0) => {
+                if matches!(event, Event::Readable(false)) {
+                    return Ending::Gone;
+                }
+                return Ending::Closed;
+            }
+            Event::Readable(true) => {
+                if input.capacity() - input.len() < 1024 {
+                    input.reserve(4096);
+                }
+                match stream.try_read_buf(input) {
+                    Ok(0) => return Ending::Gone,
+                    Ok(_) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Ending::Gone,
+                }
+                loop {
+                    let packet = match decode(input, Some(live.link.version), max) {
+                        Ok(Some((packet, used))) => {
+                            input.advance(used);
+                            packet
+                        }
+                        Ok(None) => break,
+                        Err(err) => return Ending::Refused(err.reason_code(), "malformed packet"),
+                    };
+                    keep_alive_at = Instant::now() + grace;
+                    if let Some(ending) = Box::pin(handle(state, live, packet)).await {
+                        return ending;
+                    }
+                }
+                if input.is_empty() && input.capacity() > 4096 {
+                    // An idle connection keeps no read buffer.
+                    *input = BytesMut::new();
+                }
+            }
+            Event::Queue(_) => {
+                for item in batch {
+                    if let Outbound::Message(message) = item {
+                        live.client.deliver(&mut live.link, &message, None, &mut live.out);
+                    }
+                }
+            }
+            Event::Timer => {
+                let now = Instant::now();
+                if now >= keep_alive_at {
+                    return Ending::Refused(0x8D, "keep alive timeout");
+                }
+                if now >= token_at {
+                    live.client.session.conn().close(CloseCode::TokenExpired);
+                    return Ending::Closed;
+                }
+                if now >= heartbeat_at {
+                    heartbeat_at = now + heartbeat_every;
+                    Box::pin(live.client.session.heartbeat()).await;
+                }
+            }
+        }
+    }
+}
+
+/// Returns the instant of a Unix time in seconds, capped at ten years ahead.
+fn deadline(unix_secs: u64) -> Instant {
+    const TEN_YEARS: u64 = 10 * 365 * 24 * 3600;
+    Instant::now() + Duration::from_secs(unix_secs.saturating_sub(unix_now()).min(TEN_YEARS))
+}
+
+/// Handles one packet of the client; `Some` ends the connection.
+async fn handle(state: &Arc<RelayState>, live: &mut Live, packet: Packet) -> Option<Ending> {
+    let version = live.link.version;
+    match packet {
+        Packet::PingReq => live.out.extend_from_slice(&[0xD0, 0x00]),
+        Packet::Publish(publish) => return on_publish(state, live, publish).await,
+        Packet::PubAck(ack) => live.client.on_puback(ack.packet_id),
+        Packet::PubRec(ack) => live.client.on_pubrec(&live.link, ack.packet_id, ack.code, &mut live.out),
+        Packet::PubComp(ack) => live.client.on_pubcomp(ack.packet_id),
+        Packet::PubRel(ack) => {
+            let known = live.client.awaiting_release.remove(&ack.packet_id);
+            write_ack(&mut live.out, version, 0x70, ack.packet_id, if known { 0 } else { 0x92 });
+        }
+        Packet::Subscribe(subscribe) => on_subscribe(state, live, subscribe).await,
+        Packet::Unsubscribe(unsubscribe) => on_unsubscribe(state, live, unsubscribe).await,
+        Packet::Disconnect(disconnect) => {
+            if let Some(expiry) = disconnect.properties.session_expiry {
+                if live.client.expiry_secs == 0 && expiry > 0 {
+                    // MQTT-3.14.2-2.
+                    return Some(Ending::Refused(0x82, "a session without expiry cannot be given one"));
+                }
+                live.client.expiry_secs = expiry.min(state.config.mqtt.max_session_expiry_secs);
+            }
+            return Some(Ending::Disconnected { will: disconnect.code == 0x04 });
+        }
+        Packet::Auth(_) => return Some(Ending::Refused(0x8C, "extended authentication is not supported")),
+        Packet::Connect(_)
+        | Packet::ConnAck(_)
+        | Packet::SubAck(_)
+        | Packet::UnsubAck(_)
+        | Packet::PingResp => return Some(Ending::Refused(0x82, "a packet only a server sends")),
+    }
+    None
+}
+
+/// Maps a refused publish or subscribe to its reason code.
+fn reason_of(err: &OpError) -> u8 {
+    match err.code {
+        ErrorCode::Forbidden
+        | ErrorCode::DisabledInNamespace
+        | ErrorCode::TokenRevoked
+        | ErrorCode::TenantSuspended => 0x87,
+        ErrorCode::RateLimited
+        | ErrorCode::QuotaExceeded
+        | ErrorCode::ChannelLimit
+        | ErrorCode::TooManySubscriptions
+        | ErrorCode::MessageTooLarge => 0x97,
+        ErrorCode::InvalidChannel => 0x90,
+        _ => 0x80,
+    }
+}
+
+/// Answers a QoS 1 or 2 publish that was refused: MQTT 5 acknowledges it with the reason; a
+/// 3.1.1 client has no way to hear it, so its connection ends.
+fn refuse_publish(live: &mut Live, publish: &Publish, code: u8) -> Option<Ending> {
+    if live.link.version == Version::V311 {
+        return Some(Ending::Refused(code, "publish refused"));
+    }
+    match (publish.qos, publish.packet_id) {
+        (QoS::AtLeastOnce, Some(id)) => write_ack(&mut live.out, Version::V5, 0x40, id, code),
+        (QoS::ExactlyOnce, Some(id)) => write_ack(&mut live.out, Version::V5, 0x50, id, code),
+        _ => {}
+    }
+    None
+}
+
+async fn on_publish(state: &Arc<RelayState>, live: &mut Live, mut publish: Publish) -> Option<Ending> {
+    // Topic aliases set by the client (MQTT 5).
+    let channel = match publish.properties.topic_alias.take() {
+        Some(alias) if alias == 0 || alias > state.config.mqtt.topic_alias_maximum => {
+            return Some(Ending::Refused(0x94, "topic alias out of range"));
+        }
+        Some(alias) if publish.topic.is_empty() => match live.link.inbound_aliases.get(&alias) {
+            Some(channel) => Ok(channel.clone()),
+            None => return Some(Ending::Refused(0x82, "unknown topic alias")),
+        },
+        Some(alias) => channel_of(&publish.topic).inspect(|channel| {
+            live.link.inbound_aliases.insert(alias, channel.clone());
+        }),
+        None if publish.topic.is_empty() => return Some(Ending::Refused(0x82, "a PUBLISH without a topic")),
+        None => channel_of(&publish.topic),
+    };
+    let Ok(channel) = channel else { return refuse_publish(live, &publish, 0x90) };
+    if publish.topic.is_empty() {
+        publish.topic = channel.to_string();
+    }
+    if let (QoS::ExactlyOnce, Some(id)) = (publish.qos, publish.packet_id) {
+        if live.client.awaiting_release.contains(&id) {
+            // A retransmission before PUBREL: stored once already (MQTT-4.3.3-9).
+            write_ack(&mut live.out, live.link.version, 0x50, id, 0);
+            return None;
+        }
+        if live.client.awaiting_release.len() >= usize::from(state.config.mqtt.receive_maximum) {
+            return Some(Ending::Refused(0x93, "receive maximum exceeded"));
+        }
+    }
+    if publish.properties.payload_format == Some(1) && std::str::from_utf8(&publish.payload).is_err() {
+        return refuse_publish(live, &publish, 0x99);
+    }
+    if let Err(err) = live.client.session.may_publish_on(&channel) {
+        return refuse_publish(live, &publish, reason_of(&err));
+    }
+    let client_id = live.client.client_id.clone();
+    if let Err(err) = super::publish::publish(state, &live.app, &client_id, channel, &publish).await {
+        return refuse_publish(live, &publish, reason_of(&err));
+    }
+    match (publish.qos, publish.packet_id) {
+        (QoS::AtLeastOnce, Some(id)) => write_ack(&mut live.out, live.link.version, 0x40, id, 0),
+        (QoS::ExactlyOnce, Some(id)) => {
+            live.client.awaiting_release.insert(id);
+            write_ack(&mut live.out, live.link.version, 0x50, id, 0);
+        }
+        _ => {}
+    }
+    None
+}
+
+async fn on_subscribe(state: &Arc<RelayState>, live: &mut Live, subscribe: Subscribe) {
+    let v5 = live.link.version == Version::V5;
+    let id = subscribe.properties.subscription_ids.first().map(|id| *id as u32);
+    let mut codes = Vec::with_capacity(subscribe.subscriptions.len());
+    let mut retained_for = Vec::new();
+    for wanted in subscribe.subscriptions {
+        let code = match subscribe_one(state, live, &wanted, id).await {
+            Ok(is_new) => {
+                let send = match wanted.retain_handling {
+                    0 => true,
+                    1 => is_new,
+                    _ => false,
+                };
+                if send {
+                    retained_for.push(Arc::<str>::from(wanted.filter.as_str()));
+                }
+                wanted.qos as u8
+            }
+            Err(code) if v5 => code,
+            Err(_) => 0x80,
+        };
+        codes.push(code);
+    }
+    let suback = SubAck { packet_id: subscribe.packet_id, properties: Properties::default(), codes };
+    live.out.extend_from_slice(&encode(&Packet::SubAck(suback), live.link.version));
+    for filter in retained_for {
+        queue_retained(state, live, filter).await;
+    }
+}
+
+/// Adds or replaces one subscription; returns whether it is new, or the reason code.
+async fn subscribe_one(
+    state: &Arc<RelayState>,
+    live: &mut Live,
+    wanted: &tributary_mqtt::Subscription,
+    id: Option<u32>,
+) -> Result<bool, u8> {
+    if !live.client.session.take_request() {
+        return Err(0x97);
+    }
+    if wanted.filter.starts_with("$share/") {
+        return Err(0x9E);
+    }
+    let topic = TopicFilter::parse(&wanted.filter).map_err(|e| e.reason_code())?;
+    if let Some(existing) = live.client.filters.iter_mut().find(|f| *f.text == *wanted.filter) {
+        // MQTT-3.8.4-3: a subscription to the same filter replaces the options.
+        existing.qos = wanted.qos;
+        existing.no_local = wanted.no_local;
+        existing.retain_as_published = wanted.retain_as_published;
+        existing.id = id;
+        return Ok(false);
+    }
+    if live.client.filters.len() >= state.config.max_subscriptions_per_connection {
+        return Err(0x97);
+    }
+    let exact =
+        if topic.is_exact() { Some(channel_of(&wanted.filter).map_err(|e| e.reason_code())?) } else { None };
+    let filter = Filter {
+        text: Arc::from(wanted.filter.as_str()),
+        topic: Arc::new(topic),
+        exact,
+        qos: wanted.qos,
+        no_local: wanted.no_local,
+        retain_as_published: wanted.retain_as_published,
+        id,
+    };
+    add_filter(state, &mut live.client, filter, None).await.map_err(|err| reason_of(&err))?;
+    Ok(true)
+}
+
+/// Queues the retained messages a new subscription gets.
+async fn queue_retained(state: &Arc<RelayState>, live: &mut Live, text: Arc<str>) {
+    let Some(filter) = live.client.filters.iter().find(|f| f.text == text) else { return };
+    let found =
+        match &filter.exact {
+            Some(channel) => {
+                let key = tributary_engine::ChannelKey::new(live.app.clone(), channel.clone());
+                state
+                    .engine
+                    .retained(&key)
+                    .await
+                    .map(|p| p.map(|p| vec![(channel.clone(), p)]).unwrap_or_default())
+            }
+            None => {
+                let limit = state.config.mqtt.max_retained_per_subscription;
+                let topic = filter.topic.clone();
+                state.engine.retained_in(&live.app, usize::MAX).await.map(|all| {
+                    all.into_iter().filter(|(c, _)| topic.matches(c.as_str())).take(limit).collect()
+                })
+            }
+        };
+    match found {
+        Ok(found) => {
+            for (channel, publication) in found {
+                let message = PreparedMessage { frame: bytes::Bytes::new(), channel, publication };
+                live.link.retained.push_back((Arc::new(message), text.clone()));
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "reading retained messages failed"),
+    }
+}
+
+async fn on_unsubscribe(state: &Arc<RelayState>, live: &mut Live, unsubscribe: Unsubscribe) {
+    let mut codes = Vec::with_capacity(unsubscribe.filters.len());
+    for text in &unsubscribe.filters {
+        let Some(index) = live.client.filters.iter().position(|f| *f.text == **text) else {
+            codes.push(0x11);
+            continue;
+        };
+        let filter = live.client.filters.remove(index);
+        match &filter.exact {
+            Some(channel) => {
+                let _ = live.client.session.unsubscribe(channel).await;
+                live.client.forget(channel);
+            }
+            None => state.hub.remove_pattern(live.client.session.conn(), Some(&filter.text)),
+        }
+        live.link.retained.retain(|(_, f)| *f != filter.text);
+        codes.push(0x00);
+    }
+    let unsuback = UnsubAck { packet_id: unsubscribe.packet_id, properties: Properties::default(), codes };
+    live.out.extend_from_slice(&encode(&Packet::UnsubAck(unsuback), live.link.version));
+}
+
+/// The MQTT 5 reason code for a connection the server closed.
+fn close_reason(code: Option<CloseCode>) -> u8 {
+    match code {
+        Some(CloseCode::Shutdown) => 0x8B,
+        Some(CloseCode::SlowConsumer) => 0x97,
+        Some(CloseCode::IdleTimeout) => 0x8D,
+        Some(CloseCode::Revoked | CloseCode::TenantSuspended | CloseCode::InvalidToken) => 0x87,
+        Some(CloseCode::TokenExpired) => 0xA0,
+        Some(CloseCode::Disconnected) => 0x98,
+        Some(CloseCode::SessionTakenOver) => 0x8E,
+        Some(CloseCode::ConnectionLimit) => 0x97,
+        _ => 0x80,
+    }
+}
+
+/// Ends a connection: the goodbye, the session parked or closed, the will.
+async fn finish(state: &Arc<RelayState>, mut stream: TcpStream, live: Live, ending: Ending) {
+    let Live { client, link, app, generation, will, mut out, .. } = live;
+    let conn = client.session.conn().clone();
+    let close_code = conn.close_code();
+    if link.version == Version::V5 {
+        let goodbye = match &ending {
+            Ending::Closed => {
+                Some((close_reason(close_code), close_code.map(|c| c.reason()).unwrap_or_default()))
+            }
+            Ending::Refused(code, reason) => Some((*code, *reason)),
+            Ending::Gone | Ending::Disconnected { .. } => None,
+        };
+        if let Some((code, reason)) = goodbye {
+            let mut properties = Properties::default();
+            if link.problem_info {
+                properties.reason_string = Some(reason.to_owned());
+            }
+            out.extend_from_slice(&encode(&Packet::Disconnect(Disconnect { code, properties }), Version::V5));
+        }
+    }
+    if !out.is_empty() {
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, stream.write_all(&out)).await;
+    }
+    let _ = stream.shutdown().await;
+    drop(stream);
+    let publish_will = !matches!(ending, Ending::Disconnected { will: false });
+    let revoked =
+        matches!(close_code, Some(CloseCode::Revoked | CloseCode::TenantSuspended | CloseCode::InvalidToken));
+    let client_id = client.client_id.clone();
+    let expiry = client.expiry_secs;
+    let parked = expiry > 0 && !revoked && !state.shutdown.is_cancelled();
+    if parked {
+        client.session.leave_presence().await;
+        // Offline, it counts against no connection limit; its queue keeps taking what comes,
+        // up to its bound, for the client's return.
+        state.connections.unregister(&conn);
+        state.mqtt_sessions.release(&app, &client_id, generation, Some(client));
+        spawn_expiry(state, app.clone(), client_id.clone(), generation, expiry);
+    } else {
+        state.mqtt_sessions.release(&app, &client_id, generation, None);
+        client.session.close().await;
+    }
+    if let Some(will) = will.filter(|_| publish_will && !revoked) {
+        let delay = will.properties.will_delay.unwrap_or(0).min(if parked { expiry } else { 0 });
+        if delay == 0 {
+            publish_will_now(state, &app, &client_id, will).await;
+        } else {
+            let state = state.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(delay.into())) => {}
+                    () = state.shutdown.cancelled() => {}
+                }
+                // MQTT-3.1.3-9: a client back within the delay cancels its will.
+                if !state.mqtt_sessions.superseded(&app, &client_id, generation) {
+                    publish_will_now(&state, &app, &client_id, will).await;
+                }
+            });
+        }
+    }
+}
+
+/// Closes a parked session when its expiry comes (or the relay shuts down).
+fn spawn_expiry(state: &Arc<RelayState>, app: Arc<str>, client: Arc<str>, generation: u64, expiry: u32) {
+    let state = state.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(expiry.into())) => {}
+            () = state.shutdown.cancelled() => {}
+        }
+        if let Some(parked) = state.mqtt_sessions.expire(&app, &client, generation) {
+            parked.session.close().await;
+        }
+    });
+}
+
+async fn publish_will_now(state: &Arc<RelayState>, app: &Arc<str>, client: &Arc<str>, will: LastWill) {
+    let Ok(channel) = channel_of(&will.topic) else { return };
+    let publish = Publish {
+        dup: false,
+        qos: will.qos,
+        retain: will.retain,
+        topic: will.topic,
+        packet_id: None,
+        properties: will.properties,
+        payload: will.payload,
+    };
+    if let Err(err) = super::publish::publish(state, app, client, channel, &publish).await {
+        tracing::warn!(error = %err.message, "publishing a will failed");
+    }
+}

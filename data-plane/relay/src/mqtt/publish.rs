@@ -1,0 +1,42 @@
+//! Publishing what MQTT clients send: their PUBLISH packets and their wills.
+
+use std::sync::Arc;
+
+use tributary_engine::{ChannelKey, NewMessage};
+use tributary_mqtt::{MessageMeta, Publish};
+use tributary_protocol::{ChannelName, Payload, Publication};
+
+use crate::ops::{self, OpError, PublishResult};
+use crate::state::RelayState;
+
+/// Publishes an MQTT message of `client` in `app` on `channel`: stored and fanned out like any
+/// other message, with its MQTT meta. The retain flag makes it the channel's retained message,
+/// or clears that with an empty payload (which is still delivered to current subscribers, as
+/// MQTT wants).
+pub(super) async fn publish(
+    state: &RelayState,
+    app: &Arc<str>,
+    client: &Arc<str>,
+    channel: ChannelName,
+    publish: &Publish,
+) -> Result<PublishResult, OpError> {
+    let meta = MessageMeta::of(publish).encode();
+    let payload = Payload::from_bytes(publish.payload.clone());
+    let message = NewMessage { payload, client_id: Some(client.clone()), encoding: None, meta: Some(meta) };
+    let retained = publish.retain.then(|| message.clone());
+    let result = ops::publish_message(state, app, channel.clone(), message, None).await?;
+    if let Some(message) = retained {
+        let key = ChannelKey::new(app.clone(), channel);
+        let publication = (!publish.payload.is_empty()).then(|| Publication {
+            epoch: result.epoch.clone(),
+            offset: result.offset,
+            ts_ms: result.ts,
+            client_id: message.client_id,
+            payload: message.payload,
+            encoding: None,
+            meta: message.meta,
+        });
+        state.engine.set_retained(&key, publication).await?;
+    }
+    Ok(result)
+}

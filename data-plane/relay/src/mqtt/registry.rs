@@ -1,0 +1,149 @@
+//! MQTT sessions by app and client id, across connections. A client id is only ever looked up
+//! within its app (the key is both), so no client id reaches into another app or tenant.
+//!
+//! A session is *online* while a connection serves it and *offline* (parked, with its
+//! subscriptions still in the hub and its queue filling) until its expiry. A new connection
+//! with the same client id takes it over: the old connection is closed with
+//! [`CloseCode::SessionTakenOver`] and parks the session, which the new one then claims.
+//! Generations tell a parked session from a later one of the same client id.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tributary_protocol::CloseCode;
+
+use super::client::Client;
+use crate::conn::ConnHandle;
+
+type Key = (Arc<str>, Arc<str>);
+
+enum Slot {
+    /// A connection serves the session (`conn` is set once it is open).
+    Online { generation: u64, conn: Option<ConnHandle> },
+    /// No connection; the session waits for its client until it expires.
+    Offline { generation: u64, client: Box<Client> },
+}
+
+/// Every MQTT session of this node.
+#[derive(Default)]
+pub struct Sessions {
+    slots: Mutex<HashMap<Key, Slot>>,
+    generations: AtomicU64,
+}
+
+/// What a new connection found for its client id.
+pub(super) struct Claim {
+    /// This connection's generation of the session.
+    pub generation: u64,
+    /// The session it resumes, if one was parked.
+    pub previous: Option<Box<Client>>,
+}
+
+/// How long a new connection waits for the connection it takes over to let go.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+impl Sessions {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Slot>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Returns how many sessions are parked (waiting for their clients).
+    pub fn parked(&self) -> usize {
+        self.lock().values().filter(|s| matches!(s, Slot::Offline { .. })).count()
+    }
+
+    /// Claims the session of `client` in `app` for a new connection: a parked one is handed
+    /// over, a live one is taken over (its connection closed, then its session parked and
+    /// handed over). `None` if the old connection did not let go in time.
+    pub(super) async fn claim(&self, app: &Arc<str>, client: &Arc<str>) -> Option<Claim> {
+        let key = (app.clone(), client.clone());
+        let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+        loop {
+            {
+                let mut slots = self.lock();
+                match slots.remove(&key) {
+                    None => {
+                        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+                        slots.insert(key, Slot::Online { generation, conn: None });
+                        return Some(Claim { generation, previous: None });
+                    }
+                    Some(Slot::Offline { client, .. }) => {
+                        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+                        slots.insert(key.clone(), Slot::Online { generation, conn: None });
+                        return Some(Claim { generation, previous: Some(client) });
+                    }
+                    Some(Slot::Online { generation, conn }) => {
+                        if let Some(conn) = &conn {
+                            conn.close(CloseCode::SessionTakenOver);
+                        }
+                        slots.insert(key.clone(), Slot::Online { generation, conn });
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Records the connection serving generation `generation`, so a takeover can close it.
+    pub(super) fn attach(&self, app: &Arc<str>, client: &Arc<str>, generation: u64, conn: &ConnHandle) {
+        let key = (app.clone(), client.clone());
+        if let Some(Slot::Online { generation: g, conn: slot }) = self.lock().get_mut(&key)
+            && *g == generation
+        {
+            *slot = Some(conn.clone());
+        }
+    }
+
+    /// Ends generation `generation`'s connection: parks its session (`Some`), or forgets it.
+    pub(super) fn release(
+        &self,
+        app: &Arc<str>,
+        client: &Arc<str>,
+        generation: u64,
+        parked: Option<Box<Client>>,
+    ) {
+        let key = (app.clone(), client.clone());
+        let mut slots = self.lock();
+        if !matches!(slots.get(&key), Some(Slot::Online { generation: g, .. }) if *g == generation) {
+            return;
+        }
+        match parked {
+            Some(client) => {
+                slots.insert(key, Slot::Offline { generation, client });
+            }
+            None => {
+                slots.remove(&key);
+            }
+        }
+    }
+
+    /// Takes generation `generation`'s session out if it is still parked (its expiry came).
+    pub(super) fn expire(&self, app: &Arc<str>, client: &Arc<str>, generation: u64) -> Option<Box<Client>> {
+        let key = (app.clone(), client.clone());
+        let mut slots = self.lock();
+        if !matches!(slots.get(&key), Some(Slot::Offline { generation: g, .. }) if *g == generation) {
+            return None;
+        }
+        match slots.remove(&key) {
+            Some(Slot::Offline { client, .. }) => Some(client),
+            _ => None,
+        }
+    }
+
+    /// Returns whether a later connection of the client came (the session was resumed or
+    /// replaced since generation `generation`): a delayed will is then not published.
+    pub(super) fn superseded(&self, app: &Arc<str>, client: &Arc<str>, generation: u64) -> bool {
+        let key = (app.clone(), client.clone());
+        match self.lock().get(&key) {
+            Some(Slot::Online { generation: g, .. } | Slot::Offline { generation: g, .. }) => {
+                *g != generation
+            }
+            None => false,
+        }
+    }
+}

@@ -148,6 +148,12 @@ impl Client {
             .map(|(epoch, offset)| StreamPosition { epoch: epoch.to_string(), offset: *offset })
     }
 
+    /// Sets where a channel's delivery starts (a subscription's start, before anything of it
+    /// was delivered).
+    pub fn set_position(&mut self, channel: ChannelName, epoch: Arc<str>, offset: u64) {
+        self.positions.insert(channel, (epoch, offset));
+    }
+
     /// Forgets what the session knew of a channel it no longer subscribes to.
     pub fn forget(&mut self, channel: &ChannelName) {
         self.positions.remove(channel);

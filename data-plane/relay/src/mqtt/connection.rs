@@ -385,7 +385,9 @@ async fn add_filter(
     match &filter.exact {
         Some(channel) => {
             let request = SubscribeRequest { channel: channel.clone(), recover, rewind: None, state: None };
-            client.session.subscribe(request, None).await?;
+            let reply = client.session.subscribe(request, None).await?;
+            // Where a rebuilt session recovers from if nothing of the channel is delivered first.
+            client.set_position(channel.clone(), reply.epoch.clone(), reply.position.offset);
         }
         None => {
             if !covers(&client.session.identity().capabilities, &filter.topic) {

@@ -218,6 +218,10 @@ pub fn decode(
     max_size: usize,
 ) -> Result<Option<(Packet, usize)>, DecodeError> {
     let Some(&first) = buf.first() else { return Ok(None) };
+    if version.is_none() && first >> 4 != 1 {
+        // Known from the first byte: a peer that does not speak MQTT is not waited for.
+        return Err(DecodeError::Protocol("the first packet must be CONNECT"));
+    }
     let Some((remaining, len_bytes)) = read_varint(&buf[1..])? else { return Ok(None) };
     let total = 1 + len_bytes + remaining;
     if total > max_size {

@@ -594,15 +594,25 @@ fn reason_of(err: &OpError) -> u8 {
     }
 }
 
-/// Answers a QoS 1 or 2 publish that was refused: MQTT 5 acknowledges it with the reason; a
-/// 3.1.1 client has no way to hear it, so its connection ends.
+/// Answers a publish that was refused (and not stored): MQTT 5 acknowledges it with the
+/// reason. A 3.1.1 client has no way to hear a reason; MQTT-3.3.5-2 lets the server either close
+/// the connection or acknowledge as usual, and it acknowledges, so that one refused topic does
+/// not cut a device off from the ones it may use (the refusal is logged).
 fn refuse_publish(live: &mut Live, publish: &Publish, code: u8) -> Option<Ending> {
-    if live.link.version == Version::V311 {
-        return Some(Ending::Refused(code, "publish refused"));
+    let version = live.link.version;
+    if version == Version::V311 {
+        tracing::info!(client = %live.client.client_id, topic = %publish.topic, code, "MQTT 3.1.1 publish refused");
     }
+    let code = if version == Version::V5 { code } else { 0 };
     match (publish.qos, publish.packet_id) {
-        (QoS::AtLeastOnce, Some(id)) => write_ack(&mut live.out, Version::V5, 0x40, id, code),
-        (QoS::ExactlyOnce, Some(id)) => write_ack(&mut live.out, Version::V5, 0x50, id, code),
+        (QoS::AtLeastOnce, Some(id)) => write_ack(&mut live.out, version, 0x40, id, code),
+        (QoS::ExactlyOnce, Some(id)) => {
+            if version == Version::V311 {
+                // The PUBREL that follows must find its id.
+                live.client.awaiting_release.insert(id);
+            }
+            write_ack(&mut live.out, version, 0x50, id, code);
+        }
         _ => {}
     }
     None
@@ -823,6 +833,15 @@ async fn finish(state: &Arc<RelayState>, mut stream: TcpStream, live: Live, endi
         let _ = tokio::time::timeout(GOODBYE_TIMEOUT, stream.write_all(&out)).await;
     }
     let _ = stream.shutdown().await;
+    if matches!(ending, Ending::Refused(..)) {
+        // A client that is still sending (the acknowledgements of what it was sent before the
+        // DISCONNECT) would get a reset and could lose the DISCONNECT: read until it closes too.
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+            let mut sink = [0u8; 512];
+            while matches!(tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    }
     drop(stream);
     let publish_will = !matches!(ending, Ending::Disconnected { will: false });
     let revoked =

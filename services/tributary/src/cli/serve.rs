@@ -59,6 +59,9 @@ pub async fn serve(
     let data_dir = config.data_dir.clone();
     let bound = server::bind(config, None).await?;
     let c = bound.credentials();
+    if let Some(mqtt) = bound.mqtt_addr() {
+        eprintln!("MQTT 3.1.1 and 5.0 on {mqtt} (user name: the app id; password: a token)");
+    }
     eprintln!(
         "tributary is listening on http://{addr} (WebSocket {ws})\n\
          data directory: {dir}   credentials: {dir}/{file}\n\

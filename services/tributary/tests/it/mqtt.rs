@@ -434,6 +434,13 @@ async fn wildcard_subscriptions_need_the_subscribe_right_on_everything_they_can_
     .await
     .unwrap();
     assert_eq!(old.subscribe("#", QoS::AtLeastOnce).await.unwrap(), vec![0x80]);
+    // It may not publish: acknowledged (3.1.1 has no way to say no), not stored, still connected.
+    assert_eq!(old.subscribe("sensors/+", QoS::AtMostOnce).await.unwrap(), vec![0]);
+    assert_eq!(old.publish("sensors/2", b"forged", QoS::AtLeastOnce, false).await.unwrap(), 0);
+    assert_eq!(old.publish("sensors/2", b"forged", QoS::ExactlyOnce, false).await.unwrap(), 0);
+    assert!(old.quiet_for(Duration::from_millis(300)).await.unwrap(), "nothing was published");
+    server.publish("sensors/3", json!("real")).await;
+    assert_eq!(old.recv_publish().await.unwrap().topic, "sensors/3", "still connected");
 }
 
 #[tokio::test]

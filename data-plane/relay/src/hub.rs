@@ -476,6 +476,39 @@ mod tests {
         assert!(live.is_closed() && recovering.is_closed(), "both recover and are told recovered: false");
     }
 
+    fn prefix(prefix: &'static str) -> super::ChannelFilter {
+        Arc::new(move |c: &ChannelName| c.as_str().starts_with(prefix))
+    }
+
+    #[test]
+    fn a_wildcard_subscriber_gets_each_publication_once_and_never_after_it_leaves() {
+        let hub = Hub::new(16, Default::default());
+        let key = |name: &str| ChannelKey::new("app", ChannelName::parse(name).unwrap());
+        let (both, mut both_outbox) = test_conn("both");
+        let (exact, mut exact_outbox) = test_conn("exact");
+        // Two filters of one connection that take the same channel.
+        hub.add_pattern(&both, "a/+".into(), prefix("a/"));
+        hub.add_pattern(&both, "a/#".into(), prefix("a"));
+        // A connection with a filter and a channel subscription of the same channel.
+        hub.add_pattern(&exact, "a/+".into(), prefix("a/"));
+        hub.add(&key("a/1"), &exact);
+        hub.finish_recovery(&key("a/1"), &exact, "E", 0);
+        hub.on_publication(&key("a/1"), &publication(1));
+        hub.on_publication(&key("b/1"), &publication(1));
+        // Another app's channel of the same name is not theirs.
+        hub.on_publication(&ChannelKey::new("other", ChannelName::parse("a/2").unwrap()), &publication(1));
+        assert_eq!(drain(&mut both_outbox), vec![1], "once, not once per filter");
+        assert_eq!(drain(&mut exact_outbox), vec![1], "once, through the channel subscription");
+        hub.remove_pattern(&both, None);
+        hub.on_publication(&key("a/3"), &publication(1));
+        assert_eq!(drain(&mut both_outbox), Vec::<u64>::new(), "gone with its filters");
+        assert_eq!(drain(&mut exact_outbox), vec![1]);
+        hub.remove_pattern(&exact, Some("a/+"));
+        hub.on_publication(&key("a/4"), &publication(1));
+        assert_eq!(drain(&mut exact_outbox), Vec::<u64>::new());
+        assert!(!hub.any_patterns.load(std::sync::atomic::Ordering::Acquire), "none left");
+    }
+
     #[test]
     fn a_subscriber_whose_history_covers_what_pub_sub_missed_is_not_closed() {
         // The node was unsubscribed in Redis while 9 and 10 were published (its previous

@@ -233,7 +233,9 @@ impl Client {
             forwarded,
             payload,
         };
-        if outgoing.packet_len(link.version) > link.max_packet {
+        // Measured with the longest form it can take (the topic and a new alias).
+        let sized = Outgoing { topic_alias: (link.alias_max > 0).then_some(1), ..outgoing };
+        if sized.packet_len(link.version) > link.max_packet {
             // MQTT-3.1.2-25: a packet larger than the client takes is dropped as if delivered.
             tracing::debug!(topic, "publication larger than the client's maximum packet size; dropped");
             return;

@@ -216,7 +216,7 @@ async fn open(state: &Arc<RelayState>, stream: &mut TcpStream, connect: Box<Conn
     if connect.clean_start
         && let Some(old) = previous.take()
     {
-        old.session.close().await;
+        end_session(state, old).await;
     }
     let session_present = previous.is_some();
     let expires_at = identity.expires_at;
@@ -333,9 +333,17 @@ async fn resume(
 ) -> Result<Box<Client>, OpError> {
     if old.session.conn().is_closed() {
         let filters = std::mem::take(&mut old.filters);
-        let (conn, outbox) = new_conn(state, &identity, credential)?;
+        let (conn, outbox) = match new_conn(state, &identity, credential) {
+            Ok(opened) => opened,
+            Err(err) => {
+                old.filters = filters;
+                end_session(state, old).await;
+                return Err(err);
+            }
+        };
         let session = Session::new(state.clone(), conn, identity, true);
         let stale = std::mem::replace(&mut old.session, session);
+        state.hub.remove_pattern(stale.conn(), None);
         stale.close().await;
         old.outbox = outbox;
         crate::transport::recheck(state, old.session.conn()).await;
@@ -347,7 +355,10 @@ async fn resume(
         }
         return Ok(old);
     }
-    register(state, old.session.conn())?;
+    if let Err(err) = register(state, old.session.conn()) {
+        end_session(state, old).await;
+        return Err(err);
+    }
     let revoked = old.session.reauthenticate(identity, credential).await;
     let capabilities = old.session.identity().capabilities.clone();
     let conn = old.session.conn().clone();
@@ -365,6 +376,13 @@ async fn resume(
         old.forget(channel);
     }
     Ok(old)
+}
+
+/// Ends a session for good: its wildcard subscriptions leave the hub, its channel
+/// subscriptions and presence end, its connection is unregistered.
+async fn end_session(state: &RelayState, client: Box<Client>) {
+    state.hub.remove_pattern(client.session.conn(), None);
+    client.session.close().await;
 }
 
 /// Returns whether `capabilities` allow subscribing to every channel `filter` can match.
@@ -440,7 +458,8 @@ async fn serve(
                 _ => return Ending::Gone,
             }
             live.out.clear();
-            if live.out.capacity() > 64 * 1024 {
+            if live.out.capacity() > 4096 {
+                // A burst's buffer is not kept by a connection that goes quiet after it.
                 live.out = Vec::new();
             }
         }
@@ -858,7 +877,7 @@ async fn finish(state: &Arc<RelayState>, mut stream: TcpStream, live: Live, endi
         spawn_expiry(state, app.clone(), client_id.clone(), generation, expiry);
     } else {
         state.mqtt_sessions.release(&app, &client_id, generation, None);
-        client.session.close().await;
+        end_session(state, client).await;
     }
     if let Some(will) = will.filter(|_| publish_will && !revoked) {
         let delay = will.properties.will_delay.unwrap_or(0).min(if parked { expiry } else { 0 });
@@ -889,7 +908,7 @@ fn spawn_expiry(state: &Arc<RelayState>, app: Arc<str>, client: Arc<str>, genera
             () = state.shutdown.cancelled() => {}
         }
         if let Some(parked) = state.mqtt_sessions.expire(&app, &client, generation) {
-            parked.session.close().await;
+            end_session(&state, parked).await;
         }
     });
 }

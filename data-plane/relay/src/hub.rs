@@ -116,6 +116,9 @@ struct PatternSubscriber {
     /// Names the subscription within its connection (the filter's text).
     name: Arc<str>,
     filter: ChannelFilter,
+    /// A shared subscription: the subscribers of the same name take turns, each publication
+    /// going to one of them.
+    shared: bool,
 }
 
 /// Receives control events (revocations, disconnects) for the node.
@@ -138,6 +141,8 @@ pub struct Hub {
     patterns: std::sync::RwLock<HashMap<Arc<str>, Vec<PatternSubscriber>>>,
     /// Whether `patterns` has any, so apps without them pay one atomic load per publication.
     any_patterns: std::sync::atomic::AtomicBool,
+    /// Whose turn it is in shared subscriptions.
+    turns: std::sync::atomic::AtomicUsize,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -155,6 +160,7 @@ impl Hub {
             usage,
             patterns: Default::default(),
             any_patterns: Default::default(),
+            turns: Default::default(),
         }
     }
 
@@ -213,12 +219,14 @@ impl Hub {
     }
 
     /// Adds a wildcard subscription named `name` for `conn`: live publications of every channel
-    /// of its app that `filter` takes. Replaces the connection's subscription of that name.
-    pub fn add_pattern(&self, conn: &ConnHandle, name: Arc<str>, filter: ChannelFilter) {
+    /// of its app that `filter` takes. Replaces the connection's subscription of that name. A
+    /// `shared` subscription shares each publication with the other shared subscriptions of the
+    /// same name in the app: one of them gets it.
+    pub fn add_pattern(&self, conn: &ConnHandle, name: Arc<str>, filter: ChannelFilter, shared: bool) {
         let mut patterns = self.patterns.write().unwrap_or_else(|p| p.into_inner());
         let subs = patterns.entry(conn.app().clone()).or_default();
         subs.retain(|s| !(s.conn.id() == conn.id() && s.name == name));
-        subs.push(PatternSubscriber { conn: conn.clone(), name, filter });
+        subs.push(PatternSubscriber { conn: conn.clone(), name, filter, shared });
         self.any_patterns.store(true, std::sync::atomic::Ordering::Release);
     }
 
@@ -283,7 +291,27 @@ impl Hub {
         let mut make = Some(make);
         let mut count = 0;
         let mut given: Vec<&Arc<str>> = Vec::new();
-        for sub in subs.iter().filter(|s| (s.filter)(&key.channel)) {
+        let matching = |s: &&PatternSubscriber| (s.filter)(&key.channel);
+        let turn = self.turns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for (index, first) in subs.iter().enumerate().filter(|(_, s)| s.shared && matching(s)) {
+            // A group is served at its first member; one member gets the publication.
+            if subs[..index].iter().any(|s| s.shared && s.name == first.name && matching(&s)) {
+                continue;
+            }
+            let members = || subs.iter().filter(|s| s.shared && s.name == first.name && matching(s));
+            let open = members().filter(|s| !s.conn.is_closed()).count();
+            let Some(chosen) = members().filter(|s| !s.conn.is_closed()).nth(turn % open.max(1)) else {
+                continue;
+            };
+            let item = match (item.as_ref(), make.take()) {
+                (Some(item), _) => item,
+                (None, Some(make)) => item.insert(make()),
+                (None, None) => return count,
+            };
+            chosen.conn.push(item.clone());
+            count += 1;
+        }
+        for sub in subs.iter().filter(|s| !s.shared).filter(matching) {
             let id = sub.conn.id();
             if given.contains(&id) {
                 continue;
@@ -487,10 +515,10 @@ mod tests {
         let (both, mut both_outbox) = test_conn("both");
         let (exact, mut exact_outbox) = test_conn("exact");
         // Two filters of one connection that take the same channel.
-        hub.add_pattern(&both, "a/+".into(), prefix("a/"));
-        hub.add_pattern(&both, "a/#".into(), prefix("a"));
+        hub.add_pattern(&both, "a/+".into(), prefix("a/"), false);
+        hub.add_pattern(&both, "a/#".into(), prefix("a"), false);
         // A connection with a filter and a channel subscription of the same channel.
-        hub.add_pattern(&exact, "a/+".into(), prefix("a/"));
+        hub.add_pattern(&exact, "a/+".into(), prefix("a/"), false);
         hub.add(&key("a/1"), &exact);
         hub.finish_recovery(&key("a/1"), &exact, "E", 0);
         hub.on_publication(&key("a/1"), &publication(1));
@@ -507,6 +535,29 @@ mod tests {
         hub.on_publication(&key("a/4"), &publication(1));
         assert_eq!(drain(&mut exact_outbox), Vec::<u64>::new());
         assert!(!hub.any_patterns.load(std::sync::atomic::Ordering::Acquire), "none left");
+    }
+
+    #[test]
+    fn the_members_of_a_shared_subscription_take_turns() {
+        let hub = Hub::new(16, Default::default());
+        let key = ChannelKey::new("app", ChannelName::parse("jobs/1").unwrap());
+        let (a, mut a_outbox) = test_conn("a");
+        let (b, mut b_outbox) = test_conn("b");
+        let (c, mut c_outbox) = test_conn("c");
+        for conn in [&a, &b] {
+            hub.add_pattern(conn, "$share/workers/jobs/+".into(), prefix("jobs/"), true);
+        }
+        hub.add_pattern(&c, "jobs/+".into(), prefix("jobs/"), false);
+        for offset in 1..=4 {
+            hub.on_publication(&key, &publication(offset));
+        }
+        let (got_a, got_b) = (drain(&mut a_outbox), drain(&mut b_outbox));
+        assert_eq!(got_a.len() + got_b.len(), 4, "each publication to one worker");
+        assert_eq!(got_a.len(), 2, "in turns");
+        assert_eq!(drain(&mut c_outbox), vec![1, 2, 3, 4], "a plain subscription gets them all");
+        b.close(tributary_protocol::CloseCode::Shutdown);
+        hub.on_publication(&key, &publication(5));
+        assert_eq!(drain(&mut a_outbox), vec![5], "a closed member is passed over");
     }
 
     #[test]

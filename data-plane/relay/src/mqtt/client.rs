@@ -28,6 +28,8 @@ pub(super) struct Filter {
     pub retain_as_published: bool,
     /// The subscription identifier (MQTT 5).
     pub id: Option<u32>,
+    /// A shared subscription (`$share/<group>/<filter>`): the group's members take turns.
+    pub shared: bool,
 }
 
 /// A QoS 1 or 2 message sent and not yet acknowledged.

@@ -248,7 +248,7 @@ async fn open(state: &Arc<RelayState>, stream: &mut TcpStream, connect: Box<Conn
         properties.retain_available = Some(1);
         properties.wildcard_available = Some(1);
         properties.subscription_ids_available = Some(1);
-        properties.shared_available = Some(0);
+        properties.shared_available = Some(1);
         if keep_alive != connect.keep_alive {
             properties.server_keep_alive = Some(keep_alive);
         }
@@ -419,6 +419,7 @@ async fn add_filter(
                 client.session.conn(),
                 filter.text.clone(),
                 Arc::new(move |channel: &ChannelName| topic.matches(channel.as_str())),
+                filter.shared,
             );
         }
     }
@@ -696,11 +697,13 @@ async fn on_subscribe(state: &Arc<RelayState>, live: &mut Live, subscribe: Subsc
     for wanted in subscribe.subscriptions {
         let code = match subscribe_one(state, live, &wanted, id).await {
             Ok(is_new) => {
-                let send = match wanted.retain_handling {
-                    0 => true,
-                    1 => is_new,
-                    _ => false,
-                };
+                // Shared subscriptions get no retained messages (MQTT 5 section 4.8.2).
+                let send = !wanted.filter.starts_with("$share/")
+                    && match wanted.retain_handling {
+                        0 => true,
+                        1 => is_new,
+                        _ => false,
+                    };
                 if send {
                     retained_for.push(Arc::<str>::from(wanted.filter.as_str()));
                 }
@@ -728,10 +731,23 @@ async fn subscribe_one(
     if !live.client.session.take_request() {
         return Err(0x97);
     }
-    if wanted.filter.starts_with("$share/") {
-        return Err(0x9E);
-    }
-    let topic = TopicFilter::parse(&wanted.filter).map_err(|e| e.reason_code())?;
+    // `$share/<group>/<filter>`: a shared subscription (MQTT 5 section 4.8.2).
+    let (inner, shared) = match wanted.filter.strip_prefix("$share/") {
+        Some(rest) => {
+            let (group, inner) = rest.split_once('/').ok_or(0x8F)?;
+            if group.is_empty() || group.contains(['+', '#']) || inner.is_empty() {
+                return Err(0x8F);
+            }
+            if wanted.no_local {
+                // MQTT-3.8.3-4 calls No Local on a shared subscription a protocol error; it is
+                // refused as an invalid filter, which leaves the client's other subscriptions be.
+                return Err(0x8F);
+            }
+            (inner, true)
+        }
+        None => (wanted.filter.as_str(), false),
+    };
+    let topic = TopicFilter::parse(inner).map_err(|e| e.reason_code())?;
     if let Some(existing) = live.client.filters.iter_mut().find(|f| *f.text == *wanted.filter) {
         // MQTT-3.8.4-3: a subscription to the same filter replaces the options.
         existing.qos = wanted.qos;
@@ -743,8 +759,12 @@ async fn subscribe_one(
     if live.client.filters.len() >= state.config.max_subscriptions_per_connection {
         return Err(0x97);
     }
-    let exact =
-        if topic.is_exact() { Some(channel_of(&wanted.filter).map_err(|e| e.reason_code())?) } else { None };
+    // A shared subscription is served by the hub like a wildcard one, even without wildcards.
+    let exact = if topic.is_exact() && !shared {
+        Some(channel_of(inner).map_err(|e| e.reason_code())?)
+    } else {
+        None
+    };
     let filter = Filter {
         text: Arc::from(wanted.filter.as_str()),
         topic: Arc::new(topic),
@@ -753,6 +773,7 @@ async fn subscribe_one(
         no_local: wanted.no_local,
         retain_as_published: wanted.retain_as_published,
         id,
+        shared,
     };
     add_filter(state, &mut live.client, filter, None).await.map_err(|err| reason_of(&err))?;
     Ok(true)

@@ -414,12 +414,12 @@ async fn wildcard_subscriptions_need_the_subscribe_right_on_everything_they_can_
     // `sensors/#` also matches `sensors` itself, which the grant does not cover; `#` matches
     // everything; `secret/x` is simply not granted.
     let subscriptions =
-        ["sensors/+", "sensors/#", "#", "secret/x", "+/temp", "sensors/a+", "$share/g/sensors/+"];
+        ["sensors/+", "sensors/#", "#", "secret/x", "+/temp", "sensors/a+", "$share/g/secret/+", "$share/g"];
     let mut codes = Vec::new();
     for filter in subscriptions {
         codes.push(viewer.subscribe(filter, QoS::AtMostOnce).await.unwrap()[0]);
     }
-    assert_eq!(codes, [0x00, 0x87, 0x87, 0x87, 0x87, 0x8F, 0x9E]);
+    assert_eq!(codes, [0x00, 0x87, 0x87, 0x87, 0x87, 0x8F, 0x87, 0x8F]);
     for channel in ["secret/x", "sensors", "other/temp", "sensors/1"] {
         server.publish(channel, json!(channel)).await;
     }
@@ -441,6 +441,37 @@ async fn wildcard_subscriptions_need_the_subscribe_right_on_everything_they_can_
     assert!(old.quiet_for(Duration::from_millis(300)).await.unwrap(), "nothing was published");
     server.publish("sensors/3", json!("real")).await;
     assert_eq!(old.recv_publish().await.unwrap().topic, "sensors/3", "still connected");
+}
+
+#[tokio::test]
+async fn the_members_of_a_shared_subscription_share_the_work() {
+    let server = TestServer::spawn_mqtt(|_| {}).await;
+    let mut workers = Vec::new();
+    for name in ["worker-1", "worker-2"] {
+        let mut worker = device(&server, Version::V5, name).await;
+        assert_eq!(worker.subscribe("$share/resize/jobs/+", QoS::AtLeastOnce).await.unwrap(), vec![1]);
+        workers.push(worker);
+    }
+    let mut auditor = device(&server, Version::V311, "auditor").await;
+    auditor.subscribe("jobs/+", QoS::AtMostOnce).await.unwrap();
+    for n in 0..6 {
+        server.publish(&format!("jobs/{n}"), json!(n)).await;
+    }
+    let mut done = Vec::new();
+    for worker in &mut workers {
+        let mut mine = 0;
+        while let Ok(Some(Packet::Publish(job))) = worker.recv_within(Duration::from_millis(500)).await {
+            worker.ack(&job).await.unwrap();
+            done.push(job.topic);
+            mine += 1;
+        }
+        assert!(mine > 0, "every worker gets a share");
+    }
+    done.sort();
+    assert_eq!(done, (0..6).map(|n| format!("jobs/{n}")).collect::<Vec<_>>(), "each job once, to one worker");
+    for _ in 0..6 {
+        auditor.recv_publish().await.unwrap();
+    }
 }
 
 #[tokio::test]

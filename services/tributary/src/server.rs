@@ -216,6 +216,10 @@ pub async fn bind(
     let store = config.open_store(&master_key).await?;
     let credentials =
         bootstrap::ensure_credentials(&store, &config.data_dir, &format!("http://{addr}")).await?;
+    let mut config = config;
+    if config.relay.mqtt.anonymous_app == "dev" {
+        config.relay.mqtt.anonymous_app = credentials.app_id.clone();
+    }
     let stream_idle_ttl = Duration::from_secs(config.engine.stream_idle_ttl_secs);
     let engine: Arc<dyn Engine> = match config.engine.kind.as_str() {
         "redis" => {

@@ -101,6 +101,8 @@ pub(super) struct Client {
     /// The last message delivered per channel of an exact filter: where a rebuilt session
     /// recovers from.
     positions: HashMap<ChannelName, (Arc<str>, u64)>,
+    /// Channels an anonymous client may not use (empty for a token's).
+    pub deny: Arc<Vec<tributary_protocol::ChannelPattern>>,
 }
 
 /// Returns the lower of two QoS levels.
@@ -130,6 +132,7 @@ impl Client {
             awaiting_release: BTreeSet::new(),
             next_id: 0,
             positions: HashMap::new(),
+            deny: Arc::default(),
         }
     }
 

@@ -17,7 +17,7 @@ use tributary_mqtt::{
     UnsubAck, Unsubscribe, Version, decode, encode,
 };
 use tributary_protocol::frame::SubscribeRequest;
-use tributary_protocol::{ChannelName, CloseCode, ErrorCode};
+use tributary_protocol::{ChannelName, ChannelPattern, CloseCode, ErrorCode};
 
 use super::client::{Client, Filter, Link, write_ack};
 use crate::conn::{ConnHandle, Outbound, Outbox, PreparedMessage};
@@ -156,10 +156,33 @@ async fn open(state: &Arc<RelayState>, stream: &mut TcpStream, connect: Box<Conn
         refuse(stream, version, Refusal(0x86, 0x04, "wildcard characters in the user name".into())).await;
         return None;
     }
-    let Some(token) = connect.password.as_ref().and_then(|p| std::str::from_utf8(p).ok()) else {
-        let reason = "the password must be a capability token of the app named by the user name";
-        refuse(stream, version, Refusal(0x86, 0x04, reason.into())).await;
-        return None;
+    let anonymous = connect.password.is_none() && !config.anonymous_app.is_empty();
+    let minted;
+    let token = if anonymous {
+        if connect.client_id.is_empty() && version == Version::V311 && !connect.clean_start {
+            let reason = "an empty client id needs a clean session";
+            refuse(stream, version, Refusal(0x85, 0x02, reason.into())).await;
+            return None;
+        }
+        let client = match connect.client_id.as_str() {
+            "" => format!("anon-{}", uuid::Uuid::now_v7().simple()),
+            client => client.to_owned(),
+        };
+        minted = match mint_anonymous(state, client).await {
+            Ok(token) => token,
+            Err(err) => {
+                refuse(stream, version, Refusal::of(&err)).await;
+                return None;
+            }
+        };
+        minted.as_str()
+    } else {
+        let Some(token) = connect.password.as_ref().and_then(|p| std::str::from_utf8(p).ok()) else {
+            let reason = "the password must be a capability token of the app named by the user name";
+            refuse(stream, version, Refusal(0x86, 0x04, reason.into())).await;
+            return None;
+        };
+        token
     };
     let (identity, credential, policy) = match Identity::authenticate(state, token).await {
         Ok(authenticated) => authenticated,
@@ -168,7 +191,7 @@ async fn open(state: &Arc<RelayState>, stream: &mut TcpStream, connect: Box<Conn
             return None;
         }
     };
-    if username != &*identity.app_id && username != &*credential.kid {
+    if !anonymous && username != &*identity.app_id && username != &*credential.kid {
         let reason = "the user name must be the token's app id or signing key id";
         refuse(stream, version, Refusal(0x86, 0x04, reason.into())).await;
         return None;
@@ -220,9 +243,10 @@ async fn open(state: &Arc<RelayState>, stream: &mut TcpStream, connect: Box<Conn
     }
     let session_present = previous.is_some();
     let expires_at = identity.expires_at;
+    let deny = denied(state, anonymous);
     let client = match previous {
-        Some(old) => resume(state, old, identity, credential).await,
-        None => fresh(state, identity, credential, client_id.clone()).await,
+        Some(old) => resume(state, old, identity, credential, deny).await,
+        None => fresh(state, identity, credential, client_id.clone(), deny).await,
     };
     let mut client = match client {
         Ok(client) => client,
@@ -278,6 +302,41 @@ async fn open(state: &Arc<RelayState>, stream: &mut TcpStream, connect: Box<Conn
     })
 }
 
+/// Mints the token of an anonymous connection: the configured app and grants, the client id
+/// the client gave, the longest lifetime a token may have.
+async fn mint_anonymous(state: &RelayState, client: String) -> Result<String, OpError> {
+    let config = &state.config.mqtt;
+    let policy = state
+        .policies
+        .get(&*state.directory, &config.anonymous_app)
+        .await
+        .map_err(crate::session::unavailable)?
+        .ok_or(ErrorCode::UnknownKey)?;
+    let key = policy.minting_key().ok_or(ErrorCode::UnknownKey)?;
+    let grants = config
+        .anonymous_grants
+        .iter()
+        .filter_map(|g| tributary_capability::Capabilities::parse_spec(g).ok())
+        .collect();
+    let request = tributary_capability::TokenRequest::new(
+        client,
+        config.anonymous_app.clone(),
+        state.config.max_token_ttl_secs,
+        grants,
+    );
+    let minted = tributary_capability::mint(&request, key, unix_now())
+        .map_err(|e| OpError::new(e.code(), e.to_string()))?;
+    Ok(minted.token)
+}
+
+/// Returns the channel patterns an anonymous connection may not use (none for a token's).
+fn denied(state: &RelayState, anonymous: bool) -> Arc<Vec<ChannelPattern>> {
+    if !anonymous {
+        return Arc::default();
+    }
+    Arc::new(state.config.mqtt.anonymous_deny.iter().filter_map(|p| ChannelPattern::parse(p).ok()).collect())
+}
+
 /// Registers a new connection for `identity` within its app's limit.
 fn new_conn(
     state: &Arc<RelayState>,
@@ -314,11 +373,14 @@ async fn fresh(
     identity: Identity,
     credential: Credential,
     client_id: Arc<str>,
+    deny: Arc<Vec<ChannelPattern>>,
 ) -> Result<Box<Client>, OpError> {
     let (conn, outbox) = new_conn(state, &identity, credential)?;
     crate::transport::recheck(state, &conn).await;
     let session = Session::new(state.clone(), conn, identity, true);
-    Ok(Box::new(Client::new(session, outbox, client_id, 0)))
+    let mut client = Box::new(Client::new(session, outbox, client_id, 0));
+    client.deny = deny;
+    Ok(client)
 }
 
 /// Resumes a parked session under the new connection's token: subscriptions it no longer
@@ -330,7 +392,9 @@ async fn resume(
     mut old: Box<Client>,
     identity: Identity,
     credential: Credential,
+    deny: Arc<Vec<ChannelPattern>>,
 ) -> Result<Box<Client>, OpError> {
+    old.deny = deny;
     if old.session.conn().is_closed() {
         let filters = std::mem::take(&mut old.filters);
         let (conn, outbox) = match new_conn(state, &identity, credential) {
@@ -415,10 +479,13 @@ async fn add_filter(
                 ));
             }
             let topic = filter.topic.clone();
+            let deny = client.deny.clone();
             state.hub.add_pattern(
                 client.session.conn(),
                 filter.text.clone(),
-                Arc::new(move |channel: &ChannelName| topic.matches(channel.as_str())),
+                Arc::new(move |channel: &ChannelName| {
+                    topic.matches(channel.as_str()) && !deny.iter().any(|p| p.matches(channel))
+                }),
                 filter.shared,
             );
         }
@@ -671,6 +738,9 @@ async fn on_publish(state: &Arc<RelayState>, live: &mut Live, mut publish: Publi
     if publish.properties.payload_format == Some(1) && std::str::from_utf8(&publish.payload).is_err() {
         return refuse_publish(live, &publish, 0x99);
     }
+    if live.client.deny.iter().any(|p| p.matches(&channel)) {
+        return refuse_publish(live, &publish, 0x80);
+    }
     if let Err(err) = live.client.session.may_publish_on(&channel) {
         return refuse_publish(live, &publish, reason_of(&err));
     }
@@ -758,6 +828,11 @@ async fn subscribe_one(
     }
     if live.client.filters.len() >= state.config.max_subscriptions_per_connection {
         return Err(0x97);
+    }
+    if let Ok(channel) = channel_of(inner)
+        && live.client.deny.iter().any(|p| p.matches(&channel))
+    {
+        return Err(0x80);
     }
     // A shared subscription is served by the hub like a wildcard one, even without wildcards.
     let exact = if topic.is_exact() && !shared {

@@ -68,6 +68,17 @@ pub struct MqttConfig {
     pub server_topic_aliases: u16,
     /// Retained messages sent for one wildcard subscription, at most.
     pub max_retained_per_subscription: usize,
+    /// Anonymous access: a connection without a password joins this app (its id; `"dev"` is
+    /// the development app of `tributary serve`) with `anonymous_grants`, and its client id is
+    /// whatever it says. Empty: off. For trials and conformance suites, not for devices in the
+    /// field.
+    pub anonymous_app: String,
+    /// The rights of anonymous connections, as `<pattern>=<right>,<right>`.
+    pub anonymous_grants: Vec<String>,
+    /// Channel patterns anonymous connections may not use: subscribing is refused with 0x80
+    /// (the server does not say why, as a broker's ACL does not), wildcard subscriptions skip
+    /// them, and publishes on them are refused.
+    pub anonymous_deny: Vec<String>,
 }
 
 impl Default for MqttConfig {
@@ -82,6 +93,9 @@ impl Default for MqttConfig {
             topic_alias_maximum: 32,
             server_topic_aliases: 32,
             max_retained_per_subscription: 1000,
+            anonymous_app: String::new(),
+            anonymous_grants: vec!["*=subscribe,publish,presence,history".into()],
+            anonymous_deny: Vec::new(),
         }
     }
 }
@@ -99,6 +113,16 @@ impl MqttConfig {
         ] {
             if value == 0 {
                 problems.push(format!("relay.mqtt.{name} must be greater than 0"));
+            }
+        }
+        for grant in &self.anonymous_grants {
+            if let Err(err) = tributary_capability::Capabilities::parse_spec(grant) {
+                problems.push(format!("relay.mqtt.anonymous_grants: {grant:?}: {err}"));
+            }
+        }
+        for pattern in &self.anonymous_deny {
+            if let Err(err) = tributary_protocol::ChannelPattern::parse(pattern) {
+                problems.push(format!("relay.mqtt.anonymous_deny: {pattern:?}: {err}"));
             }
         }
         // The MQTT remaining length caps a packet at 256 MB.

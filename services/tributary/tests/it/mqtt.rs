@@ -714,3 +714,32 @@ async fn revoking_a_devices_token_disconnects_it_with_not_authorized() {
     .unwrap();
     assert_eq!(ack.code, 0x87, "the revoked client stays out");
 }
+
+#[tokio::test]
+async fn anonymous_access_when_configured_with_its_grants_and_deny_list() {
+    let server = TestServer::spawn_mqtt(|relay| {
+        relay.mqtt.anonymous_app = "dev".into();
+        relay.mqtt.anonymous_grants = vec!["*=subscribe,publish".into()];
+        relay.mqtt.anonymous_deny = vec!["test/nosubscribe".into()];
+    })
+    .await;
+    let addr = server.mqtt_addr();
+    let mut options = ConnectOptions::new(Version::V5, "clean retained", "", "");
+    options.connect.username = None;
+    options.connect.password = None;
+    let mut a = MqttClient::connect_ok(addr, options.clone()).await.unwrap();
+    assert_eq!(a.subscribe("test/nosubscribe", QoS::AtMostOnce).await.unwrap(), vec![0x80]);
+    assert_eq!(a.subscribe("#", QoS::AtLeastOnce).await.unwrap(), vec![1]);
+    assert_eq!(a.publish("test/nosubscribe", b"x", QoS::AtLeastOnce, false).await.unwrap(), 0x80);
+    server.publish("test/nosubscribe", json!("hidden")).await;
+    a.publish("/TopicA", b"hello", QoS::AtLeastOnce, false).await.unwrap();
+    let got = a.recv_and_ack().await.unwrap();
+    assert_eq!((got.topic.as_str(), &got.payload[..]), ("/TopicA", &b"hello"[..]), "the denied one skipped");
+    // An empty client id is assigned one.
+    options.connect.client_id = String::new();
+    let (_, ack) = MqttClient::connect(addr, options.clone()).await.unwrap();
+    assert!(ack.properties.assigned_client_id.is_some_and(|id| id.starts_with("anon-")));
+    // A token still works as usual beside anonymous access.
+    let mut d = device(&server, Version::V311, "with-token").await;
+    d.subscribe("x", QoS::AtMostOnce).await.unwrap();
+}

@@ -100,6 +100,17 @@ impl Subscriber {
     }
 }
 
+/// Returns the item, made on first use (a publication is encoded only if someone takes it).
+fn encoded<'a>(
+    item: &'a mut Option<Outbound>,
+    make: &mut Option<impl FnOnce() -> Outbound>,
+) -> Option<&'a Outbound> {
+    if item.is_none() {
+        *item = Some(make.take()?());
+    }
+    item.as_ref()
+}
+
 /// Finds a connection among a channel's subscribers.
 fn find<'a>(subs: &'a mut [Subscriber], conn: &ConnHandle) -> Option<&'a mut Subscriber> {
     subs.iter_mut().find(|s| s.conn.id() == conn.id())
@@ -303,11 +314,7 @@ impl Hub {
             let Some(chosen) = members().filter(|s| !s.conn.is_closed()).nth(turn % open.max(1)) else {
                 continue;
             };
-            let item = match (item.as_ref(), make.take()) {
-                (Some(item), _) => item,
-                (None, Some(make)) => item.insert(make()),
-                (None, None) => return count,
-            };
+            let Some(item) = encoded(item, &mut make) else { return count };
             chosen.conn.push(item.clone());
             count += 1;
         }
@@ -322,11 +329,7 @@ impl Hub {
             if exact {
                 continue;
             }
-            let item = match (item.as_ref(), make.take()) {
-                (Some(item), _) => item,
-                (None, Some(make)) => item.insert(make()),
-                (None, None) => return count,
-            };
+            let Some(item) = encoded(item, &mut make) else { return count };
             sub.conn.push(item.clone());
             count += 1;
         }

@@ -20,7 +20,7 @@ use tributary_protocol::frame::SubscribeRequest;
 use tributary_protocol::{ChannelName, ChannelPattern, CloseCode, ErrorCode};
 
 use super::client::{Client, Filter, Link, write_ack};
-use crate::conn::{ConnHandle, Outbound, Outbox, PreparedMessage};
+use crate::conn::{Outbound, PreparedMessage};
 use crate::ops::OpError;
 use crate::policy::Credential;
 use crate::session::{Identity, Session, unix_now};
@@ -337,36 +337,6 @@ fn denied(state: &RelayState, anonymous: bool) -> Arc<Vec<ChannelPattern>> {
     Arc::new(state.config.mqtt.anonymous_deny.iter().filter_map(|p| ChannelPattern::parse(p).ok()).collect())
 }
 
-/// Registers a new connection for `identity` within its app's limit.
-fn new_conn(
-    state: &Arc<RelayState>,
-    identity: &Identity,
-    credential: Credential,
-) -> Result<(ConnHandle, Outbox), OpError> {
-    let config = &state.config;
-    let conn_id: Arc<str> = Arc::from(uuid::Uuid::now_v7().simple().to_string());
-    let (conn, outbox) = ConnHandle::new(
-        conn_id,
-        identity.app_id.clone(),
-        identity.client_id.clone(),
-        credential,
-        config.outbound_queue_len,
-        config.max_queued_bytes,
-    );
-    register(state, &conn)?;
-    Ok((conn, outbox))
-}
-
-fn register(state: &Arc<RelayState>, conn: &ConnHandle) -> Result<(), OpError> {
-    if !state.connections.register(conn, state.config.max_connections_per_app) {
-        return Err(ErrorCode::ConnectionLimit.into());
-    }
-    if state.shutdown.is_cancelled() {
-        conn.close(CloseCode::Shutdown);
-    }
-    Ok(())
-}
-
 /// A new session.
 async fn fresh(
     state: &Arc<RelayState>,
@@ -375,8 +345,7 @@ async fn fresh(
     client_id: Arc<str>,
     deny: Arc<Vec<ChannelPattern>>,
 ) -> Result<Box<Client>, OpError> {
-    let (conn, outbox) = new_conn(state, &identity, credential)?;
-    crate::transport::recheck(state, &conn).await;
+    let (conn, outbox) = crate::transport::new_connection(state, &identity, credential).await?;
     let session = Session::new(state.clone(), conn, identity, true);
     let mut client = Box::new(Client::new(session, outbox, client_id, 0));
     client.deny = deny;
@@ -397,7 +366,7 @@ async fn resume(
     old.deny = deny;
     if old.session.conn().is_closed() {
         let filters = std::mem::take(&mut old.filters);
-        let (conn, outbox) = match new_conn(state, &identity, credential) {
+        let (conn, outbox) = match crate::transport::new_connection(state, &identity, credential).await {
             Ok(opened) => opened,
             Err(err) => {
                 old.filters = filters;
@@ -410,7 +379,6 @@ async fn resume(
         state.hub.remove_pattern(stale.conn(), None);
         stale.close().await;
         old.outbox = outbox;
-        crate::transport::recheck(state, old.session.conn()).await;
         for filter in filters {
             let recover = filter.exact.as_ref().and_then(|c| old.position(c));
             if let Err(err) = add_filter(state, &mut old, filter.clone(), recover).await {
@@ -419,7 +387,7 @@ async fn resume(
         }
         return Ok(old);
     }
-    if let Err(err) = register(state, old.session.conn()) {
+    if let Err(err) = crate::transport::register(state, old.session.conn()).await {
         end_session(state, old).await;
         return Err(err);
     }

@@ -36,9 +36,19 @@ pub async fn open_connection(
     let token = token.ok_or(ErrorCode::Unauthorized)?;
     let (identity, credential, policy) = Identity::authenticate(state, token).await?;
     state.quotas.admit_connection(&policy)?;
+    let (conn, outbox) = new_connection(state, &identity, credential).await?;
+    Ok((identity, conn, outbox))
+}
+
+/// Registers a new connection of an authenticated client, within its app's limit.
+pub async fn new_connection(
+    state: &Arc<RelayState>,
+    identity: &Identity,
+    credential: crate::policy::Credential,
+) -> Result<(ConnHandle, crate::conn::Outbox), OpError> {
     let conn_id: Arc<str> = Arc::from(uuid::Uuid::now_v7().simple().to_string());
     let config = &state.config;
-    let (conn, rx) = ConnHandle::new(
+    let (conn, outbox) = ConnHandle::new(
         conn_id,
         identity.app_id.clone(),
         identity.client_id.clone(),
@@ -46,16 +56,23 @@ pub async fn open_connection(
         config.outbound_queue_len,
         config.max_queued_bytes,
     );
-    if !state.connections.register(&conn, state.config.max_connections_per_app) {
+    register(state, &conn).await?;
+    Ok((conn, outbox))
+}
+
+/// Registers a connection (a new one, or an MQTT session's coming back) within its app's limit
+/// and checks it against its app's current policy.
+pub async fn register(state: &Arc<RelayState>, conn: &ConnHandle) -> Result<(), OpError> {
+    if !state.connections.register(conn, state.config.max_connections_per_app) {
         return Err(ErrorCode::ConnectionLimit.into());
     }
-    recheck(state, &conn).await;
+    recheck(state, conn).await;
     // A shutdown cancels the token, then closes every registered connection: one registered
     // in between is closed here.
     if state.shutdown.is_cancelled() {
         conn.close(tributary_protocol::CloseCode::Shutdown);
     }
-    Ok((identity, conn, rx))
+    Ok(())
 }
 
 /// Checks a registered connection against its app's current policy. A revocation reloads the

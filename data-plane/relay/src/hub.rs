@@ -152,8 +152,6 @@ pub struct Hub {
     patterns: std::sync::RwLock<HashMap<Arc<str>, Vec<PatternSubscriber>>>,
     /// Whether `patterns` has any, so apps without them pay one atomic load per publication.
     any_patterns: std::sync::atomic::AtomicBool,
-    /// Whose turn it is in shared subscriptions.
-    turns: std::sync::atomic::AtomicUsize,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -171,7 +169,6 @@ impl Hub {
             usage,
             patterns: Default::default(),
             any_patterns: Default::default(),
-            turns: Default::default(),
         }
     }
 
@@ -291,6 +288,7 @@ impl Hub {
     fn deliver_to_patterns(
         &self,
         key: &ChannelKey,
+        offset: u64,
         item: &mut Option<Outbound>,
         make: impl FnOnce() -> Outbound,
     ) -> usize {
@@ -301,32 +299,31 @@ impl Hub {
         let Some(subs) = patterns.get(&key.app) else { return 0 };
         let mut make = Some(make);
         let mut count = 0;
-        let mut given: Vec<&Arc<str>> = Vec::new();
-        let matching = |s: &&PatternSubscriber| (s.filter)(&key.channel);
-        let turn = self.turns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        for (index, first) in subs.iter().enumerate().filter(|(_, s)| s.shared && matching(s)) {
-            // A group is served at its first member; one member gets the publication.
-            if subs[..index].iter().any(|s| s.shared && s.name == first.name && matching(&s)) {
-                continue;
-            }
-            let members = || subs.iter().filter(|s| s.shared && s.name == first.name && matching(s));
-            let open = members().filter(|s| !s.conn.is_closed()).count();
-            let Some(chosen) = members().filter(|s| !s.conn.is_closed()).nth(turn % open.max(1)) else {
-                continue;
-            };
+        let matching: Vec<&PatternSubscriber> = subs.iter().filter(|s| (s.filter)(&key.channel)).collect();
+        if matching.is_empty() {
+            return 0;
+        }
+        // Shared groups: one member each, in turns by the channel's offset (so every channel's
+        // messages go round the group whatever else is published), from a place that differs
+        // by channel (so channels with one message each spread over the group too).
+        let mut groups: HashMap<&str, Vec<&PatternSubscriber>> = HashMap::new();
+        for sub in matching.iter().filter(|s| s.shared && !s.conn.is_closed()) {
+            groups.entry(&sub.name).or_default().push(sub);
+        }
+        for members in groups.values() {
+            let turn = self.hasher.hash_one(&key.channel).wrapping_add(offset);
+            let chosen = members[(turn % members.len() as u64) as usize];
             let Some(item) = encoded(item, &mut make) else { return count };
             chosen.conn.push(item.clone());
             count += 1;
         }
-        for sub in subs.iter().filter(|s| !s.shared).filter(matching) {
-            let id = sub.conn.id();
-            if given.contains(&id) {
-                continue;
-            }
-            given.push(id);
-            let exact =
-                lock(self.shard(key)).get(key).is_some_and(|exact| exact.iter().any(|s| s.conn.id() == id));
-            if exact {
+        let shard = lock(self.shard(key));
+        let exact: std::collections::HashSet<&str> =
+            shard.get(key).map(|subs| subs.iter().map(|s| &**s.conn.id()).collect()).unwrap_or_default();
+        let mut given = std::collections::HashSet::new();
+        for sub in matching.iter().filter(|s| !s.shared) {
+            let id: &str = sub.conn.id();
+            if exact.contains(id) || !given.insert(id) {
                 continue;
             }
             let Some(item) = encoded(item, &mut make) else { return count };
@@ -372,7 +369,7 @@ impl EngineSink for Hub {
         // Encoded once for both kinds of subscriber.
         let mut item = None;
         let mut subscribers = self.deliver(key, || item.insert(make()).clone());
-        subscribers += self.deliver_to_patterns(key, &mut item, make);
+        subscribers += self.deliver_to_patterns(key, publication.offset, &mut item, make);
         if subscribers > 0 {
             self.usage.app(&key.app).delivered(subscribers, publication.payload.len());
         }

@@ -103,6 +103,8 @@ pub(super) struct Client {
     positions: HashMap<ChannelName, (Arc<str>, u64)>,
     /// Channels an anonymous client may not use (empty for a token's).
     pub deny: Arc<Vec<tributary_protocol::ChannelPattern>>,
+    /// The session's key in the registry (the client id; prefixed for anonymous clients).
+    pub session_key: Arc<str>,
 }
 
 /// Returns the lower of two QoS levels.
@@ -113,6 +115,13 @@ fn min_qos(a: QoS, b: QoS) -> QoS {
 /// Milliseconds since the Unix epoch.
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Returns what is left of a message expiry interval of `expiry` seconds for a message stored
+/// at `ts_ms`, or `None` once it has expired (MQTT-3.3.2-5, -6).
+fn remaining(expiry: u32, ts_ms: u64) -> Option<u32> {
+    let elapsed = now_ms().saturating_sub(ts_ms) / 1000;
+    u64::from(expiry).checked_sub(elapsed).filter(|left| *left > 0).map(|left| left as u32)
 }
 
 /// At most this many subscription identifiers go on one PUBLISH; more overlapping
@@ -133,6 +142,7 @@ impl Client {
             next_id: 0,
             positions: HashMap::new(),
             deny: Arc::default(),
+            session_key: Arc::from(""),
         }
     }
 
@@ -213,13 +223,10 @@ impl Client {
         let qos = min_qos(qos, meta.as_ref().map_or(QoS::ExactlyOnce, |m| m.qos));
         let retain = only.is_some() || (retain_as_published && meta.as_ref().is_some_and(|m| m.retain));
         let expiry = match meta.as_ref().and_then(|m| m.expiry) {
-            Some(expiry) => {
-                let elapsed = now_ms().saturating_sub(publication.ts_ms) / 1000;
-                match u64::from(expiry).checked_sub(elapsed) {
-                    Some(left) if left > 0 => Some(left as u32),
-                    _ => return,
-                }
-            }
+            Some(expiry) => match remaining(expiry, publication.ts_ms) {
+                Some(left) => Some(left),
+                None => return,
+            },
             None => None,
         };
         let forwarded = meta.as_ref().map_or(&[][..], |m| &m.forwarded[..]);
@@ -303,7 +310,10 @@ impl Client {
 
     /// Sends again, in order, whatever the client has not acknowledged (after a reconnect):
     /// PUBLISH with DUP for those not received, PUBREL for those received but not completed.
+    /// Messages that expired meanwhile, or that are larger than the new connection's Maximum
+    /// Packet Size, are dropped as if delivered.
     pub fn resend(&mut self, link: &mut Link, out: &mut Vec<u8>) {
+        let mut dropped = Vec::new();
         for inflight in &self.inflight {
             if inflight.released {
                 write_ack(out, link.version, 0x62, inflight.id, 0);
@@ -311,6 +321,16 @@ impl Client {
             }
             let publication = &inflight.message.publication;
             let meta = publication.meta.as_ref().and_then(MessageMeta::decode);
+            let expiry = match meta.as_ref().and_then(|m| m.expiry) {
+                Some(expiry) => match remaining(expiry, publication.ts_ms) {
+                    Some(left) => Some(left),
+                    None => {
+                        dropped.push(inflight.id);
+                        continue;
+                    }
+                },
+                None => None,
+            };
             let payload = match &publication.payload {
                 tributary_protocol::Payload::Json(b) | tributary_protocol::Payload::Binary(b) => b,
             };
@@ -321,7 +341,7 @@ impl Client {
                 .filter_map(|f| f.id)
                 .take(MAX_IDS)
                 .collect();
-            Outgoing {
+            let outgoing = Outgoing {
                 dup: true,
                 qos: inflight.qos,
                 retain: inflight.retain,
@@ -329,12 +349,17 @@ impl Client {
                 packet_id: Some(inflight.id),
                 topic_alias: None,
                 subscription_ids: &ids,
-                expiry: meta.as_ref().and_then(|m| m.expiry),
+                expiry,
                 forwarded: meta.as_ref().map_or(&[][..], |m| &m.forwarded[..]),
                 payload,
+            };
+            if outgoing.packet_len(link.version) > link.max_packet {
+                dropped.push(inflight.id);
+                continue;
             }
-            .write(link.version, out);
+            outgoing.write(link.version, out);
         }
+        self.inflight.retain(|m| !dropped.contains(&m.id));
     }
 }
 

@@ -10,6 +10,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
 use tributary_capability::Right;
 use tributary_mqtt::topic::{TopicFilter, channel_of};
 use tributary_mqtt::{
@@ -208,7 +209,14 @@ async fn open(state: &Arc<RelayState>, stream: &mut TcpStream, connect: Box<Conn
         return None;
     }
     if let Some(will) = &connect.will {
-        let allowed = channel_of(&will.topic).is_ok_and(|c| identity.capabilities.allows(&c, Right::Publish));
+        // The checks of a PUBLISH on that topic, made now: the will is published when the
+        // client is gone.
+        let deny = denied(state, anonymous);
+        let allowed = channel_of(&will.topic).is_ok_and(|c| {
+            identity.capabilities.allows(&c, Right::Publish)
+                && !deny.iter().any(|p| p.matches(&c))
+                && state.namespace(&identity.app_id, c.namespace()).client_publish
+        });
         if !allowed {
             let reason = format!("no publish right on the will topic {}", will.topic);
             refuse(stream, version, Refusal(0x87, 0x05, reason)).await;
@@ -231,7 +239,11 @@ async fn open(state: &Arc<RelayState>, stream: &mut TcpStream, connect: Box<Conn
     };
     let app = identity.app_id.clone();
     let client_id = identity.client_id.clone();
-    let Some(claim) = state.mqtt_sessions.claim(&app, &client_id).await else {
+    // Anonymous sessions are kept apart from those of tokens: an anonymous client naming a
+    // device's client id must not resume, or take over, the device's session.
+    let session_key: Arc<str> =
+        if anonymous { Arc::from(format!("anonymous/{client_id}")) } else { client_id.clone() };
+    let Some(claim) = state.mqtt_sessions.claim(&app, &session_key).await else {
         refuse(stream, version, Refusal(0x89, 0x03, "the previous connection did not let go".into())).await;
         return None;
     };
@@ -251,13 +263,14 @@ async fn open(state: &Arc<RelayState>, stream: &mut TcpStream, connect: Box<Conn
     let mut client = match client {
         Ok(client) => client,
         Err(err) => {
-            state.mqtt_sessions.release(&app, &client_id, claim.generation, None);
+            state.mqtt_sessions.release(&app, &session_key, claim.generation, None);
             refuse(stream, version, Refusal::of(&err)).await;
             return None;
         }
     };
     client.expiry_secs = expiry_secs;
-    state.mqtt_sessions.attach(&app, &client_id, claim.generation, client.session.conn());
+    client.session_key = session_key.clone();
+    state.mqtt_sessions.attach(&app, &session_key, claim.generation, client.session.conn());
     let p = &connect.properties;
     let receive_maximum = p.receive_maximum.unwrap_or(u16::MAX).min(config.max_inflight);
     let max_packet = p.maximum_packet_size.map_or(usize::MAX, |m| m as usize);
@@ -387,11 +400,23 @@ async fn resume(
         }
         return Ok(old);
     }
+    // The new token first: the parked connection still holds the old one, which may have been
+    // revoked meanwhile.
+    let mut revoked = old.session.reauthenticate(identity, credential).await;
     if let Err(err) = crate::transport::register(state, old.session.conn()).await {
         end_session(state, old).await;
         return Err(err);
     }
-    let revoked = old.session.reauthenticate(identity, credential).await;
+    let denied: Vec<ChannelName> = old
+        .filters
+        .iter()
+        .filter_map(|f| f.exact.clone())
+        .filter(|c| old.deny.iter().any(|p| p.matches(c)))
+        .collect();
+    for channel in denied {
+        let _ = old.session.unsubscribe(&channel).await;
+        revoked.push(channel);
+    }
     let capabilities = old.session.identity().capabilities.clone();
     let conn = old.session.conn().clone();
     old.filters.retain(|f| match &f.exact {
@@ -489,9 +514,15 @@ async fn serve(
     let mut buffered = !input.is_empty();
     loop {
         if !live.out.is_empty() {
-            match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&live.out)).await {
-                Ok(Ok(())) => {}
-                _ => return Ending::Gone,
+            // A takeover or a revocation must not wait for a client that stopped reading.
+            let conn = live.client.session.conn().clone();
+            tokio::select! {
+                written = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&live.out)) => {
+                    if !matches!(written, Ok(Ok(()))) {
+                        return Ending::Gone;
+                    }
+                }
+                () = conn.closed() => return Ending::Closed,
             }
             live.out.clear();
             if live.out.capacity() > 4096 {
@@ -699,7 +730,10 @@ async fn on_publish(state: &Arc<RelayState>, live: &mut Live, mut publish: Publi
             write_ack(&mut live.out, live.link.version, 0x50, id, 0);
             return None;
         }
-        if live.client.awaiting_release.len() >= usize::from(state.config.mqtt.receive_maximum) {
+        // 3.1.1 clients are never told the server's Receive Maximum, so it binds MQTT 5 only.
+        if live.link.version == Version::V5
+            && live.client.awaiting_release.len() >= usize::from(state.config.mqtt.receive_maximum)
+        {
             return Some(Ending::Refused(0x93, "receive maximum exceeded"));
         }
     }
@@ -825,24 +859,23 @@ async fn subscribe_one(
 /// Queues the retained messages a new subscription gets.
 async fn queue_retained(state: &Arc<RelayState>, live: &mut Live, text: Arc<str>) {
     let Some(filter) = live.client.filters.iter().find(|f| f.text == text) else { return };
-    let found =
-        match &filter.exact {
-            Some(channel) => {
-                let key = tributary_engine::ChannelKey::new(live.app.clone(), channel.clone());
-                state
-                    .engine
-                    .retained(&key)
-                    .await
-                    .map(|p| p.map(|p| vec![(channel.clone(), p)]).unwrap_or_default())
-            }
-            None => {
-                let limit = state.config.mqtt.max_retained_per_subscription;
-                let topic = filter.topic.clone();
-                state.engine.retained_in(&live.app, usize::MAX).await.map(|all| {
-                    all.into_iter().filter(|(c, _)| topic.matches(c.as_str())).take(limit).collect()
-                })
-            }
-        };
+    let found = match &filter.exact {
+        Some(channel) => {
+            let key = tributary_engine::ChannelKey::new(live.app.clone(), channel.clone());
+            let retained = state.engine.retained(&key).await;
+            retained.map(|p| p.map(|p| vec![(channel.clone(), p)]).unwrap_or_default())
+        }
+        None => {
+            let limit = state.config.mqtt.max_retained_per_subscription;
+            let topic = filter.topic.clone();
+            let deny = live.client.deny.clone();
+            let taken = |c: &ChannelName| topic.matches(c.as_str()) && !deny.iter().any(|p| p.matches(c));
+            let all = state.engine.retained_in(&live.app, usize::MAX).await;
+            all.map(|all| all.into_iter().filter(|(c, _)| taken(c)).take(limit).collect())
+        }
+    };
+    // A repeated SUBSCRIBE replaces what the last one queued rather than adding to it.
+    live.link.retained.retain(|(_, filter)| *filter != text);
     match found {
         Ok(found) => {
             for (channel, publication) in found {
@@ -930,34 +963,38 @@ async fn finish(state: &Arc<RelayState>, mut stream: TcpStream, live: Live, endi
     let revoked =
         matches!(close_code, Some(CloseCode::Revoked | CloseCode::TenantSuspended | CloseCode::InvalidToken));
     let client_id = client.client_id.clone();
+    let key = client.session_key.clone();
     let expiry = client.expiry_secs;
     let parked = expiry > 0 && !revoked && !state.shutdown.is_cancelled();
+    let will = will.filter(|_| publish_will && !revoked);
+    let delay = will
+        .as_ref()
+        .map_or(0, |w| w.properties.will_delay.unwrap_or(0).min(if parked { expiry } else { 0 }));
+    let will_cancel = (delay > 0).then(CancellationToken::new);
     if parked {
         client.session.leave_presence().await;
         // Offline, it counts against no connection limit; its queue keeps taking what comes,
         // up to its bound, for the client's return.
         state.connections.unregister(&conn);
-        state.mqtt_sessions.release(&app, &client_id, generation, Some(client));
-        spawn_expiry(state, app.clone(), client_id.clone(), generation, expiry);
+        state.mqtt_sessions.release(&app, &key, generation, Some((client, will_cancel.clone())));
+        spawn_expiry(state, app.clone(), key, generation, expiry);
     } else {
-        state.mqtt_sessions.release(&app, &client_id, generation, None);
+        state.mqtt_sessions.release(&app, &key, generation, None);
         end_session(state, client).await;
     }
-    if let Some(will) = will.filter(|_| publish_will && !revoked) {
-        let delay = will.properties.will_delay.unwrap_or(0).min(if parked { expiry } else { 0 });
-        if delay == 0 {
-            publish_will_now(state, &app, &client_id, will).await;
-        } else {
+    let Some(will) = will else { return };
+    match will_cancel {
+        None => publish_will_now(state, &app, &client_id, will).await,
+        Some(cancel) => {
             let state = state.clone();
             tokio::spawn(async move {
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(delay.into())) => {}
                     () = state.shutdown.cancelled() => {}
+                    // MQTT-3.1.3-9: the client came back within the delay.
+                    () = cancel.cancelled() => return,
                 }
-                // MQTT-3.1.3-9: a client back within the delay cancels its will.
-                if !state.mqtt_sessions.superseded(&app, &client_id, generation) {
-                    publish_will_now(&state, &app, &client_id, will).await;
-                }
+                publish_will_now(&state, &app, &client_id, will).await;
             });
         }
     }

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
 use tributary_protocol::CloseCode;
 
 use super::client::Client;
@@ -22,8 +23,9 @@ type Key = (Arc<str>, Arc<str>);
 enum Slot {
     /// A connection serves the session (`conn` is set once it is open).
     Online { generation: u64, conn: Option<ConnHandle> },
-    /// No connection; the session waits for its client until it expires.
-    Offline { generation: u64, client: Box<Client> },
+    /// No connection; the session waits for its client until it expires. `will` is cancelled
+    /// when the client comes back (a delayed will is then not published).
+    Offline { generation: u64, client: Box<Client>, will: Option<CancellationToken> },
 }
 
 /// Every MQTT session of this node.
@@ -69,7 +71,11 @@ impl Sessions {
                         slots.insert(key, Slot::Online { generation, conn: None });
                         return Some(Claim { generation, previous: None });
                     }
-                    Some(Slot::Offline { client, .. }) => {
+                    Some(Slot::Offline { client, will, .. }) => {
+                        // MQTT-3.1.3-9: a client back within its will delay cancels the will.
+                        if let Some(will) = will {
+                            will.cancel();
+                        }
                         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
                         slots.insert(key.clone(), Slot::Online { generation, conn: None });
                         return Some(Claim { generation, previous: Some(client) });
@@ -99,13 +105,14 @@ impl Sessions {
         }
     }
 
-    /// Ends generation `generation`'s connection: parks its session (`Some`), or forgets it.
+    /// Ends generation `generation`'s connection: parks its session (`Some`, with the token
+    /// that cancels its delayed will), or forgets it.
     pub(super) fn release(
         &self,
         app: &Arc<str>,
         client: &Arc<str>,
         generation: u64,
-        parked: Option<Box<Client>>,
+        parked: Option<(Box<Client>, Option<CancellationToken>)>,
     ) {
         let key = (app.clone(), client.clone());
         let mut slots = self.lock();
@@ -113,8 +120,8 @@ impl Sessions {
             return;
         }
         match parked {
-            Some(client) => {
-                slots.insert(key, Slot::Offline { generation, client });
+            Some((client, will)) => {
+                slots.insert(key, Slot::Offline { generation, client, will });
             }
             None => {
                 slots.remove(&key);
@@ -132,18 +139,6 @@ impl Sessions {
         match slots.remove(&key) {
             Some(Slot::Offline { client, .. }) => Some(client),
             _ => None,
-        }
-    }
-
-    /// Returns whether a later connection of the client came (the session was resumed or
-    /// replaced since generation `generation`): a delayed will is then not published.
-    pub(super) fn superseded(&self, app: &Arc<str>, client: &Arc<str>, generation: u64) -> bool {
-        let key = (app.clone(), client.clone());
-        match self.lock().get(&key) {
-            Some(Slot::Online { generation: g, .. } | Slot::Offline { generation: g, .. }) => {
-                *g != generation
-            }
-            None => false,
         }
     }
 }

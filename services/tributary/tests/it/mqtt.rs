@@ -392,8 +392,16 @@ async fn a_delayed_will_waits_and_a_reconnect_within_the_delay_cancels_it() {
     };
     let gw = MqttClient::connect_ok(server.mqtt_addr(), options()).await.unwrap();
     gw.drop_connection();
-    let back = MqttClient::connect_ok(server.mqtt_addr(), options()).await.unwrap();
+    let mut back = MqttClient::connect_ok(server.mqtt_addr(), options()).await.unwrap();
+    // Back in time, then gone for good with a clean DISCONNECT that ends the session: neither
+    // the first connection's will nor this one's.
+    let end = tributary_mqtt::Disconnect {
+        code: 0,
+        properties: Properties { session_expiry: Some(0), ..Properties::default() },
+    };
+    back.send(&Packet::Disconnect(end)).await.unwrap();
     assert!(watcher.quiet_for(Duration::from_millis(1500)).await.unwrap(), "back in time: no will");
+    let back = MqttClient::connect_ok(server.mqtt_addr(), options()).await.unwrap();
     back.drop_connection();
     let started = tokio::time::Instant::now();
     let will = watcher.recv_publish().await.unwrap();
@@ -454,8 +462,9 @@ async fn the_members_of_a_shared_subscription_share_the_work() {
     }
     let mut auditor = device(&server, Version::V311, "auditor").await;
     auditor.subscribe("jobs/+", QoS::AtMostOnce).await.unwrap();
+    // Two jobs per channel: a channel's messages go round the group.
     for n in 0..6 {
-        server.publish(&format!("jobs/{n}"), json!(n)).await;
+        server.publish(&format!("jobs/{}", n % 3), json!(n)).await;
     }
     let mut done = Vec::new();
     for worker in &mut workers {
@@ -468,7 +477,8 @@ async fn the_members_of_a_shared_subscription_share_the_work() {
         assert!(mine > 0, "every worker gets a share");
     }
     done.sort();
-    assert_eq!(done, (0..6).map(|n| format!("jobs/{n}")).collect::<Vec<_>>(), "each job once, to one worker");
+    let expected: Vec<String> = (0..6).map(|n| format!("jobs/{}", n / 2)).collect();
+    assert_eq!(done, expected, "each job once, to one worker");
     for _ in 0..6 {
         auditor.recv_publish().await.unwrap();
     }
@@ -739,7 +749,15 @@ async fn anonymous_access_when_configured_with_its_grants_and_deny_list() {
     options.connect.client_id = String::new();
     let (_, ack) = MqttClient::connect(addr, options.clone()).await.unwrap();
     assert!(ack.properties.assigned_client_id.is_some_and(|id| id.starts_with("anon-")));
-    // A token still works as usual beside anonymous access.
+    // A token still works as usual beside anonymous access, and an anonymous client naming a
+    // device's client id neither takes its session over nor resumes it.
     let mut d = device(&server, Version::V311, "with-token").await;
     d.subscribe("x", QoS::AtMostOnce).await.unwrap();
+    options.connect.client_id = "with-token".into();
+    options.connect.clean_start = false;
+    options.connect.properties.session_expiry = Some(60);
+    let (_, ack) = MqttClient::connect(addr, options).await.unwrap();
+    assert_eq!((ack.code, ack.session_present), (0, false));
+    server.publish("x", json!("still mine")).await;
+    assert_eq!(d.recv_publish().await.unwrap().payload, r#""still mine""#);
 }

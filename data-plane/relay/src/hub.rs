@@ -317,6 +317,11 @@ impl Hub {
             chosen.conn.push(item.clone());
             count += 1;
         }
+        if matching.iter().all(|s| s.shared) {
+            return count;
+        }
+        // The channel's own subscribers are looked up once, and only when a plain wildcard
+        // subscriber wants the publication.
         let shard = lock(self.shard(key));
         let exact: std::collections::HashSet<&str> =
             shard.get(key).map(|subs| subs.iter().map(|s| &**s.conn.id()).collect()).unwrap_or_default();

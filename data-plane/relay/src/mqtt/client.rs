@@ -129,20 +129,26 @@ fn remaining(expiry: u32, ts_ms: u64) -> Option<u32> {
 const MAX_IDS: usize = 8;
 
 impl Client {
-    /// Creates a session with no subscriptions.
-    pub fn new(session: Session, outbox: Outbox, client_id: Arc<str>, expiry_secs: u32) -> Self {
+    /// Creates a session with no subscriptions, kept in the registry under `session_key`.
+    pub fn new(
+        session: Session,
+        outbox: Outbox,
+        client_id: Arc<str>,
+        session_key: Arc<str>,
+        deny: Arc<Vec<tributary_protocol::ChannelPattern>>,
+    ) -> Self {
         Self {
             session,
             outbox,
             client_id,
-            expiry_secs,
+            expiry_secs: 0,
             filters: Vec::new(),
             inflight: VecDeque::new(),
             awaiting_release: BTreeSet::new(),
             next_id: 0,
             positions: HashMap::new(),
-            deny: Arc::default(),
-            session_key: Arc::from(""),
+            deny,
+            session_key,
         }
     }
 

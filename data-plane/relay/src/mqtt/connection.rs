@@ -258,7 +258,7 @@ async fn open(state: &Arc<RelayState>, stream: &mut TcpStream, connect: Box<Conn
     let deny = denied(state, anonymous);
     let client = match previous {
         Some(old) => resume(state, old, identity, credential, deny).await,
-        None => fresh(state, identity, credential, client_id.clone(), deny).await,
+        None => fresh(state, identity, credential, client_id.clone(), session_key.clone(), deny).await,
     };
     let mut client = match client {
         Ok(client) => client,
@@ -269,7 +269,6 @@ async fn open(state: &Arc<RelayState>, stream: &mut TcpStream, connect: Box<Conn
         }
     };
     client.expiry_secs = expiry_secs;
-    client.session_key = session_key.clone();
     state.mqtt_sessions.attach(&app, &session_key, claim.generation, client.session.conn());
     let p = &connect.properties;
     let receive_maximum = p.receive_maximum.unwrap_or(u16::MAX).min(config.max_inflight);
@@ -356,13 +355,12 @@ async fn fresh(
     identity: Identity,
     credential: Credential,
     client_id: Arc<str>,
+    session_key: Arc<str>,
     deny: Arc<Vec<ChannelPattern>>,
 ) -> Result<Box<Client>, OpError> {
     let (conn, outbox) = crate::transport::new_connection(state, &identity, credential).await?;
     let session = Session::new(state.clone(), conn, identity, true);
-    let mut client = Box::new(Client::new(session, outbox, client_id, 0));
-    client.deny = deny;
-    Ok(client)
+    Ok(Box::new(Client::new(session, outbox, client_id, session_key, deny)))
 }
 
 /// Resumes a parked session under the new connection's token: subscriptions it no longer
@@ -508,7 +506,7 @@ async fn serve(
     let grace = live.keep_alive + live.keep_alive / 2;
     let mut keep_alive_at = Instant::now() + grace;
     let mut heartbeat_at = Instant::now() + heartbeat_every;
-    let token_at = deadline(live.expires_at);
+    let token_at = crate::transport::deadline(live.expires_at);
     let mut timer = std::pin::pin!(sleep_until(keep_alive_at.min(heartbeat_at).min(token_at)));
     // Packets that came with CONNECT.
     let mut buffered = !input.is_empty();
@@ -562,12 +560,8 @@ async fn serve(
             }
         };
         match event {
-            Event::Readable(false) | Event::Closed | Event::Queue(0) => {
-                if matches!(event, Event::Readable(false)) {
-                    return Ending::Gone;
-                }
-                return Ending::Closed;
-            }
+            Event::Readable(false) => return Ending::Gone,
+            Event::Closed | Event::Queue(0) => return Ending::Closed,
             Event::Readable(true) => {
                 if input.capacity() - input.len() < 1024 {
                     input.reserve(4096);
@@ -620,12 +614,6 @@ async fn serve(
             }
         }
     }
-}
-
-/// Returns the instant of a Unix time in seconds, capped at ten years ahead.
-fn deadline(unix_secs: u64) -> Instant {
-    const TEN_YEARS: u64 = 10 * 365 * 24 * 3600;
-    Instant::now() + Duration::from_secs(unix_secs.saturating_sub(unix_now()).min(TEN_YEARS))
 }
 
 /// Handles one packet of the client; `Some` ends the connection.

@@ -28,6 +28,14 @@ pub fn bearer<'a>(headers: &'a HeaderMap, query_token: Option<&'a str>) -> Optio
         .or(query_token)
 }
 
+/// Returns the instant of a Unix time in seconds (now, if it has passed). Capped at ten years,
+/// because a token may say "never" with a huge `exp` and `Instant` arithmetic must not overflow.
+pub(crate) fn deadline(unix_secs: u64) -> tokio::time::Instant {
+    const TEN_YEARS: u64 = 10 * 365 * 24 * 3600;
+    let left = unix_secs.saturating_sub(crate::session::unix_now()).min(TEN_YEARS);
+    tokio::time::Instant::now() + std::time::Duration::from_secs(left)
+}
+
 /// Authenticates a token and registers a new connection for it, within the app's limit.
 pub async fn open_connection(
     state: &Arc<RelayState>,

@@ -32,6 +32,7 @@ pub use stream::Stream;
 use crate::conn::{ConnHandle, Outbox};
 use crate::session::{ConnectedReply, Session, unix_now};
 use crate::state::RelayState;
+use crate::transport::deadline;
 use frame::{Incoming, opcode};
 
 /// Frames moved from the queue into the write buffer per wake at most, so one busy connection
@@ -470,13 +471,6 @@ fn poll_event<S: AsyncRead + AsyncWrite + Unpin>(
     if progress { Poll::Ready(Event::Progress) } else { Poll::Pending }
 }
 
-/// Returns the instant of a Unix time in seconds (now, if it has passed). Capped at ten years,
-/// because a token may say "never" with a huge `exp` and `Instant` arithmetic must not overflow.
-fn deadline(unix_secs: u64) -> Instant {
-    const TEN_YEARS: u64 = 10 * 365 * 24 * 3600;
-    Instant::now() + Duration::from_secs(unix_secs.saturating_sub(unix_now()).min(TEN_YEARS))
-}
-
 /// Sends an error frame, then closes with `code`.
 async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(mut socket: Socket<S>, frame: &[u8], code: CloseCode) {
     frame::encode(socket.out(), opcode::TEXT, frame);
@@ -499,8 +493,9 @@ mod tests {
 
     use tokio::time::Instant;
 
-    use super::{Deadlines, MAX_AHEAD_MS, deadline};
+    use super::{Deadlines, MAX_AHEAD_MS};
     use crate::session::unix_now;
+    use crate::transport::deadline;
 
     #[tokio::test(start_paused = true)]
     async fn deadlines_never_fire_early_and_far_expiries_are_capped() {

@@ -93,7 +93,7 @@ impl Shared {
         }
     }
 
-    fn dropped(&self, result: &mut SubscriberResult) {
+    pub(crate) fn dropped(&self, result: &mut SubscriberResult) {
         result.dropped = true;
         self.active.fetch_sub(1, Ordering::Relaxed);
     }
@@ -104,13 +104,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
     let shared = Shared::new(args.subscribers)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let published = Arc::new(AtomicU64::new(0));
-    let pacer = Pacer {
-        due_us: None,
-        plan: args_publish(&args),
-        shared: shared.clone(),
-        published: published.clone(),
-        stop: stop_rx.clone(),
-    };
+    let pacer = Pacer::new(args_publish(&args), shared.clone(), published.clone(), stop_rx.clone());
     let (tasks, publishing) = match args.peer {
         Peer::Tributary => start_tributary(&args, &shared, &stop_rx, pacer).await?,
         peer => start_peer(peer, &args, &shared, &stop_rx, pacer).await?,
@@ -269,11 +263,13 @@ pub(crate) async fn frame_subscriber(
     result
 }
 
-struct PublishPlan {
-    channel: String,
-    payload_bytes: usize,
-    subscribers: u64,
-    deliveries_per_sec: u64,
+/// What the publisher sends: where, how big, to how many, how fast.
+pub(crate) struct PublishPlan {
+    pub(crate) channel: String,
+    pub(crate) payload_bytes: usize,
+    pub(crate) subscribers: u64,
+    /// 0: saturated.
+    pub(crate) deliveries_per_sec: u64,
 }
 
 fn args_publish(args: &FanoutArgs) -> PublishPlan {
@@ -338,8 +334,8 @@ async fn start_peer(
 
 /// Decides how many messages to publish next: in saturated mode as many as keep the deliveries
 /// in flight under the window, in rate mode what the clock owes.
-struct Pacer {
-    plan: PublishPlan,
+pub(crate) struct Pacer {
+    pub(crate) plan: PublishPlan,
     shared: Arc<Shared>,
     published: Arc<AtomicU64>,
     stop: watch::Receiver<bool>,
@@ -348,8 +344,18 @@ struct Pacer {
 }
 
 impl Pacer {
+    /// Creates the pacer of a run.
+    pub(crate) fn new(
+        plan: PublishPlan,
+        shared: Arc<Shared>,
+        published: Arc<AtomicU64>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        Self { plan, shared, published, stop, due_us: None }
+    }
+
     /// Returns the next burst size, or `None` when the run is over.
-    async fn next(&mut self, tick: &mut tokio::time::Interval, owed: &mut f64) -> Option<u64> {
+    pub(crate) async fn next(&mut self, tick: &mut tokio::time::Interval, owed: &mut f64) -> Option<u64> {
         let subscribers = self.plan.subscribers;
         loop {
             if *self.stop.borrow() {
@@ -378,7 +384,7 @@ impl Pacer {
 
     /// Returns the next payload. At a fixed rate it is stamped with the time it was due, not
     /// the time it left: a generator that falls behind must show up as latency.
-    fn payload(&mut self, padding: &str) -> String {
+    pub(crate) fn payload(&mut self, padding: &str) -> String {
         let stamp = if self.plan.deliveries_per_sec == 0 {
             self.shared.now_us()
         } else {
@@ -391,7 +397,7 @@ impl Pacer {
     }
 
     /// Records a published burst.
-    fn published(&self, burst: u64) {
+    pub(crate) fn published(&self, burst: u64) {
         self.published.fetch_add(burst, Ordering::Relaxed);
         self.shared.expected.fetch_add(burst * self.shared.active.load(Ordering::Relaxed), Ordering::Relaxed);
     }

@@ -11,12 +11,15 @@
 //! - `peer`: minimal Redis and NATS clients, so the same fan-out runs against them.
 //! - `storm`: N new authenticated connections as fast as they come.
 //! - `pairs`: many channels, one publisher and one subscriber each, at a steady rate.
+//! - `mqtt`: fan-out at QoS 0 and 1 and idle connections over MQTT, against Tributary's MQTT
+//!   listener, Mosquitto and rumqttd.
 //! - `recovery`: subscribers leave, messages are published, all come back with their positions.
 //! - `server_stats`: RSS and CPU time of the server process from `/proc`.
 
 mod client;
 mod fanout;
 mod idle;
+mod mqtt;
 mod pairs;
 mod peer;
 mod recovery;
@@ -45,6 +48,10 @@ enum Scenario {
     Pairs(pairs::PairsArgs),
     /// Subscribers leave, messages are published, all reconnect and recover at once.
     Recovery(recovery::RecoveryArgs),
+    /// MQTT: one publisher, one topic, many subscribers, at QoS 0 or 1.
+    MqttFanout(mqtt::MqttFanoutArgs),
+    /// MQTT: many idle connected, subscribed clients: server memory per connection.
+    MqttIdle(mqtt::MqttIdleArgs),
 }
 
 /// Where the server is and how to reach it.
@@ -86,6 +93,8 @@ fn main() -> anyhow::Result<()> {
             Scenario::Storm(args) => storm::run(args).await,
             Scenario::Pairs(args) => pairs::run(args).await,
             Scenario::Recovery(args) => recovery::run(args).await,
+            Scenario::MqttFanout(args) => mqtt::fanout(args).await,
+            Scenario::MqttIdle(args) => mqtt::idle(args).await,
         }
     })?;
     println!("{report}");

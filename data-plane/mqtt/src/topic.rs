@@ -40,10 +40,13 @@ pub fn channel_of(topic: &str) -> Result<ChannelName, TopicError> {
     ChannelName::parse(topic).map_err(|e| TopicError::InvalidName(e.to_string()))
 }
 
-/// A validated topic filter.
+/// A validated topic filter: its text, matched level by level without allocating (it is
+/// matched once per delivery).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicFilter {
-    levels: Vec<String>,
+    text: Box<str>,
+    /// Whether a level is `+` or `#`.
+    wildcard: bool,
 }
 
 impl TopicFilter {
@@ -53,11 +56,12 @@ impl TopicFilter {
         if filter.is_empty() || filter.len() > tributary_protocol::channel::MAX_CHANNEL_LEN {
             return Err(TopicError::InvalidFilter("a filter is 1 to 255 bytes".into()));
         }
-        let levels: Vec<String> = filter.split('/').map(str::to_owned).collect();
-        for (i, level) in levels.iter().enumerate() {
-            match level.as_str() {
-                "+" => {}
-                "#" if i + 1 == levels.len() => {}
+        let mut wildcard = false;
+        let mut levels = filter.split('/').peekable();
+        while let Some(level) = levels.next() {
+            match level {
+                "+" => wildcard = true,
+                "#" if levels.peek().is_none() => wildcard = true,
                 "#" => return Err(TopicError::InvalidFilter("# must be the last level".into())),
                 text if text.contains(['+', '#']) => {
                     return Err(TopicError::InvalidFilter("a wildcard fills a whole level".into()));
@@ -68,61 +72,59 @@ impl TopicFilter {
                 }
             }
         }
-        Ok(Self { levels })
+        Ok(Self { text: Box::from(filter), wildcard })
     }
 
     /// Returns whether the filter has no wildcard (it names one channel).
     pub fn is_exact(&self) -> bool {
-        !self.levels.iter().any(|l| l == "+" || l == "#")
+        !self.wildcard
     }
 
     /// Returns whether `topic` matches the filter, the MQTT way.
     pub fn matches(&self, topic: &str) -> bool {
-        let topic: Vec<&str> = topic.split('/').collect();
-        if topic.first().is_some_and(|first| first.starts_with('$'))
-            && self.levels.first().is_some_and(|first| first == "+" || first == "#")
-        {
+        if !self.wildcard {
+            return *self.text == *topic;
+        }
+        if topic.starts_with('$') && (self.text.starts_with('+') || self.text.starts_with('#')) {
             return false;
         }
-        let mut i = 0;
-        for level in &self.levels {
-            match level.as_str() {
+        let mut topic_levels = topic.split('/');
+        for level in self.text.split('/') {
+            match level {
                 "#" => return true,
                 "+" => {
-                    if i >= topic.len() {
+                    if topic_levels.next().is_none() {
                         return false;
                     }
                 }
                 exact => {
-                    if topic.get(i) != Some(&exact) {
+                    if topic_levels.next() != Some(exact) {
                         return false;
                     }
                 }
             }
-            i += 1;
         }
-        i == topic.len()
+        topic_levels.next().is_none()
     }
 
     /// Returns channel patterns that together match every topic this filter matches (and
     /// possibly more: `*` spans levels): what the subscribe right must cover.
     pub fn patterns(&self) -> Vec<ChannelPattern> {
         let mut patterns = Vec::with_capacity(2);
-        let as_glob = |levels: &[String]| {
-            levels
-                .iter()
-                .map(|l| if l == "+" || l == "#" { "*" } else { l.as_str() })
+        let as_glob = |filter: &str| {
+            filter
+                .split('/')
+                .map(|l| if l == "+" || l == "#" { "*" } else { l })
                 .collect::<Vec<_>>()
                 .join("/")
         };
-        if self.levels.last().is_some_and(|l| l == "#") && self.levels.len() > 1 {
+        if let Some(parent) = self.text.strip_suffix("/#") {
             // `a/#` also matches `a` itself.
-            let parent = &self.levels[..self.levels.len() - 1];
             if let Ok(pattern) = ChannelPattern::parse(&as_glob(parent)) {
                 patterns.push(pattern);
             }
         }
-        if let Ok(pattern) = ChannelPattern::parse(&as_glob(&self.levels)) {
+        if let Ok(pattern) = ChannelPattern::parse(&as_glob(&self.text)) {
             patterns.push(pattern);
         }
         patterns

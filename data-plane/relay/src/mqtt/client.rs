@@ -30,6 +30,17 @@ pub(super) struct Filter {
     pub id: Option<u32>,
     /// A shared subscription (`$share/<group>/<filter>`): the group's members take turns.
     pub shared: bool,
+    /// For an exact filter, the last message delivered of its channel (epoch and offset), or
+    /// where the subscription started: where a rebuilt session recovers from.
+    pub position: Option<(Arc<str>, u64)>,
+}
+
+impl Filter {
+    /// Returns where a rebuilt session recovers this filter's channel from.
+    pub fn recover_from(&self) -> Option<StreamPosition> {
+        let (epoch, offset) = self.position.as_ref()?;
+        Some(StreamPosition { epoch: epoch.to_string(), offset: *offset })
+    }
 }
 
 /// A QoS 1 or 2 message sent and not yet acknowledged.
@@ -98,9 +109,6 @@ pub(super) struct Client {
     /// QoS 2 publishes received whose PUBREL has not come yet.
     pub awaiting_release: BTreeSet<u16>,
     next_id: u16,
-    /// The last message delivered per channel of an exact filter: where a rebuilt session
-    /// recovers from.
-    positions: HashMap<ChannelName, (Arc<str>, u64)>,
     /// Channels an anonymous client may not use (empty for a token's).
     pub deny: Arc<Vec<tributary_protocol::ChannelPattern>>,
     /// The session's key in the registry (the client id; prefixed for anonymous clients).
@@ -146,7 +154,6 @@ impl Client {
             inflight: VecDeque::new(),
             awaiting_release: BTreeSet::new(),
             next_id: 0,
-            positions: HashMap::new(),
             deny,
             session_key,
         }
@@ -162,22 +169,13 @@ impl Client {
         self.inflight.len() < usize::from(link.receive_maximum)
     }
 
-    /// Returns the position to recover `channel` from, if the session delivered some of it.
-    pub fn position(&self, channel: &ChannelName) -> Option<StreamPosition> {
-        self.positions
-            .get(channel)
-            .map(|(epoch, offset)| StreamPosition { epoch: epoch.to_string(), offset: *offset })
-    }
-
-    /// Sets where a channel's delivery starts (a subscription's start, before anything of it
-    /// was delivered).
-    pub fn set_position(&mut self, channel: ChannelName, epoch: Arc<str>, offset: u64) {
-        self.positions.insert(channel, (epoch, offset));
-    }
-
-    /// Forgets what the session knew of a channel it no longer subscribes to.
-    pub fn forget(&mut self, channel: &ChannelName) {
-        self.positions.remove(channel);
+    /// Adds a subscription. A session's first few take exactly their room: most devices hold
+    /// one or two, and every idle connection would carry the spare.
+    pub fn add_filter(&mut self, filter: Filter) {
+        if self.filters.len() == self.filters.capacity() && self.filters.len() < 4 {
+            self.filters.reserve_exact(1);
+        }
+        self.filters.push(filter);
     }
 
     fn next_packet_id(&mut self) -> u16 {
@@ -209,12 +207,16 @@ impl Client {
         let mut retain_as_published = false;
         let mut ids = [0u32; MAX_IDS];
         let mut id_count = 0;
-        for filter in &self.filters {
+        let mut exact = None;
+        for (index, filter) in self.filters.iter().enumerate() {
             if only.is_some_and(|only| only != &*filter.text)
                 || (filter.no_local && own)
                 || !filter.topic.matches(topic)
             {
                 continue;
+            }
+            if filter.exact.is_some() {
+                exact = Some(index);
             }
             qos = Some(qos.map_or(filter.qos, |q| q.max(filter.qos)));
             retain_as_published |= filter.retain_as_published;
@@ -276,13 +278,12 @@ impl Client {
             self.inflight.push_back(Inflight { id, message: message.clone(), qos, retain, released: false });
         }
         outgoing.write(link.version, out);
-        if only.is_none() && self.filters.iter().any(|f| f.exact.as_ref() == Some(&message.channel)) {
-            match self.positions.get_mut(&message.channel) {
+        if only.is_none()
+            && let Some(filter) = exact.and_then(|i| self.filters.get_mut(i))
+        {
+            match &mut filter.position {
                 Some((epoch, offset)) if **epoch == *publication.epoch => *offset = publication.offset,
-                _ => {
-                    self.positions
-                        .insert(message.channel.clone(), (publication.epoch.clone(), publication.offset));
-                }
+                position => *position = Some((publication.epoch.clone(), publication.offset)),
             }
         }
     }

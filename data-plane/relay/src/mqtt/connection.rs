@@ -57,7 +57,8 @@ struct Live {
     app: Arc<str>,
     generation: u64,
     keep_alive: Duration,
-    will: Option<LastWill>,
+    /// Boxed: most clients have none, and the connection's task would carry its room.
+    will: Option<Box<LastWill>>,
     expires_at: u64,
     out: Vec<u8>,
 }
@@ -77,6 +78,9 @@ pub(super) async fn run(mut stream: TcpStream, state: Arc<RelayState>) {
         _ => return,
     };
     let Some(mut live) = Box::pin(open(&state, &mut stream, connect)).await else { return };
+    if input.is_empty() {
+        input = BytesMut::new();
+    }
     let ending = serve(&state, &mut stream, &mut input, &mut live).await;
     Box::pin(finish(&state, stream, live, ending)).await;
 }
@@ -308,7 +312,7 @@ async fn open(state: &Arc<RelayState>, stream: &mut TcpStream, connect: Box<Conn
         app,
         generation: claim.generation,
         keep_alive: Duration::from_secs(keep_alive.into()),
-        will: connect.will,
+        will: connect.will.map(Box::new),
         expires_at,
         out,
     })
@@ -391,7 +395,7 @@ async fn resume(
         stale.close().await;
         old.outbox = outbox;
         for filter in filters {
-            let recover = filter.exact.as_ref().and_then(|c| old.position(c));
+            let recover = filter.recover_from();
             if let Err(err) = add_filter(state, &mut old, filter.clone(), recover).await {
                 tracing::debug!(filter = %filter.text, error = %err.message, "subscription not resumed");
             }
@@ -427,9 +431,6 @@ async fn resume(
             kept
         }
     });
-    for channel in &revoked {
-        old.forget(channel);
-    }
     Ok(old)
 }
 
@@ -452,7 +453,7 @@ fn covers(capabilities: &tributary_capability::Capabilities, filter: &TopicFilte
 async fn add_filter(
     state: &Arc<RelayState>,
     client: &mut Client,
-    filter: Filter,
+    mut filter: Filter,
     recover: Option<tributary_protocol::StreamPosition>,
 ) -> Result<(), OpError> {
     match &filter.exact {
@@ -460,7 +461,7 @@ async fn add_filter(
             let request = SubscribeRequest { channel: channel.clone(), recover, rewind: None, state: None };
             let reply = client.session.subscribe(request, None).await?;
             // Where a rebuilt session recovers from if nothing of the channel is delivered first.
-            client.set_position(channel.clone(), reply.epoch.clone(), reply.position.offset);
+            filter.position = Some((reply.epoch.clone(), reply.position.offset));
         }
         None => {
             if !covers(&client.session.identity().capabilities, &filter.topic) {
@@ -481,7 +482,7 @@ async fn add_filter(
             );
         }
     }
-    client.filters.push(filter);
+    client.add_filter(filter);
     Ok(())
 }
 
@@ -586,8 +587,9 @@ async fn serve(
                         return ending;
                     }
                 }
-                if input.is_empty() && input.capacity() > 4096 {
-                    // An idle connection keeps no read buffer.
+                if input.is_empty() {
+                    // An idle connection keeps no read buffer: most connections are idle most
+                    // of the time, and the buffer would be most of their memory.
                     *input = BytesMut::new();
                 }
             }
@@ -839,6 +841,7 @@ async fn subscribe_one(
         retain_as_published: wanted.retain_as_published,
         id,
         shared,
+        position: None,
     };
     add_filter(state, &mut live.client, filter, None).await.map_err(|err| reason_of(&err))?;
     Ok(true)
@@ -886,7 +889,6 @@ async fn on_unsubscribe(state: &Arc<RelayState>, live: &mut Live, unsubscribe: U
         match &filter.exact {
             Some(channel) => {
                 let _ = live.client.session.unsubscribe(channel).await;
-                live.client.forget(channel);
             }
             None => state.hub.remove_pattern(live.client.session.conn(), Some(&filter.text)),
         }
@@ -972,7 +974,7 @@ async fn finish(state: &Arc<RelayState>, mut stream: TcpStream, live: Live, endi
     }
     let Some(will) = will else { return };
     match will_cancel {
-        None => publish_will_now(state, &app, &client_id, will).await,
+        None => publish_will_now(state, &app, &client_id, *will).await,
         Some(cancel) => {
             let state = state.clone();
             tokio::spawn(async move {
@@ -982,7 +984,7 @@ async fn finish(state: &Arc<RelayState>, mut stream: TcpStream, live: Live, endi
                     // MQTT-3.1.3-9: the client came back within the delay.
                     () = cancel.cancelled() => return,
                 }
-                publish_will_now(&state, &app, &client_id, will).await;
+                publish_will_now(&state, &app, &client_id, *will).await;
             });
         }
     }

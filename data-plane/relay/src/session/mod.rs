@@ -4,8 +4,8 @@
 
 mod auth;
 mod subscribe;
+mod subscriptions;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -60,8 +60,9 @@ impl Identity {
 pub(crate) struct Subscription {
     key: ChannelKey,
     presence: bool,
-    /// `Some` while a long recovery is still being read from history.
-    catch_up: Option<subscribe::CatchUp>,
+    /// `Some` while a long recovery is still being read from history (boxed: rarely there, and
+    /// every subscription of every connection would carry its room).
+    catch_up: Option<Box<subscribe::CatchUp>>,
 }
 
 /// One client session.
@@ -69,8 +70,7 @@ pub struct Session {
     state: Arc<RelayState>,
     conn: ConnHandle,
     identity: Identity,
-    /// A `BTreeMap`: empty, it is three words and allocates nothing, and most connections hold few.
-    subscriptions: BTreeMap<ChannelName, Subscription>,
+    subscriptions: subscriptions::Subscriptions,
     publish_bucket: TokenBucket,
     request_bucket: TokenBucket,
     /// Long-poll requests come and go; counting them in presence would flap join/leave.
@@ -118,7 +118,7 @@ impl Session {
             state,
             conn,
             identity,
-            subscriptions: BTreeMap::new(),
+            subscriptions: subscriptions::Subscriptions::default(),
             publish_bucket,
             request_bucket,
             presence_allowed,
@@ -359,7 +359,8 @@ impl Session {
         self.identity = identity;
         let revoked: Vec<ChannelName> = self
             .subscriptions
-            .keys()
+            .iter()
+            .map(|s| &s.key.channel)
             .filter(|c| !self.identity.capabilities.allows(c, Right::Subscribe))
             .cloned()
             .collect();
@@ -374,7 +375,7 @@ impl Session {
     /// Leaves the presence of every channel (the client went away but its session stays, as an
     /// MQTT session does); [`Session::heartbeat`] joins again.
     pub async fn leave_presence(&self) {
-        for subscription in self.subscriptions.values().filter(|s| s.presence) {
+        for subscription in self.subscriptions.iter().filter(|s| s.presence) {
             if let Err(err) = self.state.engine.presence_leave(&subscription.key, self.conn.id()).await {
                 tracing::warn!(error = %err, "presence leave failed");
             }
@@ -383,11 +384,11 @@ impl Session {
 
     /// Refreshes this connection's presence entries (the heartbeat).
     pub async fn heartbeat(&self) {
-        for (channel, subscription) in &self.subscriptions {
+        for subscription in self.subscriptions.iter() {
             if !subscription.presence {
                 continue;
             }
-            let ns = self.state.namespace(&self.identity.app_id, channel.namespace());
+            let ns = self.state.namespace(&self.identity.app_id, subscription.key.channel.namespace());
             let options = self.state.config.presence_options(&ns);
             if let Err(err) =
                 self.state.engine.presence_join(&subscription.key, self.member(None), options).await
@@ -399,7 +400,7 @@ impl Session {
 
     /// Ends the session: leaves every channel and its presence, and unregisters.
     pub async fn close(mut self) {
-        for (_, subscription) in std::mem::take(&mut self.subscriptions) {
+        for subscription in self.subscriptions.take_all() {
             self.drop_subscription(subscription).await;
         }
         self.state.connections.unregister(&self.conn);

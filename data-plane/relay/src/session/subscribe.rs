@@ -126,7 +126,8 @@ impl Session {
             Ok((reply, catch_up)) => {
                 let presence = ns.presence && self.presence_allowed;
                 self.catching_up += usize::from(catch_up.is_some());
-                self.subscriptions.insert(channel, Subscription { key: key.clone(), presence, catch_up });
+                let catch_up = catch_up.map(Box::new);
+                self.subscriptions.insert(Subscription { key: key.clone(), presence, catch_up });
                 if presence {
                     let member = self.member(request.state.map(Arc::from));
                     let options = self.state.config.presence_options(&ns);
@@ -294,11 +295,15 @@ impl Session {
             return;
         }
         let share = self.catching_up;
-        let channels: Vec<ChannelName> =
-            self.subscriptions.iter().filter(|(_, s)| s.catch_up.is_some()).map(|(c, _)| c.clone()).collect();
+        let channels: Vec<ChannelName> = self
+            .subscriptions
+            .iter()
+            .filter(|s| s.catch_up.is_some())
+            .map(|s| s.key.channel.clone())
+            .collect();
         for channel in channels {
             let Some((key, catch_up)) =
-                self.subscriptions.get(&channel).and_then(|s| Some((s.key.clone(), s.catch_up.clone()?)))
+                self.subscriptions.get(&channel).and_then(|s| Some((s.key.clone(), *s.catch_up.clone()?)))
             else {
                 continue;
             };
@@ -307,7 +312,7 @@ impl Session {
                 if next.is_none() {
                     self.catching_up -= 1;
                 }
-                subscription.catch_up = next;
+                subscription.catch_up = next.map(Box::new);
             }
             if self.conn.is_closed() {
                 return;

@@ -105,7 +105,7 @@ impl ServerArgs {
 
 /// `tributary token`: mints offline with the app's newest signing key.
 pub async fn token(args: TokenArgs, env: HashMap<String, String>) -> anyhow::Result<ExitCode> {
-    let config = match super::serve::load(&args.config, None, None, &env) {
+    let config = match super::serve::load(&args.config, &super::serve::Flags::default(), &env) {
         Ok(config) => config,
         Err(code) => return Ok(code),
     };

@@ -46,6 +46,13 @@ enum Command {
         /// Use the Redis engine with this server (sets engine.kind = "redis" and engine.redis_url).
         #[arg(long)]
         redis_url: Option<String>,
+        /// Serve MQTT on this address, e.g. 0.0.0.0:1883 (sets relay.mqtt.listen).
+        #[arg(long)]
+        mqtt_listen: Option<String>,
+        /// Sets any configuration key, e.g. --set relay.mqtt.anonymous_app=dev; the value is read
+        /// as a TOML literal (number, boolean, array) when it is one, else as a string. Repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
     },
     /// Runs only the relay role (not built yet: use `serve`).
     Relay,
@@ -98,7 +105,10 @@ enum ConfigCommand {
 /// Runs a command; returns the process exit code.
 pub async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { config, listen, redis_url } => serve::serve(config, listen, redis_url, env).await,
+        Command::Serve { config, listen, redis_url, mqtt_listen, set } => {
+            let flags = serve::Flags { listen, redis_url, mqtt_listen, set };
+            serve::serve(config, flags, env).await
+        }
         Command::Relay | Command::ControlPlane | Command::Worker | Command::Operator => {
             eprintln!(
                 "this role cannot run on its own yet; `tributary serve` runs the relay and control plane together"
@@ -110,7 +120,7 @@ pub async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitC
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate { config } => {
-            let config = match serve::load(&config, None, None, &env) {
+            let config = match serve::load(&config, &serve::Flags::default(), &env) {
                 Ok(config) => config,
                 Err(code) => return Ok(code),
             };
@@ -120,7 +130,7 @@ pub async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitC
             Ok(ExitCode::SUCCESS)
         }
         Command::ReencryptSecrets { config, old_key_file } => {
-            let config = match serve::load(&config, None, None, &env) {
+            let config = match serve::load(&config, &serve::Flags::default(), &env) {
                 Ok(config) => config,
                 Err(code) => return Ok(code),
             };
@@ -135,7 +145,7 @@ pub async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitC
             Ok(ExitCode::SUCCESS)
         }
         Command::Config { command: ConfigCommand::Check { config } } => {
-            match serve::load(&config, None, None, &env) {
+            match serve::load(&config, &serve::Flags::default(), &env) {
                 Ok(mut config) => {
                     // URLs may hold passwords.
                     let redact = tributary_engine_redis::connection::redacted;

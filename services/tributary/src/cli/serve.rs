@@ -9,12 +9,24 @@ use tributary::server;
 
 use super::{ConfigArgs, EXIT_USAGE};
 
+/// The configuration flags of `tributary serve`, which win over the file and the environment.
+#[derive(Debug, Default)]
+pub struct Flags {
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--redis-url`: the Redis engine on that server.
+    pub redis_url: Option<String>,
+    /// `--mqtt-listen`.
+    pub mqtt_listen: Option<String>,
+    /// `--set KEY=VALUE`, in order.
+    pub set: Vec<String>,
+}
+
 /// Loads the configuration for `args`, creating the data directory's file on first use when
 /// no file was named. Prints the problems and returns exit code 64 when it is invalid.
 pub fn load(
     args: &ConfigArgs,
-    listen: Option<&str>,
-    redis_url: Option<&str>,
+    given: &Flags,
     env: &HashMap<String, String>,
 ) -> Result<TributaryConfig, ExitCode> {
     let file = match &args.config {
@@ -28,12 +40,22 @@ pub fn load(
         },
     };
     let mut flags = vec![("data_dir".to_owned(), toml_string(&args.data_dir.to_string_lossy()))];
-    if let Some(listen) = listen {
+    if let Some(listen) = &given.listen {
         flags.push(("listen".to_owned(), toml_string(listen)));
     }
-    if let Some(url) = redis_url {
+    if let Some(url) = &given.redis_url {
         flags.push(("engine.kind".to_owned(), toml_string("redis")));
         flags.push(("engine.redis_url".to_owned(), toml_string(url)));
+    }
+    if let Some(listen) = &given.mqtt_listen {
+        flags.push(("relay.mqtt.listen".to_owned(), toml_string(listen)));
+    }
+    for setting in &given.set {
+        let Some((key, value)) = setting.split_once('=') else {
+            eprintln!("error: --set {setting}: expected KEY=VALUE, e.g. --set relay.mqtt.anonymous_app=dev");
+            return Err(ExitCode::from(EXIT_USAGE));
+        };
+        flags.push((key.trim().to_owned(), value.to_owned()));
     }
     config::load(Some(&file), env, &flags).map_err(|err| {
         eprintln!("error: {err}");
@@ -46,13 +68,8 @@ fn toml_string(s: &str) -> String {
 }
 
 /// Runs every role until Ctrl-C or SIGTERM.
-pub async fn serve(
-    args: ConfigArgs,
-    listen: Option<String>,
-    redis_url: Option<String>,
-    env: HashMap<String, String>,
-) -> anyhow::Result<ExitCode> {
-    let config = match load(&args, listen.as_deref(), redis_url.as_deref(), &env) {
+pub async fn serve(args: ConfigArgs, flags: Flags, env: HashMap<String, String>) -> anyhow::Result<ExitCode> {
+    let config = match load(&args, &flags, &env) {
         Ok(config) => config,
         Err(code) => return Ok(code),
     };

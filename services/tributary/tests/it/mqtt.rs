@@ -2,6 +2,7 @@
 //! raw client that shows every packet (conformance) and by real clients (`mosquitto_pub`,
 //! `mosquitto_sub`).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::json;
@@ -760,4 +761,59 @@ async fn anonymous_access_when_configured_with_its_grants_and_deny_list() {
     assert_eq!((ack.code, ack.session_present), (0, false));
     server.publish("x", json!("still mine")).await;
     assert_eq!(d.recv_publish().await.unwrap().payload, r#""still mine""#);
+}
+
+/// Returns a loopback port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn the_serve_command_opens_mqtt_with_its_flags_and_refuses_a_malformed_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--mqtt-listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--set",
+            "relay.mqtt.anonymous_app=dev",
+            "--set",
+            r#"relay.mqtt.anonymous_grants=["demo/*=publish"]"#,
+        ])
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut options = ConnectOptions::new(Version::V5, "flag-test", "", "");
+    options.connect.username = None;
+    options.connect.password = None;
+    let mut client = None;
+    for _ in 0..100 {
+        if let Ok(connected) = MqttClient::connect_ok(addr, options.clone()).await {
+            client = Some(connected);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut client = client.expect("the MQTT listener of --mqtt-listen, anonymous access of --set");
+    // The grants came from the array literal: publish on demo/*, nothing else.
+    assert_eq!(client.publish("demo/1", b"x", QoS::AtLeastOnce, false).await.unwrap(), 0);
+    assert_eq!(client.publish("other/1", b"x", QoS::AtLeastOnce, false).await.unwrap(), 0x87);
+    server.kill().await.unwrap();
+
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--set", "relay.mqtt.anonymous_app"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("expected KEY=VALUE"), "{stderr}");
 }

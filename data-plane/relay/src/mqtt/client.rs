@@ -60,13 +60,22 @@ pub(super) struct Link {
     pub receive_maximum: u16,
     /// The largest packet the client takes.
     pub max_packet: usize,
-    /// Topic aliases the server may use towards the client, and those it set.
+    /// Topic aliases the server may use towards the client.
     alias_max: u16,
+    /// Whether reason strings may be sent (MQTT 5 Request Problem Information).
+    pub problem_info: bool,
+    /// Made on first use: most connections never use aliases and have retained messages
+    /// waiting only for a moment, and an idle connection would carry the room of all three.
+    extras: Option<Box<LinkExtras>>,
+}
+
+/// The parts of a [`Link`] that most connections never need.
+#[derive(Default)]
+pub(super) struct LinkExtras {
+    /// Topic aliases the server set towards the client.
     aliases: HashMap<ChannelName, u16>,
     /// Topic aliases the client set, towards the server.
     pub inbound_aliases: HashMap<u16, ChannelName>,
-    /// Whether reason strings may be sent (MQTT 5 Request Problem Information).
-    pub problem_info: bool,
     /// Retained messages for new subscriptions, waiting for room in the client's Receive
     /// Maximum, with the filter each is for.
     pub retained: VecDeque<(Arc<PreparedMessage>, Arc<str>)>,
@@ -86,10 +95,39 @@ impl Link {
             receive_maximum,
             max_packet,
             alias_max: if version == Version::V5 { alias_max } else { 0 },
-            aliases: HashMap::new(),
-            inbound_aliases: HashMap::new(),
             problem_info,
-            retained: VecDeque::new(),
+            extras: None,
+        }
+    }
+
+    /// Returns the link's aliases and retained queue, making them on first use.
+    pub fn extras(&mut self) -> &mut LinkExtras {
+        self.extras.get_or_insert_with(Box::default)
+    }
+
+    /// Returns the topic the client set `alias` to.
+    pub fn inbound_alias(&self, alias: u16) -> Option<&ChannelName> {
+        self.extras.as_ref()?.inbound_aliases.get(&alias)
+    }
+
+    /// Takes the next retained message waiting for the client, and the filter it is for.
+    pub fn next_retained(&mut self) -> Option<(Arc<PreparedMessage>, Arc<str>)> {
+        let extras = self.extras.as_mut()?;
+        let next = extras.retained.pop_front();
+        if extras.retained.is_empty() {
+            if extras.aliases.is_empty() && extras.inbound_aliases.is_empty() {
+                self.extras = None;
+            } else {
+                extras.retained = VecDeque::new();
+            }
+        }
+        next
+    }
+
+    /// Drops the retained messages waiting for the subscription of `filter`.
+    pub fn drop_retained(&mut self, filter: &str) {
+        if let Some(extras) = &mut self.extras {
+            extras.retained.retain(|(_, f)| **f != *filter);
         }
     }
 }
@@ -260,17 +298,21 @@ impl Client {
             tracing::debug!(topic, "publication larger than the client's maximum packet size; dropped");
             return;
         }
-        match link.aliases.get(&message.channel) {
-            Some(alias) => {
-                outgoing.topic_alias = Some(*alias);
-                outgoing.topic = "";
+        if link.alias_max > 0 {
+            let alias_max = usize::from(link.alias_max);
+            let aliases = &mut link.extras().aliases;
+            match aliases.get(&message.channel) {
+                Some(alias) => {
+                    outgoing.topic_alias = Some(*alias);
+                    outgoing.topic = "";
+                }
+                None if aliases.len() < alias_max => {
+                    let alias = aliases.len() as u16 + 1;
+                    aliases.insert(message.channel.clone(), alias);
+                    outgoing.topic_alias = Some(alias);
+                }
+                None => {}
             }
-            None if link.aliases.len() < usize::from(link.alias_max) => {
-                let alias = link.aliases.len() as u16 + 1;
-                link.aliases.insert(message.channel.clone(), alias);
-                outgoing.topic_alias = Some(alias);
-            }
-            None => {}
         }
         if qos != QoS::AtMostOnce {
             let id = self.next_packet_id();

@@ -3,13 +3,16 @@
 //! client's Receive Maximum, and keeps the keep-alive, presence and token deadlines; then the
 //! end (the will, the session parked or closed).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::{Instant, Sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tributary_capability::Right;
 use tributary_mqtt::topic::{TopicFilter, channel_of};
@@ -21,7 +24,7 @@ use tributary_protocol::frame::SubscribeRequest;
 use tributary_protocol::{ChannelName, ChannelPattern, CloseCode, ErrorCode};
 
 use super::client::{Client, Filter, Link, write_ack};
-use crate::conn::{Outbound, PreparedMessage};
+use crate::conn::{ConnHandle, Outbound, Outbox, PreparedMessage};
 use crate::ops::OpError;
 use crate::policy::Credential;
 use crate::session::{Identity, Session, unix_now};
@@ -64,25 +67,30 @@ struct Live {
 }
 
 /// Serves one MQTT connection.
-pub(super) async fn run(mut stream: TcpStream, state: Arc<RelayState>) {
-    let mut input = BytesMut::new();
-    let max = state.config.mqtt.max_packet_bytes;
-    let timeout = Duration::from_millis(state.config.handshake_timeout_ms);
-    let connect = match tokio::time::timeout(timeout, read_connect(&mut stream, &mut input, max)).await {
-        Ok(Ok(connect)) => connect,
-        Ok(Err(Some(DecodeError::UnsupportedProtocol))) => {
-            // MQTT-3.1.2-2: "unacceptable protocol version", in the 3.1.1 form every client reads.
-            let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
-            return;
+#[allow(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice in the task")]
+pub(super) fn run(mut stream: TcpStream, state: Arc<RelayState>) -> impl Future<Output = ()> + Send {
+    // An async block, not an async fn: a fn's arguments would take their room in the task
+    // twice, once as arguments and once as locals.
+    async move {
+        let mut input = BytesMut::new();
+        let max = state.config.mqtt.max_packet_bytes;
+        let timeout = Duration::from_millis(state.config.handshake_timeout_ms);
+        let connect = match tokio::time::timeout(timeout, read_connect(&mut stream, &mut input, max)).await {
+            Ok(Ok(connect)) => connect,
+            Ok(Err(Some(DecodeError::UnsupportedProtocol))) => {
+                // MQTT-3.1.2-2: "unacceptable protocol version", in the 3.1.1 form every client reads.
+                let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+                return;
+            }
+            _ => return,
+        };
+        let Some(mut live) = Box::pin(open(&state, &mut stream, connect)).await else { return };
+        if input.is_empty() {
+            input = BytesMut::new();
         }
-        _ => return,
-    };
-    let Some(mut live) = Box::pin(open(&state, &mut stream, connect)).await else { return };
-    if input.is_empty() {
-        input = BytesMut::new();
+        let ending = serve(&state, &mut stream, &mut input, &mut live).await;
+        Box::pin(finish(&state, stream, live, ending)).await;
     }
-    let ending = serve(&state, &mut stream, &mut input, &mut live).await;
-    Box::pin(finish(&state, stream, live, ending)).await;
 }
 
 /// Reads until the CONNECT packet. `Err(Some(_))`: it was malformed; `Err(None)`: the socket
@@ -347,8 +355,10 @@ async fn mint_anonymous(state: &RelayState, client: String) -> Result<String, Op
 
 /// Returns the channel patterns an anonymous connection may not use (none for a token's).
 fn denied(state: &RelayState, anonymous: bool) -> Arc<Vec<ChannelPattern>> {
+    // One empty list for every token's connection, rather than an allocation each.
+    static NONE: std::sync::LazyLock<Arc<Vec<ChannelPattern>>> = std::sync::LazyLock::new(Arc::default);
     if !anonymous {
-        return Arc::default();
+        return NONE.clone();
     }
     Arc::new(state.config.mqtt.anonymous_deny.iter().filter_map(|p| ChannelPattern::parse(p).ok()).collect())
 }
@@ -495,127 +505,192 @@ enum Event {
 }
 
 /// Serves the connection until it ends.
-async fn serve(
-    state: &Arc<RelayState>,
-    stream: &mut TcpStream,
-    input: &mut BytesMut,
-    live: &mut Live,
-) -> Ending {
-    let max = state.config.mqtt.max_packet_bytes;
-    let heartbeat_every = Duration::from_millis((state.config.presence_timeout_ms / 3).max(1));
-    // MQTT-3.1.2-24: one and a half keep-alives without a packet end the connection.
-    let grace = live.keep_alive + live.keep_alive / 2;
-    let mut keep_alive_at = Instant::now() + grace;
-    let mut heartbeat_at = Instant::now() + heartbeat_every;
-    let token_at = crate::transport::deadline(live.expires_at);
-    let mut timer = std::pin::pin!(sleep_until(keep_alive_at.min(heartbeat_at).min(token_at)));
-    // Packets that came with CONNECT.
-    let mut buffered = !input.is_empty();
-    loop {
-        if !live.out.is_empty() {
-            // A takeover or a revocation must not wait for a client that stopped reading.
-            let conn = live.client.session.conn().clone();
-            tokio::select! {
-                written = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&live.out)) => {
-                    if !matches!(written, Ok(Ok(()))) {
-                        return Ending::Gone;
+///
+/// An async block with no more locals than it needs: its room is taken by every idle
+/// connection (an async fn would also keep its arguments twice).
+#[allow(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice in the task")]
+fn serve<'a>(
+    state: &'a Arc<RelayState>,
+    stream: &'a mut TcpStream,
+    input: &'a mut BytesMut,
+    live: &'a mut Live,
+) -> impl Future<Output = Ending> + Send + 'a {
+    async move {
+        // MQTT-3.1.2-24: one and a half keep-alives without a packet end the connection.
+        let grace = |live: &Live| live.keep_alive + live.keep_alive / 2;
+        let heartbeat_every = || Duration::from_millis((state.config.presence_timeout_ms / 3).max(1));
+        let mut keep_alive_at = Instant::now() + grace(live);
+        let mut heartbeat_at = Instant::now() + heartbeat_every();
+        let token_at = crate::transport::deadline(live.expires_at);
+        let mut timer = std::pin::pin!(sleep_until(keep_alive_at.min(heartbeat_at).min(token_at)));
+        // Packets that came with CONNECT.
+        let mut buffered = !input.is_empty();
+        loop {
+            if !live.out.is_empty() {
+                // The timer serves as the write's deadline (it is set again below).
+                timer.as_mut().reset(Instant::now() + WRITE_TIMEOUT);
+                match write_out(stream, &live.out, live.client.session.conn(), timer.as_mut()).await {
+                    Written::Done => {}
+                    Written::Failed => return Ending::Gone,
+                    Written::Closed => return Ending::Closed,
+                }
+                live.out.clear();
+                if live.out.capacity() > 4096 {
+                    // A burst's buffer is not kept by a connection that goes quiet after it.
+                    live.out = Vec::new();
+                }
+            }
+            if live.client.session.conn().is_closed() {
+                return Ending::Closed;
+            }
+            if live.client.session.catching_up() {
+                Box::pin(live.client.session.catch_up()).await;
+            }
+            if timer.deadline() != keep_alive_at.min(heartbeat_at).min(token_at) {
+                timer.as_mut().reset(keep_alive_at.min(heartbeat_at).min(token_at));
+            }
+            // Retained messages of new subscriptions go first, within the Receive Maximum.
+            while live.client.can_send(&live.link)
+                && let Some((message, filter)) = live.link.next_retained()
+            {
+                live.client.deliver(&mut live.link, &message, Some(&filter), &mut live.out);
+            }
+            let room = usize::from(live.link.receive_maximum).saturating_sub(live.client.inflight_len());
+            let mut batch = Vec::new();
+            let event = if std::mem::take(&mut buffered) {
+                Event::Readable(true)
+            } else {
+                let Client { outbox, session, .. } = &mut *live.client;
+                next_event(stream, outbox, session.conn(), room, &mut batch, timer.as_mut()).await
+            };
+            match event {
+                Event::Readable(false) => return Ending::Gone,
+                Event::Closed | Event::Queue(0) => return Ending::Closed,
+                Event::Readable(true) => {
+                    if input.capacity() - input.len() < 1024 {
+                        input.reserve(4096);
                     }
-                }
-                () = conn.closed() => return Ending::Closed,
-            }
-            live.out.clear();
-            if live.out.capacity() > 4096 {
-                // A burst's buffer is not kept by a connection that goes quiet after it.
-                live.out = Vec::new();
-            }
-        }
-        if live.client.session.conn().is_closed() {
-            return Ending::Closed;
-        }
-        if live.client.session.catching_up() {
-            Box::pin(live.client.session.catch_up()).await;
-        }
-        let next = keep_alive_at.min(heartbeat_at).min(token_at);
-        if timer.deadline() != next {
-            timer.as_mut().reset(next);
-        }
-        // Retained messages of new subscriptions go first, within the Receive Maximum.
-        while live.client.can_send(&live.link)
-            && let Some((message, filter)) = live.link.retained.pop_front()
-        {
-            live.client.deliver(&mut live.link, &message, Some(&filter), &mut live.out);
-        }
-        let room = usize::from(live.link.receive_maximum).saturating_sub(live.client.inflight_len());
-        let mut batch = Vec::new();
-        let event = if std::mem::take(&mut buffered) {
-            Event::Readable(true)
-        } else {
-            let Client { outbox, session, .. } = &mut *live.client;
-            let conn = session.conn();
-            tokio::select! {
-                biased;
-                ready = stream.readable() => Event::Readable(ready.is_ok()),
-                n = outbox.recv_many(&mut batch, COALESCE_MAX.min(room)), if room > 0 => Event::Queue(n),
-                () = conn.closed(), if room == 0 => Event::Closed,
-                () = timer.as_mut() => Event::Timer,
-            }
-        };
-        match event {
-            Event::Readable(false) => return Ending::Gone,
-            Event::Closed | Event::Queue(0) => return Ending::Closed,
-            Event::Readable(true) => {
-                if input.capacity() - input.len() < 1024 {
-                    input.reserve(4096);
-                }
-                match stream.try_read_buf(input) {
-                    Ok(0) => return Ending::Gone,
-                    Ok(_) => {}
-                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => return Ending::Gone,
-                }
-                loop {
-                    let packet = match decode(input, Some(live.link.version), max) {
-                        Ok(Some((packet, used))) => {
-                            input.advance(used);
-                            packet
+                    match stream.try_read_buf(input) {
+                        Ok(0) => return Ending::Gone,
+                        Ok(_) => {}
+                        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => return Ending::Gone,
+                    }
+                    loop {
+                        let packet = match decode(
+                            input,
+                            Some(live.link.version),
+                            state.config.mqtt.max_packet_bytes,
+                        ) {
+                            Ok(Some((packet, used))) => {
+                                input.advance(used);
+                                packet
+                            }
+                            Ok(None) => break,
+                            Err(err) => return Ending::Refused(err.reason_code(), "malformed packet"),
+                        };
+                        keep_alive_at = Instant::now() + grace(live);
+                        if let Some(ending) = Box::pin(handle(state, live, packet)).await {
+                            return ending;
                         }
-                        Ok(None) => break,
-                        Err(err) => return Ending::Refused(err.reason_code(), "malformed packet"),
-                    };
-                    keep_alive_at = Instant::now() + grace;
-                    if let Some(ending) = Box::pin(handle(state, live, packet)).await {
-                        return ending;
+                    }
+                    if input.is_empty() {
+                        // An idle connection keeps no read buffer: most connections are idle most
+                        // of the time, and the buffer would be most of their memory.
+                        *input = BytesMut::new();
                     }
                 }
-                if input.is_empty() {
-                    // An idle connection keeps no read buffer: most connections are idle most
-                    // of the time, and the buffer would be most of their memory.
-                    *input = BytesMut::new();
-                }
-            }
-            Event::Queue(_) => {
-                for item in batch {
-                    if let Outbound::Message(message) = item {
-                        live.client.deliver(&mut live.link, &message, None, &mut live.out);
+                Event::Queue(_) => {
+                    for item in batch {
+                        if let Outbound::Message(message) = item {
+                            live.client.deliver(&mut live.link, &message, None, &mut live.out);
+                        }
                     }
                 }
-            }
-            Event::Timer => {
-                let now = Instant::now();
-                if now >= keep_alive_at {
-                    return Ending::Refused(0x8D, "keep alive timeout");
-                }
-                if now >= token_at {
-                    live.client.session.conn().close(CloseCode::TokenExpired);
-                    return Ending::Closed;
-                }
-                if now >= heartbeat_at {
-                    heartbeat_at = now + heartbeat_every;
-                    Box::pin(live.client.session.heartbeat()).await;
+                Event::Timer => {
+                    let now = Instant::now();
+                    if now >= keep_alive_at {
+                        return Ending::Refused(0x8D, "keep alive timeout");
+                    }
+                    if now >= token_at {
+                        live.client.session.conn().close(CloseCode::TokenExpired);
+                        return Ending::Closed;
+                    }
+                    if now >= heartbeat_at {
+                        heartbeat_at = now + heartbeat_every();
+                        Box::pin(live.client.session.heartbeat()).await;
+                    }
                 }
             }
         }
     }
+}
+
+/// Waits for what comes first: bytes from the client, queued messages (when the client has
+/// room for them), the connection's close (when it has not), or the timer. Polled by hand
+/// rather than with `select!`, whose futures would add their room to every idle connection.
+fn next_event<'a>(
+    stream: &'a TcpStream,
+    outbox: &'a mut Outbox,
+    conn: &'a ConnHandle,
+    room: usize,
+    batch: &'a mut Vec<Outbound>,
+    mut timer: Pin<&'a mut Sleep>,
+) -> impl Future<Output = Event> + 'a {
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(ready) = stream.poll_read_ready(cx) {
+            return Poll::Ready(Event::Readable(ready.is_ok()));
+        }
+        if room > 0 {
+            if let Poll::Ready(n) = outbox.poll_drain(cx, COALESCE_MAX.min(room), |item| batch.push(item)) {
+                return Poll::Ready(Event::Queue(n));
+            }
+        } else if std::pin::pin!(conn.closed()).poll(cx).is_ready() {
+            return Poll::Ready(Event::Closed);
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Event::Timer);
+        }
+        Poll::Pending
+    })
+}
+
+/// How writing the connection's output ended.
+enum Written {
+    Done,
+    /// The socket failed, or the deadline passed first.
+    Failed,
+    /// The connection was closed (a takeover or a revocation must not wait for a client that
+    /// stopped reading).
+    Closed,
+}
+
+/// Writes `out` to the client before `deadline`.
+fn write_out<'a>(
+    stream: &'a mut TcpStream,
+    out: &'a [u8],
+    conn: &'a ConnHandle,
+    mut deadline: Pin<&'a mut Sleep>,
+) -> impl Future<Output = Written> + 'a {
+    let mut written = 0;
+    std::future::poll_fn(move |cx| {
+        while written < out.len() {
+            match Pin::new(&mut *stream).poll_write(cx, &out[written..]) {
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Written::Failed),
+                Poll::Ready(Ok(n)) => written += n,
+                Poll::Pending => {
+                    if std::pin::pin!(conn.closed()).poll(cx).is_ready() {
+                        return Poll::Ready(Written::Closed);
+                    }
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Written::Failed);
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+        Poll::Ready(Written::Done)
+    })
 }
 
 /// Handles one packet of the client; `Some` ends the connection.
@@ -700,12 +775,12 @@ async fn on_publish(state: &Arc<RelayState>, live: &mut Live, mut publish: Publi
         Some(alias) if alias == 0 || alias > state.config.mqtt.topic_alias_maximum => {
             return Some(Ending::Refused(0x94, "topic alias out of range"));
         }
-        Some(alias) if publish.topic.is_empty() => match live.link.inbound_aliases.get(&alias) {
+        Some(alias) if publish.topic.is_empty() => match live.link.inbound_alias(alias) {
             Some(channel) => Ok(channel.clone()),
             None => return Some(Ending::Refused(0x82, "unknown topic alias")),
         },
         Some(alias) => channel_of(&publish.topic).inspect(|channel| {
-            live.link.inbound_aliases.insert(alias, channel.clone());
+            live.link.extras().inbound_aliases.insert(alias, channel.clone());
         }),
         None if publish.topic.is_empty() => return Some(Ending::Refused(0x82, "a PUBLISH without a topic")),
         None => channel_of(&publish.topic),
@@ -866,12 +941,12 @@ async fn queue_retained(state: &Arc<RelayState>, live: &mut Live, text: Arc<str>
         }
     };
     // A repeated SUBSCRIBE replaces what the last one queued rather than adding to it.
-    live.link.retained.retain(|(_, filter)| *filter != text);
+    live.link.drop_retained(&text);
     match found {
         Ok(found) => {
             for (channel, publication) in found {
                 let message = PreparedMessage { frame: bytes::Bytes::new(), channel, publication };
-                live.link.retained.push_back((Arc::new(message), text.clone()));
+                live.link.extras().retained.push_back((Arc::new(message), text.clone()));
             }
         }
         Err(err) => tracing::warn!(error = %err, "reading retained messages failed"),
@@ -892,7 +967,7 @@ async fn on_unsubscribe(state: &Arc<RelayState>, live: &mut Live, unsubscribe: U
             }
             None => state.hub.remove_pattern(live.client.session.conn(), Some(&filter.text)),
         }
-        live.link.retained.retain(|(_, f)| *f != filter.text);
+        live.link.drop_retained(&filter.text);
         codes.push(0x00);
     }
     let unsuback = UnsubAck { packet_id: unsubscribe.packet_id, properties: Properties::default(), codes };

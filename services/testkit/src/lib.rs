@@ -48,6 +48,7 @@ fn init_tracing() {
 pub struct TestServer {
     addr: std::net::SocketAddr,
     mqtt_addr: Option<std::net::SocketAddr>,
+    mqtt_ws_addr: Option<std::net::SocketAddr>,
     credentials: Credentials,
     http: reqwest::Client,
     store: tributary_store::Store,
@@ -167,6 +168,7 @@ impl TestServer {
         let bound = tributary::server::bind(config, Some(listener)).await.expect("server binds");
         let addr = bound.addr();
         let mqtt_addr = bound.mqtt_addr();
+        let mqtt_ws_addr = bound.mqtt_ws_addr();
         let credentials = bound.credentials().clone();
         let store = bound.store().clone();
         let (tx, rx) = oneshot::channel();
@@ -180,6 +182,7 @@ impl TestServer {
         Self {
             addr,
             mqtt_addr,
+            mqtt_ws_addr,
             credentials,
             http: reqwest::Client::new(),
             store,
@@ -199,10 +202,12 @@ impl TestServer {
         }
     }
 
-    /// Starts a server with MQTT on a free port, after `configure` adjusts its relay settings.
+    /// Starts a server with MQTT (over TCP and over WebSocket) on free ports, after
+    /// `configure` adjusts its relay settings.
     pub async fn spawn_mqtt(configure: impl FnOnce(&mut RelayConfig)) -> Self {
         Self::spawn_with(|relay| {
             relay.mqtt.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+            relay.mqtt.ws_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
             configure(relay);
         })
         .await
@@ -211,6 +216,12 @@ impl TestServer {
     /// Returns the MQTT address (servers started with [`TestServer::spawn_mqtt`]).
     pub fn mqtt_addr(&self) -> std::net::SocketAddr {
         self.mqtt_addr.expect("the server was started with MQTT on")
+    }
+
+    /// Returns the MQTT-over-WebSocket address (servers started with
+    /// [`TestServer::spawn_mqtt`]).
+    pub fn mqtt_ws_addr(&self) -> std::net::SocketAddr {
+        self.mqtt_ws_addr.expect("the server was started with MQTT on")
     }
 
     /// Returns the HTTP base URL.

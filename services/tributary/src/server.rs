@@ -57,6 +57,8 @@ pub struct Bound {
     addr: SocketAddr,
     /// The MQTT listener, when `relay.mqtt.listen` is set.
     mqtt: Option<TcpListener>,
+    /// The MQTT-over-WebSocket listener, when `relay.mqtt.ws_listen` is set.
+    mqtt_ws: Option<TcpListener>,
     relay: Relay,
     control_plane: Arc<ControlPlane>,
     credentials: Credentials,
@@ -74,6 +76,11 @@ impl Bound {
         self.mqtt.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// Returns the bound MQTT-over-WebSocket address, if it is on.
+    pub fn mqtt_ws_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_ws.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Returns the store (tests use it to create more tenants and apps).
     pub fn store(&self) -> &Store {
         &self.store
@@ -87,9 +94,14 @@ impl Bound {
     /// Serves until `shutdown` completes; then closes every connection with "server shutting
     /// down" and waits (briefly) for requests in flight.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-        let Bound { listener, relay, control_plane, store, mqtt, .. } = self;
+        let Bound { listener, relay, control_plane, store, mqtt, mqtt_ws, .. } = self;
         if let Some(mqtt) = mqtt {
             tokio::spawn(tributary_relay::mqtt::serve(mqtt, relay.state().clone()));
+        }
+        if let Some(mqtt_ws) = mqtt_ws {
+            let state = relay.state().clone();
+            let router = tributary_relay::mqtt::websocket_router(state.clone());
+            tokio::spawn(serve_http(mqtt_ws, router, state.shutdown.clone().cancelled_owned()));
         }
         let housekeeping = tokio::spawn(crate::maintenance::run(store));
         // The management routes first: the relay's router carries the fallback (404).
@@ -204,12 +216,11 @@ pub async fn bind(
         None => listen(config.listen).map_err(|source| ServeError::Bind { addr: config.listen, source })?,
     };
     let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
-    let mqtt = match config.relay.mqtt.listen {
-        Some(mqtt_addr) => {
-            Some(listen(mqtt_addr).map_err(|source| ServeError::Bind { addr: mqtt_addr, source })?)
-        }
-        None => None,
+    let optional = |addr: Option<SocketAddr>| {
+        addr.map(|addr| listen(addr).map_err(|source| ServeError::Bind { addr, source })).transpose()
     };
+    let mqtt = optional(config.relay.mqtt.listen)?;
+    let mqtt_ws = optional(config.relay.mqtt.ws_listen)?;
     let master_key = bootstrap::master_key(config.master_key.as_ref()).ok_or(ServeError::NoMasterKey)??;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| BootstrapError::Io { path: config.data_dir.clone(), source })?;
@@ -244,5 +255,5 @@ pub async fn bind(
     let relay =
         Relay::new(config.relay.clone(), engine.clone(), Arc::new(StoreDirectory::new(store.clone())));
     let control_plane = ControlPlane::with_settings(store.clone(), engine, config.control.settings());
-    Ok(Bound { listener, addr, mqtt, relay, control_plane, credentials, store })
+    Ok(Bound { listener, addr, mqtt, mqtt_ws, relay, control_plane, credentials, store })
 }

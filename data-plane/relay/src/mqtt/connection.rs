@@ -10,8 +10,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tributary_capability::Right;
@@ -24,6 +22,7 @@ use tributary_protocol::frame::SubscribeRequest;
 use tributary_protocol::{ChannelName, ChannelPattern, CloseCode, ErrorCode};
 
 use super::client::{Client, Filter, Link, write_ack};
+use super::io::{self, MqttIo};
 use crate::conn::{ConnHandle, Outbound, Outbox, PreparedMessage};
 use crate::ops::OpError;
 use crate::policy::Credential;
@@ -68,7 +67,7 @@ struct Live {
 
 /// Serves one MQTT connection.
 #[allow(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice in the task")]
-pub(super) fn run(mut stream: TcpStream, state: Arc<RelayState>) -> impl Future<Output = ()> + Send {
+pub(super) fn run<S: MqttIo>(mut stream: S, state: Arc<RelayState>) -> impl Future<Output = ()> + Send {
     // An async block, not an async fn: a fn's arguments would take their room in the task
     // twice, once as arguments and once as locals.
     async move {
@@ -79,11 +78,16 @@ pub(super) fn run(mut stream: TcpStream, state: Arc<RelayState>) -> impl Future<
             Ok(Ok(connect)) => connect,
             Ok(Err(Some(DecodeError::UnsupportedProtocol))) => {
                 // MQTT-3.1.2-2: "unacceptable protocol version", in the 3.1.1 form every client reads.
-                let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+                let _ = io::write_all(&mut stream, &[0x20, 0x02, 0x00, 0x01]).await;
                 return;
             }
             _ => return,
         };
+        if !state.mqtt_sessions.admit_connect(state.config.mqtt.max_connections_per_second) {
+            let reason = "connection rate exceeded; try again later".into();
+            refuse(&mut stream, connect.version, Refusal(0x9F, 0x03, reason)).await;
+            return;
+        }
         let Some(mut live) = Box::pin(open(&state, &mut stream, connect)).await else { return };
         if input.is_empty() {
             input = BytesMut::new();
@@ -96,11 +100,10 @@ pub(super) fn run(mut stream: TcpStream, state: Arc<RelayState>) -> impl Future<
 /// Reads until the CONNECT packet. `Err(Some(_))`: it was malformed; `Err(None)`: the socket
 /// went away.
 async fn read_connect(
-    stream: &mut TcpStream,
+    stream: &mut impl MqttIo,
     input: &mut BytesMut,
     max: usize,
 ) -> Result<Box<Connect>, Option<DecodeError>> {
-    use tokio::io::AsyncReadExt;
     loop {
         match decode(input, None, max) {
             Ok(Some((Packet::Connect(connect), used))) => {
@@ -112,7 +115,7 @@ async fn read_connect(
             Err(err) => return Err(Some(err)),
         }
         input.reserve(1024);
-        match stream.read_buf(input).await {
+        match io::read_into(stream, input).await {
             Ok(0) | Err(_) => return Err(None),
             Ok(_) => {}
         }
@@ -139,7 +142,7 @@ impl Refusal {
 }
 
 /// Sends CONNACK with a refusal, then closes.
-async fn refuse(stream: &mut TcpStream, version: Version, refusal: Refusal) {
+async fn refuse(stream: &mut impl MqttIo, version: Version, refusal: Refusal) {
     let Refusal(v5, v3, reason) = refusal;
     let mut properties = Properties::default();
     if version == Version::V5 {
@@ -147,8 +150,8 @@ async fn refuse(stream: &mut TcpStream, version: Version, refusal: Refusal) {
     }
     let code = if version == Version::V5 { v5 } else { v3 };
     let packet = encode(&Packet::ConnAck(ConnAck { session_present: false, code, properties }), version);
-    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, stream.write_all(&packet)).await;
-    let _ = stream.shutdown().await;
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, io::write_all(stream, &packet)).await;
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, io::shutdown(stream)).await;
 }
 
 /// Whether a client id or user name holds a character that means "many" somewhere.
@@ -157,7 +160,7 @@ fn has_wildcard(text: &str) -> bool {
 }
 
 /// Authenticates CONNECT, claims or resumes the session and sends CONNACK.
-async fn open(state: &Arc<RelayState>, stream: &mut TcpStream, connect: Box<Connect>) -> Option<Live> {
+async fn open(state: &Arc<RelayState>, stream: &mut impl MqttIo, connect: Box<Connect>) -> Option<Live> {
     let version = connect.version;
     let config = &state.config.mqtt;
     if has_wildcard(&connect.client_id) {
@@ -498,7 +501,8 @@ async fn add_filter(
 
 /// What woke the connection.
 enum Event {
-    Readable(bool),
+    /// Bytes were read into the input (`false`: the client closed or the stream failed).
+    Read(bool),
     Queue(usize),
     Closed,
     Timer,
@@ -509,9 +513,9 @@ enum Event {
 /// An async block with no more locals than it needs: its room is taken by every idle
 /// connection (an async fn would also keep its arguments twice).
 #[allow(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice in the task")]
-fn serve<'a>(
+fn serve<'a, S: MqttIo>(
     state: &'a Arc<RelayState>,
-    stream: &'a mut TcpStream,
+    stream: &'a mut S,
     input: &'a mut BytesMut,
     live: &'a mut Live,
 ) -> impl Future<Output = Ending> + Send + 'a {
@@ -526,6 +530,13 @@ fn serve<'a>(
         // Packets that came with CONNECT.
         let mut buffered = !input.is_empty();
         loop {
+            // Retained messages of new subscriptions go first (before what the queue holds),
+            // within the Receive Maximum.
+            while live.client.can_send(&live.link)
+                && let Some((message, filter)) = live.link.next_retained()
+            {
+                live.client.deliver(&mut live.link, &message, Some(&filter), &mut live.out);
+            }
             if !live.out.is_empty() {
                 // The timer serves as the write's deadline (it is set again below).
                 timer.as_mut().reset(Instant::now() + WRITE_TIMEOUT);
@@ -549,33 +560,18 @@ fn serve<'a>(
             if timer.deadline() != keep_alive_at.min(heartbeat_at).min(token_at) {
                 timer.as_mut().reset(keep_alive_at.min(heartbeat_at).min(token_at));
             }
-            // Retained messages of new subscriptions go first, within the Receive Maximum.
-            while live.client.can_send(&live.link)
-                && let Some((message, filter)) = live.link.next_retained()
-            {
-                live.client.deliver(&mut live.link, &message, Some(&filter), &mut live.out);
-            }
             let room = usize::from(live.link.receive_maximum).saturating_sub(live.client.inflight_len());
             let mut batch = Vec::new();
             let event = if std::mem::take(&mut buffered) {
-                Event::Readable(true)
+                Event::Read(true)
             } else {
                 let Client { outbox, session, .. } = &mut *live.client;
-                next_event(stream, outbox, session.conn(), room, &mut batch, timer.as_mut()).await
+                next_event(stream, input, outbox, session.conn(), room, &mut batch, timer.as_mut()).await
             };
             match event {
-                Event::Readable(false) => return Ending::Gone,
+                Event::Read(false) => return Ending::Gone,
                 Event::Closed | Event::Queue(0) => return Ending::Closed,
-                Event::Readable(true) => {
-                    if input.capacity() - input.len() < 1024 {
-                        input.reserve(4096);
-                    }
-                    match stream.try_read_buf(input) {
-                        Ok(0) => return Ending::Gone,
-                        Ok(_) => {}
-                        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(_) => return Ending::Gone,
-                    }
+                Event::Read(true) => {
                     loop {
                         let packet = match decode(
                             input,
@@ -626,11 +622,13 @@ fn serve<'a>(
     }
 }
 
-/// Waits for what comes first: bytes from the client, queued messages (when the client has
-/// room for them), the connection's close (when it has not), or the timer. Polled by hand
-/// rather than with `select!`, whose futures would add their room to every idle connection.
-fn next_event<'a>(
-    stream: &'a TcpStream,
+/// Waits for what comes first: bytes from the client (read into `input`), queued messages
+/// (when the client has room for them), the connection's close (when it has not), or the
+/// timer. Polled by hand rather than with `select!`, whose futures would add their room to
+/// every idle connection.
+fn next_event<'a, S: MqttIo>(
+    stream: &'a mut S,
+    input: &'a mut BytesMut,
     outbox: &'a mut Outbox,
     conn: &'a ConnHandle,
     room: usize,
@@ -638,8 +636,8 @@ fn next_event<'a>(
     mut timer: Pin<&'a mut Sleep>,
 ) -> impl Future<Output = Event> + 'a {
     std::future::poll_fn(move |cx| {
-        if let Poll::Ready(ready) = stream.poll_read_ready(cx) {
-            return Poll::Ready(Event::Readable(ready.is_ok()));
+        if let Poll::Ready(read) = stream.poll_read_into(cx, input) {
+            return Poll::Ready(Event::Read(matches!(read, Ok(n) if n > 0)));
         }
         if room > 0 {
             if let Poll::Ready(n) = outbox.poll_drain(cx, COALESCE_MAX.min(room), |item| batch.push(item)) {
@@ -666,16 +664,23 @@ enum Written {
 }
 
 /// Writes `out` to the client before `deadline`.
-fn write_out<'a>(
-    stream: &'a mut TcpStream,
+fn write_out<'a, S: MqttIo>(
+    stream: &'a mut S,
     out: &'a [u8],
     conn: &'a ConnHandle,
     mut deadline: Pin<&'a mut Sleep>,
 ) -> impl Future<Output = Written> + 'a {
     let mut written = 0;
     std::future::poll_fn(move |cx| {
-        while written < out.len() {
-            match Pin::new(&mut *stream).poll_write(cx, &out[written..]) {
+        loop {
+            // Everything taken, then flushed (a WebSocket may hold the last message).
+            let step = if written < out.len() {
+                stream.poll_write_some(cx, &out[written..])
+            } else {
+                stream.poll_flush(cx).map_ok(|()| usize::MAX)
+            };
+            match step {
+                Poll::Ready(Ok(usize::MAX)) => return Poll::Ready(Written::Done),
                 Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Written::Failed),
                 Poll::Ready(Ok(n)) => written += n,
                 Poll::Pending => {
@@ -689,7 +694,6 @@ fn write_out<'a>(
                 }
             }
         }
-        Poll::Ready(Written::Done)
     })
 }
 
@@ -990,7 +994,7 @@ fn close_reason(code: Option<CloseCode>) -> u8 {
 }
 
 /// Ends a connection: the goodbye, the session parked or closed, the will.
-async fn finish(state: &Arc<RelayState>, mut stream: TcpStream, live: Live, ending: Ending) {
+async fn finish(state: &Arc<RelayState>, mut stream: impl MqttIo, live: Live, ending: Ending) {
     let Live { client, link, app, generation, will, mut out, .. } = live;
     let conn = client.session.conn().clone();
     let close_code = conn.close_code();
@@ -1011,15 +1015,17 @@ async fn finish(state: &Arc<RelayState>, mut stream: TcpStream, live: Live, endi
         }
     }
     if !out.is_empty() {
-        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, stream.write_all(&out)).await;
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, io::write_all(&mut stream, &out)).await;
     }
-    let _ = stream.shutdown().await;
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, io::shutdown(&mut stream)).await;
     if matches!(ending, Ending::Refused(..)) {
         // A client that is still sending (the acknowledgements of what it was sent before the
         // DISCONNECT) would get a reset and could lose the DISCONNECT: read until it closes too.
         let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
-            let mut sink = [0u8; 512];
-            while matches!(tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await, Ok(n) if n > 0) {}
+            let mut sink = BytesMut::new();
+            while matches!(io::read_into(&mut stream, &mut sink).await, Ok(n) if n > 0) {
+                sink.clear();
+            }
         })
         .await;
     }

@@ -21,13 +21,15 @@
 //!
 //! # Layout
 //! - [`MqttConfig`]: the `[relay.mqtt]` settings.
-//! - `connection`: one TCP connection: CONNECT, then reading, writing and keep-alive.
+//! - `connection`: one connection: CONNECT, then reading, writing and keep-alive.
+//! - `io`: the byte stream under it: TCP, or binary WebSocket messages.
 //! - `client`: the MQTT session: subscriptions, packet ids, QoS 1 and 2 state, delivery.
 //! - `registry`: sessions by app and client id, across connections (takeover, expiry).
 //! - `publish`: publishing a client's PUBLISH or will (retained messages included).
 
 mod client;
 mod connection;
+mod io;
 mod publish;
 mod registry;
 
@@ -45,8 +47,15 @@ use crate::state::RelayState;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MqttConfig {
-    /// Address of the MQTT listener (plain TCP); unset, MQTT is off.
+    /// Address of the MQTT listener (plain TCP); unset, MQTT over TCP is off.
     pub listen: Option<SocketAddr>,
+    /// Address of the MQTT-over-WebSocket listener (subprotocol `mqtt`, path `/mqtt` or `/`);
+    /// unset, it is off.
+    pub ws_listen: Option<SocketAddr>,
+    /// New MQTT connections per second this node takes, over both listeners (as many may come
+    /// at once); beyond it a client is refused with 0x9F "connection rate exceeded" (3.1.1:
+    /// 0x03), so a fleet reconnecting after an outage comes back at a pace the node can serve.
+    pub max_connections_per_second: u32,
     /// Largest packet a client may send, in bytes (checked from the fixed header, before the
     /// packet is read). Payloads are further bounded by their namespace.
     pub max_packet_bytes: usize,
@@ -85,6 +94,8 @@ impl Default for MqttConfig {
     fn default() -> Self {
         Self {
             listen: None,
+            ws_listen: None,
+            max_connections_per_second: 5000,
             max_packet_bytes: 256 * 1024,
             max_keep_alive_secs: 300,
             max_inflight: 32,
@@ -110,6 +121,7 @@ impl MqttConfig {
             ("max_inflight", self.max_inflight.into()),
             ("receive_maximum", self.receive_maximum.into()),
             ("max_retained_per_subscription", self.max_retained_per_subscription as u64),
+            ("max_connections_per_second", self.max_connections_per_second.into()),
         ] {
             if value == 0 {
                 problems.push(format!("relay.mqtt.{name} must be greater than 0"));
@@ -131,6 +143,36 @@ impl MqttConfig {
         }
         problems
     }
+}
+
+/// The MQTT-over-WebSocket listener's routes: `/mqtt` (what most clients ask for) and `/`.
+pub fn websocket_router(state: Arc<RelayState>) -> axum::Router {
+    axum::Router::new()
+        .route("/mqtt", axum::routing::get(upgrade))
+        .route("/", axum::routing::get(upgrade))
+        .with_state(state)
+}
+
+/// Upgrades a request to MQTT over WebSocket (subprotocol `mqtt`, selected when offered).
+async fn upgrade(
+    axum::extract::State(state): axum::extract::State<Arc<RelayState>>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use crate::transport::websocket::{Stream, accept};
+    let accepted = match accept(request, Some("mqtt")) {
+        Ok(accepted) => accepted,
+        Err(refused) => return axum::response::IntoResponse::into_response(refused),
+    };
+    let upgrade = accepted.upgrade;
+    // A message may carry several packets: room for the largest packet and then some.
+    let max_message = state.config.mqtt.max_packet_bytes.saturating_add(64 * 1024);
+    let tasks = state.tasks.clone();
+    tasks.spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let (stream, read_ahead) = Stream::from_upgrade(upgraded);
+        connection::run(io::WsIo::new(stream, &read_ahead, max_message), state).await;
+    });
+    accepted.response
 }
 
 /// Accepts MQTT connections on `listener` until the relay shuts down.

@@ -17,6 +17,7 @@ use tributary_protocol::CloseCode;
 
 use super::client::Client;
 use crate::conn::ConnHandle;
+use crate::limits::TokenBucket;
 
 type Key = (Arc<str>, Arc<str>);
 
@@ -33,6 +34,9 @@ enum Slot {
 pub struct Sessions {
     slots: Mutex<HashMap<Key, Slot>>,
     generations: AtomicU64,
+    /// New connections of this node's MQTT listeners (`max_connections_per_second`); made
+    /// full on first use.
+    connects: Mutex<Option<TokenBucket>>,
 }
 
 /// What a new connection found for its client id.
@@ -49,6 +53,12 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 impl Sessions {
     fn lock(&self) -> MutexGuard<'_, HashMap<Key, Slot>> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes one new connection from the node's connection rate; false when it is spent.
+    pub(super) fn admit_connect(&self, per_second: u32) -> bool {
+        let mut bucket = self.connects.lock().unwrap_or_else(|p| p.into_inner());
+        bucket.get_or_insert_with(|| TokenBucket::new(per_second)).try_take(per_second, per_second)
     }
 
     /// Returns how many sessions are parked (waiting for their clients).

@@ -817,3 +817,163 @@ async fn the_serve_command_opens_mqtt_with_its_flags_and_refuses_a_malformed_set
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("expected KEY=VALUE"), "{stderr}");
 }
+
+/// Reads MQTT packets out of the binary messages of a WebSocket, however they are cut.
+struct WsPackets {
+    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    input: bytes::BytesMut,
+}
+
+impl WsPackets {
+    async fn next(&mut self) -> Option<Packet> {
+        use futures::StreamExt;
+        loop {
+            if let Some((packet, used)) =
+                tributary_mqtt::decode(&self.input, Some(Version::V5), 1 << 20).unwrap()
+            {
+                bytes::Buf::advance(&mut self.input, used);
+                return Some(packet);
+            }
+            let message =
+                tokio::time::timeout(Duration::from_secs(5), self.ws.next()).await.unwrap()?.ok()?;
+            match message {
+                tokio_tungstenite::tungstenite::Message::Binary(data) => self.input.extend_from_slice(&data),
+                tokio_tungstenite::tungstenite::Message::Close(_) => return None,
+                other => panic!("MQTT comes in binary messages only, got {other:?}"),
+            }
+        }
+    }
+
+    async fn send(&mut self, bytes: Vec<u8>) {
+        use futures::SinkExt;
+        self.ws.send(tokio_tungstenite::tungstenite::Message::binary(bytes)).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn mqtt_over_websocket_takes_packets_split_across_and_joined_in_binary_messages() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let server = TestServer::spawn_mqtt(|_| {}).await;
+    let token = server.token("ws-device", &[("*", ALL)]).await;
+    let mut request = format!("ws://{}/mqtt", server.mqtt_ws_addr()).into_client_request().unwrap();
+    request.headers_mut().insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
+    let (ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], "mqtt", "the mqtt subprotocol is selected");
+    let mut ws = WsPackets { ws, input: bytes::BytesMut::new() };
+
+    // CONNECT cut in two messages.
+    let options = ConnectOptions::new(Version::V5, "ws-device", server.app_id(), &token);
+    let connect = tributary_mqtt::encode(&Packet::Connect(Box::new(options.connect)), Version::V5);
+    ws.send(connect[..7].to_vec()).await;
+    ws.send(connect[7..].to_vec()).await;
+    assert!(matches!(ws.next().await, Some(Packet::ConnAck(ack)) if ack.code == 0));
+
+    // SUBSCRIBE and PINGREQ in one message.
+    let subscribe = Packet::Subscribe(tributary_mqtt::Subscribe {
+        packet_id: 1,
+        properties: Properties::default(),
+        subscriptions: vec![tributary_mqtt::Subscription {
+            filter: "lights/+".into(),
+            qos: QoS::AtLeastOnce,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: 0,
+        }],
+    });
+    let mut joined = tributary_mqtt::encode(&subscribe, Version::V5);
+    joined.extend(tributary_mqtt::encode(&Packet::PingReq, Version::V5));
+    ws.send(joined).await;
+    assert!(matches!(ws.next().await, Some(Packet::SubAck(ack)) if ack.codes == [1]));
+    assert!(matches!(ws.next().await, Some(Packet::PingResp)));
+
+    // A message from the HTTP API arrives, as from any other protocol.
+    server.publish("lights/kitchen", json!({"on": true})).await;
+    let Some(Packet::Publish(publish)) = ws.next().await else { panic!("a PUBLISH") };
+    assert_eq!((publish.topic.as_str(), &publish.payload[..]), ("lights/kitchen", &br#"{"on":true}"#[..]));
+
+    // A text message is not MQTT: the connection ends (and the server lives on).
+    use futures::SinkExt;
+    ws.ws.send(tokio_tungstenite::tungstenite::Message::text("hello")).await.unwrap();
+    assert!(ws.next().await.is_none(), "closed after a text message");
+    let _ = device(&server, Version::V5, "after").await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_rate_are_refused_with_0x9f_and_come_in_later() {
+    let server = TestServer::spawn_mqtt(|relay| relay.mqtt.max_connections_per_second = 2).await;
+    let token = server.token("rated", &[("*", ALL)]).await;
+    let options = || ConnectOptions::new(Version::V5, "rated", server.app_id(), &token);
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let (_client, ack) = MqttClient::connect(server.mqtt_addr(), options()).await.unwrap();
+        codes.push(ack.code);
+    }
+    assert_eq!(codes, [0, 0, 0x9F], "two at once, the third refused");
+    let (_, ack) = MqttClient::connect(
+        server.mqtt_addr(),
+        ConnectOptions::new(Version::V311, "rated", server.app_id(), &token),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ack.code, 0x03, "3.1.1: server unavailable");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (_, ack) = MqttClient::connect(server.mqtt_addr(), options()).await.unwrap();
+    assert_eq!(ack.code, 0, "the rate refills");
+}
+
+#[tokio::test]
+async fn paho_clients_over_tcp_and_websocket_reach_each_other() {
+    let server = TestServer::spawn_mqtt(|_| {}).await;
+    let sub_token = server.token("paho-sub", &[("plant/*", &["subscribe"])]).await;
+    let pub_token = server.token("paho-pub", &[("plant/*", &["publish"])]).await;
+    // A subscriber over WebSocket (MQTT 5) and a publisher over TCP (3.1.1), QoS 1 both.
+    let script = r#"
+import sys, threading
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+app, tcp_port, ws_port, sub_token, pub_token = sys.argv[1:6]
+got, subscribed = [], threading.Event()
+def on_message(client, userdata, message):
+    got.append((message.topic, message.payload.decode(), message.qos))
+sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="paho-sub", transport="websockets",
+                  protocol=mqtt.MQTTv5)
+sub.ws_set_options(path="/mqtt")
+sub.username_pw_set(app, sub_token)
+sub.on_message = on_message
+sub.on_subscribe = lambda *a: subscribed.set()
+sub.connect("127.0.0.1", int(ws_port))
+sub.loop_start()
+sub.subscribe("plant/+/pressure", qos=1)
+assert subscribed.wait(10), "no SUBACK"
+pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="paho-pub", protocol=mqtt.MQTTv311)
+pub.username_pw_set(app, pub_token)
+pub.connect("127.0.0.1", int(tcp_port))
+pub.loop_start()
+for n in range(3):
+    pub.publish("plant/7/pressure", "%d bar" % n, qos=1).wait_for_publish(10)
+import time
+deadline = time.time() + 10
+while len(got) < 3 and time.time() < deadline:
+    time.sleep(0.05)
+pub.disconnect(); sub.disconnect()
+print(got)
+"#;
+    let output = tokio::process::Command::new("python3")
+        .args(["-c", script, server.app_id()])
+        .arg(server.mqtt_addr().port().to_string())
+        .arg(server.mqtt_ws_addr().port().to_string())
+        .args([&sub_token, &pub_token])
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("No module named 'paho'"),
+        "paho-mqtt is not installed (scripts/test installs it): {stderr}"
+    );
+    assert!(output.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        stdout.trim(),
+        "[('plant/7/pressure', '0 bar', 1), ('plant/7/pressure', '1 bar', 1), ('plant/7/pressure', '2 bar', 1)]"
+    );
+}

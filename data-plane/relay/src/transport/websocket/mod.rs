@@ -24,7 +24,7 @@ use tokio::time::{Instant, Sleep, sleep_until};
 use tributary_protocol::frame::{ClientFrame, ClientOp, FrameError, server};
 use tributary_protocol::{CloseCode, ErrorCode, SUBPROTOCOL};
 
-pub use frame::WsError;
+pub use frame::{Incoming, WsError, encode_close, encode_header, opcode};
 pub use handshake::{Accepted, accept, accept_key};
 pub use socket::{Echoed, Read, Socket};
 pub use stream::Stream;
@@ -33,7 +33,6 @@ use crate::conn::{ConnHandle, Outbox};
 use crate::session::{ConnectedReply, Session, unix_now};
 use crate::state::RelayState;
 use crate::transport::deadline;
-use frame::{Incoming, opcode};
 
 /// Frames moved from the queue into the write buffer per wake at most, so one busy connection
 /// cannot starve its own reads and timers.

@@ -185,6 +185,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
         Poll::Ready(Ok(()))
     }
 
+    /// Ends the stream's sending side (after [`Socket::poll_flush`]).
+    pub fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
     /// Frees the write buffer if nothing is pending (the connection is going idle).
     pub fn release_write(&mut self) {
         if self.pending() == 0 {

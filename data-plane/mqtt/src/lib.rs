@@ -27,7 +27,7 @@ pub mod properties;
 pub mod topic;
 mod wire;
 
-pub use outgoing::{MessageMeta, Outgoing};
+pub use outgoing::{MessageMeta, MetaView, Outgoing};
 pub use packet::{
     Ack, ConnAck, Connect, Disconnect, LastWill, Packet, Publish, QoS, SubAck, Subscribe, Subscription,
     UnsubAck, Unsubscribe, decode, encode,

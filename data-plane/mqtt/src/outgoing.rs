@@ -74,6 +74,19 @@ impl MessageMeta {
 
     /// Decodes a stored meta; `None` if it is not one (a message published another way).
     pub fn decode(stored: &Bytes) -> Option<Self> {
+        let view = Self::view(stored)?;
+        let skip = stored.len() - view.forwarded.len();
+        Some(Self {
+            qos: view.qos,
+            retain: view.retain,
+            expiry: view.expiry,
+            forwarded: stored.slice(skip..),
+        })
+    }
+
+    /// Reads a stored meta in place, without copying or counting a reference: it is read once
+    /// per delivery.
+    pub fn view(stored: &[u8]) -> Option<MetaView<'_>> {
         let (&flags, rest) = stored.split_first()?;
         let qos = match flags & QOS_MASK {
             0 => QoS::AtMostOnce,
@@ -81,14 +94,27 @@ impl MessageMeta {
             2 => QoS::ExactlyOnce,
             _ => return None,
         };
-        let (expiry, skip) = if flags & EXPIRY != 0 {
+        let (expiry, forwarded) = if flags & EXPIRY != 0 {
             let bytes: [u8; 4] = rest.get(..4)?.try_into().ok()?;
-            (Some(u32::from_be_bytes(bytes)), 5)
+            (Some(u32::from_be_bytes(bytes)), &rest[4..])
         } else {
-            (None, 1)
+            (None, rest)
         };
-        Some(Self { qos, retain: flags & RETAIN != 0, expiry, forwarded: stored.slice(skip..) })
+        Some(MetaView { qos, retain: flags & RETAIN != 0, expiry, forwarded })
     }
+}
+
+/// A stored [`MessageMeta`], borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct MetaView<'a> {
+    /// The QoS it was published with.
+    pub qos: QoS,
+    /// Whether it was published with the retain flag.
+    pub retain: bool,
+    /// MQTT 5 message expiry interval in seconds.
+    pub expiry: Option<u32>,
+    /// The forwarded properties, encoded.
+    pub forwarded: &'a [u8],
 }
 
 /// A PUBLISH to a subscriber, borrowed from the stored message and the subscription.

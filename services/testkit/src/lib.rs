@@ -8,6 +8,7 @@
 //! - [`sse`]: [`SseClient`], a Server-Sent Events reader.
 //! - [`mqtt`]: [`MqttClient`], a raw MQTT client for conformance tests.
 //! - [`eventually`]: wait for a condition instead of sleeping and hoping.
+//! - [`tls`]: [`tls::TestCertificates`], an authority and a server certificate made with openssl.
 //! - [`checker`]: [`HistoryChecker`], which finds lost, duplicated, reordered, phantom and
 //!   silently skipped messages and reused offsets in what a test published and received.
 
@@ -15,6 +16,7 @@ pub mod checker;
 pub mod mqtt;
 pub mod redis;
 pub mod sse;
+pub mod tls;
 pub mod ws;
 
 use std::future::Future;
@@ -49,6 +51,7 @@ pub struct TestServer {
     addr: std::net::SocketAddr,
     mqtt_addr: Option<std::net::SocketAddr>,
     mqtt_ws_addr: Option<std::net::SocketAddr>,
+    mqtt_tls_addr: Option<std::net::SocketAddr>,
     credentials: Credentials,
     http: reqwest::Client,
     store: tributary_store::Store,
@@ -169,6 +172,7 @@ impl TestServer {
         let addr = bound.addr();
         let mqtt_addr = bound.mqtt_addr();
         let mqtt_ws_addr = bound.mqtt_ws_addr();
+        let mqtt_tls_addr = bound.mqtt_tls_addr();
         let credentials = bound.credentials().clone();
         let store = bound.store().clone();
         let (tx, rx) = oneshot::channel();
@@ -183,6 +187,7 @@ impl TestServer {
             addr,
             mqtt_addr,
             mqtt_ws_addr,
+            mqtt_tls_addr,
             credentials,
             http: reqwest::Client::new(),
             store,
@@ -222,6 +227,11 @@ impl TestServer {
     /// [`TestServer::spawn_mqtt`]).
     pub fn mqtt_ws_addr(&self) -> std::net::SocketAddr {
         self.mqtt_ws_addr.expect("the server was started with MQTT on")
+    }
+
+    /// Returns the MQTT-over-TLS address (servers configured with `relay.mqtt.tls_listen`).
+    pub fn mqtt_tls_addr(&self) -> std::net::SocketAddr {
+        self.mqtt_tls_addr.expect("the server was started with MQTT over TLS on")
     }
 
     /// Returns the HTTP base URL.

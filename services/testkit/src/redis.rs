@@ -59,70 +59,8 @@ impl ThrowawayRedis {
     /// signed by a certificate authority of its own (see [`ThrowawayRedis::ca_file`]), made
     /// with `openssl` (installed by `scripts/test`).
     pub fn start_tls() -> Self {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
-        let openssl = |args: &[&str]| {
-            let status = Command::new("openssl")
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .expect("openssl is installed (scripts/test installs it)");
-            assert!(status.success(), "openssl {args:?}");
-        };
-        let (ca_key, ca, key, csr, cert, ext) = (
-            path("ca.key"),
-            path("ca.crt"),
-            path("server.key"),
-            path("server.csr"),
-            path("server.crt"),
-            path("ext"),
-        );
-        std::fs::write(&ext, "subjectAltName=DNS:localhost,IP:127.0.0.1").expect("write the extension file");
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &ca_key,
-            "-out",
-            &ca,
-            "-days",
-            "2",
-            "-subj",
-            "/CN=test-ca",
-        ]);
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            "/CN=localhost",
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-out",
-            &cert,
-            "-days",
-            "2",
-            "-extfile",
-            &ext,
-        ]);
+        let certs = crate::tls::TestCertificates::generate();
+        let (ca, cert, key) = (certs.ca_path(), certs.cert_path(), certs.key_path());
         let port = free_port();
         let extra = [
             "--port",
@@ -140,7 +78,7 @@ impl ThrowawayRedis {
         ]
         .map(String::from)
         .to_vec();
-        let mut redis = Self { port, child: None, extra, dir: Some(dir), scheme: "rediss" };
+        let mut redis = Self { port, child: None, extra, dir: Some(certs.into_dir()), scheme: "rediss" };
         redis.restart();
         redis
     }

@@ -40,6 +40,9 @@ pub enum ServeError {
     /// The engine's backend (Redis) could not be reached.
     #[error("engine: {0}")]
     Engine(#[source] tributary_engine::EngineError),
+    /// The MQTT TLS certificate or key cannot be used.
+    #[error("relay.mqtt TLS: {0}")]
+    MqttTls(#[source] tributary_relay::mqtt::tls::TlsError),
     /// `engine.redis_tls_ca_file` could not be read.
     #[error("cannot read engine.redis_tls_ca_file {path}: {source}")]
     TlsCa {
@@ -59,6 +62,8 @@ pub struct Bound {
     mqtt: Option<TcpListener>,
     /// The MQTT-over-WebSocket listener, when `relay.mqtt.ws_listen` is set.
     mqtt_ws: Option<TcpListener>,
+    /// The MQTT-over-TLS listener and its acceptor, when `relay.mqtt.tls_listen` is set.
+    mqtt_tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
     relay: Relay,
     control_plane: Arc<ControlPlane>,
     credentials: Credentials,
@@ -81,6 +86,11 @@ impl Bound {
         self.mqtt_ws.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// Returns the bound MQTT-over-TLS address, if it is on.
+    pub fn mqtt_tls_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     /// Returns the store (tests use it to create more tenants and apps).
     pub fn store(&self) -> &Store {
         &self.store
@@ -94,7 +104,10 @@ impl Bound {
     /// Serves until `shutdown` completes; then closes every connection with "server shutting
     /// down" and waits (briefly) for requests in flight.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-        let Bound { listener, relay, control_plane, store, mqtt, mqtt_ws, .. } = self;
+        let Bound { listener, relay, control_plane, store, mqtt, mqtt_ws, mqtt_tls, .. } = self;
+        if let Some((listener, acceptor)) = mqtt_tls {
+            tokio::spawn(tributary_relay::mqtt::tls::serve(listener, acceptor, relay.state().clone()));
+        }
         if let Some(mqtt) = mqtt {
             tokio::spawn(tributary_relay::mqtt::serve(mqtt, relay.state().clone()));
         }
@@ -221,6 +234,15 @@ pub async fn bind(
     };
     let mqtt = optional(config.relay.mqtt.listen)?;
     let mqtt_ws = optional(config.relay.mqtt.ws_listen)?;
+    let mqtt_tls = match optional(config.relay.mqtt.tls_listen)? {
+        Some(listener) => {
+            let mqtt = &config.relay.mqtt;
+            let acceptor = tributary_relay::mqtt::tls::acceptor(&mqtt.tls_cert_file, &mqtt.tls_key_file)
+                .map_err(ServeError::MqttTls)?;
+            Some((listener, acceptor))
+        }
+        None => None,
+    };
     let master_key = bootstrap::master_key(config.master_key.as_ref()).ok_or(ServeError::NoMasterKey)??;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| BootstrapError::Io { path: config.data_dir.clone(), source })?;
@@ -255,5 +277,5 @@ pub async fn bind(
     let relay =
         Relay::new(config.relay.clone(), engine.clone(), Arc::new(StoreDirectory::new(store.clone())));
     let control_plane = ControlPlane::with_settings(store.clone(), engine, config.control.settings());
-    Ok(Bound { listener, addr, mqtt, mqtt_ws, relay, control_plane, credentials, store })
+    Ok(Bound { listener, addr, mqtt, mqtt_ws, mqtt_tls, relay, control_plane, credentials, store })
 }

@@ -239,8 +239,9 @@ impl Client {
     ) {
         let publication = &message.publication;
         let topic = message.channel.as_str();
-        let meta = publication.meta.as_ref().and_then(MessageMeta::decode);
-        let own = publication.client_id.as_deref() == Some(&*self.client_id);
+        let meta = publication.meta.as_deref().and_then(MessageMeta::view);
+        // Compared only when a filter has No Local: most have not.
+        let own = || publication.client_id.as_deref() == Some(&*self.client_id);
         let mut qos = None::<QoS>;
         let mut retain_as_published = false;
         let mut ids = [0u32; MAX_IDS];
@@ -248,7 +249,7 @@ impl Client {
         let mut exact = None;
         for (index, filter) in self.filters.iter().enumerate() {
             if only.is_some_and(|only| only != &*filter.text)
-                || (filter.no_local && own)
+                || (filter.no_local && own())
                 || !filter.topic.matches(topic)
             {
                 continue;
@@ -275,7 +276,7 @@ impl Client {
             },
             None => None,
         };
-        let forwarded = meta.as_ref().map_or(&[][..], |m| &m.forwarded[..]);
+        let forwarded = meta.as_ref().map_or(&[][..], |m| m.forwarded);
         let payload = match &publication.payload {
             tributary_protocol::Payload::Json(b) | tributary_protocol::Payload::Binary(b) => b,
         };
@@ -291,9 +292,10 @@ impl Client {
             forwarded,
             payload,
         };
-        // Measured with the longest form it can take (the topic and a new alias).
+        // Measured with the longest form it can take (the topic and a new alias), when the
+        // client set a maximum.
         let sized = Outgoing { topic_alias: (link.alias_max > 0).then_some(1), ..outgoing };
-        if sized.packet_len(link.version) > link.max_packet {
+        if link.max_packet != usize::MAX && sized.packet_len(link.version) > link.max_packet {
             // MQTT-3.1.2-25: a packet larger than the client takes is dropped as if delivered.
             tracing::debug!(topic, "publication larger than the client's maximum packet size; dropped");
             return;
@@ -369,7 +371,7 @@ impl Client {
                 continue;
             }
             let publication = &inflight.message.publication;
-            let meta = publication.meta.as_ref().and_then(MessageMeta::decode);
+            let meta = publication.meta.as_deref().and_then(MessageMeta::view);
             let expiry = match meta.as_ref().and_then(|m| m.expiry) {
                 Some(expiry) => match remaining(expiry, publication.ts_ms) {
                     Some(left) => Some(left),
@@ -399,7 +401,7 @@ impl Client {
                 topic_alias: None,
                 subscription_ids: &ids,
                 expiry,
-                forwarded: meta.as_ref().map_or(&[][..], |m| &m.forwarded[..]),
+                forwarded: meta.as_ref().map_or(&[][..], |m| m.forwarded),
                 payload,
             };
             if outgoing.packet_len(link.version) > link.max_packet {

@@ -22,7 +22,7 @@
 //! # Layout
 //! - [`MqttConfig`]: the `[relay.mqtt]` settings.
 //! - `connection`: one connection: CONNECT, then reading, writing and keep-alive.
-//! - `io`: the byte stream under it: TCP, or binary WebSocket messages.
+//! - `io`: the byte stream under it: TCP, binary WebSocket messages, or TLS ([`tls`]).
 //! - `client`: the MQTT session: subscriptions, packet ids, QoS 1 and 2 state, delivery.
 //! - `registry`: sessions by app and client id, across connections (takeover, expiry).
 //! - `publish`: publishing a client's PUBLISH or will (retained messages included).
@@ -32,6 +32,7 @@ mod connection;
 mod io;
 mod publish;
 mod registry;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,6 +53,13 @@ pub struct MqttConfig {
     /// Address of the MQTT-over-WebSocket listener (subprotocol `mqtt`, path `/mqtt` or `/`);
     /// unset, it is off.
     pub ws_listen: Option<SocketAddr>,
+    /// Address of the MQTT-over-TLS listener (with `tls_cert_file` and `tls_key_file`); unset,
+    /// it is off.
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM file with the TLS certificate chain, the server's certificate first.
+    pub tls_cert_file: String,
+    /// PEM file with the TLS private key (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key_file: String,
     /// New MQTT connections per second this node takes, over both listeners (as many may come
     /// at once); beyond it a client is refused with 0x9F "connection rate exceeded" (3.1.1:
     /// 0x03), so a fleet reconnecting after an outage comes back at a pace the node can serve.
@@ -95,6 +103,9 @@ impl Default for MqttConfig {
         Self {
             listen: None,
             ws_listen: None,
+            tls_listen: None,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
             max_connections_per_second: 5000,
             max_packet_bytes: 256 * 1024,
             max_keep_alive_secs: 300,
@@ -136,6 +147,11 @@ impl MqttConfig {
             if let Err(err) = tributary_protocol::ChannelPattern::parse(pattern) {
                 problems.push(format!("relay.mqtt.anonymous_deny: {pattern:?}: {err}"));
             }
+        }
+        if self.tls_listen.is_some() && (self.tls_cert_file.is_empty() || self.tls_key_file.is_empty()) {
+            problems.push(
+                "relay.mqtt.tls_listen needs relay.mqtt.tls_cert_file and relay.mqtt.tls_key_file".into(),
+            );
         }
         // The MQTT remaining length caps a packet at 256 MB.
         if self.max_packet_bytes > 268_435_455 {

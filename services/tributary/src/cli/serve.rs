@@ -79,6 +79,9 @@ pub async fn serve(args: ConfigArgs, flags: Flags, env: HashMap<String, String>)
     if let Some(mqtt) = bound.mqtt_addr() {
         eprintln!("MQTT 3.1.1 and 5.0 on {mqtt} (user name: the app id; password: a token)");
     }
+    if let Some(mqtt_tls) = bound.mqtt_tls_addr() {
+        eprintln!("MQTT over TLS on {mqtt_tls}");
+    }
     if let Some(mqtt_ws) = bound.mqtt_ws_addr() {
         eprintln!("MQTT over WebSocket on ws://{mqtt_ws}/mqtt (subprotocol mqtt)");
     }

@@ -977,3 +977,67 @@ print(got)
         "[('plant/7/pressure', '0 bar', 1), ('plant/7/pressure', '1 bar', 1), ('plant/7/pressure', '2 bar', 1)]"
     );
 }
+
+#[tokio::test]
+async fn mqtt_over_tls_serves_the_configured_certificate_and_a_plaintext_client_gets_nothing() {
+    let certs = tributary_testkit::tls::TestCertificates::generate();
+    let (cert, key) = (certs.cert_path(), certs.key_path());
+    let server = TestServer::spawn_mqtt(|relay| {
+        relay.mqtt.tls_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        relay.mqtt.tls_cert_file = cert;
+        relay.mqtt.tls_key_file = key;
+    })
+    .await;
+    let port = server.mqtt_tls_addr().port().to_string();
+    let token = server.token("tls-sub", &[("secure/*", &["subscribe"])]).await;
+    let sub = tokio::process::Command::new("mosquitto_sub")
+        .args(["-h", "localhost", "-p", &port, "--cafile", &certs.ca_path(), "-V", "mqttv5", "-q", "1"])
+        .args(["-C", "1", "-i", "tls-sub", "-u", server.app_id(), "-P", &token, "-t", "secure/door"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Published until the subscription is live (the subscriber takes one and exits).
+    let delivered = async {
+        loop {
+            server.publish("secure/door", json!("open")).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let output = tokio::select! {
+        output = sub.wait_with_output() => output.unwrap(),
+        () = delivered => unreachable!(),
+        () = tokio::time::sleep(Duration::from_secs(15)) => panic!("nothing arrived over TLS"),
+    };
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), r#""open""#);
+
+    // Plain MQTT on the TLS port is not a TLS handshake: no CONNACK, and the server lives on.
+    let token = server.token("plain", &[("*", ALL)]).await;
+    let plain = ConnectOptions::new(Version::V5, "plain", server.app_id(), &token);
+    let attempt =
+        tokio::time::timeout(Duration::from_secs(10), MqttClient::connect(server.mqtt_tls_addr(), plain));
+    assert!(attempt.await.unwrap().is_err(), "a plaintext CONNECT gets no CONNACK");
+    let _ = device(&server, Version::V5, "still-serving").await;
+}
+
+#[tokio::test]
+async fn a_tls_key_that_cannot_be_read_stops_the_server_from_starting() {
+    let certs = tributary_testkit::tls::TestCertificates::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--set", "relay.mqtt.tls_listen=127.0.0.1:0"])
+        .arg("--set")
+        .arg(format!("relay.mqtt.tls_cert_file={}", certs.cert_path()))
+        .args(["--set", "relay.mqtt.tls_key_file=/nonexistent/server.key"])
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), output).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "it must not start: {stderr}");
+    assert!(stderr.contains("/nonexistent/server.key"), "the error names the file: {stderr}");
+}

@@ -46,6 +46,10 @@ impl ControlHandler for ControlEvents {
                 let code = if reconnect { CloseCode::Disconnected } else { CloseCode::Revoked };
                 let closed = state.connections.close_client(&app, &client_id, code);
                 tracing::debug!(closed, "client disconnected by control event");
+                if !reconnect {
+                    // A revoked MQTT client's parked session is not waited for either.
+                    tokio::spawn(async move { crate::mqtt::end_client(&state, &app, &client_id).await });
+                }
             }
             Ok(ControlEvent::AppChanged { app }) => {
                 tokio::spawn(async move { reload_apps(&state, vec![app.into()], RELOAD_TRIES).await });
@@ -96,7 +100,8 @@ async fn reload_app(state: &RelayState, app: &str) -> Result<usize, crate::Direc
     let policy = state.policies.reload(&*state.directory, app).await?;
     // Only once the store answered: while it is down, cached API keys keep working.
     state.directory.forget_app(app);
-    Ok(state.connections.close_unadmitted(app, policy.as_deref()))
+    let closed = state.connections.close_unadmitted(app, policy.as_deref());
+    Ok(closed + crate::mqtt::end_unadmitted(state, app, policy.as_deref()).await)
 }
 
 /// Reloads every cached app once; stops at the first failure (the store is down: every other

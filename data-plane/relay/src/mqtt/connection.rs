@@ -449,7 +449,7 @@ async fn resume(
 
 /// Ends a session for good: its wildcard subscriptions leave the hub, its channel
 /// subscriptions and presence end, its connection is unregistered.
-async fn end_session(state: &RelayState, client: Box<Client>) {
+pub(super) async fn end_session(state: &RelayState, client: Box<Client>) {
     state.hub.remove_pattern(client.session.conn(), None);
     client.session.close().await;
 }

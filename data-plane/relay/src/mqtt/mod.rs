@@ -161,6 +161,35 @@ impl MqttConfig {
     }
 }
 
+/// Ends the parked sessions of `app` whose connection `policy` no longer admits (a revoked
+/// token, client or key, a suspended tenant; `None`: the app is gone), as live connections are
+/// closed; returns how many. Their delayed wills are not published.
+pub async fn end_unadmitted(
+    state: &RelayState,
+    app: &str,
+    policy: Option<&crate::policy::AppPolicy>,
+) -> usize {
+    let ended =
+        state.mqtt_sessions.take_parked(app, |client| client.session.conn().close_unless_admitted(policy));
+    let count = ended.len();
+    for client in ended {
+        connection::end_session(state, client).await;
+    }
+    count
+}
+
+/// Ends the parked sessions of a client id of `app` (revoked by the app's backend); returns
+/// how many.
+pub async fn end_client(state: &RelayState, app: &str, client_id: &str) -> usize {
+    let ended = state.mqtt_sessions.take_parked(app, |client| &*client.client_id == client_id);
+    let count = ended.len();
+    for client in ended {
+        client.session.conn().close(tributary_protocol::CloseCode::Revoked);
+        connection::end_session(state, client).await;
+    }
+    count
+}
+
 /// The MQTT-over-WebSocket listener's routes: `/mqtt` (what most clients ask for) and `/`.
 pub fn websocket_router(state: Arc<RelayState>) -> axum::Router {
     axum::Router::new()

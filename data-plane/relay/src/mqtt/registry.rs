@@ -139,6 +139,30 @@ impl Sessions {
         }
     }
 
+    /// Takes out the parked sessions of `app` that `ends` picks (a revoked client, a suspended
+    /// tenant), cancelling their delayed wills: they are not waited for any more.
+    #[allow(clippy::vec_box, reason = "sessions are boxed in the registry and handed on as they are")]
+    pub(super) fn take_parked(&self, app: &str, ends: impl Fn(&Client) -> bool) -> Vec<Box<Client>> {
+        let mut slots = self.lock();
+        let keys: Vec<Key> = slots
+            .iter()
+            .filter(|((a, _), slot)| {
+                &**a == app && matches!(slot, Slot::Offline { client, .. } if ends(client))
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        let mut taken = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(Slot::Offline { client, will, .. }) = slots.remove(&key) {
+                if let Some(will) = will {
+                    will.cancel();
+                }
+                taken.push(client);
+            }
+        }
+        taken
+    }
+
     /// Takes generation `generation`'s session out if it is still parked (its expiry came).
     pub(super) fn expire(&self, app: &Arc<str>, client: &Arc<str>, generation: u64) -> Option<Box<Client>> {
         let key = (app.clone(), client.clone());

@@ -1041,3 +1041,43 @@ async fn a_tls_key_that_cannot_be_read_stops_the_server_from_starting() {
     assert!(!output.status.success(), "it must not start: {stderr}");
     assert!(stderr.contains("/nonexistent/server.key"), "the error names the file: {stderr}");
 }
+
+#[tokio::test]
+async fn a_suspended_tenants_parked_sessions_end_and_their_delayed_wills_are_not_published() {
+    let server = TestServer::spawn_mqtt(|_| {}).await;
+    let token = server.token("pump", &[("*", ALL)]).await;
+    let options = || {
+        ConnectOptions::new(Version::V5, "pump", server.app_id(), &token).persistent(300).will(
+            "alarms/pump",
+            b"pump offline",
+            QoS::AtLeastOnce,
+            false,
+            Some(3),
+        )
+    };
+    let mut pump = MqttClient::connect_ok(server.mqtt_addr(), options()).await.unwrap();
+    pump.subscribe("cmd/pump", QoS::AtLeastOnce).await.unwrap();
+    let watcher_token = server.all_rights("watcher").await;
+    // The pump vanishes: its session is parked, its will due in 3 s.
+    pump.drop_connection();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let path = format!("/v1/tenants/{}/status", server.tenant_id());
+    let (status, reply) =
+        server.manage("POST", &path, server.operator_token(), Some(&json!({"status": "suspended"}))).await;
+    assert_eq!(status, 200, "{reply}");
+    // Cut off within a second (the guarantee), then the customer pays again.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (status, reply) =
+        server.manage("POST", &path, server.operator_token(), Some(&json!({"status": "active"}))).await;
+    assert_eq!(status, 200, "{reply}");
+
+    // Past the will delay: no will (a cut-off customer's devices do not raise alarms), and the
+    // session is gone rather than waiting for the pump.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut watcher = server.ws(&watcher_token).await;
+    watcher.request(json!({"op": "subscribe", "channel": "alarms/pump"})).await.unwrap();
+    assert!(watcher.no_message_within(Duration::from_millis(1500)).await, "no will after the suspension");
+    let (_pump, ack) = MqttClient::connect(server.mqtt_addr(), options()).await.unwrap();
+    assert_eq!((ack.code, ack.session_present), (0, false), "the parked session ended with the suspension");
+}

@@ -222,6 +222,13 @@ impl Routes {
     }
 }
 
+/// Reads a stored retained entry (`<offset>|<epoch>|<publication>`, see the RETAIN script):
+/// `None` for a clear.
+fn retained_publication(stored: &str) -> Option<Result<Publication, EngineError>> {
+    let encoded = stored.splitn(3, '|').nth(2)?;
+    (!encoded.is_empty()).then(|| wire::decode_publication(encoded).map_err(unavailable))
+}
+
 fn unavailable(err: impl std::fmt::Display) -> EngineError {
     EngineError::Unavailable(err.to_string())
 }
@@ -761,26 +768,24 @@ impl Engine for RedisEngine {
     async fn set_retained(
         &self,
         key: &ChannelKey,
+        epoch: &str,
+        offset: u64,
         publication: Option<Publication>,
-    ) -> Result<(), EngineError> {
+    ) -> Result<bool, EngineError> {
+        if epoch.contains('|') {
+            return Err(EngineError::Unavailable("an epoch cannot hold '|'".into()));
+        }
         let inner = &self.inner;
         let hash = inner.retained_key(&key.app);
-        let cmd = match publication {
-            Some(publication) => {
-                let mut cmd = redis::cmd("HSET");
-                cmd.arg(&hash)
-                    .arg(key.channel.as_str())
-                    .arg(wire::encode_publication(&publication).map_err(unavailable)?);
-                cmd
-            }
-            None => {
-                let mut cmd = redis::cmd("HDEL");
-                cmd.arg(&hash).arg(key.channel.as_str());
-                cmd
-            }
+        let encoded = match &publication {
+            Some(publication) => wire::encode_publication(publication).map_err(unavailable)?,
+            None => String::new(),
         };
-        let _: i64 = cmd.query_async(&mut inner.commands_for_name(&hash)).await.map_err(unavailable)?;
-        Ok(())
+        let mut invocation = inner.scripts.retain.key(&hash);
+        invocation.arg(key.channel.as_str()).arg(epoch).arg(offset).arg(encoded);
+        let applied: i64 =
+            invocation.invoke_async(&mut inner.commands_for_name(&hash)).await.map_err(unavailable)?;
+        Ok(applied == 1)
     }
 
     async fn retained(&self, key: &ChannelKey) -> Result<Option<Publication>, EngineError> {
@@ -792,7 +797,7 @@ impl Engine for RedisEngine {
             .query_async(&mut inner.commands_for_name(&hash))
             .await
             .map_err(unavailable)?;
-        stored.map(|s| wire::decode_publication(&s).map_err(unavailable)).transpose()
+        stored.as_deref().and_then(retained_publication).transpose()
     }
 
     async fn retained_in(
@@ -821,7 +826,9 @@ impl Engine for RedisEngine {
                     break;
                 }
                 let Ok(channel) = ChannelName::parse(&channel) else { continue };
-                out.push((channel, wire::decode_publication(&stored).map_err(unavailable)?));
+                if let Some(publication) = retained_publication(&stored) {
+                    out.push((channel, publication?));
+                }
             }
             cursor = next;
             if cursor == 0 || out.len() >= limit {

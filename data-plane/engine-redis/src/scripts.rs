@@ -234,6 +234,21 @@ if earliest then return math.max(tonumber(earliest) - now, 0) end
 return -1
 "#;
 
+/// Sets or clears a channel's retained message unless the one in place is newer (the same
+/// epoch, a higher offset). Stored as `<offset>|<epoch>|<publication>`, with nothing after the
+/// second `|` for a clear (kept, so an older set arriving later cannot bring the value back).
+/// KEYS: the app's retained hash. ARGV: channel, epoch, offset, encoded publication or "".
+/// Returns 1 when applied.
+const RETAIN: &str = r#"
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current then
+  local offset, epoch = string.match(current, '^(%d+)|([^|]*)|')
+  if epoch == ARGV[2] and tonumber(offset) > tonumber(ARGV[3]) then return 0 end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3] .. '|' .. ARGV[2] .. '|' .. ARGV[4])
+return 1
+"#;
+
 /// The scripts, loaded once per engine.
 pub struct Scripts {
     /// See [`PUBLISH`]: sent whole with `EVAL` rather than by hash. A client's consecutive
@@ -253,6 +268,8 @@ pub struct Scripts {
     pub presence_read: redis::Script,
     /// See [`UPKEEP`].
     pub upkeep: redis::Script,
+    /// See [`RETAIN`].
+    pub retain: redis::Script,
 }
 
 /// The text sent to Redis: the helpers and the body, without comments or indentation (Redis
@@ -281,6 +298,7 @@ impl Scripts {
             presence_update: script(PRESENCE_HELPERS, PRESENCE_UPDATE),
             presence_read: script(PRESENCE_HELPERS, PRESENCE_READ),
             upkeep: script(PRESENCE_HELPERS, UPKEEP),
+            retain: script("", RETAIN),
         }
     }
 }

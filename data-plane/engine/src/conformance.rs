@@ -433,8 +433,8 @@ pub async fn active_sets_count_members_once_and_forget_quiet_ones(engine: Arc<dy
     assert_eq!(engine.active_set(&name, &[], window).await.unwrap(), 1, "a and b went quiet");
 }
 
-/// Retained messages are kept per channel until replaced or cleared, with their meta, and
-/// never cross apps.
+/// Retained messages are kept per channel until replaced or cleared, with their meta, never
+/// cross apps, and of two changes the one of the newer message stays whatever the order.
 pub async fn retained_messages_are_kept_per_channel_and_app(engine: Arc<dyn Engine>) {
     let a = unique_key("devices/1/firmware");
     let b = ChannelKey::new(a.app.clone(), ChannelName::parse("devices/2/firmware").unwrap());
@@ -445,22 +445,38 @@ pub async fn retained_messages_are_kept_per_channel_and_app(engine: Arc<dyn Engi
     let first = engine.publish(&a, message.clone(), &opts(10)).await.unwrap();
     let stored = engine.history(&a, forward(Some(0), 10), stream(10)).await.unwrap().publications;
     assert_eq!(stored.len(), 1);
-    engine.set_retained(&a, Some(stored[0].clone())).await.unwrap();
+    let epoch = stored[0].epoch.clone();
+    assert!(engine.set_retained(&a, &epoch, first.offset, Some(stored[0].clone())).await.unwrap());
     let retained = engine.retained(&a).await.unwrap().unwrap();
     assert_eq!((retained.offset, retained.meta.clone()), (first.offset, message.meta.clone()));
     assert_eq!(retained.payload, message.payload);
-    engine.set_retained(&b, Some(Publication { offset: 9, ..stored[0].clone() })).await.unwrap();
+    let ninth = Publication { offset: 9, ..stored[0].clone() };
+    assert!(engine.set_retained(&b, &epoch, 9, Some(ninth.clone())).await.unwrap());
     let all = engine.retained_in(&a.app, 100).await.unwrap();
     let names: Vec<&str> = all.iter().map(|(c, _)| c.as_str()).collect();
     assert_eq!(names, ["devices/1/firmware", "devices/2/firmware"]);
     assert_eq!(engine.retained_in(&a.app, 1).await.unwrap().len(), 1, "the limit holds");
     assert_eq!(engine.retained(&other_app).await.unwrap(), None, "apps do not share retained messages");
     assert!(engine.retained_in(&other_app.app, 100).await.unwrap().is_empty());
-    engine.set_retained(&a, None).await.unwrap();
+    // Concurrent publishers: an older change arriving late is ignored, set or clear.
+    let eighth = Publication { offset: 8, ..stored[0].clone() };
+    assert!(!engine.set_retained(&b, &epoch, 8, Some(eighth)).await.unwrap());
+    assert!(!engine.set_retained(&b, &epoch, 8, None).await.unwrap());
+    assert_eq!(engine.retained(&b).await.unwrap().map(|p| p.offset), Some(9), "the newest stays");
+    assert!(engine.set_retained(&b, &epoch, 10, None).await.unwrap());
+    assert!(!engine.set_retained(&b, &epoch, 9, Some(ninth)).await.unwrap(), "a clear is remembered");
+    assert_eq!(engine.retained(&b).await.unwrap(), None);
+    // A new stream (another epoch) starts over.
+    let reset = Publication { offset: 1, epoch: "another-epoch".into(), ..stored[0].clone() };
+    assert!(engine.set_retained(&b, "another-epoch", 1, Some(reset)).await.unwrap());
+    assert_eq!(engine.retained(&b).await.unwrap().map(|p| p.offset), Some(1));
+    assert!(engine.set_retained(&a, &epoch, first.offset + 1, None).await.unwrap());
     assert_eq!(engine.retained(&a).await.unwrap(), None);
-    assert_eq!(engine.retained_in(&a.app, 100).await.unwrap().len(), 1);
+    let left: Vec<String> =
+        engine.retained_in(&a.app, 100).await.unwrap().iter().map(|(c, _)| c.to_string()).collect();
+    assert_eq!(left, ["devices/2/firmware"], "cleared channels are not listed");
     // Clearing what is not there is fine.
-    engine.set_retained(&a, None).await.unwrap();
+    assert!(engine.set_retained(&other_app, &epoch, 1, None).await.unwrap());
 }
 
 /// Stamps out one `#[tokio::test]` per conformance case for an engine factory: an async

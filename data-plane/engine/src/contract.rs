@@ -242,13 +242,17 @@ pub trait Engine: Send + Sync + 'static {
     async fn active_set(&self, name: &str, members: &[String], window: Duration) -> Result<u64, EngineError>;
 
     /// Sets the retained message of a channel (its last value, which a new MQTT subscriber gets
-    /// at once), or clears it with `None`. Retained messages outlive history: they stay until
-    /// replaced or cleared.
+    /// at once), or clears it with `None`, as the message at `offset` of stream `epoch` asked.
+    /// A change older than the one in place (the same stream, a lower offset) is ignored, so
+    /// concurrent publishers leave the newest; returns whether it was applied. Retained
+    /// messages outlive history: they stay until replaced or cleared.
     async fn set_retained(
         &self,
         key: &ChannelKey,
+        epoch: &str,
+        offset: u64,
         publication: Option<Publication>,
-    ) -> Result<(), EngineError>;
+    ) -> Result<bool, EngineError>;
 
     /// Returns the retained message of a channel.
     async fn retained(&self, key: &ChannelKey) -> Result<Option<Publication>, EngineError>;

@@ -98,6 +98,9 @@ struct Shared {
     max_items: usize,
     max_bytes: usize,
     closed: AtomicBool,
+    /// No client reads the queue for now (a parked MQTT session): shared subscriptions pass
+    /// it over while another member is online.
+    parked: AtomicBool,
     close_code: OnceLock<CloseCode>,
 }
 
@@ -159,6 +162,7 @@ impl ConnHandle {
             max_items: queue_len,
             max_bytes: max_queued_bytes,
             closed: AtomicBool::new(false),
+            parked: AtomicBool::new(false),
             close_code: OnceLock::new(),
         });
         (Self { shared: shared.clone() }, Outbox { shared })
@@ -177,6 +181,16 @@ impl ConnHandle {
     /// Returns the client id (the token's subject).
     pub fn client(&self) -> &Arc<str> {
         &self.shared.client
+    }
+
+    /// Marks the connection as parked (its client gone, its queue kept) or back.
+    pub fn set_parked(&self, parked: bool) {
+        self.shared.parked.store(parked, Ordering::Release);
+    }
+
+    /// Returns whether the connection is parked.
+    pub fn is_parked(&self) -> bool {
+        self.shared.parked.load(Ordering::Acquire)
     }
 
     /// Returns the facts of the connection's current token.

@@ -306,11 +306,15 @@ impl Hub {
         // Shared groups: one member each, in turns by the channel's offset (so every channel's
         // messages go round the group whatever else is published), from a place that differs
         // by channel (so channels with one message each spread over the group too).
-        let mut groups: HashMap<&str, Vec<&PatternSubscriber>> = HashMap::new();
+        // Members whose client is away (a parked MQTT session) get a turn only when no member
+        // is online.
+        let mut groups: HashMap<&str, (Vec<&PatternSubscriber>, Vec<&PatternSubscriber>)> = HashMap::new();
         for sub in matching.iter().filter(|s| s.shared && !s.conn.is_closed()) {
-            groups.entry(&sub.name).or_default().push(sub);
+            let (online, away) = groups.entry(&sub.name).or_default();
+            if sub.conn.is_parked() { away.push(sub) } else { online.push(sub) }
         }
-        for members in groups.values() {
+        for (online, away) in groups.values() {
+            let members = if online.is_empty() { away } else { online };
             let turn = self.hasher.hash_one(&key.channel).wrapping_add(offset);
             let chosen = members[(turn % members.len() as u64) as usize];
             let Some(item) = encoded(item, &mut make) else { return count };
@@ -563,6 +567,29 @@ mod tests {
         b.close(tributary_protocol::CloseCode::Shutdown);
         hub.on_publication(&key, &publication(5));
         assert_eq!(drain(&mut a_outbox), vec![5], "a closed member is passed over");
+    }
+
+    #[test]
+    fn a_parked_member_of_a_shared_subscription_gets_turns_only_when_no_member_is_online() {
+        let hub = Hub::new(16, Default::default());
+        let key = ChannelKey::new("app", ChannelName::parse("jobs/1").unwrap());
+        let (a, mut a_outbox) = test_conn("a");
+        let (b, mut b_outbox) = test_conn("b");
+        for conn in [&a, &b] {
+            hub.add_pattern(conn, "$share/workers/jobs/+".into(), prefix("jobs/"), true);
+        }
+        b.set_parked(true);
+        for offset in 1..=4 {
+            hub.on_publication(&key, &publication(offset));
+        }
+        assert_eq!((drain(&mut a_outbox), drain(&mut b_outbox)), (vec![1, 2, 3, 4], vec![]));
+        a.set_parked(true);
+        hub.on_publication(&key, &publication(5));
+        assert_eq!(
+            drain(&mut a_outbox).len() + drain(&mut b_outbox).len(),
+            1,
+            "all away: one of them keeps it"
+        );
     }
 
     #[test]

@@ -49,6 +49,13 @@ impl Default for MemoryEngineConfig {
 
 type StreamMap = HashMap<ChannelKey, Arc<Mutex<Stream>>>;
 
+/// A channel's retained message (`None`: cleared) and the message that set it.
+struct Retained {
+    epoch: Arc<str>,
+    offset: u64,
+    publication: Option<Publication>,
+}
+
 struct Inner {
     config: MemoryEngineConfig,
     hasher: RandomState,
@@ -60,7 +67,7 @@ struct Inner {
     /// Active sets: member and when it was last marked.
     sets: Mutex<HashMap<String, HashMap<String, Instant>>>,
     /// Retained messages per app, by channel.
-    retained: Mutex<HashMap<Arc<str>, std::collections::BTreeMap<ChannelName, Publication>>>,
+    retained: Mutex<HashMap<Arc<str>, std::collections::BTreeMap<ChannelName, Retained>>>,
 }
 
 /// The single-node engine.
@@ -292,27 +299,27 @@ impl Engine for MemoryEngine {
     async fn set_retained(
         &self,
         key: &ChannelKey,
+        epoch: &str,
+        offset: u64,
         publication: Option<Publication>,
-    ) -> Result<(), EngineError> {
+    ) -> Result<bool, EngineError> {
         let mut retained = lock(&self.inner.retained);
-        match publication {
-            Some(publication) => {
-                retained.entry(key.app.clone()).or_default().insert(key.channel.clone(), publication);
-            }
-            None => {
-                if let Some(app) = retained.get_mut(&key.app) {
-                    app.remove(&key.channel);
-                    if app.is_empty() {
-                        retained.remove(&key.app);
-                    }
-                }
-            }
+        let app = retained.entry(key.app.clone()).or_default();
+        if let Some(current) = app.get(&key.channel)
+            && *current.epoch == *epoch
+            && current.offset > offset
+        {
+            return Ok(false);
         }
-        Ok(())
+        // A clear is kept as an entry without a message: an older set arriving later must not
+        // bring the cleared value back.
+        app.insert(key.channel.clone(), Retained { epoch: Arc::from(epoch), offset, publication });
+        Ok(true)
     }
 
     async fn retained(&self, key: &ChannelKey) -> Result<Option<Publication>, EngineError> {
-        Ok(lock(&self.inner.retained).get(&key.app).and_then(|app| app.get(&key.channel)).cloned())
+        let retained = lock(&self.inner.retained);
+        Ok(retained.get(&key.app).and_then(|app| app.get(&key.channel)).and_then(|r| r.publication.clone()))
     }
 
     async fn retained_in(
@@ -322,7 +329,10 @@ impl Engine for MemoryEngine {
     ) -> Result<Vec<(ChannelName, Publication)>, EngineError> {
         Ok(lock(&self.inner.retained)
             .get(app)
-            .map(|app| app.iter().take(limit).map(|(c, p)| (c.clone(), p.clone())).collect())
+            .map(|app| {
+                let set = app.iter().filter_map(|(c, r)| Some((c.clone(), r.publication.clone()?)));
+                set.take(limit).collect()
+            })
             .unwrap_or_default())
     }
 

@@ -415,6 +415,7 @@ async fn resume(
         }
         return Ok(old);
     }
+    old.session.conn().set_parked(false);
     // The new token first: the parked connection still holds the old one, which may have been
     // revoked meanwhile.
     let mut revoked = old.session.reauthenticate(identity, credential).await;
@@ -1043,6 +1044,7 @@ async fn finish(state: &Arc<RelayState>, mut stream: impl MqttIo, live: Live, en
         .map_or(0, |w| w.properties.will_delay.unwrap_or(0).min(if parked { expiry } else { 0 }));
     let will_cancel = (delay > 0).then(CancellationToken::new);
     if parked {
+        conn.set_parked(true);
         client.session.leave_presence().await;
         // Offline, it counts against no connection limit; its queue keeps taking what comes,
         // up to its bound, for the client's return.

@@ -36,7 +36,8 @@ pub(super) async fn publish(
             encoding: None,
             meta: message.meta,
         });
-        state.engine.set_retained(&key, publication).await?;
+        // Ordered by offset in the engine: of two concurrent retained publishes the newer stays.
+        state.engine.set_retained(&key, &result.epoch, result.offset, publication).await?;
     }
     Ok(result)
 }

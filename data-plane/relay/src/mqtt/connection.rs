@@ -1037,7 +1037,12 @@ async fn finish(state: &Arc<RelayState>, mut stream: impl MqttIo, live: Live, en
     let client_id = client.client_id.clone();
     let key = client.session_key.clone();
     let expiry = client.expiry_secs;
-    let parked = expiry > 0 && !revoked && !state.shutdown.is_cancelled();
+    // The count is read, then the session parked, without one lock: at the cap, a few
+    // sessions going away at once may all be parked.
+    let parked = expiry > 0
+        && !revoked
+        && !state.shutdown.is_cancelled()
+        && state.mqtt_sessions.parked_in(&app) < state.config.mqtt.max_parked_sessions_per_app;
     let will = will.filter(|_| publish_will && !revoked);
     let delay = will
         .as_ref()

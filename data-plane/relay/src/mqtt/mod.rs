@@ -78,6 +78,10 @@ pub struct MqttConfig {
     pub receive_maximum: u16,
     /// Longest session expiry, in seconds; 3.1.1 sessions without clean session get this.
     pub max_session_expiry_secs: u32,
+    /// Sessions of one app this node keeps parked (their clients away) at most; past it, a
+    /// session whose client goes away ends at once, as with expiry 0. Parked sessions hold no
+    /// connection and count against no connection limit: this bounds what they can hold.
+    pub max_parked_sessions_per_app: usize,
     /// Topic aliases a client may set (the server's Topic Alias Maximum).
     pub topic_alias_maximum: u16,
     /// Topic aliases the server uses towards a client at most (the client's own maximum
@@ -112,6 +116,7 @@ impl Default for MqttConfig {
             max_inflight: 32,
             receive_maximum: 32,
             max_session_expiry_secs: 24 * 3600,
+            max_parked_sessions_per_app: 10_000,
             topic_alias_maximum: 32,
             server_topic_aliases: 32,
             max_retained_per_subscription: 1000,

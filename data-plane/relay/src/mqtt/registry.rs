@@ -29,10 +29,45 @@ enum Slot {
     Offline { generation: u64, client: Box<Client>, will: Option<CancellationToken> },
 }
 
+/// The slots, with how many sessions each app has parked.
+#[derive(Default)]
+struct Slots {
+    map: HashMap<Key, Slot>,
+    parked: HashMap<Arc<str>, usize>,
+}
+
+impl Slots {
+    fn insert(&mut self, key: Key, slot: Slot) {
+        if matches!(slot, Slot::Offline { .. }) {
+            *self.parked.entry(key.0.clone()).or_default() += 1;
+        }
+        if let Some(old) = self.map.insert(key.clone(), slot) {
+            self.forget(&key.0, &old);
+        }
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Slot> {
+        let slot = self.map.remove(key)?;
+        self.forget(&key.0, &slot);
+        Some(slot)
+    }
+
+    fn forget(&mut self, app: &Arc<str>, slot: &Slot) {
+        if matches!(slot, Slot::Offline { .. })
+            && let Some(count) = self.parked.get_mut(app)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.parked.remove(app);
+            }
+        }
+    }
+}
+
 /// Every MQTT session of this node.
 #[derive(Default)]
 pub struct Sessions {
-    slots: Mutex<HashMap<Key, Slot>>,
+    slots: Mutex<Slots>,
     generations: AtomicU64,
     /// New connections of this node's MQTT listeners (`max_connections_per_second`); made
     /// full on first use.
@@ -51,7 +86,7 @@ pub(super) struct Claim {
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
 impl Sessions {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Slot>> {
+    fn lock(&self) -> MutexGuard<'_, Slots> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -63,7 +98,12 @@ impl Sessions {
 
     /// Returns how many sessions are parked (waiting for their clients).
     pub fn parked(&self) -> usize {
-        self.lock().values().filter(|s| matches!(s, Slot::Offline { .. })).count()
+        self.lock().parked.values().sum()
+    }
+
+    /// Returns how many sessions of `app` are parked on this node.
+    pub fn parked_in(&self, app: &str) -> usize {
+        self.lock().parked.get(app).copied().unwrap_or(0)
     }
 
     /// Claims the session of `client` in `app` for a new connection: a parked one is handed
@@ -108,7 +148,7 @@ impl Sessions {
     /// Records the connection serving generation `generation`, so a takeover can close it.
     pub(super) fn attach(&self, app: &Arc<str>, client: &Arc<str>, generation: u64, conn: &ConnHandle) {
         let key = (app.clone(), client.clone());
-        if let Some(Slot::Online { generation: g, conn: slot }) = self.lock().get_mut(&key)
+        if let Some(Slot::Online { generation: g, conn: slot }) = self.lock().map.get_mut(&key)
             && *g == generation
         {
             *slot = Some(conn.clone());
@@ -126,7 +166,7 @@ impl Sessions {
     ) {
         let key = (app.clone(), client.clone());
         let mut slots = self.lock();
-        if !matches!(slots.get(&key), Some(Slot::Online { generation: g, .. }) if *g == generation) {
+        if !matches!(slots.map.get(&key), Some(Slot::Online { generation: g, .. }) if *g == generation) {
             return;
         }
         match parked {
@@ -145,6 +185,7 @@ impl Sessions {
     pub(super) fn take_parked(&self, app: &str, ends: impl Fn(&Client) -> bool) -> Vec<Box<Client>> {
         let mut slots = self.lock();
         let keys: Vec<Key> = slots
+            .map
             .iter()
             .filter(|((a, _), slot)| {
                 &**a == app && matches!(slot, Slot::Offline { client, .. } if ends(client))
@@ -167,7 +208,7 @@ impl Sessions {
     pub(super) fn expire(&self, app: &Arc<str>, client: &Arc<str>, generation: u64) -> Option<Box<Client>> {
         let key = (app.clone(), client.clone());
         let mut slots = self.lock();
-        if !matches!(slots.get(&key), Some(Slot::Offline { generation: g, .. }) if *g == generation) {
+        if !matches!(slots.map.get(&key), Some(Slot::Offline { generation: g, .. }) if *g == generation) {
             return None;
         }
         match slots.remove(&key) {

@@ -1081,3 +1081,24 @@ async fn a_suspended_tenants_parked_sessions_end_and_their_delayed_wills_are_not
     let (_pump, ack) = MqttClient::connect(server.mqtt_addr(), options()).await.unwrap();
     assert_eq!((ack.code, ack.session_present), (0, false), "the parked session ended with the suspension");
 }
+
+#[tokio::test]
+async fn past_the_parked_session_cap_a_session_whose_client_goes_away_ends() {
+    let server = TestServer::spawn_mqtt(|relay| relay.mqtt.max_parked_sessions_per_app = 1).await;
+    let mut tokens = Vec::new();
+    for name in ["first", "second"] {
+        let token = server.token(name, &[("*", ALL)]).await;
+        let options = ConnectOptions::new(Version::V5, name, server.app_id(), &token).persistent(300);
+        let mut client = MqttClient::connect_ok(server.mqtt_addr(), options.clone()).await.unwrap();
+        client.subscribe("cmd", QoS::AtLeastOnce).await.unwrap();
+        client.disconnect().await.unwrap();
+        tokens.push(options);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut present = Vec::new();
+    for options in tokens {
+        let (_client, ack) = MqttClient::connect(server.mqtt_addr(), options).await.unwrap();
+        present.push(ack.session_present);
+    }
+    assert_eq!(present, [true, false], "the first was parked, the second over the cap was not");
+}

@@ -14,15 +14,21 @@ use tributary_protocol::{ChannelName, StreamPosition};
 use crate::conn::{Outbox, PreparedMessage};
 use crate::session::Session;
 
+/// What a subscription reaches.
+#[derive(Debug, Clone)]
+pub(super) enum Target {
+    /// One channel (a filter without wildcards): a subscription of the session, with recovery.
+    Channel(ChannelName),
+    /// A wildcard or shared subscription, in the hub.
+    Pattern(Arc<TopicFilter>),
+}
+
 /// One subscription: a filter and its options.
 #[derive(Debug, Clone)]
 pub(super) struct Filter {
-    /// The filter as the client wrote it.
+    /// The filter as the client wrote it (for a channel, the channel name's own text).
     pub text: Arc<str>,
-    pub topic: Arc<TopicFilter>,
-    /// The channel, for a filter without wildcards (a subscription of the session, with
-    /// recovery); `None` for a wildcard subscription in the hub.
-    pub exact: Option<ChannelName>,
+    pub target: Target,
     pub qos: QoS,
     pub no_local: bool,
     pub retain_as_published: bool,
@@ -30,12 +36,28 @@ pub(super) struct Filter {
     pub id: Option<u32>,
     /// A shared subscription (`$share/<group>/<filter>`): the group's members take turns.
     pub shared: bool,
-    /// For an exact filter, the last message delivered of its channel (epoch and offset), or
-    /// where the subscription started: where a rebuilt session recovers from.
+    /// For a channel, the last message delivered of it (epoch and offset), or where the
+    /// subscription started: where a rebuilt session recovers from.
     pub position: Option<(Arc<str>, u64)>,
 }
 
 impl Filter {
+    /// Returns the channel of a filter without wildcards (not shared).
+    pub fn exact(&self) -> Option<&ChannelName> {
+        match &self.target {
+            Target::Channel(channel) => Some(channel),
+            Target::Pattern(_) => None,
+        }
+    }
+
+    /// Returns whether the subscription matches `topic`.
+    pub fn matches(&self, topic: &str) -> bool {
+        match &self.target {
+            Target::Channel(channel) => channel.as_str() == topic,
+            Target::Pattern(filter) => filter.matches(topic),
+        }
+    }
+
     /// Returns where a rebuilt session recovers this filter's channel from.
     pub fn recover_from(&self) -> Option<StreamPosition> {
         let (epoch, offset) = self.position.as_ref()?;
@@ -250,11 +272,11 @@ impl Client {
         for (index, filter) in self.filters.iter().enumerate() {
             if only.is_some_and(|only| only != &*filter.text)
                 || (filter.no_local && own())
-                || !filter.topic.matches(topic)
+                || !filter.matches(topic)
             {
                 continue;
             }
-            if filter.exact.is_some() {
+            if filter.exact().is_some() {
                 exact = Some(index);
             }
             qos = Some(qos.map_or(filter.qos, |q| q.max(filter.qos)));
@@ -388,7 +410,7 @@ impl Client {
             let ids: Vec<u32> = self
                 .filters
                 .iter()
-                .filter(|f| f.topic.matches(inflight.message.channel.as_str()))
+                .filter(|f| f.matches(inflight.message.channel.as_str()))
                 .filter_map(|f| f.id)
                 .take(MAX_IDS)
                 .collect();

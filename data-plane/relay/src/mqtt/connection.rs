@@ -21,7 +21,7 @@ use tributary_mqtt::{
 use tributary_protocol::frame::SubscribeRequest;
 use tributary_protocol::{ChannelName, ChannelPattern, CloseCode, ErrorCode};
 
-use super::client::{Client, Filter, Link, write_ack};
+use super::client::{Client, Filter, Link, Target, write_ack};
 use super::io::{self, MqttIo};
 use crate::conn::{ConnHandle, Outbound, Outbox, PreparedMessage};
 use crate::ops::OpError;
@@ -426,7 +426,7 @@ async fn resume(
     let denied: Vec<ChannelName> = old
         .filters
         .iter()
-        .filter_map(|f| f.exact.clone())
+        .filter_map(|f| f.exact().cloned())
         .filter(|c| old.deny.iter().any(|p| p.matches(c)))
         .collect();
     for channel in denied {
@@ -435,10 +435,10 @@ async fn resume(
     }
     let capabilities = old.session.identity().capabilities.clone();
     let conn = old.session.conn().clone();
-    old.filters.retain(|f| match &f.exact {
-        Some(channel) => !revoked.contains(channel),
-        None => {
-            let kept = covers(&capabilities, &f.topic);
+    old.filters.retain(|f| match &f.target {
+        Target::Channel(channel) => !revoked.contains(channel),
+        Target::Pattern(topic) => {
+            let kept = covers(&capabilities, topic);
             if !kept {
                 state.hub.remove_pattern(&conn, Some(&f.text));
             }
@@ -470,21 +470,21 @@ async fn add_filter(
     mut filter: Filter,
     recover: Option<tributary_protocol::StreamPosition>,
 ) -> Result<(), OpError> {
-    match &filter.exact {
-        Some(channel) => {
+    match &filter.target {
+        Target::Channel(channel) => {
             let request = SubscribeRequest { channel: channel.clone(), recover, rewind: None, state: None };
             let reply = client.session.subscribe(request, None).await?;
             // Where a rebuilt session recovers from if nothing of the channel is delivered first.
             filter.position = Some((reply.epoch.clone(), reply.position.offset));
         }
-        None => {
-            if !covers(&client.session.identity().capabilities, &filter.topic) {
+        Target::Pattern(topic) => {
+            if !covers(&client.session.identity().capabilities, topic) {
                 return Err(OpError::new(
                     ErrorCode::Forbidden,
                     format!("no subscribe right on every channel {} matches", filter.text),
                 ));
             }
-            let topic = filter.topic.clone();
+            let topic = topic.clone();
             let deny = client.deny.clone();
             state.hub.add_pattern(
                 client.session.conn(),
@@ -907,15 +907,16 @@ async fn subscribe_one(
         return Err(0x80);
     }
     // A shared subscription is served by the hub like a wildcard one, even without wildcards.
-    let exact = if topic.is_exact() && !shared {
-        Some(channel_of(inner).map_err(|e| e.reason_code())?)
+    let (text, target) = if topic.is_exact() && !shared {
+        // The channel name's text serves as the filter's: one string per subscription.
+        let channel = channel_of(inner).map_err(|e| e.reason_code())?;
+        (channel.shared().clone(), Target::Channel(channel))
     } else {
-        None
+        (Arc::from(wanted.filter.as_str()), Target::Pattern(Arc::new(topic)))
     };
     let filter = Filter {
-        text: Arc::from(wanted.filter.as_str()),
-        topic: Arc::new(topic),
-        exact,
+        text,
+        target,
         qos: wanted.qos,
         no_local: wanted.no_local,
         retain_as_published: wanted.retain_as_published,
@@ -930,15 +931,15 @@ async fn subscribe_one(
 /// Queues the retained messages a new subscription gets.
 async fn queue_retained(state: &Arc<RelayState>, live: &mut Live, text: Arc<str>) {
     let Some(filter) = live.client.filters.iter().find(|f| f.text == text) else { return };
-    let found = match &filter.exact {
-        Some(channel) => {
+    let found = match &filter.target {
+        Target::Channel(channel) => {
             let key = tributary_engine::ChannelKey::new(live.app.clone(), channel.clone());
             let retained = state.engine.retained(&key).await;
             retained.map(|p| p.map(|p| vec![(channel.clone(), p)]).unwrap_or_default())
         }
-        None => {
+        Target::Pattern(topic) => {
             let limit = state.config.mqtt.max_retained_per_subscription;
-            let topic = filter.topic.clone();
+            let topic = topic.clone();
             let deny = live.client.deny.clone();
             let taken = |c: &ChannelName| topic.matches(c.as_str()) && !deny.iter().any(|p| p.matches(c));
             let all = state.engine.retained_in(&live.app, usize::MAX).await;
@@ -966,7 +967,7 @@ async fn on_unsubscribe(state: &Arc<RelayState>, live: &mut Live, unsubscribe: U
             continue;
         };
         let filter = live.client.filters.remove(index);
-        match &filter.exact {
+        match filter.exact() {
             Some(channel) => {
                 let _ = live.client.session.unsubscribe(channel).await;
             }

@@ -85,7 +85,7 @@ pub(super) fn run<S: MqttIo>(mut stream: S, state: Arc<RelayState>) -> impl Futu
         };
         if !state.mqtt_sessions.admit_connect(state.config.mqtt.max_connections_per_second) {
             let reason = "connection rate exceeded; try again later".into();
-            refuse(&mut stream, connect.version, Refusal(0x9F, 0x03, reason)).await;
+            Box::pin(refuse(&mut stream, connect.version, Refusal(0x9F, 0x03, reason))).await;
             return;
         }
         let Some(mut live) = Box::pin(open(&state, &mut stream, connect)).await else { return };

@@ -258,10 +258,7 @@ async fn open(state: &Arc<RelayState>, stream: &mut impl MqttIo, connect: Box<Co
     // device's client id must not resume, or take over, the device's session.
     let session_key: Arc<str> =
         if anonymous { Arc::from(format!("anonymous/{client_id}")) } else { client_id.clone() };
-    let Some(claim) = state.mqtt_sessions.claim(&app, &session_key).await else {
-        refuse(stream, version, Refusal(0x89, 0x03, "the previous connection did not let go".into())).await;
-        return None;
-    };
+    let claim = state.mqtt_sessions.claim(&app, &session_key).await;
     let mut previous = claim.previous;
     if connect.clean_start
         && let Some(old) = previous.take()
@@ -278,7 +275,7 @@ async fn open(state: &Arc<RelayState>, stream: &mut impl MqttIo, connect: Box<Co
     let mut client = match client {
         Ok(client) => client,
         Err(err) => {
-            state.mqtt_sessions.release(&app, &session_key, claim.generation, None);
+            state.mqtt_sessions.release(&app, &session_key, claim.generation);
             refuse(stream, version, Refusal::of(&err)).await;
             return None;
         }
@@ -1055,10 +1052,13 @@ async fn finish(state: &Arc<RelayState>, mut stream: impl MqttIo, live: Live, en
         // Offline, it counts against no connection limit; its queue keeps taking what comes,
         // up to its bound, for the client's return.
         state.connections.unregister(&conn);
-        state.mqtt_sessions.release(&app, &key, generation, Some((client, will_cancel.clone())));
-        spawn_expiry(state, app.clone(), key, generation, expiry);
+        match state.mqtt_sessions.park(&app, &key, generation, client, will_cancel.clone()) {
+            None => spawn_expiry(state, app.clone(), key, generation, expiry),
+            // A newer connection took the client id over meanwhile: this session is not kept.
+            Some(client) => end_session(state, client).await,
+        }
     } else {
-        state.mqtt_sessions.release(&app, &key, generation, None);
+        state.mqtt_sessions.release(&app, &key, generation);
         end_session(state, client).await;
     }
     let Some(will) = will else { return };

@@ -108,8 +108,9 @@ impl Sessions {
 
     /// Claims the session of `client` in `app` for a new connection: a parked one is handed
     /// over, a live one is taken over (its connection closed, then its session parked and
-    /// handed over). `None` if the old connection did not let go in time.
-    pub(super) async fn claim(&self, app: &Arc<str>, client: &Arc<str>) -> Option<Claim> {
+    /// handed over). An old connection that does not let go within [`TAKEOVER_WAIT`] loses its
+    /// session: the new connection starts a fresh one.
+    pub(super) async fn claim(&self, app: &Arc<str>, client: &Arc<str>) -> Claim {
         let key = (app.clone(), client.clone());
         let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
         loop {
@@ -119,7 +120,7 @@ impl Sessions {
                     None => {
                         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
                         slots.insert(key, Slot::Online { generation, conn: None });
-                        return Some(Claim { generation, previous: None });
+                        return Claim { generation, previous: None };
                     }
                     Some(Slot::Offline { client, will, .. }) => {
                         // MQTT-3.1.3-9: a client back within its will delay cancels the will.
@@ -128,7 +129,7 @@ impl Sessions {
                         }
                         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
                         slots.insert(key.clone(), Slot::Online { generation, conn: None });
-                        return Some(Claim { generation, previous: Some(client) });
+                        return Claim { generation, previous: Some(client) };
                     }
                     Some(Slot::Online { generation, conn }) => {
                         if let Some(conn) = &conn {
@@ -139,7 +140,19 @@ impl Sessions {
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                return None;
+                // The connection was told to close and has not let go: its task is stuck or
+                // gone (a panic would leave the slot behind for good). The client id is not
+                // held hostage: the new connection takes it, and the old one, should it ever
+                // finish, finds itself superseded and ends its session.
+                let mut slots = self.lock();
+                if matches!(slots.map.get(&key), Some(Slot::Online { .. })) {
+                    tracing::warn!(client = %key.1, "the previous connection did not let go; taking its session over");
+                    let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+                    slots.insert(key, Slot::Online { generation, conn: None });
+                    return Claim { generation, previous: None };
+                }
+                drop(slots);
+                continue;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -155,28 +168,34 @@ impl Sessions {
         }
     }
 
-    /// Ends generation `generation`'s connection: parks its session (`Some`, with the token
-    /// that cancels its delayed will), or forgets it.
-    pub(super) fn release(
-        &self,
-        app: &Arc<str>,
-        client: &Arc<str>,
-        generation: u64,
-        parked: Option<(Box<Client>, Option<CancellationToken>)>,
-    ) {
+    /// Ends generation `generation`'s connection and forgets its session.
+    pub(super) fn release(&self, app: &Arc<str>, client: &Arc<str>, generation: u64) {
         let key = (app.clone(), client.clone());
         let mut slots = self.lock();
+        if matches!(slots.map.get(&key), Some(Slot::Online { generation: g, .. }) if *g == generation) {
+            slots.remove(&key);
+        }
+    }
+
+    /// Ends generation `generation`'s connection and parks its session, with the token that
+    /// cancels its delayed will. A session that cannot be parked because a newer connection
+    /// holds the client id now is handed back, to be ended.
+    #[must_use = "a session handed back must be ended"]
+    pub(super) fn park(
+        &self,
+        app: &Arc<str>,
+        client_id: &Arc<str>,
+        generation: u64,
+        client: Box<Client>,
+        will: Option<CancellationToken>,
+    ) -> Option<Box<Client>> {
+        let key = (app.clone(), client_id.clone());
+        let mut slots = self.lock();
         if !matches!(slots.map.get(&key), Some(Slot::Online { generation: g, .. }) if *g == generation) {
-            return;
+            return Some(client);
         }
-        match parked {
-            Some((client, will)) => {
-                slots.insert(key, Slot::Offline { generation, client, will });
-            }
-            None => {
-                slots.remove(&key);
-            }
-        }
+        slots.insert(key, Slot::Offline { generation, client, will });
+        None
     }
 
     /// Takes out the parked sessions of `app` that `ends` picks (a revoked client, a suspended
@@ -215,5 +234,30 @@ impl Sessions {
             Some(Slot::Offline { client, .. }) => Some(client),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_never_lets_go_loses_its_client_id_after_the_wait() {
+        let sessions = Sessions::default();
+        let (app, client): (Arc<str>, Arc<str>) = (Arc::from("app"), Arc::from("device"));
+        // The first connection claims the client id and then never attaches or releases (its
+        // task died).
+        let first = sessions.claim(&app, &client).await;
+        let started = tokio::time::Instant::now();
+        let second = sessions.claim(&app, &client).await;
+        assert!(started.elapsed() >= TAKEOVER_WAIT, "it waited for the first to let go");
+        assert!(second.generation > first.generation && second.previous.is_none());
+        // The first, finishing late, no longer holds the slot: releasing it changes nothing.
+        sessions.release(&app, &client, first.generation);
+        let third = tokio::time::timeout(Duration::from_millis(1), sessions.claim(&app, &client)).await;
+        assert!(third.is_err(), "the second still holds the client id");
+        sessions.release(&app, &client, second.generation);
+        let fourth = tokio::time::timeout(Duration::from_millis(1), sessions.claim(&app, &client)).await;
+        assert!(fourth.is_ok(), "released, the client id is free at once");
     }
 }

@@ -40,7 +40,10 @@ enum Mode {
     Live,
     /// Into a side buffer, while its history page is read: the seam is settled by
     /// [`Hub::finish_recovery`].
-    Recovering(Vec<Outbound>),
+    /// (Boxed: a subscriber is recovering only for a moment, and every subscriber of every
+    /// channel would carry the room.)
+    #[allow(clippy::box_collection, reason = "a pointer where a vector would be three words, in every subscriber")]
+    Recovering(Box<Vec<Outbound>>),
     /// Not publications: it is between two history pages, far behind, and history will bring
     /// them.
     CatchingUp,
@@ -187,7 +190,7 @@ impl Hub {
         let mut shard = lock(self.shard(key));
         let subs = shard.entry(key.clone()).or_default();
         subs.retain(|s| s.conn.id() != conn.id());
-        subs.push(Subscriber { conn: conn.clone(), mode: Mode::Recovering(Vec::new()), position: None });
+        subs.push(Subscriber { conn: conn.clone(), mode: Mode::Recovering(Box::default()), position: None });
     }
 
     fn set_mode(&self, key: &ChannelKey, conn: &ConnHandle, mode: Mode) {
@@ -206,19 +209,20 @@ impl Hub {
     /// Starts buffering live items again before the next history page is read, so the page
     /// and the buffer overlap and [`Hub::finish_recovery`] can settle the seam if it is the last.
     pub fn resume_recovery(&self, key: &ChannelKey, conn: &ConnHandle) {
-        self.set_mode(key, conn, Mode::Recovering(Vec::new()));
+        self.set_mode(key, conn, Mode::Recovering(Box::default()));
     }
 
     /// Ends recovery: queues the buffered items that come after `delivered` (the position
     /// history delivered up to), then switches the subscriber to live delivery.
-    pub fn finish_recovery(&self, key: &ChannelKey, conn: &ConnHandle, epoch: &str, delivered: u64) {
+    pub fn finish_recovery(&self, key: &ChannelKey, conn: &ConnHandle, epoch: &Arc<str>, delivered: u64) {
         let mut shard = lock(self.shard(key));
         let Some(sub) = shard.get_mut(key).and_then(|subs| find(subs, conn)) else { return };
         let Mode::Recovering(buffer) = std::mem::replace(&mut sub.mode, Mode::Live) else { return };
         // The buffer holds what arrived live while history was read: copies of what history
         // delivered, then (with no hole) what came after it.
-        sub.position = Some((Arc::from(epoch), delivered));
-        for item in buffer {
+        // The stream's own epoch, shared: no string per subscriber.
+        sub.position = Some((epoch.clone(), delivered));
+        for item in *buffer {
             sub.give(&item);
             if sub.conn.is_closed() {
                 return;
@@ -450,7 +454,7 @@ mod tests {
         let (conn, mut outbox) = test_conn("c");
         hub.add(&key, &conn);
         // Recovery delivered up to 5 from history; offset 5's pub/sub message arrives late.
-        hub.finish_recovery(&key, &conn, "E", 5);
+        hub.finish_recovery(&key, &conn, &Arc::from("E"), 5);
         hub.on_publication(&key, &publication(5));
         hub.on_publication(&key, &publication(6));
         let mut cx = Context::from_waker(noop_waker_ref());
@@ -485,7 +489,7 @@ mod tests {
         let key = ChannelKey::new("app", ChannelName::parse("chat:gap").unwrap());
         let (conn, mut outbox) = test_conn("c");
         hub.add(&key, &conn);
-        hub.finish_recovery(&key, &conn, "E", 0);
+        hub.finish_recovery(&key, &conn, &Arc::from("E"), 0);
         hub.on_publication(&key, &publication(1));
         hub.on_publication(&key, &publication(2));
         hub.on_publication(&key, &publication(2));
@@ -503,11 +507,11 @@ mod tests {
         let (live, mut live_outbox) = test_conn("live");
         let (recovering, mut recovering_outbox) = test_conn("rec");
         hub.add(&key, &live);
-        hub.finish_recovery(&key, &live, "E", 7);
+        hub.finish_recovery(&key, &live, &Arc::from("E"), 7);
         hub.add(&key, &recovering);
         // Redis lost the channel and started epoch F while the second one read history of E.
         hub.on_publication(&key, &publication_in("F", 1));
-        hub.finish_recovery(&key, &recovering, "E", 7);
+        hub.finish_recovery(&key, &recovering, &Arc::from("E"), 7);
         assert_eq!(drain(&mut live_outbox), Vec::<u64>::new());
         assert_eq!(drain(&mut recovering_outbox), Vec::<u64>::new());
         assert!(live.is_closed() && recovering.is_closed(), "both recover and are told recovered: false");
@@ -529,7 +533,7 @@ mod tests {
         // A connection with a filter and a channel subscription of the same channel.
         hub.add_pattern(&exact, "a/+".into(), prefix("a/"), false);
         hub.add(&key("a/1"), &exact);
-        hub.finish_recovery(&key("a/1"), &exact, "E", 0);
+        hub.finish_recovery(&key("a/1"), &exact, &Arc::from("E"), 0);
         hub.on_publication(&key("a/1"), &publication(1));
         hub.on_publication(&key("b/1"), &publication(1));
         // Another app's channel of the same name is not theirs.
@@ -603,7 +607,7 @@ mod tests {
         hub.add(&key, &conn);
         hub.on_publication(&key, &publication(8));
         hub.on_publication(&key, &publication(11));
-        hub.finish_recovery(&key, &conn, "E", 10);
+        hub.finish_recovery(&key, &conn, &Arc::from("E"), 10);
         hub.on_publication(&key, &publication(12));
         assert_eq!(drain(&mut outbox), vec![11, 12]);
         assert!(!conn.is_closed());

@@ -160,8 +160,6 @@ pub(super) struct Client {
     pub session: Session,
     /// The receiving end of the session's queue.
     pub outbox: Outbox,
-    /// The client id (the token's).
-    pub client_id: Arc<str>,
     /// Seconds the session outlives its connection.
     pub expiry_secs: u32,
     pub filters: Vec<Filter>,
@@ -201,14 +199,12 @@ impl Client {
     pub fn new(
         session: Session,
         outbox: Outbox,
-        client_id: Arc<str>,
         session_key: Arc<str>,
         deny: Arc<Vec<tributary_protocol::ChannelPattern>>,
     ) -> Self {
         Self {
             session,
             outbox,
-            client_id,
             expiry_secs: 0,
             filters: Vec::new(),
             inflight: VecDeque::new(),
@@ -217,6 +213,11 @@ impl Client {
             deny,
             session_key,
         }
+    }
+
+    /// Returns the client id (the token's).
+    pub fn client_id(&self) -> &Arc<str> {
+        &self.session.identity().client_id
     }
 
     /// Returns how many QoS 1 and 2 messages wait for the client's acknowledgement.
@@ -263,7 +264,7 @@ impl Client {
         let topic = message.channel.as_str();
         let meta = publication.meta.as_deref().and_then(MessageMeta::view);
         // Compared only when a filter has No Local: most have not.
-        let own = || publication.client_id.as_deref() == Some(&*self.client_id);
+        let own = || publication.client_id.as_deref() == Some(&**self.client_id());
         let mut qos = None::<QoS>;
         let mut retain_as_published = false;
         let mut ids = [0u32; MAX_IDS];

@@ -270,7 +270,7 @@ async fn open(state: &Arc<RelayState>, stream: &mut impl MqttIo, connect: Box<Co
     let deny = denied(state, anonymous);
     let client = match previous {
         Some(old) => resume(state, old, identity, credential, deny).await,
-        None => fresh(state, identity, credential, client_id.clone(), session_key.clone(), deny).await,
+        None => fresh(state, identity, credential, session_key.clone(), deny).await,
     };
     let mut client = match client {
         Ok(client) => client,
@@ -368,13 +368,12 @@ async fn fresh(
     state: &Arc<RelayState>,
     identity: Identity,
     credential: Credential,
-    client_id: Arc<str>,
     session_key: Arc<str>,
     deny: Arc<Vec<ChannelPattern>>,
 ) -> Result<Box<Client>, OpError> {
     let (conn, outbox) = crate::transport::new_connection(state, &identity, credential).await?;
     let session = Session::new(state.clone(), conn, identity, true);
-    Ok(Box::new(Client::new(session, outbox, client_id, session_key, deny)))
+    Ok(Box::new(Client::new(session, outbox, session_key, deny)))
 }
 
 /// Resumes a parked session under the new connection's token: subscriptions it no longer
@@ -754,7 +753,7 @@ fn reason_of(err: &OpError) -> u8 {
 fn refuse_publish(live: &mut Live, publish: &Publish, code: u8) -> Option<Ending> {
     let version = live.link.version;
     if version == Version::V311 {
-        tracing::info!(client = %live.client.client_id, topic = %publish.topic, code, "MQTT 3.1.1 publish refused");
+        tracing::info!(client = %live.client.client_id(), topic = %publish.topic, code, "MQTT 3.1.1 publish refused");
     }
     let code = if version == Version::V5 { code } else { 0 };
     match (publish.qos, publish.packet_id) {
@@ -813,7 +812,7 @@ async fn on_publish(state: &Arc<RelayState>, live: &mut Live, mut publish: Publi
     if let Err(err) = live.client.session.may_publish_on(&channel) {
         return refuse_publish(live, &publish, reason_of(&err));
     }
-    let client_id = live.client.client_id.clone();
+    let client_id = live.client.client_id().clone();
     if let Err(err) = super::publish::publish(state, &live.app, &client_id, channel, &publish).await {
         return refuse_publish(live, &publish, reason_of(&err));
     }
@@ -1032,7 +1031,7 @@ async fn finish(state: &Arc<RelayState>, mut stream: impl MqttIo, live: Live, en
     let publish_will = !matches!(ending, Ending::Disconnected { will: false });
     let revoked =
         matches!(close_code, Some(CloseCode::Revoked | CloseCode::TenantSuspended | CloseCode::InvalidToken));
-    let client_id = client.client_id.clone();
+    let client_id = client.client_id().clone();
     let key = client.session_key.clone();
     let expiry = client.expiry_secs;
     // The count is read, then the session parked, without one lock: at the cap, a few

@@ -186,7 +186,7 @@ pub async fn end_unadmitted(
 /// Ends the parked sessions of a client id of `app` (revoked by the app's backend); returns
 /// how many.
 pub async fn end_client(state: &RelayState, app: &str, client_id: &str) -> usize {
-    let ended = state.mqtt_sessions.take_parked(app, |client| &*client.client_id == client_id);
+    let ended = state.mqtt_sessions.take_parked(app, |client| &**client.client_id() == client_id);
     let count = ended.len();
     for client in ended {
         client.session.conn().close(tributary_protocol::CloseCode::Revoked);

@@ -42,7 +42,10 @@ enum Mode {
     /// [`Hub::finish_recovery`].
     /// (Boxed: a subscriber is recovering only for a moment, and every subscriber of every
     /// channel would carry the room.)
-    #[allow(clippy::box_collection, reason = "a pointer where a vector would be three words, in every subscriber")]
+    #[allow(
+        clippy::box_collection,
+        reason = "a pointer where a vector would be three words, in every subscriber"
+    )]
     Recovering(Box<Vec<Outbound>>),
     /// Not publications: it is between two history pages, far behind, and history will bring
     /// them.

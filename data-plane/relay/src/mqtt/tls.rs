@@ -78,11 +78,14 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<Rela
         let timeout = Duration::from_millis(state.config.handshake_timeout_ms);
         let tasks = state.tasks.clone();
         tasks.spawn(async move {
-            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => connection::run(tls, state).await,
-                Ok(Err(err)) => tracing::debug!(error = %err, "MQTT TLS handshake failed"),
-                Err(_) => tracing::debug!("MQTT TLS handshake timed out"),
-            }
+            // Boxed: rustls's state is kilobytes, and inline it would be in the task twice over
+            // (the handshake's future, then the connection's).
+            let tls = match tokio::time::timeout(timeout, Box::pin(acceptor.accept(stream))).await {
+                Ok(Ok(tls)) => Box::new(tls),
+                Ok(Err(err)) => return tracing::debug!(error = %err, "MQTT TLS handshake failed"),
+                Err(_) => return tracing::debug!("MQTT TLS handshake timed out"),
+            };
+            connection::run(tls, state).await;
         });
     }
 }
@@ -90,25 +93,25 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<Rela
 /// Bytes read from TLS per call at most.
 const READ_CHUNK: usize = 16 * 1024;
 
-impl MqttIo for TlsStream<TcpStream> {
+impl MqttIo for Box<TlsStream<TcpStream>> {
     fn poll_read_into(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
         // Read into the stack: the connection's buffer is only grown by what arrived.
         let mut chunk = [const { MaybeUninit::<u8>::uninit() }; READ_CHUNK];
         let mut read = ReadBuf::uninit(&mut chunk);
-        ready!(Pin::new(&mut *self).poll_read(cx, &mut read))?;
+        ready!(Pin::new(&mut **self).poll_read(cx, &mut read))?;
         buf.extend_from_slice(read.filled());
         Poll::Ready(Ok(read.filled().len()))
     }
 
     fn poll_write_some(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(self).poll_write(cx, buf)
+        Pin::new(&mut **self).poll_write(cx, buf)
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(self).poll_flush(cx)
+        Pin::new(&mut **self).poll_flush(cx)
     }
 
     fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(self).poll_shutdown(cx)
+        Pin::new(&mut **self).poll_shutdown(cx)
     }
 }

@@ -93,7 +93,7 @@ impl Shared {
         }
     }
 
-    pub(crate) fn dropped(&self, result: &mut SubscriberResult) {
+    fn dropped(&self, result: &mut SubscriberResult) {
         result.dropped = true;
         self.active.fetch_sub(1, Ordering::Relaxed);
     }
@@ -214,22 +214,47 @@ pub(crate) async fn subscriber(ws: Ws, shared: Arc<Shared>, stop: watch::Receive
     frame_subscriber(ws.into_inner(), shared, stop).await
 }
 
-/// Reads WebSocket frames off a subscribed connection, answering pings (WebSocket ones, and
-/// Engine.IO's `2` for Socket.IO).
-pub(crate) async fn frame_subscriber(
+/// What one read of a subscriber's socket brought, for the protocol's parser to fill in.
+pub(crate) struct Chunk<'a> {
+    shared: &'a Shared,
+    result: &'a mut SubscriberResult,
+    measuring: bool,
+    now: u64,
+    delivered: u64,
+    /// Bytes to send back (pongs, acknowledgements), written once per read.
+    pub(crate) reply: &'a mut Vec<u8>,
+    /// The server closed the connection.
+    pub(crate) closed: bool,
+}
+
+impl Chunk<'_> {
+    /// Counts a delivery stamped `sent`, recording its latency inside the measured window.
+    pub(crate) fn delivery(&mut self, sent: u64) {
+        self.delivered += 1;
+        if self.measuring {
+            self.result.in_window += 1;
+            self.shared.record(self.now.saturating_sub(sent));
+        }
+    }
+}
+
+/// Reads a subscriber's socket until the stop signal, handing every read to `parse` (which
+/// keeps its own partial-message state), and writes back what it asks for.
+pub(crate) async fn read_deliveries(
     stream: tokio::net::TcpStream,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
+    mut parse: impl FnMut(&[u8], &mut Chunk<'_>),
 ) -> SubscriberResult {
     let mut result = SubscriberResult { in_window: 0, dropped: false };
     let (mut reader, mut writer) = stream.into_split();
-    let mut frames = client::ServerFrames::default();
-    let mut chunk = vec![0u8; 16 * 1024];
+    let mut buffer = vec![0u8; 16 * 1024];
+    let mut reply = Vec::new();
     loop {
         let n = tokio::select! {
             biased;
             _ = stop.changed() => break,
-            read = reader.read(&mut chunk) => match read {
+            read = reader.read(&mut buffer) => match read {
                 Ok(n) if n > 0 => n,
                 _ => {
                     shared.dropped(&mut result);
@@ -237,30 +262,48 @@ pub(crate) async fn frame_subscriber(
                 }
             },
         };
-        let measuring = shared.measuring.load(Ordering::Relaxed);
-        let now = shared.now_us();
-        let (mut delivered, mut closed) = (0, false);
-        let mut pongs = Vec::new();
-        frames.feed(&chunk[..n], |frame| match frame {
-            client::Frame::Data(b"2") => pongs.extend(client::masked(0x1, b"3")),
-            client::Frame::Data(payload) => {
-                let Some(sent) = client::stamp(payload) else { return };
-                delivered += 1;
-                if measuring {
-                    result.in_window += 1;
-                    shared.record(now.saturating_sub(sent));
-                }
-            }
-            client::Frame::Ping(payload) => pongs.extend(client::masked(0xA, payload)),
-            client::Frame::Close => closed = true,
-        });
+        let mut chunk = Chunk {
+            shared: &shared,
+            result: &mut result,
+            measuring: shared.measuring.load(Ordering::Relaxed),
+            now: shared.now_us(),
+            delivered: 0,
+            reply: &mut reply,
+            closed: false,
+        };
+        parse(&buffer[..n], &mut chunk);
+        let (delivered, closed) = (chunk.delivered, chunk.closed);
         shared.delivered.fetch_add(delivered, Ordering::Relaxed);
-        if closed || (!pongs.is_empty() && writer.write_all(&pongs).await.is_err()) {
+        if closed || (!reply.is_empty() && writer.write_all(&reply).await.is_err()) {
             shared.dropped(&mut result);
             break;
         }
+        reply.clear();
     }
     result
+}
+
+/// Reads WebSocket frames off a subscribed connection, answering pings (WebSocket ones, and
+/// Engine.IO's `2` for Socket.IO).
+pub(crate) async fn frame_subscriber(
+    stream: tokio::net::TcpStream,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) -> SubscriberResult {
+    let mut frames = client::ServerFrames::default();
+    read_deliveries(stream, shared, stop, |bytes, chunk| {
+        frames.feed(bytes, |frame| match frame {
+            client::Frame::Data(b"2") => chunk.reply.extend(client::masked(0x1, b"3")),
+            client::Frame::Data(payload) => {
+                if let Some(sent) = client::stamp(payload) {
+                    chunk.delivery(sent);
+                }
+            }
+            client::Frame::Ping(payload) => chunk.reply.extend(client::masked(0xA, payload)),
+            client::Frame::Close => chunk.closed = true,
+        });
+    })
+    .await
 }
 
 /// What the publisher sends: where, how big, to how many, how fast.
@@ -456,46 +499,15 @@ async fn raw_publish(peer: Peer, stream: tokio::net::TcpStream, mut pacer: Pacer
 pub(crate) async fn raw_subscriber(
     stream: tokio::net::TcpStream,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> SubscriberResult {
-    let mut result = SubscriberResult { in_window: 0, dropped: false };
-    let (mut reader, mut writer) = stream.into_split();
     let mut scanner = peer::StampScanner::default();
-    let mut chunk = vec![0u8; 16 * 1024];
-    loop {
-        let n = tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            read = reader.read(&mut chunk) => match read {
-                Ok(n) if n > 0 => n,
-                _ => {
-                    shared.dropped(&mut result);
-                    break;
-                }
-            },
-        };
+    read_deliveries(stream, shared, stop, |bytes, chunk| {
         let mut pings = 0;
-        let measuring = shared.measuring.load(Ordering::Relaxed);
-        let now = shared.now_us();
-        let mut delivered = 0;
-        let mut latencies = Vec::new();
-        scanner.feed(&chunk[..n], &mut pings, |sent| {
-            delivered += 1;
-            if measuring {
-                latencies.push(now.saturating_sub(sent));
-            }
-        });
-        result.in_window += latencies.len() as u64;
-        for latency in latencies {
-            shared.record(latency);
-        }
-        shared.delivered.fetch_add(delivered, Ordering::Relaxed);
+        scanner.feed(bytes, &mut pings, |sent| chunk.delivery(sent));
         for _ in 0..pings {
-            if writer.write_all(b"PONG\r\n").await.is_err() {
-                shared.dropped(&mut result);
-                return result;
-            }
+            chunk.reply.extend_from_slice(b"PONG\r\n");
         }
-    }
-    result
+    })
+    .await
 }

@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::fanout::{Pacer, PublishPlan, Shared, SubscriberResult, json_object};
+use crate::fanout::{Pacer, PublishPlan, Shared, SubscriberResult, json_object, read_deliveries};
 use crate::{Target, client, server_stats};
 
 /// An MQTT broker to measure.
@@ -243,53 +243,20 @@ fn fixed_header(buf: &[u8]) -> Option<(u8, usize, usize)> {
 }
 
 /// Reads deliveries until the stop signal, acknowledging QoS 1 ones (one write per read).
-async fn subscriber(
-    stream: TcpStream,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) -> SubscriberResult {
-    let mut result = SubscriberResult { in_window: 0, dropped: false };
-    let (mut reader, mut writer) = stream.into_split();
+async fn subscriber(stream: TcpStream, shared: Arc<Shared>, stop: watch::Receiver<bool>) -> SubscriberResult {
     let mut packets = Packets::default();
-    let mut chunk = vec![0u8; 16 * 1024];
-    let mut acks = Vec::new();
-    loop {
-        let n = tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            read = reader.read(&mut chunk) => match read {
-                Ok(n) if n > 0 => n,
-                _ => {
-                    shared.dropped(&mut result);
-                    break;
-                }
-            },
-        };
-        let measuring = shared.measuring.load(Ordering::Relaxed);
-        let now = shared.now_us();
-        let mut delivered = 0;
-        packets.feed(&chunk[..n], |id, payload| {
+    read_deliveries(stream, shared, stop, |bytes, chunk| {
+        packets.feed(bytes, |id, payload| {
             if let Some(id) = id {
-                acks.extend_from_slice(&[0x40, 0x02]);
-                acks.extend_from_slice(&id.to_be_bytes());
+                chunk.reply.extend_from_slice(&[0x40, 0x02]);
+                chunk.reply.extend_from_slice(&id.to_be_bytes());
             }
-            let Some(sent) = client::stamp(payload) else { return };
-            delivered += 1;
-            if measuring {
-                result.in_window += 1;
-                shared.record(now.saturating_sub(sent));
+            if let Some(sent) = client::stamp(payload) {
+                chunk.delivery(sent);
             }
         });
-        shared.delivered.fetch_add(delivered, Ordering::Relaxed);
-        if !acks.is_empty() {
-            if writer.write_all(&acks).await.is_err() {
-                shared.dropped(&mut result);
-                break;
-            }
-            acks.clear();
-        }
-    }
-    result
+    })
+    .await
 }
 
 /// Publishes what the pacer asks for, in one write per burst; QoS 1 acknowledgements are read

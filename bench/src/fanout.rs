@@ -34,18 +34,8 @@ pub struct FanoutArgs {
     /// Subscribers on the channel.
     #[arg(long, default_value_t = 1000)]
     subscribers: usize,
-    /// Size of each message's data in bytes.
-    #[arg(long, default_value_t = 100)]
-    payload_bytes: usize,
-    /// Deliveries per second to aim for; 0 means as many as the subscribers keep up with.
-    #[arg(long, default_value_t = 0)]
-    deliveries_per_sec: u64,
-    /// Length of the measured window.
-    #[arg(long, default_value_t = 5)]
-    seconds: u64,
-    /// Unmeasured time before the window.
-    #[arg(long, default_value_t = 1)]
-    warmup_seconds: u64,
+    #[command(flatten)]
+    load: Load,
     /// The channel (its namespace should have presence off).
     #[arg(long, default_value = "bench:fanout")]
     channel: String,
@@ -55,6 +45,23 @@ pub struct FanoutArgs {
     /// Address of a peer server (Redis or NATS), e.g. 127.0.0.1:6380.
     #[arg(long)]
     peer_addr: Option<std::net::SocketAddr>,
+}
+
+/// How a fan-out run publishes and how long it measures.
+#[derive(Debug, Args)]
+pub struct Load {
+    /// Size of each message's data in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub payload_bytes: usize,
+    /// Deliveries per second to aim for; 0 means as many as the subscribers keep up with.
+    #[arg(long, default_value_t = 0)]
+    pub deliveries_per_sec: u64,
+    /// Length of the measured window.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Unmeasured time before the window.
+    #[arg(long, default_value_t = 1)]
+    pub warmup_seconds: u64,
 }
 
 /// Deliveries in flight per subscriber in saturated mode: enough to keep the server busy, few
@@ -110,23 +117,48 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
         peer => start_peer(peer, &args, &shared, &stop_rx, pacer).await?,
     };
 
-    tokio::time::sleep(Duration::from_secs(args.warmup_seconds)).await;
-    let published_before = published.load(Ordering::Relaxed);
-    let server = shared.measure(args.target.server_pid, args.seconds).await;
-    let published_in_window = published.load(Ordering::Relaxed) - published_before;
-    let _ = stop_tx.send(true);
-    publishing.await??;
-    let mut report = shared.report(tasks, server, args.seconds).await?;
+    let running = Running { shared, published, stop: stop_tx, publishing, tasks };
+    let mut report = running.measure(&args.load, args.target.server_pid).await?;
     report.extend(json_object(json!({
         "scenario": "fanout",
         "peer": format!("{:?}", args.peer).to_lowercase(),
         "subscribers": args.subscribers,
-        "payload_bytes": args.payload_bytes,
-        "target_deliveries_per_sec": args.deliveries_per_sec,
-        "seconds": args.seconds,
-        "published_per_sec": published_in_window as f64 / args.seconds as f64,
     })));
     Ok(serde_json::Value::Object(report))
+}
+
+/// A fan-out under way: its subscribers and publisher running.
+pub(crate) struct Running {
+    pub(crate) shared: Arc<Shared>,
+    /// Messages published so far.
+    pub(crate) published: Arc<AtomicU64>,
+    pub(crate) stop: watch::Sender<bool>,
+    pub(crate) publishing: JoinHandle<anyhow::Result<()>>,
+    pub(crate) tasks: Vec<JoinHandle<SubscriberResult>>,
+}
+
+impl Running {
+    /// Warms up, measures the window, stops everything and returns the report's fields.
+    pub(crate) async fn measure(
+        self,
+        load: &Load,
+        server_pid: Option<u32>,
+    ) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+        tokio::time::sleep(Duration::from_secs(load.warmup_seconds)).await;
+        let published_before = self.published.load(Ordering::Relaxed);
+        let server = self.shared.measure(server_pid, load.seconds).await;
+        let published_in_window = self.published.load(Ordering::Relaxed) - published_before;
+        let _ = self.stop.send(true);
+        self.publishing.await??;
+        let mut report = self.shared.report(self.tasks, server, load.seconds).await?;
+        report.extend(json_object(json!({
+            "payload_bytes": load.payload_bytes,
+            "target_deliveries_per_sec": load.deliveries_per_sec,
+            "seconds": load.seconds,
+            "published_per_sec": published_in_window as f64 / load.seconds as f64,
+        })));
+        Ok(report)
+    }
 }
 
 /// Returns the fields of a JSON object (empty for anything else).
@@ -318,9 +350,9 @@ pub(crate) struct PublishPlan {
 fn args_publish(args: &FanoutArgs) -> PublishPlan {
     PublishPlan {
         channel: args.channel.clone(),
-        payload_bytes: args.payload_bytes,
+        payload_bytes: args.load.payload_bytes,
         subscribers: args.subscribers.max(1) as u64,
-        deliveries_per_sec: args.deliveries_per_sec,
+        deliveries_per_sec: args.load.deliveries_per_sec,
     }
 }
 

@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -20,7 +20,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::fanout::{Pacer, PublishPlan, Shared, SubscriberResult, json_object, read_deliveries};
+use crate::fanout::{
+    Load, Pacer, PublishPlan, Running, Shared, SubscriberResult, json_object, read_deliveries,
+};
 use crate::{Target, client, server_stats};
 
 /// An MQTT broker to measure.
@@ -61,18 +63,8 @@ pub struct MqttFanoutArgs {
     /// QoS of the publishes and the subscriptions (0 or 1).
     #[arg(long, default_value_t = 0)]
     qos: u8,
-    /// Size of each message's payload in bytes.
-    #[arg(long, default_value_t = 100)]
-    payload_bytes: usize,
-    /// Deliveries per second to aim for; 0 means as many as the subscribers keep up with.
-    #[arg(long, default_value_t = 0)]
-    deliveries_per_sec: u64,
-    /// Length of the measured window.
-    #[arg(long, default_value_t = 5)]
-    seconds: u64,
-    /// Unmeasured time before the window.
-    #[arg(long, default_value_t = 1)]
-    warmup_seconds: u64,
+    #[command(flatten)]
+    load: Load,
     /// The topic (for Tributary, a channel whose namespace has presence off).
     #[arg(long, default_value = "bench:mqtt")]
     topic: String,
@@ -315,31 +307,21 @@ pub async fn fanout(args: MqttFanoutArgs) -> anyhow::Result<serde_json::Value> {
     let published = Arc::new(AtomicU64::new(0));
     let plan = PublishPlan {
         channel: args.topic.clone(),
-        payload_bytes: args.payload_bytes,
+        payload_bytes: args.load.payload_bytes,
         subscribers: args.subscribers.max(1) as u64,
-        deliveries_per_sec: args.deliveries_per_sec,
+        deliveries_per_sec: args.load.deliveries_per_sec,
     };
     let pacer = Pacer::new(plan, shared.clone(), published.clone(), stop_rx.clone());
     let tasks =
         streams.drain(..).map(|s| tokio::spawn(subscriber(s, shared.clone(), stop_rx.clone()))).collect();
     let publishing = tokio::spawn(publisher(publisher_stream, args.topic.clone(), args.qos, pacer));
-
-    tokio::time::sleep(Duration::from_secs(args.warmup_seconds)).await;
-    let published_before = published.load(Ordering::Relaxed);
-    let server = shared.measure(broker.target.server_pid, args.seconds).await;
-    let published_in_window = published.load(Ordering::Relaxed) - published_before;
-    let _ = stop_tx.send(true);
-    publishing.await??;
-    let mut report = shared.report(tasks, server, args.seconds).await?;
+    let running = Running { shared, published, stop: stop_tx, publishing, tasks };
+    let mut report = running.measure(&args.load, broker.target.server_pid).await?;
     report.extend(json_object(json!({
         "scenario": "mqtt-fanout",
         "peer": broker_name(broker.broker),
         "qos": args.qos,
         "subscribers": args.subscribers,
-        "payload_bytes": args.payload_bytes,
-        "target_deliveries_per_sec": args.deliveries_per_sec,
-        "seconds": args.seconds,
-        "published_per_sec": published_in_window as f64 / args.seconds as f64,
     })));
     Ok(serde_json::Value::Object(report))
 }

@@ -227,6 +227,20 @@ async fn upgrade(
 
 /// Accepts MQTT connections on `listener` until the relay shuts down.
 pub async fn serve(listener: TcpListener, state: Arc<RelayState>) {
+    accept_each(listener, &state, |stream| {
+        state.tasks.spawn(connection::run(stream, state.clone()));
+    })
+    .await;
+}
+
+/// Accepts connections on `listener` until the relay shuts down, with `TCP_NODELAY`, and hands
+/// each to `serve_one`. A failed accept (out of file descriptors, most likely) backs off
+/// instead of spinning.
+async fn accept_each(
+    listener: TcpListener,
+    state: &RelayState,
+    mut serve_one: impl FnMut(tokio::net::TcpStream),
+) {
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -242,6 +256,6 @@ pub async fn serve(listener: TcpListener, state: Arc<RelayState>) {
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(error = %err, "cannot set TCP_NODELAY");
         }
-        state.tasks.spawn(connection::run(stream, state.clone()));
+        serve_one(stream);
     }
 }

@@ -59,25 +59,10 @@ pub fn acceptor(cert_file: &str, key_file: &str) -> Result<TlsAcceptor, TlsError
 /// Accepts MQTT-over-TLS connections on `listener` until the relay shuts down. A handshake
 /// that fails or takes longer than the relay's handshake timeout ends only its own connection.
 pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<RelayState>) {
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    tracing::warn!(error = %err, "MQTT TLS accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = state.shutdown.cancelled() => return,
-        };
-        if let Err(err) = stream.set_nodelay(true) {
-            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
-        }
+    let timeout = Duration::from_millis(state.config.handshake_timeout_ms);
+    super::accept_each(listener, &state, |stream| {
         let (acceptor, state) = (acceptor.clone(), state.clone());
-        let timeout = Duration::from_millis(state.config.handshake_timeout_ms);
-        let tasks = state.tasks.clone();
-        tasks.spawn(async move {
+        state.tasks.clone().spawn(async move {
             // Boxed: rustls's state is kilobytes, and inline it would be in the task twice over
             // (the handshake's future, then the connection's).
             let tls = match tokio::time::timeout(timeout, Box::pin(acceptor.accept(stream))).await {
@@ -87,7 +72,8 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<Rela
             };
             connection::run(tls, state).await;
         });
-    }
+    })
+    .await;
 }
 
 /// Bytes read from TLS per call at most.

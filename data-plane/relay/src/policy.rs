@@ -94,6 +94,8 @@ impl Refusal {
 /// One app's admission rules, in memory.
 #[derive(Debug)]
 pub struct AppPolicy {
+    /// The app id, shared by every connection of the app (one string, not one each).
+    pub app_id: Arc<str>,
     /// The tenant.
     pub tenant_id: Arc<str>,
     served: bool,
@@ -111,6 +113,7 @@ pub struct AppPolicy {
 impl From<AppRecord> for AppPolicy {
     fn from(record: AppRecord) -> Self {
         Self {
+            app_id: record.app_id.into(),
             tenant_id: record.tenant_id.into(),
             served: record.served,
             tokens_revoked_before: record.tokens_revoked_before,

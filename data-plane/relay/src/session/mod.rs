@@ -49,7 +49,9 @@ impl Identity {
         let (token, credential, policy) = authenticate(state, token).await?;
         let identity = Self {
             client_id: token.client_id,
-            app_id: Arc::from(token.app_id),
+            // The policy's (it verified the token, so the ids are the same): no string per
+            // connection.
+            app_id: policy.app_id.clone(),
             capabilities: token.capabilities,
             expires_at: token.expires_at,
         };

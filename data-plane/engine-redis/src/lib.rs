@@ -223,9 +223,15 @@ impl Routes {
 }
 
 /// Reads a stored retained entry (`<offset>|<epoch>|<publication>`, see the RETAIN script):
-/// `None` for a clear.
+/// `None` for a clear. An entry written before offsets were kept with it is the publication
+/// alone.
 fn retained_publication(stored: &str) -> Option<Result<Publication, EngineError>> {
-    let encoded = stored.splitn(3, '|').nth(2)?;
+    let digits = stored.bytes().take_while(u8::is_ascii_digit).count();
+    let encoded = if digits > 0 && stored.as_bytes().get(digits) == Some(&b'|') {
+        stored.splitn(3, '|').nth(2)?
+    } else {
+        stored
+    };
     (!encoded.is_empty()).then(|| wire::decode_publication(encoded).map_err(unavailable))
 }
 
@@ -826,8 +832,13 @@ impl Engine for RedisEngine {
                     break;
                 }
                 let Ok(channel) = ChannelName::parse(&channel) else { continue };
-                if let Some(publication) = retained_publication(&stored) {
-                    out.push((channel, publication?));
+                match retained_publication(&stored) {
+                    Some(Ok(publication)) => out.push((channel, publication)),
+                    // One entry that cannot be read must not hide the others.
+                    Some(Err(err)) => {
+                        tracing::warn!(%channel, error = %err, "unreadable retained message skipped")
+                    }
+                    None => {}
                 }
             }
             cursor = next;
@@ -849,5 +860,30 @@ impl Engine for RedisEngine {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retained_entries_are_read_in_both_formats_and_a_clear_is_none() {
+        let publication = Publication {
+            epoch: Arc::from("e1"),
+            offset: 7,
+            ts_ms: 1,
+            client_id: None,
+            payload: tributary_protocol::Payload::Json(bytes::Bytes::from_static(br#"{"a":"x|y|z"}"#)),
+            encoding: None,
+            meta: None,
+        };
+        let encoded = wire::encode_publication(&publication).unwrap();
+        let current = format!("7|e1|{encoded}");
+        assert_eq!(retained_publication(&current).unwrap().unwrap(), publication);
+        assert!(retained_publication("8|e1|").is_none(), "a clear");
+        // Written before the offset was kept in front of it.
+        assert_eq!(retained_publication(&encoded).unwrap().unwrap(), publication);
+        assert!(retained_publication("garbage").unwrap().is_err());
     }
 }

@@ -281,7 +281,13 @@ async fn open(state: &Arc<RelayState>, stream: &mut impl MqttIo, connect: Box<Co
         }
     };
     client.expiry_secs = expiry_secs;
-    state.mqtt_sessions.attach(&app, &session_key, claim.generation, client.session.conn());
+    if !state.mqtt_sessions.attach(&app, &session_key, claim.generation, client.session.conn()) {
+        // Opening took so long that a newer connection of the client id took over meanwhile.
+        end_session(state, client).await;
+        refuse(stream, version, Refusal(0x89, 0x03, "a newer connection took this client id over".into()))
+            .await;
+        return None;
+    }
     let p = &connect.properties;
     let receive_maximum = p.receive_maximum.unwrap_or(u16::MAX).min(config.max_inflight);
     let max_packet = p.maximum_packet_size.map_or(usize::MAX, |m| m as usize);
@@ -539,8 +545,15 @@ fn serve<'a, S: MqttIo>(
                 timer.as_mut().reset(Instant::now() + WRITE_TIMEOUT);
                 match write_out(stream, &live.out, live.client.session.conn(), timer.as_mut()).await {
                     Written::Done => {}
-                    Written::Failed => return Ending::Gone,
-                    Written::Closed => return Ending::Closed,
+                    // What the stream took is not sent again with the goodbye.
+                    Written::Failed(taken) => {
+                        live.out.drain(..taken);
+                        return Ending::Gone;
+                    }
+                    Written::Closed(taken) => {
+                        live.out.drain(..taken);
+                        return Ending::Closed;
+                    }
                 }
                 live.out.clear();
                 if live.out.capacity() > 4096 {
@@ -650,14 +663,14 @@ fn next_event<'a, S: MqttIo>(
     })
 }
 
-/// How writing the connection's output ended.
+/// How writing the connection's output ended; the count is how much of it the stream took.
 enum Written {
     Done,
     /// The socket failed, or the deadline passed first.
-    Failed,
+    Failed(usize),
     /// The connection was closed (a takeover or a revocation must not wait for a client that
     /// stopped reading).
-    Closed,
+    Closed(usize),
 }
 
 /// Writes `out` to the client before `deadline`.
@@ -678,14 +691,14 @@ fn write_out<'a, S: MqttIo>(
             };
             match step {
                 Poll::Ready(Ok(usize::MAX)) => return Poll::Ready(Written::Done),
-                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Written::Failed),
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Written::Failed(written)),
                 Poll::Ready(Ok(n)) => written += n,
                 Poll::Pending => {
                     if std::pin::pin!(conn.closed()).poll(cx).is_ready() {
-                        return Poll::Ready(Written::Closed);
+                        return Poll::Ready(Written::Closed(written));
                     }
                     if deadline.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Written::Failed);
+                        return Poll::Ready(Written::Failed(written));
                     }
                     return Poll::Pending;
                 }
@@ -1053,8 +1066,14 @@ async fn finish(state: &Arc<RelayState>, mut stream: impl MqttIo, live: Live, en
         state.connections.unregister(&conn);
         match state.mqtt_sessions.park(&app, &key, generation, client, will_cancel.clone()) {
             None => spawn_expiry(state, app.clone(), key, generation, expiry),
-            // A newer connection took the client id over meanwhile: this session is not kept.
-            Some(client) => end_session(state, client).await,
+            // A newer connection of the client id (which cancels a delayed will) or a
+            // revocation came meanwhile: the session is not kept, and its will not published.
+            Some(client) => {
+                if let Some(cancel) = &will_cancel {
+                    cancel.cancel();
+                }
+                end_session(state, client).await;
+            }
         }
     } else {
         state.mqtt_sessions.release(&app, &key, generation);

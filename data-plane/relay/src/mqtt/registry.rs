@@ -83,7 +83,9 @@ pub(super) struct Claim {
 }
 
 /// How long a new connection waits for the connection it takes over to let go.
-const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+/// Longer than a connection's goodbye can take (its last write, its shutdown, each at most 2 s),
+/// so a connection that stopped reading still parks its session in time.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(8);
 
 impl Sessions {
     fn lock(&self) -> MutexGuard<'_, Slots> {
@@ -159,12 +161,23 @@ impl Sessions {
     }
 
     /// Records the connection serving generation `generation`, so a takeover can close it.
-    pub(super) fn attach(&self, app: &Arc<str>, client: &Arc<str>, generation: u64, conn: &ConnHandle) {
+    /// Returns false when a newer connection holds the client id now (this one took too long
+    /// to open): the caller gives up.
+    #[must_use = "a superseded connection must not serve"]
+    pub(super) fn attach(
+        &self,
+        app: &Arc<str>,
+        client: &Arc<str>,
+        generation: u64,
+        conn: &ConnHandle,
+    ) -> bool {
         let key = (app.clone(), client.clone());
-        if let Some(Slot::Online { generation: g, conn: slot }) = self.lock().map.get_mut(&key)
-            && *g == generation
-        {
-            *slot = Some(conn.clone());
+        match self.lock().map.get_mut(&key) {
+            Some(Slot::Online { generation: g, conn: slot }) if *g == generation => {
+                *slot = Some(conn.clone());
+                true
+            }
+            _ => false,
         }
     }
 
@@ -192,6 +205,15 @@ impl Sessions {
         let key = (app.clone(), client_id.clone());
         let mut slots = self.lock();
         if !matches!(slots.map.get(&key), Some(Slot::Online { generation: g, .. }) if *g == generation) {
+            return Some(client);
+        }
+        // Revoked or suspended while the connection said goodbye: not kept (the control event
+        // that closed it looked for parked sessions before this one was parked).
+        if matches!(
+            client.session.conn().close_code(),
+            Some(CloseCode::Revoked | CloseCode::TenantSuspended | CloseCode::InvalidToken)
+        ) {
+            slots.remove(&key);
             return Some(client);
         }
         slots.insert(key, Slot::Offline { generation, client, will });
@@ -252,7 +274,17 @@ mod tests {
         let second = sessions.claim(&app, &client).await;
         assert!(started.elapsed() >= TAKEOVER_WAIT, "it waited for the first to let go");
         assert!(second.generation > first.generation && second.previous.is_none());
-        // The first, finishing late, no longer holds the slot: releasing it changes nothing.
+        // The first, finishing its opening late, is told it was superseded; releasing changes
+        // nothing.
+        let (conn, _outbox) = ConnHandle::new(
+            "c1".into(),
+            app.clone(),
+            client.clone(),
+            crate::policy::Credential::dummy(),
+            16,
+            1 << 20,
+        );
+        assert!(!sessions.attach(&app, &client, first.generation, &conn), "superseded");
         sessions.release(&app, &client, first.generation);
         let third = tokio::time::timeout(Duration::from_millis(1), sessions.claim(&app, &client)).await;
         assert!(third.is_err(), "the second still holds the client id");

@@ -1102,3 +1102,33 @@ async fn past_the_parked_session_cap_a_session_whose_client_goes_away_ends() {
     }
     assert_eq!(present, [true, false], "the first was parked, the second over the cap was not");
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_gets_a_whole_stream_and_its_disconnect_after_a_stalled_write() {
+    // A small queue: once the socket buffers are full, the server closes the slow consumer
+    // while a write is under way. What the stream took must not be sent a second time.
+    let server = TestServer::spawn_mqtt(|relay| relay.max_queued_bytes = 256 * 1024).await;
+    let mut slow = device(&server, Version::V5, "slow").await;
+    slow.subscribe("flood", QoS::AtMostOnce).await.unwrap();
+    // About 21 MB: loopback socket buffers several times over.
+    let (pad, published) = ("x".repeat(30 * 1024), 700);
+    for n in 0..published {
+        let reply = server.publish("flood", json!({"n": n, "pad": pad})).await;
+        assert!(reply["offset"].is_u64(), "{reply}");
+    }
+    let mut next = 0;
+    let ended = loop {
+        match slow.recv_within(Duration::from_secs(10)).await.unwrap() {
+            Some(Packet::Publish(p)) => {
+                let value: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                assert_eq!(value["n"], next, "in order, none twice");
+                next += 1;
+            }
+            Some(Packet::Disconnect(d)) => break d.code,
+            Some(other) => panic!("unexpected {other:?}"),
+            None => panic!("closed without DISCONNECT after {next} of {published}"),
+        }
+    };
+    assert_eq!(ended, 0x97, "closed as a slow consumer");
+    assert!(next < published, "the queue overflowed before the end");
+}

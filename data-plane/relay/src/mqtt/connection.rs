@@ -1,7 +1,7 @@
-//! One MQTT connection over TCP: CONNECT (authentication, the session claimed or resumed),
-//! then one loop that reads packets, writes the session's queue as PUBLISH packets within the
-//! client's Receive Maximum, and keeps the keep-alive, presence and token deadlines; then the
-//! end (the will, the session parked or closed).
+//! One MQTT connection, over TCP, TLS or WebSocket (see `io`): CONNECT (authentication, the
+//! session claimed or resumed), then one loop that reads packets, writes the session's queue as
+//! PUBLISH packets within the client's Receive Maximum, and keeps the keep-alive, presence and
+//! token deadlines; then the end (the will, the session parked or closed).
 
 use std::future::Future;
 use std::pin::Pin;

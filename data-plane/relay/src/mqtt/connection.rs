@@ -1064,16 +1064,23 @@ async fn finish(state: &Arc<RelayState>, mut stream: impl MqttIo, live: Live, en
         // Offline, it counts against no connection limit; its queue keeps taking what comes,
         // up to its bound, for the client's return.
         state.connections.unregister(&conn);
-        match state.mqtt_sessions.park(&app, &key, generation, client, will_cancel.clone()) {
-            None => spawn_expiry(state, app.clone(), key, generation, expiry),
-            // A newer connection of the client id (which cancels a delayed will) or a
-            // revocation came meanwhile: the session is not kept, and its will not published.
-            Some(client) => {
-                if let Some(cancel) = &will_cancel {
-                    cancel.cancel();
-                }
-                end_session(state, client).await;
+        let expiry_task = spawn_expiry(state, app.clone(), key.clone(), generation, expiry);
+        let parked = state.mqtt_sessions.park(
+            &app,
+            &key,
+            generation,
+            client,
+            will_cancel.clone(),
+            expiry_task.clone(),
+        );
+        // A newer connection of the client id (which cancels a delayed will) or a revocation
+        // came meanwhile: the session is not kept, and its will not published.
+        if let Some(client) = parked {
+            expiry_task.abort();
+            if let Some(cancel) = &will_cancel {
+                cancel.cancel();
             }
+            end_session(state, client).await;
         }
     } else {
         state.mqtt_sessions.release(&app, &key, generation);
@@ -1097,10 +1104,17 @@ async fn finish(state: &Arc<RelayState>, mut stream: impl MqttIo, live: Live, en
     }
 }
 
-/// Closes a parked session when its expiry comes (or the relay shuts down).
-fn spawn_expiry(state: &Arc<RelayState>, app: Arc<str>, client: Arc<str>, generation: u64, expiry: u32) {
+/// Closes a parked session when its expiry comes (or the relay shuts down); aborted when the
+/// client comes back first.
+fn spawn_expiry(
+    state: &Arc<RelayState>,
+    app: Arc<str>,
+    client: Arc<str>,
+    generation: u64,
+    expiry: u32,
+) -> tokio::task::AbortHandle {
     let state = state.clone();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(expiry.into())) => {}
             () = state.shutdown.cancelled() => {}
@@ -1109,6 +1123,7 @@ fn spawn_expiry(state: &Arc<RelayState>, app: Arc<str>, client: Arc<str>, genera
             end_session(&state, parked).await;
         }
     });
+    task.abort_handle()
 }
 
 async fn publish_will_now(state: &Arc<RelayState>, app: &Arc<str>, client: &Arc<str>, will: LastWill) {

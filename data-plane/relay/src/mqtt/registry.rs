@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tributary_protocol::CloseCode;
 
@@ -25,8 +26,10 @@ enum Slot {
     /// A connection serves the session (`conn` is set once it is open).
     Online { generation: u64, conn: Option<ConnHandle> },
     /// No connection; the session waits for its client until it expires. `will` is cancelled
-    /// when the client comes back (a delayed will is then not published).
-    Offline { generation: u64, client: Box<Client>, will: Option<CancellationToken> },
+    /// when the client comes back (a delayed will is then not published), and so is `expiry`,
+    /// the task that ends the session when its time is up (a device that reconnects often must
+    /// not leave a sleeping task behind each time).
+    Offline { generation: u64, client: Box<Client>, will: Option<CancellationToken>, expiry: AbortHandle },
 }
 
 /// The slots, with how many sessions each app has parked.
@@ -124,11 +127,12 @@ impl Sessions {
                         slots.insert(key, Slot::Online { generation, conn: None });
                         return Claim { generation, previous: None };
                     }
-                    Some(Slot::Offline { client, will, .. }) => {
+                    Some(Slot::Offline { client, will, expiry, .. }) => {
                         // MQTT-3.1.3-9: a client back within its will delay cancels the will.
                         if let Some(will) = will {
                             will.cancel();
                         }
+                        expiry.abort();
                         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
                         slots.insert(key.clone(), Slot::Online { generation, conn: None });
                         return Claim { generation, previous: Some(client) };
@@ -201,6 +205,7 @@ impl Sessions {
         generation: u64,
         client: Box<Client>,
         will: Option<CancellationToken>,
+        expiry: AbortHandle,
     ) -> Option<Box<Client>> {
         let key = (app.clone(), client_id.clone());
         let mut slots = self.lock();
@@ -216,7 +221,7 @@ impl Sessions {
             slots.remove(&key);
             return Some(client);
         }
-        slots.insert(key, Slot::Offline { generation, client, will });
+        slots.insert(key, Slot::Offline { generation, client, will, expiry });
         None
     }
 
@@ -235,10 +240,11 @@ impl Sessions {
             .collect();
         let mut taken = Vec::with_capacity(keys.len());
         for key in keys {
-            if let Some(Slot::Offline { client, will, .. }) = slots.remove(&key) {
+            if let Some(Slot::Offline { client, will, expiry, .. }) = slots.remove(&key) {
                 if let Some(will) = will {
                     will.cancel();
                 }
+                expiry.abort();
                 taken.push(client);
             }
         }

@@ -1132,3 +1132,26 @@ async fn a_client_that_stops_reading_gets_a_whole_stream_and_its_disconnect_afte
     assert_eq!(ended, 0x97, "closed as a slow consumer");
     assert!(next < published, "the queue overflowed before the end");
 }
+
+#[tokio::test]
+async fn a_device_that_reconnects_often_leaves_no_sleeping_task_behind() {
+    let server = TestServer::spawn_mqtt(|_| {}).await;
+    let token = server.token("flappy", &[("*", ALL)]).await;
+    let options = ConnectOptions::new(Version::V5, "flappy", server.app_id(), &token).persistent(3600);
+    let reconnect = || async {
+        let mut client = MqttClient::connect_ok(server.mqtt_addr(), options.clone()).await.unwrap();
+        client.subscribe("cmd/flappy", QoS::AtLeastOnce).await.unwrap();
+        client.disconnect().await.unwrap();
+        // The session parks as the connection ends.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    reconnect().await;
+    let tasks = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let before = tasks();
+    for _ in 0..20 {
+        reconnect().await;
+    }
+    let after = tasks();
+    // Each park waits for its expiry (an hour) in a task; a client that comes back ends it.
+    assert!(after <= before + 2, "{before} tasks before, {after} after 20 reconnects");
+}

@@ -108,8 +108,10 @@ impl MqttIo for WsIo {
             }
             if self.socket.pending() > 0 {
                 // Pongs answered while decoding; a full socket leaves them for the next write.
-                if let Poll::Ready(Err(err)) = self.socket.poll_flush(cx) {
-                    return Poll::Ready(Err(err));
+                match self.socket.poll_flush(cx) {
+                    Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                    Poll::Ready(Ok(())) => self.socket.release_write(),
+                    Poll::Pending => {}
                 }
             }
             if got > 0 {

@@ -357,7 +357,14 @@ impl Client {
 
     /// Handles PUBACK: the QoS 1 message is delivered.
     pub fn on_puback(&mut self, id: u16) {
-        self.inflight.retain(|m| !(m.id == id && m.qos == QoS::AtLeastOnce));
+        // Clients acknowledge in order (MQTT-4.6.0-2): the oldest, almost always.
+        if self.inflight.front().is_some_and(|m| m.id == id && m.qos == QoS::AtLeastOnce) {
+            self.inflight.pop_front();
+            return;
+        }
+        if let Some(index) = self.inflight.iter().position(|m| m.id == id && m.qos == QoS::AtLeastOnce) {
+            self.inflight.remove(index);
+        }
     }
 
     /// Handles PUBREC: answers PUBREL (or, for an unknown id, PUBREL with 0x92).

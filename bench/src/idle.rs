@@ -52,28 +52,47 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<serde_json::Value> {
         Peer::Tributary => client::mint(&args.target, "idle", "bench:*").await?,
         _ => String::new(),
     };
+    let target = &args.target;
+    let mut report =
+        measure(target, args.connections, |n| open(target, args.peer, args.peer_addr, n, &token)).await?;
+    report.extend(crate::fanout::json_object(json!({
+        "scenario": "idle",
+        "peer": format!("{:?}", args.peer).to_lowercase(),
+    })));
+    Ok(serde_json::Value::Object(report))
+}
+
+/// Opens one warming connection and then `connections` more with `open(n)` (`n` from 1),
+/// `target.connect_concurrency` at a time, and returns the server's memory growth per
+/// connection while they are held.
+pub(crate) async fn measure<F, S>(
+    target: &Target,
+    connections: usize,
+    open: impl Fn(usize) -> F,
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>>
+where
+    F: std::future::Future<Output = anyhow::Result<S>>,
+{
     // Warm the server's allocator with one connection, so the baseline is not an empty process.
-    let warm = open(&args.target, args.peer, args.peer_addr, 0, &token).await?;
+    let warm = open(0).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = server_stats::read(args.target.server_pid);
-    let held: Vec<_> = futures::stream::iter(1..=args.connections)
-        .map(|n| open(&args.target, args.peer, args.peer_addr, n, &token))
-        .buffer_unordered(args.target.connect_concurrency.max(1))
+    let before = server_stats::read(target.server_pid);
+    let held: Vec<S> = futures::stream::iter(1..=connections)
+        .map(&open)
+        .buffer_unordered(target.connect_concurrency.max(1))
         .collect::<Vec<_>>()
         .await
         .into_iter()
         .collect::<anyhow::Result<_>>()?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = server_stats::read(args.target.server_pid);
+    let after = server_stats::read(target.server_pid);
     drop((warm, held));
     let (before, after) = (before.unwrap_or_default(), after.unwrap_or_default());
     let delta_kib = after.rss_kib.saturating_sub(before.rss_kib);
-    Ok(json!({
-        "scenario": "idle",
-        "peer": format!("{:?}", args.peer).to_lowercase(),
-        "connections": args.connections,
+    Ok(crate::fanout::json_object(json!({
+        "connections": connections,
         "server_rss_before_kib": before.rss_kib,
         "server_rss_after_kib": after.rss_kib,
-        "bytes_per_connection": delta_kib as f64 * 1024.0 / args.connections.max(1) as f64,
-    }))
+        "bytes_per_connection": delta_kib as f64 * 1024.0 / connections.max(1) as f64,
+    })))
 }

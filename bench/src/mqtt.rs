@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use crate::fanout::{
     Load, Pacer, PublishPlan, Running, Shared, SubscriberResult, json_object, read_deliveries,
 };
-use crate::{Target, client, server_stats};
+use crate::{Target, client};
 
 /// An MQTT broker to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -341,30 +341,9 @@ pub async fn idle(args: MqttIdleArgs) -> anyhow::Result<serde_json::Value> {
             anyhow::Ok(stream)
         }
     };
-    // Warm the server's allocator with one connection, so the baseline is not an empty process.
-    let warm = open(args.connections).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = server_stats::read(broker.target.server_pid);
-    let held: Vec<_> = futures::stream::iter(0..args.connections)
-        .map(open)
-        .buffer_unordered(broker.target.connect_concurrency.max(1))
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<_>>()?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = server_stats::read(broker.target.server_pid);
-    drop((warm, held));
-    let (before, after) = (before.unwrap_or_default(), after.unwrap_or_default());
-    let delta_kib = after.rss_kib.saturating_sub(before.rss_kib);
-    Ok(json!({
-        "scenario": "mqtt-idle",
-        "peer": broker_name(broker.broker),
-        "connections": args.connections,
-        "server_rss_before_kib": before.rss_kib,
-        "server_rss_after_kib": after.rss_kib,
-        "bytes_per_connection": delta_kib as f64 * 1024.0 / args.connections.max(1) as f64,
-    }))
+    let mut report = crate::idle::measure(&broker.target, args.connections, open).await?;
+    report.extend(json_object(json!({"scenario": "mqtt-idle", "peer": broker_name(broker.broker)})));
+    Ok(serde_json::Value::Object(report))
 }
 
 #[cfg(test)]

@@ -11,8 +11,14 @@
 //! node's subscribers of every subscribed channel are told to recover (see
 //! [`EngineSink::on_gap`]).
 //!
+//! Wildcard subscribers need every channel of their app: a node with some subscribes to the
+//! app's feed (see [`Engine::subscribe_app`]), on which the publish script repeats each
+//! publication, in the same script (so in each channel's order), while any node listens.
+//!
 //! The same code serves one Redis server and a Redis Cluster (see [`connection`]): every key of
-//! a channel shares one hash slot, and publications travel on sharded pub/sub.
+//! a channel shares one hash slot, and publications travel on sharded pub/sub. An app's feed
+//! would span slots, so a cluster has none: there a wildcard subscriber gets the channels that
+//! some client of its node subscribed to by name.
 
 pub mod connection;
 mod scripts;
@@ -29,7 +35,7 @@ use futures::StreamExt;
 use redis::{PushInfo, PushKind, Value};
 use tokio::time::Instant;
 use tributary_engine::{
-    ChannelKey, Engine, EngineError, EngineSink, HistoryPage, HistoryQuery, NewMessage, Occupancy,
+    Audience, ChannelKey, Engine, EngineError, EngineSink, HistoryPage, HistoryQuery, NewMessage, Occupancy,
     PresenceOptions, PublishOptions, PublishOutcome, StreamOptions,
 };
 use tributary_protocol::frame::{Direction, MemberInfo};
@@ -122,11 +128,23 @@ struct Route {
     upkeep_due: AtomicU64,
 }
 
+/// An app whose feed the node is subscribed to.
+struct Feed {
+    app: Arc<str>,
+    /// How many local subscribe calls hold it.
+    holders: usize,
+}
+
 /// What the pub/sub connection's messages are routed by.
 struct Routes {
     sink: OnceLock<Weak<dyn EngineSink>>,
     /// Redis channel → the channel it carries.
     channels: RwLock<HashMap<String, Route>>,
+    /// Redis channel → the app whose feed it is.
+    feeds: RwLock<HashMap<String, Feed>>,
+    /// Whether apps have feeds (not on a Redis Cluster): if not, a channel's publications are
+    /// for the node's wildcard subscribers too.
+    feeds_enabled: bool,
     /// The start of the node's upkeep clock.
     clock: Instant,
     control: OnceLock<String>,
@@ -142,10 +160,12 @@ struct Routes {
 }
 
 impl Routes {
-    fn new() -> Self {
+    fn new(feeds_enabled: bool) -> Self {
         Self {
             sink: OnceLock::new(),
             channels: RwLock::new(HashMap::new()),
+            feeds: RwLock::new(HashMap::new()),
+            feeds_enabled,
             clock: Instant::now(),
             control: OnceLock::new(),
             lost: tokio::sync::Notify::new(),
@@ -186,6 +206,7 @@ impl Routes {
             let Some(Value::BulkString(channel)) = push.data.first() else { return };
             let channel = String::from_utf8_lossy(channel).into_owned();
             let held = lock_read(&self.channels).contains_key(&channel)
+                || lock_read(&self.feeds).contains_key(&channel)
                 || self.control.get().is_some_and(|c| *c == channel);
             if held {
                 tracing::warn!("Redis dropped a shard subscription (slot moved); subscribing again");
@@ -212,11 +233,25 @@ impl Routes {
                 }
                 route.key.clone()
             }
-            None => return,
+            None => return self.on_feed(&sink, &channel, message),
         };
+        let audience = if self.feeds_enabled { Audience::Channel } else { Audience::All };
         match wire::decode_message(message) {
-            Ok(Received::Publication(publication)) => sink.on_publication(&key, &publication),
+            Ok(Received::Publication(publication)) => sink.on_publication(&key, &publication, audience),
             Ok(Received::Presence(event)) => sink.on_presence(&key, &event),
+            Ok(Received::AppPublication(..)) => tracing::warn!("dropped a feed message on a channel"),
+            Err(err) => tracing::warn!(error = %err, "dropped an unreadable message"),
+        }
+    }
+
+    /// Routes a message of an app's feed to the node's wildcard subscribers.
+    fn on_feed(&self, sink: &Arc<dyn EngineSink>, feed: &str, message: &[u8]) {
+        let Some(app) = lock_read(&self.feeds).get(feed).map(|feed| feed.app.clone()) else { return };
+        match wire::decode_message(message) {
+            Ok(Received::AppPublication(channel, publication)) => {
+                sink.on_publication(&ChannelKey { app, channel }, &publication, Audience::Patterns)
+            }
+            Ok(_) => tracing::warn!("dropped a channel message on an app feed"),
             Err(err) => tracing::warn!(error = %err, "dropped an unreadable message"),
         }
     }
@@ -255,7 +290,7 @@ impl RedisEngine {
             let conn = Conn::open(&target, config.command_timeout, config.tls_ca_pem.as_deref(), None);
             commands.push(conn.await.map_err(unavailable)?);
         }
-        let routes = Arc::new(Routes::new());
+        let routes = Arc::new(Routes::new(matches!(target, Target::Single(_))));
         let pushed = routes.clone();
         let mut pubsub = Conn::open(
             &target,
@@ -374,6 +409,7 @@ async fn keep_pubsub(inner: Weak<Inner>) {
         loop {
             let Some(engine) = inner.upgrade() else { return };
             let mut channels: Vec<String> = lock_read(&engine.routes.channels).keys().cloned().collect();
+            channels.extend(lock_read(&engine.routes.feeds).keys().cloned());
             channels.extend(engine.routes.control.get().cloned());
             if engine.subscribe_again(channels).await {
                 engine.routes.delivering.store(true, Ordering::Release);
@@ -425,12 +461,94 @@ impl Inner {
                 })
                 .collect()
         };
+        let feeds = lock_read(&self.routes.feeds);
+        let apps: Vec<&str> = channels.iter().filter_map(|c| feeds.get(c)).map(|f| &*f.app).collect();
+        if !apps.is_empty() {
+            // Wildcard subscriptions are live only: there is no history to recover them from.
+            tracing::warn!(
+                ?apps,
+                "app feeds restored; wildcard subscribers missed what was published meanwhile"
+            );
+        }
+        drop(feeds);
         let Some(sink) = self.routes.sink.get().and_then(Weak::upgrade) else { return true };
         tracing::info!(channels = keys.len(), "Redis pub/sub restored; subscribers will recover");
         for key in keys {
             sink.on_gap(&key);
         }
         true
+    }
+}
+
+/// A pub/sub subscription held by local subscribe calls.
+trait Held {
+    /// How many calls hold it.
+    fn holders(&mut self) -> &mut usize;
+}
+
+impl Held for Route {
+    fn holders(&mut self) -> &mut usize {
+        &mut self.holders
+    }
+}
+
+impl Held for Feed {
+    fn holders(&mut self) -> &mut usize {
+        &mut self.holders
+    }
+}
+
+impl Inner {
+    /// Takes one hold of the pub/sub channel `name` of `held` (`make` makes its entry), and
+    /// subscribes it in Redis with the first.
+    async fn hold<T: Held>(
+        &self,
+        held: &RwLock<HashMap<String, T>>,
+        name: String,
+        make: impl FnOnce() -> T,
+    ) -> Result<(), EngineError> {
+        // One subscription change at a time, so that the count and Redis agree.
+        let mut pubsub = self.pubsub.lock().await;
+        let first = {
+            let mut held = lock_write(held);
+            let holders = held.entry(name.clone()).or_insert_with(make).holders();
+            *holders += 1;
+            *holders == 1
+        };
+        if first && let Err(err) = pubsub.ssubscribe(&name).await {
+            let mut held = lock_write(held);
+            if let Some(entry) = held.get_mut(&name) {
+                *entry.holders() -= 1;
+                if *entry.holders() == 0 {
+                    held.remove(&name);
+                }
+            }
+            return Err(unavailable(err));
+        }
+        Ok(())
+    }
+
+    /// Gives back one hold of `name` (see [`Inner::hold`]); the last unsubscribes it.
+    async fn release<T: Held>(
+        &self,
+        held: &RwLock<HashMap<String, T>>,
+        name: String,
+    ) -> Result<(), EngineError> {
+        let mut pubsub = self.pubsub.lock().await;
+        let last = {
+            let mut held = lock_write(held);
+            let Some(entry) = held.get_mut(&name) else { return Ok(()) };
+            *entry.holders() -= 1;
+            let last = *entry.holders() == 0;
+            if last {
+                held.remove(&name);
+            }
+            last
+        };
+        if last {
+            pubsub.sunsubscribe(&name).await.map_err(unavailable)?;
+        }
+        Ok(())
     }
 }
 
@@ -463,6 +581,11 @@ impl Inner {
             pubsub: format!("{p}:c:{tag}"),
             presence: [format!("{p}:pz:{tag}"), format!("{p}:pm:{tag}"), format!("{p}:pc:{tag}")],
         }
+    }
+
+    /// The pub/sub channel of an app's feed, or `""` when apps have none (see [`Routes`]).
+    fn feed(&self, app: &str) -> String {
+        if self.routes.feeds_enabled { format!("{}:f:{{{app}}}", self.config.prefix) } else { String::new() }
     }
 
     /// The hash of an app's retained messages (channel → publication).
@@ -559,6 +682,8 @@ impl Engine for RedisEngine {
             .arg(body)
             .arg(&names.pubsub)
             .arg(inner.meta_ttl_ms(options.stream))
+            .arg(inner.feed(&key.app))
+            .arg(key.channel.as_str())
             .query_async(&mut inner.commands_for(key))
             .await
             .map_err(unavailable)?;
@@ -567,54 +692,31 @@ impl Engine for RedisEngine {
 
     async fn subscribe(&self, key: &ChannelKey) -> Result<(), EngineError> {
         let inner = &self.inner;
-        let channel = inner.names(key).pubsub;
-        // One subscription change at a time, so that the count and Redis agree.
-        let mut pubsub = inner.pubsub.lock().await;
-        let first = {
-            let mut channels = lock_write(&inner.routes.channels);
-            let route = channels.entry(channel.clone()).or_insert_with(|| Route {
-                key: key.clone(),
-                holders: 0,
-                upkeep_due: AtomicU64::new(0),
-            });
-            route.holders += 1;
-            route.holders == 1
-        };
-        if first && let Err(err) = pubsub.ssubscribe(&channel).await {
-            let mut channels = lock_write(&inner.routes.channels);
-            if let Some(route) = channels.get_mut(&channel) {
-                route.holders -= 1;
-                if route.holders == 0 {
-                    channels.remove(&channel);
-                }
-            }
-            return Err(unavailable(err));
-        }
-        Ok(())
+        let route = || Route { key: key.clone(), holders: 0, upkeep_due: AtomicU64::new(0) };
+        inner.hold(&inner.routes.channels, inner.names(key).pubsub, route).await
     }
 
     async fn unsubscribe(&self, key: &ChannelKey) -> Result<(), EngineError> {
         let inner = &self.inner;
-        let channel = inner.names(key).pubsub;
-        let mut pubsub = inner.pubsub.lock().await;
-        let last = {
-            let mut channels = lock_write(&inner.routes.channels);
-            match channels.get_mut(&channel) {
-                Some(route) if route.holders > 1 => {
-                    route.holders -= 1;
-                    false
-                }
-                Some(_) => {
-                    channels.remove(&channel);
-                    true
-                }
-                None => false,
-            }
-        };
-        if last {
-            pubsub.sunsubscribe(&channel).await.map_err(unavailable)?;
+        inner.release(&inner.routes.channels, inner.names(key).pubsub).await
+    }
+
+    async fn subscribe_app(&self, app: &str) -> Result<(), EngineError> {
+        let inner = &self.inner;
+        let feed = inner.feed(app);
+        if feed.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        inner.hold(&inner.routes.feeds, feed, || Feed { app: Arc::from(app), holders: 0 }).await
+    }
+
+    async fn unsubscribe_app(&self, app: &str) -> Result<(), EngineError> {
+        let inner = &self.inner;
+        let feed = inner.feed(app);
+        if feed.is_empty() {
+            return Ok(());
+        }
+        inner.release(&inner.routes.feeds, feed).await
     }
 
     async fn history(

@@ -92,7 +92,8 @@ end
 
 /// KEYS: meta, stream, idempotency key (unused without one).
 /// ARGV: fresh epoch, trust restarts (`1`), history size, history ttl ms, idempotency window s,
-/// has idempotency key (`1`), body, pub/sub channel, meta ttl ms.
+/// has idempotency key (`1`), body, pub/sub channel, meta ttl ms, the app's feed (empty when
+/// there are no feeds), channel name.
 /// Returns `{epoch, offset, ts, duplicate}`.
 const PUBLISH: &str = r#"
 local meta, stream, idem = KEYS[1], KEYS[2], KEYS[3]
@@ -119,7 +120,13 @@ if redis.call('PTTL', meta) == -1 then redis.call('PEXPIRE', meta, ARGV[9]) end
 if ARGV[6] == '1' then
   redis.call('SET', idem, epoch .. ':' .. offset .. ':' .. now, 'EX', ARGV[5])
 end
-redis.call('SPUBLISH', ARGV[8], 'p' .. epoch .. '\n' .. offset .. '\n' .. now .. '\n' .. ARGV[7])
+local position = epoch .. '\n' .. offset .. '\n' .. now .. '\n'
+redis.call('SPUBLISH', ARGV[8], 'p' .. position .. ARGV[7])
+-- The app's feed only while a node listens (one lookup otherwise), in the same script as the
+-- channel's message: a node gets every publication of the app, in each channel's order.
+if ARGV[10] ~= '' and redis.call('PUBSUB', 'SHARDNUMSUB', ARGV[10])[2] > 0 then
+  redis.call('SPUBLISH', ARGV[10], 'P' .. ARGV[11] .. '\n' .. position .. ARGV[7])
+end
 return {epoch, offset, now, 0}
 "#;
 

@@ -3,7 +3,8 @@
 //! A publication's body is stored once in the stream and sent once on pub/sub: a small JSON
 //! object with the payload kept in its wire form (JSON text as is, binary as base64), so it is
 //! never re-encoded. Pub/sub messages are prefixed with their kind: `p<epoch>\n<offset>\n<ts>\n`
-//! then the body for a publication; `j`, `l`, `u` then the member for presence events.
+//! then the body for a publication; `j`, `l`, `u` then the member for presence events. An app's
+//! feed carries `P<channel>\n` then what the channel's own message has after its `p`.
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tributary_engine::NewMessage;
 use tributary_protocol::frame::{MemberInfo, PresenceEvent};
-use tributary_protocol::{Payload, Publication};
+use tributary_protocol::{ChannelName, Payload, Publication};
 
 /// The stored body of a publication.
 #[derive(Serialize, Deserialize)]
@@ -141,10 +142,12 @@ pub fn decode_member(json: &str) -> Result<MemberInfo, WireError> {
     Ok(MemberInfo { client_id: Arc::from(stored.client_id), conn_id: Arc::from(stored.conn_id), state })
 }
 
-/// A message received on a channel's pub/sub channel.
+/// A message received on a channel's pub/sub channel or an app's feed.
 pub enum Received {
     /// A publication.
     Publication(Publication),
+    /// A publication on an app's feed, with its channel.
+    AppPublication(ChannelName, Publication),
     /// A presence event.
     Presence(PresenceEvent),
 }
@@ -155,6 +158,11 @@ pub fn decode_message(message: &[u8]) -> Result<Received, WireError> {
     let (kind, rest) = text.split_at_checked(1).ok_or(WireError("empty message"))?;
     match kind {
         "p" => decode_publication(rest).map(Received::Publication),
+        "P" => {
+            let (channel, rest) = rest.split_once('\n').ok_or(WireError("feed message header"))?;
+            let channel = ChannelName::parse(channel).map_err(|_| WireError("channel name"))?;
+            decode_publication(rest).map(|publication| Received::AppPublication(channel, publication))
+        }
         "j" => decode_member(rest).map(|m| Received::Presence(PresenceEvent::Join(m))),
         "l" => decode_member(rest).map(|m| Received::Presence(PresenceEvent::Leave(m))),
         "u" => decode_member(rest).map(|m| Received::Presence(PresenceEvent::Update(m))),
@@ -195,6 +203,22 @@ mod tests {
             );
             assert_eq!(p.meta.as_deref(), Some(&b"\x01\x02"[..]));
         }
+        let feed = format!(
+            "Psensors/1\nE2\n8\n124\n{}",
+            encode_body(&NewMessage {
+                payload: Payload::Json(Bytes::from_static(b"1")),
+                client_id: None,
+                encoding: None,
+                meta: None,
+            })
+            .unwrap()
+        );
+        let Received::AppPublication(channel, p) = decode_message(feed.as_bytes()).unwrap() else {
+            panic!("kind")
+        };
+        assert_eq!((channel.as_str(), &*p.epoch, p.offset), ("sensors/1", "E2", 8));
+        assert!(decode_message(b"Pbad name!\nE\n1\n1\n{}").is_err(), "a channel name is checked");
+        assert!(decode_message(b"Psensors/1").is_err(), "a header is needed");
         assert!(decode_message(b"x").is_err());
         assert!(decode_message(b"pE\nnot-a-number\n1\n{}").is_err());
     }

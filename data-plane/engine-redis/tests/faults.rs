@@ -110,6 +110,8 @@ async fn a_dropped_pubsub_connection_is_reestablished_with_its_subscriptions() {
         Arc::new(RedisEngine::connect(RedisEngineConfig::new(url.clone())).await.unwrap());
     let sink = tributary_engine::conformance::RecordingSink::attach(&listener);
     let sender = RedisEngine::connect(RedisEngineConfig::new(url)).await.unwrap();
+    let fleet = ChannelKey::new("fleet", ChannelName::parse("trucks/1").unwrap());
+    listener.subscribe_app(&fleet.app).await.unwrap();
     let killed = resp(port, &["CLIENT", "KILL", "TYPE", "pubsub"]);
     assert!(killed.starts_with(":2"), "both engines' pub/sub connections were killed: {killed}");
     // Nobody subscribes or unsubscribes: the engines reconnect by themselves, and the control
@@ -123,6 +125,10 @@ async fn a_dropped_pubsub_connection_is_reestablished_with_its_subscriptions() {
         assert!(Instant::now() < deadline, "the pub/sub connection did not come back");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // So does the app's feed.
+    sender.publish(&fleet, message(1), &options()).await.unwrap();
+    tributary_engine::conformance::eventually("the app feed is back", || sink.pattern_offsets(&fleet) == [1])
+        .await;
     redis.kill().unwrap();
     let _ = redis.wait();
 }

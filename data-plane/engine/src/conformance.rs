@@ -15,14 +15,15 @@ use tributary_protocol::frame::{Direction, MemberInfo, PresenceEvent};
 use tributary_protocol::{ChannelName, Payload, Publication};
 
 use crate::contract::{
-    ChannelKey, Engine, EngineSink, HistoryQuery, NewMessage, PresenceOptions, PublishOptions, StreamOptions,
+    Audience, ChannelKey, Engine, EngineSink, HistoryQuery, NewMessage, PresenceOptions, PublishOptions,
+    StreamOptions,
 };
 
 /// What a [`RecordingSink`] saw.
 #[derive(Debug, Clone)]
 pub enum Recorded {
-    /// A publication.
-    Publication(ChannelKey, Publication),
+    /// A publication and whom it was for.
+    Publication(ChannelKey, Publication, Audience),
     /// A presence event: kind (`join`, `leave`, `presence`) and client id.
     Presence(ChannelKey, &'static str, String),
     /// A control event.
@@ -49,12 +50,23 @@ impl RecordingSink {
         self.seen.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Returns the offsets of publications recorded for `key`, in arrival order.
+    /// Returns the offsets of publications recorded for `key`'s own subscribers, in arrival
+    /// order.
     pub fn offsets(&self, key: &ChannelKey) -> Vec<u64> {
+        self.offsets_for(key, Audience::channel)
+    }
+
+    /// Returns the offsets of publications recorded for the wildcard subscribers of `key`'s
+    /// app, in arrival order.
+    pub fn pattern_offsets(&self, key: &ChannelKey) -> Vec<u64> {
+        self.offsets_for(key, Audience::patterns)
+    }
+
+    fn offsets_for(&self, key: &ChannelKey, takes: fn(Audience) -> bool) -> Vec<u64> {
         self.seen()
             .into_iter()
             .filter_map(|r| match r {
-                Recorded::Publication(k, p) if &k == key => Some(p.offset),
+                Recorded::Publication(k, p, audience) if &k == key && takes(audience) => Some(p.offset),
                 _ => None,
             })
             .collect()
@@ -79,8 +91,8 @@ impl RecordingSink {
 }
 
 impl EngineSink for RecordingSink {
-    fn on_publication(&self, key: &ChannelKey, publication: &Publication) {
-        self.push(Recorded::Publication(key.clone(), publication.clone()));
+    fn on_publication(&self, key: &ChannelKey, publication: &Publication, audience: Audience) {
+        self.push(Recorded::Publication(key.clone(), publication.clone(), audience));
     }
     fn on_presence(&self, key: &ChannelKey, event: &PresenceEvent) {
         self.push(Recorded::Presence(key.clone(), event.kind(), event.member().client_id.to_string()));
@@ -479,6 +491,59 @@ pub async fn retained_messages_are_kept_per_channel_and_app(engine: Arc<dyn Engi
     assert!(engine.set_retained(&other_app, &epoch, 1, None).await.unwrap());
 }
 
+/// After an app subscription, every channel of the app reaches the sink for wildcard
+/// subscribers, once per publication and in order, also the channels the node subscribed to by
+/// name (whose own subscribers get each publication once too); other apps' channels do not.
+pub async fn an_app_subscription_delivers_every_channel_of_the_app_once(engine: Arc<dyn Engine>) {
+    let sink = RecordingSink::attach(&engine);
+    let named = unique_key("sensors/1");
+    let unnamed = ChannelKey::new(named.app.clone(), ChannelName::parse("sensors/2").unwrap());
+    let other_app = unique_key("sensors/1");
+    engine.subscribe(&named).await.unwrap();
+    engine.subscribe_app(&named.app).await.unwrap();
+    // Twice, released once below: the count keeps it.
+    engine.subscribe_app(&named.app).await.unwrap();
+    let publishers: Vec<_> = [named.clone(), unnamed.clone()]
+        .into_iter()
+        .map(|key| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                for n in 1..=40 {
+                    engine.publish(&key, json(n), &opts(100)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    engine.publish(&other_app, json(1), &opts(100)).await.unwrap();
+    let all: Vec<u64> = (1..=40).collect();
+    eventually("both channels delivered for patterns", || {
+        sink.pattern_offsets(&named).len() >= 40 && sink.pattern_offsets(&unnamed).len() >= 40
+    })
+    .await;
+    eventually("the named channel delivered", || sink.offsets(&named).len() >= 40).await;
+    engine.unsubscribe_app(&named.app).await.unwrap();
+    engine.publish(&unnamed, json(41), &opts(100)).await.unwrap();
+    eventually("still subscribed once", || sink.pattern_offsets(&unnamed).len() >= 41).await;
+    // Anything extra would have arrived by now.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(sink.pattern_offsets(&named), all, "once each, in order");
+    assert_eq!(sink.offsets(&named), all, "the channel's own subscribers get each once too");
+    assert_eq!(sink.pattern_offsets(&unnamed), (1..=41).collect::<Vec<_>>());
+    let other_for_patterns = sink.pattern_offsets(&other_app);
+    let other_for_channel = sink.offsets(&other_app);
+    // An engine whose sink sees everything (one node) delivers it to all; one that delivers
+    // by subscription must not deliver it at all.
+    assert!(
+        other_for_patterns.is_empty() || other_for_patterns == other_for_channel,
+        "another app's channel is not part of the app feed"
+    );
+    engine.unsubscribe_app(&named.app).await.unwrap();
+    engine.unsubscribe(&named).await.unwrap();
+}
+
 /// Stamps out one `#[tokio::test]` per conformance case for an engine factory: an async
 /// function returning `Arc<dyn Engine>`, called once per case.
 #[macro_export]
@@ -505,6 +570,7 @@ macro_rules! engine_conformance_suite {
             counters_add_up_and_expire,
             active_sets_count_members_once_and_forget_quiet_ones,
             retained_messages_are_kept_per_channel_and_app,
+            an_app_subscription_delivers_every_channel_of_the_app_once,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

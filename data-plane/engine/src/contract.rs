@@ -142,12 +142,40 @@ impl EngineError {
     }
 }
 
+/// Which of a node's local subscribers a delivered publication is for.
+///
+/// An engine whose nodes see only the channels they subscribed to delivers a channel's
+/// publications to its own subscribers, and the publications of every channel of an app to the
+/// app's wildcard subscribers on a feed of its own (see [`Engine::subscribe_app`]): a wildcard
+/// subscriber must not get a publication twice when the node also subscribed to its channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// The channel's own subscribers and the app's wildcard subscribers.
+    All,
+    /// The channel's own subscribers only.
+    Channel,
+    /// The app's wildcard subscribers only.
+    Patterns,
+}
+
+impl Audience {
+    /// Whether the channel's own subscribers get it.
+    pub fn channel(self) -> bool {
+        self != Self::Patterns
+    }
+
+    /// Whether the app's wildcard subscribers get it.
+    pub fn patterns(self) -> bool {
+        self != Self::Channel
+    }
+}
+
 /// The node-side receiver of what an engine delivers. Calls must not block: they run on the
 /// engine's publish path (the hub only pushes into bounded queues).
 pub trait EngineSink: Send + Sync {
-    /// A publication on a channel this node subscribed to. Per channel, calls arrive in offset
-    /// order, one at a time.
-    fn on_publication(&self, key: &ChannelKey, publication: &Publication);
+    /// A publication for `audience`: of a channel this node subscribed to, or of an app it
+    /// subscribed to. Per channel and audience, calls arrive in offset order, one at a time.
+    fn on_publication(&self, key: &ChannelKey, publication: &Publication, audience: Audience);
     /// A presence event on a channel this node subscribed to.
     fn on_presence(&self, key: &ChannelKey, event: &PresenceEvent);
     /// A node-wide control event (revocations, disconnects), delivered to every node.
@@ -194,6 +222,21 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Undoes one [`Engine::subscribe`]; the last one stops delivery to this node's sink.
     async fn unsubscribe(&self, key: &ChannelKey) -> Result<(), EngineError>;
+
+    /// Starts delivering the publications of every channel of `app` to this node's sink for
+    /// its wildcard subscribers ([`Audience::Patterns`] or [`Audience::All`]); returns once
+    /// delivery is live. Counted like [`Engine::subscribe`]. An engine whose sink sees every
+    /// publication anyway (one node) has nothing to do.
+    async fn subscribe_app(&self, app: &str) -> Result<(), EngineError> {
+        let _ = app;
+        Ok(())
+    }
+
+    /// Undoes one [`Engine::subscribe_app`].
+    async fn unsubscribe_app(&self, app: &str) -> Result<(), EngineError> {
+        let _ = app;
+        Ok(())
+    }
 
     /// Reads history. Creates the stream's epoch if the channel has none yet, so that a
     /// position read now stays valid for the next publish.

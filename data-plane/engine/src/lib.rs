@@ -19,7 +19,7 @@ pub mod memory;
 pub mod conformance;
 
 pub use contract::{
-    ChannelKey, Engine, EngineError, EngineSink, HistoryPage, HistoryQuery, NewMessage, Occupancy,
+    Audience, ChannelKey, Engine, EngineError, EngineSink, HistoryPage, HistoryQuery, NewMessage, Occupancy,
     PresenceOptions, PublishOptions, PublishOutcome, StreamOptions,
 };
 pub use memory::{MemoryEngine, MemoryEngineConfig};

@@ -26,7 +26,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use tributary_engine::{ChannelKey, EngineSink};
+use tributary_engine::{Audience, ChannelKey, EngineSink};
 use tributary_protocol::frame::{PresenceEvent, server};
 use tributary_protocol::{ChannelName, Publication};
 
@@ -236,26 +236,39 @@ impl Hub {
     /// Adds a wildcard subscription named `name` for `conn`: live publications of every channel
     /// of its app that `filter` takes. Replaces the connection's subscription of that name. A
     /// `shared` subscription shares each publication with the other shared subscriptions of the
-    /// same name in the app: one of them gets it.
-    pub fn add_pattern(&self, conn: &ConnHandle, name: Arc<str>, filter: ChannelFilter, shared: bool) {
+    /// same name in the app: one of them gets it. Returns whether it replaced one.
+    pub fn add_pattern(
+        &self,
+        conn: &ConnHandle,
+        name: Arc<str>,
+        filter: ChannelFilter,
+        shared: bool,
+    ) -> bool {
         let mut patterns = self.patterns.write().unwrap_or_else(|p| p.into_inner());
         let subs = patterns.entry(conn.app().clone()).or_default();
+        let before = subs.len();
         subs.retain(|s| !(s.conn.id() == conn.id() && s.name == name));
+        let replaced = subs.len() < before;
         subs.push(PatternSubscriber { conn: conn.clone(), name, filter, shared });
         self.any_patterns.store(true, std::sync::atomic::Ordering::Release);
+        replaced
     }
 
-    /// Removes a connection's wildcard subscription `name`, or all of them with `None`.
-    pub fn remove_pattern(&self, conn: &ConnHandle, name: Option<&str>) {
+    /// Removes a connection's wildcard subscription `name`, or all of them with `None`;
+    /// returns how many it removed.
+    pub fn remove_pattern(&self, conn: &ConnHandle, name: Option<&str>) -> usize {
         let mut patterns = self.patterns.write().unwrap_or_else(|p| p.into_inner());
-        let Some(subs) = patterns.get_mut(conn.app()) else { return };
+        let Some(subs) = patterns.get_mut(conn.app()) else { return 0 };
+        let before = subs.len();
         subs.retain(|s| !(s.conn.id() == conn.id() && name.is_none_or(|n| *s.name == *n)));
+        let removed = before - subs.len();
         if subs.is_empty() {
             patterns.remove(conn.app());
             if patterns.is_empty() {
                 self.any_patterns.store(false, std::sync::atomic::Ordering::Release);
             }
         }
+        removed
     }
 
     /// Removes a subscriber.
@@ -373,7 +386,7 @@ impl Hub {
 }
 
 impl EngineSink for Hub {
-    fn on_publication(&self, key: &ChannelKey, publication: &Publication) {
+    fn on_publication(&self, key: &ChannelKey, publication: &Publication, audience: Audience) {
         let make = || {
             let frame = server::encode_message(key.channel.as_str(), publication);
             Outbound::Message(Arc::new(PreparedMessage {
@@ -384,8 +397,13 @@ impl EngineSink for Hub {
         };
         // Encoded once for both kinds of subscriber.
         let mut item = None;
-        let mut subscribers = self.deliver(key, || item.insert(make()).clone());
-        subscribers += self.deliver_to_patterns(key, publication.offset, &mut item, make);
+        let mut subscribers = 0;
+        if audience.channel() {
+            subscribers += self.deliver(key, || item.insert(make()).clone());
+        }
+        if audience.patterns() {
+            subscribers += self.deliver_to_patterns(key, publication.offset, &mut item, make);
+        }
         if subscribers > 0 {
             self.usage.app(&key.app).delivered(subscribers, publication.payload.len());
         }
@@ -420,7 +438,7 @@ mod tests {
 
     use bytes::Bytes;
     use futures::task::noop_waker_ref;
-    use tributary_engine::{ChannelKey, EngineSink};
+    use tributary_engine::{Audience, ChannelKey, EngineSink};
     use tributary_protocol::{ChannelName, Payload, Publication};
 
     use super::Hub;
@@ -458,8 +476,8 @@ mod tests {
         hub.add(&key, &conn);
         // Recovery delivered up to 5 from history; offset 5's pub/sub message arrives late.
         hub.finish_recovery(&key, &conn, &Arc::from("E"), 5);
-        hub.on_publication(&key, &publication(5));
-        hub.on_publication(&key, &publication(6));
+        hub.on_publication(&key, &publication(5), Audience::All);
+        hub.on_publication(&key, &publication(6), Audience::All);
         let mut cx = Context::from_waker(noop_waker_ref());
         let mut offsets = Vec::new();
         let drained = outbox.poll_drain(&mut cx, 10, |item| {
@@ -493,12 +511,12 @@ mod tests {
         let (conn, mut outbox) = test_conn("c");
         hub.add(&key, &conn);
         hub.finish_recovery(&key, &conn, &Arc::from("E"), 0);
-        hub.on_publication(&key, &publication(1));
-        hub.on_publication(&key, &publication(2));
-        hub.on_publication(&key, &publication(2));
+        hub.on_publication(&key, &publication(1), Audience::All);
+        hub.on_publication(&key, &publication(2), Audience::All);
+        hub.on_publication(&key, &publication(2), Audience::All);
         assert!(!conn.is_closed());
         // 3 and 4 never came (lost on their way from the engine).
-        hub.on_publication(&key, &publication(5));
+        hub.on_publication(&key, &publication(5), Audience::All);
         assert_eq!(drain(&mut outbox), vec![1, 2], "2's late copy and 5 are not delivered");
         assert!(conn.is_closed(), "told to reconnect and recover from 2");
     }
@@ -513,7 +531,7 @@ mod tests {
         hub.finish_recovery(&key, &live, &Arc::from("E"), 7);
         hub.add(&key, &recovering);
         // Redis lost the channel and started epoch F while the second one read history of E.
-        hub.on_publication(&key, &publication_in("F", 1));
+        hub.on_publication(&key, &publication_in("F", 1), Audience::All);
         hub.finish_recovery(&key, &recovering, &Arc::from("E"), 7);
         assert_eq!(drain(&mut live_outbox), Vec::<u64>::new());
         assert_eq!(drain(&mut recovering_outbox), Vec::<u64>::new());
@@ -537,20 +555,42 @@ mod tests {
         hub.add_pattern(&exact, "a/+".into(), prefix("a/"), false);
         hub.add(&key("a/1"), &exact);
         hub.finish_recovery(&key("a/1"), &exact, &Arc::from("E"), 0);
-        hub.on_publication(&key("a/1"), &publication(1));
-        hub.on_publication(&key("b/1"), &publication(1));
+        hub.on_publication(&key("a/1"), &publication(1), Audience::All);
+        hub.on_publication(&key("b/1"), &publication(1), Audience::All);
         // Another app's channel of the same name is not theirs.
-        hub.on_publication(&ChannelKey::new("other", ChannelName::parse("a/2").unwrap()), &publication(1));
+        hub.on_publication(
+            &ChannelKey::new("other", ChannelName::parse("a/2").unwrap()),
+            &publication(1),
+            Audience::All,
+        );
         assert_eq!(drain(&mut both_outbox), vec![1], "once, not once per filter");
         assert_eq!(drain(&mut exact_outbox), vec![1], "once, through the channel subscription");
         hub.remove_pattern(&both, None);
-        hub.on_publication(&key("a/3"), &publication(1));
+        hub.on_publication(&key("a/3"), &publication(1), Audience::All);
         assert_eq!(drain(&mut both_outbox), Vec::<u64>::new(), "gone with its filters");
         assert_eq!(drain(&mut exact_outbox), vec![1]);
         hub.remove_pattern(&exact, Some("a/+"));
-        hub.on_publication(&key("a/4"), &publication(1));
+        hub.on_publication(&key("a/4"), &publication(1), Audience::All);
         assert_eq!(drain(&mut exact_outbox), Vec::<u64>::new());
         assert!(!hub.any_patterns.load(std::sync::atomic::Ordering::Acquire), "none left");
+    }
+
+    #[test]
+    fn a_publication_reaches_only_the_audience_it_was_delivered_for() {
+        let hub = Hub::new(16, Default::default());
+        let key = ChannelKey::new("app", ChannelName::parse("a/1").unwrap());
+        let (exact, mut exact_outbox) = test_conn("exact");
+        let (wildcard, mut wildcard_outbox) = test_conn("wildcard");
+        hub.add(&key, &exact);
+        hub.finish_recovery(&key, &exact, &Arc::from("E"), 0);
+        assert!(!hub.add_pattern(&wildcard, "a/+".into(), prefix("a/"), false));
+        assert!(hub.add_pattern(&wildcard, "a/+".into(), prefix("a/"), false), "replaced");
+        // An engine with app feeds delivers each publication twice, once per audience.
+        hub.on_publication(&key, &publication(1), Audience::Channel);
+        hub.on_publication(&key, &publication(1), Audience::Patterns);
+        assert_eq!(drain(&mut exact_outbox), vec![1]);
+        assert_eq!(drain(&mut wildcard_outbox), vec![1]);
+        assert_eq!(hub.remove_pattern(&wildcard, None), 1, "one subscription, replaced once");
     }
 
     #[test]
@@ -565,14 +605,14 @@ mod tests {
         }
         hub.add_pattern(&c, "jobs/+".into(), prefix("jobs/"), false);
         for offset in 1..=4 {
-            hub.on_publication(&key, &publication(offset));
+            hub.on_publication(&key, &publication(offset), Audience::All);
         }
         let (got_a, got_b) = (drain(&mut a_outbox), drain(&mut b_outbox));
         assert_eq!(got_a.len() + got_b.len(), 4, "each publication to one worker");
         assert_eq!(got_a.len(), 2, "in turns");
         assert_eq!(drain(&mut c_outbox), vec![1, 2, 3, 4], "a plain subscription gets them all");
         b.close(tributary_protocol::CloseCode::Shutdown);
-        hub.on_publication(&key, &publication(5));
+        hub.on_publication(&key, &publication(5), Audience::All);
         assert_eq!(drain(&mut a_outbox), vec![5], "a closed member is passed over");
     }
 
@@ -587,11 +627,11 @@ mod tests {
         }
         b.set_parked(true);
         for offset in 1..=4 {
-            hub.on_publication(&key, &publication(offset));
+            hub.on_publication(&key, &publication(offset), Audience::All);
         }
         assert_eq!((drain(&mut a_outbox), drain(&mut b_outbox)), (vec![1, 2, 3, 4], vec![]));
         a.set_parked(true);
-        hub.on_publication(&key, &publication(5));
+        hub.on_publication(&key, &publication(5), Audience::All);
         assert_eq!(
             drain(&mut a_outbox).len() + drain(&mut b_outbox).len(),
             1,
@@ -608,10 +648,10 @@ mod tests {
         let key = ChannelKey::new("app", ChannelName::parse("chat:rejoin").unwrap());
         let (conn, mut outbox) = test_conn("c");
         hub.add(&key, &conn);
-        hub.on_publication(&key, &publication(8));
-        hub.on_publication(&key, &publication(11));
+        hub.on_publication(&key, &publication(8), Audience::All);
+        hub.on_publication(&key, &publication(11), Audience::All);
         hub.finish_recovery(&key, &conn, &Arc::from("E"), 10);
-        hub.on_publication(&key, &publication(12));
+        hub.on_publication(&key, &publication(12), Audience::All);
         assert_eq!(drain(&mut outbox), vec![11, 12]);
         assert!(!conn.is_closed());
     }

@@ -21,7 +21,7 @@ use tributary_protocol::frame::{MemberInfo, PresenceEvent};
 use tributary_protocol::{ChannelName, Publication};
 
 use crate::contract::{
-    ChannelKey, Engine, EngineError, EngineSink, HistoryPage, HistoryQuery, NewMessage, Occupancy,
+    Audience, ChannelKey, Engine, EngineError, EngineSink, HistoryPage, HistoryQuery, NewMessage, Occupancy,
     PresenceOptions, PublishOptions, PublishOutcome, StreamOptions,
 };
 use presence::{PresenceSet, Removed};
@@ -198,7 +198,7 @@ impl Engine for MemoryEngine {
             && let Some(sink) = self.inner.sink()
         {
             // Delivered under the stream lock: this is what orders delivery per channel.
-            sink.on_publication(key, &publication);
+            sink.on_publication(key, &publication, Audience::All);
         }
         Ok(outcome)
     }

@@ -406,7 +406,7 @@ async fn resume(
         };
         let session = Session::new(state.clone(), conn, identity, true);
         let stale = std::mem::replace(&mut old.session, session);
-        state.hub.remove_pattern(stale.conn(), None);
+        remove_patterns(state, stale.conn(), None).await;
         stale.close().await;
         old.outbox = outbox;
         for filter in filters {
@@ -436,25 +436,60 @@ async fn resume(
         revoked.push(channel);
     }
     let capabilities = old.session.identity().capabilities.clone();
-    let conn = old.session.conn().clone();
+    let mut uncovered = Vec::new();
     old.filters.retain(|f| match &f.target {
         Target::Channel(channel) => !revoked.contains(channel),
         Target::Pattern(topic) => {
             let kept = covers(&capabilities, topic);
             if !kept {
-                state.hub.remove_pattern(&conn, Some(&f.text));
+                uncovered.push(f.text.clone());
             }
             kept
         }
     });
+    for text in uncovered {
+        remove_patterns(state, old.session.conn(), Some(&text)).await;
+    }
     Ok(old)
 }
 
 /// Ends a session for good: its wildcard subscriptions leave the hub, its channel
 /// subscriptions and presence end, its connection is unregistered.
 pub(super) async fn end_session(state: &RelayState, client: Box<Client>) {
-    state.hub.remove_pattern(client.session.conn(), None);
+    remove_patterns(state, client.session.conn(), None).await;
     client.session.close().await;
+}
+
+/// Adds a wildcard subscription to the hub once the engine delivers every channel of the app
+/// to this node (one app subscription per wildcard subscription in the hub).
+async fn add_pattern(
+    state: &RelayState,
+    conn: &ConnHandle,
+    name: Arc<str>,
+    filter: crate::hub::ChannelFilter,
+    shared: bool,
+) -> Result<(), OpError> {
+    state.engine.subscribe_app(conn.app()).await?;
+    if state.hub.add_pattern(conn, name, filter, shared) {
+        // It replaced one of the same name, whose app subscription is not needed twice.
+        release_app(state, conn, 1).await;
+    }
+    Ok(())
+}
+
+/// Removes a connection's wildcard subscription `name` (all of them with `None`) and gives back
+/// their app subscriptions.
+async fn remove_patterns(state: &RelayState, conn: &ConnHandle, name: Option<&str>) {
+    let removed = state.hub.remove_pattern(conn, name);
+    release_app(state, conn, removed).await;
+}
+
+async fn release_app(state: &RelayState, conn: &ConnHandle, times: usize) {
+    for _ in 0..times {
+        if let Err(err) = state.engine.unsubscribe_app(conn.app()).await {
+            tracing::warn!(error = %err, "giving back an app subscription failed");
+        }
+    }
 }
 
 /// Returns whether `capabilities` allow subscribing to every channel `filter` can match.
@@ -488,14 +523,10 @@ async fn add_filter(
             }
             let topic = topic.clone();
             let deny = client.deny.clone();
-            state.hub.add_pattern(
-                client.session.conn(),
-                filter.text.clone(),
-                Arc::new(move |channel: &ChannelName| {
-                    topic.matches(channel.as_str()) && !deny.iter().any(|p| p.matches(channel))
-                }),
-                filter.shared,
-            );
+            let matches = Arc::new(move |channel: &ChannelName| {
+                topic.matches(channel.as_str()) && !deny.iter().any(|p| p.matches(channel))
+            });
+            add_pattern(state, client.session.conn(), filter.text.clone(), matches, filter.shared).await?;
         }
     }
     client.add_filter(filter);
@@ -980,7 +1011,7 @@ async fn on_unsubscribe(state: &Arc<RelayState>, live: &mut Live, unsubscribe: U
             Some(channel) => {
                 let _ = live.client.session.unsubscribe(channel).await;
             }
-            None => state.hub.remove_pattern(live.client.session.conn(), Some(&filter.text)),
+            None => remove_patterns(state, live.client.session.conn(), Some(&filter.text)).await,
         }
         live.link.drop_retained(&filter.text);
         codes.push(0x00);

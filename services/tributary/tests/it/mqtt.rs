@@ -1155,3 +1155,46 @@ async fn a_device_that_reconnects_often_leaves_no_sleeping_task_behind() {
     // Each park waits for its expiry (an hour) in a task; a client that comes back ends it.
     assert!(after <= before + 2, "{before} tasks before, {after} after 20 reconnects");
 }
+
+#[tokio::test]
+async fn wildcard_subscribers_get_every_channel_of_their_app_from_every_node_of_a_redis_cluster() {
+    let nodes = TestServer::spawn_cluster(2, |relay| {
+        relay.mqtt.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    })
+    .await;
+    // Nobody subscribes to these channels by name: only the app's feed brings them to node 1.
+    let mut watcher = device(&nodes[1], Version::V5, "watcher").await;
+    assert_eq!(watcher.subscribe("fleet/+/temp", QoS::AtLeastOnce).await.unwrap(), vec![1]);
+    // A client on node 1 also subscribed by name and by a wildcard: one copy each.
+    let mut both = device(&nodes[1], Version::V5, "both").await;
+    both.subscribe("fleet/1/temp", QoS::AtMostOnce).await.unwrap();
+    both.subscribe("fleet/#", QoS::AtMostOnce).await.unwrap();
+    let mut truck = device(&nodes[0], Version::V311, "truck-2").await;
+    for n in 0..10 {
+        nodes[0].publish("fleet/1/temp", json!(n)).await;
+        truck.publish("fleet/2/temp", format!("{n}").as_bytes(), QoS::AtLeastOnce, false).await.unwrap();
+    }
+    nodes[0].publish("fleet/1/speed", json!("not for the watcher")).await;
+    let mut seen: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for _ in 0..20 {
+        let got = watcher.recv_and_ack().await.unwrap();
+        seen.entry(got.topic.to_string()).or_default().push(String::from_utf8_lossy(&got.payload).into());
+    }
+    let expected: Vec<String> = (0..10).map(|n| n.to_string()).collect();
+    assert_eq!(seen["fleet/1/temp"], expected, "every message once, in order");
+    assert_eq!(seen["fleet/2/temp"], expected);
+    assert!(watcher.quiet_for(Duration::from_millis(300)).await.unwrap(), "nothing else matches");
+    let mut got = Vec::new();
+    for _ in 0..21 {
+        got.push(both.recv_publish().await.unwrap().topic.to_string());
+    }
+    assert_eq!(got.iter().filter(|t| *t == "fleet/1/temp").count(), 10, "once, however it subscribed");
+    assert_eq!(got.iter().filter(|t| *t == "fleet/2/temp").count(), 10);
+    assert!(both.quiet_for(Duration::from_millis(300)).await.unwrap());
+
+    // Unsubscribed: the feed stops for the watcher, the other client still gets its channels.
+    watcher.unsubscribe("fleet/+/temp").await.unwrap();
+    nodes[0].publish("fleet/2/temp", json!("after")).await;
+    assert_eq!(&both.recv_publish().await.unwrap().payload[..], br#""after""#);
+    assert!(watcher.quiet_for(Duration::from_millis(300)).await.unwrap());
+}

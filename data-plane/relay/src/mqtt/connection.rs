@@ -1,12 +1,13 @@
 //! One MQTT connection, over TCP, TLS or WebSocket (see `io`): CONNECT (authentication, the
 //! session claimed or resumed), then one loop that reads packets, writes the session's queue as
 //! PUBLISH packets within the client's Receive Maximum, and keeps the keep-alive, presence and
-//! token deadlines; then the end (the will, the session parked or closed).
+//! token deadlines; then the end (the will, the session parked or closed). A connection with
+//! nothing to do gives up its task until something happens (see `hibernate`).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -22,6 +23,7 @@ use tributary_protocol::frame::SubscribeRequest;
 use tributary_protocol::{ChannelName, ChannelPattern, CloseCode, ErrorCode};
 
 use super::client::{Client, Filter, Link, Target, write_ack};
+use super::hibernate::Hibernation;
 use super::io::{self, MqttIo};
 use crate::conn::{ConnHandle, Outbound, Outbox, PreparedMessage};
 use crate::ops::OpError;
@@ -34,6 +36,10 @@ const COALESCE_MAX: usize = 64;
 
 /// How long a write may stall before the client counts as gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connection that delivered or received a message within this time keeps its task when it
+/// has nothing to do (it will likely have more soon); one that did not hibernates.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// How long the goodbye (a DISCONNECT) may take.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -65,6 +71,39 @@ struct Live {
     out: Vec<u8>,
 }
 
+/// What a connection keeps between tasks: everything but its read buffer (empty when it
+/// hibernates) and its timer (an alarm meanwhile).
+struct Dormant<S> {
+    state: Arc<RelayState>,
+    stream: S,
+    live: Live,
+    marks: Marks,
+}
+
+/// A connection's deadlines, and when it was last busy.
+struct Marks {
+    keep_alive_at: Instant,
+    heartbeat_at: Instant,
+    /// When a message was last delivered to the client or published by it.
+    busy_at: Option<Instant>,
+}
+
+impl Marks {
+    /// The first deadline of `live`, the token's expiry included.
+    fn first(&self, live: &Live) -> Instant {
+        self.keep_alive_at.min(self.heartbeat_at).min(crate::transport::deadline(live.expires_at))
+    }
+}
+
+/// MQTT-3.1.2-24: one and a half keep-alives without a packet end the connection.
+fn grace(live: &Live) -> Duration {
+    live.keep_alive + live.keep_alive / 2
+}
+
+fn heartbeat_every(state: &RelayState) -> Duration {
+    Duration::from_millis((state.config.presence_timeout_ms / 3).max(1))
+}
+
 /// Serves one MQTT connection.
 #[allow(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice in the task")]
 pub(super) fn run<S: MqttIo>(mut stream: S, state: Arc<RelayState>) -> impl Future<Output = ()> + Send {
@@ -88,12 +127,61 @@ pub(super) fn run<S: MqttIo>(mut stream: S, state: Arc<RelayState>) -> impl Futu
             Box::pin(refuse(&mut stream, connect.version, Refusal(0x9F, 0x03, reason))).await;
             return;
         }
-        let Some(mut live) = Box::pin(open(&state, &mut stream, connect)).await else { return };
+        let Some(live) = Box::pin(open(&state, &mut stream, connect)).await else { return };
         if input.is_empty() {
             input = BytesMut::new();
         }
-        let ending = serve(&state, &mut stream, &mut input, &mut live).await;
+        let now = Instant::now();
+        let marks = Marks {
+            keep_alive_at: now + grace(&live),
+            heartbeat_at: now + heartbeat_every(&state),
+            busy_at: None,
+        };
+        drive(Box::new(Dormant { state, stream, live, marks }), None, input).await;
+    }
+}
+
+/// Serves a connection until it ends, or until it hibernates (the task ends; a wake spawns a
+/// new one with the hibernation).
+#[allow(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice in the task")]
+fn drive<S: MqttIo>(
+    mut conn: Box<Dormant<S>>,
+    hibernation: Option<Arc<Hibernation<Dormant<S>>>>,
+    mut input: BytesMut,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let hibernation = hibernation.unwrap_or_else(|| Hibernation::new(wake_up::<S>));
+        let ending = loop {
+            hibernation.awake();
+            let Dormant { state, stream, live, marks } = &mut *conn;
+            match serve(state, stream, &mut input, live, marks, &hibernation).await {
+                Served::Ended(ending) => break ending,
+                Served::Idle => {
+                    let alarms = &state.mqtt_sessions.alarms;
+                    alarms.start(state, |state| &state.mqtt_sessions.alarms);
+                    let deadline = marks.first(live);
+                    let state = state.clone();
+                    match hibernation.sleep(conn, &state.mqtt_sessions.alarms, deadline) {
+                        None => return,
+                        Some(back) => conn = back,
+                    }
+                }
+            }
+        };
+        let Dormant { state, stream, live, .. } = *conn;
         Box::pin(finish(&state, stream, live, ending)).await;
+    }
+}
+
+/// Serves a hibernating connection again, on a new task.
+fn wake_up<S: MqttIo>(conn: Box<Dormant<S>>, hibernation: Arc<Hibernation<Dormant<S>>>) {
+    let state = conn.state.clone();
+    let task = drive(conn, Some(hibernation), BytesMut::new());
+    if tokio::runtime::Handle::try_current().is_ok() {
+        state.tasks.spawn(task);
+    } else if let Some(runtime) = state.mqtt_sessions.alarms.runtime() {
+        // Woken from a thread of no runtime: the connection's own runtime serves it.
+        state.tasks.spawn_on(task, runtime);
     }
 }
 
@@ -533,6 +621,13 @@ async fn add_filter(
     Ok(())
 }
 
+/// Why serving stopped.
+enum Served {
+    Ended(Ending),
+    /// Nothing to do: the stream and the queue were polled with the hibernation's waker.
+    Idle,
+}
+
 /// What woke the connection.
 enum Event {
     /// Bytes were read into the input (`false`: the client closed or the stream failed).
@@ -552,15 +647,13 @@ fn serve<'a, S: MqttIo>(
     stream: &'a mut S,
     input: &'a mut BytesMut,
     live: &'a mut Live,
-) -> impl Future<Output = Ending> + Send + 'a {
+    marks: &'a mut Marks,
+    hibernation: &'a Arc<Hibernation<Dormant<S>>>,
+) -> impl Future<Output = Served> + Send + 'a {
     async move {
-        // MQTT-3.1.2-24: one and a half keep-alives without a packet end the connection.
-        let grace = |live: &Live| live.keep_alive + live.keep_alive / 2;
-        let heartbeat_every = || Duration::from_millis((state.config.presence_timeout_ms / 3).max(1));
-        let mut keep_alive_at = Instant::now() + grace(live);
-        let mut heartbeat_at = Instant::now() + heartbeat_every();
         let token_at = crate::transport::deadline(live.expires_at);
-        let mut timer = std::pin::pin!(sleep_until(keep_alive_at.min(heartbeat_at).min(token_at)));
+        let mut timer =
+            std::pin::pin!(sleep_until(marks.keep_alive_at.min(marks.heartbeat_at).min(token_at)));
         // Packets that came with CONNECT.
         let mut buffered = !input.is_empty();
         loop {
@@ -579,11 +672,11 @@ fn serve<'a, S: MqttIo>(
                     // What the stream took is not sent again with the goodbye.
                     Written::Failed(taken) => {
                         live.out.drain(..taken);
-                        return Ending::Gone;
+                        return Served::Ended(Ending::Gone);
                     }
                     Written::Closed(taken) => {
                         live.out.drain(..taken);
-                        return Ending::Closed;
+                        return Served::Ended(Ending::Closed);
                     }
                 }
                 live.out.clear();
@@ -593,13 +686,14 @@ fn serve<'a, S: MqttIo>(
                 }
             }
             if live.client.session.conn().is_closed() {
-                return Ending::Closed;
+                return Served::Ended(Ending::Closed);
             }
             if live.client.session.catching_up() {
                 Box::pin(live.client.session.catch_up()).await;
             }
-            if timer.deadline() != keep_alive_at.min(heartbeat_at).min(token_at) {
-                timer.as_mut().reset(keep_alive_at.min(heartbeat_at).min(token_at));
+            let first = marks.keep_alive_at.min(marks.heartbeat_at).min(token_at);
+            if timer.deadline() != first {
+                timer.as_mut().reset(first);
             }
             let room = usize::from(live.link.receive_maximum).saturating_sub(live.client.inflight_len());
             let mut batch = Vec::new();
@@ -607,11 +701,26 @@ fn serve<'a, S: MqttIo>(
                 Event::Read(true)
             } else {
                 let Client { outbox, session, .. } = &mut *live.client;
-                next_event(stream, input, outbox, session.conn(), room, &mut batch, timer.as_mut()).await
+                let idle = room > 0 && input.is_empty() && !session.catching_up() && {
+                    let now = Instant::now();
+                    now < first && marks.busy_at.is_none_or(|busy| now >= busy + LINGER)
+                };
+                if idle {
+                    // Polled with the hibernation's waker: what comes next wakes the connection
+                    // after its task ended.
+                    let waker = Waker::from(hibernation.clone());
+                    let mut cx = Context::from_waker(&waker);
+                    match poll_event(stream, input, outbox, session.conn(), room, &mut batch, &mut cx) {
+                        Poll::Ready(event) => event,
+                        Poll::Pending => return Served::Idle,
+                    }
+                } else {
+                    next_event(stream, input, outbox, session.conn(), room, &mut batch, timer.as_mut()).await
+                }
             };
             match event {
-                Event::Read(false) => return Ending::Gone,
-                Event::Closed | Event::Queue(0) => return Ending::Closed,
+                Event::Read(false) => return Served::Ended(Ending::Gone),
+                Event::Closed | Event::Queue(0) => return Served::Ended(Ending::Closed),
                 Event::Read(true) => {
                     loop {
                         let packet = match decode(
@@ -624,11 +733,17 @@ fn serve<'a, S: MqttIo>(
                                 packet
                             }
                             Ok(None) => break,
-                            Err(err) => return Ending::Refused(err.reason_code(), "malformed packet"),
+                            Err(err) => {
+                                return Served::Ended(Ending::Refused(err.reason_code(), "malformed packet"));
+                            }
                         };
-                        keep_alive_at = Instant::now() + grace(live);
+                        let now = Instant::now();
+                        marks.keep_alive_at = now + grace(live);
+                        if matches!(packet, Packet::Publish(_)) {
+                            marks.busy_at = Some(now);
+                        }
                         if let Some(ending) = Box::pin(handle(state, live, packet)).await {
-                            return ending;
+                            return Served::Ended(ending);
                         }
                     }
                     if input.is_empty() {
@@ -638,23 +753,29 @@ fn serve<'a, S: MqttIo>(
                     }
                 }
                 Event::Queue(_) => {
+                    let mut delivered = false;
                     for item in batch {
+                        // Other items (presence events) are not for MQTT clients.
                         if let Outbound::Message(message) = item {
                             live.client.deliver(&mut live.link, &message, None, &mut live.out);
+                            delivered = true;
                         }
+                    }
+                    if delivered {
+                        marks.busy_at = Some(Instant::now());
                     }
                 }
                 Event::Timer => {
                     let now = Instant::now();
-                    if now >= keep_alive_at {
-                        return Ending::Refused(0x8D, "keep alive timeout");
+                    if now >= marks.keep_alive_at {
+                        return Served::Ended(Ending::Refused(0x8D, "keep alive timeout"));
                     }
                     if now >= token_at {
                         live.client.session.conn().close(CloseCode::TokenExpired);
-                        return Ending::Closed;
+                        return Served::Ended(Ending::Closed);
                     }
-                    if now >= heartbeat_at {
-                        heartbeat_at = now + heartbeat_every();
+                    if now >= marks.heartbeat_at {
+                        marks.heartbeat_at = now + heartbeat_every(state);
                         Box::pin(live.client.session.heartbeat()).await;
                     }
                 }
@@ -677,21 +798,37 @@ fn next_event<'a, S: MqttIo>(
     mut timer: Pin<&'a mut Sleep>,
 ) -> impl Future<Output = Event> + 'a {
     std::future::poll_fn(move |cx| {
-        if let Poll::Ready(read) = stream.poll_read_into(cx, input) {
-            return Poll::Ready(Event::Read(matches!(read, Ok(n) if n > 0)));
-        }
-        if room > 0 {
-            if let Poll::Ready(n) = outbox.poll_drain(cx, COALESCE_MAX.min(room), |item| batch.push(item)) {
-                return Poll::Ready(Event::Queue(n));
-            }
-        } else if std::pin::pin!(conn.closed()).poll(cx).is_ready() {
-            return Poll::Ready(Event::Closed);
+        if let Poll::Ready(event) = poll_event(stream, input, outbox, conn, room, batch, cx) {
+            return Poll::Ready(event);
         }
         if timer.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Event::Timer);
         }
         Poll::Pending
     })
+}
+
+/// Polls what [`next_event`] waits for, but the timer.
+fn poll_event<S: MqttIo>(
+    stream: &mut S,
+    input: &mut BytesMut,
+    outbox: &mut Outbox,
+    conn: &ConnHandle,
+    room: usize,
+    batch: &mut Vec<Outbound>,
+    cx: &mut Context<'_>,
+) -> Poll<Event> {
+    if let Poll::Ready(read) = stream.poll_read_into(cx, input) {
+        return Poll::Ready(Event::Read(matches!(read, Ok(n) if n > 0)));
+    }
+    if room > 0 {
+        if let Poll::Ready(n) = outbox.poll_drain(cx, COALESCE_MAX.min(room), |item| batch.push(item)) {
+            return Poll::Ready(Event::Queue(n));
+        }
+    } else if std::pin::pin!(conn.closed()).poll(cx).is_ready() {
+        return Poll::Ready(Event::Closed);
+    }
+    Poll::Pending
 }
 
 /// How writing the connection's output ended; the count is how much of it the stream took.

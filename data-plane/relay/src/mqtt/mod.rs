@@ -22,6 +22,7 @@
 //! # Layout
 //! - [`MqttConfig`]: the `[relay.mqtt]` settings.
 //! - `connection`: one connection: CONNECT, then reading, writing and keep-alive.
+//! - `hibernate`: idle connections without a task, and their deadlines.
 //! - `io`: the byte stream under it: TCP, binary WebSocket messages, or TLS ([`tls`]).
 //! - `client`: the MQTT session: subscriptions, packet ids, QoS 1 and 2 state, delivery.
 //! - `registry`: sessions by app and client id, across connections (takeover, expiry).
@@ -29,6 +30,7 @@
 
 mod client;
 mod connection;
+mod hibernate;
 mod io;
 mod publish;
 mod registry;

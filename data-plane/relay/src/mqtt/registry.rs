@@ -75,6 +75,8 @@ pub struct Sessions {
     /// New connections of this node's MQTT listeners (`max_connections_per_second`); made
     /// full on first use.
     connects: Mutex<Option<TokenBucket>>,
+    /// The deadlines of this node's hibernating connections.
+    pub(super) alarms: super::hibernate::Alarms,
 }
 
 /// What a new connection found for its client id.

@@ -1198,3 +1198,42 @@ async fn wildcard_subscribers_get_every_channel_of_their_app_from_every_node_of_
     assert_eq!(&both.recv_publish().await.unwrap().payload[..], br#""after""#);
     assert!(watcher.quiet_for(Duration::from_millis(300)).await.unwrap());
 }
+
+#[tokio::test]
+async fn idle_devices_give_up_their_tasks_and_still_get_messages_pings_and_presence() {
+    // Presence entries expire after 600 ms unless the connection's heartbeat (every 200 ms)
+    // refreshes them: only a hibernating connection's alarms keep its device present.
+    let server = TestServer::spawn_mqtt(|relay| relay.presence_timeout_ms = 600).await;
+    let tasks = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let mut first = device(&server, Version::V5, "idle-0").await;
+    first.subscribe("rooms/hall", QoS::AtLeastOnce).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = tasks();
+    let mut devices = Vec::new();
+    for n in 1..=30 {
+        let mut device = device(&server, Version::V311, &format!("idle-{n}")).await;
+        device.subscribe("rooms/hall", QoS::AtLeastOnce).await.unwrap();
+        devices.push(device);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let idle = tasks();
+    assert!(idle <= before + 2, "{before} tasks with one idle device, {idle} with 31");
+
+    // Heartbeats keep them present well past the presence timeout.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut ws = server.ws(&server.all_rights("app").await).await;
+    let presence = ws.request(json!({"op": "presence", "channel": "rooms/hall"})).await.unwrap();
+    let members = presence["result"]["members"].as_array().map(Vec::len);
+    assert_eq!(members, Some(31), "{presence}");
+
+    // A message wakes every one of them; so does a ping.
+    server.publish("rooms/hall", json!("lights off")).await;
+    for device in &mut devices {
+        let got = device.recv_and_ack().await.unwrap();
+        assert_eq!(&got.payload[..], br#""lights off""#);
+    }
+    assert_eq!(&first.recv_and_ack().await.unwrap().payload[..], br#""lights off""#);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    first.send(&Packet::PingReq).await.unwrap();
+    assert!(matches!(first.recv().await.unwrap(), Packet::PingResp));
+}

@@ -37,10 +37,6 @@ const COALESCE_MAX: usize = 64;
 /// How long a write may stall before the client counts as gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A connection that delivered or received a message within this time keeps its task when it
-/// has nothing to do (it will likely have more soon); one that did not hibernates.
-const LINGER: Duration = Duration::from_secs(1);
-
 /// How long the goodbye (a DISCONNECT) may take.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -84,8 +80,10 @@ struct Dormant<S> {
 struct Marks {
     keep_alive_at: Instant,
     heartbeat_at: Instant,
-    /// When a message was last delivered to the client or published by it.
-    busy_at: Option<Instant>,
+    /// A message was delivered to the client or published by it since the last presence
+    /// heartbeat: the connection keeps its task when it has nothing to do, as it will likely
+    /// have more soon (and a busy connection reads no clock for it).
+    busy: bool,
 }
 
 impl Marks {
@@ -135,7 +133,7 @@ pub(super) fn run<S: MqttIo>(mut stream: S, state: Arc<RelayState>) -> impl Futu
         let marks = Marks {
             keep_alive_at: now + grace(&live),
             heartbeat_at: now + heartbeat_every(&state),
-            busy_at: None,
+            busy: false,
         };
         drive(Box::new(Dormant { state, stream, live, marks }), None, input).await;
     }
@@ -701,10 +699,12 @@ fn serve<'a, S: MqttIo>(
                 Event::Read(true)
             } else {
                 let Client { outbox, session, .. } = &mut *live.client;
-                let idle = room > 0 && input.is_empty() && !session.catching_up() && {
-                    let now = Instant::now();
-                    now < first && marks.busy_at.is_none_or(|busy| now >= busy + LINGER)
-                };
+                // A deadline that passed is met in the task, not by an alarm.
+                let idle = !marks.busy
+                    && room > 0
+                    && input.is_empty()
+                    && !session.catching_up()
+                    && Instant::now() < first;
                 if idle {
                     // Polled with the hibernation's waker: what comes next wakes the connection
                     // after its task ended.
@@ -739,9 +739,7 @@ fn serve<'a, S: MqttIo>(
                         };
                         let now = Instant::now();
                         marks.keep_alive_at = now + grace(live);
-                        if matches!(packet, Packet::Publish(_)) {
-                            marks.busy_at = Some(now);
-                        }
+                        marks.busy |= matches!(packet, Packet::Publish(_));
                         if let Some(ending) = Box::pin(handle(state, live, packet)).await {
                             return Served::Ended(ending);
                         }
@@ -761,9 +759,7 @@ fn serve<'a, S: MqttIo>(
                             delivered = true;
                         }
                     }
-                    if delivered {
-                        marks.busy_at = Some(Instant::now());
-                    }
+                    marks.busy |= delivered;
                 }
                 Event::Timer => {
                     let now = Instant::now();
@@ -776,6 +772,7 @@ fn serve<'a, S: MqttIo>(
                     }
                     if now >= marks.heartbeat_at {
                         marks.heartbeat_at = now + heartbeat_every(state);
+                        marks.busy = false;
                         Box::pin(live.client.session.heartbeat()).await;
                     }
                 }

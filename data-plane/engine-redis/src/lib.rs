@@ -873,6 +873,29 @@ impl Engine for RedisEngine {
         Ok(value)
     }
 
+    async fn put(&self, name: &str, value: Bytes, ttl: Duration) -> Result<(), EngineError> {
+        let inner = &self.inner;
+        let key = format!("{}:kv:{name}", inner.config.prefix);
+        let mut conn = inner.commands_for_name(&key);
+        redis::cmd("SET")
+            .arg(&key)
+            .arg(value.as_ref())
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn take(&self, name: &str) -> Result<Option<Bytes>, EngineError> {
+        let inner = &self.inner;
+        let key = format!("{}:kv:{name}", inner.config.prefix);
+        let mut conn = inner.commands_for_name(&key);
+        let value: Option<Vec<u8>> =
+            redis::cmd("GETDEL").arg(&key).query_async(&mut conn).await.map_err(unavailable)?;
+        Ok(value.map(Bytes::from))
+    }
+
     async fn set_retained(
         &self,
         key: &ChannelKey,

@@ -544,6 +544,19 @@ pub async fn an_app_subscription_delivers_every_channel_of_the_app_once(engine: 
     engine.unsubscribe(&named).await.unwrap();
 }
 
+/// What is put is taken once, replaced by a later put, and gone after its TTL.
+pub async fn stored_values_are_taken_once_and_expire(engine: Arc<dyn Engine>) {
+    let name = format!("kv:{}", crate::memory::stream_epoch_for_tests());
+    assert_eq!(engine.take(&name).await.unwrap(), None);
+    engine.put(&name, Bytes::from_static(b"first"), Duration::from_secs(60)).await.unwrap();
+    engine.put(&name, Bytes::from_static(b"\0second"), Duration::from_secs(60)).await.unwrap();
+    assert_eq!(engine.take(&name).await.unwrap().as_deref(), Some(&b"\0second"[..]), "the last put");
+    assert_eq!(engine.take(&name).await.unwrap(), None, "taken once");
+    engine.put(&name, Bytes::from_static(b"short"), Duration::from_millis(100)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(engine.take(&name).await.unwrap(), None, "expired");
+}
+
 /// Stamps out one `#[tokio::test]` per conformance case for an engine factory: an async
 /// function returning `Arc<dyn Engine>`, called once per case.
 #[macro_export]
@@ -571,6 +584,7 @@ macro_rules! engine_conformance_suite {
             active_sets_count_members_once_and_forget_quiet_ones,
             retained_messages_are_kept_per_channel_and_app,
             an_app_subscription_delivers_every_channel_of_the_app_once,
+            stored_values_are_taken_once_and_expire,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

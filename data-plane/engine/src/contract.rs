@@ -284,6 +284,14 @@ pub trait Engine: Send + Sync + 'static {
     /// the nodes saw lately, each counted once (a tenant's channels with subscribers).
     async fn active_set(&self, name: &str, members: &[String], window: Duration) -> Result<u64, EngineError>;
 
+    /// Stores `value` under `name`, shared by every node, for `ttl`, replacing what was there:
+    /// state that must outlive the node that made it (an MQTT session while its client is away).
+    async fn put(&self, name: &str, value: Bytes, ttl: Duration) -> Result<(), EngineError>;
+
+    /// Removes what is stored under `name` and returns it: of two nodes taking it at once, one
+    /// gets it.
+    async fn take(&self, name: &str) -> Result<Option<Bytes>, EngineError>;
+
     /// Sets the retained message of a channel (its last value, which a new MQTT subscriber gets
     /// at once), or clears it with `None`, as the message at `offset` of stream `epoch` asked.
     /// A change older than the one in place (the same stream, a lower offset) is ignored, so

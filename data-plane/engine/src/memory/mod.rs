@@ -68,6 +68,8 @@ struct Inner {
     sets: Mutex<HashMap<String, HashMap<String, Instant>>>,
     /// Retained messages per app, by channel.
     retained: Mutex<HashMap<Arc<str>, std::collections::BTreeMap<ChannelName, Retained>>>,
+    /// What [`Engine::put`] stored: value and expiry.
+    stored: Mutex<HashMap<String, (Bytes, Instant)>>,
 }
 
 /// The single-node engine.
@@ -98,6 +100,7 @@ impl MemoryEngine {
             counters: Mutex::new(HashMap::new()),
             sets: Mutex::new(HashMap::new()),
             retained: Mutex::new(HashMap::new()),
+            stored: Mutex::new(HashMap::new()),
         });
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(sweep_loop(Arc::downgrade(&inner)));
@@ -153,6 +156,7 @@ impl Inner {
         if u128::from(tick) % every != 0 {
             return;
         }
+        lock(&self.stored).retain(|_, (_, expires)| *expires > now);
         let idle = self.config.stream_idle_ttl;
         for shard in &self.shards {
             // A stream in use elsewhere (an Arc clone alive) is never dropped under its user.
@@ -294,6 +298,16 @@ impl Engine for MemoryEngine {
             sets.remove(name);
         }
         Ok(count)
+    }
+
+    async fn put(&self, name: &str, value: Bytes, ttl: Duration) -> Result<(), EngineError> {
+        lock(&self.inner.stored).insert(name.to_owned(), (value, Instant::now() + ttl));
+        Ok(())
+    }
+
+    async fn take(&self, name: &str) -> Result<Option<Bytes>, EngineError> {
+        let taken = lock(&self.inner.stored).remove(name);
+        Ok(taken.filter(|(_, expires)| *expires > Instant::now()).map(|(value, _)| value))
     }
 
     async fn set_retained(

@@ -873,6 +873,10 @@ impl Engine for RedisEngine {
         Ok(value)
     }
 
+    fn spans_nodes(&self) -> bool {
+        true
+    }
+
     async fn put(&self, name: &str, value: Bytes, ttl: Duration) -> Result<(), EngineError> {
         let inner = &self.inner;
         let key = format!("{}:kv:{name}", inner.config.prefix);

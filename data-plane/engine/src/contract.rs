@@ -284,6 +284,11 @@ pub trait Engine: Send + Sync + 'static {
     /// the nodes saw lately, each counted once (a tenant's channels with subscribers).
     async fn active_set(&self, name: &str, members: &[String], window: Duration) -> Result<u64, EngineError>;
 
+    /// Whether other nodes share this engine (so what one node stores, another may need).
+    fn spans_nodes(&self) -> bool {
+        false
+    }
+
     /// Stores `value` under `name`, shared by every node, for `ttl`, replacing what was there:
     /// state that must outlive the node that made it (an MQTT session while its client is away).
     async fn put(&self, name: &str, value: Bytes, ttl: Duration) -> Result<(), EngineError>;

@@ -32,6 +32,16 @@ pub enum ControlEvent {
         /// The tenant.
         tenant: String,
     },
+    /// An MQTT client's persistent session is served by `node` now: any other node that holds
+    /// it (parked, or with a connection that did not go away) ends its own.
+    MqttSessionMoved {
+        /// The app.
+        app: String,
+        /// The session's key (the client id).
+        session: String,
+        /// The node that serves it now.
+        node: String,
+    },
 }
 
 impl ControlEvent {
@@ -57,6 +67,14 @@ mod tests {
             (
                 ControlEvent::TenantChanged { tenant: "ten_1".into() },
                 r#"{"type":"tenant_changed","tenant":"ten_1"}"#,
+            ),
+            (
+                ControlEvent::MqttSessionMoved {
+                    app: "app_1".into(),
+                    session: "meter-7".into(),
+                    node: "n2".into(),
+                },
+                r#"{"type":"mqtt_session_moved","app":"app_1","session":"meter-7","node":"n2"}"#,
             ),
         ];
         for (event, json) in cases {

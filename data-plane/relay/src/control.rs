@@ -3,6 +3,7 @@
 //! to every node). The event type lives in `tributary_protocol::control`.
 //!
 //! - `disconnect` closes a client's connections.
+//! - `mqtt_session_moved` ends a node's copy of an MQTT session another node serves now.
 //! - `app_changed` and `tenant_changed` reload the apps' policies from the directory and close
 //!   the connections they no longer admit (revoked tokens, keys, suspended tenants).
 //!
@@ -59,6 +60,11 @@ impl ControlHandler for ControlEvents {
                 // when first used.
                 let apps = state.policies.apps(Some(&tenant));
                 tokio::spawn(async move { reload_apps(&state, apps, RELOAD_TRIES).await });
+            }
+            Ok(ControlEvent::MqttSessionMoved { app, session, node }) => {
+                if node != state.mqtt_sessions.node() {
+                    tokio::spawn(async move { crate::mqtt::session_moved(&state, &app, &session).await });
+                }
             }
             Err(err) => tracing::debug!(error = %err, "ignored a control event this node does not know"),
         }

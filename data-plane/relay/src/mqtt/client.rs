@@ -225,6 +225,16 @@ impl Client {
         self.inflight.len()
     }
 
+    /// Returns the position just before the oldest message of `channel` that was sent and not
+    /// received yet (no PUBACK or PUBREC): where another node's copy of the session recovers
+    /// the channel from, so nothing unacknowledged is lost with this node.
+    pub fn unacknowledged_from(&self, channel: &ChannelName) -> Option<(Arc<str>, u64)> {
+        self.inflight
+            .iter()
+            .find(|m| !m.released && m.message.channel == *channel)
+            .map(|m| (m.message.publication.epoch.clone(), m.message.publication.offset.saturating_sub(1)))
+    }
+
     /// Returns whether another QoS 1 or 2 message may be sent now.
     pub fn can_send(&self, link: &Link) -> bool {
         self.inflight.len() < usize::from(link.receive_maximum)

@@ -23,6 +23,7 @@ use tributary_protocol::frame::SubscribeRequest;
 use tributary_protocol::{ChannelName, ChannelPattern, CloseCode, ErrorCode};
 
 use super::client::{Client, Filter, Link, Target, write_ack};
+use super::handoff;
 use super::hibernate::Hibernation;
 use super::io::{self, MqttIo};
 use crate::conn::{ConnHandle, Outbound, Outbox, PreparedMessage};
@@ -346,12 +347,17 @@ async fn open(state: &Arc<RelayState>, stream: &mut impl MqttIo, connect: Box<Co
         if anonymous { Arc::from(format!("anonymous/{client_id}")) } else { client_id.clone() };
     let claim = state.mqtt_sessions.claim(&app, &session_key).await;
     let mut previous = claim.previous;
-    if connect.clean_start
+    // A copy written by another node is the session's latest state (this node's own copy is
+    // of the session it holds, if any); a clean start drops both.
+    let moved = handoff::take(state, &app, &session_key)
+        .await
+        .filter(|copy| !connect.clean_start && copy.node != state.mqtt_sessions.node());
+    if (connect.clean_start || moved.is_some())
         && let Some(old) = previous.take()
     {
         end_session(state, old).await;
     }
-    let session_present = previous.is_some();
+    let session_present = previous.is_some() || moved.is_some();
     let expires_at = identity.expires_at;
     let deny = denied(state, anonymous);
     let client = match previous {
@@ -367,6 +373,10 @@ async fn open(state: &Arc<RelayState>, stream: &mut impl MqttIo, connect: Box<Co
         }
     };
     client.expiry_secs = expiry_secs;
+    if let Some(copy) = moved {
+        Box::pin(restore(state, &mut client, copy)).await;
+        handoff::announce(state, &app, &session_key).await;
+    }
     if !state.mqtt_sessions.attach(&app, &session_key, claim.generation, client.session.conn()) {
         // Opening took so long that a newer connection of the client id took over meanwhile.
         end_session(state, client).await;
@@ -406,6 +416,7 @@ async fn open(state: &Arc<RelayState>, stream: &mut impl MqttIo, connect: Box<Co
         // Present again: join the presence of its channels.
         client.session.heartbeat().await;
     }
+    handoff::save(state, &app, &client, true).await;
     Some(Live {
         client,
         link,
@@ -537,6 +548,21 @@ async fn resume(
         remove_patterns(state, old.session.conn(), Some(&text)).await;
     }
     Ok(old)
+}
+
+/// Rebuilds the subscriptions of a session another node held: channels recover from history
+/// after where the client was.
+async fn restore(state: &Arc<RelayState>, client: &mut Client, copy: handoff::Snapshot) {
+    for stored in &copy.filters {
+        let Ok(mut filter) = parse_filter(&stored.subscription(), stored.id) else { continue };
+        let recover = stored.recover_from();
+        filter.position =
+            stored.position.as_ref().map(|(epoch, offset)| (Arc::from(epoch.as_str()), *offset));
+        if let Err(err) = add_filter(state, client, filter, recover).await {
+            tracing::debug!(filter = %stored.text, error = %err.message, "subscription not resumed");
+        }
+    }
+    client.awaiting_release.extend(copy.awaiting);
 }
 
 /// Ends a session for good: its wildcard subscriptions leave the hub, its channel
@@ -774,6 +800,7 @@ fn serve<'a, S: MqttIo>(
                         marks.heartbeat_at = now + heartbeat_every(state);
                         marks.busy = false;
                         Box::pin(live.client.session.heartbeat()).await;
+                        Box::pin(handoff::save(state, &live.app, &live.client, true)).await;
                     }
                 }
             }
@@ -1035,6 +1062,7 @@ async fn on_subscribe(state: &Arc<RelayState>, live: &mut Live, subscribe: Subsc
     for filter in retained_for {
         queue_retained(state, live, filter).await;
     }
+    handoff::save(state, &live.app, &live.client, true).await;
 }
 
 /// Adds or replaces one subscription; returns whether it is new, or the reason code.
@@ -1047,6 +1075,35 @@ async fn subscribe_one(
     if !live.client.session.take_request() {
         return Err(0x97);
     }
+    let filter = parse_filter(wanted, id)?;
+    if let Some(existing) = live.client.filters.iter_mut().find(|f| *f.text == *wanted.filter) {
+        // MQTT-3.8.4-3: a subscription to the same filter replaces the options.
+        existing.qos = wanted.qos;
+        existing.no_local = wanted.no_local;
+        existing.retain_as_published = wanted.retain_as_published;
+        existing.id = id;
+        return Ok(false);
+    }
+    if live.client.filters.len() >= state.config.max_subscriptions_per_connection {
+        return Err(0x97);
+    }
+    // The channel a filter without wildcards names, shared or not.
+    let inner = wanted
+        .filter
+        .strip_prefix("$share/")
+        .and_then(|r| r.split_once('/'))
+        .map_or(&*wanted.filter, |(_, i)| i);
+    if let Ok(channel) = channel_of(inner)
+        && live.client.deny.iter().any(|p| p.matches(&channel))
+    {
+        return Err(0x80);
+    }
+    add_filter(state, &mut live.client, filter, None).await.map_err(|err| reason_of(&err))?;
+    Ok(true)
+}
+
+/// Reads a subscription's filter and options; `Err` is the SUBACK reason code.
+pub(super) fn parse_filter(wanted: &tributary_mqtt::Subscription, id: Option<u32>) -> Result<Filter, u8> {
     // `$share/<group>/<filter>`: a shared subscription (MQTT 5 section 4.8.2).
     let (inner, shared) = match wanted.filter.strip_prefix("$share/") {
         Some(rest) => {
@@ -1064,22 +1121,6 @@ async fn subscribe_one(
         None => (wanted.filter.as_str(), false),
     };
     let topic = TopicFilter::parse(inner).map_err(|e| e.reason_code())?;
-    if let Some(existing) = live.client.filters.iter_mut().find(|f| *f.text == *wanted.filter) {
-        // MQTT-3.8.4-3: a subscription to the same filter replaces the options.
-        existing.qos = wanted.qos;
-        existing.no_local = wanted.no_local;
-        existing.retain_as_published = wanted.retain_as_published;
-        existing.id = id;
-        return Ok(false);
-    }
-    if live.client.filters.len() >= state.config.max_subscriptions_per_connection {
-        return Err(0x97);
-    }
-    if let Ok(channel) = channel_of(inner)
-        && live.client.deny.iter().any(|p| p.matches(&channel))
-    {
-        return Err(0x80);
-    }
     // A shared subscription is served by the hub like a wildcard one, even without wildcards.
     let (text, target) = if topic.is_exact() && !shared {
         // The channel name's text serves as the filter's: one string per subscription.
@@ -1088,7 +1129,7 @@ async fn subscribe_one(
     } else {
         (Arc::from(wanted.filter.as_str()), Target::Pattern(Arc::new(topic)))
     };
-    let filter = Filter {
+    Ok(Filter {
         text,
         target,
         qos: wanted.qos,
@@ -1097,9 +1138,7 @@ async fn subscribe_one(
         id,
         shared,
         position: None,
-    };
-    add_filter(state, &mut live.client, filter, None).await.map_err(|err| reason_of(&err))?;
-    Ok(true)
+    })
 }
 
 /// Queues the retained messages a new subscription gets.
@@ -1152,6 +1191,7 @@ async fn on_unsubscribe(state: &Arc<RelayState>, live: &mut Live, unsubscribe: U
     }
     let unsuback = UnsubAck { packet_id: unsubscribe.packet_id, properties: Properties::default(), codes };
     live.out.extend_from_slice(&encode(&Packet::UnsubAck(unsuback), live.link.version));
+    handoff::save(state, &live.app, &live.client, true).await;
 }
 
 /// The MQTT 5 reason code for a connection the server closed.
@@ -1223,6 +1263,16 @@ async fn finish(state: &Arc<RelayState>, mut stream: impl MqttIo, live: Live, en
         .as_ref()
         .map_or(0, |w| w.properties.will_delay.unwrap_or(0).min(if parked { expiry } else { 0 }));
     let will_cancel = (delay > 0).then(CancellationToken::new);
+    // Taken over, the session lives on in the connection that took it (here or on another
+    // node), which keeps its copy.
+    if close_code != Some(CloseCode::SessionTakenOver) {
+        if !revoked && (parked || state.shutdown.is_cancelled()) {
+            // Where the client is exactly: a node it comes back to resumes from here.
+            handoff::save(state, &app, &client, false).await;
+        } else {
+            handoff::forget(state, &app, &client).await;
+        }
+    }
     if parked {
         conn.set_parked(true);
         client.session.leave_presence().await;

@@ -23,6 +23,7 @@
 //! - [`MqttConfig`]: the `[relay.mqtt]` settings.
 //! - `connection`: one connection: CONNECT, then reading, writing and keep-alive.
 //! - `hibernate`: idle connections without a task, and their deadlines.
+//! - `handoff`: persistent sessions that move between nodes.
 //! - `io`: the byte stream under it: TCP, binary WebSocket messages, or TLS ([`tls`]).
 //! - `client`: the MQTT session: subscriptions, packet ids, QoS 1 and 2 state, delivery.
 //! - `registry`: sessions by app and client id, across connections (takeover, expiry).
@@ -30,6 +31,7 @@
 
 mod client;
 mod connection;
+mod handoff;
 mod hibernate;
 mod io;
 mod publish;
@@ -180,6 +182,7 @@ pub async fn end_unadmitted(
         state.mqtt_sessions.take_parked(app, |client| client.session.conn().close_unless_admitted(policy));
     let count = ended.len();
     for client in ended {
+        handoff::forget(state, app, &client).await;
         connection::end_session(state, client).await;
     }
     count
@@ -192,9 +195,21 @@ pub async fn end_client(state: &RelayState, app: &str, client_id: &str) -> usize
     let count = ended.len();
     for client in ended {
         client.session.conn().close(tributary_protocol::CloseCode::Revoked);
+        handoff::forget(state, app, &client).await;
         connection::end_session(state, client).await;
     }
     count
+}
+
+/// Ends this node's copy of a session another node serves now (see `handoff`): a parked one
+/// quietly, an online one as a takeover (DISCONNECT 0x8E).
+pub async fn session_moved(state: &RelayState, app: &str, session: &str) {
+    let (app, session): (Arc<str>, Arc<str>) = (Arc::from(app), Arc::from(session));
+    let claim = state.mqtt_sessions.claim(&app, &session).await;
+    if let Some(client) = claim.previous {
+        connection::end_session(state, client).await;
+    }
+    state.mqtt_sessions.release(&app, &session, claim.generation);
 }
 
 /// The MQTT-over-WebSocket listener's routes: `/mqtt` (what most clients ask for) and `/`.

@@ -77,6 +77,17 @@ pub struct Sessions {
     connects: Mutex<Option<TokenBucket>>,
     /// The deadlines of this node's hibernating connections.
     pub(super) alarms: super::hibernate::Alarms,
+    /// This node, as copies of its sessions name it (see `handoff`).
+    node: NodeId,
+}
+
+/// A node's random id.
+struct NodeId(String);
+
+impl Default for NodeId {
+    fn default() -> Self {
+        Self(uuid::Uuid::new_v4().simple().to_string())
+    }
 }
 
 /// What a new connection found for its client id.
@@ -95,6 +106,11 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(8);
 impl Sessions {
     fn lock(&self) -> MutexGuard<'_, Slots> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node.0
     }
 
     /// Takes one new connection from the node's connection rate; false when it is spent.

@@ -1237,3 +1237,69 @@ async fn idle_devices_give_up_their_tasks_and_still_get_messages_pings_and_prese
     first.send(&Packet::PingReq).await.unwrap();
     assert!(matches!(first.recv().await.unwrap(), Packet::PingResp));
 }
+
+#[tokio::test]
+async fn a_persistent_session_follows_its_client_to_another_node_and_loses_nothing() {
+    let nodes = TestServer::spawn_cluster(2, |relay| {
+        relay.mqtt.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    })
+    .await;
+    let payload = |p: &tributary_mqtt::Publish| String::from_utf8_lossy(&p.payload).into_owned();
+    let (mut meter, ack) = persistent(&nodes[0], Version::V5, "meter-7").await;
+    assert!(!ack.session_present);
+    meter.subscribe("meters/7/cmd", QoS::AtLeastOnce).await.unwrap();
+    meter.subscribe("fleet/+/all", QoS::AtLeastOnce).await.unwrap();
+    nodes[0].publish("meters/7/cmd", json!("c1")).await;
+    assert_eq!(payload(&meter.recv_and_ack().await.unwrap()), r#""c1""#);
+    meter.disconnect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Away: published on the other node, nobody there subscribed.
+    nodes[1].publish("meters/7/cmd", json!("c2")).await;
+    nodes[1].publish("meters/7/cmd", json!("c3")).await;
+    let (mut meter, ack) = persistent(&nodes[1], Version::V5, "meter-7").await;
+    assert!(ack.session_present, "the session came along");
+    let got: Vec<String> = [meter.recv_and_ack().await.unwrap(), meter.recv_and_ack().await.unwrap()]
+        .iter()
+        .map(payload)
+        .collect();
+    assert_eq!(got, [r#""c2""#, r#""c3""#], "what came while it was away, in order, once");
+    meter.subscribe("meters/7/fw", QoS::AtLeastOnce).await.unwrap();
+
+    // A second connection of the client id on the first node takes the session over.
+    let (mut again, ack) = persistent(&nodes[0], Version::V5, "meter-7").await;
+    assert!(ack.session_present);
+    match meter.recv_within(Duration::from_secs(10)).await.unwrap() {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.code, 0x8E, "session taken over"),
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    // With what it became on the other node: its new subscription, and the wildcard one.
+    nodes[1].publish("meters/7/fw", json!("v2.1")).await;
+    assert_eq!(payload(&again.recv_and_ack().await.unwrap()), r#""v2.1""#);
+    nodes[1].publish("fleet/3/all", json!("all hands")).await;
+    assert_eq!(payload(&again.recv_and_ack().await.unwrap()), r#""all hands""#);
+    assert!(again.quiet_for(Duration::from_millis(300)).await.unwrap(), "nothing twice");
+}
+
+#[tokio::test]
+async fn a_node_that_shuts_down_hands_its_sessions_to_the_node_their_clients_come_back_to() {
+    let mut nodes = TestServer::spawn_cluster(2, |relay| {
+        relay.mqtt.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    })
+    .await;
+    let (mut meter, _) = persistent(&nodes[0], Version::V311, "meter-9").await;
+    meter.subscribe("meters/9/cmd", QoS::AtLeastOnce).await.unwrap();
+    nodes[1].publish("meters/9/cmd", json!(1)).await;
+    // Received and never acknowledged: it comes again.
+    let unacknowledged = meter.recv_publish().await.unwrap();
+    assert_eq!(&unacknowledged.payload[..], b"1");
+    let first = nodes.remove(0);
+    first.stop().await;
+    nodes[0].publish("meters/9/cmd", json!(2)).await;
+    let (mut meter, ack) = persistent(&nodes[0], Version::V311, "meter-9").await;
+    assert!(ack.session_present);
+    let got: Vec<Vec<u8>> = [meter.recv_and_ack().await.unwrap(), meter.recv_and_ack().await.unwrap()]
+        .map(|p| p.payload.to_vec())
+        .into();
+    assert_eq!(got, [b"1".to_vec(), b"2".to_vec()]);
+}

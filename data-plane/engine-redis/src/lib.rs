@@ -225,16 +225,15 @@ impl Routes {
             sink.on_control(&Bytes::copy_from_slice(message));
             return;
         }
-        let key = match lock_read(&self.channels).get(channel.as_ref()) {
-            Some(route) => {
-                if message.first() == Some(&b'j') {
-                    // A member joined: its expiry must be watched (the next upkeep learns it).
-                    route.upkeep_due.store(0, Ordering::Relaxed);
-                }
-                route.key.clone()
+        let routed = lock_read(&self.channels).get(channel.as_ref()).map(|route| {
+            if message.first() == Some(&b'j') {
+                // A member joined: its expiry must be watched (the next upkeep learns it).
+                route.upkeep_due.store(0, Ordering::Relaxed);
             }
-            None => return self.on_feed(&sink, &channel, message),
-        };
+            route.key.clone()
+        });
+        // Not under the routes' lock: delivery runs the whole hub.
+        let Some(key) = routed else { return self.on_feed(&sink, &channel, message) };
         let audience = if self.feeds_enabled { Audience::Channel } else { Audience::All };
         match wire::decode_message(message) {
             Ok(Received::Publication(publication)) => sink.on_publication(&key, &publication, audience),
@@ -877,27 +876,33 @@ impl Engine for RedisEngine {
         true
     }
 
-    async fn put(&self, name: &str, value: Bytes, ttl: Duration) -> Result<(), EngineError> {
+    async fn put(&self, name: &str, version: u64, value: Bytes, ttl: Duration) -> Result<bool, EngineError> {
         let inner = &self.inner;
         let key = format!("{}:kv:{name}", inner.config.prefix);
-        let mut conn = inner.commands_for_name(&key);
-        redis::cmd("SET")
-            .arg(&key)
-            .arg(value.as_ref())
-            .arg("PX")
-            .arg(ttl.as_millis().max(1) as u64)
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(unavailable)
+        let mut invocation = inner.scripts.put.key(&key);
+        invocation.arg(version).arg(value.as_ref()).arg(ttl.as_millis().max(1) as u64);
+        let stored: i64 =
+            invocation.invoke_async(&mut inner.commands_for_name(&key)).await.map_err(unavailable)?;
+        Ok(stored == 1)
     }
 
-    async fn take(&self, name: &str) -> Result<Option<Bytes>, EngineError> {
+    async fn take(&self, name: &str) -> Result<(u64, Option<Bytes>), EngineError> {
         let inner = &self.inner;
         let key = format!("{}:kv:{name}", inner.config.prefix);
-        let mut conn = inner.commands_for_name(&key);
-        let value: Option<Vec<u8>> =
-            redis::cmd("GETDEL").arg(&key).query_async(&mut conn).await.map_err(unavailable)?;
-        Ok(value.map(Bytes::from))
+        let taken: Vec<Value> = inner
+            .scripts
+            .take
+            .key(&key)
+            .invoke_async(&mut inner.commands_for_name(&key))
+            .await
+            .map_err(unavailable)?;
+        match &taken[..] {
+            [Value::Int(version)] => Ok((*version as u64, None)),
+            [Value::Int(version), Value::BulkString(value)] => {
+                Ok((*version as u64, Some(Bytes::copy_from_slice(value))))
+            }
+            _ => Err(unavailable("a stored value's reply")),
+        }
     }
 
     async fn set_retained(

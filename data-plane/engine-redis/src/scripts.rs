@@ -256,6 +256,27 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[3] .. '|' .. ARGV[2] .. '|' .. ARGV[4]
 return 1
 "#;
 
+/// KEYS: the stored value's hash. ARGV: version, value, ttl ms.
+/// Stores `{v: version, d: value}` unless the hash holds a version as high (a value, or the
+/// version of one taken). Returns 1 when stored.
+const PUT: &str = r#"
+local current = redis.call('HGET', KEYS[1], 'v')
+if current and tonumber(current) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"#;
+
+/// KEYS: the stored value's hash. Returns `{version}` or `{version, value}` (version 0:
+/// none) and keeps only the version, until the hash's TTL ends.
+const TAKE: &str = r#"
+local taken = redis.call('HMGET', KEYS[1], 'v', 'd')
+if not taken[1] then return {0} end
+if not taken[2] then return {tonumber(taken[1])} end
+redis.call('HDEL', KEYS[1], 'd')
+return {tonumber(taken[1]), taken[2]}
+"#;
+
 /// The scripts, loaded once per engine.
 pub struct Scripts {
     /// See [`PUBLISH`]: sent whole with `EVAL` rather than by hash. A client's consecutive
@@ -277,6 +298,10 @@ pub struct Scripts {
     pub upkeep: redis::Script,
     /// See [`RETAIN`].
     pub retain: redis::Script,
+    /// See [`PUT`].
+    pub put: redis::Script,
+    /// See [`TAKE`].
+    pub take: redis::Script,
 }
 
 /// The text sent to Redis: the helpers and the body, without comments or indentation (Redis
@@ -306,6 +331,8 @@ impl Scripts {
             presence_read: script(PRESENCE_HELPERS, PRESENCE_READ),
             upkeep: script(PRESENCE_HELPERS, UPKEEP),
             retain: script("", RETAIN),
+            put: script("", PUT),
+            take: script("", TAKE),
         }
     }
 }

@@ -544,17 +544,27 @@ pub async fn an_app_subscription_delivers_every_channel_of_the_app_once(engine: 
     engine.unsubscribe(&named).await.unwrap();
 }
 
-/// What is put is taken once, replaced by a later put, and gone after its TTL.
-pub async fn stored_values_are_taken_once_and_expire(engine: Arc<dyn Engine>) {
+/// What is put is taken once; a put of an older version than the one stored (or last taken)
+/// is refused; everything is gone after its TTL.
+pub async fn stored_values_are_taken_once_newest_first_and_expire(engine: Arc<dyn Engine>) {
     let name = format!("kv:{}", crate::memory::stream_epoch_for_tests());
-    assert_eq!(engine.take(&name).await.unwrap(), None);
-    engine.put(&name, Bytes::from_static(b"first"), Duration::from_secs(60)).await.unwrap();
-    engine.put(&name, Bytes::from_static(b"\0second"), Duration::from_secs(60)).await.unwrap();
-    assert_eq!(engine.take(&name).await.unwrap().as_deref(), Some(&b"\0second"[..]), "the last put");
-    assert_eq!(engine.take(&name).await.unwrap(), None, "taken once");
-    engine.put(&name, Bytes::from_static(b"short"), Duration::from_millis(100)).await.unwrap();
+    let minute = Duration::from_secs(60);
+    assert_eq!(engine.take(&name).await.unwrap(), (0, None));
+    assert!(engine.put(&name, 1, Bytes::from_static(b"first"), minute).await.unwrap());
+    assert!(engine.put(&name, 3, Bytes::from_static(b"\0third"), minute).await.unwrap());
+    assert!(!engine.put(&name, 2, Bytes::from_static(b"late"), minute).await.unwrap(), "older");
+    assert!(!engine.put(&name, 3, Bytes::from_static(b"same"), minute).await.unwrap(), "not newer");
+    let (version, value) = engine.take(&name).await.unwrap();
+    assert_eq!((version, value.as_deref()), (3, Some(&b"\0third"[..])), "the newest put");
+    assert_eq!(engine.take(&name).await.unwrap(), (3, None), "taken once, its version kept");
+    assert!(!engine.put(&name, 3, Bytes::from_static(b"stale"), minute).await.unwrap(), "as old as taken");
+    assert!(engine.put(&name, 4, Bytes::from_static(b"fourth"), minute).await.unwrap());
+    assert_eq!(engine.take(&name).await.unwrap().0, 4);
+    let short = format!("{name}:short");
+    assert!(engine.put(&short, 1, Bytes::from_static(b"short"), Duration::from_millis(100)).await.unwrap());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(engine.take(&name).await.unwrap(), None, "expired");
+    assert_eq!(engine.take(&short).await.unwrap(), (0, None), "expired");
+    assert!(engine.put(&short, 1, Bytes::from_static(b"again"), minute).await.unwrap(), "forgotten");
 }
 
 /// Stamps out one `#[tokio::test]` per conformance case for an engine factory: an async
@@ -584,7 +594,7 @@ macro_rules! engine_conformance_suite {
             active_sets_count_members_once_and_forget_quiet_ones,
             retained_messages_are_kept_per_channel_and_app,
             an_app_subscription_delivers_every_channel_of_the_app_once,
-            stored_values_are_taken_once_and_expire,
+            stored_values_are_taken_once_newest_first_and_expire,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

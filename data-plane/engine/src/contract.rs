@@ -289,13 +289,17 @@ pub trait Engine: Send + Sync + 'static {
         false
     }
 
-    /// Stores `value` under `name`, shared by every node, for `ttl`, replacing what was there:
-    /// state that must outlive the node that made it (an MQTT session while its client is away).
-    async fn put(&self, name: &str, value: Bytes, ttl: Duration) -> Result<(), EngineError>;
+    /// Stores `value` under `name`, shared by every node, for `ttl`: state that must outlive the
+    /// node that made it (an MQTT session while its client is away). Versions order the
+    /// writers: a value is stored only if `version` is above that of the value stored, or of
+    /// the one last taken (so a late write of an older state never replaces a newer one).
+    /// Returns whether it was stored.
+    async fn put(&self, name: &str, version: u64, value: Bytes, ttl: Duration) -> Result<bool, EngineError>;
 
-    /// Removes what is stored under `name` and returns it: of two nodes taking it at once, one
-    /// gets it.
-    async fn take(&self, name: &str) -> Result<Option<Bytes>, EngineError>;
+    /// Takes what is stored under `name`: of two nodes taking it at once, one gets it. Returns
+    /// the version stored or last taken (0: none) and the value, if one is stored; the version
+    /// is remembered until its TTL ends.
+    async fn take(&self, name: &str) -> Result<(u64, Option<Bytes>), EngineError>;
 
     /// Sets the retained message of a channel (its last value, which a new MQTT subscriber gets
     /// at once), or clears it with `None`, as the message at `offset` of stream `epoch` asked.

@@ -32,22 +32,25 @@ pub enum ControlEvent {
         /// The tenant.
         tenant: String,
     },
-    /// An MQTT client's persistent session is served by `node` now: any other node that holds
-    /// it (parked, or with a connection that did not go away) ends its own.
+    /// An MQTT client's persistent session moved to another node: `node`, which held it as
+    /// `generation` (its own count), ends that session (parked, or with a connection that did
+    /// not go away), unless a newer connection of the client id came to it since.
     MqttSessionMoved {
         /// The app.
         app: String,
         /// The session's key (the client id).
         session: String,
-        /// The node that serves it now.
+        /// The node that held it.
         node: String,
+        /// The node's generation of the session.
+        generation: u64,
     },
 }
 
 impl ControlEvent {
     /// Returns the event as JSON bytes.
     pub fn to_json(&self) -> Vec<u8> {
-        // Every field is a string or a bool: serialising cannot fail.
+        // Every field is a string, a bool or a number: serialising cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
     }
 }
@@ -73,8 +76,9 @@ mod tests {
                     app: "app_1".into(),
                     session: "meter-7".into(),
                     node: "n2".into(),
+                    generation: 7,
                 },
-                r#"{"type":"mqtt_session_moved","app":"app_1","session":"meter-7","node":"n2"}"#,
+                r#"{"type":"mqtt_session_moved","app":"app_1","session":"meter-7","node":"n2","generation":7}"#,
             ),
         ];
         for (event, json) in cases {

@@ -61,9 +61,11 @@ impl ControlHandler for ControlEvents {
                 let apps = state.policies.apps(Some(&tenant));
                 tokio::spawn(async move { reload_apps(&state, apps, RELOAD_TRIES).await });
             }
-            Ok(ControlEvent::MqttSessionMoved { app, session, node }) => {
-                if node != state.mqtt_sessions.node() {
-                    tokio::spawn(async move { crate::mqtt::session_moved(&state, &app, &session).await });
+            Ok(ControlEvent::MqttSessionMoved { app, session, node, generation }) => {
+                if node == state.mqtt_sessions.node() {
+                    tokio::spawn(async move {
+                        crate::mqtt::session_moved(&state, &app, &session, generation).await;
+                    });
                 }
             }
             Err(err) => tracing::debug!(error = %err, "ignored a control event this node does not know"),

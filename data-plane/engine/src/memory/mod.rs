@@ -68,9 +68,12 @@ struct Inner {
     sets: Mutex<HashMap<String, HashMap<String, Instant>>>,
     /// Retained messages per app, by channel.
     retained: Mutex<HashMap<Arc<str>, std::collections::BTreeMap<ChannelName, Retained>>>,
-    /// What [`Engine::put`] stored: value and expiry.
-    stored: Mutex<HashMap<String, (Bytes, Instant)>>,
+    /// What [`Engine::put`] stored.
+    stored: Mutex<HashMap<String, Stored>>,
 }
+
+/// A value of [`Engine::put`]: its version, the value (`None` once taken) and its expiry.
+type Stored = (u64, Option<Bytes>, Instant);
 
 /// The single-node engine.
 #[derive(Clone)]
@@ -156,7 +159,7 @@ impl Inner {
         if u128::from(tick) % every != 0 {
             return;
         }
-        lock(&self.stored).retain(|_, (_, expires)| *expires > now);
+        lock(&self.stored).retain(|_, (_, _, expires)| *expires > now);
         let idle = self.config.stream_idle_ttl;
         for shard in &self.shards {
             // A stream in use elsewhere (an Arc clone alive) is never dropped under its user.
@@ -300,14 +303,23 @@ impl Engine for MemoryEngine {
         Ok(count)
     }
 
-    async fn put(&self, name: &str, value: Bytes, ttl: Duration) -> Result<(), EngineError> {
-        lock(&self.inner.stored).insert(name.to_owned(), (value, Instant::now() + ttl));
-        Ok(())
+    async fn put(&self, name: &str, version: u64, value: Bytes, ttl: Duration) -> Result<bool, EngineError> {
+        let now = Instant::now();
+        let mut stored = lock(&self.inner.stored);
+        if stored.get(name).is_some_and(|(v, _, expires)| *v >= version && *expires > now) {
+            return Ok(false);
+        }
+        stored.insert(name.to_owned(), (version, Some(value), now + ttl));
+        Ok(true)
     }
 
-    async fn take(&self, name: &str) -> Result<Option<Bytes>, EngineError> {
-        let taken = lock(&self.inner.stored).remove(name);
-        Ok(taken.filter(|(_, expires)| *expires > Instant::now()).map(|(value, _)| value))
+    async fn take(&self, name: &str) -> Result<(u64, Option<Bytes>), EngineError> {
+        let now = Instant::now();
+        let mut stored = lock(&self.inner.stored);
+        match stored.get_mut(name) {
+            Some((version, value, expires)) if *expires > now => Ok((*version, value.take())),
+            _ => Ok((0, None)),
+        }
     }
 
     async fn set_retained(

@@ -171,6 +171,8 @@ pub(super) struct Client {
     pub deny: Arc<Vec<tributary_protocol::ChannelPattern>>,
     /// The session's key in the registry (the client id; prefixed for anonymous clients).
     pub session_key: Arc<str>,
+    /// The version of the session's last copy in the engine (see `handoff`).
+    pub copy_version: u64,
 }
 
 /// Returns the lower of two QoS levels.
@@ -212,6 +214,7 @@ impl Client {
             next_id: 0,
             deny,
             session_key,
+            copy_version: 0,
         }
     }
 

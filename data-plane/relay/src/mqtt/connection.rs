@@ -349,15 +349,14 @@ async fn open(state: &Arc<RelayState>, stream: &mut impl MqttIo, connect: Box<Co
     let mut previous = claim.previous;
     // A copy written by another node is the session's latest state (this node's own copy is
     // of the session it holds, if any); a clean start drops both.
-    let moved = handoff::take(state, &app, &session_key)
-        .await
-        .filter(|copy| !connect.clean_start && copy.node != state.mqtt_sessions.node());
-    if (connect.clean_start || moved.is_some())
+    let taken = handoff::take(state, &app, &session_key).await;
+    let moved = taken.foreign(state).is_some() && !connect.clean_start;
+    if (connect.clean_start || moved)
         && let Some(old) = previous.take()
     {
         end_session(state, old).await;
     }
-    let session_present = previous.is_some() || moved.is_some();
+    let session_present = previous.is_some() || moved;
     let expires_at = identity.expires_at;
     let deny = denied(state, anonymous);
     let client = match previous {
@@ -368,21 +367,28 @@ async fn open(state: &Arc<RelayState>, stream: &mut impl MqttIo, connect: Box<Co
         Ok(client) => client,
         Err(err) => {
             state.mqtt_sessions.release(&app, &session_key, claim.generation);
+            // Refused (a limit, the token): the copy stays for the client's next try.
+            handoff::put_back(state, &app, &session_key, &taken).await;
             refuse(stream, version, Refusal::of(&err)).await;
             return None;
         }
     };
     client.expiry_secs = expiry_secs;
-    if let Some(copy) = moved {
+    client.copy_version = client.copy_version.max(taken.next_version(state));
+    if moved && let Some(copy) = &taken.copy {
         Box::pin(restore(state, &mut client, copy)).await;
-        handoff::announce(state, &app, &session_key).await;
     }
     if !state.mqtt_sessions.attach(&app, &session_key, claim.generation, client.session.conn()) {
         // Opening took so long that a newer connection of the client id took over meanwhile.
         end_session(state, client).await;
+        handoff::put_back(state, &app, &session_key, &taken).await;
         refuse(stream, version, Refusal(0x89, 0x03, "a newer connection took this client id over".into()))
             .await;
         return None;
+    }
+    if let Some(copy) = taken.foreign(state) {
+        // Also after a clean start: the node that held the session ends it.
+        handoff::announce(state, &app, &session_key, copy).await;
     }
     let p = &connect.properties;
     let receive_maximum = p.receive_maximum.unwrap_or(u16::MAX).min(config.max_inflight);
@@ -416,7 +422,7 @@ async fn open(state: &Arc<RelayState>, stream: &mut impl MqttIo, connect: Box<Co
         // Present again: join the presence of its channels.
         client.session.heartbeat().await;
     }
-    handoff::save(state, &app, &client, true).await;
+    handoff::save(state, &app, &mut client, claim.generation, true).await;
     Some(Live {
         client,
         link,
@@ -552,7 +558,7 @@ async fn resume(
 
 /// Rebuilds the subscriptions of a session another node held: channels recover from history
 /// after where the client was.
-async fn restore(state: &Arc<RelayState>, client: &mut Client, copy: handoff::Snapshot) {
+async fn restore(state: &Arc<RelayState>, client: &mut Client, copy: &handoff::Snapshot) {
     for stored in &copy.filters {
         let Ok(mut filter) = parse_filter(&stored.subscription(), stored.id) else { continue };
         let recover = stored.recover_from();
@@ -562,7 +568,7 @@ async fn restore(state: &Arc<RelayState>, client: &mut Client, copy: handoff::Sn
             tracing::debug!(filter = %stored.text, error = %err.message, "subscription not resumed");
         }
     }
-    client.awaiting_release.extend(copy.awaiting);
+    client.awaiting_release.extend(copy.awaiting.iter().copied());
 }
 
 /// Ends a session for good: its wildcard subscriptions leave the hub, its channel
@@ -800,7 +806,8 @@ fn serve<'a, S: MqttIo>(
                         marks.heartbeat_at = now + heartbeat_every(state);
                         marks.busy = false;
                         Box::pin(live.client.session.heartbeat()).await;
-                        Box::pin(handoff::save(state, &live.app, &live.client, true)).await;
+                        Box::pin(handoff::save(state, &live.app, &mut live.client, live.generation, true))
+                            .await;
                     }
                 }
             }
@@ -1062,7 +1069,7 @@ async fn on_subscribe(state: &Arc<RelayState>, live: &mut Live, subscribe: Subsc
     for filter in retained_for {
         queue_retained(state, live, filter).await;
     }
-    handoff::save(state, &live.app, &live.client, true).await;
+    handoff::save(state, &live.app, &mut live.client, live.generation, true).await;
 }
 
 /// Adds or replaces one subscription; returns whether it is new, or the reason code.
@@ -1191,7 +1198,7 @@ async fn on_unsubscribe(state: &Arc<RelayState>, live: &mut Live, unsubscribe: U
     }
     let unsuback = UnsubAck { packet_id: unsubscribe.packet_id, properties: Properties::default(), codes };
     live.out.extend_from_slice(&encode(&Packet::UnsubAck(unsuback), live.link.version));
-    handoff::save(state, &live.app, &live.client, true).await;
+    handoff::save(state, &live.app, &mut live.client, live.generation, true).await;
 }
 
 /// The MQTT 5 reason code for a connection the server closed.
@@ -1211,7 +1218,7 @@ fn close_reason(code: Option<CloseCode>) -> u8 {
 
 /// Ends a connection: the goodbye, the session parked or closed, the will.
 async fn finish(state: &Arc<RelayState>, mut stream: impl MqttIo, live: Live, ending: Ending) {
-    let Live { client, link, app, generation, will, mut out, .. } = live;
+    let Live { mut client, link, app, generation, will, mut out, .. } = live;
     let conn = client.session.conn().clone();
     let close_code = conn.close_code();
     if link.version == Version::V5 {
@@ -1268,7 +1275,7 @@ async fn finish(state: &Arc<RelayState>, mut stream: impl MqttIo, live: Live, en
     if close_code != Some(CloseCode::SessionTakenOver) {
         if !revoked && (parked || state.shutdown.is_cancelled()) {
             // Where the client is exactly: a node it comes back to resumes from here.
-            handoff::save(state, &app, &client, false).await;
+            handoff::save(state, &app, &mut client, generation, false).await;
         } else {
             handoff::forget(state, &app, &client).await;
         }

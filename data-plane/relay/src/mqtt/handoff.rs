@@ -29,6 +29,8 @@ use crate::state::RelayState;
 pub(super) struct Snapshot {
     /// The node that wrote it.
     pub node: String,
+    /// That node's generation of the session (see `registry`).
+    pub generation: u64,
     /// The session's expiry, in seconds.
     pub expiry: u32,
     pub filters: Vec<StoredFilter>,
@@ -81,15 +83,22 @@ fn name(app: &str, session_key: &str) -> String {
     format!("mqtt-session/{app}/{session_key}")
 }
 
-/// Whether sessions are copied at all: only an engine other nodes share is worth it.
+/// Whether a session is copied: only for an engine other nodes share, while it outlives its
+/// connection.
 fn copied(state: &RelayState, client: &Client) -> bool {
     client.expiry_secs > 0 && state.engine.spans_nodes()
 }
 
-/// Writes the copy of `client`'s session. `online`: its client is connected, so the copy is
-/// kept for a while past the session's expiry (it is refreshed at every heartbeat), and QoS 0
-/// subscriptions start live rather than replay what a crashed node may have sent already.
-pub(super) async fn save(state: &RelayState, app: &str, client: &Client, online: bool) {
+/// How far ahead of a copy it took a node starts its own copies' versions: past whatever the
+/// node it took the session from may still write before it hears that the session moved (a
+/// heartbeat, its goodbye), so those late writes never replace the new node's copies.
+const TAKEN_LEAD: u64 = 1 << 20;
+
+/// Writes the copy of `client`'s session, held by this node as `generation`. `online`: its
+/// client is connected, so the copy is kept for a while past the session's expiry (it is
+/// refreshed at every heartbeat), and QoS 0 subscriptions start live rather than replay what a
+/// node that died may have sent already.
+pub(super) async fn save(state: &RelayState, app: &str, client: &mut Client, generation: u64, online: bool) {
     if !copied(state, client) {
         return;
     }
@@ -115,56 +124,107 @@ pub(super) async fn save(state: &RelayState, app: &str, client: &Client, online:
         .collect();
     let snapshot = Snapshot {
         node: state.mqtt_sessions.node().to_owned(),
+        generation,
         expiry: client.expiry_secs,
         filters,
         awaiting: client.awaiting_release.iter().copied().collect(),
     };
-    let Ok(json) = serde_json::to_vec(&snapshot) else { return };
     let mut ttl = Duration::from_secs(client.expiry_secs.into());
     if online {
         ttl += Duration::from_millis(state.config.presence_timeout_ms);
     }
-    if let Err(err) = state.engine.put(&name(app, &client.session_key), Bytes::from(json), ttl).await {
-        tracing::warn!(error = %err, "copying an MQTT session to the engine failed");
+    let version = client.copy_version + 1;
+    match put(state, app, &client.session_key, version, &snapshot, ttl).await {
+        Some(true) => client.copy_version = version,
+        // A node took the session meanwhile: it serves it now, and this copy is stale.
+        Some(false) => tracing::debug!("an MQTT session's copy is newer elsewhere; not replaced"),
+        None => {}
     }
 }
 
-/// Takes the copy of a session out of the engine (nobody else gets it): `None` if there is
-/// none, or it cannot be read.
-pub(super) async fn take(state: &RelayState, app: &str, session_key: &str) -> Option<Snapshot> {
-    if !state.engine.spans_nodes() {
-        return None;
-    }
-    let stored = match state.engine.take(&name(app, session_key)).await {
-        Ok(stored) => stored?,
+async fn put(
+    state: &RelayState,
+    app: &str,
+    session_key: &str,
+    version: u64,
+    snapshot: &Snapshot,
+    ttl: Duration,
+) -> Option<bool> {
+    let json = serde_json::to_vec(snapshot).ok()?;
+    match state.engine.put(&name(app, session_key), version, Bytes::from(json), ttl).await {
+        Ok(stored) => Some(stored),
         Err(err) => {
-            tracing::warn!(error = %err, "reading an MQTT session's copy failed");
-            return None;
-        }
-    };
-    match serde_json::from_slice(&stored) {
-        Ok(snapshot) => Some(snapshot),
-        Err(err) => {
-            tracing::warn!(error = %err, "dropped an unreadable MQTT session copy");
+            tracing::warn!(error = %err, "copying an MQTT session to the engine failed");
             None
         }
     }
 }
 
+/// What a CONNECT found in the engine.
+pub(super) struct Taken {
+    /// The version of the copy taken or last taken (0: none).
+    pub version: u64,
+    /// The copy, if one was there and readable.
+    pub copy: Option<Snapshot>,
+}
+
+impl Taken {
+    /// The copy, if another node wrote it: the session's latest state is there.
+    pub fn foreign(&self, state: &RelayState) -> Option<&Snapshot> {
+        self.copy.as_ref().filter(|copy| copy.node != state.mqtt_sessions.node())
+    }
+
+    /// The version the session's own copies continue from.
+    pub fn next_version(&self, state: &RelayState) -> u64 {
+        self.version + if self.foreign(state).is_some() { TAKEN_LEAD } else { 0 }
+    }
+}
+
+/// Takes the copy of a session out of the engine (nobody else gets it).
+pub(super) async fn take(state: &RelayState, app: &str, session_key: &str) -> Taken {
+    let none = Taken { version: 0, copy: None };
+    if !state.engine.spans_nodes() {
+        return none;
+    }
+    let (version, stored) = match state.engine.take(&name(app, session_key)).await {
+        Ok(taken) => taken,
+        Err(err) => {
+            tracing::warn!(error = %err, "reading an MQTT session's copy failed");
+            return none;
+        }
+    };
+    let copy = stored.and_then(|stored| match serde_json::from_slice(&stored) {
+        Ok(snapshot) => Some(snapshot),
+        Err(err) => {
+            tracing::warn!(error = %err, "dropped an unreadable MQTT session copy");
+            None
+        }
+    });
+    Taken { version, copy }
+}
+
+/// Puts a copy taken by a CONNECT that then failed back where it was, for the client's next try.
+pub(super) async fn put_back(state: &RelayState, app: &str, session_key: &str, taken: &Taken) {
+    if let Some(copy) = &taken.copy {
+        let ttl = Duration::from_secs(copy.expiry.max(1).into());
+        put(state, app, session_key, taken.version + 1, copy, ttl).await;
+    }
+}
+
 /// Drops the copy of a session that ended for good.
 pub(super) async fn forget(state: &RelayState, app: &str, client: &Client) {
-    if copied(state, client) {
+    if state.engine.spans_nodes() {
         let _ = take(state, app, &client.session_key).await;
     }
 }
 
-/// Tells the other nodes that this node serves the session now: the one that held it drops
-/// its own.
-pub(super) async fn announce(state: &RelayState, app: &Arc<str>, session_key: &Arc<str>) {
+/// Tells the node that held a session this node took (`copy`) to end its own.
+pub(super) async fn announce(state: &RelayState, app: &Arc<str>, session_key: &Arc<str>, copy: &Snapshot) {
     let event = crate::control::ControlEvent::MqttSessionMoved {
         app: app.to_string(),
         session: session_key.to_string(),
-        node: state.mqtt_sessions.node().to_owned(),
+        node: copy.node.clone(),
+        generation: copy.generation,
     };
     if let Err(err) = crate::control::send(state, &event).await {
         tracing::warn!(error = %err.message, "announcing a moved MQTT session failed");

@@ -175,7 +175,10 @@ impl Alarms {
 
     /// Rings every alarm that is due.
     fn ring_due(&self) {
-        let now = self.tick_of(Instant::now());
+        // The last tick that has fully passed (alarms are set for the tick at or after their
+        // deadline).
+        let elapsed = Instant::now().saturating_duration_since(self.origin).as_millis() as u64;
+        let now = elapsed / TICK.as_millis() as u64;
         let due = {
             let mut due = lock(&self.due);
             let later = due.split_off(&(now + 1));

@@ -201,15 +201,14 @@ pub async fn end_client(state: &RelayState, app: &str, client_id: &str) -> usize
     count
 }
 
-/// Ends this node's copy of a session another node serves now (see `handoff`): a parked one
-/// quietly, an online one as a takeover (DISCONNECT 0x8E).
-pub async fn session_moved(state: &RelayState, app: &str, session: &str) {
+/// Ends generation `generation` of a session that another node serves now (see `handoff`): a
+/// parked one quietly, an online one as a takeover (DISCONNECT 0x8E). A newer connection of
+/// the client id on this node is left alone.
+pub async fn session_moved(state: &RelayState, app: &str, session: &str, generation: u64) {
     let (app, session): (Arc<str>, Arc<str>) = (Arc::from(app), Arc::from(session));
-    let claim = state.mqtt_sessions.claim(&app, &session).await;
-    if let Some(client) = claim.previous {
+    if let Some(client) = state.mqtt_sessions.take_generation(&app, &session, generation).await {
         connection::end_session(state, client).await;
     }
-    state.mqtt_sessions.release(&app, &session, claim.generation);
 }
 
 /// The MQTT-over-WebSocket listener's routes: `/mqtt` (what most clients ask for) and `/`.

@@ -182,6 +182,47 @@ impl Sessions {
         }
     }
 
+    /// Takes generation `generation` of a session for ending (another node serves the session
+    /// now): parked, it is handed back at once (its delayed will cancelled, as the client came
+    /// back); online, its connection is closed as taken over and the session handed back once
+    /// it parked. Any other generation (a newer connection here) is left alone.
+    pub(super) async fn take_generation(
+        &self,
+        app: &Arc<str>,
+        client: &Arc<str>,
+        generation: u64,
+    ) -> Option<Box<Client>> {
+        let key = (app.clone(), client.clone());
+        let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+        loop {
+            {
+                let mut slots = self.lock();
+                match slots.map.get(&key) {
+                    Some(Slot::Offline { generation: g, .. }) if *g == generation => {
+                        let Some(Slot::Offline { client, will, expiry, .. }) = slots.remove(&key) else {
+                            return None;
+                        };
+                        if let Some(will) = will {
+                            will.cancel();
+                        }
+                        expiry.abort();
+                        return Some(client);
+                    }
+                    Some(Slot::Online { generation: g, conn }) if *g == generation => {
+                        if let Some(conn) = conn {
+                            conn.close(CloseCode::SessionTakenOver);
+                        }
+                    }
+                    _ => return None,
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Records the connection serving generation `generation`, so a takeover can close it.
     /// Returns false when a newer connection holds the client id now (this one took too long
     /// to open): the caller gives up.
@@ -315,5 +356,35 @@ mod tests {
         sessions.release(&app, &client, second.generation);
         let fourth = tokio::time::timeout(Duration::from_millis(1), sessions.claim(&app, &client)).await;
         assert!(fourth.is_ok(), "released, the client id is free at once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_word_that_a_session_moved_leaves_a_newer_connection_alone() {
+        let sessions = Sessions::default();
+        let (app, client): (Arc<str>, Arc<str>) = (Arc::from("app"), Arc::from("device"));
+        let old = sessions.claim(&app, &client).await;
+        sessions.release(&app, &client, old.generation);
+        // The client came back to this node before the word about its old session arrived.
+        let newer = sessions.claim(&app, &client).await;
+        let (conn, _outbox) = ConnHandle::new(
+            "c2".into(),
+            app.clone(),
+            client.clone(),
+            crate::policy::Credential::dummy(),
+            16,
+            1 << 20,
+        );
+        assert!(sessions.attach(&app, &client, newer.generation, &conn));
+        let started = tokio::time::Instant::now();
+        assert!(sessions.take_generation(&app, &client, old.generation).await.is_none());
+        assert_eq!(started.elapsed(), Duration::ZERO, "nothing waited for");
+        assert!(!conn.is_closed(), "the newer connection stays");
+        // The generation it names is closed as taken over.
+        let waiting = sessions.take_generation(&app, &client, newer.generation);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), waiting).await.is_err(),
+            "waits for it to park"
+        );
+        assert_eq!(conn.close_code(), Some(CloseCode::SessionTakenOver));
     }
 }

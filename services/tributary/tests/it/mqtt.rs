@@ -1303,3 +1303,28 @@ async fn a_node_that_shuts_down_hands_its_sessions_to_the_node_their_clients_com
         .into();
     assert_eq!(got, [b"1".to_vec(), b"2".to_vec()]);
 }
+
+#[tokio::test]
+async fn a_client_back_on_another_node_within_its_will_delay_cancels_the_will_there() {
+    let nodes = TestServer::spawn_cluster(2, |relay| {
+        relay.mqtt.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    })
+    .await;
+    let mut watcher = device(&nodes[1], Version::V5, "watcher").await;
+    watcher.subscribe("status/gw-3", QoS::AtMostOnce).await.unwrap();
+    let token = nodes[0].token("gw-3", &[("*", ALL)]).await;
+    let options = ConnectOptions::new(Version::V5, "gw-3", nodes[0].app_id(), &token).persistent(300).will(
+        "status/gw-3",
+        b"offline",
+        QoS::AtMostOnce,
+        false,
+        Some(1),
+    );
+    let gateway = MqttClient::connect_ok(nodes[0].mqtt_addr(), options.clone()).await.unwrap();
+    gateway.drop_connection();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_gateway, ack) = MqttClient::connect(nodes[1].mqtt_addr(), options).await.unwrap();
+    assert!(ack.session_present);
+    // The first node ended its parked session, and the will with it.
+    assert!(watcher.quiet_for(Duration::from_millis(2000)).await.unwrap(), "no will: the client is back");
+}

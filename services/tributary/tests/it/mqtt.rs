@@ -23,6 +23,12 @@ async fn device(server: &TestServer, version: Version, client_id: &str) -> MqttC
     .unwrap()
 }
 
+/// Two nodes on one Redis, each with an MQTT listener.
+async fn mqtt_cluster() -> Vec<TestServer> {
+    TestServer::spawn_cluster(2, |relay| relay.mqtt.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0))))
+        .await
+}
+
 #[tokio::test]
 async fn mqtt_clients_publish_and_subscribe_at_every_qos_in_both_versions() {
     let server = TestServer::spawn_mqtt(|_| {}).await;
@@ -1158,10 +1164,7 @@ async fn a_device_that_reconnects_often_leaves_no_sleeping_task_behind() {
 
 #[tokio::test]
 async fn wildcard_subscribers_get_every_channel_of_their_app_from_every_node_of_a_redis_cluster() {
-    let nodes = TestServer::spawn_cluster(2, |relay| {
-        relay.mqtt.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-    })
-    .await;
+    let nodes = mqtt_cluster().await;
     // Nobody subscribes to these channels by name: only the app's feed brings them to node 1.
     let mut watcher = device(&nodes[1], Version::V5, "watcher").await;
     assert_eq!(watcher.subscribe("fleet/+/temp", QoS::AtLeastOnce).await.unwrap(), vec![1]);
@@ -1240,10 +1243,7 @@ async fn idle_devices_give_up_their_tasks_and_still_get_messages_pings_and_prese
 
 #[tokio::test]
 async fn a_persistent_session_follows_its_client_to_another_node_and_loses_nothing() {
-    let nodes = TestServer::spawn_cluster(2, |relay| {
-        relay.mqtt.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-    })
-    .await;
+    let nodes = mqtt_cluster().await;
     let payload = |p: &tributary_mqtt::Publish| String::from_utf8_lossy(&p.payload).into_owned();
     let (mut meter, ack) = persistent(&nodes[0], Version::V5, "meter-7").await;
     assert!(!ack.session_present);
@@ -1283,10 +1283,7 @@ async fn a_persistent_session_follows_its_client_to_another_node_and_loses_nothi
 
 #[tokio::test]
 async fn a_node_that_shuts_down_hands_its_sessions_to_the_node_their_clients_come_back_to() {
-    let mut nodes = TestServer::spawn_cluster(2, |relay| {
-        relay.mqtt.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-    })
-    .await;
+    let mut nodes = mqtt_cluster().await;
     let (mut meter, _) = persistent(&nodes[0], Version::V311, "meter-9").await;
     meter.subscribe("meters/9/cmd", QoS::AtLeastOnce).await.unwrap();
     nodes[1].publish("meters/9/cmd", json!(1)).await;
@@ -1306,10 +1303,7 @@ async fn a_node_that_shuts_down_hands_its_sessions_to_the_node_their_clients_com
 
 #[tokio::test]
 async fn a_client_back_on_another_node_within_its_will_delay_cancels_the_will_there() {
-    let nodes = TestServer::spawn_cluster(2, |relay| {
-        relay.mqtt.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-    })
-    .await;
+    let nodes = mqtt_cluster().await;
     let mut watcher = device(&nodes[1], Version::V5, "watcher").await;
     watcher.subscribe("status/gw-3", QoS::AtMostOnce).await.unwrap();
     let token = nodes[0].token("gw-3", &[("*", ALL)]).await;

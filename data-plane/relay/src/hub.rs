@@ -304,7 +304,9 @@ impl Hub {
     /// Hands a publication to the wildcard subscribers of its app whose filter takes it;
     /// returns how many there were. A connection gets it once: not again for a second filter
     /// that takes it, and not at all if it subscribed to the channel itself (that subscription
-    /// delivers it, in order with its recovery).
+    /// delivers it, in order with its recovery). With an app feed the two copies arrive one
+    /// after the other: a connection that subscribes to the channel by name (or leaves it)
+    /// exactly between them may miss (or get twice) that one publication.
     fn deliver_to_patterns(
         &self,
         key: &ChannelKey,

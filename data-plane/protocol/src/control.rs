@@ -45,6 +45,19 @@ pub enum ControlEvent {
         /// The node's generation of the session.
         generation: u64,
     },
+    /// A node shut down while an MQTT client's will waited for its delay: the will is stored
+    /// in the engine, and after `delay_ms` one of the other nodes publishes it, unless the
+    /// client came back (its CONNECT took the will away).
+    MqttWillPending {
+        /// The app.
+        app: String,
+        /// The session's key (the client id).
+        session: String,
+        /// The node that shut down.
+        node: String,
+        /// How long the will still waits.
+        delay_ms: u64,
+    },
 }
 
 impl ControlEvent {
@@ -79,6 +92,15 @@ mod tests {
                     generation: 7,
                 },
                 r#"{"type":"mqtt_session_moved","app":"app_1","session":"meter-7","node":"n2","generation":7}"#,
+            ),
+            (
+                ControlEvent::MqttWillPending {
+                    app: "app_1".into(),
+                    session: "gw-3".into(),
+                    node: "n1".into(),
+                    delay_ms: 900,
+                },
+                r#"{"type":"mqtt_will_pending","app":"app_1","session":"gw-3","node":"n1","delay_ms":900}"#,
             ),
         ];
         for (event, json) in cases {

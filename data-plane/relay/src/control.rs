@@ -4,6 +4,8 @@
 //!
 //! - `disconnect` closes a client's connections.
 //! - `mqtt_session_moved` ends a node's copy of an MQTT session another node serves now.
+//! - `mqtt_will_pending` has the other nodes publish a delayed will a node that shut down
+//!   handed over, unless its client comes back first.
 //! - `app_changed` and `tenant_changed` reload the apps' policies from the directory and close
 //!   the connections they no longer admit (revoked tokens, keys, suspended tenants).
 //!
@@ -66,6 +68,13 @@ impl ControlHandler for ControlEvents {
                     tokio::spawn(async move {
                         crate::mqtt::session_moved(&state, &app, &session, generation).await;
                     });
+                }
+            }
+            Ok(ControlEvent::MqttWillPending { app, session, node, delay_ms }) => {
+                if node != state.mqtt_sessions.node() {
+                    tokio::spawn(
+                        async move { crate::mqtt::will_pending(&state, &app, &session, delay_ms).await },
+                    );
                 }
             }
             Err(err) => tracing::debug!(error = %err, "ignored a control event this node does not know"),

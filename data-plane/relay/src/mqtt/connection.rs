@@ -350,6 +350,8 @@ async fn open(state: &Arc<RelayState>, stream: &mut impl MqttIo, connect: Box<Co
     // A copy written by another node is the session's latest state (this node's own copy is
     // of the session it holds, if any); a clean start drops both.
     let taken = handoff::take(state, &app, &session_key).await;
+    // MQTT-3.1.3-9: back within its will's delay (on whichever node), the will is not sent.
+    let _ = handoff::take_will(state, &app, &session_key).await;
     let moved = taken.foreign(state).is_some() && !connect.clean_start;
     if (connect.clean_start || moved)
         && let Some(old) = previous.take()
@@ -1266,9 +1268,16 @@ async fn finish(state: &Arc<RelayState>, mut stream: impl MqttIo, live: Live, en
         && !state.shutdown.is_cancelled()
         && state.mqtt_sessions.parked_in(&app) < state.config.mqtt.max_parked_sessions_per_app;
     let will = will.filter(|_| publish_will && !revoked);
+    // Shutting down, the session is copied for the node the client comes back to, and a
+    // delayed will is handed to the other nodes rather than published at once.
+    let handed = state.shutdown.is_cancelled()
+        && expiry > 0
+        && !revoked
+        && close_code != Some(CloseCode::SessionTakenOver)
+        && state.engine.spans_nodes();
     let delay = will
         .as_ref()
-        .map_or(0, |w| w.properties.will_delay.unwrap_or(0).min(if parked { expiry } else { 0 }));
+        .map_or(0, |w| w.properties.will_delay.unwrap_or(0).min(if parked || handed { expiry } else { 0 }));
     let will_cancel = (delay > 0).then(CancellationToken::new);
     // Taken over, the session lives on in the connection that took it (here or on another
     // node), which keeps its copy.
@@ -1309,20 +1318,50 @@ async fn finish(state: &Arc<RelayState>, mut stream: impl MqttIo, live: Live, en
         end_session(state, client).await;
     }
     let Some(will) = will else { return };
+    if handed && delay > 0 {
+        let wait = Duration::from_secs(delay.into());
+        if !handoff::hand_will(state, &app, &key, &client_id, &will, wait).await {
+            publish_will_now(state, &app, &client_id, *will).await;
+        }
+        return;
+    }
     match will_cancel {
         None => publish_will_now(state, &app, &client_id, *will).await,
         Some(cancel) => {
             let state = state.clone();
             tokio::spawn(async move {
+                let due = Instant::now() + Duration::from_secs(delay.into());
                 tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(delay.into())) => {}
-                    () = state.shutdown.cancelled() => {}
+                    () = sleep_until(due) => {}
+                    () = state.shutdown.cancelled() => {
+                        let left = due.saturating_duration_since(Instant::now());
+                        if !left.is_zero() && handoff::hand_will(&state, &app, &key, &client_id, &will, left).await {
+                            return;
+                        }
+                    }
                     // MQTT-3.1.3-9: the client came back within the delay.
                     () = cancel.cancelled() => return,
                 }
                 publish_will_now(&state, &app, &client_id, *will).await;
             });
         }
+    }
+}
+
+/// Publishes a will another node handed over when it shut down, once its delay passed, unless
+/// its client came back (see `handoff::hand_will`).
+pub(super) async fn publish_handed_will(
+    state: &Arc<RelayState>,
+    app: &str,
+    session_key: &str,
+    delay: Duration,
+) {
+    tokio::time::sleep(delay).await;
+    let Some((client_id, publish)) = handoff::take_will(state, app, session_key).await else { return };
+    let Ok(channel) = channel_of(&publish.topic) else { return };
+    let app: Arc<str> = Arc::from(app);
+    if let Err(err) = super::publish::publish(state, &app, &client_id, channel, &publish).await {
+        tracing::warn!(error = %err.message, "publishing a handed-over will failed");
     }
 }
 

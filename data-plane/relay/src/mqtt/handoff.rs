@@ -230,3 +230,105 @@ pub(super) async fn announce(state: &RelayState, app: &Arc<str>, session_key: &A
         tracing::warn!(error = %err.message, "announcing a moved MQTT session failed");
     }
 }
+
+/// The engine's name of a session's will handed over by a node that shut down.
+fn will_name(app: &str, session_key: &str) -> String {
+    format!("mqtt-will/{app}/{session_key}")
+}
+
+/// A will handed over: the client id it is published as, and the will as an MQTT 5 PUBLISH.
+#[derive(Serialize, Deserialize)]
+struct PendingWill {
+    client: String,
+    /// The PUBLISH packet, base64.
+    publish: String,
+}
+
+/// Hands a will still waiting for its delay to the other nodes, as this node shuts down: one of
+/// them publishes it after `delay` unless the client comes back first. Returns false when it
+/// could not be handed over (it must be published now).
+pub(super) async fn hand_will(
+    state: &RelayState,
+    app: &str,
+    session_key: &str,
+    client_id: &str,
+    will: &tributary_mqtt::LastWill,
+    delay: Duration,
+) -> bool {
+    use base64::Engine as _;
+    if !state.engine.spans_nodes() {
+        return false;
+    }
+    let mut properties = will.properties.clone();
+    properties.will_delay = None;
+    let publish = tributary_mqtt::Publish {
+        dup: false,
+        qos: will.qos,
+        retain: will.retain,
+        topic: will.topic.clone(),
+        packet_id: (will.qos != QoS::AtMostOnce).then_some(1),
+        properties,
+        payload: will.payload.clone(),
+    };
+    let packet =
+        tributary_mqtt::encode(&tributary_mqtt::Packet::Publish(publish), tributary_mqtt::Version::V5);
+    let pending = PendingWill {
+        client: client_id.to_owned(),
+        publish: base64::engine::general_purpose::STANDARD.encode(packet),
+    };
+    let Ok(json) = serde_json::to_vec(&pending) else { return false };
+    // Versions of wills only need to grow: the time does.
+    let version = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis() as u64);
+    let ttl = delay + Duration::from_secs(60);
+    match state.engine.put(&will_name(app, session_key), version, Bytes::from(json), ttl).await {
+        Ok(true) => {}
+        Ok(false) => return false,
+        Err(err) => {
+            tracing::warn!(error = %err, "handing over a delayed will failed; publishing it now");
+            return false;
+        }
+    }
+    let event = crate::control::ControlEvent::MqttWillPending {
+        app: app.to_owned(),
+        session: session_key.to_owned(),
+        node: state.mqtt_sessions.node().to_owned(),
+        delay_ms: delay.as_millis() as u64,
+    };
+    if let Err(err) = crate::control::send(state, &event).await {
+        // Stored, but no node was told: take it back and publish it now.
+        tracing::warn!(error = %err.message, "announcing a delayed will failed; publishing it now");
+        return take_will(state, app, session_key).await.is_none();
+    }
+    true
+}
+
+/// Takes a handed-over will away (its client came back, or its delay passed): the client id
+/// and the will's PUBLISH, if it was still there.
+pub(super) async fn take_will(
+    state: &RelayState,
+    app: &str,
+    session_key: &str,
+) -> Option<(Arc<str>, tributary_mqtt::Publish)> {
+    use base64::Engine as _;
+    if !state.engine.spans_nodes() {
+        return None;
+    }
+    let stored = match state.engine.take(&will_name(app, session_key)).await {
+        Ok((_, stored)) => stored?,
+        Err(err) => {
+            tracing::warn!(error = %err, "reading a handed-over will failed");
+            return None;
+        }
+    };
+    let pending: PendingWill = serde_json::from_slice(&stored).ok()?;
+    let packet = base64::engine::general_purpose::STANDARD.decode(pending.publish).ok()?;
+    match tributary_mqtt::decode(&packet, Some(tributary_mqtt::Version::V5), usize::MAX) {
+        Ok(Some((tributary_mqtt::Packet::Publish(publish), _))) => Some((Arc::from(pending.client), publish)),
+        _ => {
+            tracing::warn!("dropped an unreadable handed-over will");
+            None
+        }
+    }
+}

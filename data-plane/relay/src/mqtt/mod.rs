@@ -211,6 +211,13 @@ pub async fn session_moved(state: &RelayState, app: &str, session: &str, generat
     }
 }
 
+/// Publishes, after `delay_ms`, the will that a node shutting down handed over for a session,
+/// unless its client came back meanwhile (another node may have published it already: one
+/// node takes it).
+pub async fn will_pending(state: &Arc<RelayState>, app: &str, session: &str, delay_ms: u64) {
+    connection::publish_handed_will(state, app, session, std::time::Duration::from_millis(delay_ms)).await;
+}
+
 /// The MQTT-over-WebSocket listener's routes: `/mqtt` (what most clients ask for) and `/`.
 pub fn websocket_router(state: Arc<RelayState>) -> axum::Router {
     axum::Router::new()

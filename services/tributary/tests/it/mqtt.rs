@@ -1324,3 +1324,35 @@ async fn a_client_back_on_another_node_within_its_will_delay_cancels_the_will_th
     // The first node ended its parked session, and the will with it.
     assert!(watcher.quiet_for(Duration::from_millis(2000)).await.unwrap(), "no will: the client is back");
 }
+
+#[tokio::test]
+async fn a_node_that_shuts_down_hands_delayed_wills_over_to_the_other_nodes() {
+    let mut nodes = mqtt_cluster().await;
+    let mut watcher = device(&nodes[1], Version::V5, "watcher").await;
+    watcher.subscribe("status/#", QoS::AtMostOnce).await.unwrap();
+    let connect = |id: &'static str, token: String| {
+        ConnectOptions::new(Version::V5, id, nodes[0].app_id(), &token).persistent(300).will(
+            &format!("status/{id}"),
+            b"offline",
+            QoS::AtMostOnce,
+            false,
+            Some(2),
+        )
+    };
+    let back = connect("gw-back", nodes[0].token("gw-back", &[("*", ALL)]).await);
+    let gone = connect("gw-gone", nodes[0].token("gw-gone", &[("*", ALL)]).await);
+    let _back = MqttClient::connect_ok(nodes[0].mqtt_addr(), back.clone()).await.unwrap();
+    let _gone = MqttClient::connect_ok(nodes[0].mqtt_addr(), gone).await.unwrap();
+    let first = nodes.remove(0);
+    first.stop().await;
+    let stopped = tokio::time::Instant::now();
+    // One client comes back to the other node within its will's delay: no will for it.
+    let (_back, ack) = MqttClient::connect(nodes[0].mqtt_addr(), back).await.unwrap();
+    assert!(ack.session_present);
+    // The other does not: its will comes after the delay, from the node still up.
+    let will = watcher.recv_publish().await.unwrap();
+    assert_eq!((will.topic.as_str(), &will.payload[..]), ("status/gw-gone", &b"offline"[..]));
+    let waited = stopped.elapsed();
+    assert!(waited >= Duration::from_millis(1500), "not at the shutdown: {waited:?}");
+    assert!(watcher.quiet_for(Duration::from_millis(1500)).await.unwrap(), "once, and none for gw-back");
+}

@@ -984,16 +984,17 @@ impl Engine for RedisEngine {
         Ok(out)
     }
 
-    async fn publish_control(&self, event: Bytes) -> Result<(), EngineError> {
+    async fn publish_control(&self, event: Bytes) -> Result<usize, EngineError> {
         let inner = &self.inner;
         let channel = inner.routes.control.get().cloned().unwrap_or_default();
-        let _: i64 = redis::cmd("SPUBLISH")
+        // SPUBLISH answers how many subscribers got it: one per node.
+        let reached: i64 = redis::cmd("SPUBLISH")
             .arg(channel)
             .arg(event.as_ref())
             .query_async(&mut inner.commands[0].clone())
             .await
             .map_err(unavailable)?;
-        Ok(())
+        Ok(usize::try_from(reached).unwrap_or(0))
     }
 }
 

@@ -411,7 +411,11 @@ pub async fn presence_heartbeat_keeps_the_state(engine: Arc<dyn Engine>) {
 /// Control events reach the sink.
 pub async fn control_events_are_delivered(engine: Arc<dyn Engine>) {
     let sink = RecordingSink::attach(&engine);
-    engine.publish_control(Bytes::from_static(b"revoke:x")).await.unwrap();
+    // Other cases' engines may share the backend: at least this one heard it.
+    assert!(
+        engine.publish_control(Bytes::from_static(b"revoke:x")).await.unwrap() >= 1,
+        "the sender is a node"
+    );
     eventually("control delivered", || {
         sink.seen().iter().any(|r| matches!(r, Recorded::Control(b) if b == "revoke:x"))
     })

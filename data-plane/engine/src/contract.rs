@@ -270,8 +270,9 @@ pub trait Engine: Send + Sync + 'static {
     /// Returns the presence counts.
     async fn occupancy(&self, key: &ChannelKey) -> Result<Occupancy, EngineError>;
 
-    /// Delivers a control event to every node's sink.
-    async fn publish_control(&self, event: Bytes) -> Result<(), EngineError>;
+    /// Delivers a control event to every node's sink; returns how many nodes it reached, the
+    /// sender's included (so a node can tell whether any other node heard it).
+    async fn publish_control(&self, event: Bytes) -> Result<usize, EngineError>;
 
     /// Adds `delta` to the counter `name` shared by every node (a new counter starts at 0)
     /// and returns its new value; the counter is forgotten `ttl` after its last change.

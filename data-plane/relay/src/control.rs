@@ -24,8 +24,8 @@ use crate::hub::ControlHandler;
 use crate::ops::OpError;
 use crate::state::RelayState;
 
-/// Sends an event to every node (this one included).
-pub async fn send(state: &RelayState, event: &ControlEvent) -> Result<(), OpError> {
+/// Sends an event to every node (this one included); returns how many nodes it reached.
+pub async fn send(state: &RelayState, event: &ControlEvent) -> Result<usize, OpError> {
     state.engine.publish_control(Bytes::from(event.to_json())).await.map_err(OpError::from)
 }
 

@@ -281,11 +281,14 @@ impl Engine for MemoryEngine {
         Ok(lock(&self.inner.presence).get(key).map(PresenceSet::occupancy).unwrap_or_default())
     }
 
-    async fn publish_control(&self, event: Bytes) -> Result<(), EngineError> {
-        if let Some(sink) = self.inner.sink() {
-            sink.on_control(&event);
+    async fn publish_control(&self, event: Bytes) -> Result<usize, EngineError> {
+        match self.inner.sink() {
+            Some(sink) => {
+                sink.on_control(&event);
+                Ok(1)
+            }
+            None => Ok(0),
         }
-        Ok(())
     }
 
     async fn active_set(&self, name: &str, members: &[String], window: Duration) -> Result<u64, EngineError> {

@@ -296,12 +296,17 @@ pub(super) async fn hand_will(
         node: state.mqtt_sessions.node().to_owned(),
         delay_ms: delay.as_millis() as u64,
     };
-    if let Err(err) = crate::control::send(state, &event).await {
-        // Stored, but no node was told: take it back and publish it now.
-        tracing::warn!(error = %err.message, "announcing a delayed will failed; publishing it now");
-        return take_will(state, app, session_key).await.is_none();
+    match crate::control::send(state, &event).await {
+        // Another node heard it.
+        Ok(reached) if reached > 1 => true,
+        // Stored, but no other node will publish it (this node is the only one): take it back
+        // and publish it now. Taken by a CONNECT meanwhile, it is not published at all.
+        Ok(_) => take_will(state, app, session_key).await.is_none(),
+        Err(err) => {
+            tracing::warn!(error = %err.message, "announcing a delayed will failed; publishing it now");
+            take_will(state, app, session_key).await.is_none()
+        }
     }
-    true
 }
 
 /// Takes a handed-over will away (its client came back, or its delay passed): the client id

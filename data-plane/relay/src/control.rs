@@ -72,7 +72,9 @@ impl ControlHandler for ControlEvents {
             }
             Ok(ControlEvent::MqttWillPending { app, session, node, delay_ms }) => {
                 if node != state.mqtt_sessions.node() {
-                    tokio::spawn(
+                    // Tracked: a node that shuts down first passes it on before it stops.
+                    let tasks = state.tasks.clone();
+                    tasks.spawn(
                         async move { crate::mqtt::will_pending(&state, &app, &session, delay_ms).await },
                     );
                 }

@@ -1223,6 +1223,30 @@ async fn finish(state: &Arc<RelayState>, mut stream: impl MqttIo, live: Live, en
     let Live { mut client, link, app, generation, will, mut out, .. } = live;
     let conn = client.session.conn().clone();
     let close_code = conn.close_code();
+    let publish_will = !matches!(ending, Ending::Disconnected { will: false });
+    let revoked =
+        matches!(close_code, Some(CloseCode::Revoked | CloseCode::TenantSuspended | CloseCode::InvalidToken));
+    let client_id = client.client_id().clone();
+    let key = client.session_key.clone();
+    let expiry = client.expiry_secs;
+    // Shutting down, the session is copied for the node the client comes back to, and a
+    // delayed will is handed to the other nodes rather than published at once: stored before
+    // the goodbye, so a client that reconnects at once takes it away.
+    let handed = state.shutdown.is_cancelled()
+        && expiry > 0
+        && !revoked
+        && close_code != Some(CloseCode::SessionTakenOver)
+        && state.engine.spans_nodes();
+    let will = will.filter(|_| publish_will && !revoked);
+    let handed_will = match &will {
+        Some(will) if handed => {
+            let delay = will.properties.will_delay.unwrap_or(0).min(expiry);
+            let delay = Duration::from_secs(delay.into());
+            (!delay.is_zero() && handoff::store_will(state, &app, &key, &client_id, will, delay).await)
+                .then_some(delay)
+        }
+        _ => None,
+    };
     if link.version == Version::V5 {
         let goodbye = match &ending {
             Ending::Closed => {
@@ -1255,29 +1279,15 @@ async fn finish(state: &Arc<RelayState>, mut stream: impl MqttIo, live: Live, en
         .await;
     }
     drop(stream);
-    let publish_will = !matches!(ending, Ending::Disconnected { will: false });
-    let revoked =
-        matches!(close_code, Some(CloseCode::Revoked | CloseCode::TenantSuspended | CloseCode::InvalidToken));
-    let client_id = client.client_id().clone();
-    let key = client.session_key.clone();
-    let expiry = client.expiry_secs;
     // The count is read, then the session parked, without one lock: at the cap, a few
     // sessions going away at once may all be parked.
     let parked = expiry > 0
         && !revoked
         && !state.shutdown.is_cancelled()
         && state.mqtt_sessions.parked_in(&app) < state.config.mqtt.max_parked_sessions_per_app;
-    let will = will.filter(|_| publish_will && !revoked);
-    // Shutting down, the session is copied for the node the client comes back to, and a
-    // delayed will is handed to the other nodes rather than published at once.
-    let handed = state.shutdown.is_cancelled()
-        && expiry > 0
-        && !revoked
-        && close_code != Some(CloseCode::SessionTakenOver)
-        && state.engine.spans_nodes();
     let delay = will
         .as_ref()
-        .map_or(0, |w| w.properties.will_delay.unwrap_or(0).min(if parked || handed { expiry } else { 0 }));
+        .map_or(0, |w| w.properties.will_delay.unwrap_or(0).min(if parked { expiry } else { 0 }));
     let will_cancel = (delay > 0).then(CancellationToken::new);
     // Taken over, the session lives on in the connection that took it (here or on another
     // node), which keeps its copy.
@@ -1318,24 +1328,24 @@ async fn finish(state: &Arc<RelayState>, mut stream: impl MqttIo, live: Live, en
         end_session(state, client).await;
     }
     let Some(will) = will else { return };
-    if handed && delay > 0 {
-        let wait = Duration::from_secs(delay.into());
-        if !handoff::hand_will(state, &app, &key, &client_id, &will, wait).await {
-            publish_will_now(state, &app, &client_id, *will).await;
-        }
+    if let Some(delay) = handed_will {
+        announce_or_publish(state, &app, &key, &client_id, *will, delay).await;
         return;
     }
     match will_cancel {
         None => publish_will_now(state, &app, &client_id, *will).await,
         Some(cancel) => {
             let state = state.clone();
-            tokio::spawn(async move {
+            // Tracked: at a shutdown it hands the will over before the node stops.
+            let tasks = state.tasks.clone();
+            tasks.spawn(async move {
                 let due = Instant::now() + Duration::from_secs(delay.into());
                 tokio::select! {
                     () = sleep_until(due) => {}
                     () = state.shutdown.cancelled() => {
                         let left = due.saturating_duration_since(Instant::now());
-                        if !left.is_zero() && handoff::hand_will(&state, &app, &key, &client_id, &will, left).await {
+                        if !left.is_zero() && handoff::store_will(&state, &app, &key, &client_id, &will, left).await {
+                            announce_or_publish(&state, &app, &key, &client_id, *will, left).await;
                             return;
                         }
                     }
@@ -1348,19 +1358,58 @@ async fn finish(state: &Arc<RelayState>, mut stream: impl MqttIo, live: Live, en
     }
 }
 
+/// Announces a will stored for the other nodes; publishes it now if none of them heard.
+async fn announce_or_publish(
+    state: &Arc<RelayState>,
+    app: &Arc<str>,
+    key: &str,
+    client_id: &Arc<str>,
+    will: LastWill,
+    delay: Duration,
+) {
+    match handoff::announce_will(state, app, key, delay).await {
+        handoff::Announced::Heard | handoff::Announced::TakenBack(None) => {}
+        // Taken back, or unknown: rather twice than never.
+        handoff::Announced::TakenBack(Some(_)) | handoff::Announced::Unknown => {
+            publish_will_now(state, app, client_id, will).await;
+        }
+    }
+}
+
 /// Publishes a will another node handed over when it shut down, once its delay passed, unless
-/// its client came back (see `handoff::hand_will`).
+/// its client came back (see `handoff::store_will`). A node that shuts down first passes it on
+/// with the time left (or, the last one, publishes it now).
 pub(super) async fn publish_handed_will(
     state: &Arc<RelayState>,
     app: &str,
     session_key: &str,
     delay: Duration,
 ) {
-    tokio::time::sleep(delay).await;
-    let Some((client_id, publish)) = handoff::take_will(state, app, session_key).await else { return };
+    let due = Instant::now() + delay;
+    tokio::select! {
+        () = sleep_until(due) => {}
+        () = state.shutdown.cancelled() => {
+            let left = due.saturating_duration_since(Instant::now());
+            match handoff::announce_will(state, app, session_key, left).await {
+                handoff::Announced::TakenBack(Some(taken)) => {
+                    let (client_id, publish) = *taken;
+                    publish_handed(state, app, &client_id, &publish).await;
+                }
+                handoff::Announced::Unknown => tracing::warn!("a handed-over will could not be passed on"),
+                handoff::Announced::Heard | handoff::Announced::TakenBack(None) => {}
+            }
+            return;
+        }
+    }
+    if let Ok(Some((client_id, publish))) = handoff::take_will(state, app, session_key).await {
+        publish_handed(state, app, &client_id, &publish).await;
+    }
+}
+
+async fn publish_handed(state: &Arc<RelayState>, app: &str, client_id: &Arc<str>, publish: &Publish) {
     let Ok(channel) = channel_of(&publish.topic) else { return };
     let app: Arc<str> = Arc::from(app);
-    if let Err(err) = super::publish::publish(state, &app, &client_id, channel, &publish).await {
+    if let Err(err) = super::publish::publish(state, &app, client_id, channel, publish).await {
         tracing::warn!(error = %err.message, "publishing a handed-over will failed");
     }
 }

@@ -244,10 +244,11 @@ struct PendingWill {
     publish: String,
 }
 
-/// Hands a will still waiting for its delay to the other nodes, as this node shuts down: one of
-/// them publishes it after `delay` unless the client comes back first. Returns false when it
-/// could not be handed over (it must be published now).
-pub(super) async fn hand_will(
+/// Stores a will still waiting for its delay, as this node shuts down, for the other nodes to
+/// publish (see [`announce_will`]) unless its client comes back first: its CONNECT, on any
+/// node, takes the will away. Stored before the client is told goodbye, so a client that
+/// reconnects at once finds it. Returns whether it was stored.
+pub(super) async fn store_will(
     state: &RelayState,
     app: &str,
     session_key: &str,
@@ -283,13 +284,32 @@ pub(super) async fn hand_will(
         .map_or(1, |d| d.as_millis() as u64);
     let ttl = delay + Duration::from_secs(60);
     match state.engine.put(&will_name(app, session_key), version, Bytes::from(json), ttl).await {
-        Ok(true) => {}
-        Ok(false) => return false,
+        Ok(stored) => stored,
         Err(err) => {
             tracing::warn!(error = %err, "handing over a delayed will failed; publishing it now");
-            return false;
+            false
         }
     }
+}
+
+/// What became of a stored will announced to the other nodes.
+pub(super) enum Announced {
+    /// Another node heard it: one of them publishes it after its delay.
+    Heard,
+    /// No other node heard it (this one is the last, or the announcement failed), so it was
+    /// taken back: to be published now (`None`: a CONNECT of its client took it first).
+    TakenBack(Option<Box<(Arc<str>, tributary_mqtt::Publish)>>),
+    /// No other node heard it, and reading it back failed.
+    Unknown,
+}
+
+/// Tells the other nodes that the will of `session_key` is stored and waits `delay` more.
+pub(super) async fn announce_will(
+    state: &RelayState,
+    app: &str,
+    session_key: &str,
+    delay: Duration,
+) -> Announced {
     let event = crate::control::ControlEvent::MqttWillPending {
         app: app.to_owned(),
         session: session_key.to_owned(),
@@ -297,43 +317,47 @@ pub(super) async fn hand_will(
         delay_ms: delay.as_millis() as u64,
     };
     match crate::control::send(state, &event).await {
-        // Another node heard it.
-        Ok(reached) if reached > 1 => true,
-        // Stored, but no other node will publish it (this node is the only one): take it back
-        // and publish it now. Taken by a CONNECT meanwhile, it is not published at all.
-        Ok(_) => take_will(state, app, session_key).await.is_none(),
-        Err(err) => {
-            tracing::warn!(error = %err.message, "announcing a delayed will failed; publishing it now");
-            take_will(state, app, session_key).await.is_none()
-        }
+        Ok(reached) if reached > 1 => return Announced::Heard,
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err.message, "announcing a delayed will failed"),
+    }
+    match take_will(state, app, session_key).await {
+        Ok(taken) => Announced::TakenBack(taken.map(Box::new)),
+        Err(()) => Announced::Unknown,
     }
 }
 
 /// Takes a handed-over will away (its client came back, or its delay passed): the client id
-/// and the will's PUBLISH, if it was still there.
+/// and the will's PUBLISH, if it was still there; `Err` if the engine could not say.
 pub(super) async fn take_will(
     state: &RelayState,
     app: &str,
     session_key: &str,
-) -> Option<(Arc<str>, tributary_mqtt::Publish)> {
+) -> Result<Option<(Arc<str>, tributary_mqtt::Publish)>, ()> {
     use base64::Engine as _;
     if !state.engine.spans_nodes() {
-        return None;
+        return Ok(None);
     }
     let stored = match state.engine.take(&will_name(app, session_key)).await {
-        Ok((_, stored)) => stored?,
+        Ok((_, Some(stored))) => stored,
+        Ok((_, None)) => return Ok(None),
         Err(err) => {
             tracing::warn!(error = %err, "reading a handed-over will failed");
-            return None;
+            return Err(());
         }
     };
-    let pending: PendingWill = serde_json::from_slice(&stored).ok()?;
-    let packet = base64::engine::general_purpose::STANDARD.decode(pending.publish).ok()?;
-    match tributary_mqtt::decode(&packet, Some(tributary_mqtt::Version::V5), usize::MAX) {
-        Ok(Some((tributary_mqtt::Packet::Publish(publish), _))) => Some((Arc::from(pending.client), publish)),
-        _ => {
-            tracing::warn!("dropped an unreadable handed-over will");
-            None
+    let decoded = serde_json::from_slice::<PendingWill>(&stored).ok().and_then(|pending| {
+        let packet = base64::engine::general_purpose::STANDARD.decode(pending.publish).ok()?;
+        match tributary_mqtt::decode(&packet, Some(tributary_mqtt::Version::V5), usize::MAX) {
+            Ok(Some((tributary_mqtt::Packet::Publish(publish), _))) => {
+                Some((Arc::from(pending.client), publish))
+            }
+            _ => None,
         }
+    });
+    if decoded.is_none() {
+        tracing::warn!("dropped an unreadable handed-over will");
+        return Err(());
     }
+    Ok(decoded)
 }

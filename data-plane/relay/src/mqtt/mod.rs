@@ -209,6 +209,11 @@ pub async fn session_moved(state: &RelayState, app: &str, session: &str, generat
     if let Some(client) = state.mqtt_sessions.take_generation(&app, &session, generation).await {
         connection::end_session(state, client).await;
     }
+    // A will this node handed over as it shut down, after the client's CONNECT elsewhere
+    // looked for one: the client is back, so it is not sent.
+    if state.shutdown.is_cancelled() {
+        let _ = handoff::take_will(state, &app, &session).await;
+    }
 }
 
 /// Publishes, after `delay_ms`, the will that a node shutting down handed over for a session,

@@ -1356,3 +1356,30 @@ async fn a_node_that_shuts_down_hands_delayed_wills_over_to_the_other_nodes() {
     assert!(waited >= Duration::from_millis(1500), "not at the shutdown: {waited:?}");
     assert!(watcher.quiet_for(Duration::from_millis(1500)).await.unwrap(), "once, and none for gw-back");
 }
+
+#[tokio::test]
+async fn a_handed_over_will_outlives_the_next_node_shutting_down_and_comes_once_after_its_delay() {
+    let mut nodes =
+        TestServer::spawn_cluster(3, |relay| relay.mqtt.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0))))
+            .await;
+    let mut watcher = device(&nodes[2], Version::V5, "watcher").await;
+    watcher.subscribe("status/#", QoS::AtMostOnce).await.unwrap();
+    let token = nodes[0].token("gw-7", &[("*", ALL)]).await;
+    let options = ConnectOptions::new(Version::V5, "gw-7", nodes[0].app_id(), &token).persistent(300).will(
+        "status/gw-7",
+        b"offline",
+        QoS::AtLeastOnce,
+        false,
+        Some(3),
+    );
+    let _gateway = MqttClient::connect_ok(nodes[0].mqtt_addr(), options).await.unwrap();
+    let started = tokio::time::Instant::now();
+    nodes.remove(0).stop().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The next node of a rolling restart goes too, before the delay ends.
+    nodes.remove(0).stop().await;
+    let will = watcher.recv_publish().await.unwrap();
+    assert_eq!((will.topic.as_str(), &will.payload[..]), ("status/gw-7", &b"offline"[..]));
+    assert!(started.elapsed() >= Duration::from_millis(2500), "after its delay: {:?}", started.elapsed());
+    assert!(watcher.quiet_for(Duration::from_millis(1000)).await.unwrap(), "once");
+}

@@ -349,9 +349,10 @@ async fn open(state: &Arc<RelayState>, stream: &mut impl MqttIo, connect: Box<Co
     let mut previous = claim.previous;
     // A copy written by another node is the session's latest state (this node's own copy is
     // of the session it holds, if any); a clean start drops both.
-    let taken = handoff::take(state, &app, &session_key).await;
     // MQTT-3.1.3-9: back within its will's delay (on whichever node), the will is not sent.
-    let _ = handoff::take_will(state, &app, &session_key).await;
+    // Both looked up at once: one round trip of the CONNECT, not two.
+    let (taken, _) =
+        tokio::join!(handoff::take(state, &app, &session_key), handoff::take_will(state, &app, &session_key));
     let moved = taken.foreign(state).is_some() && !connect.clean_start;
     if (connect.clean_start || moved)
         && let Some(old) = previous.take()

@@ -214,7 +214,8 @@ pub(super) async fn put_back(state: &RelayState, app: &str, session_key: &str, t
 /// Drops the copy of a session that ended for good.
 pub(super) async fn forget(state: &RelayState, app: &str, client: &Client) {
     if state.engine.spans_nodes() {
-        let _ = take(state, app, &client.session_key).await;
+        // Taken and dropped unread.
+        let _ = state.engine.take(&name(app, &client.session_key)).await;
     }
 }
 

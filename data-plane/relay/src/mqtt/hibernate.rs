@@ -9,7 +9,7 @@
 //! new task that goes on where the last one stopped.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::Wake;
 use std::time::Duration;
@@ -114,20 +114,14 @@ impl<T: Send + 'static> Alarm for Hibernation<T> {
 pub struct Alarms {
     origin: Instant,
     due: Mutex<BTreeMap<u64, Vec<Arc<dyn Alarm>>>>,
-    /// Whether the task that rings them runs.
-    ringing: AtomicBool,
-    /// The runtime that connections wake up on when a wake comes from outside it.
+    /// The runtime that connections wake up on when a wake comes from outside it; set when the
+    /// task that rings the alarms starts.
     runtime: OnceLock<tokio::runtime::Handle>,
 }
 
 impl Default for Alarms {
     fn default() -> Self {
-        Self {
-            origin: Instant::now(),
-            due: Mutex::new(BTreeMap::new()),
-            ringing: AtomicBool::new(false),
-            runtime: OnceLock::new(),
-        }
+        Self { origin: Instant::now(), due: Mutex::new(BTreeMap::new()), runtime: OnceLock::new() }
     }
 }
 
@@ -135,8 +129,9 @@ impl Alarms {
     /// Starts ringing alarms (once per node, from a task of the runtime), holding the node
     /// weakly: the task ends with it.
     pub fn start<N: Send + Sync + 'static>(&self, node: &Arc<N>, alarms: fn(&N) -> &Alarms) {
-        let _ = self.runtime.set(tokio::runtime::Handle::current());
-        if self.ringing.swap(true, Ordering::AcqRel) {
+        // The runtime is set once, by the call that starts the ringing (every hibernation
+        // calls this, so the common case is one load).
+        if self.runtime.get().is_some() || self.runtime.set(tokio::runtime::Handle::current()).is_err() {
             return;
         }
         let node: Weak<N> = Arc::downgrade(node);

@@ -11,7 +11,8 @@ use crate::error::ApiError;
 /// The longest name of a tenant, app, key or token, in characters.
 pub const MAX_NAME_CHARS: usize = 100;
 
-/// Parses a JSON body: `invalid_json` for bad JSON, `invalid_frame` for the wrong shape,
+/// Parses a JSON body, which must be an object: `invalid_json` for bad JSON, `invalid_frame`
+/// for the wrong shape (an array included),
 /// `frame_too_large` past the body limit.
 pub fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let body = body.map_err(|rejection| {
@@ -22,10 +23,8 @@ pub fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result
         }
     })?;
     let text = std::str::from_utf8(&body).map_err(|_| ErrorCode::InvalidUtf8)?;
-    serde_json::from_str(text).map_err(|e| {
-        let code = if e.is_data() { ErrorCode::InvalidFrame } else { ErrorCode::InvalidJson };
-        ApiError::new(code, e.to_string())
-    })
+    tributary_protocol::json::from_object(text, "the request body")
+        .map_err(|e| ApiError::new(e.code, e.message))
 }
 
 /// Checks a display name: 1 to [`MAX_NAME_CHARS`] characters, no control characters, not

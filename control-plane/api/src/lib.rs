@@ -33,12 +33,22 @@ pub use error::ApiError;
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The management API's state: the store and the engine whose control channel reaches every
-/// relay node, and its settings.
+/// relay node, the relay of this node, and its settings.
 pub struct ControlPlane {
     store: Store,
     engine: Arc<dyn Engine>,
+    node: Option<Arc<dyn LocalNode>>,
     settings: ControlSettings,
     graphql: graphql::ManagementSchema,
+}
+
+/// The relay running in this process, when there is one. A change is in force on it before the
+/// request that made it is answered (read-your-writes: a token signed with a key just created is
+/// accepted, one of a bumped generation refused); the other nodes follow within a second.
+#[async_trait::async_trait]
+pub trait LocalNode: Send + Sync {
+    /// Applies the event on this node and returns once it is in force.
+    async fn apply(&self, event: &ControlEvent);
 }
 
 /// Settings of the console's accounts (the `[control]` section of the configuration).
@@ -67,6 +77,12 @@ impl Default for ControlSettings {
     }
 }
 
+/// Every management route as `(method, path)` (paths in axum's `{param}` form): the list the
+/// router is built from, for the tests that keep the OpenAPI file and the docs in step.
+pub fn routes_list() -> Vec<(axum::http::Method, String)> {
+    routes::list()
+}
+
 impl ControlPlane {
     /// Creates the API over a store and an engine, with default settings.
     pub fn new(store: Store, engine: Arc<dyn Engine>) -> Arc<Self> {
@@ -75,7 +91,18 @@ impl ControlPlane {
 
     /// Creates the API with `settings`.
     pub fn with_settings(store: Store, engine: Arc<dyn Engine>, settings: ControlSettings) -> Arc<Self> {
-        Arc::new(Self { store, engine, settings, graphql: graphql::schema() })
+        Arc::new(Self { store, engine, node: None, settings, graphql: graphql::schema() })
+    }
+
+    /// Creates the API of a node that also runs a relay, which applies every change before it
+    /// is answered.
+    pub fn on_node(
+        store: Store,
+        engine: Arc<dyn Engine>,
+        settings: ControlSettings,
+        node: Arc<dyn LocalNode>,
+    ) -> Arc<Self> {
+        Arc::new(Self { store, engine, node: Some(node), settings, graphql: graphql::schema() })
     }
 
     /// Returns the management routes, to merge with the relay's.
@@ -83,9 +110,13 @@ impl ControlPlane {
         routes::all().layer(DefaultBodyLimit::max(MAX_BODY_BYTES)).with_state(self.clone())
     }
 
-    /// Tells every relay node about a change that is already stored. A lost event is not an
-    /// error for the caller: the nodes' periodic resync picks the change up.
+    /// Applies a change that is already stored on this node's relay, then tells every other
+    /// relay node. A lost event is not an error for the caller: the nodes' periodic resync picks
+    /// the change up.
     async fn announce(&self, event: ControlEvent) {
+        if let Some(node) = &self.node {
+            node.apply(&event).await;
+        }
         if let Err(err) = self.engine.publish_control(Bytes::from(event.to_json())).await {
             tracing::warn!(error = %err, ?event, "control event not sent; nodes pick the change up at their next resync");
         }

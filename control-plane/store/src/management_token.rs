@@ -1,6 +1,6 @@
 //! Management tokens: the credentials of automation (and of operators) for the management API.
 //!
-//! The plaintext is `trbm_<token_id>_<secret>` (see `secret_token`); only SHA-256 of the secret
+//! The plaintext is `trbm_<token_id>_<secret>_<check>` (see `secret_token`); only SHA-256 of the secret
 //! is stored. A token either belongs to one tenant, with a [`Role`] within it, or is an
 //! operator token (no tenant, [`Role::Operator`]) that acts on every tenant.
 

@@ -11,6 +11,7 @@
 //! - [`code`]: [`ErrorCode`] (number, message, HTTP status, temporary) and [`CloseCode`] bands.
 //! - [`envelope`]: the [`Publication`] a channel carries and its [`Payload`].
 //! - [`frame`]: parsing client frames (size checked first) and encoding server frames.
+//! - [`json`]: reading frames and bodies that must be JSON objects, with the right error code.
 #![forbid(unsafe_code)]
 
 pub mod channel;
@@ -18,6 +19,7 @@ pub mod code;
 pub mod control;
 pub mod envelope;
 pub mod frame;
+pub mod json;
 pub mod position;
 
 pub use channel::{ChannelError, ChannelName, ChannelPattern};

@@ -276,6 +276,17 @@ pub async fn bind(
     };
     let relay =
         Relay::new(config.relay.clone(), engine.clone(), Arc::new(StoreDirectory::new(store.clone())));
-    let control_plane = ControlPlane::with_settings(store.clone(), engine, config.control.settings());
+    let node = Arc::new(LocalRelay(relay.state().clone()));
+    let control_plane = ControlPlane::on_node(store.clone(), engine, config.control.settings(), node);
     Ok(Bound { listener, addr, mqtt, mqtt_ws, mqtt_tls, relay, control_plane, credentials, store })
+}
+
+/// The relay of this process, as the management API applies its changes to it.
+struct LocalRelay(Arc<tributary_relay::state::RelayState>);
+
+#[async_trait::async_trait]
+impl tributary_control_plane::LocalNode for LocalRelay {
+    async fn apply(&self, event: &tributary_protocol::ControlEvent) {
+        tributary_relay::control::apply(&self.0, event).await;
+    }
 }

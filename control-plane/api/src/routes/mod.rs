@@ -12,56 +12,91 @@ pub(crate) mod tenants;
 pub(crate) mod tokens;
 pub(crate) mod usage;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::http::Method;
+use axum::routing::{MethodRouter, delete, get, post};
 
 use crate::ControlPlane;
 use crate::error::ApiError;
 
-/// Every management route.
-pub(crate) fn all() -> Router<Arc<ControlPlane>> {
+/// Every management route: method, path and handler, in one list that builds the router and
+/// that [`crate::routes_list`] hands to the tests keeping the OpenAPI file and the docs in step.
+fn table() -> Vec<(Method, String, MethodRouter<Arc<ControlPlane>>)> {
     let tenant = "/v1/tenants/{tenant}";
     let app = "/v1/tenants/{tenant}/apps/{app}";
-    Router::new()
-        .route("/v1/tenants", post(tenants::create).get(tenants::list))
-        .route("/v1/plans", get(plans::list))
-        .route("/graphql", post(crate::graphql::handle))
-        .route("/graphql/schema", get(crate::graphql::sdl))
-        .route("/v1/operator-tokens", post(tokens::create_operator).get(tokens::list_operator))
-        .route("/v1/operator-tokens/{token}/revoke", post(tokens::revoke_operator))
-        .route("/v1/auth/signup", post(account::signup))
-        .route("/v1/auth/login", post(account::login))
-        .route("/v1/auth/logout", post(account::logout))
-        .route("/v1/auth/me", get(account::me))
-        .route("/v1/auth/invitations/accept", post(account::accept))
-        .route(&format!("{tenant}/invitations"), post(account::invite).get(account::invitations))
-        .route(&format!("{tenant}/invitations/{{invitation}}"), axum::routing::delete(account::withdraw))
-        .route(&format!("{tenant}/members/{{user}}/role"), post(account::set_role))
-        .route(&format!("{tenant}/members"), get(account::members))
-        .route(&format!("{tenant}/members/{{user}}"), axum::routing::delete(account::remove_member))
-        .route(&format!("{tenant}/plan"), post(plans::set_plan))
-        .route(&format!("{tenant}/limits"), post(plans::set).get(plans::get))
-        .route(tenant, get(tenants::get))
-        .route(&format!("{tenant}/status"), post(tenants::set_status))
-        .route(&format!("{tenant}/revocations"), post(revocations::revoke_tenant))
-        .route(&format!("{tenant}/audit-events"), get(audit::list))
-        .route(&format!("{tenant}/usage"), get(usage::series))
-        .route(&format!("{tenant}/apps"), post(apps::create).get(apps::list))
-        .route(app, get(apps::get))
-        .route(&format!("{app}/api-keys"), post(keys::create_api_key).get(keys::list_api_keys))
-        .route(&format!("{app}/api-keys/{{key}}/revoke"), post(keys::revoke_api_key))
-        .route(&format!("{app}/api-keys/{{key}}/rotate"), post(keys::rotate_api_key))
-        .route(&format!("{app}/signing-keys"), post(keys::create_signing_key).get(keys::list_signing_keys))
-        .route(&format!("{app}/signing-keys/{{kid}}/revoke"), post(keys::revoke_signing_key))
-        .route(&format!("{app}/signing-keys/{{kid}}/bump-generation"), post(keys::bump_generation))
-        .route(&format!("{app}/revocations"), post(revocations::revoke_in_app))
-        .route(&format!("{app}/grants"), get(revocations::grants))
-        .route(&format!("{app}/namespaces"), get(namespaces::list))
-        .route(&format!("{app}/namespaces/{{name}}"), post(namespaces::set).delete(namespaces::delete))
-        .route(&format!("{tenant}/management-tokens"), post(tokens::create).get(tokens::list))
-        .route(&format!("{tenant}/management-tokens/{{token}}/revoke"), post(tokens::revoke))
+    let at = |path: &str| path.to_owned();
+    let t = |rest: &str| format!("{tenant}{rest}");
+    let a = |rest: &str| format!("{app}{rest}");
+    vec![
+        (Method::POST, at("/v1/tenants"), post(tenants::create)),
+        (Method::GET, at("/v1/tenants"), get(tenants::list)),
+        (Method::GET, at("/v1/plans"), get(plans::list)),
+        (Method::POST, at("/graphql"), post(crate::graphql::handle)),
+        (Method::GET, at("/graphql/schema"), get(crate::graphql::sdl)),
+        (Method::POST, at("/v1/operator-tokens"), post(tokens::create_operator)),
+        (Method::GET, at("/v1/operator-tokens"), get(tokens::list_operator)),
+        (Method::POST, at("/v1/operator-tokens/{token}/revoke"), post(tokens::revoke_operator)),
+        (Method::POST, at("/v1/auth/signup"), post(account::signup)),
+        (Method::POST, at("/v1/auth/login"), post(account::login)),
+        (Method::POST, at("/v1/auth/logout"), post(account::logout)),
+        (Method::GET, at("/v1/auth/me"), get(account::me)),
+        (Method::POST, at("/v1/auth/invitations/accept"), post(account::accept)),
+        (Method::POST, t("/invitations"), post(account::invite)),
+        (Method::GET, t("/invitations"), get(account::invitations)),
+        (Method::DELETE, t("/invitations/{invitation}"), delete(account::withdraw)),
+        (Method::POST, t("/members/{user}/role"), post(account::set_role)),
+        (Method::GET, t("/members"), get(account::members)),
+        (Method::DELETE, t("/members/{user}"), delete(account::remove_member)),
+        (Method::POST, t("/plan"), post(plans::set_plan)),
+        (Method::POST, t("/limits"), post(plans::set)),
+        (Method::GET, t("/limits"), get(plans::get)),
+        (Method::GET, t(""), get(tenants::get)),
+        (Method::POST, t("/status"), post(tenants::set_status)),
+        (Method::POST, t("/revocations"), post(revocations::revoke_tenant)),
+        (Method::GET, t("/audit-events"), get(audit::list)),
+        (Method::GET, t("/usage"), get(usage::series)),
+        (Method::POST, t("/apps"), post(apps::create)),
+        (Method::GET, t("/apps"), get(apps::list)),
+        (Method::GET, a(""), get(apps::get)),
+        (Method::POST, a("/api-keys"), post(keys::create_api_key)),
+        (Method::GET, a("/api-keys"), get(keys::list_api_keys)),
+        (Method::POST, a("/api-keys/{key}/revoke"), post(keys::revoke_api_key)),
+        (Method::POST, a("/api-keys/{key}/rotate"), post(keys::rotate_api_key)),
+        (Method::POST, a("/signing-keys"), post(keys::create_signing_key)),
+        (Method::GET, a("/signing-keys"), get(keys::list_signing_keys)),
+        (Method::POST, a("/signing-keys/{kid}/revoke"), post(keys::revoke_signing_key)),
+        (Method::POST, a("/signing-keys/{kid}/bump-generation"), post(keys::bump_generation)),
+        (Method::POST, a("/revocations"), post(revocations::revoke_in_app)),
+        (Method::GET, a("/grants"), get(revocations::grants)),
+        (Method::GET, a("/namespaces"), get(namespaces::list)),
+        (Method::POST, a("/namespaces/{name}"), post(namespaces::set)),
+        (Method::DELETE, a("/namespaces/{name}"), delete(namespaces::delete)),
+        (Method::POST, t("/management-tokens"), post(tokens::create)),
+        (Method::GET, t("/management-tokens"), get(tokens::list)),
+        (Method::POST, t("/management-tokens/{token}/revoke"), post(tokens::revoke)),
+    ]
+}
+
+/// Every management route, as a router.
+pub(crate) fn all() -> Router<Arc<ControlPlane>> {
+    // Routes of one path are merged first: axum refuses a path given twice.
+    let mut by_path: BTreeMap<String, MethodRouter<Arc<ControlPlane>>> = BTreeMap::new();
+    for (_, path, handler) in table() {
+        let merged = match by_path.remove(&path) {
+            Some(existing) => existing.merge(handler),
+            None => handler,
+        };
+        by_path.insert(path, merged);
+    }
+    by_path.into_iter().fold(Router::new(), |router, (path, handler)| router.route(&path, handler))
+}
+
+/// Every management route as `(method, path)`, in the order of the table.
+pub(crate) fn list() -> Vec<(Method, String)> {
+    table().into_iter().map(|(method, path, _)| (method, path)).collect()
 }
 
 /// Checks that `app` is an app of `tenant` (after the caller's scope was checked): a

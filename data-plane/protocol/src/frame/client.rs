@@ -171,10 +171,9 @@ impl ClientFrame {
         let text = std::str::from_utf8(bytes).map_err(|e| {
             FrameError::new(None, ErrorCode::InvalidUtf8, format!("frame is not valid UTF-8: {e}"))
         })?;
-        let raw: RawFrame = serde_json::from_str(text).map_err(|e| {
-            let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|f| f.id);
-            let code = if e.is_data() { ErrorCode::InvalidFrame } else { ErrorCode::InvalidJson };
-            FrameError::new(id, code, e.to_string())
+        let raw: RawFrame = crate::json::from_object(text, "a frame").map_err(|e| {
+            let id = crate::json::from_object::<IdOnly>(text, "a frame").ok().and_then(|f| f.id);
+            FrameError::new(id, e.code, e.message)
         })?;
         let id = raw.id;
         let op = raw.into_op().map_err(|(code, message)| FrameError::new(id, code, message))?;

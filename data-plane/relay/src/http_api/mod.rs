@@ -123,10 +123,8 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection
         }
     })?;
     let text = std::str::from_utf8(&body).map_err(|_| ErrorCode::InvalidUtf8)?;
-    serde_json::from_str(text).map_err(|e| {
-        let code = if e.is_data() { ErrorCode::InvalidFrame } else { ErrorCode::InvalidJson };
-        ApiError(OpError::new(code, e.to_string()))
-    })
+    tributary_protocol::json::from_object(text, "the request body")
+        .map_err(|e| ApiError(OpError::new(e.code, e.message)))
 }
 
 /// Parses a channel name from the path.

@@ -49,12 +49,21 @@ pub(super) struct BatchBody {
 
 fn idempotency_key(headers: &HeaderMap, body: Option<String>) -> Result<Option<String>, ApiError> {
     let header = headers.get("idempotency-key").map(|v| v.to_str().map(str::to_owned));
-    let key = match header {
-        Some(Ok(key)) => Some(key),
-        Some(Err(_)) => {
+    let key = match (header, body) {
+        (Some(Err(_)), _) => {
             return Err(OpError::new(ErrorCode::InvalidParameter, "Idempotency-Key must be ASCII").into());
         }
-        None => body,
+        // Two different keys: whichever won, the other would be forgotten and a retry carrying
+        // only that one stored again.
+        (Some(Ok(header)), Some(body)) if header != body => {
+            return Err(OpError::new(
+                ErrorCode::InvalidParameter,
+                "the Idempotency-Key header and the idempotency_key field differ: send one key",
+            )
+            .into());
+        }
+        (Some(Ok(key)), _) => Some(key),
+        (None, body) => body,
     };
     if let Some(key) = &key {
         check_key(key)?;

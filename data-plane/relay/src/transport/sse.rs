@@ -55,8 +55,15 @@ async fn open(
 ) -> Result<Response, OpError> {
     let query = super::query(query)?;
     let channels = super::parse_channels(&query.channels)?;
-    let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).or(query.cursor.as_deref());
-    let from = super::decode_cursor(resume, "Last-Event-ID")?;
+    // Name the input that was used in any error: the header wins over the query parameter.
+    let resume = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        Some(header) => Some((header, "Last-Event-ID")),
+        None => query.cursor.as_deref().map(|cursor| (cursor, "cursor")),
+    };
+    let from = match resume {
+        Some((text, what)) => super::decode_cursor(Some(text), what)?,
+        None => None,
+    };
     let token = super::bearer(&headers, query.token.as_deref());
     let (identity, conn, rx) = super::open_connection(&state, token).await?;
     let mut session = Session::new(state.clone(), conn, identity, true);

@@ -117,3 +117,83 @@ async fn a_client_that_closes_gets_the_close_answered() {
     .unwrap();
     assert_eq!(c.closed().await.unwrap().0, 1000);
 }
+
+#[tokio::test]
+async fn a_client_close_is_answered_with_its_own_code() {
+    let server = TestServer::spawn().await;
+    for (sent, answered) in [(Some(4001), 4001), (Some(1001), 1001), (None, 1000)] {
+        let mut c = server.ws(&server.all_rights("closer").await).await;
+        let frame = sent.map(|code: u16| tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: code.into(),
+            reason: "leaving".into(),
+        });
+        c.send_raw(Message::Close(frame)).await.unwrap();
+        assert_eq!(c.closed().await.unwrap().0, answered, "close sent with {sent:?}");
+    }
+}
+
+/// Input that is not JSON at all is `invalid_json`, whatever serde meets first; JSON that is not
+/// an object is `invalid_frame`; both over WebSocket and HTTP, and nothing else is harmed.
+#[tokio::test]
+async fn broken_json_and_arrays_get_the_documented_codes_everywhere() {
+    let server = TestServer::spawn().await;
+    let mut c = server.ws(&server.all_rights("arrays").await).await;
+    let mut bystander = server.ws(&server.all_rights("bystander").await).await;
+    bystander.request(json!({"op": "subscribe", "channel": "chat:ok"})).await.unwrap();
+    let deep = "[".repeat(60_000);
+    let not_json = ["[[[[[", deep.as_str(), "{\"id\":9,\"op\":\"ping\"", "{} trailing"];
+    let not_objects = [r#"[7,"ping",null]"#, "[]", "7", "\"ping\"", "null"];
+    for text in not_json {
+        c.send_raw(Message::text(text)).await.unwrap();
+        let reply = c.next_of("reply").await.unwrap();
+        assert_eq!(reply["error"]["name"], "invalid_json", "{text:.30}: {reply}");
+        assert_eq!(reply["error"]["code"], 1001);
+    }
+    for text in not_objects {
+        c.send_raw(Message::text(text)).await.unwrap();
+        let reply = c.next_of("reply").await.unwrap();
+        assert_eq!(reply["error"]["name"], "invalid_frame", "{text}: {reply}");
+        // An array's first element is not taken for an id.
+        assert!(reply.get("id").is_none_or(serde_json::Value::is_null), "{reply}");
+    }
+    // A nested object given as an array (a recovery position) is refused too.
+    let nested = json!({"id": 3, "op": "subscribe", "channel": "chat:x", "recover": ["e", 1]});
+    let reply = c.request(nested).await.unwrap();
+    assert_eq!(reply["error"]["name"], "invalid_frame", "{reply}");
+
+    let http = |path: &str, body: &str| {
+        server
+            .http()
+            .post(format!("{}{path}", server.http_url()))
+            .bearer_auth(server.api_key())
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+    };
+    let routes = ["/v1/channels/chat:ok/messages", "/v1/tokens", "/v1/publish"];
+    for route in routes {
+        for text in not_json {
+            let response = http(route, text).await.unwrap();
+            assert_eq!(response.status(), 400, "{route} {text:.30}");
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["name"], "invalid_json", "{route} {text:.30}: {body}");
+        }
+        for text in [r#"[{"x":1},false,null,null]"#, r#"["arruser",60,[],null]"#, "[]", "42"] {
+            let response = http(route, text).await.unwrap();
+            assert_eq!(response.status(), 400, "{route} {text}");
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["name"], "invalid_frame", "{route} {text}: {body}");
+        }
+    }
+    // The management API reads its bodies the same way.
+    let (status, body) =
+        server.manage("POST", "/v1/tenants", server.operator_token(), Some(&json!(["Array Inc."]))).await;
+    assert_eq!((status, body["error"]["name"].as_str()), (400, Some("invalid_frame")), "{body}");
+    // Nothing was stored from an array, and the connection and its neighbour still work.
+    let (_, history) = server.get("/v1/channels/chat:ok/history").await;
+    assert_eq!(history["messages"].as_array().map(Vec::len), Some(0), "{history}");
+    let reply = c.request(json!({"op": "ping"})).await.unwrap();
+    assert!(reply.get("result").is_some(), "the connection is still usable: {reply}");
+    server.publish("chat:ok", json!("fine")).await;
+    assert_eq!(bystander.next_of("message").await.unwrap()["data"], "fine");
+}

@@ -1,24 +1,11 @@
 //! The documentation is part of the product: these tests keep it in step with the code.
 
+use std::collections::BTreeSet;
+
 use tributary_protocol::{CloseCode, ErrorCode};
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(format!("{}/../../{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
-}
-
-#[test]
-fn every_error_and_close_code_is_documented() {
-    let doc = read("docs/protocol.md");
-    for code in ErrorCode::ALL {
-        let row = format!("| {} | {} |", code.number(), code.name());
-        assert!(doc.contains(&row), "docs/protocol.md lacks the row {row}");
-    }
-    for code in CloseCode::ALL {
-        assert!(
-            doc.contains(&format!("| {} |", code.number())),
-            "docs/protocol.md lacks close code {code:?}"
-        );
-    }
 }
 
 #[test]
@@ -32,4 +19,100 @@ fn every_configuration_key_is_documented() {
             assert!(doc.contains(&format!("`{key}`")), "docs/configuration.md lacks `{key}`");
         }
     }
+}
+
+/// The rows of the first markdown table after `heading`, each split into trimmed cells.
+fn table_after(doc: &str, heading: &str) -> Vec<Vec<String>> {
+    let start = doc.find(heading).unwrap_or_else(|| panic!("no heading {heading}"));
+    doc[start..]
+        .lines()
+        .skip_while(|line| !line.starts_with('|'))
+        .take_while(|line| line.starts_with('|'))
+        .skip(2)
+        .map(|line| line.trim_matches('|').split(" | ").map(|cell| cell.trim().to_owned()).collect())
+        .collect()
+}
+
+#[test]
+fn the_error_code_table_is_the_code_list_row_for_row() {
+    let doc = read("docs/protocol.md");
+    let rows: Vec<Vec<String>> =
+        table_after(&doc, "\n## Error codes").into_iter().map(|row| row[..4].to_vec()).collect();
+    let expected: Vec<Vec<String>> = ErrorCode::ALL
+        .iter()
+        .map(|code| {
+            let temporary = if code.temporary() { "yes" } else { "no" };
+            vec![
+                code.number().to_string(),
+                code.name().to_owned(),
+                code.http_status().to_string(),
+                temporary.to_owned(),
+            ]
+        })
+        .collect();
+    assert_eq!(rows, expected, "docs/protocol.md's error table differs from ErrorCode::ALL");
+}
+
+#[test]
+fn the_close_code_table_is_the_code_list_row_for_row() {
+    let doc = read("docs/protocol.md");
+    let rows: Vec<Vec<String>> =
+        table_after(&doc, "\n## Close codes").into_iter().map(|row| row[..3].to_vec()).collect();
+    let expected: Vec<Vec<String>> = CloseCode::ALL
+        .iter()
+        .map(|code| {
+            let reconnect = if code.reconnect() { "yes" } else { "no" };
+            vec![code.number().to_string(), code.reason().to_owned(), reconnect.to_owned()]
+        })
+        .collect();
+    assert_eq!(rows, expected, "docs/protocol.md's close table differs from CloseCode::ALL");
+}
+
+/// `(METHOD, path)` of every operation in the OpenAPI file: paths are the two-space keys under
+/// `paths:`, methods the four-space keys under each.
+fn openapi_routes() -> BTreeSet<(String, String)> {
+    let yaml = read("docs/openapi/management-api.yaml");
+    let mut routes = BTreeSet::new();
+    let mut path = None;
+    let mut in_paths = false;
+    for line in yaml.lines().filter(|line| !line.trim().is_empty()) {
+        if !line.starts_with(' ') {
+            in_paths = line == "paths:";
+            continue;
+        }
+        if !in_paths {
+            continue;
+        }
+        if let Some(key) = line.strip_prefix("  ").and_then(|l| l.strip_suffix(':'))
+            && key.starts_with('/')
+        {
+            path = Some(key.to_owned());
+        } else if let Some(method) = line.strip_prefix("    ").and_then(|l| l.strip_suffix(':'))
+            && ["get", "post", "put", "patch", "delete"].contains(&method)
+        {
+            let path = path.clone().expect("a method under a path");
+            routes.insert((method.to_uppercase(), path));
+        }
+    }
+    routes
+}
+
+#[test]
+fn the_router_the_openapi_file_and_the_endpoint_table_list_the_same_routes() {
+    let router: BTreeSet<(String, String)> =
+        tributary_control_plane::routes_list().into_iter().map(|(m, p)| (m.to_string(), p)).collect();
+    assert_eq!(router.len(), tributary_control_plane::routes_list().len(), "a route is listed twice");
+    let openapi = openapi_routes();
+    let doc = read("docs/management-api.md");
+    let table: BTreeSet<(String, String)> = table_after(&doc, "\n## Endpoints")
+        .iter()
+        .map(|row| {
+            let cell = row[0].trim_start_matches("[`");
+            let call = &cell[..cell.find('`').expect("a method and path in backticks")];
+            let (method, path) = call.split_once(' ').expect("METHOD PATH");
+            (method.to_owned(), path.to_owned())
+        })
+        .collect();
+    assert_eq!(openapi, router, "docs/openapi/management-api.yaml differs from the router");
+    assert_eq!(table, router, "docs/management-api.md's endpoint table differs from the router");
 }

@@ -103,3 +103,29 @@ async fn presence_is_readable_by_backends() {
     assert_eq!(presence["members"][0]["state"], json!({"lat": 52.5, "lon": 13.4}));
     assert_eq!(presence["occupancy"]["members"], 1);
 }
+
+#[tokio::test]
+async fn an_idempotency_key_in_the_header_and_the_body_must_be_one_key() {
+    let server = TestServer::spawn().await;
+    let path = "/v1/channels/orders/messages";
+    // Two different keys: refused, and nothing is stored.
+    let (status, reply) =
+        server.post(path, &json!({"data": 1, "idempotency_key": "body-key"}), Some("header-key")).await;
+    assert_eq!((status, reply["error"]["name"].as_str()), (400, Some("invalid_parameter")), "{reply}");
+    let (_, history) = server.get("/v1/channels/orders/history").await;
+    assert_eq!(history["offset"], 0, "a refused publish stored nothing: {history}");
+    // The same key in both places is one key: a retry with either alone is a duplicate.
+    let (status, first) = server.post(path, &json!({"data": 2, "idempotency_key": "k1"}), Some("k1")).await;
+    assert_eq!((status, first["duplicate"].as_bool()), (200, Some(false)), "{first}");
+    let (_, by_body) = server.post(path, &json!({"data": 2, "idempotency_key": "k1"}), None).await;
+    let (_, by_header) = server.post(path, &json!({"data": 2}), Some("k1")).await;
+    for retry in [by_body, by_header] {
+        assert_eq!(
+            (retry["duplicate"].as_bool(), &retry["offset"]),
+            (Some(true), &first["offset"]),
+            "{retry}"
+        );
+    }
+    let (_, history) = server.get("/v1/channels/orders/history").await;
+    assert_eq!(history["messages"].as_array().map(Vec::len), Some(1), "{history}");
+}

@@ -195,3 +195,23 @@ async fn a_recovery_of_messages_larger_than_a_channel_share_of_the_queue_still_c
         got += 1;
     }
 }
+
+/// A bad cursor is reported under the name of the input that carried it.
+#[tokio::test]
+async fn a_bad_cursor_is_named_by_the_input_that_carried_it() {
+    let server = TestServer::spawn().await;
+    let token = server.token("x", &[("chat:*", &["subscribe"])]).await;
+    let err = server.sse("chat:a", &token, Some("not-a-cursor")).await.err().unwrap().to_string();
+    assert!(err.contains("Last-Event-ID is not a cursor"), "{err}");
+    let url = format!("{}/v1/sse", server.http_url());
+    let query = [("channels", "chat:a"), ("cursor", "not-a-cursor")];
+    let response = server.http().get(&url).query(&query).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["name"], "invalid_parameter", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("cursor is not a cursor"), "{message}");
+    let (status, body) = server.poll("chat:a", &token, Some("not-a-cursor"), 100).await;
+    assert_eq!(status, 400);
+    assert!(body["error"]["message"].as_str().unwrap().starts_with("cursor is not a cursor"), "{body}");
+}

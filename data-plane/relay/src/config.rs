@@ -30,8 +30,12 @@ pub struct RelayConfig {
     pub request_rate_per_second: u32,
     /// Other requests allowed in a burst per connection.
     pub request_burst: u32,
-    /// Time a new WebSocket has to send its `connect` frame, in milliseconds.
+    /// Time a new connection has, from the TCP accept, to send its whole request head and,
+    /// for a WebSocket, its `connect` frame (an MQTT connection: its CONNECT), in milliseconds.
     pub handshake_timeout_ms: u64,
+    /// Connections of one listener that may be sending their first request head at once; past
+    /// it a new connection is answered `503` and closed.
+    pub max_pending_handshakes: usize,
     /// Interval of server pings, in milliseconds.
     pub ping_interval_ms: u64,
     /// A connection that sends nothing (not even a pong) for this long is closed, in milliseconds.
@@ -80,6 +84,7 @@ impl Default for RelayConfig {
             request_rate_per_second: 100,
             request_burst: 200,
             handshake_timeout_ms: 10_000,
+            max_pending_handshakes: 4096,
             ping_interval_ms: 25_000,
             idle_timeout_ms: 60_000,
             presence_timeout_ms: 30_000,
@@ -169,6 +174,7 @@ impl RelayConfig {
         positive("request_rate_per_second", self.request_rate_per_second.into());
         positive("request_burst", self.request_burst.into());
         positive("handshake_timeout_ms", self.handshake_timeout_ms);
+        positive("max_pending_handshakes", self.max_pending_handshakes as u64);
         positive("ping_interval_ms", self.ping_interval_ms);
         positive("presence_timeout_ms", self.presence_timeout_ms);
         positive("max_recover", self.max_recover as u64);

@@ -8,6 +8,8 @@
 //! - [`sse`]: [`SseClient`], a Server-Sent Events reader.
 //! - [`mqtt`]: [`MqttClient`], a raw MQTT client for conformance tests.
 //! - [`eventually`]: wait for a condition instead of sleeping and hoping.
+//! - [`seam`]: [`SeamEngine`], which holds a channel's subscribe so a test can publish into the
+//!   seam between joining a channel and going live, every run.
 //! - [`tls`]: [`tls::TestCertificates`], an authority and a server certificate made with openssl.
 //! - [`checker`]: [`HistoryChecker`], which finds lost, duplicated, reordered, phantom and
 //!   silently skipped messages and reused offsets in what a test published and received.
@@ -15,6 +17,7 @@
 pub mod checker;
 pub mod mqtt;
 pub mod redis;
+pub mod seam;
 pub mod sse;
 pub mod tls;
 pub mod ws;
@@ -33,6 +36,7 @@ use tributary_relay::RelayConfig;
 pub use checker::{HistoryChecker, Report};
 pub use mqtt::MqttClient;
 pub use redis::{ThrowawayCluster, ThrowawayRedis};
+pub use seam::{Gate, SeamEngine};
 pub use sse::SseClient;
 pub use ws::WsClient;
 
@@ -153,10 +157,30 @@ impl TestServer {
         servers
     }
 
+    /// Starts a server (configured by `configure`) whose engine is a [`SeamEngine`] over the
+    /// one the configuration chose, and returns the gate that holds its subscribe calls.
+    pub async fn spawn_with_seam(configure: impl FnOnce(&mut TributaryConfig)) -> (Self, Arc<Gate>) {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let master_key = tributary_store::MasterKey::generate().to_base64();
+        let gate = Arc::new(Gate::default());
+        let held = gate.clone();
+        let wrap = move |inner| Arc::new(SeamEngine::new(inner, held)) as Arc<dyn tributary_engine::Engine>;
+        (Self::spawn_wrapped(dir, master_key, configure, wrap).await, gate)
+    }
+
     async fn spawn_in(
         dir: Arc<tempfile::TempDir>,
         master_key: secrecy::SecretString,
         configure: impl FnOnce(&mut TributaryConfig),
+    ) -> Self {
+        Self::spawn_wrapped(dir, master_key, configure, |engine| engine).await
+    }
+
+    async fn spawn_wrapped(
+        dir: Arc<tempfile::TempDir>,
+        master_key: secrecy::SecretString,
+        configure: impl FnOnce(&mut TributaryConfig),
+        wrap: impl FnOnce(Arc<dyn tributary_engine::Engine>) -> Arc<dyn tributary_engine::Engine>,
     ) -> Self {
         init_tracing();
         let mut config = TributaryConfig {
@@ -168,7 +192,8 @@ impl TestServer {
         let problems = config.problems();
         assert!(problems.is_empty(), "test configuration is invalid: {problems:?}");
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-        let bound = tributary::server::bind(config, Some(listener)).await.expect("server binds");
+        let bound =
+            tributary::server::bind_wrapped(config, Some(listener), wrap).await.expect("server binds");
         let addr = bound.addr();
         let mqtt_addr = bound.mqtt_addr();
         let mqtt_ws_addr = bound.mqtt_ws_addr();

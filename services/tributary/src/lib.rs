@@ -7,6 +7,7 @@
 //! - [`server`]: `serve` — [`server::bind`] then [`server::Bound::run`]; the relay's routes and
 //!   the management API (`tributary-control-plane`) on one listener.
 //! - [`directory`]: the relay's app directory backed by the store.
+//! - [`http`]: the HTTP listener and its limits on connections still sending their request head.
 //! - [`maintenance`]: periodic deletes of expired revocations and token grants.
 //! - [`telemetry`]: logging setup.
 #![forbid(unsafe_code)]
@@ -14,6 +15,7 @@
 pub mod bootstrap;
 pub mod config;
 pub mod directory;
+pub mod http;
 pub mod maintenance;
 pub mod server;
 pub mod telemetry;

@@ -114,7 +114,13 @@ impl Bound {
         if let Some(mqtt_ws) = mqtt_ws {
             let state = relay.state().clone();
             let router = tributary_relay::mqtt::websocket_router(state.clone());
-            tokio::spawn(serve_http(mqtt_ws, router, state.shutdown.clone().cancelled_owned()));
+            let limits = crate::http::Handshakes::of(&state.config);
+            tokio::spawn(crate::http::serve(
+                mqtt_ws,
+                router,
+                limits,
+                state.shutdown.clone().cancelled_owned(),
+            ));
         }
         let housekeeping = tokio::spawn(crate::maintenance::run(store));
         // The management routes first: the relay's router carries the fallback (404).
@@ -127,13 +133,14 @@ impl Bound {
             // Give writers a moment to send their close frames.
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        serve_http(listener, router, signal).await;
+        crate::http::serve(listener, router, crate::http::Handshakes::of(&relay.state().config), signal)
+            .await;
         housekeeping.abort();
         // Connections were told to close; give their tasks time to leave presence and say
         // goodbye before the process ends.
         let tasks = &relay.state().tasks;
         tasks.close();
-        if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait()).await.is_err() {
+        if tokio::time::timeout(crate::http::DRAIN_TIMEOUT, tasks.wait()).await.is_err() {
             tracing::warn!("connections still closing after the drain timeout; stopping anyway");
         }
         Ok(())
@@ -154,72 +161,21 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// How long a client has to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How long requests in flight (SSE streams, long polls) get to finish after a shutdown.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Serves HTTP/1.1 with upgrades until `signal` completes, then waits (at most
-/// [`DRAIN_TIMEOUT`]) for requests in flight. Hyper is given the TCP stream itself, so an
-/// upgraded WebSocket gets it back without adapters between it and the socket.
-async fn serve_http(listener: TcpListener, router: axum::Router, signal: impl Future<Output = ()> + Send) {
-    use hyper_util::rt::TokioIo;
-    let connections = tokio_util::task::TaskTracker::new();
-    let draining = tokio_util::sync::CancellationToken::new();
-    let mut signal = std::pin::pin!(signal);
-    let mut http = hyper::server::conn::http1::Builder::new();
-    // A client that never finishes its request headers must not hold a connection forever.
-    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    // Out of file descriptors, most likely: back off instead of spinning.
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = signal.as_mut() => break,
-        };
-        // Realtime frames are small: without TCP_NODELAY, Nagle's algorithm holds a frame back
-        // until the previous one is acknowledged, which with delayed ACKs costs up to 40 ms.
-        if let Err(err) = stream.set_nodelay(true) {
-            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
-        }
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        let connection = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
-        let draining = draining.clone();
-        connections.spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            let ended = tokio::select! {
-                ended = connection.as_mut() => ended,
-                _ = draining.cancelled() => {
-                    // Finish the request in flight, then close (keep-alive ends here).
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(err) = ended {
-                tracing::debug!(error = %err, "http connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    draining.cancel();
-    connections.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait()).await.is_err() {
-        tracing::warn!("requests still in flight after the drain timeout; stopping anyway");
-    }
-}
-
 /// Binds the listener (taking an already bound one when given, as tests do), opens storage,
 /// bootstraps a fresh data directory, and wires the relay.
 pub async fn bind(
     config: TributaryConfig,
     listener: Option<std::net::TcpListener>,
+) -> Result<Bound, ServeError> {
+    bind_wrapped(config, listener, |engine| engine).await
+}
+
+/// Like [`bind`], with the engine the configuration chose passed through `wrap` first: tests
+/// wrap it to hold a call at a seam they want to exercise.
+pub async fn bind_wrapped(
+    config: TributaryConfig,
+    listener: Option<std::net::TcpListener>,
+    wrap: impl FnOnce(Arc<dyn Engine>) -> Arc<dyn Engine>,
 ) -> Result<Bound, ServeError> {
     let listener = match listener {
         Some(std) => {
@@ -274,6 +230,7 @@ pub async fn bind(
             ..MemoryEngineConfig::default()
         })),
     };
+    let engine = wrap(engine);
     let relay =
         Relay::new(config.relay.clone(), engine.clone(), Arc::new(StoreDirectory::new(store.clone())));
     let node = Arc::new(LocalRelay(relay.state().clone()));

@@ -630,8 +630,26 @@ async fn add_filter(
 ) -> Result<(), OpError> {
     match &filter.target {
         Target::Channel(channel) => {
+            let recovering = recover.is_some();
             let request = SubscribeRequest { channel: channel.clone(), recover, rewind: None, state: None };
-            let reply = client.session.subscribe(request, None).await?;
+            let reply = if recovering {
+                client.session.subscribe(request, None).await?
+            } else {
+                let grace = Duration::from_millis(state.config.mqtt.subscribe_grace_ms);
+                // The retained message comes as one (or not at all), never as a message too.
+                let key = tributary_engine::ChannelKey::new(
+                    client.session.identity().app_id.clone(),
+                    channel.clone(),
+                );
+                let floor = match state.engine.retained(&key).await {
+                    Ok(Some(retained)) => Some(tributary_protocol::StreamPosition {
+                        epoch: retained.epoch.to_string(),
+                        offset: retained.offset,
+                    }),
+                    _ => None,
+                };
+                client.session.subscribe_with_grace(request, grace, floor).await?
+            };
             // Where a rebuilt session recovers from if nothing of the channel is delivered first.
             filter.position = Some((reply.epoch.clone(), reply.position.offset));
         }
@@ -1158,7 +1176,17 @@ async fn queue_retained(state: &Arc<RelayState>, live: &mut Live, text: Arc<str>
         Target::Channel(channel) => {
             let key = tributary_engine::ChannelKey::new(live.app.clone(), channel.clone());
             let retained = state.engine.retained(&key).await;
-            retained.map(|p| p.map(|p| vec![(channel.clone(), p)]).unwrap_or_default())
+            // A retained message stored after the subscription's start comes as a message
+            // anyway (from the seam or the grace): not twice.
+            let after_start = |p: &tributary_protocol::Publication| {
+                filter
+                    .position
+                    .as_ref()
+                    .is_some_and(|(epoch, offset)| *p.epoch == **epoch && p.offset > *offset)
+            };
+            retained.map(|p| {
+                p.filter(|p| !after_start(p)).map(|p| vec![(channel.clone(), p)]).unwrap_or_default()
+            })
         }
         Target::Pattern(topic) => {
             let limit = state.config.mqtt.max_retained_per_subscription;

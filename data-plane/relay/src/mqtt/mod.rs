@@ -93,6 +93,11 @@ pub struct MqttConfig {
     pub server_topic_aliases: u16,
     /// Retained messages sent for one wildcard subscription, at most.
     pub max_retained_per_subscription: usize,
+    /// A new subscription by name also gets what was stored on its channel this many
+    /// milliseconds before its SUBSCRIBE was read (at most the newest eight messages): packets
+    /// of two connections that arrive together may be read in either order, and a PUBLISH
+    /// that came right after another client's SUBSCRIBE must still reach it. 0: off.
+    pub subscribe_grace_ms: u64,
     /// Anonymous access: a connection without a password joins this app (its id; `"dev"` is
     /// the development app of `tributary serve`) with `anonymous_grants`, and its client id is
     /// whatever it says. Empty: off. For trials and conformance suites, not for devices in the
@@ -124,6 +129,7 @@ impl Default for MqttConfig {
             topic_alias_maximum: 32,
             server_topic_aliases: 32,
             max_retained_per_subscription: 1000,
+            subscribe_grace_ms: 10,
             anonymous_app: String::new(),
             anonymous_grants: vec!["*=subscribe,publish,presence,history".into()],
             anonymous_deny: Vec::new(),

@@ -12,6 +12,7 @@
 //! steps 1–4 is settled on the page that reaches the stream's newest offset.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use tributary_capability::Right;
@@ -25,6 +26,22 @@ use crate::ops::OpError;
 
 /// Queue slots kept free for the subscribe reply and the first live frames.
 const REPLY_RESERVE: usize = 8;
+
+/// The most messages a subscription's grace (see [`Session::subscribe_with_grace`]) delivers.
+pub const GRACE_LOOKBACK: usize = 8;
+
+/// How far before the request a plain subscription starts.
+#[derive(Debug, Clone)]
+struct Grace {
+    /// What was stored this long before is delivered too.
+    within: Duration,
+    /// Never this message or one before it.
+    floor: Option<StreamPosition>,
+}
+
+impl Grace {
+    const NONE: Grace = Grace { within: Duration::ZERO, floor: None };
+}
 
 /// A recovery being streamed from history, page by page, as the client drains its queue.
 #[derive(Debug, Clone)]
@@ -82,7 +99,24 @@ impl Session {
         request: SubscribeRequest,
         reply_id: Option<Option<u64>>,
     ) -> Result<SubscribeReply, OpError> {
-        self.subscribe_sharing(request, reply_id, 1).await
+        self.subscribe_from(request, reply_id, 1, Grace::NONE).await
+    }
+
+    /// Subscribes like [`Session::subscribe`]; a plain subscription also gets what the engine
+    /// stored within `grace` before now (at most [`GRACE_LOOKBACK`] messages), so that of two
+    /// requests of different connections that arrived together and were read in the other
+    /// order, the publish still reaches the subscription (MQTT, whose clients have no
+    /// positions to recover from).
+    /// The grace never reaches back to `floor` or before it: MQTT passes its channel's retained
+    /// message, which a new subscription gets as a retained message (if it asked for retained
+    /// messages), not again as a message.
+    pub async fn subscribe_with_grace(
+        &mut self,
+        request: SubscribeRequest,
+        grace: Duration,
+        floor: Option<StreamPosition>,
+    ) -> Result<SubscribeReply, OpError> {
+        self.subscribe_from(request, None, 1, Grace { within: grace, floor }).await
     }
 
     /// Subscribes like [`Session::subscribe`], letting the replay use at most `1 / share` of the
@@ -93,6 +127,16 @@ impl Session {
         request: SubscribeRequest,
         reply_id: Option<Option<u64>>,
         share: usize,
+    ) -> Result<SubscribeReply, OpError> {
+        self.subscribe_from(request, reply_id, share, Grace::NONE).await
+    }
+
+    async fn subscribe_from(
+        &mut self,
+        request: SubscribeRequest,
+        reply_id: Option<Option<u64>>,
+        share: usize,
+        grace: Grace,
     ) -> Result<SubscribeReply, OpError> {
         let channel = request.channel.clone();
         if !self.identity.capabilities.allows(&channel, Right::Subscribe) {
@@ -118,11 +162,32 @@ impl Session {
         // first: a second subscriber must also wait until delivery is live before it reads
         // history, and a first subscribe still in flight does not guarantee that.
         self.state.hub.add(&key, &self.conn);
-        if let Err(err) = self.state.engine.subscribe(&key).await {
-            self.state.hub.remove(&key, self.conn.id());
-            return Err(err.into());
-        }
-        match self.replay(&key, &request, ns.stream(), ns.history_size > 0, reply_id, share.max(1)).await {
+        // A plain subscription (no recovery, no rewind) starts where the stream stood when the
+        // request was read: the head is read now, before anything that can wait, so that a
+        // publication read after the request reaches the subscriber (from the hub's buffer or
+        // from history), never lost to a seam that opened while the engine subscribed.
+        let plain = request.recover.is_none() && request.rewind.is_none_or(|n| n == 0);
+        let (subscribed, start) = if plain {
+            let (start, subscribed) =
+                tokio::join!(self.start(&key, ns.stream(), grace), self.state.engine.subscribe(&key));
+            (subscribed, Some(start))
+        } else {
+            (self.state.engine.subscribe(&key).await, None)
+        };
+        let start = match (subscribed, start.transpose()) {
+            (Ok(()), Ok(start)) => start,
+            (Err(err), _) => {
+                self.state.hub.remove(&key, self.conn.id());
+                return Err(err.into());
+            }
+            (Ok(()), Err(err)) => {
+                self.state.hub.remove(&key, self.conn.id());
+                let _ = self.state.engine.unsubscribe(&key).await;
+                return Err(err);
+            }
+        };
+        let stream = ns.stream();
+        match self.replay(&key, &request, start, stream, ns.history_size > 0, reply_id, share.max(1)).await {
             Ok((reply, catch_up)) => {
                 let presence = ns.presence && self.presence_allowed;
                 self.catching_up += usize::from(catch_up.is_some());
@@ -159,11 +224,14 @@ impl Session {
 
     /// Starts a subscription's delivery: the reply, whatever history it replays (all of it, or
     /// the first page of a long recovery, which then continues in [`Session::catch_up`]), and
-    /// the switch to live.
+    /// the switch to live. `start` is, for a plain subscription, the head read when the request
+    /// was: what was published after it is delivered.
+    #[allow(clippy::too_many_arguments, reason = "one private step of subscribe, called once")]
     async fn replay(
         &self,
         key: &ChannelKey,
         request: &SubscribeRequest,
+        start: Option<tributary_engine::HistoryPage>,
         stream: StreamOptions,
         recoverable: bool,
         reply_id: Option<Option<u64>>,
@@ -171,16 +239,17 @@ impl Session {
     ) -> Result<(SubscribeReply, Option<CatchUp>), OpError> {
         let max = self.state.config.max_recover as u64;
         // The offset after which the replay starts, if anything is replayed.
-        let since = match (&request.recover, request.rewind) {
-            (Some(position), _) => Some(position.offset),
-            (None, Some(n)) if n > 0 => {
+        let since = match (&request.recover, request.rewind, &start) {
+            (Some(position), _, _) => Some(position.offset),
+            (None, Some(n), _) if n > 0 => {
                 // The newest `n`: find where the stream stands, then read forward like a
                 // recovery (the oldest message kept bounds it).
                 let head = self.head(key, stream).await?;
                 let oldest = head.oldest_offset.map_or(head.top_offset, |o| o - 1);
                 Some(head.top_offset.saturating_sub(u64::from(n).min(max)).max(oldest))
             }
-            (None, _) => None,
+            (None, _, Some(start)) => Some(start.top_offset),
+            (None, _, None) => None,
         };
         let room = self.room(share);
         let (page, recovered) = match since {
@@ -196,7 +265,16 @@ impl Session {
             }
             None => (self.head(key, stream).await?, None),
         };
-        let since = since.filter(|_| recovered != Some(false));
+        if let Some(start) = start.as_ref().filter(|start| start.epoch == page.epoch)
+            && !page.covers(&start.epoch, start.top_offset)
+        {
+            // A plain subscription on a stream without the history to fill the seam (history
+            // off, or trimmed meanwhile): what the hub buffered after the start is all there is.
+            return Ok((self.go_live(key, &page, start.top_offset, recoverable, reply_id), None));
+        }
+        // A plain subscription whose stream was reset meanwhile starts at the new head.
+        let since = since
+            .filter(|_| recovered != Some(false) && start.as_ref().is_none_or(|s| s.epoch == page.epoch));
         let epoch = page.epoch.clone();
         let top = page.top_offset;
         let reply = SubscribeReply {
@@ -221,6 +299,57 @@ impl Session {
             }
         };
         Ok((reply, catch_up))
+    }
+
+    /// Queues the reply of a subscription that replays nothing and goes live after `after`.
+    fn go_live(
+        &self,
+        key: &ChannelKey,
+        page: &tributary_engine::HistoryPage,
+        after: u64,
+        recoverable: bool,
+        reply_id: Option<Option<u64>>,
+    ) -> SubscribeReply {
+        let reply = SubscribeReply {
+            channel: key.channel.to_string(),
+            epoch: page.epoch.clone(),
+            offset: page.top_offset,
+            recoverable,
+            recovered: None,
+            replayed: 0,
+            position: StreamPosition { epoch: page.epoch.to_string(), offset: after },
+        };
+        if let Some(id) = reply_id {
+            self.conn.push(Outbound::frame(server::encode_reply(id, &reply)));
+        }
+        self.state.hub.finish_recovery(key, &self.conn, &page.epoch, after);
+        reply
+    }
+
+    /// Reads where a plain subscription starts: the stream's head, or, with a `grace`, before
+    /// the oldest of the newest [`GRACE_LOOKBACK`] publications stored within it.
+    async fn start(
+        &self,
+        key: &ChannelKey,
+        stream: StreamOptions,
+        grace: Grace,
+    ) -> Result<tributary_engine::HistoryPage, OpError> {
+        if grace.within.is_zero() {
+            return self.head(key, stream).await;
+        }
+        let query = HistoryQuery { since: None, direction: Direction::Backward, limit: GRACE_LOOKBACK };
+        let mut page = self.state.engine.history(key, query, stream).await?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let cutoff = now_ms.saturating_sub(grace.within.as_millis() as u64);
+        let floor = grace.floor.filter(|floor| *floor.epoch == *page.epoch).map_or(0, |floor| floor.offset);
+        // Newest first: the last one still within the grace is where the subscription starts.
+        if let Some(oldest) = page.publications.iter().take_while(|p| p.ts_ms >= cutoff).last() {
+            page.top_offset = oldest.offset.saturating_sub(1).max(floor.min(page.top_offset));
+        }
+        page.publications.clear();
+        Ok(page)
     }
 
     /// Reads where a stream stands, without any publication.

@@ -48,13 +48,17 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Upgrades `GET /v1/connect` to a WebSocket speaking `tributary.v1`.
 pub async fn upgrade(State(state): State<Arc<RelayState>>, request: Request) -> Response {
+    let accepted_at = request.extensions().get::<crate::transport::AcceptedAt>().copied();
     let accepted = match handshake::accept(request, Some(SUBPROTOCOL)) {
         Ok(accepted) => accepted,
         Err(refused) => return axum::response::IntoResponse::into_response(refused),
     };
     let upgrade = accepted.upgrade;
+    // From the accept when the listener says when that was, so the request head counts too.
+    let started = accepted_at.map_or_else(Instant::now, |at| at.0);
+    let deadline = started + Duration::from_millis(state.config.handshake_timeout_ms);
     let tasks = state.tasks.clone();
-    tasks.spawn(run(Box::pin(open(upgrade, state))));
+    tasks.spawn(run(Box::pin(open(upgrade, state, deadline))));
     accepted.response
 }
 
@@ -119,12 +123,15 @@ async fn finish(live: Live<Stream>, client_close: Option<u16>) {
 }
 
 /// Waits for the `connect` frame and opens the session, or refuses the connection.
-async fn open(upgrade: hyper::upgrade::OnUpgrade, state: Arc<RelayState>) -> Option<Live<Stream>> {
+async fn open(
+    upgrade: hyper::upgrade::OnUpgrade,
+    state: Arc<RelayState>,
+    deadline: Instant,
+) -> Option<Live<Stream>> {
     let max = state.config.max_frame_bytes;
     let (stream, read_ahead) = Stream::from_upgrade(upgrade.await.ok()?);
     let mut socket = Socket::new(stream, max);
     socket.prepend(&read_ahead);
-    let deadline = Instant::now() + Duration::from_millis(state.config.handshake_timeout_ms);
     let first = match tokio::time::timeout_at(deadline, read_input(&mut socket, max)).await {
         Ok(first) => first,
         Err(_) => Err(CloseCode::HandshakeTimeout),

@@ -40,6 +40,10 @@ pub struct RelayConfig {
     pub ping_interval_ms: u64,
     /// A connection that sends nothing (not even a pong) for this long is closed, in milliseconds.
     pub idle_timeout_ms: u64,
+    /// A connection whose client has taken none of the bytes written to it for this long is
+    /// closed as a slow consumer (3001; MQTT: dropped), whatever room its queue has, in
+    /// milliseconds.
+    pub write_stall_timeout_ms: u64,
     /// A presence entry not refreshed for this long expires, in milliseconds; connections
     /// refresh theirs every third of it.
     pub presence_timeout_ms: u64,
@@ -87,6 +91,7 @@ impl Default for RelayConfig {
             max_pending_handshakes: 4096,
             ping_interval_ms: 25_000,
             idle_timeout_ms: 60_000,
+            write_stall_timeout_ms: 30_000,
             presence_timeout_ms: 30_000,
             idempotency_window_secs: 300,
             max_recover: 100_000,
@@ -176,6 +181,7 @@ impl RelayConfig {
         positive("handshake_timeout_ms", self.handshake_timeout_ms);
         positive("max_pending_handshakes", self.max_pending_handshakes as u64);
         positive("ping_interval_ms", self.ping_interval_ms);
+        positive("write_stall_timeout_ms", self.write_stall_timeout_ms);
         positive("presence_timeout_ms", self.presence_timeout_ms);
         positive("max_recover", self.max_recover as u64);
         positive("long_poll_max_wait_ms", self.long_poll_max_wait_ms);

@@ -350,6 +350,8 @@ pub struct Connections {
     by_id: Mutex<HashMap<Arc<str>, ConnHandle>>,
     per_app: Mutex<HashMap<Arc<str>, usize>>,
     total: AtomicUsize,
+    /// How many connections ended with each close code (by its number), since the start.
+    closed_with: Mutex<HashMap<u16, u64>>,
 }
 
 impl Connections {
@@ -368,12 +370,21 @@ impl Connections {
         true
     }
 
+    /// Returns how many registered connections ended closed with `code` since the node started
+    /// (what the server decided, whether or not the client read the close).
+    pub fn closed_with(&self, code: CloseCode) -> u64 {
+        lock(&self.closed_with).get(&code.number()).copied().unwrap_or(0)
+    }
+
     /// Removes a registered connection.
     pub fn unregister(&self, conn: &ConnHandle) {
         if self.by_id.lock().unwrap_or_else(|p| p.into_inner()).remove(conn.id()).is_none() {
             return;
         }
         self.total.fetch_sub(1, Ordering::Relaxed);
+        if let Some(code) = conn.close_code() {
+            *lock(&self.closed_with).entry(code.number()).or_insert(0) += 1;
+        }
         let mut per_app = self.per_app.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(count) = per_app.get_mut(conn.app()) {
             *count -= 1;

@@ -59,6 +59,7 @@ pub struct TestServer {
     credentials: Credentials,
     http: reqwest::Client,
     store: tributary_store::Store,
+    relay: Arc<tributary_relay::state::RelayState>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _dir: Arc<tempfile::TempDir>,
@@ -200,6 +201,7 @@ impl TestServer {
         let mqtt_tls_addr = bound.mqtt_tls_addr();
         let credentials = bound.credentials().clone();
         let store = bound.store().clone();
+        let relay = bound.relay_state().clone();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
             let _ = bound
@@ -216,6 +218,7 @@ impl TestServer {
             credentials,
             http: reqwest::Client::new(),
             store,
+            relay,
             shutdown: Some(tx),
             task: Some(task),
             _dir: dir,
@@ -322,6 +325,12 @@ impl TestServer {
         let record =
             self.store.signing_keys(app_id).await.expect("keys listed").into_iter().next().expect("a key");
         tributary::directory::signing_key(record).expect("usable key")
+    }
+
+    /// Returns the relay's state: what the server decided (for example how many connections it
+    /// closed with each code), whether or not a client could read it.
+    pub fn relay(&self) -> &tributary_relay::state::RelayState {
+        &self.relay
     }
 
     /// Returns an HTTP client.

@@ -141,12 +141,21 @@ impl MqttClient {
         }
     }
 
-    /// Returns whether nothing arrives within `wait` (the connection stays open).
+    /// Returns whether nothing arrives within `wait` (the connection stays open); a packet, a
+    /// close or bytes that do not decode are errors.
     pub async fn quiet_for(&mut self, wait: Duration) -> anyhow::Result<bool> {
-        match self.recv_within(wait).await {
-            Err(_) => Ok(true),
-            Ok(Some(packet)) => bail!("expected nothing, got {packet:?}"),
-            Ok(None) => bail!("expected nothing, but the connection closed"),
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some((packet, _)) = decode_server(&self.input, self.version)? {
+                bail!("expected nothing, got {packet:?}");
+            }
+            self.input.reserve(4096);
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.input)).await {
+                Err(_) => return Ok(true),
+                Ok(Ok(0)) => bail!("expected nothing, but the connection closed"),
+                Ok(Err(err)) => bail!("expected nothing, but the connection failed: {err}"),
+                Ok(Ok(_)) => {}
+            }
         }
     }
 

@@ -108,22 +108,24 @@ impl WsClient {
         Ok(out)
     }
 
-    /// Returns whether no frame arrives within `wait`.
+    /// Returns whether no frame arrives within `wait`. Panics if the connection closes or
+    /// fails meanwhile: "nothing arrived" must not pass because nothing could.
     pub async fn quiet_for(&mut self, wait: Duration) -> bool {
         if !self.pending.is_empty() {
             return false;
         }
-        match tokio::time::timeout(wait, self.read()).await {
-            Err(_) => true,
-            Ok(Ok(frame)) => {
+        match self.read_until(tokio::time::Instant::now() + wait).await {
+            Ok(None) => true,
+            Ok(Some(frame)) => {
                 self.pending.push_back(frame);
                 false
             }
-            Ok(Err(_)) => false,
+            Err(err) => panic!("expected a quiet connection, but {err:#}"),
         }
     }
 
     /// Returns whether no `message` frame arrives within `wait` (other frames are dropped).
+    /// Panics if the connection closes or fails meanwhile.
     pub async fn no_message_within(&mut self, wait: Duration) -> bool {
         if self.pending.iter().any(|f| f["type"] == "message") {
             return false;
@@ -131,14 +133,31 @@ impl WsClient {
         self.pending.clear();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            match tokio::time::timeout_at(deadline, self.read()).await {
-                Err(_) => return true,
-                Ok(Ok(frame)) if frame["type"] == "message" => {
+            match self.read_until(deadline).await {
+                Ok(None) => return true,
+                Ok(Some(frame)) if frame["type"] == "message" => {
                     self.pending.push_back(frame);
                     return false;
                 }
-                Ok(Ok(_)) => continue,
-                Ok(Err(_)) => return true,
+                Ok(Some(_)) => continue,
+                Err(err) => panic!("expected no message on an open connection, but {err:#}"),
+            }
+        }
+    }
+
+    /// Reads the next text frame before `deadline`: `None` when the deadline passes first, an
+    /// error when the connection closes or fails.
+    async fn read_until(&mut self, deadline: tokio::time::Instant) -> anyhow::Result<Option<Value>> {
+        loop {
+            let Ok(message) = tokio::time::timeout_at(deadline, self.socket.next()).await else {
+                return Ok(None);
+            };
+            match message {
+                Some(Ok(Message::Text(text))) => return crate::parse(&text).map(Some),
+                Some(Ok(Message::Close(frame))) => bail!("the server closed the connection: {frame:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(err)) => bail!("socket error: {err}"),
+                None => bail!("the socket ended"),
             }
         }
     }

@@ -25,7 +25,7 @@ pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a connection over the cap of pending handshakes is told before it is closed.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-content-length: 107\r\nconnection: close\r\nretry-after: 1\r\n\r\n\
+content-length: 105\r\nconnection: close\r\nretry-after: 1\r\n\r\n\
 {\"error\":{\"code\":1201,\"name\":\"unavailable\",\"message\":\"too many handshakes in progress\",\"temporary\":true}}";
 
 /// Limits on the way in.

@@ -91,6 +91,11 @@ impl Bound {
         self.mqtt_tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
+    /// Returns the relay's state (tests read its connection registry).
+    pub fn relay_state(&self) -> &Arc<tributary_relay::state::RelayState> {
+        self.relay.state()
+    }
+
     /// Returns the store (tests use it to create more tenants and apps).
     pub fn store(&self) -> &Store {
         &self.store

@@ -35,9 +35,6 @@ use crate::state::RelayState;
 /// Queued items turned into packets per wake at most, so a busy connection still reads.
 const COALESCE_MAX: usize = 64;
 
-/// How long a write may stall before the client counts as gone.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// How long the goodbye (a DISCONNECT) may take.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -717,7 +714,9 @@ fn serve<'a, S: MqttIo>(
             }
             if !live.out.is_empty() {
                 // The timer serves as the write's deadline (it is set again below).
-                timer.as_mut().reset(Instant::now() + WRITE_TIMEOUT);
+                // A write may stall `write_stall_timeout_ms` before the client counts as gone.
+                let stall = Duration::from_millis(state.config.write_stall_timeout_ms);
+                timer.as_mut().reset(Instant::now() + stall);
                 match write_out(stream, &live.out, live.client.session.conn(), timer.as_mut()).await {
                     Written::Done => {}
                     // What the stream took is not sent again with the goodbye.

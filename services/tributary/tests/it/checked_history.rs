@@ -68,6 +68,9 @@ async fn reconnecting_subscribers_under_concurrent_publishers_lose_and_repeat_no
                 }
                 let reply = ws.request(request).await.unwrap();
                 let result = &reply["result"];
+                if position.is_some() {
+                    assert_eq!(result["recovered"], true, "{name} round {round}: {reply}");
+                }
                 let (epoch, start) = match &position {
                     Some((epoch, offset)) if result["recovered"] == true => (epoch.clone(), *offset),
                     _ => (result["epoch"].as_str().unwrap().to_owned(), result["offset"].as_u64().unwrap()),
@@ -87,6 +90,7 @@ async fn reconnecting_subscribers_under_concurrent_publishers_lose_and_repeat_no
                 .request(json!({"op": "subscribe", "channel": CHANNEL, "recover": {"epoch": epoch, "offset": offset}}))
                 .await
                 .unwrap();
+            assert_eq!(reply["result"]["recovered"], true, "{name}: {reply}");
             checker.started(&name, CHANNEL, &epoch, offset, reply["result"]["recovered"].as_bool());
             (name, ws)
         }));

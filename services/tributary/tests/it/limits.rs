@@ -1,4 +1,7 @@
+use std::time::Duration;
+
 use serde_json::json;
+use tributary_protocol::CloseCode;
 use tributary_testkit::{TestServer, WsClient};
 
 #[tokio::test]
@@ -117,32 +120,37 @@ async fn requests_other_than_publish_and_ping_are_rate_limited() {
     );
 }
 
+/// A client that stops reading is closed as a slow consumer (3001) once its writes have stalled
+/// for `write_stall_timeout_ms`, although its queue has room; the idle timeout (3002) is far
+/// off, and the server's own record says which close it was (the client, whose socket buffers
+/// are full, may never read the close frame).
 #[tokio::test]
-async fn a_client_that_stops_reading_is_closed_even_when_its_queue_has_room() {
+async fn a_client_that_stops_reading_is_closed_with_3001_even_when_its_queue_has_room() {
     let server = TestServer::spawn_with(|relay| {
         relay.outbound_queue_len = 100_000;
         relay.max_queued_bytes = 1 << 30;
-        relay.ping_interval_ms = 100;
-        relay.idle_timeout_ms = 500;
+        relay.idle_timeout_ms = 120_000;
+        relay.write_stall_timeout_ms = 500;
     })
     .await;
     let mut stuck = server.ws(&server.all_rights("stuck").await).await;
     stuck.request(json!({"op": "subscribe", "channel": "flood"})).await.unwrap();
     let payload = "x".repeat(30_000);
+    let start = tokio::time::Instant::now();
     for _ in 0..400 {
         server.publish("flood", json!(payload)).await;
     }
-    // Its socket buffers are full, so the close frame may never reach it; what matters is that
-    // the server lets go of the connection: its presence entry leaves.
+    let connections = &server.relay().connections;
     tributary_testkit::eventually(
-        "the stuck connection is released",
-        std::time::Duration::from_secs(10),
-        || async {
-            let (_, occupancy) = server.get("/v1/channels/flood/occupancy").await;
-            occupancy["connections"] == 0
-        },
+        "the stuck connection is closed as a slow consumer",
+        Duration::from_secs(10),
+        || async { connections.closed_with(CloseCode::SlowConsumer) == 1 },
     )
     .await
     .unwrap();
+    assert!(start.elapsed() < Duration::from_secs(10), "long before the idle timeout");
+    assert_eq!(connections.closed_with(CloseCode::IdleTimeout), 0);
+    let (_, occupancy) = server.get("/v1/channels/flood/occupancy").await;
+    assert_eq!(occupancy["connections"], 0, "and let go of: {occupancy}");
     drop(stuck);
 }

@@ -302,6 +302,8 @@ async fn a_second_connection_with_the_same_client_id_takes_the_session_over() {
         Packet::Disconnect(d) => assert_eq!(d.code, 0x8E, "session taken over"),
         other => panic!("expected DISCONNECT, got {other:?}"),
     }
+    // The testkit does not take a closed connection for a quiet one.
+    assert!(first.quiet_for(Duration::from_millis(500)).await.is_err(), "the first connection was closed");
     server.publish("pumps/3/cmd", json!("start")).await;
     assert_eq!(second.recv_and_ack().await.unwrap().payload, r#""start""#);
     // Another app's client with the same client id is another session entirely.

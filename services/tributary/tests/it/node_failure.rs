@@ -100,6 +100,10 @@ async fn subscribe(
     }
     let reply = ws.request(request).await.unwrap();
     let result = &reply["result"];
+    // History covers every gap here: a recovery that does not recover is a failure.
+    if from.is_some() {
+        assert_eq!(result["recovered"], true, "{who}: {reply}");
+    }
     let start = match from {
         Some(position) if result["recovered"] == true => position,
         _ => (result["epoch"].as_str().unwrap().to_owned(), result["offset"].as_u64().unwrap()),

@@ -164,3 +164,25 @@ async fn an_unmasked_client_frame_closes_the_connection_as_a_protocol_violation(
     let (op, payload) = read_frame(&mut tcp).await;
     assert_eq!((op, &payload[..2]), (8, &3500u16.to_be_bytes()[..]), "{}", String::from_utf8_lossy(&payload));
 }
+
+/// The testkit's "nothing arrived" checks fail when the connection is gone: a closed socket
+/// says nothing, and must not pass for a quiet one.
+#[tokio::test]
+#[should_panic(expected = "expected no message on an open connection")]
+async fn no_message_within_fails_when_the_server_closed_the_connection() {
+    let server = TestServer::spawn().await;
+    let mut c = server.ws(&server.all_rights("gone").await).await;
+    let (status, _) = server.post("/v1/clients/gone/disconnect", &json!({}), None).await;
+    assert_eq!(status, 200);
+    c.no_message_within(std::time::Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+#[should_panic(expected = "expected a quiet connection")]
+async fn quiet_for_fails_when_the_server_closed_the_connection() {
+    let server = TestServer::spawn().await;
+    let mut c = server.ws(&server.all_rights("gone").await).await;
+    let (status, _) = server.post("/v1/clients/gone/disconnect", &json!({}), None).await;
+    assert_eq!(status, 200);
+    c.quiet_for(std::time::Duration::from_secs(2)).await;
+}

@@ -350,13 +350,18 @@ fn intervals(config: &crate::config::RelayConfig) -> (Duration, Duration, Durati
     )
 }
 
+/// How long a write may stall before the client counts as a slow consumer.
+fn stall_timeout(config: &crate::config::RelayConfig) -> Duration {
+    Duration::from_millis(config.write_stall_timeout_ms)
+}
+
 /// Runs the session until the client leaves, the connection is closed, or a deadline passes.
 /// Returns the client's close code if it closed the connection. Everything kept across its
 /// awaits is part of every idle connection's task, hence the care about what is held here.
 async fn serve(live: &mut Live<Stream>) -> Option<u16> {
     let mut deadlines = Deadlines::new(live.session.identity().expires_at, intervals(live.config()));
     let mut expires_at = live.session.identity().expires_at;
-    let mut timer = std::pin::pin!(sleep_until(deadlines.next(None, intervals(live.config()).0)));
+    let mut timer = std::pin::pin!(sleep_until(deadlines.next(None, stall_timeout(live.config()))));
     // Frames that arrived with the `connect` frame are already read: handle them first.
     let mut buffered = live.socket.has_input();
     loop {
@@ -365,7 +370,7 @@ async fn serve(live: &mut Live<Stream>) -> Option<u16> {
             Box::pin(live.session.catch_up()).await;
         }
         {
-            let next = deadlines.next(live.socket.stalled_since(), intervals(live.config()).0);
+            let next = deadlines.next(live.socket.stalled_since(), stall_timeout(live.config()));
             if timer.deadline() != next {
                 timer.as_mut().reset(next);
             }
@@ -400,7 +405,7 @@ async fn serve(live: &mut Live<Stream>) -> Option<u16> {
                 // Here rather than on every wake: the timer fires at least every ping interval.
                 deadlines.rebase();
                 let now = Instant::now();
-                let (idle, ping_every, heartbeat_every) = intervals(live.config());
+                let (_, ping_every, heartbeat_every) = intervals(live.config());
                 let conn = live.session.conn();
                 if now >= deadlines.instant(deadlines.expiry) {
                     if unix_now() >= expires_at {
@@ -414,7 +419,11 @@ async fn serve(live: &mut Live<Stream>) -> Option<u16> {
                     conn.close(CloseCode::IdleTimeout);
                     return None;
                 }
-                if live.socket.stalled_since().is_some_and(|since| now >= since + idle) {
+                if live
+                    .socket
+                    .stalled_since()
+                    .is_some_and(|since| now >= since + stall_timeout(live.config()))
+                {
                     // The client stopped reading: it must not pin this task.
                     conn.close(CloseCode::SlowConsumer);
                     return None;

@@ -471,6 +471,18 @@ impl Drop for TestServer {
     }
 }
 
+/// Configures a server for the Redis at `TRIBUTARY_TEST_REDIS_URL` (default
+/// `redis://127.0.0.1:6379`) under a key prefix of its own: for tests that run on both engines.
+pub fn use_redis(config: &mut TributaryConfig) {
+    config.engine.kind = "redis".into();
+    config.engine.redis_url =
+        std::env::var("TRIBUTARY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    config.engine.redis_prefix = format!("trbtest-{}", uuid::Uuid::new_v4().simple());
+}
+
+/// Leaves a server on the in-memory engine (the other half of [`use_redis`]).
+pub fn use_memory(_: &mut TributaryConfig) {}
+
 /// Another app in the same server.
 #[derive(Debug, Clone)]
 pub struct OtherApp {

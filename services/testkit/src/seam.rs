@@ -24,6 +24,8 @@ use tributary_protocol::{ChannelName, Publication};
 pub struct Gate {
     /// The channel whose next subscribe is watched, and whether it is held.
     armed: Mutex<Option<(String, bool)>>,
+    /// Every subscribe waits this long first (zero: none).
+    delay_all: Mutex<Duration>,
     /// Counts subscribe calls that reached the gate, so a test can wait for the next one.
     entered: watch::Sender<u64>,
     released: Notify,
@@ -39,6 +41,12 @@ impl Gate {
     /// seam stays as long as the engine makes it.
     pub fn watch(&self, channel: &str) {
         *self.armed.lock().unwrap_or_else(|p| p.into_inner()) = Some((channel.to_owned(), false));
+    }
+
+    /// Makes every `subscribe` wait `delay` before it goes on: the seam of every subscription
+    /// stays open that long, so concurrent publishers land in it on every run.
+    pub fn delay_all(&self, delay: Duration) {
+        *self.delay_all.lock().unwrap_or_else(|p| p.into_inner()) = delay;
     }
 
     /// Waits (at most `timeout`) until a held `subscribe` has been called; returns how many
@@ -111,6 +119,10 @@ impl Engine for SeamEngine {
             }
             Some(false) => self.gate.entered.send_modify(|n| *n += 1),
             None => {}
+        }
+        let delay = *self.gate.delay_all.lock().unwrap_or_else(|p| p.into_inner());
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
         self.inner.subscribe(key).await
     }

@@ -61,18 +61,21 @@ async fn unsubscribed_clients_stop_receiving_and_other_channels_are_separate() {
     assert_eq!(again["error"]["name"], "not_subscribed");
 }
 
-#[tokio::test]
-async fn concurrent_publishers_are_seen_in_offset_order_without_duplicates() {
-    let server = TestServer::spawn().await;
-    let mut sub = server.ws(&server.all_rights("s").await).await;
-    sub.request(json!({"op": "subscribe", "channel": "chat:load"})).await.unwrap();
+/// Four publishers at once while subscribers join (each subscribe held 5 ms in the engine, so
+/// publications land in its seam): each subscriber sees the offsets after its start in order,
+/// once each, on a multi-thread runtime.
+async fn concurrent_publishers_in_offset_order(configure: fn(&mut tributary::config::TributaryConfig)) {
+    let (server, gate) = TestServer::spawn_with_seam(configure).await;
+    gate.delay_all(std::time::Duration::from_millis(5));
+    let mut first = server.ws(&server.all_rights("s").await).await;
+    first.request(json!({"op": "subscribe", "channel": "chat:load"})).await.unwrap();
     let mut tasks = Vec::new();
     for t in 0..4 {
         let http = server.http().clone();
         let url = format!("{}/v1/channels/chat:load/messages", server.http_url());
         let key = server.api_key().to_owned();
         tasks.push(tokio::spawn(async move {
-            for n in 0..25 {
+            for n in 0..50 {
                 let r = http
                     .post(&url)
                     .bearer_auth(&key)
@@ -84,12 +87,40 @@ async fn concurrent_publishers_are_seen_in_offset_order_without_duplicates() {
             }
         }));
     }
+    // Late joiners, each starting wherever the stream stands when it subscribes.
+    let mut late = Vec::new();
+    for n in 0..5 {
+        let mut c = server.ws(&server.all_rights(&format!("late-{n}")).await).await;
+        let reply = c.request(json!({"op": "subscribe", "channel": "chat:load"})).await.unwrap();
+        late.push((
+            c,
+            reply["result"]["offset"].as_u64().unwrap() - reply["result"]["replayed"].as_u64().unwrap(),
+        ));
+    }
     for t in tasks {
         t.await.unwrap();
     }
+    server.publish("chat:load", json!("end")).await;
     let offsets: Vec<u64> =
-        sub.messages(100).await.unwrap().iter().map(|m| m["offset"].as_u64().unwrap()).collect();
-    assert_eq!(offsets, (1..=100).collect::<Vec<_>>());
+        first.messages(201).await.unwrap().iter().map(|m| m["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, (1..=201).collect::<Vec<_>>());
+    for (mut c, start) in late {
+        let mut offsets = Vec::new();
+        while offsets.last() != Some(&201) {
+            offsets.push(c.next_of("message").await.unwrap()["offset"].as_u64().unwrap());
+        }
+        assert_eq!(offsets, (start + 1..=201).collect::<Vec<_>>(), "a late subscriber from {start}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_are_seen_in_offset_order_without_duplicates_memory() {
+    concurrent_publishers_in_offset_order(tributary_testkit::use_memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_are_seen_in_offset_order_without_duplicates_redis() {
+    concurrent_publishers_in_offset_order(tributary_testkit::use_redis).await;
 }
 
 #[tokio::test]

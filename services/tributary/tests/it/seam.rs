@@ -10,22 +10,15 @@ use serde_json::{Value, json};
 use tributary::config::TributaryConfig;
 use tributary_mqtt::{Packet, Properties, QoS, Subscribe, Subscription, Version};
 use tributary_testkit::mqtt::ConnectOptions;
-use tributary_testkit::{Gate, MqttClient, TestServer, WsClient, eventually};
+use tributary_testkit::{
+    Gate, MqttClient, TestServer, WsClient, eventually, use_memory as memory, use_redis as redis,
+};
 
 /// How long a test waits for the server to reach the gate.
 const ENTER: Duration = Duration::from_secs(5);
 
 /// Rounds per engine: each one publishes into a freshly opened seam.
 const ROUNDS: usize = 10;
-
-fn memory(_: &mut TributaryConfig) {}
-
-fn redis(config: &mut TributaryConfig) {
-    config.engine.kind = "redis".into();
-    config.engine.redis_url =
-        std::env::var("TRIBUTARY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    config.engine.redis_prefix = format!("trbtest-{}", uuid::Uuid::new_v4().simple());
-}
 
 /// Reads frames until the subscribe reply `id` and then the next `message`; returns both.
 async fn reply_then_message(c: &mut WsClient, id: u64) -> (Value, Value) {

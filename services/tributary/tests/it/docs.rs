@@ -116,3 +116,29 @@ fn the_router_the_openapi_file_and_the_endpoint_table_list_the_same_routes() {
     assert_eq!(openapi, router, "docs/openapi/management-api.yaml differs from the router");
     assert_eq!(table, router, "docs/management-api.md's endpoint table differs from the router");
 }
+
+#[test]
+fn the_http_apis_status_mapping_and_retry_list_are_the_code_lists() {
+    let doc = read("docs/http-api.md");
+    let errors = &doc[doc.find("\n## Errors").expect("an Errors section")..];
+    for row in table_after(errors, "Status mapping") {
+        let status: u16 = row[0].parse().expect("a status");
+        let listed: Vec<String> = row[1]
+            .split(", ")
+            .map(|item| item.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+            .collect();
+        let expected: Vec<String> = ErrorCode::ALL
+            .iter()
+            .filter(|code| code.http_status() == status)
+            .map(|code| format!("{} `{}`", code.number(), code.name()))
+            .collect();
+        assert_eq!(listed, expected, "docs/http-api.md's {status} row");
+    }
+    let retry = &errors[errors.find("Retry only errors with").expect("the retry advice")..];
+    let retry = &retry[..retry.find(')').expect("the list closes")];
+    let mut listed: Vec<&str> = retry.split('`').skip(3).step_by(2).collect();
+    listed.sort_unstable();
+    let mut temporary: Vec<&str> = ErrorCode::ALL.iter().filter(|c| c.temporary()).map(|c| c.name()).collect();
+    temporary.sort_unstable();
+    assert_eq!(listed, temporary, "docs/http-api.md's retry list");
+}

@@ -238,6 +238,10 @@ async fn a_suspended_tenant_is_cut_off_on_every_node_within_a_second() {
 
     // New connections, publishes and token requests are refused with a code that says why.
     assert_eq!(refusal(second, &token).await, "tenant_suspended");
+    // A new connection gets the reason in its connect reply and is closed with 3501, as
+    // protocol.md's handshake table says (3505 is for connections that were open).
+    let (mut refused, _) = WsClient::connect(&second.ws_url(), &token).await.unwrap();
+    assert_eq!(refused.closed().await.unwrap().0, 3501);
     let (status, reply) = second.post("/v1/channels/x/messages", &json!({"data": 1}), None).await;
     assert_eq!((status, reply["error"]["name"].as_str()), (403, Some("tenant_suspended")), "{reply}");
     let (status, _) = second.post("/v1/tokens", &json!({"client_id": "a", "capabilities": []}), None).await;

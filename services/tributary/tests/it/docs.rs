@@ -138,7 +138,8 @@ fn the_http_apis_status_mapping_and_retry_list_are_the_code_lists() {
     let retry = &retry[..retry.find(')').expect("the list closes")];
     let mut listed: Vec<&str> = retry.split('`').skip(3).step_by(2).collect();
     listed.sort_unstable();
-    let mut temporary: Vec<&str> = ErrorCode::ALL.iter().filter(|c| c.temporary()).map(|c| c.name()).collect();
+    let mut temporary: Vec<&str> =
+        ErrorCode::ALL.iter().filter(|c| c.temporary()).map(|c| c.name()).collect();
     temporary.sort_unstable();
     assert_eq!(listed, temporary, "docs/http-api.md's retry list");
 }

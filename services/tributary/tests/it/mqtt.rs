@@ -118,16 +118,24 @@ async fn mosquitto_clients_talk_to_tributary_and_to_websocket_clients() {
     let port = server.mqtt_addr().port().to_string();
     let sub_token = server.token("sensor-sub", &[("sensors/*", &["subscribe"])]).await;
     let pub_token = server.token("sensor-1", &[("sensors/*", &["publish"])]).await;
-    let sub = tokio::process::Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port, "-V", "mqttv5", "-q", "1", "-C", "2", "-v"])
+    // stdbuf: line-buffered, so each line comes as it is printed, not when the process exits.
+    let mut sub = tokio::process::Command::new("stdbuf")
+        .args(["-oL", "mosquitto_sub"])
+        .args(["-h", "127.0.0.1", "-p", &port, "-V", "mqttv5", "-q", "1", "-C", "2", "-v", "-d"])
         .args(["-i", "sensor-sub", "-u", server.app_id(), "-P", &sub_token, "-t", "sensors/+/temp"])
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    // The subscription is live once the server shows it in presence? It has no presence for
-    // wildcard filters: wait for the hub instead, through a probe publish.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // With -d mosquitto_sub says when its SUBACK came: the subscription is live from then on.
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(sub.stdout.take().unwrap()));
+    let mut next_line =
+        async || tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.unwrap().unwrap();
+    while let Some(line) = next_line().await {
+        if line.contains("received SUBACK") {
+            break;
+        }
+    }
     let status = tokio::process::Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &port, "-V", "mqttv311", "-q", "1"])
         .args([
@@ -147,10 +155,16 @@ async fn mosquitto_clients_talk_to_tributary_and_to_websocket_clients() {
         .unwrap();
     assert!(status.success());
     server.publish("sensors/2/temp", json!({"c": 19})).await;
-    let output =
-        tokio::time::timeout(Duration::from_secs(10), sub.wait_with_output()).await.unwrap().unwrap();
-    let text = String::from_utf8(output.stdout).unwrap();
-    assert_eq!(text.lines().collect::<Vec<_>>(), ["sensors/1/temp 21.5", "sensors/2/temp {\"c\":19}"]);
+    // Every line that is not mosquitto_sub's own debug output, until it exits after two.
+    let mut received = Vec::new();
+    while let Some(line) = next_line().await {
+        if !line.starts_with("Client ") && !line.starts_with("Subscribed (") {
+            received.push(line);
+        }
+    }
+    assert_eq!(received, ["sensors/1/temp 21.5", "sensors/2/temp {\"c\":19}"]);
+    let status = tokio::time::timeout(Duration::from_secs(10), sub.wait()).await.unwrap().unwrap();
+    assert!(status.success());
 
     // A token without the right is refused with the MQTT 5 reason.
     let output = tokio::process::Command::new("mosquitto_pub")
@@ -240,9 +254,14 @@ async fn a_persistent_session_gets_what_came_while_it_was_away_and_its_unacknowl
         server.publish(&format!("cmd/{id}"), json!("m1")).await;
         let unacked = truck.recv_publish().await.unwrap();
         assert_eq!((&unacked.payload[..], unacked.dup), (&br#""m1""#[..], false));
-        // The truck drives into a tunnel without acknowledging m1.
+        // The truck drives into a tunnel without acknowledging m1; the server parks its session.
         truck.drop_connection();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let sessions = &server.relay().mqtt_sessions;
+        tributary_testkit::eventually("the session parked", Duration::from_secs(5), || async {
+            sessions.parked_in(server.app_id()) == 1
+        })
+        .await
+        .unwrap();
         server.publish(&format!("cmd/{id}"), json!("m2")).await;
         server.publish("alerts/storm", json!("m3")).await;
 
@@ -998,7 +1017,7 @@ async fn mqtt_over_tls_serves_the_configured_certificate_and_a_plaintext_client_
     .await;
     let port = server.mqtt_tls_addr().port().to_string();
     let token = server.token("tls-sub", &[("secure/*", &["subscribe"])]).await;
-    let sub = tokio::process::Command::new("mosquitto_sub")
+    let mut sub = tokio::process::Command::new("mosquitto_sub")
         .args(["-h", "localhost", "-p", &port, "--cafile", &certs.ca_path(), "-V", "mqttv5", "-q", "1"])
         .args(["-C", "1", "-i", "tls-sub", "-u", server.app_id(), "-P", &token, "-t", "secure/door"])
         .stdout(std::process::Stdio::piped())
@@ -1068,24 +1087,34 @@ async fn a_suspended_tenants_parked_sessions_end_and_their_delayed_wills_are_not
     let watcher_token = server.all_rights("watcher").await;
     // The pump vanishes: its session is parked, its will due in 3 s.
     pump.drop_connection();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let vanished = tokio::time::Instant::now();
+    let (sessions, app) = (&server.relay().mqtt_sessions, server.app_id());
+    let parked = |n: usize| async move { sessions.parked_in(app) == n };
+    tributary_testkit::eventually("the session parked", Duration::from_secs(5), || parked(1)).await.unwrap();
 
     let path = format!("/v1/tenants/{}/status", server.tenant_id());
     let (status, reply) =
         server.manage("POST", &path, server.operator_token(), Some(&json!({"status": "suspended"}))).await;
     assert_eq!(status, 200, "{reply}");
-    // Cut off within a second (the guarantee), then the customer pays again.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Cut off within a second (the guarantee): the parked session ends; then the customer pays
+    // again.
+    tributary_testkit::eventually("the parked session ended", Duration::from_secs(1), || parked(0))
+        .await
+        .unwrap();
     let (status, reply) =
         server.manage("POST", &path, server.operator_token(), Some(&json!({"status": "active"}))).await;
     assert_eq!(status, 200, "{reply}");
 
-    // Past the will delay: no will (a cut-off customer's devices do not raise alarms), and the
-    // session is gone rather than waiting for the pump.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Well past the will's delay: no will (a cut-off customer's devices do not raise alarms),
+    // and the session is gone rather than waiting for the pump. (The watcher comes after the
+    // suspension, which would have closed it.)
     let mut watcher = server.ws(&watcher_token).await;
     watcher.request(json!({"op": "subscribe", "channel": "alarms/pump"})).await.unwrap();
-    assert!(watcher.no_message_within(Duration::from_millis(1500)).await, "no will after the suspension");
+    let quiet_until = vanished + Duration::from_millis(4_500);
+    assert!(
+        watcher.no_message_within(quiet_until - tokio::time::Instant::now()).await,
+        "no will after the suspension"
+    );
     let (_pump, ack) = MqttClient::connect(server.mqtt_addr(), options()).await.unwrap();
     assert_eq!((ack.code, ack.session_present), (0, false), "the parked session ended with the suspension");
 }

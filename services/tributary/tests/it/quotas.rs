@@ -41,8 +41,8 @@ async fn limits_apply_within_a_second_of_being_set_and_say_which_limit_it_is() {
 
     // The monthly quota: 3 messages, then stop; with overage, go on. (The default plan,
     // `unlimited`, allows overage: this tenant's override says it does not.)
+    // In force on this node once the request is answered (read-your-writes): no waiting.
     limit(&server, json!({"max_messages_per_month": 3, "overage_allowed": false})).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut refused = None;
     for n in 0..5 {
         let (status, name) = publish(&server, json!(n)).await;
@@ -53,7 +53,9 @@ async fn limits_apply_within_a_second_of_being_set_and_say_which_limit_it_is() {
     }
     let (n, status, name) = refused.expect("the quota stops publishing");
     assert_eq!((status, name.as_str()), (429, "quota_exceeded"));
-    assert!(n <= 3, "at most 3 messages this month (the one above counts): stopped at {n}");
+    // Exactly the quota's 3 this month: the "short" message above counts once the usage flush
+    // has stored it (then 2 more are accepted here), or not yet (3 more).
+    assert!(n == 2 || n == 3, "3 messages this month, then refused: stopped after {n}");
     // Clients publishing over WebSocket are refused too.
     let mut ws = server.ws(&server.all_rights("writer").await).await;
     let reply = ws.request(json!({"op": "publish", "channel": "quota", "data": 1})).await.unwrap();
@@ -89,7 +91,6 @@ async fn the_publish_rate_and_connection_limits_hold_across_two_nodes() {
     let nodes = TestServer::spawn_cluster(2, |_| {}).await;
     let (first, second) = (&nodes[0], &nodes[1]);
     limit(first, json!({"max_publish_rate": 5, "max_connections": 3})).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Five publishes on the first node use the second; the second node then refuses. A try
     // that spilled over into the next second (a slow machine) is run again.
@@ -102,18 +103,25 @@ async fn the_publish_rate_and_connection_limits_hold_across_two_nodes() {
             let (status, name) = publish(first, json!(n)).await;
             assert!(status == 200 || name == "rate_limited", "publish {n}: {status} {name}");
         }
-        tokio::time::sleep(Duration::from_millis(300)).await; // one sync (every 200 ms)
-        let response = second
-            .http()
-            .post(format!("{}/v1/channels/quota/messages", second.http_url()))
-            .bearer_auth(second.api_key())
-            .json(&json!({"data": "late"}))
-            .send()
-            .await
-            .unwrap();
-        let headers = response.headers().clone();
-        let status = response.status().as_u16();
-        let reply: Value = response.json().await.unwrap();
+        // The second node refuses as soon as its counts are synced (every 200 ms) and the
+        // override reached it (a control event): publish there until it does, within the second.
+        let (status, reply, headers) = loop {
+            let response = second
+                .http()
+                .post(format!("{}/v1/channels/quota/messages", second.http_url()))
+                .bearer_auth(second.api_key())
+                .json(&json!({"data": "late"}))
+                .send()
+                .await
+                .unwrap();
+            let headers = response.headers().clone();
+            let status = response.status().as_u16();
+            let reply: Value = response.json().await.unwrap();
+            if status != 200 || unix_ms() / 1000 != second_of_try {
+                break (status, reply, headers);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         if unix_ms() / 1000 == second_of_try || tries == 3 {
             break (status, reply, headers);
         }
@@ -149,7 +157,6 @@ async fn the_publish_rate_and_connection_limits_hold_across_two_nodes() {
 async fn the_channel_limit_counts_channels_with_subscribers_and_frees_quiet_ones() {
     let server = TestServer::spawn().await;
     limit(&server, json!({"max_channels": 2})).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let token = server.all_rights("reader").await;
     let (mut first, mut second) = (server.ws(&token).await, server.ws(&token).await);
     for channel in ["room:a", "room:b"] {

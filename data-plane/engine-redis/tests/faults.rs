@@ -12,8 +12,18 @@ use tributary_engine_redis::{RedisEngine, RedisEngineConfig};
 use tributary_protocol::frame::Direction;
 use tributary_protocol::{ChannelName, Payload};
 
+/// Returns a free port below Linux's ephemeral range (32768 and up): a port the kernel hands out
+/// for port 0 is free only until some other socket's port 0 gets it, which the redis-server
+/// started next would then fail to bind (testkit's `ThrowawayRedis` does the same).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::hash::{BuildHasher, RandomState};
+    for attempt in 0u32..1000 {
+        let port = 12_000 + (RandomState::new().hash_one(attempt) % 10_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range")
 }
 
 fn start_redis(port: u16) -> std::process::Child {
@@ -250,9 +260,16 @@ async fn quiet_channels_cost_redis_nothing_and_presence_is_swept_only_when_due()
         engine.subscribe(key).await.unwrap();
     }
     // Each channel's first upkeep learns it has no presence; after that, nothing until its
-    // epoch needs keeping (hours away).
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let settled = scripts_run(&url).await;
+    // epoch needs keeping (hours away). Settled: no script ran over four upkeep rounds.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let settled = loop {
+        let before = scripts_run(&url).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if scripts_run(&url).await == before {
+            break before;
+        }
+        assert!(Instant::now() < deadline, "the first upkeep of 200 channels never finished");
+    };
     tokio::time::sleep(Duration::from_secs(1)).await;
     let quiet = scripts_run(&url).await - settled;
     assert_eq!(quiet, 0, "200 quiet channels over 20 rounds ran {quiet} scripts");

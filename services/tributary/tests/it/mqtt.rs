@@ -1017,7 +1017,7 @@ async fn mqtt_over_tls_serves_the_configured_certificate_and_a_plaintext_client_
     .await;
     let port = server.mqtt_tls_addr().port().to_string();
     let token = server.token("tls-sub", &[("secure/*", &["subscribe"])]).await;
-    let mut sub = tokio::process::Command::new("mosquitto_sub")
+    let sub = tokio::process::Command::new("mosquitto_sub")
         .args(["-h", "localhost", "-p", &port, "--cafile", &certs.ca_path(), "-V", "mqttv5", "-q", "1"])
         .args(["-C", "1", "-i", "tls-sub", "-u", server.app_id(), "-P", &token, "-t", "secure/door"])
         .stdout(std::process::Stdio::piped())

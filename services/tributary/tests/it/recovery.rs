@@ -136,7 +136,8 @@ async fn a_position_outside_the_window_or_from_another_epoch_is_not_recovered() 
         .await
         .unwrap();
     assert_eq!(reply["result"]["recovered"], true, "{reply}");
-    assert_eq!(offsets(&e.messages(2).await.unwrap()), vec![4, 5]);
+    server.publish("small:c", json!(6)).await;
+    assert_eq!(offsets(&e.messages(3).await.unwrap()), vec![4, 5, 6]);
 }
 
 #[tokio::test]
@@ -148,7 +149,9 @@ async fn rewind_delivers_the_last_messages_in_order() {
     let mut c = server.ws(&server.all_rights("rw").await).await;
     let reply = c.request(json!({"op": "subscribe", "channel": "chat:rw", "rewind": 2})).await.unwrap();
     assert_eq!(reply["result"]["replayed"], 2);
-    assert_eq!(offsets(&c.messages(2).await.unwrap()), vec![4, 5]);
+    // The two replayed, then the next one published: nothing twice, nothing older.
+    server.publish("chat:rw", json!(6)).await;
+    assert_eq!(offsets(&c.messages(3).await.unwrap()), vec![4, 5, 6]);
 }
 
 #[tokio::test]

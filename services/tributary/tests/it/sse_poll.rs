@@ -189,11 +189,20 @@ async fn a_recovery_of_messages_larger_than_a_channel_share_of_the_queue_still_c
         }
     }
     let mut resumed = server.sse(channels, &token, start.as_deref()).await.unwrap();
-    let mut got = 0;
-    while got < 9 {
-        resumed.next_of("message").await.unwrap();
-        got += 1;
+    let mut got: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for _ in 0..9 {
+        let message = resumed.next_of("message").await.unwrap().data;
+        assert_eq!(message["data"].as_str(), Some(big.as_str()), "the whole message");
+        let channel = message["channel"].as_str().unwrap().to_owned();
+        got.entry(channel).or_default().push(message["offset"].as_u64().unwrap());
     }
+    let expected: std::collections::BTreeMap<String, Vec<u64>> =
+        ["big:a", "big:b", "big:c"].iter().map(|c| ((*c).to_owned(), vec![1, 2, 3])).collect();
+    assert_eq!(got, expected, "each channel's three, in order, once");
+    // Nothing more: the next message is the next one published.
+    server.publish("big:b", json!("after")).await;
+    let next = resumed.next_of("message").await.unwrap().data;
+    assert_eq!((next["channel"].as_str(), next["offset"].as_u64()), (Some("big:b"), Some(4)), "{next}");
 }
 
 /// A bad cursor is reported under the name of the input that carried it.

@@ -258,6 +258,36 @@ pub async fn idempotent_retry_is_stored_once(engine: Arc<dyn Engine>) {
     assert_eq!(page.publications.len(), 2);
 }
 
+/// An idempotency key is remembered for its window and no longer: a retry within it is a
+/// duplicate, a publish with the same key after it is stored again. (Redis keeps each key to the
+/// second: the window is at least one.)
+pub async fn idempotency_keys_expire_after_their_window(engine: Arc<dyn Engine>) {
+    let _sink = RecordingSink::attach(&engine);
+    let key = unique_key("chat:idem-window");
+    let mut options = opts(10);
+    options.idempotency_key = Some("order-7".into());
+    options.idempotency_window = Duration::from_secs(1);
+    let started = tokio::time::Instant::now();
+    let first = engine.publish(&key, json(1), &options).await.unwrap();
+    assert!(!first.duplicate);
+    let deadline = started + Duration::from_secs(5);
+    let stored_again = loop {
+        let retry = engine.publish(&key, json(1), &options).await.unwrap();
+        if !retry.duplicate {
+            break retry;
+        }
+        assert_eq!(retry.offset, first.offset, "a duplicate answers the original position");
+        assert!(tokio::time::Instant::now() < deadline, "the key was never forgotten");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "forgotten before its window: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(stored_again.offset, first.offset + 1, "stored again, as a new message");
+}
+
 /// The same channel name in two apps is two independent channels.
 pub async fn apps_do_not_share_channels(engine: Arc<dyn Engine>) {
     let _sink = RecordingSink::attach(&engine);
@@ -593,6 +623,7 @@ macro_rules! engine_conformance_suite {
             history_is_trimmed_to_its_size,
             history_expires_after_its_ttl,
             idempotent_retry_is_stored_once,
+            idempotency_keys_expire_after_their_window,
             apps_do_not_share_channels,
             history_of_a_new_channel_fixes_the_epoch,
             no_history_still_advances_offsets,

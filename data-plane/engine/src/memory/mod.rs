@@ -436,4 +436,35 @@ mod tests {
         let total: usize = engine.inner.shards.iter().map(|s| lock(s).len()).sum();
         assert_eq!(total, 2, "the re-read stream exists again, nothing else piled up");
     }
+
+    /// Past `MAX_IDEMPOTENCY_KEYS` keys within the window on one channel, the oldest key is
+    /// forgotten early (a flood of unique keys shortens the window instead of growing memory);
+    /// docs/http-api.md says so.
+    #[tokio::test]
+    async fn past_the_key_cap_the_oldest_idempotency_key_is_forgotten_early() {
+        let engine = MemoryEngine::new(MemoryEngineConfig::default());
+        let channel = key("idem:flood");
+        let stream = StreamOptions { history_size: 10, history_ttl: Duration::from_secs(60) };
+        let options = |n: usize| PublishOptions {
+            stream,
+            idempotency_key: Some(format!("k{n}")),
+            idempotency_window: Duration::from_secs(300),
+        };
+        let message = || NewMessage {
+            payload: tributary_protocol::Payload::Json(bytes::Bytes::from_static(b"1")),
+            encoding: None,
+            client_id: None,
+            meta: None,
+        };
+        for n in 0..=stream::MAX_IDEMPOTENCY_KEYS {
+            assert!(!engine.publish(&channel, message(), &options(n)).await.unwrap().duplicate);
+        }
+        let newest =
+            engine.publish(&channel, message(), &options(stream::MAX_IDEMPOTENCY_KEYS)).await.unwrap();
+        assert!(newest.duplicate, "the newest key is remembered");
+        let second = engine.publish(&channel, message(), &options(1)).await.unwrap();
+        assert!(second.duplicate, "only the oldest went");
+        let oldest = engine.publish(&channel, message(), &options(0)).await.unwrap();
+        assert!(!oldest.duplicate, "the oldest key was forgotten before its window");
+    }
 }

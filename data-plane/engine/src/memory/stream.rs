@@ -36,7 +36,7 @@ struct IdempotencyEntry {
 
 /// Most idempotency keys remembered per channel. Beyond it the oldest are forgotten early, so a
 /// flood of unique keys shortens the window instead of growing memory.
-const MAX_IDEMPOTENCY_KEYS: usize = 10_000;
+pub(crate) const MAX_IDEMPOTENCY_KEYS: usize = 10_000;
 
 /// A stream that never had a message is forgotten after this idle time (unless subscribed), so
 /// reads of random channel names cannot pile up streams.

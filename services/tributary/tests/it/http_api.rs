@@ -129,3 +129,23 @@ async fn an_idempotency_key_in_the_header_and_the_body_must_be_one_key() {
     let (_, history) = server.get("/v1/channels/orders/history").await;
     assert_eq!(history["messages"].as_array().map(Vec::len), Some(1), "{history}");
 }
+
+#[tokio::test]
+async fn a_batch_has_1_to_100_messages() {
+    let server = TestServer::spawn().await;
+    let batch = |n: usize| json!({"messages": (0..n).map(|i| json!({"channel": "b", "data": i})).collect::<Vec<_>>()});
+    for n in [0, 101] {
+        let (status, reply) = server.post("/v1/publish", &batch(n), None).await;
+        assert_eq!(
+            (status, reply["error"]["name"].as_str()),
+            (400, Some("invalid_parameter")),
+            "{n}: {reply}"
+        );
+    }
+    let (_, history) = server.get("/v1/channels/b/history").await;
+    assert_eq!(history["offset"], 0, "a refused batch stores nothing: {history}");
+    let (status, reply) = server.post("/v1/publish", &batch(100), None).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["results"].as_array().map(Vec::len), Some(100));
+    assert_eq!(reply["results"][99]["offset"], 100);
+}

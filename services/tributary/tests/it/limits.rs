@@ -154,3 +154,81 @@ async fn a_client_that_stops_reading_is_closed_with_3001_even_when_its_queue_has
     assert_eq!(occupancy["connections"], 0, "and let go of: {occupancy}");
     drop(stuck);
 }
+
+/// A connection that sends nothing, not even a pong, is closed with 3002 after the idle timeout;
+/// one that answers the server's pings stays.
+#[tokio::test]
+async fn an_idle_connection_is_closed_with_3002_and_a_talking_one_stays() {
+    let server = TestServer::spawn_with(|relay| {
+        relay.ping_interval_ms = 100;
+        relay.idle_timeout_ms = 400;
+    })
+    .await;
+    // The test client answers pings only while it reads: this one does not read.
+    let mut silent = server.ws(&server.all_rights("silent").await).await;
+    let mut talking = server.ws(&server.all_rights("talking").await).await;
+    let start = tokio::time::Instant::now();
+    let connections = &server.relay().connections;
+    let deadline = start + Duration::from_secs(3);
+    // The talking client reads (and so answers pings) until the silent one is closed.
+    while connections.closed_with(CloseCode::IdleTimeout) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the silent connection was never closed");
+        assert!(talking.quiet_for(Duration::from_millis(50)).await, "nothing to read but pings");
+    }
+    assert!(start.elapsed() >= Duration::from_millis(400), "closed before the idle timeout");
+    assert_eq!(silent.closed().await.unwrap().0, 3002);
+    assert!(talking.request(json!({"op": "ping"})).await.unwrap().get("result").is_some(), "it stays");
+    assert_eq!(connections.closed_with(CloseCode::IdleTimeout), 1);
+}
+
+/// Live publications buffered while a subscription reads history are bounded like its queue: a
+/// subscriber whose buffer overflows during recovery is closed with 3001 (and recovers on
+/// reconnect), instead of the node holding an unbounded buffer.
+#[tokio::test]
+async fn a_recovery_buffer_that_overflows_closes_the_subscriber_with_3001() {
+    let (server, gate) = TestServer::spawn_with_seam(|config| config.relay.outbound_queue_len = 16).await;
+    let token = server.all_rights("buffered").await;
+    let first = server.publish("flood:r", json!(0)).await;
+    let mut c = server.ws(&token).await;
+    gate.arm("flood:r");
+    let recover = json!({"epoch": first["epoch"], "offset": 1});
+    c.send(json!({"id": 1, "op": "subscribe", "channel": "flood:r", "recover": recover})).await.unwrap();
+    gate.entered(Duration::from_secs(5)).await.unwrap();
+    // Forty live publications arrive while the subscription is held before going live.
+    for n in 1..=40 {
+        server.publish("flood:r", json!(n)).await;
+    }
+    gate.release();
+    let connections = &server.relay().connections;
+    tributary_testkit::eventually("closed as a slow consumer", Duration::from_secs(5), || async {
+        connections.closed_with(CloseCode::SlowConsumer) == 1
+    })
+    .await
+    .unwrap();
+    // It recovers everything from where it was, on a new connection.
+    let mut again = server.ws(&token).await;
+    let reply = again
+        .request(json!({"op": "subscribe", "channel": "flood:r", "recover": {"epoch": first["epoch"], "offset": 1}}))
+        .await
+        .unwrap();
+    assert_eq!(reply["result"]["recovered"], true, "{reply}");
+    let offsets: Vec<u64> =
+        again.messages(40).await.unwrap().iter().map(|m| m["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, (2..=41).collect::<Vec<_>>());
+}
+
+/// The long-poll wait is capped by `long_poll_max_wait_ms`, whatever the client asks for.
+#[tokio::test]
+async fn a_long_poll_waits_at_most_the_configured_cap() {
+    let server = TestServer::spawn_with(|relay| relay.long_poll_max_wait_ms = 500).await;
+    let token = server.token("poller", &[("chat:*", &["subscribe"])]).await;
+    let (_, first) = server.poll("chat:quiet", &token, None, 100).await;
+    let cursor = first["cursor"].as_str().unwrap().to_owned();
+    let start = tokio::time::Instant::now();
+    let (status, reply) = server.poll("chat:quiet", &token, Some(&cursor), 60_000).await;
+    let waited = start.elapsed();
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["messages"].as_array().map(Vec::len), Some(0), "{reply}");
+    assert!(waited >= Duration::from_millis(450), "answered before the cap: {waited:?}");
+    assert!(waited < Duration::from_millis(3_000), "waited past the 500 ms cap: {waited:?}");
+}

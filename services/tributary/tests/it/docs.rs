@@ -143,3 +143,48 @@ fn the_http_apis_status_mapping_and_retry_list_are_the_code_lists() {
     temporary.sort_unstable();
     assert_eq!(listed, temporary, "docs/http-api.md's retry list");
 }
+
+/// Every `fn` name in the workspace's Rust sources.
+fn function_names(dir: &std::path::Path, names: &mut BTreeSet<String>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if path.is_dir()
+            && name != "target"
+            && name != "node_modules"
+            && !name.to_string_lossy().starts_with('.')
+        {
+            function_names(&path, names);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for rest in text.split("fn ").skip(1) {
+                let name: String =
+                    rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                names.insert(name);
+            }
+        }
+    }
+}
+
+/// The documents cite tests by name as evidence: every such name is a test that exists.
+#[test]
+fn every_test_the_docs_cite_exists() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut names = BTreeSet::new();
+    function_names(&root, &mut names);
+    let mut missing = Vec::new();
+    let docs = std::fs::read_dir(root.join("docs")).unwrap().flatten().map(|e| e.path());
+    for doc in docs.chain([root.join("README.md")]).filter(|p| p.extension().is_some_and(|e| e == "md")) {
+        let text = std::fs::read_to_string(&doc).unwrap();
+        let words = text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+        // Test names are long snake_case sentences; configuration keys and identifiers are short.
+        for word in words.filter(|w| w.len() >= 30 && w.matches('_').count() >= 4) {
+            let snake = word.starts_with(|c: char| c.is_ascii_lowercase())
+                && !word.contains(|c: char| c.is_ascii_uppercase());
+            if snake && !names.contains(word) {
+                missing.push(format!("{}: {word}", doc.display()));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "the docs cite tests that do not exist: {missing:#?}");
+}

@@ -1131,7 +1131,12 @@ async fn past_the_parked_session_cap_a_session_whose_client_goes_away_ends() {
         client.disconnect().await.unwrap();
         tokens.push(options);
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sessions = &server.relay().mqtt_sessions;
+    tributary_testkit::eventually("the first session parked", Duration::from_secs(5), || async {
+        sessions.parked_in(server.app_id()) == 1
+    })
+    .await
+    .unwrap();
     let mut present = Vec::new();
     for options in tokens {
         let (_client, ack) = MqttClient::connect(server.mqtt_addr(), options).await.unwrap();
@@ -1180,7 +1185,12 @@ async fn a_device_that_reconnects_often_leaves_no_sleeping_task_behind() {
         client.subscribe("cmd/flappy", QoS::AtLeastOnce).await.unwrap();
         client.disconnect().await.unwrap();
         // The session parks as the connection ends.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let sessions = &server.relay().mqtt_sessions;
+        tributary_testkit::eventually("the session parked", Duration::from_secs(5), || async {
+            sessions.parked_in(server.app_id()) == 1
+        })
+        .await
+        .unwrap();
     };
     reconnect().await;
     let tasks = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
@@ -1283,9 +1293,14 @@ async fn a_persistent_session_follows_its_client_to_another_node_and_loses_nothi
     nodes[0].publish("meters/7/cmd", json!("c1")).await;
     assert_eq!(payload(&meter.recv_and_ack().await.unwrap()), r#""c1""#);
     meter.disconnect().await.unwrap();
-    // The session parks, and its exact copy is written (until then, the copy of its subscribe
-    // would bring c1 again: at least once).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The session parks, and its exact copy is written as it does (until then, the copy of its
+    // subscribe would bring c1 again: at least once).
+    let sessions = &nodes[0].relay().mqtt_sessions;
+    tributary_testkit::eventually("the session parked", Duration::from_secs(5), || async {
+        sessions.parked_in(nodes[0].app_id()) == 1
+    })
+    .await
+    .unwrap();
 
     // Away: published on the other node, nobody there subscribed.
     nodes[1].publish("meters/7/cmd", json!("c2")).await;

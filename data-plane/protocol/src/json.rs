@@ -8,7 +8,7 @@
 //! - The first error serde meets decides its category: `[[[[` fails as "wrong type" before the
 //!   parser notices the input is not JSON at all. The code is chosen by checking the whole input
 //!   again (only on the error path): not JSON at all is `invalid_json`, JSON of the wrong shape
-//!   is `invalid_frame`. Nesting deeper than serde_json's limit of 128 levels counts as not JSON.
+//!   (however deeply nested) is `invalid_frame`.
 
 use std::fmt;
 
@@ -330,8 +330,17 @@ mod tests {
             assert_eq!(err.code, ErrorCode::InvalidJson, "{broken:.20}: {}", err.message);
             assert!(err.message.starts_with("the body is not valid JSON"), "{}", err.message);
         }
-        // Valid JSON of the wrong shape.
-        for wrong in [r#"{"id":"x"}"#, r#"{"other":1}"#, "[[[[]]]]", r#"{"inner":{"a":1,"b":2}}"#] {
+        // Valid JSON of the wrong shape, however deep.
+        let deep_valid = format!("{}{}", "[".repeat(1_000), "]".repeat(1_000));
+        let deep_value = format!(r#"{{"value":{}{}}}"#, "[".repeat(1_000), "]".repeat(1_000));
+        for wrong in [
+            r#"{"id":"x"}"#,
+            r#"{"other":1}"#,
+            "[[[[]]]]",
+            r#"{"inner":{"a":1,"b":2}}"#,
+            &deep_valid,
+            &deep_value,
+        ] {
             assert_eq!(parse(wrong).unwrap_err().code, ErrorCode::InvalidFrame, "{wrong}");
         }
     }

@@ -24,36 +24,28 @@ use crate::hub::ControlHandler;
 use crate::ops::OpError;
 use crate::state::RelayState;
 
-/// Sends an event to every node (this one included); returns how many nodes it reached. The
-/// changes an operation's caller expects to be in force when it is answered (a disconnect, a
-/// reloaded app or tenant) are applied on this node first: the node that answered never lags
-/// behind the others.
+/// Sends an event to every node (this one included); returns how many nodes it reached.
 pub async fn send(state: &RelayState, event: &ControlEvent) -> Result<usize, OpError> {
-    apply(state, event).await;
     state.engine.publish_control(Bytes::from(event.to_json())).await.map_err(OpError::from)
 }
 
-/// Applies an event on this node and returns once it is in force: the app's or tenant's
-/// policies reloaded and the connections they no longer admit closed, or the client's
-/// connections closed. Events about MQTT sessions are only for the other nodes: nothing here.
-/// The node hears the event again from the engine, which does the same work once more (a
-/// reload that finds nothing new to close).
+/// Applies a change of an app or a tenant on this node and returns once it is in force: the
+/// policies reloaded and the connections they no longer admit closed. The management API calls
+/// it before answering, so the node that answered never lags behind the others. The node hears
+/// the event again from the engine and reloads once more, which finds nothing new to close.
+/// Other events are left to the engine's delivery: a disconnect applied twice could close a
+/// client that reconnected in between.
 pub async fn apply(state: &RelayState, event: &ControlEvent) {
     match event {
-        ControlEvent::Disconnect { app, client_id, reconnect } => {
-            let code = if *reconnect { CloseCode::Disconnected } else { CloseCode::Revoked };
-            state.connections.close_client(app, client_id, code);
-            if !reconnect {
-                crate::mqtt::end_client(state, app, client_id).await;
-            }
-        }
         ControlEvent::AppChanged { app } => {
             reload_apps(state, vec![app.as_str().into()], RELOAD_TRIES).await;
         }
         ControlEvent::TenantChanged { tenant } => {
             reload_apps(state, state.policies.apps(Some(tenant)), RELOAD_TRIES).await;
         }
-        ControlEvent::MqttSessionMoved { .. } | ControlEvent::MqttWillPending { .. } => {}
+        ControlEvent::Disconnect { .. }
+        | ControlEvent::MqttSessionMoved { .. }
+        | ControlEvent::MqttWillPending { .. } => {}
     }
 }
 

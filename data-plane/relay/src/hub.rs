@@ -233,6 +233,37 @@ impl Hub {
         }
     }
 
+    /// Ends the start of a plain subscription that history cannot complete (no history kept, or
+    /// trimmed): queues what was buffered after `after` (the head when the request was read),
+    /// then goes live. A hole before the first buffered publication (published while the
+    /// engine subscription was not live yet, and kept nowhere) is skipped, not a resync: the
+    /// subscriber starts just before what it can have; with nothing buffered, after `top` (the
+    /// head read once the engine subscription was live).
+    pub fn finish_from_buffer(
+        &self,
+        key: &ChannelKey,
+        conn: &ConnHandle,
+        epoch: &Arc<str>,
+        after: u64,
+        top: u64,
+    ) {
+        let mut shard = lock(self.shard(key));
+        let Some(sub) = shard.get_mut(key).and_then(|subs| find(subs, conn)) else { return };
+        let Mode::Recovering(buffer) = std::mem::replace(&mut sub.mode, Mode::Live) else { return };
+        let first = buffer.iter().find_map(|item| match item {
+            Outbound::Message(m) if *m.publication.epoch == **epoch && m.offset() > after => Some(m.offset()),
+            _ => None,
+        });
+        let start = first.map_or(top.max(after), |first| first - 1);
+        sub.position = Some((epoch.clone(), start));
+        for item in *buffer {
+            sub.give(&item);
+            if sub.conn.is_closed() {
+                return;
+            }
+        }
+    }
+
     /// Adds a wildcard subscription named `name` for `conn`: live publications of every channel
     /// of its app that `filter` takes. Replaces the connection's subscription of that name. A
     /// `shared` subscription shares each publication with the other shared subscriptions of the

@@ -26,6 +26,8 @@ pub struct Gate {
     armed: Mutex<Option<(String, bool)>>,
     /// Every subscribe waits this long first (zero: none).
     delay_all: Mutex<Duration>,
+    /// Whether a subscribe is held now.
+    holding: std::sync::atomic::AtomicBool,
     /// Counts subscribe calls that reached the gate, so a test can wait for the next one.
     entered: watch::Sender<u64>,
     released: Notify,
@@ -64,7 +66,11 @@ impl Gate {
     /// Lets the held `subscribe` go on (and resets the count of a watched one).
     pub fn release(&self) {
         self.entered.send_modify(|n| *n = 0);
-        self.released.notify_one();
+        // Only a held subscribe is waiting: a permit stored for nobody would let the next held
+        // one through at once.
+        if self.holding.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            self.released.notify_one();
+        }
     }
 
     /// Whether this subscribe is watched, and if so whether it is held.
@@ -111,8 +117,9 @@ impl Engine for SeamEngine {
     async fn subscribe(&self, key: &ChannelKey) -> Result<(), EngineError> {
         match self.gate.check(&key.channel) {
             Some(true) => {
-                // Registered before the count moves, so a release right after `entered` is
-                // not lost.
+                // Held before the count moves, so a release right after `entered` finds it
+                // (and its permit waits for this `notified` if it comes first).
+                self.gate.holding.store(true, std::sync::atomic::Ordering::Release);
                 let released = self.gate.released.notified();
                 self.gate.entered.send_modify(|n| *n += 1);
                 released.await;

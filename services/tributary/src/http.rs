@@ -4,9 +4,11 @@
 //! One limit covers a client's whole way in: `relay.handshake_timeout_ms` counts from the TCP
 //! accept, through the request head (hyper's header read timeout), to the WebSocket `connect`
 //! frame (the relay reads [`AcceptedAt`] from the first request). Connections that have not
-//! sent a whole request head yet are capped at `relay.max_pending_handshakes` for the node:
-//! past it a new connection gets `503` at once and is closed, so a crowd of slow clients costs
-//! a bounded number of sockets and tasks, however many addresses it comes from.
+//! sent a whole first request head yet are capped at `relay.max_pending_handshakes` per
+//! listener: past it a new connection gets `503` at once and is closed, so a crowd of slow
+//! clients costs a bounded number of sockets and tasks, however many addresses it comes from.
+//! A kept-alive connection's later request heads have the same timeout (hyper starts it when
+//! the connection waits for a request, so an idle keep-alive connection is closed after it too).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -80,8 +82,7 @@ pub async fn serve(
             _ = signal.as_mut() => break,
         };
         let Ok(permit) = pending.clone().try_acquire_owned() else {
-            // Written without waiting: a socket whose buffer is full is closed all the same.
-            let _ = stream.try_write(BUSY);
+            refuse_busy(stream);
             tracing::debug!("connection refused: too many handshakes in progress");
             continue;
         };
@@ -114,6 +115,24 @@ pub async fn serve(
     connections.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait()).await.is_err() {
         tracing::warn!("requests still in flight after the drain timeout; stopping anyway");
+    }
+}
+
+/// Answers `503` and closes, without waiting for anything: a socket whose buffer is full is
+/// closed all the same. What the client already sent is read first, and the write side is shut
+/// before the socket is dropped, so the answer is not thrown away by a reset (a client that sends
+/// its request only after the answer may still see one).
+fn refuse_busy(stream: tokio::net::TcpStream) {
+    let mut sink = [0u8; 1024];
+    for _ in 0..16 {
+        match stream.try_read(&mut sink) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+    let _ = stream.try_write(BUSY);
+    if let Ok(socket) = stream.into_std() {
+        let _ = socket.shutdown(std::net::Shutdown::Write);
     }
 }
 

@@ -172,7 +172,10 @@ impl ClientFrame {
             FrameError::new(None, ErrorCode::InvalidUtf8, format!("frame is not valid UTF-8: {e}"))
         })?;
         let raw: RawFrame = crate::json::from_object(text, "a frame").map_err(|e| {
-            let id = crate::json::from_object::<IdOnly>(text, "a frame").ok().and_then(|f| f.id);
+            // An id is only read from an object (an array's first element is no id); a plain
+            // parse, as the error is already decided.
+            let object = text.trim_start().starts_with('{');
+            let id = object.then(|| serde_json::from_str::<IdOnly>(text).ok().and_then(|f| f.id)).flatten();
             FrameError::new(id, e.code, e.message)
         })?;
         let id = raw.id;

@@ -322,7 +322,7 @@ impl Session {
         if let Some(id) = reply_id {
             self.conn.push(Outbound::frame(server::encode_reply(id, &reply)));
         }
-        self.state.hub.finish_recovery(key, &self.conn, &page.epoch, after);
+        self.state.hub.finish_from_buffer(key, &self.conn, &page.epoch, after, page.top_offset);
         reply
     }
 

@@ -73,7 +73,9 @@ async fn the_connect_frame_deadline_counts_from_the_accept() {
         }
         response.extend_from_slice(&buf[..n]);
         // A close frame: 0x88, its length, then the code.
-        if let Some(at) = response.windows(2).position(|w| w[0] == 0x88 && w[1] >= 2) {
+        if let Some(at) = response.windows(2).position(|w| w[0] == 0x88 && w[1] >= 2)
+            && response.len() >= at + 4
+        {
             let code = u16::from_be_bytes([response[at + 2], response[at + 3]]);
             assert_eq!(code, 3006, "{:?}", String::from_utf8_lossy(&response));
             break start.elapsed();

@@ -261,22 +261,26 @@ async fn a_new_subscription_gets_what_its_grace_covers() {
     // A long grace, so that a loaded machine cannot push the test's steps out of it.
     let server = TestServer::spawn_mqtt(|relay| relay.mqtt.subscribe_grace_ms = 1_500).await;
     let mut publisher = device(&server, "publisher").await;
+    // Older than the grace: not delivered (time passing is what is tested).
     publisher.publish("grace/a", b"old", QoS::AtLeastOnce, false).await.unwrap();
-    // Out of the grace: time passing is what is tested.
     tokio::time::sleep(Duration::from_millis(1_600)).await;
-    for n in 0..10 {
+    for n in 0..3 {
         publisher.publish("grace/a", format!("{n}").as_bytes(), QoS::AtLeastOnce, false).await.unwrap();
     }
     let mut subscriber = device(&server, "subscriber").await;
     assert_eq!(subscriber.subscribe("grace/a", QoS::AtLeastOnce).await.unwrap(), vec![1]);
-    let mut got = Vec::new();
-    for _ in 0..8 {
-        let publish = subscriber.recv_and_ack().await.unwrap();
-        assert!(!publish.retain);
-        got.push(String::from_utf8(publish.payload.to_vec()).unwrap());
+    assert_eq!(received(&mut subscriber, 3).await, ["0", "1", "2"], "within the grace, in order");
+    assert!(subscriber.quiet_for(Duration::from_millis(300)).await.unwrap(), "not the older one");
+
+    // Within the grace but more than eight: the newest eight.
+    for n in 0..10 {
+        publisher.publish("grace/b", format!("{n}").as_bytes(), QoS::AtLeastOnce, false).await.unwrap();
     }
-    assert_eq!(got, (2..10).map(|n| n.to_string()).collect::<Vec<_>>(), "the newest eight, in order");
-    assert!(subscriber.quiet_for(Duration::from_millis(300)).await.unwrap(), "nothing older, nothing twice");
+    let mut many = device(&server, "many").await;
+    assert_eq!(many.subscribe("grace/b", QoS::AtLeastOnce).await.unwrap(), vec![1]);
+    let expected: Vec<String> = (2..10).map(|n| n.to_string()).collect();
+    assert_eq!(received(&mut many, 8).await, expected, "the newest eight, in order");
+    assert!(many.quiet_for(Duration::from_millis(300)).await.unwrap(), "nothing older, nothing twice");
 
     // A retained message stored just before the SUBSCRIBE comes once, as retained; what came
     // after it within the grace comes as messages.
@@ -292,4 +296,55 @@ async fn a_new_subscription_gets_what_its_grace_covers() {
     got.sort();
     assert_eq!(got, vec![("live".to_owned(), false), ("retained".to_owned(), true)]);
     assert!(late.quiet_for(Duration::from_millis(300)).await.unwrap(), "the retained message once");
+}
+
+/// On a channel whose namespace keeps no history, what lands in the seam is delivered when the
+/// node already buffered it (memory engine), and skipped when nothing kept it (Redis, before the
+/// node listened): either way the subscription then goes on live, never closed for the hole.
+async fn a_plain_subscribe_without_history_goes_live_across_the_seam(
+    configure: fn(&mut TributaryConfig),
+) -> Vec<Value> {
+    let (server, gate) = TestServer::spawn_with_seam(|config| {
+        configure(config);
+        let live_only = tributary_relay::NamespaceConfig { history_size: 0, ..Default::default() };
+        config.relay.namespaces.insert("live".into(), live_only);
+    })
+    .await;
+    let mut c = server.ws(&server.all_rights("live").await).await;
+    gate.arm("live:ticker");
+    c.send(json!({"id": 1, "op": "subscribe", "channel": "live:ticker"})).await.unwrap();
+    gate.entered(ENTER).await.unwrap();
+    server.publish("live:ticker", json!("in the seam")).await;
+    gate.release();
+    assert!(c.reply_to(1).await.unwrap().get("result").is_some());
+    server.publish("live:ticker", json!("after")).await;
+    let mut got = Vec::new();
+    while got.last() != Some(&json!("after")) {
+        got.push(c.next_of("message").await.unwrap()["data"].clone());
+    }
+    assert!(c.request(json!({"op": "ping"})).await.unwrap().get("result").is_some(), "still open");
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_subscribe_without_history_goes_live_across_the_seam_memory() {
+    let got = a_plain_subscribe_without_history_goes_live_across_the_seam(memory).await;
+    assert_eq!(got, [json!("in the seam"), json!("after")], "the node had it buffered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_subscribe_without_history_goes_live_across_the_seam_redis() {
+    let got = a_plain_subscribe_without_history_goes_live_across_the_seam(redis).await;
+    assert_eq!(got, [json!("after")], "kept nowhere: skipped, and the subscription goes on");
+}
+
+/// Receives `n` PUBLISH packets, none retained, acknowledging each; returns their payloads.
+async fn received(client: &mut MqttClient, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let publish = client.recv_and_ack().await.unwrap();
+        assert!(!publish.retain);
+        got.push(String::from_utf8(publish.payload.to_vec()).unwrap());
+    }
+    got
 }

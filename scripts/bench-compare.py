@@ -40,9 +40,20 @@ def metric(r):
 
 
 def spread(values):
-    """The rounds' range relative to their median."""
+    """How much the rounds move, relative to their median: the interquartile range from four
+    rounds on (one odd run does not decide), the whole range below that."""
     middle = statistics.median(values)
-    return (max(values) - min(values)) / middle if middle else 0.0
+    if not middle:
+        return 0.0
+    if len(values) >= 4:
+        low, _, high = statistics.quantiles(values, n=4)
+        return (high - low) / middle
+    return (max(values) - min(values)) / middle
+
+
+def cpu(r):
+    """The server's CPU time per delivery, a steadier second view of a fan-out's cost."""
+    return "cpu ns/deliv", r["server_cpu_ns_per_delivery"], False
 
 
 def main(path, base_name):
@@ -50,34 +61,48 @@ def main(path, base_name):
     groups = {}
     for r in rows:
         groups.setdefault(key(r), []).append(r)
+    print_groups(groups, base_name)
+
+
+def print_groups(groups, base_name):
+    """The table: a line per scenario, and one for the server's CPU per delivery when known."""
     print(f"A/B: base {base_name} vs head (this tree); median of each side's rounds, [min - max]")
     print(f"{'scenario':<38} {'metric':<13} {'base':>26} {'head':>26} {'head/base':>10}  verdict")
     for runs in groups.values():
         ok = [r for r in runs if not r.get("failed")]
         failed = len(runs) - len(ok)
         label = name(ok[0]) if ok else runs[0]["scenario"]
-        sides = {side: [metric(r)[1] for r in ok if r["side"] == side] for side in ("base", "head")}
-        if not sides["base"] or not sides["head"]:
-            print(f"{label:<38} {'':<13} {'':>26} {'':>26} {'':>10}  no result ({failed} runs failed)")
-            continue
-        what, _, higher_better = metric(ok[0])
-        base, head = statistics.median(sides["base"]), statistics.median(sides["head"])
-        ratio = head / base if base else float("inf")
-        # Better when the ratio moves the right way by more than either side's own spread.
-        noise = max(spread(sides["base"]), spread(sides["head"]))
-        gain = ratio - 1 if higher_better else 1 - ratio
-        if abs(gain) <= noise:
-            verdict = "within noise"
-        elif what == "B/conn":
-            verdict = "less memory" if gain > 0 else "more memory"
-        else:
-            verdict = "faster" if gain > 0 else "slower"
-        verdict += f" (spread {noise:.0%}" + (f", {failed} runs failed)" if failed else ")")
+        views = [metric]
+        if ok and all(r.get("server_cpu_ns_per_delivery") for r in ok):
+            views.append(cpu)
+        for view in views:
+            print_view(label if view is metric else "", ok, failed, view)
 
-        def show(values):
-            return f"{statistics.median(values):,.0f} [{min(values):,.0f} - {max(values):,.0f}]"
 
-        print(f"{label:<38} {what:<13} {show(sides['base']):>26} {show(sides['head']):>26} {ratio:>10.3f}  {verdict}")
+def print_view(label, ok, failed, view):
+    """One line: each side's median and range of `view`, the ratio and the verdict."""
+    sides = {side: [view(r)[1] for r in ok if r["side"] == side] for side in ("base", "head")}
+    if not sides["base"] or not sides["head"]:
+        print(f"{label:<38} {'':<13} {'':>26} {'':>26} {'':>10}  no result ({failed} runs failed)")
+        return
+    what, _, higher_better = view(ok[0])
+    base, head = statistics.median(sides["base"]), statistics.median(sides["head"])
+    ratio = head / base if base else float("inf")
+    # Better when the ratio moves the right way by more than either side's own spread.
+    noise = max(spread(sides["base"]), spread(sides["head"]))
+    gain = ratio - 1 if higher_better else 1 - ratio
+    if abs(gain) <= noise:
+        verdict = "within noise"
+    elif what == "B/conn":
+        verdict = "less memory" if gain > 0 else "more memory"
+    else:
+        verdict = "faster" if gain > 0 else "slower"
+    verdict += f" (spread {noise:.0%}" + (f", {failed} runs failed)" if failed else ")")
+
+    def show(values):
+        return f"{statistics.median(values):,.0f} [{min(values):,.0f} - {max(values):,.0f}]"
+
+    print(f"{label:<38} {what:<13} {show(sides['base']):>26} {show(sides['head']):>26} {ratio:>10.3f}  {verdict}")
 
 
 if __name__ == "__main__":

@@ -713,11 +713,11 @@ fn serve<'a, S: MqttIo>(
                 live.client.deliver(&mut live.link, &message, Some(&filter), &mut live.out);
             }
             if !live.out.is_empty() {
-                // The timer serves as the write's deadline (it is set again below).
-                // A write may stall `write_stall_timeout_ms` before the client counts as gone.
+                // A write may stall `write_stall_timeout_ms` before the client counts as gone; the
+                // timer serves as its deadline once the socket stops taking bytes (most writes
+                // complete at once: no clock read, no timer moved) and is set again below.
                 let stall = Duration::from_millis(state.config.write_stall_timeout_ms);
-                timer.as_mut().reset(Instant::now() + stall);
-                match write_out(stream, &live.out, live.client.session.conn(), timer.as_mut()).await {
+                match write_out(stream, &live.out, live.client.session.conn(), timer.as_mut(), stall).await {
                     Written::Done => {}
                     // What the stream took is not sent again with the goodbye.
                     Written::Failed(taken) => {
@@ -898,8 +898,10 @@ fn write_out<'a, S: MqttIo>(
     out: &'a [u8],
     conn: &'a ConnHandle,
     mut deadline: Pin<&'a mut Sleep>,
+    stall: Duration,
 ) -> impl Future<Output = Written> + 'a {
     let mut written = 0;
+    let mut armed = false;
     std::future::poll_fn(move |cx| {
         loop {
             // Everything taken, then flushed (a WebSocket may hold the last message).
@@ -915,6 +917,11 @@ fn write_out<'a, S: MqttIo>(
                 Poll::Pending => {
                     if std::pin::pin!(conn.closed()).poll(cx).is_ready() {
                         return Poll::Ready(Written::Closed(written));
+                    }
+                    if !armed {
+                        // The socket stopped taking bytes: the stall starts now.
+                        armed = true;
+                        deadline.as_mut().reset(Instant::now() + stall);
                     }
                     if deadline.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Written::Failed(written));

@@ -1175,6 +1175,35 @@ async fn a_client_that_stops_reading_gets_a_whole_stream_and_its_disconnect_afte
     assert!(next < published, "the queue overflowed before the end");
 }
 
+/// A device that stops reading while its queue has room is dropped once a write has stalled for
+/// `write_stall_timeout_ms` (its presence leaves), not held for as long as its socket lives.
+#[tokio::test]
+async fn a_device_whose_writes_stall_is_dropped_after_the_stall_timeout() {
+    let server = TestServer::spawn_mqtt(|relay| {
+        relay.outbound_queue_len = 100_000;
+        relay.max_queued_bytes = 1 << 30;
+        relay.write_stall_timeout_ms = 500;
+    })
+    .await;
+    let mut stuck = device(&server, Version::V5, "stuck").await;
+    stuck.subscribe("stall", QoS::AtMostOnce).await.unwrap();
+    let (_, occupancy) = server.get("/v1/channels/stall/occupancy").await;
+    assert_eq!(occupancy["connections"], 1, "{occupancy}");
+    let pad = "x".repeat(30 * 1024);
+    let start = tokio::time::Instant::now();
+    for n in 0..400 {
+        server.publish("stall", json!({"n": n, "pad": pad})).await;
+    }
+    tributary_testkit::eventually("the stalled device is dropped", Duration::from_secs(10), || async {
+        let (_, occupancy) = server.get("/v1/channels/stall/occupancy").await;
+        occupancy["connections"] == 0
+    })
+    .await
+    .unwrap();
+    assert!(start.elapsed() >= Duration::from_millis(500), "dropped before its writes stalled that long");
+    drop(stuck);
+}
+
 #[tokio::test]
 async fn a_device_that_reconnects_often_leaves_no_sleeping_task_behind() {
     let server = TestServer::spawn_mqtt(|_| {}).await;

@@ -223,11 +223,6 @@ impl Client {
         &self.session.identity().client_id
     }
 
-    /// Returns how many QoS 1 and 2 messages wait for the client's acknowledgement.
-    pub fn inflight_len(&self) -> usize {
-        self.inflight.len()
-    }
-
     /// Returns the position just before the oldest message of `channel` that was sent and not
     /// received yet (no PUBACK or PUBREC): where another node's copy of the session recovers
     /// the channel from, so nothing unacknowledged is lost with this node.
@@ -241,6 +236,17 @@ impl Client {
     /// Returns whether another QoS 1 or 2 message may be sent now.
     pub fn can_send(&self, link: &Link) -> bool {
         self.inflight.len() < usize::from(link.receive_maximum)
+    }
+
+    /// Returns how many queued messages may be taken at once, at most `max`: the client's room
+    /// for unacknowledged ones (its Receive Maximum, less what is in flight) when a subscription
+    /// may deliver at QoS 1 or 2, all of `max` when every one delivers at QoS 0 (the Receive
+    /// Maximum does not count those, and larger batches are fewer writes).
+    pub fn room(&self, link: &Link, max: usize) -> usize {
+        if self.filters.iter().all(|f| f.qos == QoS::AtMostOnce) {
+            return max;
+        }
+        usize::from(link.receive_maximum).saturating_sub(self.inflight.len()).min(max)
     }
 
     /// Adds a subscription. A session's first few take exactly their room: most devices hold

@@ -33,7 +33,7 @@ use crate::session::{Identity, Session, unix_now};
 use crate::state::RelayState;
 
 /// Queued items turned into packets per wake at most, so a busy connection still reads.
-const COALESCE_MAX: usize = 64;
+const COALESCE_MAX: usize = 256;
 
 /// How long the goodbye (a DISCONNECT) may take.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -745,7 +745,7 @@ fn serve<'a, S: MqttIo>(
             if timer.deadline() != first {
                 timer.as_mut().reset(first);
             }
-            let room = usize::from(live.link.receive_maximum).saturating_sub(live.client.inflight_len());
+            let room = live.client.room(&live.link, COALESCE_MAX);
             let mut batch = Vec::new();
             let event = if std::mem::take(&mut buffered) {
                 Event::Read(true)
@@ -774,6 +774,7 @@ fn serve<'a, S: MqttIo>(
                 Event::Read(false) => return Served::Ended(Ending::Gone),
                 Event::Closed | Event::Queue(0) => return Served::Ended(Ending::Closed),
                 Event::Read(true) => {
+                    let mut read_at = None;
                     loop {
                         let packet = match decode(
                             input,
@@ -789,21 +790,37 @@ fn serve<'a, S: MqttIo>(
                                 return Served::Ended(Ending::Refused(err.reason_code(), "malformed packet"));
                             }
                         };
-                        let now = Instant::now();
+                        // The packets of one read arrived together: one clock read for them all.
+                        let now = *read_at.get_or_insert_with(Instant::now);
                         marks.keep_alive_at = now + grace(live);
                         marks.busy |= matches!(packet, Packet::Publish(_));
                         if let Some(ending) = Box::pin(handle(state, live, packet)).await {
                             return Served::Ended(ending);
                         }
                     }
-                    if input.is_empty() {
+                    if input.is_empty() && !marks.busy {
                         // An idle connection keeps no read buffer: most connections are idle most
-                        // of the time, and the buffer would be most of their memory.
+                        // of the time, and the buffer would be most of their memory. A busy one
+                        // (acknowledging what it is sent) keeps it rather than allocate per read.
                         *input = BytesMut::new();
                     }
                 }
                 Event::Queue(_) => {
                     let mut delivered = false;
+                    // Room for the whole batch at once, rather than growing (and copying) the
+                    // buffer as the packets are written into it.
+                    let wanted: usize = batch
+                        .iter()
+                        .map(|item| match item {
+                            // The payload, the topic, and the fixed header, packet id and
+                            // properties' usual few bytes.
+                            Outbound::Message(m) => {
+                                m.publication.payload.len() + m.channel.as_str().len() + 16
+                            }
+                            Outbound::Frame(_) => 0,
+                        })
+                        .sum();
+                    live.out.reserve(wanted);
                     for item in batch {
                         // Other items (presence events) are not for MQTT clients.
                         if let Outbound::Message(message) = item {
@@ -873,7 +890,7 @@ fn poll_event<S: MqttIo>(
         return Poll::Ready(Event::Read(matches!(read, Ok(n) if n > 0)));
     }
     if room > 0 {
-        if let Poll::Ready(n) = outbox.poll_drain(cx, COALESCE_MAX.min(room), |item| batch.push(item)) {
+        if let Poll::Ready(n) = outbox.poll_drain(cx, room, |item| batch.push(item)) {
             return Poll::Ready(Event::Queue(n));
         }
     } else if std::pin::pin!(conn.closed()).poll(cx).is_ready() {

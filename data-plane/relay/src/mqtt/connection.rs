@@ -776,6 +776,15 @@ fn serve<'a, S: MqttIo>(
                 Event::Read(true) => {
                     let mut read_at = None;
                     loop {
+                        // The plain PUBACK (no reason code, no properties) that acknowledges
+                        // every QoS 1 delivery, read where it lies: no packet built, nothing
+                        // allocated, as it comes once per message sent.
+                        if let [0x40, 0x02, high, low, ..] = input[..] {
+                            input.advance(4);
+                            marks.keep_alive_at = *read_at.get_or_insert_with(Instant::now) + grace(live);
+                            live.client.on_puback(u16::from_be_bytes([high, low]));
+                            continue;
+                        }
                         let packet = match decode(
                             input,
                             Some(live.link.version),

@@ -30,8 +30,9 @@ pub struct RelayConfig {
     pub request_rate_per_second: u32,
     /// Other requests allowed in a burst per connection.
     pub request_burst: u32,
-    /// Time a new connection has, from the TCP accept, to send its whole request head and,
-    /// for a WebSocket, its `connect` frame (an MQTT connection: its CONNECT), in milliseconds.
+    /// Time a new connection has, from the TCP accept, to send its whole request head; a
+    /// WebSocket then has it again, from the upgrade, for its `connect` frame (an MQTT
+    /// connection: for its CONNECT), in milliseconds.
     pub handshake_timeout_ms: u64,
     /// Connections of one listener that may be sending their first request head at once; past
     /// it a new connection is answered `503` and closed.

@@ -1,14 +1,14 @@
 //! The HTTP listener: accepts connections, bounds the ones still sending their request head,
 //! and hands each to hyper with the router.
 //!
-//! One limit covers a client's whole way in: `relay.handshake_timeout_ms` counts from the TCP
-//! accept, through the request head (hyper's header read timeout), to the WebSocket `connect`
-//! frame (the relay reads [`AcceptedAt`] from the first request). Connections that have not
-//! sent a whole first request head yet are capped at `relay.max_pending_handshakes` per
-//! listener: past it a new connection gets `503` at once and is closed, so a crowd of slow
-//! clients costs a bounded number of sockets and tasks, however many addresses it comes from.
-//! A kept-alive connection's later request heads have the same timeout (hyper starts it when
-//! the connection waits for a request, so an idle keep-alive connection is closed after it too).
+//! `relay.handshake_timeout_ms` bounds the request head from the TCP accept (hyper's header
+//! read timeout; the WebSocket's `connect` frame then has the same time from the upgrade, in the
+//! relay). Connections that have not sent a whole first request head yet are capped at
+//! `relay.max_pending_handshakes` per listener: past it a new connection gets `503` at once and
+//! is closed, so a crowd of slow clients costs a bounded number of sockets and tasks, however
+//! many addresses it comes from. A kept-alive connection's later request heads have the same
+//! timeout (hyper starts it when the connection waits for a request, so an idle keep-alive
+//! connection is closed after it too).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -19,8 +19,6 @@ use axum::extract::Request;
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
-use tributary_relay::transport::AcceptedAt;
 
 /// How long requests in flight (SSE streams, long polls) get to finish after a shutdown.
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -137,18 +135,17 @@ fn refuse_busy(stream: tokio::net::TcpStream) {
 }
 
 /// The router of one connection: its first request frees the connection's pending-handshake
-/// permit and carries the time the connection was accepted.
+/// permit.
 #[derive(Clone)]
 struct FirstRequest {
     router: axum::Router,
-    accepted: Instant,
     /// Taken by the first request (hyper clones the service for each one).
     permit: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
 }
 
 impl FirstRequest {
     fn new(router: axum::Router, permit: OwnedSemaphorePermit) -> Self {
-        Self { router, accepted: Instant::now(), permit: Arc::new(Mutex::new(Some(permit))) }
+        Self { router, permit: Arc::new(Mutex::new(Some(permit))) }
     }
 }
 
@@ -161,12 +158,9 @@ impl tower_service::Service<Request<Incoming>> for FirstRequest {
         tower_service::Service::<Request<Incoming>>::poll_ready(&mut self.router, cx)
     }
 
-    fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
-        let first = self.permit.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if first.is_some() {
-            request.extensions_mut().insert(AcceptedAt(self.accepted));
-        }
-        drop(first);
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        // The head is in: the connection no longer counts as a pending handshake.
+        drop(self.permit.lock().unwrap_or_else(|p| p.into_inner()).take());
         self.router.call(request)
     }
 }

@@ -35,6 +35,9 @@ use crate::state::RelayState;
 /// Queued items turned into packets per wake at most, so a busy connection still reads.
 const COALESCE_MAX: usize = 256;
 
+/// The most the write buffer is grown by ahead of a batch; a larger batch grows it as it goes.
+const RESERVE_MAX: usize = 256 * 1024;
+
 /// How long the goodbye (a DISCONNECT) may take.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -779,7 +782,10 @@ fn serve<'a, S: MqttIo>(
                         // The plain PUBACK (no reason code, no properties) that acknowledges
                         // every QoS 1 delivery, read where it lies: no packet built, nothing
                         // allocated, as it comes once per message sent.
-                        if let [0x40, 0x02, high, low, ..] = input[..] {
+                        // (Packet id 0 is left to the decoder, which refuses it.)
+                        if let [0x40, 0x02, high, low, ..] = input[..]
+                            && (high | low) != 0
+                        {
                             input.advance(4);
                             marks.keep_alive_at = *read_at.get_or_insert_with(Instant::now) + grace(live);
                             live.client.on_puback(u16::from_be_bytes([high, low]));
@@ -818,18 +824,21 @@ fn serve<'a, S: MqttIo>(
                     let mut delivered = false;
                     // Room for the whole batch at once, rather than growing (and copying) the
                     // buffer as the packets are written into it.
+                    // Capped: what `deliver` drops (too large for the client, expired, no longer
+                    // matching) must not make a big allocation per batch.
+                    let max_packet = live.link.max_packet;
                     let wanted: usize = batch
                         .iter()
                         .map(|item| match item {
                             // The payload, the topic, and the fixed header, packet id and
                             // properties' usual few bytes.
                             Outbound::Message(m) => {
-                                m.publication.payload.len() + m.channel.as_str().len() + 16
+                                (m.publication.payload.len() + m.channel.as_str().len() + 16).min(max_packet)
                             }
                             Outbound::Frame(_) => 0,
                         })
                         .sum();
-                    live.out.reserve(wanted);
+                    live.out.reserve(wanted.min(RESERVE_MAX));
                     for item in batch {
                         // Other items (presence events) are not for MQTT clients.
                         if let Outbound::Message(message) = item {

@@ -33,13 +33,16 @@ impl MqttIo for TcpStream {
         loop {
             // Readiness first: the buffer is only made once there is something to put in it.
             ready!(self.poll_read_ready(cx))?;
+            // A buffer made for this read only is given back if nothing came (the readiness was
+            // stale); one the connection kept (it is busy) stays.
+            let made_here = buf.capacity() == 0;
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(4096);
             }
             match self.try_read_buf(buf) {
                 Ok(n) => return Poll::Ready(Ok(n)),
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    if buf.is_empty() {
+                    if made_here && buf.is_empty() {
                         *buf = BytesMut::new();
                     }
                 }

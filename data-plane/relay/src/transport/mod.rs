@@ -18,12 +18,6 @@ use crate::ops::OpError;
 use crate::session::{Identity, Session};
 use crate::state::RelayState;
 
-/// When the server accepted the TCP connection a request came on: set by the listener on a
-/// connection's first request, so a WebSocket's handshake timeout counts from the accept and a
-/// slow request head eats into it.
-#[derive(Debug, Clone, Copy)]
-pub struct AcceptedAt(pub tokio::time::Instant);
-
 /// Returns the bearer token of an `Authorization` header, or the `token` query parameter.
 pub fn bearer<'a>(headers: &'a HeaderMap, query_token: Option<&'a str>) -> Option<&'a str> {
     headers

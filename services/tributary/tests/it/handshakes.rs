@@ -51,42 +51,45 @@ async fn slow_request_heads_are_closed_at_the_handshake_timeout() {
     server.ws(&server.all_rights("after").await).await;
 }
 
-/// A slow request head eats into the time left for the `connect` frame: the timeout counts from
-/// the accept, not from the upgrade.
+/// The request head and the `connect` frame each have the handshake timeout: a head that takes
+/// most of it is still answered, and the `connect` frame then gets the whole timeout from the
+/// upgrade (a node so busy that a storm's requests wait for it must not refuse clients that sent
+/// everything in time), after which the connection is closed with 3006.
 #[tokio::test]
-async fn the_connect_frame_deadline_counts_from_the_accept() {
+async fn the_request_head_and_the_connect_frame_each_have_the_handshake_timeout() {
     let server = TestServer::spawn_with(|relay| relay.handshake_timeout_ms = 1_000).await;
     let addr = server.http_url().trim_start_matches("http://").to_owned();
-    let start = Instant::now();
     let mut stream = TcpStream::connect(&addr).await.unwrap();
     let (head, rest) = UPGRADE.split_at(20);
     stream.write_all(head.as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     stream.write_all(rest.as_bytes()).await.unwrap();
     // The upgrade is answered; then the connection says nothing and is closed with 3006.
     let mut response = Vec::new();
     let mut buf = [0u8; 1024];
+    let mut upgraded = None;
     let closed = loop {
         let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
         if n == 0 {
-            break start.elapsed();
+            panic!("closed without a close frame: {:?}", String::from_utf8_lossy(&response));
         }
         response.extend_from_slice(&buf[..n]);
+        if upgraded.is_none() && response.windows(4).any(|w| w == b"\r\n\r\n") {
+            upgraded = Some(Instant::now());
+        }
         // A close frame: 0x88, its length, then the code.
         if let Some(at) = response.windows(2).position(|w| w[0] == 0x88 && w[1] >= 2)
             && response.len() >= at + 4
         {
             let code = u16::from_be_bytes([response[at + 2], response[at + 3]]);
             assert_eq!(code, 3006, "{:?}", String::from_utf8_lossy(&response));
-            break start.elapsed();
+            break Instant::now();
         }
     };
     assert!(String::from_utf8_lossy(&response).starts_with("HTTP/1.1 101"), "{response:?}");
-    assert!(closed >= Duration::from_millis(900), "closed before the timeout: {closed:?}");
-    assert!(
-        closed < Duration::from_millis(1_500),
-        "the connect deadline restarted at the upgrade: {closed:?}"
-    );
+    let waited = closed - upgraded.expect("the upgrade was answered");
+    assert!(waited >= Duration::from_millis(900), "the connect frame got less than the timeout: {waited:?}");
+    assert!(waited < Duration::from_millis(2_000), "closed long after the timeout: {waited:?}");
 }
 
 #[tokio::test]

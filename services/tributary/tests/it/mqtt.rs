@@ -608,9 +608,12 @@ async fn malformed_and_oversized_packets_end_their_own_connection_only() {
     let server = TestServer::spawn_mqtt(|relay| relay.mqtt.max_packet_bytes = 1024).await;
     let mut bystander = device(&server, Version::V5, "bystander").await;
     bystander.subscribe("ok", QoS::AtMostOnce).await.unwrap();
-    let cases: [(&[u8], u8); 3] = [
+    let cases: [(&[u8], u8); 4] = [
         // PUBLISH with QoS 3.
         (&[0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01], 0x81),
+        // A plain PUBACK of packet id 0 (the server reads plain PUBACKs without the decoder, but
+        // not this one).
+        (&[0x40, 0x02, 0x00, 0x00], 0x82),
         // A packet announcing 1 MB: refused from its header, before its body.
         (&[0x30, 0x80, 0x80, 0x40], 0x95),
         // SUBACK from a client.

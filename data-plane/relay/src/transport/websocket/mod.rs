@@ -48,15 +48,14 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Upgrades `GET /v1/connect` to a WebSocket speaking `tributary.v1`.
 pub async fn upgrade(State(state): State<Arc<RelayState>>, request: Request) -> Response {
-    let accepted_at = request.extensions().get::<crate::transport::AcceptedAt>().copied();
     let accepted = match handshake::accept(request, Some(SUBPROTOCOL)) {
         Ok(accepted) => accepted,
         Err(refused) => return axum::response::IntoResponse::into_response(refused),
     };
     let upgrade = accepted.upgrade;
-    // From the accept when the listener says when that was, so the request head counts too.
-    let started = accepted_at.map_or_else(Instant::now, |at| at.0);
-    let deadline = started + Duration::from_millis(state.config.handshake_timeout_ms);
+    // The request head had the handshake timeout from the TCP accept (the listener's); the
+    // `connect` frame has it from here.
+    let deadline = Instant::now() + Duration::from_millis(state.config.handshake_timeout_ms);
     let tasks = state.tasks.clone();
     tasks.spawn(run(Box::pin(open(upgrade, state, deadline))));
     accepted.response

@@ -5,13 +5,20 @@
 //! every periodic resync. A token check therefore never waits on the database, and a node
 //! keeps admitting (and refusing) from its cache while the database is down. After a reload
 //! the app's open connections are checked again and those no longer admitted are closed.
+//!
+//! A token the cache cannot place (an app or key id it does not know) may come from a change
+//! made on another node whose event has not arrived yet: that miss reloads the app once before
+//! the token is refused (see [`Policies::refresh_after_miss`]), so a key or app is usable on
+//! every node as soon as the request that created it has been answered.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::OnceCell;
+use tokio::time::Instant;
 use tributary_capability::{SigningKey, VerifiedToken};
 use tributary_protocol::{CloseCode, ErrorCode};
 
@@ -176,7 +183,15 @@ impl AppPolicy {
 /// tokens) are forgotten first.
 const MAX_CACHED_APPS: usize = 100_000;
 
+/// Least time between two loads of one app caused by tokens the cache could not place: forged
+/// key ids cost the database at most this rate per app.
+const MISS_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
+
 type Cell = Arc<OnceCell<Option<Arc<AppPolicy>>>>;
+
+/// One app's loads after misses: held while one runs, so concurrent misses share it; holds
+/// when the last one started.
+type MissGate = Arc<tokio::sync::Mutex<Option<Instant>>>;
 
 /// A cached policy and the number of the load that filled it: loads are numbered when they
 /// start, and a load that started later read a newer state of the store.
@@ -191,7 +206,13 @@ struct Slot {
 pub struct Policies {
     slots: Mutex<HashMap<Arc<str>, Slot>>,
     loads: AtomicU64,
+    misses: Mutex<HashMap<Arc<str>, MissGate>>,
 }
+
+/// The point in a node's sequence of policy loads at which a lookup began, taken by
+/// [`Policies::mark`]: a load numbered from it on read the store after the lookup began.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadMark(u64);
 
 impl Policies {
     fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Slot>> {
@@ -222,6 +243,49 @@ impl Policies {
         // A failed load leaves the cell empty, so the next use tries again.
         let policy = cell.get_or_try_init(|| load(directory, app_id)).await?;
         Ok(policy.clone())
+    }
+
+    /// Marks the start of a lookup, for [`Policies::refresh_after_miss`].
+    pub fn mark(&self) -> LoadMark {
+        LoadMark(self.loads.load(Ordering::Relaxed))
+    }
+
+    /// Returns the policy of `app_id` as loaded after `since`: a token named an app or key the
+    /// cached policy (got after `since` was marked) does not know, and the change that made it
+    /// may not have reached this node yet. When a load started after `since` is already
+    /// cached (the lookup itself loaded, or another miss did) that is the answer; otherwise the
+    /// app is reloaded, at most once per [`MISS_RELOAD_INTERVAL`] (a later miss waits for the
+    /// next one), and concurrent misses share the reload.
+    pub async fn refresh_after_miss(
+        &self,
+        directory: &dyn AppDirectory,
+        app_id: &str,
+        since: LoadMark,
+    ) -> Result<Option<Arc<AppPolicy>>, DirectoryError> {
+        let gate = {
+            let mut misses = self.misses.lock().unwrap_or_else(|p| p.into_inner());
+            if misses.len() >= MAX_CACHED_APPS {
+                misses.retain(|_, gate| Arc::strong_count(gate) > 1);
+            }
+            misses.entry(app_id.into()).or_default().clone()
+        };
+        let mut last = gate.lock().await;
+        if let Some(policy) = self.loaded_since(app_id, since) {
+            return Ok(policy);
+        }
+        if let Some(at) = *last {
+            tokio::time::sleep_until(at + MISS_RELOAD_INTERVAL).await;
+        }
+        *last = Some(Instant::now());
+        self.reload(directory, app_id).await
+    }
+
+    /// Returns the cached policy of `app_id` if the load that filled it started at or after
+    /// `since`.
+    fn loaded_since(&self, app_id: &str, since: LoadMark) -> Option<Option<Arc<AppPolicy>>> {
+        let slots = self.lock();
+        let slot = slots.get(app_id).filter(|slot| slot.started >= since.0)?;
+        slot.cell.get().cloned()
     }
 
     /// Loads `app_id` again and replaces the cached policy, unless a load that started later
@@ -387,6 +451,77 @@ mod tests {
         assert!(!reloaded.served());
         loading.await.unwrap().unwrap();
         assert!(!policies.get(&*directory, "app_1").await.unwrap().unwrap().served(), "the change stays");
+    }
+
+    /// Counts its loads; from load `keyed_from` on, the app has a key `k3` too (made on another
+    /// node after this one first loaded the app).
+    struct GrowingKeys {
+        calls: std::sync::atomic::AtomicUsize,
+        keyed_from: usize,
+    }
+
+    #[async_trait::async_trait]
+    impl AppDirectory for GrowingKeys {
+        async fn authenticate_api_key(&self, _: &str) -> Result<crate::ApiKeyIdentity, DirectoryError> {
+            Err(DirectoryError::InvalidApiKey)
+        }
+
+        async fn app(&self, _: &str) -> Result<Option<AppRecord>, DirectoryError> {
+            let mut record = record();
+            if self.calls.fetch_add(1, Ordering::SeqCst) >= self.keyed_from {
+                let key = SigningKey::new("app_1", "k3", KeyAlgorithm::Hs256, vec![3; 32]);
+                record.signing_keys.insert(0, key);
+            }
+            Ok(Some(record))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_made_after_the_load_is_found_by_one_reload_and_misses_are_rate_limited() {
+        let directory = GrowingKeys { calls: Default::default(), keyed_from: 1 };
+        let policies = Policies::default();
+        policies.get(&directory, "app_1").await.unwrap();
+        // Later, a token names a key the cached policy does not know.
+        let asked = policies.mark();
+        let cached = policies.get(&directory, "app_1").await.unwrap().unwrap();
+        assert!(cached.key("k3").is_none(), "loaded before the key was made");
+        let fresh = policies.refresh_after_miss(&directory, "app_1", asked).await.unwrap().unwrap();
+        assert!(fresh.key("k3").is_some(), "the miss reloads");
+        assert_eq!(directory.calls.load(Ordering::SeqCst), 2);
+        assert!(policies.get(&directory, "app_1").await.unwrap().unwrap().key("k3").is_some(), "and caches");
+
+        // A flood of forged key ids, all missing at once: one reload answers them all.
+        let asked = policies.mark();
+        let start = tokio::time::Instant::now();
+        let misses = (0..50).map(|_| policies.refresh_after_miss(&directory, "app_1", asked));
+        for policy in futures::future::join_all(misses).await {
+            assert!(policy.unwrap().unwrap().key("forged").is_none());
+        }
+        assert_eq!(directory.calls.load(Ordering::SeqCst), 3, "one reload for 50 concurrent misses");
+        assert!(start.elapsed() >= MISS_RELOAD_INTERVAL, "and not sooner than the interval after the last");
+        // Misses one after another reload at most once per interval.
+        let start = tokio::time::Instant::now();
+        for _ in 0..5 {
+            let asked = policies.mark();
+            policies.refresh_after_miss(&directory, "app_1", asked).await.unwrap();
+        }
+        assert_eq!(directory.calls.load(Ordering::SeqCst), 8);
+        assert!(start.elapsed() >= MISS_RELOAD_INTERVAL * 5, "{:?}", start.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_lookup_that_loaded_the_app_itself_is_not_reloaded_by_its_miss() {
+        let directory = GrowingKeys { calls: Default::default(), keyed_from: usize::MAX };
+        let policies = Policies::default();
+        let asked = policies.mark();
+        policies.get(&directory, "app_1").await.unwrap();
+        let policy = policies.refresh_after_miss(&directory, "app_1", asked).await.unwrap().unwrap();
+        assert!(policy.key("k3").is_none());
+        assert_eq!(
+            directory.calls.load(Ordering::SeqCst),
+            1,
+            "a first load already read the store after the miss"
+        );
     }
 
     #[test]

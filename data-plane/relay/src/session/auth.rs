@@ -45,12 +45,15 @@ pub async fn authenticate(
 ) -> Result<(VerifiedToken, Credential, Arc<AppPolicy>), OpError> {
     let unverified = tributary_capability::peek(token)?;
     let unknown = || OpError::new(ErrorCode::UnknownKey, "unknown signing key for this app");
-    let policy = state
-        .policies
-        .get(&*state.directory, &unverified.app_id)
-        .await
-        .map_err(unavailable)?
-        .ok_or_else(unknown)?;
+    let (policies, directory) = (&state.policies, &*state.directory);
+    let asked = policies.mark();
+    let mut policy = policies.get(directory, &unverified.app_id).await.map_err(unavailable)?;
+    if policy.as_ref().is_none_or(|policy| policy.key(&unverified.kid).is_none()) {
+        // The app or key may have been made on another node a moment ago.
+        policy =
+            policies.refresh_after_miss(directory, &unverified.app_id, asked).await.map_err(unavailable)?;
+    }
+    let policy = policy.ok_or_else(unknown)?;
     let (kid, key) = policy.key(&unverified.kid).ok_or_else(unknown)?;
     let options = VerifyOptions { now_secs: unix_now(), leeway_secs: state.config.token_leeway_secs };
     let verified = tributary_capability::verify(token, key, &options)?;

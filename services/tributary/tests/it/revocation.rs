@@ -453,6 +453,24 @@ async fn each_revocation_reaches_the_other_node_within_a_second() {
     println!("revocations on another node: the slowest close came {slowest:?} after its request");
 }
 
+/// A key made on one node signs tokens that another node admits at once, even before the
+/// change's event reaches it: here the nodes share the store but no Redis prefix, so no event
+/// ever does, and the other node finds the key by reloading the app when a token names it.
+#[tokio::test]
+async fn a_key_made_on_one_node_is_admitted_by_another_before_any_event_arrives() {
+    let url = std::env::var("TRIBUTARY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let nodes = TestServer::spawn_nodes(&url, 2, |config| {
+        config.engine.redis_prefix = format!("trbtest-{}", uuid::Uuid::new_v4().simple());
+    })
+    .await;
+    let (making, other) = (&nodes[0], &nodes[1]);
+    let (token, _) = mint(making, "erin").await;
+    other.ws(&token).await;
+    let newer = manage(making, "/v1/tenants/{tenant}/apps/{app}/signing-keys", None).await;
+    let token = signed_by(making, "erin", newer["kid"].as_str().unwrap()).await;
+    assert_eq!(refusal(other, &token).await, "", "a token of the new key on the other node");
+}
+
 /// Whether `ws` still answers a ping.
 async fn alive(ws: &mut WsClient) -> bool {
     ws.request(json!({"op": "ping"})).await.unwrap().get("result").is_some()

@@ -8,7 +8,7 @@ import sys
 
 
 def key(r):
-    return (r["scenario"], r.get("subscribers"), r.get("target_deliveries_per_sec", 0), r.get("qos"),
+    return (r["scenario"], r.get("peer"), r.get("subscribers"), r.get("target_deliveries_per_sec", 0), r.get("qos"),
             r.get("connections"), r.get("messages"))
 
 
@@ -22,6 +22,8 @@ def name(r):
         return f"recovery {r['subscribers']} subs x {r['messages'] // r['channels']:,} missed"
     rate = r.get("target_deliveries_per_sec")
     qos = f" qos{r['qos']}" if kind == "mqtt-fanout" else ""
+    if r.get("peer") == "tributary-redis":
+        kind = "redis-engine fanout"
     return f"{kind}{qos} {r['subscribers']} subs " + (f"@{rate}/s" if rate else "saturated")
 
 

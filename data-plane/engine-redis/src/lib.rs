@@ -21,6 +21,7 @@
 //! some client of its node subscribed to by name.
 
 pub mod connection;
+mod publish;
 mod scripts;
 mod wire;
 
@@ -33,6 +34,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use redis::{PushInfo, PushKind, Value};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
 use tributary_engine::{
     Audience, ChannelKey, Engine, EngineError, EngineSink, HistoryPage, HistoryQuery, NewMessage, Occupancy,
@@ -114,6 +116,8 @@ struct Inner {
     config: RedisEngineConfig,
     /// The command connections (see [`RedisEngineConfig::command_connections`]).
     commands: Vec<Conn>,
+    /// The queue of each command connection's publish writer (see [`publish`]).
+    publishers: Vec<tokio::sync::mpsc::Sender<publish::Pending>>,
     pubsub: tokio::sync::Mutex<Conn>,
     scripts: Scripts,
     routes: Arc<Routes>,
@@ -269,11 +273,11 @@ fn retained_publication(stored: &str) -> Option<Result<Publication, EngineError>
     (!encoded.is_empty()).then(|| wire::decode_publication(encoded).map_err(unavailable))
 }
 
-fn unavailable(err: impl std::fmt::Display) -> EngineError {
+pub(crate) fn unavailable(err: impl std::fmt::Display) -> EngineError {
     EngineError::Unavailable(err.to_string())
 }
 
-fn fresh_epoch() -> String {
+pub(crate) fn fresh_epoch() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
@@ -303,13 +307,19 @@ impl RedisEngine {
         pubsub.ssubscribe(&control).await.map_err(unavailable)?;
         let _ = routes.control.set(control);
         routes.delivering.store(true, Ordering::Release);
+        let (publishers, queues): (Vec<_>, Vec<_>) =
+            commands.iter().map(|_| tokio::sync::mpsc::channel(publish::QUEUE_CAPACITY)).unzip();
         let inner = Arc::new(Inner {
             config,
             commands,
+            publishers,
             pubsub: tokio::sync::Mutex::new(pubsub),
             scripts: Scripts::new(),
             routes,
         });
+        for (conn, queue) in inner.commands.iter().zip(queues) {
+            publish::spawn_writer(Arc::downgrade(&inner), conn.clone(), queue);
+        }
         tokio::spawn(upkeep(Arc::downgrade(&inner)));
         tokio::spawn(keep_pubsub(Arc::downgrade(&inner)));
         Ok(Self { inner })
@@ -570,7 +580,24 @@ impl Names {
     }
 }
 
+/// The Redis names a publish needs.
+struct StreamNames {
+    meta: String,
+    stream: String,
+    pubsub: String,
+}
+
 impl Inner {
+    fn stream_names(&self, key: &ChannelKey) -> StreamNames {
+        let tag = format!("{{{}:{}}}", key.app, key.channel.as_str());
+        let p = &self.config.prefix;
+        StreamNames {
+            meta: format!("{p}:m:{tag}"),
+            stream: format!("{p}:s:{tag}"),
+            pubsub: format!("{p}:c:{tag}"),
+        }
+    }
+
     fn names(&self, key: &ChannelKey) -> Names {
         let tag = format!("{{{}:{}}}", key.app, key.channel.as_str());
         let p = &self.config.prefix;
@@ -601,9 +628,14 @@ impl Inner {
 
     /// The command connection of a channel: always the same one for a channel.
     fn commands_for(&self, key: &ChannelKey) -> Conn {
+        self.commands[self.connection_of(key)].clone()
+    }
+
+    /// The index of a channel's command connection (and of its publish writer).
+    fn connection_of(&self, key: &ChannelKey) -> usize {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
         let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key) as usize;
-        self.commands[hash % self.commands.len()].clone()
+        hash % self.commands.len()
     }
 
     fn meta_ttl_ms(&self, stream: StreamOptions) -> u64 {
@@ -663,30 +695,24 @@ impl Engine for RedisEngine {
         options: &PublishOptions,
     ) -> Result<PublishOutcome, EngineError> {
         let inner = &self.inner;
-        let names = inner.names(key);
         let body = wire::encode_body(&message).map_err(unavailable)?;
-        let idempotency = options.idempotency_key.as_deref().map(|k| format!("{}:i:{k}", names.meta));
-        let (epoch, offset, ts_ms, duplicate): (String, u64, u64, u8) = redis::cmd("EVAL")
-            .arg(&inner.scripts.publish)
-            .arg(3)
-            .arg(&names.meta)
-            .arg(&names.stream)
-            .arg(idempotency.as_deref().unwrap_or(&names.meta))
-            .arg(fresh_epoch())
-            .arg(if inner.config.trust_restarts { "1" } else { "0" })
-            .arg(options.stream.history_size)
-            .arg(options.stream.history_ttl.as_millis() as u64)
-            .arg(options.idempotency_window.as_secs().max(1))
-            .arg(if idempotency.is_some() { "1" } else { "0" })
-            .arg(body)
-            .arg(&names.pubsub)
-            .arg(inner.meta_ttl_ms(options.stream))
-            .arg(inner.feed(&key.app))
-            .arg(key.channel.as_str())
-            .query_async(&mut inner.commands_for(key))
-            .await
-            .map_err(unavailable)?;
-        Ok(PublishOutcome { epoch: Arc::from(epoch), offset, ts_ms, duplicate: duplicate == 1 })
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let pending = publish::Pending {
+            key: key.clone(),
+            body,
+            stream: options.stream,
+            idempotency_key: options.idempotency_key.clone(),
+            window_secs: options.idempotency_window.as_secs().max(1),
+            reply,
+        };
+        // Queued at once, without an await (which may yield to the runtime's budget and let a
+        // publish made later be queued first), so publishes are stored in the order they were
+        // made. A full queue (Redis far behind) refuses rather than waits, for the same reason.
+        inner.publishers[inner.connection_of(key)].try_send(pending).map_err(|err| match err {
+            TrySendError::Full(_) => unavailable("too many publishes are waiting for Redis"),
+            TrySendError::Closed(_) => EngineError::Closed,
+        })?;
+        answer.await.map_err(|_| EngineError::Closed)?
     }
 
     async fn subscribe(&self, key: &ChannelKey) -> Result<(), EngineError> {

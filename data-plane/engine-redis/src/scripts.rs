@@ -90,44 +90,59 @@ end
 
 "#;
 
-/// KEYS: meta, stream, idempotency key (unused without one).
+/// Stores a run of publications of one channel, in order: one call for as many messages as the
+/// engine's writer had queued for the channel (see `publish.rs`), so the epoch check, the
+/// expiries and the trimming are paid once per run rather than once per message.
+/// KEYS: meta, stream, then one idempotency key per message (the meta key for a message without
+/// one).
 /// ARGV: fresh epoch, trust restarts (`1`), history size, history ttl ms, idempotency window s,
-/// has idempotency key (`1`), body, pub/sub channel, meta ttl ms, the app's feed (empty when
-/// there are no feeds), channel name.
-/// Returns `{epoch, offset, ts, duplicate}`.
+/// pub/sub channel, meta ttl ms, the app's feed (empty when there are no feeds), channel name;
+/// then for each message: has an idempotency key (`1`), body.
+/// Returns `{epoch, {offset, ts, duplicate, offset, ts, duplicate, ...}}`.
 const PUBLISH: &str = r#"
-local meta, stream, idem = KEYS[1], KEYS[2], KEYS[3]
+local meta, stream = KEYS[1], KEYS[2]
 local epoch = epoch_of(meta, stream, ARGV[1], ARGV[2])
 local now = now_ms()
-if ARGV[6] == '1' then
-  local previous = redis.call('GET', idem)
-  if previous then
-    local e, o, t = string.match(previous, '^(.-):(%d+):(%d+)$')
-    if e == epoch then return {epoch, tonumber(o), tonumber(t), 1} end
+local size, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
+-- The app's feed only while a node listens (one lookup otherwise), in the same script as the
+-- channel's messages: a node gets every publication of the app, in each channel's order.
+local feed = ARGV[8] ~= '' and redis.call('PUBSUB', 'SHARDNUMSUB', ARGV[8])[2] > 0
+local out = {}
+for i = 1, #KEYS - 2 do
+  local idem, keyed, body = KEYS[i + 2], ARGV[8 + 2 * i] == '1', ARGV[9 + 2 * i]
+  local previous = keyed and redis.call('GET', idem)
+  local e, o, t
+  if previous then e, o, t = string.match(previous, '^(.-):(%d+):(%d+)$') end
+  if previous and e == epoch then
+    out[#out + 1] = tonumber(o)
+    out[#out + 1] = tonumber(t)
+    out[#out + 1] = 1
+  else
+    local offset = redis.call('HINCRBY', meta, 't', 1)
+    if size > 0 then
+      redis.call('XADD', stream, 'MAXLEN', size, '0-' .. offset, 't', now, 'b', body)
+    end
+    if keyed then
+      redis.call('SET', idem, epoch .. ':' .. offset .. ':' .. now, 'EX', ARGV[5])
+    end
+    local position = epoch .. '\n' .. offset .. '\n' .. now .. '\n'
+    redis.call('SPUBLISH', ARGV[6], 'p' .. position .. body)
+    if feed then
+      redis.call('SPUBLISH', ARGV[8], 'P' .. ARGV[9] .. '\n' .. position .. body)
+    end
+    out[#out + 1] = offset
+    out[#out + 1] = now
+    out[#out + 1] = 0
   end
 end
-local offset = redis.call('HINCRBY', meta, 't', 1)
-local size = tonumber(ARGV[3])
 if size > 0 then
-  local ttl = tonumber(ARGV[4])
-  redis.call('XADD', stream, 'MAXLEN', size, '0-' .. offset, 't', now, 'b', ARGV[7])
   trim_age(stream, now - ttl)
   redis.call('PEXPIRE', stream, ttl)
 end
 -- Only ever extended: a read with a shorter TTL must not make the epoch expire sooner.
-redis.call('PEXPIRE', meta, ARGV[9], 'GT')
-if redis.call('PTTL', meta) == -1 then redis.call('PEXPIRE', meta, ARGV[9]) end
-if ARGV[6] == '1' then
-  redis.call('SET', idem, epoch .. ':' .. offset .. ':' .. now, 'EX', ARGV[5])
-end
-local position = epoch .. '\n' .. offset .. '\n' .. now .. '\n'
-redis.call('SPUBLISH', ARGV[8], 'p' .. position .. ARGV[7])
--- The app's feed only while a node listens (one lookup otherwise), in the same script as the
--- channel's message: a node gets every publication of the app, in each channel's order.
-if ARGV[10] ~= '' and redis.call('PUBSUB', 'SHARDNUMSUB', ARGV[10])[2] > 0 then
-  redis.call('SPUBLISH', ARGV[10], 'P' .. ARGV[11] .. '\n' .. position .. ARGV[7])
-end
-return {epoch, offset, now, 0}
+redis.call('PEXPIRE', meta, ARGV[7], 'GT')
+if redis.call('PTTL', meta) == -1 then redis.call('PEXPIRE', meta, ARGV[7]) end
+return {epoch, out}
 "#;
 
 /// KEYS: meta, stream. ARGV: fresh epoch, trust restarts (`1`), history size, history ttl ms, direction
@@ -279,11 +294,11 @@ return {tonumber(taken[1]), taken[2]}
 
 /// The scripts, loaded once per engine.
 pub struct Scripts {
-    /// See [`PUBLISH`]: sent whole with `EVAL` rather than by hash. A client's consecutive
+    /// See [`PUBLISH`]: sent whole with `EVAL` rather than by hash. A channel's runs of
     /// publishes are sent without waiting for each other, and `EVALSHA` after Redis lost its
     /// script cache (a restart) fails and is retried after loading the script, which could let
-    /// a later publish of the run take its offset first.
-    pub publish: String,
+    /// a later run take its offsets first.
+    pub publish: std::sync::Arc<str>,
     /// See [`HISTORY`].
     pub history: redis::Script,
     /// See [`PRESENCE_JOIN`].
@@ -323,7 +338,7 @@ impl Scripts {
     /// Builds every script (Redis caches them by hash on first use).
     pub fn new() -> Self {
         Self {
-            publish: code(STREAM_HELPERS, PUBLISH),
+            publish: code(STREAM_HELPERS, PUBLISH).into(),
             history: script(STREAM_HELPERS, HISTORY),
             presence_join: script(PRESENCE_HELPERS, PRESENCE_JOIN),
             presence_leave: script(PRESENCE_HELPERS, PRESENCE_LEAVE),

@@ -206,7 +206,10 @@ pub trait Engine: Send + Sync + 'static {
     /// keeps only a weak reference so that dropping the node frees it.
     fn set_sink(&self, sink: Weak<dyn EngineSink>);
 
-    /// Stores and delivers a message.
+    /// Stores and delivers a message. The publish takes its place in the channel's order on
+    /// the future's first poll, before anything that may yield: publishes whose futures are
+    /// first polled one after another (a client's pipelined publishes) get offsets in that
+    /// order, however their round trips overlap.
     async fn publish(
         &self,
         key: &ChannelKey,

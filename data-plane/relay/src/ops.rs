@@ -9,6 +9,7 @@ use tributary_engine::{ChannelKey, HistoryQuery, NewMessage, PublishOptions, Pub
 use tributary_protocol::frame::Direction;
 use tributary_protocol::{ChannelName, ErrorCode, Payload, PayloadError, Publication};
 
+use crate::policy::AppPolicy;
 use crate::state::RelayState;
 
 /// A failed operation: a code and a precise message for the client.
@@ -119,6 +120,21 @@ pub async fn publish_message(
         idempotency_key,
         idempotency_window: Duration::from_secs(state.config.idempotency_window_secs),
     };
+    let policy = ready_to_publish(state, app).await?;
+    state.quotas.admit_publish(&policy, bytes)?;
+    let PublishOutcome { epoch, offset, ts_ms, duplicate } =
+        state.engine.publish(&key, message, &options).await?;
+    if !duplicate {
+        state.usage.app(app).published(bytes);
+    }
+    Ok(PublishResult { channel: key.channel.to_string(), epoch, offset, ts: ts_ms, duplicate })
+}
+
+/// Returns the app's policy, with its tenant's quota counts learnt on this node. Only the first
+/// call for an app waits on anything: a run of publishes calls this once before making them, so
+/// that none of them waits here while a later one goes ahead (offsets follow the order of the
+/// calls to the engine).
+pub async fn ready_to_publish(state: &RelayState, app: &str) -> Result<Arc<AppPolicy>, OpError> {
     let policy = state
         .policies
         .get(&*state.directory, app)
@@ -128,13 +144,7 @@ pub async fn publish_message(
     if !state.quotas.knows(&policy.tenant_id) {
         state.quotas.learn(&*state.engine, &policy).await;
     }
-    state.quotas.admit_publish(&policy, bytes)?;
-    let PublishOutcome { epoch, offset, ts_ms, duplicate } =
-        state.engine.publish(&key, message, &options).await?;
-    if !duplicate {
-        state.usage.app(app).published(bytes);
-    }
-    Ok(PublishResult { channel: key.channel.to_string(), epoch, offset, ts: ts_ms, duplicate })
+    Ok(policy)
 }
 
 /// A page of history as replied to clients.

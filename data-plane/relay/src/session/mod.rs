@@ -226,9 +226,13 @@ impl Session {
     pub async fn publish_all(&mut self, requests: Vec<(Option<u64>, PublishRequest)>) {
         let (ids, checked): (Vec<Option<u64>>, Vec<Result<PublishRequest, OpError>>) =
             requests.into_iter().map(|(id, request)| (id, self.may_publish(request))).unzip();
-        let this = &*self;
+        // Whatever may wait is done once, first: then each publish reaches the engine on its
+        // first poll, and `join_all` polls them first in order.
+        let ready = ops::ready_to_publish(&self.state, &self.identity.app_id).await.map(drop);
+        let (this, ready) = (&*self, &ready);
         let outcomes = futures::future::join_all(checked.into_iter().map(|checked| async move {
             let PublishRequest { channel, data, binary, encoding, idempotency_key } = checked?;
+            ready.clone()?;
             let input = PublishInput {
                 channel,
                 data: &data,

@@ -107,6 +107,8 @@ local size, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
 -- The app's feed only while a node listens (one lookup otherwise), in the same script as the
 -- channel's messages: a node gets every publication of the app, in each channel's order.
 local feed = ARGV[8] ~= '' and redis.call('PUBSUB', 'SHARDNUMSUB', ARGV[8])[2] > 0
+-- Numbers are turned into text once each: Lua's number formatting is most of a message's cost.
+local at = string.format('%d', now)
 local out = {}
 for i = 1, #KEYS - 2 do
   local idem, keyed, body = KEYS[i + 2], ARGV[8 + 2 * i] == '1', ARGV[9 + 2 * i]
@@ -119,13 +121,14 @@ for i = 1, #KEYS - 2 do
     out[#out + 1] = 1
   else
     local offset = redis.call('HINCRBY', meta, 't', 1)
+    local number = string.format('%d', offset)
     if size > 0 then
-      redis.call('XADD', stream, 'MAXLEN', size, '0-' .. offset, 't', now, 'b', body)
+      redis.call('XADD', stream, 'MAXLEN', ARGV[3], '0-' .. number, 't', at, 'b', body)
     end
     if keyed then
-      redis.call('SET', idem, epoch .. ':' .. offset .. ':' .. now, 'EX', ARGV[5])
+      redis.call('SET', idem, epoch .. ':' .. number .. ':' .. at, 'EX', ARGV[5])
     end
-    local position = epoch .. '\n' .. offset .. '\n' .. now .. '\n'
+    local position = epoch .. '\n' .. number .. '\n' .. at .. '\n'
     redis.call('SPUBLISH', ARGV[6], 'p' .. position .. body)
     if feed then
       redis.call('SPUBLISH', ARGV[8], 'P' .. ARGV[9] .. '\n' .. position .. body)

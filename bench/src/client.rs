@@ -61,17 +61,80 @@ pub async fn tcp(server: SocketAddr, n: usize, source_ips: u8) -> anyhow::Result
 pub async fn connect(target: &Target, n: usize, token: &str) -> anyhow::Result<Ws> {
     let server = server_addr(target, n)?;
     let stream = tcp(server, n, target.source_ips).await?;
-    let mut request = format!("ws://{server}/v1/connect").into_client_request()?;
+    // By default the token rides in the upgrade request: the relay answers with the `connect`
+    // reply as the first frame, one round trip in all.
+    let url = if target.token_in_frame {
+        format!("ws://{server}/v1/connect")
+    } else {
+        format!("ws://{server}/v1/connect?token={token}")
+    };
+    let mut request = url.into_client_request()?;
     request.headers_mut().insert("Sec-WebSocket-Protocol", "tributary.v1".parse()?);
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(client_config()))
         .await
         .context("websocket handshake")?;
-    ws.send(Message::text(json!({"id": 1, "op": "connect", "token": token}).to_string())).await?;
+    if target.token_in_frame {
+        ws.send(Message::text(json!({"id": 1, "op": "connect", "token": token}).to_string())).await?;
+    }
     let reply = next_json(&mut ws).await?;
     if reply.get("result").is_none() {
         bail!("connect refused: {reply}");
     }
     Ok(ws)
+}
+
+/// Opens connection `n` as [`connect`] does and returns its socket, with nothing left to read.
+/// With the token in the upgrade request the handshake is written and read by hand (one write,
+/// the `101` and the `connect` reply read back), so the generator spends on a connection about
+/// what its Redis and NATS clients do; `--token-in-frame` takes the WebSocket client's way.
+pub async fn connect_stream(target: &Target, n: usize, token: &str) -> anyhow::Result<TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if target.token_in_frame {
+        return Ok(connect(target, n, token).await?.into_inner());
+    }
+    let server = server_addr(target, n)?;
+    let mut stream = tcp(server, n, target.source_ips).await?;
+    let request = format!(
+        "GET /v1/connect?token={token} HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: tributary.v1\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let (mut got, mut buf) = (Vec::with_capacity(512), [0u8; 1024]);
+    let mut frames = ServerFrames::default();
+    let mut reply = None;
+    let mut head_done = false;
+    while reply.is_none() {
+        let read = stream.read(&mut buf).await?;
+        if read == 0 {
+            bail!("the server closed during the handshake: {}", String::from_utf8_lossy(&got));
+        }
+        let mut bytes = &buf[..read];
+        if !head_done {
+            got.extend_from_slice(bytes);
+            let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+            if !got.starts_with(b"HTTP/1.1 101") {
+                bail!("handshake refused: {}", String::from_utf8_lossy(&got));
+            }
+            head_done = true;
+            let rest = got.split_off(end + 4);
+            frames.feed(&rest, |frame| reply = Some(frame_text(frame)));
+            bytes = &[];
+        }
+        frames.feed(bytes, |frame| reply = Some(frame_text(frame)));
+    }
+    let reply = reply.unwrap_or_default();
+    if !reply.contains("\"result\"") {
+        bail!("connect refused: {reply}");
+    }
+    Ok(stream)
+}
+
+fn frame_text(frame: Frame<'_>) -> String {
+    match frame {
+        Frame::Data(payload) => String::from_utf8_lossy(payload).into_owned(),
+        Frame::Ping(_) | Frame::Close => String::new(),
+    }
 }
 
 /// A small read buffer: the client's default of 128 KiB, zeroed for every one of thousands of

@@ -36,7 +36,7 @@ pub(crate) async fn open(
 ) -> anyhow::Result<tokio::net::TcpStream> {
     Ok(match peer {
         // Connected, nothing left to read: the socket alone holds the connection.
-        Peer::Tributary => client::connect(target, n, token).await?.into_inner(),
+        Peer::Tributary => client::connect_stream(target, n, token).await?,
         peer => {
             let addr = peer_addr.ok_or_else(|| anyhow::anyhow!("--peer-addr is needed for this peer"))?;
             let channel = format!("bench:idle-{}", n % 100);

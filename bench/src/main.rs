@@ -73,6 +73,10 @@ pub struct Target {
     /// Connections being opened at once.
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
+    /// Send the token in a `connect` frame after the upgrade (two round trips), rather than in
+    /// the upgrade request (one), to measure both ways of connecting.
+    #[arg(long)]
+    pub token_in_frame: bool,
 }
 
 impl Target {

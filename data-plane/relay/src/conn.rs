@@ -370,6 +370,13 @@ impl Connections {
         true
     }
 
+    /// Returns whether `app` has fewer than `limit` connections now (a registration may still
+    /// find it full: this lets a handshake be refused before it is answered).
+    pub fn has_room(&self, app: &str, limit: usize) -> bool {
+        let per_app = self.per_app.lock().unwrap_or_else(|p| p.into_inner());
+        per_app.get(app).is_none_or(|&count| count < limit)
+    }
+
     /// Returns how many registered connections ended closed with `code` since the node started
     /// (what the server decided, whether or not the client read the close).
     pub fn closed_with(&self, code: CloseCode) -> u64 {

@@ -128,6 +128,85 @@ async fn a_connect_frame_sent_with_the_upgrade_request_is_read_and_the_handshake
     assert!(rest.is_empty(), "nothing after the close frame");
 }
 
+/// Reads the rest of an HTTP response whose head was read: its JSON body (by Content-Length).
+async fn read_json_body(tcp: &mut TcpStream, head: &str) -> Value {
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())
+        })
+        .expect("a content length");
+    let mut body = vec![0u8; length];
+    tcp.read_exact(&mut body).await.unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// A token in the upgrade request (query parameter or bearer header) is checked before the
+/// answer: admitted, the first frame is the `connect` reply, with no `connect` frame sent;
+/// refused, the answer is plain HTTP with the error, and no WebSocket is opened.
+#[tokio::test]
+async fn a_token_in_the_upgrade_request_connects_in_one_round_trip_or_is_refused_with_http() {
+    let server = TestServer::spawn_with(|relay| relay.max_connections_per_app = 3).await;
+    let token = server.all_rights("early").await;
+    let with_query = |token: &str| {
+        upgrade_request(&addr(&server), "Sec-WebSocket-Version: 13\r\n")
+            .replace("GET /v1/connect ", &format!("GET /v1/connect?token={token} "))
+    };
+    // Both stay open, so the limit below is reached for certain.
+    let mut held = Vec::new();
+    for request in [
+        with_query(&token),
+        upgrade_request(
+            &addr(&server),
+            &format!("Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n"),
+        ),
+    ] {
+        let mut tcp = TcpStream::connect(addr(&server)).await.unwrap();
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let head = read_head(&mut tcp).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let (op, payload) = read_frame(&mut tcp).await;
+        assert_eq!(op, 1);
+        let reply: Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(reply["result"]["client_id"], "early", "the connect reply comes first: {reply}");
+        assert!(reply.get("id").is_none(), "it answers no frame: {reply}");
+        // The session is live: a subscribe is answered.
+        tcp.write_all(&masked(
+            0x81,
+            json!({"id": 5, "op": "subscribe", "channel": "chat:early"}).to_string().as_bytes(),
+        ))
+        .await
+        .unwrap();
+        let (_, payload) = read_frame(&mut tcp).await;
+        let reply: Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(
+            (reply["id"].clone(), reply["result"]["channel"].clone()),
+            (json!(5), json!("chat:early"))
+        );
+        held.push(tcp);
+    }
+
+    // Refusals are plain HTTP, with the error's code and status.
+    let cases = [
+        (with_query("not-a-token"), 401, "invalid_token"),
+        (with_query(&token).replace("?token=", "?token=%ZZ&token="), 400, "invalid_parameter"),
+    ];
+    for (request, status, name) in cases {
+        let mut tcp = TcpStream::connect(addr(&server)).await.unwrap();
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let head = read_head(&mut tcp).await;
+        assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "{name}: {head}");
+        assert_eq!(read_json_body(&mut tcp, &head).await["error"]["name"], name);
+    }
+    // Past the app's connection limit (two are held, a third is allowed): 429, before any upgrade.
+    let _third = server.ws(&token).await;
+    let mut tcp = TcpStream::connect(addr(&server)).await.unwrap();
+    tcp.write_all(with_query(&token).as_bytes()).await.unwrap();
+    let head = read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+    assert_eq!(read_json_body(&mut tcp, &head).await["error"]["name"], "connection_limit");
+}
+
 #[tokio::test]
 async fn bad_upgrade_requests_are_refused_with_plain_http() {
     let server = TestServer::spawn().await;

@@ -1,0 +1,14 @@
+//! Delivery services: what the worker role sends on behalf of tenants (webhooks now; push and
+//! SMS next), built on one pipeline of durable queues, retries and dead letters.
+//!
+//! This crate starts with the parts every delivery needs and that hold no state:
+//! - [`signature`]: Standard Webhooks signing (`webhook-id`, `webhook-timestamp`,
+//!   `webhook-signature`), secrets and their rotation;
+//! - [`address`]: which endpoint URLs and addresses a delivery may reach (no loopback, private,
+//!   link-local, multicast or metadata addresses unless the operator allows a range), checked
+//!   on the address actually connected to.
+
+#![forbid(unsafe_code)]
+
+pub mod address;
+pub mod signature;

@@ -6,9 +6,12 @@
 //!   `webhook-signature`), secrets and their rotation;
 //! - [`address`]: which endpoint URLs and addresses a delivery may reach (no loopback, private,
 //!   link-local, multicast or metadata addresses unless the operator allows a range), checked
-//!   on the address actually connected to.
+//!   on the address actually connected to;
+//! - [`sender`]: one HTTP attempt within those rules (the client's resolver drops forbidden
+//!   addresses, no redirects, time limits, a capped response), classified for retries.
 
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod sender;
 pub mod signature;

@@ -227,13 +227,21 @@ impl AddressPolicy {
         let host = url.host_str().ok_or(AddressError::NoHost)?;
         let port = url.port_or_known_default().unwrap_or(443);
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let found: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        let found = tokio::net::lookup_host((host, port))
             .await
-            .map_err(|_| AddressError::Unresolved(host.to_owned()))?
-            .collect();
+            .map_err(|_| AddressError::Unresolved(host.to_owned()))?;
+        self.keep_allowed(host, found)
+    }
+
+    /// Keeps the addresses `host` resolved to that deliveries may reach; refused (with the
+    /// first refusal) when none is left.
+    pub fn keep_allowed(
+        &self,
+        host: &str,
+        found: impl Iterator<Item = SocketAddr>,
+    ) -> Result<Vec<SocketAddr>, AddressError> {
         let mut refusal = None;
         let allowed: Vec<SocketAddr> = found
-            .into_iter()
             .filter(|addr| match self.check_address(addr.ip()) {
                 Ok(()) => true,
                 Err(err) => {

@@ -85,20 +85,9 @@ impl Resolve for CheckedResolver {
         let policy = self.policy.clone();
         Box::pin(async move {
             let found = tokio::net::lookup_host((name.as_str(), 0)).await?;
-            let mut refusal = None;
-            let allowed: Vec<_> = found
-                .filter(|addr| match policy.check_address(addr.ip()) {
-                    Ok(()) => true,
-                    Err(err) => {
-                        refusal.get_or_insert(err);
-                        false
-                    }
-                })
-                .collect();
-            if allowed.is_empty() {
-                let err = refusal.unwrap_or_else(|| AddressError::Unresolved(name.as_str().to_owned()));
-                return Err(Box::new(err) as Box<dyn std::error::Error + Send + Sync>);
-            }
+            let allowed = policy
+                .keep_allowed(name.as_str(), found)
+                .map_err(|err| Box::new(err) as Box<dyn std::error::Error + Send + Sync>)?;
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
     }

@@ -61,6 +61,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (5, "namespaces", include_str!("../../../migrations/sqlite/0005_namespaces.sql")),
     (6, "users", include_str!("../../../migrations/sqlite/0006_users.sql")),
+    (7, "delivery_queue", include_str!("../../../migrations/sqlite/0007_delivery_queue.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "tenants", include_str!("../../../migrations/postgres/0001_tenants.sql")),
@@ -73,6 +74,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (5, "namespaces", include_str!("../../../migrations/postgres/0005_namespaces.sql")),
     (6, "users", include_str!("../../../migrations/postgres/0006_users.sql")),
+    (7, "delivery_queue", include_str!("../../../migrations/postgres/0007_delivery_queue.sql")),
 ];
 
 /// How long a query waits for a connection before failing. Short, so that while the database

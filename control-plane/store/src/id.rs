@@ -34,6 +34,8 @@ pub(crate) const SESSION: &str = "ses_";
 pub(crate) const INVITATION: &str = "inv_";
 /// Prefix of token ids (`jti`) minted by the control plane.
 pub(crate) const TOKEN: &str = "tok_";
+/// Prefix of delivery job ids.
+pub(crate) const DELIVERY: &str = "dlv_";
 
 /// Returns a new id with the given prefix.
 pub(crate) fn new(prefix: &str) -> String {

@@ -25,12 +25,15 @@
 //! - [`api_key`]: [`ApiKey`] records, the `trb_<key_id>_<secret>` format, creation, verification
 //!   and revocation.
 //! - [`signing_key`]: per-app HS256 [`SigningKeyRecord`]s, encrypted at rest.
+//! - [`delivery`]: the delivery queue (jobs claimed under leases, retried, dead-lettered and
+//!   replayed) and its delivery log.
 #![forbid(unsafe_code)]
 
 pub mod api_key;
 pub mod audit;
 pub mod crypto;
 pub mod db;
+pub mod delivery;
 pub mod error;
 pub mod grant;
 mod id;
@@ -51,6 +54,7 @@ pub use api_key::{ApiKey, NewApiKey, api_key_id};
 pub use audit::{Actor, AuditEvent};
 pub use crypto::{MasterKey, SecretCipher};
 pub use db::{Backend, create_database};
+pub use delivery::{AfterAttempt, AttemptRecord, DeliveryJob, DeliveryState, LoggedAttempt, NewDelivery};
 pub use error::StoreError;
 pub use grant::{TokenGrant, new_token_id};
 pub use management_token::{ManagementToken, NewManagementToken, Role};

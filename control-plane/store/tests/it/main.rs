@@ -8,6 +8,7 @@
 mod api_keys;
 mod app_snapshot;
 mod audit;
+mod delivery;
 mod grants;
 mod management_tokens;
 mod master_key;

@@ -1,0 +1,373 @@
+//! The delivery queue: every webhook (later push and SMS) waits here until it is delivered or
+//! dead-lettered, never only in a worker's memory.
+//!
+//! A job is one event for one target (a webhook endpoint), unique by `(target, event id)`, so
+//! queuing an event twice (a worker that restarts from a saved position) queues it once.
+//! Workers *claim* due jobs under a lease (owner and expiry): a claim skips jobs whose lease is
+//! still running, so two workers never hold one job at once, and a killed worker's jobs are
+//! claimed again once its lease has run out. A worker finishes a job only while it still owns
+//! it; if its lease ran out and another worker took the job, the finish is refused (that other
+//! worker delivers again, with the same event id: at least once, de-duplicable).
+//!
+//! A claim takes at most `per_target` jobs of one target, counting the ones already leased, so a
+//! dead or slow endpoint with a long backlog holds back only its own deliveries. Under
+//! concurrent claims that cap is soft (two claims may count the same leases), never the
+//! exclusivity of a job, which each claim re-checks row by row as it takes it: a claim that
+//! loses a race for a row skips it and may return fewer jobs than were due (the worker claims
+//! again). The claim is one portable statement on both backends; PostgreSQL's `FOR UPDATE SKIP
+//! LOCKED` (which cannot be combined with the per-target window) is not used yet.
+//!
+//! Times are Unix milliseconds, given by the caller (the worker's clock).
+
+use sqlx::Row as _;
+
+use crate::db::DbRow;
+use crate::{Store, StoreError, id};
+
+/// An event to deliver to one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    /// The tenant.
+    pub tenant_id: String,
+    /// The app the event happened in.
+    pub app_id: String,
+    /// Where it goes (a webhook endpoint's id).
+    pub target_id: String,
+    /// The event's stable id, sent with every attempt.
+    pub event_id: String,
+    /// The request body.
+    pub payload: Vec<u8>,
+}
+
+/// Where a job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// Waiting for an attempt (or in one).
+    Pending,
+    /// Delivered.
+    Delivered,
+    /// Dead-lettered after its last attempt; replayable.
+    Dead,
+}
+
+impl DeliveryState {
+    fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Dead => "dead",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, StoreError> {
+        match text {
+            "pending" => Ok(DeliveryState::Pending),
+            "delivered" => Ok(DeliveryState::Delivered),
+            "dead" => Ok(DeliveryState::Dead),
+            _ => Err(StoreError::NotFound("delivery state")),
+        }
+    }
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryJob {
+    /// The job's id.
+    pub id: String,
+    /// The tenant.
+    pub tenant_id: String,
+    /// The app.
+    pub app_id: String,
+    /// The target.
+    pub target_id: String,
+    /// The event's stable id.
+    pub event_id: String,
+    /// The request body.
+    pub payload: Vec<u8>,
+    /// Where it stands.
+    pub state: DeliveryState,
+    /// Attempts in all.
+    pub attempts: i64,
+    /// Attempts since it was queued or last replayed (what the retry schedule counts).
+    pub tries: i64,
+    /// When the next attempt is due.
+    pub next_attempt_ms: i64,
+}
+
+/// How an attempt went, as the delivery log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    /// When it was made.
+    pub at_ms: i64,
+    /// The HTTP status, if an answer came.
+    pub status: Option<i64>,
+    /// How long it took.
+    pub latency_ms: i64,
+    /// `delivered`, `retry`, `gone`, `refused` or `dead`: the worker's verdict.
+    pub outcome: String,
+    /// The start of the answer, or what went wrong.
+    pub snippet: String,
+}
+
+/// An attempt in the delivery log, with its job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedAttempt {
+    /// The job.
+    pub job_id: String,
+    /// Its number among the job's attempts (from 1).
+    pub attempt: i64,
+    /// The attempt.
+    pub record: AttemptRecord,
+}
+
+/// What happens to a job after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterAttempt {
+    /// It was delivered.
+    Delivered,
+    /// Try again at this time.
+    RetryAt(i64),
+    /// That was the last attempt: dead-letter it.
+    Dead,
+}
+
+/// Most bytes of a response kept in the delivery log.
+pub const MAX_SNIPPET_BYTES: usize = 4096;
+
+/// The columns a [`DeliveryJob`] is read from, as a literal (queries are static strings).
+macro_rules! job_columns {
+    () => {
+        "id, tenant_id, app_id, target_id, event_id, payload, state, attempts, tries, next_attempt_ms"
+    };
+}
+
+fn job(row: &DbRow) -> Result<DeliveryJob, StoreError> {
+    Ok(DeliveryJob {
+        id: row.try_get("id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        app_id: row.try_get("app_id")?,
+        target_id: row.try_get("target_id")?,
+        event_id: row.try_get("event_id")?,
+        payload: row.try_get("payload")?,
+        state: DeliveryState::parse(&row.try_get::<String, _>("state")?)?,
+        attempts: row.try_get("attempts")?,
+        tries: row.try_get("tries")?,
+        next_attempt_ms: row.try_get("next_attempt_ms")?,
+    })
+}
+
+/// Cuts a snippet to [`MAX_SNIPPET_BYTES`] at a character boundary.
+fn clipped(snippet: &str) -> &str {
+    let mut end = snippet.len().min(MAX_SNIPPET_BYTES);
+    while !snippet.is_char_boundary(end) {
+        end -= 1;
+    }
+    &snippet[..end]
+}
+
+impl Store {
+    /// Queues an event for a target, due at `now_ms`; returns `false` (and changes nothing)
+    /// when that event is already queued for that target.
+    pub async fn enqueue_delivery(&self, delivery: &NewDelivery, now_ms: i64) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO delivery_jobs (id, tenant_id, app_id, target_id, event_id, payload, state, \
+             attempts, tries, next_attempt_ms, created_ms) \
+             SELECT $1, tenant_id, id, $3, $4, $5, 'pending', 0, 0, $6, $6 FROM apps \
+             WHERE id = $2 AND tenant_id = $7 \
+             ON CONFLICT (target_id, event_id) DO NOTHING",
+        )
+        .bind(id::new(id::DELIVERY))
+        .bind(&delivery.app_id)
+        .bind(&delivery.target_id)
+        .bind(&delivery.event_id)
+        .bind(&delivery.payload)
+        .bind(now_ms)
+        .bind(&delivery.tenant_id)
+        .execute(&self.pool)
+        .await
+        .map_err(|err| StoreError::from_sqlx(err, "delivery", "app"))?;
+        if result.rows_affected() == 1 {
+            return Ok(true);
+        }
+        // Nothing inserted: a duplicate, or no such app in that tenant.
+        let known: Option<(String,)> = sqlx::query_as("SELECT id FROM apps WHERE id = $1 AND tenant_id = $2")
+            .bind(&delivery.app_id)
+            .bind(&delivery.tenant_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        match known {
+            Some(_) => Ok(false),
+            None => Err(StoreError::NotFound("app")),
+        }
+    }
+
+    /// Claims up to `limit` due jobs for `owner` until `lease_until_ms`, oldest due first, at
+    /// most `per_target` of one target in flight (its jobs already leased count).
+    pub async fn claim_deliveries(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+        per_target: i64,
+    ) -> Result<Vec<DeliveryJob>, StoreError> {
+        let sql = concat!(
+            "UPDATE delivery_jobs SET lease_owner = $1, lease_until_ms = $2 \
+             WHERE id IN (\
+               SELECT id FROM (\
+                 SELECT id, target_id, next_attempt_ms, \
+                 ROW_NUMBER() OVER (PARTITION BY target_id ORDER BY next_attempt_ms, id) AS n \
+                 FROM delivery_jobs WHERE state = 'pending' AND next_attempt_ms <= $3 \
+                 AND (lease_until_ms IS NULL OR lease_until_ms < $3)\
+               ) ranked \
+               WHERE n + (SELECT COUNT(*) FROM delivery_jobs leased WHERE leased.target_id = ranked.target_id \
+                 AND leased.state = 'pending' AND leased.lease_until_ms >= $3) <= $4 \
+               ORDER BY next_attempt_ms, id LIMIT $5\
+             ) \
+             AND state = 'pending' AND (lease_until_ms IS NULL OR lease_until_ms < $3) \
+             RETURNING ",
+            job_columns!()
+        );
+        let rows = sqlx::query(sql)
+            .bind(owner)
+            .bind(lease_until_ms)
+            .bind(now_ms)
+            .bind(per_target)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut jobs = rows.iter().map(job).collect::<Result<Vec<_>, _>>()?;
+        jobs.sort_by(|a, b| (a.next_attempt_ms, &a.id).cmp(&(b.next_attempt_ms, &b.id)));
+        Ok(jobs)
+    }
+
+    /// Records an attempt of a job `owner` holds and moves the job on (delivered, due again, or
+    /// dead); returns `false` (and records nothing) when `owner` no longer holds it.
+    pub async fn finish_delivery_attempt(
+        &self,
+        job_id: &str,
+        owner: &str,
+        record: &AttemptRecord,
+        after: AfterAttempt,
+    ) -> Result<bool, StoreError> {
+        let (state, next, finished) = match after {
+            AfterAttempt::Delivered => (DeliveryState::Delivered, None, Some(record.at_ms)),
+            AfterAttempt::RetryAt(at) => (DeliveryState::Pending, Some(at), None),
+            AfterAttempt::Dead => (DeliveryState::Dead, None, Some(record.at_ms)),
+        };
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE delivery_jobs SET state = $3, attempts = attempts + 1, tries = tries + 1, \
+             next_attempt_ms = COALESCE($4, next_attempt_ms), finished_ms = $5, \
+             lease_owner = NULL, lease_until_ms = NULL \
+             WHERE id = $1 AND lease_owner = $2 AND state = 'pending' \
+             RETURNING attempts, tenant_id, target_id",
+        )
+        .bind(job_id)
+        .bind(owner)
+        .bind(state.as_str())
+        .bind(next)
+        .bind(finished)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = moved else { return Ok(false) };
+        let attempt: i64 = row.try_get("attempts")?;
+        let tenant_id: String = row.try_get("tenant_id")?;
+        let target_id: String = row.try_get("target_id")?;
+        sqlx::query(
+            "INSERT INTO delivery_attempts (job_id, attempt, tenant_id, target_id, at_ms, status, latency_ms, \
+             outcome, snippet) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(job_id)
+        .bind(attempt)
+        .bind(&tenant_id)
+        .bind(&target_id)
+        .bind(record.at_ms)
+        .bind(record.status)
+        .bind(record.latency_ms)
+        .bind(&record.outcome)
+        .bind(clipped(&record.snippet))
+        .execute(&mut *tx)
+        .await
+        .map_err(|err| StoreError::from_sqlx(err, "delivery attempt", "delivery"))?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Returns a job of `tenant_id`.
+    pub async fn delivery(&self, tenant_id: &str, job_id: &str) -> Result<DeliveryJob, StoreError> {
+        let sql = concat!("SELECT ", job_columns!(), " FROM delivery_jobs WHERE id = $1 AND tenant_id = $2");
+        let row = sqlx::query(sql).bind(job_id).bind(tenant_id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(job).transpose()?.ok_or(StoreError::NotFound("delivery"))
+    }
+
+    /// Returns the dead letters of a target of `tenant_id`, oldest first, at most `limit`.
+    pub async fn dead_deliveries(
+        &self,
+        tenant_id: &str,
+        target_id: &str,
+        limit: i64,
+    ) -> Result<Vec<DeliveryJob>, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM delivery_jobs WHERE tenant_id = $1 AND target_id = $2 \
+             AND state = 'dead' ORDER BY finished_ms, id LIMIT $3"
+        );
+        let rows = sqlx::query(sql).bind(tenant_id).bind(target_id).bind(limit).fetch_all(&self.pool).await?;
+        rows.iter().map(job).collect()
+    }
+
+    /// Puts a dead letter of `tenant_id` back in the queue, due at `now_ms`, with a fresh retry
+    /// schedule (its event id and its attempts so far stay).
+    pub async fn replay_delivery(
+        &self,
+        tenant_id: &str,
+        job_id: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "UPDATE delivery_jobs SET state = 'pending', tries = 0, next_attempt_ms = $3, finished_ms = NULL \
+             WHERE id = $1 AND tenant_id = $2 AND state = 'dead'",
+        )
+        .bind(job_id)
+        .bind(tenant_id)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() == 1 { Ok(()) } else { Err(StoreError::NotFound("dead delivery")) }
+    }
+
+    /// Returns the delivery log of a target of `tenant_id`, newest first, at most `limit`.
+    pub async fn delivery_log(
+        &self,
+        tenant_id: &str,
+        target_id: &str,
+        limit: i64,
+    ) -> Result<Vec<LoggedAttempt>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT job_id, attempt, at_ms, status, latency_ms, outcome, snippet FROM delivery_attempts \
+             WHERE tenant_id = $1 AND target_id = $2 ORDER BY at_ms DESC, job_id, attempt DESC LIMIT $3",
+        )
+        .bind(tenant_id)
+        .bind(target_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LoggedAttempt {
+                    job_id: row.try_get("job_id")?,
+                    attempt: row.try_get("attempt")?,
+                    record: AttemptRecord {
+                        at_ms: row.try_get("at_ms")?,
+                        status: row.try_get("status")?,
+                        latency_ms: row.try_get("latency_ms")?,
+                        outcome: row.try_get("outcome")?,
+                        snippet: row.try_get("snippet")?,
+                    },
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,47 @@
+-- The delivery queue (webhooks now; push and SMS later): work waits here, never in a worker's
+-- memory, so a dead endpoint costs disk, and a killed worker's work is taken up by another once
+-- its lease runs out. Times are Unix milliseconds.
+
+CREATE TABLE delivery_jobs (
+    id              TEXT    NOT NULL PRIMARY KEY,
+    tenant_id       TEXT    NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    app_id          TEXT    NOT NULL REFERENCES apps (id) ON DELETE CASCADE,
+    -- Where it goes: a webhook endpoint's id (the queue of each target is separate).
+    target_id       TEXT    NOT NULL,
+    -- The event's stable id: the same on every attempt and every replay (receivers
+    -- de-duplicate by it); one job per target and event.
+    event_id        TEXT    NOT NULL,
+    payload         BLOB    NOT NULL,
+    -- pending, delivered or dead.
+    state           TEXT    NOT NULL,
+    -- Attempts in all (the delivery log numbers them), and since it was queued or last
+    -- replayed (the retry schedule counts these).
+    attempts        INTEGER NOT NULL,
+    tries           INTEGER NOT NULL,
+    next_attempt_ms INTEGER NOT NULL,
+    lease_owner     TEXT,
+    lease_until_ms  INTEGER,
+    created_ms      INTEGER NOT NULL,
+    finished_ms     INTEGER,
+    UNIQUE (target_id, event_id)
+);
+
+CREATE INDEX delivery_jobs_due ON delivery_jobs (state, next_attempt_ms);
+CREATE INDEX delivery_jobs_by_target ON delivery_jobs (target_id, state, next_attempt_ms);
+
+-- Every attempt, for the delivery log: when, how it went, how long it took, what the
+-- receiver said.
+CREATE TABLE delivery_attempts (
+    job_id      TEXT    NOT NULL REFERENCES delivery_jobs (id) ON DELETE CASCADE,
+    attempt     INTEGER NOT NULL,
+    tenant_id   TEXT    NOT NULL,
+    target_id   TEXT    NOT NULL,
+    at_ms       INTEGER NOT NULL,
+    status      INTEGER,
+    latency_ms  INTEGER NOT NULL,
+    outcome     TEXT    NOT NULL,
+    snippet     TEXT    NOT NULL,
+    PRIMARY KEY (job_id, attempt)
+);
+
+CREATE INDEX delivery_attempts_by_target ON delivery_attempts (target_id, at_ms);

@@ -7,11 +7,14 @@
 //! - [`address`]: which endpoint URLs and addresses a delivery may reach (no loopback, private,
 //!   link-local, multicast or metadata addresses unless the operator allows a range), checked
 //!   on the address actually connected to;
+//! - [`schedule`]: when a failed delivery is tried again (backoff with jitter, `Retry-After`,
+//!   about a day and a half by default) and when it is dead-lettered;
 //! - [`sender`]: one HTTP attempt within those rules (the client's resolver drops forbidden
 //!   addresses, no redirects, time limits, a capped response), classified for retries.
 
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod schedule;
 pub mod sender;
 pub mod signature;

@@ -45,3 +45,25 @@ CREATE TABLE delivery_attempts (
 );
 
 CREATE INDEX delivery_attempts_by_target ON delivery_attempts (target_id, at_ms);
+
+-- Webhook endpoints: where an app's events are sent. The signing secret is encrypted at rest
+-- (AES-256-GCM under the tenant's data key, bound to the row); during a rotation the previous
+-- secret signs too, until previous_until_ms.
+CREATE TABLE webhook_endpoints (
+    id                   TEXT    NOT NULL PRIMARY KEY,
+    tenant_id            TEXT    NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    app_id               TEXT    NOT NULL REFERENCES apps (id) ON DELETE CASCADE,
+    url                  TEXT    NOT NULL,
+    description          TEXT    NOT NULL,
+    -- Custom headers sent with every request, a JSON object of strings.
+    headers              TEXT    NOT NULL,
+    secret_ciphertext    BYTEA   NOT NULL,
+    previous_ciphertext  BYTEA  ,
+    previous_until_ms    BIGINT ,
+    enabled              BIGINT  NOT NULL,
+    -- Why it was disabled (by its tenant, or after failing for too long), if it is.
+    disabled_reason      TEXT,
+    created_at           BIGINT  NOT NULL
+);
+
+CREATE INDEX webhook_endpoints_by_app ON webhook_endpoints (app_id);

@@ -36,6 +36,8 @@ pub(crate) const INVITATION: &str = "inv_";
 pub(crate) const TOKEN: &str = "tok_";
 /// Prefix of delivery job ids.
 pub(crate) const DELIVERY: &str = "dlv_";
+/// Prefix of webhook endpoint ids.
+pub(crate) const WEBHOOK: &str = "wh_";
 
 /// Returns a new id with the given prefix.
 pub(crate) fn new(prefix: &str) -> String {

@@ -27,6 +27,8 @@
 //! - [`signing_key`]: per-app HS256 [`SigningKeyRecord`]s, encrypted at rest.
 //! - [`delivery`]: the delivery queue (jobs claimed under leases, retried, dead-lettered and
 //!   replayed) and its delivery log.
+//! - [`webhook`]: webhook endpoints and their signing secrets (encrypted, rotated with an
+//!   overlap).
 #![forbid(unsafe_code)]
 
 pub mod api_key;
@@ -47,6 +49,7 @@ pub mod signing_key;
 pub mod tenant;
 pub mod usage;
 pub mod user;
+pub mod webhook;
 
 use std::sync::Arc;
 
@@ -66,6 +69,7 @@ pub use signing_key::SigningKeyRecord;
 pub use tenant::{App, Tenant, TenantStatus};
 pub use usage::{Granularity, UsagePoint, UsageRow};
 pub use user::{NewInvitation, NewSession, Session, User};
+pub use webhook::{NewWebhookEndpoint, SigningSecrets, WebhookEndpoint};
 
 /// Handle to the database of tenants, apps and keys, and the cipher for their secrets.
 ///

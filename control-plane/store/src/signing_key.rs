@@ -242,8 +242,8 @@ impl Store {
         Ok(())
     }
 
-    /// Re-encrypts every stored secret under this store's master key (and its tenant data
-    /// keys), reading each with `old` (or, on a re-run, already with this store's key), in one
+    /// Re-encrypts every stored secret (signing keys, webhook endpoints' secrets) under this
+    /// store's master key (and its tenant data keys), reading each with `old` (or, on a re-run, already with this store's key), in one
     /// transaction; returns how many were rewritten. This is the second step of a master key
     /// rotation (docs/operations.md): open the store with the new key, re-encrypt from the old.
     ///
@@ -256,6 +256,9 @@ impl Store {
             // read below and left unreadable: hold new ones back until this commits. (SQLite
             // has one writer at a time already.)
             sqlx::query("LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
+        }
+        if self.backend == crate::Backend::Postgres {
+            sqlx::query("LOCK TABLE webhook_endpoints IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
         }
         let rows = sqlx::query("SELECT tenant_id, app_id, kid, secret_ciphertext FROM signing_keys")
             .fetch_all(&mut *tx)
@@ -281,6 +284,7 @@ impl Store {
                 .await?;
             rewritten += 1;
         }
+        rewritten += self.reencrypt_webhook_secrets(&mut tx, &old).await?;
         tx.commit().await?;
         Ok(rewritten)
     }

@@ -20,6 +20,7 @@ mod tenant_status;
 mod tenants;
 mod usage;
 mod users;
+mod webhooks;
 
 use sqlx::AnyPool;
 use tributary_store::{Actor, App, Backend, MasterKey, Store, Tenant};

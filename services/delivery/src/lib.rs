@@ -10,7 +10,9 @@
 //! - [`schedule`]: when a failed delivery is tried again (backoff with jitter, `Retry-After`,
 //!   about a day and a half by default) and when it is dead-lettered;
 //! - [`sender`]: one HTTP attempt within those rules (the client's resolver drops forbidden
-//!   addresses, no redirects, time limits, a capped response), classified for retries.
+//!   addresses, no redirects, time limits, a capped response), classified for retries;
+//! - [`worker`]: the loop that claims due deliveries from the store's queue, signs and sends
+//!   them, and records each attempt (retried, delivered or dead-lettered).
 
 #![forbid(unsafe_code)]
 
@@ -18,3 +20,4 @@ pub mod address;
 pub mod schedule;
 pub mod sender;
 pub mod signature;
+pub mod worker;

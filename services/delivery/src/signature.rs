@@ -60,6 +60,11 @@ impl WebhookSecret {
         Self { key }
     }
 
+    /// A secret of these bytes (as the store keeps it).
+    pub fn from_bytes(key: Vec<u8>) -> Self {
+        Self { key }
+    }
+
     /// Reads a secret's text form (`whsec_` and base64).
     pub fn parse(text: &str) -> Result<Self, SecretError> {
         let encoded = text.strip_prefix(SECRET_PREFIX).ok_or(SecretError::Prefix)?;

@@ -1,0 +1,215 @@
+//! The worker against the real queue (SQLite and PostgreSQL) and a real receiver: every event
+//! arrives, signed, across a worker killed mid-run; a receiver that keeps failing has its events
+//! dead-lettered, and one that answers 410 is disabled.
+
+// Test code: a failed step must panic the test.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use secrecy::ExposeSecret as _;
+use sha2::Sha256;
+use tokio_util::sync::CancellationToken;
+use tributary_delivery::address::{AddressPolicy, IpRange};
+use tributary_delivery::schedule::RetrySchedule;
+use tributary_delivery::sender::{Sender, SenderLimits};
+use tributary_delivery::worker::{Worker, WorkerConfig, now_ms};
+use tributary_store::{Actor, DeliveryState, MasterKey, NewDelivery, NewWebhookEndpoint, Store};
+
+/// A store on a fresh SQLite file, and one on a fresh PostgreSQL database.
+async fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
+    let key = MasterKey::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Store::open(&format!("sqlite://{}", dir.path().join("q.db").display()), &key).await.unwrap();
+    let server = std::env::var("TRIBUTARY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let base = server.rsplit_once('/').map_or(server.as_str(), |(base, _)| base);
+    let url = format!("{base}/trbtest_{}", uuid::Uuid::new_v4().simple());
+    tributary_store::create_database(&url).await.expect("PostgreSQL answers (scripts/test starts it)");
+    let postgres = Store::open(&url, &key).await.unwrap();
+    vec![(sqlite, Some(dir)), (postgres, None)]
+}
+
+/// What the receiver got: per event id, how many signed requests.
+#[derive(Default)]
+struct Received {
+    by_event: Mutex<HashMap<String, usize>>,
+    unsigned: Mutex<usize>,
+    calls: Mutex<usize>,
+}
+
+fn verified(secret: &[u8], headers: &HeaderMap, body: &[u8]) -> bool {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let signed =
+        [get("webhook-id").as_bytes(), b".", get("webhook-timestamp").as_bytes(), b".", body].concat();
+    get("webhook-signature").split(' ').filter_map(|s| s.strip_prefix("v1,")).any(|sig| {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap();
+        mac.update(&signed);
+        base64::engine::general_purpose::STANDARD.decode(sig).is_ok_and(|sig| mac.verify_slice(&sig).is_ok())
+    })
+}
+
+/// A receiver that fails every third call with 503 and answers `status` otherwise; it learns
+/// the endpoint's secret once the endpoint (which needs its address) exists.
+async fn receiver(secret: Arc<Mutex<Vec<u8>>>, received: Arc<Received>, status: StatusCode) -> SocketAddr {
+    let app = Router::new().route(
+        "/hook",
+        post(move |headers: HeaderMap, body: axum::body::Bytes| async move {
+            let call = {
+                let mut calls = received.calls.lock().unwrap();
+                *calls += 1;
+                *calls
+            };
+            if call % 3 == 0 {
+                return StatusCode::SERVICE_UNAVAILABLE;
+            }
+            let secret = secret.lock().unwrap().clone();
+            if !verified(&secret, &headers, &body) || headers.get("x-team").is_none() {
+                *received.unsigned.lock().unwrap() += 1;
+                return StatusCode::UNAUTHORIZED;
+            }
+            let id = headers["webhook-id"].to_str().unwrap().to_owned();
+            *received.by_event.lock().unwrap().entry(id).or_default() += 1;
+            status
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+fn worker(store: &Store, owner: &str, lease: Duration, retries: usize) -> Worker {
+    let policy = AddressPolicy::new().with_http(true).allow(IpRange::parse("127.0.0.0/8").unwrap());
+    let sender = Sender::new(policy, SenderLimits::default()).unwrap();
+    let config = WorkerConfig {
+        owner: owner.into(),
+        lease,
+        batch: 16,
+        per_target: 8,
+        poll_interval: Duration::from_millis(20),
+        schedule: RetrySchedule::new(vec![Duration::from_millis(30); retries]),
+    };
+    Worker::new(store.clone(), sender, config)
+}
+
+/// Sets up a tenant, an app and an endpoint at `url`; returns their ids and the secret.
+async fn endpoint(store: &Store, url: &str) -> (String, String, String, Vec<u8>) {
+    let tenant = store.create_tenant("Acme").await.unwrap();
+    let app = store.create_app(&tenant.id, "prod").await.unwrap();
+    let new = NewWebhookEndpoint {
+        url: url.into(),
+        description: String::new(),
+        headers: r#"{"x-team":"orders"}"#.into(),
+    };
+    let (endpoint, secret) =
+        store.create_webhook_endpoint(&Actor::system(), &tenant.id, &app.id, &new).await.unwrap();
+    (tenant.id, app.id, endpoint.id, secret.expose_secret().to_vec())
+}
+
+async fn enqueue(store: &Store, tenant: &str, app: &str, target: &str, events: usize) {
+    for n in 0..events {
+        let event = NewDelivery {
+            tenant_id: tenant.into(),
+            app_id: app.into(),
+            target_id: target.into(),
+            event_id: format!("evt_{n:04}"),
+            payload: format!(r#"{{"type":"message","n":{n}}}"#).into_bytes(),
+        };
+        assert!(store.enqueue_delivery(&event, now_ms()).await.unwrap());
+    }
+}
+
+/// Waits until `check` holds, for at most `seconds`.
+async fn eventually(seconds: u64, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_arrives_signed_across_a_worker_killed_mid_run() {
+    for (store, _dir) in stores().await {
+        let (received, secret) = (Arc::new(Received::default()), Arc::new(Mutex::new(Vec::new())));
+        let addr = receiver(secret.clone(), received.clone(), StatusCode::NO_CONTENT).await;
+        let (tenant, app, target, key) = endpoint(&store, &format!("http://{addr}/hook")).await;
+        *secret.lock().unwrap() = key;
+        const EVENTS: usize = 200;
+        enqueue(&store, &tenant, &app, &target, EVENTS).await;
+
+        // Worker A runs with a short lease and is killed (its task dropped mid-attempt) once a
+        // quarter of the events have arrived; worker B finishes.
+        let a = worker(&store, "worker-a", Duration::from_millis(500), 20);
+        let a = tokio::spawn(async move { a.run(CancellationToken::new()).await });
+        eventually(30, "a quarter delivered", async || received.by_event.lock().unwrap().len() >= EVENTS / 4)
+            .await;
+        a.abort();
+        let stop = CancellationToken::new();
+        let b = worker(&store, "worker-b", Duration::from_secs(30), 20);
+        let b_stop = stop.clone();
+        let b = tokio::spawn(async move { b.run(b_stop).await });
+        eventually(60, "every event delivered", async || {
+            let n = received.by_event.lock().unwrap().len();
+            n == EVENTS
+        })
+        .await;
+        stop.cancel();
+        b.await.unwrap();
+
+        let by_event = received.by_event.lock().unwrap().clone();
+        let delivered = by_event.len();
+        let duplicated: usize = by_event.values().map(|n| n - 1).sum();
+        let lost = EVENTS - delivered;
+        println!("published {EVENTS} / delivered {delivered} / lost {lost} / duplicated {duplicated}");
+        assert_eq!(lost, 0);
+        assert_eq!(*received.unsigned.lock().unwrap(), 0, "every request verified");
+        let dead = store.dead_deliveries(&tenant, &target, 10).await.unwrap();
+        assert!(dead.is_empty(), "nothing dead-lettered: {dead:?}");
+        let log = store.delivery_log(&tenant, &target, 1000).await.unwrap();
+        assert!(
+            log.iter().any(|a| a.record.outcome == "retry" && a.record.status == Some(503)),
+            "503s were retried"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_endpoints_events_are_dead_lettered_and_one_that_is_gone_is_disabled() {
+    for (store, _dir) in stores().await {
+        // A receiver that answers 410 to every signed request.
+        let (received, secret) = (Arc::new(Received::default()), Arc::new(Mutex::new(Vec::new())));
+        let addr = receiver(secret.clone(), received.clone(), StatusCode::GONE).await;
+        let (tenant, app, target, key) = endpoint(&store, &format!("http://{addr}/hook")).await;
+        *secret.lock().unwrap() = key;
+        enqueue(&store, &tenant, &app, &target, 3).await;
+        let w = worker(&store, "w", Duration::from_secs(30), 1);
+        eventually(30, "the endpoint is disabled", async || {
+            w.run_once().await.unwrap();
+            !store.webhook_endpoint(&tenant, &target).await.unwrap().enabled
+        })
+        .await;
+        let endpoint = store.webhook_endpoint(&tenant, &target).await.unwrap();
+        assert_eq!(endpoint.disabled_reason.as_deref(), Some("the endpoint answered 410 Gone"));
+        eventually(30, "every event dead-lettered", async || {
+            w.run_once().await.unwrap();
+            store.dead_deliveries(&tenant, &target, 10).await.unwrap().len() == 3
+        })
+        .await;
+        // Replayed after the endpoint is enabled again, they go out again with their ids.
+        store.set_webhook_enabled(&Actor::system(), &tenant, &target, None).await.unwrap();
+        for job in store.dead_deliveries(&tenant, &target, 10).await.unwrap() {
+            store.replay_delivery(&tenant, &job.id, now_ms()).await.unwrap();
+            assert_eq!(store.delivery(&tenant, &job.id).await.unwrap().state, DeliveryState::Pending);
+        }
+    }
+}

@@ -115,7 +115,9 @@ impl Worker {
             Ok(endpoint) => endpoint,
             // Deleted: nothing can be sent, but the event is kept (replayable), not dropped.
             Err(StoreError::NotFound(_)) => {
-                return self.finish(&job, started, None, "endpoint deleted", "dead", AfterAttempt::Dead).await;
+                return self
+                    .finish(&job, started, None, "endpoint deleted", "dead", AfterAttempt::Dead)
+                    .await;
             }
             Err(other) => return Err(other),
         };

@@ -17,7 +17,7 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../default-config.toml");
 
 /// The top-level keys that `TRIBUTARY_*` variables may set.
 const CONFIG_SECTIONS: &[&str] =
-    &["listen", "data_dir", "master_key", "storage", "engine", "relay", "control"];
+    &["listen", "data_dir", "master_key", "storage", "engine", "relay", "control", "delivery"];
 
 /// `TRIBUTARY_*` variables that belong to the CLI or logging, not to the configuration.
 const CLI_VARIABLES: &[&str] = &["config", "log", "log_format", "api_key", "url", "token", "admin_token"];
@@ -44,6 +44,112 @@ pub struct TributaryConfig {
     pub relay: RelayConfig,
     /// Control plane settings (console accounts).
     pub control: ControlConfig,
+    /// Delivery worker settings (webhooks).
+    pub delivery: DeliveryConfig,
+}
+
+/// The delivery worker: how it claims, sends and retries webhook deliveries, and which endpoint
+/// addresses it may reach.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Whether `tributary serve` runs a delivery worker too.
+    pub worker: bool,
+    /// Whether endpoint URLs may be plain `http` (only `https` otherwise).
+    pub allow_http: bool,
+    /// Private address ranges endpoints may reach (`10.0.0.0/8`, `fd00::/8`): self-hosted
+    /// receivers. Loopback, private, link-local and metadata addresses are refused otherwise.
+    pub allowed_private_ranges: Vec<String>,
+    /// Delays between attempts, e.g. `5s,5m,30m,2h,5h,10h,10h,10h`; after the last the event is
+    /// dead-lettered.
+    pub retry_schedule: String,
+    /// How long a claimed delivery is one worker's alone, in seconds.
+    pub lease_secs: u64,
+    /// Most deliveries a worker sends at once.
+    pub batch: u32,
+    /// Most deliveries of one endpoint in flight at once, over every worker.
+    pub per_endpoint_concurrency: u32,
+    /// How long an idle worker waits before looking for due deliveries again, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// Longest wait for an endpoint's connection, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Longest wait for a whole attempt, in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            worker: true,
+            allow_http: false,
+            allowed_private_ranges: Vec::new(),
+            retry_schedule: "5s,5m,30m,2h,5h,10h,10h,10h".into(),
+            lease_secs: 60,
+            batch: 64,
+            per_endpoint_concurrency: 4,
+            poll_interval_ms: 200,
+            connect_timeout_ms: 5_000,
+            request_timeout_ms: 15_000,
+        }
+    }
+}
+
+impl DeliveryConfig {
+    /// Returns the problems of these settings.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for range in &self.allowed_private_ranges {
+            if let Err(problem) = tributary_delivery::address::IpRange::parse(range) {
+                problems.push(format!("delivery.allowed_private_ranges: {problem}"));
+            }
+        }
+        if let Err(problem) = tributary_delivery::schedule::RetrySchedule::parse(&self.retry_schedule) {
+            problems.push(format!("delivery.retry_schedule: {problem}"));
+        }
+        for (key, value) in [
+            ("lease_secs", self.lease_secs),
+            ("batch", u64::from(self.batch)),
+            ("per_endpoint_concurrency", u64::from(self.per_endpoint_concurrency)),
+            ("poll_interval_ms", self.poll_interval_ms),
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+        ] {
+            if value == 0 {
+                problems.push(format!("delivery.{key} must be greater than 0"));
+            }
+        }
+        problems
+    }
+
+    /// Builds a worker on `store` (settings already checked by [`DeliveryConfig::problems`]).
+    pub fn worker(
+        &self,
+        store: tributary_store::Store,
+        owner: String,
+    ) -> Result<tributary_delivery::worker::Worker, tributary_delivery::sender::SendError> {
+        use std::time::Duration;
+        use tributary_delivery::address::{AddressPolicy, IpRange};
+        let mut policy = AddressPolicy::new().with_http(self.allow_http);
+        for range in self.allowed_private_ranges.iter().filter_map(|r| IpRange::parse(r).ok()) {
+            policy = policy.allow(range);
+        }
+        let limits = tributary_delivery::sender::SenderLimits {
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            ..Default::default()
+        };
+        let sender = tributary_delivery::sender::Sender::new(policy, limits)?;
+        let config = tributary_delivery::worker::WorkerConfig {
+            owner,
+            lease: Duration::from_secs(self.lease_secs),
+            batch: i64::from(self.batch),
+            per_target: i64::from(self.per_endpoint_concurrency),
+            poll_interval: Duration::from_millis(self.poll_interval_ms),
+            schedule: tributary_delivery::schedule::RetrySchedule::parse(&self.retry_schedule)
+                .unwrap_or_default(),
+        };
+        Ok(tributary_delivery::worker::Worker::new(store, sender, config))
+    }
 }
 
 /// Control plane settings: the console's accounts.
@@ -93,6 +199,7 @@ impl Default for TributaryConfig {
             engine: EngineConfig::default(),
             relay: RelayConfig::default(),
             control: ControlConfig::default(),
+            delivery: DeliveryConfig::default(),
         }
     }
 }
@@ -203,6 +310,7 @@ impl TributaryConfig {
     /// Returns every problem with this configuration.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = self.relay.problems();
+        problems.extend(self.delivery.problems());
         if self.control.session_ttl_secs == 0 {
             problems.push("control.session_ttl_secs must be greater than 0".into());
         }

@@ -40,6 +40,9 @@ pub enum ServeError {
     /// The engine's backend (Redis) could not be reached.
     #[error("engine: {0}")]
     Engine(#[source] tributary_engine::EngineError),
+    /// The delivery worker could not be built.
+    #[error("delivery worker: {0}")]
+    Delivery(#[from] tributary_delivery::sender::SendError),
     /// The MQTT TLS certificate or key cannot be used.
     #[error("relay.mqtt TLS: {0}")]
     MqttTls(#[source] tributary_relay::mqtt::tls::TlsError),
@@ -68,6 +71,8 @@ pub struct Bound {
     control_plane: Arc<ControlPlane>,
     credentials: Credentials,
     store: Store,
+    /// The delivery worker, when `delivery.worker` is on.
+    worker: Option<tributary_delivery::worker::Worker>,
 }
 
 impl Bound {
@@ -109,7 +114,12 @@ impl Bound {
     /// Serves until `shutdown` completes; then closes every connection with "server shutting
     /// down" and waits (briefly) for requests in flight.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-        let Bound { listener, relay, control_plane, store, mqtt, mqtt_ws, mqtt_tls, .. } = self;
+        let Bound { listener, relay, control_plane, store, mqtt, mqtt_ws, mqtt_tls, worker, .. } = self;
+        let stop_worker = tokio_util::sync::CancellationToken::new();
+        let delivering = worker.map(|worker| {
+            let stop = stop_worker.clone();
+            tokio::spawn(async move { worker.run(stop).await })
+        });
         if let Some((listener, acceptor)) = mqtt_tls {
             tokio::spawn(tributary_relay::mqtt::tls::serve(listener, acceptor, relay.state().clone()));
         }
@@ -141,6 +151,11 @@ impl Bound {
         crate::http::serve(listener, router, crate::http::Handshakes::of(&relay.state().config), signal)
             .await;
         housekeeping.abort();
+        stop_worker.cancel();
+        if let Some(delivering) = delivering {
+            // An attempt in flight finishes (or its lease runs out and another worker redoes it).
+            let _ = tokio::time::timeout(crate::http::DRAIN_TIMEOUT, delivering).await;
+        }
         // Connections were told to close; give their tasks time to leave presence and say
         // goodbye before the process ends.
         let tasks = &relay.state().tasks;
@@ -240,7 +255,12 @@ pub async fn bind_wrapped(
         Relay::new(config.relay.clone(), engine.clone(), Arc::new(StoreDirectory::new(store.clone())));
     let node = Arc::new(LocalRelay(relay.state().clone()));
     let control_plane = ControlPlane::on_node(store.clone(), engine, config.control.settings(), node);
-    Ok(Bound { listener, addr, mqtt, mqtt_ws, mqtt_tls, relay, control_plane, credentials, store })
+    let worker = if config.delivery.worker {
+        Some(config.delivery.worker(store.clone(), format!("serve-{}", uuid::Uuid::new_v4().simple()))?)
+    } else {
+        None
+    };
+    Ok(Bound { listener, addr, mqtt, mqtt_ws, mqtt_tls, relay, control_plane, credentials, store, worker })
 }
 
 /// The relay of this process, as the management API applies its changes to it.

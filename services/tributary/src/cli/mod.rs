@@ -58,8 +58,15 @@ enum Command {
     Relay,
     /// Runs only the control-plane role (not built yet: use `serve`).
     ControlPlane,
-    /// Runs only the delivery worker role (not built yet).
-    Worker,
+    /// Runs only the delivery worker role: sends webhook deliveries from the store's queue
+    /// (several workers share it; a killed one's deliveries are taken over after its lease).
+    Worker {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Sets any configuration key, as `serve --set` does. Repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
     /// Runs the Kubernetes operator (not built yet).
     Operator,
     /// Runs the store's pending database migrations (the server also runs them when it starts).
@@ -109,9 +116,12 @@ pub async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitC
             let flags = serve::Flags { listen, redis_url, mqtt_listen, set };
             serve::serve(config, flags, env).await
         }
-        Command::Relay | Command::ControlPlane | Command::Worker | Command::Operator => {
+        Command::Worker { config, set } => {
+            serve::worker(config, serve::Flags { set, ..Default::default() }, env).await
+        }
+        Command::Relay | Command::ControlPlane | Command::Operator => {
             eprintln!(
-                "this role cannot run on its own yet; `tributary serve` runs the relay and control plane together"
+                "this role cannot run on its own yet; `tributary serve` runs the relay, control plane and delivery worker together"
             );
             Ok(ExitCode::from(EXIT_USAGE))
         }

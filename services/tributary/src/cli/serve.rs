@@ -103,6 +103,40 @@ pub async fn serve(args: ConfigArgs, flags: Flags, env: HashMap<String, String>)
     Ok(ExitCode::SUCCESS)
 }
 
+fn store_backend(config: &TributaryConfig) -> tributary_store::Backend {
+    if config.storage.database_url.is_empty() {
+        tributary_store::Backend::Sqlite
+    } else {
+        tributary_store::Backend::of(&config.storage.database_url).unwrap_or(tributary_store::Backend::Sqlite)
+    }
+}
+
+/// Runs a delivery worker alone until Ctrl-C or SIGTERM.
+pub async fn worker(
+    args: ConfigArgs,
+    flags: Flags,
+    env: HashMap<String, String>,
+) -> anyhow::Result<ExitCode> {
+    let config = match load(&args, &flags, &env) {
+        Ok(config) => config,
+        Err(code) => return Ok(code),
+    };
+    let master_key = bootstrap::master_key(config.master_key.as_ref())
+        .ok_or_else(|| anyhow::anyhow!("master_key is not set"))??;
+    let store = config.open_store(&master_key).await?;
+    let owner = format!("worker-{}", uuid::Uuid::new_v4().simple());
+    let worker = config.delivery.worker(store, owner.clone())?;
+    eprintln!("delivery worker {owner} on {:?}", store_backend(&config));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopping = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stopping.cancel();
+    });
+    worker.run(stop).await;
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;

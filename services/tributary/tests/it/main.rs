@@ -10,6 +10,7 @@ mod checked_history;
 mod cluster;
 mod conformance;
 mod console_accounts;
+mod delivery;
 mod disconnect;
 mod docs;
 mod graphql;

@@ -22,30 +22,30 @@
 
 pub mod connection;
 mod publish;
+mod routes;
 mod scripts;
 mod wire;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use redis::{PushInfo, PushKind, Value};
+use redis::Value;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::time::Instant;
 use tributary_engine::{
-    Audience, ChannelKey, Engine, EngineError, EngineSink, HistoryPage, HistoryQuery, NewMessage, Occupancy,
+    ChannelKey, Engine, EngineError, EngineSink, HistoryPage, HistoryQuery, NewMessage, Occupancy,
     PresenceOptions, PublishOptions, PublishOutcome, StreamOptions,
 };
 use tributary_protocol::frame::{Direction, MemberInfo};
 use tributary_protocol::{ChannelName, Publication};
 
 use connection::{Conn, Target};
+use routes::{Feed, Route, Routes, lock_read, lock_write};
 use scripts::Scripts;
-use wire::Received;
 
 /// Settings of the Redis engine.
 #[derive(Clone)]
@@ -121,143 +121,6 @@ struct Inner {
     pubsub: tokio::sync::Mutex<Conn>,
     scripts: Scripts,
     routes: Arc<Routes>,
-}
-
-/// A channel the node is subscribed to in Redis.
-struct Route {
-    key: ChannelKey,
-    /// How many local subscribe calls hold it.
-    holders: usize,
-    /// When its upkeep is due next (see [`upkeep`]), in milliseconds of [`Routes::clock`].
-    upkeep_due: AtomicU64,
-}
-
-/// An app whose feed the node is subscribed to.
-struct Feed {
-    app: Arc<str>,
-    /// How many local subscribe calls hold it.
-    holders: usize,
-}
-
-/// What the pub/sub connection's messages are routed by.
-struct Routes {
-    sink: OnceLock<Weak<dyn EngineSink>>,
-    /// Redis channel → the channel it carries.
-    channels: RwLock<HashMap<String, Route>>,
-    /// Redis channel → the app whose feed it is.
-    feeds: RwLock<HashMap<String, Feed>>,
-    /// Whether apps have feeds (not on a Redis Cluster): if not, a channel's publications are
-    /// for the node's wildcard subscribers too.
-    feeds_enabled: bool,
-    /// The start of the node's upkeep clock.
-    clock: Instant,
-    control: OnceLock<String>,
-    /// Signalled when the pub/sub connection dropped, so it is re-established (with its
-    /// subscriptions) at once rather than at the next subscription change, or when Redis
-    /// dropped some subscriptions (see `moved`).
-    lost: tokio::sync::Notify,
-    /// Channels whose shard subscription Redis Cluster dropped (their slot moved), to be made
-    /// again.
-    moved: std::sync::Mutex<Vec<String>>,
-    /// Whether the pub/sub connection is up (deliveries reach this node).
-    delivering: AtomicBool,
-}
-
-impl Routes {
-    fn new(feeds_enabled: bool) -> Self {
-        Self {
-            sink: OnceLock::new(),
-            channels: RwLock::new(HashMap::new()),
-            feeds: RwLock::new(HashMap::new()),
-            feeds_enabled,
-            clock: Instant::now(),
-            control: OnceLock::new(),
-            lost: tokio::sync::Notify::new(),
-            moved: std::sync::Mutex::new(Vec::new()),
-            delivering: AtomicBool::new(false),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.clock.elapsed().as_millis() as u64
-    }
-}
-
-fn lock_read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn lock_write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Routes {
-    /// Called by the connection for every push (pub/sub message); must not block.
-    fn on_push(&self, push: PushInfo) {
-        if push.kind == PushKind::Disconnection {
-            // Whatever was published while the connection was down never reaches this node;
-            // its subscribers must recover from history.
-            // Subscribers are told to recover once the node is subscribed again (see
-            // `keep_pubsub`): told earlier, they could read history before delivery resumed.
-            tracing::warn!("Redis pub/sub connection lost; reconnecting");
-            self.delivering.store(false, Ordering::Release);
-            self.lost.notify_one();
-            return;
-        }
-        if push.kind == PushKind::SUnsubscribe {
-            // Redis Cluster drops a node's shard subscriptions when their slot moves to another
-            // node; one the engine still holds must be made again, and its subscribers recover.
-            let Some(Value::BulkString(channel)) = push.data.first() else { return };
-            let channel = String::from_utf8_lossy(channel).into_owned();
-            let held = lock_read(&self.channels).contains_key(&channel)
-                || lock_read(&self.feeds).contains_key(&channel)
-                || self.control.get().is_some_and(|c| *c == channel);
-            if held {
-                tracing::warn!("Redis dropped a shard subscription (slot moved); subscribing again");
-                self.moved.lock().unwrap_or_else(|p| p.into_inner()).push(channel);
-                self.lost.notify_one();
-            }
-            return;
-        }
-        if push.kind != PushKind::SMessage {
-            return;
-        }
-        let [Value::BulkString(channel), Value::BulkString(message)] = &push.data[..] else { return };
-        let Some(sink) = self.sink.get().and_then(Weak::upgrade) else { return };
-        let channel = String::from_utf8_lossy(channel);
-        if self.control.get().is_some_and(|c| *c == channel) {
-            sink.on_control(&Bytes::copy_from_slice(message));
-            return;
-        }
-        let routed = lock_read(&self.channels).get(channel.as_ref()).map(|route| {
-            if message.first() == Some(&b'j') {
-                // A member joined: its expiry must be watched (the next upkeep learns it).
-                route.upkeep_due.store(0, Ordering::Relaxed);
-            }
-            route.key.clone()
-        });
-        // Not under the routes' lock: delivery runs the whole hub.
-        let Some(key) = routed else { return self.on_feed(&sink, &channel, message) };
-        let audience = if self.feeds_enabled { Audience::Channel } else { Audience::All };
-        match wire::decode_message(message) {
-            Ok(Received::Publication(publication)) => sink.on_publication(&key, &publication, audience),
-            Ok(Received::Presence(event)) => sink.on_presence(&key, &event),
-            Ok(Received::AppPublication(..)) => tracing::warn!("dropped a feed message on a channel"),
-            Err(err) => tracing::warn!(error = %err, "dropped an unreadable message"),
-        }
-    }
-
-    /// Routes a message of an app's feed to the node's wildcard subscribers.
-    fn on_feed(&self, sink: &Arc<dyn EngineSink>, feed: &str, message: &[u8]) {
-        let Some(app) = lock_read(&self.feeds).get(feed).map(|feed| feed.app.clone()) else { return };
-        match wire::decode_message(message) {
-            Ok(Received::AppPublication(channel, publication)) => {
-                sink.on_publication(&ChannelKey { app, channel }, &publication, Audience::Patterns)
-            }
-            Ok(_) => tracing::warn!("dropped a channel message on an app feed"),
-            Err(err) => tracing::warn!(error = %err, "dropped an unreadable message"),
-        }
-    }
 }
 
 /// Reads a stored retained entry (`<offset>|<epoch>|<publication>`, see the RETAIN script):

@@ -64,6 +64,9 @@ pub struct ControlSettings {
     /// Whether session cookies carry `Secure` (sent over HTTPS only); turn off only for local
     /// development over plain HTTP.
     pub secure_cookies: bool,
+    /// Which webhook endpoint URLs may be registered (the `[delivery]` section's address rules;
+    /// the worker checks the addresses again when it connects).
+    pub webhook_policy: tributary_delivery::address::AddressPolicy,
 }
 
 impl Default for ControlSettings {
@@ -73,6 +76,7 @@ impl Default for ControlSettings {
             signup_plan: "free".to_owned(),
             session_ttl_secs: 7 * 24 * 3600,
             secure_cookies: true,
+            webhook_policy: tributary_delivery::address::AddressPolicy::new(),
         }
     }
 }

@@ -327,6 +327,11 @@ impl TestServer {
         tributary::directory::signing_key(record).expect("usable key")
     }
 
+    /// Returns the server's store, for setting up what the API does not make (yet).
+    pub fn store(&self) -> &tributary_store::Store {
+        &self.store
+    }
+
     /// Returns the relay's state: what the server decided (for example how many connections it
     /// closed with each code), whether or not a client could read it.
     pub fn relay(&self) -> &tributary_relay::state::RelayState {

@@ -121,6 +121,16 @@ impl DeliveryConfig {
         problems
     }
 
+    /// The rules endpoint URLs and addresses are checked against.
+    pub fn address_policy(&self) -> tributary_delivery::address::AddressPolicy {
+        use tributary_delivery::address::{AddressPolicy, IpRange};
+        let mut policy = AddressPolicy::new().with_http(self.allow_http);
+        for range in self.allowed_private_ranges.iter().filter_map(|r| IpRange::parse(r).ok()) {
+            policy = policy.allow(range);
+        }
+        policy
+    }
+
     /// Builds a worker on `store` (settings already checked by [`DeliveryConfig::problems`]).
     pub fn worker(
         &self,
@@ -128,11 +138,7 @@ impl DeliveryConfig {
         owner: String,
     ) -> Result<tributary_delivery::worker::Worker, tributary_delivery::sender::SendError> {
         use std::time::Duration;
-        use tributary_delivery::address::{AddressPolicy, IpRange};
-        let mut policy = AddressPolicy::new().with_http(self.allow_http);
-        for range in self.allowed_private_ranges.iter().filter_map(|r| IpRange::parse(r).ok()) {
-            policy = policy.allow(range);
-        }
+        let policy = self.address_policy();
         let limits = tributary_delivery::sender::SenderLimits {
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
@@ -185,6 +191,7 @@ impl ControlConfig {
             signup_plan: self.signup_plan.clone(),
             session_ttl_secs: i64::try_from(self.session_ttl_secs).unwrap_or(i64::MAX),
             secure_cookies: self.secure_cookies,
+            webhook_policy: tributary_delivery::address::AddressPolicy::new(),
         }
     }
 }

@@ -254,7 +254,9 @@ pub async fn bind_wrapped(
     let relay =
         Relay::new(config.relay.clone(), engine.clone(), Arc::new(StoreDirectory::new(store.clone())));
     let node = Arc::new(LocalRelay(relay.state().clone()));
-    let control_plane = ControlPlane::on_node(store.clone(), engine, config.control.settings(), node);
+    let mut settings = config.control.settings();
+    settings.webhook_policy = config.delivery.address_policy();
+    let control_plane = ControlPlane::on_node(store.clone(), engine, settings, node);
     let worker = if config.delivery.worker {
         Some(config.delivery.worker(store.clone(), format!("serve-{}", uuid::Uuid::new_v4().simple()))?)
     } else {

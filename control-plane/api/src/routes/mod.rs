@@ -11,6 +11,7 @@ pub(crate) mod revocations;
 pub(crate) mod tenants;
 pub(crate) mod tokens;
 pub(crate) mod usage;
+pub(crate) mod webhooks;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -74,6 +75,16 @@ fn table() -> Vec<(Method, String, MethodRouter<Arc<ControlPlane>>)> {
         (Method::GET, a("/namespaces"), get(namespaces::list)),
         (Method::POST, a("/namespaces/{name}"), post(namespaces::set)),
         (Method::DELETE, a("/namespaces/{name}"), delete(namespaces::delete)),
+        (Method::POST, a("/webhooks"), post(webhooks::create)),
+        (Method::GET, a("/webhooks"), get(webhooks::list)),
+        (Method::GET, a("/webhooks/{webhook}"), get(webhooks::get)),
+        (Method::DELETE, a("/webhooks/{webhook}"), delete(webhooks::delete)),
+        (Method::POST, a("/webhooks/{webhook}/enable"), post(webhooks::enable)),
+        (Method::POST, a("/webhooks/{webhook}/disable"), post(webhooks::disable)),
+        (Method::POST, a("/webhooks/{webhook}/rotate-secret"), post(webhooks::rotate_secret)),
+        (Method::GET, a("/webhooks/{webhook}/deliveries"), get(webhooks::deliveries)),
+        (Method::GET, a("/webhooks/{webhook}/dead-letters"), get(webhooks::dead_letters)),
+        (Method::POST, a("/webhooks/{webhook}/dead-letters/{delivery}/replay"), post(webhooks::replay)),
         (Method::POST, t("/management-tokens"), post(tokens::create)),
         (Method::GET, t("/management-tokens"), get(tokens::list)),
         (Method::POST, t("/management-tokens/{token}/revoke"), post(tokens::revoke)),

@@ -34,4 +34,5 @@ mod sse_poll;
 mod storage;
 mod tokens;
 mod usage;
+mod webhooks;
 mod websocket;

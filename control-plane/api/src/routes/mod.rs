@@ -82,6 +82,7 @@ fn table() -> Vec<(Method, String, MethodRouter<Arc<ControlPlane>>)> {
         (Method::POST, a("/webhooks/{webhook}/enable"), post(webhooks::enable)),
         (Method::POST, a("/webhooks/{webhook}/disable"), post(webhooks::disable)),
         (Method::POST, a("/webhooks/{webhook}/rotate-secret"), post(webhooks::rotate_secret)),
+        (Method::POST, a("/webhooks/{webhook}/test"), post(webhooks::test)),
         (Method::GET, a("/webhooks/{webhook}/deliveries"), get(webhooks::deliveries)),
         (Method::GET, a("/webhooks/{webhook}/dead-letters"), get(webhooks::dead_letters)),
         (Method::POST, a("/webhooks/{webhook}/dead-letters/{delivery}/replay"), post(webhooks::replay)),

@@ -338,3 +338,28 @@ pub(crate) async fn replay(
     plane.store.replay_delivery(&tenant, &delivery, now_ms).await?;
     Ok(Json(delivery_view(plane.store.delivery(&tenant, &delivery).await?)))
 }
+
+/// `POST …/webhooks/{webhook}/test` (developer): queues a `webhook.test` event for the endpoint
+/// (sent, signed and retried like any other); 202 with its event id.
+pub(crate) async fn test(
+    State(plane): State<Arc<ControlPlane>>,
+    Path((tenant, app, webhook)): Path<(String, String, String)>,
+    caller: Caller,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.tenant(&tenant, Role::Developer)?;
+    endpoint_of(&plane, &tenant, &app, &webhook).await?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let event_id = format!("evt_test_{}", uuid::Uuid::now_v7().simple());
+    let payload = json!({"type": "webhook.test", "webhook_id": webhook, "app_id": app, "at": now_ms / 1000});
+    let delivery = tributary_store::NewDelivery {
+        tenant_id: tenant,
+        app_id: app,
+        target_id: webhook,
+        event_id: event_id.clone(),
+        payload: payload.to_string().into_bytes(),
+    };
+    plane.store.enqueue_delivery(&delivery, now_ms).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"event_id": event_id}))))
+}

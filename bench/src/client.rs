@@ -22,6 +22,8 @@ pub async fn mint(target: &Target, client_id: &str, pattern: &str) -> anyhow::Re
         "ttl_secs": 3600,
         "capabilities": [{"channel": pattern, "allow": ["subscribe", "publish", "history"]}],
     });
+    // reqwest has TLS without a crypto provider of its own (see DEPENDENCIES.md).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let reply: Value = reqwest::Client::new()
         .post(format!("{}/v1/tokens", target.first_node()))
         .bearer_auth(&target.api_key)

@@ -17,6 +17,13 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+
+/// Installs rustls's ring crypto provider for the process (a no-op when one is set). reqwest is
+/// built without a provider of its own (no aws-lc), so a process installs this before it makes
+/// its first HTTP client.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
 pub mod schedule;
 pub mod sender;
 pub mod signature;

@@ -105,6 +105,7 @@ impl Sender {
     /// Builds a sender that reaches only what `policy` allows.
     pub fn new(policy: AddressPolicy, limits: SenderLimits) -> Result<Self, SendError> {
         let policy = Arc::new(policy);
+        crate::install_tls_provider();
         let client = reqwest::Client::builder()
             .dns_resolver(Arc::new(CheckedResolver { policy: policy.clone() }))
             .redirect(reqwest::redirect::Policy::none())
@@ -193,9 +194,23 @@ fn address_refusal(err: &reqwest::Error) -> Option<AddressError> {
     None
 }
 
-/// A failed request in a few words, for the delivery log (no URL: it may hold a token).
+/// A failed request in a few words, for the delivery log: the kind, then the innermost cause
+/// (never the request error's own text, which names the URL, and a URL may hold a token).
 fn describe(err: &reqwest::Error) -> String {
-    let kind = if err.is_connect() {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    let mut innermost = None;
+    while let Some(current) = cause {
+        innermost = Some(current.to_string());
+        cause = current.source();
+    }
+    match innermost {
+        Some(reason) => format!("{}: {reason}", kind_of(err)),
+        None => kind_of(err).to_owned(),
+    }
+}
+
+fn kind_of(err: &reqwest::Error) -> &'static str {
+    if err.is_connect() {
         "could not connect"
     } else if err.is_request() {
         "the request failed"
@@ -203,6 +218,5 @@ fn describe(err: &reqwest::Error) -> String {
         "the response could not be read"
     } else {
         "the attempt failed"
-    };
-    kind.to_owned()
+    }
 }

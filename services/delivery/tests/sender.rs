@@ -129,6 +129,15 @@ async fn a_signed_delivery_verifies_at_the_receiver_and_misbehaving_receivers_ar
         let attempt = sender.post(&format!("http://{addr}{path}"), &[], Vec::new()).await.unwrap();
         assert_eq!((attempt.verdict, attempt.status), (verdict, status), "{path}");
     }
+    // https speaks TLS: to a plain-HTTP receiver the handshake fails, and the attempt is retried.
+    let attempt = sender.post(&format!("https://{addr}/ok"), &[], Vec::new()).await.unwrap();
+    assert_eq!((attempt.verdict, attempt.status), (Verdict::Retry { after: None }, None));
+    // (Without TLS in the client the cause would be "scheme is not http".)
+    assert!(
+        attempt.snippet.starts_with("could not connect: received corrupt message"),
+        "{}",
+        attempt.snippet
+    );
     // An endless body: a kilobyte is kept and the attempt ends.
     let attempt = sender.post(&format!("http://{addr}/endless"), &[], Vec::new()).await.unwrap();
     assert_eq!(attempt.verdict, Verdict::Delivered);

@@ -216,7 +216,10 @@ impl TestServer {
             mqtt_ws_addr,
             mqtt_tls_addr,
             credentials,
-            http: reqwest::Client::new(),
+            http: {
+                tributary_delivery::install_tls_provider();
+                reqwest::Client::new()
+            },
             store,
             relay,
             shutdown: Some(tx),

@@ -8,6 +8,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    tributary_delivery::install_tls_provider();
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     tributary::telemetry::init(&env);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

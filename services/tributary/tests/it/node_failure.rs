@@ -41,7 +41,7 @@ async fn start_node_with(dir: &std::path::Path, redis: &str, env: &[(&str, &str)
         .unwrap();
     let http = format!("http://127.0.0.1:{port}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while reqwest::get(format!("{http}/healthz")).await.is_err() {
+    while http_client().get(format!("{http}/healthz")).send().await.is_err() {
         assert!(tokio::time::Instant::now() < deadline, "node did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -59,7 +59,7 @@ fn api_key(dir: &std::path::Path) -> String {
 async fn mint(node: &Node, api_key: &str, client: &str, rights: &[&str]) -> String {
     let body =
         json!({"client_id": client, "ttl_secs": 600, "capabilities": [{"channel": "*", "allow": rights}]});
-    let reply: Value = reqwest::Client::new()
+    let reply: Value = http_client()
         .post(format!("{}/v1/tokens", node.http))
         .bearer_auth(api_key)
         .json(&body)
@@ -119,7 +119,7 @@ async fn a_killed_nodes_subscriber_recovers_on_another_node_with_nothing_lost_or
     let mut doomed = start_node(dir.path(), &redis.url()).await;
     let survivor = start_node(dir.path(), &redis.url()).await;
     let api_key = api_key(dir.path());
-    let http = reqwest::Client::new();
+    let http = http_client();
     let token = mint(&survivor, &api_key, "mover", &["subscribe"]).await;
     let checker = Arc::new(HistoryChecker::new());
 
@@ -192,7 +192,7 @@ async fn a_killed_nodes_members_leave_within_the_presence_timeout() {
     let mut doomed = start_node_with(dir.path(), &redis.url(), &timeout).await;
     let survivor = start_node_with(dir.path(), &redis.url(), &timeout).await;
     let api_key = api_key(dir.path());
-    let http = reqwest::Client::new();
+    let http = http_client();
     let token = |client| mint(&survivor, &api_key, client, &["subscribe", "presence"]);
     let (mut watcher, _) = WsClient::connect(&ws_url(&survivor), &token("watcher").await).await.unwrap();
     watcher.request(json!({"op": "subscribe", "channel": "chat:members"})).await.unwrap();
@@ -228,4 +228,10 @@ async fn a_killed_nodes_members_leave_within_the_presence_timeout() {
     );
     assert!(after < Duration::from_millis(1500 + 1500), "left within the timeout and a sweep: {after:?}");
     assert_eq!(occupancy["members"], 1, "only the watcher is left: {occupancy}");
+}
+
+/// An HTTP client (after the process's TLS provider is installed).
+fn http_client() -> reqwest::Client {
+    tributary_delivery::install_tls_provider();
+    reqwest::Client::new()
 }

@@ -443,24 +443,7 @@ impl Names {
     }
 }
 
-/// The Redis names a publish needs.
-struct StreamNames {
-    meta: String,
-    stream: String,
-    pubsub: String,
-}
-
 impl Inner {
-    fn stream_names(&self, key: &ChannelKey) -> StreamNames {
-        let tag = format!("{{{}:{}}}", key.app, key.channel.as_str());
-        let p = &self.config.prefix;
-        StreamNames {
-            meta: format!("{p}:m:{tag}"),
-            stream: format!("{p}:s:{tag}"),
-            pubsub: format!("{p}:c:{tag}"),
-        }
-    }
-
     fn names(&self, key: &ChannelKey) -> Names {
         let tag = format!("{{{}:{}}}", key.app, key.channel.as_str());
         let p = &self.config.prefix;

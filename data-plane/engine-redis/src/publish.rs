@@ -100,7 +100,7 @@ fn runs(batch: impl Iterator<Item = Pending>) -> Vec<Run> {
 /// Stores one run with one call of the publish script and answers each of its publishers.
 async fn store(inner: &Inner, mut conn: Conn, run: Run) {
     let first = &run.pending[0];
-    let names = inner.stream_names(&first.key);
+    let names = inner.names(&first.key);
     let mut call = redis::cmd("EVAL");
     call.arg(&*inner.scripts.publish).arg(2 + run.pending.len()).arg(&names.meta).arg(&names.stream);
     for pending in &run.pending {

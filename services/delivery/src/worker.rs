@@ -7,11 +7,12 @@
 //! finish is recorded only while the worker still holds the job, so a worker that was too slow
 //! does not overwrite what the one that took over recorded.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use secrecy::ExposeSecret as _;
 use tokio_util::sync::CancellationToken;
-use tributary_store::{AfterAttempt, AttemptRecord, DeliveryJob, Store, StoreError};
+use tributary_store::{AfterAttempt, AttemptRecord, DeliveryJob, Store, StoreError, WebhookEndpoint};
 
 use crate::schedule::{NextStep, RetrySchedule};
 use crate::sender::{SendError, Sender, Verdict};
@@ -52,6 +53,14 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// An endpoint as a batch's deliveries to it need it.
+enum Target {
+    /// Nothing can be sent to it (deleted or disabled): its deliveries are dead-lettered.
+    Unusable(&'static str),
+    /// It and the secrets it signs with (the current one first).
+    Ready { endpoint: WebhookEndpoint, signing: Vec<WebhookSecret> },
 }
 
 /// A delivery worker.
@@ -101,34 +110,55 @@ impl Worker {
             )
             .await?;
         let count = jobs.len();
-        let attempts = jobs.into_iter().map(|job| self.attempt(job));
+        // Each endpoint (and its secrets) is read once per batch, not once per delivery: a
+        // batch is mostly a few endpoints' backlogs.
+        let mut targets: HashMap<(String, String), Target> = HashMap::new();
+        for job in &jobs {
+            let key = (job.tenant_id.clone(), job.target_id.clone());
+            if let std::collections::hash_map::Entry::Vacant(slot) = targets.entry(key) {
+                let target = self.target(&slot.key().0, &slot.key().1, now).await?;
+                slot.insert(target);
+            }
+        }
+        let attempts = jobs.iter().map(|job| {
+            let target = targets.get(&(job.tenant_id.clone(), job.target_id.clone()));
+            self.attempt(job, target)
+        });
         for result in futures::future::join_all(attempts).await {
             result?;
         }
         Ok(count)
     }
 
-    /// Makes one attempt of a claimed job and records it.
-    async fn attempt(&self, job: DeliveryJob) -> Result<(), StoreError> {
-        let started = now_ms();
-        let endpoint = match self.store.webhook_endpoint(&job.tenant_id, &job.target_id).await {
+    /// Reads an endpoint and the secrets it signs with now.
+    async fn target(&self, tenant_id: &str, target_id: &str, now: i64) -> Result<Target, StoreError> {
+        let endpoint = match self.store.webhook_endpoint(tenant_id, target_id).await {
             Ok(endpoint) => endpoint,
-            // Deleted: nothing can be sent, but the event is kept (replayable), not dropped.
-            Err(StoreError::NotFound(_)) => {
-                return self
-                    .finish(&job, started, None, "endpoint deleted", "dead", AfterAttempt::Dead)
-                    .await;
-            }
+            // Deleted: nothing can be sent, but its events are kept (dead letters), not dropped.
+            Err(StoreError::NotFound(_)) => return Ok(Target::Unusable("endpoint deleted")),
             Err(other) => return Err(other),
         };
         if !endpoint.enabled {
-            return self.finish(&job, started, None, "endpoint disabled", "dead", AfterAttempt::Dead).await;
+            return Ok(Target::Unusable("endpoint disabled"));
         }
-        let secrets = self.store.webhook_signing_secrets(&job.tenant_id, &job.target_id, started).await?;
-        let current = WebhookSecret::from_bytes(secrets.current.expose_secret().to_vec());
-        let previous = secrets.previous.map(|p| WebhookSecret::from_bytes(p.expose_secret().to_vec()));
-        let mut signing = vec![&current];
-        signing.extend(previous.as_ref());
+        let secrets = self.store.webhook_signing_secrets(tenant_id, target_id, now).await?;
+        let mut signing = vec![WebhookSecret::from_bytes(secrets.current.expose_secret().to_vec())];
+        signing.extend(secrets.previous.map(|p| WebhookSecret::from_bytes(p.expose_secret().to_vec())));
+        Ok(Target::Ready { endpoint, signing })
+    }
+
+    /// Makes one attempt of a claimed job to its target and records it.
+    async fn attempt(&self, job: &DeliveryJob, target: Option<&Target>) -> Result<(), StoreError> {
+        let started = now_ms();
+        let (endpoint, signing) = match target {
+            Some(Target::Ready { endpoint, signing }) => (endpoint, signing),
+            Some(Target::Unusable(reason)) => {
+                return self.finish(job, started, None, reason, "dead", AfterAttempt::Dead).await;
+            }
+            // Every job's target was read above; a job without one stays leased and is retried.
+            None => return Ok(()),
+        };
+        let signing: Vec<&WebhookSecret> = signing.iter().collect();
         let timestamp = u64::try_from(started / 1000).unwrap_or(0);
         let signed = sign_request(&signing, &job.event_id, timestamp, &job.payload);
         let mut headers = custom_headers(&endpoint.headers);
@@ -165,7 +195,7 @@ impl Worker {
                 }
             }
         };
-        self.finish(&job, started, status, &snippet, outcome, after).await
+        self.finish(job, started, status, &snippet, outcome, after).await
     }
 
     async fn finish(

@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tributary_store::{DeliveryJob, LoggedAttempt, Role, WebhookEndpoint};
 
+use tributary_delivery::worker::now_ms;
+
 use super::{app_of, limit};
 use crate::ControlPlane;
 use crate::auth::Caller;
@@ -101,7 +103,7 @@ fn delivery_view(job: DeliveryJob) -> Value {
     json!({
         "id": job.id,
         "event_id": job.event_id,
-        "state": format!("{:?}", job.state).to_lowercase(),
+        "state": job.state.as_str(),
         "attempts": job.attempts,
         "payload": payload,
     })
@@ -269,9 +271,7 @@ pub(crate) async fn rotate_secret(
     if body.overlap_secs > MAX_OVERLAP_SECS {
         return Err(ApiError::invalid(format!("overlap_secs must be 0 to {MAX_OVERLAP_SECS}")));
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let now = now_ms() / 1000;
     let until = now.saturating_add(i64::try_from(body.overlap_secs).unwrap_or(0));
     let secret = plane
         .store
@@ -332,9 +332,7 @@ pub(crate) async fn replay(
     if job.target_id != webhook {
         return Err(tributary_store::StoreError::NotFound("dead delivery").into());
     }
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let now_ms = now_ms();
     plane.store.replay_delivery(&tenant, &delivery, now_ms).await?;
     Ok(Json(delivery_view(plane.store.delivery(&tenant, &delivery).await?)))
 }
@@ -348,9 +346,7 @@ pub(crate) async fn test(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.tenant(&tenant, Role::Developer)?;
     endpoint_of(&plane, &tenant, &app, &webhook).await?;
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let now_ms = now_ms();
     let event_id = format!("evt_test_{}", uuid::Uuid::now_v7().simple());
     let payload = json!({"type": "webhook.test", "webhook_id": webhook, "app_id": app, "at": now_ms / 1000});
     let delivery = tributary_store::NewDelivery {

@@ -62,6 +62,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "namespaces", include_str!("../../../migrations/sqlite/0005_namespaces.sql")),
     (6, "users", include_str!("../../../migrations/sqlite/0006_users.sql")),
     (7, "delivery_queue", include_str!("../../../migrations/sqlite/0007_delivery_queue.sql")),
+    (8, "rules_and_feeds", include_str!("../../../migrations/sqlite/0008_rules_and_feeds.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "tenants", include_str!("../../../migrations/postgres/0001_tenants.sql")),
@@ -75,6 +76,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "namespaces", include_str!("../../../migrations/postgres/0005_namespaces.sql")),
     (6, "users", include_str!("../../../migrations/postgres/0006_users.sql")),
     (7, "delivery_queue", include_str!("../../../migrations/postgres/0007_delivery_queue.sql")),
+    (8, "rules_and_feeds", include_str!("../../../migrations/postgres/0008_rules_and_feeds.sql")),
 ];
 
 /// How long a query waits for a connection before failing. Short, so that while the database

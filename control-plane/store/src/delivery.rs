@@ -37,6 +37,8 @@ pub struct NewDelivery {
     pub event_id: String,
     /// The request body.
     pub payload: Vec<u8>,
+    /// Headers of this delivery besides the target's own (a rule's), a JSON object of strings.
+    pub headers: String,
 }
 
 /// Where a job stands.
@@ -85,6 +87,8 @@ pub struct DeliveryJob {
     pub event_id: String,
     /// The request body.
     pub payload: Vec<u8>,
+    /// Headers of this delivery besides the target's own, a JSON object of strings.
+    pub headers: String,
     /// Where it stands.
     pub state: DeliveryState,
     /// Attempts in all.
@@ -138,7 +142,7 @@ pub const MAX_SNIPPET_BYTES: usize = 4096;
 /// The columns a [`DeliveryJob`] is read from, as a literal (queries are static strings).
 macro_rules! job_columns {
     () => {
-        "id, tenant_id, app_id, target_id, event_id, payload, state, attempts, tries, next_attempt_ms"
+        "id, tenant_id, app_id, target_id, event_id, payload, headers, state, attempts, tries, next_attempt_ms"
     };
 }
 
@@ -150,6 +154,7 @@ fn job(row: &DbRow) -> Result<DeliveryJob, StoreError> {
         target_id: row.try_get("target_id")?,
         event_id: row.try_get("event_id")?,
         payload: row.try_get("payload")?,
+        headers: row.try_get("headers")?,
         state: DeliveryState::parse(&row.try_get::<String, _>("state")?)?,
         attempts: row.try_get("attempts")?,
         tries: row.try_get("tries")?,
@@ -166,35 +171,47 @@ fn clipped(snippet: &str) -> &str {
     &snippet[..end]
 }
 
+/// Inserts a job unless its event is queued for its target already (or its app is not in its
+/// tenant); returns whether it did.
+pub(crate) async fn insert_delivery(
+    conn: &mut sqlx::AnyConnection,
+    delivery: &NewDelivery,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let result = sqlx::query(
+        "INSERT INTO delivery_jobs (id, tenant_id, app_id, target_id, event_id, payload, headers, state, \
+         attempts, tries, next_attempt_ms, created_ms) \
+         SELECT $1, tenant_id, id, $3, $4, $5, $8, 'pending', 0, 0, $6, $6 FROM apps \
+         WHERE id = $2 AND tenant_id = $7 \
+         ON CONFLICT (target_id, event_id) DO NOTHING",
+    )
+    .bind(id::new(id::DELIVERY))
+    .bind(&delivery.app_id)
+    .bind(&delivery.target_id)
+    .bind(&delivery.event_id)
+    .bind(&delivery.payload)
+    .bind(now_ms)
+    .bind(&delivery.tenant_id)
+    .bind(&delivery.headers)
+    .execute(&mut *conn)
+    .await
+    .map_err(|err| StoreError::from_sqlx(err, "delivery", "app"))?;
+    Ok(result.rows_affected() == 1)
+}
+
 impl Store {
     /// Queues an event for a target, due at `now_ms`; returns `false` (and changes nothing)
     /// when that event is already queued for that target.
     pub async fn enqueue_delivery(&self, delivery: &NewDelivery, now_ms: i64) -> Result<bool, StoreError> {
-        let result = sqlx::query(
-            "INSERT INTO delivery_jobs (id, tenant_id, app_id, target_id, event_id, payload, state, \
-             attempts, tries, next_attempt_ms, created_ms) \
-             SELECT $1, tenant_id, id, $3, $4, $5, 'pending', 0, 0, $6, $6 FROM apps \
-             WHERE id = $2 AND tenant_id = $7 \
-             ON CONFLICT (target_id, event_id) DO NOTHING",
-        )
-        .bind(id::new(id::DELIVERY))
-        .bind(&delivery.app_id)
-        .bind(&delivery.target_id)
-        .bind(&delivery.event_id)
-        .bind(&delivery.payload)
-        .bind(now_ms)
-        .bind(&delivery.tenant_id)
-        .execute(&self.pool)
-        .await
-        .map_err(|err| StoreError::from_sqlx(err, "delivery", "app"))?;
-        if result.rows_affected() == 1 {
+        let mut conn = self.pool.acquire().await?;
+        if insert_delivery(&mut conn, delivery, now_ms).await? {
             return Ok(true);
         }
         // Nothing inserted: a duplicate, or no such app in that tenant.
         let known: Option<(String,)> = sqlx::query_as("SELECT id FROM apps WHERE id = $1 AND tenant_id = $2")
             .bind(&delivery.app_id)
             .bind(&delivery.tenant_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *conn)
             .await?;
         match known {
             Some(_) => Ok(false),

@@ -38,6 +38,8 @@ pub(crate) const TOKEN: &str = "tok_";
 pub(crate) const DELIVERY: &str = "dlv_";
 /// Prefix of webhook endpoint ids.
 pub(crate) const WEBHOOK: &str = "wh_";
+/// Prefix of rule ids.
+pub(crate) const RULE: &str = "rul_";
 
 /// Returns a new id with the given prefix.
 pub(crate) fn new(prefix: &str) -> String {

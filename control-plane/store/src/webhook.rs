@@ -192,7 +192,8 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes an endpoint (its queued deliveries stay in the log). Audited as `webhook.delete`.
+    /// Deletes an endpoint and the rules that send to it (its queued deliveries stay in the log
+    /// and are dead-lettered). Audited as `webhook.delete`.
     pub async fn delete_webhook_endpoint(
         &self,
         actor: &Actor,
@@ -208,6 +209,11 @@ impl Store {
         if result.rows_affected() == 0 {
             return Err(StoreError::NotFound("webhook endpoint"));
         }
+        sqlx::query("DELETE FROM rules WHERE target_kind = 'webhook' AND target_id = $1 AND tenant_id = $2")
+            .bind(endpoint_id)
+            .bind(tenant_id)
+            .execute(&mut *tx)
+            .await?;
         audit::record(&mut tx, actor, Some(tenant_id), "webhook.delete", endpoint_id).await?;
         tx.commit().await?;
         Ok(())

@@ -161,7 +161,9 @@ impl Worker {
         let signing: Vec<&WebhookSecret> = signing.iter().collect();
         let timestamp = u64::try_from(started / 1000).unwrap_or(0);
         let signed = sign_request(&signing, &job.event_id, timestamp, &job.payload);
+        // The rule's headers after the endpoint's: the more specific setting is sent last.
         let mut headers = custom_headers(&endpoint.headers);
+        headers.extend(custom_headers(&job.headers));
         headers.extend([
             ("content-type".to_owned(), "application/json".to_owned()),
             ("webhook-id".to_owned(), signed.id),

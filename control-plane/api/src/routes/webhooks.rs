@@ -355,6 +355,7 @@ pub(crate) async fn test(
         target_id: webhook,
         event_id: event_id.clone(),
         payload: payload.to_string().into_bytes(),
+        headers: "{}".into(),
     };
     plane.store.enqueue_delivery(&delivery, now_ms).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"event_id": event_id}))))

@@ -14,6 +14,7 @@ fn event(tenant: &str, app: &str, target: &str, n: u32) -> NewDelivery {
         target_id: target.into(),
         event_id: format!("evt_{n}"),
         payload: format!("{{\"n\":{n}}}").into_bytes(),
+        headers: "{}".into(),
     }
 }
 

@@ -14,6 +14,7 @@ mod management_tokens;
 mod master_key;
 mod namespaces;
 mod revocations;
+mod rules;
 mod signing_key_generations;
 mod signing_keys;
 mod tenant_status;

@@ -1,0 +1,44 @@
+-- Rules: what an app's events trigger. A rule reads the app's durable feed (its messages and
+-- lifecycle events), keeps the events whose kind and channel it matches, and queues them for
+-- its target (a webhook endpoint now; push and SMS later), batched and shaped as it says.
+
+CREATE TABLE rules (
+    id              TEXT    NOT NULL PRIMARY KEY,
+    tenant_id       TEXT    NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    app_id          TEXT    NOT NULL REFERENCES apps (id) ON DELETE CASCADE,
+    name            TEXT    NOT NULL,
+    -- The source: a channel pattern and the event kinds, comma-separated.
+    channel_pattern TEXT    NOT NULL,
+    events          TEXT    NOT NULL,
+    -- The target: its kind ('webhook') and id.
+    target_kind     TEXT    NOT NULL,
+    target_id       TEXT    NOT NULL,
+    -- Up to batch_max events per request, gathered for up to batch_ms.
+    batch_max       INTEGER NOT NULL,
+    batch_ms        INTEGER NOT NULL,
+    -- 'enveloped' (events with their metadata) or 'raw' (one event's data as it was sent).
+    body            TEXT    NOT NULL,
+    -- Custom headers of this rule's requests, a JSON object of strings.
+    headers         TEXT    NOT NULL,
+    enabled         INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL
+);
+
+CREATE INDEX rules_by_app ON rules (app_id);
+
+-- Where each app's feed has been read up to: one row per app with enabled rules, owned by one
+-- worker at a time through a lease. The position moves in the same transaction that queues the
+-- deliveries it covers, and only from the position the owner read from, so a killed or slow
+-- worker's events are queued exactly once.
+CREATE TABLE feed_positions (
+    app_id          TEXT    NOT NULL PRIMARY KEY REFERENCES apps (id) ON DELETE CASCADE,
+    tenant_id       TEXT    NOT NULL,
+    -- The engine's position of the last entry read ('' before the first).
+    position        TEXT    NOT NULL,
+    lease_owner     TEXT,
+    lease_until_ms  INTEGER,
+    updated_ms      INTEGER NOT NULL
+);
+
+-- A rule's custom headers travel with its deliveries.
+ALTER TABLE delivery_jobs ADD COLUMN headers TEXT NOT NULL DEFAULT '{}';

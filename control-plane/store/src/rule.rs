@@ -117,7 +117,7 @@ impl Store {
         if app.is_none() {
             return Err(StoreError::NotFound("app"));
         }
-        if !target_in_app(&mut *tx, tenant_id, app_id, &spec.target_id).await? {
+        if !target_in_app(&mut tx, tenant_id, app_id, &spec.target_id).await? {
             return Err(StoreError::NotFound("webhook endpoint"));
         }
         sqlx::query(
@@ -156,7 +156,7 @@ impl Store {
     ) -> Result<Rule, StoreError> {
         let current = self.rule(tenant_id, rule_id).await?;
         let mut tx = self.pool.begin().await?;
-        if !target_in_app(&mut *tx, tenant_id, &current.app_id, &spec.target_id).await? {
+        if !target_in_app(&mut tx, tenant_id, &current.app_id, &spec.target_id).await? {
             return Err(StoreError::NotFound("webhook endpoint"));
         }
         let result = sqlx::query(

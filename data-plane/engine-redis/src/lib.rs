@@ -21,6 +21,7 @@
 //! some client of its node subscribed to by name.
 
 pub mod connection;
+mod feed;
 mod publish;
 mod routes;
 mod scripts;
@@ -37,8 +38,8 @@ use futures::StreamExt;
 use redis::Value;
 use tokio::sync::mpsc::error::TrySendError;
 use tributary_engine::{
-    ChannelKey, Engine, EngineError, EngineSink, HistoryPage, HistoryQuery, NewMessage, Occupancy,
-    PresenceOptions, PublishOptions, PublishOutcome, StreamOptions,
+    ChannelKey, Engine, EngineError, EngineSink, FeedPage, FeedRetention, HistoryPage, HistoryQuery,
+    NewMessage, Occupancy, PresenceOptions, PublishOptions, PublishOutcome, StreamOptions,
 };
 use tributary_protocol::frame::{Direction, MemberInfo};
 use tributary_protocol::{ChannelName, Publication};
@@ -73,6 +74,8 @@ pub struct RedisEngineConfig {
     /// acknowledged write (AOF with `appendfsync always`, no failover to an asynchronous
     /// replica); otherwise every channel starts a new epoch after a restart, which is the truth.
     pub trust_restarts: bool,
+    /// How much of each app's durable feed is kept.
+    pub feed_retention: FeedRetention,
 }
 
 impl std::fmt::Debug for RedisEngineConfig {
@@ -87,6 +90,7 @@ impl std::fmt::Debug for RedisEngineConfig {
             .field("command_connections", &self.command_connections)
             .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(Vec::len))
             .field("trust_restarts", &self.trust_restarts)
+            .field("feed_retention", &self.feed_retention)
             .finish()
     }
 }
@@ -103,6 +107,7 @@ impl RedisEngineConfig {
             command_connections: 4,
             tls_ca_pem: None,
             trust_restarts: false,
+            feed_retention: FeedRetention::default(),
         }
     }
 }
@@ -229,6 +234,7 @@ async fn upkeep(inner: Weak<Inner>) {
                 let names = inner.names(&key);
                 let mut invocation = names.presence_call(&inner.scripts.upkeep);
                 invocation.key(&names.meta).arg(&names.pubsub).arg(idle_ms);
+                names.with_feed(&mut invocation);
                 let next = match invocation.invoke_async::<i64>(&mut inner.commands_for(&key)).await {
                     // The delay until the earliest presence entry expires, or -1 without any.
                     Ok(next) => now + u64::try_from(next).map_or(quiet_ms, |ms| ms.min(quiet_ms)),
@@ -430,6 +436,9 @@ struct Names {
     stream: String,
     pubsub: String,
     presence: [String; 3],
+    /// The app's durable feed as the scripts take it: stream, marker, channel name, most
+    /// entries (all empty where apps have none).
+    durable: [String; 4],
 }
 
 impl Names {
@@ -440,6 +449,13 @@ impl Names {
             invocation.key(key);
         }
         invocation
+    }
+
+    /// Ends a call of a presence script with the app's durable feed (see `feed_init`).
+    fn with_feed(&self, invocation: &mut redis::ScriptInvocation<'_>) {
+        for arg in &self.durable {
+            invocation.arg(arg);
+        }
     }
 }
 
@@ -452,6 +468,7 @@ impl Inner {
             stream: format!("{p}:s:{tag}"),
             pubsub: format!("{p}:c:{tag}"),
             presence: [format!("{p}:pz:{tag}"), format!("{p}:pm:{tag}"), format!("{p}:pc:{tag}")],
+            durable: self.durable_feed_args(key),
         }
     }
 
@@ -492,6 +509,7 @@ impl Inner {
         let names = self.names(key);
         let mut invocation = names.presence_call(&self.scripts.presence_read);
         invocation.arg(&names.pubsub);
+        names.with_feed(&mut invocation);
         let (records, members, connections): (Vec<String>, usize, usize) =
             invocation.invoke_async(&mut self.commands_for(key)).await.map_err(unavailable)?;
         let list = records
@@ -643,6 +661,7 @@ impl Engine for RedisEngine {
             .arg(options.ttl.as_millis() as u64)
             .arg(if member.state.is_some() { "1" } else { "0" })
             .arg(&names.pubsub);
+        names.with_feed(&mut invocation);
         let joined: u8 = invocation.invoke_async(&mut inner.commands_for(key)).await.map_err(unavailable)?;
         Ok(joined == 1)
     }
@@ -656,6 +675,7 @@ impl Engine for RedisEngine {
             .arg(wire::encode_member(&member).map_err(unavailable)?)
             .arg(&*member.client_id)
             .arg(&names.pubsub);
+        names.with_feed(&mut invocation);
         let updated: u8 = invocation.invoke_async(&mut inner.commands_for(key)).await.map_err(unavailable)?;
         Ok(updated == 1)
     }
@@ -665,6 +685,7 @@ impl Engine for RedisEngine {
         let names = inner.names(key);
         let mut invocation = names.presence_call(&inner.scripts.presence_leave);
         invocation.arg(conn_id).arg(&names.pubsub);
+        names.with_feed(&mut invocation);
         let left: u8 = invocation.invoke_async(&mut inner.commands_for(key)).await.map_err(unavailable)?;
         Ok(left == 1)
     }
@@ -775,6 +796,18 @@ impl Engine for RedisEngine {
             }
             _ => Err(unavailable("a stored value's reply")),
         }
+    }
+
+    async fn feed_enable(&self, app: &str) -> Result<(), EngineError> {
+        self.inner.feed_enable(app).await
+    }
+
+    async fn feed_disable(&self, app: &str) -> Result<(), EngineError> {
+        self.inner.feed_disable(app).await
+    }
+
+    async fn feed_read(&self, app: &str, after: &str, limit: usize) -> Result<FeedPage, EngineError> {
+        self.inner.feed_read(app, after, limit).await
     }
 
     async fn set_retained(

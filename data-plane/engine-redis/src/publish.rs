@@ -117,7 +117,10 @@ async fn store(inner: &Inner, mut conn: Conn, run: Run) {
         .arg(&names.pubsub)
         .arg(inner.meta_ttl_ms(first.stream))
         .arg(inner.feed(&first.key.app))
-        .arg(first.key.channel.as_str());
+        .arg(first.key.channel.as_str())
+        .arg(&names.durable[0])
+        .arg(&names.durable[1])
+        .arg(&names.durable[3]);
     for pending in &run.pending {
         call.arg(if pending.idempotency_key.is_some() { "1" } else { "0" }).arg(&pending.body);
     }

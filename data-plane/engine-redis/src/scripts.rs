@@ -56,6 +56,19 @@ end
 
 /// Lua helpers of the presence scripts.
 const PRESENCE_HELPERS: &str = r#"
+-- The app's durable feed, when it has one (its marker key exists): presence changes are
+-- written to it by the script that makes them. Set by feed_init, which every presence script
+-- calls first with its last four arguments: feed stream, marker, channel name, most entries.
+local feed_target = nil
+local function feed_init(stream, marker, channel, max_len)
+  if stream ~= '' and redis.call('EXISTS', marker) == 1 then feed_target = {stream, channel, max_len} end
+end
+local function feed_add(kind, member)
+  if feed_target then
+    redis.call('XADD', feed_target[1], 'MAXLEN', '~', feed_target[3], '*', 'c', feed_target[2], 'k', kind, 'b', member)
+  end
+end
+
 -- Removes a connection's presence entry; returns 1 when it was its client's last connection
 -- (the leave is announced if the entry was joined announcing).
 local function drop_conn(zset, members, counts, conn, channel)
@@ -66,6 +79,7 @@ local function drop_conn(zset, members, counts, conn, channel)
   local client = cjson.decode(string.sub(record, 2)).client_id
   if redis.call('HINCRBY', counts, client, -1) > 0 then return 0 end
   redis.call('HDEL', counts, client)
+  feed_add('l', string.sub(record, 2))
   if string.sub(record, 1, 1) == '1' then
     redis.call('SPUBLISH', channel, 'l' .. string.sub(record, 2))
   end
@@ -96,7 +110,8 @@ end
 /// KEYS: meta, stream, then one idempotency key per message (the meta key for a message without
 /// one).
 /// ARGV: fresh epoch, trust restarts (`1`), history size, history ttl ms, idempotency window s,
-/// pub/sub channel, meta ttl ms, the app's feed (empty when there are no feeds), channel name;
+/// pub/sub channel, meta ttl ms, the app's feed (empty when there are no feeds), channel name,
+/// the app's durable feed stream and its marker (empty when there are none), its most entries;
 /// then for each message: has an idempotency key (`1`), body.
 /// Returns `{epoch, {offset, ts, duplicate, offset, ts, duplicate, ...}}`.
 const PUBLISH: &str = r#"
@@ -107,11 +122,13 @@ local size, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
 -- The app's feed only while a node listens (one lookup otherwise), in the same script as the
 -- channel's messages: a node gets every publication of the app, in each channel's order.
 local feed = ARGV[8] ~= '' and redis.call('PUBSUB', 'SHARDNUMSUB', ARGV[8])[2] > 0
+-- The durable feed only for apps that have one (its marker exists): one lookup otherwise.
+local durable = ARGV[10] ~= '' and redis.call('EXISTS', ARGV[11]) == 1
 -- Numbers are turned into text once each: Lua's number formatting is most of a message's cost.
 local at = string.format('%d', now)
 local out = {}
 for i = 1, #KEYS - 2 do
-  local idem, keyed, body = KEYS[i + 2], ARGV[8 + 2 * i] == '1', ARGV[9 + 2 * i]
+  local idem, keyed, body = KEYS[i + 2], ARGV[11 + 2 * i] == '1', ARGV[12 + 2 * i]
   local previous = keyed and redis.call('GET', idem)
   local e, o, t
   if previous then e, o, t = string.match(previous, '^(.-):(%d+):(%d+)$') end
@@ -132,6 +149,9 @@ for i = 1, #KEYS - 2 do
     redis.call('SPUBLISH', ARGV[6], 'p' .. position .. body)
     if feed then
       redis.call('SPUBLISH', ARGV[8], 'P' .. ARGV[9] .. '\n' .. position .. body)
+    end
+    if durable then
+      redis.call('XADD', ARGV[10], 'MAXLEN', '~', ARGV[12], '*', 'c', ARGV[9], 'k', 'm', 'b', position .. body)
     end
     out[#out + 1] = offset
     out[#out + 1] = now
@@ -185,9 +205,11 @@ return {epoch, top, oldest, entries}
 
 /// KEYS: presence zset, members hash, counts hash. ARGV: conn id, client id, record
 /// (announce flag then member JSON), ttl ms, whether the member carries state (`1`), pub/sub
-/// channel. Returns 1 when this was the client's first connection.
+/// channel, then the feed's four (see `feed_init`). Returns 1 when this was the client's first
+/// connection.
 const PRESENCE_JOIN: &str = r#"
 local zset, members, counts = KEYS[1], KEYS[2], KEYS[3]
+feed_init(ARGV[7], ARGV[8], ARGV[9], ARGV[10])
 local now = now_ms()
 sweep(zset, members, counts, now, ARGV[6])
 local expiry = now + tonumber(ARGV[4])
@@ -207,6 +229,7 @@ local keep = math.max(tonumber(redis.call('ZRANGE', zset, -1, -1, 'WITHSCORES')[
 for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, keep) end
 if known then return 0 end
 if count == 1 then
+  feed_add('j', string.sub(ARGV[3], 2))
   if string.sub(ARGV[3], 1, 1) == '1' then
     redis.call('SPUBLISH', ARGV[6], 'j' .. string.sub(ARGV[3], 2))
   end
@@ -215,42 +238,47 @@ end
 return 0
 "#;
 
-/// KEYS: presence zset, members hash, counts hash. ARGV: conn id, pub/sub channel.
-/// Returns 1 when this was the client's last connection.
+/// KEYS: presence zset, members hash, counts hash. ARGV: conn id, pub/sub channel, then the
+/// feed's four. Returns 1 when this was the client's last connection.
 const PRESENCE_LEAVE: &str = r#"
 local zset, members, counts = KEYS[1], KEYS[2], KEYS[3]
+feed_init(ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 sweep(zset, members, counts, now_ms(), ARGV[2])
 return drop_conn(zset, members, counts, ARGV[1], ARGV[2])
 "#;
 
 /// KEYS: presence zset, members hash, counts hash. ARGV: conn id, member JSON, client id,
-/// pub/sub channel. Returns 1 when the connection was present for that client (and the update
-/// was announced).
+/// pub/sub channel, then the feed's four. Returns 1 when the connection was present for that
+/// client (and the update was announced).
 const PRESENCE_UPDATE: &str = r#"
 local zset, members, counts = KEYS[1], KEYS[2], KEYS[3]
+feed_init(ARGV[5], ARGV[6], ARGV[7], ARGV[8])
 sweep(zset, members, counts, now_ms(), ARGV[4])
 local record = redis.call('HGET', members, ARGV[1])
 if not record then return 0 end
 if cjson.decode(string.sub(record, 2)).client_id ~= ARGV[3] then return 0 end
 redis.call('HSET', members, ARGV[1], string.sub(record, 1, 1) .. ARGV[2])
+feed_add('u', ARGV[2])
 redis.call('SPUBLISH', ARGV[4], 'u' .. ARGV[2])
 return 1
 "#;
 
-/// KEYS: presence zset, members hash, counts hash. ARGV: pub/sub channel.
+/// KEYS: presence zset, members hash, counts hash. ARGV: pub/sub channel, then the feed's four.
 /// Returns `{members, client count, connection count}` after removing expired entries.
 const PRESENCE_READ: &str = r#"
 local zset, members, counts = KEYS[1], KEYS[2], KEYS[3]
+feed_init(ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 sweep(zset, members, counts, now_ms(), ARGV[1])
 return {redis.call('HVALS', members), redis.call('HLEN', counts), redis.call('ZCARD', zset)}
 "#;
 
 /// The upkeep of a channel a node serves, in one round trip: expired presence entries leave,
 /// and the channel keeps its epoch however quiet it is.
-/// KEYS: presence zset, members hash, counts hash, meta. ARGV: pub/sub channel, meta ttl ms.
-/// Returns the milliseconds until the earliest remaining presence entry expires, or -1 when
-/// there is none.
+/// KEYS: presence zset, members hash, counts hash, meta. ARGV: pub/sub channel, meta ttl ms,
+/// then the feed's four. Returns the milliseconds until the earliest remaining presence entry
+/// expires, or -1 when there is none.
 const UPKEEP: &str = r#"
+feed_init(ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 local now = now_ms()
 sweep(KEYS[1], KEYS[2], KEYS[3], now, ARGV[1])
 redis.call('PEXPIRE', KEYS[4], ARGV[2], 'GT')
@@ -295,6 +323,35 @@ redis.call('HDEL', KEYS[1], 'd')
 return {tonumber(taken[1]), taken[2]}
 "#;
 
+/// Reads an app's durable feed.
+/// KEYS: feed stream, marker. ARGV: read after this entry id (empty: from the oldest), most
+/// entries. Returns `{entries, gap}`: gap is 1 when entries after the position were trimmed
+/// (the stream's largest deleted id is past it) or the feed is gone.
+const FEED_READ: &str = r#"
+local after = ARGV[1]
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  if after == '' then return {{}, 0} end
+  return {{}, 1}
+end
+local from = '-'
+if after ~= '' then from = '(' .. after end
+local entries = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', ARGV[2])
+local gap = 0
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  local deleted = '0-0'
+  for i = 1, #info, 2 do
+    if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
+  end
+  local dms, dseq = string.match(deleted, '^(%d+)-(%d+)$')
+  local ams, aseq = string.match(after, '^(%d+)-(%d+)$')
+  if not ams then ams, aseq = '0', '0' end
+  dms, dseq, ams, aseq = tonumber(dms), tonumber(dseq), tonumber(ams), tonumber(aseq)
+  if dms > ams or (dms == ams and dseq > aseq) then gap = 1 end
+end
+return {entries, gap}
+"#;
+
 /// The scripts, loaded once per engine.
 pub struct Scripts {
     /// See [`PUBLISH`]: sent whole with `EVAL` rather than by hash. A channel's runs of
@@ -320,6 +377,8 @@ pub struct Scripts {
     pub put: redis::Script,
     /// See [`TAKE`].
     pub take: redis::Script,
+    /// See [`FEED_READ`].
+    pub feed_read: redis::Script,
 }
 
 /// The text sent to Redis: the helpers and the body, without comments or indentation (Redis
@@ -351,6 +410,7 @@ impl Scripts {
             retain: script("", RETAIN),
             put: script("", PUT),
             take: script("", TAKE),
+            feed_read: script("", FEED_READ),
         }
     }
 }

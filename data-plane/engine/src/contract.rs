@@ -8,6 +8,8 @@ use bytes::Bytes;
 use tributary_protocol::frame::{Direction, MemberInfo, PresenceEvent};
 use tributary_protocol::{ChannelName, Payload, Publication};
 
+use crate::feed::FeedPage;
+
 /// A channel within an app. Apps never share channels: the same name in two apps is two channels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelKey {
@@ -133,6 +135,9 @@ pub enum EngineError {
     /// The engine was shut down.
     #[error("engine is closed")]
     Closed,
+    /// This engine, as set up, cannot do what was asked.
+    #[error("not supported by this engine: {0}")]
+    Unsupported(&'static str),
 }
 
 impl EngineError {
@@ -328,6 +333,19 @@ pub trait Engine: Send + Sync + 'static {
         app: &str,
         limit: usize,
     ) -> Result<Vec<(ChannelName, Publication)>, EngineError>;
+
+    /// Starts keeping a durable feed for `app` (see [`crate::feed`]): from the moment this
+    /// returns, every message stored and every presence change on any node, in any channel of
+    /// the app, is also written to the app's feed. Calling it again changes nothing.
+    async fn feed_enable(&self, app: &str) -> Result<(), EngineError>;
+
+    /// Stops keeping `app`'s feed and forgets what it held.
+    async fn feed_disable(&self, app: &str) -> Result<(), EngineError>;
+
+    /// Reads up to `limit` entries of `app`'s feed after `after` (a position an earlier read
+    /// returned, or `""` for the oldest entry kept). A position from before the feed was lost
+    /// or trimmed reads from the oldest entry kept, with `gap` set.
+    async fn feed_read(&self, app: &str, after: &str, limit: usize) -> Result<FeedPage, EngineError>;
 
     /// Returns whether the engine can serve now (its backend reachable, deliveries flowing);
     /// a node that is not ready should get no new clients from its load balancer.

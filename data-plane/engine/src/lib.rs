@@ -7,12 +7,14 @@
 //!
 //! # Layout
 //! - [`contract`]: the [`Engine`] and [`EngineSink`] traits and the types they exchange.
+//! - [`feed`]: an app's durable feed, what its entries record.
 //! - [`memory`]: [`MemoryEngine`], the single-node engine (the embedded default).
 //! - [`conformance`] (tests, or feature `conformance`): one async test per guarantee, generic
 //!   over any engine, and the [`engine_conformance_suite!`] macro that stamps them out.
 #![forbid(unsafe_code)]
 
 pub mod contract;
+pub mod feed;
 pub mod memory;
 
 #[cfg(any(test, feature = "conformance"))]
@@ -22,4 +24,5 @@ pub use contract::{
     Audience, ChannelKey, Engine, EngineError, EngineSink, HistoryPage, HistoryQuery, NewMessage, Occupancy,
     PresenceOptions, PublishOptions, PublishOutcome, StreamOptions,
 };
+pub use feed::{FeedEntry, FeedPage, FeedRecord, FeedRetention};
 pub use memory::{MemoryEngine, MemoryEngineConfig};

@@ -226,6 +226,23 @@ impl Engine for SeamEngine {
         self.inner.retained_in(app, limit).await
     }
 
+    async fn feed_enable(&self, app: &str) -> Result<(), EngineError> {
+        self.inner.feed_enable(app).await
+    }
+
+    async fn feed_disable(&self, app: &str) -> Result<(), EngineError> {
+        self.inner.feed_disable(app).await
+    }
+
+    async fn feed_read(
+        &self,
+        app: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<tributary_engine::FeedPage, EngineError> {
+        self.inner.feed_read(app, after, limit).await
+    }
+
     async fn ready(&self) -> Result<(), EngineError> {
         self.inner.ready().await
     }

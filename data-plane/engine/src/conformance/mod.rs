@@ -148,10 +148,12 @@ fn member(client: &str, conn: &str) -> MemberInfo {
     MemberInfo { client_id: Arc::from(client), conn_id: Arc::from(conn), state: None }
 }
 
+mod feed;
 mod presence;
 mod shared;
 mod stream;
 
+pub use feed::*;
 pub use presence::*;
 pub use shared::*;
 pub use stream::*;
@@ -186,6 +188,8 @@ macro_rules! engine_conformance_suite {
             retained_messages_are_kept_per_channel_and_app,
             an_app_subscription_delivers_every_channel_of_the_app_once,
             stored_values_are_taken_once_newest_first_and_expire,
+            an_app_feed_records_its_messages_and_presence_from_when_it_is_enabled,
+            an_expired_presence_entry_records_its_leave_in_the_feed,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

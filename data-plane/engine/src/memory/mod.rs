@@ -6,6 +6,7 @@
 //! delivery per channel ordered with concurrent publishers; the sink only does `try_send`s,
 //! so the lock is short. No lock here is ever held across an `.await`.
 
+mod feed;
 mod presence;
 mod stream;
 
@@ -24,6 +25,8 @@ use crate::contract::{
     Audience, ChannelKey, Engine, EngineError, EngineSink, HistoryPage, HistoryQuery, NewMessage, Occupancy,
     PresenceOptions, PublishOptions, PublishOutcome, StreamOptions,
 };
+use crate::feed::{FeedPage, FeedRecord, FeedRetention};
+use feed::Feeds;
 use presence::{PresenceSet, Removed};
 use stream::Stream;
 
@@ -39,11 +42,17 @@ pub struct MemoryEngineConfig {
     pub stream_idle_ttl: Duration,
     /// How often expired presence entries and idle streams are swept.
     pub sweep_interval: Duration,
+    /// How much of each app's durable feed is kept.
+    pub feed_retention: FeedRetention,
 }
 
 impl Default for MemoryEngineConfig {
     fn default() -> Self {
-        Self { stream_idle_ttl: Duration::from_secs(24 * 3600), sweep_interval: Duration::from_millis(500) }
+        Self {
+            stream_idle_ttl: Duration::from_secs(24 * 3600),
+            sweep_interval: Duration::from_millis(500),
+            feed_retention: FeedRetention::default(),
+        }
     }
 }
 
@@ -70,6 +79,8 @@ struct Inner {
     retained: Mutex<HashMap<Arc<str>, std::collections::BTreeMap<ChannelName, Retained>>>,
     /// What [`Engine::put`] stored.
     stored: Mutex<HashMap<String, Stored>>,
+    /// The apps' durable feeds.
+    feeds: Feeds,
 }
 
 /// A value of [`Engine::put`]: its version, the value (`None` once taken) and its expiry.
@@ -95,7 +106,7 @@ impl MemoryEngine {
     /// stops when the engine is dropped).
     pub fn new(config: MemoryEngineConfig) -> Self {
         let inner = Arc::new(Inner {
-            config,
+            config: config.clone(),
             hasher: RandomState::new(),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             presence: Mutex::new(HashMap::new()),
@@ -104,6 +115,7 @@ impl MemoryEngine {
             sets: Mutex::new(HashMap::new()),
             retained: Mutex::new(HashMap::new()),
             stored: Mutex::new(HashMap::new()),
+            feeds: Feeds::new(config.feed_retention),
         });
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(sweep_loop(Arc::downgrade(&inner)));
@@ -134,7 +146,15 @@ impl Inner {
         }
     }
 
+    /// Writes a presence change to the app's feed (whether or not subscribers are told of it).
+    fn record_presence(&self, key: &ChannelKey, record: FeedRecord) {
+        self.feeds.append(&key.app, &key.channel, stream::now_ms(), record);
+    }
+
     fn announce_removed(&self, key: &ChannelKey, removed: Removed) -> bool {
+        if removed.left {
+            self.record_presence(key, FeedRecord::PresenceLeave(removed.member.clone()));
+        }
         if removed.left && removed.announce {
             self.announce(key, PresenceEvent::Leave(removed.member));
         }
@@ -201,11 +221,20 @@ impl Engine for MemoryEngine {
         let stream = self.inner.stream(key);
         let mut stream = lock(&stream);
         let (outcome, stored) = stream.publish(message, options);
-        if let Some(publication) = stored
-            && let Some(sink) = self.inner.sink()
-        {
-            // Delivered under the stream lock: this is what orders delivery per channel.
-            sink.on_publication(key, &publication, Audience::All);
+        if let Some(publication) = stored {
+            if self.inner.feeds.any() {
+                // Under the stream lock too, so the feed has the channel's messages in order.
+                self.inner.feeds.append(
+                    &key.app,
+                    &key.channel,
+                    publication.ts_ms,
+                    FeedRecord::Message(publication.clone()),
+                );
+            }
+            if let Some(sink) = self.inner.sink() {
+                // Delivered under the stream lock: this is what orders delivery per channel.
+                sink.on_publication(key, &publication, Audience::All);
+            }
         }
         Ok(outcome)
     }
@@ -244,6 +273,9 @@ impl Engine for MemoryEngine {
         let mut presence = lock(&self.inner.presence);
         let set = presence.entry(key.clone()).or_default();
         let joined = set.join(member.clone(), Instant::now() + options.ttl, options.announce);
+        if joined {
+            self.inner.record_presence(key, FeedRecord::PresenceJoin(member.clone()));
+        }
         if joined && options.announce {
             self.inner.announce(key, PresenceEvent::Join(member));
         }
@@ -255,6 +287,7 @@ impl Engine for MemoryEngine {
         let updated = presence.get_mut(key).and_then(|set| set.update(member));
         match updated {
             Some(member) => {
+                self.inner.record_presence(key, FeedRecord::PresenceUpdate(member.clone()));
                 self.inner.announce(key, PresenceEvent::Update(member));
                 Ok(true)
             }
@@ -323,6 +356,20 @@ impl Engine for MemoryEngine {
             Some((version, value, expires)) if *expires > now => Ok((*version, value.take())),
             _ => Ok((0, None)),
         }
+    }
+
+    async fn feed_enable(&self, app: &str) -> Result<(), EngineError> {
+        self.inner.feeds.enable(app);
+        Ok(())
+    }
+
+    async fn feed_disable(&self, app: &str) -> Result<(), EngineError> {
+        self.inner.feeds.disable(app);
+        Ok(())
+    }
+
+    async fn feed_read(&self, app: &str, after: &str, limit: usize) -> Result<FeedPage, EngineError> {
+        Ok(self.inner.feeds.read(app, after, limit))
     }
 
     async fn set_retained(
@@ -422,6 +469,7 @@ mod tests {
         let engine = MemoryEngine::new(MemoryEngineConfig {
             sweep_interval: Duration::from_secs(1),
             stream_idle_ttl: Duration::from_secs(24 * 3600),
+            ..MemoryEngineConfig::default()
         });
         let (read, subscribed) = (key("read-only"), key("subscribed"));
         let read_epoch = epoch(&engine, &read).await;

@@ -18,7 +18,7 @@ pub(crate) fn new_epoch() -> Arc<str> {
     Arc::from(s)
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 

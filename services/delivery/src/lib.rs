@@ -12,7 +12,11 @@
 //! - [`sender`]: one HTTP attempt within those rules (the client's resolver drops forbidden
 //!   addresses, no redirects, time limits, a capped response), classified for retries;
 //! - [`worker`]: the loop that claims due deliveries from the store's queue, signs and sends
-//!   them, and records each attempt (retried, delivered or dead-lettered).
+//!   them, and records each attempt (retried, delivered or dead-lettered);
+//! - [`rules`]: which feed events a rule takes and the requests (batched, enveloped or raw,
+//!   with stable event ids) it makes of them;
+//! - [`router`]: the loop that reads the durable feed of every app with rules and queues the
+//!   rules' deliveries, moving its saved position in the same transaction.
 
 #![forbid(unsafe_code)]
 
@@ -24,6 +28,8 @@ pub mod address;
 pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+pub mod router;
+pub mod rules;
 pub mod schedule;
 pub mod sender;
 pub mod signature;

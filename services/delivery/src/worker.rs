@@ -164,8 +164,11 @@ impl Worker {
         // The rule's headers after the endpoint's: the more specific setting is sent last.
         let mut headers = custom_headers(&endpoint.headers);
         headers.extend(custom_headers(&job.headers));
+        // A rule's raw body names its own type; everything else is JSON.
+        if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-type")) {
+            headers.push(("content-type".to_owned(), "application/json".to_owned()));
+        }
         headers.extend([
-            ("content-type".to_owned(), "application/json".to_owned()),
             ("webhook-id".to_owned(), signed.id),
             ("webhook-timestamp".to_owned(), signed.timestamp.to_string()),
             ("webhook-signature".to_owned(), signed.signature),

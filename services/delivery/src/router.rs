@@ -1,0 +1,248 @@
+//! The feed router: reads the durable feed of every app that has rules, and queues a delivery
+//! for each request the rules make of what it read.
+//!
+//! A worker leases apps' feeds from the store (one worker per app at a time; a dead worker's
+//! apps move to another once its lease runs out). For a leased app it reads the feed after the
+//! saved position, matches the app's enabled rules, and hands the deliveries and the new
+//! position to [`Store::advance_feed`], which queues the one and saves the other in a single
+//! transaction, only from the position it read. Killed at any moment, a worker leaves a read
+//! either wholly queued or not at all, and a slow worker whose lease moved on cannot queue its
+//! read a second time: each event is queued once, and delivered at least once from the queue.
+//!
+//! An app is read again when its rules' shortest batch window has passed since it was last
+//! caught up, so a rule's requests gather the events of that window (up to `batch_max` each).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tributary_engine::{Engine, EngineError, FeedEntry};
+use tributary_store::{FeedLease, Store, StoreError};
+
+use crate::rules::CompiledRule;
+use crate::worker::now_ms;
+
+/// How the router works.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// This worker's name in leases.
+    pub owner: String,
+    /// How long a leased feed is this worker's alone (renewed while it works).
+    pub lease: Duration,
+    /// Most feed entries read at once.
+    pub page: usize,
+    /// Most apps' feeds one worker leases.
+    pub max_feeds: i64,
+    /// How long the router waits when nothing was due.
+    pub poll_interval: Duration,
+    /// How often apps with rules are made sure to have a feed (after an engine lost its data).
+    pub reconcile_interval: Duration,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            owner: format!("router-{}", std::process::id()),
+            lease: Duration::from_secs(30),
+            page: 1000,
+            max_feeds: 1000,
+            poll_interval: Duration::from_millis(50),
+            reconcile_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a pass of the router failed; it tries again after its poll interval.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// What the router knows of an app between passes.
+#[derive(Default)]
+struct AppState {
+    /// When its feed is read next.
+    due: Option<Instant>,
+}
+
+/// Counts of what the router did, for tests, the benchmark and logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouterStats {
+    /// Feed entries read.
+    pub entries: u64,
+    /// Deliveries queued.
+    pub queued: u64,
+    /// Reads that found entries lost before they were read (trimmed, or the engine lost them).
+    pub gaps: u64,
+}
+
+/// The feed router of one worker.
+pub struct Router {
+    store: Store,
+    engine: Arc<dyn Engine>,
+    config: RouterConfig,
+    apps: Mutex<HashMap<String, AppState>>,
+    stats: Mutex<RouterStats>,
+    reconciled: Mutex<Option<Instant>>,
+}
+
+impl Router {
+    /// A router on `store` reading `engine`'s feeds.
+    pub fn new(store: Store, engine: Arc<dyn Engine>, config: RouterConfig) -> Self {
+        Self {
+            store,
+            engine,
+            config,
+            apps: Mutex::new(HashMap::new()),
+            stats: Mutex::new(RouterStats::default()),
+            reconciled: Mutex::new(None),
+        }
+    }
+
+    /// What it did so far.
+    pub fn stats(&self) -> RouterStats {
+        *self.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Routes until `stop` is cancelled, then gives up its leases.
+    pub async fn run(&self, stop: CancellationToken) {
+        while !stop.is_cancelled() {
+            let routed = match self.run_once().await {
+                Ok(routed) => routed,
+                Err(err) => {
+                    tracing::warn!(error = %err, "feed router pass failed");
+                    0
+                }
+            };
+            if routed == 0 {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                }
+            }
+        }
+        self.release().await;
+    }
+
+    /// One pass: leases feeds and reads each one that is due until it is caught up; returns
+    /// how many entries it read.
+    pub async fn run_once(&self) -> Result<u64, RouterError> {
+        self.reconcile().await?;
+        let now = now_ms();
+        let lease_ms = i64::try_from(self.config.lease.as_millis()).unwrap_or(i64::MAX);
+        let leases = self
+            .store
+            .claim_feeds(&self.config.owner, now, now.saturating_add(lease_ms), self.config.max_feeds)
+            .await?;
+        let mut read = 0;
+        for lease in leases {
+            if self.is_due(&lease.app_id) {
+                read += self.route_app(lease).await?;
+            }
+        }
+        Ok(read)
+    }
+
+    /// Makes sure every app with enabled rules has a feed, now and then: the management API
+    /// turns a feed on when it makes a rule, but an engine that lost its data lost that too.
+    async fn reconcile(&self) -> Result<(), RouterError> {
+        {
+            let mut last = self.reconciled.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|at| at.elapsed() < self.config.reconcile_interval) {
+                return Ok(());
+            }
+            *last = Some(Instant::now());
+        }
+        for app in self.store.apps_with_rules().await? {
+            self.engine.feed_enable(&app).await?;
+        }
+        Ok(())
+    }
+
+    fn is_due(&self, app: &str) -> bool {
+        let apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
+        apps.get(app).and_then(|state| state.due).is_none_or(|due| due <= Instant::now())
+    }
+
+    /// Reads an app's feed until it is caught up (or half the lease has gone); returns how
+    /// many entries it read.
+    async fn route_app(&self, mut lease: FeedLease) -> Result<u64, RouterError> {
+        let started = Instant::now();
+        let rules: Vec<CompiledRule> = self
+            .store
+            .enabled_rules(&lease.app_id)
+            .await?
+            .into_iter()
+            .filter_map(CompiledRule::compile)
+            .collect();
+        let window = rules.iter().map(|rule| rule.rule.spec.batch_ms).min().unwrap_or(0);
+        let mut read = 0u64;
+        loop {
+            let page = self.engine.feed_read(&lease.app_id, &lease.position, self.config.page).await?;
+            if page.gap {
+                // Events were lost before they were read: say so loudly; what is left goes on.
+                tracing::warn!(
+                    app = lease.app_id,
+                    after = lease.position,
+                    "events of an app's feed were lost before its rules read them"
+                );
+                self.count(|stats| stats.gaps += 1);
+            }
+            let Some(last) = page.entries.last() else { break };
+            let position = last.position.to_string();
+            let deliveries = deliveries(&rules, &page.entries);
+            let queued = deliveries.len() as u64;
+            if !self.store.advance_feed(&self.config.owner, &lease, &position, &deliveries, now_ms()).await? {
+                // The lease moved to another worker (or the position did): that worker reads on.
+                tracing::info!(app = lease.app_id, "an app's feed was taken over by another worker");
+                return Ok(read);
+            }
+            let count = page.entries.len() as u64;
+            read += count;
+            self.count(|stats| {
+                stats.entries += count;
+                stats.queued += queued;
+            });
+            lease.position = position;
+            if page.entries.len() < self.config.page || started.elapsed() > self.config.lease / 2 {
+                break;
+            }
+        }
+        let wait = Duration::from_millis(u64::try_from(window).unwrap_or(0));
+        let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
+        apps.entry(lease.app_id).or_default().due = Some(Instant::now() + wait);
+        Ok(read)
+    }
+
+    fn count(&self, change: impl FnOnce(&mut RouterStats)) {
+        change(&mut self.stats.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// Gives up this worker's leases (a stopping worker), so others take its apps at once.
+    async fn release(&self) {
+        let apps: Vec<String> = self.apps.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        for app in apps {
+            if let Err(err) = self.store.release_feed(&self.config.owner, &app).await {
+                tracing::debug!(error = %err, "a feed lease was not released; it runs out instead");
+            }
+        }
+    }
+}
+
+/// The deliveries every rule makes of `entries`, rule by rule, each in feed order.
+fn deliveries(rules: &[CompiledRule], entries: &[FeedEntry]) -> Vec<tributary_store::NewDelivery> {
+    let mut out = Vec::new();
+    for rule in rules {
+        let matched: Vec<&FeedEntry> = entries.iter().filter(|entry| rule.matches(entry)).collect();
+        out.extend(rule.deliveries(&matched));
+    }
+    out
+}

@@ -92,6 +92,8 @@ pub struct Router {
     apps: Mutex<HashMap<String, AppState>>,
     stats: Mutex<RouterStats>,
     reconciled: Mutex<Option<Instant>>,
+    /// The worker of this process, poked when deliveries were queued.
+    wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Router {
@@ -104,7 +106,14 @@ impl Router {
             apps: Mutex::new(HashMap::new()),
             stats: Mutex::new(RouterStats::default()),
             reconciled: Mutex::new(None),
+            wake: None,
         }
+    }
+
+    /// Pokes `wake` whenever it queued deliveries (the worker of the same process).
+    pub fn wakes(mut self, wake: Arc<tokio::sync::Notify>) -> Self {
+        self.wake = Some(wake);
+        self
     }
 
     /// What it did so far.
@@ -211,6 +220,9 @@ impl Router {
                 stats.entries += count;
                 stats.queued += queued;
             });
+            if let Some(wake) = self.wake.as_ref().filter(|_| queued > 0) {
+                wake.notify_one();
+            }
             lease.position = position;
             if page.entries.len() < self.config.page || started.elapsed() > self.config.lease / 2 {
                 break;

@@ -8,9 +8,11 @@
 //! does not overwrite what the one that took over recorded.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::ExposeSecret as _;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tributary_store::{AfterAttempt, AttemptRecord, DeliveryJob, Store, StoreError, WebhookEndpoint};
 
@@ -68,12 +70,19 @@ pub struct Worker {
     store: Store,
     sender: Sender,
     config: WorkerConfig,
+    /// Woken when deliveries were queued in this process, so they need not wait for a poll.
+    wake: Arc<Notify>,
 }
 
 impl Worker {
     /// A worker on `store` that sends with `sender`.
     pub fn new(store: Store, sender: Sender, config: WorkerConfig) -> Self {
-        Self { store, sender, config }
+        Self { store, sender, config, wake: Arc::new(Notify::new()) }
+    }
+
+    /// What wakes an idle worker at once (the feed router of its process pokes it).
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
     }
 
     /// Works until `stop` is cancelled. A store that fails is retried after the poll interval.
@@ -89,6 +98,7 @@ impl Worker {
             if worked == 0 {
                 tokio::select! {
                     () = stop.cancelled() => return,
+                    () = self.wake.notified() => {}
                     () = tokio::time::sleep(self.config.poll_interval) => {}
                 }
             }

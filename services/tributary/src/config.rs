@@ -75,6 +75,10 @@ pub struct DeliveryConfig {
     pub connect_timeout_ms: u64,
     /// Longest wait for a whole attempt, in milliseconds.
     pub request_timeout_ms: u64,
+    /// Most entries of an app's feed the rules read at once.
+    pub feed_page: u32,
+    /// How long the feed router waits when no app's feed had anything new, in milliseconds.
+    pub feed_poll_interval_ms: u64,
 }
 
 impl Default for DeliveryConfig {
@@ -90,6 +94,8 @@ impl Default for DeliveryConfig {
             poll_interval_ms: 200,
             connect_timeout_ms: 5_000,
             request_timeout_ms: 15_000,
+            feed_page: 1_000,
+            feed_poll_interval_ms: 50,
         }
     }
 }
@@ -113,6 +119,8 @@ impl DeliveryConfig {
             ("poll_interval_ms", self.poll_interval_ms),
             ("connect_timeout_ms", self.connect_timeout_ms),
             ("request_timeout_ms", self.request_timeout_ms),
+            ("feed_page", u64::from(self.feed_page)),
+            ("feed_poll_interval_ms", self.feed_poll_interval_ms),
         ] {
             if value == 0 {
                 problems.push(format!("delivery.{key} must be greater than 0"));
@@ -155,6 +163,24 @@ impl DeliveryConfig {
                 .unwrap_or_default(),
         };
         Ok(tributary_delivery::worker::Worker::new(store, sender, config))
+    }
+
+    /// Builds the feed router of a worker named `owner` (its rules read `engine`'s feeds).
+    pub fn router(
+        &self,
+        store: tributary_store::Store,
+        engine: std::sync::Arc<dyn tributary_engine::Engine>,
+        owner: String,
+    ) -> tributary_delivery::router::Router {
+        use std::time::Duration;
+        let config = tributary_delivery::router::RouterConfig {
+            owner,
+            lease: Duration::from_secs(self.lease_secs),
+            page: usize::try_from(self.feed_page).unwrap_or(1_000),
+            poll_interval: Duration::from_millis(self.feed_poll_interval_ms),
+            ..Default::default()
+        };
+        tributary_delivery::router::Router::new(store, engine, config)
     }
 }
 
@@ -257,6 +283,8 @@ pub struct EngineConfig {
     /// For `rediss` URLs: a PEM file of the authority that signed Redis's certificate (empty:
     /// the system's trusted roots).
     pub redis_tls_ca_file: String,
+    /// Most entries kept in each app's durable feed (apps with rules); the oldest go first.
+    pub feed_max_len: usize,
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -270,6 +298,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("redis_trust_restarts", &self.redis_trust_restarts)
             .field("redis_connections", &self.redis_connections)
             .field("redis_tls_ca_file", &self.redis_tls_ca_file)
+            .field("feed_max_len", &self.feed_max_len)
             .finish()
     }
 }
@@ -284,6 +313,7 @@ impl Default for EngineConfig {
             redis_trust_restarts: false,
             redis_connections: 4,
             redis_tls_ca_file: String::new(),
+            feed_max_len: 100_000,
         }
     }
 }

@@ -71,8 +71,8 @@ pub struct Bound {
     control_plane: Arc<ControlPlane>,
     credentials: Credentials,
     store: Store,
-    /// The delivery worker, when `delivery.worker` is on.
-    worker: Option<tributary_delivery::worker::Worker>,
+    /// The delivery worker and its feed router, when `delivery.worker` is on.
+    worker: Option<(tributary_delivery::worker::Worker, tributary_delivery::router::Router)>,
 }
 
 impl Bound {
@@ -116,9 +116,9 @@ impl Bound {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
         let Bound { listener, relay, control_plane, store, mqtt, mqtt_ws, mqtt_tls, worker, .. } = self;
         let stop_worker = tokio_util::sync::CancellationToken::new();
-        let delivering = worker.map(|worker| {
+        let delivering = worker.map(|(worker, router)| {
             let stop = stop_worker.clone();
-            tokio::spawn(async move { worker.run(stop).await })
+            tokio::spawn(async move { tokio::join!(worker.run(stop.clone()), router.run(stop)) })
         });
         if let Some((listener, acceptor)) = mqtt_tls {
             tokio::spawn(tributary_relay::mqtt::tls::serve(listener, acceptor, relay.state().clone()));
@@ -229,14 +229,36 @@ pub async fn bind_wrapped(
     if config.relay.mqtt.anonymous_app == "dev" {
         config.relay.mqtt.anonymous_app = credentials.app_id.clone();
     }
+    let engine = wrap(open_engine(&config).await?);
+    let relay =
+        Relay::new(config.relay.clone(), engine.clone(), Arc::new(StoreDirectory::new(store.clone())));
+    let node = Arc::new(LocalRelay(relay.state().clone()));
+    let mut settings = config.control.settings();
+    settings.webhook_policy = config.delivery.address_policy();
+    let control_plane = ControlPlane::on_node(store.clone(), engine.clone(), settings, node);
+    let worker = if config.delivery.worker {
+        let owner = format!("serve-{}", uuid::Uuid::new_v4().simple());
+        let worker = config.delivery.worker(store.clone(), owner.clone())?;
+        let router = config.delivery.router(store.clone(), engine, owner).wakes(worker.waker());
+        Some((worker, router))
+    } else {
+        None
+    };
+    Ok(Bound { listener, addr, mqtt, mqtt_ws, mqtt_tls, relay, control_plane, credentials, store, worker })
+}
+
+/// Opens the engine the configuration names: Redis, or the in-memory engine of one process.
+pub async fn open_engine(config: &TributaryConfig) -> Result<Arc<dyn Engine>, ServeError> {
     let stream_idle_ttl = Duration::from_secs(config.engine.stream_idle_ttl_secs);
-    let engine: Arc<dyn Engine> = match config.engine.kind.as_str() {
+    let feed_retention = tributary_engine::FeedRetention { max_len: config.engine.feed_max_len };
+    Ok(match config.engine.kind.as_str() {
         "redis" => {
             let mut redis = RedisEngineConfig::new(config.engine.redis_url.clone());
             redis.prefix = config.engine.redis_prefix.clone();
             redis.stream_idle_ttl = stream_idle_ttl;
             redis.trust_restarts = config.engine.redis_trust_restarts;
             redis.command_connections = config.engine.redis_connections;
+            redis.feed_retention = feed_retention;
             let ca = &config.engine.redis_tls_ca_file;
             if !ca.is_empty() {
                 let pem =
@@ -247,22 +269,10 @@ pub async fn bind_wrapped(
         }
         _ => Arc::new(MemoryEngine::new(MemoryEngineConfig {
             stream_idle_ttl,
+            feed_retention,
             ..MemoryEngineConfig::default()
         })),
-    };
-    let engine = wrap(engine);
-    let relay =
-        Relay::new(config.relay.clone(), engine.clone(), Arc::new(StoreDirectory::new(store.clone())));
-    let node = Arc::new(LocalRelay(relay.state().clone()));
-    let mut settings = config.control.settings();
-    settings.webhook_policy = config.delivery.address_policy();
-    let control_plane = ControlPlane::on_node(store.clone(), engine, settings, node);
-    let worker = if config.delivery.worker {
-        Some(config.delivery.worker(store.clone(), format!("serve-{}", uuid::Uuid::new_v4().simple()))?)
-    } else {
-        None
-    };
-    Ok(Bound { listener, addr, mqtt, mqtt_ws, mqtt_tls, relay, control_plane, credentials, store, worker })
+    })
 }
 
 /// The relay of this process, as the management API applies its changes to it.

@@ -8,6 +8,7 @@ pub(crate) mod keys;
 pub(crate) mod namespaces;
 pub(crate) mod plans;
 pub(crate) mod revocations;
+pub(crate) mod rules;
 pub(crate) mod tenants;
 pub(crate) mod tokens;
 pub(crate) mod usage;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::http::Method;
-use axum::routing::{MethodRouter, delete, get, post};
+use axum::routing::{MethodRouter, delete, get, post, put};
 
 use crate::ControlPlane;
 use crate::error::ApiError;
@@ -86,6 +87,13 @@ fn table() -> Vec<(Method, String, MethodRouter<Arc<ControlPlane>>)> {
         (Method::GET, a("/webhooks/{webhook}/deliveries"), get(webhooks::deliveries)),
         (Method::GET, a("/webhooks/{webhook}/dead-letters"), get(webhooks::dead_letters)),
         (Method::POST, a("/webhooks/{webhook}/dead-letters/{delivery}/replay"), post(webhooks::replay)),
+        (Method::POST, a("/rules"), post(rules::create)),
+        (Method::GET, a("/rules"), get(rules::list)),
+        (Method::GET, a("/rules/{rule}"), get(rules::get)),
+        (Method::PUT, a("/rules/{rule}"), put(rules::update)),
+        (Method::DELETE, a("/rules/{rule}"), delete(rules::delete)),
+        (Method::POST, a("/rules/{rule}/enable"), post(rules::enable)),
+        (Method::POST, a("/rules/{rule}/disable"), post(rules::disable)),
         (Method::POST, t("/management-tokens"), post(tokens::create)),
         (Method::GET, t("/management-tokens"), get(tokens::list)),
         (Method::POST, t("/management-tokens/{token}/revoke"), post(tokens::revoke)),

@@ -122,7 +122,7 @@ fn attempt_view(a: LoggedAttempt) -> Value {
 }
 
 /// Checks custom headers: valid names and values, none the worker sets itself.
-fn checked_headers(headers: &BTreeMap<String, String>) -> Result<String, ApiError> {
+pub(crate) fn checked_headers(headers: &BTreeMap<String, String>) -> Result<String, ApiError> {
     if headers.len() > MAX_HEADERS {
         return Err(ApiError::invalid(format!("at most {MAX_HEADERS} headers")));
     }

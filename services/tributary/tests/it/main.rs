@@ -29,6 +29,8 @@ mod recovery;
 mod redis_restart;
 mod redis_tls;
 mod revocation;
+mod rules;
+mod rules_kill;
 mod seam;
 mod sse_poll;
 mod storage;

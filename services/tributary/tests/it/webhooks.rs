@@ -122,9 +122,7 @@ async fn an_endpoints_secret_is_shown_once_rotated_and_its_dead_letters_replayed
 /// the server's own delivery worker sends it, signed, to a real receiver; the log says so.
 #[tokio::test]
 async fn a_test_event_reaches_the_receiver_signed_and_the_log_says_delivered() {
-    use axum::http::{HeaderMap, StatusCode};
     use base64::Engine as _;
-    use std::sync::{Arc, Mutex};
 
     let server = TestServer::spawn_configured(|config| {
         config.delivery.allow_http = true;
@@ -132,20 +130,7 @@ async fn a_test_event_reaches_the_receiver_signed_and_the_log_says_delivered() {
         config.delivery.poll_interval_ms = 20;
     })
     .await;
-    /// What the receiver got: each request's headers and body.
-    type Requests = Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>>;
-    let got: Requests = Arc::default();
-    let seen = got.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| async move {
-            seen.lock().unwrap().push((headers, body.to_vec()));
-            StatusCode::NO_CONTENT
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (addr, got) = crate::rules::receiver().await;
 
     let body = json!({"url": format!("http://{addr}/hook"), "headers": {"x-team": "payments"}});
     let (status, created) = call(&server, "POST", "", Some(body)).await;

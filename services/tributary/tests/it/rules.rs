@@ -1,0 +1,226 @@
+//! Rules through the management API and the server's own worker: an app's messages and
+//! presence changes reach a local receiver, batched and enveloped or raw, signed; what no rule
+//! matches does not; bad definitions are refused with the reason and change nothing.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+use tributary_testkit::TestServer;
+
+/// Calls the management API as the operator under the development app's path.
+async fn call(server: &TestServer, method: &str, rest: &str, body: Option<Value>) -> (u16, Value) {
+    let path = format!("/v1/tenants/{}/apps/{}{rest}", server.tenant_id(), server.app_id());
+    server.manage(method, &path, server.operator_token(), body.as_ref()).await
+}
+
+/// What a receiver got: each request's headers and body.
+pub(crate) type Requests = Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>>;
+
+/// A receiver on port 0 that records every request and answers 204.
+pub(crate) async fn receiver() -> (std::net::SocketAddr, Requests) {
+    let got: Requests = Arc::default();
+    let seen = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| async move {
+            seen.lock().unwrap().push((headers, body.to_vec()));
+            StatusCode::NO_CONTENT
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, got)
+}
+
+async fn server() -> TestServer {
+    TestServer::spawn_configured(|config| {
+        config.delivery.allow_http = true;
+        config.delivery.allowed_private_ranges = vec!["127.0.0.0/8".into()];
+        config.delivery.poll_interval_ms = 20;
+        config.delivery.feed_poll_interval_ms = 20;
+    })
+    .await
+}
+
+/// Makes an endpoint at `addr`; returns its id and its secret's bytes.
+async fn endpoint(server: &TestServer, addr: std::net::SocketAddr) -> (String, Vec<u8>) {
+    use base64::Engine as _;
+    let (status, created) =
+        call(server, "POST", "/webhooks", Some(json!({"url": format!("http://{addr}/hook")}))).await;
+    assert_eq!(status, 201, "{created}");
+    let secret = base64::engine::general_purpose::STANDARD
+        .decode(created["secret"].as_str().unwrap().trim_start_matches("whsec_"))
+        .unwrap();
+    (created["id"].as_str().unwrap().to_owned(), secret)
+}
+
+/// Waits until `got` holds at least `n` requests.
+async fn requests(got: &Requests, n: usize) -> Vec<(HeaderMap, Vec<u8>)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = got.lock().unwrap().clone();
+        if now.len() >= n {
+            return now;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{} of {n} requests arrived", now.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_apps_messages_and_presence_reach_its_endpoint_batched_enveloped_and_signed() {
+    let server = server().await;
+    let (addr, got) = receiver().await;
+    let (webhook, secret) = endpoint(&server, addr).await;
+    let rule = json!({
+        "name": "orders",
+        "channel_pattern": "orders:*",
+        "events": ["message", "presence.join", "presence.leave"],
+        "webhook_id": webhook,
+        "batch_max": 5,
+        "batch_ms": 200,
+        "headers": {"x-source": "rules-test"},
+    });
+    let (status, created) = call(&server, "POST", "/rules", Some(rule)).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!((created["batch_max"].as_i64(), created["body"].as_str()), (Some(5), Some("enveloped")));
+
+    for n in 0..12 {
+        server.publish("orders:1", json!({"n": n})).await;
+        server.publish("billing:1", json!({"n": n})).await;
+    }
+    let token = server.all_rights("alice").await;
+    let mut ws = server.ws(&token).await;
+    ws.request(json!({"op": "subscribe", "channel": "orders:1"})).await.unwrap();
+    ws.request(json!({"op": "unsubscribe", "channel": "orders:1"})).await.unwrap();
+
+    // 12 messages, a join and a leave: 14 events in requests of at most 5.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let events: Vec<Value> = loop {
+        let bodies = got.lock().unwrap().clone();
+        let events: Vec<Value> = bodies
+            .iter()
+            .flat_map(|(_, body)| {
+                serde_json::from_slice::<Value>(body).unwrap()["events"].as_array().unwrap().clone()
+            })
+            .collect();
+        if events.len() >= 14 {
+            break events;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{} of 14 events arrived", events.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(events.len(), 14, "nothing twice, nothing of billing:1");
+    let data: Vec<Value> =
+        events.iter().filter(|e| e["kind"] == "message").map(|e| e["message"]["data"].clone()).collect();
+    assert_eq!(data, (0..12).map(|n| json!({"n": n})).collect::<Vec<_>>(), "in order");
+    assert_eq!(events[12]["kind"], "presence.join");
+    assert_eq!(events[12]["member"]["client_id"], "alice");
+    assert_eq!(events[13]["kind"], "presence.leave");
+
+    let requests = got.lock().unwrap().clone();
+    for (headers, body) in &requests {
+        let header = |name: &str| headers[name].to_str().unwrap().to_owned();
+        let parsed: Value = serde_json::from_slice(body).unwrap();
+        assert!(parsed["events"].as_array().unwrap().len() <= 5);
+        assert_eq!(parsed["id"], header("webhook-id").as_str(), "the body names its request");
+        assert_eq!(header("x-source"), "rules-test");
+        assert_eq!(header("content-type"), "application/json");
+        let expected = tributary_delivery::signature::WebhookSecret::from_bytes(secret.clone()).sign(
+            &header("webhook-id"),
+            header("webhook-timestamp").parse().unwrap(),
+            body,
+        );
+        assert!(header("webhook-signature").split(' ').any(|s| s == expected));
+    }
+}
+
+#[tokio::test]
+async fn a_raw_rule_sends_the_payload_as_published_and_a_disabled_one_sends_nothing() {
+    let server = server().await;
+    let (addr, got) = receiver().await;
+    let (webhook, _) = endpoint(&server, addr).await;
+    let rule =
+        json!({"channel_pattern": "sensors:*", "events": ["message"], "webhook_id": webhook, "body": "raw"});
+    let (status, created) = call(&server, "POST", "/rules", Some(rule)).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    server.publish("sensors:1", json!({"t": 21.5})).await;
+    let first = requests(&got, 1).await;
+    assert_eq!(first[0].1, br#"{"t":21.5}"#);
+
+    let (status, disabled) = call(&server, "POST", &format!("/rules/{id}/disable"), None).await;
+    assert_eq!((status, disabled["enabled"].as_bool()), (200, Some(false)));
+    server.publish("sensors:1", json!({"t": 99})).await;
+    let (status, _) = call(&server, "POST", &format!("/rules/{id}/enable"), None).await;
+    assert_eq!(status, 200);
+    server.publish("sensors:1", json!({"t": 22})).await;
+    let now = requests(&got, 2).await;
+    assert_eq!(now[1].1, br#"{"t":22}"#, "what was published while the rule was off is not sent");
+
+    let (status, _) = call(&server, "DELETE", &format!("/rules/{id}"), None).await;
+    assert_eq!(status, 204);
+    let (_, listed) = call(&server, "GET", "/rules", None).await;
+    assert_eq!(listed, json!([]));
+}
+
+#[tokio::test]
+async fn bad_rules_are_refused_with_the_reason_and_nothing_is_made() {
+    let server = server().await;
+    let (addr, _) = receiver().await;
+    let (webhook, _) = endpoint(&server, addr).await;
+    // An endpoint of another app of the same tenant: not this app's to send to.
+    let other = server.store().create_app(server.tenant_id(), "other").await.unwrap();
+    let (status, foreign) = server
+        .manage(
+            "POST",
+            &format!("/v1/tenants/{}/apps/{}/webhooks", server.tenant_id(), other.id),
+            server.operator_token(),
+            Some(&json!({"url": format!("http://{addr}/hook")})),
+        )
+        .await;
+    assert_eq!(status, 201, "{foreign}");
+    let good = json!({"channel_pattern": "orders:*", "events": ["message"], "webhook_id": webhook});
+    let with = |field: &str, value: Value| {
+        let mut body = good.clone();
+        body[field] = value;
+        body
+    };
+    let cases = [
+        (with("channel_pattern", json!("orders:: *")), 400, "channel_pattern"),
+        (with("events", json!([])), 400, "events"),
+        (with("events", json!(["message", "channel.exploded"])), 400, "events"),
+        (with("batch_max", json!(0)), 400, "batch_max"),
+        (with("batch_max", json!(1001)), 400, "batch_max"),
+        (with("batch_ms", json!(60_001)), 400, "batch_ms"),
+        (with("body", json!("xml")), 400, "body"),
+        (
+            with("body", json!("raw"))
+                .as_object()
+                .map(|o| {
+                    let mut o = o.clone();
+                    o.insert("batch_max".into(), json!(10));
+                    Value::Object(o)
+                })
+                .unwrap(),
+            400,
+            "raw body",
+        ),
+        (with("headers", json!({"webhook-id": "mine"})), 400, "webhook-id"),
+        (with("webhook_id", json!("wh_nope")), 404, "not found"),
+        (with("webhook_id", foreign["id"].clone()), 404, "not found"),
+        (with("surprise", json!(1)), 400, "surprise"),
+    ];
+    for (body, expected, says) in cases {
+        let (status, reply) = call(&server, "POST", "/rules", Some(body.clone())).await;
+        assert_eq!(status, expected, "{body} → {reply}");
+        assert!(reply.to_string().contains(says), "{body}: {reply} should say {says}");
+    }
+    let (_, listed) = call(&server, "GET", "/rules", None).await;
+    assert_eq!(listed, json!([]), "nothing was made");
+    let (status, created) = call(&server, "POST", "/rules", Some(good)).await;
+    assert_eq!(status, 201, "the good one still goes in: {created}");
+}

@@ -1,0 +1,245 @@
+//! The production setup under `kill -9`: PostgreSQL store, a durable Redis (`appendfsync
+//! always`), two relay processes without workers and separate `tributary worker` processes. A
+//! rule sends an app's messages to a receiver while a publisher publishes; a worker, then a relay
+//! (and another worker), then Redis itself are killed with SIGKILL mid-stream. Every message the
+//! server acknowledged reaches the receiver, signed; a message that arrives twice arrives under
+//! the same `webhook-id` both times.
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use secrecy::ExposeSecret as _;
+use serde_json::{Value, json};
+use tributary_delivery::signature::WebhookSecret;
+use tributary_store::MasterKey;
+use tributary_testkit::ThrowawayRedis;
+
+/// A child process, killed (SIGKILL) when dropped.
+struct Process(Child);
+
+impl Process {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What every process shares: the data directory (credentials), the database, Redis, the key.
+struct Setup {
+    dir: tempfile::TempDir,
+    database: String,
+    redis: String,
+    key: MasterKey,
+}
+
+impl Setup {
+    fn command(&self, role: &str, settings: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tributary"));
+        command.arg(role).arg("--data-dir").arg(self.dir.path());
+        for setting in [
+            "engine.kind=redis".to_owned(),
+            format!("engine.redis_url={}", self.redis),
+            "engine.redis_trust_restarts=true".to_owned(),
+        ]
+        .iter()
+        .map(String::as_str)
+        .chain(settings.iter().copied())
+        {
+            command.args(["--set", setting]);
+        }
+        command
+            .env("TRIBUTARY_STORAGE__DATABASE_URL", &self.database)
+            .env("TRIBUTARY_MASTER_KEY", self.key.to_base64().expose_secret())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
+    }
+
+    /// Starts a relay without a worker; returns it and its base URL once it answers.
+    async fn relay(&self) -> (Process, String) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let listen = format!("listen=\"127.0.0.1:{port}\"");
+        let child =
+            self.command("serve", &["delivery.worker=false", &listen]).spawn().expect("the binary starts");
+        let process = Process(child);
+        let http = format!("http://127.0.0.1:{port}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while client().get(format!("{http}/readyz")).send().await.map_or(true, |r| !r.status().is_success()) {
+            assert!(tokio::time::Instant::now() < deadline, "the relay did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (process, http)
+    }
+
+    /// Starts a worker allowed to reach loopback over http, quick to take over.
+    fn worker(&self) -> Process {
+        let settings = [
+            "delivery.allow_http=true",
+            r#"delivery.allowed_private_ranges=["127.0.0.0/8"]"#,
+            "delivery.lease_secs=1",
+            "delivery.poll_interval_ms=20",
+            "delivery.feed_poll_interval_ms=20",
+            "delivery.retry_schedule=1s,1s,1s,1s,1s,1s,1s,1s,1s,1s",
+        ];
+        Process(self.command("worker", &settings).spawn().expect("the binary starts"))
+    }
+
+    fn credentials(&self) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(self.dir.path().join("credentials.json")).unwrap())
+            .unwrap()
+    }
+}
+
+fn client() -> reqwest::Client {
+    tributary_delivery::install_tls_provider();
+    reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap()
+}
+
+/// What the receiver saw: for each message number, the `webhook-id` of every request that held it.
+type Seen = Arc<Mutex<HashMap<u64, Vec<String>>>>;
+
+/// A receiver that checks each signature and records the messages of each signed request.
+async fn receiver(secret: Arc<Mutex<Option<WebhookSecret>>>, seen: Seen) -> std::net::SocketAddr {
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| async move {
+            let header =
+                |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+            let (id, timestamp) =
+                (header("webhook-id"), header("webhook-timestamp").parse::<u64>().unwrap_or(0));
+            let expected = secret.lock().unwrap().as_ref().map(|s| s.sign(&id, timestamp, &body));
+            if expected.is_none_or(|expected| !header("webhook-signature").split(' ').any(|s| s == expected))
+            {
+                return StatusCode::UNAUTHORIZED;
+            }
+            let Ok(envelope) = serde_json::from_slice::<Value>(&body) else { return StatusCode::BAD_REQUEST };
+            let mut seen = seen.lock().unwrap();
+            for event in envelope["events"].as_array().into_iter().flatten() {
+                if let Some(n) = event["message"]["data"]["n"].as_u64() {
+                    seen.entry(n).or_default().push(id.clone());
+                }
+            }
+            StatusCode::NO_CONTENT
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// Publishes message `n` through the first relay that acknowledges it, retrying (with the same
+/// idempotency key) until one does.
+async fn publish(relays: &[String], api_key: &str, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        for relay in relays {
+            let sent = client()
+                .post(format!("{relay}/v1/channels/orders:1/messages"))
+                .bearer_auth(api_key)
+                .header("Idempotency-Key", format!("m{n}"))
+                .json(&json!({"data": {"n": n}}))
+                .send()
+                .await;
+            if sent.is_ok_and(|reply| reply.status().is_success()) {
+                return;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "message {n} was never acknowledged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_deliver_every_acknowledged_message_across_kill_9_of_worker_relay_and_redis() {
+    let mut redis = ThrowawayRedis::start_durable();
+    let setup = Setup {
+        dir: tempfile::tempdir().unwrap(),
+        database: tributary_testkit::fresh_postgres_database().await,
+        redis: redis.url(),
+        key: MasterKey::generate(),
+    };
+    let (mut doomed_relay, first) = setup.relay().await;
+    let (_relay, second) = setup.relay().await;
+    let credentials = setup.credentials();
+    let (tenant, app) = (credentials["tenant_id"].as_str().unwrap(), credentials["app_id"].as_str().unwrap());
+    let operator = credentials["operator_token"].as_str().unwrap().to_owned();
+    let api_key = credentials["api_key"].as_str().unwrap().to_owned();
+
+    let seen: Seen = Arc::default();
+    let secret: Arc<Mutex<Option<WebhookSecret>>> = Arc::default();
+    let addr = receiver(secret.clone(), seen.clone()).await;
+    let manage = |path: &str, body: Value| {
+        client()
+            .post(format!("{first}/v1/tenants/{tenant}/apps/{app}{path}"))
+            .bearer_auth(&operator)
+            .json(&body)
+            .send()
+    };
+    // The relays refuse loopback URLs (their address rules are the defaults): the endpoint is
+    // made in the store, as an operator who allows loopback would have it.
+    let store = tributary_store::Store::open(&setup.database, &setup.key).await.unwrap();
+    let new = tributary_store::NewWebhookEndpoint {
+        url: format!("http://{addr}/hook"),
+        description: "kill test".into(),
+        headers: "{}".into(),
+    };
+    let (endpoint, key) =
+        store.create_webhook_endpoint(&tributary_store::Actor::system(), tenant, app, &new).await.unwrap();
+    *secret.lock().unwrap() = Some(WebhookSecret::from_bytes(key.expose_secret().to_vec()));
+    let rule = json!({"channel_pattern": "orders:*", "events": ["message"], "webhook_id": endpoint.id, "batch_max": 20});
+    let reply = manage("/rules", rule).await.unwrap();
+    assert_eq!(reply.status().as_u16(), 201, "{}", reply.text().await.unwrap());
+
+    let mut workers = vec![setup.worker(), setup.worker()];
+    const MESSAGES: u64 = 600;
+    let mut relays = vec![first.clone(), second.clone()];
+    for n in 0..MESSAGES {
+        match n {
+            150 => {
+                workers[0].kill();
+                workers.push(setup.worker());
+            }
+            300 => {
+                workers[1].kill();
+                doomed_relay.kill();
+                relays.remove(0);
+            }
+            450 => redis.restart(), // SIGKILL, then up again from its append-only file
+            _ => {}
+        }
+        publish(&relays, &api_key, n).await;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while (seen.lock().unwrap().len() as u64) < MESSAGES {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {MESSAGES} messages arrived",
+            seen.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = seen.lock().unwrap().clone();
+    let delivered = seen.len() as u64;
+    let duplicated: usize = seen.values().map(|ids| ids.len() - 1).sum();
+    println!(
+        "published {MESSAGES} / delivered {delivered} / lost {} / duplicated {duplicated}",
+        MESSAGES - delivered
+    );
+    assert_eq!(delivered, MESSAGES, "nothing acknowledged is lost");
+    for (n, ids) in &seen {
+        let distinct: HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), 1, "message {n} came in requests with different ids: {ids:?}");
+    }
+}

@@ -45,6 +45,16 @@ pub struct FanoutArgs {
     /// Address of a peer server (Redis or NATS), e.g. 127.0.0.1:6380.
     #[arg(long)]
     peer_addr: Option<std::net::SocketAddr>,
+    /// Rules active on the app during the run (Tributary only), each sending what
+    /// `--rules-pattern` matches to a local receiver in batches of 100.
+    #[arg(long, default_value_t = 0)]
+    rules: usize,
+    /// The channels the rules match.
+    #[arg(long, default_value = "bench:*")]
+    rules_pattern: String,
+    /// The server's `credentials.json`, to make the rules.
+    #[arg(long, env = "BENCH_CREDENTIALS")]
+    credentials: Option<std::path::PathBuf>,
 }
 
 /// How a fan-out run publishes and how long it measures.
@@ -123,6 +133,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
         "scenario": "fanout",
         "peer": format!("{:?}", args.peer).to_lowercase(),
         "subscribers": args.subscribers,
+        "rules": args.rules,
     })));
     Ok(serde_json::Value::Object(report))
 }
@@ -364,6 +375,12 @@ async fn start_tributary(
     stop: &watch::Receiver<bool>,
     pacer: Pacer,
 ) -> anyhow::Result<Tasks> {
+    if args.rules > 0 {
+        let credentials = args.credentials.as_deref().context("--credentials is needed with --rules")?;
+        let management = crate::webhooks::Management::read(credentials, args.target.first_node())?;
+        let (url, _receiver) = crate::webhooks::receiver(shared.base, false).await?;
+        management.rules_to(&url, args.rules, &args.rules_pattern, 100, 100).await?;
+    }
     let token = client::mint(&args.target, "bench", "bench:*").await?;
     let mut subscribers = client::connect_many(&args.target, args.subscribers, &token).await?;
     let subscribing = futures::stream::iter(subscribers.iter_mut())

@@ -14,6 +14,7 @@
 //! - `mqtt`: fan-out at QoS 0 and 1 and idle connections over MQTT, against Tributary's MQTT
 //!   listener, Mosquitto and rumqttd.
 //! - `recovery`: subscribers leave, messages are published, all come back with their positions.
+//! - `webhooks`: rules sending every message of many channels to a local receiver.
 //! - `server_stats`: RSS and CPU time of the server process from `/proc`.
 
 mod client;
@@ -25,6 +26,7 @@ mod peer;
 mod recovery;
 mod server_stats;
 mod storm;
+mod webhooks;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -52,6 +54,8 @@ enum Scenario {
     MqttFanout(mqtt::MqttFanoutArgs),
     /// MQTT: many idle connected, subscribed clients: server memory per connection.
     MqttIdle(mqtt::MqttIdleArgs),
+    /// Webhooks: rules send every message of many channels to a local receiver.
+    Webhooks(webhooks::WebhooksArgs),
 }
 
 /// Where the server is and how to reach it.
@@ -88,6 +92,8 @@ impl Target {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // reqwest has TLS without a crypto provider of its own (see DEPENDENCIES.md).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // One thread: the generator gets its own core and never competes with itself.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let report = runtime.block_on(async {
@@ -99,6 +105,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Recovery(args) => recovery::run(args).await,
             Scenario::MqttFanout(args) => mqtt::fanout(args).await,
             Scenario::MqttIdle(args) => mqtt::idle(args).await,
+            Scenario::Webhooks(args) => webhooks::run(args).await,
         }
     })?;
     println!("{report}");

@@ -42,3 +42,11 @@ CREATE TABLE feed_positions (
 
 -- A rule's custom headers travel with its deliveries.
 ALTER TABLE delivery_jobs ADD COLUMN headers TEXT NOT NULL DEFAULT '{}';
+
+-- A claim visits the targets that have pending jobs one index seek at a time, counts each
+-- one's leased jobs from the few leased rows, and takes its due jobs from its own range: its
+-- cost does not grow with a dead endpoint's backlog.
+CREATE INDEX delivery_jobs_pending_targets ON delivery_jobs (state, target_id);
+CREATE INDEX delivery_jobs_leases ON delivery_jobs (target_id, lease_until_ms);
+-- Claims no longer scan every due job in time order.
+DROP INDEX delivery_jobs_due;

@@ -10,12 +10,13 @@
 //! worker delivers again, with the same event id: at least once, de-duplicable).
 //!
 //! A claim takes at most `per_target` jobs of one target, counting the ones already leased, so a
-//! dead or slow endpoint with a long backlog holds back only its own deliveries. Under
-//! concurrent claims that cap is soft (two claims may count the same leases), never the
-//! exclusivity of a job, which each claim re-checks row by row as it takes it: a claim that
-//! loses a race for a row skips it and may return fewer jobs than were due (the worker claims
-//! again). The claim is one portable statement on both backends; PostgreSQL's `FOR UPDATE SKIP
-//! LOCKED` (which cannot be combined with the per-target window) is not used yet.
+//! dead or slow endpoint with a long backlog holds back only its own deliveries. It visits the
+//! targets that have pending jobs one index seek at a time, from where the worker's last claim
+//! stopped, so every target is served in turn and a claim's cost does not grow with any
+//! backlog. Under concurrent claims the cap is soft (two claims may count the same leases),
+//! never the exclusivity of a job, which each claim re-checks row by row as it takes it: a
+//! claim that loses a race for a row skips it and may return fewer jobs than were due (the
+//! worker claims again). The statements are portable SQL on both backends.
 //!
 //! Times are Unix milliseconds, given by the caller (the worker's clock).
 
@@ -136,6 +137,9 @@ pub enum AfterAttempt {
     Dead,
 }
 
+/// Most targets one claim visits.
+const CLAIM_TARGETS: i64 = 64;
+
 /// Most bytes of a response kept in the delivery log.
 pub const MAX_SNIPPET_BYTES: usize = 4096;
 
@@ -169,6 +173,66 @@ fn clipped(snippet: &str) -> &str {
         end -= 1;
     }
     &snippet[..end]
+}
+
+/// An attempt of a job to record, and what happens to the job after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedAttempt {
+    /// The job.
+    pub job_id: String,
+    /// The attempt.
+    pub record: AttemptRecord,
+    /// What happens to the job.
+    pub after: AfterAttempt,
+}
+
+/// Records one attempt inside a transaction; `false` when `owner` no longer holds the job.
+async fn finish_one(
+    conn: &mut sqlx::AnyConnection,
+    owner: &str,
+    finished: &FinishedAttempt,
+) -> Result<bool, StoreError> {
+    let record = &finished.record;
+    let (state, next, done) = match finished.after {
+        AfterAttempt::Delivered => (DeliveryState::Delivered, None, Some(record.at_ms)),
+        AfterAttempt::RetryAt(at) => (DeliveryState::Pending, Some(at), None),
+        AfterAttempt::Dead => (DeliveryState::Dead, None, Some(record.at_ms)),
+    };
+    let moved = sqlx::query(
+        "UPDATE delivery_jobs SET state = $3, attempts = attempts + 1, tries = tries + 1, \
+         next_attempt_ms = COALESCE($4, next_attempt_ms), finished_ms = $5, \
+         lease_owner = NULL, lease_until_ms = NULL \
+         WHERE id = $1 AND lease_owner = $2 AND state = 'pending' \
+         RETURNING attempts, tenant_id, target_id",
+    )
+    .bind(&finished.job_id)
+    .bind(owner)
+    .bind(state.as_str())
+    .bind(next)
+    .bind(done)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = moved else { return Ok(false) };
+    let attempt: i64 = row.try_get("attempts")?;
+    let tenant_id: String = row.try_get("tenant_id")?;
+    let target_id: String = row.try_get("target_id")?;
+    sqlx::query(
+        "INSERT INTO delivery_attempts (job_id, attempt, tenant_id, target_id, at_ms, status, latency_ms, \
+         outcome, snippet) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&finished.job_id)
+    .bind(attempt)
+    .bind(&tenant_id)
+    .bind(&target_id)
+    .bind(record.at_ms)
+    .bind(record.status)
+    .bind(record.latency_ms)
+    .bind(&record.outcome)
+    .bind(clipped(&record.snippet))
+    .execute(&mut *conn)
+    .await
+    .map_err(|err| StoreError::from_sqlx(err, "delivery attempt", "delivery"))?;
+    Ok(true)
 }
 
 /// Inserts a job unless its event is queued for its target already (or its app is not in its
@@ -219,8 +283,11 @@ impl Store {
         }
     }
 
-    /// Claims up to `limit` due jobs for `owner` until `lease_until_ms`, oldest due first, at
-    /// most `per_target` of one target in flight (its jobs already leased count).
+    /// Claims up to `limit` due jobs for `owner` until `lease_until_ms`, at most `per_target`
+    /// of one target in flight (its jobs already leased count). Targets are visited in id order
+    /// from the first after `start_after` (wrapping around), so a worker that passes the last
+    /// target of its previous claim serves every target in turn; each target's jobs are taken
+    /// oldest due first.
     pub async fn claim_deliveries(
         &self,
         owner: &str,
@@ -228,35 +295,73 @@ impl Store {
         lease_until_ms: i64,
         limit: i64,
         per_target: i64,
+        start_after: &str,
     ) -> Result<Vec<DeliveryJob>, StoreError> {
-        let sql = concat!(
-            "UPDATE delivery_jobs SET lease_owner = $1, lease_until_ms = $2 \
-             WHERE id IN (\
-               SELECT id FROM (\
-                 SELECT id, target_id, next_attempt_ms, \
-                 ROW_NUMBER() OVER (PARTITION BY target_id ORDER BY next_attempt_ms, id) AS n \
-                 FROM delivery_jobs WHERE state = 'pending' AND next_attempt_ms <= $3 \
-                 AND (lease_until_ms IS NULL OR lease_until_ms < $3)\
-               ) ranked \
-               WHERE n + (SELECT COUNT(*) FROM delivery_jobs leased WHERE leased.target_id = ranked.target_id \
-                 AND leased.state = 'pending' AND leased.lease_until_ms >= $3) <= $4 \
-               ORDER BY next_attempt_ms, id LIMIT $5\
-             ) \
-             AND state = 'pending' AND (lease_until_ms IS NULL OR lease_until_ms < $3) \
-             RETURNING ",
-            job_columns!()
-        );
-        let rows = sqlx::query(sql)
-            .bind(owner)
-            .bind(lease_until_ms)
+        let mut jobs = Vec::new();
+        let mut targets = self.pending_targets(start_after, CLAIM_TARGETS).await?;
+        if (targets.len() as i64) < CLAIM_TARGETS && !start_after.is_empty() {
+            let wrapped = self.pending_targets("", CLAIM_TARGETS - targets.len() as i64).await?;
+            targets.extend(wrapped.into_iter().filter(|target| target.as_str() <= start_after));
+        }
+        for target in targets {
+            let room = limit - jobs.len() as i64;
+            if room <= 0 {
+                break;
+            }
+            let (in_flight,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM delivery_jobs WHERE target_id = $1 AND lease_until_ms >= $2",
+            )
+            .bind(&target)
             .bind(now_ms)
-            .bind(per_target)
-            .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_one(&self.pool)
             .await?;
-        let mut jobs = rows.iter().map(job).collect::<Result<Vec<_>, _>>()?;
-        jobs.sort_by(|a, b| (a.next_attempt_ms, &a.id).cmp(&(b.next_attempt_ms, &b.id)));
+            let take = room.min(per_target - in_flight);
+            if take <= 0 {
+                continue;
+            }
+            let sql = concat!(
+                "UPDATE delivery_jobs SET lease_owner = $1, lease_until_ms = $2 \
+                 WHERE id IN (\
+                   SELECT id FROM delivery_jobs WHERE target_id = $3 AND state = 'pending' \
+                   AND next_attempt_ms <= $4 AND (lease_until_ms IS NULL OR lease_until_ms < $4) \
+                   ORDER BY next_attempt_ms, id LIMIT $5\
+                 ) \
+                 AND state = 'pending' AND (lease_until_ms IS NULL OR lease_until_ms < $4) \
+                 RETURNING ",
+                job_columns!()
+            );
+            let rows = sqlx::query(sql)
+                .bind(owner)
+                .bind(lease_until_ms)
+                .bind(&target)
+                .bind(now_ms)
+                .bind(take)
+                .fetch_all(&self.pool)
+                .await?;
+            let mut taken = rows.iter().map(job).collect::<Result<Vec<_>, _>>()?;
+            taken.sort_by(|a, b| (a.next_attempt_ms, &a.id).cmp(&(b.next_attempt_ms, &b.id)));
+            jobs.extend(taken);
+        }
         Ok(jobs)
+    }
+
+    /// Up to `max` targets with pending jobs after `after`, in id order: one index seek each
+    /// (a skip scan), however many jobs each target has.
+    async fn pending_targets(&self, after: &str, max: i64) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(Option<String>,)> = sqlx::query_as(
+            "WITH RECURSIVE targets (target_id, n) AS (\
+               SELECT (SELECT MIN(target_id) FROM delivery_jobs WHERE state = 'pending' AND target_id > $1), 1 \
+               UNION ALL \
+               SELECT (SELECT MIN(target_id) FROM delivery_jobs WHERE state = 'pending' \
+                 AND target_id > targets.target_id), n + 1 \
+               FROM targets WHERE targets.target_id IS NOT NULL AND n < $2\
+             ) SELECT target_id FROM targets WHERE target_id IS NOT NULL",
+        )
+        .bind(after)
+        .bind(max)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().filter_map(|(target,)| target).collect())
     }
 
     /// Records an attempt of a job `owner` holds and moves the job on (delivered, due again, or
@@ -268,48 +373,24 @@ impl Store {
         record: &AttemptRecord,
         after: AfterAttempt,
     ) -> Result<bool, StoreError> {
-        let (state, next, finished) = match after {
-            AfterAttempt::Delivered => (DeliveryState::Delivered, None, Some(record.at_ms)),
-            AfterAttempt::RetryAt(at) => (DeliveryState::Pending, Some(at), None),
-            AfterAttempt::Dead => (DeliveryState::Dead, None, Some(record.at_ms)),
-        };
+        let finished = [FinishedAttempt { job_id: job_id.to_owned(), record: record.clone(), after }];
+        Ok(self.finish_delivery_attempts(owner, &finished).await?[0])
+    }
+
+    /// Records several attempts in one transaction (a worker's group commit); returns, for each,
+    /// whether `owner` still held its job (an attempt of a job it lost is not recorded).
+    pub async fn finish_delivery_attempts(
+        &self,
+        owner: &str,
+        finished: &[FinishedAttempt],
+    ) -> Result<Vec<bool>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let moved = sqlx::query(
-            "UPDATE delivery_jobs SET state = $3, attempts = attempts + 1, tries = tries + 1, \
-             next_attempt_ms = COALESCE($4, next_attempt_ms), finished_ms = $5, \
-             lease_owner = NULL, lease_until_ms = NULL \
-             WHERE id = $1 AND lease_owner = $2 AND state = 'pending' \
-             RETURNING attempts, tenant_id, target_id",
-        )
-        .bind(job_id)
-        .bind(owner)
-        .bind(state.as_str())
-        .bind(next)
-        .bind(finished)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = moved else { return Ok(false) };
-        let attempt: i64 = row.try_get("attempts")?;
-        let tenant_id: String = row.try_get("tenant_id")?;
-        let target_id: String = row.try_get("target_id")?;
-        sqlx::query(
-            "INSERT INTO delivery_attempts (job_id, attempt, tenant_id, target_id, at_ms, status, latency_ms, \
-             outcome, snippet) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(job_id)
-        .bind(attempt)
-        .bind(&tenant_id)
-        .bind(&target_id)
-        .bind(record.at_ms)
-        .bind(record.status)
-        .bind(record.latency_ms)
-        .bind(&record.outcome)
-        .bind(clipped(&record.snippet))
-        .execute(&mut *tx)
-        .await
-        .map_err(|err| StoreError::from_sqlx(err, "delivery attempt", "delivery"))?;
+        let mut recorded = Vec::with_capacity(finished.len());
+        for attempt in finished {
+            recorded.push(finish_one(&mut tx, owner, attempt).await?);
+        }
         tx.commit().await?;
-        Ok(true)
+        Ok(recorded)
     }
 
     /// Returns a job of `tenant_id`.

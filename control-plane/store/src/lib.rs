@@ -59,7 +59,9 @@ pub use api_key::{ApiKey, NewApiKey, api_key_id};
 pub use audit::{Actor, AuditEvent};
 pub use crypto::{MasterKey, SecretCipher};
 pub use db::{Backend, create_database};
-pub use delivery::{AfterAttempt, AttemptRecord, DeliveryJob, DeliveryState, LoggedAttempt, NewDelivery};
+pub use delivery::{
+    AfterAttempt, AttemptRecord, DeliveryJob, DeliveryState, FinishedAttempt, LoggedAttempt, NewDelivery,
+};
 pub use error::StoreError;
 pub use feed::FeedLease;
 pub use grant::{TokenGrant, new_token_id};

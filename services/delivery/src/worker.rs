@@ -1,6 +1,11 @@
 //! The delivery worker: claims due webhook deliveries from the store's queue, signs and sends
 //! each, and records how it went, moving the job on by the retry schedule.
 //!
+//! It is a pipeline: up to `batch` attempts are in flight at once, and whenever there is room it
+//! claims more, so an attempt waiting on a slow endpoint (up to its timeout) holds only its own
+//! slot, never the deliveries to other endpoints. Finished attempts are recorded together, one
+//! transaction for whatever finished meanwhile (a group commit).
+//!
 //! Nothing waits in the worker's memory but the jobs it holds a lease on. A worker that is
 //! killed loses nothing: its jobs are claimed again by any worker once their leases run out, and
 //! sent again with the same event id (at least once; receivers de-duplicate by `webhook-id`). A
@@ -14,7 +19,9 @@ use std::time::Duration;
 use secrecy::ExposeSecret as _;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tributary_store::{AfterAttempt, AttemptRecord, DeliveryJob, Store, StoreError, WebhookEndpoint};
+use tributary_store::{
+    AfterAttempt, AttemptRecord, DeliveryJob, FinishedAttempt, Store, StoreError, WebhookEndpoint,
+};
 
 use crate::schedule::{NextStep, RetrySchedule};
 use crate::sender::{SendError, Sender, Verdict};
@@ -67,77 +74,165 @@ enum Target {
 
 /// A delivery worker.
 pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+/// What a worker's attempts and recordings share (they run as tasks of their own, so that a
+/// transaction in progress never waits on the loop that claims).
+struct Inner {
     store: Store,
     sender: Sender,
     config: WorkerConfig,
     /// Woken when deliveries were queued in this process, so they need not wait for a poll.
     wake: Arc<Notify>,
+    /// The last target the previous claim served.
+    cursor: std::sync::Mutex<String>,
 }
 
 impl Worker {
     /// A worker on `store` that sends with `sender`.
     pub fn new(store: Store, sender: Sender, config: WorkerConfig) -> Self {
-        Self { store, sender, config, wake: Arc::new(Notify::new()) }
+        let inner = Inner {
+            store,
+            sender,
+            config,
+            wake: Arc::new(Notify::new()),
+            cursor: std::sync::Mutex::new(String::new()),
+        };
+        Self { inner: Arc::new(inner) }
     }
 
     /// What wakes an idle worker at once (the feed router of its process pokes it).
     pub fn waker(&self) -> Arc<Notify> {
-        self.wake.clone()
+        self.inner.wake.clone()
     }
 
-    /// Works until `stop` is cancelled. A store that fails is retried after the poll interval.
+    /// Works until `stop` is cancelled, then lets the attempts in flight finish and records
+    /// them. A store that fails is retried after the poll interval.
     pub async fn run(&self, stop: CancellationToken) {
-        while !stop.is_cancelled() {
-            let worked = match self.run_once().await {
-                Ok(worked) => worked,
-                Err(err) => {
-                    tracing::warn!(error = %err, "delivery queue unavailable");
-                    0
+        let inner = &self.inner;
+        let batch = usize::try_from(inner.config.batch).unwrap_or(1).max(1);
+        let mut in_flight: tokio::task::JoinSet<Option<FinishedAttempt>> = tokio::task::JoinSet::new();
+        let mut finished: Vec<FinishedAttempt> = Vec::new();
+        let mut recording: Option<tokio::task::JoinHandle<()>> = None;
+        let mut claim_at = tokio::time::Instant::now();
+        loop {
+            let stopping = stop.is_cancelled();
+            if !stopping && in_flight.len() < batch && claim_at <= tokio::time::Instant::now() {
+                let room = i64::try_from(batch - in_flight.len()).unwrap_or(1);
+                match inner.claim(room).await {
+                    Ok(claimed) => {
+                        if claimed.is_empty() {
+                            claim_at = tokio::time::Instant::now() + inner.config.poll_interval;
+                        }
+                        for (job, target) in claimed {
+                            let inner = inner.clone();
+                            in_flight.spawn(async move { inner.attempt(job, target).await });
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "delivery queue unavailable");
+                        claim_at = tokio::time::Instant::now() + inner.config.poll_interval;
+                    }
                 }
-            };
-            if worked == 0 {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = self.wake.notified() => {}
-                    () = tokio::time::sleep(self.config.poll_interval) => {}
+            }
+            if recording.is_none() && !finished.is_empty() {
+                let (inner, finished) = (inner.clone(), std::mem::take(&mut finished));
+                recording = Some(tokio::spawn(async move { inner.record(finished).await }));
+            }
+            if stopping && in_flight.is_empty() && recording.is_none() {
+                return;
+            }
+            tokio::select! {
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    finished.extend(done.ok().flatten());
                 }
+                _ = async { if let Some(recording) = recording.as_mut() { let _ = recording.await; } }, if recording.is_some() => {
+                    recording = None;
+                }
+                () = inner.wake.notified(), if !stopping => claim_at = tokio::time::Instant::now(),
+                () = tokio::time::sleep_until(claim_at), if !stopping && in_flight.len() < batch => {}
+                () = stop.cancelled(), if !stopping => {}
             }
         }
     }
 
-    /// Claims one batch of due jobs and makes one attempt of each; returns how many.
+    /// Claims one batch of due jobs, makes one attempt of each and records them; returns how
+    /// many.
     pub async fn run_once(&self) -> Result<usize, StoreError> {
+        let inner = &self.inner;
+        let claimed = inner.claim(inner.config.batch).await?;
+        let count = claimed.len();
+        let attempts = claimed.into_iter().map(|(job, target)| inner.attempt(job, target));
+        let finished: Vec<FinishedAttempt> =
+            futures::future::join_all(attempts).await.into_iter().flatten().collect();
+        inner.try_record(&finished).await?;
+        Ok(count)
+    }
+}
+
+impl Inner {
+    /// Claims up to `limit` due jobs, each with its endpoint (read once per endpoint).
+    async fn claim(&self, limit: i64) -> Result<Vec<(DeliveryJob, Arc<Target>)>, StoreError> {
         let now = now_ms();
         let lease_ms = i64::try_from(self.config.lease.as_millis()).unwrap_or(i64::MAX);
+        let start_after = self.cursor.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let jobs = self
             .store
             .claim_deliveries(
                 &self.config.owner,
                 now,
                 now.saturating_add(lease_ms),
-                self.config.batch,
+                limit,
                 self.config.per_target,
+                &start_after,
             )
             .await?;
-        let count = jobs.len();
-        // Each endpoint (and its secrets) is read once per batch, not once per delivery: a
-        // batch is mostly a few endpoints' backlogs.
-        let mut targets: HashMap<(String, String), Target> = HashMap::new();
-        for job in &jobs {
+        // The next claim starts after the last target served: every target gets its turn.
+        *self.cursor.lock().unwrap_or_else(|p| p.into_inner()) =
+            jobs.iter().map(|job| job.target_id.clone()).max().unwrap_or_default();
+        // Each endpoint (and its secrets) is read once per claim, not once per delivery: a claim
+        // is mostly a few endpoints' backlogs.
+        let mut targets: HashMap<(String, String), Arc<Target>> = HashMap::new();
+        let mut claimed = Vec::with_capacity(jobs.len());
+        for job in jobs {
             let key = (job.tenant_id.clone(), job.target_id.clone());
-            if let std::collections::hash_map::Entry::Vacant(slot) = targets.entry(key) {
-                let target = self.target(&slot.key().0, &slot.key().1, now).await?;
-                slot.insert(target);
+            let target = match targets.get(&key) {
+                Some(target) => target.clone(),
+                None => {
+                    let target = Arc::new(self.target(&key.0, &key.1, now).await?);
+                    targets.insert(key, target.clone());
+                    target
+                }
+            };
+            claimed.push((job, target));
+        }
+        Ok(claimed)
+    }
+
+    /// Records finished attempts, logging (not returning) a failure: their jobs stay leased and
+    /// are attempted again when the leases run out.
+    async fn record(&self, finished: Vec<FinishedAttempt>) {
+        if let Err(err) = self.try_record(&finished).await {
+            tracing::warn!(error = %err, attempts = finished.len(), "delivery attempts not recorded; they are retried after their leases");
+        }
+    }
+
+    async fn try_record(&self, finished: &[FinishedAttempt]) -> Result<(), StoreError> {
+        if finished.is_empty() {
+            return Ok(());
+        }
+        let recorded = self.store.finish_delivery_attempts(&self.config.owner, finished).await?;
+        for (attempt, kept) in finished.iter().zip(recorded) {
+            if !kept {
+                // Our lease ran out and another worker took the job: it records its own attempt.
+                tracing::info!(
+                    job = attempt.job_id,
+                    "a delivery's lease was lost before its attempt was recorded"
+                );
             }
         }
-        let attempts = jobs.iter().map(|job| {
-            let target = targets.get(&(job.tenant_id.clone(), job.target_id.clone()));
-            self.attempt(job, target)
-        });
-        for result in futures::future::join_all(attempts).await {
-            result?;
-        }
-        Ok(count)
+        Ok(())
     }
 
     /// Reads an endpoint and the secrets it signs with now.
@@ -157,16 +252,15 @@ impl Worker {
         Ok(Target::Ready { endpoint, signing })
     }
 
-    /// Makes one attempt of a claimed job to its target and records it.
-    async fn attempt(&self, job: &DeliveryJob, target: Option<&Target>) -> Result<(), StoreError> {
+    /// Makes one attempt of a claimed job to its target; returns what to record (nothing when
+    /// the store failed: the job stays leased and is attempted again after its lease).
+    async fn attempt(&self, job: DeliveryJob, target: Arc<Target>) -> Option<FinishedAttempt> {
         let started = now_ms();
-        let (endpoint, signing) = match target {
-            Some(Target::Ready { endpoint, signing }) => (endpoint, signing),
-            Some(Target::Unusable(reason)) => {
-                return self.finish(job, started, None, reason, "dead", AfterAttempt::Dead).await;
+        let (endpoint, signing) = match &*target {
+            Target::Ready { endpoint, signing } => (endpoint, signing),
+            Target::Unusable(reason) => {
+                return Some(finished(&job, started, None, reason, "dead", AfterAttempt::Dead));
             }
-            // Every job's target was read above; a job without one stays leased and is retried.
-            None => return Ok(()),
         };
         let signing: Vec<&WebhookSecret> = signing.iter().collect();
         let timestamp = u64::try_from(started / 1000).unwrap_or(0);
@@ -196,7 +290,14 @@ impl Worker {
             Verdict::Gone => {
                 let reason = "the endpoint answered 410 Gone";
                 let system = tributary_store::Actor::system();
-                self.store.set_webhook_enabled(&system, &job.tenant_id, &job.target_id, Some(reason)).await?;
+                if let Err(err) = self
+                    .store
+                    .set_webhook_enabled(&system, &job.tenant_id, &job.target_id, Some(reason))
+                    .await
+                {
+                    tracing::warn!(error = %err, "an endpoint that answered 410 was not disabled");
+                    return None;
+                }
                 ("gone", AfterAttempt::Dead)
             }
             Verdict::Retry { after } => {
@@ -210,31 +311,27 @@ impl Worker {
                 }
             }
         };
-        self.finish(job, started, status, &snippet, outcome, after).await
+        Some(finished(&job, started, status, &snippet, outcome, after))
     }
+}
 
-    async fn finish(
-        &self,
-        job: &DeliveryJob,
-        started: i64,
-        status: Option<u16>,
-        snippet: &str,
-        outcome: &str,
-        after: AfterAttempt,
-    ) -> Result<(), StoreError> {
-        let record = AttemptRecord {
-            at_ms: started,
-            status: status.map(i64::from),
-            latency_ms: now_ms().saturating_sub(started),
-            outcome: outcome.to_owned(),
-            snippet: snippet.to_owned(),
-        };
-        if !self.store.finish_delivery_attempt(&job.id, &self.config.owner, &record, after).await? {
-            // Our lease ran out and another worker took the job: it records its own attempt.
-            tracing::info!(job = job.id, "a delivery's lease was lost before its attempt was recorded");
-        }
-        Ok(())
-    }
+/// What to record of an attempt that started at `started`.
+fn finished(
+    job: &DeliveryJob,
+    started: i64,
+    status: Option<u16>,
+    snippet: &str,
+    outcome: &str,
+    after: AfterAttempt,
+) -> FinishedAttempt {
+    let record = AttemptRecord {
+        at_ms: started,
+        status: status.map(i64::from),
+        latency_ms: now_ms().saturating_sub(started),
+        outcome: outcome.to_owned(),
+        snippet: snippet.to_owned(),
+    };
+    FinishedAttempt { job_id: job.id.clone(), record, after }
 }
 
 /// Reads an endpoint's custom headers (a JSON object of strings); anything else is ignored.

@@ -106,7 +106,7 @@ async fn the_rules_requests_are_queued_once_each_in_order_by_two_routers_at_once
             y.unwrap();
         }
         let now = tributary_delivery::worker::now_ms();
-        let jobs = store.claim_deliveries("check", now, now + 60_000, 1_000, 1_000).await.unwrap();
+        let jobs = store.claim_deliveries("check", now, now + 60_000, 1_000, 1_000, "").await.unwrap();
         assert_eq!(a.stats().entries + b.stats().entries, 51, "every entry read once: 25 + 25 + 1");
         assert_eq!(jobs.iter().map(|j| &j.event_id).collect::<HashSet<_>>().len(), jobs.len());
 

@@ -38,7 +38,7 @@ async fn an_event_is_queued_once_per_target_and_only_in_its_own_tenant() {
         assert!(db.store.enqueue_delivery(&event(&tenant.id, &app.id, "wh_b", 1), 1_000).await.unwrap());
         let foreign = db.store.enqueue_delivery(&event(&other.id, &app.id, "wh_c", 1), 1_000).await;
         assert!(matches!(foreign, Err(StoreError::NotFound("app"))), "{foreign:?}");
-        let claimed = db.store.claim_deliveries("w1", 1_000, 31_000, 10, 10).await.unwrap();
+        let claimed = db.store.claim_deliveries("w1", 1_000, 31_000, 10, 10, "").await.unwrap();
         assert_eq!(claimed.len(), 2, "one job per target and event");
         assert_eq!(claimed[0].payload, b"{\"n\":1}");
         assert!(matches!(db.store.delivery(&other.id, &claimed[0].id).await, Err(StoreError::NotFound(_))));
@@ -58,11 +58,11 @@ async fn a_leased_job_is_nobody_elses_until_its_lease_runs_out() {
         // Two workers claim at once, then w1 claims what is left: every job goes to exactly one
         // of them (a claim that loses a race for a row skips it and may come back with fewer).
         let (a, b) = tokio::join!(
-            db.store.claim_deliveries("w1", 1_000, 31_000, 4, 10),
-            db.store.claim_deliveries("w2", 1_000, 31_000, 4, 10)
+            db.store.claim_deliveries("w1", 1_000, 31_000, 4, 10, ""),
+            db.store.claim_deliveries("w2", 1_000, 31_000, 4, 10, "")
         );
         let (mut a, b) = (a.unwrap(), b.unwrap());
-        a.extend(db.store.claim_deliveries("w1", 1_000, 31_000, 10, 10).await.unwrap());
+        a.extend(db.store.claim_deliveries("w1", 1_000, 31_000, 10, 10, "").await.unwrap());
         let mut ids: Vec<&str> = a.iter().chain(&b).map(|j| j.id.as_str()).collect();
         ids.sort();
         ids.dedup();
@@ -70,8 +70,8 @@ async fn a_leased_job_is_nobody_elses_until_its_lease_runs_out() {
         let (owner, held) = if a.is_empty() { ("w2", &b) } else { ("w1", &a) };
         // Both are killed. Before their leases run out nobody takes their jobs; after, w3 does,
         // and a late finish is refused.
-        assert!(db.store.claim_deliveries("w3", 20_000, 50_000, 10, 10).await.unwrap().is_empty());
-        let taken = db.store.claim_deliveries("w3", 31_001, 61_000, 10, 10).await.unwrap();
+        assert!(db.store.claim_deliveries("w3", 20_000, 50_000, 10, 10, "").await.unwrap().is_empty());
+        let taken = db.store.claim_deliveries("w3", 31_001, 61_000, 10, 10, "").await.unwrap();
         assert_eq!(taken.len(), 6, "every lease ran out");
         let late = attempt(31_500, "delivered");
         let late = db
@@ -91,7 +91,7 @@ async fn a_leased_job_is_nobody_elses_until_its_lease_runs_out() {
         assert_eq!((job.state, job.attempts), (DeliveryState::Delivered, 1));
         assert!(
             db.store
-                .claim_deliveries("w4", 70_000, 99_000, 10, 10)
+                .claim_deliveries("w4", 70_000, 99_000, 10, 10, "")
                 .await
                 .unwrap()
                 .iter()
@@ -111,7 +111,7 @@ async fn a_dead_endpoints_backlog_does_not_hold_back_other_targets() {
                 .unwrap();
         }
         db.store.enqueue_delivery(&event(&tenant.id, &app.id, "wh_live", 99), 5_000).await.unwrap();
-        let first = db.store.claim_deliveries("w1", 10_000, 40_000, 10, 2).await.unwrap();
+        let first = db.store.claim_deliveries("w1", 10_000, 40_000, 10, 2, "").await.unwrap();
         let dead = first.iter().filter(|j| j.target_id == "wh_dead").count();
         assert_eq!(dead, 2, "two of the dead endpoint's fifty");
         assert!(
@@ -119,7 +119,7 @@ async fn a_dead_endpoints_backlog_does_not_hold_back_other_targets() {
             "and the other target's job, though due later"
         );
         // Its two are still in flight: a second claim takes none of its jobs.
-        let second = db.store.claim_deliveries("w2", 10_000, 40_000, 10, 2).await.unwrap();
+        let second = db.store.claim_deliveries("w2", 10_000, 40_000, 10, 2, "").await.unwrap();
         assert!(second.is_empty(), "{second:?}");
     }
 }
@@ -129,7 +129,7 @@ async fn retries_wait_their_turn_the_last_attempt_dead_letters_and_a_replay_star
     for db in TestDb::all().await {
         let (tenant, app) = db.tenant_with_app("prod").await;
         db.store.enqueue_delivery(&event(&tenant.id, &app.id, "wh_a", 1), 1_000).await.unwrap();
-        let job = db.store.claim_deliveries("w1", 1_000, 31_000, 10, 10).await.unwrap().remove(0);
+        let job = db.store.claim_deliveries("w1", 1_000, 31_000, 10, 10, "").await.unwrap().remove(0);
         let retried = attempt(1_100, "retry");
         let retried = db
             .store
@@ -138,16 +138,16 @@ async fn retries_wait_their_turn_the_last_attempt_dead_letters_and_a_replay_star
             .unwrap();
         assert!(retried);
         assert!(
-            db.store.claim_deliveries("w1", 5_999, 40_000, 10, 10).await.unwrap().is_empty(),
+            db.store.claim_deliveries("w1", 5_999, 40_000, 10, 10, "").await.unwrap().is_empty(),
             "not due yet"
         );
-        let again = db.store.claim_deliveries("w1", 6_000, 40_000, 10, 10).await.unwrap().remove(0);
+        let again = db.store.claim_deliveries("w1", 6_000, 40_000, 10, 10, "").await.unwrap().remove(0);
         assert_eq!((again.id.as_str(), again.tries), (job.id.as_str(), 1));
         let long = "é".repeat(5_000);
         let last = AttemptRecord { snippet: long, ..attempt(6_100, "dead") };
         assert!(db.store.finish_delivery_attempt(&job.id, "w1", &last, AfterAttempt::Dead).await.unwrap());
         assert!(
-            db.store.claim_deliveries("w1", 99_000, 130_000, 10, 10).await.unwrap().is_empty(),
+            db.store.claim_deliveries("w1", 99_000, 130_000, 10, 10, "").await.unwrap().is_empty(),
             "dead is not due"
         );
         let dead = db.store.dead_deliveries(&tenant.id, "wh_a", 10).await.unwrap();
@@ -176,7 +176,7 @@ async fn retries_wait_their_turn_the_last_attempt_dead_letters_and_a_replay_star
             ),
             "once"
         );
-        let replayed = db.store.claim_deliveries("w2", 100_000, 130_000, 10, 10).await.unwrap().remove(0);
+        let replayed = db.store.claim_deliveries("w2", 100_000, 130_000, 10, 10, "").await.unwrap().remove(0);
         assert_eq!(
             (replayed.event_id.as_str(), replayed.tries, replayed.attempts),
             ("evt_1", 0, 2),

@@ -87,7 +87,7 @@ async fn an_endpoints_secret_is_shown_once_rotated_and_its_dead_letters_replayed
         headers: "{}".into(),
     };
     store.enqueue_delivery(&event, 1_000).await.unwrap();
-    let job = store.claim_deliveries("test", 1_000, 60_000, 10, 10).await.unwrap().remove(0);
+    let job = store.claim_deliveries("test", 1_000, 60_000, 10, 10, "").await.unwrap().remove(0);
     let last = AttemptRecord {
         at_ms: 1_500,
         status: Some(500),

@@ -195,12 +195,13 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<Value> {
     receiver.measuring.store(true, Ordering::Relaxed);
     // Memory is sampled through the window: with the receiver down, the backlog must wait in
     // the store, not in the server's memory.
-    let mut rss_kib = Vec::new();
+    let (mut rss_kib, mut anon_kib) = (Vec::new(), Vec::new());
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(args.seconds) {
         tokio::time::sleep(Duration::from_secs(args.seconds.min(10)).min(Duration::from_millis(1000))).await;
         if let Some(now) = server_stats::read(args.target.server_pid) {
             rss_kib.push(now.rss_kib);
+            anon_kib.push(now.anon_kib);
         }
     }
     receiver.measuring.store(false, Ordering::Relaxed);
@@ -233,6 +234,7 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<Value> {
         "latency_ms": {"p50": ms(0.5), "p99": ms(0.99), "max": histogram.max() as f64 / 1000.0},
         "server_cpu_cores": cpu,
         "server_rss_kib": {"first": rss_kib.first(), "last": rss_kib.last(), "max": rss_kib.iter().max()},
+        "server_anon_kib": {"first": anon_kib.first(), "last": anon_kib.last(), "max": anon_kib.iter().max()},
     }))
 }
 

@@ -23,7 +23,7 @@
 use sqlx::Row as _;
 
 use crate::db::DbRow;
-use crate::{Store, StoreError, id};
+use crate::{Backend, Store, StoreError, id};
 
 /// An event to deliver to one target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,53 +186,146 @@ pub struct FinishedAttempt {
     pub after: AfterAttempt,
 }
 
-/// Records one attempt inside a transaction; `false` when `owner` no longer holds the job.
-async fn finish_one(
+/// Attempts recorded by one pair of statements.
+const FINISH_GROUP: usize = 128;
+
+/// Jobs inserted by one statement.
+const INSERT_GROUP: usize = 100;
+
+/// Records a group of attempts with two statements (the jobs moved on, then their log
+/// entries), inside a transaction; for each, whether `owner` still held its job.
+async fn finish_group(
     conn: &mut sqlx::AnyConnection,
+    backend: Backend,
     owner: &str,
-    finished: &FinishedAttempt,
-) -> Result<bool, StoreError> {
-    let record = &finished.record;
-    let (state, next, done) = match finished.after {
-        AfterAttempt::Delivered => (DeliveryState::Delivered, None, Some(record.at_ms)),
-        AfterAttempt::RetryAt(at) => (DeliveryState::Pending, Some(at), None),
-        AfterAttempt::Dead => (DeliveryState::Dead, None, Some(record.at_ms)),
-    };
-    let moved = sqlx::query(
-        "UPDATE delivery_jobs SET state = $3, attempts = attempts + 1, tries = tries + 1, \
-         next_attempt_ms = COALESCE($4, next_attempt_ms), finished_ms = $5, \
-         lease_owner = NULL, lease_until_ms = NULL \
-         WHERE id = $1 AND lease_owner = $2 AND state = 'pending' \
-         RETURNING attempts, tenant_id, target_id",
-    )
-    .bind(&finished.job_id)
-    .bind(owner)
-    .bind(state.as_str())
-    .bind(next)
-    .bind(done)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(row) = moved else { return Ok(false) };
-    let attempt: i64 = row.try_get("attempts")?;
-    let tenant_id: String = row.try_get("tenant_id")?;
-    let target_id: String = row.try_get("target_id")?;
-    sqlx::query(
-        "INSERT INTO delivery_attempts (job_id, attempt, tenant_id, target_id, at_ms, status, latency_ms, \
-         outcome, snippet) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(&finished.job_id)
-    .bind(attempt)
-    .bind(&tenant_id)
-    .bind(&target_id)
-    .bind(record.at_ms)
-    .bind(record.status)
-    .bind(record.latency_ms)
-    .bind(&record.outcome)
-    .bind(clipped(&record.snippet))
-    .execute(&mut *conn)
-    .await
-    .map_err(|err| StoreError::from_sqlx(err, "delivery attempt", "delivery"))?;
-    Ok(true)
+    group: &[FinishedAttempt],
+) -> Result<Vec<bool>, StoreError> {
+    // Four placeholders per row, then the owner's.
+    let rows: Vec<String> = (0..group.len())
+        .map(|i| {
+            let p = |k: usize| placeholder(backend, 4 * i + k);
+            format!(
+                "(CAST({} AS TEXT), CAST({} AS TEXT), CAST({} AS BIGINT), CAST({} AS BIGINT))",
+                p(1),
+                p(2),
+                p(3),
+                p(4)
+            )
+        })
+        .collect();
+    let sql = format!(
+        "UPDATE delivery_jobs SET state = v.column2, attempts = attempts + 1, tries = tries + 1, \
+         next_attempt_ms = COALESCE(v.column3, delivery_jobs.next_attempt_ms), finished_ms = v.column4, \
+         lease_owner = NULL, lease_until_ms = NULL FROM (VALUES {}) AS v \
+         WHERE delivery_jobs.id = v.column1 AND delivery_jobs.state = 'pending' AND delivery_jobs.lease_owner = {} \
+         RETURNING delivery_jobs.id AS id, delivery_jobs.attempts AS attempts, \
+         delivery_jobs.tenant_id AS tenant_id, delivery_jobs.target_id AS target_id",
+        rows.join(", "),
+        placeholder(backend, 4 * group.len() + 1)
+    );
+    let mut update = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for finished in group {
+        let at = finished.record.at_ms;
+        let (state, next, done) = match finished.after {
+            AfterAttempt::Delivered => (DeliveryState::Delivered, None, Some(at)),
+            AfterAttempt::RetryAt(next) => (DeliveryState::Pending, Some(next), None),
+            AfterAttempt::Dead => (DeliveryState::Dead, None, Some(at)),
+        };
+        update = update.bind(finished.job_id.as_str()).bind(state.as_str()).bind(next).bind(done);
+    }
+    let rows = update.bind(owner).fetch_all(&mut *conn).await?;
+    let mut moved = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let id: String = row.try_get("id")?;
+        let attempt: i64 = row.try_get("attempts")?;
+        let tenant_id: String = row.try_get("tenant_id")?;
+        let target_id: String = row.try_get("target_id")?;
+        moved.insert(id, (attempt, tenant_id, target_id));
+    }
+    let logged: Vec<(&FinishedAttempt, &(i64, String, String))> =
+        group.iter().filter_map(|finished| moved.get(&finished.job_id).map(|m| (finished, m))).collect();
+    if !logged.is_empty() {
+        let sql = format!(
+            "INSERT INTO delivery_attempts (job_id, attempt, tenant_id, target_id, at_ms, status, latency_ms, \
+             outcome, snippet) VALUES {}",
+            values(backend, logged.len(), 9)
+        );
+        let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (finished, (attempt, tenant_id, target_id)) in &logged {
+            let record = &finished.record;
+            insert = insert
+                .bind(finished.job_id.as_str())
+                .bind(*attempt)
+                .bind(tenant_id.as_str())
+                .bind(target_id.as_str())
+                .bind(record.at_ms)
+                .bind(record.status)
+                .bind(record.latency_ms)
+                .bind(record.outcome.as_str())
+                .bind(clipped(&record.snippet));
+        }
+        insert
+            .execute(&mut *conn)
+            .await
+            .map_err(|err| StoreError::from_sqlx(err, "delivery attempt", "delivery"))?;
+    }
+    Ok(group.iter().map(|finished| moved.contains_key(&finished.job_id)).collect())
+}
+
+/// The `n`th placeholder (from 1) of a statement built at run time: `$n` for PostgreSQL, `?` for
+/// SQLite, whose driver binds plain `?` by position but looks every `$n` up by name (a cost
+/// that grows with the square of a statement's parameters).
+fn placeholder(backend: Backend, n: usize) -> String {
+    match backend {
+        Backend::Postgres => format!("${n}"),
+        Backend::Sqlite => "?".to_owned(),
+    }
+}
+
+/// `rows` tuples of `width` placeholders: `($1, …, $width), ($width+1, …)`.
+fn values(backend: Backend, rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|row| {
+            let columns: Vec<String> =
+                (1..=width).map(|column| placeholder(backend, row * width + column)).collect();
+            format!("({})", columns.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Inserts jobs of apps the caller vouches for (the feed router's, whose rules name them),
+/// each unless its event is queued for its target already, a hundred per statement.
+pub(crate) async fn insert_deliveries(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    deliveries: &[NewDelivery],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    for group in deliveries.chunks(INSERT_GROUP) {
+        let sql = format!(
+            "INSERT INTO delivery_jobs (id, tenant_id, app_id, target_id, event_id, payload, headers, \
+             next_attempt_ms, created_ms, state, attempts, tries) \
+             SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9, 'pending', 0, 0 \
+             FROM (VALUES {}) AS v WHERE true ON CONFLICT (target_id, event_id) DO NOTHING",
+            values(backend, group.len(), 9)
+        );
+        let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for delivery in group {
+            insert = insert
+                .bind(id::new(id::DELIVERY))
+                .bind(delivery.tenant_id.as_str())
+                .bind(delivery.app_id.as_str())
+                .bind(delivery.target_id.as_str())
+                .bind(delivery.event_id.as_str())
+                .bind(delivery.payload.as_slice())
+                .bind(delivery.headers.as_str())
+                .bind(now_ms)
+                .bind(now_ms);
+        }
+        insert.execute(&mut *conn).await.map_err(|err| StoreError::from_sqlx(err, "delivery", "app"))?;
+    }
+    Ok(())
 }
 
 /// Inserts a job unless its event is queued for its target already (or its app is not in its
@@ -384,10 +477,10 @@ impl Store {
         owner: &str,
         finished: &[FinishedAttempt],
     ) -> Result<Vec<bool>, StoreError> {
-        let mut tx = self.pool.begin().await?;
         let mut recorded = Vec::with_capacity(finished.len());
-        for attempt in finished {
-            recorded.push(finish_one(&mut tx, owner, attempt).await?);
+        let mut tx = self.pool.begin().await?;
+        for group in finished.chunks(FINISH_GROUP) {
+            recorded.extend(finish_group(&mut tx, self.backend, owner, group).await?);
         }
         tx.commit().await?;
         Ok(recorded)

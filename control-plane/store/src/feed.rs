@@ -10,7 +10,7 @@
 
 use sqlx::Row as _;
 
-use crate::delivery::{NewDelivery, insert_delivery};
+use crate::delivery::{NewDelivery, insert_deliveries};
 use crate::{Store, StoreError};
 
 /// An app's feed, leased to a worker.
@@ -102,9 +102,7 @@ impl Store {
         if moved.rows_affected() == 0 {
             return Ok(false);
         }
-        for delivery in deliveries {
-            insert_delivery(&mut tx, delivery, now_ms).await?;
-        }
+        insert_deliveries(&mut tx, self.backend, deliveries, now_ms).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -50,3 +50,8 @@ CREATE INDEX delivery_jobs_pending_targets ON delivery_jobs (state, target_id);
 CREATE INDEX delivery_jobs_leases ON delivery_jobs (target_id, lease_until_ms);
 -- Claims no longer scan every due job in time order.
 DROP INDEX delivery_jobs_due;
+
+-- Since when an endpoint's deliveries have been failing (none delivered since), cleared by a
+-- delivery: an endpoint failing for longer than `delivery.disable_after_failing_secs` is
+-- disabled and its tenant told.
+ALTER TABLE webhook_endpoints ADD COLUMN failing_since_ms BIGINT;

@@ -192,6 +192,65 @@ impl Store {
         Ok(())
     }
 
+    /// Notes how a worker's attempts went: an endpoint that delivered is healthy again, one
+    /// whose attempts failed (and none delivered) is failing since now unless it already was.
+    /// Disables every endpoint among `failed` that has been failing for at least
+    /// `disable_after_ms` (0: never), audited as `webhook.auto_disable` by `system`, and returns
+    /// them.
+    pub async fn note_endpoint_health(
+        &self,
+        delivered: &[String],
+        failed: &[String],
+        now_ms: i64,
+        disable_after_ms: i64,
+    ) -> Result<Vec<WebhookEndpoint>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for id in delivered {
+            sqlx::query("UPDATE webhook_endpoints SET failing_since_ms = NULL WHERE id = $1 AND failing_since_ms IS NOT NULL")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let mut disabled = Vec::new();
+        for id in failed.iter().filter(|id| !delivered.contains(id)) {
+            sqlx::query("UPDATE webhook_endpoints SET failing_since_ms = $2 WHERE id = $1 AND failing_since_ms IS NULL")
+                .bind(id)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+            if disable_after_ms <= 0 {
+                continue;
+            }
+            let failing: Option<(String, i64)> = sqlx::query_as(
+                "SELECT tenant_id, failing_since_ms FROM webhook_endpoints \
+                 WHERE id = $1 AND enabled = 1 AND failing_since_ms <= $2",
+            )
+            .bind(id)
+            .bind(now_ms - disable_after_ms)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((tenant_id, since)) = failing else { continue };
+            let reason = format!(
+                "disabled by the server: every delivery has failed for {} s (since {} ms after the Unix epoch)",
+                (now_ms - since) / 1000,
+                since
+            );
+            sqlx::query("UPDATE webhook_endpoints SET enabled = 0, disabled_reason = $2 WHERE id = $1")
+                .bind(id)
+                .bind(&reason)
+                .execute(&mut *tx)
+                .await?;
+            audit::record(&mut tx, &Actor::system(), Some(&tenant_id), "webhook.auto_disable", id).await?;
+            disabled.push((tenant_id, id));
+        }
+        tx.commit().await?;
+        let mut endpoints = Vec::with_capacity(disabled.len());
+        for (tenant_id, id) in disabled {
+            endpoints.push(self.webhook_endpoint(&tenant_id, id).await?);
+        }
+        Ok(endpoints)
+    }
+
     /// Deletes an endpoint and the rules that send to it (its queued deliveries stay in the log
     /// and are dead-lettered). Audited as `webhook.delete`.
     pub async fn delete_webhook_endpoint(

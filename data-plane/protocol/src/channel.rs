@@ -8,6 +8,15 @@
 use std::fmt;
 use std::sync::Arc;
 
+/// The namespace only the server publishes in: its channels carry what the platform tells a
+/// tenant (an endpoint disabled after failing, and later notices of other services).
+pub const SYSTEM_NAMESPACE: &str = "tributary";
+
+/// The channel of each app where the server publishes notices to its tenant (see
+/// [`SYSTEM_NAMESPACE`]); clients may subscribe to it (with a capability that names it), never
+/// publish.
+pub const SYSTEM_CHANNEL: &str = "tributary:system";
+
 /// The longest channel name accepted, in bytes.
 pub const MAX_CHANNEL_LEN: usize = 255;
 

@@ -109,6 +109,15 @@ pub async fn publish_message(
     message: NewMessage,
     idempotency_key: Option<String>,
 ) -> Result<PublishResult, OpError> {
+    if channel.namespace() == tributary_protocol::channel::SYSTEM_NAMESPACE {
+        return Err(OpError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "only the server publishes in the {:?} namespace",
+                tributary_protocol::channel::SYSTEM_NAMESPACE
+            ),
+        ));
+    }
     let ns = state.namespace(app, channel.namespace());
     let bytes = message.payload.len();
     if bytes > ns.max_message_bytes {

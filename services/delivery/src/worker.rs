@@ -42,6 +42,9 @@ pub struct WorkerConfig {
     pub poll_interval: Duration,
     /// When failed deliveries are tried again.
     pub schedule: RetrySchedule,
+    /// An endpoint whose every delivery has failed for this long is disabled and its tenant
+    /// told; zero: never.
+    pub disable_after: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -53,6 +56,7 @@ impl Default for WorkerConfig {
             per_target: 4,
             poll_interval: Duration::from_millis(200),
             schedule: RetrySchedule::default(),
+            disable_after: Duration::from_secs(5 * 86_400),
         }
     }
 }
@@ -87,6 +91,17 @@ struct Inner {
     wake: Arc<Notify>,
     /// The last target the previous claim served.
     cursor: std::sync::Mutex<String>,
+    /// Where the tenant is told of an endpoint the worker disabled (its app's system channel).
+    notices: Option<Arc<dyn tributary_engine::Engine>>,
+}
+
+/// An attempt made: what to record, its endpoint, and whether it says the endpoint works.
+struct Attempted {
+    finished: FinishedAttempt,
+    target: String,
+    /// `Some(true)`: delivered; `Some(false)`: the endpoint failed; `None`: neither (the
+    /// endpoint was unusable or answered 410).
+    healthy: Option<bool>,
 }
 
 impl Worker {
@@ -98,8 +113,18 @@ impl Worker {
             config,
             wake: Arc::new(Notify::new()),
             cursor: std::sync::Mutex::new(String::new()),
+            notices: None,
         };
         Self { inner: Arc::new(inner) }
+    }
+
+    /// Tells tenants of the endpoints this worker disables on `engine`: an event on the system
+    /// channel of the endpoint's app.
+    pub fn notifying(mut self, engine: Arc<dyn tributary_engine::Engine>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.notices = Some(engine);
+        }
+        self
     }
 
     /// What wakes an idle worker at once (the feed router of its process pokes it).
@@ -112,8 +137,8 @@ impl Worker {
     pub async fn run(&self, stop: CancellationToken) {
         let inner = &self.inner;
         let batch = usize::try_from(inner.config.batch).unwrap_or(1).max(1);
-        let mut in_flight: tokio::task::JoinSet<Option<FinishedAttempt>> = tokio::task::JoinSet::new();
-        let mut finished: Vec<FinishedAttempt> = Vec::new();
+        let mut in_flight: tokio::task::JoinSet<Option<Attempted>> = tokio::task::JoinSet::new();
+        let mut finished: Vec<Attempted> = Vec::new();
         let mut recording: Option<tokio::task::JoinHandle<()>> = None;
         let mut claim_at = tokio::time::Instant::now();
         loop {
@@ -164,7 +189,7 @@ impl Worker {
         let claimed = inner.claim(inner.config.batch).await?;
         let count = claimed.len();
         let attempts = claimed.into_iter().map(|(job, target)| inner.attempt(job, target));
-        let finished: Vec<FinishedAttempt> =
+        let finished: Vec<Attempted> =
             futures::future::join_all(attempts).await.into_iter().flatten().collect();
         inner.try_record(&finished).await?;
         Ok(count)
@@ -212,17 +237,18 @@ impl Inner {
 
     /// Records finished attempts, logging (not returning) a failure: their jobs stay leased and
     /// are attempted again when the leases run out.
-    async fn record(&self, finished: Vec<FinishedAttempt>) {
+    async fn record(&self, finished: Vec<Attempted>) {
         if let Err(err) = self.try_record(&finished).await {
             tracing::warn!(error = %err, attempts = finished.len(), "delivery attempts not recorded; they are retried after their leases");
         }
     }
 
-    async fn try_record(&self, finished: &[FinishedAttempt]) -> Result<(), StoreError> {
-        if finished.is_empty() {
+    async fn try_record(&self, attempted: &[Attempted]) -> Result<(), StoreError> {
+        if attempted.is_empty() {
             return Ok(());
         }
-        let recorded = self.store.finish_delivery_attempts(&self.config.owner, finished).await?;
+        let finished: Vec<FinishedAttempt> = attempted.iter().map(|a| a.finished.clone()).collect();
+        let recorded = self.store.finish_delivery_attempts(&self.config.owner, &finished).await?;
         for (attempt, kept) in finished.iter().zip(recorded) {
             if !kept {
                 // Our lease ran out and another worker took the job: it records its own attempt.
@@ -232,7 +258,59 @@ impl Inner {
                 );
             }
         }
+        let targets = |healthy: bool| {
+            let mut ids: Vec<String> =
+                attempted.iter().filter(|a| a.healthy == Some(healthy)).map(|a| a.target.clone()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        };
+        let disable_after = i64::try_from(self.config.disable_after.as_millis()).unwrap_or(i64::MAX);
+        let disabled =
+            self.store.note_endpoint_health(&targets(true), &targets(false), now_ms(), disable_after).await?;
+        for endpoint in disabled {
+            tracing::warn!(
+                webhook = endpoint.id,
+                app = endpoint.app_id,
+                "an endpoint failing for too long was disabled"
+            );
+            self.notify_disabled(&endpoint).await;
+        }
         Ok(())
+    }
+
+    /// Publishes `webhook.disabled` on the system channel of the endpoint's app.
+    async fn notify_disabled(&self, endpoint: &WebhookEndpoint) {
+        use tributary_engine::{ChannelKey, NewMessage, PublishOptions, StreamOptions};
+        let Some(engine) = &self.notices else { return };
+        let Ok(channel) = tributary_protocol::ChannelName::parse(tributary_protocol::channel::SYSTEM_CHANNEL)
+        else {
+            return;
+        };
+        let notice = serde_json::json!({
+            "type": "webhook.disabled",
+            "webhook_id": endpoint.id,
+            "app_id": endpoint.app_id,
+            "url": endpoint.url,
+            "reason": endpoint.disabled_reason,
+            "at": now_ms(),
+        });
+        let message = NewMessage {
+            payload: tributary_protocol::Payload::Json(bytes::Bytes::from(notice.to_string())),
+            client_id: None,
+            encoding: None,
+            meta: None,
+        };
+        // Kept a week, so a console or a client that was away reads what it missed.
+        let options = PublishOptions {
+            stream: StreamOptions { history_size: 1_000, history_ttl: Duration::from_secs(7 * 86_400) },
+            idempotency_key: Some(format!("webhook.disabled:{}:{}", endpoint.id, endpoint.created_at)),
+            idempotency_window: Duration::from_secs(60),
+        };
+        let key = ChannelKey::new(endpoint.app_id.as_str(), channel);
+        if let Err(err) = engine.publish(&key, message, &options).await {
+            tracing::warn!(error = %err, webhook = endpoint.id, "the tenant was not told on its system channel (the audit log has it)");
+        }
     }
 
     /// Reads an endpoint and the secrets it signs with now.
@@ -254,12 +332,13 @@ impl Inner {
 
     /// Makes one attempt of a claimed job to its target; returns what to record (nothing when
     /// the store failed: the job stays leased and is attempted again after its lease).
-    async fn attempt(&self, job: DeliveryJob, target: Arc<Target>) -> Option<FinishedAttempt> {
+    async fn attempt(&self, job: DeliveryJob, target: Arc<Target>) -> Option<Attempted> {
         let started = now_ms();
         let (endpoint, signing) = match &*target {
             Target::Ready { endpoint, signing } => (endpoint, signing),
             Target::Unusable(reason) => {
-                return Some(finished(&job, started, None, reason, "dead", AfterAttempt::Dead));
+                let finished = finished(&job, started, None, reason, "dead", AfterAttempt::Dead);
+                return Some(Attempted { finished, target: job.target_id, healthy: None });
             }
         };
         let signing: Vec<&WebhookSecret> = signing.iter().collect();
@@ -311,7 +390,13 @@ impl Inner {
                 }
             }
         };
-        Some(finished(&job, started, status, &snippet, outcome, after))
+        let healthy = match outcome {
+            "delivered" => Some(true),
+            "gone" => None,
+            _ => Some(false),
+        };
+        let finished = finished(&job, started, status, &snippet, outcome, after);
+        Some(Attempted { finished, target: job.target_id, healthy })
     }
 }
 

@@ -97,6 +97,7 @@ fn worker(store: &Store, owner: &str, lease: Duration, retries: usize) -> Worker
         per_target: 8,
         poll_interval: Duration::from_millis(20),
         schedule: RetrySchedule::new(vec![Duration::from_millis(30); retries]),
+        disable_after: Duration::ZERO,
     };
     Worker::new(store.clone(), sender, config)
 }
@@ -212,5 +213,74 @@ async fn a_failing_endpoints_events_are_dead_lettered_and_one_that_is_gone_is_di
             store.replay_delivery(&tenant, &job.id, now_ms()).await.unwrap();
             assert_eq!(store.delivery(&tenant, &job.id).await.unwrap().state, DeliveryState::Pending);
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_failing_for_too_long_is_disabled_and_its_tenant_told_and_a_healthy_one_is_not() {
+    use tributary_engine::{ChannelKey, Engine, HistoryQuery, MemoryEngine, StreamOptions};
+    for (store, _dir) in stores().await {
+        // One endpoint answers 503 to everything, the other 204: only the first is disabled.
+        let (failing, secret) = (Arc::new(Received::default()), Arc::new(Mutex::new(Vec::new())));
+        let down = receiver(secret.clone(), failing.clone(), StatusCode::SERVICE_UNAVAILABLE).await;
+        let (tenant, app, target, key) = endpoint(&store, &format!("http://{down}/hook")).await;
+        *secret.lock().unwrap() = key;
+        let (healthy, healthy_secret) = (Arc::new(Received::default()), Arc::new(Mutex::new(Vec::new())));
+        let up = receiver(healthy_secret.clone(), healthy.clone(), StatusCode::NO_CONTENT).await;
+        let new = NewWebhookEndpoint {
+            url: format!("http://{up}/hook"),
+            description: String::new(),
+            headers: r#"{"x-team":"orders"}"#.into(),
+        };
+        let (fine, fine_key) =
+            store.create_webhook_endpoint(&Actor::system(), &tenant, &app, &new).await.unwrap();
+        *healthy_secret.lock().unwrap() = fine_key.expose_secret().to_vec();
+        enqueue(&store, &tenant, &app, &target, 5).await;
+        enqueue(&store, &tenant, &app, &fine.id, 5).await;
+
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(Default::default()));
+        let policy = AddressPolicy::new().with_http(true).allow(IpRange::parse("127.0.0.0/8").unwrap());
+        let config = WorkerConfig {
+            owner: "w".into(),
+            lease: Duration::from_secs(30),
+            batch: 16,
+            per_target: 8,
+            poll_interval: Duration::from_millis(20),
+            schedule: RetrySchedule::new(vec![Duration::from_millis(50); 100]),
+            disable_after: Duration::from_millis(400),
+        };
+        let w = Worker::new(store.clone(), Sender::new(policy, SenderLimits::default()).unwrap(), config)
+            .notifying(engine.clone());
+        eventually(30, "the failing endpoint is disabled", async || {
+            w.run_once().await.unwrap();
+            !store.webhook_endpoint(&tenant, &target).await.unwrap().enabled
+        })
+        .await;
+        let disabled = store.webhook_endpoint(&tenant, &target).await.unwrap();
+        assert!(
+            disabled.disabled_reason.as_deref().unwrap().starts_with("disabled by the server"),
+            "{disabled:?}"
+        );
+        assert!(store.webhook_endpoint(&tenant, &fine.id).await.unwrap().enabled, "the healthy one stays on");
+        assert_eq!(healthy.by_event.lock().unwrap().len(), 5);
+        let audit = store.audit_events(&tenant, 50).await.unwrap();
+        assert!(audit.iter().any(|e| e.action == "webhook.auto_disable" && e.target == target), "{audit:?}");
+
+        let channel =
+            tributary_protocol::ChannelName::parse(tributary_protocol::channel::SYSTEM_CHANNEL).unwrap();
+        let query = HistoryQuery {
+            since: None,
+            direction: tributary_protocol::frame::Direction::Backward,
+            limit: 10,
+        };
+        let stream = StreamOptions { history_size: 1_000, history_ttl: Duration::from_secs(600) };
+        let page = engine.history(&ChannelKey::new(app.as_str(), channel), query, stream).await.unwrap();
+        assert_eq!(page.publications.len(), 1, "told once");
+        let tributary_protocol::Payload::Json(json) = &page.publications[0].payload else { panic!("JSON") };
+        let notice: serde_json::Value = serde_json::from_slice(json).unwrap();
+        assert_eq!(
+            (notice["type"].as_str(), notice["webhook_id"].as_str()),
+            (Some("webhook.disabled"), Some(target.as_str()))
+        );
     }
 }

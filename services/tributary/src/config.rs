@@ -79,6 +79,9 @@ pub struct DeliveryConfig {
     pub feed_page: u32,
     /// How long the feed router waits when no app's feed had anything new, in milliseconds.
     pub feed_poll_interval_ms: u64,
+    /// An endpoint whose every delivery has failed for this long is disabled and its tenant
+    /// told, in seconds; 0: never.
+    pub disable_after_failing_secs: u64,
 }
 
 impl Default for DeliveryConfig {
@@ -96,6 +99,7 @@ impl Default for DeliveryConfig {
             request_timeout_ms: 15_000,
             feed_page: 1_000,
             feed_poll_interval_ms: 50,
+            disable_after_failing_secs: 5 * 86_400,
         }
     }
 }
@@ -161,6 +165,7 @@ impl DeliveryConfig {
             poll_interval: Duration::from_millis(self.poll_interval_ms),
             schedule: tributary_delivery::schedule::RetrySchedule::parse(&self.retry_schedule)
                 .unwrap_or_default(),
+            disable_after: Duration::from_secs(self.disable_after_failing_secs),
         };
         Ok(tributary_delivery::worker::Worker::new(store, sender, config))
     }

@@ -238,7 +238,7 @@ pub async fn bind_wrapped(
     let control_plane = ControlPlane::on_node(store.clone(), engine.clone(), settings, node);
     let worker = if config.delivery.worker {
         let owner = format!("serve-{}", uuid::Uuid::new_v4().simple());
-        let worker = config.delivery.worker(store.clone(), owner.clone())?;
+        let worker = config.delivery.worker(store.clone(), owner.clone())?.notifying(engine.clone());
         let router = config.delivery.router(store.clone(), engine, owner).wakes(worker.waker());
         Some((worker, router))
     } else {

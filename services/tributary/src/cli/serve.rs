@@ -125,10 +125,10 @@ pub async fn worker(
         .ok_or_else(|| anyhow::anyhow!("master_key is not set"))??;
     let store = config.open_store(&master_key).await?;
     let owner = format!("worker-{}", uuid::Uuid::new_v4().simple());
-    let worker = config.delivery.worker(store.clone(), owner.clone())?;
     // The rules read apps' feeds from the engine the relays write them to (on the in-memory
     // engine that is another process's memory: a worker on its own has only the queue).
     let engine = server::open_engine(&config).await?;
+    let worker = config.delivery.worker(store.clone(), owner.clone())?.notifying(engine.clone());
     let router = config.delivery.router(store, engine, owner.clone()).wakes(worker.waker());
     eprintln!("delivery worker {owner} on {:?}, engine {}", store_backend(&config), config.engine.kind);
     let stop = tokio_util::sync::CancellationToken::new();

@@ -224,3 +224,24 @@ async fn bad_rules_are_refused_with_the_reason_and_nothing_is_made() {
     let (status, created) = call(&server, "POST", "/rules", Some(good)).await;
     assert_eq!(status, 201, "the good one still goes in: {created}");
 }
+
+#[tokio::test]
+async fn only_the_server_publishes_on_the_system_channel() {
+    let server = server().await;
+    let (status, reply) = server
+        .post("/v1/channels/tributary:system/messages", &json!({"data": {"type": "webhook.disabled"}}), None)
+        .await;
+    assert_eq!(status, 403, "{reply}");
+    assert_eq!(reply["error"]["name"], "forbidden");
+    assert!(reply["error"]["message"].as_str().unwrap().contains("only the server publishes"), "{reply}");
+    let token = server.all_rights("mallory").await;
+    let mut ws = server.ws(&token).await;
+    let refused =
+        ws.request(json!({"op": "publish", "channel": "tributary:notices", "data": 1})).await.unwrap();
+    assert_eq!(refused["error"]["name"], "forbidden", "{refused}");
+    // Subscribing is allowed (a capability that names the channel), and the connection is fine.
+    let subscribed = ws.request(json!({"op": "subscribe", "channel": "tributary:system"})).await.unwrap();
+    assert!(subscribed.get("error").is_none(), "{subscribed}");
+    let published = ws.request(json!({"op": "publish", "channel": "chat:1", "data": 2})).await.unwrap();
+    assert!(published["result"]["offset"].as_u64().is_some(), "{published}");
+}

@@ -4,13 +4,16 @@
 //! control events cannot differ between the two; results are the REST bodies, as the `JSON`
 //! scalar, and errors carry the REST error's `code` and `name` in their extensions.
 //!
+//! Fields added since the console's first version return typed objects ([`delivery`]: webhook
+//! endpoints and rules); the older ones are retyped by the console's issue.
+//!
 //! Authenticated like every management route: a management token, or a console session with
 //! its CSRF token (a GraphQL request is a `POST`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use async_graphql::{Context, EmptySubscription, Error, ErrorExtensions, Json, Object, Schema};
+use async_graphql::{Context, EmptySubscription, Error, ErrorExtensions, Json, MergedObject, Object, Schema};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use bytes::Bytes;
@@ -22,13 +25,26 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::routes;
 
+pub mod delivery;
+
 /// The schema.
 pub type ManagementSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
 
 /// Builds the schema.
 pub fn schema() -> ManagementSchema {
-    Schema::build(QueryRoot, MutationRoot, EmptySubscription).limit_depth(8).limit_complexity(256).finish()
+    Schema::build(QueryRoot::default(), MutationRoot::default(), EmptySubscription)
+        .limit_depth(8)
+        .limit_complexity(256)
+        .finish()
 }
+
+/// Every read.
+#[derive(MergedObject, Default)]
+pub struct QueryRoot(CoreQuery, delivery::DeliveryQuery);
+
+/// Every change.
+#[derive(MergedObject, Default)]
+pub struct MutationRoot(CoreMutation, delivery::DeliveryMutation);
 
 /// A REST handler's successful answer, as JSON.
 pub(crate) trait Answer {
@@ -81,11 +97,12 @@ fn query(pairs: &[(&str, Option<String>)]) -> Query<HashMap<String, String>> {
     Query(pairs.iter().filter_map(|(k, v)| v.clone().map(|v| ((*k).to_owned(), v))).collect())
 }
 
-/// Reads.
-pub struct QueryRoot;
+/// Reads of tenants, apps, keys and accounts.
+#[derive(Default)]
+pub struct CoreQuery;
 
 #[Object]
-impl QueryRoot {
+impl CoreQuery {
     /// The console session's user and tenants.
     async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<Json<Value>> {
         let (_, caller) = parts(ctx)?;
@@ -225,10 +242,11 @@ impl QueryRoot {
 }
 
 /// Changes.
-pub struct MutationRoot;
+#[derive(Default)]
+pub struct CoreMutation;
 
 #[Object]
-impl MutationRoot {
+impl CoreMutation {
     /// Creates a tenant (operator).
     async fn create_tenant(&self, ctx: &Context<'_>, name: String) -> async_graphql::Result<Json<Value>> {
         let (state, caller) = parts(ctx)?;

@@ -84,6 +84,13 @@ enum AdminCommand {
         #[arg(long)]
         role: String,
     },
+    /// Webhook endpoints of an app: list, create (prints the secret once), delete, enable,
+    /// disable, rotate-secret, test, deliveries, dead-letters, replay.
+    #[command(subcommand)]
+    Webhooks(super::admin_delivery::WebhookCommand),
+    /// Rules of an app: which events go to which endpoint.
+    #[command(subcommand)]
+    Rules(super::admin_delivery::RuleCommand),
     /// Prints a tenant's newest audit events.
     Audit {
         /// The tenant id.
@@ -180,19 +187,26 @@ enum AppCommand {
 }
 
 /// One management API call.
-struct Call {
-    post: bool,
+pub struct Call {
+    method: reqwest::Method,
     path: String,
     body: Option<Value>,
 }
 
 impl Call {
-    fn get(path: String) -> Self {
-        Self { post: false, path, body: None }
+    /// A `GET`.
+    pub fn get(path: String) -> Self {
+        Self { method: reqwest::Method::GET, path, body: None }
     }
 
-    fn post(path: String, body: Option<Value>) -> Self {
-        Self { post: true, path, body }
+    /// A `POST`, with a JSON body or none.
+    pub fn post(path: String, body: Option<Value>) -> Self {
+        Self { method: reqwest::Method::POST, path, body }
+    }
+
+    /// A `DELETE`.
+    pub fn delete(path: String) -> Self {
+        Self { method: reqwest::Method::DELETE, path, body: None }
     }
 }
 
@@ -257,6 +271,8 @@ fn call_of(command: AdminCommand) -> Call {
             };
             Call::post(format!("/v1/tenants/{tenant}/apps/{app}/revocations"), Some(body))
         }
+        AdminCommand::Webhooks(command) => super::admin_delivery::webhook_call(command),
+        AdminCommand::Rules(command) => super::admin_delivery::rule_call(command),
         AdminCommand::Audit { tenant, limit } => {
             Call::get(format!("/v1/tenants/{tenant}/audit-events?limit={limit}"))
         }
@@ -281,7 +297,7 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
     let call = call_of(args.command);
     let client = reqwest::Client::new();
     let url = format!("{}{}", url.trim_end_matches('/'), call.path);
-    let mut request = if call.post { client.post(url) } else { client.get(url) }.bearer_auth(token);
+    let mut request = client.request(call.method, url).bearer_auth(token);
     if let Some(body) = &call.body {
         request = request.json(body);
     }

@@ -3,6 +3,7 @@
 //! for operators.
 
 mod admin;
+mod admin_delivery;
 mod client;
 mod serve;
 

@@ -260,7 +260,7 @@ async fn bad_input_on_every_write_gets_a_clear_error_and_writes_nothing() {
 }
 
 /// Runs `tributary admin` against `server` as the operator; returns (success, stdout, stderr).
-async fn admin(server: &TestServer, args: &[&str]) -> (bool, String, String) {
+pub(crate) async fn admin(server: &TestServer, args: &[&str]) -> (bool, String, String) {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
         .arg("admin")
         .args(args)

@@ -245,3 +245,131 @@ async fn only_the_server_publishes_on_the_system_channel() {
     let published = ws.request(json!({"op": "publish", "channel": "chat:1", "data": 2})).await.unwrap();
     assert!(published["result"]["offset"].as_u64().is_some(), "{published}");
 }
+
+#[tokio::test]
+async fn webhooks_and_rules_through_graphql_are_typed_and_refused_the_same_way_as_rest() {
+    let server = server().await;
+    let (addr, _) = receiver().await;
+    let gql = |query: &'static str, variables: Value| {
+        let body = json!({"query": query, "variables": variables});
+        let server = &server;
+        async move { server.manage("POST", "/graphql", server.operator_token(), Some(&body)).await.1 }
+    };
+    let ids = json!({"t": server.tenant_id(), "a": server.app_id(), "url": format!("http://{addr}/hook")});
+    let created = gql(
+        "mutation($t: String!, $a: String!, $url: String!) { createWebhook(tenant: $t, app: $a, url: $url, \
+         headers: [{name: \"x-team\", value: \"orders\"}]) { secret webhook { id url enabled headers { name value } } } }",
+        ids.clone(),
+    )
+    .await;
+    let webhook = &created["data"]["createWebhook"];
+    assert!(webhook["secret"].as_str().unwrap().starts_with("whsec_"), "{created}");
+    assert_eq!(webhook["webhook"]["headers"], json!([{"name": "x-team", "value": "orders"}]));
+    let id = webhook["webhook"]["id"].as_str().unwrap().to_owned();
+
+    let mut vars = ids.clone();
+    vars["w"] = json!(id);
+    let rule = gql(
+        "mutation($t: String!, $a: String!, $w: String!) { createRule(tenant: $t, app: $a, rule: \
+         {channelPattern: \"orders:*\", events: [\"message\"], webhookId: $w, batchMax: 10}) \
+         { id channelPattern events batchMax body enabled } }",
+        vars.clone(),
+    )
+    .await;
+    let made = &rule["data"]["createRule"];
+    assert_eq!(
+        (made["channelPattern"].as_str(), made["batchMax"].as_i64(), made["body"].as_str()),
+        (Some("orders:*"), Some(10), Some("enveloped")),
+        "{rule}"
+    );
+    let refused = gql(
+        "mutation($t: String!, $a: String!, $w: String!) { createRule(tenant: $t, app: $a, rule: \
+         {channelPattern: \"orders:*\", events: [\"channel.exploded\"], webhookId: $w}) { id } }",
+        vars.clone(),
+    )
+    .await;
+    assert_eq!(refused["errors"][0]["extensions"]["name"], "invalid_parameter", "{refused}");
+    let listed = gql("query($t: String!, $a: String!) { rules(tenant: $t, app: $a) { id } webhooks(tenant: $t, app: $a) { id } }", ids.clone()).await;
+    assert_eq!(
+        listed["data"]["rules"].as_array().unwrap().len(),
+        1,
+        "the refused one was not made: {listed}"
+    );
+    assert_eq!(listed["data"]["webhooks"][0]["id"], id.as_str());
+    let mut delete = ids.clone();
+    delete["r"] = made["id"].clone();
+    let deleted = gql(
+        "mutation($t: String!, $a: String!, $r: String!) { deleteRule(tenant: $t, app: $a, id: $r) }",
+        delete,
+    )
+    .await;
+    assert_eq!(deleted["data"]["deleteRule"], true, "{deleted}");
+}
+
+#[tokio::test]
+async fn tributary_admin_manages_webhooks_and_rules() {
+    use crate::management_api::admin;
+    let server = server().await;
+    let (addr, got) = receiver().await;
+    let (tenant, app) = (server.tenant_id().to_owned(), server.app_id().to_owned());
+    let url = format!("http://{addr}/hook");
+    let (ok, out, err) =
+        admin(&server, &["webhooks", "create", &tenant, &app, &url, "--header", "x-team=orders"]).await;
+    assert!(ok, "{err}");
+    let created: Value = serde_json::from_str(&out).unwrap();
+    assert!(created["secret"].as_str().unwrap().starts_with("whsec_"));
+    let webhook = created["id"].as_str().unwrap().to_owned();
+    let (ok, out, err) = admin(
+        &server,
+        &[
+            "rules",
+            "create",
+            &tenant,
+            &app,
+            "--pattern",
+            "orders:*",
+            "--events",
+            "message,presence.join",
+            "--webhook",
+            &webhook,
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let rule: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rule["events"], json!(["message", "presence.join"]));
+    server.publish("orders:9", json!({"via": "admin"})).await;
+    let arrived = requests(&got, 1).await;
+    assert_eq!(arrived[0].0["x-team"], "orders");
+
+    // A bad rule: the API's reason, a failing exit status, nothing made.
+    let (ok, _, err) = admin(
+        &server,
+        &[
+            "rules",
+            "create",
+            &tenant,
+            &app,
+            "--pattern",
+            "orders:*",
+            "--events",
+            "nope",
+            "--webhook",
+            &webhook,
+        ],
+    )
+    .await;
+    assert!(!ok && err.contains("events"), "{err}");
+    let (ok, out, _) = admin(&server, &["rules", "list", &tenant, &app]).await;
+    assert!(ok);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap().as_array().unwrap().len(), 1);
+    let (ok, out, _) = admin(&server, &["webhooks", "deliveries", &tenant, &app, &webhook]).await;
+    assert!(ok && out.contains("delivered"), "{out}");
+    let (ok, _, err) =
+        admin(&server, &["rules", "delete", &tenant, &app, rule["id"].as_str().unwrap()]).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = admin(&server, &["webhooks", "delete", &tenant, &app, &webhook]).await;
+    assert!(ok, "{err}");
+    let (_, out, _) = admin(&server, &["webhooks", "list", &tenant, &app]).await;
+    assert_eq!(out.trim(), "[]");
+}

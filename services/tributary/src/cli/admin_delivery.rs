@@ -1,0 +1,243 @@
+//! `tributary admin webhooks …` and `tributary admin rules …`: an app's webhook endpoints and
+//! the rules that send its events to them, through the management API.
+
+use clap::Subcommand;
+use serde_json::{Map, Value, json};
+
+use super::admin::Call;
+
+/// The app a command is about.
+#[derive(Debug, clap::Args)]
+pub struct AppRef {
+    /// The tenant id.
+    tenant: String,
+    /// The app id.
+    app: String,
+}
+
+impl AppRef {
+    /// The app's management path followed by `rest`.
+    fn path(&self, rest: &str) -> String {
+        format!("/v1/tenants/{}/apps/{}{rest}", self.tenant, self.app)
+    }
+}
+
+/// Webhook endpoints of an app.
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Lists an app's endpoints.
+    List {
+        #[command(flatten)]
+        at: AppRef,
+    },
+    /// Creates an endpoint; prints its signing secret once.
+    Create {
+        #[command(flatten)]
+        at: AppRef,
+        /// Where requests go (https, unless the operator allows http).
+        #[arg(value_name = "URL")]
+        endpoint: String,
+        /// A note.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// A custom header, `name=value` (repeatable).
+        #[arg(long = "header")]
+        headers: Vec<String>,
+    },
+    /// Deletes an endpoint and its rules.
+    Delete {
+        #[command(flatten)]
+        at: AppRef,
+        /// The endpoint id (`wh_…`).
+        webhook: String,
+    },
+    /// Enables an endpoint.
+    Enable {
+        #[command(flatten)]
+        at: AppRef,
+        /// The endpoint id.
+        webhook: String,
+    },
+    /// Disables an endpoint.
+    Disable {
+        #[command(flatten)]
+        at: AppRef,
+        /// The endpoint id.
+        webhook: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Gives an endpoint a new secret (printed once); the old one signs too for the overlap.
+    RotateSecret {
+        #[command(flatten)]
+        at: AppRef,
+        /// The endpoint id.
+        webhook: String,
+        /// Seconds the old secret keeps signing.
+        #[arg(long, default_value_t = 86_400)]
+        overlap_secs: u64,
+    },
+    /// Sends an endpoint a test event.
+    Test {
+        #[command(flatten)]
+        at: AppRef,
+        /// The endpoint id.
+        webhook: String,
+    },
+    /// Prints an endpoint's delivery log, newest first.
+    Deliveries {
+        #[command(flatten)]
+        at: AppRef,
+        /// The endpoint id.
+        webhook: String,
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Prints an endpoint's dead letters.
+    DeadLetters {
+        #[command(flatten)]
+        at: AppRef,
+        /// The endpoint id.
+        webhook: String,
+    },
+    /// Sends a dead letter again, with its event id.
+    Replay {
+        #[command(flatten)]
+        at: AppRef,
+        /// The endpoint id.
+        webhook: String,
+        /// The delivery id (`dlv_…`).
+        delivery: String,
+    },
+}
+
+/// Rules of an app.
+#[derive(Debug, Subcommand)]
+pub enum RuleCommand {
+    /// Lists an app's rules.
+    List {
+        #[command(flatten)]
+        at: AppRef,
+    },
+    /// Creates a rule: the events of the channels `--pattern` matches go to `--webhook`.
+    Create {
+        #[command(flatten)]
+        at: AppRef,
+        /// The channels it reads, e.g. `orders:*`.
+        #[arg(long)]
+        pattern: String,
+        /// The event kinds, comma-separated: message, presence.join, presence.leave,
+        /// presence.update.
+        #[arg(long, value_delimiter = ',', default_value = "message")]
+        events: Vec<String>,
+        /// The webhook endpoint (`wh_…`).
+        #[arg(long)]
+        webhook: String,
+        /// Most events per request.
+        #[arg(long, default_value_t = 1)]
+        batch_max: i64,
+        /// Longest an event waits for others, in ms.
+        #[arg(long, default_value_t = 0)]
+        batch_ms: i64,
+        /// `enveloped` or `raw`.
+        #[arg(long, default_value = "enveloped")]
+        body: String,
+        /// A name for it.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// A custom header, `name=value` (repeatable).
+        #[arg(long = "header")]
+        headers: Vec<String>,
+    },
+    /// Deletes a rule.
+    Delete {
+        #[command(flatten)]
+        at: AppRef,
+        /// The rule id (`rul_…`).
+        rule: String,
+    },
+    /// Enables a rule.
+    Enable {
+        #[command(flatten)]
+        at: AppRef,
+        /// The rule id.
+        rule: String,
+    },
+    /// Disables a rule.
+    Disable {
+        #[command(flatten)]
+        at: AppRef,
+        /// The rule id.
+        rule: String,
+    },
+}
+
+/// `name=value` pairs as a JSON object (a pair without `=` becomes a name with an empty value,
+/// which the API refuses with the reason).
+fn headers(pairs: &[String]) -> Value {
+    let map: Map<String, Value> = pairs
+        .iter()
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (name.to_owned(), Value::String(value.to_owned()))
+        })
+        .collect();
+    Value::Object(map)
+}
+
+/// The API call of a webhook command.
+pub fn webhook_call(command: WebhookCommand) -> Call {
+    use WebhookCommand as W;
+    match command {
+        W::List { at } => Call::get(at.path("/webhooks")),
+        W::Create { at, endpoint, description, headers: pairs } => Call::post(
+            at.path("/webhooks"),
+            Some(json!({"url": endpoint, "description": description, "headers": headers(&pairs)})),
+        ),
+        W::Delete { at, webhook } => Call::delete(at.path(&format!("/webhooks/{webhook}"))),
+        W::Enable { at, webhook } => Call::post(at.path(&format!("/webhooks/{webhook}/enable")), None),
+        W::Disable { at, webhook, reason } => {
+            Call::post(at.path(&format!("/webhooks/{webhook}/disable")), Some(json!({"reason": reason})))
+        }
+        W::RotateSecret { at, webhook, overlap_secs } => Call::post(
+            at.path(&format!("/webhooks/{webhook}/rotate-secret")),
+            Some(json!({"overlap_secs": overlap_secs})),
+        ),
+        W::Test { at, webhook } => Call::post(at.path(&format!("/webhooks/{webhook}/test")), None),
+        W::Deliveries { at, webhook, limit } => {
+            Call::get(at.path(&format!("/webhooks/{webhook}/deliveries?limit={limit}")))
+        }
+        W::DeadLetters { at, webhook } => Call::get(at.path(&format!("/webhooks/{webhook}/dead-letters"))),
+        W::Replay { at, webhook, delivery } => {
+            Call::post(at.path(&format!("/webhooks/{webhook}/dead-letters/{delivery}/replay")), None)
+        }
+    }
+}
+
+/// The API call of a rule command.
+pub fn rule_call(command: RuleCommand) -> Call {
+    use RuleCommand as R;
+    match command {
+        R::List { at } => Call::get(at.path("/rules")),
+        R::Create { at, pattern, events, webhook, batch_max, batch_ms, body, name, headers: pairs } => {
+            Call::post(
+                at.path("/rules"),
+                Some(json!({
+                    "name": name,
+                    "channel_pattern": pattern,
+                    "events": events,
+                    "webhook_id": webhook,
+                    "batch_max": batch_max,
+                    "batch_ms": batch_ms,
+                    "body": body,
+                    "headers": headers(&pairs),
+                })),
+            )
+        }
+        R::Delete { at, rule } => Call::delete(at.path(&format!("/rules/{rule}"))),
+        R::Enable { at, rule } => Call::post(at.path(&format!("/rules/{rule}/enable")), None),
+        R::Disable { at, rule } => Call::post(at.path(&format!("/rules/{rule}/disable")), None),
+    }
+}

@@ -4,7 +4,9 @@
 //! The generator makes the endpoint and the rules through the management API (with the operator
 //! token of the server's `credentials.json`), runs the receiver itself on a loopback port (it
 //! acknowledges at once, or with `--receiver-down` answers 503 to everything), and publishes over
-//! one WebSocket connection at a steady rate, round robin over the channels. Every message
+//! one WebSocket connection at a steady rate, round robin over the channels (`hooks:c0` …, a
+//! namespace `scripts/bench` configures without history, so the server holds only what the
+//! pipeline holds). Every message
 //! carries its publish time; the receiver reads it from each event of each request.
 
 use std::path::PathBuf;
@@ -176,9 +178,9 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<Value> {
     let base = Instant::now();
     let (url, receiver) = receiver(base, args.receiver_down).await?;
     let management = Management::read(&args.credentials, args.target.first_node())?;
-    management.rules_to(&url, 1, "bench:*", args.batch_max, args.batch_ms).await?;
+    management.rules_to(&url, 1, "hooks:*", args.batch_max, args.batch_ms).await?;
 
-    let token = client::mint(&args.target, "webhooks", "bench:*").await?;
+    let token = client::mint(&args.target, "webhooks", "hooks:*").await?;
     let publisher = client::connect(&args.target, 0, &token).await?;
     let published = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -261,7 +263,7 @@ async fn publish(
         tokio::select! {
             due = tick.tick() => {
                 let stamp = due.duration_since(base).as_micros() as u64;
-                let frame = format!(r#"{{"op":"publish","channel":"bench:c{}","data":{{"t":{stamp}}}}}"#, n % channels.max(1));
+                let frame = format!(r#"{{"op":"publish","channel":"hooks:c{}","data":{{"t":{stamp}}}}}"#, n % channels.max(1));
                 sink.feed(Message::text(frame)).await?;
                 n += 1;
                 published.fetch_add(1, Ordering::Relaxed);

@@ -16,7 +16,8 @@
 //! backlog. Under concurrent claims the cap is soft (two claims may count the same leases),
 //! never the exclusivity of a job, which each claim re-checks row by row as it takes it: a
 //! claim that loses a race for a row skips it and may return fewer jobs than were due (the
-//! worker claims again). The statements are portable SQL on both backends.
+//! worker claims again). On PostgreSQL a claim locks the rows it picks and skips those another
+//! claim holds (`FOR UPDATE SKIP LOCKED`).
 //!
 //! Times are Unix milliseconds, given by the caller (the worker's clock).
 
@@ -147,6 +148,37 @@ pub const MAX_SNIPPET_BYTES: usize = 4096;
 macro_rules! job_columns {
     () => {
         "id, tenant_id, app_id, target_id, event_id, payload, headers, state, attempts, tries, next_attempt_ms"
+    };
+}
+
+/// The same columns of the table named by `$t` (`"delivery_jobs."`), where a join makes a bare
+/// `id` ambiguous.
+macro_rules! job_columns_of {
+    ($t:literal) => {
+        concat!(
+            $t,
+            "id AS id, ",
+            $t,
+            "tenant_id AS tenant_id, ",
+            $t,
+            "app_id AS app_id, ",
+            $t,
+            "target_id AS target_id, ",
+            $t,
+            "event_id AS event_id, ",
+            $t,
+            "payload AS payload, ",
+            $t,
+            "headers AS headers, ",
+            $t,
+            "state AS state, ",
+            $t,
+            "attempts AS attempts, ",
+            $t,
+            "tries AS tries, ",
+            $t,
+            "next_attempt_ms AS next_attempt_ms"
+        )
     };
 }
 
@@ -412,17 +444,35 @@ impl Store {
             if take <= 0 {
                 continue;
             }
-            let sql = concat!(
-                "UPDATE delivery_jobs SET lease_owner = $1, lease_until_ms = $2 \
-                 WHERE id IN (\
-                   SELECT id FROM delivery_jobs WHERE target_id = $3 AND state = 'pending' \
-                   AND next_attempt_ms <= $4 AND (lease_until_ms IS NULL OR lease_until_ms < $4) \
-                   ORDER BY next_attempt_ms, id LIMIT $5\
-                 ) \
-                 AND state = 'pending' AND (lease_until_ms IS NULL OR lease_until_ms < $4) \
-                 RETURNING ",
-                job_columns!()
-            );
+            // On PostgreSQL the rows are locked as they are picked, skipping any another claim
+            // holds (`FOR UPDATE SKIP LOCKED`), so concurrent claims take different jobs rather
+            // than queue on each other's rows; SQLite has one writer, and no such clause.
+            let sql = match self.backend {
+                // The picked rows in a materialised CTE: an `IN (… LIMIT … FOR UPDATE)` subquery
+                // may be run again by the planner and take more than its limit.
+                Backend::Postgres => concat!(
+                    "WITH picked AS MATERIALIZED (\
+                       SELECT id FROM delivery_jobs WHERE target_id = $3 AND state = 'pending' \
+                       AND next_attempt_ms <= $4 AND (lease_until_ms IS NULL OR lease_until_ms < $4) \
+                       ORDER BY next_attempt_ms, id LIMIT $5 FOR UPDATE SKIP LOCKED\
+                     ) \
+                     UPDATE delivery_jobs SET lease_owner = $1, lease_until_ms = $2 FROM picked \
+                     WHERE delivery_jobs.id = picked.id \
+                     RETURNING ",
+                    job_columns_of!("delivery_jobs.")
+                ),
+                Backend::Sqlite => concat!(
+                    "UPDATE delivery_jobs SET lease_owner = $1, lease_until_ms = $2 \
+                     WHERE id IN (\
+                       SELECT id FROM delivery_jobs WHERE target_id = $3 AND state = 'pending' \
+                       AND next_attempt_ms <= $4 AND (lease_until_ms IS NULL OR lease_until_ms < $4) \
+                       ORDER BY next_attempt_ms, id LIMIT $5\
+                     ) \
+                     AND state = 'pending' AND (lease_until_ms IS NULL OR lease_until_ms < $4) \
+                     RETURNING ",
+                    job_columns!()
+                ),
+            };
             let rows = sqlx::query(sql)
                 .bind(owner)
                 .bind(lease_until_ms)

@@ -536,6 +536,27 @@ impl Store {
         Ok(recorded)
     }
 
+    /// Deletes delivered jobs (and their log) finished before `before_ms`, a batch at a time so
+    /// that no delete holds the database for long; returns how many. Pending jobs and dead
+    /// letters stay.
+    pub async fn purge_delivered(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        loop {
+            let result = sqlx::query(
+                "DELETE FROM delivery_jobs WHERE id IN (\
+                   SELECT id FROM delivery_jobs WHERE state = 'delivered' AND finished_ms < $1 LIMIT 5000\
+                 )",
+            )
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
+            deleted += result.rows_affected();
+            if result.rows_affected() < 5000 {
+                return Ok(deleted);
+            }
+        }
+    }
+
     /// Returns a job of `tenant_id`.
     pub async fn delivery(&self, tenant_id: &str, job_id: &str) -> Result<DeliveryJob, StoreError> {
         let sql = concat!("SELECT ", job_columns!(), " FROM delivery_jobs WHERE id = $1 AND tenant_id = $2");

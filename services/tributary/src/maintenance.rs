@@ -1,5 +1,5 @@
-//! Housekeeping of the store while the server runs: revocations and token grants that can no
-//! longer matter are deleted, so neither table grows without bound.
+//! Housekeeping of the store while the server runs: revocations, token grants and delivered
+//! webhooks that can no longer matter are deleted, so no table grows without bound.
 
 use std::time::Duration;
 
@@ -14,6 +14,9 @@ const FLUSH_KEEP_SECS: i64 = 24 * 3600;
 
 /// How long a grant is kept after its token expired, for tenants to look it up.
 const GRANT_KEEP_SECS: i64 = 7 * 24 * 3600;
+
+/// How long a delivered webhook (and its attempts) stays in the delivery log.
+const DELIVERED_KEEP_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// Runs the housekeeping every [`EVERY`] until the task is dropped. Every node runs it; the
 /// deletes are idempotent, so several nodes doing it at once only repeat each other.
@@ -35,6 +38,12 @@ pub async fn run(store: Store) {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "expired token grants deleted"),
             Err(err) => tracing::warn!(error = %err, "deleting expired token grants failed"),
+        }
+        let before = tributary_delivery::worker::now_ms().saturating_sub(DELIVERED_KEEP_MS);
+        match store.purge_delivered(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "delivered webhooks older than a week deleted"),
+            Err(err) => tracing::warn!(error = %err, "deleting old delivered webhooks failed"),
         }
     }
 }

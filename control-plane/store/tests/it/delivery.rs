@@ -184,3 +184,32 @@ async fn retries_wait_their_turn_the_last_attempt_dead_letters_and_a_replay_star
         );
     }
 }
+
+#[tokio::test]
+async fn delivered_jobs_are_purged_after_their_time_but_dead_letters_and_pending_jobs_stay() {
+    for db in TestDb::all().await {
+        let (tenant, app) = db.tenant_with_app("prod").await;
+        for n in 0..3 {
+            db.store.enqueue_delivery(&event(&tenant.id, &app.id, "wh_a", n), 1_000).await.unwrap();
+        }
+        let jobs = db.store.claim_deliveries("w1", 1_000, 31_000, 10, 10, "").await.unwrap();
+        db.store
+            .finish_delivery_attempt(&jobs[0].id, "w1", &attempt(2_000, "delivered"), AfterAttempt::Delivered)
+            .await
+            .unwrap();
+        db.store
+            .finish_delivery_attempt(&jobs[1].id, "w1", &attempt(2_000, "dead"), AfterAttempt::Dead)
+            .await
+            .unwrap();
+        assert_eq!(db.store.purge_delivered(2_000).await.unwrap(), 0, "not old enough yet");
+        assert_eq!(db.store.purge_delivered(2_001).await.unwrap(), 1);
+        assert!(matches!(db.store.delivery(&tenant.id, &jobs[0].id).await, Err(StoreError::NotFound(_))));
+        assert_eq!(db.store.delivery(&tenant.id, &jobs[1].id).await.unwrap().state, DeliveryState::Dead);
+        assert_eq!(db.store.delivery(&tenant.id, &jobs[2].id).await.unwrap().state, DeliveryState::Pending);
+        assert_eq!(
+            db.count("SELECT COUNT(*) FROM delivery_attempts").await,
+            1,
+            "the purged job's log went with it"
+        );
+    }
+}

@@ -71,6 +71,8 @@ pub enum RouterError {
 struct AppState {
     /// When its feed is read next.
     due: Option<Instant>,
+    /// Its rules' shortest batch window, in ms, as last read.
+    window: i64,
 }
 
 /// Counts of what the router did, for tests, the benchmark and logs.
@@ -185,14 +187,10 @@ impl Router {
     /// many entries it read.
     async fn route_app(&self, mut lease: FeedLease) -> Result<u64, RouterError> {
         let started = Instant::now();
-        let rules: Vec<CompiledRule> = self
-            .store
-            .enabled_rules(&lease.app_id)
-            .await?
-            .into_iter()
-            .filter_map(CompiledRule::compile)
-            .collect();
-        let window = rules.iter().map(|rule| rule.rule.spec.batch_ms).min().unwrap_or(0);
+        // The rules are read once something new is in the feed (an idle app costs one feed
+        // read per pass), and as they are then: a rule disabled before its events are read
+        // does not take them.
+        let mut rules: Option<Vec<CompiledRule>> = None;
         let mut read = 0u64;
         loop {
             let page = self.engine.feed_read(&lease.app_id, &lease.position, self.config.page).await?;
@@ -207,7 +205,11 @@ impl Router {
             }
             let Some(last) = page.entries.last() else { break };
             let position = last.position.to_string();
-            let deliveries = deliveries(&rules, &page.entries);
+            if rules.is_none() {
+                let enabled = self.store.enabled_rules(&lease.app_id).await?;
+                rules = Some(enabled.into_iter().filter_map(CompiledRule::compile).collect());
+            }
+            let deliveries = deliveries(rules.as_deref().unwrap_or_default(), &page.entries);
             let queued = deliveries.len() as u64;
             if !self.store.advance_feed(&self.config.owner, &lease, &position, &deliveries, now_ms()).await? {
                 // The lease moved to another worker (or the position did): that worker reads on.
@@ -228,9 +230,12 @@ impl Router {
                 break;
             }
         }
-        let wait = Duration::from_millis(u64::try_from(window).unwrap_or(0));
         let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
-        apps.entry(lease.app_id).or_default().due = Some(Instant::now() + wait);
+        let state = apps.entry(lease.app_id).or_default();
+        if let Some(rules) = &rules {
+            state.window = rules.iter().map(|rule| rule.rule.spec.batch_ms).min().unwrap_or(0);
+        }
+        state.due = Some(Instant::now() + Duration::from_millis(u64::try_from(state.window).unwrap_or(0)));
         Ok(read)
     }
 

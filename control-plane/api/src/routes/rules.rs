@@ -128,6 +128,13 @@ async fn feed_off_if_unused(plane: &ControlPlane, tenant: &str, app: &str) {
             if let Err(err) = plane.engine.feed_disable(app).await {
                 tracing::warn!(error = %err, app, "an unused app feed was not turned off");
             }
+            // A rule made or enabled meanwhile (it turned the feed on before this turned it
+            // off) must not wait for the workers' resync: look again, and turn it back on.
+            if plane.store.rules(tenant, app).await.is_ok_and(|rules| rules.iter().any(|rule| rule.enabled))
+                && let Err(err) = plane.engine.feed_enable(app).await
+            {
+                tracing::warn!(error = %err, app, "an app feed is off until the workers' resync");
+            }
         }
         Ok(_) => {}
         Err(err) => tracing::warn!(error = %err, app, "rules not read; the app's feed stays on"),

@@ -237,6 +237,8 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<Value> {
         "server_cpu_cores": cpu,
         "server_rss_kib": {"first": rss_kib.first(), "last": rss_kib.last(), "max": rss_kib.iter().max()},
         "server_anon_kib": {"first": anon_kib.first(), "last": anon_kib.last(), "max": anon_kib.iter().max()},
+        // Ten samples through the window: whether memory levels off or keeps growing.
+        "server_anon_kib_series": anon_kib.iter().step_by((anon_kib.len() / 10).max(1)).collect::<Vec<_>>(),
     }))
 }
 

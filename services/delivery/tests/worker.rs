@@ -284,3 +284,54 @@ async fn an_endpoint_failing_for_too_long_is_disabled_and_its_tenant_told_and_a_
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_holds_only_its_own_slots_while_another_tenants_deliveries_flow() {
+    for (store, _dir) in stores().await {
+        // Tenant A's endpoint takes 20 s to answer; tenant B's answers at once.
+        let slow = Router::new().route(
+            "/hook",
+            post(|| async {
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                StatusCode::NO_CONTENT
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let slow_addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, slow).await.unwrap() });
+        let (tenant_a, app_a, target_a, _) = endpoint(&store, &format!("http://{slow_addr}/hook")).await;
+        let (received, secret) = (Arc::new(Received::default()), Arc::new(Mutex::new(Vec::new())));
+        let fast_addr = receiver(secret.clone(), received.clone(), StatusCode::NO_CONTENT).await;
+        let (tenant_b, app_b, target_b, key) = endpoint(&store, &format!("http://{fast_addr}/hook")).await;
+        *secret.lock().unwrap() = key;
+        enqueue(&store, &tenant_a, &app_a, &target_a, 10).await;
+        enqueue(&store, &tenant_b, &app_b, &target_b, 30).await;
+
+        // Four attempts in flight at most, two per endpoint: the slow endpoint's two are stuck
+        // for 20 s, and B's thirty still arrive meanwhile.
+        let policy = AddressPolicy::new().with_http(true).allow(IpRange::parse("127.0.0.0/8").unwrap());
+        let limits = SenderLimits { request_timeout: Duration::from_secs(30), ..SenderLimits::default() };
+        let config = WorkerConfig {
+            owner: "w".into(),
+            lease: Duration::from_secs(60),
+            batch: 4,
+            per_target: 2,
+            poll_interval: Duration::from_millis(20),
+            schedule: RetrySchedule::new(vec![Duration::from_millis(30); 5]),
+            disable_after: Duration::ZERO,
+        };
+        let w = Worker::new(store.clone(), Sender::new(policy, limits).unwrap(), config);
+        let stop = CancellationToken::new();
+        let running = tokio::spawn({
+            let stop = stop.clone();
+            async move { w.run(stop).await }
+        });
+        let started = tokio::time::Instant::now();
+        eventually(10, "tenant B's deliveries, beside the stuck ones", async || {
+            received.by_event.lock().unwrap().len() == 30
+        })
+        .await;
+        assert!(started.elapsed() < Duration::from_secs(10));
+        running.abort();
+    }
+}

@@ -4,12 +4,43 @@
 //! keeps increasing for the stream's whole life. Not on a Redis Cluster: the feed's keys are in
 //! the app's slot, and a channel's scripts run in the channel's.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tributary_engine::{ChannelKey, EngineError, FeedEntry, FeedPage, FeedRecord};
+use tokio::time::Instant;
+use tributary_engine::{ChannelKey, ClientInfo, EngineError, FeedEntry, FeedPage, FeedRecord};
 use tributary_protocol::ChannelName;
 
 use crate::{Inner, unavailable, wire};
+
+/// How long a node trusts what it last saw of an app's feed (on or off) before a connection's
+/// event makes it look again.
+const FEED_APPS_TTL: Duration = Duration::from_secs(1);
+
+/// Which apps have a durable feed, as this node last looked: connection events (unlike
+/// messages, which the publish script checks itself) would otherwise cost every connect and
+/// disconnect of every app a round trip.
+#[derive(Default)]
+pub(crate) struct FeedApps {
+    seen: Mutex<HashMap<String, (bool, Instant)>>,
+}
+
+impl FeedApps {
+    fn get(&self, app: &str) -> Option<bool> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(app).filter(|(_, at)| at.elapsed() < FEED_APPS_TTL).map(|(on, _)| *on)
+    }
+
+    fn set(&self, app: &str, on: bool) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        // Forgotten in bulk: at most one entry per app that connected within the TTL matters.
+        if seen.len() > 100_000 {
+            seen.retain(|_, (_, at)| at.elapsed() < FEED_APPS_TTL);
+        }
+        seen.insert(app.to_owned(), (on, Instant::now()));
+    }
+}
 
 /// An entry as `XRANGE` returns it: its id and its fields.
 type RawEntry = (String, Vec<(String, String)>);
@@ -43,13 +74,46 @@ impl Inner {
         }
         let (_, marker) = self.durable_feed_keys(app);
         let mut conn = self.commands_for_name(&marker);
-        redis::cmd("SET").arg(&marker).arg(1).query_async::<()>(&mut conn).await.map_err(unavailable)
+        redis::cmd("SET").arg(&marker).arg(1).query_async::<()>(&mut conn).await.map_err(unavailable)?;
+        self.feed_apps.set(app, true);
+        Ok(())
+    }
+
+    pub(crate) async fn feed_client(&self, app: &str, record: FeedRecord) -> Result<bool, EngineError> {
+        let (kind, client) = match &record {
+            FeedRecord::ClientConnected(client) => ("c", client),
+            FeedRecord::ClientDisconnected(client) => ("d", client),
+            _ => return Err(EngineError::Unsupported("only a connection's events are written this way")),
+        };
+        if !self.routes.feeds_enabled || self.feed_apps.get(app) == Some(false) {
+            return Ok(false);
+        }
+        let (stream, marker) = self.durable_feed_keys(app);
+        let json = serde_json::to_string(client).map_err(unavailable)?;
+        let mut invocation = self.scripts.feed_client.prepare_invoke();
+        invocation
+            .key(&stream)
+            .key(&marker)
+            .arg(kind)
+            .arg(json)
+            .arg(self.config.feed_retention.max_len.max(1));
+        let written: u8 =
+            invocation.invoke_async(&mut self.commands_for_name(&marker)).await.map_err(unavailable)?;
+        self.feed_apps.set(app, written == 1);
+        Ok(written == 1)
     }
 
     pub(crate) async fn feed_disable(&self, app: &str) -> Result<(), EngineError> {
         let (stream, marker) = self.durable_feed_keys(app);
         let mut conn = self.commands_for_name(&marker);
-        redis::cmd("DEL").arg(&marker).arg(&stream).query_async::<()>(&mut conn).await.map_err(unavailable)
+        redis::cmd("DEL")
+            .arg(&marker)
+            .arg(&stream)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        self.feed_apps.set(app, false);
+        Ok(())
     }
 
     pub(crate) async fn feed_read(
@@ -83,9 +147,12 @@ fn stream_id(id: &str) -> Option<(u64, u64)> {
 fn entry((id, fields): RawEntry) -> Result<FeedEntry, EngineError> {
     let field = |name: &str| fields.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str());
     let broken = |what: &str| unavailable(format!("feed entry {id}: {what}"));
-    let channel = ChannelName::parse(field("c").ok_or_else(|| broken("no channel"))?)
-        .map_err(|_| broken("bad channel"))?;
+    let channel = match field("c") {
+        None | Some("") => None,
+        Some(name) => Some(ChannelName::parse(name).map_err(|_| broken("bad channel"))?),
+    };
     let body = field("b").ok_or_else(|| broken("no body"))?;
+    let client = || serde_json::from_str::<ClientInfo>(body).map_err(|err| broken(&err.to_string()));
     let member = || wire::decode_member(body).map_err(|err| broken(&err.to_string()));
     let record = match field("k") {
         Some("m") => {
@@ -94,6 +161,8 @@ fn entry((id, fields): RawEntry) -> Result<FeedEntry, EngineError> {
         Some("j") => FeedRecord::PresenceJoin(member()?),
         Some("l") => FeedRecord::PresenceLeave(member()?),
         Some("u") => FeedRecord::PresenceUpdate(member()?),
+        Some("c") => FeedRecord::ClientConnected(client()?),
+        Some("d") => FeedRecord::ClientDisconnected(client()?),
         _ => return Err(broken("unknown kind")),
     };
     let ts_ms = stream_id(&id).map_or(0, |(ms, _)| ms);

@@ -126,6 +126,8 @@ struct Inner {
     pubsub: tokio::sync::Mutex<Conn>,
     scripts: Scripts,
     routes: Arc<Routes>,
+    /// Which apps have a durable feed, as this node last looked (see `feed::FeedApps`).
+    feed_apps: feed::FeedApps,
 }
 
 /// Reads a stored retained entry (`<offset>|<epoch>|<publication>`, see the RETAIN script):
@@ -184,6 +186,7 @@ impl RedisEngine {
             pubsub: tokio::sync::Mutex::new(pubsub),
             scripts: Scripts::new(),
             routes,
+            feed_apps: feed::FeedApps::default(),
         });
         for (conn, queue) in inner.commands.iter().zip(queues) {
             publish::spawn_writer(Arc::downgrade(&inner), conn.clone(), queue);
@@ -804,6 +807,14 @@ impl Engine for RedisEngine {
 
     async fn feed_disable(&self, app: &str) -> Result<(), EngineError> {
         self.inner.feed_disable(app).await
+    }
+
+    async fn feed_client(
+        &self,
+        app: &str,
+        record: tributary_engine::FeedRecord,
+    ) -> Result<bool, EngineError> {
+        self.inner.feed_client(app, record).await
     }
 
     async fn feed_read(&self, app: &str, after: &str, limit: usize) -> Result<FeedPage, EngineError> {

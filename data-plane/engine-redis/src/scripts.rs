@@ -352,6 +352,15 @@ end
 return {entries, gap}
 "#;
 
+/// Writes a connection's lifecycle event to an app's durable feed, if the app has one.
+/// KEYS: feed stream, marker. ARGV: kind (`c` connected, `d` disconnected), the connection as
+/// JSON, most entries. Returns 1 when written.
+const FEED_CLIENT: &str = r#"
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'c', '', 'k', ARGV[1], 'b', ARGV[2])
+return 1
+"#;
+
 /// The scripts, loaded once per engine.
 pub struct Scripts {
     /// See [`PUBLISH`]: sent whole with `EVAL` rather than by hash. A channel's runs of
@@ -379,6 +388,8 @@ pub struct Scripts {
     pub take: redis::Script,
     /// See [`FEED_READ`].
     pub feed_read: redis::Script,
+    /// See [`FEED_CLIENT`].
+    pub feed_client: redis::Script,
 }
 
 /// The text sent to Redis: the helpers and the body, without comments or indentation (Redis
@@ -411,6 +422,7 @@ impl Scripts {
             put: script("", PUT),
             take: script("", TAKE),
             feed_read: script("", FEED_READ),
+            feed_client: script("", FEED_CLIENT),
         }
     }
 }

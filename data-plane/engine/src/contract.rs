@@ -339,6 +339,12 @@ pub trait Engine: Send + Sync + 'static {
     /// the app, is also written to the app's feed. Calling it again changes nothing.
     async fn feed_enable(&self, app: &str) -> Result<(), EngineError>;
 
+    /// Writes a connection's lifecycle event ([`FeedRecord::ClientConnected`] or
+    /// [`FeedRecord::ClientDisconnected`]) to `app`'s feed if it has one; returns whether it did.
+    /// Cheap for an app without a feed; on an engine shared by nodes, a feed turned on is seen
+    /// within a second.
+    async fn feed_client(&self, app: &str, record: crate::feed::FeedRecord) -> Result<bool, EngineError>;
+
     /// Stops keeping `app`'s feed and forgets what it held.
     async fn feed_disable(&self, app: &str) -> Result<(), EngineError>;
 

@@ -13,6 +13,16 @@ use std::sync::Arc;
 use tributary_protocol::frame::MemberInfo;
 use tributary_protocol::{ChannelName, Publication};
 
+/// A client connection, as its lifecycle events name it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClientInfo {
+    /// The client id its credential names, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<Arc<str>>,
+    /// The connection's id.
+    pub conn_id: Arc<str>,
+}
+
 /// What a feed entry records.
 #[derive(Debug, Clone)]
 pub enum FeedRecord {
@@ -24,17 +34,23 @@ pub enum FeedRecord {
     PresenceLeave(MemberInfo),
     /// A present connection changed its state.
     PresenceUpdate(MemberInfo),
+    /// A client connected (its credential accepted) to a relay node.
+    ClientConnected(ClientInfo),
+    /// A client's connection ended, as the relay node that served it saw.
+    ClientDisconnected(ClientInfo),
 }
 
 impl FeedRecord {
     /// The event kind rules match on: `message`, `presence.join`, `presence.leave`,
-    /// `presence.update`.
+    /// `presence.update`, `client.connected`, `client.disconnected`.
     pub fn kind(&self) -> &'static str {
         match self {
             FeedRecord::Message(_) => "message",
             FeedRecord::PresenceJoin(_) => "presence.join",
             FeedRecord::PresenceLeave(_) => "presence.leave",
             FeedRecord::PresenceUpdate(_) => "presence.update",
+            FeedRecord::ClientConnected(_) => "client.connected",
+            FeedRecord::ClientDisconnected(_) => "client.disconnected",
         }
     }
 }
@@ -46,8 +62,8 @@ pub struct FeedEntry {
     pub position: Arc<str>,
     /// When it was written, milliseconds since the Unix epoch.
     pub ts_ms: u64,
-    /// The channel it happened on.
-    pub channel: ChannelName,
+    /// The channel it happened on (none for a connection's events).
+    pub channel: Option<ChannelName>,
     /// What happened.
     pub record: FeedRecord,
 }

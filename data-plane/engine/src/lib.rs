@@ -24,5 +24,5 @@ pub use contract::{
     Audience, ChannelKey, Engine, EngineError, EngineSink, HistoryPage, HistoryQuery, NewMessage, Occupancy,
     PresenceOptions, PublishOptions, PublishOutcome, StreamOptions,
 };
-pub use feed::{FeedEntry, FeedPage, FeedRecord, FeedRetention};
+pub use feed::{ClientInfo, FeedEntry, FeedPage, FeedRecord, FeedRetention};
 pub use memory::{MemoryEngine, MemoryEngineConfig};

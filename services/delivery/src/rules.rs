@@ -11,13 +11,20 @@ use base64::Engine as _;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use sha2::{Digest as _, Sha256};
-use tributary_engine::{FeedEntry, FeedRecord};
+use tributary_engine::{ClientInfo, FeedEntry, FeedRecord};
 use tributary_protocol::frame::MemberInfo;
-use tributary_protocol::{ChannelPattern, Payload};
+use tributary_protocol::{ChannelName, ChannelPattern, Payload};
 use tributary_store::{NewDelivery, NewRule, Rule};
 
 /// The event kinds a rule may name.
-pub const EVENT_KINDS: [&str; 4] = ["message", "presence.join", "presence.leave", "presence.update"];
+pub const EVENT_KINDS: [&str; 6] = [
+    "message",
+    "presence.join",
+    "presence.leave",
+    "presence.update",
+    "client.connected",
+    "client.disconnected",
+];
 
 /// Most events in one request.
 pub const MAX_BATCH: i64 = 1000;
@@ -86,10 +93,11 @@ impl CompiledRule {
         Some(Self { rule, pattern, raw })
     }
 
-    /// Whether the rule takes this entry.
+    /// Whether the rule takes this entry: one of its kinds, on a channel its pattern matches (a
+    /// connection's events, which have no channel, need only the kind).
     pub fn matches(&self, entry: &FeedEntry) -> bool {
         self.rule.spec.events.iter().any(|kind| kind == entry.record.kind())
-            && self.pattern.matches(&entry.channel)
+            && entry.channel.as_ref().is_none_or(|channel| self.pattern.matches(channel))
     }
 
     /// The deliveries of the entries this rule matched, in feed order: one request per
@@ -144,6 +152,9 @@ fn raw_body(entry: &FeedEntry) -> (Vec<u8>, &'static str) {
         | FeedRecord::PresenceUpdate(member) => {
             (serde_json::to_vec(member).unwrap_or_default(), "application/json")
         }
+        FeedRecord::ClientConnected(client) | FeedRecord::ClientDisconnected(client) => {
+            (serde_json::to_vec(client).unwrap_or_default(), "application/json")
+        }
     }
 }
 
@@ -160,7 +171,8 @@ struct Envelope<'a> {
 #[derive(Serialize)]
 struct EventView<'a> {
     kind: &'static str,
-    channel: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
     /// When it happened, milliseconds since the Unix epoch.
     ts: u64,
     /// Its position in the app's feed.
@@ -169,6 +181,8 @@ struct EventView<'a> {
     message: Option<MessageView<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     member: Option<&'a MemberInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client: Option<&'a ClientInfo>,
 }
 
 /// A message in an enveloped body, as subscribers see it.
@@ -187,7 +201,7 @@ struct MessageView<'a> {
 
 impl<'a> EventView<'a> {
     fn of(entry: &'a FeedEntry) -> Self {
-        let (message, member) = match &entry.record {
+        let (message, member, client) = match &entry.record {
             FeedRecord::Message(publication) => {
                 let (data, binary) = match &publication.payload {
                     Payload::Json(json) => (std::str::from_utf8(json).ok().map(str::to_owned), false),
@@ -207,19 +221,23 @@ impl<'a> EventView<'a> {
                     binary,
                     encoding: publication.encoding.as_deref(),
                 };
-                (Some(message), None)
+                (Some(message), None, None)
             }
             FeedRecord::PresenceJoin(member)
             | FeedRecord::PresenceLeave(member)
-            | FeedRecord::PresenceUpdate(member) => (None, Some(member)),
+            | FeedRecord::PresenceUpdate(member) => (None, Some(member), None),
+            FeedRecord::ClientConnected(client) | FeedRecord::ClientDisconnected(client) => {
+                (None, None, Some(client))
+            }
         };
         Self {
             kind: entry.record.kind(),
-            channel: entry.channel.as_str(),
+            channel: entry.channel.as_ref().map(ChannelName::as_str),
             ts: entry.ts_ms,
             position: &entry.position,
             message,
             member,
+            client,
         }
     }
 }
@@ -229,7 +247,7 @@ mod tests {
     use std::sync::Arc;
 
     use bytes::Bytes;
-    use tributary_protocol::{ChannelName, Publication};
+    use tributary_protocol::Publication;
 
     use super::*;
 
@@ -271,7 +289,7 @@ mod tests {
         FeedEntry {
             position: Arc::from(format!("1-{offset}")),
             ts_ms: 1_000 + offset,
-            channel: ChannelName::parse(channel).unwrap(),
+            channel: Some(ChannelName::parse(channel).unwrap()),
             record: FeedRecord::Message(publication),
         }
     }

@@ -234,6 +234,14 @@ impl Engine for SeamEngine {
         self.inner.feed_disable(app).await
     }
 
+    async fn feed_client(
+        &self,
+        app: &str,
+        record: tributary_engine::FeedRecord,
+    ) -> Result<bool, EngineError> {
+        self.inner.feed_client(app, record).await
+    }
+
     async fn feed_read(
         &self,
         app: &str,

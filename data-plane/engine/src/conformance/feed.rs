@@ -15,8 +15,10 @@ fn described(entries: &[FeedEntry]) -> Vec<(&'static str, String, String)> {
                 FeedRecord::PresenceJoin(m)
                 | FeedRecord::PresenceLeave(m)
                 | FeedRecord::PresenceUpdate(m) => m.client_id.to_string(),
+                FeedRecord::ClientConnected(c) | FeedRecord::ClientDisconnected(c) => c.conn_id.to_string(),
             };
-            (entry.record.kind(), entry.channel.to_string(), detail)
+            let channel = entry.channel.as_ref().map(ToString::to_string).unwrap_or_default();
+            (entry.record.kind(), channel, detail)
         })
         .collect()
 }
@@ -117,4 +119,24 @@ pub async fn an_expired_presence_entry_records_its_leave_in_the_feed(engine: Arc
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A connection's lifecycle events go to its app's feed when the app has one, after what came
+/// before them and with no channel; without a feed nothing is written.
+pub async fn a_connections_events_go_to_its_apps_feed_only_while_it_has_one(engine: Arc<dyn Engine>) {
+    use crate::feed::ClientInfo;
+    let _sink = RecordingSink::attach(&engine);
+    let key = unique_key("rooms:1");
+    let client = |conn: &str| ClientInfo { client_id: Some(Arc::from("alice")), conn_id: Arc::from(conn) };
+    assert!(!engine.feed_client(&key.app, FeedRecord::ClientConnected(client("c0"))).await.unwrap());
+    engine.feed_enable(&key.app).await.unwrap();
+    engine.publish(&key, json(1), &opts(0)).await.unwrap();
+    assert!(engine.feed_client(&key.app, FeedRecord::ClientConnected(client("c1"))).await.unwrap());
+    assert!(engine.feed_client(&key.app, FeedRecord::ClientDisconnected(client("c1"))).await.unwrap());
+    let (entries, _) = read_all(&engine, &key.app, "", 10).await;
+    let expected =
+        [("message", "rooms:1", "1"), ("client.connected", "", "c1"), ("client.disconnected", "", "c1")];
+    assert_eq!(described(&entries), expected.map(|(k, c, d)| (k, c.to_owned(), d.to_owned())));
+    let FeedRecord::ClientConnected(info) = &entries[1].record else { panic!("a connection's event") };
+    assert_eq!(info, &client("c1"), "the connection as it was given");
 }

@@ -57,19 +57,26 @@ impl Feeds {
 
     /// Appends to `app`'s feed, if it has one. Called under the lock that orders the change
     /// (the channel's stream, or presence), so a channel's entries are in the change's order.
-    pub(super) fn append(&self, app: &str, channel: &ChannelName, ts_ms: u64, record: FeedRecord) {
+    pub(super) fn append(
+        &self,
+        app: &str,
+        channel: Option<&ChannelName>,
+        ts_ms: u64,
+        record: FeedRecord,
+    ) -> bool {
         if !self.any() {
-            return;
+            return false;
         }
         let mut apps = lock(&self.apps);
-        let Some(feed) = apps.get_mut(app) else { return };
+        let Some(feed) = apps.get_mut(app) else { return false };
         let sequence = feed.next;
         feed.next += 1;
         let position: Arc<str> = Arc::from(format!("{}:{sequence}", feed.epoch));
-        feed.entries.push_back((sequence, FeedEntry { position, ts_ms, channel: channel.clone(), record }));
+        feed.entries.push_back((sequence, FeedEntry { position, ts_ms, channel: channel.cloned(), record }));
         while feed.entries.len() > self.retention.max_len.max(1) {
             feed.entries.pop_front();
         }
+        true
     }
 
     pub(super) fn read(&self, app: &str, after: &str, limit: usize) -> FeedPage {
@@ -113,12 +120,12 @@ mod tests {
         let feeds = Feeds::new(FeedRetention { max_len: 3 });
         let channel = ChannelName::parse("rooms:1").unwrap_or_else(|_| unreachable!());
         feeds.enable("app");
-        feeds.append("app", &channel, 1, join("a"));
+        feeds.append("app", Some(&channel), 1, join("a"));
         let first = feeds.read("app", "", 10);
         assert!(!first.gap);
         let saved = first.entries[0].position.to_string();
         for client in ["b", "c", "d", "e"] {
-            feeds.append("app", &channel, 2, join(client));
+            feeds.append("app", Some(&channel), 2, join(client));
         }
         let behind = feeds.read("app", &saved, 10);
         assert!(behind.gap, "b was trimmed before it was read");

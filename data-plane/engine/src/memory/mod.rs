@@ -148,7 +148,7 @@ impl Inner {
 
     /// Writes a presence change to the app's feed (whether or not subscribers are told of it).
     fn record_presence(&self, key: &ChannelKey, record: FeedRecord) {
-        self.feeds.append(&key.app, &key.channel, stream::now_ms(), record);
+        self.feeds.append(&key.app, Some(&key.channel), stream::now_ms(), record);
     }
 
     fn announce_removed(&self, key: &ChannelKey, removed: Removed) -> bool {
@@ -224,12 +224,8 @@ impl Engine for MemoryEngine {
         if let Some(publication) = stored {
             if self.inner.feeds.any() {
                 // Under the stream lock too, so the feed has the channel's messages in order.
-                self.inner.feeds.append(
-                    &key.app,
-                    &key.channel,
-                    publication.ts_ms,
-                    FeedRecord::Message(publication.clone()),
-                );
+                let record = FeedRecord::Message(publication.clone());
+                self.inner.feeds.append(&key.app, Some(&key.channel), publication.ts_ms, record);
             }
             if let Some(sink) = self.inner.sink() {
                 // Delivered under the stream lock: this is what orders delivery per channel.
@@ -366,6 +362,10 @@ impl Engine for MemoryEngine {
     async fn feed_disable(&self, app: &str) -> Result<(), EngineError> {
         self.inner.feeds.disable(app);
         Ok(())
+    }
+
+    async fn feed_client(&self, app: &str, record: FeedRecord) -> Result<bool, EngineError> {
+        Ok(self.inner.feeds.append(app, None, stream::now_ms(), record))
     }
 
     async fn feed_read(&self, app: &str, after: &str, limit: usize) -> Result<FeedPage, EngineError> {

@@ -1374,7 +1374,7 @@ async fn finish(state: &Arc<RelayState>, mut stream: impl MqttIo, live: Live, en
         client.session.leave_presence().await;
         // Offline, it counts against no connection limit; its queue keeps taking what comes,
         // up to its bound, for the client's return.
-        state.connections.unregister(&conn);
+        crate::transport::unregister(state, &conn).await;
         let expiry_task = spawn_expiry(state, app.clone(), key.clone(), generation, expiry);
         let parked = state.mqtt_sessions.park(
             &app,

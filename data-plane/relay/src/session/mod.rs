@@ -409,7 +409,12 @@ impl Session {
         for subscription in self.subscriptions.take_all() {
             self.drop_subscription(subscription).await;
         }
-        self.state.connections.unregister(&self.conn);
+        if self.conn.is_parked() {
+            // An offline MQTT session ending: its connection's end was told when it went offline.
+            self.state.connections.unregister(&self.conn);
+        } else {
+            crate::transport::unregister(&self.state, &self.conn).await;
+        }
     }
 }
 

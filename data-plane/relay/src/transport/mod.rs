@@ -80,7 +80,27 @@ pub async fn register(state: &Arc<RelayState>, conn: &ConnHandle) -> Result<(), 
     if state.shutdown.is_cancelled() {
         conn.close(tributary_protocol::CloseCode::Shutdown);
     }
+    lifecycle(state, conn, true).await;
     Ok(())
+}
+
+/// Unregisters a connection that ended (or an MQTT session's that went offline).
+pub async fn unregister(state: &RelayState, conn: &ConnHandle) {
+    state.connections.unregister(conn);
+    lifecycle(state, conn, false).await;
+}
+
+/// Writes `client.connected` or `client.disconnected` to the app's durable feed, when the app
+/// has one (rules want it); nothing otherwise, at the cost of a check.
+async fn lifecycle(state: &RelayState, conn: &ConnHandle, connected: bool) {
+    use tributary_engine::{ClientInfo, FeedRecord};
+    let client_id = (!conn.client().is_empty()).then(|| conn.client().clone());
+    let client = ClientInfo { client_id, conn_id: conn.id().clone() };
+    let record =
+        if connected { FeedRecord::ClientConnected(client) } else { FeedRecord::ClientDisconnected(client) };
+    if let Err(err) = state.engine.feed_client(conn.app(), record).await {
+        tracing::debug!(error = %err, "a connection's event was not written to its app's feed");
+    }
 }
 
 /// Checks a registered connection against its app's current policy. A revocation reloads the

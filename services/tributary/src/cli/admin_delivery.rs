@@ -129,7 +129,7 @@ pub enum RuleCommand {
         #[arg(long)]
         pattern: String,
         /// The event kinds, comma-separated: message, presence.join, presence.leave,
-        /// presence.update.
+        /// presence.update, client.connected, client.disconnected.
         #[arg(long, value_delimiter = ',', default_value = "message")]
         events: Vec<String>,
         /// The webhook endpoint (`wh_…`).

@@ -373,3 +373,38 @@ async fn tributary_admin_manages_webhooks_and_rules() {
     let (_, out, _) = admin(&server, &["webhooks", "list", &tenant, &app]).await;
     assert_eq!(out.trim(), "[]");
 }
+
+#[tokio::test]
+async fn a_clients_connection_and_its_end_reach_a_rule_that_asks_for_them() {
+    let server = server().await;
+    let (addr, got) = receiver().await;
+    let (webhook, _) = endpoint(&server, addr).await;
+    let rule = json!({"channel_pattern": "*", "events": ["client.connected", "client.disconnected"], "webhook_id": webhook});
+    let (status, created) = call(&server, "POST", "/rules", Some(rule)).await;
+    assert_eq!(status, 201, "{created}");
+    let token = server.all_rights("carol").await;
+    let ws = server.ws(&token).await;
+    drop(ws);
+    let arrived = requests(&got, 2).await;
+    let events: Vec<Value> = arrived
+        .iter()
+        .map(|(_, body)| serde_json::from_slice::<Value>(body).unwrap()["events"][0].clone())
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["client.connected", "client.disconnected"]);
+    assert_eq!(events[0]["client"]["client_id"], "carol");
+    assert_eq!(events[0]["client"]["conn_id"], events[1]["client"]["conn_id"], "the same connection");
+    assert!(events[0].get("channel").is_none(), "a connection's event has no channel: {}", events[0]);
+    // Messages are not what this rule asked for: a message published before another
+    // connection's events is not among what arrives (the feed keeps their order).
+    server.publish("chat:1", json!({"n": 1})).await;
+    drop(server.ws(&token).await);
+    let all = requests(&got, 4).await;
+    let kinds: Vec<String> = all
+        .iter()
+        .map(|(_, body)| {
+            serde_json::from_slice::<Value>(body).unwrap()["events"][0]["kind"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(kinds, ["client.connected", "client.disconnected", "client.connected", "client.disconnected"]);
+}

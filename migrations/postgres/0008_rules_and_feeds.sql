@@ -55,3 +55,19 @@ DROP INDEX delivery_jobs_due;
 -- delivery: an endpoint failing for longer than `delivery.disable_after_failing_secs` is
 -- disabled and its tenant told.
 ALTER TABLE webhook_endpoints ADD COLUMN failing_since_ms BIGINT;
+
+-- How many events a delivery carries (a rule's batch), counted in usage when it is delivered.
+ALTER TABLE delivery_jobs ADD COLUMN events BIGINT NOT NULL DEFAULT 1;
+
+-- Webhook usage per app and minute: requests delivered and the events they carried, added in
+-- the transaction that records the deliveries (so a delivery is counted exactly once).
+CREATE TABLE delivery_usage (
+    app_id    TEXT NOT NULL REFERENCES apps (id) ON DELETE CASCADE,
+    minute    BIGINT NOT NULL,
+    tenant_id TEXT NOT NULL,
+    requests  BIGINT NOT NULL,
+    events    BIGINT NOT NULL,
+    PRIMARY KEY (app_id, minute)
+);
+
+CREATE INDEX delivery_usage_by_tenant ON delivery_usage (tenant_id, minute);

@@ -41,6 +41,8 @@ pub struct NewDelivery {
     pub payload: Vec<u8>,
     /// Headers of this delivery besides the target's own (a rule's), a JSON object of strings.
     pub headers: String,
+    /// How many events it carries (a rule's batch; 1 otherwise), counted in usage once delivered.
+    pub events: i64,
 }
 
 /// Where a job stands.
@@ -251,7 +253,8 @@ async fn finish_group(
          lease_owner = NULL, lease_until_ms = NULL FROM (VALUES {}) AS v \
          WHERE delivery_jobs.id = v.column1 AND delivery_jobs.state = 'pending' AND delivery_jobs.lease_owner = {} \
          RETURNING delivery_jobs.id AS id, delivery_jobs.attempts AS attempts, \
-         delivery_jobs.tenant_id AS tenant_id, delivery_jobs.target_id AS target_id",
+         delivery_jobs.tenant_id AS tenant_id, delivery_jobs.target_id AS target_id, \
+         delivery_jobs.app_id AS app_id, delivery_jobs.events AS events",
         rows.join(", "),
         placeholder(backend, 4 * group.len() + 1)
     );
@@ -267,12 +270,36 @@ async fn finish_group(
     }
     let rows = update.bind(owner).fetch_all(&mut *conn).await?;
     let mut moved = std::collections::HashMap::with_capacity(rows.len());
+    // Delivered requests and their events, per app and minute, for usage.
+    let mut used: std::collections::BTreeMap<(String, i64), (String, i64, i64)> = Default::default();
     for row in &rows {
         let id: String = row.try_get("id")?;
         let attempt: i64 = row.try_get("attempts")?;
         let tenant_id: String = row.try_get("tenant_id")?;
         let target_id: String = row.try_get("target_id")?;
+        if let Some(finished) = group.iter().find(|f| f.job_id == id && f.after == AfterAttempt::Delivered) {
+            let minute = finished.record.at_ms.div_euclid(60_000) * 60;
+            let app_id: String = row.try_get("app_id")?;
+            let events: i64 = row.try_get("events")?;
+            let entry = used.entry((app_id, minute)).or_insert_with(|| (tenant_id.clone(), 0, 0));
+            entry.1 += 1;
+            entry.2 += events;
+        }
         moved.insert(id, (attempt, tenant_id, target_id));
+    }
+    for ((app_id, minute), (tenant_id, requests, events)) in used {
+        sqlx::query(
+            "INSERT INTO delivery_usage (app_id, minute, tenant_id, requests, events) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (app_id, minute) DO UPDATE SET requests = delivery_usage.requests + excluded.requests, \
+             events = delivery_usage.events + excluded.events",
+        )
+        .bind(app_id)
+        .bind(minute)
+        .bind(tenant_id)
+        .bind(requests)
+        .bind(events)
+        .execute(&mut *conn)
+        .await?;
     }
     let logged: Vec<(&FinishedAttempt, &(i64, String, String))> =
         group.iter().filter_map(|finished| moved.get(&finished.job_id).map(|m| (finished, m))).collect();
@@ -337,10 +364,11 @@ pub(crate) async fn insert_deliveries(
     for group in deliveries.chunks(INSERT_GROUP) {
         let sql = format!(
             "INSERT INTO delivery_jobs (id, tenant_id, app_id, target_id, event_id, payload, headers, \
-             next_attempt_ms, created_ms, state, attempts, tries) \
-             SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9, 'pending', 0, 0 \
+             next_attempt_ms, created_ms, events, state, attempts, tries) \
+             SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9, column10, \
+             'pending', 0, 0 \
              FROM (VALUES {}) AS v WHERE true ON CONFLICT (target_id, event_id) DO NOTHING",
-            values(backend, group.len(), 9)
+            values(backend, group.len(), 10)
         );
         let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
         for delivery in group {
@@ -353,7 +381,8 @@ pub(crate) async fn insert_deliveries(
                 .bind(delivery.payload.as_slice())
                 .bind(delivery.headers.as_str())
                 .bind(now_ms)
-                .bind(now_ms);
+                .bind(now_ms)
+                .bind(delivery.events);
         }
         insert.execute(&mut *conn).await.map_err(|err| StoreError::from_sqlx(err, "delivery", "app"))?;
     }
@@ -369,8 +398,8 @@ pub(crate) async fn insert_delivery(
 ) -> Result<bool, StoreError> {
     let result = sqlx::query(
         "INSERT INTO delivery_jobs (id, tenant_id, app_id, target_id, event_id, payload, headers, state, \
-         attempts, tries, next_attempt_ms, created_ms) \
-         SELECT $1, tenant_id, id, $3, $4, $5, $8, 'pending', 0, 0, $6, $6 FROM apps \
+         attempts, tries, next_attempt_ms, created_ms, events) \
+         SELECT $1, tenant_id, id, $3, $4, $5, $8, 'pending', 0, 0, $6, $6, $9 FROM apps \
          WHERE id = $2 AND tenant_id = $7 \
          ON CONFLICT (target_id, event_id) DO NOTHING",
     )
@@ -382,6 +411,7 @@ pub(crate) async fn insert_delivery(
     .bind(now_ms)
     .bind(&delivery.tenant_id)
     .bind(&delivery.headers)
+    .bind(delivery.events)
     .execute(&mut *conn)
     .await
     .map_err(|err| StoreError::from_sqlx(err, "delivery", "app"))?;

@@ -51,6 +51,10 @@ pub struct UsagePoint {
     pub connection_minutes: i64,
     /// Average concurrent connections over the bucket.
     pub average_connections: i64,
+    /// Webhook requests delivered.
+    pub webhook_requests: i64,
+    /// Events those requests carried (a rule's batch is several).
+    pub webhook_events: i64,
 }
 
 /// Returns the start (unix seconds) of the calendar month (UTC) that `unix` is in.
@@ -195,7 +199,29 @@ impl Store {
             point.connection_minutes = seconds / 60;
             point.average_connections = seconds / width;
         }
-        Ok(points)
+        // Webhooks delivered, counted by the delivery workers as they record them.
+        let delivered = sqlx::query(
+            "SELECT minute, CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(events) AS BIGINT) AS events \
+             FROM delivery_usage WHERE tenant_id = $1 AND ($2 = '' OR app_id = $2) AND minute >= $3 AND minute < $4 \
+             GROUP BY minute ORDER BY minute",
+        )
+        .bind(tenant_id)
+        .bind(app_id.unwrap_or(""))
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_start: std::collections::BTreeMap<i64, UsagePoint> =
+            points.into_iter().map(|point| (point.start, point)).collect();
+        for row in &delivered {
+            let minute: i64 = row.try_get("minute")?;
+            let start = minute - minute.rem_euclid(width);
+            let point =
+                by_start.entry(start).or_insert_with(|| UsagePoint { start, ..UsagePoint::default() });
+            point.webhook_requests += row.try_get::<i64, _>("requests")?;
+            point.webhook_events += row.try_get::<i64, _>("events")?;
+        }
+        Ok(by_start.into_values().collect())
     }
 
     /// Returns the messages a tenant published since `since` (unix seconds), as flushed.

@@ -126,6 +126,7 @@ impl CompiledRule {
             event_id,
             payload,
             headers: serde_json::Value::Object(headers).to_string(),
+            events: i64::try_from(chunk.len()).unwrap_or(1),
         }
     }
 }

@@ -125,6 +125,7 @@ async fn enqueue(store: &Store, tenant: &str, app: &str, target: &str, events: u
             event_id: format!("evt_{n:04}"),
             payload: format!(r#"{{"type":"message","n":{n}}}"#).into_bytes(),
             headers: "{}".into(),
+            events: 1,
         };
         assert!(store.enqueue_delivery(&event, now_ms()).await.unwrap());
     }

@@ -28,6 +28,8 @@ pub(crate) struct PointView {
     peak_connections: i64,
     average_connections: i64,
     connection_minutes: i64,
+    webhook_requests: i64,
+    webhook_events: i64,
 }
 
 impl From<UsagePoint> for PointView {
@@ -41,6 +43,8 @@ impl From<UsagePoint> for PointView {
             peak_connections: p.peak_connections,
             average_connections: p.average_connections,
             connection_minutes: p.connection_minutes,
+            webhook_requests: p.webhook_requests,
+            webhook_events: p.webhook_events,
         }
     }
 }

@@ -356,6 +356,7 @@ pub(crate) async fn test(
         event_id: event_id.clone(),
         payload: payload.to_string().into_bytes(),
         headers: "{}".into(),
+        events: 1,
     };
     plane.store.enqueue_delivery(&delivery, now_ms).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"event_id": event_id}))))

@@ -15,6 +15,7 @@ fn event(tenant: &str, app: &str, target: &str, n: u32) -> NewDelivery {
         event_id: format!("evt_{n}"),
         payload: format!("{{\"n\":{n}}}").into_bytes(),
         headers: "{}".into(),
+        events: 1,
     }
 }
 
@@ -210,6 +211,56 @@ async fn delivered_jobs_are_purged_after_their_time_but_dead_letters_and_pending
             db.count("SELECT COUNT(*) FROM delivery_attempts").await,
             1,
             "the purged job's log went with it"
+        );
+    }
+}
+
+#[tokio::test]
+async fn delivered_webhooks_are_counted_in_usage_once_with_their_events() {
+    for db in TestDb::all().await {
+        let (tenant, app) = db.tenant_with_app("prod").await;
+        for n in 0..3 {
+            let mut batch = event(&tenant.id, &app.id, "wh_a", n);
+            batch.events = 10;
+            db.store.enqueue_delivery(&batch, 1_000).await.unwrap();
+        }
+        let jobs = db.store.claim_deliveries("w1", 1_000, 31_000, 10, 10, "").await.unwrap();
+        let at = 1_800_000_000_000; // a minute's start (ms) the usage reads back in seconds
+        let finished: Vec<tributary_store::FinishedAttempt> = vec![
+            tributary_store::FinishedAttempt {
+                job_id: jobs[0].id.clone(),
+                record: attempt(at, "delivered"),
+                after: AfterAttempt::Delivered,
+            },
+            tributary_store::FinishedAttempt {
+                job_id: jobs[1].id.clone(),
+                record: attempt(at, "delivered"),
+                after: AfterAttempt::Delivered,
+            },
+            tributary_store::FinishedAttempt {
+                job_id: jobs[2].id.clone(),
+                record: attempt(at, "retry"),
+                after: AfterAttempt::RetryAt(at + 5_000),
+            },
+        ];
+        db.store.finish_delivery_attempts("w1", &finished).await.unwrap();
+        // Recorded again by a worker that lost the jobs: refused, and not counted twice.
+        assert_eq!(db.store.finish_delivery_attempts("w1", &finished[..2]).await.unwrap(), [false, false]);
+        let minute = at / 1000;
+        let points = db
+            .store
+            .usage(&tenant.id, None, (minute - 60, minute + 60), tributary_store::Granularity::Hour)
+            .await
+            .unwrap();
+        assert_eq!(points.len(), 1, "{points:?}");
+        assert_eq!((points[0].webhook_requests, points[0].webhook_events), (2, 20), "the retry is not usage");
+        let (other, _) = db.tenant_with_app("elsewhere").await;
+        assert!(
+            db.store
+                .usage(&other.id, None, (minute - 60, minute + 60), tributary_store::Granularity::Hour)
+                .await
+                .unwrap()
+                .is_empty()
         );
     }
 }

@@ -36,6 +36,7 @@ fn delivery(tenant: &str, app: &str, target: &str, event: &str) -> NewDelivery {
         event_id: event.into(),
         payload: b"{}".to_vec(),
         headers: "{}".into(),
+        events: 1,
     }
 }
 

@@ -98,6 +98,7 @@ async fn a_worker_process_killed_with_sigkill_loses_no_delivery() {
             event_id: format!("evt_{n:04}"),
             payload: format!(r#"{{"type":"message","n":{n}}}"#).into_bytes(),
             headers: "{}".into(),
+            events: 1,
         };
         store.enqueue_delivery(&event, tributary_delivery::worker::now_ms()).await.unwrap();
     }

@@ -85,6 +85,7 @@ async fn an_endpoints_secret_is_shown_once_rotated_and_its_dead_letters_replayed
         event_id: "evt_1".into(),
         payload: br#"{"type":"message"}"#.to_vec(),
         headers: "{}".into(),
+        events: 1,
     };
     store.enqueue_delivery(&event, 1_000).await.unwrap();
     let job = store.claim_deliveries("test", 1_000, 60_000, 10, 10, "").await.unwrap().remove(0);

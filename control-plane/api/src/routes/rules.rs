@@ -167,7 +167,14 @@ pub(crate) async fn create(
         return Err(tributary_store::StoreError::NotFound("webhook endpoint").into());
     }
     feed_on(&plane, &app).await?;
-    let rule = plane.store.create_rule(&caller.actor, &tenant, &app, &spec).await?;
+    let rule = match plane.store.create_rule(&caller.actor, &tenant, &app, &spec).await {
+        Ok(rule) => rule,
+        Err(err) => {
+            // Not stored: a feed turned on for it alone is turned off again.
+            feed_off_if_unused(&plane, &tenant, &app).await;
+            return Err(err.into());
+        }
+    };
     Ok((StatusCode::CREATED, Json(rule.into())))
 }
 

@@ -24,6 +24,7 @@
 use sqlx::Row as _;
 
 use crate::db::DbRow;
+use crate::delivery_batch::{FINISH_GROUP, finish_group};
 use crate::{Backend, Store, StoreError, id};
 
 /// An event to deliver to one target.
@@ -201,7 +202,7 @@ fn job(row: &DbRow) -> Result<DeliveryJob, StoreError> {
 }
 
 /// Cuts a snippet to [`MAX_SNIPPET_BYTES`] at a character boundary.
-fn clipped(snippet: &str) -> &str {
+pub(crate) fn clipped(snippet: &str) -> &str {
     let mut end = snippet.len().min(MAX_SNIPPET_BYTES);
     while !snippet.is_char_boundary(end) {
         end -= 1;
@@ -218,175 +219,6 @@ pub struct FinishedAttempt {
     pub record: AttemptRecord,
     /// What happens to the job.
     pub after: AfterAttempt,
-}
-
-/// Attempts recorded by one pair of statements.
-const FINISH_GROUP: usize = 128;
-
-/// Jobs inserted by one statement.
-const INSERT_GROUP: usize = 100;
-
-/// Records a group of attempts with two statements (the jobs moved on, then their log
-/// entries), inside a transaction; for each, whether `owner` still held its job.
-async fn finish_group(
-    conn: &mut sqlx::AnyConnection,
-    backend: Backend,
-    owner: &str,
-    group: &[FinishedAttempt],
-) -> Result<Vec<bool>, StoreError> {
-    // Four placeholders per row, then the owner's.
-    let rows: Vec<String> = (0..group.len())
-        .map(|i| {
-            let p = |k: usize| placeholder(backend, 4 * i + k);
-            format!(
-                "(CAST({} AS TEXT), CAST({} AS TEXT), CAST({} AS BIGINT), CAST({} AS BIGINT))",
-                p(1),
-                p(2),
-                p(3),
-                p(4)
-            )
-        })
-        .collect();
-    let sql = format!(
-        "UPDATE delivery_jobs SET state = v.column2, attempts = attempts + 1, tries = tries + 1, \
-         next_attempt_ms = COALESCE(v.column3, delivery_jobs.next_attempt_ms), finished_ms = v.column4, \
-         lease_owner = NULL, lease_until_ms = NULL FROM (VALUES {}) AS v \
-         WHERE delivery_jobs.id = v.column1 AND delivery_jobs.state = 'pending' AND delivery_jobs.lease_owner = {} \
-         RETURNING delivery_jobs.id AS id, delivery_jobs.attempts AS attempts, \
-         delivery_jobs.tenant_id AS tenant_id, delivery_jobs.target_id AS target_id, \
-         delivery_jobs.app_id AS app_id, delivery_jobs.events AS events",
-        rows.join(", "),
-        placeholder(backend, 4 * group.len() + 1)
-    );
-    let mut update = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for finished in group {
-        let at = finished.record.at_ms;
-        let (state, next, done) = match finished.after {
-            AfterAttempt::Delivered => (DeliveryState::Delivered, None, Some(at)),
-            AfterAttempt::RetryAt(next) => (DeliveryState::Pending, Some(next), None),
-            AfterAttempt::Dead => (DeliveryState::Dead, None, Some(at)),
-        };
-        update = update.bind(finished.job_id.as_str()).bind(state.as_str()).bind(next).bind(done);
-    }
-    let rows = update.bind(owner).fetch_all(&mut *conn).await?;
-    let mut moved = std::collections::HashMap::with_capacity(rows.len());
-    // Delivered requests and their events, per app and minute, for usage.
-    let mut used: std::collections::BTreeMap<(String, i64), (String, i64, i64)> = Default::default();
-    for row in &rows {
-        let id: String = row.try_get("id")?;
-        let attempt: i64 = row.try_get("attempts")?;
-        let tenant_id: String = row.try_get("tenant_id")?;
-        let target_id: String = row.try_get("target_id")?;
-        if let Some(finished) = group.iter().find(|f| f.job_id == id && f.after == AfterAttempt::Delivered) {
-            let minute = finished.record.at_ms.div_euclid(60_000) * 60;
-            let app_id: String = row.try_get("app_id")?;
-            let events: i64 = row.try_get("events")?;
-            let entry = used.entry((app_id, minute)).or_insert_with(|| (tenant_id.clone(), 0, 0));
-            entry.1 += 1;
-            entry.2 += events;
-        }
-        moved.insert(id, (attempt, tenant_id, target_id));
-    }
-    for ((app_id, minute), (tenant_id, requests, events)) in used {
-        sqlx::query(
-            "INSERT INTO delivery_usage (app_id, minute, tenant_id, requests, events) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (app_id, minute) DO UPDATE SET requests = delivery_usage.requests + excluded.requests, \
-             events = delivery_usage.events + excluded.events",
-        )
-        .bind(app_id)
-        .bind(minute)
-        .bind(tenant_id)
-        .bind(requests)
-        .bind(events)
-        .execute(&mut *conn)
-        .await?;
-    }
-    let logged: Vec<(&FinishedAttempt, &(i64, String, String))> =
-        group.iter().filter_map(|finished| moved.get(&finished.job_id).map(|m| (finished, m))).collect();
-    if !logged.is_empty() {
-        let sql = format!(
-            "INSERT INTO delivery_attempts (job_id, attempt, tenant_id, target_id, at_ms, status, latency_ms, \
-             outcome, snippet) VALUES {}",
-            values(backend, logged.len(), 9)
-        );
-        let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (finished, (attempt, tenant_id, target_id)) in &logged {
-            let record = &finished.record;
-            insert = insert
-                .bind(finished.job_id.as_str())
-                .bind(*attempt)
-                .bind(tenant_id.as_str())
-                .bind(target_id.as_str())
-                .bind(record.at_ms)
-                .bind(record.status)
-                .bind(record.latency_ms)
-                .bind(record.outcome.as_str())
-                .bind(clipped(&record.snippet));
-        }
-        insert
-            .execute(&mut *conn)
-            .await
-            .map_err(|err| StoreError::from_sqlx(err, "delivery attempt", "delivery"))?;
-    }
-    Ok(group.iter().map(|finished| moved.contains_key(&finished.job_id)).collect())
-}
-
-/// The `n`th placeholder (from 1) of a statement built at run time: `$n` for PostgreSQL, `?` for
-/// SQLite, whose driver binds plain `?` by position but looks every `$n` up by name (a cost
-/// that grows with the square of a statement's parameters).
-fn placeholder(backend: Backend, n: usize) -> String {
-    match backend {
-        Backend::Postgres => format!("${n}"),
-        Backend::Sqlite => "?".to_owned(),
-    }
-}
-
-/// `rows` tuples of `width` placeholders: `($1, …, $width), ($width+1, …)`.
-fn values(backend: Backend, rows: usize, width: usize) -> String {
-    (0..rows)
-        .map(|row| {
-            let columns: Vec<String> =
-                (1..=width).map(|column| placeholder(backend, row * width + column)).collect();
-            format!("({})", columns.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Inserts jobs of apps the caller vouches for (the feed router's, whose rules name them),
-/// each unless its event is queued for its target already, a hundred per statement.
-pub(crate) async fn insert_deliveries(
-    conn: &mut sqlx::AnyConnection,
-    backend: Backend,
-    deliveries: &[NewDelivery],
-    now_ms: i64,
-) -> Result<(), StoreError> {
-    for group in deliveries.chunks(INSERT_GROUP) {
-        let sql = format!(
-            "INSERT INTO delivery_jobs (id, tenant_id, app_id, target_id, event_id, payload, headers, \
-             next_attempt_ms, created_ms, events, state, attempts, tries) \
-             SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9, column10, \
-             'pending', 0, 0 \
-             FROM (VALUES {}) AS v WHERE true ON CONFLICT (target_id, event_id) DO NOTHING",
-            values(backend, group.len(), 10)
-        );
-        let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for delivery in group {
-            insert = insert
-                .bind(id::new(id::DELIVERY))
-                .bind(delivery.tenant_id.as_str())
-                .bind(delivery.app_id.as_str())
-                .bind(delivery.target_id.as_str())
-                .bind(delivery.event_id.as_str())
-                .bind(delivery.payload.as_slice())
-                .bind(delivery.headers.as_str())
-                .bind(now_ms)
-                .bind(now_ms)
-                .bind(delivery.events);
-        }
-        insert.execute(&mut *conn).await.map_err(|err| StoreError::from_sqlx(err, "delivery", "app"))?;
-    }
-    Ok(())
 }
 
 /// Inserts a job unless its event is queued for its target already (or its app is not in its

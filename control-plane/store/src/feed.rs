@@ -10,7 +10,8 @@
 
 use sqlx::Row as _;
 
-use crate::delivery::{NewDelivery, insert_deliveries};
+use crate::delivery::NewDelivery;
+use crate::delivery_batch::insert_deliveries;
 use crate::{Store, StoreError};
 
 /// An app's feed, leased to a worker.

@@ -36,6 +36,7 @@ pub mod audit;
 pub mod crypto;
 pub mod db;
 pub mod delivery;
+mod delivery_batch;
 pub mod error;
 pub mod feed;
 pub mod grant;

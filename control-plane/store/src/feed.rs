@@ -25,6 +25,25 @@ pub struct FeedLease {
     pub position: String,
 }
 
+/// Makes the feed position of an app that now has an enabled rule, read from the feed's start
+/// (the feed exists only since its first rule), unless it has one; inside the rule's
+/// transaction, so a worker finds the app as soon as the rule exists.
+pub(crate) async fn ensure_position(
+    conn: &mut sqlx::AnyConnection,
+    tenant_id: &str,
+    app_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO feed_positions (app_id, tenant_id, position, updated_ms) VALUES ($1, $2, '', 0) \
+         ON CONFLICT (app_id) DO NOTHING",
+    )
+    .bind(app_id)
+    .bind(tenant_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 impl Store {
     /// Leases to `owner` until `lease_until_ms` up to `limit` feeds of apps with enabled rules
     /// that nobody else holds (or whose holder's lease ran out), renewing the ones it holds.
@@ -35,17 +54,6 @@ impl Store {
         lease_until_ms: i64,
         limit: i64,
     ) -> Result<Vec<FeedLease>, StoreError> {
-        // A row for every app that has enabled rules and none yet: its feed is read from its
-        // start (the feed exists only since its first rule).
-        sqlx::query(
-            "INSERT INTO feed_positions (app_id, tenant_id, position, updated_ms) \
-             SELECT DISTINCT app_id, tenant_id, '', $1 FROM rules WHERE enabled = 1 \
-             AND app_id NOT IN (SELECT app_id FROM feed_positions) \
-             ON CONFLICT (app_id) DO NOTHING",
-        )
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await?;
         let rows = sqlx::query(
             "UPDATE feed_positions SET lease_owner = $1, lease_until_ms = $2 \
              WHERE app_id IN (\
@@ -106,6 +114,16 @@ impl Store {
         insert_deliveries(&mut tx, self.backend, deliveries, now_ms).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Forgets where an app's feed was read up to (its feed was turned off: a feed turned on
+    /// again starts anew, and is read from its start).
+    pub async fn forget_feed_position(&self, app_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM feed_positions WHERE app_id = $1 AND app_id NOT IN (SELECT app_id FROM rules WHERE enabled = 1)")
+            .bind(app_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Gives up `owner`'s lease on an app's feed (a worker that stops), so another worker takes

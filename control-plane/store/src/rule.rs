@@ -140,6 +140,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(|err| StoreError::from_sqlx(err, "rule", "app"))?;
+        crate::feed::ensure_position(&mut tx, tenant_id, app_id).await?;
         audit::record(&mut tx, actor, Some(tenant_id), "rule.create", &rule_id).await?;
         tx.commit().await?;
         self.rule(tenant_id, &rule_id).await
@@ -231,14 +232,16 @@ impl Store {
         enabled: bool,
     ) -> Result<Rule, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let result = sqlx::query("UPDATE rules SET enabled = $3 WHERE id = $1 AND tenant_id = $2")
-            .bind(rule_id)
-            .bind(tenant_id)
-            .bind(i64::from(enabled))
-            .execute(&mut *tx)
-            .await?;
-        if result.rows_affected() == 0 {
-            return Err(StoreError::NotFound("rule"));
+        let app: Option<(String,)> =
+            sqlx::query_as("UPDATE rules SET enabled = $3 WHERE id = $1 AND tenant_id = $2 RETURNING app_id")
+                .bind(rule_id)
+                .bind(tenant_id)
+                .bind(i64::from(enabled))
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((app_id,)) = app else { return Err(StoreError::NotFound("rule")) };
+        if enabled {
+            crate::feed::ensure_position(&mut tx, tenant_id, &app_id).await?;
         }
         let action = if enabled { "rule.enable" } else { "rule.disable" };
         audit::record(&mut tx, actor, Some(tenant_id), action, rule_id).await?;

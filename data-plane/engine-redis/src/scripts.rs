@@ -325,8 +325,12 @@ return {tonumber(taken[1]), taken[2]}
 
 /// Reads an app's durable feed.
 /// KEYS: feed stream, marker. ARGV: read after this entry id (empty: from the oldest), most
-/// entries. Returns `{entries, gap}`: gap is 1 when entries after the position were trimmed
-/// (the stream's largest deleted id is past it) or the feed is gone.
+/// entries. Returns `{entries, gap}`: gap is 1 when entries the reader has not read may have
+/// been trimmed, or the feed is gone. Trimming removes the oldest entries first, so anything
+/// after the reader's position was trimmed only if its position itself was (it is older than
+/// the stream's first entry); a new reader (empty position) has missed something when the
+/// stream was ever trimmed (more entries added than it holds). Never a missed gap; a rare
+/// false one when trimming stopped right after the reader's position.
 const FEED_READ: &str = r#"
 local after = ARGV[1]
 if redis.call('EXISTS', KEYS[2]) == 0 then
@@ -339,15 +343,20 @@ local entries = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', ARGV[2])
 local gap = 0
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local info = redis.call('XINFO', 'STREAM', KEYS[1])
-  local deleted = '0-0'
+  local first, added, length = nil, 0, 0
   for i = 1, #info, 2 do
-    if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
+    if info[i] == 'first-entry' and info[i + 1] then first = info[i + 1][1] end
+    if info[i] == 'entries-added' then added = tonumber(info[i + 1]) end
+    if info[i] == 'length' then length = tonumber(info[i + 1]) end
   end
-  local dms, dseq = string.match(deleted, '^(%d+)-(%d+)$')
-  local ams, aseq = string.match(after, '^(%d+)-(%d+)$')
-  if not ams then ams, aseq = '0', '0' end
-  dms, dseq, ams, aseq = tonumber(dms), tonumber(dseq), tonumber(ams), tonumber(aseq)
-  if dms > ams or (dms == ams and dseq > aseq) then gap = 1 end
+  if after == '' then
+    if added > length then gap = 1 end
+  elseif first then
+    local fms, fseq = string.match(first, '^(%d+)-(%d+)$')
+    local ams, aseq = string.match(after, '^(%d+)-(%d+)$')
+    fms, fseq, ams, aseq = tonumber(fms), tonumber(fseq), tonumber(ams), tonumber(aseq)
+    if fms > ams or (fms == ams and fseq > aseq) then gap = 1 end
+  end
 end
 return {entries, gap}
 "#;

@@ -127,6 +127,8 @@ async fn feed_off_if_unused(plane: &ControlPlane, tenant: &str, app: &str) {
         Ok(rules) if rules.iter().all(|rule| !rule.enabled) => {
             if let Err(err) = plane.engine.feed_disable(app).await {
                 tracing::warn!(error = %err, app, "an unused app feed was not turned off");
+            } else if let Err(err) = plane.store.forget_feed_position(app).await {
+                tracing::warn!(error = %err, app, "the position of a feed turned off was not forgotten");
             }
             // A rule made or enabled meanwhile (it turned the feed on before this turned it
             // off) must not wait for the workers' resync: look again, and turn it back on.

@@ -130,5 +130,17 @@ async fn a_feed_position_moves_only_with_its_deliveries_for_the_lease_holder_onc
         let now_free = db.store.claim_feeds("w3", 41_500, 71_500, 10).await.unwrap();
         assert_eq!(now_free.len(), 1);
         assert_eq!(now_free[0].position, "p3");
+
+        // The app's last rule goes and its feed is turned off: the position is forgotten, and
+        // a feed turned on again by a new rule is read from its start.
+        let rule = db.store.rules(&tenant.id, &app.id).await.unwrap().remove(0);
+        db.store.forget_feed_position(&app.id).await.unwrap();
+        assert_eq!(db.count("SELECT COUNT(*) FROM feed_positions").await, 1, "kept while a rule is enabled");
+        db.store.delete_rule(&actor(), &tenant.id, &rule.id).await.unwrap();
+        db.store.forget_feed_position(&app.id).await.unwrap();
+        assert!(db.store.claim_feeds("w3", 42_000, 72_000, 10).await.unwrap().is_empty());
+        db.store.create_rule(&actor(), &tenant.id, &app.id, &spec(&target)).await.unwrap();
+        let anew = db.store.claim_feeds("w3", 42_500, 72_500, 10).await.unwrap();
+        assert_eq!(anew[0].position, "", "from the new feed's start");
     }
 }

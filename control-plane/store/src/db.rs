@@ -63,6 +63,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "users", include_str!("../../../migrations/sqlite/0006_users.sql")),
     (7, "delivery_queue", include_str!("../../../migrations/sqlite/0007_delivery_queue.sql")),
     (8, "rules_and_feeds", include_str!("../../../migrations/sqlite/0008_rules_and_feeds.sql")),
+    (9, "delivery_quota", include_str!("../../../migrations/sqlite/0009_delivery_quota.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "tenants", include_str!("../../../migrations/postgres/0001_tenants.sql")),
@@ -77,6 +78,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "users", include_str!("../../../migrations/postgres/0006_users.sql")),
     (7, "delivery_queue", include_str!("../../../migrations/postgres/0007_delivery_queue.sql")),
     (8, "rules_and_feeds", include_str!("../../../migrations/postgres/0008_rules_and_feeds.sql")),
+    (9, "delivery_quota", include_str!("../../../migrations/postgres/0009_delivery_quota.sql")),
 ];
 
 /// How long a query waits for a connection before failing. Short, so that while the database

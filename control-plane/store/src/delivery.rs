@@ -100,6 +100,8 @@ pub struct DeliveryJob {
     pub attempts: i64,
     /// Attempts since it was queued or last replayed (what the retry schedule counts).
     pub tries: i64,
+    /// The events its request carries (what usage and the tenant's quota count).
+    pub events: i64,
     /// When the next attempt is due.
     pub next_attempt_ms: i64,
 }
@@ -150,7 +152,8 @@ pub const MAX_SNIPPET_BYTES: usize = 4096;
 /// The columns a [`DeliveryJob`] is read from, as a literal (queries are static strings).
 macro_rules! job_columns {
     () => {
-        "id, tenant_id, app_id, target_id, event_id, payload, headers, state, attempts, tries, next_attempt_ms"
+        "id, tenant_id, app_id, target_id, event_id, payload, headers, state, attempts, tries, events, \
+         next_attempt_ms"
     };
 }
 
@@ -180,6 +183,8 @@ macro_rules! job_columns_of {
             $t,
             "tries AS tries, ",
             $t,
+            "events AS events, ",
+            $t,
             "next_attempt_ms AS next_attempt_ms"
         )
     };
@@ -197,6 +202,7 @@ fn job(row: &DbRow) -> Result<DeliveryJob, StoreError> {
         state: DeliveryState::parse(&row.try_get::<String, _>("state")?)?,
         attempts: row.try_get("attempts")?,
         tries: row.try_get("tries")?,
+        events: row.try_get("events")?,
         next_attempt_ms: row.try_get("next_attempt_ms")?,
     })
 }

@@ -26,6 +26,9 @@ pub struct Limits {
     pub history_retention_secs: i64,
     /// Whether publishing goes on past the monthly quota (billed as overage).
     pub overage_allowed: bool,
+    /// Webhook events delivered per calendar month (UTC), over every rule of the tenant.
+    /// Deliveries past it are dead-lettered (replayable), unless overage is allowed.
+    pub max_webhook_events_per_month: i64,
 }
 
 /// Overrides of a tenant: each `Some` replaces the plan's value.
@@ -45,6 +48,8 @@ pub struct LimitOverrides {
     pub history_retention_secs: Option<i64>,
     /// See [`Limits::overage_allowed`].
     pub overage_allowed: Option<bool>,
+    /// See [`Limits::max_webhook_events_per_month`].
+    pub max_webhook_events_per_month: Option<i64>,
 }
 
 impl Limits {
@@ -58,6 +63,9 @@ impl Limits {
             max_message_bytes: overrides.max_message_bytes.unwrap_or(self.max_message_bytes),
             history_retention_secs: overrides.history_retention_secs.unwrap_or(self.history_retention_secs),
             overage_allowed: overrides.overage_allowed.unwrap_or(self.overage_allowed),
+            max_webhook_events_per_month: overrides
+                .max_webhook_events_per_month
+                .unwrap_or(self.max_webhook_events_per_month),
         }
     }
 }
@@ -86,6 +94,7 @@ impl Plan {
                 max_message_bytes: row.try_get("max_message_bytes")?,
                 history_retention_secs: row.try_get("history_retention_secs")?,
                 overage_allowed: row.try_get::<i64, _>("overage_allowed")? != 0,
+                max_webhook_events_per_month: row.try_get("max_webhook_events_per_month")?,
             },
         })
     }
@@ -100,6 +109,7 @@ fn overrides_from_row(row: &DbRow) -> Result<LimitOverrides, sqlx::Error> {
         max_message_bytes: row.try_get("max_message_bytes")?,
         history_retention_secs: row.try_get("history_retention_secs")?,
         overage_allowed: row.try_get::<Option<i64>, _>("overage_allowed")?.map(|v| v != 0),
+        max_webhook_events_per_month: row.try_get("max_webhook_events_per_month")?,
     })
 }
 
@@ -168,14 +178,16 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO tenant_limits (tenant_id, max_connections, max_messages_per_month, \
-             max_publish_rate, max_channels, max_message_bytes, history_retention_secs, overage_allowed) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (tenant_id) DO UPDATE SET \
+             max_publish_rate, max_channels, max_message_bytes, history_retention_secs, overage_allowed, \
+             max_webhook_events_per_month) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (tenant_id) DO UPDATE SET \
              max_connections = excluded.max_connections, \
              max_messages_per_month = excluded.max_messages_per_month, \
              max_publish_rate = excluded.max_publish_rate, max_channels = excluded.max_channels, \
              max_message_bytes = excluded.max_message_bytes, \
              history_retention_secs = excluded.history_retention_secs, \
-             overage_allowed = excluded.overage_allowed",
+             overage_allowed = excluded.overage_allowed, \
+             max_webhook_events_per_month = excluded.max_webhook_events_per_month",
         )
         .bind(tenant_id)
         .bind(overrides.max_connections)
@@ -185,6 +197,7 @@ impl Store {
         .bind(overrides.max_message_bytes)
         .bind(overrides.history_retention_secs)
         .bind(overrides.overage_allowed.map(i64::from))
+        .bind(overrides.max_webhook_events_per_month)
         .execute(&mut *tx)
         .await
         .map_err(|err| StoreError::from_sqlx(err, "tenant limits", "tenant"))?;

@@ -240,6 +240,27 @@ impl Store {
         Ok(sum(&row, "total")?)
     }
 
+    /// Returns the webhook events delivered to a tenant's endpoints since `since` (unix
+    /// seconds): what its monthly delivery quota counts.
+    pub async fn webhook_events_delivered_since(
+        &self,
+        tenant_id: &str,
+        since: i64,
+    ) -> Result<i64, StoreError> {
+        if !id::is_valid(id::TENANT, tenant_id) {
+            return Ok(0);
+        }
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(events), 0) AS BIGINT) AS total FROM delivery_usage \
+             WHERE tenant_id = $1 AND minute >= $2",
+        )
+        .bind(tenant_id)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(sum(&row, "total")?)
+    }
+
     /// Forgets applied flushes older than `keep_secs` (a node retries a flush for minutes, not
     /// days); returns how many.
     pub async fn purge_usage_flushes(&self, keep_secs: i64) -> Result<u64, StoreError> {

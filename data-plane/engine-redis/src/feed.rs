@@ -47,7 +47,7 @@ type RawEntry = (String, Vec<(String, String)>);
 
 impl Inner {
     /// The durable feed's stream and marker keys of `app`.
-    fn durable_feed_keys(&self, app: &str) -> (String, String) {
+    pub(crate) fn durable_feed_keys(&self, app: &str) -> (String, String) {
         let p = &self.config.prefix;
         (format!("{p}:fd:{{{app}}}"), format!("{p}:fe:{{{app}}}"))
     }
@@ -74,7 +74,19 @@ impl Inner {
         }
         let (_, marker) = self.durable_feed_keys(app);
         let mut conn = self.commands_for_name(&marker);
-        redis::cmd("SET").arg(&marker).arg(1).query_async::<()>(&mut conn).await.map_err(unavailable)?;
+        redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(&marker)
+            .arg(1)
+            .ignore()
+            .cmd("SADD")
+            .arg(self.feeds_key())
+            .arg(app)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)?;
         self.feed_apps.set(app, true);
         Ok(())
     }
@@ -105,13 +117,17 @@ impl Inner {
 
     pub(crate) async fn feed_disable(&self, app: &str) -> Result<(), EngineError> {
         let (stream, marker) = self.durable_feed_keys(app);
-        let mut conn = self.commands_for_name(&marker);
-        redis::cmd("DEL")
-            .arg(&marker)
-            .arg(&stream)
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        let keys = self.occupancy_keys(app);
+        let mut invocation = self.scripts.occupancy_forget.prepare_invoke();
+        invocation
+            .key(&stream)
+            .key(&marker)
+            .key(&keys.counts)
+            .key(&keys.leases)
+            .key(self.feeds_key())
+            .arg(&keys.node_prefix)
+            .arg(app);
+        invocation.invoke_async::<()>(&mut self.commands_for_name(&marker)).await.map_err(unavailable)?;
         self.feed_apps.set(app, false);
         Ok(())
     }
@@ -163,6 +179,8 @@ fn entry((id, fields): RawEntry) -> Result<FeedEntry, EngineError> {
         Some("u") => FeedRecord::PresenceUpdate(member()?),
         Some("c") => FeedRecord::ClientConnected(client()?),
         Some("d") => FeedRecord::ClientDisconnected(client()?),
+        Some("o") => FeedRecord::ChannelOccupied,
+        Some("v") => FeedRecord::ChannelVacated,
         _ => return Err(broken("unknown kind")),
     };
     let ts_ms = stream_id(&id).map_or(0, |(ms, _)| ms);

@@ -22,19 +22,21 @@
 
 pub mod connection;
 mod feed;
+mod names;
+mod occupancy;
 mod publish;
+mod pubsub;
 mod routes;
 mod scripts;
+mod upkeep;
 mod wire;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
 use redis::Value;
 use tokio::sync::mpsc::error::TrySendError;
 use tributary_engine::{
@@ -45,7 +47,7 @@ use tributary_protocol::frame::{Direction, MemberInfo};
 use tributary_protocol::{ChannelName, Publication};
 
 use connection::{Conn, Target};
-use routes::{Feed, Route, Routes, lock_read, lock_write};
+use routes::{Feed, Route, Routes};
 use scripts::Scripts;
 
 /// Settings of the Redis engine.
@@ -76,6 +78,10 @@ pub struct RedisEngineConfig {
     pub trust_restarts: bool,
     /// How much of each app's durable feed is kept.
     pub feed_retention: FeedRetention,
+    /// How often the node tells Redis which channels it holds in apps with a durable feed
+    /// (so channels are written as occupied and vacated): the changes of this long are
+    /// gathered, and a node silent for 15 of these is let go of.
+    pub occupancy_tick: Duration,
 }
 
 impl std::fmt::Debug for RedisEngineConfig {
@@ -91,6 +97,7 @@ impl std::fmt::Debug for RedisEngineConfig {
             .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(Vec::len))
             .field("trust_restarts", &self.trust_restarts)
             .field("feed_retention", &self.feed_retention)
+            .field("occupancy_tick", &self.occupancy_tick)
             .finish()
     }
 }
@@ -108,6 +115,7 @@ impl RedisEngineConfig {
             tls_ca_pem: None,
             trust_restarts: false,
             feed_retention: FeedRetention::default(),
+            occupancy_tick: occupancy::DEFAULT_TICK,
         }
     }
 }
@@ -128,6 +136,8 @@ struct Inner {
     routes: Arc<Routes>,
     /// Which apps have a durable feed, as this node last looked (see `feed::FeedApps`).
     feed_apps: feed::FeedApps,
+    /// This node's id in the apps' occupancy (see [`occupancy`]): new for every engine.
+    node: String,
 }
 
 /// Reads a stored retained entry (`<offset>|<epoch>|<publication>`, see the RETAIN script):
@@ -187,340 +197,17 @@ impl RedisEngine {
             scripts: Scripts::new(),
             routes,
             feed_apps: feed::FeedApps::default(),
+            node: format!("{}{}", fresh_epoch(), fresh_epoch()),
         });
         for (conn, queue) in inner.commands.iter().zip(queues) {
             publish::spawn_writer(Arc::downgrade(&inner), conn.clone(), queue);
         }
-        tokio::spawn(upkeep(Arc::downgrade(&inner)));
-        tokio::spawn(keep_pubsub(Arc::downgrade(&inner)));
+        tokio::spawn(upkeep::upkeep(Arc::downgrade(&inner)));
+        tokio::spawn(pubsub::keep_pubsub(Arc::downgrade(&inner)));
+        if inner.routes.feeds_enabled {
+            tokio::spawn(occupancy::keep_occupancy(Arc::downgrade(&inner)));
+        }
         Ok(Self { inner })
-    }
-}
-
-/// How many upkeep calls are in flight at once.
-const UPKEEP_CONCURRENCY: usize = 16;
-
-/// `Route::upkeep_due` while the channel's upkeep runs.
-const UPKEEP_RUNNING: u64 = u64::MAX;
-
-/// The upkeep of the channels this node serves: expired presence entries leave (so a node that
-/// died without leaving has its members leave within their timeout even when nothing else
-/// touches the channel), and the channels keep their epochs however quiet they are.
-///
-/// A channel is looked at only when its upkeep is due, not on every round: when its earliest
-/// presence entry expires (the script says when), soon after a member joins, and otherwise a
-/// quarter of the idle TTL later to keep its epoch. A node serving many channels without
-/// presence thus costs Redis almost nothing.
-async fn upkeep(inner: Weak<Inner>) {
-    loop {
-        let Some(every) = inner.upgrade().map(|i| i.config.presence_sweep) else { return };
-        tokio::time::sleep(every).await;
-        let Some(inner) = inner.upgrade() else { return };
-        let now = inner.routes.now_ms();
-        let due: Vec<ChannelKey> = lock_read(&inner.routes.channels)
-            .values()
-            .filter(|route| {
-                // Marked, so that a join seen while the script runs is not overwritten below.
-                let due = route.upkeep_due.load(Ordering::Relaxed) <= now;
-                if due {
-                    route.upkeep_due.store(UPKEEP_RUNNING, Ordering::Relaxed);
-                }
-                due
-            })
-            .map(|route| route.key.clone())
-            .collect();
-        let idle_ms = inner.config.stream_idle_ttl.as_millis() as u64;
-        let quiet_ms = (idle_ms / 4).max(every.as_millis() as u64);
-        let inner = &inner;
-        futures::stream::iter(due)
-            .for_each_concurrent(UPKEEP_CONCURRENCY, |key| async move {
-                let names = inner.names(&key);
-                let mut invocation = names.presence_call(&inner.scripts.upkeep);
-                invocation.key(&names.meta).arg(&names.pubsub).arg(idle_ms);
-                names.with_feed(&mut invocation);
-                let next = match invocation.invoke_async::<i64>(&mut inner.commands_for(&key)).await {
-                    // The delay until the earliest presence entry expires, or -1 without any.
-                    Ok(next) => now + u64::try_from(next).map_or(quiet_ms, |ms| ms.min(quiet_ms)),
-                    Err(err) => {
-                        tracing::debug!(error = %err, "channel upkeep failed");
-                        now
-                    }
-                };
-                if let Some(route) = lock_read(&inner.routes.channels).get(&names.pubsub) {
-                    let _ = route.upkeep_due.compare_exchange(
-                        UPKEEP_RUNNING,
-                        next,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
-                }
-            })
-            .await;
-    }
-}
-
-/// Keeps the pub/sub connection alive: pings it every few seconds (a half-open socket sends no
-/// disconnection), and whenever it dropped, reconnects with backoff, subscribes every routed
-/// channel and the control channel again, and only then tells the sink that the subscribers of
-/// those channels may have missed publications.
-async fn keep_pubsub(inner: Weak<Inner>) {
-    loop {
-        let Some(routes) = inner.upgrade().map(|i| i.routes.clone()) else { return };
-        let notified = tokio::select! {
-            _ = routes.lost.notified() => true,
-            _ = tokio::time::sleep(Duration::from_secs(5)) => false,
-        };
-        drop(routes);
-        let Some(engine) = inner.upgrade() else { return };
-        let moved = std::mem::take(&mut *engine.routes.moved.lock().unwrap_or_else(|p| p.into_inner()));
-        let healthy = if !engine.routes.delivering.load(Ordering::Acquire) {
-            false
-        } else if !moved.is_empty() {
-            // Only the channels whose slot moved: the rest of the node is unaffected.
-            engine.subscribe_again(moved).await
-        } else {
-            notified || engine.ping_pubsub().await
-        };
-        if healthy {
-            continue;
-        }
-        engine.routes.delivering.store(false, Ordering::Release);
-        drop(engine);
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let Some(engine) = inner.upgrade() else { return };
-            let mut channels: Vec<String> = lock_read(&engine.routes.channels).keys().cloned().collect();
-            channels.extend(lock_read(&engine.routes.feeds).keys().cloned());
-            channels.extend(engine.routes.control.get().cloned());
-            if engine.subscribe_again(channels).await {
-                engine.routes.delivering.store(true, Ordering::Release);
-                break;
-            }
-            drop(engine);
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
-    }
-}
-
-/// How many subscriptions are made at once when subscribing again.
-const RESUBSCRIBE_CONCURRENCY: usize = 64;
-
-impl Inner {
-    async fn ping_pubsub(&self) -> bool {
-        let pinged: Result<String, _> = redis::cmd("PING").query_async(&mut *self.pubsub.lock().await).await;
-        pinged.is_ok()
-    }
-
-    /// Subscribes `channels` again, then tells the sink that their subscribers may have missed
-    /// publications (told earlier, they could read history before delivery resumed), and has
-    /// their presence looked at (joins may have been missed too). Returns false if Redis
-    /// refused any.
-    async fn subscribe_again(&self, channels: Vec<String>) -> bool {
-        let pubsub = self.pubsub.lock().await;
-        let conn: Conn = pubsub.clone();
-        let results: Vec<redis::RedisResult<()>> = futures::stream::iter(channels.clone())
-            .map(move |channel: String| {
-                let mut conn = conn.clone();
-                async move { conn.ssubscribe(&channel).await }
-            })
-            .buffer_unordered(RESUBSCRIBE_CONCURRENCY)
-            .collect()
-            .await;
-        drop(pubsub);
-        if results.iter().any(Result::is_err) {
-            return false;
-        }
-        let keys: Vec<ChannelKey> = {
-            let routes = lock_read(&self.routes.channels);
-            channels
-                .iter()
-                .filter_map(|channel| routes.get(channel))
-                .map(|route| {
-                    route.upkeep_due.store(0, Ordering::Relaxed);
-                    route.key.clone()
-                })
-                .collect()
-        };
-        let feeds = lock_read(&self.routes.feeds);
-        let apps: Vec<&str> = channels.iter().filter_map(|c| feeds.get(c)).map(|f| &*f.app).collect();
-        if !apps.is_empty() {
-            // Wildcard subscriptions are live only: there is no history to recover them from.
-            tracing::warn!(
-                ?apps,
-                "app feeds restored; wildcard subscribers missed what was published meanwhile"
-            );
-        }
-        drop(feeds);
-        let Some(sink) = self.routes.sink.get().and_then(Weak::upgrade) else { return true };
-        tracing::info!(channels = keys.len(), "Redis pub/sub restored; subscribers will recover");
-        for key in keys {
-            sink.on_gap(&key);
-        }
-        true
-    }
-}
-
-/// A pub/sub subscription held by local subscribe calls.
-trait Held {
-    /// How many calls hold it.
-    fn holders(&mut self) -> &mut usize;
-}
-
-impl Held for Route {
-    fn holders(&mut self) -> &mut usize {
-        &mut self.holders
-    }
-}
-
-impl Held for Feed {
-    fn holders(&mut self) -> &mut usize {
-        &mut self.holders
-    }
-}
-
-impl Inner {
-    /// Takes one hold of the pub/sub channel `name` of `held` (`make` makes its entry), and
-    /// subscribes it in Redis with the first.
-    async fn hold<T: Held>(
-        &self,
-        held: &RwLock<HashMap<String, T>>,
-        name: String,
-        make: impl FnOnce() -> T,
-    ) -> Result<(), EngineError> {
-        // One subscription change at a time, so that the count and Redis agree.
-        let mut pubsub = self.pubsub.lock().await;
-        let first = {
-            let mut held = lock_write(held);
-            let holders = held.entry(name.clone()).or_insert_with(make).holders();
-            *holders += 1;
-            *holders == 1
-        };
-        if first && let Err(err) = pubsub.ssubscribe(&name).await {
-            let mut held = lock_write(held);
-            if let Some(entry) = held.get_mut(&name) {
-                *entry.holders() -= 1;
-                if *entry.holders() == 0 {
-                    held.remove(&name);
-                }
-            }
-            return Err(unavailable(err));
-        }
-        Ok(())
-    }
-
-    /// Gives back one hold of `name` (see [`Inner::hold`]); the last unsubscribes it.
-    async fn release<T: Held>(
-        &self,
-        held: &RwLock<HashMap<String, T>>,
-        name: String,
-    ) -> Result<(), EngineError> {
-        let mut pubsub = self.pubsub.lock().await;
-        let last = {
-            let mut held = lock_write(held);
-            let Some(entry) = held.get_mut(&name) else { return Ok(()) };
-            *entry.holders() -= 1;
-            let last = *entry.holders() == 0;
-            if last {
-                held.remove(&name);
-            }
-            last
-        };
-        if last {
-            pubsub.sunsubscribe(&name).await.map_err(unavailable)?;
-        }
-        Ok(())
-    }
-}
-
-/// The Redis names of one channel.
-struct Names {
-    meta: String,
-    stream: String,
-    pubsub: String,
-    presence: [String; 3],
-    /// The app's durable feed as the scripts take it: stream, marker, channel name, most
-    /// entries (all empty where apps have none).
-    durable: [String; 4],
-}
-
-impl Names {
-    /// Starts a call of a presence script: its first keys are the channel's presence keys.
-    fn presence_call<'a>(&'a self, script: &'a redis::Script) -> redis::ScriptInvocation<'a> {
-        let mut invocation = script.prepare_invoke();
-        for key in &self.presence {
-            invocation.key(key);
-        }
-        invocation
-    }
-
-    /// Ends a call of a presence script with the app's durable feed (see `feed_init`).
-    fn with_feed(&self, invocation: &mut redis::ScriptInvocation<'_>) {
-        for arg in &self.durable {
-            invocation.arg(arg);
-        }
-    }
-}
-
-impl Inner {
-    fn names(&self, key: &ChannelKey) -> Names {
-        let tag = format!("{{{}:{}}}", key.app, key.channel.as_str());
-        let p = &self.config.prefix;
-        Names {
-            meta: format!("{p}:m:{tag}"),
-            stream: format!("{p}:s:{tag}"),
-            pubsub: format!("{p}:c:{tag}"),
-            presence: [format!("{p}:pz:{tag}"), format!("{p}:pm:{tag}"), format!("{p}:pc:{tag}")],
-            durable: self.durable_feed_args(key),
-        }
-    }
-
-    /// The pub/sub channel of an app's feed, or `""` when apps have none (see [`Routes`]).
-    fn feed(&self, app: &str) -> String {
-        if self.routes.feeds_enabled { format!("{}:f:{{{app}}}", self.config.prefix) } else { String::new() }
-    }
-
-    /// The hash of an app's retained messages (channel → publication).
-    fn retained_key(&self, app: &str) -> String {
-        format!("{}:r:{{{app}}}", self.config.prefix)
-    }
-
-    /// The command connection of a key that is not a channel's.
-    fn commands_for_name(&self, name: &str) -> Conn {
-        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(name) as usize;
-        self.commands[hash % self.commands.len()].clone()
-    }
-
-    /// The command connection of a channel: always the same one for a channel.
-    fn commands_for(&self, key: &ChannelKey) -> Conn {
-        self.commands[self.connection_of(key)].clone()
-    }
-
-    /// The index of a channel's command connection (and of its publish writer).
-    fn connection_of(&self, key: &ChannelKey) -> usize {
-        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key) as usize;
-        hash % self.commands.len()
-    }
-
-    fn meta_ttl_ms(&self, stream: StreamOptions) -> u64 {
-        (self.config.stream_idle_ttl.max(stream.history_ttl)).as_millis() as u64
-    }
-
-    async fn presence_read(&self, key: &ChannelKey) -> Result<(Vec<MemberInfo>, Occupancy), EngineError> {
-        let names = self.names(key);
-        let mut invocation = names.presence_call(&self.scripts.presence_read);
-        invocation.arg(&names.pubsub);
-        names.with_feed(&mut invocation);
-        let (records, members, connections): (Vec<String>, usize, usize) =
-            invocation.invoke_async(&mut self.commands_for(key)).await.map_err(unavailable)?;
-        let list = records
-            .iter()
-            .filter_map(|r| r.get(1..))
-            .filter_map(|json| wire::decode_member(json).ok())
-            .collect();
-        Ok((list, Occupancy { members, connections }))
     }
 }
 
@@ -819,6 +506,10 @@ impl Engine for RedisEngine {
 
     async fn feed_read(&self, app: &str, after: &str, limit: usize) -> Result<FeedPage, EngineError> {
         self.inner.feed_read(app, after, limit).await
+    }
+
+    async fn feed_upkeep(&self, app: &str) -> Result<(), EngineError> {
+        self.inner.feed_sweep(app).await
     }
 
     async fn set_retained(

@@ -17,7 +17,7 @@ pub(crate) struct Route {
     pub(crate) key: ChannelKey,
     /// How many local subscribe calls hold it.
     pub(crate) holders: usize,
-    /// When its upkeep is due next (see [`upkeep`]), in milliseconds of [`Routes::clock`].
+    /// When its upkeep is due next (see [`crate::upkeep::upkeep`]), in milliseconds of [`Routes::clock`].
     pub(crate) upkeep_due: AtomicU64,
 }
 

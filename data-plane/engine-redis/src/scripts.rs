@@ -6,6 +6,8 @@
 //! sorted set (connection → expiry), a hash (connection → announce flag and member) and a hash
 //! (client id → connections).
 
+use crate::occupancy;
+
 /// Lua helpers of the scripts that touch a channel's stream.
 const STREAM_HELPERS: &str = r#"
 -- The id of this Redis process: it changes with every restart and on a failover.
@@ -399,6 +401,12 @@ pub struct Scripts {
     pub feed_read: redis::Script,
     /// See [`FEED_CLIENT`].
     pub feed_client: redis::Script,
+    /// See [`crate::occupancy::SYNC`].
+    pub occupancy_sync: redis::Script,
+    /// See [`crate::occupancy::SWEEP`].
+    pub occupancy_sweep: redis::Script,
+    /// See [`crate::occupancy::FORGET`].
+    pub occupancy_forget: redis::Script,
 }
 
 /// The text sent to Redis: the helpers and the body, without comments or indentation (Redis
@@ -432,6 +440,9 @@ impl Scripts {
             take: script("", TAKE),
             feed_read: script("", FEED_READ),
             feed_client: script("", FEED_CLIENT),
+            occupancy_sync: script(occupancy::HELPERS, occupancy::SYNC),
+            occupancy_sweep: script(occupancy::HELPERS, occupancy::SWEEP),
+            occupancy_forget: script("", occupancy::FORGET),
         }
     }
 }

@@ -13,6 +13,7 @@ async fn engine() -> Arc<dyn Engine> {
     let mut config = RedisEngineConfig::new(url);
     config.prefix = format!("trbtest-{}", uuid_like());
     config.presence_sweep = std::time::Duration::from_millis(100);
+    config.occupancy_tick = std::time::Duration::from_millis(100);
     Arc::new(RedisEngine::connect(config).await.expect("Redis on 127.0.0.1:6379 (scripts/test starts one)"))
 }
 

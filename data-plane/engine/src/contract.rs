@@ -337,6 +337,11 @@ pub trait Engine: Send + Sync + 'static {
     /// Starts keeping a durable feed for `app` (see [`crate::feed`]): from the moment this
     /// returns, every message stored and every presence change on any node, in any channel of
     /// the app, is also written to the app's feed. Calling it again changes nothing.
+    ///
+    /// Channels becoming occupied and vacated (counting every node's subscribe calls) are
+    /// written too, and the channels already occupied when the feed starts are written as
+    /// occupied: an engine shared by nodes may gather them for a moment (a channel vacated and
+    /// occupied again within it is written as neither).
     async fn feed_enable(&self, app: &str) -> Result<(), EngineError>;
 
     /// Writes a connection's lifecycle event ([`FeedRecord::ClientConnected`] or
@@ -352,6 +357,14 @@ pub trait Engine: Send + Sync + 'static {
     /// returned, or `""` for the oldest entry kept). A position from before the feed was lost
     /// or trimmed reads from the oldest entry kept, with `gap` set.
     async fn feed_read(&self, app: &str, after: &str, limit: usize) -> Result<FeedPage, EngineError>;
+
+    /// Does what `app`'s feed needs of its reader, called by the one worker reading it about
+    /// once a second: on an engine shared by nodes, the channels held only by nodes that
+    /// stopped (killed, cut off) are written as vacated once those nodes' leases end.
+    async fn feed_upkeep(&self, app: &str) -> Result<(), EngineError> {
+        let _ = app;
+        Ok(())
+    }
 
     /// Returns whether the engine can serve now (its backend reachable, deliveries flowing);
     /// a node that is not ready should get no new clients from its load balancer.

@@ -1,6 +1,7 @@
 //! An app's durable feed: one ordered log of everything that happens in the app — its channels'
 //! messages and its presence changes — with positions of its own, kept only for apps that need
-//! one (apps with rules; later audited namespaces and processors).
+//! one (apps with rules; later audited namespaces and processors). It also says when a channel
+//! becomes occupied (its first subscriber on any node) and vacated (its last one gone).
 //!
 //! Consumers (the delivery workers) read it the way a recovering client reads history: from a
 //! saved position, saving the next one only once the work it covers is durable. So one position
@@ -38,11 +39,17 @@ pub enum FeedRecord {
     ClientConnected(ClientInfo),
     /// A client's connection ended, as the relay node that served it saw.
     ClientDisconnected(ClientInfo),
+    /// The channel got its first subscriber (on any node).
+    ChannelOccupied,
+    /// The channel's last subscriber (on every node) left, or the nodes that held its last
+    /// subscribers stopped.
+    ChannelVacated,
 }
 
 impl FeedRecord {
     /// The event kind rules match on: `message`, `presence.join`, `presence.leave`,
-    /// `presence.update`, `client.connected`, `client.disconnected`.
+    /// `presence.update`, `client.connected`, `client.disconnected`, `channel.occupied`,
+    /// `channel.vacated`.
     pub fn kind(&self) -> &'static str {
         match self {
             FeedRecord::Message(_) => "message",
@@ -51,6 +58,8 @@ impl FeedRecord {
             FeedRecord::PresenceUpdate(_) => "presence.update",
             FeedRecord::ClientConnected(_) => "client.connected",
             FeedRecord::ClientDisconnected(_) => "client.disconnected",
+            FeedRecord::ChannelOccupied => "channel.occupied",
+            FeedRecord::ChannelVacated => "channel.vacated",
         }
     }
 }

@@ -28,6 +28,7 @@ pub mod address;
 pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+pub mod quota;
 pub mod router;
 pub mod rules;
 pub mod schedule;

@@ -73,7 +73,13 @@ struct AppState {
     due: Option<Instant>,
     /// Its rules' shortest batch window, in ms, as last read.
     window: i64,
+    /// When the engine's upkeep of its feed last ran (see [`Engine::feed_upkeep`]).
+    upkept: Option<Instant>,
 }
+
+/// How often the feed's reader runs the engine's upkeep of it (vacating the channels of
+/// stopped relay nodes).
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Counts of what the router did, for tests, the benchmark and logs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -155,6 +161,7 @@ impl Router {
             .await?;
         let mut read = 0;
         for lease in leases {
+            self.upkeep(&lease.app_id).await;
             if self.is_due(&lease.app_id) {
                 read += self.route_app(lease).await?;
             }
@@ -176,6 +183,22 @@ impl Router {
             self.engine.feed_enable(&app).await?;
         }
         Ok(())
+    }
+
+    /// Runs the engine's upkeep of a leased app's feed when it is due: only the worker that
+    /// holds the lease does, so once a second per app whatever the number of workers.
+    async fn upkeep(&self, app: &str) {
+        {
+            let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
+            let state = apps.entry(app.to_owned()).or_default();
+            if state.upkept.is_some_and(|at| at.elapsed() < UPKEEP_EVERY) {
+                return;
+            }
+            state.upkept = Some(Instant::now());
+        }
+        if let Err(err) = self.engine.feed_upkeep(app).await {
+            tracing::warn!(app, error = %err, "the upkeep of an app's feed failed");
+        }
     }
 
     fn is_due(&self, app: &str) -> bool {

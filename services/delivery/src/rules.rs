@@ -17,8 +17,10 @@ use tributary_protocol::{ChannelName, ChannelPattern, Payload};
 use tributary_store::{NewDelivery, NewRule, Rule};
 
 /// The event kinds a rule may name.
-pub const EVENT_KINDS: [&str; 6] = [
+pub const EVENT_KINDS: [&str; 8] = [
     "message",
+    "channel.occupied",
+    "channel.vacated",
     "presence.join",
     "presence.leave",
     "presence.update",
@@ -141,7 +143,8 @@ pub fn event_id(rule_id: &str, position: &str) -> String {
     id
 }
 
-/// A raw body: a message's payload as published (JSON, or its bytes), a member's record.
+/// A raw body: a message's payload as published (JSON, or its bytes), a member's record, a
+/// client's, or for a channel's occupancy `{"channel": name}`.
 fn raw_body(entry: &FeedEntry) -> (Vec<u8>, &'static str) {
     match &entry.record {
         FeedRecord::Message(publication) => match &publication.payload {
@@ -155,6 +158,13 @@ fn raw_body(entry: &FeedEntry) -> (Vec<u8>, &'static str) {
         }
         FeedRecord::ClientConnected(client) | FeedRecord::ClientDisconnected(client) => {
             (serde_json::to_vec(client).unwrap_or_default(), "application/json")
+        }
+        FeedRecord::ChannelOccupied | FeedRecord::ChannelVacated => {
+            let channel = entry.channel.as_ref().map(ChannelName::as_str);
+            (
+                serde_json::to_vec(&serde_json::json!({ "channel": channel })).unwrap_or_default(),
+                "application/json",
+            )
         }
     }
 }
@@ -230,6 +240,7 @@ impl<'a> EventView<'a> {
             FeedRecord::ClientConnected(client) | FeedRecord::ClientDisconnected(client) => {
                 (None, None, Some(client))
             }
+            FeedRecord::ChannelOccupied | FeedRecord::ChannelVacated => (None, None, None),
         };
         Self {
             kind: entry.record.kind(),

@@ -23,6 +23,7 @@ use tributary_store::{
     AfterAttempt, AttemptRecord, DeliveryJob, FinishedAttempt, Store, StoreError, WebhookEndpoint,
 };
 
+use crate::quota::{QUOTA_REASON, Quotas};
 use crate::schedule::{NextStep, RetrySchedule};
 use crate::sender::{SendError, Sender, Verdict};
 use crate::signature::{WebhookSecret, sign_request};
@@ -93,6 +94,8 @@ struct Inner {
     cursor: std::sync::Mutex<String>,
     /// Where the tenant is told of an endpoint the worker disabled (its app's system channel).
     notices: Option<Arc<dyn tributary_engine::Engine>>,
+    /// The tenants' monthly webhook event quotas.
+    quotas: Quotas,
 }
 
 /// An attempt made: what to record, its endpoint, and whether it says the endpoint works.
@@ -114,6 +117,7 @@ impl Worker {
             wake: Arc::new(Notify::new()),
             cursor: std::sync::Mutex::new(String::new()),
             notices: None,
+            quotas: Quotas::default(),
         };
         Self { inner: Arc::new(inner) }
     }
@@ -220,6 +224,7 @@ impl Inner {
         // is mostly a few endpoints' backlogs.
         let mut targets: HashMap<(String, String), Arc<Target>> = HashMap::new();
         let mut claimed = Vec::with_capacity(jobs.len());
+        let over_quota = Arc::new(Target::Unusable(QUOTA_REASON));
         for job in jobs {
             let key = (job.tenant_id.clone(), job.target_id.clone());
             let target = match targets.get(&key) {
@@ -229,6 +234,15 @@ impl Inner {
                     targets.insert(key, target.clone());
                     target
                 }
+            };
+            // Past its tenant's quota, a delivery is dead-lettered (replayable), not sent.
+            let target = match &*target {
+                Target::Ready { .. }
+                    if !self.quotas.admit(&self.store, &job.tenant_id, job.events).await? =>
+                {
+                    over_quota.clone()
+                }
+                _ => target,
             };
             claimed.push((job, target));
         }

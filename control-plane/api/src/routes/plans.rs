@@ -25,6 +25,7 @@ pub(crate) struct LimitsView {
     max_message_bytes: i64,
     history_retention_secs: i64,
     overage_allowed: bool,
+    max_webhook_events_per_month: i64,
 }
 
 impl From<Limits> for LimitsView {
@@ -37,6 +38,7 @@ impl From<Limits> for LimitsView {
             max_message_bytes: l.max_message_bytes,
             history_retention_secs: l.history_retention_secs,
             overage_allowed: l.overage_allowed,
+            max_webhook_events_per_month: l.max_webhook_events_per_month,
         }
     }
 }
@@ -81,6 +83,8 @@ pub(crate) struct OverridesBody {
     history_retention_secs: Option<i64>,
     #[serde(default)]
     overage_allowed: Option<bool>,
+    #[serde(default)]
+    max_webhook_events_per_month: Option<i64>,
 }
 
 impl OverridesBody {
@@ -92,6 +96,7 @@ impl OverridesBody {
             ("max_channels", self.max_channels),
             ("max_message_bytes", self.max_message_bytes),
             ("history_retention_secs", self.history_retention_secs),
+            ("max_webhook_events_per_month", self.max_webhook_events_per_month),
         ];
         if let Some((name, _)) = values.iter().find(|(_, v)| v.is_some_and(|v| v < 0)) {
             return Err(ApiError::invalid(format!("{name} must be 0 (no limit) or more")));
@@ -104,6 +109,7 @@ impl OverridesBody {
             max_message_bytes: self.max_message_bytes,
             history_retention_secs: self.history_retention_secs,
             overage_allowed: self.overage_allowed,
+            max_webhook_events_per_month: self.max_webhook_events_per_month,
         })
     }
 
@@ -116,6 +122,7 @@ impl OverridesBody {
             max_message_bytes: o.max_message_bytes,
             history_retention_secs: o.history_retention_secs,
             overage_allowed: o.overage_allowed,
+            max_webhook_events_per_month: o.max_webhook_events_per_month,
         }
     }
 }

@@ -16,6 +16,7 @@ fn described(entries: &[FeedEntry]) -> Vec<(&'static str, String, String)> {
                 | FeedRecord::PresenceLeave(m)
                 | FeedRecord::PresenceUpdate(m) => m.client_id.to_string(),
                 FeedRecord::ClientConnected(c) | FeedRecord::ClientDisconnected(c) => c.conn_id.to_string(),
+                FeedRecord::ChannelOccupied | FeedRecord::ChannelVacated => String::new(),
             };
             let channel = entry.channel.as_ref().map(ToString::to_string).unwrap_or_default();
             (entry.record.kind(), channel, detail)
@@ -109,7 +110,8 @@ pub async fn an_expired_presence_entry_records_its_leave_in_the_feed(engine: Arc
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let page = engine.feed_read(&key.app, "", 10).await.unwrap();
-        let kinds: Vec<_> = page.entries.iter().map(|e| e.record.kind()).collect();
+        let kinds: Vec<_> =
+            page.entries.iter().map(|e| e.record.kind()).filter(|k| k.starts_with("presence")).collect();
         if kinds == ["presence.join", "presence.leave"] {
             break;
         }
@@ -139,4 +141,62 @@ pub async fn a_connections_events_go_to_its_apps_feed_only_while_it_has_one(engi
     assert_eq!(described(&entries), expected.map(|(k, c, d)| (k, c.to_owned(), d.to_owned())));
     let FeedRecord::ClientConnected(info) = &entries[1].record else { panic!("a connection's event") };
     assert_eq!(info, &client("c1"), "the connection as it was given");
+}
+
+/// Waits until the channel events of `app`'s feed are `expected` (kind and channel), and
+/// checks that no others come with them.
+async fn wait_for_occupancy(engine: &Arc<dyn Engine>, app: &str, expected: &[(&str, &str)]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (entries, _) = read_all(engine, app, "", 100).await;
+        let seen: Vec<(&str, String)> = entries
+            .iter()
+            .filter(|e| e.record.kind().starts_with("channel."))
+            .map(|e| (e.record.kind(), e.channel.as_ref().map(ToString::to_string).unwrap_or_default()))
+            .collect();
+        let want: Vec<(&str, String)> = expected.iter().map(|(k, c)| (*k, (*c).to_owned())).collect();
+        if seen == want {
+            return;
+        }
+        assert!(
+            seen.len() <= want.len() && seen[..] == want[..seen.len()],
+            "unexpected channel events: {seen:?}, expected {want:?}"
+        );
+        assert!(tokio::time::Instant::now() < deadline, "channel events {seen:?} never became {want:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A channel is written as occupied when its first subscription is made and as vacated when
+/// its last one ends — once each, however many subscriptions it had — and a channel already
+/// occupied when its app's feed starts is written as occupied then.
+pub async fn a_channels_occupancy_goes_to_its_apps_feed(engine: Arc<dyn Engine>) {
+    let _sink = RecordingSink::attach(&engine);
+    let early = unique_key("rooms:early");
+    let app = early.app.to_string();
+    let busy = ChannelKey::new(early.app.clone(), ChannelName::parse("rooms:busy").unwrap());
+    engine.subscribe(&early).await.unwrap();
+    engine.feed_enable(&app).await.unwrap();
+    wait_for_occupancy(&engine, &app, &[("channel.occupied", "rooms:early")]).await;
+
+    engine.subscribe(&busy).await.unwrap();
+    engine.subscribe(&busy).await.unwrap();
+    wait_for_occupancy(
+        &engine,
+        &app,
+        &[("channel.occupied", "rooms:early"), ("channel.occupied", "rooms:busy")],
+    )
+    .await;
+    engine.unsubscribe(&busy).await.unwrap();
+    engine.unsubscribe(&early).await.unwrap();
+    let vacated_early = [
+        ("channel.occupied", "rooms:early"),
+        ("channel.occupied", "rooms:busy"),
+        ("channel.vacated", "rooms:early"),
+    ];
+    wait_for_occupancy(&engine, &app, &vacated_early).await;
+    engine.unsubscribe(&busy).await.unwrap();
+    let mut all = vacated_early.to_vec();
+    all.push(("channel.vacated", "rooms:busy"));
+    wait_for_occupancy(&engine, &app, &all).await;
 }

@@ -191,6 +191,7 @@ macro_rules! engine_conformance_suite {
             an_app_feed_records_its_messages_and_presence_from_when_it_is_enabled,
             an_expired_presence_entry_records_its_leave_in_the_feed,
             a_connections_events_go_to_its_apps_feed_only_while_it_has_one,
+            a_channels_occupancy_goes_to_its_apps_feed,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

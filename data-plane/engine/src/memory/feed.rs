@@ -39,14 +39,17 @@ impl Feeds {
         self.count.load(Ordering::Acquire) > 0
     }
 
-    pub(super) fn enable(&self, app: &str) {
+    /// Starts `app`'s feed; returns whether it is new (it had none).
+    pub(super) fn enable(&self, app: &str) -> bool {
         let mut apps = lock(&self.apps);
+        let before = apps.len();
         apps.entry(Arc::from(app)).or_insert_with(|| AppFeed {
             epoch: new_epoch(),
             next: 1,
             entries: VecDeque::new(),
         });
         self.count.store(apps.len(), Ordering::Release);
+        apps.len() > before
     }
 
     pub(super) fn disable(&self, app: &str) {

@@ -151,6 +151,29 @@ impl Inner {
         self.feeds.append(&key.app, Some(&key.channel), stream::now_ms(), record);
     }
 
+    /// Writes a channel's occupancy change to its app's feed.
+    fn record_channel(&self, key: &ChannelKey, record: FeedRecord) {
+        self.feeds.append(&key.app, Some(&key.channel), stream::now_ms(), record);
+    }
+
+    /// Writes every channel of `app` that has subscribers as occupied (its feed just started).
+    fn record_occupied_channels(&self, app: &str) {
+        let mut streams: Vec<(ChannelKey, Arc<Mutex<Stream>>)> = Vec::new();
+        for shard in &self.shards {
+            let shard = lock(shard);
+            streams.extend(
+                shard.iter().filter(|(key, _)| &*key.app == app).map(|(k, s)| (k.clone(), s.clone())),
+            );
+        }
+        // Each under its own lock (never a shard's and a stream's at once, as elsewhere).
+        for (key, stream) in streams {
+            let stream = lock(&stream);
+            if stream.subscribers > 0 {
+                self.record_channel(&key, FeedRecord::ChannelOccupied);
+            }
+        }
+    }
+
     fn announce_removed(&self, key: &ChannelKey, removed: Removed) -> bool {
         if removed.left {
             self.record_presence(key, FeedRecord::PresenceLeave(removed.member.clone()));
@@ -238,13 +261,22 @@ impl Engine for MemoryEngine {
     async fn subscribe(&self, key: &ChannelKey) -> Result<(), EngineError> {
         // One node: the sink already sees every publication (the hub drops those without local
         // subscribers). Subscribing only pins the stream, so its epoch outlives quiet periods.
-        lock(&self.inner.stream(key)).subscribers += 1;
+        let stream = self.inner.stream(key);
+        let mut stream = lock(&stream);
+        stream.subscribers += 1;
+        if stream.subscribers == 1 {
+            // Under the stream's lock, so its occupied and vacated entries alternate.
+            self.inner.record_channel(key, FeedRecord::ChannelOccupied);
+        }
         Ok(())
     }
 
     async fn unsubscribe(&self, key: &ChannelKey) -> Result<(), EngineError> {
         let stream = self.inner.stream(key);
         let mut stream = lock(&stream);
+        if stream.subscribers == 1 {
+            self.inner.record_channel(key, FeedRecord::ChannelVacated);
+        }
         stream.subscribers = stream.subscribers.saturating_sub(1);
         Ok(())
     }
@@ -355,7 +387,9 @@ impl Engine for MemoryEngine {
     }
 
     async fn feed_enable(&self, app: &str) -> Result<(), EngineError> {
-        self.inner.feeds.enable(app);
+        if self.inner.feeds.enable(app) {
+            self.inner.record_occupied_channels(app);
+        }
         Ok(())
     }
 

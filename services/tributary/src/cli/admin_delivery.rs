@@ -128,8 +128,9 @@ pub enum RuleCommand {
         /// The channels it reads, e.g. `orders:*`.
         #[arg(long)]
         pattern: String,
-        /// The event kinds, comma-separated: message, presence.join, presence.leave,
-        /// presence.update, client.connected, client.disconnected.
+        /// The event kinds, comma-separated: message, channel.occupied, channel.vacated,
+        /// presence.join, presence.leave, presence.update, client.connected,
+        /// client.disconnected.
         #[arg(long, value_delimiter = ',', default_value = "message")]
         events: Vec<String>,
         /// The webhook endpoint (`wh_…`).

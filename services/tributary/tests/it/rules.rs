@@ -408,3 +408,118 @@ async fn a_clients_connection_and_its_end_reach_a_rule_that_asks_for_them() {
         .collect();
     assert_eq!(kinds, ["client.connected", "client.disconnected", "client.connected", "client.disconnected"]);
 }
+
+#[tokio::test]
+async fn a_channel_occupied_and_vacated_is_sent_once_each_however_many_subscribe() {
+    let server = server().await;
+    let (addr, got) = receiver().await;
+    let (webhook, _) = endpoint(&server, addr).await;
+    let rule = json!({
+        "channel_pattern": "rooms:*",
+        "events": ["channel.occupied", "channel.vacated"],
+        "webhook_id": webhook,
+    });
+    let (status, created) = call(&server, "POST", "/rules", Some(rule)).await;
+    assert_eq!(status, 201, "{created}");
+
+    let token = server.all_rights("alice").await;
+    let (mut first, mut second) = (server.ws(&token).await, server.ws(&token).await);
+    first.request(json!({"op": "subscribe", "channel": "rooms:1"})).await.unwrap();
+    second.request(json!({"op": "subscribe", "channel": "rooms:1"})).await.unwrap();
+    first.request(json!({"op": "subscribe", "channel": "lobby:1"})).await.unwrap();
+    first.request(json!({"op": "unsubscribe", "channel": "rooms:1"})).await.unwrap();
+    first.request(json!({"op": "unsubscribe", "channel": "lobby:1"})).await.unwrap();
+    // The last subscriber's connection ends without unsubscribing.
+    drop(second);
+
+    let arrived = requests(&got, 2).await;
+    let events: Vec<Value> = arrived
+        .iter()
+        .flat_map(|(_, body)| {
+            serde_json::from_slice::<Value>(body).unwrap()["events"].as_array().unwrap().clone()
+        })
+        .collect();
+    let seen: Vec<(&str, &str)> =
+        events.iter().map(|e| (e["kind"].as_str().unwrap(), e["channel"].as_str().unwrap())).collect();
+    assert_eq!(seen, [("channel.occupied", "rooms:1"), ("channel.vacated", "rooms:1")]);
+    assert!(events.iter().all(|e| e.get("message").is_none() && e.get("member").is_none()));
+    // Nothing else was written before the next occupation (lobby:1 is not the rule's, rooms:1
+    // was occupied once): it is the third event.
+    server.publish("rooms:1", json!({"n": 1})).await;
+    first.request(json!({"op": "subscribe", "channel": "rooms:2"})).await.unwrap();
+    let all = requests(&got, 3).await;
+    let last: Value = serde_json::from_slice(&all[2].1).unwrap();
+    assert_eq!(
+        (last["events"][0]["kind"].as_str(), last["events"][0]["channel"].as_str()),
+        (Some("channel.occupied"), Some("rooms:2"))
+    );
+    assert_eq!(all.len(), 3);
+}
+
+#[tokio::test]
+async fn deliveries_past_the_tenants_monthly_quota_are_dead_lettered_with_the_reason_and_replayable() {
+    let server = server().await;
+    let (addr, got) = receiver().await;
+    let (webhook, _) = endpoint(&server, addr).await;
+    let limits = format!("/v1/tenants/{}/limits", server.tenant_id());
+    // The development tenant's plan (`unlimited`) allows overage: this one must not.
+    let quota = json!({"max_webhook_events_per_month": 3, "overage_allowed": false});
+    let (status, set) = server.manage("POST", &limits, server.operator_token(), Some(&quota)).await;
+    assert_eq!((status, set["limits"]["max_webhook_events_per_month"].as_i64()), (200, Some(3)), "{set}");
+    let rule =
+        json!({"channel_pattern": "orders:*", "events": ["message"], "webhook_id": webhook, "batch_max": 1});
+    assert_eq!(call(&server, "POST", "/rules", Some(rule)).await.0, 201);
+
+    for n in 0..5 {
+        server.publish("orders:1", json!({"n": n})).await;
+    }
+    // Three are delivered; the other two wait as dead letters that say why.
+    let dead_letters = format!("/webhooks/{webhook}/dead-letters");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let dead = loop {
+        let (_, dead) = call(&server, "GET", &dead_letters, None).await;
+        if dead.as_array().map_or(0, Vec::len) == 2 {
+            break dead;
+        }
+        let (_, log) = call(&server, "GET", &format!("/webhooks/{webhook}/deliveries"), None).await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dead letters: {dead}; got {}; log {log}",
+            got.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(got.lock().unwrap().len(), 3, "the quota's three events were sent, no more");
+    let (_, log) = call(&server, "GET", &format!("/webhooks/{webhook}/deliveries"), None).await;
+    let refused: Vec<&Value> = log.as_array().unwrap().iter().filter(|a| a["outcome"] == "dead").collect();
+    assert_eq!(refused.len(), 2, "{log}");
+    assert!(refused.iter().all(|a| a["response"] == tributary_delivery::quota::QUOTA_REASON), "{log}");
+    let (_, shown) = call(&server, "GET", "/webhooks", None).await;
+    assert_eq!(shown[0]["enabled"], true, "the endpoint is not blamed for the tenant's quota");
+
+    // The operator lifts the quota: the dead letters replay and everything arrives once.
+    let lifted = json!({"max_webhook_events_per_month": 0});
+    assert_eq!(server.manage("POST", &limits, server.operator_token(), Some(&lifted)).await.0, 200);
+    let ids: Vec<String> =
+        dead.as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap().to_owned()).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while got.lock().unwrap().len() < 5 {
+        // A worker reads a tenant's quota once a second: a replay within it may be refused again.
+        for id in &ids {
+            call(&server, "POST", &format!("{dead_letters}/{id}/replay"), None).await;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the replayed deliveries never arrived");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut data: Vec<i64> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|(_, body)| {
+            serde_json::from_slice::<Value>(body).unwrap()["events"].as_array().unwrap().clone()
+        })
+        .map(|e| e["message"]["data"]["n"].as_i64().unwrap())
+        .collect();
+    data.sort_unstable();
+    assert_eq!(data, [0, 1, 2, 3, 4]);
+}

@@ -226,18 +226,13 @@ impl Store {
 
     /// Returns the messages a tenant published since `since` (unix seconds), as flushed.
     pub async fn messages_published_since(&self, tenant_id: &str, since: i64) -> Result<i64, StoreError> {
-        if !id::is_valid(id::TENANT, tenant_id) {
-            return Ok(0);
-        }
-        let row = sqlx::query(
+        self.tenant_total_since(
             "SELECT CAST(COALESCE(SUM(messages_published), 0) AS BIGINT) AS total FROM usage_minutes \
              WHERE tenant_id = $1 AND minute >= $2",
+            tenant_id,
+            since,
         )
-        .bind(tenant_id)
-        .bind(since)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(sum(&row, "total")?)
+        .await
     }
 
     /// Returns the webhook events delivered to a tenant's endpoints since `since` (unix
@@ -247,17 +242,26 @@ impl Store {
         tenant_id: &str,
         since: i64,
     ) -> Result<i64, StoreError> {
+        self.tenant_total_since(
+            "SELECT CAST(COALESCE(SUM(events), 0) AS BIGINT) AS total FROM delivery_usage \
+             WHERE tenant_id = $1 AND minute >= $2",
+            tenant_id,
+            since,
+        )
+        .await
+    }
+
+    /// Runs `sql`, a sum over a tenant's minutes (`$1` the tenant, `$2` the first minute).
+    async fn tenant_total_since(
+        &self,
+        sql: &'static str,
+        tenant_id: &str,
+        since: i64,
+    ) -> Result<i64, StoreError> {
         if !id::is_valid(id::TENANT, tenant_id) {
             return Ok(0);
         }
-        let row = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(events), 0) AS BIGINT) AS total FROM delivery_usage \
-             WHERE tenant_id = $1 AND minute >= $2",
-        )
-        .bind(tenant_id)
-        .bind(since)
-        .fetch_one(&self.pool)
-        .await?;
+        let row = sqlx::query(sql).bind(tenant_id).bind(since).fetch_one(&self.pool).await?;
         Ok(sum(&row, "total")?)
     }
 

@@ -125,6 +125,7 @@ impl Inner {
             .key(&keys.counts)
             .key(&keys.leases)
             .key(self.feeds_key())
+            .key(&keys.presence)
             .arg(&keys.node_prefix)
             .arg(app);
         invocation.invoke_async::<()>(&mut self.commands_for_name(&marker)).await.map_err(unavailable)?;

@@ -79,15 +79,18 @@ end
 return #gone
 "#;
 
-/// Forgets an app's feed and its occupancy.
-/// KEYS: feed stream, marker, counts, leases, the set of apps with feeds. ARGV: the prefix of a
-/// node's channel set, the app.
+/// Forgets an app's feed, its occupancy and its presence index.
+/// KEYS: feed stream, marker, counts, leases, the set of apps with feeds, presence index.
+/// ARGV: the prefix of a node's channel set, the app.
 pub(crate) const FORGET: &str = r#"
 for _, node in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do redis.call('DEL', ARGV[1] .. node) end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6])
 redis.call('SREM', KEYS[5], ARGV[2])
 return 1
 "#;
+
+/// Most channels one call of the presence sweep looks at (a call is atomic: kept short).
+const EXPIRE_CHANNELS: usize = 100;
 
 /// How many renewals a lease outlives: a node that misses this many is let go.
 const LEASE_TICKS: u32 = 15;
@@ -96,11 +99,13 @@ const LEASE_TICKS: u32 = 15;
 /// lost on the way (a reply lost with Redis) is set right within a minute.
 const FULL_EVERY: u64 = 60;
 
-/// The occupancy keys of an app: counts, leases, and the prefix of a node's channel set.
+/// The occupancy keys of an app: counts, leases, and the prefix of a node's channel set; and
+/// its presence index (see the `PRESENCE_EXPIRE` script).
 pub(crate) struct OccupancyKeys {
     pub(crate) counts: String,
     pub(crate) leases: String,
     pub(crate) node_prefix: String,
+    pub(crate) presence: String,
 }
 
 impl Inner {
@@ -110,6 +115,7 @@ impl Inner {
             counts: format!("{p}:fo:{{{app}}}"),
             leases: format!("{p}:fl:{{{app}}}"),
             node_prefix: format!("{p}:fn:{{{app}}}:"),
+            presence: format!("{p}:fp:{{{app}}}"),
         }
     }
 
@@ -148,7 +154,9 @@ impl Inner {
         invocation.invoke_async(&mut self.commands_for_name(&marker)).await.map_err(unavailable)
     }
 
-    /// Lets go of the channels of `app` held by nodes whose lease ended (see [`SWEEP`]).
+    /// The upkeep of `app`'s feed by its reader: lets go of the channels held by nodes whose
+    /// lease ended (see [`SWEEP`]), and writes the leaves of presence entries that expired in
+    /// any channel, served by a node or not (see the `PRESENCE_EXPIRE` script).
     pub(crate) async fn feed_sweep(&self, app: &str) -> Result<(), EngineError> {
         if !self.routes.feeds_enabled {
             return Ok(());
@@ -167,6 +175,24 @@ impl Inner {
             invocation.invoke_async(&mut self.commands_for_name(&marker)).await.map_err(unavailable)?;
         if gone > 0 {
             tracing::info!(app, nodes = gone, "let go of the channels of nodes whose lease ended");
+        }
+        // Presence entries that expired, in channels whatever node served them (maybe none now);
+        // at most a hundred calls a round, the rest next second.
+        for _ in 0..100 {
+            let mut invocation = self.scripts.presence_expire.prepare_invoke();
+            invocation
+                .key(&stream)
+                .key(&marker)
+                .key(&keys.presence)
+                .arg(&self.config.prefix)
+                .arg(app)
+                .arg(self.config.feed_retention.max_len.max(1))
+                .arg(EXPIRE_CHANNELS);
+            let swept: usize =
+                invocation.invoke_async(&mut self.commands_for_name(&marker)).await.map_err(unavailable)?;
+            if swept < EXPIRE_CHANNELS {
+                break;
+            }
         }
         Ok(())
     }

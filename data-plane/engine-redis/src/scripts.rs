@@ -61,9 +61,14 @@ const PRESENCE_HELPERS: &str = r#"
 -- The app's durable feed, when it has one (its marker key exists): presence changes are
 -- written to it by the script that makes them. Set by feed_init, which every presence script
 -- calls first with its last four arguments: feed stream, marker, channel name, most entries.
+-- The app's presence index (channel -> when its earliest entry may expire, a zset next to the
+-- marker: `<prefix>:fp:{app}`) lets the feed's reader sweep channels no node serves any more.
 local feed_target = nil
 local function feed_init(stream, marker, channel, max_len)
-  if stream ~= '' and redis.call('EXISTS', marker) == 1 then feed_target = {stream, channel, max_len} end
+  if stream ~= '' and redis.call('EXISTS', marker) == 1 then
+    local head, tag = string.match(marker, '^(.*):fe:({[^{}]*})$')
+    feed_target = {stream, channel, max_len, head .. ':fp:' .. tag}
+  end
 end
 local function feed_add(kind, member)
   if feed_target then
@@ -229,6 +234,7 @@ end
 -- disappears even if no node sweeps it.
 local keep = math.max(tonumber(redis.call('ZRANGE', zset, -1, -1, 'WITHSCORES')[2] or expiry), expiry) - now + 60000
 for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, keep) end
+if feed_target then redis.call('ZADD', feed_target[4], 'LT', expiry, feed_target[2]) end
 if known then return 0 end
 if count == 1 then
   feed_add('j', string.sub(ARGV[3], 2))
@@ -287,6 +293,26 @@ redis.call('PEXPIRE', KEYS[4], ARGV[2], 'GT')
 local earliest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]
 if earliest then return math.max(tonumber(earliest) - now, 0) end
 return -1
+"#;
+
+/// The feed reader's sweep of an app's presence: the channels whose entries may have expired
+/// (from the app's presence index), whether or not a node still serves them — the one that did
+/// may have been killed — so every expiry's leave reaches the feed.
+/// KEYS: feed stream, marker, presence index. ARGV: key prefix, app, most feed entries, most
+/// channels per call. Returns how many channels were swept.
+const PRESENCE_EXPIRE: &str = r#"
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+local now = now_ms()
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
+for _, channel in ipairs(due) do
+  local tag = '{' .. ARGV[2] .. ':' .. channel .. '}'
+  local zset = ARGV[1] .. ':pz:' .. tag
+  feed_target = {KEYS[1], channel, ARGV[3], KEYS[3]}
+  sweep(zset, ARGV[1] .. ':pm:' .. tag, ARGV[1] .. ':pc:' .. tag, now, ARGV[1] .. ':c:' .. tag)
+  local earliest = redis.call('ZRANGE', zset, 0, 0, 'WITHSCORES')[2]
+  if earliest then redis.call('ZADD', KEYS[3], earliest, channel) else redis.call('ZREM', KEYS[3], channel) end
+end
+return #due
 "#;
 
 /// Sets or clears a channel's retained message unless the one in place is newer (the same
@@ -391,6 +417,8 @@ pub struct Scripts {
     pub presence_read: redis::Script,
     /// See [`UPKEEP`].
     pub upkeep: redis::Script,
+    /// See [`PRESENCE_EXPIRE`].
+    pub presence_expire: redis::Script,
     /// See [`RETAIN`].
     pub retain: redis::Script,
     /// See [`PUT`].
@@ -435,6 +463,7 @@ impl Scripts {
             presence_update: script(PRESENCE_HELPERS, PRESENCE_UPDATE),
             presence_read: script(PRESENCE_HELPERS, PRESENCE_READ),
             upkeep: script(PRESENCE_HELPERS, UPKEEP),
+            presence_expire: script(PRESENCE_HELPERS, PRESENCE_EXPIRE),
             retain: script("", RETAIN),
             put: script("", PUT),
             take: script("", TAKE),

@@ -1,6 +1,7 @@
 //! Channel occupancy across nodes sharing one Redis (`TRIBUTARY_TEST_REDIS_URL`, default
 //! `redis://127.0.0.1:6379`): a channel is occupied while any node holds it, and the channels
-//! of a node that stopped without letting go are vacated once its lease ends.
+//! of a node that stopped without letting go are vacated once its lease ends; its presence
+//! entries expire into leaves even where no other node serves their channel.
 
 #![allow(clippy::unwrap_used)]
 
@@ -87,4 +88,37 @@ async fn a_channel_is_occupied_while_any_node_holds_it_and_vacated_when_a_stoppe
     first.feed_enable("app_occ").await.unwrap();
     wait_for(&first, "app_occ", &[("channel.occupied", "rooms:1")], Duration::from_secs(5)).await;
     first.feed_disable("app_occ").await.unwrap();
+}
+
+/// A presence entry of a node that was killed, in a channel no other node serves, still
+/// expires into a `presence.leave` in the app's feed: the feed's reader sweeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_presence_leaves_reach_the_feed_when_no_other_node_serves_the_channel() {
+    use tributary_engine::PresenceOptions;
+    use tributary_protocol::frame::MemberInfo;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let prefix = format!("trbtest-exp-{nanos:x}");
+    let (killed, reader) = (node(&prefix).await, node(&prefix).await);
+    let _sinks = (RecordingSink::attach(&killed), RecordingSink::attach(&reader));
+    let key = ChannelKey::new("app_exp", ChannelName::parse("rooms:2").unwrap());
+    reader.feed_enable("app_exp").await.unwrap();
+    killed.subscribe(&key).await.unwrap();
+    let member = MemberInfo { client_id: Arc::from("ghost"), conn_id: Arc::from("g1"), state: None };
+    let short = PresenceOptions { ttl: Duration::from_millis(300), announce: true };
+    killed.presence_join(&key, member, short).await.unwrap();
+    drop(killed);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        reader.feed_upkeep("app_exp").await.unwrap();
+        let page = reader.feed_read("app_exp", "", 100).await.unwrap();
+        let kinds: Vec<&str> =
+            page.entries.iter().map(|e| e.record.kind()).filter(|k| k.starts_with("presence")).collect();
+        if kinds == ["presence.join", "presence.leave"] {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the killed node's member never left: {kinds:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    reader.feed_disable("app_exp").await.unwrap();
 }

@@ -741,6 +741,9 @@ async fn revoking_a_devices_token_disconnects_it_with_not_authorized() {
     let server = TestServer::spawn_mqtt(|_| {}).await;
     let mut d = device(&server, Version::V5, "stolen").await;
     d.subscribe("cmd", QoS::AtMostOnce).await.unwrap();
+    // Another token of the client, issued before the revocation (one minted after it, in the
+    // next second, is valid by design: the cut-off is the revocation's second plus one).
+    let token = server.token("stolen", &[("*", ALL)]).await;
     let path = format!("/v1/tenants/{}/apps/{}/revocations", server.tenant_id(), server.app_id());
     let (status, reply) =
         server.manage("POST", &path, server.operator_token(), Some(&json!({"client_id": "stolen"}))).await;
@@ -749,7 +752,6 @@ async fn revoking_a_devices_token_disconnects_it_with_not_authorized() {
         Some(Packet::Disconnect(dis)) => assert_eq!(dis.code, 0x87),
         other => panic!("expected DISCONNECT 0x87, got {other:?}"),
     }
-    let token = server.token("stolen", &[("*", ALL)]).await;
     let (_, ack) = MqttClient::connect(
         server.mqtt_addr(),
         ConnectOptions::new(Version::V5, "stolen", server.app_id(), &token),

@@ -3,7 +3,9 @@
 //! rule sends an app's messages to a receiver while a publisher publishes; a worker, then a relay
 //! (and another worker), then Redis itself are killed with SIGKILL mid-stream. Every message the
 //! server acknowledged reaches the receiver, signed; a message that arrives twice arrives under
-//! the same `webhook-id` both times.
+//! the same `webhook-id` both times. Clients of the killed relay were in presence on channels no
+//! other node serves: their joins, their leaves (by expiry) and their channels' occupation and
+//! vacancy (by the relay's lease ending) all arrive too.
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
@@ -68,8 +70,9 @@ impl Setup {
     async fn relay(&self) -> (Process, String) {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let listen = format!("listen=\"127.0.0.1:{port}\"");
-        let child =
-            self.command("serve", &["delivery.worker=false", &listen]).spawn().expect("the binary starts");
+        // Presence entries of a killed relay expire two seconds after its last refresh.
+        let settings = ["delivery.worker=false", "relay.presence_timeout_ms=2000", &listen];
+        let child = self.command("serve", &settings).spawn().expect("the binary starts");
         let process = Process(child);
         let http = format!("http://127.0.0.1:{port}");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -104,8 +107,9 @@ fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap()
 }
 
-/// What the receiver saw: for each message number, the `webhook-id` of every request that held it.
-type Seen = Arc<Mutex<HashMap<u64, Vec<String>>>>;
+/// What the receiver saw: for each event (`m<n>` for message `n`, `<kind> <channel>` for the
+/// others), the `webhook-id` of every request that held it.
+type Seen = Arc<Mutex<HashMap<String, Vec<String>>>>;
 
 /// A receiver that checks each signature and records the messages of each signed request.
 async fn receiver(secret: Arc<Mutex<Option<WebhookSecret>>>, seen: Seen) -> std::net::SocketAddr {
@@ -124,9 +128,15 @@ async fn receiver(secret: Arc<Mutex<Option<WebhookSecret>>>, seen: Seen) -> std:
             let Ok(envelope) = serde_json::from_slice::<Value>(&body) else { return StatusCode::BAD_REQUEST };
             let mut seen = seen.lock().unwrap();
             for event in envelope["events"].as_array().into_iter().flatten() {
-                if let Some(n) = event["message"]["data"]["n"].as_u64() {
-                    seen.entry(n).or_default().push(id.clone());
-                }
+                let key = match event["message"]["data"]["n"].as_u64() {
+                    Some(n) => format!("m{n}"),
+                    None => format!(
+                        "{} {}",
+                        event["kind"].as_str().unwrap_or("?"),
+                        event["channel"].as_str().unwrap_or("")
+                    ),
+                };
+                seen.entry(key).or_default().push(id.clone());
             }
             StatusCode::NO_CONTENT
         }),
@@ -199,6 +209,33 @@ async fn rules_deliver_every_acknowledged_message_across_kill_9_of_worker_relay_
     let rule = json!({"channel_pattern": "orders:*", "events": ["message"], "webhook_id": endpoint.id, "batch_max": 20});
     let reply = manage("/rules", rule).await.unwrap();
     assert_eq!(reply.status().as_u16(), 201, "{}", reply.text().await.unwrap());
+    let kinds = ["presence.join", "presence.leave", "channel.occupied", "channel.vacated"];
+    let lifecycle =
+        json!({"channel_pattern": "rooms:*", "events": kinds, "webhook_id": endpoint.id, "batch_max": 20});
+    let reply = manage("/rules", lifecycle).await.unwrap();
+    assert_eq!(reply.status().as_u16(), 201, "{}", reply.text().await.unwrap());
+
+    // Clients of the relay that will be killed, each alone in its channel (so no other node
+    // serves it) and in its presence.
+    const ROOMS: usize = 10;
+    let mut clients = Vec::new();
+    for room in 0..ROOMS {
+        let minted = client()
+            .post(format!("{first}/v1/tokens"))
+            .bearer_auth(&api_key)
+            .json(&json!({"client_id": format!("c{room}"), "capabilities": [{"channel": "*", "allow": ["subscribe", "presence"]}]}))
+            .send()
+            .await
+            .unwrap();
+        let token = minted.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_owned();
+        let ws = first.replace("http://", "ws://") + "/v1/connect";
+        let (mut ws, reply) = tributary_testkit::WsClient::connect(&ws, &token).await.unwrap();
+        assert!(reply.get("result").is_some(), "{reply}");
+        let joined =
+            ws.request(json!({"op": "subscribe", "channel": format!("rooms:{room}")})).await.unwrap();
+        assert!(joined.get("result").is_some(), "{joined}");
+        clients.push(ws);
+    }
 
     let mut workers = vec![setup.worker(), setup.worker()];
     const MESSAGES: u64 = 600;
@@ -221,25 +258,55 @@ async fn rules_deliver_every_acknowledged_message_across_kill_9_of_worker_relay_
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
 
+    // Every message, and each room's four events: the leaves come by expiry, the vacancies once
+    // the killed relay's lease ends (15 s).
+    let mut expected: Vec<String> = (0..MESSAGES).map(|n| format!("m{n}")).collect();
+    let lifecycle: Vec<String> =
+        (0..ROOMS).flat_map(|room| kinds.map(|kind| format!("{kind} rooms:{room}"))).collect();
+    expected.extend(lifecycle.iter().cloned());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while (seen.lock().unwrap().len() as u64) < MESSAGES {
+    loop {
+        let missing: Vec<String> = {
+            let seen = seen.lock().unwrap();
+            expected.iter().filter(|key| !seen.contains_key(*key)).cloned().collect()
+        };
+        if missing.is_empty() {
+            break;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{} of {MESSAGES} messages arrived",
-            seen.lock().unwrap().len()
+            "{} events never arrived: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(20)]
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    drop(clients);
     let seen = seen.lock().unwrap().clone();
-    let delivered = seen.len() as u64;
-    let duplicated: usize = seen.values().map(|ids| ids.len() - 1).sum();
+    let count = |keys: &[String]| {
+        let delivered = keys.iter().filter(|key| seen.contains_key(*key)).count();
+        let duplicated: usize = keys.iter().filter_map(|key| seen.get(key)).map(|ids| ids.len() - 1).sum();
+        (delivered, duplicated)
+    };
+    let messages: Vec<String> = (0..MESSAGES).map(|n| format!("m{n}")).collect();
+    let (delivered, duplicated) = count(&messages);
     println!(
         "published {MESSAGES} / delivered {delivered} / lost {} / duplicated {duplicated}",
-        MESSAGES - delivered
+        MESSAGES as usize - delivered
     );
-    assert_eq!(delivered, MESSAGES, "nothing acknowledged is lost");
-    for (n, ids) in &seen {
+    let (happened, happened_twice) = count(&lifecycle);
+    println!(
+        "presence and occupancy events {} / delivered {happened} / lost {} / duplicated {happened_twice}",
+        lifecycle.len(),
+        lifecycle.len() - happened
+    );
+    assert_eq!(delivered, MESSAGES as usize, "nothing acknowledged is lost");
+    for (key, ids) in &seen {
         let distinct: HashSet<&String> = ids.iter().collect();
-        assert_eq!(distinct.len(), 1, "message {n} came in requests with different ids: {ids:?}");
+        assert_eq!(distinct.len(), 1, "{key} came in requests with different ids: {ids:?}");
+    }
+    for room in 0..ROOMS {
+        let kinds_of_room = seen.keys().filter(|key| key.ends_with(&format!(" rooms:{room}"))).count();
+        assert_eq!(kinds_of_room, 4, "room {room}: its four events, nothing else");
     }
 }

@@ -9,7 +9,7 @@ import sys
 
 def key(r):
     return (r["scenario"], r.get("peer"), r.get("subscribers"), r.get("target_deliveries_per_sec", 0), r.get("qos"),
-            r.get("connections"), r.get("messages"))
+            r.get("connections"), r.get("messages"), r.get("rate"), r.get("batch_max"), r.get("receiver_down"))
 
 
 def name(r):
@@ -20,6 +20,9 @@ def name(r):
         return f"connect storm {r['connections']}"
     if kind == "recovery":
         return f"recovery {r['subscribers']} subs x {r['messages'] // r['channels']:,} missed"
+    if kind == "webhooks":
+        down = " receiver down" if r.get("receiver_down") else ""
+        return f"webhooks batch {r['batch_max']} @{r['rate']}/s{down}"
     rate = r.get("target_deliveries_per_sec")
     qos = f" qos{r['qos']}" if kind == "mqtt-fanout" else ""
     if r.get("peer") == "tributary-redis":
@@ -36,6 +39,8 @@ def metric(r):
         return "B/conn", r["bytes_per_connection"], False
     if kind == "storm":
         return "conn/s", r["connections_per_sec"], True
+    if kind == "webhooks":
+        return "events/s", r["events_per_sec"], True
     if r.get("target_deliveries_per_sec"):
         return "p99 us", r["latency_us"]["p99"], False
     return "deliveries/s", r["deliveries_per_sec"], True

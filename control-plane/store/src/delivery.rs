@@ -329,6 +329,9 @@ impl Store {
                      RETURNING ",
                     job_columns_of!("delivery_jobs.")
                 ),
+                // `+state`: the picked rows are found by their id (the primary key). With a bare
+                // `state` SQLite's planner walked the index on (state, target_id) instead, reading
+                // every pending job of the queue on each claim: a backlog slowed its own drain.
                 Backend::Sqlite => concat!(
                     "UPDATE delivery_jobs SET lease_owner = $1, lease_until_ms = $2 \
                      WHERE id IN (\
@@ -336,7 +339,7 @@ impl Store {
                        AND next_attempt_ms <= $4 AND (lease_until_ms IS NULL OR lease_until_ms < $4) \
                        ORDER BY next_attempt_ms, id LIMIT $5\
                      ) \
-                     AND state = 'pending' AND (lease_until_ms IS NULL OR lease_until_ms < $4) \
+                     AND +state = 'pending' AND (lease_until_ms IS NULL OR lease_until_ms < $4) \
                      RETURNING ",
                     job_columns!()
                 ),

@@ -77,6 +77,11 @@ struct AppState {
     upkept: Option<Instant>,
 }
 
+/// How often a router claims its feeds again at most (renewing its leases, taking new apps'
+/// and stopped workers'); between claims it reads the feeds it holds, each advance checking in
+/// the store that the lease is still its own.
+const RECLAIM_EVERY: Duration = Duration::from_millis(100);
+
 /// How often the feed's reader runs the engine's upkeep of it (vacating the channels of
 /// stopped relay nodes).
 const UPKEEP_EVERY: Duration = Duration::from_secs(1);
@@ -100,6 +105,9 @@ pub struct Router {
     apps: Mutex<HashMap<String, AppState>>,
     stats: Mutex<RouterStats>,
     reconciled: Mutex<Option<Instant>>,
+    /// The feeds leased at the last claim and when it was made, with the positions read up to
+    /// since (see [`RECLAIM_EVERY`]); `None` after a failure, so the next pass claims afresh.
+    held: Mutex<Option<(Instant, Vec<FeedLease>)>>,
     /// The worker of this process, poked when deliveries were queued.
     wake: Option<Arc<tokio::sync::Notify>>,
 }
@@ -114,6 +122,7 @@ impl Router {
             apps: Mutex::new(HashMap::new()),
             stats: Mutex::new(RouterStats::default()),
             reconciled: Mutex::new(None),
+            held: Mutex::new(None),
             wake: None,
         }
     }
@@ -139,10 +148,15 @@ impl Router {
                     0
                 }
             };
-            if routed == 0 {
+            // Pages came full: more is waiting, read on at once. Otherwise the feeds are caught
+            // up: the next pass is after the poll interval, gathering what came meanwhile (a
+            // pass costs the store about the same for one event as for hundreds).
+            let pause =
+                if routed >= self.config.page as u64 { Duration::ZERO } else { self.config.poll_interval };
+            if !pause.is_zero() {
                 tokio::select! {
                     () = stop.cancelled() => break,
-                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                    () = tokio::time::sleep(pause) => {}
                 }
             }
         }
@@ -153,20 +167,53 @@ impl Router {
     /// how many entries it read.
     pub async fn run_once(&self) -> Result<u64, RouterError> {
         self.reconcile().await?;
+        let mut leases = self.leases().await?;
+        let mut read = 0;
+        let mut result = Ok(());
+        for lease in &mut leases {
+            self.upkeep(&lease.app_id).await;
+            if self.is_due(&lease.app_id) {
+                match self.route_app(lease).await {
+                    Ok(routed) => read += routed,
+                    Err(err) => {
+                        result = Err(err);
+                        break;
+                    }
+                }
+            }
+        }
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        match (result, held.as_mut()) {
+            // The positions read up to, for the next pass; a feed taken over is left out.
+            (Ok(()), Some((_, kept))) => {
+                *kept = leases.into_iter().filter(|lease| !lease.tenant_id.is_empty()).collect();
+            }
+            (Ok(()), None) => {}
+            (Err(err), _) => {
+                *held = None;
+                return Err(err);
+            }
+        }
+        Ok(read)
+    }
+
+    /// The feeds this worker holds: those of the last claim, claimed again (renewed, and any
+    /// new app's or stopped worker's taken) when that was [`RECLAIM_EVERY`] ago.
+    async fn leases(&self) -> Result<Vec<FeedLease>, RouterError> {
+        let every = RECLAIM_EVERY.min(self.config.lease / 4);
+        if let Some((at, leases)) = self.held.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+            && at.elapsed() < every
+        {
+            return Ok(leases.clone());
+        }
         let now = now_ms();
         let lease_ms = i64::try_from(self.config.lease.as_millis()).unwrap_or(i64::MAX);
         let leases = self
             .store
             .claim_feeds(&self.config.owner, now, now.saturating_add(lease_ms), self.config.max_feeds)
             .await?;
-        let mut read = 0;
-        for lease in leases {
-            self.upkeep(&lease.app_id).await;
-            if self.is_due(&lease.app_id) {
-                read += self.route_app(lease).await?;
-            }
-        }
-        Ok(read)
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), leases.clone()));
+        Ok(leases)
     }
 
     /// Makes sure every app with enabled rules has a feed, now and then: the management API
@@ -206,9 +253,10 @@ impl Router {
         apps.get(app).and_then(|state| state.due).is_none_or(|due| due <= Instant::now())
     }
 
-    /// Reads an app's feed until it is caught up (or half the lease has gone); returns how
-    /// many entries it read.
-    async fn route_app(&self, mut lease: FeedLease) -> Result<u64, RouterError> {
+    /// Reads an app's feed until it is caught up (or half the lease has gone), moving
+    /// `lease.position` on; returns how many entries it read. A feed another worker took over
+    /// is marked by an empty `lease.tenant_id`.
+    async fn route_app(&self, lease: &mut FeedLease) -> Result<u64, RouterError> {
         let started = Instant::now();
         // The rules are read once something new is in the feed (an idle app costs one feed
         // read per pass), and as they are then: a rule disabled before its events are read
@@ -234,9 +282,10 @@ impl Router {
             }
             let deliveries = deliveries(rules.as_deref().unwrap_or_default(), &page.entries);
             let queued = deliveries.len() as u64;
-            if !self.store.advance_feed(&self.config.owner, &lease, &position, &deliveries, now_ms()).await? {
+            if !self.store.advance_feed(&self.config.owner, lease, &position, &deliveries, now_ms()).await? {
                 // The lease moved to another worker (or the position did): that worker reads on.
                 tracing::info!(app = lease.app_id, "an app's feed was taken over by another worker");
+                lease.tenant_id.clear();
                 return Ok(read);
             }
             let count = page.entries.len() as u64;
@@ -254,7 +303,7 @@ impl Router {
             }
         }
         let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
-        let state = apps.entry(lease.app_id).or_default();
+        let state = apps.entry(lease.app_id.clone()).or_default();
         if let Some(rules) = &rules {
             state.window = rules.iter().map(|rule| rule.rule.spec.batch_ms).min().unwrap_or(0);
         }

@@ -62,6 +62,9 @@ impl Default for WorkerConfig {
     }
 }
 
+/// Least time between two claims that found work (see [`Worker::run`]).
+const CLAIM_GATHER: Duration = Duration::from_millis(5);
+
 /// Returns the current Unix time in milliseconds.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -145,15 +148,20 @@ impl Worker {
         let mut finished: Vec<Attempted> = Vec::new();
         let mut recording: Option<tokio::task::JoinHandle<()>> = None;
         let mut claim_at = tokio::time::Instant::now();
+        let mut claimed_at = claim_at;
         loop {
             let stopping = stop.is_cancelled();
             if !stopping && in_flight.len() < batch && claim_at <= tokio::time::Instant::now() {
                 let room = i64::try_from(batch - in_flight.len()).unwrap_or(1);
+                claimed_at = tokio::time::Instant::now();
                 match inner.claim(room).await {
                     Ok(claimed) => {
-                        if claimed.is_empty() {
-                            claim_at = tokio::time::Instant::now() + inner.config.poll_interval;
-                        }
+                        // Nothing due: look again after the poll interval (or when woken). Else
+                        // gather a moment's freed slots before the next claim: a claim costs
+                        // the store the same for one job as for dozens, and claiming a slot at
+                        // a time as each attempt ended cost more than the attempts under load.
+                        let wait = if claimed.is_empty() { inner.config.poll_interval } else { CLAIM_GATHER };
+                        claim_at = tokio::time::Instant::now() + wait;
                         for (job, target) in claimed {
                             let inner = inner.clone();
                             in_flight.spawn(async move { inner.attempt(job, target).await });
@@ -179,7 +187,8 @@ impl Worker {
                 _ = async { if let Some(recording) = recording.as_mut() { let _ = recording.await; } }, if recording.is_some() => {
                     recording = None;
                 }
-                () = inner.wake.notified(), if !stopping => claim_at = tokio::time::Instant::now(),
+                // New jobs: claimed at once, unless a claim just ran (see `CLAIM_GATHER`).
+                () = inner.wake.notified(), if !stopping => claim_at = claim_at.min(claimed_at + CLAIM_GATHER),
                 () = tokio::time::sleep_until(claim_at), if !stopping && in_flight.len() < batch => {}
                 () = stop.cancelled(), if !stopping => {}
             }

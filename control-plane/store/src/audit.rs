@@ -104,6 +104,16 @@ impl Store {
         Ok(())
     }
 
+    /// Records what the server itself did or saw of a tenant (actor `system`), such as the
+    /// tenant reaching its webhook quota.
+    pub async fn audit_system(&self, tenant_id: &str, action: &str, target: &str) -> Result<(), StoreError> {
+        if !id::is_valid(id::TENANT, tenant_id) {
+            return Err(StoreError::NotFound("tenant"));
+        }
+        let mut conn = self.pool.acquire().await?;
+        record(&mut conn, &Actor::system(), Some(tenant_id), action, target).await
+    }
+
     /// Returns the newest `limit` audit events of a tenant, newest first.
     pub async fn audit_events(&self, tenant_id: &str, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
         if !id::is_valid(id::TENANT, tenant_id) {

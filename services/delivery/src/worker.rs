@@ -23,7 +23,7 @@ use tributary_store::{
     AfterAttempt, AttemptRecord, DeliveryJob, FinishedAttempt, Store, StoreError, WebhookEndpoint,
 };
 
-use crate::quota::{QUOTA_REASON, Quotas};
+use crate::quota::{Admission, QUOTA_REASON, Quotas};
 use crate::schedule::{NextStep, RetrySchedule};
 use crate::sender::{SendError, Sender, Verdict};
 use crate::signature::{WebhookSecret, sign_request};
@@ -246,12 +246,18 @@ impl Inner {
             };
             // Past its tenant's quota, a delivery is dead-lettered (replayable), not sent.
             let target = match &*target {
-                Target::Ready { .. }
-                    if !self.quotas.admit(&self.store, &job.tenant_id, job.events).await? =>
-                {
-                    over_quota.clone()
+                Target::Ready { .. } => {
+                    match self.quotas.admit(&self.store, &job.tenant_id, job.events).await? {
+                        Admission::Admitted => target,
+                        Admission::Refused { first, limit } => {
+                            if first {
+                                self.notify_quota(&job, limit).await;
+                            }
+                            over_quota.clone()
+                        }
+                    }
                 }
-                _ => target,
+                Target::Unusable(_) => target,
             };
             claimed.push((job, target));
         }
@@ -302,14 +308,28 @@ impl Inner {
         Ok(())
     }
 
+    /// Tells the tenant its webhook quota is used up (once per worker and month): an audit
+    /// entry, and `webhook.quota_exceeded` on the system channel of the app being refused.
+    async fn notify_quota(&self, job: &DeliveryJob, limit: i64) {
+        tracing::warn!(tenant = job.tenant_id, limit, "a tenant's monthly webhook event quota is used up");
+        if let Err(err) = self.store.audit_system(&job.tenant_id, "webhook.quota_exceeded", &job.app_id).await
+        {
+            tracing::warn!(error = %err, "the quota's audit entry was not recorded");
+        }
+        let month = tributary_store::usage::month_start(now_ms() / 1000);
+        let notice = serde_json::json!({
+            "type": "webhook.quota_exceeded",
+            "tenant_id": job.tenant_id,
+            "app_id": job.app_id,
+            "limit": limit,
+            "at": now_ms(),
+        });
+        let key = format!("webhook.quota_exceeded:{}:{month}", job.tenant_id);
+        self.notify(&job.app_id, notice, key).await;
+    }
+
     /// Publishes `webhook.disabled` on the system channel of the endpoint's app.
     async fn notify_disabled(&self, endpoint: &WebhookEndpoint) {
-        use tributary_engine::{ChannelKey, NewMessage, PublishOptions, StreamOptions};
-        let Some(engine) = &self.notices else { return };
-        let Ok(channel) = tributary_protocol::ChannelName::parse(tributary_protocol::channel::SYSTEM_CHANNEL)
-        else {
-            return;
-        };
         let notice = serde_json::json!({
             "type": "webhook.disabled",
             "webhook_id": endpoint.id,
@@ -318,6 +338,20 @@ impl Inner {
             "reason": endpoint.disabled_reason,
             "at": now_ms(),
         });
+        let key = format!("webhook.disabled:{}:{}", endpoint.id, endpoint.created_at);
+        self.notify(&endpoint.app_id, notice, key).await;
+    }
+
+    /// Publishes `notice` on the system channel of `app_id` (the one only the server publishes
+    /// to), with `key` as its idempotency key, so workers telling the same thing at once store
+    /// it once.
+    async fn notify(&self, app_id: &str, notice: serde_json::Value, key: String) {
+        use tributary_engine::{ChannelKey, NewMessage, PublishOptions, StreamOptions};
+        let Some(engine) = &self.notices else { return };
+        let Ok(channel) = tributary_protocol::ChannelName::parse(tributary_protocol::channel::SYSTEM_CHANNEL)
+        else {
+            return;
+        };
         let message = NewMessage {
             payload: tributary_protocol::Payload::Json(bytes::Bytes::from(notice.to_string())),
             client_id: None,
@@ -327,12 +361,12 @@ impl Inner {
         // Kept a week, so a console or a client that was away reads what it missed.
         let options = PublishOptions {
             stream: StreamOptions { history_size: 1_000, history_ttl: Duration::from_secs(7 * 86_400) },
-            idempotency_key: Some(format!("webhook.disabled:{}:{}", endpoint.id, endpoint.created_at)),
+            idempotency_key: Some(key),
             idempotency_window: Duration::from_secs(60),
         };
-        let key = ChannelKey::new(endpoint.app_id.as_str(), channel);
-        if let Err(err) = engine.publish(&key, message, &options).await {
-            tracing::warn!(error = %err, webhook = endpoint.id, "the tenant was not told on its system channel (the audit log has it)");
+        let channel = ChannelKey::new(app_id, channel);
+        if let Err(err) = engine.publish(&channel, message, &options).await {
+            tracing::warn!(error = %err, app = app_id, "the tenant was not told on its system channel (the audit log has it)");
         }
     }
 

@@ -469,6 +469,9 @@ async fn deliveries_past_the_tenants_monthly_quota_are_dead_lettered_with_the_re
     let rule =
         json!({"channel_pattern": "orders:*", "events": ["message"], "webhook_id": webhook, "batch_max": 1});
     assert_eq!(call(&server, "POST", "/rules", Some(rule)).await.0, 201);
+    let mut system = server.ws(&server.all_rights("console").await).await;
+    let subscribed = system.request(json!({"op": "subscribe", "channel": "tributary:system"})).await.unwrap();
+    assert!(subscribed.get("error").is_none(), "{subscribed}");
 
     for n in 0..5 {
         server.publish("orders:1", json!({"n": n})).await;
@@ -496,6 +499,21 @@ async fn deliveries_past_the_tenants_monthly_quota_are_dead_lettered_with_the_re
     assert!(refused.iter().all(|a| a["response"] == tributary_delivery::quota::QUOTA_REASON), "{log}");
     let (_, shown) = call(&server, "GET", "/webhooks", None).await;
     assert_eq!(shown[0]["enabled"], true, "the endpoint is not blamed for the tenant's quota");
+    // The tenant is told: once on the app's system channel, and in its audit log.
+    let notice =
+        tokio::time::timeout(Duration::from_secs(10), system.next_of("message")).await.unwrap().unwrap();
+    assert_eq!(notice["data"]["type"], "webhook.quota_exceeded", "{notice}");
+    assert_eq!(
+        (notice["data"]["limit"].as_i64(), notice["data"]["app_id"].as_str()),
+        (Some(3), Some(server.app_id()))
+    );
+    assert!(system.quiet_for(Duration::from_millis(300)).await, "told once, not once per refusal");
+    let audit = format!("/v1/tenants/{}/audit-events", server.tenant_id());
+    let (_, events) = server.manage("GET", &audit, server.operator_token(), None).await;
+    let told: Vec<&Value> =
+        events.as_array().unwrap().iter().filter(|e| e["action"] == "webhook.quota_exceeded").collect();
+    assert_eq!(told.len(), 1, "{events}");
+    assert_eq!(told[0]["actor"], "system");
 
     // The operator lifts the quota: the dead letters replay and everything arrives once.
     let lifted = json!({"max_webhook_events_per_month": 0});

@@ -514,6 +514,13 @@ async fn deliveries_past_the_tenants_monthly_quota_are_dead_lettered_with_the_re
         events.as_array().unwrap().iter().filter(|e| e["action"] == "webhook.quota_exceeded").collect();
     assert_eq!(told.len(), 1, "{events}");
     assert_eq!(told[0]["actor"], "system");
+    // A test event still goes through: it is no channel event.
+    let (status, _) = call(&server, "POST", &format!("/webhooks/{webhook}/test"), None).await;
+    assert_eq!(status, 202);
+    let tested = requests(&got, 4).await;
+    let body: Value = serde_json::from_slice(&tested[3].1).unwrap();
+    assert_eq!(body["type"], "webhook.test", "{body}");
+    got.lock().unwrap().pop();
 
     // The operator lifts the quota: the dead letters replay and everything arrives once.
     let lifted = json!({"max_webhook_events_per_month": 0});

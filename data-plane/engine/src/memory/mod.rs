@@ -146,13 +146,9 @@ impl Inner {
         }
     }
 
-    /// Writes a presence change to the app's feed (whether or not subscribers are told of it).
-    fn record_presence(&self, key: &ChannelKey, record: FeedRecord) {
-        self.feeds.append(&key.app, Some(&key.channel), stream::now_ms(), record);
-    }
-
-    /// Writes a channel's occupancy change to its app's feed.
-    fn record_channel(&self, key: &ChannelKey, record: FeedRecord) {
+    /// Writes a change of a channel (its presence, whether or not subscribers are told of it;
+    /// its occupancy) to the app's feed.
+    fn record(&self, key: &ChannelKey, record: FeedRecord) {
         self.feeds.append(&key.app, Some(&key.channel), stream::now_ms(), record);
     }
 
@@ -169,14 +165,14 @@ impl Inner {
         for (key, stream) in streams {
             let stream = lock(&stream);
             if stream.subscribers > 0 {
-                self.record_channel(&key, FeedRecord::ChannelOccupied);
+                self.record(&key, FeedRecord::ChannelOccupied);
             }
         }
     }
 
     fn announce_removed(&self, key: &ChannelKey, removed: Removed) -> bool {
         if removed.left {
-            self.record_presence(key, FeedRecord::PresenceLeave(removed.member.clone()));
+            self.record(key, FeedRecord::PresenceLeave(removed.member.clone()));
         }
         if removed.left && removed.announce {
             self.announce(key, PresenceEvent::Leave(removed.member));
@@ -266,7 +262,7 @@ impl Engine for MemoryEngine {
         stream.subscribers += 1;
         if stream.subscribers == 1 {
             // Under the stream's lock, so its occupied and vacated entries alternate.
-            self.inner.record_channel(key, FeedRecord::ChannelOccupied);
+            self.inner.record(key, FeedRecord::ChannelOccupied);
         }
         Ok(())
     }
@@ -275,7 +271,7 @@ impl Engine for MemoryEngine {
         let stream = self.inner.stream(key);
         let mut stream = lock(&stream);
         if stream.subscribers == 1 {
-            self.inner.record_channel(key, FeedRecord::ChannelVacated);
+            self.inner.record(key, FeedRecord::ChannelVacated);
         }
         stream.subscribers = stream.subscribers.saturating_sub(1);
         Ok(())
@@ -302,7 +298,7 @@ impl Engine for MemoryEngine {
         let set = presence.entry(key.clone()).or_default();
         let joined = set.join(member.clone(), Instant::now() + options.ttl, options.announce);
         if joined {
-            self.inner.record_presence(key, FeedRecord::PresenceJoin(member.clone()));
+            self.inner.record(key, FeedRecord::PresenceJoin(member.clone()));
         }
         if joined && options.announce {
             self.inner.announce(key, PresenceEvent::Join(member));
@@ -315,7 +311,7 @@ impl Engine for MemoryEngine {
         let updated = presence.get_mut(key).and_then(|set| set.update(member));
         match updated {
             Some(member) => {
-                self.inner.record_presence(key, FeedRecord::PresenceUpdate(member.clone()));
+                self.inner.record(key, FeedRecord::PresenceUpdate(member.clone()));
                 self.inner.announce(key, PresenceEvent::Update(member));
                 Ok(true)
             }

@@ -64,6 +64,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "delivery_queue", include_str!("../../../migrations/sqlite/0007_delivery_queue.sql")),
     (8, "rules_and_feeds", include_str!("../../../migrations/sqlite/0008_rules_and_feeds.sql")),
     (9, "delivery_quota", include_str!("../../../migrations/sqlite/0009_delivery_quota.sql")),
+    (10, "delivery_bodies", include_str!("../../../migrations/sqlite/0010_delivery_bodies.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "tenants", include_str!("../../../migrations/postgres/0001_tenants.sql")),
@@ -79,6 +80,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "delivery_queue", include_str!("../../../migrations/postgres/0007_delivery_queue.sql")),
     (8, "rules_and_feeds", include_str!("../../../migrations/postgres/0008_rules_and_feeds.sql")),
     (9, "delivery_quota", include_str!("../../../migrations/postgres/0009_delivery_quota.sql")),
+    (10, "delivery_bodies", include_str!("../../../migrations/postgres/0010_delivery_bodies.sql")),
 ];
 
 /// How long a query waits for a connection before failing. Short, so that while the database
@@ -88,12 +90,19 @@ const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Returns the migrator of a backend's embedded migrations.
 fn migrator(backend: Backend) -> Migrator {
+    migrator_up_to(backend, i64::MAX)
+}
+
+/// Returns the migrator of a backend's embedded migrations up to version `last` (a test of a
+/// migration starts from the schema before it).
+fn migrator_up_to(backend: Backend, last: i64) -> Migrator {
     let files = match backend {
         Backend::Sqlite => SQLITE_MIGRATIONS,
         Backend::Postgres => POSTGRES_MIGRATIONS,
     };
     let migrations = files
         .iter()
+        .filter(|(version, _, _)| *version <= last)
         .map(|&(version, description, sql)| {
             Migration::new(
                 version,
@@ -247,6 +256,38 @@ mod tests {
             store.create_tenant("Acme").await.unwrap();
             assert!(dir.path().join(name).join("t.db").exists(), "{name}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_bodies_of_jobs_queued_before_they_had_a_table_move_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        sqlx::any::install_default_drivers();
+        let key = MasterKey::generate();
+        let pool: DbPool = AnyPoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+        migrator_up_to(Backend::Sqlite, 9).run(&pool).await.unwrap();
+        let old = Store { pool, backend: Backend::Sqlite, cipher: Arc::new(SecretCipher::new(&key)) };
+        let tenant = old.create_tenant("Acme").await.unwrap();
+        let app = old.create_app(&tenant.id, "shop").await.unwrap();
+        sqlx::query(
+            "INSERT INTO delivery_jobs (id, tenant_id, app_id, target_id, event_id, payload, headers, state, \
+             attempts, tries, next_attempt_ms, created_ms, events) \
+             VALUES ('dlv_old', $1, $2, 'whk_1', 'evt_1', $3, '{\"x-a\":\"1\"}', 'pending', 0, 0, 0, 0, 1)",
+        )
+        .bind(&tenant.id)
+        .bind(&app.id)
+        .bind(&b"{\"a\":1}"[..])
+        .execute(&old.pool)
+        .await
+        .unwrap();
+        old.pool.close().await;
+
+        let store = Store::open(&url, &key).await.unwrap();
+        let job = store.delivery(&tenant.id, "dlv_old").await.unwrap();
+        assert_eq!((job.payload.as_slice(), job.headers.as_str()), (&b"{\"a\":1}"[..], "{\"x-a\":\"1\"}"));
+        let claimed = store.claim_deliveries("w1", 1, 10_000, 10, 10, "").await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].payload, b"{\"a\":1}");
     }
 
     #[test]

@@ -90,10 +90,13 @@ pub struct DeliveryJob {
     pub target_id: String,
     /// The event's stable id.
     pub event_id: String,
-    /// The request body.
+    /// The request body (empty when it is no longer kept).
     pub payload: Vec<u8>,
     /// Headers of this delivery besides the target's own, a JSON object of strings.
     pub headers: String,
+    /// Whether the body is still kept: a delivered request's body is deleted by the attempt that
+    /// delivered it (the receiver has it); its record and attempts stay.
+    pub body_kept: bool,
     /// Where it stands.
     pub state: DeliveryState,
     /// Attempts in all.
@@ -149,11 +152,11 @@ const CLAIM_TARGETS: i64 = 64;
 /// Most bytes of a response kept in the delivery log.
 pub const MAX_SNIPPET_BYTES: usize = 4096;
 
-/// The columns a [`DeliveryJob`] is read from, as a literal (queries are static strings).
+/// The columns of a job's row a [`DeliveryJob`] is read from, as a literal (queries are static
+/// strings); its body and headers are in `delivery_bodies`.
 macro_rules! job_columns {
     () => {
-        "id, tenant_id, app_id, target_id, event_id, payload, headers, state, attempts, tries, events, \
-         next_attempt_ms"
+        "id, tenant_id, app_id, target_id, event_id, state, attempts, tries, events, next_attempt_ms"
     };
 }
 
@@ -173,10 +176,6 @@ macro_rules! job_columns_of {
             $t,
             "event_id AS event_id, ",
             $t,
-            "payload AS payload, ",
-            $t,
-            "headers AS headers, ",
-            $t,
             "state AS state, ",
             $t,
             "attempts AS attempts, ",
@@ -190,15 +189,40 @@ macro_rules! job_columns_of {
     };
 }
 
+/// A whole job: its row's columns and its body's if it is kept, from `delivery_jobs` joined to
+/// `delivery_bodies` (the query's `FROM`).
+macro_rules! whole_job {
+    () => {
+        concat!(
+            job_columns_of!("delivery_jobs."),
+            ", delivery_bodies.payload AS payload, delivery_bodies.headers AS headers \
+             FROM delivery_jobs LEFT JOIN delivery_bodies ON delivery_bodies.job_id = delivery_jobs.id"
+        )
+    };
+}
+
+/// A job read with [`whole_job`]'s columns.
 fn job(row: &DbRow) -> Result<DeliveryJob, StoreError> {
+    let mut job = job_row(row)?;
+    let payload: Option<Vec<u8>> = row.try_get("payload")?;
+    let headers: Option<String> = row.try_get("headers")?;
+    if let (Some(payload), Some(headers)) = (payload, headers) {
+        (job.payload, job.headers, job.body_kept) = (payload, headers, true);
+    }
+    Ok(job)
+}
+
+/// A job read from its row alone, with an empty body (filled in from `delivery_bodies`).
+fn job_row(row: &DbRow) -> Result<DeliveryJob, StoreError> {
     Ok(DeliveryJob {
         id: row.try_get("id")?,
         tenant_id: row.try_get("tenant_id")?,
         app_id: row.try_get("app_id")?,
         target_id: row.try_get("target_id")?,
         event_id: row.try_get("event_id")?,
-        payload: row.try_get("payload")?,
-        headers: row.try_get("headers")?,
+        payload: Vec::new(),
+        headers: String::new(),
+        body_kept: false,
         state: DeliveryState::parse(&row.try_get::<String, _>("state")?)?,
         attempts: row.try_get("attempts")?,
         tries: row.try_get("tries")?,
@@ -227,43 +251,55 @@ pub struct FinishedAttempt {
     pub after: AfterAttempt,
 }
 
-/// Inserts a job unless its event is queued for its target already (or its app is not in its
-/// tenant); returns whether it did.
+/// Inserts a job and its body unless its event is queued for its target already (or its app
+/// is not in its tenant); returns whether it did. The caller's transaction keeps the two rows
+/// together.
 pub(crate) async fn insert_delivery(
     conn: &mut sqlx::AnyConnection,
     delivery: &NewDelivery,
     now_ms: i64,
 ) -> Result<bool, StoreError> {
+    let job_id = id::new(id::DELIVERY);
     let result = sqlx::query(
-        "INSERT INTO delivery_jobs (id, tenant_id, app_id, target_id, event_id, payload, headers, state, \
+        "INSERT INTO delivery_jobs (id, tenant_id, app_id, target_id, event_id, state, \
          attempts, tries, next_attempt_ms, created_ms, events) \
-         SELECT $1, tenant_id, id, $3, $4, $5, $8, 'pending', 0, 0, $6, $6, $9 FROM apps \
-         WHERE id = $2 AND tenant_id = $7 \
+         SELECT $1, tenant_id, id, $3, $4, 'pending', 0, 0, $5, $5, $7 FROM apps \
+         WHERE id = $2 AND tenant_id = $6 \
          ON CONFLICT (target_id, event_id) DO NOTHING",
     )
-    .bind(id::new(id::DELIVERY))
+    .bind(&job_id)
     .bind(&delivery.app_id)
     .bind(&delivery.target_id)
     .bind(&delivery.event_id)
-    .bind(&delivery.payload)
     .bind(now_ms)
     .bind(&delivery.tenant_id)
-    .bind(&delivery.headers)
     .bind(delivery.events)
     .execute(&mut *conn)
     .await
     .map_err(|err| StoreError::from_sqlx(err, "delivery", "app"))?;
-    Ok(result.rows_affected() == 1)
+    if result.rows_affected() != 1 {
+        return Ok(false);
+    }
+    sqlx::query("INSERT INTO delivery_bodies (job_id, payload, headers) VALUES ($1, $2, $3)")
+        .bind(&job_id)
+        .bind(&delivery.payload)
+        .bind(&delivery.headers)
+        .execute(&mut *conn)
+        .await?;
+    Ok(true)
 }
 
 impl Store {
     /// Queues an event for a target, due at `now_ms`; returns `false` (and changes nothing)
     /// when that event is already queued for that target.
     pub async fn enqueue_delivery(&self, delivery: &NewDelivery, now_ms: i64) -> Result<bool, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        if insert_delivery(&mut conn, delivery, now_ms).await? {
+        let mut tx = self.pool.begin().await?;
+        if insert_delivery(&mut tx, delivery, now_ms).await? {
+            tx.commit().await?;
             return Ok(true);
         }
+        tx.commit().await?;
+        let mut conn = self.pool.acquire().await?;
         // Nothing inserted: a duplicate, or no such app in that tenant.
         let known: Option<(String,)> = sqlx::query_as("SELECT id FROM apps WHERE id = $1 AND tenant_id = $2")
             .bind(&delivery.app_id)
@@ -352,7 +388,8 @@ impl Store {
                 .bind(take)
                 .fetch_all(&self.pool)
                 .await?;
-            let mut taken = rows.iter().map(job).collect::<Result<Vec<_>, _>>()?;
+            let mut taken = rows.iter().map(job_row).collect::<Result<Vec<_>, _>>()?;
+            crate::delivery_batch::fill_bodies(&self.pool, self.backend, &mut taken).await?;
             taken.sort_by(|a, b| (a.next_attempt_ms, &a.id).cmp(&(b.next_attempt_ms, &b.id)));
             jobs.extend(taken);
         }
@@ -379,7 +416,8 @@ impl Store {
     }
 
     /// Records an attempt of a job `owner` holds and moves the job on (delivered, due again, or
-    /// dead); returns `false` (and records nothing) when `owner` no longer holds it.
+    /// dead); returns `false` (and records nothing) when `owner` no longer
+    /// holds it.
     pub async fn finish_delivery_attempt(
         &self,
         job_id: &str,
@@ -392,7 +430,9 @@ impl Store {
     }
 
     /// Records several attempts in one transaction (a worker's group commit); returns, for each,
-    /// whether `owner` still held its job (an attempt of a job it lost is not recorded).
+    /// whether `owner` still held its job (an attempt of a job it lost is not recorded). The
+    /// bodies of the requests delivered are deleted: they cost disk no longer, nor a write when
+    /// their pages are reused.
     pub async fn finish_delivery_attempts(
         &self,
         owner: &str,
@@ -430,7 +470,8 @@ impl Store {
 
     /// Returns a job of `tenant_id`.
     pub async fn delivery(&self, tenant_id: &str, job_id: &str) -> Result<DeliveryJob, StoreError> {
-        let sql = concat!("SELECT ", job_columns!(), " FROM delivery_jobs WHERE id = $1 AND tenant_id = $2");
+        let sql =
+            concat!("SELECT ", whole_job!(), " WHERE delivery_jobs.id = $1 AND delivery_jobs.tenant_id = $2");
         let row = sqlx::query(sql).bind(job_id).bind(tenant_id).fetch_optional(&self.pool).await?;
         row.as_ref().map(job).transpose()?.ok_or(StoreError::NotFound("delivery"))
     }
@@ -444,9 +485,9 @@ impl Store {
     ) -> Result<Vec<DeliveryJob>, StoreError> {
         let sql = concat!(
             "SELECT ",
-            job_columns!(),
-            " FROM delivery_jobs WHERE tenant_id = $1 AND target_id = $2 \
-             AND state = 'dead' ORDER BY finished_ms, id LIMIT $3"
+            whole_job!(),
+            " WHERE delivery_jobs.tenant_id = $1 AND delivery_jobs.target_id = $2 \
+             AND delivery_jobs.state = 'dead' ORDER BY delivery_jobs.finished_ms, delivery_jobs.id LIMIT $3"
         );
         let rows = sqlx::query(sql).bind(tenant_id).bind(target_id).bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(job).collect()

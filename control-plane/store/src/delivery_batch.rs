@@ -2,11 +2,14 @@
 //! per statement, and a worker's finished attempts recorded with two statements per group (the
 //! jobs moved on, their log entries), with the group's delivered requests added to usage in the
 //! same transaction. Their SQL is built at run time (a row's placeholders per row), with the
-//! placeholders each backend binds fastest.
+//! placeholders each backend binds fastest. A job's body is a row of its own in
+//! `delivery_bodies`, written once (a claim and an attempt rewrite only the job's small row)
+//! and deleted with the attempt that delivers it.
 
 use sqlx::Row as _;
 
-use crate::delivery::{AfterAttempt, DeliveryState, FinishedAttempt, NewDelivery, clipped};
+use crate::db::DbPool;
+use crate::delivery::{AfterAttempt, DeliveryJob, DeliveryState, FinishedAttempt, NewDelivery, clipped};
 use crate::{Backend, StoreError, id};
 
 /// Attempts recorded by one pair of statements.
@@ -16,7 +19,7 @@ pub(crate) const FINISH_GROUP: usize = 128;
 const INSERT_GROUP: usize = 100;
 
 /// Records a group of attempts with two statements (the jobs moved on, then their log
-/// entries), inside a transaction; for each, whether `owner` still held its job.
+/// entries) and deletes the delivered ones' bodies, inside a transaction; for each, whether `owner` still held its job.
 pub(crate) async fn finish_group(
     conn: &mut sqlx::AnyConnection,
     backend: Backend,
@@ -90,6 +93,24 @@ pub(crate) async fn finish_group(
         .execute(&mut *conn)
         .await?;
     }
+    // A delivered body is the receiver's now: it costs disk no longer, nor a write when its
+    // pages are reused (a retried one and a dead letter keep theirs).
+    let delivered: Vec<&str> = group
+        .iter()
+        .filter(|finished| finished.after == AfterAttempt::Delivered && moved.contains_key(&finished.job_id))
+        .map(|finished| finished.job_id.as_str())
+        .collect();
+    if !delivered.is_empty() {
+        let sql = format!(
+            "DELETE FROM delivery_bodies WHERE job_id IN ({})",
+            placeholders(backend, delivered.len())
+        );
+        let mut delete = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for job_id in delivered {
+            delete = delete.bind(job_id);
+        }
+        delete.execute(&mut *conn).await?;
+    }
     let logged: Vec<(&FinishedAttempt, &(i64, String, String))> =
         group.iter().filter_map(|finished| moved.get(&finished.job_id).map(|m| (finished, m))).collect();
     if !logged.is_empty() {
@@ -130,6 +151,11 @@ fn placeholder(backend: Backend, n: usize) -> String {
     }
 }
 
+/// `n` placeholders, comma-separated: the list of an `IN (…)`.
+fn placeholders(backend: Backend, n: usize) -> String {
+    (1..=n).map(|k| placeholder(backend, k)).collect::<Vec<_>>().join(", ")
+}
+
 /// `rows` tuples of `width` placeholders: `($1, …, $width), ($width+1, …)`.
 fn values(backend: Backend, rows: usize, width: usize) -> String {
     (0..rows)
@@ -143,7 +169,8 @@ fn values(backend: Backend, rows: usize, width: usize) -> String {
 }
 
 /// Inserts jobs of apps the caller vouches for (the feed router's, whose rules name them),
-/// each unless its event is queued for its target already, a hundred per statement.
+/// each unless its event is queued for its target already, a hundred per statement; then the
+/// bodies of those it inserted.
 pub(crate) async fn insert_deliveries(
     conn: &mut sqlx::AnyConnection,
     backend: Backend,
@@ -151,29 +178,83 @@ pub(crate) async fn insert_deliveries(
     now_ms: i64,
 ) -> Result<(), StoreError> {
     for group in deliveries.chunks(INSERT_GROUP) {
+        let ids: Vec<String> = group.iter().map(|_| id::new(id::DELIVERY)).collect();
         let sql = format!(
-            "INSERT INTO delivery_jobs (id, tenant_id, app_id, target_id, event_id, payload, headers, \
+            "INSERT INTO delivery_jobs (id, tenant_id, app_id, target_id, event_id, \
              next_attempt_ms, created_ms, events, state, attempts, tries) \
-             SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9, column10, \
+             SELECT column1, column2, column3, column4, column5, column6, column7, column8, \
              'pending', 0, 0 \
-             FROM (VALUES {}) AS v WHERE true ON CONFLICT (target_id, event_id) DO NOTHING",
-            values(backend, group.len(), 10)
+             FROM (VALUES {}) AS v WHERE true ON CONFLICT (target_id, event_id) DO NOTHING RETURNING id",
+            values(backend, group.len(), 8)
         );
         let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for delivery in group {
+        for (delivery, job_id) in group.iter().zip(&ids) {
             insert = insert
-                .bind(id::new(id::DELIVERY))
+                .bind(job_id.as_str())
                 .bind(delivery.tenant_id.as_str())
                 .bind(delivery.app_id.as_str())
                 .bind(delivery.target_id.as_str())
                 .bind(delivery.event_id.as_str())
-                .bind(delivery.payload.as_slice())
-                .bind(delivery.headers.as_str())
                 .bind(now_ms)
                 .bind(now_ms)
                 .bind(delivery.events);
         }
-        insert.execute(&mut *conn).await.map_err(|err| StoreError::from_sqlx(err, "delivery", "app"))?;
+        let rows = insert
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|err| StoreError::from_sqlx(err, "delivery", "app"))?;
+        let inserted: std::collections::HashSet<String> =
+            rows.iter().map(|row| row.try_get("id")).collect::<Result<_, _>>()?;
+        let bodies: Vec<(&NewDelivery, &String)> =
+            group.iter().zip(&ids).filter(|(_, job_id)| inserted.contains(*job_id)).collect();
+        if bodies.is_empty() {
+            continue;
+        }
+        let sql = format!(
+            "INSERT INTO delivery_bodies (job_id, payload, headers) VALUES {}",
+            values(backend, bodies.len(), 3)
+        );
+        let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (delivery, job_id) in bodies {
+            insert = insert
+                .bind(job_id.as_str())
+                .bind(delivery.payload.as_slice())
+                .bind(delivery.headers.as_str());
+        }
+        insert.execute(&mut *conn).await?;
     }
+    Ok(())
+}
+
+/// Reads the bodies of claimed jobs into `jobs` (one statement per [`INSERT_GROUP`] of them).
+/// Every job is queued with its body in one transaction and deleted with it, so a job without a
+/// body was deleted since it was claimed (its app with it): it is left out.
+pub(crate) async fn fill_bodies(
+    pool: &DbPool,
+    backend: Backend,
+    jobs: &mut Vec<DeliveryJob>,
+) -> Result<(), StoreError> {
+    let mut bodies = std::collections::HashMap::with_capacity(jobs.len());
+    for group in jobs.chunks(INSERT_GROUP) {
+        let sql = format!(
+            "SELECT job_id, payload, headers FROM delivery_bodies WHERE job_id IN ({})",
+            placeholders(backend, group.len())
+        );
+        let mut select = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for job in group {
+            select = select.bind(job.id.as_str());
+        }
+        for row in select.fetch_all(pool).await? {
+            let job_id: String = row.try_get("job_id")?;
+            bodies.insert(job_id, (row.try_get("payload")?, row.try_get("headers")?));
+        }
+    }
+    jobs.retain_mut(|job| match bodies.remove(&job.id) {
+        Some((payload, headers)) => {
+            (job.payload, job.headers, job.body_kept) = (payload, headers, true);
+            true
+        }
+        None => false,
+    });
     Ok(())
 }

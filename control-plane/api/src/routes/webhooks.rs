@@ -96,10 +96,15 @@ impl From<WebhookEndpoint> for WebhookView {
     }
 }
 
-/// A delivery as the API shows it: its body as JSON when it is JSON.
+/// A delivery as the API shows it: its body as JSON when it is JSON, base64 otherwise, `null`
+/// once a delivered body is no longer kept.
 fn delivery_view(job: DeliveryJob) -> Value {
-    let payload = serde_json::from_slice::<Value>(&job.payload)
-        .unwrap_or_else(|_| Value::String(base64::engine::general_purpose::STANDARD.encode(&job.payload)));
+    let payload = match job.body_kept {
+        false => Value::Null,
+        true => serde_json::from_slice::<Value>(&job.payload).unwrap_or_else(|_| {
+            Value::String(base64::engine::general_purpose::STANDARD.encode(&job.payload))
+        }),
+    };
     json!({
         "id": job.id,
         "event_id": job.event_id,

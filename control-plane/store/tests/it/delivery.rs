@@ -212,6 +212,55 @@ async fn delivered_jobs_are_purged_after_their_time_but_dead_letters_and_pending
             1,
             "the purged job's log went with it"
         );
+        assert_eq!(
+            db.count("SELECT COUNT(*) FROM delivery_bodies").await,
+            2,
+            "the delivered body went first"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_delivered_body_goes_with_its_delivery_and_no_other_body_does() {
+    for db in TestDb::all().await {
+        let (tenant, app) = db.tenant_with_app("prod").await;
+        for n in 0..4 {
+            db.store.enqueue_delivery(&event(&tenant.id, &app.id, "wh_a", n), 1_000).await.unwrap();
+        }
+        let jobs = db.store.claim_deliveries("w1", 1_000, 31_000, 10, 10, "").await.unwrap();
+        assert!(jobs.iter().all(|job| job.body_kept && !job.payload.is_empty()), "{jobs:?}");
+        let finish = |n: usize, after: AfterAttempt| tributary_store::FinishedAttempt {
+            job_id: jobs[n].id.clone(),
+            record: attempt(2_000, "delivered"),
+            after,
+        };
+        let finished = [
+            finish(0, AfterAttempt::Delivered),
+            finish(1, AfterAttempt::RetryAt(9_000)),
+            finish(2, AfterAttempt::Dead),
+        ];
+        db.store.finish_delivery_attempts("w1", &finished).await.unwrap();
+        let kept = |job: tributary_store::DeliveryJob| (job.state, job.body_kept, job.payload.is_empty());
+        let read = async |n: usize| kept(db.store.delivery(&tenant.id, &jobs[n].id).await.unwrap());
+        assert_eq!(
+            read(0).await,
+            (DeliveryState::Delivered, false, true),
+            "the record stays, without its body"
+        );
+        assert_eq!(read(1).await, (DeliveryState::Pending, true, false), "a retried request keeps its body");
+        assert_eq!(
+            read(2).await,
+            (DeliveryState::Dead, true, false),
+            "a dead letter keeps its body for replay"
+        );
+        assert_eq!(db.count("SELECT COUNT(*) FROM delivery_bodies").await, 3);
+        assert_eq!(db.count("SELECT COUNT(*) FROM delivery_attempts").await, 3, "every attempt stays logged");
+        // The jobs due again (the retried one, and the one whose lease ran out) are claimed with
+        // their bodies.
+        let again = db.store.claim_deliveries("w2", 40_000, 70_000, 10, 10, "").await.unwrap();
+        let again: Vec<(&str, bool, bool)> =
+            again.iter().map(|job| (job.id.as_str(), job.body_kept, job.payload.is_empty())).collect();
+        assert_eq!(again, [(jobs[3].id.as_str(), true, false), (jobs[1].id.as_str(), true, false)]);
     }
 }
 

@@ -17,6 +17,8 @@
 //!   with stable event ids) it makes of them;
 //! - [`router`]: the loop that reads the durable feed of every app with rules and queues the
 //!   rules' deliveries, moving its saved position in the same transaction.
+//! - [`push`]: the push services' clients (APNs over HTTP/2 with ES256 provider tokens, FCM
+//!   HTTP v1 with OAuth2 tokens from a service account) and what their answers mean.
 
 #![forbid(unsafe_code)]
 
@@ -28,6 +30,7 @@ pub mod address;
 pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+pub mod push;
 pub mod quota;
 pub mod router;
 pub mod rules;

@@ -11,11 +11,14 @@
 //! - [`seam`]: [`SeamEngine`], which holds a channel's subscribe so a test can publish into the
 //!   seam between joining a channel and going live, every run.
 //! - [`tls`]: [`tls::TestCertificates`], an authority and a server certificate made with openssl.
+//! - [`push`]: fakes of APNs (HTTP/2 over TLS) and FCM (with Google's token endpoint) that
+//!   verify the real protocols, and the keys they verify.
 //! - [`checker`]: [`HistoryChecker`], which finds lost, duplicated, reordered, phantom and
 //!   silently skipped messages and reused offsets in what a test published and received.
 
 pub mod checker;
 pub mod mqtt;
+pub mod push;
 pub mod redis;
 pub mod seam;
 pub mod sse;

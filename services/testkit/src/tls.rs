@@ -3,6 +3,17 @@
 
 use std::process::{Command, Stdio};
 
+/// Runs `openssl` with `args`, quietly; panics if it fails.
+pub(crate) fn openssl(args: &[&str]) {
+    let status = Command::new("openssl")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl is installed (scripts/test installs it)");
+    assert!(status.success(), "openssl {args:?}");
+}
+
 /// A certificate authority and a server certificate and key, as PEM files in a temporary
 /// directory (removed when dropped).
 pub struct TestCertificates {
@@ -14,15 +25,6 @@ impl TestCertificates {
     pub fn generate() -> Self {
         let dir = tempfile::tempdir().expect("a temp dir");
         let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
-        let openssl = |args: &[&str]| {
-            let status = Command::new("openssl")
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .expect("openssl is installed (scripts/test installs it)");
-            assert!(status.success(), "openssl {args:?}");
-        };
         let (ca_key, ca, key, csr, cert, ext) = (
             path("ca.key"),
             path("ca.crt"),

@@ -1,6 +1,6 @@
 //! The push clients against the testkit's fakes of APNs and FCM, which verify the protocols
-//! (HTTP/2 over TLS, ES256 provider tokens, the JWT-bearer grant, bearer tokens) independently
-//! of the clients.
+//! (HTTP/2 over TLS, ES256 provider tokens, the JWT-bearer grant, bearer tokens, VAPID, RFC 8291
+//! encryption) independently of the clients.
 
 #![allow(clippy::unwrap_used)]
 
@@ -8,10 +8,15 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use serde_json::json;
+use tributary_delivery::address::{AddressPolicy, IpRange};
 use tributary_delivery::push::apns::{ApnsClient, ApnsKey, ApnsRequest, PushType, http2_client};
 use tributary_delivery::push::fcm::{FcmClient, ServiceAccount};
+use tributary_delivery::push::webpush::{
+    MAX_PLAINTEXT_BYTES, Subscription, VapidKey, WebPushClient, WebPushOptions,
+};
 use tributary_delivery::push::{PushError, PushOutcome};
-use tributary_testkit::push::{ApnsFake, FcmFake, KeyPair};
+use tributary_delivery::sender::{Sender, SenderLimits};
+use tributary_testkit::push::{ApnsFake, FakeSubscription, FcmFake, KeyPair, WebPushFake};
 
 const TEAM: &str = "TEAM123456";
 const KEY_ID: &str = "KEY7654321";
@@ -197,4 +202,121 @@ async fn a_message_fcm_would_refuse_is_not_sent() {
         assert!(matches!(client.send(&account, &message).await, Err(PushError::DeviceToken(_))), "{token}");
     }
     assert_eq!(fake.token_requests(), 0, "nothing half-sent");
+}
+
+async fn webpush() -> (WebPushFake, WebPushClient, VapidKey) {
+    let keys = KeyPair::p256();
+    let vapid = VapidKey::from_pem(&keys.private_pem, "mailto:ops@example.com").unwrap();
+    let fake = WebPushFake::start(vapid.public_key()).await;
+    (fake, WebPushClient::new(loopback_sender()), vapid)
+}
+
+/// A sender allowed to reach the fakes on loopback over plain HTTP.
+fn loopback_sender() -> Sender {
+    let policy = AddressPolicy::new().with_http(true).allow(IpRange::parse("127.0.0.0/8").unwrap());
+    Sender::new(policy, SenderLimits::default()).unwrap()
+}
+
+fn subscription(fake: &FakeSubscription) -> Subscription {
+    Subscription::parse(&fake.endpoint, &fake.p256dh, &fake.auth).unwrap()
+}
+
+const URGENT: WebPushOptions<'static> =
+    WebPushOptions { ttl: 60, urgency: Some("high"), topic: Some("order-42") };
+
+#[tokio::test]
+async fn web_push_messages_are_encrypted_to_each_subscription_and_authorised_with_vapid() {
+    let (fake, client, vapid) = webpush().await;
+    let browsers: Vec<FakeSubscription> = (0..10).map(|_| fake.subscribe()).collect();
+    let messages: Vec<String> = (0..10).map(|n| format!(r#"{{"title":"Order 42","n":{n}}}"#)).collect();
+    let subscriptions: Vec<Subscription> = browsers.iter().map(subscription).collect();
+    let sends = subscriptions
+        .iter()
+        .zip(&messages)
+        .map(|(to, text)| client.send(&vapid, to, text.as_bytes(), URGENT));
+    for outcome in join_all(sends).await {
+        assert_eq!(outcome, Ok(PushOutcome::Delivered { id: None }));
+    }
+    let received = fake.received();
+    assert_eq!(received.len(), 10);
+    for (browser, text) in browsers.iter().zip(&messages) {
+        let got =
+            received.iter().find(|r| r.endpoint == browser.endpoint).expect("each browser got its message");
+        assert_eq!(got.plaintext, text.as_bytes(), "decrypted with that browser's private key");
+        assert_eq!(
+            (got.ttl.as_str(), got.urgency.as_deref(), got.topic.as_deref()),
+            ("60", Some("high"), Some("order-42"))
+        );
+    }
+    // The most one message carries, and one byte more.
+    let full = vec![b'x'; MAX_PLAINTEXT_BYTES];
+    assert_eq!(
+        client.send(&vapid, &subscriptions[0], &full, URGENT).await,
+        Ok(PushOutcome::Delivered { id: None })
+    );
+    assert_eq!(fake.received().last().unwrap().plaintext, full);
+    let over = vec![b'x'; MAX_PLAINTEXT_BYTES + 1];
+    assert_eq!(
+        client.send(&vapid, &subscriptions[0], &over, URGENT).await,
+        Err(PushError::PayloadTooLarge { size: 3994, limit: 3993 })
+    );
+    assert_eq!(fake.requests(), 11, "nothing sent of the oversized one");
+}
+
+#[tokio::test]
+async fn web_push_answers_become_what_the_pipeline_does_next() {
+    let (fake, client, vapid) = webpush().await;
+    let browser = fake.subscribe();
+    let to = subscription(&browser);
+    let send = || client.send(&vapid, &to, b"hi", URGENT);
+    fake.answer_next(429, Some(9));
+    assert!(
+        matches!(send().await, Ok(PushOutcome::Retry { after: Some(after), .. }) if after == Duration::from_secs(9))
+    );
+    fake.answer_next(413, None);
+    assert!(matches!(send().await, Ok(PushOutcome::Rejected { status: 413, .. })));
+    assert_eq!(send().await, Ok(PushOutcome::Delivered { id: None }));
+    fake.unsubscribe(&browser);
+    assert!(matches!(send().await, Ok(PushOutcome::Unregistered { .. })));
+
+    // A VAPID key other than the one the browser subscribed with: refused by the push service.
+    let other = VapidKey::from_pem(&KeyPair::p256().private_pem, "mailto:ops@example.com").unwrap();
+    let fresh = subscription(&fake.subscribe());
+    assert!(matches!(
+        client.send(&other, &fresh, b"hi", URGENT).await,
+        Ok(PushOutcome::CredentialsRejected { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_subscription_that_is_not_one_or_reaches_a_private_address_is_refused() {
+    let (fake, _, vapid) = webpush().await;
+    let browser = fake.subscribe();
+    for (endpoint, p256dh, auth) in [
+        ("not a url", browser.p256dh.as_str(), browser.auth.as_str()),
+        (browser.endpoint.as_str(), "AAAA", browser.auth.as_str()),
+        (browser.endpoint.as_str(), &browser.auth, browser.auth.as_str()),
+        (browser.endpoint.as_str(), browser.p256dh.as_str(), "c2hvcnQ"),
+    ] {
+        assert!(
+            matches!(Subscription::parse(endpoint, p256dh, auth), Err(PushError::DeviceToken(_))),
+            "{endpoint} {p256dh} {auth}"
+        );
+    }
+    // The endpoint is the browser's (so the tenant's) input: the operator's address policy applies.
+    let strict = WebPushClient::new(Sender::new(AddressPolicy::new(), SenderLimits::default()).unwrap());
+    let outcome = strict.send(&vapid, &subscription(&browser), b"hi", URGENT).await;
+    assert!(matches!(outcome, Ok(PushOutcome::Rejected { status: 0, .. })), "{outcome:?}");
+    assert_eq!(fake.requests(), 0, "nothing reached it");
+    let bad = WebPushOptions { urgency: Some("asap"), ..URGENT };
+    assert!(matches!(
+        strict.send(&vapid, &subscription(&browser), b"hi", bad).await,
+        Err(PushError::Invalid(_))
+    ));
+    let keys = KeyPair::p256();
+    assert!(matches!(
+        VapidKey::from_pem(&keys.private_pem, "ops@example.com"),
+        Err(PushError::Credentials(_))
+    ));
+    assert!(matches!(VapidKey::from_pem("nope", "mailto:a@b"), Err(PushError::Credentials(_))));
 }

@@ -1,13 +1,16 @@
-//! Push notification services: Apple's APNs ([`apns`]) and Firebase Cloud Messaging ([`fcm`]).
+//! Push notification services: Apple's APNs ([`apns`]), Firebase Cloud Messaging ([`fcm`]) and
+//! Web Push to browsers ([`webpush`]).
 //!
 //! Each client speaks its service's protocol (APNs: HTTP/2 with an ES256 provider token; FCM:
-//! HTTP v1 with an OAuth2 access token from a service account's RS256 assertion), caches its
+//! HTTP v1 with an OAuth2 access token from a service account's RS256 assertion; Web Push: RFC
+//! 8291 encryption and a VAPID token), caches its
 //! tokens, and reads each answer into a [`PushOutcome`] the delivery pipeline acts on: a dead
 //! device token removes the device, a refused credential stops the app's pushes, and the rest
 //! is retried or dead-lettered. Base URLs are settings, so tests point them at local fakes.
 
 pub mod apns;
 pub mod fcm;
+pub mod webpush;
 
 use std::time::Duration;
 

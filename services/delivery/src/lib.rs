@@ -18,7 +18,9 @@
 //! - [`router`]: the loop that reads the durable feed of every app with rules and queues the
 //!   rules' deliveries, moving its saved position in the same transaction.
 //! - [`push`]: the push services' clients (APNs over HTTP/2 with ES256 provider tokens, FCM
-//!   HTTP v1 with OAuth2 tokens from a service account) and what their answers mean.
+//!   HTTP v1 with OAuth2 tokens from a service account, Web Push with RFC 8291 encryption and
+//!   VAPID) and what their answers mean;
+//! - [`sms`]: Twilio's Messages API, E.164 numbers, segments, and its callbacks' signature.
 
 #![forbid(unsafe_code)]
 
@@ -37,4 +39,5 @@ pub mod rules;
 pub mod schedule;
 pub mod sender;
 pub mod signature;
+pub mod sms;
 pub mod worker;

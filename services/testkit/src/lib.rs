@@ -13,6 +13,7 @@
 //! - [`tls`]: [`tls::TestCertificates`], an authority and a server certificate made with openssl.
 //! - [`push`]: fakes of APNs (HTTP/2 over TLS) and FCM (with Google's token endpoint) that
 //!   verify the real protocols, and the keys they verify.
+//! - [`sms`]: a fake of Twilio's Messages API that sends signed status callbacks.
 //! - [`checker`]: [`HistoryChecker`], which finds lost, duplicated, reordered, phantom and
 //!   silently skipped messages and reused offsets in what a test published and received.
 
@@ -21,6 +22,7 @@ pub mod mqtt;
 pub mod push;
 pub mod redis;
 pub mod seam;
+pub mod sms;
 pub mod sse;
 pub mod tls;
 pub mod ws;

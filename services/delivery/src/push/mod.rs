@@ -76,7 +76,7 @@ pub enum PushError {
 }
 
 /// The seconds of a `Retry-After` header, if it has them.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|value| value.to_str().ok())
@@ -91,7 +91,7 @@ fn unix_now() -> u64 {
 
 /// Reads at most `limit` bytes of an answer's body (a service's error is small; a fake or a
 /// proxy's need not be).
-async fn read_capped(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+pub(crate) async fn read_capped(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
     let mut kept = Vec::new();
     while kept.len() < limit {
         match response.chunk().await {

@@ -65,6 +65,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "rules_and_feeds", include_str!("../../../migrations/sqlite/0008_rules_and_feeds.sql")),
     (9, "delivery_quota", include_str!("../../../migrations/sqlite/0009_delivery_quota.sql")),
     (10, "delivery_bodies", include_str!("../../../migrations/sqlite/0010_delivery_bodies.sql")),
+    (11, "push", include_str!("../../../migrations/sqlite/0011_push.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "tenants", include_str!("../../../migrations/postgres/0001_tenants.sql")),
@@ -81,6 +82,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "rules_and_feeds", include_str!("../../../migrations/postgres/0008_rules_and_feeds.sql")),
     (9, "delivery_quota", include_str!("../../../migrations/postgres/0009_delivery_quota.sql")),
     (10, "delivery_bodies", include_str!("../../../migrations/postgres/0010_delivery_bodies.sql")),
+    (11, "push", include_str!("../../../migrations/postgres/0011_push.sql")),
 ];
 
 /// How long a query waits for a connection before failing. Short, so that while the database

@@ -36,6 +36,8 @@ pub(crate) const INVITATION: &str = "inv_";
 pub(crate) const TOKEN: &str = "tok_";
 /// Prefix of delivery job ids.
 pub(crate) const DELIVERY: &str = "dlv_";
+/// Prefix of push device ids.
+pub(crate) const DEVICE: &str = "dev_";
 /// Prefix of webhook endpoint ids.
 pub(crate) const WEBHOOK: &str = "wh_";
 /// Prefix of rule ids.

@@ -29,6 +29,8 @@
 //!   replayed) and its delivery log.
 //! - [`webhook`]: webhook endpoints and their signing secrets (encrypted, rotated with an
 //!   overlap).
+//! - [`push_device`]: push's device registry (APNs and FCM tokens, Web Push subscriptions) and
+//!   the channels devices and client ids are subscribed to for push.
 #![forbid(unsafe_code)]
 
 pub mod api_key;
@@ -45,6 +47,7 @@ pub mod management_token;
 pub mod namespace;
 pub mod plan;
 pub mod policy;
+pub mod push_device;
 pub mod revocation;
 pub mod rule;
 mod secret_token;
@@ -70,6 +73,7 @@ pub use management_token::{ManagementToken, NewManagementToken, Role};
 pub use namespace::Namespace;
 pub use plan::{LimitOverrides, Limits, Plan};
 pub use policy::AppSnapshot;
+pub use push_device::{Device, DevicePlatform, NewDevice, PushSubscription, PushTarget};
 pub use revocation::Revoked;
 pub use rule::{NewRule, Rule};
 pub use signing_key::SigningKeyRecord;

@@ -29,6 +29,8 @@
 //!   replayed) and its delivery log.
 //! - [`webhook`]: webhook endpoints and their signing secrets (encrypted, rotated with an
 //!   overlap).
+//! - [`push_credentials`]: each app's credentials for APNs, FCM, Web Push and Twilio (the
+//!   secrets encrypted), disabled when a service refuses them.
 //! - [`push_device`]: push's device registry (APNs and FCM tokens, Web Push subscriptions) and
 //!   the channels devices and client ids are subscribed to for push.
 #![forbid(unsafe_code)]
@@ -47,6 +49,7 @@ pub mod management_token;
 pub mod namespace;
 pub mod plan;
 pub mod policy;
+pub mod push_credentials;
 pub mod push_device;
 pub mod revocation;
 pub mod rule;
@@ -73,6 +76,7 @@ pub use management_token::{ManagementToken, NewManagementToken, Role};
 pub use namespace::Namespace;
 pub use plan::{LimitOverrides, Limits, Plan};
 pub use policy::AppSnapshot;
+pub use push_credentials::{PushCredentials, PushService};
 pub use push_device::{Device, DevicePlatform, NewDevice, PushSubscription, PushTarget};
 pub use revocation::Revoked;
 pub use rule::{NewRule, Rule};

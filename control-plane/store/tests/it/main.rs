@@ -13,6 +13,7 @@ mod grants;
 mod management_tokens;
 mod master_key;
 mod namespaces;
+mod push_credentials;
 mod push_devices;
 mod revocations;
 mod rules;

@@ -24,11 +24,15 @@ pub enum Right {
     Presence,
     /// Read the channel's history, including recovery after a reconnect.
     History,
+    /// Register the client's own devices for push and subscribe them (or the client) to the
+    /// channel's pushes.
+    PushSubscribe,
 }
 
 impl Right {
     /// Every right, in the order rights are serialized.
-    pub const ALL: [Right; 4] = [Right::Subscribe, Right::Publish, Right::Presence, Right::History];
+    pub const ALL: [Right; 5] =
+        [Right::Subscribe, Right::Publish, Right::Presence, Right::History, Right::PushSubscribe];
 
     /// Returns the snake_case name used in tokens and grant specs.
     pub const fn as_str(self) -> &'static str {
@@ -37,6 +41,7 @@ impl Right {
             Right::Publish => "publish",
             Right::Presence => "presence",
             Right::History => "history",
+            Right::PushSubscribe => "push_subscribe",
         }
     }
 

@@ -17,5 +17,6 @@ pub mod config;
 pub mod directory;
 pub mod http;
 pub mod maintenance;
+pub mod push_api;
 pub mod server;
 pub mod telemetry;

@@ -73,6 +73,8 @@ pub struct Bound {
     store: Store,
     /// The delivery worker and its feed router, when `delivery.worker` is on.
     worker: Option<(tributary_delivery::worker::Worker, tributary_delivery::router::Router)>,
+    /// Push's device registry routes.
+    push: crate::push_api::PushApi,
 }
 
 impl Bound {
@@ -114,7 +116,7 @@ impl Bound {
     /// Serves until `shutdown` completes; then closes every connection with "server shutting
     /// down" and waits (briefly) for requests in flight.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-        let Bound { listener, relay, control_plane, store, mqtt, mqtt_ws, mqtt_tls, worker, .. } = self;
+        let Bound { listener, relay, control_plane, store, mqtt, mqtt_ws, mqtt_tls, worker, push, .. } = self;
         let stop_worker = tokio_util::sync::CancellationToken::new();
         let delivering = worker.map(|(worker, router)| {
             let stop = stop_worker.clone();
@@ -139,7 +141,7 @@ impl Bound {
         }
         let housekeeping = tokio::spawn(crate::maintenance::run(store));
         // The management routes first: the relay's router carries the fallback (404).
-        let router = control_plane.router().merge(relay.router());
+        let router = control_plane.router().merge(push.router()).merge(relay.router());
         let relay = Arc::new(relay);
         let on_shutdown = relay.clone();
         let signal = async move {
@@ -235,6 +237,8 @@ pub async fn bind_wrapped(
     let node = Arc::new(LocalRelay(relay.state().clone()));
     let mut settings = config.control.settings();
     settings.webhook_policy = config.delivery.address_policy();
+    let push =
+        crate::push_api::PushApi::new(relay.state().clone(), store.clone(), config.delivery.address_policy());
     let control_plane = ControlPlane::on_node(store.clone(), engine.clone(), settings, node);
     let worker = if config.delivery.worker {
         let owner = format!("serve-{}", uuid::Uuid::new_v4().simple());
@@ -244,7 +248,19 @@ pub async fn bind_wrapped(
     } else {
         None
     };
-    Ok(Bound { listener, addr, mqtt, mqtt_ws, mqtt_tls, relay, control_plane, credentials, store, worker })
+    Ok(Bound {
+        listener,
+        addr,
+        mqtt,
+        mqtt_ws,
+        mqtt_tls,
+        relay,
+        control_plane,
+        push,
+        credentials,
+        store,
+        worker,
+    })
 }
 
 /// Opens the engine the configuration names: Redis, or the in-memory engine of one process.

@@ -82,10 +82,7 @@ pub fn routes() -> Router<Arc<RelayState>> {
 }
 
 /// Authenticates the request's API key and checks that its tenant is served.
-pub(crate) async fn authenticate(
-    state: &RelayState,
-    headers: &HeaderMap,
-) -> Result<ApiKeyIdentity, ApiError> {
+pub async fn authenticate(state: &RelayState, headers: &HeaderMap) -> Result<ApiKeyIdentity, ApiError> {
     authenticate_with_policy(state, headers).await.map(|(identity, _)| identity)
 }
 
@@ -114,7 +111,7 @@ pub(crate) async fn authenticate_with_policy(
 }
 
 /// Parses a JSON body, mapping every failure to a precise error code.
-pub(crate) fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+pub fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             OpError::new(ErrorCode::FrameTooLarge, "request body is larger than the maximum")
@@ -128,7 +125,7 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection
 }
 
 /// Parses a channel name from the path.
-pub(crate) fn channel(name: &str) -> Result<tributary_protocol::ChannelName, ApiError> {
+pub fn channel(name: &str) -> Result<tributary_protocol::ChannelName, ApiError> {
     tributary_protocol::ChannelName::parse(name)
         .map_err(|e| ApiError(OpError::new(ErrorCode::InvalidChannel, e.to_string())))
 }

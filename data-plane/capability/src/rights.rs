@@ -217,7 +217,7 @@ mod tests {
         assert!(rights.contains(Right::Publish));
         assert!(!rights.contains(Right::Subscribe));
         assert!(Right::ALL.into_iter().all(|r| Rights::all().contains(r)));
-        assert_eq!(Rights::all().iter().count(), 4);
+        assert_eq!(Rights::all().iter().count(), 5);
     }
 
     #[test]
@@ -256,7 +256,7 @@ mod tests {
     fn a_spec_with_a_right_list_parses_into_a_grant() {
         let g = Capabilities::parse_spec("chat:*=subscribe, publish").unwrap();
         assert_eq!(g, grant("chat:*", &[Right::Subscribe, Right::Publish]));
-        let all = Capabilities::parse_spec("*=subscribe,publish,presence,history").unwrap();
+        let all = Capabilities::parse_spec("*=subscribe,publish,presence,history,push_subscribe").unwrap();
         assert_eq!(all.rights, Rights::all());
     }
 

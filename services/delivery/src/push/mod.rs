@@ -9,7 +9,9 @@
 //! is retried or dead-lettered. Base URLs are settings, so tests point them at local fakes.
 
 pub mod apns;
+pub mod deliver;
 pub mod fcm;
+pub mod message;
 pub mod webpush;
 
 use std::time::Duration;
@@ -85,7 +87,7 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
 }
 
 /// The current Unix time in seconds.
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
 }
 

@@ -72,12 +72,16 @@ pub fn now_ms() -> i64 {
         .map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// An endpoint as a batch's deliveries to it need it.
+mod push;
+
+/// A target as a batch's deliveries to it need it.
 enum Target {
     /// Nothing can be sent to it (deleted or disabled): its deliveries are dead-lettered.
-    Unusable(&'static str),
-    /// It and the secrets it signs with (the current one first).
+    Unusable(String),
+    /// A webhook endpoint and the secrets it signs with (the current one first).
     Ready { endpoint: WebhookEndpoint, signing: Vec<WebhookSecret> },
+    /// An app's pushes through one service, with its credentials.
+    Push { app_id: String, service: tributary_store::PushService, sender: crate::push::deliver::PushSender },
 }
 
 /// A delivery worker.
@@ -99,6 +103,8 @@ struct Inner {
     notices: Option<Arc<dyn tributary_engine::Engine>>,
     /// The tenants' monthly webhook event quotas.
     quotas: Quotas,
+    /// The push services' clients (`None`: this worker sends no push).
+    push: Option<Arc<crate::push::deliver::PushClients>>,
 }
 
 /// An attempt made: what to record, its endpoint, and whether it says the endpoint works.
@@ -121,6 +127,7 @@ impl Worker {
             cursor: std::sync::Mutex::new(String::new()),
             notices: None,
             quotas: Quotas::default(),
+            push: None,
         };
         Self { inner: Arc::new(inner) }
     }
@@ -130,6 +137,14 @@ impl Worker {
     pub fn notifying(mut self, engine: Arc<dyn tributary_engine::Engine>) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.notices = Some(engine);
+        }
+        self
+    }
+
+    /// Sends the apps' pushes (jobs of `push:<app>:<service>` targets) with `clients`.
+    pub fn pushing(mut self, clients: crate::push::deliver::PushClients) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.push = Some(Arc::new(clients));
         }
         self
     }
@@ -233,7 +248,7 @@ impl Inner {
         // is mostly a few endpoints' backlogs.
         let mut targets: HashMap<(String, String), Arc<Target>> = HashMap::new();
         let mut claimed = Vec::with_capacity(jobs.len());
-        let over_quota = Arc::new(Target::Unusable(QUOTA_REASON));
+        let over_quota = Arc::new(Target::Unusable(QUOTA_REASON.to_owned()));
         for job in jobs {
             let key = (job.tenant_id.clone(), job.target_id.clone());
             let target = match targets.get(&key) {
@@ -257,7 +272,7 @@ impl Inner {
                         }
                     }
                 }
-                Target::Unusable(_) => target,
+                Target::Unusable(_) | Target::Push { .. } => target,
             };
             claimed.push((job, target));
         }
@@ -370,16 +385,19 @@ impl Inner {
         }
     }
 
-    /// Reads an endpoint and the secrets it signs with now.
+    /// Reads an endpoint and the secrets it signs with now (or an app's push credentials).
     async fn target(&self, tenant_id: &str, target_id: &str, now: i64) -> Result<Target, StoreError> {
+        if let Some((app_id, service)) = crate::push::message::parse_target(target_id) {
+            return self.push_target(app_id, service).await;
+        }
         let endpoint = match self.store.webhook_endpoint(tenant_id, target_id).await {
             Ok(endpoint) => endpoint,
             // Deleted: nothing can be sent, but its events are kept (dead letters), not dropped.
-            Err(StoreError::NotFound(_)) => return Ok(Target::Unusable("endpoint deleted")),
+            Err(StoreError::NotFound(_)) => return Ok(Target::Unusable("endpoint deleted".into())),
             Err(other) => return Err(other),
         };
         if !endpoint.enabled {
-            return Ok(Target::Unusable("endpoint disabled"));
+            return Ok(Target::Unusable("endpoint disabled".into()));
         }
         let secrets = self.store.webhook_signing_secrets(tenant_id, target_id, now).await?;
         let mut signing = vec![WebhookSecret::from_bytes(secrets.current.expose_secret().to_vec())];
@@ -396,6 +414,9 @@ impl Inner {
             Target::Unusable(reason) => {
                 let finished = finished(&job, started, None, reason, "dead", AfterAttempt::Dead);
                 return Some(Attempted { finished, target: job.target_id, healthy: None });
+            }
+            Target::Push { app_id, service, sender } => {
+                return self.attempt_push(job, app_id, *service, sender, started).await;
             }
         };
         let signing: Vec<&WebhookSecret> = signing.iter().collect();
@@ -436,16 +457,7 @@ impl Inner {
                 }
                 ("gone", AfterAttempt::Dead)
             }
-            Verdict::Retry { after } => {
-                let tries = usize::try_from(job.tries + 1).unwrap_or(usize::MAX);
-                match self.config.schedule.after_failure(tries, after, rand::random::<f64>()) {
-                    NextStep::RetryAfter(wait) => {
-                        let wait = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
-                        ("retry", AfterAttempt::RetryAt(now_ms().saturating_add(wait)))
-                    }
-                    NextStep::DeadLetter => ("dead", AfterAttempt::Dead),
-                }
-            }
+            Verdict::Retry { after } => self.after_failure(&job, after),
         };
         let healthy = match outcome {
             "delivered" => Some(true),
@@ -454,6 +466,21 @@ impl Inner {
         };
         let finished = finished(&job, started, status, &snippet, outcome, after);
         Some(Attempted { finished, target: job.target_id, healthy })
+    }
+}
+
+impl Inner {
+    /// What follows a failed attempt of `job`: another after the schedule's wait (or the
+    /// receiver's `Retry-After`), or the dead letters after the last.
+    fn after_failure(&self, job: &DeliveryJob, after: Option<Duration>) -> (&'static str, AfterAttempt) {
+        let tries = usize::try_from(job.tries + 1).unwrap_or(usize::MAX);
+        match self.config.schedule.after_failure(tries, after, rand::random::<f64>()) {
+            NextStep::RetryAfter(wait) => {
+                let wait = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+                ("retry", AfterAttempt::RetryAt(now_ms().saturating_add(wait)))
+            }
+            NextStep::DeadLetter => ("dead", AfterAttempt::Dead),
+        }
     }
 }
 

@@ -1,0 +1,119 @@
+//! Sending one device's copy of a push with an app's credentials: which client, which request.
+
+use serde_json::Value;
+
+use super::apns::{ApnsClient, ApnsKey, ApnsRequest, PushType};
+use super::fcm::{FcmClient, ServiceAccount};
+use super::message::PushJob;
+use super::webpush::{Subscription, VapidKey, WebPushClient, WebPushOptions};
+use super::{PushError, PushOutcome, unix_now};
+
+/// How long a Web Push service keeps a message for an offline browser when the push names no
+/// TTL: a day.
+const DEFAULT_WEB_TTL_SECS: u32 = 86_400;
+
+/// An app's credentials for one service, read and ready to sign with.
+pub enum PushSender {
+    /// An APNs key, the app's bundle id, and whether it is a development build's (sandbox).
+    Apns {
+        /// The signing key.
+        key: ApnsKey,
+        /// The bundle id (`apns-topic`).
+        topic: String,
+        /// Whether pushes go to APNs' development service.
+        sandbox: bool,
+    },
+    /// An FCM service account.
+    Fcm(ServiceAccount),
+    /// A VAPID key.
+    Web(VapidKey),
+}
+
+impl PushSender {
+    /// Reads credentials as the store keeps them: `service` (`apns`, `fcm`, `webpush`), the
+    /// settings (JSON) and the secret (the `.p8` key, the service-account file, the VAPID key).
+    pub fn from_stored(service: &str, settings: &str, secret: &[u8]) -> Result<Self, PushError> {
+        let settings: Value = serde_json::from_str(settings)
+            .map_err(|_| PushError::Credentials("the stored settings are not JSON".into()))?;
+        let text = std::str::from_utf8(secret)
+            .map_err(|_| PushError::Credentials("the secret is not text".into()))?;
+        let field = |name: &str| settings[name].as_str().unwrap_or_default().to_owned();
+        match service {
+            "apns" => Ok(PushSender::Apns {
+                key: ApnsKey::from_p8(&field("team_id"), &field("key_id"), secret)?,
+                topic: field("topic"),
+                sandbox: field("environment") == "sandbox",
+            }),
+            "fcm" => Ok(PushSender::Fcm(ServiceAccount::from_json(text)?)),
+            "webpush" => Ok(PushSender::Web(VapidKey::from_pem(text, &field("subject"))?)),
+            _ => Err(PushError::Credentials(format!("no push service is called {service}"))),
+        }
+    }
+}
+
+/// The service a device of `platform` is pushed through (as the store names services).
+pub fn service_of(platform: &str) -> Option<&'static str> {
+    match platform {
+        "apns" => Some("apns"),
+        "fcm" => Some("fcm"),
+        "web" => Some("webpush"),
+        _ => None,
+    }
+}
+
+/// The clients a worker pushes with.
+pub struct PushClients {
+    apns: ApnsClient,
+    apns_sandbox: ApnsClient,
+    fcm: FcmClient,
+    web: WebPushClient,
+}
+
+impl PushClients {
+    /// Clients of APNs (production and sandbox), FCM and Web Push.
+    pub fn new(apns: ApnsClient, apns_sandbox: ApnsClient, fcm: FcmClient, web: WebPushClient) -> Self {
+        Self { apns, apns_sandbox, fcm, web }
+    }
+
+    /// Sends `job` (one device's copy) with `sender`.
+    pub async fn send(&self, sender: &PushSender, job: &PushJob) -> Result<PushOutcome, PushError> {
+        let push = &job.push;
+        match (sender, job.platform.as_str()) {
+            (PushSender::Apns { key, topic, sandbox }, "apns") => {
+                let payload = push.apns_payload();
+                let request = ApnsRequest {
+                    device_token: &job.token,
+                    topic,
+                    push_type: if push.apns_is_alert() { PushType::Alert } else { PushType::Background },
+                    priority: Some(push.apns_priority()),
+                    expiration: push.ttl.map(|ttl| unix_now() + u64::from(ttl)),
+                    collapse_id: push.collapse_id.as_deref(),
+                    payload: &payload,
+                };
+                let client = if *sandbox { &self.apns_sandbox } else { &self.apns };
+                client.send(key, request).await
+            }
+            (PushSender::Fcm(account), "fcm") => self.fcm.send(account, &push.fcm_message(&job.token)).await,
+            (PushSender::Web(vapid), "web") => {
+                let keys = job
+                    .web_keys
+                    .as_ref()
+                    .ok_or_else(|| PushError::DeviceToken("a subscription's keys".into()))?;
+                let key = |name: &str| keys[name].as_str().unwrap_or_default().to_owned();
+                let subscription = Subscription::parse(&job.token, &key("p256dh"), &key("auth"))?;
+                // A Web Push topic is at most 32 base64url characters: a collapse id that is not
+                // one is not sent as one.
+                let topic = push.collapse_id.as_deref().filter(|id| {
+                    id.len() <= 32 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
+                let options = WebPushOptions {
+                    ttl: push.ttl.unwrap_or(DEFAULT_WEB_TTL_SECS),
+                    urgency: Some(if push.priority.as_deref() == Some("normal") { "normal" } else { "high" }),
+                    topic,
+                };
+                self.web.send(vapid, &subscription, &push.web_payload(), options).await
+            }
+            _ => Err(PushError::Invalid("platform (the device's and the credentials' service differ)")),
+        }
+    }
+}

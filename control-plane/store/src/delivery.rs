@@ -312,6 +312,20 @@ impl Store {
         }
     }
 
+    /// Queues events of apps the caller vouches for (it checked each app is its tenant's), a
+    /// hundred per statement in one transaction; an event already queued for its target is
+    /// skipped (its id is the de-duplication key).
+    pub async fn enqueue_deliveries(
+        &self,
+        deliveries: &[NewDelivery],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        crate::delivery_batch::insert_deliveries(&mut tx, self.backend, deliveries, now_ms).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Claims up to `limit` due jobs for `owner` until `lease_until_ms`, at most `per_target`
     /// of one target in flight (its jobs already leased count). Targets are visited in id order
     /// from the first after `start_after` (wrapping around), so a worker that passes the last

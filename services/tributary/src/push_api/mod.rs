@@ -1,5 +1,6 @@
-//! The HTTP API of push's device registry: devices register (an APNs or FCM token, or a
-//! browser's Web Push subscription) and subscribe to channels' pushes.
+//! The HTTP API of push: devices register (an APNs or FCM token, or a browser's Web Push
+//! subscription) and subscribe to channels' pushes; backends push directly to a device, a
+//! client or a channel's subscribers.
 //!
 //! Two kinds of caller: a backend with the app's API key (every device of the app; a key with
 //! capabilities needs `mint_tokens`, and `push_subscribe` on a channel to subscribe to it), and a
@@ -7,6 +8,7 @@
 //! only channels its grants cover). Errors are the HTTP API's (`{"error": {...}}`).
 
 mod devices;
+mod publish;
 mod subscriptions;
 
 use std::sync::Arc;
@@ -42,6 +44,7 @@ impl PushApi {
         Router::new()
             .route("/v1/push/devices", post(devices::register).get(devices::list))
             .route("/v1/push/devices/{device_id}", get(devices::read).delete(devices::remove))
+            .route("/v1/push/publish", post(publish::publish))
             .route(
                 "/v1/push/channels/{channel}/subscriptions",
                 post(subscriptions::subscribe).get(subscriptions::list).delete(subscriptions::unsubscribe),

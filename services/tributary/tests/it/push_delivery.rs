@@ -1,0 +1,205 @@
+//! Direct pushes through the whole server: devices register with their client tokens, a backend
+//! pushes to a channel, and the testkit's fakes of APNs, FCM and a Web Push service (which verify
+//! the protocols, the browser's copy decrypted) each get their device's copy once.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tributary_delivery::push::webpush::VapidKey;
+use tributary_store::{Actor, PushService};
+use tributary_testkit::push::{ApnsFake, FcmFake, KeyPair, WebPushFake};
+use tributary_testkit::{TestServer, eventually};
+
+const TEAM: &str = "TEAM123456";
+const KEY_ID: &str = "KEY7654321";
+
+async fn call(server: &TestServer, path: &str, bearer: &str, body: Value, key: Option<&str>) -> (u16, Value) {
+    let mut request =
+        server.http().post(format!("{}{path}", server.http_url())).bearer_auth(bearer).json(&body);
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The fakes, and a server whose push settings name them.
+async fn setup() -> (TestServer, ApnsFake, FcmFake, WebPushFake, tempfile::TempDir) {
+    let (apns_key, fcm_key, vapid_key) = (KeyPair::p256(), KeyPair::rsa(), KeyPair::p256());
+    let apns = ApnsFake::start(TEAM, KEY_ID, &apns_key.public_pem).await;
+    let fcm = FcmFake::start("shop-7", "pusher@shop-7.iam.gserviceaccount.com", &fcm_key.public_pem).await;
+    let vapid = VapidKey::from_pem(&vapid_key.private_pem, "mailto:ops@example.com").unwrap();
+    let web = WebPushFake::start(vapid.public_key()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("push-ca.pem");
+    std::fs::write(&ca, &apns.ca_pem).unwrap();
+    let (apns_url, fcm_url, token_url) = (apns.url.clone(), fcm.url.clone(), fcm.token_url.clone());
+    let server = TestServer::spawn_configured(move |config| {
+        config.delivery.apns_url = apns_url.clone();
+        config.delivery.apns_sandbox_url = apns_url;
+        config.delivery.fcm_url = fcm_url;
+        config.delivery.fcm_token_url = token_url;
+        config.delivery.push_ca_file = ca.to_string_lossy().into_owned();
+        // The Web Push fake is on loopback, over plain HTTP.
+        config.delivery.allow_http = true;
+        config.delivery.allowed_private_ranges = vec!["127.0.0.0/8".into()];
+        config.delivery.poll_interval_ms = 20;
+        config.delivery.per_endpoint_concurrency = 16;
+    })
+    .await;
+    let store = server.store();
+    let (tenant, app, actor) = (server.tenant_id(), server.app_id(), Actor::system());
+    let apns_settings =
+        json!({"team_id": TEAM, "key_id": KEY_ID, "topic": "com.example.shop", "environment": "production"});
+    for (service, settings, secret) in [
+        (PushService::Apns, apns_settings, apns_key.private_pem.clone()),
+        (PushService::Fcm, json!({"project_id": "shop-7"}), fcm_key.service_account("shop-7")),
+        (PushService::WebPush, json!({"subject": "mailto:ops@example.com"}), vapid_key.private_pem.clone()),
+    ] {
+        store
+            .set_push_credentials(&actor, tenant, app, service, &settings.to_string(), secret.as_bytes())
+            .await
+            .unwrap();
+    }
+    (server, apns, fcm, web, dir)
+}
+
+#[tokio::test]
+async fn a_push_to_a_channel_reaches_each_subscribed_device_once_through_its_service() {
+    let (server, apns, fcm, web, _dir) = setup().await;
+    let grant: &[(&str, &[&str])] = &[("orders:*", &["push_subscribe"])];
+    let (alice, bob, carol) = (
+        server.token("alice", grant).await,
+        server.token("bob", grant).await,
+        server.token("carol", grant).await,
+    );
+    let browser = web.subscribe();
+    let registrations = [
+        (&alice, json!({"platform": "apns", "token": "a1".repeat(32)})),
+        (&bob, json!({"platform": "fcm", "token": "bobs-fcm-token"})),
+        (
+            &carol,
+            json!({"platform": "web", "subscription": {"endpoint": browser.endpoint,
+                        "keys": {"p256dh": browser.p256dh, "auth": browser.auth}}}),
+        ),
+    ];
+    for (token, body) in registrations {
+        let (status, device) = call(&server, "/v1/push/devices", token, body, None).await;
+        assert_eq!(status, 200, "{device}");
+        let subscribe = json!({"client_id": device["client_id"]});
+        let (status, answer) =
+            call(&server, "/v1/push/channels/orders:42/subscriptions", token, subscribe, None).await;
+        assert_eq!(status, 204, "{answer}");
+    }
+    // Dave's device is not subscribed: the push does not reach it.
+    let dave = server.token("dave", grant).await;
+    call(&server, "/v1/push/devices", &dave, json!({"platform": "apns", "token": "d4".repeat(32)}), None)
+        .await;
+
+    let push = json!({"recipient": {"channel": "orders:42"},
+                      "push": {"title": "Order 42", "body": "Your driver is here", "data": {"order": 42}}});
+    let key = server.api_key().to_owned();
+    let (status, answer) =
+        call(&server, "/v1/push/publish", &key, push.clone(), Some("order-42-arrived")).await;
+    assert_eq!((status, answer["devices"].as_u64()), (202, Some(3)), "{answer}");
+    // The backend retries (its connection dropped): the same push, queued once.
+    let (status, again) = call(&server, "/v1/push/publish", &key, push, Some("order-42-arrived")).await;
+    assert_eq!((status, &again["push_id"]), (202, &answer["push_id"]));
+
+    eventually("each service got its device's push", Duration::from_secs(10), || async {
+        !apns.received().is_empty() && !fcm.received().is_empty() && !web.received().is_empty()
+    })
+    .await
+    .unwrap();
+    assert_eq!(apns.received()[0].device_token, "a1".repeat(32));
+    assert_eq!(apns.received()[0].payload["aps"]["alert"]["title"], "Order 42");
+    assert_eq!(fcm.received()[0]["token"], "bobs-fcm-token");
+    let shown: Value = serde_json::from_slice(&web.received()[0].plaintext).unwrap();
+    assert_eq!(shown["body"], "Your driver is here");
+    // Each once: the retried request queued nothing more (each attempt is logged once the
+    // worker records its group).
+    let (store, tenant, app) = (server.store(), server.tenant_id(), server.app_id());
+    eventually("every attempt is logged", Duration::from_secs(10), || async {
+        let mut logged = 0;
+        for service in ["apns", "fcm", "webpush"] {
+            let target = tributary_delivery::push::message::target_id(app, service);
+            logged += store.delivery_log(tenant, &target, 10).await.unwrap().len();
+        }
+        logged >= 3
+    })
+    .await
+    .unwrap();
+    for service in ["apns", "fcm", "webpush"] {
+        let target = tributary_delivery::push::message::target_id(app, service);
+        let log = store.delivery_log(tenant, &target, 10).await.unwrap();
+        assert_eq!(
+            log.iter().map(|a| a.record.outcome.as_str()).collect::<Vec<_>>(),
+            ["delivered"],
+            "{service}"
+        );
+    }
+    assert_eq!((apns.received().len(), fcm.received().len(), web.received().len()), (1, 1, 1));
+}
+
+#[tokio::test]
+async fn bad_direct_pushes_are_refused_with_the_reason_and_queue_nothing() {
+    let (server, apns, _fcm, _web, _dir) = setup().await;
+    let key = server.api_key().to_owned();
+    let alice = server.token("alice", &[("orders:*", &["push_subscribe"])]).await;
+    let (_, device) = call(
+        &server,
+        "/v1/push/devices",
+        &alice,
+        json!({"platform": "apns", "token": "a1".repeat(32)}),
+        None,
+    )
+    .await;
+    let id = device["id"].as_str().unwrap();
+    let title = json!({"title": "hi"});
+    for (body, why) in [
+        (json!({"recipient": {}, "push": title}), "exactly one"),
+        (json!({"recipient": {"device_id": id, "client_id": "alice"}, "push": title}), "exactly one"),
+        (json!({"recipient": {"device_id": id}, "push": {}}), "no title"),
+        (json!({"recipient": {"device_id": id}, "push": {"title": "hi", "priority": "urgent"}}), "priority"),
+        (json!({"recipient": {"device_id": id}, "push": {"body": "x".repeat(5000)}}), "over its limit"),
+        (json!({"recipient": {"channel": "no spaces"}, "push": title}), ""),
+    ] {
+        let (status, answer) = call(&server, "/v1/push/publish", &key, body.clone(), None).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(answer["error"]["message"].as_str().unwrap_or_default().contains(why), "{body}: {answer}");
+    }
+    let (status, _) = call(
+        &server,
+        "/v1/push/publish",
+        &key,
+        json!({"recipient": {"device_id": "dev_nope"}, "push": title}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = call(
+        &server,
+        "/v1/push/publish",
+        &alice,
+        json!({"recipient": {"device_id": id}, "push": title}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "a client cannot push");
+    let (status, answer) = call(
+        &server,
+        "/v1/push/publish",
+        &key,
+        json!({"recipient": {"client_id": "nobody"}, "push": title}),
+        None,
+    )
+    .await;
+    assert_eq!((status, answer["devices"].as_u64()), (202, Some(0)), "no device: nothing to queue");
+    // Jobs are queued before the answer: a claim of everything due finds none.
+    let now = tributary_delivery::worker::now_ms();
+    let queued =
+        server.store().claim_deliveries("probe", now + 60_000, now + 120_000, 100, 100, "").await.unwrap();
+    assert!(queued.is_empty(), "{queued:?}");
+    assert_eq!(apns.requests(), 0, "nothing was sent");
+}

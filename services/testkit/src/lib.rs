@@ -300,13 +300,14 @@ impl TestServer {
         self.credentials.operator_token.as_deref().expect("first start writes an operator token")
     }
 
-    /// Calls the management API as `token`: `method` (`GET`/`POST`/`DELETE`), `path`, an optional JSON
+    /// Calls the management API as `token`: `method` (`GET`/`POST`/`PUT`/`DELETE`), `path`, an optional JSON
     /// body; returns the status and the JSON body (`null` when there is none).
     pub async fn manage(&self, method: &str, path: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
         let url = format!("{}{path}", self.http_url());
         let mut request = match method {
             "GET" => self.http.get(url),
             "POST" => self.http.post(url),
+            "PUT" => self.http.put(url),
             "DELETE" => self.http.delete(url),
             other => panic!("unsupported method {other}"),
         }

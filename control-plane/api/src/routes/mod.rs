@@ -7,6 +7,7 @@ pub(crate) mod audit;
 pub(crate) mod keys;
 pub(crate) mod namespaces;
 pub(crate) mod plans;
+pub(crate) mod push;
 pub(crate) mod revocations;
 pub(crate) mod rules;
 pub(crate) mod tenants;
@@ -87,6 +88,9 @@ fn table() -> Vec<(Method, String, MethodRouter<Arc<ControlPlane>>)> {
         (Method::GET, a("/webhooks/{webhook}/deliveries"), get(webhooks::deliveries)),
         (Method::GET, a("/webhooks/{webhook}/dead-letters"), get(webhooks::dead_letters)),
         (Method::POST, a("/webhooks/{webhook}/dead-letters/{delivery}/replay"), post(webhooks::replay)),
+        (Method::GET, a("/push-credentials"), get(push::list)),
+        (Method::PUT, a("/push-credentials/{service}"), put(push::set)),
+        (Method::DELETE, a("/push-credentials/{service}"), delete(push::delete)),
         (Method::POST, a("/rules"), post(rules::create)),
         (Method::GET, a("/rules"), get(rules::list)),
         (Method::GET, a("/rules/{rule}"), get(rules::get)),

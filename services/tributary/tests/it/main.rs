@@ -24,6 +24,7 @@ mod namespaces;
 mod node_failure;
 mod presence;
 mod pubsub;
+mod push_credentials;
 mod push_delivery;
 mod push_registry;
 mod quotas;

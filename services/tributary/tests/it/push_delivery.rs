@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tributary_delivery::push::webpush::VapidKey;
-use tributary_store::{Actor, PushService};
 use tributary_testkit::push::{ApnsFake, FcmFake, KeyPair, WebPushFake};
 use tributary_testkit::{TestServer, eventually};
 
@@ -48,19 +47,16 @@ async fn setup() -> (TestServer, ApnsFake, FcmFake, WebPushFake, tempfile::TempD
         config.delivery.per_endpoint_concurrency = 16;
     })
     .await;
-    let store = server.store();
-    let (tenant, app, actor) = (server.tenant_id(), server.app_id(), Actor::system());
-    let apns_settings =
-        json!({"team_id": TEAM, "key_id": KEY_ID, "topic": "com.example.shop", "environment": "production"});
-    for (service, settings, secret) in [
-        (PushService::Apns, apns_settings, apns_key.private_pem.clone()),
-        (PushService::Fcm, json!({"project_id": "shop-7"}), fcm_key.service_account("shop-7")),
-        (PushService::WebPush, json!({"subject": "mailto:ops@example.com"}), vapid_key.private_pem.clone()),
-    ] {
-        store
-            .set_push_credentials(&actor, tenant, app, service, &settings.to_string(), secret.as_bytes())
-            .await
-            .unwrap();
+    // Through the management API, as a tenant sets them.
+    let base = format!("/v1/tenants/{}/apps/{}/push-credentials", server.tenant_id(), server.app_id());
+    let apns_body =
+        json!({"team_id": TEAM, "key_id": KEY_ID, "topic": "com.example.shop", "key": apns_key.private_pem});
+    let fcm_body = json!({"service_account": serde_json::from_str::<Value>(&fcm_key.service_account("shop-7")).unwrap()});
+    let web_body = json!({"subject": "mailto:ops@example.com", "private_key": vapid_key.private_pem});
+    for (service, body) in [("apns", apns_body), ("fcm", fcm_body), ("webpush", web_body)] {
+        let (status, set) =
+            server.manage("PUT", &format!("{base}/{service}"), server.operator_token(), Some(&body)).await;
+        assert_eq!(status, 200, "{service}: {set}");
     }
     (server, apns, fcm, web, dir)
 }

@@ -62,8 +62,8 @@ pub(crate) async fn finish_group(
     }
     let rows = update.bind(owner).fetch_all(&mut *conn).await?;
     let mut moved = std::collections::HashMap::with_capacity(rows.len());
-    // Delivered requests and their events, per app and minute, for usage.
-    let mut used: std::collections::BTreeMap<(String, i64), (String, i64, i64)> = Default::default();
+    // Delivered webhook requests and their events, and pushes, per app and minute, for usage.
+    let mut used: std::collections::BTreeMap<(String, i64), (String, i64, i64, i64)> = Default::default();
     for row in &rows {
         let id: String = row.try_get("id")?;
         let attempt: i64 = row.try_get("attempts")?;
@@ -73,23 +73,30 @@ pub(crate) async fn finish_group(
             let minute = finished.record.at_ms.div_euclid(60_000) * 60;
             let app_id: String = row.try_get("app_id")?;
             let events: i64 = row.try_get("events")?;
-            let entry = used.entry((app_id, minute)).or_insert_with(|| (tenant_id.clone(), 0, 0));
-            entry.1 += 1;
-            entry.2 += events;
+            let entry = used.entry((app_id, minute)).or_insert_with(|| (tenant_id.clone(), 0, 0, 0));
+            // A push target's deliveries are pushes: not webhook usage, nor the webhook quota's.
+            if target_id.starts_with("push:") {
+                entry.3 += 1;
+            } else {
+                entry.1 += 1;
+                entry.2 += events;
+            }
         }
         moved.insert(id, (attempt, tenant_id, target_id));
     }
-    for ((app_id, minute), (tenant_id, requests, events)) in used {
+    for ((app_id, minute), (tenant_id, requests, events, pushes)) in used {
         sqlx::query(
-            "INSERT INTO delivery_usage (app_id, minute, tenant_id, requests, events) VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO delivery_usage (app_id, minute, tenant_id, requests, events, pushes) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (app_id, minute) DO UPDATE SET requests = delivery_usage.requests + excluded.requests, \
-             events = delivery_usage.events + excluded.events",
+             events = delivery_usage.events + excluded.events, pushes = delivery_usage.pushes + excluded.pushes",
         )
         .bind(app_id)
         .bind(minute)
         .bind(tenant_id)
         .bind(requests)
         .bind(events)
+        .bind(pushes)
         .execute(&mut *conn)
         .await?;
     }

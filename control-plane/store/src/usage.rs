@@ -55,6 +55,8 @@ pub struct UsagePoint {
     pub webhook_requests: i64,
     /// Events those requests carried (a rule's batch is several).
     pub webhook_events: i64,
+    /// Pushes delivered (one per device a push reached and whose service accepted it).
+    pub push_deliveries: i64,
 }
 
 /// Returns the start (unix seconds) of the calendar month (UTC) that `unix` is in.
@@ -199,10 +201,10 @@ impl Store {
             point.connection_minutes = seconds / 60;
             point.average_connections = seconds / width;
         }
-        // Webhooks delivered, counted by the delivery workers as they record them.
+        // Webhooks and pushes delivered, counted by the delivery workers as they record them.
         let delivered = sqlx::query(
-            "SELECT minute, CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(events) AS BIGINT) AS events \
-             FROM delivery_usage WHERE tenant_id = $1 AND ($2 = '' OR app_id = $2) AND minute >= $3 AND minute < $4 \
+            "SELECT minute, CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(events) AS BIGINT) AS events, \
+             CAST(SUM(pushes) AS BIGINT) AS pushes FROM delivery_usage WHERE tenant_id = $1 AND ($2 = '' OR app_id = $2) AND minute >= $3 AND minute < $4 \
              GROUP BY minute ORDER BY minute",
         )
         .bind(tenant_id)
@@ -220,6 +222,7 @@ impl Store {
                 by_start.entry(start).or_insert_with(|| UsagePoint { start, ..UsagePoint::default() });
             point.webhook_requests += row.try_get::<i64, _>("requests")?;
             point.webhook_events += row.try_get::<i64, _>("events")?;
+            point.push_deliveries += row.try_get::<i64, _>("pushes")?;
         }
         Ok(by_start.into_values().collect())
     }

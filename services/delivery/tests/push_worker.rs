@@ -204,6 +204,14 @@ async fn one_push_reaches_an_iphone_an_android_phone_and_a_browser_each_as_its_s
     let shown: Value = serde_json::from_slice(&web.plaintext).unwrap();
     assert_eq!((shown["title"].as_str(), shown["data"]["order"].as_i64()), (Some("Order 42"), Some(42)));
     assert_eq!((web.ttl.as_str(), web.topic.as_deref()), ("600", Some("order-42")));
+    s.until("each delivery recorded", async || {
+        let mut logged = 0;
+        for service in ["apns", "fcm", "webpush"] {
+            logged += s.store.delivery_log(&s.tenant, &target_id(&s.app, service), 10).await.unwrap().len();
+        }
+        logged == 3
+    })
+    .await;
     for service in ["apns", "fcm", "webpush"] {
         let log = s.store.delivery_log(&s.tenant, &target_id(&s.app, service), 10).await.unwrap();
         assert_eq!(
@@ -212,6 +220,14 @@ async fn one_push_reaches_an_iphone_an_android_phone_and_a_browser_each_as_its_s
             "{service}"
         );
     }
+    // Usage counts three pushes, and no webhook request: the webhook quota is not theirs.
+    let now = now_ms() / 1000;
+    let range = (now - 7200, now + 3600);
+    let points = s.store.usage(&s.tenant, None, range, tributary_store::Granularity::Hour).await.unwrap();
+    let pushes: i64 = points.iter().map(|p| p.push_deliveries).sum();
+    let webhooks: i64 = points.iter().map(|p| p.webhook_requests + p.webhook_events).sum();
+    assert_eq!((pushes, webhooks), (3, 0), "{points:?}");
+    assert_eq!(s.store.webhook_events_delivered_since(&s.tenant, 0).await.unwrap(), 0);
 }
 
 #[tokio::test]

@@ -30,6 +30,7 @@ pub(crate) struct PointView {
     connection_minutes: i64,
     webhook_requests: i64,
     webhook_events: i64,
+    push_deliveries: i64,
 }
 
 impl From<UsagePoint> for PointView {
@@ -45,6 +46,7 @@ impl From<UsagePoint> for PointView {
             connection_minutes: p.connection_minutes,
             webhook_requests: p.webhook_requests,
             webhook_events: p.webhook_events,
+            push_deliveries: p.push_deliveries,
         }
     }
 }

@@ -81,6 +81,9 @@ pub struct PublishResult {
     pub ts: u64,
     /// Whether this was a retry of an already stored publish.
     pub duplicate: bool,
+    /// The pushes of the publish's push section: `{"push_id", "devices"}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push: Option<serde_json::Value>,
 }
 
 /// Publishes into `app`, enforcing the namespace's size limit.
@@ -136,7 +139,7 @@ pub async fn publish_message(
     if !duplicate {
         state.usage.app(app).published(bytes);
     }
-    Ok(PublishResult { channel: key.channel.to_string(), epoch, offset, ts: ts_ms, duplicate })
+    Ok(PublishResult { channel: key.channel.to_string(), epoch, offset, ts: ts_ms, duplicate, push: None })
 }
 
 /// Returns the app's policy, with its tenant's quota counts learnt on this node. Only the first

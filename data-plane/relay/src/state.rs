@@ -56,4 +56,27 @@ pub struct RelayState {
     /// The tasks of live connections (WebSocket and SSE), so a shutdown can wait for their
     /// goodbyes.
     pub tasks: tokio_util::task::TaskTracker,
+    /// Where a publish's push section goes (set once by the server that has a store); without
+    /// one, a publish with a push section is refused.
+    pub push: std::sync::OnceLock<Arc<dyn PushSink>>,
+}
+
+/// Queues the pushes of a published message's push section: one per device subscribed to the
+/// channel for push, durably, before the publish is answered.
+#[async_trait::async_trait]
+pub trait PushSink: Send + Sync + 'static {
+    /// Checks a push section before its message is published (a section no service would
+    /// take is refused, and nothing is published).
+    fn check(&self, push: &serde_json::value::RawValue) -> Result<(), crate::ops::OpError>;
+
+    /// Queues `push` (the publish's push section, as JSON) for the devices `channel` of `app`
+    /// reaches; `message_id` names the published message (the same for a retried publish, so
+    /// its pushes are queued once). Returns the push's id and how many devices it reaches.
+    async fn push_on_publish(
+        &self,
+        app: &str,
+        channel: &str,
+        message_id: &str,
+        push: &serde_json::value::RawValue,
+    ) -> Result<(String, usize), crate::ops::OpError>;
 }

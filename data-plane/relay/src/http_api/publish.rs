@@ -28,6 +28,9 @@ pub(super) struct MessageBody {
     binary: bool,
     encoding: Option<String>,
     idempotency_key: Option<String>,
+    /// A push section: also pushed to the devices subscribed to the channel for push.
+    #[serde(default)]
+    push: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -39,6 +42,8 @@ pub(super) struct BatchItem {
     binary: bool,
     encoding: Option<String>,
     idempotency_key: Option<String>,
+    #[serde(default)]
+    push: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -111,7 +116,38 @@ pub(super) async fn publish_one(
         idempotency_key: idempotency_key(&headers, body.idempotency_key)?,
         client_id: None,
     };
-    Ok(Json(ops::publish(&state, &Arc::from(identity.app_id), input).await?))
+    let sink = push_sink(&state, body.push.as_deref())?;
+    let mut result = ops::publish(&state, &Arc::from(identity.app_id.as_str()), input).await?;
+    if let (Some(sink), Some(push)) = (sink, body.push.as_deref()) {
+        result.push = Some(queue_push(sink, &identity.app_id, &result, push).await?);
+    }
+    Ok(Json(result))
+}
+
+/// The sink of a publish's push section (none needed without one; a server with none refuses
+/// the section before anything is published).
+fn push_sink<'a>(
+    state: &'a RelayState,
+    push: Option<&RawValue>,
+) -> Result<Option<&'a Arc<dyn crate::state::PushSink>>, OpError> {
+    match (push, state.push.get()) {
+        (None, _) => Ok(None),
+        (Some(push), Some(sink)) => sink.check(push).map(|()| Some(sink)),
+        (Some(_), None) => Err(OpError::new(ErrorCode::Unavailable, "this server does not push")),
+    }
+}
+
+/// Queues a published message's pushes: the message's id (channel, epoch and offset, the same
+/// for a retried publish) names them, so they are queued once however often it is retried.
+async fn queue_push(
+    sink: &Arc<dyn crate::state::PushSink>,
+    app: &str,
+    result: &ops::PublishResult,
+    push: &RawValue,
+) -> Result<serde_json::Value, OpError> {
+    let message_id = format!("{}:{}:{}", result.channel, result.epoch, result.offset);
+    let (push_id, devices) = sink.push_on_publish(app, &result.channel, &message_id, push).await?;
+    Ok(serde_json::json!({"push_id": push_id, "devices": devices}))
 }
 
 #[derive(Serialize)]
@@ -164,7 +200,12 @@ pub(super) async fn publish_batch(
                 idempotency_key: own_key.or_else(|| batch_key.as_ref().map(|k| format!("{k}#{index}"))),
                 client_id: None,
             };
-            ops::publish(&state, &app, input).await
+            let sink = push_sink(&state, item.push.as_deref())?;
+            let mut result = ops::publish(&state, &app, input).await?;
+            if let (Some(sink), Some(push)) = (sink, item.push.as_deref()) {
+                result.push = Some(queue_push(sink, &app, &result, push).await?);
+            }
+            Ok::<_, OpError>(result)
         }
         .await;
         let value = match outcome {

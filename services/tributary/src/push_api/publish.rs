@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use tributary_delivery::push::deliver::service_of;
 use tributary_delivery::push::message::{PushJob, PushMessage, target_id};
+use tributary_protocol::ErrorCode;
 use tributary_relay::http_api::{ApiError, channel, parse_body};
+use tributary_relay::ops::OpError;
 use tributary_store::{Device, NewDelivery};
 
 use super::{PushApi, caller, invalid, stored};
@@ -41,7 +43,7 @@ struct Recipient {
 }
 
 /// Checks what every service would refuse of the push itself, whichever devices it reaches.
-fn check(push: &PushMessage) -> Result<(), ApiError> {
+pub(super) fn check(push: &PushMessage) -> Result<(), ApiError> {
     push.check().map_err(|err| invalid(err.to_string()))?;
     let sizes = [
         ("APNs", push.apns_payload().len(), tributary_delivery::push::apns::MAX_PAYLOAD_BYTES),
@@ -80,23 +82,49 @@ pub(super) async fn publish(
         Some(_) => return Err(invalid("Idempotency-Key is 1 to 256 characters")),
         None => format!("psh_{}", uuid::Uuid::new_v4().simple()),
     };
-    let Recipient { device_id, client_id, channel: channel_name } = request.recipient;
+    let target = match (request.recipient.device_id, request.recipient.client_id, request.recipient.channel) {
+        (Some(id), None, None) => Reach::Device(id),
+        (None, Some(client), None) => Reach::Client(client),
+        (None, None, Some(name)) => Reach::Channel(channel(&name)?.as_str().to_owned()),
+        _ => return Err(invalid("name exactly one of recipient.device_id, client_id and channel")),
+    };
+    let reached = queue(&api, tenant_id, app_id, &target, &push_id, &request.push).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"push_id": push_id, "devices": reached}))))
+}
+
+/// Whom a push reaches.
+pub(super) enum Reach {
+    /// One device.
+    Device(String),
+    /// Every device of a client.
+    Client(String),
+    /// Every device subscribed to a channel, and of the client ids subscribed to it.
+    Channel(String),
+}
+
+/// Queues one job per device `reach` names, a page at a time; returns how many.
+pub(super) async fn queue(
+    api: &PushApi,
+    tenant_id: &str,
+    app_id: &str,
+    reach: &Reach,
+    push_id: &str,
+    push: &PushMessage,
+) -> Result<usize, ApiError> {
     let mut reached = 0usize;
     let mut after = String::new();
     loop {
-        let page: Vec<Device> = match (&device_id, &client_id, &channel_name) {
-            (Some(id), None, None) => match after.is_empty() {
-                true => vec![api.store.device(tenant_id, app_id, id).await.map_err(stored)?],
-                false => Vec::new(),
-            },
-            (None, Some(client), None) => {
+        let page: Vec<Device> = match reach {
+            Reach::Device(id) if after.is_empty() => {
+                vec![api.store.device(tenant_id, app_id, id).await.map_err(stored)?]
+            }
+            Reach::Device(_) => Vec::new(),
+            Reach::Client(client) => {
                 api.store.devices(tenant_id, app_id, Some(client), &after, PAGE).await.map_err(stored)?
             }
-            (None, None, Some(name)) => {
-                let name = channel(name)?;
-                api.store.channel_push_devices(app_id, name.as_str(), &after, PAGE).await.map_err(stored)?
+            Reach::Channel(name) => {
+                api.store.channel_push_devices(app_id, name, &after, PAGE).await.map_err(stored)?
             }
-            _ => return Err(invalid("name exactly one of recipient.device_id, client_id and channel")),
         };
         let Some(last) = page.last() else { break };
         after = last.id.clone();
@@ -104,16 +132,14 @@ pub(super) async fn publish(
         if reached > MAX_DEVICES {
             return Err(invalid(format!("a push reaches at most {MAX_DEVICES} devices")));
         }
-        let jobs: Vec<NewDelivery> = page
-            .iter()
-            .filter_map(|device| job(tenant_id, app_id, &push_id, device, &request.push))
-            .collect();
+        let jobs: Vec<NewDelivery> =
+            page.iter().filter_map(|device| job(tenant_id, app_id, push_id, device, push)).collect();
         api.store.enqueue_deliveries(&jobs, tributary_delivery::worker::now_ms()).await.map_err(stored)?;
         if (page.len() as i64) < PAGE {
             break;
         }
     }
-    Ok((StatusCode::ACCEPTED, Json(json!({"push_id": push_id, "devices": reached}))))
+    Ok(reached)
 }
 
 /// One device's job of the push `push_id`: its event id is the push's and the device's, the
@@ -143,4 +169,33 @@ fn job(
         headers: "{}".into(),
         events: 1,
     })
+}
+
+#[async_trait::async_trait]
+impl tributary_relay::state::PushSink for PushApi {
+    fn check(&self, push: &serde_json::value::RawValue) -> Result<(), OpError> {
+        let push: PushMessage = serde_json::from_str(push.get())
+            .map_err(|err| OpError::new(ErrorCode::InvalidParameter, format!("push: {err}")))?;
+        check(&push).map_err(|err| err.0)
+    }
+
+    async fn push_on_publish(
+        &self,
+        app: &str,
+        channel: &str,
+        message_id: &str,
+        push: &serde_json::value::RawValue,
+    ) -> Result<(String, usize), OpError> {
+        let push: PushMessage = serde_json::from_str(push.get())
+            .map_err(|err| OpError::new(ErrorCode::InvalidParameter, format!("push: {err}")))?;
+        // The publish authenticated the app: its policy (and so its tenant) is loaded.
+        let tenant =
+            self.relay.policies.peek(app).map(|p| p.tenant_id.to_string()).ok_or(ErrorCode::Unavailable)?;
+        let digest = Sha256::new().chain_update(app).chain_update(b"\n").chain_update(message_id).finalize();
+        let push_id = format!("psh_{}", digest[..12].iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let reached = queue(self, &tenant, app, &Reach::Channel(channel.to_owned()), &push_id, &push)
+            .await
+            .map_err(|err| err.0)?;
+        Ok((push_id, reached))
+    }
 }

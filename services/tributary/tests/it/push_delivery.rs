@@ -199,3 +199,69 @@ async fn bad_direct_pushes_are_refused_with_the_reason_and_queue_nothing() {
     assert!(queued.is_empty(), "{queued:?}");
     assert_eq!(apns.requests(), 0, "nothing was sent");
 }
+
+#[tokio::test]
+async fn a_publish_with_a_push_section_reaches_live_subscribers_and_the_channels_devices_once() {
+    let (server, apns, _fcm, _web, _dir) = setup().await;
+    let alice = server.token("alice", &[("orders:*", &["push_subscribe", "subscribe"])]).await;
+    let (status, _) = call(
+        &server,
+        "/v1/push/devices",
+        &alice,
+        json!({"platform": "apns", "token": "a1".repeat(32)}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    call(&server, "/v1/push/channels/orders:7/subscriptions", &alice, json!({"client_id": "alice"}), None)
+        .await;
+    let mut live = server.ws(&alice).await;
+    live.request(json!({"op": "subscribe", "channel": "orders:7"})).await.unwrap();
+
+    let key = server.api_key().to_owned();
+    let body = json!({"data": {"status": "arriving"}, "push": {"title": "Order 7", "body": "Arriving now"}});
+    let (status, published) =
+        call(&server, "/v1/channels/orders:7/messages", &key, body.clone(), Some("o7-arriving")).await;
+    assert_eq!(status, 200, "{published}");
+    assert_eq!(published["push"]["devices"], 1, "{published}");
+    let (_, again) = call(&server, "/v1/channels/orders:7/messages", &key, body, Some("o7-arriving")).await;
+    assert_eq!(
+        (&again["duplicate"], &again["push"]["push_id"]),
+        (&json!(true), &published["push"]["push_id"])
+    );
+
+    let got = live.messages(1).await.unwrap();
+    assert_eq!(
+        got[0]["data"],
+        json!({"status": "arriving"}),
+        "subscribers get the message, not the push section"
+    );
+    assert!(got[0].get("push").is_none());
+    eventually("the push reaches the iPhone", Duration::from_secs(10), || async {
+        !apns.received().is_empty()
+    })
+    .await
+    .unwrap();
+    assert_eq!(apns.received()[0].payload["aps"]["alert"]["title"], "Order 7");
+    // The retried publish queued no second push.
+    let target = tributary_delivery::push::message::target_id(server.app_id(), "apns");
+    eventually("the push is logged", Duration::from_secs(10), || async {
+        !server.store().delivery_log(server.tenant_id(), &target, 10).await.unwrap().is_empty()
+    })
+    .await
+    .unwrap();
+    assert_eq!(server.store().delivery_log(server.tenant_id(), &target, 10).await.unwrap().len(), 1);
+
+    // A push section no service would take: refused, and nothing is published.
+    let (status, answer) = call(
+        &server,
+        "/v1/channels/orders:7/messages",
+        &key,
+        json!({"data": 1, "push": {"title": "x", "priority": "urgent"}}),
+        None,
+    )
+    .await;
+    assert_eq!((status, answer["error"]["name"].as_str()), (400, Some("invalid_parameter")), "{answer}");
+    let (_, history) = server.get("/v1/channels/orders:7/history").await;
+    assert_eq!(history["messages"].as_array().map(Vec::len), Some(1), "{history}");
+}

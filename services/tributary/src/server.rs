@@ -240,7 +240,8 @@ pub async fn bind_wrapped(
     let push =
         crate::push_api::PushApi::new(relay.state().clone(), store.clone(), config.delivery.address_policy());
     // A publish's push section is queued by the same registry.
-    let _ = relay.state().push.set(Arc::new(push.clone()));
+    let sink = crate::push_api::PublishedPushes::new(store.clone(), relay.state());
+    let _ = relay.state().push.set(Arc::new(sink));
     let control_plane = ControlPlane::on_node(store.clone(), engine.clone(), settings, node);
     let worker = if config.delivery.worker {
         let owner = format!("serve-{}", uuid::Uuid::new_v4().simple());

@@ -9,6 +9,8 @@
 
 mod devices;
 mod publish;
+
+pub use publish::PublishedPushes;
 mod subscriptions;
 
 use std::sync::Arc;

@@ -88,7 +88,7 @@ pub(super) async fn publish(
         (None, None, Some(name)) => Reach::Channel(channel(&name)?.as_str().to_owned()),
         _ => return Err(invalid("name exactly one of recipient.device_id, client_id and channel")),
     };
-    let reached = queue(&api, tenant_id, app_id, &target, &push_id, &request.push).await?;
+    let reached = queue(&api.store, tenant_id, app_id, &target, &push_id, &request.push).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"push_id": push_id, "devices": reached}))))
 }
 
@@ -104,7 +104,7 @@ pub(super) enum Reach {
 
 /// Queues one job per device `reach` names, a page at a time; returns how many.
 pub(super) async fn queue(
-    api: &PushApi,
+    store: &tributary_store::Store,
     tenant_id: &str,
     app_id: &str,
     reach: &Reach,
@@ -116,14 +116,14 @@ pub(super) async fn queue(
     loop {
         let page: Vec<Device> = match reach {
             Reach::Device(id) if after.is_empty() => {
-                vec![api.store.device(tenant_id, app_id, id).await.map_err(stored)?]
+                vec![store.device(tenant_id, app_id, id).await.map_err(stored)?]
             }
             Reach::Device(_) => Vec::new(),
             Reach::Client(client) => {
-                api.store.devices(tenant_id, app_id, Some(client), &after, PAGE).await.map_err(stored)?
+                store.devices(tenant_id, app_id, Some(client), &after, PAGE).await.map_err(stored)?
             }
             Reach::Channel(name) => {
-                api.store.channel_push_devices(app_id, name, &after, PAGE).await.map_err(stored)?
+                store.channel_push_devices(app_id, name, &after, PAGE).await.map_err(stored)?
             }
         };
         let Some(last) = page.last() else { break };
@@ -134,7 +134,7 @@ pub(super) async fn queue(
         }
         let jobs: Vec<NewDelivery> =
             page.iter().filter_map(|device| job(tenant_id, app_id, push_id, device, push)).collect();
-        api.store.enqueue_deliveries(&jobs, tributary_delivery::worker::now_ms()).await.map_err(stored)?;
+        store.enqueue_deliveries(&jobs, tributary_delivery::worker::now_ms()).await.map_err(stored)?;
         if (page.len() as i64) < PAGE {
             break;
         }
@@ -171,8 +171,25 @@ fn job(
     })
 }
 
+/// The relay's sink of publishes' push sections. It holds the relay weakly: the relay holds it,
+/// and a cycle would keep a stopped relay (its timers, its parked sessions) alive.
+pub struct PublishedPushes {
+    store: tributary_store::Store,
+    relay: std::sync::Weak<tributary_relay::state::RelayState>,
+}
+
+impl PublishedPushes {
+    /// The sink of `relay`'s publishes, queuing into `store`.
+    pub fn new(
+        store: tributary_store::Store,
+        relay: &std::sync::Arc<tributary_relay::state::RelayState>,
+    ) -> Self {
+        Self { store, relay: std::sync::Arc::downgrade(relay) }
+    }
+}
+
 #[async_trait::async_trait]
-impl tributary_relay::state::PushSink for PushApi {
+impl tributary_relay::state::PushSink for PublishedPushes {
     fn check(&self, push: &serde_json::value::RawValue) -> Result<(), OpError> {
         let push: PushMessage = serde_json::from_str(push.get())
             .map_err(|err| OpError::new(ErrorCode::InvalidParameter, format!("push: {err}")))?;
@@ -189,11 +206,12 @@ impl tributary_relay::state::PushSink for PushApi {
         let push: PushMessage = serde_json::from_str(push.get())
             .map_err(|err| OpError::new(ErrorCode::InvalidParameter, format!("push: {err}")))?;
         // The publish authenticated the app: its policy (and so its tenant) is loaded.
+        let relay = self.relay.upgrade().ok_or(ErrorCode::Unavailable)?;
         let tenant =
-            self.relay.policies.peek(app).map(|p| p.tenant_id.to_string()).ok_or(ErrorCode::Unavailable)?;
+            relay.policies.peek(app).map(|p| p.tenant_id.to_string()).ok_or(ErrorCode::Unavailable)?;
         let digest = Sha256::new().chain_update(app).chain_update(b"\n").chain_update(message_id).finalize();
         let push_id = format!("psh_{}", digest[..12].iter().map(|b| format!("{b:02x}")).collect::<String>());
-        let reached = queue(self, &tenant, app, &Reach::Channel(channel.to_owned()), &push_id, &push)
+        let reached = queue(&self.store, &tenant, app, &Reach::Channel(channel.to_owned()), &push_id, &push)
             .await
             .map_err(|err| err.0)?;
         Ok((push_id, reached))

@@ -33,6 +33,7 @@ fn alert<'a>(token: &'a str, payload: &'a [u8]) -> ApnsRequest<'a> {
         priority: Some(10),
         expiration: Some(1_900_000_000),
         collapse_id: Some("order-42"),
+        id: None,
         payload,
     }
 }

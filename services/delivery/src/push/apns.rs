@@ -107,6 +107,9 @@ pub struct ApnsRequest<'a> {
     pub expiration: Option<u64>,
     /// Notifications with the same collapse id show as one.
     pub collapse_id: Option<&'a str>,
+    /// The notification's id (`apns-id`, a UUID), which APNs echoes: the same on every attempt
+    /// of one delivery, so a retried notification can be told from a new one.
+    pub id: Option<&'a str>,
     /// The JSON payload (`{"aps": {...}, ...}`).
     pub payload: &'a [u8],
 }
@@ -182,6 +185,9 @@ impl ApnsClient {
         }
         if let Some(id) = request.collapse_id {
             post = post.header("apns-collapse-id", id);
+        }
+        if let Some(id) = request.id {
+            post = post.header("apns-id", id);
         }
         let response = match post.send().await {
             Ok(response) => response,
@@ -278,6 +284,7 @@ mod tests {
             priority: None,
             expiration: None,
             collapse_id: None,
+            id: None,
             payload: br#"{"aps":{"alert":"hi"}}"#,
         }
     }

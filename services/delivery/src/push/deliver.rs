@@ -61,6 +61,15 @@ pub fn service_of(platform: &str) -> Option<&'static str> {
     }
 }
 
+/// A UUID (canonical form, as APNs takes an `apns-id`) made from a delivery's event id: the
+/// same for every attempt of it.
+fn uuid_of(event_id: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(event_id.as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
+
 /// The clients a worker pushes with.
 pub struct PushClients {
     apns: ApnsClient,
@@ -75,12 +84,18 @@ impl PushClients {
         Self { apns, apns_sandbox, fcm, web }
     }
 
-    /// Sends `job` (one device's copy) with `sender`.
-    pub async fn send(&self, sender: &PushSender, job: &PushJob) -> Result<PushOutcome, PushError> {
+    /// Sends `job` (one device's copy, the delivery `event_id`) with `sender`.
+    pub async fn send(
+        &self,
+        sender: &PushSender,
+        job: &PushJob,
+        event_id: &str,
+    ) -> Result<PushOutcome, PushError> {
         let push = &job.push;
         match (sender, job.platform.as_str()) {
             (PushSender::Apns { key, topic, sandbox }, "apns") => {
                 let payload = push.apns_payload();
+                let id = uuid_of(event_id);
                 let request = ApnsRequest {
                     device_token: &job.token,
                     topic,
@@ -88,6 +103,7 @@ impl PushClients {
                     priority: Some(push.apns_priority()),
                     expiration: push.ttl.map(|ttl| unix_now() + u64::from(ttl)),
                     collapse_id: push.collapse_id.as_deref(),
+                    id: Some(&id),
                     payload: &payload,
                 };
                 let client = if *sandbox { &self.apns_sandbox } else { &self.apns };

@@ -54,7 +54,7 @@ impl Inner {
         let Some(clients) = self.push.as_ref().map(Arc::clone) else {
             return dead(&job, "this worker sends no push");
         };
-        let outcome = match clients.send(sender, &push).await {
+        let outcome = match clients.send(sender, &push, &job.event_id).await {
             Ok(outcome) => outcome,
             Err(refused) => return dead(&job, &refused.to_string()),
         };

@@ -220,6 +220,7 @@ async fn apns_answer(state: &ApnsState, request: Request<hyper::body::Incoming>)
         return apns_error(400, "BadExpirationDate");
     }
     let collapse_id = header("apns-collapse-id");
+    let requested_id = header("apns-id");
     if collapse_id.as_ref().is_some_and(|c| c.len() > 64) {
         return apns_error(400, "BadCollapseId");
     }
@@ -236,7 +237,12 @@ async fn apns_answer(state: &ApnsState, request: Request<hyper::body::Incoming>)
     if state.unregistered.lock().unwrap_or_else(|p| p.into_inner()).contains(&device_token) {
         return apns_error(410, "Unregistered");
     }
-    let apns_id = uuid::Uuid::new_v4().to_string().to_uppercase();
+    // APNs answers with the request's own `apns-id` when it names one (a UUID), else its own.
+    let apns_id = match requested_id {
+        Some(id) if uuid::Uuid::parse_str(&id).is_ok() => id,
+        Some(_) => return apns_error(400, "BadMessageId"),
+        None => uuid::Uuid::new_v4().to_string().to_uppercase(),
+    };
     state.received.lock().unwrap_or_else(|p| p.into_inner()).push(ApnsReceived {
         device_token,
         topic,

@@ -26,6 +26,7 @@ mod presence;
 mod pubsub;
 mod push_credentials;
 mod push_delivery;
+mod push_kill;
 mod push_registry;
 mod quotas;
 mod recovery;

@@ -1,0 +1,160 @@
+//! Pushes under `kill -9`: a relay process takes direct pushes (PostgreSQL store, Redis engine)
+//! while separate worker processes send them to the APNs fake, and the workers are killed with
+//! SIGKILL mid-stream. Every push the relay acknowledged reaches its device; one sent twice (a
+//! killed worker's, taken over after its lease) carries the same `apns-id` both times.
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use secrecy::ExposeSecret as _;
+use serde_json::{Value, json};
+use tributary_store::{DevicePlatform, MasterKey, NewDevice};
+use tributary_testkit::ThrowawayRedis;
+use tributary_testkit::push::{ApnsFake, KeyPair};
+
+/// A child process, killed (SIGKILL) when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn command(
+    dir: &std::path::Path,
+    role: &str,
+    database: &str,
+    redis: &str,
+    key: &MasterKey,
+    settings: &[String],
+) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tributary"));
+    command.arg(role).arg("--data-dir").arg(dir);
+    let engine = ["engine.kind=redis".to_owned(), format!("engine.redis_url={redis}")];
+    for setting in engine.iter().chain(settings) {
+        command.args(["--set", setting]);
+    }
+    command
+        .env("TRIBUTARY_STORAGE__DATABASE_URL", database)
+        .env("TRIBUTARY_MASTER_KEY", key.to_base64().expose_secret())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_push_reaches_its_device_across_kill_9_of_workers() {
+    let redis = ThrowawayRedis::start();
+    let (dir, key) = (tempfile::tempdir().unwrap(), MasterKey::generate());
+    let database = tributary_testkit::fresh_postgres_database().await;
+    let keys = KeyPair::p256();
+    let apns = ApnsFake::start("TEAM123456", "KEY7654321", &keys.public_pem).await;
+    let ca = dir.path().join("push-ca.pem");
+    std::fs::write(&ca, &apns.ca_pem).unwrap();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let relay_settings = ["delivery.worker=false".to_owned(), format!("listen=\"127.0.0.1:{port}\"")];
+    let _relay = Process(
+        command(dir.path(), "serve", &database, &redis.url(), &key, &relay_settings).spawn().unwrap(),
+    );
+    let http = format!("http://127.0.0.1:{port}");
+    tributary_delivery::install_tls_provider();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while client.get(format!("{http}/readyz")).send().await.map_or(true, |r| !r.status().is_success()) {
+        assert!(tokio::time::Instant::now() < deadline, "the relay did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let credentials: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("credentials.json")).unwrap()).unwrap();
+    let (tenant, app) = (credentials["tenant_id"].as_str().unwrap(), credentials["app_id"].as_str().unwrap());
+    let (operator, api_key) =
+        (credentials["operator_token"].as_str().unwrap(), credentials["api_key"].as_str().unwrap());
+    let apns_body = json!({"team_id": "TEAM123456", "key_id": "KEY7654321", "topic": "com.example.shop", "key": keys.private_pem});
+    let set = client
+        .put(format!("{http}/v1/tenants/{tenant}/apps/{app}/push-credentials/apns"))
+        .bearer_auth(operator)
+        .json(&apns_body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status().as_u16(), 200, "{}", set.text().await.unwrap());
+    const PUSHES: usize = 300;
+    let store = tributary_store::Store::open(&database, &key).await.unwrap();
+    let mut devices = Vec::with_capacity(PUSHES);
+    for n in 0..PUSHES {
+        let new = NewDevice {
+            platform: DevicePlatform::Apns,
+            token: format!("{n:064x}"),
+            web_keys: None,
+            client_id: None,
+            metadata: "{}".into(),
+        };
+        devices.push(store.register_device(tenant, app, &new).await.unwrap().id);
+    }
+
+    let worker_settings = [
+        format!("delivery.apns_url={}", apns.url),
+        format!("delivery.push_ca_file={}", ca.display()),
+        "delivery.lease_secs=1".to_owned(),
+        "delivery.poll_interval_ms=20".to_owned(),
+        "delivery.per_endpoint_concurrency=8".to_owned(),
+        "delivery.retry_schedule=1s,1s,1s,1s,1s,1s,1s,1s".to_owned(),
+    ];
+    let worker = || {
+        Process(
+            command(dir.path(), "worker", &database, &redis.url(), &key, &worker_settings).spawn().unwrap(),
+        )
+    };
+    let mut workers = vec![worker(), worker()];
+    for (n, device) in devices.iter().enumerate() {
+        match n {
+            100 => {
+                drop(workers.remove(0)); // SIGKILL
+                workers.push(worker());
+            }
+            200 => drop(workers.remove(0)),
+            _ => {}
+        }
+        let push =
+            json!({"recipient": {"device_id": device}, "push": {"title": format!("n{n}"), "data": {"n": n}}});
+        let reply = client
+            .post(format!("{http}/v1/push/publish"))
+            .bearer_auth(api_key)
+            .header("idempotency-key", format!("p{n}"))
+            .json(&push)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status().as_u16(), 202, "push {n}: {}", reply.text().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let by_push = loop {
+        let mut by_push: HashMap<u64, Vec<String>> = HashMap::new();
+        for received in apns.received() {
+            let n = received.payload["n"].as_u64().unwrap();
+            by_push.entry(n).or_default().push(received.apns_id.clone());
+        }
+        if by_push.len() == PUSHES {
+            break by_push;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{} pushes never arrived", PUSHES - by_push.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let duplicated: usize = by_push.values().map(|ids| ids.len() - 1).sum();
+    println!(
+        "published {PUSHES} / delivered {} / lost {} / duplicated {duplicated}",
+        by_push.len(),
+        PUSHES - by_push.len()
+    );
+    for (n, ids) in &by_push {
+        let distinct: HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), 1, "push {n} came with different apns-ids: {ids:?}");
+    }
+    drop(workers);
+}

@@ -26,6 +26,7 @@ use crate::error::ApiError;
 use crate::routes;
 
 pub mod delivery;
+pub mod push;
 
 /// The schema.
 pub type ManagementSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
@@ -40,11 +41,11 @@ pub fn schema() -> ManagementSchema {
 
 /// Every read.
 #[derive(MergedObject, Default)]
-pub struct QueryRoot(CoreQuery, delivery::DeliveryQuery);
+pub struct QueryRoot(CoreQuery, delivery::DeliveryQuery, push::PushQuery);
 
 /// Every change.
 #[derive(MergedObject, Default)]
-pub struct MutationRoot(CoreMutation, delivery::DeliveryMutation);
+pub struct MutationRoot(CoreMutation, delivery::DeliveryMutation, push::PushMutation);
 
 /// A REST handler's successful answer, as JSON.
 pub(crate) trait Answer {

@@ -194,7 +194,7 @@ fn limited(limit: Option<u32>) -> axum::extract::Query<std::collections::HashMap
 }
 
 /// Runs a REST handler and reads its answer as `T`.
-async fn typed<T: serde::de::DeserializeOwned, A: Answer>(
+pub(super) async fn typed<T: serde::de::DeserializeOwned, A: Answer>(
     handler: impl std::future::Future<Output = Result<A, ApiError>>,
 ) -> async_graphql::Result<T> {
     let value = handler.await.map_err(graphql_error)?.into_value();

@@ -93,3 +93,44 @@ async fn the_console_runs_the_same_operations_with_the_same_rules() {
         .unwrap();
     assert!(sdl.contains("createApiKey") && sdl.contains("bumpKeyGeneration"), "{sdl}");
 }
+
+#[tokio::test]
+async fn push_credentials_through_graphql_are_typed_checked_and_never_show_the_secret() {
+    let server = TestServer::spawn_configured(|config| config.delivery.worker = false).await;
+    let operator = server.operator_token();
+    let vars = |extra: Value| {
+        let mut all = json!({"t": server.tenant_id(), "a": server.app_id()});
+        all.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        all
+    };
+    let key = tributary_testkit::push::KeyPair::p256();
+    let set = "mutation($t: String!, $a: String!, $s: String!, $c: JSON!) {
+        setPushCredentials(tenant: $t, app: $a, service: $s, credentials: $c) { service settings disabledReason } }";
+    let credentials = json!({"subject": "mailto:ops@example.com", "private_key": key.private_pem});
+    let (status, reply) =
+        graphql(&server, operator, set, vars(json!({"s": "webpush", "c": credentials}))).await;
+    assert_eq!(status, 200, "{reply}");
+    let created = &reply["data"]["setPushCredentials"];
+    assert_eq!(
+        (created["service"].as_str(), &created["disabledReason"]),
+        (Some("webpush"), &Value::Null),
+        "{reply}"
+    );
+    assert!(created["settings"]["public_key"].as_str().is_some_and(|k| k.len() == 87), "{reply}");
+
+    let list =
+        "query($t: String!, $a: String!) { pushCredentials(tenant: $t, app: $a) { service settings } }";
+    let (_, reply) = graphql(&server, operator, list, vars(json!({}))).await;
+    assert_eq!(reply["data"]["pushCredentials"][0]["service"], "webpush");
+    assert!(!reply.to_string().contains("PRIVATE KEY"), "{reply}");
+
+    // Refused as REST refuses it, with its error's name.
+    let bad = json!({"subject": "ops@example.com", "private_key": key.private_pem});
+    let (_, reply) = graphql(&server, operator, set, vars(json!({"s": "webpush", "c": bad}))).await;
+    assert_eq!(reply["errors"][0]["extensions"]["name"], "invalid_parameter", "{reply}");
+    let delete = "mutation($t: String!, $a: String!, $s: String!) { deletePushCredentials(tenant: $t, app: $a, service: $s) }";
+    let (_, reply) = graphql(&server, operator, delete, vars(json!({"s": "webpush"}))).await;
+    assert_eq!(reply["data"]["deletePushCredentials"], true, "{reply}");
+    let (_, reply) = graphql(&server, operator, delete, vars(json!({"s": "webpush"}))).await;
+    assert_eq!(reply["errors"][0]["extensions"]["name"], "not_found", "{reply}");
+}

@@ -91,6 +91,9 @@ enum AdminCommand {
     /// Rules of an app: which events go to which endpoint.
     #[command(subcommand)]
     Rules(super::admin_delivery::RuleCommand),
+    /// An app's credentials for the push and SMS services: list, set, delete.
+    #[command(subcommand)]
+    PushCredentials(super::admin_delivery::PushCredentialsCommand),
     /// Prints a tenant's newest audit events.
     Audit {
         /// The tenant id.
@@ -204,6 +207,11 @@ impl Call {
         Self { method: reqwest::Method::POST, path, body }
     }
 
+    /// A `PUT`, with a JSON body or none.
+    pub fn put(path: String, body: Option<Value>) -> Self {
+        Self { method: reqwest::Method::PUT, path, body }
+    }
+
     /// A `DELETE`.
     pub fn delete(path: String) -> Self {
         Self { method: reqwest::Method::DELETE, path, body: None }
@@ -273,6 +281,7 @@ fn call_of(command: AdminCommand) -> Call {
         }
         AdminCommand::Webhooks(command) => super::admin_delivery::webhook_call(command),
         AdminCommand::Rules(command) => super::admin_delivery::rule_call(command),
+        AdminCommand::PushCredentials(command) => super::admin_delivery::push_credentials_call(command),
         AdminCommand::Audit { tenant, limit } => {
             Call::get(format!("/v1/tenants/{tenant}/audit-events?limit={limit}"))
         }

@@ -1,5 +1,6 @@
-//! `tributary admin webhooks …` and `tributary admin rules …`: an app's webhook endpoints and
-//! the rules that send its events to them, through the management API.
+//! `tributary admin webhooks …`, `tributary admin rules …` and `tributary admin
+//! push-credentials …`: an app's webhook endpoints, the rules that send its events to them, and
+//! its credentials for the push and SMS services, through the management API.
 
 use clap::Subcommand;
 use serde_json::{Map, Value, json};
@@ -186,6 +187,47 @@ fn headers(pairs: &[String]) -> Value {
         })
         .collect();
     Value::Object(map)
+}
+
+/// An app's credentials for the push and SMS services.
+#[derive(Debug, Subcommand)]
+pub enum PushCredentialsCommand {
+    /// Lists them (never the secrets).
+    List {
+        #[command(flatten)]
+        at: AppRef,
+    },
+    /// Sets or replaces a service's credentials.
+    Set {
+        #[command(flatten)]
+        at: AppRef,
+        /// `apns`, `fcm`, `webpush` or `twilio`.
+        service: String,
+        /// The service's body as JSON (docs/management-api.md#push-credentials), e.g. with
+        /// `jq -n --rawfile key AuthKey.p8 '{team_id: "…", key_id: "…", topic: "…", key: $key}'`.
+        json: String,
+    },
+    /// Deletes a service's credentials.
+    Delete {
+        #[command(flatten)]
+        at: AppRef,
+        /// The service.
+        service: String,
+    },
+}
+
+/// The API call of a push credentials command.
+pub fn push_credentials_call(command: PushCredentialsCommand) -> Call {
+    use PushCredentialsCommand as P;
+    match command {
+        P::List { at } => Call::get(at.path("/push-credentials")),
+        P::Set { at, service, json } => {
+            // Sent as given when it is not JSON: the API says what is wrong with it.
+            let body = serde_json::from_str(&json).unwrap_or(Value::String(json));
+            Call::put(at.path(&format!("/push-credentials/{service}")), Some(body))
+        }
+        P::Delete { at, service } => Call::delete(at.path(&format!("/push-credentials/{service}"))),
+    }
 }
 
 /// The API call of a webhook command.

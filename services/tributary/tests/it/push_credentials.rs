@@ -121,3 +121,25 @@ async fn credentials_that_would_not_work_are_refused_with_the_reason_and_nothing
     assert_eq!((status, answer["error"]["name"].as_str()), (400, Some("invalid_frame")), "{answer}");
     assert!(server.store().push_credentials(server.tenant_id(), server.app_id()).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn tributary_admin_sets_lists_and_deletes_push_credentials() {
+    use crate::management_api::admin;
+    let server = TestServer::spawn_configured(|config| config.delivery.worker = false).await;
+    let (tenant, app) = (server.tenant_id().to_owned(), server.app_id().to_owned());
+    let key = KeyPair::p256();
+    let body = json!({"subject": "mailto:ops@example.com", "private_key": key.private_pem}).to_string();
+    let (ok, out, err) = admin(&server, &["push-credentials", "set", &tenant, &app, "webpush", &body]).await;
+    assert!(ok, "{err}");
+    let set: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(set["service"], "webpush", "{out}");
+    let (ok, out, _) = admin(&server, &["push-credentials", "list", &tenant, &app]).await;
+    assert!(ok && out.contains("\"webpush\"") && !out.contains("PRIVATE KEY"), "{out}");
+    // A body the API refuses: the CLI prints its error and fails.
+    let (ok, _, err) =
+        admin(&server, &["push-credentials", "set", &tenant, &app, "webpush", "{\"subject\": 1}"]).await;
+    assert!(!ok && err.contains("invalid_frame"), "{err}");
+    let (ok, _, err) = admin(&server, &["push-credentials", "delete", &tenant, &app, "webpush"]).await;
+    assert!(ok, "{err}");
+    assert!(server.store().push_credentials(&tenant, &app).await.unwrap().is_empty());
+}

@@ -282,22 +282,25 @@ impl Store {
         channel: &str,
         target: &PushTarget,
     ) -> Result<bool, StoreError> {
-        let (column_is, value) = match target {
-            PushTarget::Device(device_id) => ("device", device_id.as_str()),
-            PushTarget::Client(client_id) => ("client", client_id.as_str()),
+        let (sql, value) = match target {
+            PushTarget::Device(device_id) => (
+                "DELETE FROM push_channel_subscriptions WHERE app_id = $1 AND channel = $2 AND device_id = $3 \
+                 AND app_id IN (SELECT id FROM apps WHERE id = $1 AND tenant_id = $4)",
+                device_id,
+            ),
+            PushTarget::Client(client_id) => (
+                "DELETE FROM push_channel_subscriptions WHERE app_id = $1 AND channel = $2 AND client_id = $3 \
+                 AND app_id IN (SELECT id FROM apps WHERE id = $1 AND tenant_id = $4)",
+                client_id,
+            ),
         };
-        let result = sqlx::query(
-            "DELETE FROM push_channel_subscriptions WHERE app_id = $1 AND channel = $2 \
-             AND ((CAST($3 AS TEXT) = 'device' AND device_id = $4) OR (CAST($3 AS TEXT) = 'client' AND client_id = $4)) \
-             AND app_id IN (SELECT id FROM apps WHERE id = $1 AND tenant_id = $5)",
-        )
-        .bind(app_id)
-        .bind(channel)
-        .bind(column_is)
-        .bind(value)
-        .bind(tenant_id)
-        .execute(&self.pool)
-        .await?;
+        let result = sqlx::query(sql)
+            .bind(app_id)
+            .bind(channel)
+            .bind(value.as_str())
+            .bind(tenant_id)
+            .execute(&self.pool)
+            .await?;
         Ok(result.rows_affected() > 0)
     }
 

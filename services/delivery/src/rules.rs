@@ -135,8 +135,14 @@ impl CompiledRule {
 
 /// The stable id of the request that starts with the entry at `position`, for `rule_id`.
 pub fn event_id(rule_id: &str, position: &str) -> String {
-    let digest = Sha256::new().chain_update(rule_id).chain_update(b"\n").chain_update(position).finalize();
-    let mut id = String::from("evt_");
+    stable_id("evt_", rule_id, position)
+}
+
+/// An id made of `prefix` and 24 hex digits of SHA-256 over `scope` and `key`: the same for the
+/// same pair, on every node and every retry (what receivers de-duplicate by).
+pub fn stable_id(prefix: &str, scope: &str, key: &str) -> String {
+    let digest = Sha256::new().chain_update(scope).chain_update(b"\n").chain_update(key).finalize();
+    let mut id = String::from(prefix);
     for byte in &digest[..12] {
         id.push_str(&format!("{byte:02x}"));
     }

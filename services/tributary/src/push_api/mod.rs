@@ -21,6 +21,7 @@ use axum::routing::{get, post};
 use tributary_capability::{Capabilities, Right};
 use tributary_delivery::address::AddressPolicy;
 use tributary_protocol::{ChannelName, ErrorCode};
+use tributary_relay::ApiKeyIdentity;
 use tributary_relay::http_api::ApiError;
 use tributary_relay::ops::OpError;
 use tributary_relay::state::RelayState;
@@ -57,14 +58,8 @@ impl PushApi {
 
 /// Who is asking.
 enum Caller {
-    /// A backend, with an API key.
-    Backend {
-        /// The key's app and tenant.
-        app_id: String,
-        tenant_id: String,
-        /// `None`: the key may do everything; otherwise its grants.
-        grants: Option<Capabilities>,
-    },
+    /// A backend, with an API key (its app, tenant and permissions).
+    Backend(ApiKeyIdentity),
     /// A device, with a client token.
     Client {
         /// The token's app and tenant.
@@ -80,35 +75,32 @@ enum Caller {
 impl Caller {
     fn app(&self) -> (&str, &str) {
         match self {
-            Caller::Backend { tenant_id, app_id, .. } | Caller::Client { tenant_id, app_id, .. } => {
-                (tenant_id, app_id)
-            }
+            Caller::Backend(key) => (&key.tenant_id, &key.app_id),
+            Caller::Client { tenant_id, app_id, .. } => (tenant_id, app_id),
         }
     }
 
     /// The client id a client token is limited to (`None` for a backend).
     fn own_client(&self) -> Option<&str> {
         match self {
-            Caller::Backend { .. } => None,
+            Caller::Backend(_) => None,
             Caller::Client { client_id, .. } => Some(client_id),
         }
     }
 
     /// Whether the caller may subscribe to `channel`'s pushes.
     fn allow_channel(&self, channel: &ChannelName) -> Result<(), ApiError> {
-        let allowed = match self {
-            Caller::Backend { grants: None, .. } => true,
-            Caller::Backend { grants: Some(grants), .. } | Caller::Client { grants, .. } => {
-                grants.allows(channel, Right::PushSubscribe)
-            }
-        };
-        if allowed { Ok(()) } else { Err(forbidden(format!("push_subscribe is not granted on {channel}"))) }
+        match self {
+            Caller::Backend(key) => Ok(key.allow(channel, Right::PushSubscribe)?),
+            Caller::Client { grants, .. } if grants.allows(channel, Right::PushSubscribe) => Ok(()),
+            Caller::Client { .. } => Err(forbidden(format!("push_subscribe is not granted on {channel}"))),
+        }
     }
 
     /// Only backends list the app's devices and subscriptions.
     fn backend_only(&self) -> Result<(), ApiError> {
         match self {
-            Caller::Backend { .. } => Ok(()),
+            Caller::Backend(_) => Ok(()),
             Caller::Client { .. } => Err(forbidden("this needs the app's API key".into())),
         }
     }
@@ -143,12 +135,9 @@ async fn caller(api: &PushApi, headers: &HeaderMap) -> Result<Caller, ApiError> 
     let presented = tributary_relay::transport::bearer(headers, None).ok_or(ErrorCode::Unauthorized)?;
     if presented.starts_with("trb_") {
         let identity = tributary_relay::http_api::authenticate(&api.relay, headers).await?;
-        let grants = match &identity.permissions {
-            None => None,
-            Some(permissions) if permissions.mint_tokens => Some(permissions.grants.clone()),
-            Some(_) => return Err(forbidden("the registry needs a key with mint_tokens".into())),
-        };
-        return Ok(Caller::Backend { app_id: identity.app_id, tenant_id: identity.tenant_id, grants });
+        // The registry is the key's app's as a whole: a restricted key needs `mint_tokens`.
+        identity.allow_minting(&[])?;
+        return Ok(Caller::Backend(identity));
     }
     let (token, _, policy) = tributary_relay::session::authenticate(&api.relay, presented).await?;
     if !policy.served() {

@@ -8,9 +8,9 @@ use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest as _, Sha256};
 use tributary_delivery::push::deliver::service_of;
 use tributary_delivery::push::message::{PushJob, PushMessage, target_id};
+use tributary_delivery::rules::stable_id;
 use tributary_protocol::ErrorCode;
 use tributary_relay::http_api::{ApiError, channel, parse_body};
 use tributary_relay::ops::OpError;
@@ -75,10 +75,7 @@ pub(super) async fn publish(
     check(&request.push)?;
     let (tenant_id, app_id) = caller.app();
     let push_id = match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
-        Some(key) if !key.is_empty() && key.len() <= 256 => {
-            let digest = Sha256::new().chain_update(app_id).chain_update(b"\n").chain_update(key).finalize();
-            format!("psh_{}", digest[..12].iter().map(|b| format!("{b:02x}")).collect::<String>())
-        }
+        Some(key) if !key.is_empty() && key.len() <= 256 => stable_id("psh_", app_id, key),
         Some(_) => return Err(invalid("Idempotency-Key is 1 to 256 characters")),
         None => format!("psh_{}", uuid::Uuid::new_v4().simple()),
     };
@@ -209,8 +206,7 @@ impl tributary_relay::state::PushSink for PublishedPushes {
         let relay = self.relay.upgrade().ok_or(ErrorCode::Unavailable)?;
         let tenant =
             relay.policies.peek(app).map(|p| p.tenant_id.to_string()).ok_or(ErrorCode::Unavailable)?;
-        let digest = Sha256::new().chain_update(app).chain_update(b"\n").chain_update(message_id).finalize();
-        let push_id = format!("psh_{}", digest[..12].iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let push_id = stable_id("psh_", app, message_id);
         let reached = queue(&self.store, &tenant, app, &Reach::Channel(channel.to_owned()), &push_id, &push)
             .await
             .map_err(|err| err.0)?;

@@ -249,6 +249,18 @@ pub struct FinishedAttempt {
     pub record: AttemptRecord,
     /// What happens to the job.
     pub after: AfterAttempt,
+    /// The job's body from now on, when the attempt delivered only part of it (a push job's
+    /// devices left to try again); `None`: unchanged.
+    pub rest: Option<Vec<u8>>,
+    /// Pushes the attempt delivered (a push job's devices reached), counted in usage.
+    pub pushed: i64,
+}
+
+impl FinishedAttempt {
+    /// An attempt of `job_id` that leaves its body as it is and delivered no push.
+    pub fn new(job_id: &str, record: AttemptRecord, after: AfterAttempt) -> Self {
+        Self { job_id: job_id.to_owned(), record, after, rest: None, pushed: 0 }
+    }
 }
 
 /// Inserts a job and its body unless its event is queued for its target already (or its app
@@ -439,7 +451,7 @@ impl Store {
         record: &AttemptRecord,
         after: AfterAttempt,
     ) -> Result<bool, StoreError> {
-        let finished = [FinishedAttempt { job_id: job_id.to_owned(), record: record.clone(), after }];
+        let finished = [FinishedAttempt::new(job_id, record.clone(), after)];
         Ok(self.finish_delivery_attempts(owner, &finished).await?[0])
     }
 

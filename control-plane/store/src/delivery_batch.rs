@@ -69,14 +69,20 @@ pub(crate) async fn finish_group(
         let attempt: i64 = row.try_get("attempts")?;
         let tenant_id: String = row.try_get("tenant_id")?;
         let target_id: String = row.try_get("target_id")?;
-        if let Some(finished) = group.iter().find(|f| f.job_id == id && f.after == AfterAttempt::Delivered) {
+        // A push target's deliveries are pushes, counted per device reached by any attempt
+        // (one may reach some of its devices and retry the rest): not webhook usage, nor the
+        // webhook quota's.
+        let push = target_id.starts_with("push:");
+        let counted = |f: &&FinishedAttempt| {
+            f.job_id == id && if push { f.pushed > 0 } else { f.after == AfterAttempt::Delivered }
+        };
+        if let Some(finished) = group.iter().find(counted) {
             let minute = finished.record.at_ms.div_euclid(60_000) * 60;
             let app_id: String = row.try_get("app_id")?;
             let events: i64 = row.try_get("events")?;
             let entry = used.entry((app_id, minute)).or_insert_with(|| (tenant_id.clone(), 0, 0, 0));
-            // A push target's deliveries are pushes: not webhook usage, nor the webhook quota's.
-            if target_id.starts_with("push:") {
-                entry.3 += 1;
+            if push {
+                entry.3 += finished.pushed;
             } else {
                 entry.1 += 1;
                 entry.2 += events;
@@ -117,6 +123,19 @@ pub(crate) async fn finish_group(
             delete = delete.bind(job_id);
         }
         delete.execute(&mut *conn).await?;
+    }
+    // What is left of a job that delivered part of its body (rare: a push some of whose
+    // devices are to be tried again) replaces its body, one statement each.
+    for finished in
+        group.iter().filter(|f| f.after != AfterAttempt::Delivered && moved.contains_key(&f.job_id))
+    {
+        if let Some(rest) = &finished.rest {
+            sqlx::query("UPDATE delivery_bodies SET payload = $1 WHERE job_id = $2")
+                .bind(rest.as_slice())
+                .bind(finished.job_id.as_str())
+                .execute(&mut *conn)
+                .await?;
+        }
     }
     let logged: Vec<(&FinishedAttempt, &(i64, String, String))> =
         group.iter().filter_map(|finished| moved.get(&finished.job_id).map(|m| (finished, m))).collect();

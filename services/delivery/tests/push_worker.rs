@@ -13,7 +13,8 @@ use tributary_delivery::address::{AddressPolicy, IpRange};
 use tributary_delivery::push::apns::{ApnsClient, http2_client};
 use tributary_delivery::push::deliver::PushClients;
 use tributary_delivery::push::fcm::FcmClient;
-use tributary_delivery::push::message::{PushJob, PushMessage, target_id};
+use tributary_delivery::push::job::{PushDevice, PushJob};
+use tributary_delivery::push::message::{PushMessage, target_id};
 use tributary_delivery::push::webpush::{VapidKey, WebPushClient};
 use tributary_delivery::schedule::RetrySchedule;
 use tributary_delivery::sender::{Sender, SenderLimits};
@@ -121,11 +122,15 @@ impl Setup {
         push: &PushMessage,
     ) {
         let job = PushJob {
-            device_id: device_id.into(),
+            push_id: format!("psh_{device_id}"),
             platform: platform.into(),
-            token: token.into(),
-            web_keys,
             push: push.clone(),
+            devices: vec![PushDevice {
+                device_id: device_id.into(),
+                token: token.into(),
+                web_keys,
+                refused: None,
+            }],
         };
         let delivery = NewDelivery {
             tenant_id: self.tenant.clone(),
@@ -297,4 +302,75 @@ async fn a_dead_token_removes_its_device_and_refused_credentials_stop_the_apps_p
     assert_eq!(s.fcm.token_requests(), requests, "no request with refused credentials");
     let dead = s.store.dead_deliveries(&s.tenant, &fcm_target, 10).await.unwrap();
     assert_eq!(dead.len(), 2, "kept, replayable once the credentials are set again");
+}
+
+#[tokio::test]
+async fn a_job_of_many_devices_keeps_only_those_to_try_again_and_dead_letters_the_refused() {
+    let s = setup().await;
+    let tokens: Vec<String> = (1..=4).map(|n| format!("{n:02}").repeat(32)).collect();
+    let mut devices = Vec::new();
+    for token in &tokens {
+        let device_id = s.device(DevicePlatform::Apns, token, None).await;
+        devices.push(PushDevice { device_id, token: token.clone(), web_keys: None, refused: None });
+    }
+    let job = PushJob { push_id: "psh_many".into(), platform: "apns".into(), push: order_push(), devices };
+    let delivery = NewDelivery {
+        tenant_id: s.tenant.clone(),
+        app_id: s.app.clone(),
+        target_id: target_id(&s.app, "apns"),
+        event_id: "psh_many:first".into(),
+        payload: serde_json::to_vec(&job).unwrap(),
+        headers: "{}".into(),
+        events: 4,
+    };
+    // Of the first attempt's four requests, one is throttled and one refused.
+    s.apns.answer_next(429, "TooManyRequests", Some(0));
+    s.apns.answer_next(400, "BadTopic", None);
+    assert!(s.store.enqueue_delivery(&delivery, now_ms()).await.unwrap());
+    let target = target_id(&s.app, "apns");
+    s.until("the job dead-lettered", async || {
+        !s.store.dead_deliveries(&s.tenant, &target, 10).await.unwrap().is_empty()
+    })
+    .await;
+    let log = s.store.delivery_log(&s.tenant, &target, 10).await.unwrap();
+    let lines: Vec<(&str, &str)> =
+        log.iter().map(|a| (a.record.outcome.as_str(), a.record.snippet.as_str())).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[1].0, "retry");
+    assert!(
+        lines[1].1.starts_with("2 delivered, 0 removed (dead tokens), 1 to retry, 1 refused"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].1.contains("429 TooManyRequests") || lines[1].1.contains("TooManyRequests"),
+        "{lines:?}"
+    );
+    assert_eq!(lines[0].0, "dead");
+    assert!(
+        lines[0].1.starts_with("1 delivered, 0 removed (dead tokens), 0 to retry, 0 refused"),
+        "{lines:?}"
+    );
+    // The dead letter holds the refused device alone, with why.
+    let dead = s.store.dead_deliveries(&s.tenant, &target, 10).await.unwrap();
+    let kept = PushJob::read(&dead[0].payload, &dead[0].event_id).unwrap();
+    assert_eq!(kept.devices.len(), 1);
+    assert_eq!(kept.devices[0].refused.as_deref(), Some("400 BadTopic"));
+    let mut reached: Vec<String> = s.apns.received().into_iter().map(|r| r.device_token).collect();
+    reached.sort();
+    assert_eq!(reached.len(), 3, "each device delivered once: {reached:?}");
+    assert!(!reached.contains(&kept.devices[0].token));
+
+    // Replayed (the app's topic fixed, say), the refused device is sent again.
+    s.store.replay_delivery(&s.tenant, &dead[0].id, now_ms()).await.unwrap();
+    s.until("the replay delivered", async || s.apns.received().len() == 4).await;
+    let mut reached: Vec<String> = s.apns.received().into_iter().map(|r| r.device_token).collect();
+    reached.sort();
+    assert_eq!(reached, tokens, "every device once");
+    let now = now_ms() / 1000;
+    let points = s
+        .store
+        .usage(&s.tenant, None, (now - 7200, now + 3600), tributary_store::Granularity::Hour)
+        .await
+        .unwrap();
+    assert_eq!(points.iter().map(|p| p.push_deliveries).sum::<i64>(), 4, "usage counts devices reached");
 }

@@ -229,10 +229,8 @@ async fn a_delivered_body_goes_with_its_delivery_and_no_other_body_does() {
         }
         let jobs = db.store.claim_deliveries("w1", 1_000, 31_000, 10, 10, "").await.unwrap();
         assert!(jobs.iter().all(|job| job.body_kept && !job.payload.is_empty()), "{jobs:?}");
-        let finish = |n: usize, after: AfterAttempt| tributary_store::FinishedAttempt {
-            job_id: jobs[n].id.clone(),
-            record: attempt(2_000, "delivered"),
-            after,
+        let finish = |n: usize, after: AfterAttempt| {
+            tributary_store::FinishedAttempt::new(&jobs[n].id, attempt(2_000, "delivered"), after)
         };
         let finished = [
             finish(0, AfterAttempt::Delivered),
@@ -276,21 +274,21 @@ async fn delivered_webhooks_are_counted_in_usage_once_with_their_events() {
         let jobs = db.store.claim_deliveries("w1", 1_000, 31_000, 10, 10, "").await.unwrap();
         let at = 1_800_000_000_000; // a minute's start (ms) the usage reads back in seconds
         let finished: Vec<tributary_store::FinishedAttempt> = vec![
-            tributary_store::FinishedAttempt {
-                job_id: jobs[0].id.clone(),
-                record: attempt(at, "delivered"),
-                after: AfterAttempt::Delivered,
-            },
-            tributary_store::FinishedAttempt {
-                job_id: jobs[1].id.clone(),
-                record: attempt(at, "delivered"),
-                after: AfterAttempt::Delivered,
-            },
-            tributary_store::FinishedAttempt {
-                job_id: jobs[2].id.clone(),
-                record: attempt(at, "retry"),
-                after: AfterAttempt::RetryAt(at + 5_000),
-            },
+            tributary_store::FinishedAttempt::new(
+                &jobs[0].id,
+                attempt(at, "delivered"),
+                AfterAttempt::Delivered,
+            ),
+            tributary_store::FinishedAttempt::new(
+                &jobs[1].id,
+                attempt(at, "delivered"),
+                AfterAttempt::Delivered,
+            ),
+            tributary_store::FinishedAttempt::new(
+                &jobs[2].id,
+                attempt(at, "retry"),
+                AfterAttempt::RetryAt(at + 5_000),
+            ),
         ];
         db.store.finish_delivery_attempts("w1", &finished).await.unwrap();
         // Recorded again by a worker that lost the jobs: refused, and not counted twice.

@@ -4,7 +4,7 @@ use serde_json::Value;
 
 use super::apns::{ApnsClient, ApnsKey, ApnsRequest, PushType};
 use super::fcm::{FcmClient, ServiceAccount};
-use super::message::PushJob;
+use super::job::{PushDevice, PushJob};
 use super::webpush::{Subscription, VapidKey, WebPushClient, WebPushOptions};
 use super::{PushError, PushOutcome, unix_now};
 
@@ -61,14 +61,18 @@ pub fn service_of(platform: &str) -> Option<&'static str> {
     }
 }
 
-/// A UUID (canonical form, as APNs takes an `apns-id`) made from a delivery's event id: the
-/// same for every attempt of it.
-fn uuid_of(event_id: &str) -> String {
+/// A UUID (canonical form, as APNs takes an `apns-id`) made from a device's copy's stable id:
+/// the same for every attempt of it.
+fn uuid_of(copy_id: &str) -> String {
     use sha2::Digest as _;
-    let digest = sha2::Sha256::digest(event_id.as_bytes());
+    let digest = sha2::Sha256::digest(copy_id.as_bytes());
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
     format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
 }
+
+/// Most of one job's requests in flight at once: APNs takes up to a thousand concurrent
+/// streams on a connection, and a worker runs a few jobs of a target at once.
+pub const JOB_CONCURRENCY: usize = 250;
 
 /// The clients a worker pushes with.
 pub struct PushClients {
@@ -78,45 +82,80 @@ pub struct PushClients {
     web: WebPushClient,
 }
 
+/// The parts of a push's requests that are the same for every device, made once per job.
+struct Prepared {
+    apns_payload: Vec<u8>,
+    web_payload: Vec<u8>,
+    expiration: Option<u64>,
+}
+
 impl PushClients {
     /// Clients of APNs (production and sandbox), FCM and Web Push.
     pub fn new(apns: ApnsClient, apns_sandbox: ApnsClient, fcm: FcmClient, web: WebPushClient) -> Self {
         Self { apns, apns_sandbox, fcm, web }
     }
 
-    /// Sends `job` (one device's copy, the delivery `event_id`) with `sender`.
-    pub async fn send(
+    /// Sends `job` with `sender` to each of its devices not refused yet, [`JOB_CONCURRENCY`]
+    /// at a time; returns each device's answer, by its index in `job.devices`.
+    pub async fn send_job(
         &self,
         sender: &PushSender,
         job: &PushJob,
-        event_id: &str,
+    ) -> Vec<(usize, Result<PushOutcome, PushError>)> {
+        use futures::StreamExt as _;
+        let push = &job.push;
+        let prepared = Prepared {
+            apns_payload: if job.platform == "apns" { push.apns_payload() } else { Vec::new() },
+            web_payload: if job.platform == "web" { push.web_payload() } else { Vec::new() },
+            expiration: push.ttl.map(|ttl| unix_now() + u64::from(ttl)),
+        };
+        let prepared = &prepared;
+        // By index: a stream of borrowed devices makes a future the worker cannot spawn (its
+        // closures would have to hold for any lifetime).
+        let unrefused: Vec<usize> =
+            (0..job.devices.len()).filter(|&i| job.devices[i].refused.is_none()).collect();
+        futures::stream::iter(unrefused)
+            .map(|index| async move { (index, self.send(sender, job, &job.devices[index], prepared).await) })
+            .buffer_unordered(JOB_CONCURRENCY)
+            .collect()
+            .await
+    }
+
+    /// Sends `job`'s push to one of its devices.
+    async fn send(
+        &self,
+        sender: &PushSender,
+        job: &PushJob,
+        device: &PushDevice,
+        prepared: &Prepared,
     ) -> Result<PushOutcome, PushError> {
         let push = &job.push;
         match (sender, job.platform.as_str()) {
             (PushSender::Apns { key, topic, sandbox }, "apns") => {
-                let payload = push.apns_payload();
-                let id = uuid_of(event_id);
+                let id = uuid_of(&job.copy_id(device));
                 let request = ApnsRequest {
-                    device_token: &job.token,
+                    device_token: &device.token,
                     topic,
                     push_type: if push.apns_is_alert() { PushType::Alert } else { PushType::Background },
                     priority: Some(push.apns_priority()),
-                    expiration: push.ttl.map(|ttl| unix_now() + u64::from(ttl)),
+                    expiration: prepared.expiration,
                     collapse_id: push.collapse_id.as_deref(),
                     id: Some(&id),
-                    payload: &payload,
+                    payload: &prepared.apns_payload,
                 };
                 let client = if *sandbox { &self.apns_sandbox } else { &self.apns };
                 client.send(key, request).await
             }
-            (PushSender::Fcm(account), "fcm") => self.fcm.send(account, &push.fcm_message(&job.token)).await,
+            (PushSender::Fcm(account), "fcm") => {
+                self.fcm.send(account, &push.fcm_message(&device.token)).await
+            }
             (PushSender::Web(vapid), "web") => {
-                let keys = job
+                let keys = device
                     .web_keys
                     .as_ref()
                     .ok_or_else(|| PushError::DeviceToken("a subscription's keys".into()))?;
                 let key = |name: &str| keys[name].as_str().unwrap_or_default().to_owned();
-                let subscription = Subscription::parse(&job.token, &key("p256dh"), &key("auth"))?;
+                let subscription = Subscription::parse(&device.token, &key("p256dh"), &key("auth"))?;
                 // A Web Push topic is at most 32 base64url characters: a collapse id that is not
                 // one is not sent as one.
                 let topic = push.collapse_id.as_deref().filter(|id| {
@@ -127,7 +166,7 @@ impl PushClients {
                     urgency: Some(if push.priority.as_deref() == Some("normal") { "normal" } else { "high" }),
                     topic,
                 };
-                self.web.send(vapid, &subscription, &push.web_payload(), options).await
+                self.web.send(vapid, &subscription, &prepared.web_payload, options).await
             }
             _ => Err(PushError::Invalid("platform (the device's and the credentials' service differ)")),
         }

@@ -3,7 +3,7 @@
 //! A push section (of a publish, or of a direct push) is one message for every platform: a
 //! title, a body and data, with per-platform overrides merged last (`apns` into APNs' payload,
 //! `fcm` into FCM's `message`, `web` into the JSON a service worker receives). A delivery job
-//! carries one device's copy: its platform, token (or subscription) and the section.
+//! carries the section and the devices it goes to ([`super::job::PushJob`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -172,22 +172,6 @@ fn merge(target: &mut Value, patch: &Value) {
         }
         (target, patch) => *target = patch.clone(),
     }
-}
-
-/// One device's copy of a push: what a delivery job carries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PushJob {
-    /// The device.
-    pub device_id: String,
-    /// `apns`, `fcm` or `web`.
-    pub platform: String,
-    /// Its token, or its subscription's endpoint.
-    pub token: String,
-    /// A Web Push subscription's keys, `{"p256dh", "auth"}`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub web_keys: Option<Value>,
-    /// The push.
-    pub push: PushMessage,
 }
 
 /// The delivery target of an app's pushes through a service: `push:<app>:<service>` (one queue

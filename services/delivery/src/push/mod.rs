@@ -11,6 +11,7 @@
 pub mod apns;
 pub mod deliver;
 pub mod fcm;
+pub mod job;
 pub mod message;
 pub mod webpush;
 

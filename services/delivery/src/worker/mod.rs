@@ -500,7 +500,7 @@ fn finished(
         outcome: outcome.to_owned(),
         snippet: snippet.to_owned(),
     };
-    FinishedAttempt { job_id: job.id.clone(), record, after }
+    FinishedAttempt::new(&job.id, record, after)
 }
 
 /// Reads an endpoint's custom headers (a JSON object of strings); anything else is ignored.

@@ -10,7 +10,7 @@ use tributary_store::{AfterAttempt, DeliveryJob, DevicePlatform, PushService, St
 use super::{Attempted, Inner, Target, finished};
 use crate::push::PushOutcome;
 use crate::push::deliver::PushSender;
-use crate::push::message::PushJob;
+use crate::push::job::PushJob;
 
 impl Inner {
     /// The credentials of an app's pushes through `service`, read once per claim.
@@ -35,7 +35,11 @@ impl Inner {
         }
     }
 
-    /// Sends one push job and says what to record of it.
+    /// Sends a push job to its devices and says what to record of it: the devices delivered or
+    /// found dead leave it; those to try again stay in it (its body rewritten), retried by the
+    /// schedule; those the service refused stay marked for the dead letter. Refused credentials
+    /// stop the app's pushes through the service: the job is dead-lettered with the devices it
+    /// did not reach.
     pub(super) async fn attempt_push(
         &self,
         job: DeliveryJob,
@@ -48,54 +52,170 @@ impl Inner {
             let finished = finished(job, started, None, reason, "dead", AfterAttempt::Dead);
             Some(Attempted { finished, target: job.target_id.clone(), healthy: None })
         };
-        let Ok(push) = serde_json::from_slice::<PushJob>(&job.payload) else {
+        let Some(mut push) = PushJob::read(&job.payload, &job.event_id) else {
             return dead(&job, "the push job is not readable");
         };
         let Some(clients) = self.push.as_ref().map(Arc::clone) else {
             return dead(&job, "this worker sends no push");
         };
-        let outcome = match clients.send(sender, &push, &job.event_id).await {
-            Ok(outcome) => outcome,
-            Err(refused) => return dead(&job, &refused.to_string()),
-        };
-        let (outcome, after, status, snippet) = match outcome {
-            PushOutcome::Delivered { id } => {
-                ("delivered", AfterAttempt::Delivered, Some(200), id.unwrap_or_default())
-            }
-            PushOutcome::Unregistered { reason } => {
-                // The token is dead: the device goes (with its subscriptions), and so does this push.
-                let platform = DevicePlatform::parse(&push.platform).unwrap_or(DevicePlatform::Apns);
-                if let Err(err) = self.store.remove_device_by_token(app_id, platform, &push.token).await {
-                    tracing::warn!(error = %err, "a device whose token is dead was not removed");
-                    return None;
+        // A job whose every device was refused is a dead letter replayed: all are sent again.
+        if push.devices.iter().all(|device| device.refused.is_some()) {
+            push.devices.iter_mut().for_each(|device| device.refused = None);
+        }
+        let answers = clients.send_job(sender, &push).await;
+        let mut tally = Tally::default();
+        let mut leaving = vec![false; push.devices.len()];
+        let mut gone_tokens = Vec::new();
+        for (index, answer) in answers {
+            let device = &mut push.devices[index];
+            match answer {
+                Ok(PushOutcome::Delivered { id }) => {
+                    leaving[index] = true;
+                    tally.delivered += 1;
+                    tally.last_id = id;
                 }
-                ("gone", AfterAttempt::Dead, None, format!("device removed: {reason}"))
-            }
-            PushOutcome::Retry { after, reason } => {
-                let (outcome, next) = self.after_failure(&job, after);
-                (outcome, next, None, reason)
-            }
-            PushOutcome::CredentialsRejected { reason } => {
-                match self.store.disable_push_credentials(app_id, service, &reason).await {
-                    Ok(Some(_)) => {
-                        let notice = serde_json::json!({
-                            "type": "push.credentials_refused", "app_id": app_id,
-                            "service": service.as_str(), "reason": reason, "at": started / 1000,
-                        });
-                        let key = format!("push.refused:{app_id}:{}:{}", service.as_str(), started / 60_000);
-                        self.notify(app_id, notice, key).await;
-                    }
-                    Ok(None) => {}
-                    Err(err) => {
-                        tracing::warn!(error = %err, "refused push credentials were not disabled");
-                        return None;
-                    }
+                Ok(PushOutcome::Unregistered { reason }) => {
+                    leaving[index] = true;
+                    gone_tokens.push(device.token.clone());
+                    tally.note(&device.device_id, &reason);
+                    tally.gone += 1;
                 }
-                ("refused", AfterAttempt::Dead, None, format!("credentials refused: {reason}"))
+                Ok(PushOutcome::Retry { after, reason }) => {
+                    tally.retry_after = tally.retry_after.max(after);
+                    tally.note(&device.device_id, &reason);
+                    tally.retry += 1;
+                }
+                Ok(PushOutcome::CredentialsRejected { reason }) => tally.credentials = Some(reason),
+                Ok(PushOutcome::Rejected { status, reason }) => {
+                    let reason = format!("{status} {reason}");
+                    tally.note(&device.device_id, &reason);
+                    device.refused = Some(reason);
+                    tally.refused += 1;
+                }
+                Err(err) => {
+                    let reason = err.to_string();
+                    tally.note(&device.device_id, &reason);
+                    device.refused = Some(reason);
+                    tally.refused += 1;
+                }
             }
-            PushOutcome::Rejected { status, reason } => ("dead", AfterAttempt::Dead, Some(status), reason),
+        }
+        // The dead tokens' devices go (with their subscriptions) before anything is recorded:
+        // a failure leaves the job leased, to be sent again.
+        let platform = DevicePlatform::parse(&push.platform).unwrap_or(DevicePlatform::Apns);
+        for token in &gone_tokens {
+            if let Err(err) = self.store.remove_device_by_token(app_id, platform, token).await {
+                tracing::warn!(error = %err, "a device whose token is dead was not removed");
+                return None;
+            }
+        }
+        let mut index = 0;
+        push.devices.retain(|_| {
+            index += 1;
+            !leaving[index - 1]
+        });
+        let (outcome, after) = if let Some(reason) = &tally.credentials {
+            if !self.credentials_refused(app_id, service, reason, started).await {
+                return None;
+            }
+            ("refused", AfterAttempt::Dead)
+        } else if tally.retry > 0 {
+            self.after_failure(&job, tally.retry_after)
+        } else if push.devices.iter().any(|device| device.refused.is_some()) {
+            // Refused by this attempt or an earlier one: the dead letter keeps them.
+            ("dead", AfterAttempt::Dead)
+        } else if tally.gone > 0 && tally.delivered == 0 {
+            ("gone", AfterAttempt::Dead)
+        } else {
+            ("delivered", AfterAttempt::Delivered)
         };
-        let finished = finished(&job, started, status, &snippet, outcome, after);
+        let single = job.events <= 1 && tally.delivered + tally.gone + tally.retry + tally.refused <= 1;
+        let snippet = tally.snippet(single);
+        let status = (outcome == "delivered").then_some(200);
+        let mut finished = finished(&job, started, status, &snippet, outcome, after);
+        finished.pushed = tally.delivered;
+        // What is left to send (or to keep as the dead letter) replaces the body when it shrank
+        // or a device was marked refused.
+        if after != AfterAttempt::Delivered && (tally.delivered + tally.gone + tally.refused) > 0 {
+            finished.rest = serde_json::to_vec(&push).ok();
+        }
         Some(Attempted { finished, target: job.target_id, healthy: None })
+    }
+
+    /// Stops an app's pushes through `service` after its credentials were refused, and tells
+    /// the tenant (once: the credentials are disabled by the first refusal); `false` when the
+    /// store failed (the job is sent again after its lease).
+    async fn credentials_refused(&self, app_id: &str, service: PushService, reason: &str, at: i64) -> bool {
+        match self.store.disable_push_credentials(app_id, service, reason).await {
+            Ok(Some(_)) => {
+                let notice = serde_json::json!({
+                    "type": "push.credentials_refused", "app_id": app_id,
+                    "service": service.as_str(), "reason": reason, "at": at / 1000,
+                });
+                let key = format!("push.refused:{app_id}:{}:{}", service.as_str(), at / 60_000);
+                self.notify(app_id, notice, key).await;
+                true
+            }
+            Ok(None) => true,
+            Err(err) => {
+                tracing::warn!(error = %err, "refused push credentials were not disabled");
+                false
+            }
+        }
+    }
+}
+
+/// What a job's devices' answers came to.
+#[derive(Default)]
+struct Tally {
+    delivered: i64,
+    gone: i64,
+    retry: i64,
+    refused: i64,
+    /// The longest `Retry-After` asked for.
+    retry_after: Option<std::time::Duration>,
+    /// The credentials' refusal, if any.
+    credentials: Option<String>,
+    /// The service's id of the last delivered copy.
+    last_id: Option<String>,
+    /// The first few devices' reasons, for the delivery log.
+    notes: Vec<String>,
+}
+
+/// Devices whose reasons the delivery log names, per attempt.
+const NOTED_DEVICES: usize = 10;
+
+impl Tally {
+    fn note(&mut self, device_id: &str, reason: &str) {
+        if self.notes.len() < NOTED_DEVICES {
+            self.notes.push(format!("{device_id}: {reason}"));
+        }
+    }
+
+    /// The delivery log's line: a one-device job's answer as it came, else the counts and the
+    /// first devices' reasons.
+    fn snippet(&self, single: bool) -> String {
+        if let Some(reason) = &self.credentials {
+            return format!("credentials refused: {reason}");
+        }
+        if single {
+            return match (self.delivered, self.gone, self.notes.first()) {
+                (1, _, _) => self.last_id.clone().unwrap_or_default(),
+                (_, 1, Some(note)) => {
+                    format!("device removed: {}", note.split_once(": ").map_or("", |(_, r)| r))
+                }
+                (_, _, Some(note)) => note.split_once(": ").map_or(note.as_str(), |(_, r)| r).to_owned(),
+                _ => String::new(),
+            };
+        }
+        let mut line = format!(
+            "{} delivered, {} removed (dead tokens), {} to retry, {} refused",
+            self.delivered, self.gone, self.retry, self.refused
+        );
+        for note in &self.notes {
+            line.push_str("; ");
+            line.push_str(note);
+        }
+        line
     }
 }

@@ -1,9 +1,9 @@
 //! The APNs fake: HTTP/2 only, over TLS, checking provider tokens, paths and headers as APNs does.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -44,9 +44,16 @@ struct ApnsState {
     received: Mutex<Vec<ApnsReceived>>,
     unregistered: Mutex<HashSet<String>>,
     scripted: Mutex<VecDeque<Scripted>>,
-    tokens: Mutex<HashSet<String>>,
+    /// Provider tokens verified, with their `iat`: as APNs, a token's signature is checked
+    /// once, its age on every request.
+    tokens: Mutex<HashMap<String, u64>>,
     connections: AtomicUsize,
     requests: AtomicUsize,
+    accepted: AtomicUsize,
+    /// `false`: notifications are counted, not kept (a benchmark's millions).
+    keep: AtomicBool,
+    /// How long each answer waits, in milliseconds (a slow service).
+    delay_ms: AtomicU64,
 }
 
 /// A fake APNs: HTTP/2 over TLS on a loopback port.
@@ -94,6 +101,7 @@ impl ApnsFake {
             team_id: team_id.to_owned(),
             key_id: key_id.to_owned(),
             public_pem: public_pem.to_owned(),
+            keep: AtomicBool::new(true),
             ..Default::default()
         });
         let serving = state.clone();
@@ -147,6 +155,22 @@ impl ApnsFake {
         self.state.tokens.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    /// Notifications accepted so far (kept or only counted).
+    pub fn accepted(&self) -> usize {
+        self.state.accepted.load(Ordering::Relaxed)
+    }
+
+    /// From now on notifications are counted ([`Self::accepted`]), not kept.
+    pub fn count_only(&self) {
+        self.state.keep.store(false, Ordering::Relaxed);
+    }
+
+    /// From now on every answer waits `delay` (a slow service: requests stay in flight).
+    pub fn answer_after(&self, delay: std::time::Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.state.delay_ms.store(ms, Ordering::Relaxed);
+    }
+
     /// From now on `device_token` is answered `410 Unregistered`.
     pub fn unregister(&self, device_token: &str) {
         self.state.unregistered.lock().unwrap_or_else(|p| p.into_inner()).insert(device_token.to_owned());
@@ -183,7 +207,10 @@ async fn apns_answer(state: &ApnsState, request: Request<hyper::body::Incoming>)
     if let Err(reason) = verify_provider_token(state, &jwt) {
         return apns_error(403, reason);
     }
-    state.tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(jwt);
+    let delay = state.delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     let scripted = state.scripted.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
     if let Some(scripted) = scripted {
         let mut response = apns_error(scripted.status, scripted.reason);
@@ -243,6 +270,12 @@ async fn apns_answer(state: &ApnsState, request: Request<hyper::body::Incoming>)
         Some(_) => return apns_error(400, "BadMessageId"),
         None => uuid::Uuid::new_v4().to_string().to_uppercase(),
     };
+    state.accepted.fetch_add(1, Ordering::Relaxed);
+    if !state.keep.load(Ordering::Relaxed) {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        response.headers_mut().insert("apns-id", apns_id.parse().expect("a header"));
+        return response;
+    }
     state.received.lock().unwrap_or_else(|p| p.into_inner()).push(ApnsReceived {
         device_token,
         topic,
@@ -261,6 +294,27 @@ async fn apns_answer(state: &ApnsState, request: Request<hyper::body::Incoming>)
 /// Verifies a provider token as APNs does: ES256 by the team's key named in `kid`, `iss` the
 /// team, `iat` within the last hour.
 fn verify_provider_token(state: &ApnsState, jwt: &str) -> Result<(), &'static str> {
+    let known = state.tokens.lock().unwrap_or_else(|p| p.into_inner()).get(jwt).copied();
+    let iat = match known {
+        Some(iat) => iat,
+        None => {
+            let iat = verify_signature(state, jwt)?;
+            state.tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(jwt.to_owned(), iat);
+            iat
+        }
+    };
+    let now = unix_now();
+    if iat + 3600 < now {
+        return Err("ExpiredProviderToken");
+    }
+    if iat > now + 60 {
+        return Err("InvalidProviderToken");
+    }
+    Ok(())
+}
+
+/// Checks a provider token's header and signature; returns its `iat`.
+fn verify_signature(state: &ApnsState, jwt: &str) -> Result<u64, &'static str> {
     let header = jsonwebtoken::decode_header(jwt).map_err(|_| "InvalidProviderToken")?;
     if header.alg != Algorithm::ES256 || header.kid.as_deref() != Some(state.key_id.as_str()) {
         return Err("InvalidProviderToken");
@@ -272,13 +326,5 @@ fn verify_provider_token(state: &ApnsState, jwt: &str) -> Result<(), &'static st
     validation.set_issuer(&[state.team_id.as_str()]);
     let claims =
         jsonwebtoken::decode::<Value>(jwt, &key, &validation).map_err(|_| "InvalidProviderToken")?.claims;
-    let iat = claims["iat"].as_u64().ok_or("InvalidProviderToken")?;
-    let now = unix_now();
-    if iat + 3600 < now {
-        return Err("ExpiredProviderToken");
-    }
-    if iat > now + 60 {
-        return Err("InvalidProviderToken");
-    }
-    Ok(())
+    claims["iat"].as_u64().ok_or("InvalidProviderToken")
 }

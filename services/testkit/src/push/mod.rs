@@ -1,9 +1,10 @@
 //! Fakes of the push services that check the real protocols, written from Apple's and Google's
 //! documentation independently of the clients under test.
 //!
-//! - [`ApnsFake`]: HTTP/2 only, over TLS (ALPN `h2`, a test authority's certificate). Every
-//!   request's provider token is verified against the team's public key (ES256, `kid`, `iss`,
-//!   an `iat` under an hour old), and its path and headers as APNs checks them; answers are
+//! - [`ApnsFake`]: HTTP/2 only, over TLS (ALPN `h2`, a test authority's certificate). Each
+//!   provider token is verified against the team's public key (ES256, `kid`, `iss`; once per
+//!   token, as APNs does) and its `iat` on every request (under an hour old), and each
+//!   request's path and headers as APNs checks them; answers are
 //!   APNs' (`apns-id`, `{"reason": ...}`), with tokens a test unregisters answered 410 and
 //!   answers a test queues given first.
 //! - [`FcmFake`]: Google's token endpoint (the JWT-bearer grant: an RS256 assertion verified

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tributary_delivery::push::deliver::service_of;
-use tributary_delivery::push::message::{PushJob, PushMessage, target_id};
+use tributary_delivery::push::job::{MAX_JOB_DEVICES, PushDevice, PushJob};
+use tributary_delivery::push::message::{PushMessage, target_id};
 use tributary_delivery::rules::stable_id;
 use tributary_protocol::ErrorCode;
 use tributary_relay::http_api::{ApiError, channel, parse_body};
@@ -20,8 +21,8 @@ use super::{PushApi, caller, invalid, stored};
 
 /// Most devices one push reaches.
 const MAX_DEVICES: usize = 100_000;
-/// Devices read (and jobs queued) at a time.
-const PAGE: i64 = 500;
+/// Devices read (and queued, a job per service) at a time.
+const PAGE: i64 = MAX_JOB_DEVICES as i64;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,8 +61,8 @@ pub(super) fn check(push: &PushMessage) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `POST /v1/push/publish` (API key) with `{"recipient": {...}, "push": {...}}`: queues one job
-/// per device reached (durably: the answer comes once they are in the store) and answers `202`
+/// `POST /v1/push/publish` (API key) with `{"recipient": {...}, "push": {...}}`: queues jobs
+/// of the devices reached (durably: the answer comes once they are in the store) and answers `202`
 /// with the push's id and how many devices it reaches. With an `Idempotency-Key` the push's id
 /// is derived from it, so a retried request queues nothing twice.
 pub(super) async fn publish(
@@ -99,7 +100,7 @@ pub(super) enum Reach {
     Channel(String),
 }
 
-/// Queues one job per device `reach` names, a page at a time; returns how many.
+/// Queues the jobs of the devices `reach` names, a page at a time; returns how many devices.
 pub(super) async fn queue(
     store: &tributary_store::Store,
     tenant_id: &str,
@@ -129,8 +130,7 @@ pub(super) async fn queue(
         if reached > MAX_DEVICES {
             return Err(invalid(format!("a push reaches at most {MAX_DEVICES} devices")));
         }
-        let jobs: Vec<NewDelivery> =
-            page.iter().filter_map(|device| job(tenant_id, app_id, push_id, device, push)).collect();
+        let jobs = jobs(tenant_id, app_id, push_id, &page, push);
         store.enqueue_deliveries(&jobs, tributary_delivery::worker::now_ms()).await.map_err(stored)?;
         if (page.len() as i64) < PAGE {
             break;
@@ -139,33 +139,56 @@ pub(super) async fn queue(
     Ok(reached)
 }
 
-/// One device's job of the push `push_id`: its event id is the push's and the device's, the
-/// same on every retry of the request (with an idempotency key) and every attempt.
-fn job(
+/// The jobs of one page of devices: one per service, of the page's devices of that service.
+/// A job's event id is the push's and its first device's, the same on every retry of the
+/// request (with an idempotency key) and every attempt.
+fn jobs(
     tenant_id: &str,
     app_id: &str,
     push_id: &str,
-    device: &Device,
+    page: &[Device],
     push: &PushMessage,
-) -> Option<NewDelivery> {
-    let service = service_of(device.platform.as_str())?;
-    let web_keys = device.web_keys.as_deref().and_then(|keys| serde_json::from_str(keys).ok());
-    let copy = PushJob {
-        device_id: device.id.clone(),
-        platform: device.platform.as_str().to_owned(),
-        token: device.token.clone(),
-        web_keys,
-        push: push.clone(),
-    };
-    Some(NewDelivery {
-        tenant_id: tenant_id.to_owned(),
-        app_id: app_id.to_owned(),
-        target_id: target_id(app_id, service),
-        event_id: format!("{push_id}:{}", device.id),
-        payload: serde_json::to_vec(&copy).ok()?,
-        headers: "{}".into(),
-        events: 1,
-    })
+) -> Vec<NewDelivery> {
+    let mut by_platform: Vec<PushJob> = Vec::new();
+    for device in page {
+        if service_of(device.platform.as_str()).is_none() {
+            continue;
+        }
+        let platform = device.platform.as_str();
+        let at = match by_platform.iter().position(|job| job.platform == platform) {
+            Some(at) => at,
+            None => {
+                by_platform.push(PushJob {
+                    push_id: push_id.to_owned(),
+                    platform: platform.to_owned(),
+                    push: push.clone(),
+                    devices: Vec::new(),
+                });
+                by_platform.len() - 1
+            }
+        };
+        by_platform[at].devices.push(PushDevice {
+            device_id: device.id.clone(),
+            token: device.token.clone(),
+            web_keys: device.web_keys.as_deref().and_then(|keys| serde_json::from_str(keys).ok()),
+            refused: None,
+        });
+    }
+    by_platform
+        .into_iter()
+        .filter_map(|job| {
+            let service = service_of(&job.platform)?;
+            Some(NewDelivery {
+                tenant_id: tenant_id.to_owned(),
+                app_id: app_id.to_owned(),
+                target_id: target_id(app_id, service),
+                event_id: format!("{push_id}:{}", job.devices.first()?.device_id),
+                events: i64::try_from(job.devices.len()).unwrap_or(i64::MAX),
+                payload: serde_json::to_vec(&job).ok()?,
+                headers: "{}".into(),
+            })
+        })
+        .collect()
 }
 
 /// The relay's sink of publishes' push sections. It holds the relay weakly: the relay holds it,

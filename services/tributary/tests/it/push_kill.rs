@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
-use tributary_store::{DevicePlatform, MasterKey, NewDevice};
+use tributary_store::{DevicePlatform, MasterKey, NewDevice, PushTarget};
 use tributary_testkit::ThrowawayRedis;
 use tributary_testkit::push::{ApnsFake, KeyPair};
 
@@ -155,6 +155,72 @@ async fn every_acknowledged_push_reaches_its_device_across_kill_9_of_workers() {
     for (n, ids) in &by_push {
         let distinct: HashSet<&String> = ids.iter().collect();
         assert_eq!(distinct.len(), 1, "push {n} came with different apns-ids: {ids:?}");
+    }
+
+    // Then pushes to a channel every device is subscribed to: each is one job of all 300
+    // devices, sent over concurrent streams to a slow APNs (every answer takes 20 ms), so a
+    // worker killed is killed mid-job, some of its devices answered and some not.
+    for device in &devices {
+        store.subscribe_push(tenant, app, "alerts", &PushTarget::Device(device.clone())).await.unwrap();
+    }
+    apns.answer_after(Duration::from_millis(20));
+    const CHANNEL_PUSHES: usize = 20;
+    for n in 0..CHANNEL_PUSHES {
+        match n {
+            5 => {
+                drop(workers.remove(0)); // SIGKILL, mid-job
+                workers.push(worker());
+            }
+            12 => {
+                drop(workers.remove(0));
+                workers.push(worker());
+            }
+            _ => {}
+        }
+        let push =
+            json!({"recipient": {"channel": "alerts"}, "push": {"title": "alert", "data": {"alert": n}}});
+        let reply = client
+            .post(format!("{http}/v1/push/publish"))
+            .bearer_auth(api_key)
+            .header("idempotency-key", format!("alert{n}"))
+            .json(&push)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status().as_u16(), 202, "alert {n}: {}", reply.text().await.unwrap());
+        assert_eq!(reply.json::<Value>().await.unwrap()["devices"], PUSHES);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let expected = CHANNEL_PUSHES * PUSHES;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let (copies, received) = loop {
+        let mut copies: HashMap<(u64, String), Vec<String>> = HashMap::new();
+        let mut received = 0;
+        for got in apns.received() {
+            if let Some(alert) = got.payload["alert"].as_u64() {
+                received += 1;
+                copies.entry((alert, got.device_token.clone())).or_default().push(got.apns_id.clone());
+            }
+        }
+        if copies.len() == expected {
+            break (copies, received);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {expected} never arrived",
+            expected - copies.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "channel pushes: published {expected} / delivered {} / lost {} / duplicated {}",
+        copies.len(),
+        expected - copies.len(),
+        received - copies.len()
+    );
+    for (copy, ids) in &copies {
+        let distinct: HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), 1, "{copy:?} came with different apns-ids: {ids:?}");
     }
     drop(workers);
 }

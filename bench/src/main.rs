@@ -15,6 +15,7 @@
 //!   listener, Mosquitto and rumqttd.
 //! - `recovery`: subscribers leave, messages are published, all come back with their positions.
 //! - `webhooks`: rules sending every message of many channels to a local receiver.
+//! - `push`: pushes to a channel's devices, sent to fakes of APNs or a Web Push service.
 //! - `server_stats`: RSS and CPU time of the server process from `/proc`.
 
 mod client;
@@ -23,6 +24,7 @@ mod idle;
 mod mqtt;
 mod pairs;
 mod peer;
+mod push;
 mod recovery;
 mod server_stats;
 mod storm;
@@ -56,6 +58,14 @@ enum Scenario {
     MqttIdle(mqtt::MqttIdleArgs),
     /// Webhooks: rules send every message of many channels to a local receiver.
     Webhooks(webhooks::WebhooksArgs),
+    /// Push: pushes to a channel's devices, sent to a fake APNs or Web Push service.
+    Push(push::PushArgs),
+    /// Writes the APNs fake's certificate and its authority to a directory (before the server
+    /// that must trust it starts).
+    PushCerts {
+        /// Where to write `ca.pem`, `cert.pem` and `key.pem`.
+        dir: std::path::PathBuf,
+    },
 }
 
 /// Where the server is and how to reach it.
@@ -106,6 +116,10 @@ fn main() -> anyhow::Result<()> {
             Scenario::MqttFanout(args) => mqtt::fanout(args).await,
             Scenario::MqttIdle(args) => mqtt::idle(args).await,
             Scenario::Webhooks(args) => webhooks::run(args).await,
+            Scenario::Push(args) => push::run(args).await,
+            Scenario::PushCerts { dir } => {
+                push::write_certs(&dir).map(|()| serde_json::json!({"certs": dir}))
+            }
         }
     })?;
     println!("{report}");

@@ -92,6 +92,16 @@ impl Management {
         Ok(body)
     }
 
+    /// `PUT`s `body` to `rest` under the app; returns the answer.
+    pub(crate) async fn put(&self, rest: &str, body: Value) -> anyhow::Result<Value> {
+        let url = format!("{}/v1/tenants/{}/apps/{}{rest}", self.http, self.tenant, self.app);
+        let reply = reqwest::Client::new().put(url).bearer_auth(&self.token).json(&body).send().await?;
+        let status = reply.status();
+        let body: Value = reply.json().await.unwrap_or(Value::Null);
+        anyhow::ensure!(status.is_success(), "{rest}: {status} {body}");
+        Ok(body)
+    }
+
     /// Makes an endpoint at `url` and `rules` rules on `pattern` sending to it.
     pub(crate) async fn rules_to(
         &self,

@@ -67,6 +67,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (10, "delivery_bodies", include_str!("../../../migrations/sqlite/0010_delivery_bodies.sql")),
     (11, "push", include_str!("../../../migrations/sqlite/0011_push.sql")),
     (12, "push_usage", include_str!("../../../migrations/sqlite/0012_push_usage.sql")),
+    (13, "push_reach", include_str!("../../../migrations/sqlite/0013_push_reach.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "tenants", include_str!("../../../migrations/postgres/0001_tenants.sql")),
@@ -85,6 +86,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (10, "delivery_bodies", include_str!("../../../migrations/postgres/0010_delivery_bodies.sql")),
     (11, "push", include_str!("../../../migrations/postgres/0011_push.sql")),
     (12, "push_usage", include_str!("../../../migrations/postgres/0012_push_usage.sql")),
+    (13, "push_reach", include_str!("../../../migrations/postgres/0013_push_reach.sql")),
 ];
 
 /// How long a query waits for a connection before failing. Short, so that while the database

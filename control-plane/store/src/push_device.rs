@@ -109,6 +109,21 @@ macro_rules! device_columns {
     };
 }
 
+/// The ids a push to a channel reaches, in id order (`$1` app, `$2` channel, `$3` after, `$4`
+/// limit), as a literal for the statements that aggregate them.
+macro_rules! channel_push_ids {
+    () => {
+        "SELECT id FROM (\
+           SELECT device_id AS id FROM push_channel_subscriptions \
+           WHERE app_id = $1 AND channel = $2 AND device_id IS NOT NULL AND device_id > $3 \
+           UNION \
+           SELECT d.id AS id FROM push_channel_subscriptions s CROSS JOIN push_devices d \
+           WHERE d.app_id = s.app_id AND d.client_id = s.client_id \
+           AND s.app_id = $1 AND s.channel = $2 AND s.client_id IS NOT NULL AND d.id > $3\
+         ) AS ids ORDER BY id LIMIT $4"
+    };
+}
+
 fn device(row: &DbRow) -> Result<Device, StoreError> {
     let platform: String = row.try_get("platform")?;
     Ok(Device {
@@ -340,9 +355,76 @@ impl Store {
             .collect()
     }
 
-    /// The devices a push to `channel` of the app reaches: those subscribed to it, and every
-    /// device of the client ids subscribed to it, each once, in id order after `after`, at
-    /// most `limit` (a push to many devices is read a page at a time).
+    /// The ids of the devices a push to `channel` of the app reaches, after `after` in id
+    /// order, at most `limit`: the devices subscribed to it, and every device of the client ids
+    /// subscribed to it, each once. Read from the subscriptions' indexes and the devices' by
+    /// client id alone: a push reads its devices' ids once, then the devices a page at a time
+    /// ([`Self::devices_by_ids`]). The subscriptions are read first (SQLite joins a `CROSS
+    /// JOIN` in the order written): a small channel of a large app costs its own devices, not
+    /// the app's.
+    pub async fn channel_push_device_ids(
+        &self,
+        app_id: &str,
+        channel: &str,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        // One row of the ids joined by commas (ids have none): SQLite's driver hands rows over
+        // one at a time between threads, which cost more than the query for a channel of
+        // thousands of devices.
+        let sql = match self.backend {
+            crate::Backend::Postgres => concat!(
+                "SELECT COALESCE(string_agg(id, ',' ORDER BY id), '') FROM (",
+                channel_push_ids!(),
+                ") AS reached"
+            ),
+            crate::Backend::Sqlite => concat!(
+                "SELECT COALESCE(group_concat(id, ',' ORDER BY id), '') FROM (",
+                channel_push_ids!(),
+                ") AS reached"
+            ),
+        };
+        let (joined,): (String,) = sqlx::query_as(sql)
+            .bind(app_id)
+            .bind(channel)
+            .bind(after)
+            .bind(limit)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(joined.split(',').filter(|id| !id.is_empty()).map(str::to_owned).collect())
+    }
+
+    /// The app's devices of `ids` (at most a few hundred: one statement), in id order; ids of
+    /// devices removed meanwhile are left out.
+    pub async fn devices_by_ids(&self, app_id: &str, ids: &[String]) -> Result<Vec<Device>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // SQLite's plain `?` are bound by position; its `$n` are looked up by name, a cost
+        // that grows with the square of a statement's parameters.
+        let placeholder = |n: usize| match self.backend {
+            crate::Backend::Postgres => format!("${n}"),
+            crate::Backend::Sqlite => "?".to_owned(),
+        };
+        let list: Vec<String> = (1..=ids.len()).map(placeholder).collect();
+        // `app_id || ''`: the app's condition checked on each row found by id, not an index of
+        // the app's devices that SQLite (without statistics) would rather scan whole.
+        let sql = format!(
+            "SELECT {} FROM push_devices WHERE id IN ({}) AND app_id || '' = {} ORDER BY id",
+            device_columns!(),
+            list.join(", "),
+            placeholder(ids.len() + 1)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in ids {
+            query = query.bind(id.as_str());
+        }
+        let rows = query.bind(app_id).fetch_all(&self.pool).await?;
+        rows.iter().map(device).collect()
+    }
+
+    /// The devices a push to `channel` reaches, after `after` in id order, at most `limit`
+    /// (see [`Self::channel_push_device_ids`]).
     pub async fn channel_push_devices(
         &self,
         app_id: &str,
@@ -350,18 +432,7 @@ impl Store {
         after: &str,
         limit: i64,
     ) -> Result<Vec<Device>, StoreError> {
-        let sql = concat!(
-            "SELECT ",
-            device_columns!(),
-            " FROM push_devices WHERE app_id = $1 AND id > $3 AND (\
-               id IN (SELECT device_id FROM push_channel_subscriptions \
-                      WHERE app_id = $1 AND channel = $2 AND device_id IS NOT NULL) \
-               OR client_id IN (SELECT client_id FROM push_channel_subscriptions \
-                      WHERE app_id = $1 AND channel = $2 AND client_id IS NOT NULL)\
-             ) ORDER BY id LIMIT $4"
-        );
-        let rows =
-            sqlx::query(sql).bind(app_id).bind(channel).bind(after).bind(limit).fetch_all(&self.pool).await?;
-        rows.iter().map(device).collect()
+        let ids = self.channel_push_device_ids(app_id, channel, after, limit).await?;
+        self.devices_by_ids(app_id, &ids).await
     }
 }

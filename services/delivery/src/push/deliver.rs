@@ -65,9 +65,17 @@ pub fn service_of(platform: &str) -> Option<&'static str> {
 /// the same for every attempt of it.
 fn uuid_of(copy_id: &str) -> String {
     use sha2::Digest as _;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = sha2::Sha256::digest(copy_id.as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    let mut uuid = String::with_capacity(36);
+    for (n, byte) in digest[..16].iter().enumerate() {
+        if matches!(n, 4 | 6 | 8 | 10) {
+            uuid.push('-');
+        }
+        uuid.push(char::from(HEX[usize::from(byte >> 4)]));
+        uuid.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    uuid
 }
 
 /// Most of one job's requests in flight at once: APNs takes up to a thousand concurrent
@@ -170,5 +178,18 @@ impl PushClients {
             }
             _ => Err(PushError::Invalid("platform (the device's and the credentials' service differ)")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_copys_apns_id_is_a_uuid_made_of_its_stable_id() {
+        let id = super::uuid_of("psh_1:dev_1");
+        assert_eq!(id, super::uuid_of("psh_1:dev_1"));
+        assert_ne!(id, super::uuid_of("psh_1:dev_2"));
+        let parts: Vec<usize> = id.split('-').map(str::len).collect();
+        assert_eq!(parts, [8, 4, 4, 4, 12], "{id}");
+        assert!(id.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()));
     }
 }

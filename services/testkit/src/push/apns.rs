@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -49,9 +49,6 @@ struct ApnsState {
     tokens: Mutex<HashMap<String, u64>>,
     connections: AtomicUsize,
     requests: AtomicUsize,
-    accepted: AtomicUsize,
-    /// `false`: notifications are counted, not kept (a benchmark's millions).
-    keep: AtomicBool,
     /// How long each answer waits, in milliseconds (a slow service).
     delay_ms: AtomicU64,
 }
@@ -64,7 +61,7 @@ pub struct ApnsFake {
     pub ca_pem: Vec<u8>,
     state: Arc<ApnsState>,
     task: tokio::task::JoinHandle<()>,
-    _certificates: TestCertificates,
+    _certificates: Option<TestCertificates>,
 }
 
 impl Drop for ApnsFake {
@@ -75,16 +72,32 @@ impl Drop for ApnsFake {
 
 impl ApnsFake {
     /// Starts a fake that takes provider tokens of `team_id`'s key `key_id`, verified with
-    /// `public_pem`.
+    /// `public_pem`, on a loopback port with a fresh test authority's certificate.
     pub async fn start(team_id: &str, key_id: &str, public_pem: &str) -> Self {
+        let certificates = TestCertificates::generate();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let files = [certificates.cert_path(), certificates.key_path(), certificates.ca_path()];
+        let mut fake = Self::serve(listener, &files, team_id, key_id, public_pem);
+        fake._certificates = Some(certificates);
+        fake
+    }
+
+    /// Starts a fake on `listener` with the certificate, key and authority of `files` (PEM
+    /// paths, in that order): a benchmark's, whose server was told of them before it started.
+    pub fn serve(
+        listener: tokio::net::TcpListener,
+        files: &[String; 3],
+        team_id: &str,
+        key_id: &str,
+        public_pem: &str,
+    ) -> Self {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let certificates = TestCertificates::generate();
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certificates.cert_path())
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files[0])
             .expect("the certificate")
             .collect::<Result<_, _>>()
             .expect("the certificate");
-        let key = PrivateKeyDer::from_pem_file(certificates.key_path()).expect("the key");
+        let key = PrivateKeyDer::from_pem_file(&files[1]).expect("the key");
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -95,13 +108,11 @@ impl ApnsFake {
         // APNs speaks HTTP/2 and nothing else.
         config.alpn_protocols = vec![b"h2".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
         let addr: SocketAddr = listener.local_addr().expect("its address");
         let state = Arc::new(ApnsState {
             team_id: team_id.to_owned(),
             key_id: key_id.to_owned(),
             public_pem: public_pem.to_owned(),
-            keep: AtomicBool::new(true),
             ..Default::default()
         });
         let serving = state.clone();
@@ -119,20 +130,16 @@ impl ApnsFake {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(apns_answer(&state, request).await) }
                     });
+                    // APNs takes up to a thousand concurrent streams on a connection.
                     let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .max_concurrent_streams(1000)
                         .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
                         .await;
                 });
             }
         });
-        let ca_pem = std::fs::read(certificates.ca_path()).expect("the authority");
-        Self {
-            url: format!("https://localhost:{}", addr.port()),
-            ca_pem,
-            state,
-            task,
-            _certificates: certificates,
-        }
+        let ca_pem = std::fs::read(&files[2]).expect("the authority");
+        Self { url: format!("https://localhost:{}", addr.port()), ca_pem, state, task, _certificates: None }
     }
 
     /// The notifications accepted so far, in order.
@@ -155,14 +162,10 @@ impl ApnsFake {
         self.state.tokens.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// Notifications accepted so far (kept or only counted).
-    pub fn accepted(&self) -> usize {
-        self.state.accepted.load(Ordering::Relaxed)
-    }
-
-    /// From now on notifications are counted ([`Self::accepted`]), not kept.
-    pub fn count_only(&self) {
-        self.state.keep.store(false, Ordering::Relaxed);
+    /// Takes the notifications accepted since the last drain (a benchmark's, read as they
+    /// come rather than kept).
+    pub fn drain(&self) -> Vec<ApnsReceived> {
+        std::mem::take(&mut *self.state.received.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// From now on every answer waits `delay` (a slow service: requests stay in flight).
@@ -270,12 +273,6 @@ async fn apns_answer(state: &ApnsState, request: Request<hyper::body::Incoming>)
         Some(_) => return apns_error(400, "BadMessageId"),
         None => uuid::Uuid::new_v4().to_string().to_uppercase(),
     };
-    state.accepted.fetch_add(1, Ordering::Relaxed);
-    if !state.keep.load(Ordering::Relaxed) {
-        let mut response = Response::new(Full::new(Bytes::new()));
-        response.headers_mut().insert("apns-id", apns_id.parse().expect("a header"));
-        return response;
-    }
     state.received.lock().unwrap_or_else(|p| p.into_inner()).push(ApnsReceived {
         device_token,
         topic,

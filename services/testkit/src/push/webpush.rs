@@ -52,6 +52,8 @@ struct WebPushState {
     received: Mutex<Vec<WebPushReceived>>,
     scripted: Mutex<VecDeque<Scripted>>,
     requests: AtomicUsize,
+    /// VAPID authorizations verified, with their expiry: a token's signature is checked once.
+    verified: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// A fake push service (the browser vendors' Web Push endpoints): it makes subscriptions for an
@@ -141,6 +143,12 @@ impl WebPushFake {
         self.state.received.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Takes the messages accepted since the last drain (a benchmark's, read as they come
+    /// rather than kept).
+    pub fn drain(&self) -> Vec<WebPushReceived> {
+        std::mem::take(&mut *self.state.received.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// Requests answered so far.
     pub fn requests(&self) -> usize {
         self.state.requests.load(Ordering::Relaxed)
@@ -204,8 +212,26 @@ fn webpush_answer(state: &WebPushState, id: &str, headers: &axum::http::HeaderMa
 /// `vapid t=<jwt>, k=<key>` (RFC 8292): the key the subscriptions were made for, and a token it
 /// signed for this origin, expiring within a day, with a contact.
 fn verify_vapid(state: &WebPushState, authorization: Option<&str>) -> Result<(), &'static str> {
+    let authorization = authorization.ok_or("no VAPID authorization")?;
+    let known = state.verified.lock().unwrap_or_else(|p| p.into_inner()).get(authorization).copied();
+    let exp = match known {
+        Some(exp) => exp,
+        None => {
+            let exp = verify_vapid_token(state, authorization)?;
+            state.verified.lock().unwrap_or_else(|p| p.into_inner()).insert(authorization.to_owned(), exp);
+            exp
+        }
+    };
+    if exp <= unix_now() {
+        return Err("the token has expired");
+    }
+    Ok(())
+}
+
+/// Checks a VAPID authorization's key, signature and claims; returns its expiry.
+fn verify_vapid_token(state: &WebPushState, authorization: &str) -> Result<u64, &'static str> {
     use base64::Engine as _;
-    let value = authorization.and_then(|v| v.strip_prefix("vapid ")).ok_or("no VAPID authorization")?;
+    let value = authorization.strip_prefix("vapid ").ok_or("no VAPID authorization")?;
     let mut token = None;
     let mut key = None;
     for part in value.split(',') {
@@ -240,5 +266,5 @@ fn verify_vapid(state: &WebPushState, authorization: Option<&str>) -> Result<(),
     if !(sub.starts_with("mailto:") || sub.starts_with("https://")) {
         return Err("sub is not a contact");
     }
-    Ok(())
+    Ok(claims["exp"].as_u64().unwrap_or(0))
 }

@@ -101,6 +101,8 @@ pub(super) enum Reach {
 }
 
 /// Queues the jobs of the devices `reach` names, a page at a time; returns how many devices.
+/// A channel's devices' ids are read once (from indexes alone), then the devices a page at a
+/// time: paging through the devices themselves read every remaining device per page.
 pub(super) async fn queue(
     store: &tributary_store::Store,
     tenant_id: &str,
@@ -109,34 +111,49 @@ pub(super) async fn queue(
     push_id: &str,
     push: &PushMessage,
 ) -> Result<usize, ApiError> {
-    let mut reached = 0usize;
-    let mut after = String::new();
-    loop {
-        let page: Vec<Device> = match reach {
-            Reach::Device(id) if after.is_empty() => {
-                vec![store.device(tenant_id, app_id, id).await.map_err(stored)?]
-            }
-            Reach::Device(_) => Vec::new(),
-            Reach::Client(client) => {
-                store.devices(tenant_id, app_id, Some(client), &after, PAGE).await.map_err(stored)?
-            }
-            Reach::Channel(name) => {
-                store.channel_push_devices(app_id, name, &after, PAGE).await.map_err(stored)?
-            }
-        };
-        let Some(last) = page.last() else { break };
-        after = last.id.clone();
-        reached += page.len();
-        if reached > MAX_DEVICES {
-            return Err(invalid(format!("a push reaches at most {MAX_DEVICES} devices")));
+    let too_many = || invalid(format!("a push reaches at most {MAX_DEVICES} devices"));
+    let now = tributary_delivery::worker::now_ms();
+    match reach {
+        Reach::Device(id) => {
+            let device = store.device(tenant_id, app_id, id).await.map_err(stored)?;
+            let jobs = jobs(tenant_id, app_id, push_id, std::slice::from_ref(&device), push);
+            store.enqueue_deliveries(&jobs, now).await.map_err(stored)?;
+            Ok(1)
         }
-        let jobs = jobs(tenant_id, app_id, push_id, &page, push);
-        store.enqueue_deliveries(&jobs, tributary_delivery::worker::now_ms()).await.map_err(stored)?;
-        if (page.len() as i64) < PAGE {
-            break;
+        Reach::Client(client) => {
+            let mut reached = 0usize;
+            let mut after = String::new();
+            loop {
+                let page =
+                    store.devices(tenant_id, app_id, Some(client), &after, PAGE).await.map_err(stored)?;
+                let Some(last) = page.last() else { break };
+                after = last.id.clone();
+                reached += page.len();
+                if reached > MAX_DEVICES {
+                    return Err(too_many());
+                }
+                let jobs = jobs(tenant_id, app_id, push_id, &page, push);
+                store.enqueue_deliveries(&jobs, now).await.map_err(stored)?;
+                if (page.len() as i64) < PAGE {
+                    break;
+                }
+            }
+            Ok(reached)
+        }
+        Reach::Channel(name) => {
+            let limit = i64::try_from(MAX_DEVICES + 1).unwrap_or(i64::MAX);
+            let ids = store.channel_push_device_ids(app_id, name, "", limit).await.map_err(stored)?;
+            if ids.len() > MAX_DEVICES {
+                return Err(too_many());
+            }
+            for chunk in ids.chunks(MAX_JOB_DEVICES) {
+                let page = store.devices_by_ids(app_id, chunk).await.map_err(stored)?;
+                let jobs = jobs(tenant_id, app_id, push_id, &page, push);
+                store.enqueue_deliveries(&jobs, now).await.map_err(stored)?;
+            }
+            Ok(ids.len())
         }
     }
-    Ok(reached)
 }
 
 /// The jobs of one page of devices: one per service, of the page's devices of that service.

@@ -52,6 +52,8 @@ struct WebPushState {
     received: Mutex<Vec<WebPushReceived>>,
     scripted: Mutex<VecDeque<Scripted>>,
     requests: AtomicUsize,
+    /// Decrypt one message in this many (0 and 1: every one).
+    decrypt_every: AtomicUsize,
     /// VAPID authorizations verified, with their expiry: a token's signature is checked once.
     verified: Mutex<std::collections::HashMap<String, u64>>,
 }
@@ -149,6 +151,13 @@ impl WebPushFake {
         std::mem::take(&mut *self.state.received.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// From now on only one message in `n` is decrypted (the others are taken, with an empty
+    /// plaintext, once their headers and size are checked): a benchmark's load generator shares
+    /// a core with the fake, and a message's decryption costs as much as its encryption.
+    pub fn decrypt_one_in(&self, n: usize) {
+        self.state.decrypt_every.store(n, Ordering::Relaxed);
+    }
+
     /// Requests answered so far.
     pub fn requests(&self) -> usize {
         self.state.requests.load(Ordering::Relaxed)
@@ -189,9 +198,15 @@ fn webpush_answer(state: &WebPushState, id: &str, headers: &axum::http::HeaderMa
     if subscriber.gone {
         return plain(410, "unsubscribed");
     }
-    let auth = web_push_native::Auth::clone_from_slice(&subscriber.auth);
-    let Ok(plaintext) = web_push_native::decrypt(body.to_vec(), &subscriber.secret, &auth) else {
-        return plain(400, "the message does not decrypt");
+    let every = state.decrypt_every.load(Ordering::Relaxed).max(1);
+    let plaintext = if state.requests.load(Ordering::Relaxed).is_multiple_of(every) {
+        let auth = web_push_native::Auth::clone_from_slice(&subscriber.auth);
+        let Ok(plaintext) = web_push_native::decrypt(body.to_vec(), &subscriber.secret, &auth) else {
+            return plain(400, "the message does not decrypt");
+        };
+        plaintext
+    } else {
+        Vec::new()
     };
     drop(subscribers);
     state.received.lock().unwrap_or_else(|p| p.into_inner()).push(WebPushReceived {

@@ -77,7 +77,7 @@ pub use namespace::Namespace;
 pub use plan::{LimitOverrides, Limits, Plan};
 pub use policy::AppSnapshot;
 pub use push_credentials::{PushCredentials, PushService};
-pub use push_device::{Device, DevicePlatform, NewDevice, PushSubscription, PushTarget};
+pub use push_device::{Device, DevicePlatform, NewDevice, PushAddress, PushSubscription, PushTarget};
 pub use revocation::Revoked;
 pub use rule::{NewRule, Rule};
 pub use signing_key::SigningKeyRecord;

@@ -68,6 +68,25 @@ pub struct Device {
     pub updated_at: i64,
 }
 
+/// Where a push to a device goes: what a push job needs of it, and nothing else of its row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushAddress {
+    /// The device's id.
+    pub id: String,
+    /// Where its pushes go.
+    pub platform: DevicePlatform,
+    /// Its token or subscription endpoint.
+    pub token: String,
+    /// A Web Push subscription's keys, as JSON.
+    pub web_keys: Option<String>,
+}
+
+impl From<Device> for PushAddress {
+    fn from(device: Device) -> Self {
+        Self { id: device.id, platform: device.platform, token: device.token, web_keys: device.web_keys }
+    }
+}
+
 /// What a device is registered with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDevice {
@@ -230,22 +249,33 @@ impl Store {
         if result.rows_affected() == 0 { Err(StoreError::NotFound("device")) } else { Ok(()) }
     }
 
-    /// Removes the device an app registered with `token` (a push service called the token
-    /// dead); returns whether there was one.
-    pub async fn remove_device_by_token(
+    /// Removes the app's devices of `platform` registered with `tokens` (their tokens are
+    /// dead), with their subscriptions, in one statement; returns how many there were.
+    pub async fn remove_devices_by_tokens(
         &self,
         app_id: &str,
         platform: DevicePlatform,
-        token: &str,
-    ) -> Result<bool, StoreError> {
-        let result =
-            sqlx::query("DELETE FROM push_devices WHERE app_id = $1 AND platform = $2 AND token = $3")
-                .bind(app_id)
-                .bind(platform.as_str())
-                .bind(token)
-                .execute(&self.pool)
-                .await?;
-        Ok(result.rows_affected() > 0)
+        tokens: &[String],
+    ) -> Result<u64, StoreError> {
+        if tokens.is_empty() {
+            return Ok(0);
+        }
+        let placeholder = |n: usize| match self.backend {
+            crate::Backend::Postgres => format!("${n}"),
+            crate::Backend::Sqlite => "?".to_owned(),
+        };
+        let list: Vec<String> = (3..tokens.len() + 3).map(placeholder).collect();
+        let sql = format!(
+            "DELETE FROM push_devices WHERE app_id = {} AND platform = {} AND token IN ({})",
+            placeholder(1),
+            placeholder(2),
+            list.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(app_id).bind(platform.as_str());
+        for token in tokens {
+            query = query.bind(token.as_str());
+        }
+        Ok(query.execute(&self.pool).await?.rows_affected())
     }
 
     /// Subscribes a device (of the app) or a client id to a channel's pushes; subscribing
@@ -359,7 +389,7 @@ impl Store {
     /// order, at most `limit`: the devices subscribed to it, and every device of the client ids
     /// subscribed to it, each once. Read from the subscriptions' indexes and the devices' by
     /// client id alone: a push reads its devices' ids once, then the devices a page at a time
-    /// ([`Self::devices_by_ids`]). The subscriptions are read first (SQLite joins a `CROSS
+    /// ([`Self::push_addresses`]). The subscriptions are read first (SQLite joins a `CROSS
     /// JOIN` in the order written): a small channel of a large app costs its own devices, not
     /// the app's.
     pub async fn channel_push_device_ids(
@@ -394,9 +424,10 @@ impl Store {
         Ok(joined.split(',').filter(|id| !id.is_empty()).map(str::to_owned).collect())
     }
 
-    /// The app's devices of `ids` (at most a few hundred: one statement), in id order; ids of
-    /// devices removed meanwhile are left out.
-    pub async fn devices_by_ids(&self, app_id: &str, ids: &[String]) -> Result<Vec<Device>, StoreError> {
+    /// Where the app's devices of `ids` (at most a few hundred: one statement) are pushed to,
+    /// in id order; ids of devices removed meanwhile are left out. Only the columns a push
+    /// needs are read: a push to a channel reads every one of its devices.
+    pub async fn push_addresses(&self, app_id: &str, ids: &[String]) -> Result<Vec<PushAddress>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -410,8 +441,8 @@ impl Store {
         // `app_id || ''`: the app's condition checked on each row found by id, not an index of
         // the app's devices that SQLite (without statistics) would rather scan whole.
         let sql = format!(
-            "SELECT {} FROM push_devices WHERE id IN ({}) AND app_id || '' = {} ORDER BY id",
-            device_columns!(),
+            "SELECT id, platform, token, web_keys FROM push_devices WHERE id IN ({}) \
+             AND app_id || '' = {} ORDER BY id",
             list.join(", "),
             placeholder(ids.len() + 1)
         );
@@ -420,10 +451,21 @@ impl Store {
             query = query.bind(id.as_str());
         }
         let rows = query.bind(app_id).fetch_all(&self.pool).await?;
-        rows.iter().map(device).collect()
+        rows.iter()
+            .map(|row| {
+                let platform: String = row.try_get("platform")?;
+                Ok(PushAddress {
+                    id: row.try_get("id")?,
+                    platform: DevicePlatform::parse(&platform)
+                        .ok_or(StoreError::NotFound("device platform"))?,
+                    token: row.try_get("token")?,
+                    web_keys: row.try_get("web_keys")?,
+                })
+            })
+            .collect()
     }
 
-    /// The devices a push to `channel` reaches, after `after` in id order, at most `limit`
+    /// Where a push to `channel` goes, after `after` in id order, at most `limit` devices
     /// (see [`Self::channel_push_device_ids`]).
     pub async fn channel_push_devices(
         &self,
@@ -431,8 +473,8 @@ impl Store {
         channel: &str,
         after: &str,
         limit: i64,
-    ) -> Result<Vec<Device>, StoreError> {
+    ) -> Result<Vec<PushAddress>, StoreError> {
         let ids = self.channel_push_device_ids(app_id, channel, after, limit).await?;
-        self.devices_by_ids(app_id, &ids).await
+        self.push_addresses(app_id, &ids).await
     }
 }

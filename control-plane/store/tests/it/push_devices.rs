@@ -20,6 +20,10 @@ fn ids(devices: &[Device]) -> BTreeSet<String> {
     devices.iter().map(|d| d.id.clone()).collect()
 }
 
+fn reached_ids(reached: &[tributary_store::PushAddress]) -> BTreeSet<String> {
+    reached.iter().map(|a| a.id.clone()).collect()
+}
+
 #[tokio::test]
 async fn registering_a_token_again_updates_its_device_and_keeps_its_id() {
     for db in TestDb::all().await {
@@ -138,7 +142,11 @@ async fn a_channels_push_reaches_its_devices_and_every_device_of_its_client_ids_
         );
 
         let reached = db.store.channel_push_devices(&app.id, "orders:1", "", 100).await.unwrap();
-        assert_eq!(ids(&reached), BTreeSet::from([d1.id.clone(), d2.id.clone(), d3.id.clone()]), "each once");
+        assert_eq!(
+            reached_ids(&reached),
+            BTreeSet::from([d1.id.clone(), d2.id.clone(), d3.id.clone()]),
+            "each once"
+        );
         assert_eq!(reached.len(), 3);
         assert!(db.store.channel_push_devices(&app.id, "orders:2", "", 100).await.unwrap().is_empty());
         // A device alice registers later is reached too.
@@ -146,17 +154,18 @@ async fn a_channels_push_reaches_its_devices_and_every_device_of_its_client_ids_
         let first = db.store.channel_push_devices(&app.id, "orders:1", "", 2).await.unwrap();
         let next = db.store.channel_push_devices(&app.id, "orders:1", &first[1].id, 2).await.unwrap();
         assert_eq!(
-            ids(&[first, next].concat()),
+            reached_ids(&[first, next].concat()),
             BTreeSet::from([d1.id.clone(), d2.id.clone(), d3.id.clone(), d5.id.clone()])
         );
 
         let alice = PushTarget::Client("alice".into());
         assert!(db.store.unsubscribe_push(&tenant.id, &app.id, "orders:1", &alice).await.unwrap());
         let reached = db.store.channel_push_devices(&app.id, "orders:1", "", 100).await.unwrap();
-        assert_eq!(ids(&reached), BTreeSet::from([d1.id.clone(), d3.id.clone()]));
+        assert_eq!(reached_ids(&reached), BTreeSet::from([d1.id.clone(), d3.id.clone()]));
         // A dead token: the device goes, and its subscriptions with it.
-        assert!(db.store.remove_device_by_token(&app.id, DevicePlatform::Apns, "cc03").await.unwrap());
-        assert!(!db.store.remove_device_by_token(&app.id, DevicePlatform::Apns, "cc03").await.unwrap());
+        let dead = ["cc03".to_owned()];
+        assert_eq!(db.store.remove_devices_by_tokens(&app.id, DevicePlatform::Apns, &dead).await.unwrap(), 1);
+        assert_eq!(db.store.remove_devices_by_tokens(&app.id, DevicePlatform::Apns, &dead).await.unwrap(), 0);
         let left = db.store.push_subscriptions(&tenant.id, &app.id, None).await.unwrap();
         assert_eq!(
             left.iter().map(|s| s.target.clone()).collect::<Vec<_>>(),

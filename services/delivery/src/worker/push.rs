@@ -103,17 +103,15 @@ impl Inner {
         // The dead tokens' devices go (with their subscriptions) before anything is recorded:
         // a failure leaves the job leased, to be sent again.
         let platform = DevicePlatform::parse(&push.platform).unwrap_or(DevicePlatform::Apns);
-        for token in &gone_tokens {
-            if let Err(err) = self.store.remove_device_by_token(app_id, platform, token).await {
-                tracing::warn!(error = %err, "a device whose token is dead was not removed");
-                return None;
-            }
+        if let Err(err) = self.store.remove_devices_by_tokens(app_id, platform, &gone_tokens).await {
+            tracing::warn!(error = %err, "devices whose tokens are dead were not removed");
+            return None;
         }
-        let mut index = 0;
-        push.devices.retain(|_| {
-            index += 1;
-            !leaving[index - 1]
-        });
+        push.devices = std::mem::take(&mut push.devices)
+            .into_iter()
+            .zip(leaving)
+            .filter_map(|(device, leaves)| (!leaves).then_some(device))
+            .collect();
         let (outcome, after) = if let Some(reason) = &tally.credentials {
             if !self.credentials_refused(app_id, service, reason, started).await {
                 return None;

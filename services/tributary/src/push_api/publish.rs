@@ -15,7 +15,7 @@ use tributary_delivery::rules::stable_id;
 use tributary_protocol::ErrorCode;
 use tributary_relay::http_api::{ApiError, channel, parse_body};
 use tributary_relay::ops::OpError;
-use tributary_store::{Device, NewDelivery};
+use tributary_store::{NewDelivery, PushAddress};
 
 use super::{PushApi, caller, invalid, stored};
 
@@ -116,7 +116,7 @@ pub(super) async fn queue(
     match reach {
         Reach::Device(id) => {
             let device = store.device(tenant_id, app_id, id).await.map_err(stored)?;
-            let jobs = jobs(tenant_id, app_id, push_id, std::slice::from_ref(&device), push);
+            let jobs = jobs(tenant_id, app_id, push_id, &[device.into()], push);
             store.enqueue_deliveries(&jobs, now).await.map_err(stored)?;
             Ok(1)
         }
@@ -132,9 +132,10 @@ pub(super) async fn queue(
                 if reached > MAX_DEVICES {
                     return Err(too_many());
                 }
-                let jobs = jobs(tenant_id, app_id, push_id, &page, push);
+                let addresses: Vec<PushAddress> = page.into_iter().map(PushAddress::from).collect();
+                let jobs = jobs(tenant_id, app_id, push_id, &addresses, push);
                 store.enqueue_deliveries(&jobs, now).await.map_err(stored)?;
-                if (page.len() as i64) < PAGE {
+                if (addresses.len() as i64) < PAGE {
                     break;
                 }
             }
@@ -147,7 +148,7 @@ pub(super) async fn queue(
                 return Err(too_many());
             }
             for chunk in ids.chunks(MAX_JOB_DEVICES) {
-                let page = store.devices_by_ids(app_id, chunk).await.map_err(stored)?;
+                let page = store.push_addresses(app_id, chunk).await.map_err(stored)?;
                 let jobs = jobs(tenant_id, app_id, push_id, &page, push);
                 store.enqueue_deliveries(&jobs, now).await.map_err(stored)?;
             }
@@ -163,7 +164,7 @@ fn jobs(
     tenant_id: &str,
     app_id: &str,
     push_id: &str,
-    page: &[Device],
+    page: &[PushAddress],
     push: &PushMessage,
 ) -> Vec<NewDelivery> {
     let mut by_platform: Vec<PushJob> = Vec::new();

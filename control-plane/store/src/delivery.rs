@@ -254,12 +254,14 @@ pub struct FinishedAttempt {
     pub rest: Option<Vec<u8>>,
     /// Pushes the attempt delivered (a push job's devices reached), counted in usage.
     pub pushed: i64,
+    /// The segments Twilio billed for a text the attempt delivered, counted in usage.
+    pub segments: i64,
 }
 
 impl FinishedAttempt {
-    /// An attempt of `job_id` that leaves its body as it is and delivered no push.
+    /// An attempt of `job_id` that leaves its body as it is and delivered no push or text.
     pub fn new(job_id: &str, record: AttemptRecord, after: AfterAttempt) -> Self {
-        Self { job_id: job_id.to_owned(), record, after, rest: None, pushed: 0 }
+        Self { job_id: job_id.to_owned(), record, after, rest: None, pushed: 0, segments: 0 }
     }
 }
 

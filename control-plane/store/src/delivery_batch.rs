@@ -62,17 +62,18 @@ pub(crate) async fn finish_group(
     }
     let rows = update.bind(owner).fetch_all(&mut *conn).await?;
     let mut moved = std::collections::HashMap::with_capacity(rows.len());
-    // Delivered webhook requests and their events, and pushes, per app and minute, for usage.
-    let mut used: std::collections::BTreeMap<(String, i64), (String, i64, i64, i64)> = Default::default();
+    // Delivered webhook requests and their events, pushes and texts, per app and minute.
+    let mut used: std::collections::BTreeMap<(String, i64), (String, Used)> = Default::default();
     for row in &rows {
         let id: String = row.try_get("id")?;
         let attempt: i64 = row.try_get("attempts")?;
         let tenant_id: String = row.try_get("tenant_id")?;
         let target_id: String = row.try_get("target_id")?;
         // A push target's deliveries are pushes, counted per device reached by any attempt
-        // (one may reach some of its devices and retry the rest): not webhook usage, nor the
-        // webhook quota's.
+        // (one may reach some of its devices and retry the rest); an SMS target's are texts and
+        // their segments: neither is webhook usage, nor the webhook quota's.
         let push = target_id.starts_with("push:");
+        let sms = target_id.starts_with("sms:");
         let counted = |f: &&FinishedAttempt| {
             f.job_id == id && if push { f.pushed > 0 } else { f.after == AfterAttempt::Delivered }
         };
@@ -80,29 +81,36 @@ pub(crate) async fn finish_group(
             let minute = finished.record.at_ms.div_euclid(60_000) * 60;
             let app_id: String = row.try_get("app_id")?;
             let events: i64 = row.try_get("events")?;
-            let entry = used.entry((app_id, minute)).or_insert_with(|| (tenant_id.clone(), 0, 0, 0));
+            let entry =
+                &mut used.entry((app_id, minute)).or_insert_with(|| (tenant_id.clone(), Used::default())).1;
             if push {
-                entry.3 += finished.pushed;
+                entry.pushes += finished.pushed;
+            } else if sms {
+                entry.sms += 1;
+                entry.sms_segments += finished.segments;
             } else {
-                entry.1 += 1;
-                entry.2 += events;
+                entry.requests += 1;
+                entry.events += events;
             }
         }
         moved.insert(id, (attempt, tenant_id, target_id));
     }
-    for ((app_id, minute), (tenant_id, requests, events, pushes)) in used {
+    for ((app_id, minute), (tenant_id, add)) in used {
         sqlx::query(
-            "INSERT INTO delivery_usage (app_id, minute, tenant_id, requests, events, pushes) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
+            "INSERT INTO delivery_usage (app_id, minute, tenant_id, requests, events, pushes, sms, sms_segments) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (app_id, minute) DO UPDATE SET requests = delivery_usage.requests + excluded.requests, \
-             events = delivery_usage.events + excluded.events, pushes = delivery_usage.pushes + excluded.pushes",
+             events = delivery_usage.events + excluded.events, pushes = delivery_usage.pushes + excluded.pushes, \
+             sms = delivery_usage.sms + excluded.sms, sms_segments = delivery_usage.sms_segments + excluded.sms_segments",
         )
         .bind(app_id)
         .bind(minute)
         .bind(tenant_id)
-        .bind(requests)
-        .bind(events)
-        .bind(pushes)
+        .bind(add.requests)
+        .bind(add.events)
+        .bind(add.pushes)
+        .bind(add.sms)
+        .bind(add.sms_segments)
         .execute(&mut *conn)
         .await?;
     }
@@ -283,4 +291,14 @@ pub(crate) async fn fill_bodies(
         None => false,
     });
     Ok(())
+}
+
+/// What one app used in one minute, as the attempts recorded together add it up.
+#[derive(Default)]
+struct Used {
+    requests: i64,
+    events: i64,
+    pushes: i64,
+    sms: i64,
+    sms_segments: i64,
 }

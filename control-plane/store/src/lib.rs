@@ -33,6 +33,8 @@
 //!   secrets encrypted), disabled when a service refuses them.
 //! - [`push_device`]: push's device registry (APNs and FCM tokens, Web Push subscriptions) and
 //!   the channels devices and client ids are subscribed to for push.
+//! - [`sms`]: the texts apps send (their cost, their status as Twilio reports it) and each
+//!   tenant's SMS quota.
 #![forbid(unsafe_code)]
 
 pub mod api_key;
@@ -55,6 +57,7 @@ pub mod revocation;
 pub mod rule;
 mod secret_token;
 pub mod signing_key;
+pub mod sms;
 pub mod tenant;
 pub mod usage;
 pub mod user;
@@ -81,6 +84,7 @@ pub use push_device::{Device, DevicePlatform, NewDevice, PushAddress, PushSubscr
 pub use revocation::Revoked;
 pub use rule::{NewRule, Rule};
 pub use signing_key::SigningKeyRecord;
+pub use sms::{NewSms, SmsAdmission, SmsRecord};
 pub use tenant::{App, Tenant, TenantStatus};
 pub use usage::{Granularity, UsagePoint, UsageRow};
 pub use user::{NewInvitation, NewSession, Session, User};

@@ -29,6 +29,11 @@ pub struct Limits {
     /// Webhook events delivered per calendar month (UTC), over every rule of the tenant.
     /// Deliveries past it are dead-lettered (replayable), unless overage is allowed.
     pub max_webhook_events_per_month: i64,
+    /// SMS segments (what carriers bill) per calendar month (UTC), over every app of the
+    /// tenant. Texts past it are refused (or, a rule's, dead-lettered), never sent.
+    pub max_sms_segments_per_month: i64,
+    /// Texts sent per minute, over every app of the tenant: a runaway rule's are dead-lettered.
+    pub max_sms_per_minute: i64,
 }
 
 /// Overrides of a tenant: each `Some` replaces the plan's value.
@@ -50,6 +55,10 @@ pub struct LimitOverrides {
     pub overage_allowed: Option<bool>,
     /// See [`Limits::max_webhook_events_per_month`].
     pub max_webhook_events_per_month: Option<i64>,
+    /// See [`Limits::max_sms_segments_per_month`].
+    pub max_sms_segments_per_month: Option<i64>,
+    /// See [`Limits::max_sms_per_minute`].
+    pub max_sms_per_minute: Option<i64>,
 }
 
 impl Limits {
@@ -66,6 +75,10 @@ impl Limits {
             max_webhook_events_per_month: overrides
                 .max_webhook_events_per_month
                 .unwrap_or(self.max_webhook_events_per_month),
+            max_sms_segments_per_month: overrides
+                .max_sms_segments_per_month
+                .unwrap_or(self.max_sms_segments_per_month),
+            max_sms_per_minute: overrides.max_sms_per_minute.unwrap_or(self.max_sms_per_minute),
         }
     }
 }
@@ -95,6 +108,8 @@ impl Plan {
                 history_retention_secs: row.try_get("history_retention_secs")?,
                 overage_allowed: row.try_get::<i64, _>("overage_allowed")? != 0,
                 max_webhook_events_per_month: row.try_get("max_webhook_events_per_month")?,
+                max_sms_segments_per_month: row.try_get("max_sms_segments_per_month")?,
+                max_sms_per_minute: row.try_get("max_sms_per_minute")?,
             },
         })
     }
@@ -110,6 +125,8 @@ fn overrides_from_row(row: &DbRow) -> Result<LimitOverrides, sqlx::Error> {
         history_retention_secs: row.try_get("history_retention_secs")?,
         overage_allowed: row.try_get::<Option<i64>, _>("overage_allowed")?.map(|v| v != 0),
         max_webhook_events_per_month: row.try_get("max_webhook_events_per_month")?,
+        max_sms_segments_per_month: row.try_get("max_sms_segments_per_month")?,
+        max_sms_per_minute: row.try_get("max_sms_per_minute")?,
     })
 }
 
@@ -179,15 +196,17 @@ impl Store {
         sqlx::query(
             "INSERT INTO tenant_limits (tenant_id, max_connections, max_messages_per_month, \
              max_publish_rate, max_channels, max_message_bytes, history_retention_secs, overage_allowed, \
-             max_webhook_events_per_month) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (tenant_id) DO UPDATE SET \
+             max_webhook_events_per_month, max_sms_segments_per_month, max_sms_per_minute) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (tenant_id) DO UPDATE SET \
              max_connections = excluded.max_connections, \
              max_messages_per_month = excluded.max_messages_per_month, \
              max_publish_rate = excluded.max_publish_rate, max_channels = excluded.max_channels, \
              max_message_bytes = excluded.max_message_bytes, \
              history_retention_secs = excluded.history_retention_secs, \
              overage_allowed = excluded.overage_allowed, \
-             max_webhook_events_per_month = excluded.max_webhook_events_per_month",
+             max_webhook_events_per_month = excluded.max_webhook_events_per_month, \
+             max_sms_segments_per_month = excluded.max_sms_segments_per_month, \
+             max_sms_per_minute = excluded.max_sms_per_minute",
         )
         .bind(tenant_id)
         .bind(overrides.max_connections)
@@ -198,6 +217,8 @@ impl Store {
         .bind(overrides.history_retention_secs)
         .bind(overrides.overage_allowed.map(i64::from))
         .bind(overrides.max_webhook_events_per_month)
+        .bind(overrides.max_sms_segments_per_month)
+        .bind(overrides.max_sms_per_minute)
         .execute(&mut *tx)
         .await
         .map_err(|err| StoreError::from_sqlx(err, "tenant limits", "tenant"))?;

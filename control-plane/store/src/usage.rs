@@ -57,6 +57,10 @@ pub struct UsagePoint {
     pub webhook_events: i64,
     /// Pushes delivered (one per device a push reached and whose service accepted it).
     pub push_deliveries: i64,
+    /// Texts Twilio took.
+    pub sms_sent: i64,
+    /// The segments Twilio billed for them.
+    pub sms_segments: i64,
 }
 
 /// Returns the start (unix seconds) of the calendar month (UTC) that `unix` is in.
@@ -201,10 +205,11 @@ impl Store {
             point.connection_minutes = seconds / 60;
             point.average_connections = seconds / width;
         }
-        // Webhooks and pushes delivered, counted by the delivery workers as they record them.
+        // Webhooks, pushes and texts delivered, counted by the delivery workers as they record them.
         let delivered = sqlx::query(
             "SELECT minute, CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(events) AS BIGINT) AS events, \
-             CAST(SUM(pushes) AS BIGINT) AS pushes FROM delivery_usage WHERE tenant_id = $1 AND ($2 = '' OR app_id = $2) AND minute >= $3 AND minute < $4 \
+             CAST(SUM(pushes) AS BIGINT) AS pushes, CAST(SUM(sms) AS BIGINT) AS sms, \
+             CAST(SUM(sms_segments) AS BIGINT) AS sms_segments FROM delivery_usage WHERE tenant_id = $1 AND ($2 = '' OR app_id = $2) AND minute >= $3 AND minute < $4 \
              GROUP BY minute ORDER BY minute",
         )
         .bind(tenant_id)
@@ -223,6 +228,8 @@ impl Store {
             point.webhook_requests += row.try_get::<i64, _>("requests")?;
             point.webhook_events += row.try_get::<i64, _>("events")?;
             point.push_deliveries += row.try_get::<i64, _>("pushes")?;
+            point.sms_sent += row.try_get::<i64, _>("sms")?;
+            point.sms_segments += row.try_get::<i64, _>("sms_segments")?;
         }
         Ok(by_start.into_values().collect())
     }

@@ -90,6 +90,8 @@ error_codes! {
     NotFound = (1016, "not_found", 404, false, "not found"),
     /// A record with this name or id already exists.
     AlreadyExists = (1017, "already_exists", 409, false, "already exists"),
+    /// The app has no credentials for the service this needs (Twilio for a text).
+    NotConfigured = (1018, "not_configured", 409, false, "the app has no credentials for this service"),
     /// The request needs credentials and none were given.
     Unauthorized = (1100, "unauthorized", 401, false, "credentials are required"),
     /// The token is malformed, badly signed or uses an algorithm its key does not allow.
@@ -123,6 +125,8 @@ error_codes! {
     QuotaExceeded = (1202, "quota_exceeded", 429, false, "monthly message quota used up"),
     /// The account has as many channels with subscribers as its plan allows.
     ChannelLimit = (1203, "channel_limit", 429, true, "channel limit reached"),
+    /// The account's monthly SMS quota (segments) is used up.
+    SmsQuotaExceeded = (1204, "sms_quota_exceeded", 429, false, "monthly SMS quota used up"),
 }
 
 impl std::fmt::Display for ErrorCode {

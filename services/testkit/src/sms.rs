@@ -29,6 +29,8 @@ pub struct SmsReceived {
     pub body: String,
     /// The user name it was authenticated as (the account, or an API key).
     pub username: String,
+    /// `StatusCallback`, if sent.
+    pub status_callback: Option<String>,
 }
 
 #[derive(Default)]
@@ -42,6 +44,8 @@ struct TwilioState {
     scripted: Mutex<Vec<(u16, u64)>>,
     received: Mutex<Vec<SmsReceived>>,
     requests: AtomicUsize,
+    /// Milliseconds each answer waits (a slow Twilio: a killed sender is killed mid-request).
+    delay_ms: std::sync::atomic::AtomicU64,
 }
 
 /// The fake, on a loopback port.
@@ -78,7 +82,15 @@ impl TwilioFake {
                       headers: HeaderMap,
                       body: bytes::Bytes| {
                     let state = serving.clone();
-                    async move { create_message(&state, &account, &resource, &headers, &body) }
+                    async move {
+                        // Before the message is taken: a request whose sender dies meanwhile is
+                        // dropped with its connection, never taken (as Twilio would not).
+                        let delay = state.delay_ms.load(Ordering::Relaxed);
+                        if delay > 0 {
+                            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                        }
+                        create_message(&state, &account, &resource, &headers, &body)
+                    }
                 },
             ),
         );
@@ -108,6 +120,12 @@ impl TwilioFake {
     /// Messages to `number` are accepted but end `undelivered` (error 30003).
     pub fn undeliverable(&self, number: &str) {
         self.state.undeliverable.lock().unwrap_or_else(|p| p.into_inner()).insert(number.to_owned());
+    }
+
+    /// Every request from now on waits `delay` before its message is taken and answered.
+    pub fn answer_after(&self, delay: std::time::Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.state.delay_ms.store(ms, Ordering::Relaxed);
     }
 
     /// The next authenticated request is answered `status` with Twilio error `code`.
@@ -208,6 +226,7 @@ fn create_message(
         messaging_service: service.clone(),
         body: text.clone(),
         username: login.0,
+        status_callback: field("StatusCallback"),
     });
     if let Some(callback) = field("StatusCallback") {
         let undeliverable = state.undeliverable.lock().unwrap_or_else(|p| p.into_inner()).contains(&to);

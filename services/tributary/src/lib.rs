@@ -19,4 +19,5 @@ pub mod http;
 pub mod maintenance;
 pub mod push_api;
 pub mod server;
+pub mod sms_api;
 pub mod telemetry;

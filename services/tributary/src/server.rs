@@ -75,6 +75,7 @@ pub struct Bound {
     worker: Option<(tributary_delivery::worker::Worker, tributary_delivery::router::Router)>,
     /// Push's device registry routes.
     push: crate::push_api::PushApi,
+    sms: crate::sms_api::SmsApi,
 }
 
 impl Bound {
@@ -116,7 +117,9 @@ impl Bound {
     /// Serves until `shutdown` completes; then closes every connection with "server shutting
     /// down" and waits (briefly) for requests in flight.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-        let Bound { listener, relay, control_plane, store, mqtt, mqtt_ws, mqtt_tls, worker, push, .. } = self;
+        let Bound {
+            listener, relay, control_plane, store, mqtt, mqtt_ws, mqtt_tls, worker, push, sms, ..
+        } = self;
         let stop_worker = tokio_util::sync::CancellationToken::new();
         let delivering = worker.map(|(worker, router)| {
             let stop = stop_worker.clone();
@@ -141,7 +144,7 @@ impl Bound {
         }
         let housekeeping = tokio::spawn(crate::maintenance::run(store));
         // The management routes first: the relay's router carries the fallback (404).
-        let router = control_plane.router().merge(push.router()).merge(relay.router());
+        let router = control_plane.router().merge(push.router()).merge(sms.router()).merge(relay.router());
         let relay = Arc::new(relay);
         let on_shutdown = relay.clone();
         let signal = async move {
@@ -242,10 +245,19 @@ pub async fn bind_wrapped(
     // A publish's push section is queued by the same registry.
     let sink = crate::push_api::PublishedPushes::new(store.clone(), relay.state());
     let _ = relay.state().push.set(Arc::new(sink));
+    // Twilio signs a callback with the URL the workers gave it: the same base.
+    let own_url = format!("http://{addr}");
+    let callback_base = if config.delivery.public_url.is_empty() {
+        own_url.clone()
+    } else {
+        config.delivery.public_url.clone()
+    };
+    let sms = crate::sms_api::SmsApi::new(relay.state().clone(), store.clone(), &callback_base);
     let control_plane = ControlPlane::on_node(store.clone(), engine.clone(), settings, node);
     let worker = if config.delivery.worker {
         let owner = format!("serve-{}", uuid::Uuid::new_v4().simple());
-        let worker = config.delivery.worker(store.clone(), owner.clone())?.notifying(engine.clone());
+        let worker =
+            config.delivery.worker(store.clone(), owner.clone(), Some(own_url))?.notifying(engine.clone());
         let router = config.delivery.router(store.clone(), engine, owner).wakes(worker.waker());
         Some((worker, router))
     } else {
@@ -260,6 +272,7 @@ pub async fn bind_wrapped(
         relay,
         control_plane,
         push,
+        sms,
         credentials,
         store,
         worker,

@@ -26,6 +26,8 @@ pub(crate) struct LimitsView {
     history_retention_secs: i64,
     overage_allowed: bool,
     max_webhook_events_per_month: i64,
+    max_sms_segments_per_month: i64,
+    max_sms_per_minute: i64,
 }
 
 impl From<Limits> for LimitsView {
@@ -39,6 +41,8 @@ impl From<Limits> for LimitsView {
             history_retention_secs: l.history_retention_secs,
             overage_allowed: l.overage_allowed,
             max_webhook_events_per_month: l.max_webhook_events_per_month,
+            max_sms_segments_per_month: l.max_sms_segments_per_month,
+            max_sms_per_minute: l.max_sms_per_minute,
         }
     }
 }
@@ -85,6 +89,10 @@ pub(crate) struct OverridesBody {
     overage_allowed: Option<bool>,
     #[serde(default)]
     max_webhook_events_per_month: Option<i64>,
+    #[serde(default)]
+    max_sms_segments_per_month: Option<i64>,
+    #[serde(default)]
+    max_sms_per_minute: Option<i64>,
 }
 
 impl OverridesBody {
@@ -97,6 +105,8 @@ impl OverridesBody {
             ("max_message_bytes", self.max_message_bytes),
             ("history_retention_secs", self.history_retention_secs),
             ("max_webhook_events_per_month", self.max_webhook_events_per_month),
+            ("max_sms_segments_per_month", self.max_sms_segments_per_month),
+            ("max_sms_per_minute", self.max_sms_per_minute),
         ];
         if let Some((name, _)) = values.iter().find(|(_, v)| v.is_some_and(|v| v < 0)) {
             return Err(ApiError::invalid(format!("{name} must be 0 (no limit) or more")));
@@ -110,6 +120,8 @@ impl OverridesBody {
             history_retention_secs: self.history_retention_secs,
             overage_allowed: self.overage_allowed,
             max_webhook_events_per_month: self.max_webhook_events_per_month,
+            max_sms_segments_per_month: self.max_sms_segments_per_month,
+            max_sms_per_minute: self.max_sms_per_minute,
         })
     }
 
@@ -123,6 +135,8 @@ impl OverridesBody {
             history_retention_secs: o.history_retention_secs,
             overage_allowed: o.overage_allowed,
             max_webhook_events_per_month: o.max_webhook_events_per_month,
+            max_sms_segments_per_month: o.max_sms_segments_per_month,
+            max_sms_per_minute: o.max_sms_per_minute,
         }
     }
 }

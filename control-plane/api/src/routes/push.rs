@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tributary_delivery::push::apns::ApnsKey;
 use tributary_delivery::push::fcm::ServiceAccount;
 use tributary_delivery::push::webpush::VapidKey;
-use tributary_delivery::sms::{SmsFrom, TwilioCredentials};
+use tributary_delivery::sms::{SmsFrom, StoredTwilio, TwilioCredentials};
 use tributary_store::{PushCredentials, PushService, Role};
 
 use super::app_of;
@@ -65,6 +65,10 @@ struct TwilioBody {
     api_key_sid: Option<String>,
     /// The auth token, or the API key's secret.
     secret: String,
+    /// With an API key: the account's auth token, which Twilio signs status callbacks with
+    /// (without it no status callbacks are asked for).
+    #[serde(default)]
+    auth_token: Option<String>,
     #[serde(default)]
     from: Option<String>,
     #[serde(default)]
@@ -129,15 +133,23 @@ fn checked(service: PushService, body: Result<Bytes, BytesRejection>) -> Result<
             };
             TwilioCredentials::new(&b.account_sid, b.api_key_sid.as_deref(), &b.secret, from.clone())
                 .map_err(invalid)?;
+            if b.auth_token.is_some() && b.api_key_sid.is_none() {
+                return Err(ApiError::invalid(
+                    "auth_token goes with api_key_sid (without an API key the secret is the auth token)"
+                        .to_owned(),
+                ));
+            }
             let sender = match from {
                 SmsFrom::Number(number) => json!({"from": number}),
                 SmsFrom::MessagingService(sid) => json!({"messaging_service_sid": sid}),
             };
-            let mut settings = json!({"account_sid": b.account_sid, "api_key_sid": b.api_key_sid});
+            let callbacks = b.api_key_sid.is_none() || b.auth_token.is_some();
+            let mut settings = json!({"account_sid": b.account_sid, "api_key_sid": b.api_key_sid,
+                                      "status_callbacks": callbacks});
             if let (Some(all), Some(extra)) = (settings.as_object_mut(), sender.as_object()) {
                 all.extend(extra.clone());
             }
-            Ok((settings, b.secret.into_bytes()))
+            Ok((settings, StoredTwilio::stored_secret(&b.secret, b.auth_token.as_deref())))
         }
     }
 }

@@ -31,6 +31,8 @@ pub(crate) struct PointView {
     webhook_requests: i64,
     webhook_events: i64,
     push_deliveries: i64,
+    sms_sent: i64,
+    sms_segments: i64,
 }
 
 impl From<UsagePoint> for PointView {
@@ -47,6 +49,8 @@ impl From<UsagePoint> for PointView {
             webhook_requests: p.webhook_requests,
             webhook_events: p.webhook_events,
             push_deliveries: p.push_deliveries,
+            sms_sent: p.sms_sent,
+            sms_segments: p.sms_segments,
         }
     }
 }

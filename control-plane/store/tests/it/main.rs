@@ -19,6 +19,7 @@ mod revocations;
 mod rules;
 mod signing_key_generations;
 mod signing_keys;
+mod sms;
 mod tenant_status;
 mod tenants;
 mod usage;

@@ -7,6 +7,7 @@
 //! Twilio's answer (or error code) becomes the same outcomes as a push's: a recipient who
 //! replied STOP is like a dead token, a refused credential stops the app's SMS.
 
+pub mod job;
 pub mod signature;
 pub mod text;
 
@@ -94,6 +95,59 @@ impl TwilioCredentials {
     }
 }
 
+/// An app's Twilio credentials as stored: the settings that may be shown (`account_sid`,
+/// `api_key_sid`, `from` or `messaging_service_sid`) and the secret, `{"secret", "auth_token"}`
+/// (JSON; the auth token signs Twilio's status callbacks, and is the secret itself when no API
+/// key is used).
+pub struct StoredTwilio {
+    /// What the messages are sent with.
+    pub credentials: TwilioCredentials,
+    /// The account's auth token, which Twilio signs status callbacks with; `None` when only an
+    /// API key was given (no status callbacks are asked for then).
+    pub auth_token: Option<String>,
+}
+
+impl StoredTwilio {
+    /// Reads credentials as the store keeps them.
+    pub fn from_stored(settings: &str, secret: &[u8]) -> Result<Self, PushError> {
+        let settings: serde_json::Value = serde_json::from_str(settings)
+            .map_err(|_| PushError::Credentials("the stored settings are not JSON".into()))?;
+        #[derive(Deserialize)]
+        struct Secret {
+            secret: String,
+            #[serde(default)]
+            auth_token: Option<String>,
+        }
+        let secret: Secret = serde_json::from_slice(secret)
+            .map_err(|_| PushError::Credentials("the stored secret is not readable".into()))?;
+        let field = |name: &str| settings[name].as_str().map(str::to_owned);
+        let from = match (field("from"), field("messaging_service_sid")) {
+            (Some(number), _) => SmsFrom::Number(number),
+            (None, Some(sid)) => SmsFrom::MessagingService(sid),
+            (None, None) => {
+                return Err(PushError::Credentials("no sender (from or messaging_service_sid)".into()));
+            }
+        };
+        let api_key = field("api_key_sid");
+        let credentials = TwilioCredentials::new(
+            &field("account_sid").unwrap_or_default(),
+            api_key.as_deref(),
+            &secret.secret,
+            from,
+        )?;
+        let auth_token = match api_key {
+            None => Some(secret.secret),
+            Some(_) => secret.auth_token.filter(|token| !token.is_empty()),
+        };
+        Ok(Self { credentials, auth_token })
+    }
+
+    /// The secret as the store keeps it.
+    pub fn stored_secret(secret: &str, auth_token: Option<&str>) -> Vec<u8> {
+        serde_json::json!({"secret": secret, "auth_token": auth_token}).to_string().into_bytes()
+    }
+}
+
 /// A message sent, as Twilio took it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sent {
@@ -101,6 +155,8 @@ pub struct Sent {
     pub sid: String,
     /// The segments Twilio bills.
     pub segments: u32,
+    /// Its first status (`queued`, or `accepted` through a messaging service).
+    pub status: String,
 }
 
 /// Sends SMS through Twilio (or what `base_url` names).
@@ -167,6 +223,8 @@ impl TwilioClient {
         struct Answer {
             sid: Option<String>,
             num_segments: Option<String>,
+            // A message's status (text), or an error's HTTP status (a number).
+            status: Option<serde_json::Value>,
             code: Option<u64>,
             message: Option<String>,
         }
@@ -175,7 +233,9 @@ impl TwilioClient {
         if (200..300).contains(&status) {
             let sid = answer.sid.unwrap_or_default();
             let billed = answer.num_segments.and_then(|n| n.parse().ok()).unwrap_or(segments);
-            let sent = Sent { sid: sid.clone(), segments: billed };
+            let status = answer.status.as_ref().and_then(|s| s.as_str());
+            let status = status.filter(|s| !s.is_empty() && s.len() <= 32).unwrap_or("queued").to_owned();
+            let sent = Sent { sid: sid.clone(), segments: billed, status };
             return Ok((SmsOutcome::Delivered { id: Some(sid) }, Some(sent)));
         }
         let code = answer.code.unwrap_or(0);

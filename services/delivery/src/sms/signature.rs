@@ -22,6 +22,11 @@ pub fn sign(auth_token: &str, url: &str, params: &[(String, String)]) -> String 
     STANDARD.encode(mac.finalize().into_bytes())
 }
 
+/// The parameters of a form body (`application/x-www-form-urlencoded`), decoded, in order.
+pub fn form_params(body: &[u8]) -> Vec<(String, String)> {
+    form_urlencoded::parse(body).into_owned().collect()
+}
+
 /// Whether `signature` is Twilio's for this request (compared in constant time).
 pub fn verify(auth_token: &str, url: &str, params: &[(String, String)], signature: &str) -> bool {
     use subtle::ConstantTimeEq as _;

@@ -73,6 +73,9 @@ pub fn now_ms() -> i64 {
 }
 
 mod push;
+mod sms;
+
+pub use sms::Texting;
 
 /// A target as a batch's deliveries to it need it.
 enum Target {
@@ -82,6 +85,8 @@ enum Target {
     Ready { endpoint: WebhookEndpoint, signing: Vec<WebhookSecret> },
     /// An app's pushes through one service, with its credentials.
     Push { app_id: String, service: tributary_store::PushService, sender: crate::push::deliver::PushSender },
+    /// An app's texts, with its Twilio credentials.
+    Sms { app_id: String, twilio: crate::sms::StoredTwilio },
 }
 
 /// A delivery worker.
@@ -105,6 +110,10 @@ struct Inner {
     quotas: Quotas,
     /// The push services' clients (`None`: this worker sends no push).
     push: Option<Arc<crate::push::deliver::PushClients>>,
+    /// Twilio's client (`None`: this worker sends no text).
+    texting: Option<Texting>,
+    /// The (tenant, notice, minute)s this worker told of refused texts (see `sms.rs`).
+    sms_told: std::sync::Mutex<std::collections::HashSet<(String, String, i64)>>,
 }
 
 /// An attempt made: what to record, its endpoint, and whether it says the endpoint works.
@@ -128,6 +137,8 @@ impl Worker {
             notices: None,
             quotas: Quotas::default(),
             push: None,
+            texting: None,
+            sms_told: std::sync::Mutex::default(),
         };
         Self { inner: Arc::new(inner) }
     }
@@ -145,6 +156,14 @@ impl Worker {
     pub fn pushing(mut self, clients: crate::push::deliver::PushClients) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.push = Some(Arc::new(clients));
+        }
+        self
+    }
+
+    /// Sends the apps' texts (jobs of `sms:<app>` targets) through Twilio.
+    pub fn texting(mut self, texting: Texting) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.texting = Some(texting);
         }
         self
     }
@@ -272,7 +291,7 @@ impl Inner {
                         }
                     }
                 }
-                Target::Unusable(_) | Target::Push { .. } => target,
+                Target::Unusable(_) | Target::Push { .. } | Target::Sms { .. } => target,
             };
             claimed.push((job, target));
         }
@@ -390,6 +409,9 @@ impl Inner {
         if let Some((app_id, service)) = crate::push::message::parse_target(target_id) {
             return self.push_target(app_id, service).await;
         }
+        if let Some(app_id) = crate::sms::job::parse_target(target_id) {
+            return self.sms_target(app_id).await;
+        }
         let endpoint = match self.store.webhook_endpoint(tenant_id, target_id).await {
             Ok(endpoint) => endpoint,
             // Deleted: nothing can be sent, but its events are kept (dead letters), not dropped.
@@ -418,6 +440,7 @@ impl Inner {
             Target::Push { app_id, service, sender } => {
                 return self.attempt_push(job, app_id, *service, sender, started).await;
             }
+            Target::Sms { app_id, twilio } => return self.attempt_sms(job, app_id, twilio, started).await,
         };
         let signing: Vec<&WebhookSecret> = signing.iter().collect();
         let timestamp = u64::try_from(started / 1000).unwrap_or(0);

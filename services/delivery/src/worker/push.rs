@@ -143,11 +143,22 @@ impl Inner {
     /// Stops an app's pushes through `service` after its credentials were refused, and tells
     /// the tenant (once: the credentials are disabled by the first refusal); `false` when the
     /// store failed (the job is sent again after its lease).
-    async fn credentials_refused(&self, app_id: &str, service: PushService, reason: &str, at: i64) -> bool {
+    pub(super) async fn credentials_refused(
+        &self,
+        app_id: &str,
+        service: PushService,
+        reason: &str,
+        at: i64,
+    ) -> bool {
         match self.store.disable_push_credentials(app_id, service, reason).await {
             Ok(Some(_)) => {
+                let kind = if service == PushService::Twilio {
+                    "sms.credentials_refused"
+                } else {
+                    "push.credentials_refused"
+                };
                 let notice = serde_json::json!({
-                    "type": "push.credentials_refused", "app_id": app_id,
+                    "type": kind, "app_id": app_id,
                     "service": service.as_str(), "reason": reason, "at": at / 1000,
                 });
                 let key = format!("push.refused:{app_id}:{}:{}", service.as_str(), at / 60_000);

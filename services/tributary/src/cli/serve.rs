@@ -128,7 +128,7 @@ pub async fn worker(
     // The rules read apps' feeds from the engine the relays write them to (on the in-memory
     // engine that is another process's memory: a worker on its own has only the queue).
     let engine = server::open_engine(&config).await?;
-    let worker = config.delivery.worker(store.clone(), owner.clone())?.notifying(engine.clone());
+    let worker = config.delivery.worker(store.clone(), owner.clone(), None)?.notifying(engine.clone());
     let router = config.delivery.router(store, engine, owner.clone()).wakes(worker.waker());
     eprintln!("delivery worker {owner} on {:?}, engine {}", store_backend(&config), config.engine.kind);
     let stop = tokio_util::sync::CancellationToken::new();

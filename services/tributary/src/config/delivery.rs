@@ -1,5 +1,5 @@
 //! The `[delivery]` settings: how workers claim, send and retry deliveries (webhooks and
-//! pushes), which addresses they may reach, and where the push services are.
+//! pushes and texts), which addresses they may reach, and where the push and SMS services are.
 
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +48,12 @@ pub struct DeliveryConfig {
     /// An authority (PEM) the push services' certificates may also be signed by, besides the
     /// system's roots (a private proxy, or a test's fakes); empty: none.
     pub push_ca_file: String,
+    /// Twilio's API (SMS).
+    pub twilio_url: String,
+    /// This server's public URL (`https://realtime.example.com`), where Twilio posts texts'
+    /// status callbacks; empty: `tributary serve`'s own address (`tributary worker` then asks
+    /// for none).
+    pub public_url: String,
 }
 
 impl Default for DeliveryConfig {
@@ -71,6 +77,8 @@ impl Default for DeliveryConfig {
             fcm_url: tributary_delivery::push::fcm::FCM_URL.into(),
             fcm_token_url: tributary_delivery::push::fcm::TOKEN_URL.into(),
             push_ca_file: String::new(),
+            twilio_url: tributary_delivery::sms::TWILIO_URL.into(),
+            public_url: String::new(),
         }
     }
 }
@@ -114,11 +122,13 @@ impl DeliveryConfig {
         policy
     }
 
-    /// Builds a worker on `store` (settings already checked by [`DeliveryConfig::problems`]).
+    /// Builds a worker on `store` (settings already checked by [`DeliveryConfig::problems`]);
+    /// `own_url` is where Twilio's callbacks reach this process when `public_url` is not set.
     pub fn worker(
         &self,
         store: tributary_store::Store,
         owner: String,
+        own_url: Option<String>,
     ) -> Result<tributary_delivery::worker::Worker, tributary_delivery::sender::SendError> {
         use std::time::Duration;
         let policy = self.address_policy();
@@ -138,16 +148,24 @@ impl DeliveryConfig {
                 .unwrap_or_default(),
             disable_after: Duration::from_secs(self.disable_after_failing_secs),
         };
-        let pushing = self.push_clients(sender.clone())?;
-        Ok(tributary_delivery::worker::Worker::new(store, sender, config).pushing(pushing))
+        let (pushing, plain) = self.push_clients(sender.clone())?;
+        let texting = tributary_delivery::worker::Texting {
+            twilio: tributary_delivery::sms::TwilioClient::new(&self.twilio_url, plain),
+            callback_base: if self.public_url.is_empty() { own_url } else { Some(self.public_url.clone()) },
+        };
+        Ok(tributary_delivery::worker::Worker::new(store, sender, config).pushing(pushing).texting(texting))
     }
 
     /// The push services' clients: APNs over HTTP/2 (production and sandbox), FCM, and Web Push
-    /// through `sender` (its address policy: a subscription's endpoint is the tenant's input).
+    /// through `sender` (its address policy: a subscription's endpoint is the tenant's input);
+    /// and the plain HTTPS client of the services the operator names (FCM, Twilio).
     fn push_clients(
         &self,
         sender: tributary_delivery::sender::Sender,
-    ) -> Result<tributary_delivery::push::deliver::PushClients, tributary_delivery::sender::SendError> {
+    ) -> Result<
+        (tributary_delivery::push::deliver::PushClients, reqwest::Client),
+        tributary_delivery::sender::SendError,
+    > {
         use std::time::Duration;
         use tributary_delivery::push::{apns, fcm, webpush};
         use tributary_delivery::sender::SendError;
@@ -170,12 +188,13 @@ impl DeliveryConfig {
             plain = plain.add_root_certificate(root);
         }
         let plain = plain.build().map_err(|err| SendError::Client(err.to_string()))?;
-        Ok(tributary_delivery::push::deliver::PushClients::new(
+        let clients = tributary_delivery::push::deliver::PushClients::new(
             apns::ApnsClient::new(&self.apns_url, http2.clone()),
             apns::ApnsClient::new(&self.apns_sandbox_url, http2),
-            fcm::FcmClient::new(&self.fcm_url, &self.fcm_token_url, plain),
+            fcm::FcmClient::new(&self.fcm_url, &self.fcm_token_url, plain.clone()),
             webpush::WebPushClient::new(sender),
-        ))
+        );
+        Ok((clients, plain))
     }
 
     /// Builds the feed router of a worker named `owner` (its rules read `engine`'s feeds).

@@ -111,19 +111,19 @@ fn forbidden(message: String) -> ApiError {
 }
 
 /// A 400 `invalid_parameter` with `message`.
-fn invalid(message: impl Into<String>) -> ApiError {
+pub(crate) fn invalid(message: impl Into<String>) -> ApiError {
     ApiError(OpError::new(ErrorCode::InvalidParameter, message.into()))
 }
 
 /// A store error as the HTTP API says it (a database failure is `unavailable`, never its
 /// details).
-fn stored(err: StoreError) -> ApiError {
+pub(crate) fn stored(err: StoreError) -> ApiError {
     match err {
         StoreError::NotFound(what) => {
             ApiError(OpError::new(ErrorCode::NotFound, format!("{what} not found")))
         }
         StoreError::Database(_) => {
-            tracing::error!(error = %err, "push registry: the store failed");
+            tracing::error!(error = %err, "push and SMS API: the store failed");
             ApiError::from(ErrorCode::Unavailable)
         }
         other => ApiError::from(other.code()),

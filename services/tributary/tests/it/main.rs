@@ -36,6 +36,8 @@ mod revocation;
 mod rules;
 mod rules_kill;
 mod seam;
+mod sms;
+mod sms_kill;
 mod sse_poll;
 mod storage;
 mod tokens;

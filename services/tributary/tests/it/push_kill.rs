@@ -14,7 +14,7 @@ use tributary_testkit::ThrowawayRedis;
 use tributary_testkit::push::{ApnsFake, KeyPair};
 
 /// A child process, killed (SIGKILL) when dropped.
-struct Process(Child);
+pub(crate) struct Process(pub(crate) Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -23,7 +23,7 @@ impl Drop for Process {
     }
 }
 
-fn command(
+pub(crate) fn command(
     dir: &std::path::Path,
     role: &str,
     database: &str,
@@ -45,6 +45,44 @@ fn command(
     command
 }
 
+/// A relay process (`tributary serve` without a worker) on a free port, started and ready.
+pub(crate) struct Relay {
+    /// Its base URL.
+    pub(crate) http: String,
+    /// A client of it.
+    pub(crate) client: reqwest::Client,
+    /// What it wrote to `credentials.json` (tenant, app, operator token, API key).
+    pub(crate) credentials: Value,
+    _process: Process,
+}
+
+impl Relay {
+    /// Starts a relay in `dir` with `settings` besides its port's, and waits until it is ready.
+    pub(crate) async fn start(
+        dir: &std::path::Path,
+        database: &str,
+        redis: &str,
+        key: &MasterKey,
+        settings: &[String],
+    ) -> Relay {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let http = format!("http://127.0.0.1:{port}");
+        let mut all = vec!["delivery.worker=false".to_owned(), format!("listen=\"127.0.0.1:{port}\"")];
+        all.extend(settings.iter().map(|s| s.replace("{http}", &http)));
+        let process = Process(command(dir, "serve", database, redis, key, &all).spawn().unwrap());
+        tributary_delivery::install_tls_provider();
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while client.get(format!("{http}/readyz")).send().await.map_or(true, |r| !r.status().is_success()) {
+            assert!(tokio::time::Instant::now() < deadline, "the relay did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let credentials =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("credentials.json")).unwrap()).unwrap();
+        Relay { http, client, credentials, _process: process }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_push_reaches_its_device_across_kill_9_of_workers() {
     let redis = ThrowawayRedis::start();
@@ -55,21 +93,8 @@ async fn every_acknowledged_push_reaches_its_device_across_kill_9_of_workers() {
     let ca = dir.path().join("push-ca.pem");
     std::fs::write(&ca, &apns.ca_pem).unwrap();
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let relay_settings = ["delivery.worker=false".to_owned(), format!("listen=\"127.0.0.1:{port}\"")];
-    let _relay = Process(
-        command(dir.path(), "serve", &database, &redis.url(), &key, &relay_settings).spawn().unwrap(),
-    );
-    let http = format!("http://127.0.0.1:{port}");
-    tributary_delivery::install_tls_provider();
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while client.get(format!("{http}/readyz")).send().await.map_or(true, |r| !r.status().is_success()) {
-        assert!(tokio::time::Instant::now() < deadline, "the relay did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let credentials: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("credentials.json")).unwrap()).unwrap();
+    let relay = Relay::start(dir.path(), &database, &redis.url(), &key, &[]).await;
+    let (http, client, credentials) = (&relay.http, &relay.client, &relay.credentials);
     let (tenant, app) = (credentials["tenant_id"].as_str().unwrap(), credentials["app_id"].as_str().unwrap());
     let (operator, api_key) =
         (credentials["operator_token"].as_str().unwrap(), credentials["api_key"].as_str().unwrap());

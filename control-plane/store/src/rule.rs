@@ -1,5 +1,5 @@
 //! Rules: what an app's events trigger. A rule has a source (a channel pattern and the event
-//! kinds it wants) and a target (a webhook endpoint of the same app), and says how requests are
+//! kinds it wants) and a target (a webhook endpoint of the same app, texts, or a push), and says how requests are
 //! made: up to `batch_max` events each, gathered for up to `batch_ms`, an enveloped or raw body,
 //! custom headers. The store keeps rules as given; their fields are checked by the API (which
 //! knows channel patterns and event kinds) and read by the delivery workers.
@@ -36,8 +36,13 @@ pub struct NewRule {
     pub channel_pattern: String,
     /// The event kinds it reads (`message`, `presence.join`, …).
     pub events: Vec<String>,
-    /// The webhook endpoint it sends to (in the same app).
+    /// The webhook endpoint it sends to (in the same app); for texts `sms:<app>`, for a push
+    /// `pushout:<app>` (set by the store).
     pub target_id: String,
+    /// `webhook`, `sms` or `push`.
+    pub target_kind: String,
+    /// An SMS or push target's definition, JSON (`{}` for a webhook).
+    pub target_spec: String,
     /// Most events per request (1: one request per event).
     pub batch_max: i64,
     /// Longest an event waits for others to share its request, in milliseconds.
@@ -51,8 +56,8 @@ pub struct NewRule {
 /// The columns a [`Rule`] is read from.
 macro_rules! rule_columns {
     () => {
-        "id, tenant_id, app_id, name, channel_pattern, events, target_id, batch_max, batch_ms, body, headers, \
-         enabled, created_at"
+        "id, tenant_id, app_id, name, channel_pattern, events, target_id, target_kind, target_spec, batch_max, \
+         batch_ms, body, headers, enabled, created_at"
     };
 }
 
@@ -67,6 +72,8 @@ fn rule(row: &DbRow) -> Result<Rule, StoreError> {
             channel_pattern: row.try_get("channel_pattern")?,
             events: events.split(',').filter(|kind| !kind.is_empty()).map(str::to_owned).collect(),
             target_id: row.try_get("target_id")?,
+            target_kind: row.try_get("target_kind")?,
+            target_spec: row.try_get("target_spec")?,
             batch_max: row.try_get("batch_max")?,
             batch_ms: row.try_get("batch_ms")?,
             body: row.try_get("body")?,
@@ -75,6 +82,22 @@ fn rule(row: &DbRow) -> Result<Rule, StoreError> {
         enabled: row.try_get::<i64, _>("enabled")? != 0,
         created_at: row.try_get("created_at")?,
     })
+}
+
+/// The delivery target of a rule of `app_id` in `tenant_id` with `spec`: its webhook endpoint
+/// (which must be the app's), or the app's texts' or pushes' target.
+async fn rule_target(
+    conn: &mut sqlx::AnyConnection,
+    tenant_id: &str,
+    app_id: &str,
+    spec: &NewRule,
+) -> Result<String, StoreError> {
+    match spec.target_kind.as_str() {
+        "sms" => Ok(format!("sms:{app_id}")),
+        "push" => Ok(format!("pushout:{app_id}")),
+        _ if target_in_app(conn, tenant_id, app_id, &spec.target_id).await? => Ok(spec.target_id.clone()),
+        _ => Err(StoreError::NotFound("webhook endpoint")),
+    }
 }
 
 /// Whether `target_id` is a webhook endpoint of `app_id` in `tenant_id`.
@@ -117,13 +140,11 @@ impl Store {
         if app.is_none() {
             return Err(StoreError::NotFound("app"));
         }
-        if !target_in_app(&mut tx, tenant_id, app_id, &spec.target_id).await? {
-            return Err(StoreError::NotFound("webhook endpoint"));
-        }
+        let target_id = rule_target(&mut tx, tenant_id, app_id, spec).await?;
         sqlx::query(
             "INSERT INTO rules (id, tenant_id, app_id, name, channel_pattern, events, target_kind, target_id, \
-             batch_max, batch_ms, body, headers, enabled, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'webhook', $7, $8, $9, $10, $11, 1, $12)",
+             batch_max, batch_ms, body, headers, enabled, created_at, target_spec) \
+             VALUES ($1, $2, $3, $4, $5, $6, $13, $7, $8, $9, $10, $11, 1, $12, $14)",
         )
         .bind(&rule_id)
         .bind(tenant_id)
@@ -131,12 +152,14 @@ impl Store {
         .bind(&spec.name)
         .bind(&spec.channel_pattern)
         .bind(spec.events.join(","))
-        .bind(&spec.target_id)
+        .bind(&target_id)
         .bind(spec.batch_max)
         .bind(spec.batch_ms)
         .bind(&spec.body)
         .bind(&spec.headers)
         .bind(unix_now())
+        .bind(&spec.target_kind)
+        .bind(&spec.target_spec)
         .execute(&mut *tx)
         .await
         .map_err(|err| StoreError::from_sqlx(err, "rule", "app"))?;
@@ -157,23 +180,24 @@ impl Store {
     ) -> Result<Rule, StoreError> {
         let current = self.rule(tenant_id, rule_id).await?;
         let mut tx = self.pool.begin().await?;
-        if !target_in_app(&mut tx, tenant_id, &current.app_id, &spec.target_id).await? {
-            return Err(StoreError::NotFound("webhook endpoint"));
-        }
+        let target_id = rule_target(&mut tx, tenant_id, &current.app_id, spec).await?;
         let result = sqlx::query(
             "UPDATE rules SET name = $3, channel_pattern = $4, events = $5, target_id = $6, batch_max = $7, \
-             batch_ms = $8, body = $9, headers = $10 WHERE id = $1 AND tenant_id = $2",
+             batch_ms = $8, body = $9, headers = $10, target_kind = $11, target_spec = $12 \
+             WHERE id = $1 AND tenant_id = $2",
         )
         .bind(rule_id)
         .bind(tenant_id)
         .bind(&spec.name)
         .bind(&spec.channel_pattern)
         .bind(spec.events.join(","))
-        .bind(&spec.target_id)
+        .bind(&target_id)
         .bind(spec.batch_max)
         .bind(spec.batch_ms)
         .bind(&spec.body)
         .bind(&spec.headers)
+        .bind(&spec.target_kind)
+        .bind(&spec.target_spec)
         .execute(&mut *tx)
         .await?;
         if result.rows_affected() == 0 {

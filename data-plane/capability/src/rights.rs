@@ -27,12 +27,21 @@ pub enum Right {
     /// Register the client's own devices for push and subscribe them (or the client) to the
     /// channel's pushes.
     PushSubscribe,
+    /// Publish with a push section: every device subscribed to the channel is pushed to (a
+    /// push costs the tenant, so publishing alone does not allow it).
+    PushPublish,
 }
 
 impl Right {
     /// Every right, in the order rights are serialized.
-    pub const ALL: [Right; 5] =
-        [Right::Subscribe, Right::Publish, Right::Presence, Right::History, Right::PushSubscribe];
+    pub const ALL: [Right; 6] = [
+        Right::Subscribe,
+        Right::Publish,
+        Right::Presence,
+        Right::History,
+        Right::PushSubscribe,
+        Right::PushPublish,
+    ];
 
     /// Returns the snake_case name used in tokens and grant specs.
     pub const fn as_str(self) -> &'static str {
@@ -42,6 +51,7 @@ impl Right {
             Right::Presence => "presence",
             Right::History => "history",
             Right::PushSubscribe => "push_subscribe",
+            Right::PushPublish => "push_publish",
         }
     }
 
@@ -217,7 +227,7 @@ mod tests {
         assert!(rights.contains(Right::Publish));
         assert!(!rights.contains(Right::Subscribe));
         assert!(Right::ALL.into_iter().all(|r| Rights::all().contains(r)));
-        assert_eq!(Rights::all().iter().count(), 5);
+        assert_eq!(Rights::all().iter().count(), 6);
     }
 
     #[test]
@@ -256,7 +266,9 @@ mod tests {
     fn a_spec_with_a_right_list_parses_into_a_grant() {
         let g = Capabilities::parse_spec("chat:*=subscribe, publish").unwrap();
         assert_eq!(g, grant("chat:*", &[Right::Subscribe, Right::Publish]));
-        let all = Capabilities::parse_spec("*=subscribe,publish,presence,history,push_subscribe").unwrap();
+        let all =
+            Capabilities::parse_spec("*=subscribe,publish,presence,history,push_subscribe,push_publish")
+                .unwrap();
         assert_eq!(all.rights, Rights::all());
     }
 

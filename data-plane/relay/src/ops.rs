@@ -231,3 +231,29 @@ pub async fn history(
         publications: page.publications,
     })
 }
+
+/// The sink of a publish's push section (none needed without one; a server with none refuses
+/// the section before anything is published).
+pub(crate) fn push_sink<'a>(
+    state: &'a RelayState,
+    push: Option<&RawValue>,
+) -> Result<Option<&'a Arc<dyn crate::state::PushSink>>, OpError> {
+    match (push, state.push.get()) {
+        (None, _) => Ok(None),
+        (Some(push), Some(sink)) => sink.check(push).map(|()| Some(sink)),
+        (Some(_), None) => Err(OpError::new(ErrorCode::Unavailable, "this server does not push")),
+    }
+}
+
+/// Queues a published message's pushes: the message's id (channel, epoch and offset, the same
+/// for a retried publish) names them, so they are queued once however often it is retried.
+pub(crate) async fn queue_push(
+    sink: &Arc<dyn crate::state::PushSink>,
+    app: &str,
+    result: &PublishResult,
+    push: &RawValue,
+) -> Result<serde_json::Value, OpError> {
+    let message_id = format!("{}:{}:{}", result.channel, result.epoch, result.offset);
+    let (push_id, devices) = sink.push_on_publish(app, &result.channel, &message_id, push).await?;
+    Ok(serde_json::json!({"push_id": push_id, "devices": devices}))
+}

@@ -1,5 +1,5 @@
-//! Delivery services: what the worker role sends on behalf of tenants (webhooks now; push and
-//! SMS next), built on one pipeline of durable queues, retries and dead letters.
+//! Delivery services: what the worker role sends on behalf of tenants (webhooks, pushes and
+//! texts), built on one pipeline of durable queues, retries and dead letters.
 //!
 //! This crate starts with the parts every delivery needs and that hold no state:
 //! - [`signature`]: Standard Webhooks signing (`webhook-id`, `webhook-timestamp`,
@@ -15,6 +15,7 @@
 //!   them, and records each attempt (retried, delivered or dead-lettered);
 //! - [`rules`]: which feed events a rule takes and the requests (batched, enveloped or raw,
 //!   with stable event ids) it makes of them;
+//! - [`rule_targets`]: a rule's SMS or push target, its templates filled in from each event;
 //! - [`router`]: the loop that reads the durable feed of every app with rules and queues the
 //!   rules' deliveries, moving its saved position in the same transaction.
 //! - [`push`]: the push services' clients (APNs over HTTP/2 with ES256 provider tokens, FCM
@@ -35,6 +36,7 @@ pub fn install_tls_provider() {
 pub mod push;
 pub mod quota;
 pub mod router;
+pub mod rule_targets;
 pub mod rules;
 pub mod schedule;
 pub mod sender;

@@ -16,6 +16,8 @@ use tributary_protocol::frame::MemberInfo;
 use tributary_protocol::{ChannelName, ChannelPattern, Payload};
 use tributary_store::{NewDelivery, NewRule, Rule};
 
+use crate::rule_targets;
+
 /// The event kinds a rule may name.
 pub const EVENT_KINDS: [&str; 8] = [
     "message",
@@ -55,6 +57,12 @@ pub enum RuleError {
     /// A raw body with batching.
     #[error("body: a raw body carries one event, so batch_max must be 1")]
     RawBatch,
+    /// An SMS or push target's definition that is not one.
+    #[error("{0}")]
+    Target(String),
+    /// An SMS or push target with batching or headers.
+    #[error("an SMS or push rule sends each event on its own: batch_max must be 1, and it has no headers")]
+    TargetBatch,
 }
 
 /// Checks a rule's definition (its headers are checked where endpoints' are).
@@ -70,10 +78,23 @@ pub fn validate(spec: &NewRule) -> Result<(), RuleError> {
         return Err(RuleError::BatchMs);
     }
     match spec.body.as_str() {
-        "enveloped" => Ok(()),
-        "raw" if spec.batch_max == 1 => Ok(()),
-        "raw" => Err(RuleError::RawBatch),
-        _ => Err(RuleError::Body),
+        "enveloped" => {}
+        "raw" if spec.batch_max == 1 => {}
+        "raw" => return Err(RuleError::RawBatch),
+        _ => return Err(RuleError::Body),
+    }
+    let alone = spec.batch_max == 1 && (spec.headers.is_empty() || spec.headers == "{}");
+    match spec.target_kind.as_str() {
+        "webhook" => Ok(()),
+        "sms" => {
+            rule_targets::sms_target(&spec.target_spec).map_err(RuleError::Target)?;
+            if alone { Ok(()) } else { Err(RuleError::TargetBatch) }
+        }
+        "push" => {
+            rule_targets::push_target(&spec.target_spec).map_err(RuleError::Target)?;
+            if alone { Ok(()) } else { Err(RuleError::TargetBatch) }
+        }
+        other => Err(RuleError::Target(format!("no target kind {other:?}: webhook, sms or push"))),
     }
 }
 
@@ -82,7 +103,17 @@ pub struct CompiledRule {
     /// The rule.
     pub rule: Rule,
     pattern: ChannelPattern,
-    raw: bool,
+    target: CompiledTarget,
+}
+
+/// What a rule sends.
+enum CompiledTarget {
+    /// Requests to a webhook endpoint, with enveloped or raw bodies.
+    Webhook { raw: bool },
+    /// Texts.
+    Sms(rule_targets::SmsTarget),
+    /// A push (boxed: a push section is large beside the other targets).
+    Push(Box<rule_targets::PushTarget>),
 }
 
 impl CompiledRule {
@@ -91,8 +122,12 @@ impl CompiledRule {
     pub fn compile(rule: Rule) -> Option<Self> {
         validate(&rule.spec).ok()?;
         let pattern = ChannelPattern::parse(&rule.spec.channel_pattern).ok()?;
-        let raw = rule.spec.body == "raw";
-        Some(Self { rule, pattern, raw })
+        let target = match rule.spec.target_kind.as_str() {
+            "sms" => CompiledTarget::Sms(rule_targets::sms_target(&rule.spec.target_spec).ok()?),
+            "push" => CompiledTarget::Push(Box::new(rule_targets::push_target(&rule.spec.target_spec).ok()?)),
+            _ => CompiledTarget::Webhook { raw: rule.spec.body == "raw" },
+        };
+        Some(Self { rule, pattern, target })
     }
 
     /// Whether the rule takes this entry: one of its kinds, on a channel its pattern matches (a
@@ -104,14 +139,29 @@ impl CompiledRule {
 
     /// The deliveries of the entries this rule matched, in feed order: one request per
     /// `batch_max` of them.
+    /// For an SMS target, one text per recipient and entry; for a push target, one push per
+    /// entry.
     pub fn deliveries(&self, matched: &[&FeedEntry]) -> Vec<NewDelivery> {
-        let size = usize::try_from(self.rule.spec.batch_max).unwrap_or(1).max(1);
-        matched.chunks(size).map(|chunk| self.delivery(chunk)).collect()
+        let event = |entry: &FeedEntry| serde_json::to_value(EventView::of(entry)).unwrap_or_default();
+        match &self.target {
+            CompiledTarget::Webhook { raw } => {
+                let size = usize::try_from(self.rule.spec.batch_max).unwrap_or(1).max(1);
+                matched.chunks(size).map(|chunk| self.delivery(chunk, *raw)).collect()
+            }
+            CompiledTarget::Sms(target) => matched
+                .iter()
+                .flat_map(|entry| rule_targets::sms_deliveries(target, &self.rule, entry, &event(entry)))
+                .collect(),
+            CompiledTarget::Push(target) => matched
+                .iter()
+                .filter_map(|entry| rule_targets::push_delivery(target, &self.rule, entry, &event(entry)))
+                .collect(),
+        }
     }
 
-    fn delivery(&self, chunk: &[&FeedEntry]) -> NewDelivery {
+    fn delivery(&self, chunk: &[&FeedEntry], raw: bool) -> NewDelivery {
         let event_id = event_id(&self.rule.id, &chunk[0].position);
-        let (payload, content_type) = if self.raw {
+        let (payload, content_type) = if raw {
             raw_body(chunk[0])
         } else {
             let events: Vec<EventView<'_>> = chunk.iter().map(|entry| EventView::of(entry)).collect();
@@ -275,6 +325,8 @@ mod tests {
             channel_pattern: "orders:*".into(),
             events: vec!["message".into()],
             target_id: "wh_1".into(),
+            target_kind: "webhook".into(),
+            target_spec: "{}".into(),
             batch_max,
             batch_ms: 0,
             body: body.into(),

@@ -37,6 +37,8 @@ fn rule(target: &str, pattern: &str, events: &[&str], batch_max: i64, body: &str
         channel_pattern: pattern.into(),
         events: events.iter().map(|e| (*e).to_owned()).collect(),
         target_id: target.into(),
+        target_kind: "webhook".into(),
+        target_spec: "{}".into(),
         batch_max,
         batch_ms: 0,
         body: body.into(),

@@ -130,8 +130,16 @@ pub struct Rule {
     pub channel_pattern: String,
     /// The event kinds it reads.
     pub events: Vec<String>,
-    /// The endpoint it sends to.
-    pub webhook_id: String,
+    /// `webhook`, `sms` or `push`.
+    pub target: String,
+    /// The endpoint it sends to (a webhook rule's).
+    pub webhook_id: Option<String>,
+    /// An SMS rule's recipients and template (docs/sms.md).
+    #[serde(default)]
+    pub sms: Option<async_graphql::Json<Value>>,
+    /// A push rule's recipient and push (docs/push.md).
+    #[serde(default)]
+    pub push: Option<async_graphql::Json<Value>>,
     /// Most events per request.
     pub batch_max: i64,
     /// Longest an event waits for others to share its request.
@@ -157,8 +165,12 @@ pub struct RuleInput {
     pub channel_pattern: String,
     /// The event kinds it reads.
     pub events: Vec<String>,
-    /// A webhook endpoint of the same app.
-    pub webhook_id: String,
+    /// A webhook endpoint of the same app (exactly one of `webhookId`, `sms` and `push`).
+    pub webhook_id: Option<String>,
+    /// Texts: `{"to": ["+1…"], "body": "template"}`.
+    pub sms: Option<async_graphql::Json<Value>>,
+    /// A push: `{"recipient": {...}, "push": {...}}`.
+    pub push: Option<async_graphql::Json<Value>>,
     /// Most events per request (default 1).
     #[graphql(default = 1)]
     pub batch_max: i64,
@@ -180,6 +192,8 @@ impl RuleInput {
             "channel_pattern": self.channel_pattern,
             "events": self.events,
             "webhook_id": self.webhook_id,
+            "sms": self.sms.as_ref().map(|json| &json.0),
+            "push": self.push.as_ref().map(|json| &json.0),
             "batch_max": self.batch_max,
             "batch_ms": self.batch_ms,
             "body": self.body,

@@ -1,5 +1,6 @@
 //! Rules of an app: which of its events (a channel pattern and event kinds) go to which of its
-//! webhook endpoints, batched and shaped how.
+//! webhook endpoints, batched and shaped how; or become texts or pushes, their templates filled
+//! in from each event.
 //!
 //! Making the first rule of an app turns on the app's durable feed in the engine *before* the
 //! rule is stored and answered, so every event after the answer is in the feed; the delivery
@@ -37,7 +38,13 @@ pub(crate) struct RuleBody {
     name: String,
     channel_pattern: String,
     events: Vec<String>,
-    webhook_id: String,
+    /// Exactly one of `webhook_id`, `sms` and `push`.
+    #[serde(default)]
+    webhook_id: Option<String>,
+    #[serde(default)]
+    sms: Option<Value>,
+    #[serde(default)]
+    push: Option<Value>,
     #[serde(default = "one")]
     batch_max: i64,
     #[serde(default)]
@@ -64,7 +71,13 @@ pub(crate) struct RuleView {
     name: String,
     channel_pattern: String,
     events: Vec<String>,
-    webhook_id: String,
+    /// `webhook`, `sms` or `push`.
+    target: String,
+    webhook_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sms: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    push: Option<Value>,
     batch_max: i64,
     batch_ms: i64,
     body: String,
@@ -76,13 +89,22 @@ pub(crate) struct RuleView {
 impl From<Rule> for RuleView {
     fn from(rule: Rule) -> Self {
         let spec = rule.spec;
+        let definition = || serde_json::from_str::<Value>(&spec.target_spec).ok();
+        let (webhook_id, sms, push) = match spec.target_kind.as_str() {
+            "sms" => (None, definition(), None),
+            "push" => (None, None, definition()),
+            _ => (Some(spec.target_id.clone()), None, None),
+        };
         Self {
             id: rule.id,
             app_id: rule.app_id,
             name: spec.name,
             channel_pattern: spec.channel_pattern,
             events: spec.events,
-            webhook_id: spec.target_id,
+            target: spec.target_kind,
+            webhook_id,
+            sms,
+            push,
             batch_max: spec.batch_max,
             batch_ms: spec.batch_ms,
             body: spec.body,
@@ -98,11 +120,19 @@ fn definition(body: RuleBody) -> Result<NewRule, ApiError> {
     if body.name.len() > MAX_NAME {
         return Err(ApiError::invalid(format!("name: at most {MAX_NAME} bytes")));
     }
+    let (target_kind, target_id, target_spec) = match (body.webhook_id, body.sms, body.push) {
+        (Some(webhook), None, None) => ("webhook", webhook, "{}".to_owned()),
+        (None, Some(sms), None) => ("sms", String::new(), sms.to_string()),
+        (None, None, Some(push)) => ("push", String::new(), push.to_string()),
+        _ => return Err(ApiError::invalid("name exactly one of webhook_id, sms and push".to_owned())),
+    };
     let spec = NewRule {
         name: body.name,
         channel_pattern: body.channel_pattern,
         events: body.events,
-        target_id: body.webhook_id,
+        target_id,
+        target_kind: target_kind.to_owned(),
+        target_spec,
         batch_max: body.batch_max,
         batch_ms: body.batch_ms,
         body: body.body,
@@ -164,9 +194,11 @@ pub(crate) async fn create(
     app_of(&plane, &tenant, &app).await?;
     let spec = definition(body::parse(body)?)?;
     // The endpoint is checked before the feed is turned on: a refused rule changes nothing.
-    let endpoint = plane.store.webhook_endpoint(&tenant, &spec.target_id).await?;
-    if endpoint.app_id != app {
-        return Err(tributary_store::StoreError::NotFound("webhook endpoint").into());
+    if spec.target_kind == "webhook" {
+        let endpoint = plane.store.webhook_endpoint(&tenant, &spec.target_id).await?;
+        if endpoint.app_id != app {
+            return Err(tributary_store::StoreError::NotFound("webhook endpoint").into());
+        }
     }
     feed_on(&plane, &app).await?;
     let rule = match plane.store.create_rule(&caller.actor, &tenant, &app, &spec).await {

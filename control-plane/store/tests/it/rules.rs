@@ -12,6 +12,8 @@ fn spec(target: &str) -> NewRule {
         channel_pattern: "orders:*".into(),
         events: vec!["message".into(), "presence.join".into()],
         target_id: target.into(),
+        target_kind: "webhook".into(),
+        target_spec: "{}".into(),
         batch_max: 10,
         batch_ms: 500,
         body: "enveloped".into(),

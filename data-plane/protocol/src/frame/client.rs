@@ -87,6 +87,8 @@ pub struct PublishRequest {
     pub encoding: Option<String>,
     /// A key that makes a retried publish be stored and delivered once.
     pub idempotency_key: Option<String>,
+    /// A push section: the message is also pushed to the channel's push subscribers.
+    pub push: Option<Box<RawValue>>,
 }
 
 /// Which way history is read.
@@ -148,6 +150,7 @@ struct RawFrame {
     binary: Option<bool>,
     encoding: Option<String>,
     idempotency_key: Option<String>,
+    push: Option<Box<RawValue>>,
     since: Option<u64>,
     direction: Option<Direction>,
     limit: Option<u32>,
@@ -231,6 +234,7 @@ impl RawFrame {
                     binary: self.binary.unwrap_or(false),
                     encoding: check_key("encoding", self.encoding)?,
                     idempotency_key: check_key("idempotency_key", self.idempotency_key)?,
+                    push: self.push,
                 })
             }
             "history" => ClientOp::History(HistoryRequest {

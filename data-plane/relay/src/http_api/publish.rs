@@ -14,7 +14,7 @@ use tributary_protocol::frame::client::MAX_KEY_LEN;
 use tributary_protocol::frame::server::ErrorBody;
 
 use super::{ApiError, authenticate, channel, parse_body};
-use crate::ops::{self, OpError, PublishInput, PublishResult};
+use crate::ops::{self, OpError, PublishInput, PublishResult, push_sink, queue_push};
 use crate::state::RelayState;
 
 /// Most messages in one batch.
@@ -107,6 +107,9 @@ pub(super) async fn publish_one(
     let channel = channel(&name)?;
     identity.allow(&channel, tributary_capability::Right::Publish)?;
     let body: MessageBody = parse_body(body)?;
+    if body.push.is_some() {
+        identity.allow(&channel, tributary_capability::Right::PushPublish)?;
+    }
     check_encoding(&body.encoding)?;
     let input = PublishInput {
         channel,
@@ -122,32 +125,6 @@ pub(super) async fn publish_one(
         result.push = Some(queue_push(sink, &identity.app_id, &result, push).await?);
     }
     Ok(Json(result))
-}
-
-/// The sink of a publish's push section (none needed without one; a server with none refuses
-/// the section before anything is published).
-fn push_sink<'a>(
-    state: &'a RelayState,
-    push: Option<&RawValue>,
-) -> Result<Option<&'a Arc<dyn crate::state::PushSink>>, OpError> {
-    match (push, state.push.get()) {
-        (None, _) => Ok(None),
-        (Some(push), Some(sink)) => sink.check(push).map(|()| Some(sink)),
-        (Some(_), None) => Err(OpError::new(ErrorCode::Unavailable, "this server does not push")),
-    }
-}
-
-/// Queues a published message's pushes: the message's id (channel, epoch and offset, the same
-/// for a retried publish) names them, so they are queued once however often it is retried.
-async fn queue_push(
-    sink: &Arc<dyn crate::state::PushSink>,
-    app: &str,
-    result: &ops::PublishResult,
-    push: &RawValue,
-) -> Result<serde_json::Value, OpError> {
-    let message_id = format!("{}:{}:{}", result.channel, result.epoch, result.offset);
-    let (push_id, devices) = sink.push_on_publish(app, &result.channel, &message_id, push).await?;
-    Ok(serde_json::json!({"push_id": push_id, "devices": devices}))
 }
 
 #[derive(Serialize)]
@@ -190,6 +167,9 @@ pub(super) async fn publish_batch(
             let channel = tributary_protocol::ChannelName::parse(&item.channel)
                 .map_err(|e| OpError::new(ErrorCode::InvalidChannel, e.to_string()))?;
             identity.allow(&channel, tributary_capability::Right::Publish)?;
+            if item.push.is_some() {
+                identity.allow(&channel, tributary_capability::Right::PushPublish)?;
+            }
             let input = PublishInput {
                 channel,
                 data: &item.data,

@@ -231,8 +231,10 @@ impl Session {
         let ready = ops::ready_to_publish(&self.state, &self.identity.app_id).await.map(drop);
         let (this, ready) = (&*self, &ready);
         let outcomes = futures::future::join_all(checked.into_iter().map(|checked| async move {
-            let PublishRequest { channel, data, binary, encoding, idempotency_key } = checked?;
+            let PublishRequest { channel, data, binary, encoding, idempotency_key, push } = checked?;
             ready.clone()?;
+            // A push section is checked before anything is published (see `may_publish`).
+            let sink = ops::push_sink(&this.state, push.as_deref())?;
             let input = PublishInput {
                 channel,
                 data: &data,
@@ -241,7 +243,11 @@ impl Session {
                 idempotency_key,
                 client_id: Some(this.identity.client_id.clone()),
             };
-            ops::publish(&this.state, &this.identity.app_id, input).await
+            let mut result = ops::publish(&this.state, &this.identity.app_id, input).await?;
+            if let (Some(sink), Some(push)) = (sink, push.as_deref()) {
+                result.push = Some(ops::queue_push(sink, &this.identity.app_id, &result, push).await?);
+            }
+            Ok::<_, OpError>(result)
         }))
         .await;
         for (id, outcome) in ids.into_iter().zip(outcomes) {
@@ -257,6 +263,12 @@ impl Session {
     /// Checks that this client may publish `request` now (takes from its publish rate).
     fn may_publish(&mut self, request: PublishRequest) -> Result<PublishRequest, OpError> {
         self.may_publish_on(&request.channel)?;
+        // A push costs the tenant: a client needs a right of its own for it.
+        if request.push.is_some() && !self.identity.capabilities.allows(&request.channel, Right::PushPublish)
+        {
+            let message = format!("no push_publish right on {}", request.channel);
+            return Err(OpError::new(ErrorCode::Forbidden, message));
+        }
         Ok(request)
     }
 

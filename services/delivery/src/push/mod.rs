@@ -13,6 +13,7 @@ pub mod deliver;
 pub mod fcm;
 pub mod job;
 pub mod message;
+pub mod queue;
 pub mod webpush;
 
 use std::time::Duration;

@@ -87,6 +87,8 @@ enum Target {
     Push { app_id: String, service: tributary_store::PushService, sender: crate::push::deliver::PushSender },
     /// An app's texts, with its Twilio credentials.
     Sms { app_id: String, twilio: crate::sms::StoredTwilio },
+    /// An app's rules' pushes, queued to the devices they reach.
+    PushOut,
 }
 
 /// A delivery worker.
@@ -291,7 +293,7 @@ impl Inner {
                         }
                     }
                 }
-                Target::Unusable(_) | Target::Push { .. } | Target::Sms { .. } => target,
+                Target::Unusable(_) | Target::Push { .. } | Target::Sms { .. } | Target::PushOut => target,
             };
             claimed.push((job, target));
         }
@@ -412,6 +414,9 @@ impl Inner {
         if let Some(app_id) = crate::sms::job::parse_target(target_id) {
             return self.sms_target(app_id).await;
         }
+        if crate::rule_targets::parse_pushout(target_id).is_some() {
+            return Ok(Target::PushOut);
+        }
         let endpoint = match self.store.webhook_endpoint(tenant_id, target_id).await {
             Ok(endpoint) => endpoint,
             // Deleted: nothing can be sent, but its events are kept (dead letters), not dropped.
@@ -441,6 +446,7 @@ impl Inner {
                 return self.attempt_push(job, app_id, *service, sender, started).await;
             }
             Target::Sms { app_id, twilio } => return self.attempt_sms(job, app_id, twilio, started).await,
+            Target::PushOut => return self.attempt_pushout(job, started).await,
         };
         let signing: Vec<&WebhookSecret> = signing.iter().collect();
         let timestamp = u64::try_from(started / 1000).unwrap_or(0);

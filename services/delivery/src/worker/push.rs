@@ -140,6 +140,55 @@ impl Inner {
         Some(Attempted { finished, target: job.target_id, healthy: None })
     }
 
+    /// Queues a rule's push to the devices it reaches (a job per service and page of devices,
+    /// with ids derived from the push's, so doing it again after a crash queues nothing twice).
+    pub(super) async fn attempt_pushout(&self, job: DeliveryJob, started: i64) -> Option<Attempted> {
+        let end = |job: DeliveryJob, snippet: &str, outcome: &str, after: AfterAttempt| {
+            let status = (after == AfterAttempt::Delivered).then_some(200);
+            let finished = finished(&job, started, status, snippet, outcome, after);
+            Some(Attempted { finished, target: job.target_id, healthy: None })
+        };
+        let Ok(out) = serde_json::from_slice::<crate::rule_targets::PushOut>(&job.payload) else {
+            return end(job, "the rule's push is not readable", "dead", AfterAttempt::Dead);
+        };
+        if let crate::push::queue::Reach::Channel(name) = &out.reach
+            && tributary_protocol::ChannelName::parse(name).is_err()
+        {
+            return end(job, &format!("{name:?} is not a channel name"), "dead", AfterAttempt::Dead);
+        }
+        let queued = crate::push::queue::queue(
+            &self.store,
+            &job.tenant_id,
+            &job.app_id,
+            &out.reach,
+            &out.push_id,
+            &out.push,
+        )
+        .await;
+        match queued {
+            Ok(devices) => {
+                self.wake.notify_one();
+                end(
+                    job,
+                    &format!("{} queued to {devices} devices", out.push_id),
+                    "delivered",
+                    AfterAttempt::Delivered,
+                )
+            }
+            Err(crate::push::queue::QueueError::Store(StoreError::NotFound(what))) => {
+                end(job, &format!("{what} not found"), "gone", AfterAttempt::Dead)
+            }
+            Err(crate::push::queue::QueueError::TooMany) => {
+                let reason = crate::push::queue::QueueError::TooMany.to_string();
+                end(job, &reason, "dead", AfterAttempt::Dead)
+            }
+            Err(crate::push::queue::QueueError::Store(err)) => {
+                let (outcome, after) = self.after_failure(&job, None);
+                end(job, &format!("the devices were not read: {err}"), outcome, after)
+            }
+        }
+    }
+
     /// Stops an app's pushes through `service` after its credentials were refused, and tells
     /// the tenant (once: the credentials are disabled by the first refusal); `false` when the
     /// store failed (the job is sent again after its lease).

@@ -8,21 +8,14 @@ use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tributary_delivery::push::deliver::service_of;
-use tributary_delivery::push::job::{MAX_JOB_DEVICES, PushDevice, PushJob};
-use tributary_delivery::push::message::{PushMessage, target_id};
+use tributary_delivery::push::message::PushMessage;
+use tributary_delivery::push::queue::{QueueError, Reach};
 use tributary_delivery::rules::stable_id;
 use tributary_protocol::ErrorCode;
 use tributary_relay::http_api::{ApiError, channel, parse_body};
 use tributary_relay::ops::OpError;
-use tributary_store::{NewDelivery, PushAddress};
 
 use super::{PushApi, caller, invalid, stored};
-
-/// Most devices one push reaches.
-const MAX_DEVICES: usize = 100_000;
-/// Devices read (and queued, a job per service) at a time.
-const PAGE: i64 = MAX_JOB_DEVICES as i64;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -90,19 +83,7 @@ pub(super) async fn publish(
     Ok((StatusCode::ACCEPTED, Json(json!({"push_id": push_id, "devices": reached}))))
 }
 
-/// Whom a push reaches.
-pub(super) enum Reach {
-    /// One device.
-    Device(String),
-    /// Every device of a client.
-    Client(String),
-    /// Every device subscribed to a channel, and of the client ids subscribed to it.
-    Channel(String),
-}
-
-/// Queues the jobs of the devices `reach` names, a page at a time; returns how many devices.
-/// A channel's devices' ids are read once (from indexes alone), then the devices a page at a
-/// time: paging through the devices themselves read every remaining device per page.
+/// Queues a push through [`tributary_delivery::push::queue`], its errors as the API says them.
 pub(super) async fn queue(
     store: &tributary_store::Store,
     tenant_id: &str,
@@ -111,102 +92,12 @@ pub(super) async fn queue(
     push_id: &str,
     push: &PushMessage,
 ) -> Result<usize, ApiError> {
-    let too_many = || invalid(format!("a push reaches at most {MAX_DEVICES} devices"));
-    let now = tributary_delivery::worker::now_ms();
-    match reach {
-        Reach::Device(id) => {
-            let device = store.device(tenant_id, app_id, id).await.map_err(stored)?;
-            let jobs = jobs(tenant_id, app_id, push_id, &[device.into()], push);
-            store.enqueue_deliveries(&jobs, now).await.map_err(stored)?;
-            Ok(1)
-        }
-        Reach::Client(client) => {
-            let mut reached = 0usize;
-            let mut after = String::new();
-            loop {
-                let page =
-                    store.devices(tenant_id, app_id, Some(client), &after, PAGE).await.map_err(stored)?;
-                let Some(last) = page.last() else { break };
-                after = last.id.clone();
-                reached += page.len();
-                if reached > MAX_DEVICES {
-                    return Err(too_many());
-                }
-                let addresses: Vec<PushAddress> = page.into_iter().map(PushAddress::from).collect();
-                let jobs = jobs(tenant_id, app_id, push_id, &addresses, push);
-                store.enqueue_deliveries(&jobs, now).await.map_err(stored)?;
-                if (addresses.len() as i64) < PAGE {
-                    break;
-                }
-            }
-            Ok(reached)
-        }
-        Reach::Channel(name) => {
-            let limit = i64::try_from(MAX_DEVICES + 1).unwrap_or(i64::MAX);
-            let ids = store.channel_push_device_ids(app_id, name, "", limit).await.map_err(stored)?;
-            if ids.len() > MAX_DEVICES {
-                return Err(too_many());
-            }
-            for chunk in ids.chunks(MAX_JOB_DEVICES) {
-                let page = store.push_addresses(app_id, chunk).await.map_err(stored)?;
-                let jobs = jobs(tenant_id, app_id, push_id, &page, push);
-                store.enqueue_deliveries(&jobs, now).await.map_err(stored)?;
-            }
-            Ok(ids.len())
-        }
-    }
-}
-
-/// The jobs of one page of devices: one per service, of the page's devices of that service.
-/// A job's event id is the push's and its first device's, the same on every retry of the
-/// request (with an idempotency key) and every attempt.
-fn jobs(
-    tenant_id: &str,
-    app_id: &str,
-    push_id: &str,
-    page: &[PushAddress],
-    push: &PushMessage,
-) -> Vec<NewDelivery> {
-    let mut by_platform: Vec<PushJob> = Vec::new();
-    for device in page {
-        if service_of(device.platform.as_str()).is_none() {
-            continue;
-        }
-        let platform = device.platform.as_str();
-        let at = match by_platform.iter().position(|job| job.platform == platform) {
-            Some(at) => at,
-            None => {
-                by_platform.push(PushJob {
-                    push_id: push_id.to_owned(),
-                    platform: platform.to_owned(),
-                    push: push.clone(),
-                    devices: Vec::new(),
-                });
-                by_platform.len() - 1
-            }
-        };
-        by_platform[at].devices.push(PushDevice {
-            device_id: device.id.clone(),
-            token: device.token.clone(),
-            web_keys: device.web_keys.as_deref().and_then(|keys| serde_json::from_str(keys).ok()),
-            refused: None,
-        });
-    }
-    by_platform
-        .into_iter()
-        .filter_map(|job| {
-            let service = service_of(&job.platform)?;
-            Some(NewDelivery {
-                tenant_id: tenant_id.to_owned(),
-                app_id: app_id.to_owned(),
-                target_id: target_id(app_id, service),
-                event_id: format!("{push_id}:{}", job.devices.first()?.device_id),
-                events: i64::try_from(job.devices.len()).unwrap_or(i64::MAX),
-                payload: serde_json::to_vec(&job).ok()?,
-                headers: "{}".into(),
-            })
-        })
-        .collect()
+    tributary_delivery::push::queue::queue(store, tenant_id, app_id, reach, push_id, push).await.map_err(
+        |err| match err {
+            QueueError::TooMany => invalid(err.to_string()),
+            QueueError::Store(err) => stored(err),
+        },
+    )
 }
 
 /// The relay's sink of publishes' push sections. It holds the relay weakly: the relay holds it,

@@ -33,6 +33,7 @@ mod recovery;
 mod redis_restart;
 mod redis_tls;
 mod revocation;
+mod rule_targets;
 mod rules;
 mod rules_kill;
 mod seam;

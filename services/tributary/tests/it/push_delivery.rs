@@ -24,7 +24,7 @@ async fn call(server: &TestServer, path: &str, bearer: &str, body: Value, key: O
 }
 
 /// The fakes, and a server whose push settings name them.
-async fn setup() -> (TestServer, ApnsFake, FcmFake, WebPushFake, tempfile::TempDir) {
+pub(crate) async fn setup() -> (TestServer, ApnsFake, FcmFake, WebPushFake, tempfile::TempDir) {
     let (apns_key, fcm_key, vapid_key) = (KeyPair::p256(), KeyPair::rsa(), KeyPair::p256());
     let apns = ApnsFake::start(TEAM, KEY_ID, &apns_key.public_pem).await;
     let fcm = FcmFake::start("shop-7", "pusher@shop-7.iam.gserviceaccount.com", &fcm_key.public_pem).await;
@@ -44,6 +44,7 @@ async fn setup() -> (TestServer, ApnsFake, FcmFake, WebPushFake, tempfile::TempD
         config.delivery.allow_http = true;
         config.delivery.allowed_private_ranges = vec!["127.0.0.0/8".into()];
         config.delivery.poll_interval_ms = 20;
+        config.delivery.feed_poll_interval_ms = 20;
         config.delivery.per_endpoint_concurrency = 16;
     })
     .await;
@@ -264,4 +265,45 @@ async fn a_publish_with_a_push_section_reaches_live_subscribers_and_the_channels
     assert_eq!((status, answer["error"]["name"].as_str()), (400, Some("invalid_parameter")), "{answer}");
     let (_, history) = server.get("/v1/channels/orders:7/history").await;
     assert_eq!(history["messages"].as_array().map(Vec::len), Some(1), "{history}");
+}
+
+#[tokio::test]
+async fn a_clients_websocket_publish_with_a_push_section_pushes_to_the_channels_devices() {
+    let (server, apns, _fcm, _web, _dir) = setup().await;
+    let device = json!({"platform": "apns", "token": "c3".repeat(32), "client_id": "courier"});
+    let key = server.api_key().to_owned();
+    assert_eq!(call(&server, "/v1/push/devices", &key, device, None).await.0, 200);
+    let subscribe = json!({"client_id": "courier"});
+    assert_eq!(
+        call(&server, "/v1/push/channels/orders:42/subscriptions", &key, subscribe, None).await.0,
+        204
+    );
+
+    // Publishing alone does not allow pushing: the message is not published either.
+    let plain = server.token("shop", &[("orders:*", &["publish", "history"])]).await;
+    let mut ws = server.ws(&plain).await;
+    let frame = json!({"op": "publish", "channel": "orders:42", "data": {"n": 1},
+                       "push": {"title": "Order 42", "body": "Picked up"}});
+    let refused = ws.request(frame.clone()).await.unwrap();
+    assert_eq!(refused["error"]["name"], "forbidden", "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("push_publish"), "{refused}");
+    // A push no service would take is refused before anything is published.
+    let pusher = server.token("shop", &[("orders:*", &["publish", "push_publish", "history"])]).await;
+    let mut ws = server.ws(&pusher).await;
+    let empty =
+        json!({"op": "publish", "channel": "orders:42", "data": {"n": 2}, "push": {"priority": "now"}});
+    let refused = ws.request(empty).await.unwrap();
+    assert_eq!(refused["error"]["name"], "invalid_parameter", "{refused}");
+    let history = ws.request(json!({"op": "history", "channel": "orders:42"})).await.unwrap();
+    assert_eq!(history["result"]["messages"], json!([]), "nothing was published: {history}");
+
+    let published = ws.request(frame).await.unwrap();
+    assert_eq!(published["result"]["push"]["devices"], 1, "{published}");
+    eventually("the courier's phone gets the push", Duration::from_secs(10), || async {
+        !apns.received().is_empty()
+    })
+    .await
+    .unwrap();
+    assert_eq!(apns.received()[0].payload["aps"]["alert"]["body"], "Picked up");
+    assert_eq!(apns.received()[0].device_token, "c3".repeat(32));
 }

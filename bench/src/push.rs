@@ -167,6 +167,8 @@ pub async fn run(args: PushArgs) -> anyhow::Result<Value> {
     let management = Management::read(&args.credentials, args.target.first_node())?;
     let fake = fake(&args, &management).await?;
     register(&args, &fake).await?;
+    // On stderr, so that a script running another scenario beside this one knows pushes flow.
+    eprintln!("push: {} devices registered; pushing", args.devices);
 
     let base = Instant::now();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -15,6 +15,7 @@
 pub mod bootstrap;
 pub mod config;
 pub mod directory;
+pub mod examples;
 pub mod http;
 pub mod maintenance;
 pub mod push_api;

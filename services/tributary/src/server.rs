@@ -144,7 +144,12 @@ impl Bound {
         }
         let housekeeping = tokio::spawn(crate::maintenance::run(store));
         // The management routes first: the relay's router carries the fallback (404).
-        let router = control_plane.router().merge(push.router()).merge(sms.router()).merge(relay.router());
+        let router = control_plane
+            .router()
+            .merge(push.router())
+            .merge(sms.router())
+            .merge(crate::examples::router())
+            .merge(relay.router());
         let relay = Arc::new(relay);
         let on_shutdown = relay.clone();
         let signal = async move {

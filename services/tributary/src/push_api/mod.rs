@@ -48,6 +48,7 @@ impl PushApi {
             .route("/v1/push/devices", post(devices::register).get(devices::list))
             .route("/v1/push/devices/{device_id}", get(devices::read).delete(devices::remove))
             .route("/v1/push/publish", post(publish::publish))
+            .route("/v1/push/web-key", get(web_key))
             .route(
                 "/v1/push/channels/{channel}/subscriptions",
                 post(subscriptions::subscribe).get(subscriptions::list).delete(subscriptions::unsubscribe),
@@ -104,6 +105,27 @@ impl Caller {
             Caller::Client { .. } => Err(forbidden("this needs the app's API key".into())),
         }
     }
+}
+
+/// `GET /v1/push/web-key` (a client token with `push_subscribe`, or the API key): the app's
+/// VAPID public key, the `applicationServerKey` a page subscribes with; 409 `not_configured`
+/// without Web Push credentials.
+async fn web_key(
+    axum::extract::State(api): axum::extract::State<PushApi>,
+    headers: HeaderMap,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let caller = caller(&api, &headers).await?;
+    let (tenant_id, app_id) = caller.app();
+    let all = api.store.push_credentials(tenant_id, app_id).await.map_err(stored)?;
+    let key = all
+        .iter()
+        .find(|c| c.service == tributary_store::PushService::WebPush && c.disabled_reason.is_none())
+        .and_then(|c| serde_json::from_str::<serde_json::Value>(&c.settings).ok())
+        .and_then(|settings| settings["public_key"].as_str().map(str::to_owned))
+        .ok_or_else(|| {
+            ApiError(OpError::new(ErrorCode::NotConfigured, "the app has no Web Push credentials"))
+        })?;
+    Ok(axum::Json(serde_json::json!({"public_key": key})))
 }
 
 fn forbidden(message: String) -> ApiError {

@@ -307,3 +307,44 @@ async fn a_clients_websocket_publish_with_a_push_section_pushes_to_the_channels_
     assert_eq!(apns.received()[0].payload["aps"]["alert"]["body"], "Picked up");
     assert_eq!(apns.received()[0].device_token, "c3".repeat(32));
 }
+
+#[tokio::test]
+async fn the_web_push_example_page_is_served_and_clients_read_the_apps_vapid_key() {
+    let (server, _apns, _fcm, _web, _dir) = setup().await;
+    let get = |path: &str, bearer: Option<String>| {
+        let mut request = server.http().get(format!("{}{path}", server.http_url()));
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        async move { request.send().await.unwrap() }
+    };
+    let page = get("/examples/web-push.html", None).await;
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    let html = page.text().await.unwrap();
+    for needed in
+        ["/examples/web-push-sw.js", "/v1/push/web-key", "/v1/push/devices", "pushManager.subscribe"]
+    {
+        assert!(html.contains(needed), "the page uses {needed}");
+    }
+    let worker = get("/examples/web-push-sw.js", None).await;
+    assert_eq!(worker.headers()["service-worker-allowed"], "/examples/");
+    assert!(worker.text().await.unwrap().contains("showNotification"));
+
+    // The key a page subscribes with is the one the credentials' answer showed.
+    let path = format!("/v1/tenants/{}/apps/{}/push-credentials", server.tenant_id(), server.app_id());
+    let (_, listed) = server.manage("GET", &path, server.operator_token(), None).await;
+    let web = listed.as_array().unwrap().iter().find(|c| c["service"] == "webpush").unwrap();
+    let token = server.token("browser", &[("alerts:*", &["push_subscribe"])]).await;
+    let key: Value = get("/v1/push/web-key", Some(token)).await.json().await.unwrap();
+    assert_eq!(key["public_key"], web["settings"]["public_key"], "{key}");
+    // A token without push_subscribe is refused; an app without Web Push credentials says so.
+    let plain = server.token("browser", &[("alerts:*", &["subscribe"])]).await;
+    assert_eq!(get("/v1/push/web-key", Some(plain)).await.status().as_u16(), 403);
+    let (status, _) =
+        server.manage("DELETE", &format!("{path}/webpush"), server.operator_token(), None).await;
+    assert_eq!(status, 204);
+    let missing = get("/v1/push/web-key", Some(server.api_key().to_owned())).await;
+    assert_eq!(missing.status().as_u16(), 409);
+    let error: Value = missing.json().await.unwrap();
+    assert_eq!(error["error"]["name"], "not_configured", "{error}");
+}

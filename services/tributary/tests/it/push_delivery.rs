@@ -34,7 +34,10 @@ pub(crate) async fn setup() -> (TestServer, ApnsFake, FcmFake, WebPushFake, temp
     let ca = dir.path().join("push-ca.pem");
     std::fs::write(&ca, &apns.ca_pem).unwrap();
     let (apns_url, fcm_url, token_url) = (apns.url.clone(), fcm.url.clone(), fcm.token_url.clone());
+    // The database in `dir`, where a test can reach it behind the server's back.
+    let database = dir.path().join("tributary.db");
     let server = TestServer::spawn_configured(move |config| {
+        config.storage.sqlite_path = database;
         config.delivery.apns_url = apns_url.clone();
         config.delivery.apns_sandbox_url = apns_url;
         config.delivery.fcm_url = fcm_url;
@@ -347,4 +350,42 @@ async fn the_web_push_example_page_is_served_and_clients_read_the_apps_vapid_key
     assert_eq!(missing.status().as_u16(), 409);
     let error: Value = missing.json().await.unwrap();
     assert_eq!(error["error"]["name"], "not_configured", "{error}");
+}
+
+#[tokio::test]
+async fn a_publish_whose_pushes_cannot_be_queued_answers_503_and_its_retry_queues_them_once() {
+    let (server, apns, _fcm, _web, dir) = setup().await;
+    let key = server.api_key().to_owned();
+    let device = json!({"platform": "apns", "token": "d5".repeat(32), "client_id": "courier"});
+    assert_eq!(call(&server, "/v1/push/devices", &key, device, None).await.0, 200);
+    let subscribe = json!({"client_id": "courier"});
+    assert_eq!(call(&server, "/v1/push/channels/orders:7/subscriptions", &key, subscribe, None).await.0, 204);
+    // The delivery queue goes away behind the server's back (a disk gone read-only, a database
+    // failing over): the message is stored, its pushes cannot be queued.
+    sqlx::any::install_default_drivers();
+    let url = format!("sqlite://{}", dir.path().join("tributary.db").display());
+    let raw = sqlx::AnyPool::connect(&url).await.unwrap();
+    sqlx::query("ALTER TABLE delivery_jobs RENAME TO delivery_jobs_away").execute(&raw).await.unwrap();
+    let message = json!({"data": {"status": "picked up"}, "push": {"title": "Order 7", "body": "Picked up"}});
+    let (status, answer) =
+        call(&server, "/v1/channels/orders:7/messages", &key, message.clone(), Some("order-7")).await;
+    assert_eq!((status, answer["error"]["name"].as_str()), (503, Some("unavailable")), "{answer}");
+    sqlx::query("ALTER TABLE delivery_jobs_away RENAME TO delivery_jobs").execute(&raw).await.unwrap();
+    // The retry (same key) stores nothing twice and queues the pushes.
+    let (status, answer) =
+        call(&server, "/v1/channels/orders:7/messages", &key, message, Some("order-7")).await;
+    assert_eq!(
+        (status, answer["duplicate"].as_bool(), answer["push"]["devices"].as_u64()),
+        (200, Some(true), Some(1)),
+        "{answer}"
+    );
+    eventually("the courier's phone gets the push", Duration::from_secs(10), || async {
+        !apns.received().is_empty()
+    })
+    .await
+    .unwrap();
+    let (_, history) = server.get("/v1/channels/orders:7/history").await;
+    assert_eq!(history["messages"].as_array().map(Vec::len), Some(1), "stored once: {history}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(apns.received().len(), 1, "pushed once");
 }

@@ -263,13 +263,19 @@ impl Session {
     /// Checks that this client may publish `request` now (takes from its publish rate).
     fn may_publish(&mut self, request: PublishRequest) -> Result<PublishRequest, OpError> {
         self.may_publish_on(&request.channel)?;
-        // A push costs the tenant: a client needs a right of its own for it.
-        if request.push.is_some() && !self.identity.capabilities.allows(&request.channel, Right::PushPublish)
-        {
-            let message = format!("no push_publish right on {}", request.channel);
-            return Err(OpError::new(ErrorCode::Forbidden, message));
+        if request.push.is_some() {
+            self.may_push_on(&request.channel)?;
         }
         Ok(request)
+    }
+
+    /// Checks that this client may publish with a push section on `channel`: a push costs the
+    /// tenant, so it needs a right of its own (`push_publish`).
+    pub fn may_push_on(&self, channel: &ChannelName) -> Result<(), OpError> {
+        if self.identity.capabilities.allows(channel, Right::PushPublish) {
+            return Ok(());
+        }
+        Err(OpError::new(ErrorCode::Forbidden, format!("no push_publish right on {channel}")))
     }
 
     /// Checks that this client may publish on `channel` now (takes from its publish rate).

@@ -38,6 +38,7 @@ pub(crate) async fn setup() -> (TestServer, ApnsFake, FcmFake, WebPushFake, temp
     let database = dir.path().join("tributary.db");
     let server = TestServer::spawn_configured(move |config| {
         config.storage.sqlite_path = database;
+        config.relay.mqtt.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
         config.delivery.apns_url = apns_url.clone();
         config.delivery.apns_sandbox_url = apns_url;
         config.delivery.fcm_url = fcm_url;
@@ -388,4 +389,69 @@ async fn a_publish_whose_pushes_cannot_be_queued_answers_503_and_its_retry_queue
     assert_eq!(history["messages"].as_array().map(Vec::len), Some(1), "stored once: {history}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(apns.received().len(), 1, "pushed once");
+}
+
+#[tokio::test]
+async fn an_mqtt_5_publish_carries_its_push_section_in_a_user_property() {
+    use tributary_mqtt::{Properties, QoS, Version};
+    use tributary_testkit::MqttClient;
+    use tributary_testkit::mqtt::ConnectOptions;
+    let (server, apns, _fcm, _web, _dir) = setup().await;
+    let key = server.api_key().to_owned();
+    let device = json!({"platform": "apns", "token": "e6".repeat(32), "client_id": "courier"});
+    assert_eq!(call(&server, "/v1/push/devices", &key, device, None).await.0, 200);
+    let subscribe = json!({"client_id": "courier"});
+    assert_eq!(
+        call(&server, "/v1/push/channels/orders%2F9/subscriptions", &key, subscribe, None).await.0,
+        204
+    );
+    let connect = |client: &'static str, rights: &'static [&'static str]| {
+        let server = &server;
+        async move {
+            let token = server.token(client, &[("orders/*", rights)]).await;
+            let options = ConnectOptions::new(Version::V5, client, server.app_id(), &token);
+            MqttClient::connect_ok(server.mqtt_addr(), options).await.unwrap()
+        }
+    };
+    let mut watcher = connect("watcher", &["subscribe"]).await;
+    watcher.subscribe("orders/9", QoS::AtMostOnce).await.unwrap();
+    let with_push = |push: &str| Properties {
+        user: vec![("x".into(), "1".into()), ("tributary-push".into(), push.to_owned())],
+        ..Properties::default()
+    };
+    let section = r#"{"title": "Order 9", "body": "On its way"}"#;
+    // Publishing alone does not allow pushing: not authorized, nothing published.
+    let mut plain = connect("shop", &["publish"]).await;
+    assert_eq!(
+        plain.publish_with("orders/9", b"1", QoS::AtLeastOnce, false, with_push(section)).await.unwrap(),
+        0x87
+    );
+    // A section that is not JSON, or that no service would take: payload format invalid.
+    let mut pusher = connect("pusher", &["publish", "push_publish"]).await;
+    assert_eq!(
+        pusher.publish_with("orders/9", b"2", QoS::AtLeastOnce, false, with_push("{")).await.unwrap(),
+        0x99
+    );
+    let empty = r#"{"priority": "now"}"#;
+    assert_eq!(
+        pusher.publish_with("orders/9", b"3", QoS::AtLeastOnce, false, with_push(empty)).await.unwrap(),
+        0x99
+    );
+    assert!(watcher.quiet_for(Duration::from_millis(200)).await.unwrap(), "nothing was published");
+
+    assert_eq!(
+        pusher.publish_with("orders/9", b"4", QoS::AtLeastOnce, false, with_push(section)).await.unwrap(),
+        0
+    );
+    let got = watcher.recv_publish().await.unwrap();
+    assert_eq!(
+        (&got.payload[..], got.properties.user.clone()),
+        (&b"4"[..], vec![("x".to_owned(), "1".to_owned())])
+    );
+    eventually("the courier's phone gets the push", Duration::from_secs(10), || async {
+        !apns.received().is_empty()
+    })
+    .await
+    .unwrap();
+    assert_eq!(apns.received()[0].payload["aps"]["alert"]["body"], "On its way");
 }

@@ -57,6 +57,28 @@ pub(super) fn reason_of(err: &OpError) -> u8 {
     }
 }
 
+/// The name of the MQTT 5 user property that carries a publish's push section.
+pub(crate) const PUSH_PROPERTY: &str = "tributary-push";
+
+/// Takes a publish's push section out of its user properties: `None` without one, an error
+/// when it is not JSON.
+fn take_push(publish: &mut Publish) -> Option<Result<Box<serde_json::value::RawValue>, OpError>> {
+    let at = publish.properties.user.iter().position(|(name, _)| name == PUSH_PROPERTY)?;
+    let (_, value) = publish.properties.user.remove(at);
+    Some(serde_json::value::RawValue::from_string(value).map_err(|err| {
+        OpError::new(ErrorCode::InvalidParameter, format!("{PUSH_PROPERTY}: not JSON ({err})"))
+    }))
+}
+
+/// The reason code of a refused push section: not allowed (0x87), or not one a service would
+/// take (0x99, payload format invalid).
+fn push_reason(err: &OpError) -> u8 {
+    match err.code {
+        ErrorCode::InvalidParameter | ErrorCode::InvalidFrame => 0x99,
+        _ => reason_of(err),
+    }
+}
+
 /// Answers a publish that was refused (and not stored): MQTT 5 acknowledges it with the
 /// reason. A 3.1.1 client has no way to hear a reason; MQTT-3.3.5-2 lets the server either close
 /// the connection or acknowledge as usual, and it acknowledges, so that one refused topic does
@@ -127,8 +149,33 @@ pub(super) async fn on_publish(
     if let Err(err) = live.client.session.may_publish_on(&channel) {
         return refuse_publish(live, &publish, reason_of(&err));
     }
+    // MQTT 5: a push section rides in the user property `tributary-push` (docs/push.md). It is
+    // taken out of what subscribers get, and checked before anything is published.
+    let push = match take_push(&mut publish) {
+        None => None,
+        Some(push) => {
+            let checked = push.and_then(|push| {
+                live.client.session.may_push_on(&channel)?;
+                let sink = crate::ops::push_sink(state, Some(&push))?;
+                Ok(sink.map(|sink| (sink.clone(), push)))
+            });
+            match checked {
+                Ok(push) => push,
+                Err(err) => return refuse_publish(live, &publish, push_reason(&err)),
+            }
+        }
+    };
     let client_id = live.client.client_id().clone();
-    if let Err(err) = crate::mqtt::publish::publish(state, &live.app, &client_id, channel, &publish).await {
+    let published = crate::mqtt::publish::publish(state, &live.app, &client_id, channel, &publish).await;
+    let result = match published {
+        Ok(result) => result,
+        Err(err) => return refuse_publish(live, &publish, reason_of(&err)),
+    };
+    if let Some((sink, push)) = push
+        && let Err(err) = crate::ops::queue_push(&sink, &live.app, &result, &push).await
+    {
+        // Stored, its pushes not queued: the client is told (MQTT 5) and may publish again.
+        tracing::warn!(error = %err.message, "an MQTT publish's pushes were not queued");
         return refuse_publish(live, &publish, reason_of(&err));
     }
     match (publish.qos, publish.packet_id) {

@@ -77,7 +77,9 @@ pub(crate) async fn finish_group(
         let counted = |f: &&FinishedAttempt| {
             f.job_id == id && if push { f.pushed > 0 } else { f.after == AfterAttempt::Delivered }
         };
-        if let Some(finished) = group.iter().find(counted) {
+        // A rule's push queued to its devices is neither: its pushes are counted as they go.
+        let pushout = target_id.starts_with("pushout:");
+        if let Some(finished) = group.iter().find(counted).filter(|_| !pushout) {
             let minute = finished.record.at_ms.div_euclid(60_000) * 60;
             let app_id: String = row.try_get("app_id")?;
             let events: i64 = row.try_get("events")?;

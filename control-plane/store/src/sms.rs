@@ -64,6 +64,8 @@ pub enum SmsAdmission {
     Admitted,
     /// A text of this id was recorded already: nothing was taken or queued again.
     Duplicate,
+    /// Twilio took this text already (an attempt that was not recorded): not to be sent again.
+    AlreadySent,
     /// The month's segments are used up.
     OverMonthlyQuota {
         /// The limit.
@@ -129,14 +131,17 @@ async fn take_quota(
     .bind(minute)
     .execute(&mut *conn)
     .await?;
-    // One statement checks and takes: another text's cannot come between.
+    // One statement checks and takes: another text's cannot come between. A node whose clock is
+    // behind (a period older than the stored one) counts in the newer period, never resets it.
     let taken = sqlx::query(
         "UPDATE sms_quota SET \
-         segments = (CASE WHEN month = $2 THEN segments ELSE 0 END) + $4, \
-         texts = (CASE WHEN minute = $3 THEN texts ELSE 0 END) + 1, month = $2, minute = $3 \
+         segments = (CASE WHEN month >= $2 THEN segments ELSE 0 END) + $4, \
+         texts = (CASE WHEN minute >= $3 THEN texts ELSE 0 END) + 1, \
+         month = (CASE WHEN month > $2 THEN month ELSE $2 END), \
+         minute = (CASE WHEN minute > $3 THEN minute ELSE $3 END) \
          WHERE tenant_id = $1 \
-         AND ($5 = 0 OR (CASE WHEN month = $2 THEN segments ELSE 0 END) + $4 <= $5) \
-         AND ($6 = 0 OR (CASE WHEN minute = $3 THEN texts ELSE 0 END) + 1 <= $6)",
+         AND ($5 = 0 OR (CASE WHEN month >= $2 THEN segments ELSE 0 END) + $4 <= $5) \
+         AND ($6 = 0 OR (CASE WHEN minute >= $3 THEN texts ELSE 0 END) + 1 <= $6)",
     )
     .bind(tenant_id)
     .bind(month)
@@ -154,7 +159,7 @@ async fn take_quota(
             .bind(tenant_id)
             .fetch_one(&mut *conn)
             .await?;
-    let used = if used_month == month { used } else { 0 };
+    let used = if used_month >= month { used } else { 0 };
     if limits.max_sms_segments_per_month > 0 && used + segments > limits.max_sms_segments_per_month {
         return Ok(SmsAdmission::OverMonthlyQuota { limit: limits.max_sms_segments_per_month });
     }
@@ -186,50 +191,66 @@ impl Store {
         Ok(SmsAdmission::Admitted)
     }
 
-    /// Admits a rule's text the first time a worker claims it (or again after it was refused
-    /// for its quota and replayed): records it and takes its quota. A text already admitted (a
-    /// retry, or one queued through the API) is admitted without taking anything. A refused one
-    /// is recorded `refused` with the reason (`over_monthly_quota`, `over_rate`).
+    /// Admits a text a worker is about to send. A text new here (a rule's, first claimed) is
+    /// recorded and its quota taken; one refused for its quota and replayed takes it again; one
+    /// refused for another reason and replayed is `pending` again (its quota was taken once); one
+    /// Twilio took already is [`SmsAdmission::AlreadySent`] (its attempt was not recorded: a
+    /// worker failed to, or its lease ran out), so it is not texted twice. A text refused by
+    /// its quota is recorded `refused` with the reason (`over_monthly_quota`, `over_rate`).
     pub async fn admit_sms(&self, sms: &NewSms, now_ms: i64) -> Result<SmsAdmission, StoreError> {
-        let status: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT status, error_code FROM sms_messages WHERE id = $1 AND app_id = $2")
-                .bind(&sms.id)
-                .bind(&sms.app_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        let quota_refused =
-            |code: &Option<String>| matches!(code.as_deref(), Some("over_monthly_quota" | "over_rate"));
-        match &status {
-            Some((status, code)) if !(status == "refused" && quota_refused(code)) => {
-                return Ok(SmsAdmission::Admitted);
-            }
-            _ => {}
-        }
         let limits = self.tenant_limits(&sms.tenant_id).await?;
         let mut tx = self.pool.begin().await?;
-        let admission = take_quota(&mut tx, &sms.tenant_id, &limits, sms.segments, now_ms).await?;
+        // Inserted first (or found): on SQLite the write takes the database's lock, on
+        // PostgreSQL the row is locked below, so two workers admitting it at once take turns.
+        let new = insert_sms(&mut tx, sms, "pending", now_ms).await?;
+        let lock = match self.backend {
+            crate::Backend::Postgres => " FOR UPDATE",
+            crate::Backend::Sqlite => "",
+        };
+        let (status, code, sid): (String, Option<String>, Option<String>) = sqlx::query_as(sqlx::AssertSqlSafe(
+            format!("SELECT status, error_code, sid FROM sms_messages WHERE id = $1 AND app_id = $2 AND tenant_id = $3{lock}"),
+        ))
+        .bind(&sms.id)
+        .bind(&sms.app_id)
+        .bind(&sms.tenant_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound("app"))?;
+        let quota_refused =
+            status == "refused" && matches!(code.as_deref(), Some("over_monthly_quota" | "over_rate"));
+        let admission = if new || quota_refused {
+            take_quota(&mut tx, &sms.tenant_id, &limits, sms.segments, now_ms).await?
+        } else if sid.is_some() {
+            return Ok(SmsAdmission::AlreadySent);
+        } else {
+            SmsAdmission::Admitted
+        };
         let (state, code) = match admission {
-            SmsAdmission::Admitted | SmsAdmission::Duplicate => ("pending", None),
             SmsAdmission::OverMonthlyQuota { .. } => ("refused", Some("over_monthly_quota")),
             SmsAdmission::OverRate { .. } => ("refused", Some("over_rate")),
+            _ => ("pending", None),
         };
-        if status.is_none() {
-            insert_sms(&mut tx, sms, state, now_ms).await?;
-        }
-        sqlx::query("UPDATE sms_messages SET status = $1, error_code = $2, updated_ms = $3 WHERE id = $4")
-            .bind(state)
-            .bind(code)
-            .bind(now_ms)
-            .bind(&sms.id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE sms_messages SET status = $1, error_code = $2, updated_ms = $3 \
+             WHERE id = $4 AND app_id = $5 AND tenant_id = $6",
+        )
+        .bind(state)
+        .bind(code)
+        .bind(now_ms)
+        .bind(&sms.id)
+        .bind(&sms.app_id)
+        .bind(&sms.tenant_id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(admission)
     }
 
     /// Notes that Twilio took a text: its SID, the segments it bills and its first status.
+    #[allow(clippy::too_many_arguments)]
     pub async fn sms_sent(
         &self,
+        tenant_id: &str,
         app_id: &str,
         sms_id: &str,
         sid: &str,
@@ -239,7 +260,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE sms_messages SET sid = $1, segments = $2, status = $3, error_code = NULL, updated_ms = $4 \
-             WHERE id = $5 AND app_id = $6 AND {RANK_SQL} <= $7"
+             WHERE id = $5 AND app_id = $6 AND tenant_id = $8 AND {RANK_SQL} <= $7"
         )))
         .bind(sid)
         .bind(segments)
@@ -248,35 +269,44 @@ impl Store {
         .bind(sms_id)
         .bind(app_id)
         .bind(rank(status))
+        .bind(tenant_id)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// Notes that a text will not be sent (Twilio refused it, or the recipient opted out):
-    /// `refused`, with the reason's code.
+    /// Notes that a text will not be sent (Twilio refused it, the recipient opted out, the
+    /// app's credentials are refused or gone): `refused`, with the reason's code. A replay
+    /// makes it `pending` again ([`Store::admit_sms`]).
     pub async fn sms_refused(
         &self,
+        tenant_id: &str,
         app_id: &str,
         sms_id: &str,
         code: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE sms_messages SET status = 'refused', error_code = $1, updated_ms = $2 WHERE id = $3 AND app_id = $4")
-            .bind(code)
-            .bind(now_ms)
-            .bind(sms_id)
-            .bind(app_id)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE sms_messages SET status = 'refused', error_code = $1, updated_ms = $2 \
+             WHERE id = $3 AND app_id = $4 AND tenant_id = $5 AND sid IS NULL",
+        )
+        .bind(code)
+        .bind(now_ms)
+        .bind(sms_id)
+        .bind(app_id)
+        .bind(tenant_id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     /// Records a status Twilio reported for a text of `app_id` (verified by the caller): moves
     /// it on unless it went further already. Returns whether the text is known (a callback for
     /// an unknown one, or of another SID, changes nothing).
+    #[allow(clippy::too_many_arguments)]
     pub async fn sms_status(
         &self,
+        tenant_id: &str,
         app_id: &str,
         sms_id: &str,
         sid: &str,
@@ -285,9 +315,10 @@ impl Store {
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         let known: Option<(Option<String>,)> =
-            sqlx::query_as("SELECT sid FROM sms_messages WHERE id = $1 AND app_id = $2")
+            sqlx::query_as("SELECT sid FROM sms_messages WHERE id = $1 AND app_id = $2 AND tenant_id = $3")
                 .bind(sms_id)
                 .bind(app_id)
+                .bind(tenant_id)
                 .fetch_optional(&self.pool)
                 .await?;
         match known {
@@ -299,7 +330,8 @@ impl Store {
         // `delivered`).
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE sms_messages SET sid = $1, status = $2, error_code = $3, updated_ms = $4 \
-             WHERE id = $5 AND app_id = $6 AND ({RANK_SQL} < $7 OR ($8 = 1 AND status = 'delivered'))"
+             WHERE id = $5 AND app_id = $6 AND tenant_id = $9 \
+             AND ({RANK_SQL} < $7 OR ($8 = 1 AND status = 'delivered'))"
         )))
         .bind(sid)
         .bind(status)
@@ -309,6 +341,7 @@ impl Store {
         .bind(app_id)
         .bind(rank(status))
         .bind(i64::from(status == "read"))
+        .bind(tenant_id)
         .execute(&self.pool)
         .await?;
         Ok(true)

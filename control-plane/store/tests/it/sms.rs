@@ -61,6 +61,12 @@ async fn texts_queued_at_once_never_take_more_than_the_quota() {
         // The same text again is a duplicate: nothing taken, nothing queued.
         let (sms, delivery) = text(&tenant.id, &app.id, "sms_00", 1);
         assert_eq!(db.store.queue_sms(&sms, &delivery, NOW).await.unwrap(), SmsAdmission::Duplicate);
+        // A node whose clock is a month behind counts in the current month, never resets it.
+        let (sms, delivery) = text(&tenant.id, &app.id, "sms_late", 1);
+        assert_eq!(
+            db.store.queue_sms(&sms, &delivery, NOW - 31 * 86_400_000).await.unwrap(),
+            SmsAdmission::OverMonthlyQuota { limit: 10 }
+        );
         // A new month starts with the whole quota.
         let next_month = NOW + 31 * 86_400_000;
         let (sms, delivery) = text(&tenant.id, &app.id, "sms_next", 10);
@@ -112,6 +118,21 @@ async fn a_rules_text_is_charged_once_and_again_only_when_replayed_after_its_quo
         assert_eq!(db.store.admit_sms(&second, NOW).await.unwrap(), SmsAdmission::Admitted);
         let admitted = db.store.sms_message(&tenant.id, &app.id, "sms_rule_2").await.unwrap();
         assert_eq!((admitted.status.as_str(), admitted.error_code), ("pending", None));
+
+        // Twilio took the first one, and its attempt was not recorded: not sent again.
+        db.store.sms_sent(&tenant.id, &app.id, "sms_rule_1", "SM1", 2, "queued", NOW).await.unwrap();
+        assert_eq!(db.store.admit_sms(&sms, NOW).await.unwrap(), SmsAdmission::AlreadySent);
+        // One Twilio refused, replayed: pending again, its quota not taken twice, and what
+        // Twilio answers then is recorded.
+        let (mut third, _) = text(&tenant.id, &app.id, "sms_rule_3", 1);
+        third.origin = "rul_1".into();
+        assert_eq!(db.store.admit_sms(&third, NOW).await.unwrap(), SmsAdmission::Admitted);
+        db.store.sms_refused(&tenant.id, &app.id, "sms_rule_3", "credentials_refused", NOW).await.unwrap();
+        limit(&db, &tenant.id, 5, 0).await; // 2 + 2 + 1 taken: nothing left
+        assert_eq!(db.store.admit_sms(&third, NOW).await.unwrap(), SmsAdmission::Admitted);
+        db.store.sms_sent(&tenant.id, &app.id, "sms_rule_3", "SM3", 1, "queued", NOW).await.unwrap();
+        let sent = db.store.sms_message(&tenant.id, &app.id, "sms_rule_3").await.unwrap();
+        assert_eq!((sent.status.as_str(), sent.sid.as_deref()), ("queued", Some("SM3")));
     }
 }
 
@@ -121,24 +142,42 @@ async fn statuses_only_move_forward_and_only_for_the_texts_sid() {
         let (tenant, app) = db.tenant_with_app("shop").await;
         let (sms, delivery) = text(&tenant.id, &app.id, "sms_1", 1);
         db.store.queue_sms(&sms, &delivery, NOW).await.unwrap();
-        db.store.sms_sent(&app.id, "sms_1", "SM1", 2, "queued", NOW + 1).await.unwrap();
+        db.store.sms_sent(&tenant.id, &app.id, "sms_1", "SM1", 2, "queued", NOW + 1).await.unwrap();
         let status = |s: &str| s.to_owned();
         let now = || async { db.store.sms_message(&tenant.id, &app.id, "sms_1").await.unwrap() };
         assert_eq!(
             (now().await.status, now().await.segments, now().await.sid),
             (status("queued"), 2, Some("SM1".into()))
         );
-        assert!(db.store.sms_status(&app.id, "sms_1", "SM1", "delivered", None, NOW + 3).await.unwrap());
+        assert!(
+            db.store
+                .sms_status(&tenant.id, &app.id, "sms_1", "SM1", "delivered", None, NOW + 3)
+                .await
+                .unwrap()
+        );
         // Twilio's callbacks arrive out of order: a late `sent` does not move it back.
-        assert!(db.store.sms_status(&app.id, "sms_1", "SM1", "sent", None, NOW + 4).await.unwrap());
+        assert!(
+            db.store.sms_status(&tenant.id, &app.id, "sms_1", "SM1", "sent", None, NOW + 4).await.unwrap()
+        );
         assert_eq!(now().await.status, "delivered");
-        assert!(db.store.sms_status(&app.id, "sms_1", "SM1", "read", None, NOW + 5).await.unwrap());
+        assert!(
+            db.store.sms_status(&tenant.id, &app.id, "sms_1", "SM1", "read", None, NOW + 5).await.unwrap()
+        );
         assert_eq!(now().await.status, "read");
         // Another SID, another app, an unknown text: not this text's.
-        assert!(!db.store.sms_status(&app.id, "sms_1", "SM2", "failed", Some("30003"), NOW).await.unwrap());
+        assert!(
+            !db.store
+                .sms_status(&tenant.id, &app.id, "sms_1", "SM2", "failed", Some("30003"), NOW)
+                .await
+                .unwrap()
+        );
         let (_, other) = db.tenant_with_app("other").await;
-        assert!(!db.store.sms_status(&other.id, "sms_1", "SM1", "failed", None, NOW).await.unwrap());
-        assert!(!db.store.sms_status(&app.id, "sms_9", "SM1", "failed", None, NOW).await.unwrap());
+        assert!(
+            !db.store.sms_status(&tenant.id, &other.id, "sms_1", "SM1", "failed", None, NOW).await.unwrap()
+        );
+        assert!(
+            !db.store.sms_status(&tenant.id, &app.id, "sms_9", "SM1", "failed", None, NOW).await.unwrap()
+        );
         assert_eq!(now().await.status, "read");
         // Listed newest first, in the tenant's app only.
         let (sms, delivery) = text(&tenant.id, &app.id, "sms_2", 1);

@@ -118,8 +118,15 @@ impl StoredTwilio {
             #[serde(default)]
             auth_token: Option<String>,
         }
-        let secret: Secret = serde_json::from_slice(secret)
-            .map_err(|_| PushError::Credentials("the stored secret is not readable".into()))?;
+        // Credentials stored before the secret was JSON hold the raw secret.
+        let secret: Secret = match serde_json::from_slice(secret) {
+            Ok(secret) => secret,
+            Err(_) => Secret {
+                secret: String::from_utf8(secret.to_vec())
+                    .map_err(|_| PushError::Credentials("the stored secret is not readable".into()))?,
+                auth_token: None,
+            },
+        };
         let field = |name: &str| settings[name].as_str().map(str::to_owned);
         let from = match (field("from"), field("messaging_service_sid")) {
             (Some(number), _) => SmsFrom::Number(number),

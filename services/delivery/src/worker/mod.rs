@@ -439,6 +439,9 @@ impl Inner {
         let (endpoint, signing) = match &*target {
             Target::Ready { endpoint, signing } => (endpoint, signing),
             Target::Unusable(reason) => {
+                if let Some(app_id) = crate::sms::job::parse_target(&job.target_id) {
+                    self.sms_unsendable(&job, app_id).await;
+                }
                 let finished = finished(&job, started, None, reason, "dead", AfterAttempt::Dead);
                 return Some(Attempted { finished, target: job.target_id, healthy: None });
             }

@@ -68,6 +68,12 @@ impl Inner {
         };
         match self.store.admit_sms(&record, started).await {
             Ok(SmsAdmission::Admitted | SmsAdmission::Duplicate) => {}
+            Ok(SmsAdmission::AlreadySent) => {
+                // An earlier attempt reached Twilio and was not recorded: texting again would
+                // reach the recipient twice.
+                let snippet = "Twilio took this text already (an earlier attempt not recorded)";
+                return end(job, snippet, "delivered", AfterAttempt::Delivered, None);
+            }
             Ok(SmsAdmission::OverMonthlyQuota { limit }) => {
                 self.notify_sms_quota(&job, "sms.quota_exceeded", limit, started).await;
                 let reason = format!("the tenant's monthly SMS quota ({limit} segments) is used up");
@@ -88,17 +94,20 @@ impl Inner {
             _ => None,
         };
         let sent = texting.twilio.send(&twilio.credentials, &text.to, &text.body, callback.as_deref()).await;
-        let sms_id = text.sms_id.as_str();
+        let (tenant_id, sms_id) = (job.tenant_id.clone(), text.sms_id.as_str());
+        let tenant_id = tenant_id.as_str();
         let refused = |code: String| async move {
-            if let Err(err) = self.store.sms_refused(app_id, sms_id, &code, now_ms()).await {
+            if let Err(err) = self.store.sms_refused(tenant_id, app_id, sms_id, &code, now_ms()).await {
                 tracing::warn!(error = %err, "a refused text's record was not updated");
             }
         };
         match sent {
             Ok((PushOutcome::Delivered { .. }, Some(sent))) => {
                 let segments = i64::from(sent.segments);
-                if let Err(err) =
-                    self.store.sms_sent(app_id, sms_id, &sent.sid, segments, &sent.status, now_ms()).await
+                if let Err(err) = self
+                    .store
+                    .sms_sent(tenant_id, app_id, sms_id, &sent.sid, segments, &sent.status, now_ms())
+                    .await
                 {
                     // Twilio has it: sending it again would text the recipient twice.
                     tracing::warn!(error = %err, "a sent text's record was not updated");
@@ -126,10 +135,15 @@ impl Inner {
                 if !self.credentials_refused(app_id, PushService::Twilio, &reason, started).await {
                     return None;
                 }
+                refused("credentials_refused".into()).await;
                 end(job, &format!("credentials refused: {reason}"), "refused", AfterAttempt::Dead, None)
             }
             Ok((PushOutcome::Rejected { status, reason }, _)) => {
-                let code = reason.split(':').next().unwrap_or_default().to_owned();
+                // Twilio's error code (`21211: …`), or the HTTP status when it gave none.
+                let code = match reason.split_once(':') {
+                    Some((code, _)) => code.to_owned(),
+                    None => format!("http_{status}"),
+                };
                 refused(code).await;
                 end(job, &format!("{status} {reason}"), "dead", AfterAttempt::Dead, Some(status))
             }
@@ -137,6 +151,18 @@ impl Inner {
                 refused("invalid".into()).await;
                 end(job, &err.to_string(), "dead", AfterAttempt::Dead, None)
             }
+        }
+    }
+
+    /// Marks the text of a job that cannot be sent (its app's credentials refused, deleted or
+    /// unreadable) `refused`, so the API says so; the job is dead-lettered, and a replay makes
+    /// the text `pending` again.
+    pub(super) async fn sms_unsendable(&self, job: &DeliveryJob, app_id: &str) {
+        if let Some(text) = SmsJob::read(&job.payload)
+            && let Err(err) =
+                self.store.sms_refused(&job.tenant_id, app_id, &text.sms_id, "not_sent", now_ms()).await
+        {
+            tracing::warn!(error = %err, "an unsendable text's record was not updated");
         }
     }
 

@@ -53,10 +53,19 @@ pub(super) async fn send(
                 "the app has no Twilio credentials: set them with PUT /v1/tenants/{tenant}/apps/{app}/push-credentials/twilio",
             ));
         }
-        Some((credentials, _)) => {
+        Some((credentials, secret)) => {
             if let Some(reason) = credentials.disabled_reason {
                 return Err(not_configured(&format!(
                     "the app's Twilio credentials were refused ({reason}): set them again"
+                )));
+            }
+            use secrecy::ExposeSecret as _;
+            if let Err(err) = tributary_delivery::sms::StoredTwilio::from_stored(
+                &credentials.settings,
+                secret.expose_secret(),
+            ) {
+                return Err(not_configured(&format!(
+                    "the app's Twilio credentials cannot be used ({err}): set them again"
                 )));
             }
         }
@@ -98,7 +107,7 @@ pub(super) async fn send(
             let body = json!({"sms_id": sms_id, "segments": segments, "status": "pending"});
             Ok((StatusCode::ACCEPTED, Json(body)).into_response())
         }
-        SmsAdmission::Duplicate => {
+        SmsAdmission::Duplicate | SmsAdmission::AlreadySent => {
             let sms = api.store.sms_message(&key.tenant_id, &key.app_id, &sms_id).await.map_err(stored)?;
             Ok((StatusCode::ACCEPTED, Json(view(&sms))).into_response())
         }

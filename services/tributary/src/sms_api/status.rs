@@ -85,7 +85,11 @@ pub(super) async fn callback(
     }
     let error_code = field("ErrorCode").filter(|code| !code.is_empty() && code.len() <= 16);
     let now = tributary_delivery::worker::now_ms();
-    let known = api.store.sms_status(&app_id, &sms_id, sid, status, error_code, now).await.map_err(stored)?;
+    let known = api
+        .store
+        .sms_status(&credentials.tenant_id, &app_id, &sms_id, sid, status, error_code, now)
+        .await
+        .map_err(stored)?;
     if !known {
         return Err(not_found());
     }

@@ -198,4 +198,11 @@ async fn an_orders_message_pushes_to_its_customers_phone() {
     assert_eq!(snippets, ["0 devices", "1 devices"], "{log:?}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(apns.received().len(), 1, "once");
+    // A rule's push is usage as the push it sends, not as a webhook (nor the webhook quota's).
+    let now = tributary_delivery::worker::now_ms() / 1000;
+    let range = (now - 7200, now + 3600);
+    let points =
+        store.usage(server.tenant_id(), None, range, tributary_store::Granularity::Hour).await.unwrap();
+    let webhooks: i64 = points.iter().map(|p| p.webhook_requests + p.webhook_events).sum();
+    assert_eq!((webhooks, points.iter().map(|p| p.push_deliveries).sum::<i64>()), (0, 1));
 }

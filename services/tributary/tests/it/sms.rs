@@ -314,6 +314,10 @@ async fn throttling_is_retried_an_opted_out_recipient_refused_and_refused_creden
     let (status, answer, _) = text(&server, "+14155550100", "after").await;
     assert_eq!((status, answer["error"]["name"].as_str()), (409, Some("not_configured")), "{answer}");
     assert_eq!(twilio.requests(), requests + 1, "the refused text was not retried");
-    let refused = queued["sms_id"].as_str().unwrap();
-    assert_eq!(status_of(&server, refused).await["status"], "pending", "dead-lettered, replayable");
+    let refused = status_of(&server, queued["sms_id"].as_str().unwrap()).await;
+    assert_eq!(
+        (&refused["status"], &refused["error_code"]),
+        (&json!("refused"), &json!("credentials_refused")),
+        "{refused}"
+    );
 }

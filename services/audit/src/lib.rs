@@ -1,0 +1,12 @@
+//! Transparency logs for Tributary's audit trail (issue 20): each tenant's (and each exchange's)
+//! entries are the leaves of an append-only Merkle tree, hashed as RFC 9162 (Certificate
+//! Transparency 2.0) says, so that anyone holding a signed tree head can check that an entry is
+//! in the log ([`merkle::verify_inclusion`]) and that a later tree extends an earlier one
+//! ([`merkle::verify_consistency`]) without trusting the server.
+//!
+//! - [`merkle`]: leaf and node hashes, the tree's root, inclusion and consistency proofs and
+//!   their verification, and [`merkle::Frontier`], the right edge of a growing tree (its root
+//!   after each append without the leaves).
+#![forbid(unsafe_code)]
+
+pub mod merkle;

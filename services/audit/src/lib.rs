@@ -6,7 +6,12 @@
 //!
 //! - [`merkle`]: leaf and node hashes, the tree's root, inclusion and consistency proofs and
 //!   their verification, and [`merkle::Frontier`], the right edge of a growing tree (its root
-//!   after each append without the leaves).
+//!   after each append without the leaves);
+//! - [`note`]: signed notes (C2SP `signed-note`, Ed25519): the log's signature and the
+//!   cosignatures of those who checked it;
+//! - [`checkpoint`]: the text a log signs to commit to its tree (C2SP `tlog-checkpoint`).
 #![forbid(unsafe_code)]
 
+pub mod checkpoint;
 pub mod merkle;
+pub mod note;

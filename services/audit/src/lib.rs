@@ -9,9 +9,13 @@
 //!   after each append without the leaves);
 //! - [`note`]: signed notes (C2SP `signed-note`, Ed25519): the log's signature and the
 //!   cosignatures of those who checked it;
-//! - [`checkpoint`]: the text a log signs to commit to its tree (C2SP `tlog-checkpoint`).
+//! - [`checkpoint`]: the text a log signs to commit to its tree (C2SP `tlog-checkpoint`);
+//! - [`export`]: a log's entries (hash-chained as well as in the tree) and checkpoints as a
+//!   file, and its offline verification, which names the entry changed, missing or out of
+//!   place, a truncated log and a fork.
 #![forbid(unsafe_code)]
 
 pub mod checkpoint;
+pub mod export;
 pub mod merkle;
 pub mod note;

@@ -4,6 +4,7 @@
 
 mod admin;
 mod admin_delivery;
+mod audit;
 mod client;
 mod serve;
 
@@ -97,6 +98,8 @@ enum Command {
     Subscribe(client::SubscribeArgs),
     /// Operator commands through the management API (tenants, apps, keys, revocations, audit).
     Admin(admin::AdminArgs),
+    /// Audit logs offline: `verify` checks an export with no server and no database.
+    Audit(audit::AuditArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,5 +175,6 @@ pub async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitC
         Command::Publish(args) => client::publish(args).await,
         Command::Subscribe(args) => client::subscribe(args).await,
         Command::Admin(args) => admin::admin(args).await,
+        Command::Audit(args) => audit::audit(args),
     }
 }

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod api_keys;
+mod audit_cli;
 mod autobahn;
 mod bad_input;
 mod checked_history;

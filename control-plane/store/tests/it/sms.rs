@@ -171,10 +171,18 @@ async fn statuses_only_move_forward_and_only_for_the_texts_sid() {
                 .await
                 .unwrap()
         );
-        let (_, other) = db.tenant_with_app("other").await;
+        let (other_tenant, other) = db.tenant_with_app("other").await;
         assert!(
             !db.store.sms_status(&tenant.id, &other.id, "sms_1", "SM1", "failed", None, NOW).await.unwrap()
         );
+        // Another tenant names the app and the text: neither read nor moved.
+        assert!(
+            !db.store
+                .sms_status(&other_tenant.id, &app.id, "sms_1", "SM1", "failed", None, NOW)
+                .await
+                .unwrap()
+        );
+        assert!(db.store.sms_message(&other_tenant.id, &app.id, "sms_1").await.is_err());
         assert!(
             !db.store.sms_status(&tenant.id, &app.id, "sms_9", "SM1", "failed", None, NOW).await.unwrap()
         );
@@ -182,6 +190,8 @@ async fn statuses_only_move_forward_and_only_for_the_texts_sid() {
         // Listed newest first, in the tenant's app only.
         let (sms, delivery) = text(&tenant.id, &app.id, "sms_2", 1);
         db.store.queue_sms(&sms, &delivery, NOW + 10).await.unwrap();
+        db.store.sms_refused(&other_tenant.id, &app.id, "sms_2", "forged", NOW + 11).await.unwrap();
+        assert_eq!(db.store.sms_message(&tenant.id, &app.id, "sms_2").await.unwrap().status, "pending");
         let listed = db.store.sms_messages(&tenant.id, &app.id, None, 10).await.unwrap();
         assert_eq!(listed.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["sms_2", "sms_1"]);
         assert!(db.store.sms_messages(&tenant.id, &other.id, None, 10).await.unwrap().is_empty());

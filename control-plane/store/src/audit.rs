@@ -45,7 +45,7 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
-    fn from_row(row: &DbRow) -> Result<Self, sqlx::Error> {
+    pub(crate) fn from_row(row: &DbRow) -> Result<Self, sqlx::Error> {
         Ok(AuditEvent {
             id: row.try_get("id")?,
             tenant_id: row.try_get("tenant_id")?,

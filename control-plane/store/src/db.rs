@@ -70,6 +70,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (13, "push_reach", include_str!("../../../migrations/sqlite/0013_push_reach.sql")),
     (14, "sms", include_str!("../../../migrations/sqlite/0014_sms.sql")),
     (15, "rule_targets", include_str!("../../../migrations/sqlite/0015_rule_targets.sql")),
+    (16, "audit_log", include_str!("../../../migrations/sqlite/0016_audit_log.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "tenants", include_str!("../../../migrations/postgres/0001_tenants.sql")),
@@ -91,6 +92,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (13, "push_reach", include_str!("../../../migrations/postgres/0013_push_reach.sql")),
     (14, "sms", include_str!("../../../migrations/postgres/0014_sms.sql")),
     (15, "rule_targets", include_str!("../../../migrations/postgres/0015_rule_targets.sql")),
+    (16, "audit_log", include_str!("../../../migrations/postgres/0016_audit_log.sql")),
 ];
 
 /// How long a query waits for a connection before failing. Short, so that while the database

@@ -180,7 +180,7 @@ pub(crate) async fn finish_group(
 /// The `n`th placeholder (from 1) of a statement built at run time: `$n` for PostgreSQL, `?` for
 /// SQLite, whose driver binds plain `?` by position but looks every `$n` up by name (a cost
 /// that grows with the square of a statement's parameters).
-fn placeholder(backend: Backend, n: usize) -> String {
+pub(crate) fn placeholder(backend: Backend, n: usize) -> String {
     match backend {
         Backend::Postgres => format!("${n}"),
         Backend::Sqlite => "?".to_owned(),
@@ -193,7 +193,7 @@ fn placeholders(backend: Backend, n: usize) -> String {
 }
 
 /// `rows` tuples of `width` placeholders: `($1, …, $width), ($width+1, …)`.
-fn values(backend: Backend, rows: usize, width: usize) -> String {
+pub(crate) fn values(backend: Backend, rows: usize, width: usize) -> String {
     (0..rows)
         .map(|row| {
             let columns: Vec<String> =

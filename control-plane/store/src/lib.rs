@@ -33,12 +33,15 @@
 //!   secrets encrypted), disabled when a service refuses them.
 //! - [`push_device`]: push's device registry (APNs and FCM tokens, Web Push subscriptions) and
 //!   the channels devices and client ids are subscribed to for push.
+//! - [`audit_log`]: the tenants' and the operator's transparency logs (entries, subtree roots,
+//!   signed checkpoints, signing keys encrypted), grown one transaction per writer step.
 //! - [`sms`]: the texts apps send (their cost, their status as Twilio reports it) and each
 //!   tenant's SMS quota.
 #![forbid(unsafe_code)]
 
 pub mod api_key;
 pub mod audit;
+pub mod audit_log;
 pub mod crypto;
 pub mod db;
 pub mod delivery;
@@ -67,6 +70,7 @@ use std::sync::Arc;
 
 pub use api_key::{ApiKey, NewApiKey, api_key_id};
 pub use audit::{Actor, AuditEvent};
+pub use audit_log::{AuditAppend, AuditCheckpoint, AuditEntry, AuditKey, AuditLogState, NewAuditEntry};
 pub use crypto::{MasterKey, SecretCipher};
 pub use db::{Backend, create_database};
 pub use delivery::{

@@ -55,6 +55,12 @@ impl Store {
             return Err(StoreError::NotFound("app"));
         }
         audit::record(&mut tx, actor, Some(tenant_id), "namespace.set", &format!("{app_id}/{name}")).await?;
+        if is_audited(options) {
+            // The tenant's log reads the app's feed from this transaction on; it keeps reading
+            // it if the namespace stops being audited (and takes only audited namespaces'
+            // messages), so no message of an audited namespace can fall between the two.
+            Self::add_audit_source(&mut tx, tenant_id, app_id).await?;
+        }
         tx.commit().await?;
         Ok(namespace)
     }
@@ -112,4 +118,11 @@ impl Store {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
     }
+}
+
+/// Whether a namespace's options (JSON) mark it `audited`: its messages go on the tenant's
+/// audit log.
+pub fn is_audited(options: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(options)
+        .is_ok_and(|v| v["audited"] == serde_json::Value::Bool(true))
 }

@@ -242,7 +242,7 @@ impl Store {
         Ok(())
     }
 
-    /// Re-encrypts every stored secret (signing keys, webhook endpoints' secrets) under this
+    /// Re-encrypts every stored secret (signing keys, webhook endpoints' secrets, audit log keys) under this
     /// store's master key (and its tenant data keys), reading each with `old` (or, on a re-run, already with this store's key), in one
     /// transaction; returns how many were rewritten. This is the second step of a master key
     /// rotation (docs/operations.md): open the store with the new key, re-encrypt from the old.
@@ -259,6 +259,7 @@ impl Store {
         }
         if self.backend == crate::Backend::Postgres {
             sqlx::query("LOCK TABLE webhook_endpoints IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
+            sqlx::query("LOCK TABLE audit_keys IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
         }
         let rows = sqlx::query("SELECT tenant_id, app_id, kid, secret_ciphertext FROM signing_keys")
             .fetch_all(&mut *tx)
@@ -285,6 +286,7 @@ impl Store {
             rewritten += 1;
         }
         rewritten += self.reencrypt_webhook_secrets(&mut tx, &old).await?;
+        rewritten += self.reencrypt_audit_keys(&mut tx, &old).await?;
         tx.commit().await?;
         Ok(rewritten)
     }

@@ -124,6 +124,9 @@ pub struct NamespaceConfig {
     pub client_publish: bool,
     /// Largest message payload in bytes.
     pub max_message_bytes: usize,
+    /// Whether the namespace's messages go on the tenant's audit log: set per app through the
+    /// management API (the audit log writer reads it from the store), refused in the file.
+    pub audited: bool,
 }
 
 impl Default for NamespaceConfig {
@@ -135,6 +138,7 @@ impl Default for NamespaceConfig {
             join_leave: true,
             client_publish: true,
             max_message_bytes: 32 * 1024,
+            audited: false,
         }
     }
 }
@@ -190,6 +194,13 @@ impl RelayConfig {
         positive("control_resync_secs", self.control_resync_secs);
         positive("usage_flush_secs", self.usage_flush_secs);
         problems.extend(self.mqtt.problems());
+        for (name, namespace) in &self.namespaces {
+            if namespace.audited {
+                problems.push(format!(
+                    "relay.namespaces.{name}.audited: audited namespaces are set per app through the management API"
+                ));
+            }
+        }
         if self.usage_flush_secs > 10 {
             problems.push("relay.usage_flush_secs must be at most 10".into());
         }

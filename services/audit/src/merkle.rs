@@ -66,61 +66,106 @@ pub fn root(leaves: &[Hash]) -> Hash {
     }
 }
 
+/// A run of leaves `[start, end)` whose subtree root is one hash of a proof.
+pub type Span = std::ops::Range<u64>;
+
 /// The proof that the leaf at `index` is in the tree over `leaves` (RFC 9162's PATH); `None`
 /// when `index` is not in it.
 pub fn inclusion_proof(leaves: &[Hash], index: usize) -> Option<Vec<Hash>> {
-    if index >= leaves.len() {
-        return None;
-    }
-    let mut proof = Vec::new();
-    path(index, leaves, &mut proof);
-    Some(proof)
-}
-
-fn path(m: usize, leaves: &[Hash], proof: &mut Vec<Hash>) {
-    let n = leaves.len();
-    if n <= 1 {
-        return;
-    }
-    let k = split(n);
-    if m < k {
-        path(m, &leaves[..k], proof);
-        proof.push(root(&leaves[k..]));
-    } else {
-        path(m - k, &leaves[k..], proof);
-        proof.push(root(&leaves[..k]));
-    }
+    let spans = inclusion_spans(index as u64, leaves.len() as u64)?;
+    Some(spans.into_iter().map(|s| root(&leaves[s.start as usize..s.end as usize])).collect())
 }
 
 /// The proof that the tree over `leaves` extends the tree of its first `old_size` leaves
 /// (RFC 9162's PROOF); `None` when `old_size` is larger. Empty when `old_size` is 0 or all.
 pub fn consistency_proof(leaves: &[Hash], old_size: usize) -> Option<Vec<Hash>> {
-    if old_size > leaves.len() {
-        return None;
-    }
-    let mut proof = Vec::new();
-    if old_size > 0 {
-        subproof(old_size, leaves, true, &mut proof);
-    }
-    Some(proof)
+    let spans = consistency_spans(old_size as u64, leaves.len() as u64)?;
+    Some(spans.into_iter().map(|s| root(&leaves[s.start as usize..s.end as usize])).collect())
 }
 
-fn subproof(m: usize, leaves: &[Hash], whole: bool, proof: &mut Vec<Hash>) {
-    let n = leaves.len();
-    if m == n {
+/// Which subtrees' roots make the inclusion proof of leaf `index` in a tree of `size` leaves,
+/// in proof order: a log that keeps its leaves' hashes out of memory (in a database) fetches
+/// just those. `None` when `index` is not in the tree.
+pub fn inclusion_spans(index: u64, size: u64) -> Option<Vec<Span>> {
+    if index >= size {
+        return None;
+    }
+    let mut spans = Vec::new();
+    path(index, 0..size, &mut spans);
+    Some(spans)
+}
+
+/// Which subtrees' roots make the consistency proof from `old_size` to `size` leaves, in proof
+/// order; `None` when `old_size` is larger. Empty when `old_size` is 0 or `size`.
+pub fn consistency_spans(old_size: u64, size: u64) -> Option<Vec<Span>> {
+    if old_size > size {
+        return None;
+    }
+    let mut spans = Vec::new();
+    if old_size > 0 {
+        subproof(old_size, 0..size, true, &mut spans);
+    }
+    Some(spans)
+}
+
+/// The largest power of two smaller than the span's length, from its start: where it splits.
+fn split_span(span: &Span) -> u64 {
+    span.start + split((span.end - span.start) as usize) as u64
+}
+
+fn path(m: u64, span: Span, proof: &mut Vec<Span>) {
+    if span.end - span.start <= 1 {
+        return;
+    }
+    let k = split_span(&span);
+    if span.start + m < k {
+        path(m, span.start..k, proof);
+        proof.push(k..span.end);
+    } else {
+        path(span.start + m - k, k..span.end, proof);
+        proof.push(span.start..k);
+    }
+}
+
+fn subproof(m: u64, span: Span, whole: bool, proof: &mut Vec<Span>) {
+    if span.start + m == span.end {
         if !whole {
-            proof.push(root(leaves));
+            proof.push(span);
         }
         return;
     }
-    let k = split(n);
-    if m <= k {
-        subproof(m, &leaves[..k], whole, proof);
-        proof.push(root(&leaves[k..]));
+    let k = split_span(&span);
+    if span.start + m <= k {
+        subproof(m, span.start..k, whole, proof);
+        proof.push(k..span.end);
     } else {
-        subproof(m - k, &leaves[k..], false, proof);
-        proof.push(root(&leaves[..k]));
+        subproof(span.start + m - k, k..span.end, false, proof);
+        proof.push(span.start..k);
     }
+}
+
+/// The whole subtrees a span of a proof is made of, largest (leftmost) first, each as its first
+/// leaf and its height (`2^height` leaves). Spans of proofs start at a multiple of a power of
+/// two at least their length, so these are nodes of the tree, and the span's root is
+/// [`fold_right`] of their roots.
+pub fn whole_subtrees(span: &Span) -> Vec<(u64, u32)> {
+    let mut parts = Vec::new();
+    let mut start = span.start;
+    let mut left = span.end - span.start;
+    while left > 0 {
+        let height = 63 - left.leading_zeros();
+        parts.push((start, height));
+        start += 1 << height;
+        left -= 1 << height;
+    }
+    parts
+}
+
+/// The root over whole subtrees' roots, largest first (as a frontier's or [`whole_subtrees`]'s).
+pub fn fold_right(roots: &[Hash]) -> Hash {
+    let mut nodes = roots.iter().rev();
+    let Some(last) = nodes.next() else { return empty_root() };
+    nodes.fold(*last, |right, left| node_hash(left, &right))
 }
 
 /// Checks that `leaf` (a leaf hash) is at `index` of the tree of `size` leaves whose root is
@@ -250,25 +295,54 @@ impl Frontier {
 
     /// Appends a leaf hash.
     pub fn push(&mut self, leaf: Hash) {
+        self.push_reporting(leaf, |_, _, _| {});
+    }
+
+    /// Appends a leaf hash and calls `completed(height, index, hash)` for each subtree the
+    /// leaf completes (height 1 up; `index` counts subtrees of that height from the left): how
+    /// a log stores the inner nodes its proofs will need without reading leaves back.
+    pub fn push_reporting(&mut self, leaf: Hash, mut completed: impl FnMut(u32, u64, &Hash)) {
         let mut hash = leaf;
         // Each trailing one bit of the old size is a subtree of the new leaf's size that the
         // new leaf completes: merge them, right to left.
         let mut size = self.size;
+        let mut height = 0;
         while size & 1 == 1 {
             if let Some(left) = self.nodes.pop() {
                 hash = node_hash(&left, &hash);
             }
             size >>= 1;
+            height += 1;
+            completed(height, ((self.size + 1) >> height) - 1, &hash);
         }
         self.nodes.push(hash);
         self.size += 1;
     }
 
+    /// The frontier as bytes: its size (8 bytes, big-endian), then its nodes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(8 + 32 * self.nodes.len());
+        bytes.extend_from_slice(&self.size.to_be_bytes());
+        for node in &self.nodes {
+            bytes.extend_from_slice(node);
+        }
+        bytes
+    }
+
+    /// Reads [`Frontier::to_bytes`]; `None` unless it holds one node per one bit of the size.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let size = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+        let rest = &bytes[8..];
+        if !rest.len().is_multiple_of(32) || rest.len() / 32 != size.count_ones() as usize {
+            return None;
+        }
+        let nodes = rest.chunks_exact(32).map(|c| c.try_into().ok()).collect::<Option<Vec<Hash>>>()?;
+        Some(Self { size, nodes })
+    }
+
     /// The tree's root.
     pub fn root(&self) -> Hash {
-        let mut nodes = self.nodes.iter().rev();
-        let Some(last) = nodes.next() else { return empty_root() };
-        nodes.fold(*last, |right, left| node_hash(left, &right))
+        fold_right(&self.nodes)
     }
 }
 

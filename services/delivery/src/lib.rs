@@ -21,11 +21,14 @@
 //! - [`push`]: the push services' clients (APNs over HTTP/2 with ES256 provider tokens, FCM
 //!   HTTP v1 with OAuth2 tokens from a service account, Web Push with RFC 8291 encryption and
 //!   VAPID) and what their answers mean;
-//! - [`sms`]: Twilio's Messages API, E.164 numbers, segments, and its callbacks' signature.
+//! - [`sms`]: Twilio's Messages API, E.164 numbers, segments, and its callbacks' signature;
+//! - [`audit_log`]: the writer of the tenants' transparency logs (management events and audited
+//!   namespaces' messages, from the durable feeds) and the proofs made from a stored log.
 
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod audit_log;
 
 /// Installs rustls's ring crypto provider for the process (a no-op when one is set). reqwest is
 /// built without a provider of its own (no aws-lc), so a process installs this before it makes

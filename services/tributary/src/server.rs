@@ -71,8 +71,13 @@ pub struct Bound {
     control_plane: Arc<ControlPlane>,
     credentials: Credentials,
     store: Store,
-    /// The delivery worker and its feed router, when `delivery.worker` is on.
-    worker: Option<(tributary_delivery::worker::Worker, tributary_delivery::router::Router)>,
+    /// The delivery worker, its feed router and the audit log writer, when `delivery.worker` is
+    /// on.
+    worker: Option<(
+        tributary_delivery::worker::Worker,
+        tributary_delivery::router::Router,
+        tributary_delivery::audit_log::AuditWriter,
+    )>,
     /// Push's device registry routes.
     push: crate::push_api::PushApi,
     sms: crate::sms_api::SmsApi,
@@ -121,9 +126,11 @@ impl Bound {
             listener, relay, control_plane, store, mqtt, mqtt_ws, mqtt_tls, worker, push, sms, ..
         } = self;
         let stop_worker = tokio_util::sync::CancellationToken::new();
-        let delivering = worker.map(|(worker, router)| {
+        let delivering = worker.map(|(worker, router, audit)| {
             let stop = stop_worker.clone();
-            tokio::spawn(async move { tokio::join!(worker.run(stop.clone()), router.run(stop)) })
+            tokio::spawn(async move {
+                tokio::join!(worker.run(stop.clone()), router.run(stop.clone()), audit.run(stop))
+            })
         });
         if let Some((listener, acceptor)) = mqtt_tls {
             tokio::spawn(tributary_relay::mqtt::tls::serve(listener, acceptor, relay.state().clone()));
@@ -263,8 +270,10 @@ pub async fn bind_wrapped(
         let owner = format!("serve-{}", uuid::Uuid::new_v4().simple());
         let worker =
             config.delivery.worker(store.clone(), owner.clone(), Some(own_url))?.notifying(engine.clone());
-        let router = config.delivery.router(store.clone(), engine, owner).wakes(worker.waker());
-        Some((worker, router))
+        let router =
+            config.delivery.router(store.clone(), engine.clone(), owner.clone()).wakes(worker.waker());
+        let audit = config.audit.writer(store.clone(), engine, owner, config.delivery.lease_secs);
+        Some((worker, router, audit))
     } else {
         None
     };

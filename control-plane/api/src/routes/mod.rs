@@ -4,6 +4,7 @@
 pub(crate) mod account;
 pub(crate) mod apps;
 pub(crate) mod audit;
+pub(crate) mod audit_log;
 pub(crate) mod keys;
 pub(crate) mod namespaces;
 pub(crate) mod plans;
@@ -60,6 +61,13 @@ fn table() -> Vec<(Method, String, MethodRouter<Arc<ControlPlane>>)> {
         (Method::POST, t("/status"), post(tenants::set_status)),
         (Method::POST, t("/revocations"), post(revocations::revoke_tenant)),
         (Method::GET, t("/audit-events"), get(audit::list)),
+        (Method::GET, t("/audit/log"), get(audit_log::get)),
+        (Method::GET, t("/audit/entries"), get(audit_log::entries)),
+        (Method::GET, t("/audit/checkpoints"), get(audit_log::checkpoints)),
+        (Method::GET, t("/audit/proofs/inclusion"), get(audit_log::inclusion)),
+        (Method::GET, t("/audit/proofs/consistency"), get(audit_log::consistency)),
+        (Method::GET, t("/audit/export"), get(audit_log::export)),
+        (Method::POST, t("/audit/rotate-key"), post(audit_log::rotate_key)),
         (Method::GET, t("/usage"), get(usage::series)),
         (Method::POST, t("/apps"), post(apps::create)),
         (Method::GET, t("/apps"), get(apps::list)),

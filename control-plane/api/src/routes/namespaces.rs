@@ -45,6 +45,9 @@ pub(crate) struct Options {
     client_publish: bool,
     #[serde(default = "defaults::max_message_bytes")]
     max_message_bytes: u64,
+    /// Whether the namespace's messages go on the tenant's audit log (docs/audit.md).
+    #[serde(default)]
+    audited: bool,
 }
 
 mod defaults {
@@ -141,6 +144,11 @@ pub(crate) async fn set(
         other => body::parse(other)?,
     };
     options.check()?;
+    if options.audited {
+        // The feed the audit log reads is on before the namespace says it is audited, so no
+        // message of it is missed.
+        super::rules::feed_on(&plane, &app).await?;
+    }
     let json = serde_json::to_string(&options)
         .map_err(|e| ApiError::new(tributary_protocol::ErrorCode::Internal, e.to_string()))?;
     let stored = plane.store.set_namespace(&caller.actor, &tenant, &app, &name, &json).await?;

@@ -143,16 +143,24 @@ fn definition(body: RuleBody) -> Result<NewRule, ApiError> {
 }
 
 /// Turns the app's feed on (before a rule that needs it is stored).
-async fn feed_on(plane: &ControlPlane, app: &str) -> Result<(), ApiError> {
+pub(super) async fn feed_on(plane: &ControlPlane, app: &str) -> Result<(), ApiError> {
     plane.engine.feed_enable(app).await.map_err(|err| match err {
         tributary_engine::EngineError::Unsupported(what) => ApiError::new(ErrorCode::Unavailable, what),
         other => ApiError::new(ErrorCode::Unavailable, other.to_string()),
     })
 }
 
-/// Turns the app's feed off when none of its rules is enabled any more. A failure leaves a feed
-/// that costs memory but loses nothing: it is logged, not returned.
+/// Turns the app's feed off when none of its rules is enabled any more and no audit log reads
+/// it. A failure leaves a feed that costs memory but loses nothing: it is logged, not returned.
 async fn feed_off_if_unused(plane: &ControlPlane, tenant: &str, app: &str) {
+    match plane.store.is_audit_source(app).await {
+        Ok(false) => {}
+        Ok(true) => return,
+        Err(err) => {
+            tracing::warn!(error = %err, app, "audit sources not read; the app's feed stays on");
+            return;
+        }
+    }
     match plane.store.rules(tenant, app).await {
         Ok(rules) if rules.iter().all(|rule| !rule.enabled) => {
             if let Err(err) = plane.engine.feed_disable(app).await {

@@ -136,3 +136,52 @@ fn every_consistency_proof_verifies_and_any_change_to_it_fails() {
         "same size, other root"
     );
 }
+
+#[test]
+fn proof_spans_folded_from_whole_subtrees_give_the_proofs() {
+    // How a log without its leaves in memory builds proofs: each span's root folded from the
+    // roots of the whole subtrees it is made of.
+    let all = leaves(70);
+    let span_root = |span: &Span| {
+        let parts: Vec<Hash> = whole_subtrees(span)
+            .into_iter()
+            .map(|(start, height)| root(&all[start as usize..(start + (1 << height)) as usize]))
+            .collect();
+        fold_right(&parts)
+    };
+    for size in 1..=all.len() {
+        for index in 0..size {
+            let spans = inclusion_spans(index as u64, size as u64).unwrap();
+            let folded: Vec<Hash> = spans.iter().map(span_root).collect();
+            assert_eq!(Some(folded), inclusion_proof(&all[..size], index), "inclusion {index} of {size}");
+        }
+        for old in 0..=size {
+            let spans = consistency_spans(old as u64, size as u64).unwrap();
+            let folded: Vec<Hash> = spans.iter().map(span_root).collect();
+            assert_eq!(Some(folded), consistency_proof(&all[..size], old), "consistency {old} to {size}");
+        }
+    }
+    assert_eq!(inclusion_spans(5, 5), None);
+    assert_eq!(consistency_spans(6, 5), None);
+}
+
+#[test]
+fn a_frontier_reports_each_subtree_it_completes_and_survives_its_bytes() {
+    let all = leaves(300);
+    let mut frontier = Frontier::new();
+    let mut reported = Vec::new();
+    for leaf in &all {
+        frontier.push_reporting(*leaf, |height, index, hash| reported.push((height, index, *hash)));
+        let copy = Frontier::from_bytes(&frontier.to_bytes()).unwrap();
+        assert_eq!(copy, frontier);
+    }
+    // Every whole subtree of height 1 to 8 within 300 leaves, once, with its root.
+    let expected: usize = (1..=8).map(|h| 300 >> h).sum();
+    assert_eq!(reported.len(), expected);
+    for (height, index, hash) in reported {
+        let start = (index << height) as usize;
+        assert_eq!(hash, root(&all[start..start + (1 << height)]), "height {height} index {index}");
+    }
+    assert_eq!(Frontier::from_bytes(&[0; 7]), None);
+    assert_eq!(Frontier::from_bytes(&3u64.to_be_bytes()), None, "a size of 3 needs two nodes");
+}

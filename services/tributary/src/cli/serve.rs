@@ -129,7 +129,8 @@ pub async fn worker(
     // engine that is another process's memory: a worker on its own has only the queue).
     let engine = server::open_engine(&config).await?;
     let worker = config.delivery.worker(store.clone(), owner.clone(), None)?.notifying(engine.clone());
-    let router = config.delivery.router(store, engine, owner.clone()).wakes(worker.waker());
+    let router = config.delivery.router(store.clone(), engine.clone(), owner.clone()).wakes(worker.waker());
+    let audit = config.audit.writer(store, engine, owner.clone(), config.delivery.lease_secs);
     eprintln!("delivery worker {owner} on {:?}, engine {}", store_backend(&config), config.engine.kind);
     let stop = tokio_util::sync::CancellationToken::new();
     let stopping = stop.clone();
@@ -137,7 +138,7 @@ pub async fn worker(
         shutdown_signal().await;
         stopping.cancel();
     });
-    tokio::join!(worker.run(stop.clone()), router.run(stop));
+    tokio::join!(worker.run(stop.clone()), router.run(stop.clone()), audit.run(stop));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -12,8 +12,10 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use tributary_relay::RelayConfig;
 
+mod audit;
 mod delivery;
 
+pub use audit::AuditConfig;
 pub use delivery::DeliveryConfig;
 
 /// The default configuration file, embedded so `tributary config default` and the docs cannot drift.
@@ -50,6 +52,8 @@ pub struct TributaryConfig {
     pub control: ControlConfig,
     /// Delivery worker settings (webhooks).
     pub delivery: DeliveryConfig,
+    /// Audit log settings.
+    pub audit: AuditConfig,
 }
 
 /// Control plane settings: the console's accounts.
@@ -101,6 +105,7 @@ impl Default for TributaryConfig {
             relay: RelayConfig::default(),
             control: ControlConfig::default(),
             delivery: DeliveryConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -216,6 +221,7 @@ impl TributaryConfig {
     pub fn problems(&self) -> Vec<String> {
         let mut problems = self.relay.problems();
         problems.extend(self.delivery.problems());
+        problems.extend(self.audit.problems());
         if self.control.session_ttl_secs == 0 {
             problems.push("control.session_ttl_secs must be greater than 0".into());
         }

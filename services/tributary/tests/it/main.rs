@@ -5,6 +5,8 @@
 
 mod api_keys;
 mod audit_cli;
+mod audit_kill;
+mod audit_log;
 mod autobahn;
 mod bad_input;
 mod checked_history;

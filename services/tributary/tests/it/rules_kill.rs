@@ -20,10 +20,10 @@ use tributary_store::MasterKey;
 use tributary_testkit::ThrowawayRedis;
 
 /// A child process, killed (SIGKILL) when dropped.
-struct Process(Child);
+pub(crate) struct Process(Child);
 
 impl Process {
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -36,11 +36,11 @@ impl Drop for Process {
 }
 
 /// What every process shares: the data directory (credentials), the database, Redis, the key.
-struct Setup {
-    dir: tempfile::TempDir,
-    database: String,
-    redis: String,
-    key: MasterKey,
+pub(crate) struct Setup {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) database: String,
+    pub(crate) redis: String,
+    pub(crate) key: MasterKey,
 }
 
 impl Setup {
@@ -67,7 +67,7 @@ impl Setup {
     }
 
     /// Starts a relay without a worker; returns it and its base URL once it answers.
-    async fn relay(&self) -> (Process, String) {
+    pub(crate) async fn relay(&self) -> (Process, String) {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let listen = format!("listen=\"127.0.0.1:{port}\"");
         // Presence entries of a killed relay expire two seconds after its last refresh.
@@ -84,7 +84,7 @@ impl Setup {
     }
 
     /// Starts a worker allowed to reach loopback over http, quick to take over.
-    fn worker(&self) -> Process {
+    pub(crate) fn worker(&self) -> Process {
         let settings = [
             "delivery.allow_http=true",
             r#"delivery.allowed_private_ranges=["127.0.0.0/8"]"#,
@@ -96,13 +96,13 @@ impl Setup {
         Process(self.command("worker", &settings).spawn().expect("the binary starts"))
     }
 
-    fn credentials(&self) -> Value {
+    pub(crate) fn credentials(&self) -> Value {
         serde_json::from_str(&std::fs::read_to_string(self.dir.path().join("credentials.json")).unwrap())
             .unwrap()
     }
 }
 
-fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     tributary_delivery::install_tls_provider();
     reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap()
 }

@@ -1,0 +1,229 @@
+//! The audit log end to end: management actions and an audited namespace's messages reach the
+//! tenant's log, signed checkpoints follow, receipts and consistency proofs verify against
+//! them, an export verifies offline, a rotated key keeps old checkpoints verifiable, and bad
+//! requests are refused without touching the log.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
+use tributary_audit::checkpoint::Checkpoint;
+use tributary_audit::export::verify;
+use tributary_audit::merkle::{Hash, verify_consistency, verify_inclusion};
+use tributary_audit::note::{NoteVerifier, open};
+use tributary_testkit::{TestServer, eventually};
+
+pub(crate) fn log_path(node: &TestServer, rest: &str) -> String {
+    format!("/v1/tenants/{}/audit/{rest}", node.tenant_id())
+}
+
+pub(crate) async fn log_state(node: &TestServer) -> Value {
+    node.manage("GET", &log_path(node, "log"), node.operator_token(), None).await.1
+}
+
+/// Waits until the log holds `entries` entries at least, all in a signed checkpoint.
+pub(crate) async fn checkpointed(node: &TestServer, entries: u64) -> Value {
+    eventually("the log is checkpointed", Duration::from_secs(10), || async {
+        let log = log_state(node).await;
+        log["size"].as_u64().is_some_and(|size| size >= entries) && log["checkpoint_size"] == log["size"]
+    })
+    .await
+    .expect("checkpointed");
+    log_state(node).await
+}
+
+pub(crate) async fn export(node: &TestServer, query: &str) -> String {
+    let url = format!("{}{}{query}", node.http_url(), log_path(node, "export"));
+    let response = node.http().get(url).bearer_auth(node.operator_token()).send().await.expect("export");
+    assert_eq!(response.status(), 200);
+    response.text().await.expect("export body")
+}
+
+fn key(text: &str) -> NoteVerifier {
+    NoteVerifier::parse(text).expect("a verifier key")
+}
+
+fn hash(text: &Value) -> Hash {
+    STANDARD.decode(text.as_str().expect("base64")).expect("base64").try_into().expect("32 bytes")
+}
+
+fn hashes(list: &Value) -> Vec<Hash> {
+    list.as_array().expect("a list").iter().map(hash).collect()
+}
+
+fn checkpoint(note: &str, keys: &[NoteVerifier]) -> Checkpoint {
+    Checkpoint::parse(&open(note, keys).expect("signed by the log's key").text).expect("a checkpoint")
+}
+
+#[tokio::test]
+async fn management_actions_and_audited_messages_reach_a_signed_log_that_verifies() {
+    let node = TestServer::spawn().await;
+    let ns = format!("/v1/tenants/{}/apps/{}/namespaces/ledger", node.tenant_id(), node.app_id());
+    let (status, shown) =
+        node.manage("POST", &ns, node.operator_token(), Some(&json!({"audited": true}))).await;
+    assert_eq!((status, &shown["options"]["audited"]), (200, &json!(true)), "{shown}");
+    let mut published = Vec::new();
+    for n in 0..20 {
+        published.push(node.publish("ledger:eu", json!({"n": n})).await);
+        node.publish("chat:x", json!({"n": n})).await;
+    }
+    // Every message of the audited namespace, none of the other.
+    eventually("the messages are on the log", Duration::from_secs(10), || async {
+        let url = format!("{}?limit=1000", log_path(&node, "entries"));
+        let (_, entries) = node.manage("GET", &url, node.operator_token(), None).await;
+        entries.as_array().is_some_and(|e| e.iter().filter(|e| e["entry"]["kind"] == "message").count() == 20)
+    })
+    .await
+    .unwrap();
+    let log = checkpointed(&node, 21).await;
+    let url = format!("{}?limit=1000", log_path(&node, "entries"));
+    let (_, entries) = node.manage("GET", &url, node.operator_token(), None).await;
+    let entries = entries.as_array().unwrap().clone();
+    let messages: Vec<&Value> = entries.iter().filter(|e| e["entry"]["kind"] == "message").collect();
+    assert!(messages.iter().all(|m| m["entry"]["channel"] == "ledger:eu"), "{messages:?}");
+    let offsets: Vec<u64> = messages.iter().map(|m| m["entry"]["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, (1..=20).collect::<Vec<_>>());
+    let actions: Vec<&str> = entries.iter().filter_map(|e| e["entry"]["action"].as_str()).collect();
+    assert!(actions.contains(&"namespace.set") && actions.contains(&"app.create"), "{actions:?}");
+    assert_eq!(
+        messages[3]["entry"]["payload_sha256"],
+        tributary_audit::entry::payload_sha256(br#"{"n":3}"#),
+        "the entry holds the payload's hash"
+    );
+
+    // The export verifies offline with the published key, and names nothing.
+    let keys = vec![key(log["keys"][0]["public_key"].as_str().unwrap())];
+    let report = verify(&export(&node, "").await, &keys);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.entries, log["checkpoint_size"].as_u64().unwrap());
+    assert!(report.checkpoints_verified >= 1);
+
+    // A receipt for one message, by its channel and offset, verifies against its checkpoint.
+    let (epoch, offset) = (published[4]["epoch"].as_str().unwrap(), published[4]["offset"].as_u64().unwrap());
+    let query =
+        format!("proofs/inclusion?app={}&channel=ledger:eu&epoch={epoch}&offset={offset}", node.app_id());
+    let (status, receipt) = node.manage("GET", &log_path(&node, &query), node.operator_token(), None).await;
+    assert_eq!(status, 200, "{receipt}");
+    assert_eq!(receipt["entry"]["entry"]["offset"], offset);
+    let signed = checkpoint(receipt["checkpoint"].as_str().unwrap(), &keys);
+    let index = receipt["entry"]["index"].as_u64().unwrap();
+    verify_inclusion(
+        &hash(&receipt["leaf_hash"]),
+        index,
+        signed.size,
+        &hashes(&receipt["proof"]),
+        &signed.root,
+    )
+    .expect("the receipt proves the message is in the signed log");
+
+    // More entries, a later checkpoint, and the proof that it extends the first.
+    let first = signed.size;
+    for n in 0..300 {
+        node.publish("ledger:us", json!({"n": n})).await;
+    }
+    let later = checkpointed(&node, first + 300).await;
+    let query = format!("proofs/consistency?from={first}");
+    let (status, proof) = node.manage("GET", &log_path(&node, &query), node.operator_token(), None).await;
+    assert_eq!(status, 200, "{proof}");
+    let old = checkpoint(proof["checkpoints"][0].as_str().unwrap(), &keys);
+    let new = checkpoint(proof["checkpoints"][1].as_str().unwrap(), &keys);
+    assert_eq!((old.size, new.size), (first, later["checkpoint_size"].as_u64().unwrap()));
+    verify_consistency(old.size, new.size, &old.root, &new.root, &hashes(&proof["proof"]))
+        .expect("consistent");
+    // Every entry of the larger tree has a receipt (inner nodes of 256 leaves are stored).
+    for index in [0, 255, 256, new.size - 1] {
+        let query = format!("proofs/inclusion?index={index}");
+        let (status, receipt) =
+            node.manage("GET", &log_path(&node, &query), node.operator_token(), None).await;
+        assert_eq!(status, 200, "{receipt}");
+        let signed = checkpoint(receipt["checkpoint"].as_str().unwrap(), &keys);
+        verify_inclusion(
+            &hash(&receipt["leaf_hash"]),
+            index,
+            signed.size,
+            &hashes(&receipt["proof"]),
+            &signed.root,
+        )
+        .unwrap_or_else(|err| panic!("entry {index}: {err}"));
+    }
+
+    // The key rotated: new checkpoints are signed by the new key; the old one stays listed.
+    let (status, rotated) =
+        node.manage("POST", &log_path(&node, "rotate-key"), node.operator_token(), None).await;
+    assert_eq!(status, 200, "{rotated}");
+    let listed = rotated["keys"].as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed[0]["retired_at"].is_i64() && listed[1]["retired_at"].is_null(), "{rotated}");
+    let new_key = key(listed[1]["public_key"].as_str().unwrap());
+    let size = later["size"].as_u64().unwrap();
+    node.publish("ledger:eu", json!("after the rotation")).await;
+    eventually("a checkpoint by the new key", Duration::from_secs(10), || async {
+        let log = log_state(&node).await;
+        log["checkpoint_size"].as_u64().is_some_and(|s| s > size + 1)
+            && open(log["checkpoint"].as_str().unwrap(), std::slice::from_ref(&new_key)).is_ok()
+    })
+    .await
+    .unwrap();
+    let newest = log_state(&node).await;
+    assert!(open(newest["checkpoint"].as_str().unwrap(), &keys).is_err(), "not by the retired key");
+    let both = vec![keys[0].clone(), new_key];
+    let report = verify(&export(&node, "").await, &both);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let actions = report_actions(&node).await;
+    assert!(actions.contains(&"audit.key.rotate".to_owned()), "the rotation is on the log: {actions:?}");
+}
+
+async fn report_actions(node: &TestServer) -> Vec<String> {
+    let url = format!("{}?limit=1000", log_path(node, "entries"));
+    let (_, entries) = node.manage("GET", &url, node.operator_token(), None).await;
+    entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["entry"]["action"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_and_another_tenant_sees_nothing() {
+    let node = TestServer::spawn().await;
+    let log = checkpointed(&node, 1).await;
+    for (query, status, name) in [
+        ("proofs/inclusion", 400, "invalid_parameter"),
+        ("proofs/inclusion?index=x", 400, "invalid_parameter"),
+        ("proofs/inclusion?channel=a", 400, "invalid_parameter"),
+        ("proofs/inclusion?index=100000", 404, "not_found"),
+        ("proofs/inclusion?index=0&size=99999", 404, "not_found"),
+        ("proofs/consistency", 400, "invalid_parameter"),
+        ("proofs/consistency?from=99999", 404, "not_found"),
+        ("entries?limit=0", 400, "invalid_parameter"),
+        ("entries?limit=1001", 400, "invalid_parameter"),
+        ("export?to=99999", 400, "invalid_parameter"),
+    ] {
+        let (got, reply) = node.manage("GET", &log_path(&node, query), node.operator_token(), None).await;
+        assert_eq!((got, reply["error"]["name"].as_str()), (status, Some(name)), "{query}: {reply}");
+    }
+    // Another tenant's admin token reaches nothing of this log.
+    let other = node.store().create_tenant("other").await.unwrap();
+    let (_, token) = node
+        .manage(
+            "POST",
+            &format!("/v1/tenants/{}/management-tokens", other.id),
+            node.operator_token(),
+            Some(&json!({"name": "t", "role": "admin"})),
+        )
+        .await;
+    let token = token["secret"].as_str().unwrap().to_owned();
+    for rest in ["log", "entries", "checkpoints", "export", "proofs/inclusion?index=0"] {
+        let (got, reply) = node.manage("GET", &log_path(&node, rest), &token, None).await;
+        assert_eq!(got, 404, "{rest}: {reply}");
+    }
+    let (got, _) = node.manage("POST", &log_path(&node, "rotate-key"), &token, None).await;
+    assert_eq!(got, 404);
+    // Nothing was harmed: the log is as it was, and still verifies.
+    let after = log_state(&node).await;
+    assert_eq!(after["keys"], log["keys"]);
+    let keys = vec![key(log["keys"][0]["public_key"].as_str().unwrap())];
+    assert!(verify(&export(&node, "").await, &keys).problems.is_empty());
+}

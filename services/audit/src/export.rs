@@ -43,7 +43,16 @@ impl Entry {
 
     /// Its leaf hash.
     pub fn leaf_hash(&self) -> Hash {
-        leaf_hash(&self.leaf_data())
+        self.leaf_hash_as(self.index)
+    }
+
+    /// The leaf hash it would have at `index` (to find where a renumbered entry was written).
+    pub fn leaf_hash_as(&self, index: u64) -> Hash {
+        let mut data = Vec::with_capacity(40 + self.body.len());
+        data.extend_from_slice(&index.to_be_bytes());
+        data.extend_from_slice(&self.prev);
+        data.extend_from_slice(&self.body);
+        leaf_hash(&data)
     }
 }
 
@@ -71,8 +80,12 @@ pub enum Problem {
     Unreadable(usize, String),
     /// The entry at this index is not the one the next entry was chained to: changed.
     Changed(u64),
-    /// The entry at this index is missing (the next one in the file names a later index).
+    /// The entry at this index is missing (the next one in the file names a later index, or
+    /// was written with one).
     Missing(u64),
+    /// The entry at this index was added: no entry after it is chained to it, and the ones after
+    /// it were renumbered to make room.
+    Inserted(u64),
     /// The entry at this position names another index: moved or added.
     OutOfPlace {
         /// Where it is in the file.
@@ -109,6 +122,12 @@ impl std::fmt::Display for Problem {
                 write!(f, "entry {index} was changed (the next entry is chained to another)")
             }
             Problem::Missing(index) => write!(f, "entry {index} is missing"),
+            Problem::Inserted(index) => {
+                write!(
+                    f,
+                    "entry {index} was inserted (nothing is chained to it; the later entries were renumbered)"
+                )
+            }
             Problem::OutOfPlace { position, says } => {
                 write!(f, "entry {position} is out of place: it says it is entry {says} (moved or added)")
             }
@@ -243,49 +262,8 @@ fn read_line(line: &str) -> Result<Line, String> {
     Ok(Line::Entry(Entry { index, prev, body }))
 }
 
-/// Checks the entries' indexes, then their chain, naming the entry each break points at.
-fn check_chain(entries: &[Entry], problems: &mut Vec<Problem>) {
-    // Indexes: each one more than the last. A jump the following entries carry on from is
-    // entries missing; any other index is an entry out of place (moved, or added beside the
-    // one whose index it took). The count follows a removal, so one removal is one problem.
-    let mut offset = 0u64;
-    let mut misplaced = vec![false; entries.len()];
-    for (position, entry) in entries.iter().enumerate() {
-        let expected = position as u64 + offset;
-        if entry.index == expected {
-            continue;
-        }
-        let run_goes_on = entries.get(position + 1).is_none_or(|next| next.index == entry.index + 1);
-        if entry.index > expected && run_goes_on {
-            problems.extend((expected..entry.index).map(Problem::Missing));
-            offset += entry.index - expected;
-        } else {
-            problems.push(Problem::OutOfPlace { position: position as u64, says: entry.index });
-        }
-        misplaced[position] = true;
-    }
-    // The chain: entry p holds the leaf hash of entry p - 1. A break at p alone means entry p - 1
-    // was changed (p itself still chains on to p + 1); a break at p and p + 1 means entry p
-    // was (its own link or content, so its leaf changed too).
-    let broken: Vec<bool> = (0..entries.len())
-        .map(|p| {
-            let expected = if p == 0 { [0; 32] } else { entries[p - 1].leaf_hash() };
-            entries[p].prev != expected
-        })
-        .collect();
-    let mut p = 0;
-    while p < entries.len() {
-        if broken[p] && !misplaced[p] && !(p > 0 && misplaced[p - 1]) {
-            if broken.get(p + 1).copied().unwrap_or(false) {
-                problems.push(Problem::Changed(entries[p].index));
-                p += 2;
-                continue;
-            }
-            problems.push(Problem::Changed(entries[p.saturating_sub(1)].index));
-        }
-        p += 1;
-    }
-}
+mod chain;
+use chain::check_chain;
 
 #[cfg(test)]
 mod tests;

@@ -98,7 +98,30 @@ fn each_kind_of_tampering_is_named_with_its_entry() {
     let forged = Entry { index: 11, prev: added[10].leaf_hash(), body: b"{\"forged\":true}".to_vec() };
     added.insert(11, forged);
     let report = verified(&added, &notes);
-    assert_eq!(report.problems[0], Problem::OutOfPlace { position: 12, says: 11 }, "{:?}", report.problems);
+    assert_eq!(report.problems[0], Problem::Inserted(11), "{:?}", report.problems);
+
+    // Added, and the later entries renumbered to make room (as rows of a database would be):
+    // the added entry is named, not every entry renumbered after it.
+    let mut renumbered = entries.clone();
+    let forged = Entry { index: 11, prev: renumbered[11].prev, body: b"{\"forged\":true}".to_vec() };
+    renumbered.insert(11, forged);
+    for entry in &mut renumbered[12..] {
+        entry.index += 1;
+    }
+    let report = verified(&renumbered, &notes);
+    let named: Vec<&Problem> =
+        report.problems.iter().filter(|p| !matches!(p, Problem::RootMismatch { .. })).collect();
+    assert_eq!(named, [&Problem::Inserted(11)], "{:?}", report.problems);
+
+    // Removed, and the later entries renumbered to close the gap.
+    let mut closed = entries.clone();
+    closed.remove(9);
+    for entry in &mut closed[9..] {
+        entry.index -= 1;
+    }
+    let report = verified(&closed, &notes);
+    assert_eq!(report.problems[0], Problem::Missing(9), "{:?}", report.problems);
+    assert!(!report.problems.iter().any(|p| matches!(p, Problem::Changed(_))), "{:?}", report.problems);
 
     let truncated = entries[..15].to_vec();
     let report = verified(&truncated, &notes);

@@ -23,7 +23,7 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../default-config.toml");
 
 /// The top-level keys that `TRIBUTARY_*` variables may set.
 const CONFIG_SECTIONS: &[&str] =
-    &["listen", "data_dir", "master_key", "storage", "engine", "relay", "control", "delivery"];
+    &["listen", "data_dir", "master_key", "storage", "engine", "relay", "control", "delivery", "audit"];
 
 /// `TRIBUTARY_*` variables that belong to the CLI or logging, not to the configuration.
 const CLI_VARIABLES: &[&str] = &["config", "log", "log_format", "api_key", "url", "token", "admin_token"];
@@ -389,6 +389,26 @@ mod tests {
         ]);
         let err = load(None, &env, &[]).unwrap_err();
         assert_eq!(err.problems.len(), 3, "{err}");
+    }
+
+    #[test]
+    fn audit_settings_out_of_range_and_an_audited_namespace_in_the_file_are_refused() {
+        let env = env(&[
+            ("TRIBUTARY_AUDIT__ORIGIN_PREFIX", "has space"),
+            ("TRIBUTARY_AUDIT__CHECKPOINT_INTERVAL_MS", "10"),
+            ("TRIBUTARY_AUDIT__BATCH", "0"),
+        ]);
+        let err = load(None, &env, &[]).unwrap_err().to_string();
+        for key in ["audit.origin_prefix", "audit.checkpoint_interval_ms", "audit.batch"] {
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        let mut config = TributaryConfig::default();
+        config.relay.namespaces.insert(
+            "ledger".into(),
+            tributary_relay::NamespaceConfig { audited: true, ..Default::default() },
+        );
+        let problems = config.problems();
+        assert!(problems.iter().any(|p| p.contains("relay.namespaces.ledger.audited")), "{problems:?}");
     }
 
     #[test]

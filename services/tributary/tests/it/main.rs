@@ -7,6 +7,7 @@ mod api_keys;
 mod audit_cli;
 mod audit_kill;
 mod audit_log;
+mod audit_tamper;
 mod autobahn;
 mod bad_input;
 mod checked_history;

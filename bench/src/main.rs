@@ -16,8 +16,11 @@
 //! - `recovery`: subscribers leave, messages are published, all come back with their positions.
 //! - `webhooks`: rules sending every message of many channels to a local receiver.
 //! - `push`: pushes to a channel's devices, sent to fakes of APNs or a Web Push service.
+//! - `audit`: the audit log writer alone (audited messages appended per second, on SQLite or
+//!   PostgreSQL) and the offline verifier over a large export.
 //! - `server_stats`: RSS and CPU time of the server process from `/proc`.
 
+mod audit;
 mod client;
 mod fanout;
 mod idle;
@@ -60,6 +63,10 @@ enum Scenario {
     Webhooks(webhooks::WebhooksArgs),
     /// Push: pushes to a channel's devices, sent to a fake APNs or Web Push service.
     Push(push::PushArgs),
+    /// The audit log writer alone: audited messages appended per second.
+    AuditAppend(audit::AppendArgs),
+    /// The offline verifier over a large export.
+    AuditVerify(audit::VerifyArgs),
     /// Writes the APNs fake's certificate and its authority to a directory (before the server
     /// that must trust it starts).
     PushCerts {
@@ -117,6 +124,8 @@ fn main() -> anyhow::Result<()> {
             Scenario::MqttIdle(args) => mqtt::idle(args).await,
             Scenario::Webhooks(args) => webhooks::run(args).await,
             Scenario::Push(args) => push::run(args).await,
+            Scenario::AuditAppend(args) => audit::append(args).await,
+            Scenario::AuditVerify(args) => audit::verify_export(args).await,
             Scenario::PushCerts { dir } => {
                 push::write_certs(&dir).map(|()| serde_json::json!({"certs": dir}))
             }

@@ -77,11 +77,16 @@ CREATE TABLE audit_keys (
 CREATE INDEX audit_keys_by_log ON audit_keys (log_id, created_at);
 
 -- The apps whose audited namespaces' messages a log takes from the app's durable feed, and
--- where it has read up to.
+-- where it has read up to ('' before its first read).
 CREATE TABLE audit_sources (
     log_id    TEXT    NOT NULL,
     app_id    TEXT    NOT NULL REFERENCES apps (id) ON DELETE CASCADE,
     tenant_id TEXT    NOT NULL,
     position  TEXT    NOT NULL,
+    -- When the first namespace of the app was set audited, in milliseconds: the feed may hold
+    -- older messages (the rules turned it on before), which are not the log's.
+    created_ms BIGINT  NOT NULL,
     PRIMARY KEY (log_id, app_id)
 );
+
+CREATE INDEX audit_sources_by_app ON audit_sources (app_id);

@@ -124,6 +124,18 @@ pub struct AuditKey {
     pub retired_at: Option<i64>,
 }
 
+/// An app whose audited namespaces' messages a log takes from the app's feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSource {
+    /// The app.
+    pub app_id: String,
+    /// Where the log has read the app's feed up to (`""`: not yet read).
+    pub position: String,
+    /// When the app's first namespace was set audited, in milliseconds: on its first read the
+    /// log skips the feed's older messages (and any loss among them).
+    pub since_ms: i64,
+}
+
 /// Entries inserted by one statement (6 placeholders each).
 const ENTRY_GROUP: usize = 500;
 
@@ -168,13 +180,17 @@ impl Store {
         tenant_id: &str,
         app_id: &str,
     ) -> Result<(), StoreError> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX));
         sqlx::query(
-            "INSERT INTO audit_sources (log_id, app_id, tenant_id, position) VALUES ($1, $2, $3, '') \
+            "INSERT INTO audit_sources (log_id, app_id, tenant_id, position, created_ms) VALUES ($1, $2, $3, '', $4) \
              ON CONFLICT (log_id, app_id) DO NOTHING",
         )
         .bind(tenant_log_id(tenant_id))
         .bind(app_id)
         .bind(tenant_id)
+        .bind(now_ms)
         .execute(&mut *conn)
         .await?;
         Ok(())
@@ -266,14 +282,24 @@ impl Store {
         Ok(row.is_some())
     }
 
-    /// The apps whose feeds a log reads, and where it has read each up to.
-    pub async fn audit_sources(&self, log_id: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT app_id, position FROM audit_sources WHERE log_id = $1 ORDER BY app_id")
-                .bind(log_id)
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter().map(|row| Ok((row.try_get("app_id")?, row.try_get("position")?))).collect()
+    /// The apps whose feeds a log reads: each app, where the log has read its feed up to, and
+    /// when it became a source (milliseconds).
+    pub async fn audit_sources(&self, log_id: &str) -> Result<Vec<AuditSource>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT app_id, position, created_ms FROM audit_sources WHERE log_id = $1 ORDER BY app_id",
+        )
+        .bind(log_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditSource {
+                    app_id: row.try_get("app_id")?,
+                    position: row.try_get("position")?,
+                    since_ms: row.try_get("created_ms")?,
+                })
+            })
+            .collect()
     }
 
     /// Writes one step of `log`'s writer (see the module's documentation); returns `false`, and

@@ -70,7 +70,9 @@ use std::sync::Arc;
 
 pub use api_key::{ApiKey, NewApiKey, api_key_id};
 pub use audit::{Actor, AuditEvent};
-pub use audit_log::{AuditAppend, AuditCheckpoint, AuditEntry, AuditKey, AuditLogState, NewAuditEntry};
+pub use audit_log::{
+    AuditAppend, AuditCheckpoint, AuditEntry, AuditKey, AuditLogState, AuditSource, NewAuditEntry,
+};
 pub use crypto::{MasterKey, SecretCipher};
 pub use db::{Backend, create_database};
 pub use delivery::{

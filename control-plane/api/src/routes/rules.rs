@@ -168,9 +168,13 @@ async fn feed_off_if_unused(plane: &ControlPlane, tenant: &str, app: &str) {
             } else if let Err(err) = plane.store.forget_feed_position(app).await {
                 tracing::warn!(error = %err, app, "the position of a feed turned off was not forgotten");
             }
-            // A rule made or enabled meanwhile (it turned the feed on before this turned it
-            // off) must not wait for the workers' resync: look again, and turn it back on.
-            if plane.store.rules(tenant, app).await.is_ok_and(|rules| rules.iter().any(|rule| rule.enabled))
+            // A rule made or enabled, or a namespace set audited, meanwhile (it turned the feed
+            // on before this turned it off) must not wait for the workers' resync: look again,
+            // and turn it back on.
+            let rule_on =
+                plane.store.rules(tenant, app).await.is_ok_and(|rules| rules.iter().any(|rule| rule.enabled));
+            let audited = plane.store.is_audit_source(app).await.unwrap_or(true);
+            if (rule_on || audited)
                 && let Err(err) = plane.engine.feed_enable(app).await
             {
                 tracing::warn!(error = %err, app, "an app feed is off until the workers' resync");

@@ -87,11 +87,6 @@ pub struct AuditWriterStats {
     pub gaps: u64,
 }
 
-/// How long an app's audited namespaces are taken as read (a namespace set audited is
-/// honoured from its transaction on anyway: the feed is read from then, and a message is
-/// checked against the namespaces at most this old).
-const NAMESPACES_FOR: Duration = Duration::from_secs(1);
-
 /// How often the writer claims its logs again at most.
 const RECLAIM_EVERY: Duration = Duration::from_millis(250);
 
@@ -112,8 +107,6 @@ struct WriterState {
     signers: HashMap<String, Arc<NoteSigner>>,
     /// The apps whose feeds this worker turned on (after a claim, in case the engine lost them).
     fed: HashSet<String>,
-    /// Each app's audited namespaces, and when they were read.
-    audited: HashMap<String, (Instant, Audited)>,
 }
 
 /// Which namespaces of an app are audited.
@@ -151,15 +144,15 @@ impl AuditWriter {
     /// Writes until `stop` is cancelled, then gives up its leases.
     pub async fn run(&self, stop: CancellationToken) {
         while !stop.is_cancelled() {
-            let appended = match self.run_once().await {
-                Ok(appended) => appended,
+            let more = match self.run_once().await {
+                Ok(more) => more,
                 Err(err) => {
                     tracing::warn!(error = %err, "audit log writer pass failed");
                     self.state.lock().await.held = None;
-                    0
+                    false
                 }
             };
-            if appended < self.config.batch as u64 {
+            if !more {
                 tokio::select! {
                     () = stop.cancelled() => break,
                     () = tokio::time::sleep(self.config.poll_interval) => {}
@@ -174,17 +167,17 @@ impl AuditWriter {
         }
     }
 
-    /// One pass: leases logs and takes one step of each; returns the most entries one step
-    /// appended (a full batch: more is waiting). Fails only when the logs cannot be claimed.
-    pub async fn run_once(&self) -> Result<u64, AuditWriterError> {
+    /// One pass: leases logs and takes one step of each; returns whether more is waiting than a
+    /// step took (read on at once). Fails only when the logs cannot be claimed.
+    pub async fn run_once(&self) -> Result<bool, AuditWriterError> {
         let mut state = self.state.lock().await;
         let logs = self.leases(&mut state).await?;
-        let mut most = 0;
+        let mut more = false;
         let mut kept = Vec::with_capacity(logs.len());
         for log in logs {
             match self.step(&mut state, &log).await {
-                Ok(Some((next, appended))) => {
-                    most = most.max(appended);
+                Ok(Some((next, waiting))) => {
+                    more |= waiting;
                     kept.push(next);
                 }
                 // Taken over by another worker (or grown by one): not held any more.
@@ -196,7 +189,7 @@ impl AuditWriter {
         if let Some((_, held)) = state.held.as_mut() {
             *held = kept;
         }
-        Ok(most)
+        Ok(more)
     }
 
     async fn leases(&self, state: &mut WriterState) -> Result<Vec<AuditLogState>, AuditWriterError> {
@@ -221,12 +214,12 @@ impl AuditWriter {
     }
 
     /// One step of a log: `None` when the log was taken over (nothing written), else the log
-    /// as written and how many entries were appended.
+    /// as written and whether more was waiting than the step took.
     async fn step(
         &self,
         state: &mut WriterState,
         log: &AuditLogState,
-    ) -> Result<Option<(AuditLogState, u64)>, AuditWriterError> {
+    ) -> Result<Option<(AuditLogState, bool)>, AuditWriterError> {
         let signer = self.signer(state, log).await?;
         let batch = self.config.batch;
         let mut pending: Vec<Pending> = Vec::new();
@@ -247,38 +240,52 @@ impl AuditWriter {
         }
         let mut feeds = Vec::new();
         let now = now_ms();
-        for (app, position) in self.store.audit_sources(&log.id).await? {
+        // Whether more is waiting than this step took (a page came full): read on at once.
+        let mut read_full = events.len() == batch;
+        let sources = self.store.audit_sources(&log.id).await?;
+        // Apps are read from a different one each step, so a busy app holds back no other.
+        let first = usize::try_from(log.size).unwrap_or(0) % sources.len().max(1);
+        for source in sources[first..].iter().chain(&sources[..first]) {
             let room = batch.saturating_sub(pending.len());
             if room == 0 {
+                read_full = true;
                 break;
             }
+            let (app, position) = (&source.app_id, &source.position);
             if state.fed.insert(app.clone()) {
-                self.engine.feed_enable(&app).await?;
+                self.engine.feed_enable(app).await?;
             }
-            let page = self.engine.feed_read(&app, &position, room).await?;
+            let page = self.engine.feed_read(app, position, room).await?;
             let Some(last) = page.entries.last() else { continue };
-            if page.gap {
+            read_full |= page.entries.len() == room;
+            // A source's first read starts at the feed's oldest entry: the messages from before
+            // the app's namespace was audited (the rules had the feed on) are not the log's, nor
+            // is any loss among them.
+            let since = if position.is_empty() { u64::try_from(source.since_ms).unwrap_or(0) } else { 0 };
+            if page.gap && !position.is_empty() {
                 tracing::warn!(
                     app,
                     after = position,
                     "messages of an app's feed were lost before its audit log read them"
                 );
                 self.count(|stats| stats.gaps += 1);
-                let body = entry::body(&Gap { kind: "gap", app: &app, after: &position, at_ms: now });
+                let body = entry::body(&Gap { kind: "gap", app, after: position, at_ms: now });
                 pending.push(Pending { source: format!("gap:{app}:{position}"), body });
             }
-            let audited = self.audited(state, log, &app).await?;
+            // The namespaces as they are now: a namespace set audited is honoured from its
+            // transaction on, as its app's feed is read from then (one query per page read).
+            let audited = self.audited(log, app).await?;
             for item in &page.entries {
                 let (Some(channel), FeedRecord::Message(publication)) = (&item.channel, &item.record) else {
                     continue;
                 };
-                if !audited.covers(channel.namespace()) {
+                if publication.ts_ms < since || !audited.covers(channel.namespace()) {
                     continue;
                 }
                 let (Payload::Json(payload) | Payload::Binary(payload)) = &publication.payload;
                 let body = entry::body(&Message {
                     kind: "message",
-                    app: &app,
+                    app,
                     channel: channel.as_str(),
                     epoch: &publication.epoch,
                     offset: publication.offset,
@@ -289,17 +296,17 @@ impl AuditWriter {
                     binary: publication.payload.is_binary(),
                     encoding: publication.encoding.as_deref(),
                 });
-                let source = message_source(&app, &publication.epoch, publication.offset, channel.as_str());
+                let source = message_source(app, &publication.epoch, publication.offset, channel.as_str());
                 pending.push(Pending { source, body });
             }
-            feeds.push((app, position, last.position.to_string()));
+            feeds.push((app.clone(), position.clone(), last.position.to_string()));
         }
         let appended = pending.len() as u64;
         let interval = i64::try_from(self.config.checkpoint_interval.as_millis()).unwrap_or(i64::MAX);
         let new_size = log.size + appended;
         let checkpoint = new_size > log.checkpoint_size && now.saturating_sub(log.checkpoint_ms) >= interval;
         if pending.is_empty() && feeds.is_empty() && !checkpoint {
-            return Ok(Some((log.clone(), 0)));
+            return Ok(Some((log.clone(), false)));
         }
         let mut append = step::build(log, pending, now, checkpoint, &signer)?;
         append.events = events.into_iter().map(|event| event.id).collect();
@@ -312,7 +319,7 @@ impl AuditWriter {
             stats.entries += appended;
             stats.checkpoints += u64::from(checkpoint);
         });
-        Ok(Some((step::after(log, &append, now), appended)))
+        Ok(Some((step::after(log, &append, now), read_full)))
     }
 
     /// The key signing `log`'s checkpoints, made (and stored, encrypted) on the log's first
@@ -349,17 +356,8 @@ impl AuditWriter {
         Ok(signer)
     }
 
-    async fn audited(
-        &self,
-        state: &mut WriterState,
-        log: &AuditLogState,
-        app: &str,
-    ) -> Result<Audited, StoreError> {
-        if let Some((at, audited)) = state.audited.get(app)
-            && at.elapsed() < NAMESPACES_FOR
-        {
-            return Ok(audited.clone());
-        }
+    /// Which namespaces of `app` are audited now.
+    async fn audited(&self, log: &AuditLogState, app: &str) -> Result<Audited, StoreError> {
         let mut audited = Audited::default();
         for namespace in self.store.namespaces(log.tenant_id.as_deref(), app).await? {
             audited.set.insert(namespace.name.clone());
@@ -370,7 +368,6 @@ impl AuditWriter {
                 audited.names.insert(namespace.name);
             }
         }
-        state.audited.insert(app.to_owned(), (Instant::now(), audited.clone()));
         Ok(audited)
     }
 

@@ -23,6 +23,8 @@ CREATE TABLE audit_logs (
     -- The newest signed checkpoint's size, and when it was signed.
     checkpoint_size INTEGER NOT NULL DEFAULT 0,
     checkpoint_ms   INTEGER NOT NULL DEFAULT 0,
+    -- The largest checkpoint the tenant's own key cosigned (0: none).
+    cosigned_size   INTEGER NOT NULL DEFAULT 0,
     lease_owner     TEXT,
     lease_until_ms  INTEGER,
     created_at      INTEGER  NOT NULL
@@ -59,6 +61,8 @@ CREATE TABLE audit_checkpoints (
     -- The signed note: the log's signature, and cosignatures added later.
     note    TEXT    NOT NULL,
     at_ms   INTEGER  NOT NULL,
+    -- Whether the note carries the tenant's cosignature.
+    cosigned INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (log_id, size)
 );
 
@@ -90,3 +94,15 @@ CREATE TABLE audit_sources (
 );
 
 CREATE INDEX audit_sources_by_app ON audit_sources (app_id);
+
+-- Keys a tenant holds itself and registers: checkpoints it cosigns with one bind the operator
+-- too. The newest unretired one is the log's cosigner; retired ones stay listed.
+CREATE TABLE audit_cosigners (
+    -- The verifier key in Go's note format (<name>+<key id>+<base64>).
+    verifier    TEXT    NOT NULL PRIMARY KEY,
+    log_id      TEXT    NOT NULL,
+    created_at  INTEGER NOT NULL,
+    retired_at  INTEGER
+);
+
+CREATE INDEX audit_cosigners_by_log ON audit_cosigners (log_id, created_at);

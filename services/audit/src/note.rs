@@ -232,6 +232,23 @@ pub fn open(note: &str, verifiers: &[NoteVerifier]) -> Result<Opened, NoteError>
     Ok(Opened { text: text.to_owned(), signed_by })
 }
 
+/// The signature line of `verifier`'s key in `note`, once it verifies: how a log takes a
+/// cosignature posted to it and adds it, alone, to the note it stored.
+pub fn signature_line_of(note: &str, verifier: &NoteVerifier) -> Result<String, NoteError> {
+    open(note, std::slice::from_ref(verifier))?;
+    let split = note.rfind("\n\n").ok_or(NoteError::Malformed("no blank line before the signatures"))?;
+    note[split + 2..]
+        .lines()
+        .find(|line| {
+            line.strip_prefix("— ").and_then(|rest| rest.split_once(' ')).is_some_and(|(name, blob)| {
+                name == verifier.name
+                    && STANDARD.decode(blob).is_ok_and(|b| b.len() >= 4 && b[..4] == verifier.id[..])
+            })
+        })
+        .map(|line| format!("{line}\n"))
+        .ok_or(NoteError::Unverified)
+}
+
 /// Adds `signer`'s signature to a note whose text it has checked (a cosignature).
 pub fn cosign(note: &str, signer: &NoteSigner) -> Result<String, NoteError> {
     let split = note.rfind("\n\n").ok_or(NoteError::Malformed("no blank line before the signatures"))?;
@@ -277,8 +294,12 @@ mod tests {
         let other_verifier = NoteVerifier::parse(&other.verifier_key()).unwrap();
         assert_eq!(open(NOTE, std::slice::from_ref(&other_verifier)), Err(NoteError::Unverified));
         let cosigned = cosign(NOTE, &other).unwrap();
-        let both = open(&cosigned, &[verifier, other_verifier]).unwrap();
+        let both = open(&cosigned, &[verifier.clone(), other_verifier.clone()]).unwrap();
         assert_eq!(both.signed_by, ["PeterNeumann", "tenant.example/witness"]);
+        // The cosignature alone, taken from the cosigned note.
+        let line = signature_line_of(&cosigned, &other_verifier).unwrap();
+        assert_eq!(format!("{NOTE}{line}"), cosigned);
+        assert_eq!(signature_line_of(NOTE, &other_verifier), Err(NoteError::Unverified));
     }
 
     #[test]

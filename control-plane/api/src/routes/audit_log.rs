@@ -1,18 +1,23 @@
 //! A tenant's audit log (docs/audit.md): its state and keys, its entries and signed
 //! checkpoints, inclusion proofs (receipts, also by a message's channel and offset), consistency
-//! proofs, export, and the rotation of its signing key. All `admin`.
+//! proofs, export, the rotation of its signing key, and cosigning with a key the tenant holds.
+//! All `admin`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use serde::Serialize;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tributary_audit::checkpoint::Checkpoint;
+use tributary_audit::note::{NoteVerifier, open, signature_line_of};
 use tributary_delivery::audit_log::proofs::{self, ProofError};
 use tributary_delivery::audit_log::{NewLogKey, message_source};
 use tributary_protocol::ErrorCode;
@@ -33,6 +38,10 @@ pub(crate) struct LogView {
     checkpoint_size: u64,
     /// The log's keys, oldest first: the newest unretired one signs.
     keys: Vec<KeyView>,
+    /// Keys the tenant holds itself, registered to cosign: the unretired one cosigns.
+    cosigners: Vec<KeyView>,
+    /// The largest checkpoint the tenant cosigned (0: none).
+    cosigned_size: u64,
 }
 
 #[derive(Serialize)]
@@ -69,11 +78,12 @@ pub(crate) struct CheckpointView {
     size: u64,
     note: String,
     at_ms: i64,
+    cosigned: bool,
 }
 
 impl From<AuditCheckpoint> for CheckpointView {
     fn from(c: AuditCheckpoint) -> Self {
-        Self { size: c.size, note: c.note, at_ms: c.at_ms }
+        Self { size: c.size, note: c.note, at_ms: c.at_ms, cosigned: c.cosigned }
     }
 }
 
@@ -93,15 +103,20 @@ pub(crate) async fn get(
     let log = log_of(&plane, &caller, &tenant).await?;
     let checkpoint = plane.store.latest_audit_checkpoint(&log.id).await?;
     let keys = plane.store.audit_keys(&log.id).await?;
+    let (cosigners, cosigned_size) = plane.store.audit_cosigners(&log.id).await?;
+    let view = |k: tributary_store::AuditKey| KeyView {
+        public_key: k.verifier,
+        created_at: k.created_at,
+        retired_at: k.retired_at,
+    };
     Ok(Json(LogView {
         origin: log.origin,
         size: log.size,
         checkpoint_size: checkpoint.as_ref().map_or(0, |c| c.size),
         checkpoint: checkpoint.map(|c| c.note),
-        keys: keys
-            .into_iter()
-            .map(|k| KeyView { public_key: k.verifier, created_at: k.created_at, retired_at: k.retired_at })
-            .collect(),
+        keys: keys.into_iter().map(view).collect(),
+        cosigners: cosigners.into_iter().map(view).collect(),
+        cosigned_size,
     }))
 }
 
@@ -364,11 +379,15 @@ impl Export {
         let found = self.store.audit_checkpoints(&self.log_id, from, 1000).await?;
         let mut out = String::new();
         // A log that got few entries a second has about a checkpoint per entry: the export
-        // keeps about a thousand of them, evenly spread, and the last one (what the verifier
+        // keeps about a thousand of them, evenly spread, every cosigned one and the last one (what the verifier
         // holds the whole to), so a verification checks a thousand signatures, not a million.
         let spacing = (self.to / 1000).max(1);
         for checkpoint in found.iter().filter(|c| c.size <= self.to) {
-            if checkpoint.size < self.kept_up_to + spacing && checkpoint.size != self.to {
+            // The tenant's cosigned checkpoints are always kept: they are what binds the operator.
+            if checkpoint.size < self.kept_up_to + spacing
+                && checkpoint.size != self.to
+                && !checkpoint.cosigned
+            {
                 self.skipped = Some(checkpoint.clone());
                 continue;
             }
@@ -404,4 +423,84 @@ pub(crate) async fn rotate_key(
         .map_err(|err| ApiError::new(ErrorCode::Internal, err.to_string()))?;
     plane.store.rotate_audit_key(&caller.actor, &log, &key.verifier, key.seed()).await?;
     get(State(plane), Path(tenant), caller).await
+}
+
+/// A cosigning key to register.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CosignerBody {
+    public_key: String,
+}
+
+/// `PUT …/audit/cosigner` (admin): registers a public key the tenant holds the private half of
+/// (`<name>+<id>+<base64>`, Ed25519); it cosigns checkpoints from then on, the one before retired.
+pub(crate) async fn set_cosigner(
+    State(plane): State<Arc<ControlPlane>>,
+    Path(tenant): Path<String>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<LogView>, ApiError> {
+    let log = log_of(&plane, &caller, &tenant).await?;
+    let body: CosignerBody = crate::body::parse(body)?;
+    let key = NoteVerifier::parse(&body.public_key)
+        .map_err(|err| ApiError::invalid(format!("public_key is not an Ed25519 note key: {err}")))?;
+    if plane.store.audit_keys(&log.id).await?.iter().any(|k| k.verifier == body.public_key) {
+        return Err(ApiError::invalid("public_key is the log's own key: cosign with a key the tenant holds"));
+    }
+    plane.store.set_audit_cosigner(&caller.actor, &log, &body.public_key).await?;
+    tracing::info!(log = log.id, cosigner = key.name(), "audit log cosigner registered");
+    get(State(plane), Path(tenant), caller).await
+}
+
+/// A cosigned checkpoint.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CosignatureBody {
+    checkpoint: String,
+}
+
+/// `POST …/audit/cosignatures` (admin): a checkpoint of the log cosigned with the registered
+/// key. The cosignature is checked, the checkpoint must be the one the log signed of that size,
+/// no smaller than the last cosigned; the stored checkpoint then carries it (exports too).
+pub(crate) async fn cosign(
+    State(plane): State<Arc<ControlPlane>>,
+    Path(tenant): Path<String>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<CheckpointView>, ApiError> {
+    let log = log_of(&plane, &caller, &tenant).await?;
+    let body: CosignatureBody = crate::body::parse(body)?;
+    let (cosigners, cosigned_size) = plane.store.audit_cosigners(&log.id).await?;
+    let registered = cosigners.iter().find(|k| k.retired_at.is_none()).ok_or_else(|| {
+        ApiError::new(ErrorCode::NotConfigured, "the tenant has no cosigning key: PUT …/audit/cosigner first")
+    })?;
+    let key = NoteVerifier::parse(&registered.verifier)
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "the registered cosigning key does not read"))?;
+    let line = signature_line_of(&body.checkpoint, &key).map_err(|err| {
+        ApiError::invalid(format!("the checkpoint is not cosigned by the registered key: {err}"))
+    })?;
+    let text = open(&body.checkpoint, std::slice::from_ref(&key))
+        .map_err(|err| ApiError::invalid(err.to_string()))?
+        .text;
+    let posted =
+        Checkpoint::parse(&text).map_err(|err| ApiError::invalid(format!("not a checkpoint: {err}")))?;
+    if posted.origin != log.origin {
+        return Err(ApiError::invalid("a checkpoint of another log"));
+    }
+    let stored = checkpoint_at(&plane.store, &log, Some(posted.size)).await?;
+    if !stored.note.starts_with(&text) || stored.note.as_bytes().get(text.len()) != Some(&b'\n') {
+        return Err(ApiError::invalid(format!("not the checkpoint the log signed at size {}", posted.size)));
+    }
+    if posted.size < cosigned_size {
+        return Err(ApiError::invalid(format!(
+            "size {} is older than the last cosigned checkpoint ({cosigned_size})",
+            posted.size
+        )));
+    }
+    let note =
+        if stored.note.contains(&line) { stored.note.clone() } else { format!("{}{line}", stored.note) };
+    if !plane.store.add_audit_cosignature(&log.id, posted.size, &stored.note, &note).await? {
+        return Err(ApiError::invalid("a later checkpoint was cosigned meanwhile"));
+    }
+    Ok(Json(CheckpointView { size: posted.size, note, at_ms: stored.at_ms, cosigned: true }))
 }

@@ -68,6 +68,8 @@ fn table() -> Vec<(Method, String, MethodRouter<Arc<ControlPlane>>)> {
         (Method::GET, t("/audit/proofs/consistency"), get(audit_log::consistency)),
         (Method::GET, t("/audit/export"), get(audit_log::export)),
         (Method::POST, t("/audit/rotate-key"), post(audit_log::rotate_key)),
+        (Method::PUT, t("/audit/cosigner"), put(audit_log::set_cosigner)),
+        (Method::POST, t("/audit/cosignatures"), post(audit_log::cosign)),
         (Method::GET, t("/usage"), get(usage::series)),
         (Method::POST, t("/apps"), post(apps::create)),
         (Method::GET, t("/apps"), get(apps::list)),

@@ -1,13 +1,16 @@
 //! `tributary audit verify EXPORT --public-key KEY`: checks a log's export offline, with no
 //! server and no database: every checkpoint's signature with the keys given, every entry against
-//! the chain and the checkpointed trees; prints what is wrong, naming the entry.
+//! the chain and the checkpointed trees; prints what is wrong, naming the entry. With
+//! `--cosigner KEY`, also how far the tenant's own key cosigned the log. `cosign` and `keygen`
+//! are in [`super::audit_cosign`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use tributary_audit::checkpoint::Checkpoint;
 use tributary_audit::export::verify;
-use tributary_audit::note::NoteVerifier;
+use tributary_audit::note::{NoteVerifier, open};
 
 /// `tributary audit …`.
 #[derive(Debug, Args)]
@@ -26,18 +29,45 @@ enum AuditCommand {
         /// or your own cosigning key. Repeatable.
         #[arg(long = "public-key", required = true)]
         public_keys: Vec<String>,
+        /// A key the tenant holds itself: the export must have checkpoints it cosigned, and the
+        /// entries up to the largest of them are bound to the tenant's signature too.
+        #[arg(long)]
+        cosigner: Option<String>,
+    },
+    /// Cosigns the log's latest checkpoint with the tenant's own key, after checking that it
+    /// extends the last one cosigned (run it from a backend or a cron job).
+    Cosign(super::audit_cosign::CosignArgs),
+    /// Makes a cosigning key: writes the private key to FILE and prints the public key.
+    Keygen {
+        /// The key's name, e.g. `acme.example/audit-witness`.
+        name: String,
+        /// Where to write the private key (not overwritten).
+        file: PathBuf,
     },
 }
 
 /// Runs an audit command.
-pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
-    let AuditCommand::Verify { export, public_keys } = args.command;
-    let keys = public_keys
-        .iter()
-        .map(|key| NoteVerifier::parse(key).map_err(|err| anyhow::anyhow!("--public-key {key}: {err}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+pub async fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        AuditCommand::Verify { export, public_keys, cosigner } => {
+            verify_export(&export, &public_keys, cosigner)
+        }
+        AuditCommand::Cosign(args) => super::audit_cosign::cosign_latest(args).await,
+        AuditCommand::Keygen { name, file } => super::audit_cosign::keygen(&name, &file),
+    }
+}
+
+fn verify_export(
+    export: &std::path::Path,
+    public_keys: &[String],
+    cosigner: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let parse = |key: &String| NoteVerifier::parse(key).map_err(|err| anyhow::anyhow!("{key}: {err}"));
+    let mut keys = public_keys.iter().map(parse).collect::<anyhow::Result<Vec<_>>>()?;
+    let cosigner = cosigner.as_ref().map(parse).transpose()?;
+    keys.extend(cosigner.clone());
     let text =
-        std::fs::read_to_string(&export).map_err(|err| anyhow::anyhow!("{}: {err}", export.display()))?;
+        std::fs::read_to_string(export).map_err(|err| anyhow::anyhow!("{}: {err}", export.display()))?;
     let report = verify(&text, &keys);
     println!(
         "{}: {} entries, {} checkpoints verified",
@@ -52,5 +82,24 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     for problem in &report.problems {
         println!("{problem}");
     }
-    Ok(if report.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    let mut cosigned_ok = true;
+    if let Some(cosigner) = &cosigner {
+        // The largest checkpoint the cosigner signed: the entries up to it verified above.
+        let largest = text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter_map(|line| line["checkpoint"].as_str().map(str::to_owned))
+            .filter_map(|note| open(&note, std::slice::from_ref(cosigner)).ok())
+            .filter_map(|opened| Checkpoint::parse(&opened.text).ok())
+            .map(|checkpoint| checkpoint.size)
+            .max();
+        match largest {
+            Some(size) => println!("cosigned by {}: the entries up to {size}", cosigner.name()),
+            None => {
+                println!("no checkpoint is cosigned by {}", cosigner.name());
+                cosigned_ok = false;
+            }
+        }
+    }
+    Ok(if report.problems.is_empty() && cosigned_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -5,6 +5,7 @@
 mod admin;
 mod admin_delivery;
 mod audit;
+mod audit_cosign;
 mod client;
 mod serve;
 
@@ -98,7 +99,8 @@ enum Command {
     Subscribe(client::SubscribeArgs),
     /// Operator commands through the management API (tenants, apps, keys, revocations, audit).
     Admin(admin::AdminArgs),
-    /// Audit logs offline: `verify` checks an export with no server and no database.
+    /// Audit logs: `verify` checks an export offline (no server, no database); `cosign` cosigns
+    /// the latest checkpoint with the tenant's own key; `keygen` makes such a key.
     Audit(audit::AuditArgs),
 }
 
@@ -175,6 +177,6 @@ pub async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitC
         Command::Publish(args) => client::publish(args).await,
         Command::Subscribe(args) => client::subscribe(args).await,
         Command::Admin(args) => admin::admin(args).await,
-        Command::Audit(args) => audit::audit(args),
+        Command::Audit(args) => audit::audit(args).await,
     }
 }

@@ -5,6 +5,7 @@
 
 mod api_keys;
 mod audit_cli;
+mod audit_cosign;
 mod audit_kill;
 mod audit_log;
 mod audit_tamper;

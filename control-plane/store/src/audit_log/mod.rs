@@ -17,7 +17,11 @@ use sqlx::Row as _;
 use crate::audit::AuditEvent;
 use crate::db::DbRow;
 use crate::delivery_batch::{placeholder, values};
-use crate::{SecretCipher, Store, StoreError};
+use crate::{Store, StoreError};
+
+mod cosign;
+mod keys;
+mod read;
 
 /// The id of a tenant's log.
 pub fn tenant_log_id(tenant_id: &str) -> String {
@@ -49,7 +53,7 @@ pub struct AuditLogState {
 }
 
 impl AuditLogState {
-    fn from_row(row: &DbRow) -> Result<Self, StoreError> {
+    pub(crate) fn from_row(row: &DbRow) -> Result<Self, StoreError> {
         Ok(Self {
             id: row.try_get("id")?,
             tenant_id: row.try_get("tenant_id")?,
@@ -63,7 +67,8 @@ impl AuditLogState {
     }
 }
 
-const LOG_COLUMNS: &str = "id, tenant_id, origin, size, frontier, last_leaf, checkpoint_size, checkpoint_ms";
+pub(crate) const LOG_COLUMNS: &str =
+    "id, tenant_id, origin, size, frontier, last_leaf, checkpoint_size, checkpoint_ms";
 
 /// An entry to append.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +116,8 @@ pub struct AuditCheckpoint {
     pub note: String,
     /// When it was signed.
     pub at_ms: i64,
+    /// Whether the note carries the tenant's own cosignature.
+    pub cosigned: bool,
 }
 
 /// A log's signing key, as listed (its secret never leaves the store but to the writer).
@@ -401,293 +408,9 @@ impl Store {
         tx.commit().await?;
         Ok(true)
     }
-
-    /// A log's state; [`StoreError::NotFound`] if it has none yet.
-    pub async fn audit_log(&self, log_id: &str) -> Result<AuditLogState, StoreError> {
-        let sql = format!("SELECT {LOG_COLUMNS} FROM audit_logs WHERE id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(log_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(StoreError::NotFound("audit log"))?;
-        AuditLogState::from_row(&row)
-    }
-
-    /// Up to `limit` entries of a log from index `from` on, in order.
-    pub async fn audit_entries(
-        &self,
-        log_id: &str,
-        from: u64,
-        limit: i64,
-    ) -> Result<Vec<AuditEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT idx, prev, body, source, at_ms FROM audit_entries \
-             WHERE log_id = $1 AND idx >= $2 ORDER BY idx LIMIT $3",
-        )
-        .bind(log_id)
-        .bind(from as i64)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(entry_from_row).collect()
-    }
-
-    /// The entry of a log recording `source` (such as a message's `msg:…`), if it has one.
-    pub async fn audit_entry_by_source(
-        &self,
-        log_id: &str,
-        source: &str,
-    ) -> Result<Option<AuditEntry>, StoreError> {
-        let row = sqlx::query(
-            "SELECT idx, prev, body, source, at_ms FROM audit_entries WHERE log_id = $1 AND source = $2",
-        )
-        .bind(log_id)
-        .bind(source)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(entry_from_row).transpose()
-    }
-
-    /// The stored roots of the subtrees of `height` numbered `from` to `to` (exclusive), in
-    /// order.
-    pub async fn audit_nodes(
-        &self,
-        log_id: &str,
-        height: u32,
-        from: u64,
-        to: u64,
-    ) -> Result<Vec<Vec<u8>>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT hash FROM audit_nodes WHERE log_id = $1 AND height = $2 AND idx >= $3 AND idx < $4 ORDER BY idx",
-        )
-        .bind(log_id)
-        .bind(height as i32)
-        .bind(from as i64)
-        .bind(to as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(|row| Ok(row.try_get("hash")?)).collect()
-    }
-
-    /// Up to `limit` checkpoints of a log of at least `from_size` entries, smallest first.
-    pub async fn audit_checkpoints(
-        &self,
-        log_id: &str,
-        from_size: u64,
-        limit: i64,
-    ) -> Result<Vec<AuditCheckpoint>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT size, note, at_ms FROM audit_checkpoints WHERE log_id = $1 AND size >= $2 ORDER BY size LIMIT $3",
-        )
-        .bind(log_id)
-        .bind(from_size as i64)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(checkpoint_from_row).collect()
-    }
-
-    /// A log's newest checkpoint, if it has one.
-    pub async fn latest_audit_checkpoint(&self, log_id: &str) -> Result<Option<AuditCheckpoint>, StoreError> {
-        let row = sqlx::query(
-            "SELECT size, note, at_ms FROM audit_checkpoints WHERE log_id = $1 ORDER BY size DESC LIMIT 1",
-        )
-        .bind(log_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(checkpoint_from_row).transpose()
-    }
-
-    /// A log's keys, oldest first.
-    pub async fn audit_keys(&self, log_id: &str) -> Result<Vec<AuditKey>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT verifier, created_at, retired_at FROM audit_keys WHERE log_id = $1 ORDER BY created_at, verifier",
-        )
-        .bind(log_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(AuditKey {
-                    verifier: row.try_get("verifier")?,
-                    created_at: row.try_get("created_at")?,
-                    retired_at: row.try_get("retired_at")?,
-                })
-            })
-            .collect()
-    }
-
-    /// The key that signs a log's checkpoints: its verifier key and its secret (the Ed25519
-    /// seed, decrypted), or `None` when the log has none yet.
-    pub async fn audit_signing_key(
-        &self,
-        log: &AuditLogState,
-    ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
-        let row = sqlx::query(
-            "SELECT verifier, secret_ciphertext FROM audit_keys WHERE log_id = $1 AND retired_at IS NULL \
-             ORDER BY created_at DESC, verifier LIMIT 1",
-        )
-        .bind(&log.id)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let verifier: String = row.try_get("verifier")?;
-        let sealed: Vec<u8> = row.try_get("secret_ciphertext")?;
-        let seed = self.open_audit_seed(log, &verifier, &sealed)?;
-        Ok(Some((verifier, seed)))
-    }
-
-    /// Stores the first signing key of a log (`verifier`, its `seed`), made by its writer.
-    /// Does nothing when the log has a key already (another writer made one first).
-    pub async fn add_audit_key(
-        &self,
-        log: &AuditLogState,
-        verifier: &str,
-        seed: &[u8],
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit_keys (verifier, log_id, secret_ciphertext, created_at) \
-             SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM audit_keys WHERE log_id = $2 AND retired_at IS NULL) \
-             ON CONFLICT (verifier) DO NOTHING",
-        )
-        .bind(verifier)
-        .bind(&log.id)
-        .bind(self.seal_audit_seed(log, verifier, seed))
-        .bind(crate::unix_now())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Replaces the key that signs a tenant's log with a new one (`verifier`, its `seed`): the
-    /// old one is retired, still listed; audited as `audit.key.rotate`.
-    pub async fn rotate_audit_key(
-        &self,
-        actor: &crate::Actor,
-        log: &AuditLogState,
-        verifier: &str,
-        seed: &[u8],
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        self.insert_audit_key(&mut tx, log, verifier, seed).await?;
-        crate::audit::record(&mut tx, actor, log.tenant_id.as_deref(), "audit.key.rotate", verifier).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn insert_audit_key(
-        &self,
-        conn: &mut sqlx::AnyConnection,
-        log: &AuditLogState,
-        verifier: &str,
-        seed: &[u8],
-    ) -> Result<(), StoreError> {
-        let sealed = self.seal_audit_seed(log, verifier, seed);
-        let now = crate::unix_now();
-        sqlx::query("UPDATE audit_keys SET retired_at = $2 WHERE log_id = $1 AND retired_at IS NULL")
-            .bind(&log.id)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query(
-            "INSERT INTO audit_keys (verifier, log_id, secret_ciphertext, created_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (verifier) DO NOTHING",
-        )
-        .bind(verifier)
-        .bind(&log.id)
-        .bind(sealed)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-        Ok(())
-    }
-
-    fn seal_audit_seed(&self, log: &AuditLogState, verifier: &str, seed: &[u8]) -> Vec<u8> {
-        seal_seed(&self.cipher, &log.id, verifier, seed)
-    }
-
-    fn open_audit_seed(
-        &self,
-        log: &AuditLogState,
-        verifier: &str,
-        sealed: &[u8],
-    ) -> Result<Vec<u8>, StoreError> {
-        open_seed(&self.cipher, &log.id, verifier, sealed)
-    }
-
-    /// Re-encrypts the logs' signing keys under this store's master key, reading each with `old`
-    /// or already with this store's key (part of [`Store::reencrypt_secrets`]).
-    pub(crate) async fn reencrypt_audit_keys(
-        &self,
-        tx: &mut sqlx::AnyConnection,
-        old: &SecretCipher,
-    ) -> Result<u64, StoreError> {
-        let rows = sqlx::query("SELECT verifier, log_id, secret_ciphertext FROM audit_keys")
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut rewritten = 0;
-        for row in &rows {
-            let verifier: String = row.try_get("verifier")?;
-            let log_id: String = row.try_get("log_id")?;
-            let stored: Vec<u8> = row.try_get("secret_ciphertext")?;
-            let seed = secrecy::zeroize::Zeroizing::new(
-                open_seed(old, &log_id, &verifier, &stored)
-                    .or_else(|_| open_seed(&self.cipher, &log_id, &verifier, &stored))
-                    .inspect_err(|_| tracing::error!(log_id, "an audit log key opens with neither key"))?,
-            );
-            sqlx::query("UPDATE audit_keys SET secret_ciphertext = $1 WHERE verifier = $2")
-                .bind(seal_seed(&self.cipher, &log_id, &verifier, &seed))
-                .bind(&verifier)
-                .execute(&mut *tx)
-                .await?;
-            rewritten += 1;
-        }
-        Ok(rewritten)
-    }
-}
-
-/// A log key's seed sealed under its tenant's data key (the master key for the operator's
-/// log), bound to the log and the key.
-fn seal_seed(cipher: &SecretCipher, log_id: &str, verifier: &str, seed: &[u8]) -> Vec<u8> {
-    let aad = format!("audit-key:{log_id}:{verifier}");
-    match log_id.strip_prefix("tenant:") {
-        Some(tenant) => cipher.encrypt_for(tenant, seed, aad.as_bytes()),
-        None => cipher.encrypt(seed, aad.as_bytes()),
-    }
-}
-
-fn open_seed(
-    cipher: &SecretCipher,
-    log_id: &str,
-    verifier: &str,
-    sealed: &[u8],
-) -> Result<Vec<u8>, StoreError> {
-    let aad = format!("audit-key:{log_id}:{verifier}");
-    match log_id.strip_prefix("tenant:") {
-        Some(tenant) => cipher.decrypt_for(tenant, sealed, aad.as_bytes()),
-        None => cipher.decrypt(sealed, aad.as_bytes()),
-    }
 }
 
 /// The empty tree's right edge: size 0, no nodes (`Frontier::to_bytes`).
 fn merkle_empty_frontier() -> Vec<u8> {
     0u64.to_be_bytes().to_vec()
-}
-
-fn entry_from_row(row: &DbRow) -> Result<AuditEntry, StoreError> {
-    Ok(NewAuditEntry {
-        index: row.try_get::<i64, _>("idx")? as u64,
-        prev: row.try_get("prev")?,
-        body: row.try_get("body")?,
-        source: row.try_get("source")?,
-        at_ms: row.try_get("at_ms")?,
-    })
-}
-
-fn checkpoint_from_row(row: &DbRow) -> Result<AuditCheckpoint, StoreError> {
-    Ok(AuditCheckpoint {
-        size: row.try_get::<i64, _>("size")? as u64,
-        note: row.try_get("note")?,
-        at_ms: row.try_get("at_ms")?,
-    })
 }

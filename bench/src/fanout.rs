@@ -52,9 +52,14 @@ pub struct FanoutArgs {
     /// The channels the rules match.
     #[arg(long, default_value = "bench:*")]
     rules_pattern: String,
-    /// The server's `credentials.json`, to make the rules.
+    /// The server's `credentials.json`, to make the rules or set the namespace audited.
     #[arg(long, env = "BENCH_CREDENTIALS")]
     credentials: Option<std::path::PathBuf>,
+    /// Set the channel's namespace `audited` for the app first (Tributary only): every message
+    /// goes on the tenant's audit log as well (its options otherwise those of `scripts/bench`'s
+    /// `bench` namespace).
+    #[arg(long)]
+    audited: bool,
 }
 
 /// How a fan-out run publishes and how long it measures.
@@ -134,6 +139,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
         "peer": format!("{:?}", args.peer).to_lowercase(),
         "subscribers": args.subscribers,
         "rules": args.rules,
+        "audited": args.audited,
     })));
     Ok(serde_json::Value::Object(report))
 }
@@ -380,6 +386,14 @@ async fn start_tributary(
         let management = crate::webhooks::Management::read(credentials, args.target.first_node())?;
         let (url, _receiver) = crate::webhooks::receiver(shared.base, false).await?;
         management.rules_to(&url, args.rules, &args.rules_pattern, 100, 100).await?;
+    }
+    if args.audited {
+        let credentials = args.credentials.as_deref().context("--credentials is needed with --audited")?;
+        let management = crate::webhooks::Management::read(credentials, args.target.first_node())?;
+        let namespace = args.channel.split_once(':').map_or("_default", |(ns, _)| ns);
+        let options = json!({"history_size": 1000, "history_ttl_secs": 600, "presence": false,
+                             "join_leave": false, "audited": true});
+        management.post(&format!("/namespaces/{namespace}"), options).await?;
     }
     let token = client::mint(&args.target, "bench", "bench:*").await?;
     let mut subscribers = client::connect_many(&args.target, args.subscribers, &token).await?;

@@ -83,7 +83,8 @@ impl Management {
         })
     }
 
-    async fn post(&self, rest: &str, body: Value) -> anyhow::Result<Value> {
+    /// `POST`s `body` to `rest` under the app; returns the answer.
+    pub(crate) async fn post(&self, rest: &str, body: Value) -> anyhow::Result<Value> {
         let url = format!("{}/v1/tenants/{}/apps/{}{rest}", self.http, self.tenant, self.app);
         let reply = reqwest::Client::new().post(url).bearer_auth(&self.token).json(&body).send().await?;
         let status = reply.status();

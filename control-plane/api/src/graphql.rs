@@ -25,6 +25,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::routes;
 
+pub mod audit;
 pub mod delivery;
 pub mod push;
 
@@ -41,11 +42,11 @@ pub fn schema() -> ManagementSchema {
 
 /// Every read.
 #[derive(MergedObject, Default)]
-pub struct QueryRoot(CoreQuery, delivery::DeliveryQuery, push::PushQuery);
+pub struct QueryRoot(CoreQuery, delivery::DeliveryQuery, push::PushQuery, audit::AuditQuery);
 
 /// Every change.
 #[derive(MergedObject, Default)]
-pub struct MutationRoot(CoreMutation, delivery::DeliveryMutation, push::PushMutation);
+pub struct MutationRoot(CoreMutation, delivery::DeliveryMutation, push::PushMutation, audit::AuditMutation);
 
 /// A REST handler's successful answer, as JSON.
 pub(crate) trait Answer {

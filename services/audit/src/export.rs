@@ -180,7 +180,8 @@ pub fn verify(export: &str, trusted: &[NoteVerifier]) -> Report {
     report.origin = header["origin"].as_str().unwrap_or_default().to_owned();
     let mut entries: Vec<Entry> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
-    for (n, line) in lines {
+    // Blank lines (an export saved with an extra newline) are not entries.
+    for (n, line) in lines.filter(|(_, line)| !line.trim().is_empty()) {
         match read_line(line) {
             Ok(Line::Entry(entry)) if notes.is_empty() => entries.push(entry),
             Ok(Line::Entry(_)) => {

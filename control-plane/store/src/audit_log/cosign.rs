@@ -48,7 +48,7 @@ impl Store {
     pub async fn audit_cosigners(&self, log_id: &str) -> Result<(Vec<AuditKey>, u64), StoreError> {
         let rows = sqlx::query(
             "SELECT verifier, created_at, retired_at FROM audit_cosigners WHERE log_id = $1 \
-             ORDER BY created_at, verifier",
+             ORDER BY CASE WHEN retired_at IS NULL THEN 1 ELSE 0 END, retired_at, created_at, verifier",
         )
         .bind(log_id)
         .fetch_all(&self.pool)

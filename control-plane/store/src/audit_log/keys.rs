@@ -11,7 +11,7 @@ impl Store {
     /// A log's keys, oldest first.
     pub async fn audit_keys(&self, log_id: &str) -> Result<Vec<AuditKey>, StoreError> {
         let rows = sqlx::query(
-            "SELECT verifier, created_at, retired_at FROM audit_keys WHERE log_id = $1 ORDER BY created_at, verifier",
+            "SELECT verifier, created_at, retired_at FROM audit_keys WHERE log_id = $1 ORDER BY CASE WHEN retired_at IS NULL THEN 1 ELSE 0 END, retired_at, created_at, verifier",
         )
         .bind(log_id)
         .fetch_all(&self.pool)

@@ -94,6 +94,10 @@ enum AdminCommand {
     /// An app's credentials for the push and SMS services: list, set, delete.
     #[command(subcommand)]
     PushCredentials(super::admin_delivery::PushCredentialsCommand),
+    /// A tenant's audit log: show, entries, checkpoints, receipt, consistency, export,
+    /// rotate-key, set-cosigner.
+    #[command(subcommand)]
+    AuditLog(super::admin_audit::AuditLogCommand),
     /// Prints a tenant's newest audit events.
     Audit {
         /// The tenant id.
@@ -282,6 +286,7 @@ fn call_of(command: AdminCommand) -> Call {
         AdminCommand::Webhooks(command) => super::admin_delivery::webhook_call(command),
         AdminCommand::Rules(command) => super::admin_delivery::rule_call(command),
         AdminCommand::PushCredentials(command) => super::admin_delivery::push_credentials_call(command),
+        AdminCommand::AuditLog(command) => super::admin_audit::audit_log_call(command),
         AdminCommand::Audit { tenant, limit } => {
             Call::get(format!("/v1/tenants/{tenant}/audit-events?limit={limit}"))
         }
@@ -318,7 +323,10 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
         .and_then(|v| serde_json::to_string_pretty(&v).ok())
         .unwrap_or(text);
     if status.is_success() {
-        if !shown.is_empty() {
+        // JSON lines (an export) are printed as they came, ending in their own newline.
+        if shown.ends_with('\n') {
+            print!("{shown}");
+        } else if !shown.is_empty() {
             println!("{shown}");
         }
         Ok(ExitCode::SUCCESS)

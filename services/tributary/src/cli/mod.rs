@@ -3,6 +3,7 @@
 //! for operators.
 
 mod admin;
+mod admin_audit;
 mod admin_delivery;
 mod audit;
 mod audit_cosign;

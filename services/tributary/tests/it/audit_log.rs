@@ -227,3 +227,146 @@ async fn bad_requests_are_refused_and_another_tenant_sees_nothing() {
     let keys = vec![key(log["keys"][0]["public_key"].as_str().unwrap())];
     assert!(verify(&export(&node, "").await, &keys).problems.is_empty());
 }
+
+async fn graphql(node: &TestServer, token: &str, query: &str, variables: Value) -> Value {
+    let body = json!({"query": query, "variables": variables});
+    let (status, reply) = node.manage("POST", "/graphql", token, Some(&body)).await;
+    assert_eq!(status, 200, "{reply}");
+    reply
+}
+
+#[tokio::test]
+async fn the_audit_log_through_graphql_is_typed_and_scoped_as_rest() {
+    let node = TestServer::spawn().await;
+    let ns = format!("/v1/tenants/{}/apps/{}/namespaces/ledger", node.tenant_id(), node.app_id());
+    assert_eq!(node.manage("POST", &ns, node.operator_token(), Some(&json!({"audited": true}))).await.0, 200);
+    for n in 0..5 {
+        node.publish("ledger:eu", json!({"n": n})).await;
+    }
+    let rest = checkpointed(&node, 5).await;
+    let t = json!({"t": node.tenant_id()});
+    let token = node.operator_token();
+    let reply = graphql(
+        &node,
+        token,
+        "query($t: String!) { auditLog(tenant: $t) { origin size checkpointSize keys { publicKey retiredAt } } }",
+        t.clone(),
+    )
+    .await;
+    let log = &reply["data"]["auditLog"];
+    assert_eq!(log["origin"], rest["origin"], "{reply}");
+    assert_eq!(log["checkpointSize"], rest["checkpoint_size"]);
+    assert_eq!(log["keys"][0]["publicKey"], rest["keys"][0]["public_key"]);
+
+    let reply = graphql(
+        &node,
+        token,
+        "query($t: String!) { auditInclusionProof(tenant: $t, index: 2) { size leafHash proof checkpoint entry { index entry } } }",
+        t.clone(),
+    )
+    .await;
+    let receipt = &reply["data"]["auditInclusionProof"];
+    let keys = vec![key(rest["keys"][0]["public_key"].as_str().unwrap())];
+    let signed = checkpoint(receipt["checkpoint"].as_str().unwrap(), &keys);
+    verify_inclusion(&hash(&receipt["leafHash"]), 2, signed.size, &hashes(&receipt["proof"]), &signed.root)
+        .expect("the receipt verifies");
+
+    // Bad input and another tenant: the REST errors, as GraphQL errors.
+    let reply = graphql(
+        &node,
+        token,
+        "query($t: String!) { auditEntries(tenant: $t, limit: 0) { index } }",
+        t.clone(),
+    )
+    .await;
+    assert_eq!(reply["errors"][0]["extensions"]["name"], "invalid_parameter", "{reply}");
+    let reply = graphql(
+        &node,
+        token,
+        "mutation($t: String!) { setAuditCosigner(tenant: $t, publicKey: \"nope\") { size } }",
+        t.clone(),
+    )
+    .await;
+    assert_eq!(reply["errors"][0]["extensions"]["name"], "invalid_parameter", "{reply}");
+    let other = node.store().create_tenant("other").await.unwrap();
+    let (_, minted) = node
+        .manage(
+            "POST",
+            &format!("/v1/tenants/{}/management-tokens", other.id),
+            token,
+            Some(&json!({"name": "t", "role": "admin"})),
+        )
+        .await;
+    let stranger = minted["secret"].as_str().unwrap().to_owned();
+    let reply =
+        graphql(&node, &stranger, "query($t: String!) { auditLog(tenant: $t) { size } }", t.clone()).await;
+    assert_eq!(reply["errors"][0]["extensions"]["name"], "not_found", "{reply}");
+    let reply =
+        graphql(&node, &stranger, "mutation($t: String!) { rotateAuditKey(tenant: $t) { size } }", t.clone())
+            .await;
+    assert_eq!(reply["errors"][0]["extensions"]["name"], "not_found", "{reply}");
+
+    let reply = graphql(
+        &node,
+        token,
+        "mutation($t: String!) { rotateAuditKey(tenant: $t) { keys { retiredAt } } }",
+        t,
+    )
+    .await;
+    let listed = reply["data"]["rotateAuditKey"]["keys"].as_array().unwrap().clone();
+    assert_eq!(listed.len(), 2, "{reply}");
+    assert!(listed[0]["retiredAt"].is_i64() && listed[1]["retiredAt"].is_null());
+}
+
+#[tokio::test]
+async fn tributary_admin_audit_log_shows_receipts_exports_and_rotates() {
+    let node = TestServer::spawn().await;
+    let ns = format!("/v1/tenants/{}/apps/{}/namespaces/ledger", node.tenant_id(), node.app_id());
+    assert_eq!(node.manage("POST", &ns, node.operator_token(), Some(&json!({"audited": true}))).await.0, 200);
+    let published = node.publish("ledger:eu/1", json!({"n": 1})).await;
+    let on_log = format!(
+        "proofs/inclusion?app={}&channel=ledger%3Aeu%2F1&epoch={}&offset={}",
+        node.app_id(),
+        published["epoch"].as_str().unwrap(),
+        published["offset"]
+    );
+    eventually("the message is in a signed checkpoint", Duration::from_secs(10), || async {
+        node.manage("GET", &log_path(&node, &on_log), node.operator_token(), None).await.0 == 200
+    })
+    .await
+    .unwrap();
+    let log = log_state(&node).await;
+    let admin = crate::management_api::admin;
+    let tenant = node.tenant_id();
+    let (ok, out, err) = admin(&node, &["audit-log", "show", tenant]).await;
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["origin"], log["origin"]);
+    let offset = published["offset"].to_string();
+    let epoch = published["epoch"].as_str().unwrap();
+    let receipt = [
+        "audit-log",
+        "receipt",
+        tenant,
+        "--app",
+        node.app_id(),
+        "--channel",
+        "ledger:eu/1",
+        "--epoch",
+        epoch,
+        "--offset",
+        &offset,
+    ];
+    let (ok, out, err) = admin(&node, &receipt).await;
+    assert!(ok, "{err}");
+    let receipt: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(receipt["entry"]["entry"]["channel"], "ledger:eu/1", "{receipt}");
+    let (ok, out, err) = admin(&node, &["audit-log", "export", tenant]).await;
+    assert!(ok, "{err}");
+    let keys = vec![key(log["keys"][0]["public_key"].as_str().unwrap())];
+    let report = verify(&out, &keys);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let (ok, out, _) = admin(&node, &["audit-log", "rotate-key", tenant]).await;
+    assert!(ok && out.contains("retired_at"), "{out}");
+    let (ok, _, err) = admin(&node, &["audit-log", "set-cosigner", tenant, "not-a-key"]).await;
+    assert!(!ok && err.contains("invalid_parameter"), "{err}");
+}

@@ -170,3 +170,58 @@ async fn two_writers_append_each_event_and_audited_message_once_in_a_tree_that_v
         assert!(proofs::inclusion(&store, &log_id, newest.size, newest.size).await.is_err(), "out of range");
     }
 }
+
+#[tokio::test]
+async fn a_feed_read_again_adds_nothing_twice_and_the_log_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("a.db").display());
+    let store = Store::open(&url, &MasterKey::generate()).await.unwrap();
+    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(MemoryEngineConfig::default()));
+    let tenant = store.create_tenant("Acme").await.unwrap();
+    let app = store.create_app(&tenant.id, "prod").await.unwrap();
+    engine.feed_enable(&app.id).await.unwrap();
+    store
+        .set_namespace(&Actor::system(), &tenant.id, &app.id, "ledger", r#"{"audited":true}"#)
+        .await
+        .unwrap();
+    let ledger = ChannelKey::new(app.id.clone(), ChannelName::parse("ledger:1").unwrap());
+    let writer = writer(&store, &engine, "w1");
+    let log_id = tenant_log_id(&tenant.id);
+    let messages_on_log = || async {
+        let entries = store.audit_entries(&log_id, 0, 10_000).await.unwrap_or_default();
+        let mut offsets: Vec<u64> = entries
+            .iter()
+            .filter_map(|e| serde_json::from_slice::<serde_json::Value>(&e.body).ok())
+            .filter(|body| body["kind"] == "message")
+            .filter_map(|body| body["offset"].as_u64())
+            .collect();
+        offsets.sort_unstable();
+        offsets
+    };
+    let until = |want: usize| {
+        let writer = &writer;
+        let messages_on_log = &messages_on_log;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while messages_on_log().await.len() < want && tokio::time::Instant::now() < deadline {
+                let _ = writer.run_once().await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    for n in 0..50 {
+        publish(&engine, &ledger, n).await;
+    }
+    until(50).await;
+    // The log's position in the feed is lost: it reads the whole feed again.
+    sqlx::any::install_default_drivers();
+    let raw = sqlx::AnyPool::connect(&url).await.unwrap();
+    sqlx::query("UPDATE audit_sources SET position = '', created_ms = 0").execute(&raw).await.unwrap();
+    raw.close().await;
+    for n in 50..70 {
+        publish(&engine, &ledger, n).await;
+    }
+    until(70).await;
+    let offsets = messages_on_log().await;
+    assert_eq!(offsets, (1..=70).collect::<Vec<u64>>(), "every message once, and the log went on");
+}

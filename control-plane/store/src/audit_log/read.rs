@@ -5,6 +5,7 @@ use sqlx::Row as _;
 
 use super::{AuditCheckpoint, AuditEntry, AuditLogState, LOG_COLUMNS, NewAuditEntry};
 use crate::db::DbRow;
+use crate::delivery_batch::placeholder;
 use crate::{Store, StoreError};
 
 impl Store {
@@ -52,6 +53,31 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(entry_from_row).transpose()
+    }
+
+    /// Which of `sources` a log has entries for already.
+    pub async fn audit_sources_present(
+        &self,
+        log_id: &str,
+        sources: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut present = Vec::new();
+        for group in sources.chunks(500) {
+            let list: Vec<String> = (2..group.len() + 2).map(|n| placeholder(self.backend, n)).collect();
+            let sql = format!(
+                "SELECT source FROM audit_entries WHERE log_id = {} AND source IN ({})",
+                placeholder(self.backend, 1),
+                list.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(log_id);
+            for source in group {
+                query = query.bind(source);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                present.push(row.try_get("source")?);
+            }
+        }
+        Ok(present)
     }
 
     /// The stored roots of the subtrees of `height` numbered `from` to `to` (exclusive), in

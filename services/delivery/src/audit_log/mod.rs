@@ -311,10 +311,35 @@ impl AuditWriter {
         let mut append = step::build(log, pending, now, checkpoint, &signer)?;
         append.events = events.into_iter().map(|event| event.id).collect();
         append.feeds = feeds;
-        if !self.store.append_audit(&self.config.owner, log, &append, now).await? {
+        let written = match self.store.append_audit(&self.config.owner, log, &append, now).await {
+            Err(StoreError::AlreadyExists(_)) => {
+                // Something the log holds already was read again (a feed position lost, or a
+                // feed replayed): leave those out rather than stop the log, and say so.
+                let sources: Vec<String> = append.entries.iter().map(|e| e.source.clone()).collect();
+                let present = self.store.audit_sources_present(&log.id, &sources).await?;
+                tracing::warn!(
+                    log = log.id,
+                    again = present.len(),
+                    "entries already on the audit log were read again and left out"
+                );
+                let pending: Vec<Pending> = std::mem::take(&mut append.entries)
+                    .into_iter()
+                    .filter(|entry| !present.contains(&entry.source))
+                    .map(|entry| Pending { source: entry.source, body: entry.body })
+                    .collect();
+                let (events, feeds) = (std::mem::take(&mut append.events), std::mem::take(&mut append.feeds));
+                append = step::build(log, pending, now, checkpoint, &signer)?;
+                append.events = events;
+                append.feeds = feeds;
+                self.store.append_audit(&self.config.owner, log, &append, now).await?
+            }
+            other => other?,
+        };
+        if !written {
             tracing::info!(log = log.id, "an audit log was taken over by another worker");
             return Ok(None);
         }
+        let appended = append.entries.len() as u64;
         self.count(|stats| {
             stats.entries += appended;
             stats.checkpoints += u64::from(checkpoint);

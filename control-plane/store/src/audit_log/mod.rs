@@ -205,7 +205,9 @@ impl Store {
 
     /// Leases to `owner` until `lease_until_ms` up to `limit` logs with work (management events
     /// waiting, feeds to read, or entries not yet checkpointed) that nobody else holds, renewing
-    /// the ones it holds.
+    /// the ones it holds. The logs whose lease is oldest (or that never had one) come first: with
+    /// more logs than `limit`, a worker's own logs fall out of its claim in turn and the others
+    /// get their turn, rather than the first `limit` ids forever.
     pub async fn claim_audit_logs(
         &self,
         owner: &str,
@@ -222,7 +224,7 @@ impl Store {
                     OR id IN (SELECT log_id FROM audit_sources) \
                     OR id IN (SELECT CASE WHEN tenant_id IS NULL THEN 'operator' \
                               ELSE 'tenant:' || tenant_id END FROM audit_events WHERE sequenced = 0)) \
-               ORDER BY id LIMIT $4\
+               ORDER BY CASE WHEN lease_until_ms IS NULL THEN 0 ELSE 1 END, lease_until_ms, id LIMIT $4\
              ) AND (lease_owner = $1 OR lease_until_ms IS NULL OR lease_until_ms < $3) \
              RETURNING {LOG_COLUMNS}"
         );

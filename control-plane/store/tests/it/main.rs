@@ -8,6 +8,7 @@
 mod api_keys;
 mod app_snapshot;
 mod audit;
+mod audit_log;
 mod delivery;
 mod grants;
 mod management_tokens;

@@ -7,7 +7,8 @@
 //! every message is on the log (and, reported apart, until the last is in a signed checkpoint,
 //! which waits for `checkpoint_interval`). `audit-verify` writes a log of
 //! `--entries` message entries with a signed checkpoint every 100,000, and times the offline
-//! verifier over the file (what `tributary audit verify` runs).
+//! verifier over the file (what `tributary audit verify` runs). [`AuditWatch`] follows the log of
+//! a server under load (`fanout --audited`): how long until every published message is on it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -195,4 +196,53 @@ pub async fn verify_export(args: VerifyArgs) -> anyhow::Result<Value> {
         "export_bytes": bytes,
         "seconds": elapsed,
     }))
+}
+
+/// How far the tenant's audit log got with an audited run's messages: from the publisher's
+/// start until every published message is on the log.
+pub(crate) struct AuditWatch {
+    management: crate::webhooks::Management,
+    base: u64,
+    started: Instant,
+}
+
+impl AuditWatch {
+    /// Sets `namespace` audited for the app (its other options those of `scripts/bench`'s `bench`
+    /// namespace), then reads the log's size once that change is on it.
+    pub(crate) async fn start(
+        credentials: &std::path::Path,
+        http: &str,
+        namespace: &str,
+    ) -> anyhow::Result<Self> {
+        let management = crate::webhooks::Management::read(credentials, http)?;
+        let options = json!({"history_size": 1000, "history_ttl_secs": 600, "presence": false,
+                             "join_leave": false, "audited": true});
+        management.post(&format!("/namespaces/{namespace}"), options).await?;
+        // The change's own management event reaches the log first.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let base = management.get_tenant("/audit/log").await?["size"].as_u64().unwrap_or(0);
+        Ok(Self { management, base, started: Instant::now() })
+    }
+
+    /// Waits (a minute at most) until `published` messages are on the log.
+    pub(crate) async fn finish(self, published: u64) -> anyhow::Result<serde_json::Value> {
+        let stopped = Instant::now();
+        let deadline = stopped + Duration::from_secs(60);
+        let mut size = 0;
+        while Instant::now() < deadline {
+            size = self.management.get_tenant("/audit/log").await?["size"].as_u64().unwrap_or(0);
+            if size.saturating_sub(self.base) >= published {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let logged = size.saturating_sub(self.base).min(published);
+        let elapsed = self.started.elapsed().as_secs_f64();
+        Ok(json!({
+            "audit_published": published,
+            "audit_logged": logged,
+            "audit_drain_ms": stopped.elapsed().as_millis(),
+            "audit_logged_per_sec": logged as f64 / elapsed,
+        }))
+    }
 }

@@ -126,14 +126,28 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
     let shared = Shared::new(args.subscribers)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let published = Arc::new(AtomicU64::new(0));
+    // The namespace is audited (and the log's size read) before anything is published.
+    let audit = match (&args.audited, args.peer) {
+        (true, Peer::Tributary) => {
+            let credentials =
+                args.credentials.as_deref().context("--credentials is needed with --audited")?;
+            let namespace = args.channel.split_once(':').map_or("_default", |(ns, _)| ns);
+            Some(crate::audit::AuditWatch::start(credentials, args.target.first_node(), namespace).await?)
+        }
+        _ => None,
+    };
     let pacer = Pacer::new(args_publish(&args), shared.clone(), published.clone(), stop_rx.clone());
     let (tasks, publishing) = match args.peer {
         Peer::Tributary => start_tributary(&args, &shared, &stop_rx, pacer).await?,
         peer => start_peer(peer, &args, &shared, &stop_rx, pacer).await?,
     };
 
+    let published_total = published.clone();
     let running = Running { shared, published, stop: stop_tx, publishing, tasks };
     let mut report = running.measure(&args.load, args.target.server_pid).await?;
+    if let Some(audit) = audit {
+        report.extend(json_object(audit.finish(published_total.load(Ordering::Relaxed)).await?));
+    }
     report.extend(json_object(json!({
         "scenario": "fanout",
         "peer": format!("{:?}", args.peer).to_lowercase(),
@@ -386,14 +400,6 @@ async fn start_tributary(
         let management = crate::webhooks::Management::read(credentials, args.target.first_node())?;
         let (url, _receiver) = crate::webhooks::receiver(shared.base, false).await?;
         management.rules_to(&url, args.rules, &args.rules_pattern, 100, 100).await?;
-    }
-    if args.audited {
-        let credentials = args.credentials.as_deref().context("--credentials is needed with --audited")?;
-        let management = crate::webhooks::Management::read(credentials, args.target.first_node())?;
-        let namespace = args.channel.split_once(':').map_or("_default", |(ns, _)| ns);
-        let options = json!({"history_size": 1000, "history_ttl_secs": 600, "presence": false,
-                             "join_leave": false, "audited": true});
-        management.post(&format!("/namespaces/{namespace}"), options).await?;
     }
     let token = client::mint(&args.target, "bench", "bench:*").await?;
     let mut subscribers = client::connect_many(&args.target, args.subscribers, &token).await?;

@@ -83,6 +83,16 @@ impl Management {
         })
     }
 
+    /// `GET`s `rest` under the tenant; returns the answer.
+    pub(crate) async fn get_tenant(&self, rest: &str) -> anyhow::Result<Value> {
+        let url = format!("{}/v1/tenants/{}{rest}", self.http, self.tenant);
+        let reply = reqwest::Client::new().get(url).bearer_auth(&self.token).send().await?;
+        let status = reply.status();
+        let body: Value = reply.json().await.unwrap_or(Value::Null);
+        anyhow::ensure!(status.is_success(), "{rest}: {status} {body}");
+        Ok(body)
+    }
+
     /// `POST`s `body` to `rest` under the app; returns the answer.
     pub(crate) async fn post(&self, rest: &str, body: Value) -> anyhow::Result<Value> {
         let url = format!("{}/v1/tenants/{}/apps/{}{rest}", self.http, self.tenant, self.app);

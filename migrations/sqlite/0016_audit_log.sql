@@ -25,6 +25,8 @@ CREATE TABLE audit_logs (
     checkpoint_ms   INTEGER NOT NULL DEFAULT 0,
     -- The largest checkpoint the tenant's own key cosigned (0: none).
     cosigned_size   INTEGER NOT NULL DEFAULT 0,
+    -- Moves on with each key rotation: a writer holding the old key reads the new one.
+    key_version     INTEGER NOT NULL DEFAULT 0,
     lease_owner     TEXT,
     lease_until_ms  INTEGER,
     created_at      INTEGER  NOT NULL

@@ -16,20 +16,10 @@ use tributary_engine::{
 };
 use tributary_protocol::frame::MemberInfo;
 use tributary_protocol::{ChannelName, Payload};
-use tributary_store::{Actor, MasterKey, NewRule, NewWebhookEndpoint, Store};
+use tributary_store::{Actor, NewRule, NewWebhookEndpoint, Store};
 
-async fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
-    let key = MasterKey::generate();
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = Store::open(&format!("sqlite://{}", dir.path().join("q.db").display()), &key).await.unwrap();
-    let server = std::env::var("TRIBUTARY_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let base = server.rsplit_once('/').map_or(server.as_str(), |(base, _)| base);
-    let url = format!("{base}/trbtest_{}", uuid::Uuid::new_v4().simple());
-    tributary_store::create_database(&url).await.expect("PostgreSQL answers (scripts/test starts it)");
-    let postgres = Store::open(&url, &key).await.unwrap();
-    vec![(sqlite, Some(dir)), (postgres, None)]
-}
+mod common;
+use common::stores;
 
 fn rule(target: &str, pattern: &str, events: &[&str], batch_max: i64, body: &str) -> NewRule {
     NewRule {

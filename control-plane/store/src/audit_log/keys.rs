@@ -80,6 +80,11 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         self.insert_audit_key(&mut tx, log, verifier, seed).await?;
+        // The writers holding the old key see the version move at their next claim.
+        sqlx::query("UPDATE audit_logs SET key_version = key_version + 1 WHERE id = $1")
+            .bind(&log.id)
+            .execute(&mut *tx)
+            .await?;
         crate::audit::record(&mut tx, actor, log.tenant_id.as_deref(), "audit.key.rotate", verifier).await?;
         tx.commit().await?;
         Ok(())

@@ -50,6 +50,9 @@ pub struct AuditLogState {
     pub checkpoint_size: u64,
     /// When it was signed, in milliseconds since the Unix epoch.
     pub checkpoint_ms: i64,
+    /// Moves on with each rotation of the log's key: a writer holding a key of an older
+    /// version reads the new one.
+    pub key_version: i64,
 }
 
 impl AuditLogState {
@@ -63,12 +66,13 @@ impl AuditLogState {
             last_leaf: row.try_get("last_leaf")?,
             checkpoint_size: row.try_get::<i64, _>("checkpoint_size")? as u64,
             checkpoint_ms: row.try_get("checkpoint_ms")?,
+            key_version: row.try_get("key_version")?,
         })
     }
 }
 
 pub(crate) const LOG_COLUMNS: &str =
-    "id, tenant_id, origin, size, frontier, last_leaf, checkpoint_size, checkpoint_ms";
+    "id, tenant_id, origin, size, frontier, last_leaf, checkpoint_size, checkpoint_ms, key_version";
 
 /// An entry to append.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,28 +154,18 @@ impl Store {
     /// Makes the log of each tenant (and the operator's) that has management events waiting or
     /// feeds to read and no log yet, named `<origin_prefix>/<tenant id>` (`<origin_prefix>/operator`).
     pub async fn open_audit_logs(&self, origin_prefix: &str, now: i64) -> Result<(), StoreError> {
-        let empty = merkle_empty_frontier();
+        // One row per log with work: a tenant's (`tenant:<id>`), or the operator's (events of no
+        // tenant: `'tenant:' || NULL` is NULL).
         sqlx::query(
             "INSERT INTO audit_logs (id, tenant_id, origin, frontier, last_leaf, created_at) \
-             SELECT DISTINCT 'tenant:' || tenant_id, tenant_id, $1 || '/' || tenant_id, $2, $3, $4 \
-             FROM (SELECT tenant_id FROM audit_events WHERE sequenced = 0 AND tenant_id IS NOT NULL \
+             SELECT DISTINCT COALESCE('tenant:' || tenant_id, 'operator'), tenant_id, \
+                    $1 || '/' || COALESCE(tenant_id, 'operator'), $2, $3, $4 \
+             FROM (SELECT tenant_id FROM audit_events WHERE sequenced = 0 \
                    UNION SELECT tenant_id FROM audit_sources) AS t WHERE true \
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(origin_prefix)
-        .bind(&empty)
-        .bind(&[0u8; 32][..])
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        sqlx::query(
-            "INSERT INTO audit_logs (id, tenant_id, origin, frontier, last_leaf, created_at) \
-             SELECT DISTINCT 'operator', NULL, $1 || '/operator', $2, $3, $4 \
-             FROM audit_events WHERE sequenced = 0 AND tenant_id IS NULL \
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(origin_prefix)
-        .bind(&empty)
+        .bind(merkle_empty_frontier())
         .bind(&[0u8; 32][..])
         .bind(now)
         .execute(&self.pool)

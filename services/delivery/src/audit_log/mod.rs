@@ -87,6 +87,9 @@ pub struct AuditWriterStats {
     pub gaps: u64,
 }
 
+/// How often the writer turns its apps' feeds on again (idempotent; after an engine lost them).
+const REENABLE_FEEDS_EVERY: Duration = Duration::from_secs(5);
+
 /// How often the writer claims its logs again at most.
 const RECLAIM_EVERY: Duration = Duration::from_millis(250);
 
@@ -103,24 +106,28 @@ pub struct AuditWriter {
 struct WriterState {
     /// The logs leased at the last claim, as last written, and when the claim was made.
     held: Option<(Instant, Vec<AuditLogState>)>,
-    /// Each log's signing key, once read (or made).
-    signers: HashMap<String, Arc<NoteSigner>>,
-    /// The apps whose feeds this worker turned on (after a claim, in case the engine lost them).
+    /// Each log's signing key, once read (or made), with the log's key version it was read at.
+    signers: HashMap<String, (i64, Arc<NoteSigner>)>,
+    /// The apps whose feeds this worker turned on, and when it last forgot them (every
+    /// [`REENABLE_FEEDS_EVERY`], in case the engine lost them).
     fed: HashSet<String>,
+    fed_since: Option<Instant>,
 }
 
 /// Which namespaces of an app are audited.
 #[derive(Debug, Clone, Default)]
 struct Audited {
+    /// The audited ones.
     names: HashSet<String>,
-    /// Whether the app's default namespace (`""`) is: it covers the names the app does not set.
-    default: bool,
+    /// Every namespace the app sets.
     set: HashSet<String>,
 }
 
 impl Audited {
+    /// Whether a channel of `namespace` is audited: its own namespace is, or the app's default
+    /// (`""`) is and the app does not set the name.
     fn covers(&self, namespace: &str) -> bool {
-        self.names.contains(namespace) || (self.default && !self.set.contains(namespace))
+        self.names.contains(namespace) || (self.names.contains("") && !self.set.contains(namespace))
     }
 }
 
@@ -207,9 +214,12 @@ impl AuditWriter {
             .claim_audit_logs(&self.config.owner, now, now.saturating_add(lease_ms), self.config.max_logs)
             .await?;
         state.held = Some((Instant::now(), logs.clone()));
-        state.fed.clear();
-        // Keys are read again at each claim: a key rotated through the API signs from then on.
-        state.signers.clear();
+        // An engine that lost its data lost the feeds' markers too: turn them on again now and
+        // then (the router does the same for apps with rules).
+        if state.fed_since.is_none_or(|since| since.elapsed() >= REENABLE_FEEDS_EVERY) {
+            state.fed.clear();
+            state.fed_since = Some(Instant::now());
+        }
         Ok(logs)
     }
 
@@ -354,7 +364,10 @@ impl AuditWriter {
         state: &mut WriterState,
         log: &AuditLogState,
     ) -> Result<Arc<NoteSigner>, AuditWriterError> {
-        if let Some(signer) = state.signers.get(&log.id) {
+        // A rotation moves the log's key version on: the claim that sees it reads the new key.
+        if let Some((version, signer)) = state.signers.get(&log.id)
+            && *version == log.key_version
+        {
             return Ok(signer.clone());
         }
         let signer = match self.store.audit_signing_key(log).await? {
@@ -377,7 +390,7 @@ impl AuditWriter {
             }
         };
         let signer = Arc::new(signer);
-        state.signers.insert(log.id.clone(), signer.clone());
+        state.signers.insert(log.id.clone(), (log.key_version, signer.clone()));
         Ok(signer)
     }
 
@@ -387,9 +400,6 @@ impl AuditWriter {
         for namespace in self.store.namespaces(log.tenant_id.as_deref(), app).await? {
             audited.set.insert(namespace.name.clone());
             if tributary_store::namespace::is_audited(&namespace.options) {
-                if namespace.name.is_empty() {
-                    audited.default = true;
-                }
                 audited.names.insert(namespace.name);
             }
         }

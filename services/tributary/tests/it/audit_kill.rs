@@ -13,29 +13,7 @@ use tributary_audit::note::NoteVerifier;
 use tributary_store::MasterKey;
 use tributary_testkit::ThrowawayRedis;
 
-use crate::rules_kill::{Setup, client};
-
-/// Publishes message `n` through the first relay that acknowledges it, retrying (with the same
-/// idempotency key) until one does.
-async fn publish(relays: &[String], api_key: &str, n: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        for relay in relays {
-            let sent = client()
-                .post(format!("{relay}/v1/channels/ledger:1/messages"))
-                .bearer_auth(api_key)
-                .header("Idempotency-Key", format!("m{n}"))
-                .json(&json!({"data": {"n": n}}))
-                .send()
-                .await;
-            if sent.is_ok_and(|reply| reply.status().is_success()) {
-                return;
-            }
-        }
-        assert!(tokio::time::Instant::now() < deadline, "message {n} was never acknowledged");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use crate::rules_kill::{Setup, client, publish};
 
 /// How many times each payload hash is on the log, read from the store.
 async fn logged(store: &tributary_store::Store, log_id: &str) -> HashMap<String, usize> {
@@ -97,7 +75,7 @@ async fn the_log_holds_every_acknowledged_message_once_across_kill_9_of_workers_
             450 => redis.restart(), // SIGKILL, then up again from its append-only file
             _ => {}
         }
-        publish(&relays, &api_key, n).await;
+        publish(&relays, &api_key, "ledger:1", n).await;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 

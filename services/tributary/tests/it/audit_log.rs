@@ -33,6 +33,19 @@ pub(crate) async fn checkpointed(node: &TestServer, entries: u64) -> Value {
     log_state(node).await
 }
 
+/// Waits until the log holds `count` message entries.
+async fn messages_logged(node: &TestServer, count: usize) {
+    eventually("the messages are on the log", Duration::from_secs(10), || async {
+        let url = format!("{}?limit=1000", log_path(node, "entries"));
+        let (_, entries) = node.manage("GET", &url, node.operator_token(), None).await;
+        entries
+            .as_array()
+            .is_some_and(|e| e.iter().filter(|e| e["entry"]["kind"] == "message").count() == count)
+    })
+    .await
+    .expect("the messages are on the log");
+}
+
 pub(crate) async fn export(node: &TestServer, query: &str) -> String {
     let url = format!("{}{}{query}", node.http_url(), log_path(node, "export"));
     let response = node.http().get(url).bearer_auth(node.operator_token()).send().await.expect("export");
@@ -69,13 +82,7 @@ async fn management_actions_and_audited_messages_reach_a_signed_log_that_verifie
         node.publish("chat:x", json!({"n": n})).await;
     }
     // Every message of the audited namespace, none of the other.
-    eventually("the messages are on the log", Duration::from_secs(10), || async {
-        let url = format!("{}?limit=1000", log_path(&node, "entries"));
-        let (_, entries) = node.manage("GET", &url, node.operator_token(), None).await;
-        entries.as_array().is_some_and(|e| e.iter().filter(|e| e["entry"]["kind"] == "message").count() == 20)
-    })
-    .await
-    .unwrap();
+    messages_logged(&node, 20).await;
     let log = checkpointed(&node, 21).await;
     let url = format!("{}?limit=1000", log_path(&node, "entries"));
     let (_, entries) = node.manage("GET", &url, node.operator_token(), None).await;
@@ -228,9 +235,9 @@ async fn bad_requests_are_refused_and_another_tenant_sees_nothing() {
     assert!(verify(&export(&node, "").await, &keys).problems.is_empty());
 }
 
+/// A GraphQL request that must be answered (its errors are in the answer).
 async fn graphql(node: &TestServer, token: &str, query: &str, variables: Value) -> Value {
-    let body = json!({"query": query, "variables": variables});
-    let (status, reply) = node.manage("POST", "/graphql", token, Some(&body)).await;
+    let (status, reply) = crate::graphql::graphql(node, token, query, variables).await;
     assert_eq!(status, 200, "{reply}");
     reply
 }
@@ -369,4 +376,31 @@ async fn tributary_admin_audit_log_shows_receipts_exports_and_rotates() {
     assert!(ok && out.contains("retired_at"), "{out}");
     let (ok, _, err) = admin(&node, &["audit-log", "set-cosigner", tenant, "not-a-key"]).await;
     assert!(!ok && err.contains("invalid_parameter"), "{err}");
+}
+
+#[tokio::test]
+async fn removing_an_apps_last_rule_leaves_its_feed_on_for_the_audit_log() {
+    let node = TestServer::spawn().await;
+    let token = node.operator_token();
+    let app = format!("/v1/tenants/{}/apps/{}", node.tenant_id(), node.app_id());
+    assert_eq!(
+        node.manage("POST", &format!("{app}/namespaces/ledger"), token, Some(&json!({"audited": true})))
+            .await
+            .0,
+        200
+    );
+    let (status, hook) = node
+        .manage("POST", &format!("{app}/webhooks"), token, Some(&json!({"url": "https://example.com/hook"})))
+        .await;
+    assert_eq!(status, 201, "{hook}");
+    let rule = json!({"channel_pattern": "other:*", "events": ["message"], "webhook_id": hook["id"]});
+    let (status, rule) = node.manage("POST", &format!("{app}/rules"), token, Some(&rule)).await;
+    assert_eq!(status, 201, "{rule}");
+    let rule_path = format!("{app}/rules/{}", rule["id"].as_str().unwrap());
+    assert_eq!(node.manage("DELETE", &rule_path, token, None).await.0, 204);
+    // Published at once: had the feed gone with the last rule, these would never be read.
+    for n in 0..5 {
+        node.publish("ledger:eu", json!({"n": n})).await;
+    }
+    messages_logged(&node, 5).await;
 }

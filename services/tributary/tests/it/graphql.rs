@@ -6,7 +6,7 @@ use tributary_testkit::TestServer;
 
 use crate::management_api::tenant_with_owner;
 
-async fn graphql(server: &TestServer, token: &str, query: &str, variables: Value) -> (u16, Value) {
+pub(crate) async fn graphql(server: &TestServer, token: &str, query: &str, variables: Value) -> (u16, Value) {
     let body = json!({"query": query, "variables": variables});
     server.manage("POST", "/graphql", token, Some(&body)).await
 }

@@ -147,14 +147,14 @@ async fn receiver(secret: Arc<Mutex<Option<WebhookSecret>>>, seen: Seen) -> std:
     addr
 }
 
-/// Publishes message `n` through the first relay that acknowledges it, retrying (with the same
-/// idempotency key) until one does.
-async fn publish(relays: &[String], api_key: &str, n: u64) {
+/// Publishes message `n` to `channel` through the first relay that acknowledges it, retrying
+/// (with the same idempotency key) until one does.
+pub(crate) async fn publish(relays: &[String], api_key: &str, channel: &str, n: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         for relay in relays {
             let sent = client()
-                .post(format!("{relay}/v1/channels/orders:1/messages"))
+                .post(format!("{relay}/v1/channels/{channel}/messages"))
                 .bearer_auth(api_key)
                 .header("Idempotency-Key", format!("m{n}"))
                 .json(&json!({"data": {"n": n}}))
@@ -254,7 +254,7 @@ async fn rules_deliver_every_acknowledged_message_across_kill_9_of_worker_relay_
             450 => redis.restart(), // SIGKILL, then up again from its append-only file
             _ => {}
         }
-        publish(&relays, &api_key, n).await;
+        publish(&relays, &api_key, "orders:1", n).await;
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
 

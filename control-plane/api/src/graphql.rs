@@ -27,6 +27,7 @@ use crate::routes;
 
 pub mod audit;
 pub mod delivery;
+pub mod exchange;
 pub mod push;
 
 /// The schema.
@@ -42,11 +43,23 @@ pub fn schema() -> ManagementSchema {
 
 /// Every read.
 #[derive(MergedObject, Default)]
-pub struct QueryRoot(CoreQuery, delivery::DeliveryQuery, push::PushQuery, audit::AuditQuery);
+pub struct QueryRoot(
+    CoreQuery,
+    delivery::DeliveryQuery,
+    push::PushQuery,
+    audit::AuditQuery,
+    exchange::ExchangeQuery,
+);
 
 /// Every change.
 #[derive(MergedObject, Default)]
-pub struct MutationRoot(CoreMutation, delivery::DeliveryMutation, push::PushMutation, audit::AuditMutation);
+pub struct MutationRoot(
+    CoreMutation,
+    delivery::DeliveryMutation,
+    push::PushMutation,
+    audit::AuditMutation,
+    exchange::ExchangeMutation,
+);
 
 /// A REST handler's successful answer, as JSON.
 pub(crate) trait Answer {

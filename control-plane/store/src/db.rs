@@ -71,6 +71,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (14, "sms", include_str!("../../../migrations/sqlite/0014_sms.sql")),
     (15, "rule_targets", include_str!("../../../migrations/sqlite/0015_rule_targets.sql")),
     (16, "audit_log", include_str!("../../../migrations/sqlite/0016_audit_log.sql")),
+    (17, "exchanges", include_str!("../../../migrations/sqlite/0017_exchanges.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "tenants", include_str!("../../../migrations/postgres/0001_tenants.sql")),
@@ -93,6 +94,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (14, "sms", include_str!("../../../migrations/postgres/0014_sms.sql")),
     (15, "rule_targets", include_str!("../../../migrations/postgres/0015_rule_targets.sql")),
     (16, "audit_log", include_str!("../../../migrations/postgres/0016_audit_log.sql")),
+    (17, "exchanges", include_str!("../../../migrations/postgres/0017_exchanges.sql")),
 ];
 
 /// How long a query waits for a connection before failing. Short, so that while the database

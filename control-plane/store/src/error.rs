@@ -16,6 +16,10 @@ pub enum StoreError {
     /// A record with the same unique name already exists (for example an app name in a tenant).
     #[error("{0} already exists")]
     AlreadyExists(&'static str),
+    /// The record is not in a state that allows the change (an exchange accepted twice, or
+    /// changed after it ended); the text says what it is in.
+    #[error("{0}")]
+    InvalidState(&'static str),
     /// The presented API key is malformed, unknown or revoked. Which one is deliberately not said.
     #[error("invalid api key")]
     InvalidApiKey,
@@ -61,6 +65,7 @@ impl StoreError {
             StoreError::InvalidRole | StoreError::InvalidPassword => ErrorCode::InvalidParameter,
             StoreError::InvalidCredentials => ErrorCode::Unauthorized,
             StoreError::AlreadyExists(_) => ErrorCode::AlreadyExists,
+            StoreError::InvalidState(_) => ErrorCode::InvalidState,
             StoreError::InvalidMasterKey
             | StoreError::Decrypt
             | StoreError::Database(_)

@@ -42,6 +42,8 @@ pub(crate) const DEVICE: &str = "dev_";
 pub(crate) const WEBHOOK: &str = "wh_";
 /// Prefix of rule ids.
 pub(crate) const RULE: &str = "rul_";
+/// Prefix of exchange ids.
+pub(crate) const EXCHANGE: &str = "exc_";
 
 /// Returns a new id with the given prefix.
 pub(crate) fn new(prefix: &str) -> String {

@@ -35,6 +35,8 @@
 //!   the channels devices and client ids are subscribed to for push.
 //! - [`audit_log`]: the tenants' and the operator's transparency logs (entries, subtree roots,
 //!   signed checkpoints, signing keys encrypted), grown one transaction per writer step.
+//! - [`exchange`]: exchanges of a namespace between two tenants (offer, accept, suspend, end)
+//!   and the routes the data plane reads from them.
 //! - [`sms`]: the texts apps send (their cost, their status as Twilio reports it) and each
 //!   tenant's SMS quota.
 #![forbid(unsafe_code)]
@@ -47,6 +49,7 @@ pub mod db;
 pub mod delivery;
 mod delivery_batch;
 pub mod error;
+pub mod exchange;
 pub mod feed;
 pub mod grant;
 mod id;

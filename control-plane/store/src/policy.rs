@@ -22,6 +22,8 @@ pub struct AppSnapshot {
     pub messages_this_month: i64,
     /// Its namespaces.
     pub namespaces: Vec<crate::Namespace>,
+    /// The exchanges that route a namespace of it (active or suspended).
+    pub exchanges: Vec<crate::exchange::ExchangeRoute>,
 }
 
 impl Store {
@@ -45,6 +47,7 @@ impl Store {
         let messages_this_month =
             self.messages_published_since(&tenant.id, crate::usage::month_start(crate::unix_now())).await?;
         let namespaces = self.namespaces(None, app_id).await?;
+        let exchanges = self.exchange_routes(app_id).await?;
         Ok(Some(AppSnapshot {
             app,
             tenant,
@@ -53,6 +56,7 @@ impl Store {
             limits,
             messages_this_month,
             namespaces,
+            exchanges,
         }))
     }
 }

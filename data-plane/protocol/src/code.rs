@@ -92,6 +92,9 @@ error_codes! {
     AlreadyExists = (1017, "already_exists", 409, false, "already exists"),
     /// The app has no credentials for the service this needs (Twilio for a text).
     NotConfigured = (1018, "not_configured", 409, false, "the app has no credentials for this service"),
+    /// The record is not in a state that allows this (an exchange accepted twice, resumed by
+    /// the side that did not suspend it, changed after it ended).
+    InvalidState = (1019, "invalid_state", 409, false, "the record is not in a state that allows this"),
     /// The request needs credentials and none were given.
     Unauthorized = (1100, "unauthorized", 401, false, "credentials are required"),
     /// The token is malformed, badly signed or uses an algorithm its key does not allow.
@@ -116,6 +119,8 @@ error_codes! {
     TenantSuspended = (1110, "tenant_suspended", 403, false, "account suspended"),
     /// The management credentials are valid but do not allow this action.
     PermissionDenied = (1111, "permission_denied", 403, false, "your role does not allow this action"),
+    /// The channel belongs to an exchange between two tenants that one of them suspended.
+    ExchangeSuspended = (1112, "exchange_suspended", 403, false, "this channel's exchange is suspended"),
     /// The app has as many connections on this node as it may, or its account as many on all
     /// nodes as its plan allows.
     ConnectionLimit = (1200, "connection_limit", 429, true, "connection limit reached"),
@@ -198,6 +203,9 @@ close_codes! {
     /// Another connection took over the session of this client id (MQTT); do not reconnect
     /// automatically, or the two will take it from each other in turn.
     SessionTakenOver = (3506, "session taken over by another connection"),
+    /// The connection was subscribed to a channel of an exchange between two tenants, and the
+    /// exchange was suspended or ended (or its rights narrowed).
+    ExchangeClosed = (3507, "exchange suspended or ended"),
 }
 
 impl CloseCode {

@@ -135,11 +135,13 @@ pub async fn reload_apps(state: &RelayState, apps: Vec<Arc<str>>, tries: u32) ->
 }
 
 /// Reloads one app's policy and closes the connections it no longer admits.
-async fn reload_app(state: &RelayState, app: &str) -> Result<usize, crate::DirectoryError> {
+async fn reload_app(state: &RelayState, app: &Arc<str>) -> Result<usize, crate::DirectoryError> {
+    let before = state.policies.peek(app);
     let policy = state.policies.reload(&*state.directory, app).await?;
     // Only once the store answered: while it is down, cached API keys keep working.
     state.directory.forget_app(app);
-    let closed = state.connections.close_unadmitted(app, policy.as_deref());
+    let closed = state.connections.close_unadmitted(app, policy.as_deref())
+        + crate::exchange::close_lost_routes(state, app, before.as_deref(), policy.as_deref());
     Ok(closed + crate::mqtt::end_unadmitted(state, app, policy.as_deref()).await)
 }
 

@@ -15,6 +15,8 @@ pub struct ApiKeyIdentity {
     pub tenant_id: String,
     /// The app id.
     pub app_id: String,
+    /// The key's id (`key_…`), which names it as a publisher in an exchange.
+    pub key_id: String,
     /// What the key may do; `None`: everything on every channel of its app.
     pub permissions: Option<Arc<KeyPermissions>>,
 }
@@ -89,6 +91,8 @@ pub struct AppRecord {
     pub messages_this_month: u64,
     /// The app's own namespaces, which take precedence over the configuration file's.
     pub namespaces: Vec<(String, crate::config::NamespaceConfig)>,
+    /// The exchanges that route a namespace of the app (active or suspended).
+    pub exchanges: Vec<crate::exchange::ExchangeRoute>,
 }
 
 /// A token minted by `POST /v1/tokens`, for the directory to record.

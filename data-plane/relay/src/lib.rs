@@ -19,6 +19,7 @@ pub mod config;
 pub mod conn;
 pub mod control;
 pub mod directory;
+pub mod exchange;
 pub mod http_api;
 pub mod hub;
 pub mod limits;

@@ -66,6 +66,8 @@ pub struct PublishInput<'a> {
     pub idempotency_key: Option<String>,
     /// The publishing client, when a client publishes.
     pub client_id: Option<Arc<str>>,
+    /// The publishing API key's id, when a backend publishes.
+    pub api_key: Option<&'a str>,
 }
 
 /// The result of a publish, as replied to the publisher.
@@ -100,17 +102,20 @@ pub async fn publish(
         encoding: input.encoding.map(Arc::from),
         meta: None,
     };
-    publish_message(state, app, input.channel, message, input.idempotency_key).await
+    publish_message(state, app, input.channel, message, input.idempotency_key, input.api_key).await
 }
 
 /// Publishes a message whose payload is already built (MQTT's are bytes as they came), enforcing
-/// the namespace's size limit and the tenant's quotas.
+/// the namespace's size limit and the tenant's quotas. In an exchange's namespace the message
+/// goes into the offering app's stream, named by its publisher's app (see [`crate::exchange`]),
+/// and counts to the publishing app.
 pub async fn publish_message(
     state: &RelayState,
     app: &Arc<str>,
     channel: ChannelName,
-    message: NewMessage,
+    mut message: NewMessage,
     idempotency_key: Option<String>,
+    api_key: Option<&str>,
 ) -> Result<PublishResult, OpError> {
     if channel.namespace() == tributary_protocol::channel::SYSTEM_NAMESPACE {
         return Err(OpError::new(
@@ -121,18 +126,22 @@ pub async fn publish_message(
             ),
         ));
     }
-    let ns = state.namespace(app, channel.namespace());
+    let policy = ready_to_publish(state, app).await?;
+    let routed = state.route(app, &channel, tributary_capability::Right::Publish).await?;
+    if routed.exchanged {
+        message.client_id = Some(crate::exchange::publisher_id(app, message.client_id.as_deref(), api_key));
+    }
+    let ns = state.namespace(&routed.app, channel.namespace());
     let bytes = message.payload.len();
     if bytes > ns.max_message_bytes {
         return Err(PayloadError::TooLarge { size: bytes, limit: ns.max_message_bytes }.into());
     }
-    let key = ChannelKey::new(app.clone(), channel);
+    let key = ChannelKey::new(routed.app, channel);
     let options = PublishOptions {
         stream: ns.stream(),
         idempotency_key,
         idempotency_window: Duration::from_secs(state.config.idempotency_window_secs),
     };
-    let policy = ready_to_publish(state, app).await?;
     state.quotas.admit_publish(&policy, bytes)?;
     let PublishOutcome { epoch, offset, ts_ms, duplicate } =
         state.engine.publish(&key, message, &options).await?;
@@ -210,6 +219,7 @@ pub async fn history(
     direction: Direction,
     limit: Option<u32>,
 ) -> Result<HistoryResult, OpError> {
+    let app = &state.route(app, &channel, tributary_capability::Right::History).await?.app;
     let ns = state.namespace(app, channel.namespace());
     if ns.history_size == 0 {
         return Err(OpError::new(ErrorCode::DisabledInNamespace, "history is disabled for this namespace"));

@@ -115,6 +115,8 @@ pub struct AppPolicy {
     limits: crate::quota::Limits,
     messages_this_month: u64,
     namespaces: HashMap<String, crate::config::NamespaceConfig>,
+    /// By namespace.
+    exchanges: HashMap<String, crate::exchange::ExchangeRoute>,
 }
 
 impl From<AppRecord> for AppPolicy {
@@ -130,6 +132,7 @@ impl From<AppRecord> for AppPolicy {
             limits: record.limits,
             messages_this_month: record.messages_this_month,
             namespaces: record.namespaces.into_iter().collect(),
+            exchanges: record.exchanges.into_iter().map(|route| (route.namespace.clone(), route)).collect(),
         }
     }
 }
@@ -143,6 +146,16 @@ impl AppPolicy {
     /// Returns the app's own namespace `name`, if it has one.
     pub fn namespace(&self, name: &str) -> Option<&crate::config::NamespaceConfig> {
         self.namespaces.get(name)
+    }
+
+    /// Returns the exchange that routes namespace `name` of the app, if one does.
+    pub fn exchange(&self, name: &str) -> Option<&crate::exchange::ExchangeRoute> {
+        if self.exchanges.is_empty() { None } else { self.exchanges.get(name) }
+    }
+
+    /// Returns the exchanges that route a namespace of the app.
+    pub fn exchanges(&self) -> impl Iterator<Item = &crate::exchange::ExchangeRoute> {
+        self.exchanges.values()
     }
 
     /// Returns the tenant's limits.
@@ -207,6 +220,8 @@ pub struct Policies {
     slots: Mutex<HashMap<Arc<str>, Slot>>,
     loads: AtomicU64,
     misses: Mutex<HashMap<Arc<str>, MissGate>>,
+    /// Learns every policy loaded: who pays for an exchange's deliveries.
+    payers: Arc<crate::exchange::Payers>,
 }
 
 /// The point in a node's sequence of policy loads at which a lookup began, taken by
@@ -215,6 +230,11 @@ pub struct Policies {
 pub struct LoadMark(u64);
 
 impl Policies {
+    /// Policies that teach `payers` the exchanges of each policy loaded.
+    pub fn new(payers: Arc<crate::exchange::Payers>) -> Self {
+        Self { payers, ..Self::default() }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Slot>> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -241,7 +261,13 @@ impl Policies {
             }
         };
         // A failed load leaves the cell empty, so the next use tries again.
-        let policy = cell.get_or_try_init(|| load(directory, app_id)).await?;
+        let policy = cell
+            .get_or_try_init(|| async {
+                let policy = load(directory, app_id).await?;
+                self.payers.learn(app_id, policy.as_deref());
+                Ok::<_, DirectoryError>(policy)
+            })
+            .await?;
         Ok(policy.clone())
     }
 
@@ -298,6 +324,7 @@ impl Policies {
     ) -> Result<Option<Arc<AppPolicy>>, DirectoryError> {
         let started = self.loads.fetch_add(1, Ordering::Relaxed);
         let policy = load(directory, app_id).await?;
+        self.payers.learn(app_id, policy.as_deref());
         let mut slots = self.lock();
         match slots.get(app_id) {
             Some(newer) if newer.started > started && newer.cell.initialized() => {
@@ -370,6 +397,7 @@ mod tests {
             limits: Default::default(),
             messages_this_month: 0,
             namespaces: Vec::new(),
+            exchanges: Vec::new(),
         }
     }
 

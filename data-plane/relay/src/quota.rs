@@ -442,6 +442,7 @@ mod tests {
             limits,
             messages_this_month,
             namespaces: Vec::new(),
+            exchanges: Vec::new(),
         })
     }
 

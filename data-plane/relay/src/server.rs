@@ -35,7 +35,7 @@ impl Relay {
             engine,
             hub,
             directory,
-            policies: Default::default(),
+            policies: crate::policy::Policies::new(usage.payers.clone()),
             connections: Connections::default(),
             mqtt_sessions: Default::default(),
             usage,

@@ -76,6 +76,8 @@ pub struct Usage {
     /// Batches not yet taken by the directory, oldest first, with their numbers.
     batches: Mutex<VecDeque<(u64, Vec<UsageRow>)>>,
     next_seq: AtomicU64,
+    /// Who pays for the deliveries of an exchange's messages (learnt with the policies).
+    pub payers: Arc<crate::exchange::Payers>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -90,6 +92,7 @@ impl Default for Usage {
             rows: Mutex::default(),
             batches: Mutex::default(),
             next_seq: AtomicU64::new(1),
+            payers: Arc::default(),
         }
     }
 }

@@ -137,7 +137,12 @@ impl AppDirectory for StoreDirectory {
             tracing::error!(key_id = key.id, %reason, "stored API key capabilities do not parse");
             DirectoryError::InvalidApiKey
         })?;
-        let identity = ApiKeyIdentity { tenant_id: key.tenant_id, app_id: key.app_id, permissions };
+        let identity = ApiKeyIdentity {
+            tenant_id: key.tenant_id,
+            app_id: key.app_id,
+            key_id: key.id.clone(),
+            permissions,
+        };
         let mut cache = self.api_keys();
         if self.forgets.load(std::sync::atomic::Ordering::Acquire) != forgets {
             // A change was announced while the store answered: answer this request, but let
@@ -202,6 +207,7 @@ impl AppDirectory for StoreDirectory {
                     }
                 })
                 .collect(),
+            exchanges: snapshot.exchanges.into_iter().map(exchange_route).collect(),
         }))
     }
 
@@ -265,5 +271,20 @@ impl AppDirectory for StoreDirectory {
             expires_at: signed(grant.expires_at),
         };
         self.store.record_grant(&grant).await.map_err(translate)
+    }
+}
+
+/// An exchange's route as the relay holds it (rights the API checked; an unknown one is none).
+fn exchange_route(
+    route: tributary_store::exchange::ExchangeRoute,
+) -> tributary_relay::exchange::ExchangeRoute {
+    tributary_relay::exchange::ExchangeRoute {
+        rights: route.rights.iter().filter_map(|right| right.parse().ok()).collect(),
+        partner: route.side == tributary_store::exchange::Side::Partner,
+        offerer_app: route.offerer_app_id.into(),
+        partner_app: route.partner_app_id.into(),
+        suspended: route.status == tributary_store::exchange::ExchangeStatus::Suspended,
+        exchange_id: route.exchange_id,
+        namespace: route.namespace,
     }
 }

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::delivery::typed;
 use super::{body, parts, query};
 use crate::routes;
+use crate::routes::audit_log::LogScope;
 
 /// A log's key: its own signing keys, or a cosigning key the tenant holds.
 #[derive(SimpleObject, Deserialize, Clone, Debug)]
@@ -103,10 +104,16 @@ pub struct AuditQuery;
 
 #[Object]
 impl AuditQuery {
-    /// The tenant's audit log: its size, newest checkpoint and keys (admin).
-    async fn audit_log(&self, ctx: &Context<'_>, tenant: String) -> async_graphql::Result<AuditLog> {
+    /// The tenant's audit log (with `exchange`: that exchange's, for either party; so for every
+    /// read below): its size, newest checkpoint and keys (admin).
+    async fn audit_log(
+        &self,
+        ctx: &Context<'_>,
+        tenant: String,
+        exchange: Option<String>,
+    ) -> async_graphql::Result<AuditLog> {
         let (state, caller) = parts(ctx)?;
-        typed(routes::audit_log::get(state, Path(tenant), caller)).await
+        typed(routes::audit_log::get(state, Path(LogScope::new(tenant, exchange)), caller)).await
     }
 
     /// Entries of the log from `from` (admin).
@@ -114,12 +121,13 @@ impl AuditQuery {
         &self,
         ctx: &Context<'_>,
         tenant: String,
+        exchange: Option<String>,
         from: Option<u64>,
         limit: Option<u32>,
     ) -> async_graphql::Result<Vec<AuditEntry>> {
         let (state, caller) = parts(ctx)?;
         let q = query(&[("from", from.map(|v| v.to_string())), ("limit", limit.map(|v| v.to_string()))]);
-        typed(routes::audit_log::entries(state, Path(tenant), q, caller)).await
+        typed(routes::audit_log::entries(state, Path(LogScope::new(tenant, exchange)), q, caller)).await
     }
 
     /// Signed checkpoints of at least `fromSize` entries, smallest first (admin).
@@ -127,6 +135,7 @@ impl AuditQuery {
         &self,
         ctx: &Context<'_>,
         tenant: String,
+        exchange: Option<String>,
         from_size: Option<u64>,
         limit: Option<u32>,
     ) -> async_graphql::Result<Vec<AuditCheckpoint>> {
@@ -135,7 +144,7 @@ impl AuditQuery {
             ("from_size", from_size.map(|v| v.to_string())),
             ("limit", limit.map(|v| v.to_string())),
         ]);
-        typed(routes::audit_log::checkpoints(state, Path(tenant), q, caller)).await
+        typed(routes::audit_log::checkpoints(state, Path(LogScope::new(tenant, exchange)), q, caller)).await
     }
 
     /// A receipt: entry `index` (or a message by `app`, `channel`, `epoch`, `offset`) and its
@@ -145,6 +154,7 @@ impl AuditQuery {
         &self,
         ctx: &Context<'_>,
         tenant: String,
+        exchange: Option<String>,
         index: Option<u64>,
         app: Option<String>,
         channel: Option<String>,
@@ -161,7 +171,7 @@ impl AuditQuery {
             ("offset", offset.map(|v| v.to_string())),
             ("size", size.map(|v| v.to_string())),
         ]);
-        typed(routes::audit_log::inclusion(state, Path(tenant), q, caller)).await
+        typed(routes::audit_log::inclusion(state, Path(LogScope::new(tenant, exchange)), q, caller)).await
     }
 
     /// The proof that the checkpoint of `to` entries (default: the newest) extends the one of
@@ -170,12 +180,13 @@ impl AuditQuery {
         &self,
         ctx: &Context<'_>,
         tenant: String,
+        exchange: Option<String>,
         from: u64,
         to: Option<u64>,
     ) -> async_graphql::Result<AuditConsistencyProof> {
         let (state, caller) = parts(ctx)?;
         let q = query(&[("from", Some(from.to_string())), ("to", to.map(|v| v.to_string()))]);
-        typed(routes::audit_log::consistency(state, Path(tenant), q, caller)).await
+        typed(routes::audit_log::consistency(state, Path(LogScope::new(tenant, exchange)), q, caller)).await
     }
 }
 
@@ -203,15 +214,17 @@ impl AuditMutation {
         typed(routes::audit_log::set_cosigner(state, Path(tenant), caller, body)).await
     }
 
-    /// Posts a checkpoint cosigned with the tenant's registered key (admin).
+    /// Posts a checkpoint cosigned with the tenant's registered key (admin), of the tenant's log
+    /// or of `exchange`'s.
     async fn post_audit_cosignature(
         &self,
         ctx: &Context<'_>,
         tenant: String,
+        exchange: Option<String>,
         checkpoint: String,
     ) -> async_graphql::Result<AuditCheckpoint> {
         let (state, caller) = parts(ctx)?;
         let body = body(json!({ "checkpoint": checkpoint }));
-        typed(routes::audit_log::cosign(state, Path(tenant), caller, body)).await
+        typed(routes::audit_log::cosign(state, Path(LogScope::new(tenant, exchange)), caller, body)).await
     }
 }

@@ -5,6 +5,7 @@ pub(crate) mod account;
 pub(crate) mod apps;
 pub(crate) mod audit;
 pub(crate) mod audit_log;
+pub(crate) mod exchanges;
 pub(crate) mod keys;
 pub(crate) mod namespaces;
 pub(crate) mod plans;
@@ -70,6 +71,20 @@ fn table() -> Vec<(Method, String, MethodRouter<Arc<ControlPlane>>)> {
         (Method::POST, t("/audit/rotate-key"), post(audit_log::rotate_key)),
         (Method::PUT, t("/audit/cosigner"), put(audit_log::set_cosigner)),
         (Method::POST, t("/audit/cosignatures"), post(audit_log::cosign)),
+        (Method::POST, t("/exchanges"), post(exchanges::offer)),
+        (Method::GET, t("/exchanges"), get(exchanges::list)),
+        (Method::GET, t("/exchanges/{exchange}"), get(exchanges::get)),
+        (Method::POST, t("/exchanges/{exchange}/accept"), post(exchanges::accept)),
+        (Method::POST, t("/exchanges/{exchange}/suspend"), post(exchanges::suspend)),
+        (Method::POST, t("/exchanges/{exchange}/resume"), post(exchanges::resume)),
+        (Method::POST, t("/exchanges/{exchange}/end"), post(exchanges::end)),
+        (Method::GET, t("/exchanges/{exchange}/audit/log"), get(audit_log::get)),
+        (Method::GET, t("/exchanges/{exchange}/audit/entries"), get(audit_log::entries)),
+        (Method::GET, t("/exchanges/{exchange}/audit/checkpoints"), get(audit_log::checkpoints)),
+        (Method::GET, t("/exchanges/{exchange}/audit/proofs/inclusion"), get(audit_log::inclusion)),
+        (Method::GET, t("/exchanges/{exchange}/audit/proofs/consistency"), get(audit_log::consistency)),
+        (Method::GET, t("/exchanges/{exchange}/audit/export"), get(audit_log::export)),
+        (Method::POST, t("/exchanges/{exchange}/audit/cosignatures"), post(audit_log::cosign)),
         (Method::GET, t("/usage"), get(usage::series)),
         (Method::POST, t("/apps"), post(apps::create)),
         (Method::GET, t("/apps"), get(apps::list)),

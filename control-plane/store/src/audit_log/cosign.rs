@@ -93,19 +93,33 @@ impl Store {
         if moved.rows_affected() == 0 {
             return Ok(false);
         }
+        if !Self::replace_checkpoint_note(&mut tx, log_id, size, stored_note, note, true).await? {
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Puts `note` in place of the stored checkpoint of `size` (marked `cosigned` or not) if it
+    /// is still `stored_note`; returns whether it was.
+    pub(crate) async fn replace_checkpoint_note(
+        conn: &mut sqlx::AnyConnection,
+        log_id: &str,
+        size: u64,
+        stored_note: &str,
+        note: &str,
+        cosigned: bool,
+    ) -> Result<bool, StoreError> {
         let kept = sqlx::query(
-            "UPDATE audit_checkpoints SET note = $3, cosigned = 1 WHERE log_id = $1 AND size = $2 AND note = $4",
+            "UPDATE audit_checkpoints SET note = $3, cosigned = $5 WHERE log_id = $1 AND size = $2 AND note = $4",
         )
         .bind(log_id)
         .bind(size as i64)
         .bind(note)
         .bind(stored_note)
-        .execute(&mut *tx)
+        .bind(i32::from(cosigned))
+        .execute(&mut *conn)
         .await?;
-        if kept.rows_affected() == 0 {
-            return Ok(false);
-        }
-        tx.commit().await?;
-        Ok(true)
+        Ok(kept.rows_affected() > 0)
     }
 }

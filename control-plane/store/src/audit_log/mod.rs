@@ -145,6 +145,10 @@ pub struct AuditSource {
     /// When the app's first namespace was set audited, in milliseconds: on its first read the
     /// log skips the feed's older messages (and any loss among them).
     pub since_ms: i64,
+    /// The one namespace an exchange's log reads (`None`: the app's audited namespaces).
+    pub namespace: Option<String>,
+    /// When the exchange ended, in milliseconds: later messages are not its log's.
+    pub until_ms: Option<i64>,
 }
 
 /// Entries inserted by one statement (6 placeholders each).
@@ -161,7 +165,7 @@ impl Store {
              SELECT DISTINCT COALESCE('tenant:' || tenant_id, 'operator'), tenant_id, \
                     $1 || '/' || COALESCE(tenant_id, 'operator'), $2, $3, $4 \
              FROM (SELECT tenant_id FROM audit_events WHERE sequenced = 0 \
-                   UNION SELECT tenant_id FROM audit_sources) AS t WHERE true \
+                   UNION SELECT tenant_id FROM audit_sources WHERE namespace IS NULL) AS t WHERE true \
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(origin_prefix)
@@ -169,6 +173,40 @@ impl Store {
         .bind(&[0u8; 32][..])
         .bind(now)
         .execute(&self.pool)
+        .await?;
+        // Each accepted exchange's log (`<origin_prefix>/exchange/<id>`); its key is kept under
+        // the offering tenant's key.
+        sqlx::query(
+            "INSERT INTO audit_logs (id, tenant_id, origin, frontier, last_leaf, created_at) \
+             SELECT 'exchange:' || id, offerer_tenant_id, $1 || '/exchange/' || id, $2, $3, $4 \
+             FROM exchanges WHERE partner_app_id IS NOT NULL \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(origin_prefix)
+        .bind(merkle_empty_frontier())
+        .bind(&[0u8; 32][..])
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Has an exchange's log read the offering app's feed (its namespace only) from now on;
+    /// called inside the transaction that accepts the exchange.
+    pub(crate) async fn add_exchange_source(
+        conn: &mut sqlx::AnyConnection,
+        exchange: &crate::exchange::Exchange,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_sources (log_id, app_id, tenant_id, position, created_ms, namespace) \
+             VALUES ($1, $2, $3, '', $4, $5) ON CONFLICT (log_id, app_id) DO NOTHING",
+        )
+        .bind(exchange.log_id())
+        .bind(&exchange.offerer_app_id)
+        .bind(&exchange.offerer_tenant_id)
+        .bind(now_ms())
+        .bind(&exchange.namespace)
+        .execute(&mut *conn)
         .await?;
         Ok(())
     }
@@ -181,9 +219,6 @@ impl Store {
         tenant_id: &str,
         app_id: &str,
     ) -> Result<(), StoreError> {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX));
         sqlx::query(
             "INSERT INTO audit_sources (log_id, app_id, tenant_id, position, created_ms) VALUES ($1, $2, $3, '', $4) \
              ON CONFLICT (log_id, app_id) DO NOTHING",
@@ -191,7 +226,7 @@ impl Store {
         .bind(tenant_log_id(tenant_id))
         .bind(app_id)
         .bind(tenant_id)
-        .bind(now_ms)
+        .bind(now_ms())
         .execute(&mut *conn)
         .await?;
         Ok(())
@@ -252,6 +287,10 @@ impl Store {
         log: &AuditLogState,
         limit: i64,
     ) -> Result<Vec<AuditEvent>, StoreError> {
+        if log.id.starts_with("exchange:") {
+            // An exchange's log holds its messages; the parties' actions are on their own logs.
+            return Ok(Vec::new());
+        }
         let rows = match &log.tenant_id {
             Some(tenant) => {
                 sqlx::query(
@@ -289,7 +328,7 @@ impl Store {
     /// when it became a source (milliseconds).
     pub async fn audit_sources(&self, log_id: &str) -> Result<Vec<AuditSource>, StoreError> {
         let rows = sqlx::query(
-            "SELECT app_id, position, created_ms FROM audit_sources WHERE log_id = $1 ORDER BY app_id",
+            "SELECT app_id, position, created_ms, namespace, until_ms FROM audit_sources WHERE log_id = $1 ORDER BY app_id",
         )
         .bind(log_id)
         .fetch_all(&self.pool)
@@ -300,6 +339,8 @@ impl Store {
                     app_id: row.try_get("app_id")?,
                     position: row.try_get("position")?,
                     since_ms: row.try_get("created_ms")?,
+                    namespace: row.try_get("namespace")?,
+                    until_ms: row.try_get("until_ms")?,
                 })
             })
             .collect()
@@ -404,6 +445,13 @@ impl Store {
         tx.commit().await?;
         Ok(true)
     }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The empty tree's right edge: size 0, no nodes (`Frontier::to_bytes`).

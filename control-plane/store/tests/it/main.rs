@@ -10,6 +10,7 @@ mod app_snapshot;
 mod audit;
 mod audit_log;
 mod delivery;
+mod exchanges;
 mod grants;
 mod management_tokens;
 mod master_key;

@@ -54,12 +54,14 @@ async fn presence_key(state: &RelayState, headers: &HeaderMap, name: &str) -> Re
     let identity = authenticate(state, headers).await?;
     let channel = channel(name)?;
     identity.allow(&channel, tributary_capability::Right::Presence)?;
-    if !state.namespace(&identity.app_id, channel.namespace()).presence {
+    let app =
+        state.route(&Arc::from(identity.app_id), &channel, tributary_capability::Right::Presence).await?.app;
+    if !state.namespace(&app, channel.namespace()).presence {
         return Err(
             OpError::new(ErrorCode::DisabledInNamespace, "presence is disabled for this namespace").into()
         );
     }
-    Ok(ChannelKey::new(identity.app_id, channel))
+    Ok(ChannelKey::new(app, channel))
 }
 
 /// `GET /v1/channels/{channel}/presence`.

@@ -118,6 +118,7 @@ pub(super) async fn publish_one(
         encoding: body.encoding,
         idempotency_key: idempotency_key(&headers, body.idempotency_key)?,
         client_id: None,
+        api_key: Some(&identity.key_id),
     };
     let sink = push_sink(&state, body.push.as_deref())?;
     let mut result = ops::publish(&state, &Arc::from(identity.app_id.as_str()), input).await?;
@@ -179,6 +180,7 @@ pub(super) async fn publish_batch(
                 // of one batch to the same channel are two messages, and a retry matches both.
                 idempotency_key: own_key.or_else(|| batch_key.as_ref().map(|k| format!("{k}#{index}"))),
                 client_id: None,
+                api_key: Some(&identity.key_id),
             };
             let sink = push_sink(&state, item.push.as_deref())?;
             let mut result = ops::publish(&state, &app, input).await?;

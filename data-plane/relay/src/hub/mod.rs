@@ -268,6 +268,30 @@ impl Hub {
         names
     }
 
+    /// Closes the connections of app `conn_app` subscribed to a channel of `namespace` of
+    /// `app` (an exchange they reached it through was suspended or ended); returns how many.
+    pub fn close_subscribers(
+        &self,
+        app: &str,
+        namespace: &str,
+        conn_app: &str,
+        code: tributary_protocol::CloseCode,
+    ) -> usize {
+        let mut closed = 0;
+        for shard in &self.shards {
+            for (key, subs) in lock(shard).iter() {
+                if &*key.app != app || key.channel.namespace() != namespace {
+                    continue;
+                }
+                for sub in subs.iter().filter(|s| &**s.conn.app() == conn_app && !s.conn.is_closed()) {
+                    sub.conn.close(code);
+                    closed += 1;
+                }
+            }
+        }
+        closed
+    }
+
     /// Returns how many local subscribers `key` has.
     pub fn subscriber_count(&self, key: &ChannelKey) -> usize {
         lock(self.shard(key)).get(key).map(Vec::len).unwrap_or(0)
@@ -379,7 +403,11 @@ impl EngineSink for Hub {
             subscribers += self.deliver_to_patterns(key, publication.offset, &mut item, make);
         }
         if subscribers > 0 {
-            self.usage.app(&key.app).delivered(subscribers, publication.payload.len());
+            // An exchange's message is paid for by the app that published it.
+            let payer = self.usage.payers.payer(&key.app, &key.channel, publication.client_id.as_deref());
+            self.usage
+                .app(payer.as_ref().unwrap_or(&key.app))
+                .delivered(subscribers, publication.payload.len());
         }
     }
 

@@ -24,9 +24,9 @@ pub(super) async fn publish(
     let payload = Payload::from_bytes(publish.payload.clone());
     let message = NewMessage { payload, client_id: Some(client.clone()), encoding: None, meta: Some(meta) };
     let retained = publish.retain.then(|| message.clone());
-    let result = ops::publish_message(state, app, channel.clone(), message, None).await?;
+    let result = ops::publish_message(state, app, channel.clone(), message, None, None).await?;
     if let Some(message) = retained {
-        let key = ChannelKey::new(app.clone(), channel);
+        let key = ChannelKey::new(state.routed_app(app, &channel), channel);
         let publication = (!publish.payload.is_empty()).then(|| Publication {
             epoch: result.epoch.clone(),
             offset: result.offset,

@@ -242,6 +242,7 @@ impl Session {
                 encoding,
                 idempotency_key,
                 client_id: Some(this.identity.client_id.clone()),
+                api_key: None,
             };
             let mut result = ops::publish(&this.state, &this.identity.app_id, input).await?;
             if let (Some(sink), Some(push)) = (sink, push.as_deref()) {
@@ -283,7 +284,8 @@ impl Session {
         if !self.identity.capabilities.allows(channel, Right::Publish) {
             return Err(OpError::new(ErrorCode::Forbidden, format!("no publish right on {channel}")));
         }
-        if !self.state.namespace(&self.identity.app_id, channel.namespace()).client_publish {
+        let app = self.state.routed_app(&self.identity.app_id, channel);
+        if !self.state.namespace(&app, channel.namespace()).client_publish {
             return Err(OpError::new(
                 ErrorCode::DisabledInNamespace,
                 "clients may not publish in this namespace",
@@ -333,13 +335,14 @@ impl Session {
         if !self.identity.capabilities.allows(&channel, Right::Presence) {
             return Err(OpError::new(ErrorCode::Forbidden, format!("no presence right on {channel}")));
         }
-        if !self.state.namespace(&self.identity.app_id, channel.namespace()).presence {
+        let app = self.state.route(&self.identity.app_id, &channel, Right::Presence).await?.app;
+        if !self.state.namespace(&app, channel.namespace()).presence {
             return Err(OpError::new(
                 ErrorCode::DisabledInNamespace,
                 "presence is disabled for this namespace",
             ));
         }
-        let key = ChannelKey::new(self.identity.app_id.clone(), channel);
+        let key = ChannelKey::new(app, channel);
         let members = self.state.engine.presence(&key).await?;
         let occupancy = self.state.engine.occupancy(&key).await?;
         Ok(PresenceReply { channel: key.channel.to_string(), members, occupancy })
@@ -356,7 +359,7 @@ impl Session {
         let member = self.member(Some(Arc::from(state)));
         if !self.state.engine.presence_update(&subscription.key, member.clone()).await? {
             // The entry expired (a missed heartbeat); the client is still subscribed, so join again.
-            let ns = self.state.namespace(&self.identity.app_id, channel.namespace());
+            let ns = self.state.namespace(&subscription.key.app, channel.namespace());
             let options = self.state.config.presence_options(&ns);
             self.state.engine.presence_join(&subscription.key, member, options).await?;
         }
@@ -412,7 +415,7 @@ impl Session {
             if !subscription.presence {
                 continue;
             }
-            let ns = self.state.namespace(&self.identity.app_id, subscription.key.channel.namespace());
+            let ns = self.state.namespace(&subscription.key.app, subscription.key.channel.namespace());
             let options = self.state.config.presence_options(&ns);
             if let Err(err) =
                 self.state.engine.presence_join(&subscription.key, self.member(None), options).await

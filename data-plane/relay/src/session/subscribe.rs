@@ -148,10 +148,12 @@ impl Session {
         if self.subscriptions.len() >= self.state.config.max_subscriptions_per_connection {
             return Err(ErrorCode::TooManySubscriptions.into());
         }
-        let ns = self.state.namespace(&self.identity.app_id, channel.namespace());
+        // An exchange's channel is the offering app's, with its namespace's options.
+        let routed = self.state.route(&self.identity.app_id, &channel, Right::Subscribe).await?;
+        let ns = self.state.namespace(&routed.app, channel.namespace());
         // Without history a recovery simply reports `recovered: false` (unless nothing was
         // missed), so SSE and long-poll cursors work on live-only namespaces too.
-        let key = ChannelKey::new(self.identity.app_id.clone(), channel.clone());
+        let key = ChannelKey::new(routed.app, channel.clone());
         // A channel new on this node may be new to the tenant: it counts against the plan.
         if self.state.hub.subscriber_count(&key) == 0
             && let Some(policy) = self.state.policies.peek(&self.identity.app_id)

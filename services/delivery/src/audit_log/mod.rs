@@ -124,6 +124,12 @@ struct Audited {
 }
 
 impl Audited {
+    /// Exactly `namespace` (an exchange's).
+    fn only(namespace: &str) -> Self {
+        let names = HashSet::from([namespace.to_owned()]);
+        Self { set: names.clone(), names }
+    }
+
     /// Whether a channel of `namespace` is audited: its own namespace is, or the app's default
     /// (`""`) is and the app does not set the name.
     fn covers(&self, namespace: &str) -> bool {
@@ -282,14 +288,22 @@ impl AuditWriter {
                 let body = entry::body(&Gap { kind: "gap", app, after: position, at_ms: now });
                 pending.push(Pending { source: format!("gap:{app}:{position}"), body });
             }
-            // The namespaces as they are now: a namespace set audited is honoured from its
-            // transaction on, as its app's feed is read from then (one query per page read).
-            let audited = self.audited(log, app).await?;
+            // An exchange's log takes its one namespace until the exchange ended; a tenant's,
+            // the namespaces audited as they are now: a namespace set audited is honoured from
+            // its transaction on, as its app's feed is read from then (one query per page read).
+            let audited = match &source.namespace {
+                Some(namespace) => Audited::only(namespace),
+                None => self.audited(log, app).await?,
+            };
+            let until = source.until_ms.map_or(u64::MAX, |ms| u64::try_from(ms).unwrap_or(0));
             for item in &page.entries {
                 let (Some(channel), FeedRecord::Message(publication)) = (&item.channel, &item.record) else {
                     continue;
                 };
-                if publication.ts_ms < since || !audited.covers(channel.namespace()) {
+                if publication.ts_ms < since
+                    || publication.ts_ms > until
+                    || !audited.covers(channel.namespace())
+                {
                     continue;
                 }
                 let (Payload::Json(payload) | Payload::Binary(payload)) = &publication.payload;

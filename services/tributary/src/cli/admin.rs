@@ -94,10 +94,13 @@ enum AdminCommand {
     /// An app's credentials for the push and SMS services: list, set, delete.
     #[command(subcommand)]
     PushCredentials(super::admin_delivery::PushCredentialsCommand),
-    /// A tenant's audit log: show, entries, checkpoints, receipt, consistency, export,
-    /// rotate-key, set-cosigner.
+    /// A tenant's audit log (or, with `--exchange`, an exchange's): show, entries, checkpoints,
+    /// receipt, consistency, export, rotate-key, set-cosigner.
     #[command(subcommand)]
     AuditLog(super::admin_audit::AuditLogCommand),
+    /// Exchanges between tenants: list, show, offer, accept, suspend, resume, end.
+    #[command(subcommand)]
+    Exchange(super::admin_audit::ExchangeCommand),
     /// Prints a tenant's newest audit events.
     Audit {
         /// The tenant id.
@@ -287,6 +290,7 @@ fn call_of(command: AdminCommand) -> Call {
         AdminCommand::Rules(command) => super::admin_delivery::rule_call(command),
         AdminCommand::PushCredentials(command) => super::admin_delivery::push_credentials_call(command),
         AdminCommand::AuditLog(command) => super::admin_audit::audit_log_call(command),
+        AdminCommand::Exchange(command) => super::admin_audit::exchange_call(command),
         AdminCommand::Audit { tenant, limit } => {
             Call::get(format!("/v1/tenants/{tenant}/audit-events?limit={limit}"))
         }

@@ -1,7 +1,8 @@
 //! `tributary audit verify EXPORT --public-key KEY`: checks a log's export offline, with no
 //! server and no database: every checkpoint's signature with the keys given, every entry against
 //! the chain and the checkpointed trees; prints what is wrong, naming the entry. With
-//! `--cosigner KEY`, also how far the tenant's own key cosigned the log. `cosign` and `keygen`
+//! `--cosigner KEY` (repeatable: both parties of an exchange), also how far each key a tenant
+//! holds itself cosigned the log. `cosign` and `keygen`
 //! are in [`super::audit_cosign`].
 
 use std::path::PathBuf;
@@ -29,10 +30,11 @@ enum AuditCommand {
         /// or your own cosigning key. Repeatable.
         #[arg(long = "public-key", required = true)]
         public_keys: Vec<String>,
-        /// A key the tenant holds itself: the export must have checkpoints it cosigned, and the
+        /// A key a tenant holds itself: the export must have checkpoints it cosigned, and the
         /// entries up to the largest of them are bound to the tenant's signature too.
-        #[arg(long)]
-        cosigner: Option<String>,
+        /// Repeatable: an exchange's log is cosigned by both its parties.
+        #[arg(long = "cosigner")]
+        cosigners: Vec<String>,
     },
     /// Cosigns the log's latest checkpoint with the tenant's own key, after checking that it
     /// extends the last one cosigned (run it from a backend or a cron job).
@@ -49,8 +51,8 @@ enum AuditCommand {
 /// Runs an audit command.
 pub async fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     match args.command {
-        AuditCommand::Verify { export, public_keys, cosigner } => {
-            verify_export(&export, &public_keys, cosigner)
+        AuditCommand::Verify { export, public_keys, cosigners } => {
+            verify_export(&export, &public_keys, &cosigners)
         }
         AuditCommand::Cosign(args) => super::audit_cosign::cosign_latest(args).await,
         AuditCommand::Keygen { name, file } => super::audit_cosign::keygen(&name, &file),
@@ -60,12 +62,12 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
 fn verify_export(
     export: &std::path::Path,
     public_keys: &[String],
-    cosigner: Option<String>,
+    cosigners: &[String],
 ) -> anyhow::Result<ExitCode> {
     let parse = |key: &String| NoteVerifier::parse(key).map_err(|err| anyhow::anyhow!("{key}: {err}"));
     let mut keys = public_keys.iter().map(parse).collect::<anyhow::Result<Vec<_>>>()?;
-    let cosigner = cosigner.as_ref().map(parse).transpose()?;
-    keys.extend(cosigner.clone());
+    let cosigners = cosigners.iter().map(parse).collect::<anyhow::Result<Vec<_>>>()?;
+    keys.extend(cosigners.iter().cloned());
     let text =
         std::fs::read_to_string(export).map_err(|err| anyhow::anyhow!("{}: {err}", export.display()))?;
     let report = verify(&text, &keys);
@@ -83,7 +85,7 @@ fn verify_export(
         println!("{problem}");
     }
     let mut cosigned_ok = true;
-    if let Some(cosigner) = &cosigner {
+    for cosigner in &cosigners {
         // The largest checkpoint the cosigner signed: the entries up to it verified above.
         let largest = text
             .lines()

@@ -28,6 +28,10 @@ pub struct CosignArgs {
     /// The tenant id.
     #[arg(long)]
     tenant: String,
+    /// An exchange of the tenant (`exc_…`): cosign its log rather than the tenant's, with the
+    /// key the tenant registered for its own.
+    #[arg(long)]
+    exchange: Option<String>,
     /// The file holding the cosigning key (`PRIVATE+KEY+…`, from `tributary audit keygen`).
     #[arg(long)]
     key: PathBuf,
@@ -58,8 +62,17 @@ fn read_state(path: &Path) -> anyhow::Result<State> {
     }
 }
 
+/// The URL of the log's `rest`: the tenant's, or the exchange's.
+fn log_url(args: &CosignArgs, rest: &str) -> String {
+    let base = format!("{}/v1/tenants/{}", args.url.trim_end_matches('/'), args.tenant);
+    match &args.exchange {
+        None => format!("{base}/audit/{rest}"),
+        Some(exchange) => format!("{base}/exchanges/{exchange}/audit/{rest}"),
+    }
+}
+
 async fn get(client: &reqwest::Client, args: &CosignArgs, rest: &str) -> anyhow::Result<Value> {
-    let url = format!("{}/v1/tenants/{}/audit/{rest}", args.url.trim_end_matches('/'), args.tenant);
+    let url = log_url(args, rest);
     let response = client.get(url).bearer_auth(&args.token).send().await?;
     let status = response.status();
     let body: Value = response.json().await.unwrap_or(Value::Null);
@@ -144,7 +157,7 @@ pub async fn cosign_latest(args: CosignArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let cosigned = cosign(note, &signer)?;
-    let url = format!("{}/v1/tenants/{}/audit/cosignatures", args.url.trim_end_matches('/'), args.tenant);
+    let url = log_url(&args, "cosignatures");
     let response =
         client.post(url).bearer_auth(&args.token).json(&json!({"checkpoint": cosigned})).send().await?;
     let status = response.status();

@@ -11,7 +11,7 @@ use tributary_testkit::TestServer;
 use crate::audit_log::{checkpointed, export, log_path, log_state};
 
 /// Runs the binary without blocking the runtime the test's server runs on (the binary calls it).
-async fn tributary(args: &[&str]) -> (i32, String) {
+pub(crate) async fn tributary(args: &[&str]) -> (i32, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
         .args(args)
         .output()

@@ -18,6 +18,8 @@ mod console_accounts;
 mod delivery;
 mod disconnect;
 mod docs;
+mod exchange_log;
+mod exchanges;
 mod graphql;
 mod handshakes;
 mod http_api;

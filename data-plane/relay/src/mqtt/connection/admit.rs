@@ -462,10 +462,8 @@ pub(super) async fn add_filter(
             } else {
                 let grace = Duration::from_millis(state.config.mqtt.subscribe_grace_ms);
                 // The retained message comes as one (or not at all), never as a message too.
-                let key = tributary_engine::ChannelKey::new(
-                    client.session.identity().app_id.clone(),
-                    channel.clone(),
-                );
+                let app = state.routed_app(&client.session.identity().app_id, channel);
+                let key = tributary_engine::ChannelKey::new(app, channel.clone());
                 let floor = match state.engine.retained(&key).await {
                     Ok(Some(retained)) => Some(tributary_protocol::StreamPosition {
                         epoch: retained.epoch.to_string(),

@@ -306,7 +306,8 @@ pub(super) async fn queue_retained(state: &Arc<RelayState>, live: &mut Live, tex
     let Some(filter) = live.client.filters.iter().find(|f| f.text == text) else { return };
     let found = match &filter.target {
         Target::Channel(channel) => {
-            let key = tributary_engine::ChannelKey::new(live.app.clone(), channel.clone());
+            let key =
+                tributary_engine::ChannelKey::new(state.routed_app(&live.app, channel), channel.clone());
             let retained = state.engine.retained(&key).await;
             // A retained message stored after the subscription's start comes as a message
             // anyway (from the seam or the grace): not twice.

@@ -1,17 +1,17 @@
 //! A tenant's audit log (docs/audit.md): its state and keys, its entries and signed
 //! checkpoints, inclusion proofs (receipts, also by a message's channel and offset), consistency
 //! proofs, export, the rotation of its signing key, and cosigning with a key the tenant holds.
-//! All `admin`.
+//! All `admin`. An exchange's log is served the same way to each of its two parties, under
+//! `/v1/tenants/{tenant}/exchanges/{exchange}/audit/…`.
+
+mod export;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
@@ -22,7 +22,10 @@ use tributary_delivery::audit_log::proofs::{self, ProofError};
 use tributary_delivery::audit_log::{NewLogKey, message_source};
 use tributary_protocol::ErrorCode;
 use tributary_store::audit_log::tenant_log_id;
-use tributary_store::{AuditCheckpoint, AuditEntry, AuditLogState, Role, Store};
+use tributary_store::exchange::{Exchange, Side};
+use tributary_store::{AuditCheckpoint, AuditEntry, AuditLogState, Role, Store, StoreError};
+
+pub(crate) use export::export;
 
 use crate::ControlPlane;
 use crate::auth::Caller;
@@ -87,23 +90,81 @@ impl From<AuditCheckpoint> for CheckpointView {
     }
 }
 
-/// The tenant's log, once scope and role are checked.
-async fn log_of(plane: &ControlPlane, caller: &Caller, tenant: &str) -> Result<AuditLogState, ApiError> {
-    caller.tenant(tenant, Role::Admin)?;
-    plane.store.tenant(tenant).await?;
-    Ok(plane.store.audit_log(&tenant_log_id(tenant)).await?)
+/// Which log a request names: the tenant's own (`/v1/tenants/{tenant}/audit/…`) or that of an
+/// exchange the tenant is a party of (`/v1/tenants/{tenant}/exchanges/{exchange}/audit/…`).
+#[derive(Deserialize)]
+pub(crate) struct LogScope {
+    tenant: String,
+    #[serde(default)]
+    exchange: Option<String>,
+}
+
+impl LogScope {
+    /// The tenant's own log, or an exchange's the tenant is a party of.
+    pub(crate) fn new(tenant: String, exchange: Option<String>) -> Self {
+        Self { tenant, exchange }
+    }
+
+    /// The tenant's own log.
+    pub(crate) fn tenant(tenant: String) -> Self {
+        Self { tenant, exchange: None }
+    }
+}
+
+/// A log, once scope and role are checked, with its exchange if it is one's.
+pub(crate) struct Scoped {
+    pub(crate) log: AuditLogState,
+    pub(crate) exchange: Option<Exchange>,
+}
+
+/// The log `scope` names, once scope and role are checked (an exchange's only for its parties).
+pub(crate) async fn log_of(
+    plane: &ControlPlane,
+    caller: &Caller,
+    scope: &LogScope,
+) -> Result<Scoped, ApiError> {
+    caller.tenant(&scope.tenant, Role::Admin)?;
+    plane.store.tenant(&scope.tenant).await?;
+    let Some(exchange_id) = &scope.exchange else {
+        return Ok(Scoped {
+            log: plane.store.audit_log(&tenant_log_id(&scope.tenant)).await?,
+            exchange: None,
+        });
+    };
+    let exchange = plane.store.exchange(&scope.tenant, exchange_id).await?;
+    let log = plane.store.audit_log(&exchange.log_id()).await.map_err(|err| match err {
+        StoreError::NotFound(_) if exchange.partner_app_id.is_none() => {
+            ApiError::new(ErrorCode::NotFound, "the exchange has no log until it is accepted")
+        }
+        // A delivery worker makes it within a second of the acceptance.
+        StoreError::NotFound(_) => {
+            ApiError::new(ErrorCode::NotFound, "the exchange's log is being started; try again")
+        }
+        other => other.into(),
+    })?;
+    Ok(Scoped { log, exchange: Some(exchange) })
 }
 
 /// `GET /v1/tenants/{tenant}/audit/log` (admin).
 pub(crate) async fn get(
     State(plane): State<Arc<ControlPlane>>,
-    Path(tenant): Path<String>,
+    Path(scope): Path<LogScope>,
     caller: Caller,
 ) -> Result<Json<LogView>, ApiError> {
-    let log = log_of(&plane, &caller, &tenant).await?;
+    let Scoped { log, exchange } = log_of(&plane, &caller, &scope).await?;
     let checkpoint = plane.store.latest_audit_checkpoint(&log.id).await?;
     let keys = plane.store.audit_keys(&log.id).await?;
-    let (cosigners, cosigned_size) = plane.store.audit_cosigners(&log.id).await?;
+    let (cosigners, cosigned_size) = match &exchange {
+        None => plane.store.audit_cosigners(&log.id).await?,
+        // An exchange's log is cosigned by each party's own registered key.
+        Some(exchange) => {
+            let mut keys = Vec::new();
+            for tenant in [&exchange.offerer_tenant_id, &exchange.partner_tenant_id] {
+                keys.extend(plane.store.audit_cosigners(&tenant_log_id(tenant)).await?.0);
+            }
+            (keys, exchange.offerer_cosigned_size.min(exchange.partner_cosigned_size))
+        }
+    };
     let view = |k: tributary_store::AuditKey| KeyView {
         public_key: k.verifier,
         created_at: k.created_at,
@@ -120,7 +181,7 @@ pub(crate) async fn get(
     }))
 }
 
-fn number(query: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
+pub(crate) fn number(query: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
     query
         .get(name)
         .map(|text| {
@@ -141,11 +202,11 @@ fn page_limit(query: &HashMap<String, String>, max: u64) -> Result<i64, ApiError
 /// `GET …/audit/entries?from=&limit=` (admin): entries in order from `from` (default 0).
 pub(crate) async fn entries(
     State(plane): State<Arc<ControlPlane>>,
-    Path(tenant): Path<String>,
+    Path(scope): Path<LogScope>,
     Query(query): Query<HashMap<String, String>>,
     caller: Caller,
 ) -> Result<Json<Vec<EntryView>>, ApiError> {
-    let log = log_of(&plane, &caller, &tenant).await?;
+    let log = log_of(&plane, &caller, &scope).await?.log;
     let from = number(&query, "from")?.unwrap_or(0);
     let limit = page_limit(&query, 1000)?;
     let entries = plane.store.audit_entries(&log.id, from, limit).await?;
@@ -155,11 +216,11 @@ pub(crate) async fn entries(
 /// `GET …/audit/checkpoints?from_size=&limit=` (admin): signed checkpoints, smallest first.
 pub(crate) async fn checkpoints(
     State(plane): State<Arc<ControlPlane>>,
-    Path(tenant): Path<String>,
+    Path(scope): Path<LogScope>,
     Query(query): Query<HashMap<String, String>>,
     caller: Caller,
 ) -> Result<Json<Vec<CheckpointView>>, ApiError> {
-    let log = log_of(&plane, &caller, &tenant).await?;
+    let log = log_of(&plane, &caller, &scope).await?.log;
     let from = number(&query, "from_size")?.unwrap_or(0);
     let limit = page_limit(&query, 1000)?;
     let found = plane.store.audit_checkpoints(&log.id, from, limit).await?;
@@ -207,11 +268,11 @@ pub(crate) struct InclusionView {
 /// entry, its proof in the checkpoint of `size` (default: the newest) and that checkpoint.
 pub(crate) async fn inclusion(
     State(plane): State<Arc<ControlPlane>>,
-    Path(tenant): Path<String>,
+    Path(scope): Path<LogScope>,
     Query(query): Query<HashMap<String, String>>,
     caller: Caller,
 ) -> Result<Json<InclusionView>, ApiError> {
-    let log = log_of(&plane, &caller, &tenant).await?;
+    let log = log_of(&plane, &caller, &scope).await?.log;
     let entry = match (number(&query, "index")?, query.get("channel")) {
         (Some(index), None) => {
             plane.store.audit_entries(&log.id, index, 1).await?.into_iter().find(|e| e.index == index)
@@ -269,11 +330,11 @@ pub(crate) struct ConsistencyView {
 /// entries (default: the newest) extends the one of `from`, and both checkpoints.
 pub(crate) async fn consistency(
     State(plane): State<Arc<ControlPlane>>,
-    Path(tenant): Path<String>,
+    Path(scope): Path<LogScope>,
     Query(query): Query<HashMap<String, String>>,
     caller: Caller,
 ) -> Result<Json<ConsistencyView>, ApiError> {
-    let log = log_of(&plane, &caller, &tenant).await?;
+    let log = log_of(&plane, &caller, &scope).await?.log;
     let from =
         number(&query, "from")?.ok_or_else(|| ApiError::invalid("from is the older checkpoint's size"))?;
     let newer = checkpoint_at(&plane.store, &log, number(&query, "to")?).await?;
@@ -288,129 +349,6 @@ pub(crate) async fn consistency(
     }))
 }
 
-/// Entries read per page of an export.
-const EXPORT_PAGE: i64 = 10_000;
-
-/// `GET …/audit/export?to=` (admin): the log's entries up to `to` (default: the newest
-/// checkpoint's size) and every checkpoint up to it, as the JSON lines `tributary audit verify`
-/// reads; streamed a page at a time.
-pub(crate) async fn export(
-    State(plane): State<Arc<ControlPlane>>,
-    Path(tenant): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
-    caller: Caller,
-) -> Result<Response, ApiError> {
-    let log = log_of(&plane, &caller, &tenant).await?;
-    let to = match number(&query, "to")? {
-        Some(to) if to > log.size => {
-            return Err(ApiError::invalid(format!("to is past the log's end ({} entries)", log.size)));
-        }
-        Some(to) => to,
-        None => plane.store.latest_audit_checkpoint(&log.id).await?.map_or(0, |c| c.size),
-    };
-    let header =
-        format!("{}\n", serde_json::json!({"format": tributary_audit::export::FORMAT, "origin": log.origin}));
-    let store = plane.store.clone();
-    let state = Export {
-        store,
-        log_id: log.id,
-        to,
-        next: 0,
-        checkpoints_from: Some(0),
-        kept_up_to: 0,
-        skipped: None,
-        header: Some(header),
-    };
-    let stream = futures::stream::unfold(state, |mut state| async move {
-        match state.next_chunk().await {
-            Ok(Some(chunk)) => Some((Ok::<_, std::io::Error>(chunk), state)),
-            Ok(None) => None,
-            Err(err) => {
-                tracing::error!(error = %err, "an audit export stopped");
-                Some((Err(std::io::Error::other("the export stopped")), Export::done(state)))
-            }
-        }
-    });
-    Ok(([(header::CONTENT_TYPE, "application/jsonl")], Body::from_stream(stream)).into_response())
-}
-
-/// Where an export has got to.
-struct Export {
-    store: Store,
-    log_id: String,
-    to: u64,
-    next: u64,
-    /// The next checkpoint size to write from; `None` once all are written.
-    checkpoints_from: Option<u64>,
-    /// The size of the last checkpoint written.
-    kept_up_to: u64,
-    /// The last checkpoint left out since (written if it is the last of all).
-    skipped: Option<AuditCheckpoint>,
-    header: Option<String>,
-}
-
-impl Export {
-    fn done(mut self) -> Self {
-        self.next = self.to;
-        self.checkpoints_from = None;
-        self.skipped = None;
-        self
-    }
-
-    async fn next_chunk(&mut self) -> Result<Option<String>, tributary_store::StoreError> {
-        if let Some(header) = self.header.take() {
-            return Ok(Some(header));
-        }
-        if self.next < self.to {
-            let limit = EXPORT_PAGE.min(i64::try_from(self.to - self.next).unwrap_or(EXPORT_PAGE));
-            let entries = self.store.audit_entries(&self.log_id, self.next, limit).await?;
-            let mut out = String::with_capacity(entries.len() * 300);
-            for entry in &entries {
-                let line = serde_json::json!({"index": entry.index, "prev": STANDARD.encode(&entry.prev),
-                                              "body": STANDARD.encode(&entry.body)});
-                out.push_str(&line.to_string());
-                out.push('\n');
-            }
-            // Rows removed from the store show in the export as missing entries, as they are.
-            self.next = entries.last().map_or(self.to, |e| e.index + 1);
-            return Ok(Some(out));
-        }
-        let Some(from) = self.checkpoints_from else { return Ok(None) };
-        let found = self.store.audit_checkpoints(&self.log_id, from, 1000).await?;
-        let mut out = String::new();
-        // A log that got few entries a second has about a checkpoint per entry: the export
-        // keeps about a thousand of them, evenly spread, every cosigned one and the last one (what the verifier
-        // holds the whole to), so a verification checks a thousand signatures, not a million.
-        let spacing = (self.to / 1000).max(1);
-        for checkpoint in found.iter().filter(|c| c.size <= self.to) {
-            // The tenant's cosigned checkpoints are always kept: they are what binds the operator.
-            if checkpoint.size < self.kept_up_to + spacing
-                && checkpoint.size != self.to
-                && !checkpoint.cosigned
-            {
-                self.skipped = Some(checkpoint.clone());
-                continue;
-            }
-            self.kept_up_to = checkpoint.size;
-            self.skipped = None;
-            out.push_str(&serde_json::json!({ "checkpoint": checkpoint.note }).to_string());
-            out.push('\n');
-        }
-        self.checkpoints_from = match found.last() {
-            Some(last) if found.len() == 1000 && last.size < self.to => Some(last.size + 1),
-            _ => None,
-        };
-        if self.checkpoints_from.is_none()
-            && let Some(last) = self.skipped.take()
-        {
-            // The largest checkpoint up to `to` is always kept.
-            out.push_str(&serde_json::json!({ "checkpoint": last.note }).to_string());
-            out.push('\n');
-        }
-        Ok(Some(out))
-    }
-}
-
 /// `POST …/audit/rotate-key` (admin): a new key signs the log's checkpoints from now on; the
 /// old one stays listed (retired), so what it signed still verifies.
 pub(crate) async fn rotate_key(
@@ -418,11 +356,11 @@ pub(crate) async fn rotate_key(
     Path(tenant): Path<String>,
     caller: Caller,
 ) -> Result<Json<LogView>, ApiError> {
-    let log = log_of(&plane, &caller, &tenant).await?;
+    let log = log_of(&plane, &caller, &LogScope::tenant(tenant.clone())).await?.log;
     let key = NewLogKey::generate(&log.origin)
         .map_err(|err| ApiError::new(ErrorCode::Internal, err.to_string()))?;
     plane.store.rotate_audit_key(&caller.actor, &log, &key.verifier, key.seed()).await?;
-    get(State(plane), Path(tenant), caller).await
+    get(State(plane), Path(LogScope::tenant(tenant)), caller).await
 }
 
 /// A cosigning key to register.
@@ -440,7 +378,7 @@ pub(crate) async fn set_cosigner(
     caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<LogView>, ApiError> {
-    let log = log_of(&plane, &caller, &tenant).await?;
+    let log = log_of(&plane, &caller, &LogScope::tenant(tenant.clone())).await?.log;
     let body: CosignerBody = crate::body::parse(body)?;
     let key = NoteVerifier::parse(&body.public_key)
         .map_err(|err| ApiError::invalid(format!("public_key is not an Ed25519 note key: {err}")))?;
@@ -449,7 +387,7 @@ pub(crate) async fn set_cosigner(
     }
     plane.store.set_audit_cosigner(&caller.actor, &log, &body.public_key).await?;
     tracing::info!(log = log.id, cosigner = key.name(), "audit log cosigner registered");
-    get(State(plane), Path(tenant), caller).await
+    get(State(plane), Path(LogScope::tenant(tenant)), caller).await
 }
 
 /// A cosigned checkpoint.
@@ -464,13 +402,26 @@ pub(crate) struct CosignatureBody {
 /// no smaller than the last cosigned; the stored checkpoint then carries it (exports too).
 pub(crate) async fn cosign(
     State(plane): State<Arc<ControlPlane>>,
-    Path(tenant): Path<String>,
+    Path(scope): Path<LogScope>,
     caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<CheckpointView>, ApiError> {
-    let log = log_of(&plane, &caller, &tenant).await?;
+    let Scoped { log, exchange } = log_of(&plane, &caller, &scope).await?;
     let body: CosignatureBody = crate::body::parse(body)?;
-    let (cosigners, cosigned_size) = plane.store.audit_cosigners(&log.id).await?;
+    // An exchange's checkpoints are cosigned by each party with the key it registered for its
+    // own log.
+    let own_log = match &exchange {
+        None => log.id.clone(),
+        Some(_) => tenant_log_id(&scope.tenant),
+    };
+    let (cosigners, mut cosigned_size) = plane.store.audit_cosigners(&own_log).await?;
+    let side = exchange.as_ref().and_then(|e| e.side_of(&scope.tenant));
+    if let (Some(exchange), Some(side)) = (&exchange, side) {
+        cosigned_size = match side {
+            Side::Offerer => exchange.offerer_cosigned_size,
+            Side::Partner => exchange.partner_cosigned_size,
+        };
+    }
     let registered = cosigners.iter().find(|k| k.retired_at.is_none()).ok_or_else(|| {
         ApiError::new(ErrorCode::NotConfigured, "the tenant has no cosigning key: PUT …/audit/cosigner first")
     })?;
@@ -499,8 +450,19 @@ pub(crate) async fn cosign(
     }
     let note =
         if stored.note.contains(&line) { stored.note.clone() } else { format!("{}{line}", stored.note) };
-    if !plane.store.add_audit_cosignature(&log.id, posted.size, &stored.note, &note).await? {
+    let (added, cosigned) = match (&exchange, side) {
+        (Some(exchange), Some(side)) => {
+            let both = super::exchanges::cosigned_by_both(&plane.store, exchange, &note).await?;
+            let added = plane
+                .store
+                .add_exchange_cosignature(exchange, side, posted.size, &stored.note, &note, both)
+                .await?;
+            (added, both)
+        }
+        _ => (plane.store.add_audit_cosignature(&log.id, posted.size, &stored.note, &note).await?, true),
+    };
+    if !added {
         return Err(ApiError::invalid("a later checkpoint was cosigned meanwhile"));
     }
-    Ok(Json(CheckpointView { size: posted.size, note, at_ms: stored.at_ms, cosigned: true }))
+    Ok(Json(CheckpointView { size: posted.size, note, at_ms: stored.at_ms, cosigned }))
 }

@@ -367,16 +367,18 @@ impl Store {
                 .map_err(|err| StoreError::from_sqlx(err, "exchange of this namespace", "app"))?
             }
             _ => {
-                // The status read is the one changed: a change racing this one makes it touch
-                // nothing.
+                // The status (and, to resume, who suspended it) read is the one changed: a change
+                // racing this one makes it touch nothing.
                 sqlx::query(
-                    "UPDATE exchanges SET status = $2, changed_by = $3, updated_at = $4 WHERE id = $1 AND status = $5",
+                    "UPDATE exchanges SET status = $2, changed_by = $3, updated_at = $4 \
+                     WHERE id = $1 AND status = $5 AND ($6 = 0 OR changed_by = $3)",
                 )
                 .bind(exchange_id)
                 .bind(to)
                 .bind(tenant_id)
                 .bind(now)
                 .bind(exchange.status.as_str())
+                .bind(i32::from(matches!(change, ExchangeChange::Resume)))
                 .execute(&mut *tx)
                 .await?
             }

@@ -204,7 +204,7 @@ close_codes! {
     /// automatically, or the two will take it from each other in turn.
     SessionTakenOver = (3506, "session taken over by another connection"),
     /// The connection was subscribed to a channel of an exchange between two tenants, and the
-    /// exchange was suspended or ended (or its rights narrowed).
+    /// exchange was suspended or ended.
     ExchangeClosed = (3507, "exchange suspended or ended"),
 }
 

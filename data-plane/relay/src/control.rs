@@ -141,7 +141,7 @@ async fn reload_app(state: &RelayState, app: &Arc<str>) -> Result<usize, crate::
     // Only once the store answered: while it is down, cached API keys keep working.
     state.directory.forget_app(app);
     let closed = state.connections.close_unadmitted(app, policy.as_deref())
-        + crate::exchange::close_lost_routes(state, app, before.as_deref(), policy.as_deref());
+        + crate::exchange::close_changed_routes(state, app, before.as_deref(), policy.as_deref());
     Ok(closed + crate::mqtt::end_unadmitted(state, app, policy.as_deref()).await)
 }
 

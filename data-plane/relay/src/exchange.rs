@@ -54,6 +54,8 @@ pub struct Routed {
     pub app: Arc<str>,
     /// Whether an exchange routes its namespace.
     pub exchanged: bool,
+    /// What the exchange gives the app's side there (every right without an exchange).
+    pub rights: Rights,
 }
 
 impl RelayState {
@@ -66,9 +68,9 @@ impl RelayState {
         channel: &ChannelName,
         right: Right,
     ) -> Result<Routed, OpError> {
-        let own = |exchanged| Ok(Routed { app: app.clone(), exchanged });
-        let Some(policy) = self.policies.peek(app) else { return own(false) };
-        let Some(route) = policy.exchange(channel.namespace()) else { return own(false) };
+        let own = |exchanged, rights| Ok(Routed { app: app.clone(), exchanged, rights });
+        let Some(policy) = self.policies.peek(app) else { return own(false, Rights::all()) };
+        let Some(route) = policy.exchange(channel.namespace()) else { return own(false, Rights::all()) };
         if route.suspended {
             return Err(OpError::new(
                 ErrorCode::ExchangeSuspended,
@@ -82,7 +84,7 @@ impl RelayState {
             ));
         }
         if !route.partner {
-            return own(true);
+            return own(true, route.rights);
         }
         // The offering app's namespace options apply: load its policy here if nothing did.
         let offerer = self
@@ -97,7 +99,22 @@ impl RelayState {
                 "the tenant that offered this exchange is suspended",
             ));
         }
-        Ok(Routed { app: route.offerer_app.clone(), exchanged: true })
+        Ok(Routed { app: route.offerer_app.clone(), exchanged: true, rights: route.rights })
+    }
+
+    /// Returns whether `channel` of `app` is still routed to `to` with `right` (an exchange
+    /// active and giving it). A subscription checks this again once it is in the hub: a change
+    /// that landed while it was routed is then either seen here or closes it there.
+    pub fn still_routed(&self, app: &Arc<str>, channel: &ChannelName, to: &str, right: Right) -> bool {
+        let Some(policy) = self.policies.peek(app) else { return false };
+        match policy.exchange(channel.namespace()) {
+            Some(route) => {
+                !route.suspended
+                    && route.rights.contains(right)
+                    && (if route.partner { &*route.offerer_app } else { &**app }) == to
+            }
+            None => &**app == to,
+        }
     }
 
     /// Returns the app whose streams hold `channel` of `app`, without checking rights (for
@@ -112,6 +129,11 @@ impl RelayState {
     }
 }
 
+/// Returns whether an exchange routes `channel`'s namespace for `app`.
+pub fn is_exchanged(state: &RelayState, app: &str, channel: &ChannelName) -> bool {
+    state.policies.peek(app).is_some_and(|policy| policy.exchange(channel.namespace()).is_some())
+}
+
 /// The client id a message published by `app` through an exchange is stored with.
 pub fn publisher_id(app: &str, client_id: Option<&str>, api_key: Option<&str>) -> Arc<str> {
     match (client_id, api_key) {
@@ -121,16 +143,32 @@ pub fn publisher_id(app: &str, client_id: Option<&str>, api_key: Option<&str>) -
     }
 }
 
-/// Closes the connections of `app` subscribed through a route that `before` had and `after`
-/// lost, suspended or no longer gives subscribe on; returns how many were closed.
-pub fn close_lost_routes(
+/// Closes the subscriptions of `app`'s connections that a reload from `before` to `after`
+/// takes away; returns how many were closed:
+/// - through a route lost, suspended or no longer giving subscribe: `3507`;
+/// - to the partner's own channels of a namespace an exchange now routes (they are hidden while
+///   it lasts): `3007`, reconnect (and subscribe through the exchange);
+/// - to the offering app's channels of a namespace newly exchanged without subscribe for it: `3507`.
+pub fn close_changed_routes(
     state: &RelayState,
     app: &Arc<str>,
     before: Option<&AppPolicy>,
     after: Option<&AppPolicy>,
 ) -> usize {
+    // A first load: this node has no connection of the app yet.
     let Some(before) = before else { return 0 };
     let mut closed = 0;
+    for new in after.into_iter().flat_map(AppPolicy::exchanges) {
+        let known = before.exchange(&new.namespace).is_some_and(|old| old.exchange_id == new.exchange_id);
+        if known {
+            continue;
+        }
+        if new.partner {
+            closed += state.hub.close_subscribers(app, &new.namespace, app, CloseCode::Disconnected);
+        } else if new.suspended || !new.rights.contains(Right::Subscribe) {
+            closed += state.hub.close_subscribers(app, &new.namespace, app, CloseCode::ExchangeClosed);
+        }
+    }
     for old in before.exchanges() {
         let kept = after.and_then(|p| p.exchange(&old.namespace)).is_some_and(|new| {
             new.exchange_id == old.exchange_id && !new.suspended && new.rights.contains(Right::Subscribe)

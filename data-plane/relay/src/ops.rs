@@ -86,6 +86,10 @@ pub struct PublishResult {
     /// The pushes of the publish's push section: `{"push_id", "devices"}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub push: Option<serde_json::Value>,
+    /// The client id the message was stored with (in an exchange's namespace, named by its
+    /// app); not sent.
+    #[serde(skip)]
+    pub stored_client_id: Option<Arc<str>>,
 }
 
 /// Publishes into `app`, enforcing the namespace's size limit.
@@ -128,9 +132,14 @@ pub async fn publish_message(
     }
     let policy = ready_to_publish(state, app).await?;
     let routed = state.route(app, &channel, tributary_capability::Right::Publish).await?;
-    if routed.exchanged {
+    let idempotency_key = if routed.exchanged {
         message.client_id = Some(crate::exchange::publisher_id(app, message.client_id.as_deref(), api_key));
-    }
+        // Both sides publish into one stream: each side's keys are its own.
+        idempotency_key.map(|key| format!("{app}/{key}"))
+    } else {
+        idempotency_key
+    };
+    let stored_client_id = message.client_id.clone();
     let ns = state.namespace(&routed.app, channel.namespace());
     let bytes = message.payload.len();
     if bytes > ns.max_message_bytes {
@@ -148,7 +157,15 @@ pub async fn publish_message(
     if !duplicate {
         state.usage.app(app).published(bytes);
     }
-    Ok(PublishResult { channel: key.channel.to_string(), epoch, offset, ts: ts_ms, duplicate, push: None })
+    Ok(PublishResult {
+        channel: key.channel.to_string(),
+        epoch,
+        offset,
+        ts: ts_ms,
+        duplicate,
+        push: None,
+        stored_client_id,
+    })
 }
 
 /// Returns the app's policy, with its tenant's quota counts learnt on this node. Only the first

@@ -230,20 +230,22 @@ pub(crate) async fn end(
     change(&plane, &caller, &tenant, &exchange, ExchangeChange::End).await
 }
 
-/// Whether `note` carries the cosignatures of both parties' registered keys (a party with no
-/// key registered cannot cosign, so the note is not cosigned by both).
+/// Whether `note` carries a cosignature of each party, with a key it registered (the current
+/// one or one it retired since), and the two are different keys (a party with no key registered
+/// cannot cosign, so the note is not cosigned by both).
 pub(crate) async fn cosigned_by_both(
     store: &Store,
     exchange: &Exchange,
     note: &str,
 ) -> Result<bool, ApiError> {
+    let mut signed_with = Vec::new();
     for tenant in [&exchange.offerer_tenant_id, &exchange.partner_tenant_id] {
         let (keys, _) = store.audit_cosigners(&tenant_log_id(tenant)).await?;
-        let Some(key) = keys.iter().find(|k| k.retired_at.is_none()) else { return Ok(false) };
-        let Ok(key) = NoteVerifier::parse(&key.verifier) else { return Ok(false) };
-        if signature_line_of(note, &key).is_err() {
-            return Ok(false);
-        }
+        let found = keys.iter().find(|k| {
+            NoteVerifier::parse(&k.verifier).is_ok_and(|key| signature_line_of(note, &key).is_ok())
+        });
+        let Some(key) = found else { return Ok(false) };
+        signed_with.push(key.verifier.rsplit('+').next().unwrap_or_default().to_owned());
     }
-    Ok(true)
+    Ok(signed_with[0] != signed_with[1])
 }

@@ -43,6 +43,22 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the public key `key_material` (the last `+` part of a verifier key) is a key of
+    /// any log, or a cosigning key registered for a log other than `log_id`: under another name
+    /// it would let one signature count as two.
+    pub async fn audit_key_in_use(&self, key_material: &str, log_id: &str) -> Result<bool, StoreError> {
+        let pattern = format!("%+{key_material}");
+        let found = sqlx::query(
+            "SELECT 1 AS one FROM audit_keys WHERE verifier LIKE $1 \
+             UNION ALL SELECT 1 AS one FROM audit_cosigners WHERE verifier LIKE $1 AND log_id <> $2",
+        )
+        .bind(pattern)
+        .bind(log_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+
     /// A log's cosigning keys, oldest first (the unretired one cosigns), and the largest
     /// checkpoint cosigned so far (0: none).
     pub async fn audit_cosigners(&self, log_id: &str) -> Result<(Vec<AuditKey>, u64), StoreError> {
@@ -110,8 +126,10 @@ impl Store {
         note: &str,
         cosigned: bool,
     ) -> Result<bool, StoreError> {
+        // Once cosigned, always: a later note (one more cosignature) never clears the mark.
         let kept = sqlx::query(
-            "UPDATE audit_checkpoints SET note = $3, cosigned = $5 WHERE log_id = $1 AND size = $2 AND note = $4",
+            "UPDATE audit_checkpoints SET note = $3, cosigned = CASE WHEN cosigned = 1 THEN 1 ELSE $5 END \
+             WHERE log_id = $1 AND size = $2 AND note = $4",
         )
         .bind(log_id)
         .bind(size as i64)

@@ -59,6 +59,9 @@ struct Subscriber {
     mode: Mode,
     /// The epoch and offset of the last message it was given (set when its recovery ends).
     position: Option<(Arc<str>, u64)>,
+    /// Whether it gets the channel's presence events (not a partner that an exchange gives no
+    /// presence right).
+    presence_events: bool,
 }
 
 /// What to do with a message for a subscriber at some position.
@@ -192,10 +195,17 @@ impl Hub {
     /// Adds a subscriber in recovering mode. (The engine counts subscriptions itself: every
     /// local subscription subscribes there too.)
     pub fn add(&self, key: &ChannelKey, conn: &ConnHandle) {
+        self.add_with(key, conn, true);
+    }
+
+    /// Adds a subscriber in recovering mode that gets the channel's presence events only if
+    /// `presence_events`.
+    pub fn add_with(&self, key: &ChannelKey, conn: &ConnHandle, presence_events: bool) {
         let mut shard = lock(self.shard(key));
         let subs = shard.entry(key.clone()).or_default();
         subs.retain(|s| s.conn.id() != conn.id());
-        subs.push(Subscriber { conn: conn.clone(), mode: Mode::Recovering(Box::default()), position: None });
+        let mode = Mode::Recovering(Box::default());
+        subs.push(Subscriber { conn: conn.clone(), mode, position: None, presence_events });
     }
 
     fn set_mode(&self, key: &ChannelKey, conn: &ConnHandle, mode: Mode) {
@@ -362,10 +372,20 @@ impl Hub {
 
     /// Hands an item to every subscriber of `key`; returns how many there were.
     fn deliver(&self, key: &ChannelKey, make: impl FnOnce() -> Outbound) -> usize {
+        self.deliver_to(key, |_| true, make)
+    }
+
+    /// Gives an item to the subscribers of `key` that `wanted` takes.
+    fn deliver_to(
+        &self,
+        key: &ChannelKey,
+        wanted: impl Fn(&Subscriber) -> bool,
+        make: impl FnOnce() -> Outbound,
+    ) -> usize {
         let mut shard = lock(self.shard(key));
         let Some(subs) = shard.get_mut(key) else { return 0 };
         let item = make();
-        for sub in subs.iter_mut() {
+        for sub in subs.iter_mut().filter(|sub| wanted(sub)) {
             match &mut sub.mode {
                 Mode::Live => sub.give(&item),
                 Mode::Recovering(buffer) if buffer.len() >= self.max_buffer => {
@@ -412,7 +432,11 @@ impl EngineSink for Hub {
     }
 
     fn on_presence(&self, key: &ChannelKey, event: &PresenceEvent) {
-        self.deliver(key, || Outbound::frame(event.encode(key.channel.as_str())));
+        self.deliver_to(
+            key,
+            |sub| sub.presence_events,
+            || Outbound::frame(event.encode(key.channel.as_str())),
+        );
     }
 
     fn on_gap(&self, key: &ChannelKey) {

@@ -31,7 +31,8 @@ pub(super) async fn publish(
             epoch: result.epoch.clone(),
             offset: result.offset,
             ts_ms: result.ts,
-            client_id: message.client_id,
+            // As stored: in an exchange's namespace, named by the publishing app.
+            client_id: result.stored_client_id.clone(),
             payload: message.payload,
             encoding: None,
             meta: message.meta,

@@ -356,7 +356,7 @@ impl Session {
                 "presence is disabled for this namespace",
             ));
         }
-        let member = self.member(Some(Arc::from(state)));
+        let member = self.member(&subscription.key, Some(Arc::from(state)));
         if !self.state.engine.presence_update(&subscription.key, member.clone()).await? {
             // The entry expired (a missed heartbeat); the client is still subscribed, so join again.
             let ns = self.state.namespace(&subscription.key.app, channel.namespace());
@@ -417,8 +417,11 @@ impl Session {
             }
             let ns = self.state.namespace(&subscription.key.app, subscription.key.channel.namespace());
             let options = self.state.config.presence_options(&ns);
-            if let Err(err) =
-                self.state.engine.presence_join(&subscription.key, self.member(None), options).await
+            if let Err(err) = self
+                .state
+                .engine
+                .presence_join(&subscription.key, self.member(&subscription.key, None), options)
+                .await
             {
                 tracing::warn!(error = %err, "presence heartbeat failed");
             }

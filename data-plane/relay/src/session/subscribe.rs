@@ -150,6 +150,17 @@ impl Session {
         }
         // An exchange's channel is the offering app's, with its namespace's options.
         let routed = self.state.route(&self.identity.app_id, &channel, Right::Subscribe).await?;
+        // Recovering or rewinding reads history: through an exchange, only with its right.
+        let reads_history = request.recover.is_some() || request.rewind.is_some_and(|n| n > 0);
+        if reads_history && !routed.rights.contains(Right::History) {
+            return Err(OpError::new(
+                ErrorCode::Forbidden,
+                format!("the exchange of {channel} gives this side no history right (recover, rewind)"),
+            ));
+        }
+        // Through an exchange without the presence right, a subscriber neither appears in the
+        // channel's presence nor sees its events.
+        let presence_right = routed.rights.contains(Right::Presence);
         let ns = self.state.namespace(&routed.app, channel.namespace());
         // Without history a recovery simply reports `recovered: false` (unless nothing was
         // missed), so SSE and long-poll cursors work on live-only namespaces too.
@@ -163,7 +174,17 @@ impl Session {
         // Every subscription subscribes in the engine (which counts them), not only the node's
         // first: a second subscriber must also wait until delivery is live before it reads
         // history, and a first subscribe still in flight does not guarantee that.
-        self.state.hub.add(&key, &self.conn);
+        self.state.hub.add_with(&key, &self.conn, presence_right);
+        if routed.exchanged
+            && !self.state.still_routed(&self.identity.app_id, &channel, &key.app, Right::Subscribe)
+        {
+            // The exchange changed while this was routed: its reload may have missed this.
+            self.state.hub.remove(&key, self.conn.id());
+            return Err(OpError::new(
+                ErrorCode::ExchangeSuspended,
+                "the exchange of this channel changed meanwhile; subscribe again",
+            ));
+        }
         // A plain subscription (no recovery, no rewind) starts where the stream stood when the
         // request was read: the head is read now, before anything that can wait, so that a
         // publication read after the request reaches the subscriber (from the hub's buffer or
@@ -191,12 +212,12 @@ impl Session {
         let stream = ns.stream();
         match self.replay(&key, &request, start, stream, ns.history_size > 0, reply_id, share.max(1)).await {
             Ok((reply, catch_up)) => {
-                let presence = ns.presence && self.presence_allowed;
+                let presence = ns.presence && self.presence_allowed && presence_right;
                 self.catching_up += usize::from(catch_up.is_some());
                 let catch_up = catch_up.map(Box::new);
                 self.subscriptions.insert(Subscription { key: key.clone(), presence, catch_up });
                 if presence {
-                    let member = self.member(request.state.map(Arc::from));
+                    let member = self.member(&key, request.state.map(Arc::from));
                     let options = self.state.config.presence_options(&ns);
                     // The reply is already queued, so a failure here must not become a second
                     // reply; the next heartbeat joins again.
@@ -482,7 +503,19 @@ impl Session {
         self.deliver_page(key, page, &catch_up.epoch, catch_up.delivered, room)
     }
 
-    pub(super) fn member(&self, state: Option<Arc<serde_json::value::RawValue>>) -> MemberInfo {
-        MemberInfo { client_id: self.identity.client_id.clone(), conn_id: self.conn.id().clone(), state }
+    /// This client as a member of `key`'s presence: in an exchange's namespace named by its
+    /// app, as its messages are (see [`crate::exchange`]).
+    pub(super) fn member(
+        &self,
+        key: &ChannelKey,
+        state: Option<Arc<serde_json::value::RawValue>>,
+    ) -> MemberInfo {
+        let app = &self.identity.app_id;
+        let client_id = if crate::exchange::is_exchanged(&self.state, app, &key.channel) {
+            crate::exchange::publisher_id(app, Some(&self.identity.client_id), None)
+        } else {
+            self.identity.client_id.clone()
+        };
+        MemberInfo { client_id, conn_id: self.conn.id().clone(), state }
     }
 }

@@ -26,8 +26,8 @@ enum AuditCommand {
     Verify {
         /// The export file (`tributary-audit-export/1`, JSON lines).
         export: PathBuf,
-        /// A public key the checkpoints may be signed with (`<name>+<id>+<base64>`): the log's,
-        /// or your own cosigning key. Repeatable.
+        /// A public key of the log the checkpoints are signed with (`<name>+<id>+<base64>`; the
+        /// log's current and retired keys). Repeatable.
         #[arg(long = "public-key", required = true)]
         public_keys: Vec<String>,
         /// A key a tenant holds itself: the export must have checkpoints it cosigned, and the
@@ -65,9 +65,10 @@ fn verify_export(
     cosigners: &[String],
 ) -> anyhow::Result<ExitCode> {
     let parse = |key: &String| NoteVerifier::parse(key).map_err(|err| anyhow::anyhow!("{key}: {err}"));
-    let mut keys = public_keys.iter().map(parse).collect::<anyhow::Result<Vec<_>>>()?;
+    // The log's keys alone vouch for checkpoints: a cosigner's signature binds what the log
+    // signed, it never stands in for the log's (or one party could sign entries of its own).
+    let keys = public_keys.iter().map(parse).collect::<anyhow::Result<Vec<_>>>()?;
     let cosigners = cosigners.iter().map(parse).collect::<anyhow::Result<Vec<_>>>()?;
-    keys.extend(cosigners.iter().cloned());
     let text =
         std::fs::read_to_string(export).map_err(|err| anyhow::anyhow!("{}: {err}", export.display()))?;
     let report = verify(&text, &keys);

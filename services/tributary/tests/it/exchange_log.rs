@@ -60,6 +60,14 @@ async fn each_party_cosigns_the_exchange_log_with_its_own_key() {
         node.publish("orders:9", json!({"n": n})).await;
     }
     let log = logged(node, &parties.offerer_path("/audit/log"), node.operator_token(), 5).await;
+    // Neither the log's key nor the other party's key can be a party's cosigner: one signature
+    // would count twice.
+    let cosigner_path = format!("/v1/tenants/{}/audit/cosigner", parties.partner);
+    for stolen in [log["keys"][0]["public_key"].as_str().unwrap(), our_public.as_str()] {
+        let body = json!({"public_key": stolen});
+        let (status, reply) = node.manage("PUT", &cosigner_path, &parties.partner_token, Some(&body)).await;
+        assert_eq!(status, 400, "{stolen}: {reply}");
+    }
     let cosign = |tenant: &str, token: &str, key: &std::path::Path, state: &str| {
         let args: Vec<String> = [
             "audit",
@@ -123,6 +131,41 @@ async fn each_party_cosigns_the_exchange_log_with_its_own_key() {
     for name in ["retail.example/witness", "logistics.example/witness"] {
         assert!(out.contains(&format!("cosigned by {name}: the entries up to")), "{out}");
     }
+    // A cosigner's signature never stands in for the log's: a checkpoint carrying only one
+    // party's signature (as if that party made it up) is not the log's.
+    let export_text = std::fs::read_to_string(file).unwrap();
+    let origin = log["origin"].as_str().unwrap();
+    let forged: Vec<String> = export_text
+        .lines()
+        .map(|line| {
+            let parsed: Value = serde_json::from_str(line).unwrap();
+            match parsed["checkpoint"].as_str() {
+                Some(note) => {
+                    let kept: String = note
+                        .split_inclusive('\n')
+                        .filter(|l| !l.starts_with(&format!("\u{2014} {origin} ")))
+                        .collect();
+                    json!({ "checkpoint": kept }).to_string()
+                }
+                None => line.to_owned(),
+            }
+        })
+        .collect();
+    let forged_file = dir.path().join("forged.jsonl");
+    std::fs::write(&forged_file, forged.join("\n") + "\n").unwrap();
+    let (code, out) = tributary(&[
+        "audit",
+        "verify",
+        forged_file.to_str().unwrap(),
+        "--public-key",
+        log_key,
+        "--cosigner",
+        &our_public,
+        "--cosigner",
+        &their_public,
+    ])
+    .await;
+    assert_eq!(code, 1, "{out}");
     // A key that cosigned nothing of it fails the verification.
     let stranger = tributary_audit::note::NoteSigner::from_seed("stranger.example/w", &[7; 32]).unwrap();
     let (code, out) = tributary(&[

@@ -110,6 +110,21 @@ async fn two_tenants_exchange_messages_both_ways_within_the_offered_rights() {
         let reply = client.request(json!({"op": "subscribe", "channel": "orders:42"})).await.unwrap();
         assert!(reply.get("result").is_some(), "{reply}");
     }
+    // Without the presence right the partner neither appears in the channel's presence nor sees
+    // its events; members are named by their app, as publishers are.
+    let mut packer = parties.offerer_client("packer").await;
+    packer.request(json!({"op": "subscribe", "channel": "orders:42"})).await.unwrap();
+    assert!(theirs.quiet_for(Duration::from_millis(300)).await, "no presence event reaches the partner");
+    let reply = ours.request(json!({"op": "presence", "channel": "orders:42"})).await.unwrap();
+    let mut members: Vec<String> = reply["result"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["client_id"].as_str().unwrap().to_owned())
+        .collect();
+    members.sort();
+    let app = node.app_id();
+    assert_eq!(members, [format!("{app}/dispatcher"), format!("{app}/packer")], "{reply}");
 
     // The offering side's backend publishes; both sides get it, named by the publishing app
     // and key.
@@ -247,6 +262,9 @@ async fn a_message_outside_the_offered_rights_is_refused_and_nothing_is_stored()
         json!({"op": "publish", "channel": "orders:1", "data": "forged"}),
         json!({"op": "history", "channel": "orders:1"}),
         json!({"op": "presence", "channel": "orders:1"}),
+        // Recovering and rewinding read history too.
+        json!({"op": "subscribe", "channel": "orders:2", "rewind": 5}),
+        json!({"op": "subscribe", "channel": "orders:3", "recover": {"epoch": "e", "offset": 0}}),
     ] {
         let reply = theirs.request(op.clone()).await.unwrap();
         assert_eq!(error_name(&reply), Some("forbidden"), "{op}: {reply}");
@@ -281,6 +299,25 @@ async fn an_exchange_exposes_nothing_else_of_either_tenant() {
     }
     node.publish("chat:lobby", json!("ours again")).await;
     assert!(theirs.no_message_within(Duration::from_millis(300)).await, "nothing of the offering app's chat");
+    // Each side's idempotency keys are its own, though both publish into one stream.
+    let publish = json!({"op": "publish", "channel": "orders:9", "data": 1, "idempotency_key": "k1"});
+    let reply = theirs.request(publish).await.unwrap();
+    assert_eq!(reply["result"]["duplicate"], false, "{reply}");
+    let (status, ours_published) =
+        node.post("/v1/channels/orders:9/messages", &json!({"data": 2}), Some("k1")).await;
+    assert_eq!(
+        (status, ours_published["duplicate"].as_bool(), ours_published["offset"].as_u64()),
+        (200, Some(false), Some(2))
+    );
+    // With the presence right, the partner's client is a member, named by its app.
+    theirs.request(json!({"op": "subscribe", "channel": "orders:9"})).await.unwrap();
+    let mut ours = parties.offerer_client("watcher").await;
+    let reply = ours.request(json!({"op": "presence", "channel": "orders:9"})).await.unwrap();
+    assert_eq!(
+        reply["result"]["members"][0]["client_id"],
+        format!("{}/snoop", parties.partner_app.app_id),
+        "{reply}"
+    );
     // The partner's API key on the offering app's other channels: its own app's, empty.
     for path in ["/v1/channels/chat:lobby/history", "/v1/channels/lobby/history"] {
         let response = node
@@ -395,4 +432,20 @@ async fn bad_offers_and_changes_are_refused_with_a_clear_error_and_change_nothin
     let (status, reply) =
         node.manage("POST", &path, node.operator_token(), Some(&offer(json!({"namespace": "orders"})))).await;
     assert_eq!(status, 201, "{reply}");
+}
+
+#[tokio::test]
+async fn accepting_ends_the_partners_subscriptions_to_its_own_channels_of_the_namespace() {
+    let parties = Parties::offered(&["subscribe"]).await;
+    let mut theirs = parties.partner_client("early").await;
+    let reply = theirs.request(json!({"op": "subscribe", "channel": "orders:1"})).await.unwrap();
+    assert!(reply.get("result").is_some(), "its own app's channel, before the exchange: {reply}");
+    let accepted = Parties::accepted(parties).await;
+    // Its own channel is hidden while the exchange lasts: reconnect, and subscribe through it.
+    let (code, _) = theirs.closed().await.unwrap();
+    assert_eq!(code, 3007);
+    let mut theirs = accepted.partner_client("early").await;
+    theirs.request(json!({"op": "subscribe", "channel": "orders:1"})).await.unwrap();
+    accepted.node.publish("orders:1", json!("from the offering app")).await;
+    assert_eq!(theirs.next_of("message").await.unwrap()["data"], "from the offering app");
 }

@@ -382,8 +382,11 @@ pub(crate) async fn set_cosigner(
     let body: CosignerBody = crate::body::parse(body)?;
     let key = NoteVerifier::parse(&body.public_key)
         .map_err(|err| ApiError::invalid(format!("public_key is not an Ed25519 note key: {err}")))?;
-    if plane.store.audit_keys(&log.id).await?.iter().any(|k| k.verifier == body.public_key) {
-        return Err(ApiError::invalid("public_key is the log's own key: cosign with a key the tenant holds"));
+    let material = body.public_key.rsplit('+').next().unwrap_or_default();
+    if plane.store.audit_key_in_use(material, &log.id).await? {
+        return Err(ApiError::invalid(
+            "public_key is a log's key or another tenant's cosigning key: cosign with a key the tenant holds",
+        ));
     }
     plane.store.set_audit_cosigner(&caller.actor, &log, &body.public_key).await?;
     tracing::info!(log = log.id, cosigner = key.name(), "audit log cosigner registered");

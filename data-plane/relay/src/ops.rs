@@ -139,8 +139,15 @@ pub async fn publish_message(
     } else {
         idempotency_key
     };
-    let stored_client_id = message.client_id.clone();
     let ns = state.namespace(&routed.app, channel.namespace());
+    if ns.audited
+        && message.client_id.is_none()
+        && let Some(key) = api_key
+    {
+        // An audited namespace's log records who published: a backend by its key's id.
+        message.client_id = Some(format!("key:{key}").into());
+    }
+    let stored_client_id = message.client_id.clone();
     let bytes = message.payload.len();
     if bytes > ns.max_message_bytes {
         return Err(PayloadError::TooLarge { size: bytes, limit: ns.max_message_bytes }.into());

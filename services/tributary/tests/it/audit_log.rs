@@ -93,6 +93,9 @@ async fn management_actions_and_audited_messages_reach_a_signed_log_that_verifie
     assert_eq!(offsets, (1..=20).collect::<Vec<_>>());
     let actions: Vec<&str> = entries.iter().filter_map(|e| e["entry"]["action"].as_str()).collect();
     assert!(actions.contains(&"namespace.set") && actions.contains(&"app.create"), "{actions:?}");
+    // Who published: the backend, by its API key's id (an audited namespace names it).
+    let publisher = messages[3]["entry"]["client_id"].as_str().unwrap_or_default();
+    assert!(publisher.starts_with("key:key_"), "{:?}", messages[3]);
     assert_eq!(
         messages[3]["entry"]["payload_sha256"],
         tributary_audit::entry::payload_sha256(br#"{"n":3}"#),
@@ -403,4 +406,53 @@ async fn removing_an_apps_last_rule_leaves_its_feed_on_for_the_audit_log() {
         node.publish("ledger:eu", json!({"n": n})).await;
     }
     messages_logged(&node, 5).await;
+}
+
+#[tokio::test]
+async fn the_operators_log_holds_the_actions_of_no_tenant_and_only_operators_read_it() {
+    let node = TestServer::spawn().await;
+    let operator = node.operator_token();
+    let (status, created) =
+        node.manage("POST", "/v1/operator-tokens", operator, Some(&json!({"name": "night-shift"}))).await;
+    assert_eq!(status, 201, "{created}");
+    let token_id = created["id"].as_str().unwrap().to_owned();
+    // The operator's action is on the operator's log, in a signed checkpoint.
+    eventually("the operator's action is on its log", Duration::from_secs(10), || async {
+        let (_, entries) = node.manage("GET", "/v1/operator/audit/entries?limit=1000", operator, None).await;
+        entries.as_array().is_some_and(|entries| {
+            entries
+                .iter()
+                .any(|e| e["entry"]["target"] == token_id.as_str() && e["entry"]["tenant"].is_null())
+        })
+    })
+    .await
+    .unwrap();
+    let log = eventually_checkpointed_operator(&node).await;
+    assert!(log["origin"].as_str().unwrap().ends_with("/operator"), "{log}");
+    let url = format!("{}/v1/operator/audit/export", node.http_url());
+    let text = node.http().get(url).bearer_auth(operator).send().await.unwrap().text().await.unwrap();
+    let report = verify(&text, &[key(log["keys"][0]["public_key"].as_str().unwrap())]);
+    assert!(report.problems.is_empty() && report.checkpoints_verified >= 1, "{:?}", report.problems);
+    // A tenant's token, however high its role, reads none of it.
+    let (tenant, owner) = crate::management_api::tenant_with_owner(&node, "Acme").await;
+    for path in ["/v1/operator/audit/log", "/v1/operator/audit/entries", "/v1/operator/audit/export"] {
+        let (status, reply) = node.manage("GET", path, &owner, None).await;
+        assert_eq!(
+            (status, reply["error"]["name"].as_str()),
+            (403, Some("permission_denied")),
+            "{tenant} {path}"
+        );
+    }
+}
+
+/// Waits until the operator's log is wholly in a signed checkpoint; returns its state.
+async fn eventually_checkpointed_operator(node: &TestServer) -> Value {
+    let operator = node.operator_token();
+    eventually("the operator's log is checkpointed", Duration::from_secs(10), || async {
+        let log = node.manage("GET", "/v1/operator/audit/log", operator, None).await.1;
+        log["size"].as_u64().is_some_and(|size| size > 0) && log["checkpoint_size"] == log["size"]
+    })
+    .await
+    .unwrap();
+    node.manage("GET", "/v1/operator/audit/log", operator, None).await.1
 }

@@ -5,6 +5,7 @@
 //! `/v1/tenants/{tenant}/exchanges/{exchange}/audit/…`.
 
 mod export;
+pub(crate) mod operator;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use tributary_audit::note::{NoteVerifier, open, signature_line_of};
 use tributary_delivery::audit_log::proofs::{self, ProofError};
 use tributary_delivery::audit_log::{NewLogKey, message_source};
 use tributary_protocol::ErrorCode;
-use tributary_store::audit_log::tenant_log_id;
+use tributary_store::audit_log::{OPERATOR_LOG, tenant_log_id};
 use tributary_store::exchange::{Exchange, Side};
 use tributary_store::{AuditCheckpoint, AuditEntry, AuditLogState, Role, Store, StoreError};
 
@@ -90,8 +91,9 @@ impl From<AuditCheckpoint> for CheckpointView {
     }
 }
 
-/// Which log a request names: the tenant's own (`/v1/tenants/{tenant}/audit/…`) or that of an
-/// exchange the tenant is a party of (`/v1/tenants/{tenant}/exchanges/{exchange}/audit/…`).
+/// Which log a request names: the tenant's own (`/v1/tenants/{tenant}/audit/…`), that of an
+/// exchange the tenant is a party of (`/v1/tenants/{tenant}/exchanges/{exchange}/audit/…`), or
+/// the operator's (`/v1/operator/audit/…`, no tenant).
 #[derive(Deserialize)]
 pub(crate) struct LogScope {
     tenant: String,
@@ -103,6 +105,11 @@ impl LogScope {
     /// The tenant's own log, or an exchange's the tenant is a party of.
     pub(crate) fn new(tenant: String, exchange: Option<String>) -> Self {
         Self { tenant, exchange }
+    }
+
+    /// The operator's log.
+    pub(crate) fn operator() -> Self {
+        Self { tenant: String::new(), exchange: None }
     }
 
     /// The tenant's own log.
@@ -123,6 +130,17 @@ pub(crate) async fn log_of(
     caller: &Caller,
     scope: &LogScope,
 ) -> Result<Scoped, ApiError> {
+    if scope.tenant.is_empty() {
+        // The operator's log: actions of no tenant.
+        caller.operator()?;
+        let log = plane.store.audit_log(OPERATOR_LOG).await.map_err(|err| match err {
+            StoreError::NotFound(_) => {
+                ApiError::new(ErrorCode::NotFound, "the operator's log has no entry yet")
+            }
+            other => other.into(),
+        })?;
+        return Ok(Scoped { log, exchange: None });
+    }
     caller.tenant(&scope.tenant, Role::Admin)?;
     plane.store.tenant(&scope.tenant).await?;
     let Some(exchange_id) = &scope.exchange else {

@@ -156,6 +156,8 @@ impl std::fmt::Display for Problem {
 pub struct Report {
     /// The log's origin.
     pub origin: String,
+    /// The first entry's index: 0, or where a range export starts.
+    pub first: u64,
     /// Entries read.
     pub entries: u64,
     /// Checkpoints whose signature and root verified.
@@ -178,6 +180,20 @@ pub fn verify(export: &str, trusted: &[NoteVerifier]) -> Report {
         return report;
     }
     report.origin = header["origin"].as_str().unwrap_or_default().to_owned();
+    // A range export starts at entry `from`, with the tree's right edge at that size: the roots
+    // of the subtrees left of it, from which each checkpoint's root is recomputed.
+    let mut tree = Frontier::new();
+    if let Some(from) = header["from"].as_u64().filter(|&from| from > 0) {
+        let edge = header["frontier"].as_str().and_then(|b64| STANDARD.decode(b64).ok());
+        match edge.as_deref().and_then(Frontier::from_bytes).filter(|edge| edge.size() == from) {
+            Some(edge) => tree = edge,
+            None => {
+                report.problems.push(Problem::Unreadable(1, "a range export without its frontier".into()));
+                return report;
+            }
+        }
+        report.first = from;
+    }
     let mut entries: Vec<Entry> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
     // Blank lines (an export saved with an extra newline) are not entries.
@@ -192,7 +208,7 @@ pub fn verify(export: &str, trusted: &[NoteVerifier]) -> Report {
         }
     }
     report.entries = entries.len() as u64;
-    check_chain(&entries, &mut report.problems);
+    check_chain(&entries, report.first, &mut report.problems);
 
     // Each checkpoint: signed by a trusted key, of this log, and the root of that many entries.
     let mut checkpoints: Vec<Checkpoint> = Vec::new();
@@ -217,12 +233,13 @@ pub fn verify(export: &str, trusted: &[NoteVerifier]) -> Report {
             report.problems.push(Problem::Fork(pair[0].size));
         }
     }
-    let mut tree = Frontier::new();
+    let end = report.first + report.entries;
     let mut leaves = entries.iter().map(Entry::leaf_hash);
-    let mut matched = 0u64;
-    for checkpoint in &checkpoints {
-        if checkpoint.size > report.entries {
-            report.problems.push(Problem::Truncated { entries: report.entries, checkpoint: checkpoint.size });
+    let mut matched = report.first;
+    // A checkpoint from before a range export's start says nothing about its entries.
+    for checkpoint in checkpoints.iter().filter(|c| c.size >= report.first) {
+        if checkpoint.size > end {
+            report.problems.push(Problem::Truncated { entries: end, checkpoint: checkpoint.size });
             continue;
         }
         while tree.size() < checkpoint.size {

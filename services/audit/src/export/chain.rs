@@ -21,8 +21,10 @@ fn written_at(entry: &Entry, next_prev: &Hash) -> Option<u64> {
     })
 }
 
-/// Checks the entries' indexes, then their chain, naming the entry each break points at.
-pub(super) fn check_chain(entries: &[Entry], problems: &mut Vec<Problem>) {
+/// Checks the entries' indexes, then their chain, naming the entry each break points at. The
+/// first should be entry `first` (0, or where a range export starts; its own link then points at
+/// an entry the export does not hold, and is left to the checkpoints).
+pub(super) fn check_chain(entries: &[Entry], first: u64, problems: &mut Vec<Problem>) {
     let n = entries.len();
     let leaves: Vec<Hash> = entries.iter().map(Entry::leaf_hash).collect();
     // Each entry's index as it was written, and whether its successor is chained to it.
@@ -47,7 +49,7 @@ pub(super) fn check_chain(entries: &[Entry], problems: &mut Vec<Problem>) {
     // Indexes: each one more than the last. A jump the following entries carry on from is
     // entries missing; a step back is entries added (those nothing is chained to); any other
     // index is an entry out of place (moved).
-    let mut expected = 0u64;
+    let mut expected = first;
     let mut misplaced = vec![false; n];
     for p in 0..n {
         let index = written[p];
@@ -76,15 +78,16 @@ pub(super) fn check_chain(entries: &[Entry], problems: &mut Vec<Problem>) {
                 continue;
             }
         }
-        problems.push(Problem::OutOfPlace { position: p as u64, says: entries[p].index });
+        problems.push(Problem::OutOfPlace { position: first + p as u64, says: entries[p].index });
         misplaced[p] = true;
     }
 
     // The chain: entry p holds the leaf hash of entry p - 1. A break at p alone means entry p - 1
     // was changed (p itself still chains on to p + 1); a break at p and p + 1 means entry p
     // was (its own link or content, so its leaf changed too).
-    let broken: Vec<bool> =
-        (0..n).map(|p| if p == 0 { entries[0].prev != [0; 32] } else { !followed[p - 1] }).collect();
+    let broken: Vec<bool> = (0..n)
+        .map(|p| if p == 0 { first == 0 && entries[0].prev != [0; 32] } else { !followed[p - 1] })
+        .collect();
     let mut p = 0;
     while p < n {
         if broken[p] && !misplaced[p] && !(p > 0 && misplaced[p - 1]) {

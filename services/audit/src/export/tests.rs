@@ -158,3 +158,57 @@ fn a_fork_and_an_unsigned_checkpoint_are_refused() {
     let unreadable = verify("not json\n", &[]);
     assert!(matches!(unreadable.problems[..], [Problem::Unreadable(1, _)]));
 }
+
+/// A range export of `entries` from `from` on: the header carries the tree's right edge there.
+fn range_export(entries: &[Entry], from: u64, notes: &[String], edge: Option<Frontier>) -> String {
+    let mut tree = Frontier::new();
+    for entry in &entries[..from as usize] {
+        tree.push(entry.leaf_hash());
+    }
+    let edge = edge.unwrap_or(tree);
+    let full = write(ORIGIN, &entries[from as usize..], notes);
+    let (_, rest) = full.split_once('\n').unwrap();
+    let header = serde_json::json!({"format": FORMAT, "origin": ORIGIN, "from": from,
+                                    "frontier": STANDARD.encode(edge.to_bytes())});
+    format!("{header}\n{rest}")
+}
+
+#[test]
+fn a_range_export_verifies_on_its_own_and_names_a_changed_entry_in_it() {
+    let entries = log(300);
+    let notes = checkpoints(&entries, &[100, 200, 300]);
+    let trusted = [NoteVerifier::parse(&signer().verifier_key()).unwrap()];
+    // From 137 on: the checkpoints of 200 and 300 are recomputed from the right edge at 137.
+    let report = verify(&range_export(&entries, 137, &notes[1..], None), &trusted);
+    assert_eq!(report.problems, vec![]);
+    assert_eq!((report.first, report.entries, report.checkpoints_verified), (137, 163, 2));
+    // From exactly a checkpoint's size: that checkpoint vouches for the right edge itself.
+    let report = verify(&range_export(&entries, 200, &notes[1..], None), &trusted);
+    assert_eq!((report.problems.clone(), report.checkpoints_verified), (vec![], 2), "{:?}", report.problems);
+
+    // An entry of the range changed (re-chained after it, as a writer without the key would).
+    let mut changed = entries.clone();
+    changed[150].body = b"{\"action\":\"message\",\"n\":\"forged\"}".to_vec();
+    rechain(&mut changed, 151);
+    let report = verify(&range_export(&changed, 137, &notes[1..], None), &trusted);
+    assert_eq!(
+        report.problems,
+        vec![
+            Problem::RootMismatch { size: 200, after: 137 },
+            Problem::RootMismatch { size: 300, after: 137 }
+        ]
+    );
+    // A right edge that is not the log's: no checkpoint's root comes out.
+    let mut forged = Frontier::new();
+    for _ in 0..137 {
+        forged.push(leaf_hash(b"not the log"));
+    }
+    let report = verify(&range_export(&entries, 137, &notes[1..], Some(forged)), &trusted);
+    assert_eq!(report.checkpoints_verified, 0, "{:?}", report.problems);
+    // A range without its right edge is unreadable.
+    let text = range_export(&entries, 137, &notes[1..], None).replacen("\"frontier\"", "\"edge\"", 1);
+    assert_eq!(
+        verify(&text, &trusted).problems,
+        vec![Problem::Unreadable(1, "a range export without its frontier".into())]
+    );
+}

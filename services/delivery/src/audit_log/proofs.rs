@@ -49,6 +49,16 @@ pub async fn root(store: &Store, log_id: &str, size: u64) -> Result<Hash, ProofE
     span_root(store, log_id, &(0..size)).await
 }
 
+/// The right edge of the log's tree of `size` entries (`Frontier::to_bytes`): the roots of the
+/// whole subtrees left of entry `size`, which a range export starting there carries.
+pub async fn frontier(store: &Store, log_id: &str, size: u64) -> Result<Vec<u8>, ProofError> {
+    let mut bytes = size.to_be_bytes().to_vec();
+    for (start, height) in whole_subtrees(&(0..size)) {
+        bytes.extend_from_slice(&span_root(store, log_id, &(start..start + (1u64 << height))).await?);
+    }
+    Ok(bytes)
+}
+
 async fn roots(store: &Store, log_id: &str, spans: &[Span]) -> Result<Vec<Hash>, ProofError> {
     let mut out = Vec::with_capacity(spans.len());
     for span in spans {

@@ -84,6 +84,9 @@ pub enum AuditLogCommand {
         /// The log: the tenant's, or `--exchange`'s.
         #[command(flatten)]
         log: LogArg,
+        /// The first entry's index (default 0): a range, verifiable on its own.
+        #[arg(long)]
+        from: Option<u64>,
         /// The last entry's index plus one.
         #[arg(long)]
         to: Option<u64>,
@@ -150,8 +153,9 @@ pub fn audit_log_call(command: AuditLogCommand) -> Call {
             let q = query(&[("from", Some(from.to_string())), ("to", to.map(|v| v.to_string()))]);
             Call::get(log.at(&format!("proofs/consistency{q}")))
         }
-        A::Export { log, to } => {
-            Call::get(log.at(&format!("export{}", query(&[("to", to.map(|v| v.to_string()))]))))
+        A::Export { log, from, to } => {
+            let q = query(&[("from", from.map(|v| v.to_string())), ("to", to.map(|v| v.to_string()))]);
+            Call::get(log.at(&format!("export{q}")))
         }
         A::RotateKey { tenant } => Call::post(format!("/v1/tenants/{tenant}/audit/rotate-key"), None),
         A::SetCosigner { tenant, public_key } => Call::put(

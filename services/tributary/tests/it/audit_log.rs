@@ -157,6 +157,18 @@ async fn management_actions_and_audited_messages_reach_a_signed_log_that_verifie
         )
         .unwrap_or_else(|err| panic!("entry {index}: {err}"));
     }
+    // A range of the log verifies on its own: from the first checkpoint on, and from a size no
+    // checkpoint has (its right edge made of stored nodes of 256 leaves and entries).
+    for from in [first, 263] {
+        let range = export(&node, &format!("?from={from}")).await;
+        let report = verify(&range, &keys);
+        assert!(report.problems.is_empty(), "from {from}: {:?}", report.problems);
+        assert_eq!(report.first, from);
+        assert!(report.checkpoints_verified >= 1, "from {from}");
+    }
+    let (status, reply) =
+        node.manage("GET", &log_path(&node, "export?from=999999"), node.operator_token(), None).await;
+    assert_eq!((status, reply["error"]["name"].as_str()), (400, Some("invalid_parameter")), "{reply}");
 
     // The key rotated: new checkpoints are signed by the new key; the old one stays listed.
     let (status, rotated) =

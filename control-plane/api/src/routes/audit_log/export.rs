@@ -16,13 +16,16 @@ use super::{LogScope, log_of, number};
 use crate::ControlPlane;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use tributary_delivery::audit_log::proofs;
 
 /// Entries read per page of an export.
 const EXPORT_PAGE: i64 = 10_000;
 
-/// `GET …/audit/export?to=` (admin): the log's entries up to `to` (default: the newest
-/// checkpoint's size) and every checkpoint up to it, as the JSON lines `tributary audit verify`
-/// reads; streamed a page at a time.
+/// `GET …/audit/export?from=&to=` (admin): the log's entries from `from` (default 0) up to
+/// `to` (default: the newest checkpoint's size) and its checkpoints from `from` to `to`, as the
+/// JSON lines `tributary audit verify` reads; streamed a page at a time. A range that does not
+/// start at 0 carries the tree's right edge at `from` in its header, from which the verifier
+/// recomputes each checkpoint's root.
 pub(crate) async fn export(
     State(plane): State<Arc<ControlPlane>>,
     Path(scope): Path<LogScope>,
@@ -37,16 +40,25 @@ pub(crate) async fn export(
         Some(to) => to,
         None => plane.store.latest_audit_checkpoint(&log.id).await?.map_or(0, |c| c.size),
     };
-    let header =
-        format!("{}\n", serde_json::json!({"format": tributary_audit::export::FORMAT, "origin": log.origin}));
+    let from = number(&query, "from")?.unwrap_or(0);
+    if from > to {
+        return Err(ApiError::invalid(format!("from is past to ({to})")));
+    }
+    let mut header = serde_json::json!({"format": tributary_audit::export::FORMAT, "origin": log.origin});
+    if from > 0 {
+        let edge = proofs::frontier(&plane.store, &log.id, from).await.map_err(super::proof_error)?;
+        header["from"] = from.into();
+        header["frontier"] = STANDARD.encode(edge).into();
+    }
+    let header = format!("{header}\n");
     let store = plane.store.clone();
     let state = Export {
         store,
         log_id: log.id,
         to,
-        next: 0,
-        checkpoints_from: Some(0),
-        kept_up_to: 0,
+        next: from,
+        checkpoints_from: Some(from),
+        kept_up_to: from,
         skipped: None,
         header: Some(header),
     };

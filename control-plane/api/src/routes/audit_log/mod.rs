@@ -261,7 +261,7 @@ async fn checkpoint_at(
     })
 }
 
-fn proof_error(err: ProofError) -> ApiError {
+pub(crate) fn proof_error(err: ProofError) -> ApiError {
     match err {
         ProofError::OutOfRange(why) => ApiError::invalid(why),
         ProofError::Incomplete(what) => {

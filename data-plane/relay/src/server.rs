@@ -43,6 +43,7 @@ impl Relay {
             shutdown: CancellationToken::new(),
             tasks: tokio_util::task::TaskTracker::new(),
             push: std::sync::OnceLock::new(),
+            receipts: std::sync::OnceLock::new(),
         };
         let state = Arc::new(state);
         state.hub.set_control_handler(Arc::new(crate::control::ControlEvents::new(&state)));

@@ -59,6 +59,26 @@ pub struct RelayState {
     /// Where a publish's push section goes (set once by the server that has a store); without
     /// one, a publish with a push section is refused.
     pub push: std::sync::OnceLock<Arc<dyn PushSink>>,
+    /// Where receipts of audited messages come from (set once by the server that has a store);
+    /// without one, asking for a receipt is `unavailable`.
+    pub receipts: std::sync::OnceLock<Arc<dyn Receipts>>,
+}
+
+/// Receipts of messages on an audit log: the entry, its inclusion proof and the signed
+/// checkpoint it is in (docs/audit.md).
+#[async_trait::async_trait]
+pub trait Receipts: Send + Sync + 'static {
+    /// The receipt (JSON) of the message at `epoch` and `offset` of `channel` in `stream_app`'s
+    /// streams: from the log of `exchange` when an exchange routes the channel, else from the
+    /// log of `stream_app`'s tenant.
+    async fn receipt(
+        &self,
+        stream_app: &str,
+        exchange: Option<&str>,
+        channel: &str,
+        epoch: &str,
+        offset: u64,
+    ) -> Result<serde_json::Value, crate::ops::OpError>;
 }
 
 /// Queues the pushes of a published message's push section: one per device subscribed to the

@@ -19,6 +19,7 @@ pub mod examples;
 pub mod http;
 pub mod maintenance;
 pub mod push_api;
+pub mod receipts;
 pub mod server;
 pub mod sms_api;
 pub mod telemetry;

@@ -257,6 +257,7 @@ pub async fn bind_wrapped(
     // A publish's push section is queued by the same registry.
     let sink = crate::push_api::PublishedPushes::new(store.clone(), relay.state());
     let _ = relay.state().push.set(Arc::new(sink));
+    let _ = relay.state().receipts.set(Arc::new(crate::receipts::StoreReceipts::new(store.clone())));
     // Twilio signs a callback with the URL the workers gave it: the same base.
     let own_url = format!("http://{addr}");
     let callback_base = if config.delivery.public_url.is_empty() {

@@ -1,4 +1,4 @@
-//! Reading channels from backends: history, presence, occupancy.
+//! Reading channels from backends: history, presence, occupancy, receipts of audited messages.
 
 use std::sync::Arc;
 
@@ -84,4 +84,45 @@ pub(super) async fn occupancy(
 ) -> Result<Json<tributary_engine::Occupancy>, ApiError> {
     let key = presence_key(&state, &headers, &name).await?;
     Ok(Json(state.engine.occupancy(&key).await.map_err(OpError::from)?))
+}
+
+/// The query of a receipt.
+#[derive(Deserialize)]
+pub(super) struct ReceiptParams {
+    epoch: String,
+    offset: u64,
+}
+
+/// `GET /v1/channels/{channel}/receipt?epoch=&offset=`: the receipt of a message of an audited
+/// namespace (or of an exchange's) — its log entry, the entry's inclusion proof and the signed
+/// checkpoint — for a key with the history right on the channel.
+pub(super) async fn receipt(
+    State(state): State<Arc<RelayState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    params: Result<Query<ReceiptParams>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let identity = authenticate(&state, &headers).await?;
+    let channel = channel(&name)?;
+    identity.allow(&channel, tributary_capability::Right::History)?;
+    let Query(params) = params.map_err(|e| OpError::new(ErrorCode::InvalidParameter, e.body_text()))?;
+    let app: Arc<str> = Arc::from(identity.app_id);
+    let routed = state.route(&app, &channel, tributary_capability::Right::History).await?;
+    let exchange = routed
+        .exchanged
+        .then(|| {
+            state
+                .policies
+                .peek(&app)
+                .and_then(|p| p.exchange(channel.namespace()).map(|r| r.exchange_id.clone()))
+        })
+        .flatten();
+    let receipts = state
+        .receipts
+        .get()
+        .ok_or_else(|| OpError::new(ErrorCode::Unavailable, "this server keeps no audit logs"))?;
+    let found = receipts
+        .receipt(&routed.app, exchange.as_deref(), channel.as_str(), &params.epoch, params.offset)
+        .await?;
+    Ok(Json(found))
 }

@@ -77,6 +77,7 @@ pub fn routes() -> Router<Arc<RelayState>> {
         .route("/v1/channels/{channel}/history", get(channels::history))
         .route("/v1/channels/{channel}/presence", get(channels::presence))
         .route("/v1/channels/{channel}/occupancy", get(channels::occupancy))
+        .route("/v1/channels/{channel}/receipt", get(channels::receipt))
         .route("/v1/tokens", post(tokens::mint))
         .route("/v1/clients/{client_id}/disconnect", post(clients::disconnect))
 }

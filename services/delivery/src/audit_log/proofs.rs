@@ -59,6 +59,66 @@ pub async fn frontier(store: &Store, log_id: &str, size: u64) -> Result<Vec<u8>,
     Ok(bytes)
 }
 
+/// A receipt: an entry, its leaf hash, its inclusion proof in the newest signed checkpoint, and
+/// that checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The entry.
+    pub entry: tributary_store::AuditEntry,
+    /// Its leaf hash.
+    pub leaf_hash: Hash,
+    /// The checkpoint's size.
+    pub size: u64,
+    /// The proof's hashes.
+    pub proof: Vec<Hash>,
+    /// The checkpoint (a signed note).
+    pub checkpoint: String,
+}
+
+/// Why a receipt cannot be given.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiptError {
+    /// The log has no such entry (yet).
+    #[error("no such entry in the log (yet)")]
+    NoEntry,
+    /// The entry is on the log but no signed checkpoint covers it yet.
+    #[error("entry {index} is not in a signed checkpoint yet (newest: {newest})")]
+    NotCheckpointed {
+        /// The entry's index.
+        index: u64,
+        /// The newest checkpoint's size.
+        newest: u64,
+    },
+    /// The proof could not be made.
+    #[error(transparent)]
+    Proof(#[from] ProofError),
+}
+
+impl From<StoreError> for ReceiptError {
+    fn from(err: StoreError) -> Self {
+        Self::Proof(ProofError::Store(err))
+    }
+}
+
+/// The receipt of the entry recording `source` (see `message_source`) in the log's newest
+/// signed checkpoint.
+pub async fn receipt(store: &Store, log_id: &str, source: &str) -> Result<Receipt, ReceiptError> {
+    let entry = store.audit_entry_by_source(log_id, source).await?.ok_or(ReceiptError::NoEntry)?;
+    let checkpoint = store.latest_audit_checkpoint(log_id).await?;
+    let newest = checkpoint.as_ref().map_or(0, |c| c.size);
+    let Some(checkpoint) = checkpoint.filter(|c| entry.index < c.size) else {
+        return Err(ReceiptError::NotCheckpointed { index: entry.index, newest });
+    };
+    let proof = inclusion(store, log_id, entry.index, checkpoint.size).await?;
+    let prev: Hash = entry
+        .prev
+        .as_slice()
+        .try_into()
+        .map_err(|_| ProofError::Incomplete(format!("entry {}'s prev", entry.index)))?;
+    let leaf_hash = Entry { index: entry.index, prev, body: entry.body.clone() }.leaf_hash();
+    Ok(Receipt { entry, leaf_hash, size: checkpoint.size, proof, checkpoint: checkpoint.note })
+}
+
 async fn roots(store: &Store, log_id: &str, spans: &[Span]) -> Result<Vec<Hash>, ProofError> {
     let mut out = Vec::with_capacity(spans.len());
     for span in spans {

@@ -116,19 +116,10 @@ async fn management_actions_and_audited_messages_reach_a_signed_log_that_verifie
     let (status, receipt) = node.manage("GET", &log_path(&node, &query), node.operator_token(), None).await;
     assert_eq!(status, 200, "{receipt}");
     assert_eq!(receipt["entry"]["entry"]["offset"], offset);
-    let signed = checkpoint(receipt["checkpoint"].as_str().unwrap(), &keys);
-    let index = receipt["entry"]["index"].as_u64().unwrap();
-    verify_inclusion(
-        &hash(&receipt["leaf_hash"]),
-        index,
-        signed.size,
-        &hashes(&receipt["proof"]),
-        &signed.root,
-    )
-    .expect("the receipt proves the message is in the signed log");
+    verify_receipt(&receipt, &keys);
 
     // More entries, a later checkpoint, and the proof that it extends the first.
-    let first = signed.size;
+    let first = checkpoint(receipt["checkpoint"].as_str().unwrap(), &keys).size;
     for n in 0..300 {
         node.publish("ledger:us", json!({"n": n})).await;
     }
@@ -457,6 +448,20 @@ async fn the_operators_log_holds_the_actions_of_no_tenant_and_only_operators_rea
     }
 }
 
+/// Checks a receipt: its entry's proof leads to the root of its checkpoint, signed by `keys`.
+fn verify_receipt(receipt: &Value, keys: &[NoteVerifier]) {
+    let signed = checkpoint(receipt["checkpoint"].as_str().unwrap(), keys);
+    let index = receipt["entry"]["index"].as_u64().unwrap();
+    verify_inclusion(
+        &hash(&receipt["leaf_hash"]),
+        index,
+        signed.size,
+        &hashes(&receipt["proof"]),
+        &signed.root,
+    )
+    .expect("the receipt proves the message is on the signed log");
+}
+
 /// Waits until the operator's log is wholly in a signed checkpoint; returns its state.
 async fn eventually_checkpointed_operator(node: &TestServer) -> Value {
     let operator = node.operator_token();
@@ -467,4 +472,42 @@ async fn eventually_checkpointed_operator(node: &TestServer) -> Value {
     .await
     .unwrap();
     node.manage("GET", "/v1/operator/audit/log", operator, None).await.1
+}
+
+#[tokio::test]
+async fn a_backend_gets_the_receipt_of_an_audited_message_from_the_http_api() {
+    let node = TestServer::spawn().await;
+    let ns = format!("/v1/tenants/{}/apps/{}/namespaces/ledger", node.tenant_id(), node.app_id());
+    assert_eq!(node.manage("POST", &ns, node.operator_token(), Some(&json!({"audited": true}))).await.0, 200);
+    let published = node.publish("ledger:eu", json!({"amount": 12})).await;
+    let path = format!(
+        "/v1/channels/ledger:eu/receipt?epoch={}&offset={}",
+        published["epoch"].as_str().unwrap(),
+        published["offset"]
+    );
+    eventually("the message is in a signed checkpoint", Duration::from_secs(10), || async {
+        node.get(&path).await.0 == 200
+    })
+    .await
+    .unwrap();
+    let (_, receipt) = node.get(&path).await;
+    assert_eq!(receipt["entry"]["entry"]["channel"], "ledger:eu", "{receipt}");
+    assert_eq!(
+        receipt["entry"]["entry"]["payload_sha256"],
+        tributary_audit::entry::payload_sha256(br#"{"amount":12}"#)
+    );
+    // It verifies against the log's published key.
+    let keys = vec![key(log_state(&node).await["keys"][0]["public_key"].as_str().unwrap())];
+    verify_receipt(&receipt, &keys);
+    // A message of a namespace nobody audits has none; a bad query is refused.
+    let other = node.publish("chat:eu", json!("not audited")).await;
+    let path = format!(
+        "/v1/channels/chat:eu/receipt?epoch={}&offset={}",
+        other["epoch"].as_str().unwrap(),
+        other["offset"]
+    );
+    let (status, reply) = node.get(&path).await;
+    assert_eq!((status, reply["error"]["name"].as_str()), (404, Some("not_found")), "{reply}");
+    let (status, reply) = node.get("/v1/channels/ledger:eu/receipt?offset=x").await;
+    assert_eq!((status, reply["error"]["name"].as_str()), (400, Some("invalid_parameter")), "{reply}");
 }

@@ -225,6 +225,20 @@ async fn two_tenants_exchange_messages_both_ways_within_the_offered_rights() {
         assert!(printed.contains("entries"), "{printed}");
     }
 
+    // The partner's backend gets a receipt of a message from the exchange's log.
+    let path = format!("/v1/channels/orders:42/receipt?epoch={}&offset=2", m["epoch"].as_str().unwrap());
+    let response = node
+        .http()
+        .get(format!("{}{path}", node.http_url()))
+        .bearer_auth(&parties.partner_app.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let receipt: Value = response.json().await.unwrap();
+    assert_eq!(receipt["entry"]["entry"]["client_id"], format!("{}/driver-7", parties.partner_app.app_id));
+    assert!(receipt["checkpoint"].as_str().unwrap().starts_with(partner_log["origin"].as_str().unwrap()));
+
     // Ended by either side: for good.
     let (status, ended) = parties.offerer_change("end").await;
     assert_eq!(

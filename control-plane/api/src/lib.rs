@@ -67,6 +67,10 @@ pub struct ControlSettings {
     /// Which webhook endpoint URLs may be registered (the `[delivery]` section's address rules;
     /// the worker checks the addresses again when it connects).
     pub webhook_policy: tributary_delivery::address::AddressPolicy,
+    /// The Stripe webhook endpoint's signing secret; `None`: billing is off.
+    pub stripe_webhook_secret: Option<secrecy::SecretString>,
+    /// How far a Stripe webhook's signed timestamp may be from now, in seconds.
+    pub stripe_tolerance_secs: i64,
 }
 
 impl Default for ControlSettings {
@@ -77,6 +81,8 @@ impl Default for ControlSettings {
             session_ttl_secs: 7 * 24 * 3600,
             secure_cookies: true,
             webhook_policy: tributary_delivery::address::AddressPolicy::new(),
+            stripe_webhook_secret: None,
+            stripe_tolerance_secs: 300,
         }
     }
 }

@@ -72,6 +72,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (15, "rule_targets", include_str!("../../../migrations/sqlite/0015_rule_targets.sql")),
     (16, "audit_log", include_str!("../../../migrations/sqlite/0016_audit_log.sql")),
     (17, "exchanges", include_str!("../../../migrations/sqlite/0017_exchanges.sql")),
+    (18, "billing", include_str!("../../../migrations/sqlite/0018_billing.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "tenants", include_str!("../../../migrations/postgres/0001_tenants.sql")),
@@ -95,6 +96,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (15, "rule_targets", include_str!("../../../migrations/postgres/0015_rule_targets.sql")),
     (16, "audit_log", include_str!("../../../migrations/postgres/0016_audit_log.sql")),
     (17, "exchanges", include_str!("../../../migrations/postgres/0017_exchanges.sql")),
+    (18, "billing", include_str!("../../../migrations/postgres/0018_billing.sql")),
 ];
 
 /// How long a query waits for a connection before failing. Short, so that while the database

@@ -44,6 +44,7 @@
 pub mod api_key;
 pub mod audit;
 pub mod audit_log;
+pub mod billing;
 pub mod crypto;
 pub mod db;
 pub mod delivery;
@@ -114,6 +115,12 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("backend", &self.backend).finish_non_exhaustive()
     }
+}
+
+/// Returns the current time in unix seconds, the unit of every `created_at` and `revoked_at`
+/// (for callers that compare with what the store keeps).
+pub fn unix_now_secs() -> i64 {
+    unix_now()
 }
 
 /// Returns the current time in unix seconds, the unit of every `created_at` and `revoked_at`.

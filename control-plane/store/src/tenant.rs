@@ -7,7 +7,8 @@ use crate::db::DbRow;
 use crate::{Store, StoreError, id, unix_now};
 
 /// Whether a tenant is served. Only `active` and `past_due` tenants are: `past_due` is the
-/// grace period after a failed payment, `suspended` cuts every connection and request off,
+/// grace period after a failed payment, `unpaid` (set by billing when the grace is over or
+/// Stripe gives up) and `suspended` (set by an operator) cut every connection and request off,
 /// and `deleted` is kept for the records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TenantStatus {
@@ -15,6 +16,9 @@ pub enum TenantStatus {
     Active,
     /// A payment failed; still served while it is retried.
     PastDue,
+    /// Cut off by billing for not paying, until an invoice is paid: as `Suspended`, with
+    /// requests refused with 402 `payment_required`.
+    Unpaid,
     /// Cut off: new connections and requests are refused and open ones closed.
     Suspended,
     /// Closed for good; its records are kept but nothing is served.
@@ -23,14 +27,20 @@ pub enum TenantStatus {
 
 impl TenantStatus {
     /// Every status.
-    pub const ALL: [TenantStatus; 4] =
-        [TenantStatus::Active, TenantStatus::PastDue, TenantStatus::Suspended, TenantStatus::Deleted];
+    pub const ALL: [TenantStatus; 5] = [
+        TenantStatus::Active,
+        TenantStatus::PastDue,
+        TenantStatus::Unpaid,
+        TenantStatus::Suspended,
+        TenantStatus::Deleted,
+    ];
 
-    /// Returns the stored and API name: `active`, `past_due`, `suspended` or `deleted`.
+    /// Returns the stored and API name: `active`, `past_due`, `unpaid`, `suspended` or `deleted`.
     pub const fn as_str(self) -> &'static str {
         match self {
             TenantStatus::Active => "active",
             TenantStatus::PastDue => "past_due",
+            TenantStatus::Unpaid => "unpaid",
             TenantStatus::Suspended => "suspended",
             TenantStatus::Deleted => "deleted",
         }

@@ -121,6 +121,9 @@ error_codes! {
     PermissionDenied = (1111, "permission_denied", 403, false, "your role does not allow this action"),
     /// The channel belongs to an exchange between two tenants that one of them suspended.
     ExchangeSuspended = (1112, "exchange_suspended", 403, false, "this channel's exchange is suspended"),
+    /// The account (tenant) is cut off for not paying: nothing is served until an invoice is
+    /// paid.
+    PaymentRequired = (1113, "payment_required", 402, false, "the account is cut off until its invoice is paid"),
     /// The app has as many connections on this node as it may, or its account as many on all
     /// nodes as its plan allows.
     ConnectionLimit = (1200, "connection_limit", 429, true, "connection limit reached"),

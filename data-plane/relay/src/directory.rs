@@ -74,8 +74,11 @@ pub struct AppRecord {
     pub app_id: String,
     /// The tenant that owns it.
     pub tenant_id: String,
-    /// Whether the tenant is served (active or past due); a suspended or deleted one is not.
+    /// Whether the tenant is served (active or past due); a suspended, unpaid or deleted one is
+    /// not.
     pub served: bool,
+    /// Whether it is cut off for not paying (requests then get 402 `payment_required`).
+    pub unpaid: bool,
     /// Every token issued (`iat`) before this unix second is revoked: the later of the app's
     /// and the tenant's "revoke every token" times, 0 if neither was used.
     pub tokens_revoked_before: u64,

@@ -73,6 +73,8 @@ impl Credential {
 pub enum Refusal {
     /// The tenant is suspended or deleted.
     Suspended,
+    /// The tenant is cut off for not paying.
+    Unpaid,
     /// The token, its client, its key generation or its app was revoked.
     Revoked,
     /// The signing key is gone (revoked or deleted).
@@ -84,6 +86,7 @@ impl Refusal {
     pub fn error_code(self) -> ErrorCode {
         match self {
             Refusal::Suspended => ErrorCode::TenantSuspended,
+            Refusal::Unpaid => ErrorCode::PaymentRequired,
             Refusal::Revoked => ErrorCode::TokenRevoked,
             Refusal::KeyGone => ErrorCode::UnknownKey,
         }
@@ -92,7 +95,7 @@ impl Refusal {
     /// Returns the code an open connection is closed with.
     pub fn close_code(self) -> CloseCode {
         match self {
-            Refusal::Suspended => CloseCode::TenantSuspended,
+            Refusal::Suspended | Refusal::Unpaid => CloseCode::TenantSuspended,
             Refusal::Revoked | Refusal::KeyGone => CloseCode::Revoked,
         }
     }
@@ -106,6 +109,7 @@ pub struct AppPolicy {
     /// The tenant.
     pub tenant_id: Arc<str>,
     served: bool,
+    unpaid: bool,
     tokens_revoked_before: u64,
     /// Newest first, each with its id as shared by the credentials it verified.
     keys: Vec<(Arc<str>, SigningKey)>,
@@ -125,6 +129,7 @@ impl From<AppRecord> for AppPolicy {
             app_id: record.app_id.into(),
             tenant_id: record.tenant_id.into(),
             served: record.served,
+            unpaid: record.unpaid,
             tokens_revoked_before: record.tokens_revoked_before,
             keys: record.signing_keys.into_iter().map(|key| (Arc::from(key.kid.as_str()), key)).collect(),
             revoked_tokens: record.revoked_tokens.iter().map(|jti| jti_hash(jti)).collect(),
@@ -141,6 +146,15 @@ impl AppPolicy {
     /// Returns whether the app's tenant is served.
     pub fn served(&self) -> bool {
         self.served
+    }
+
+    /// Returns why a request of the app's tenant is refused, if it is not served.
+    pub fn refusal(&self) -> Option<Refusal> {
+        match (self.served, self.unpaid) {
+            (true, _) => None,
+            (false, true) => Some(Refusal::Unpaid),
+            (false, false) => Some(Refusal::Suspended),
+        }
     }
 
     /// Returns the app's own namespace `name`, if it has one.
@@ -180,8 +194,8 @@ impl AppPolicy {
 
     /// Returns whether a credential of `client` is admitted now.
     pub fn admit(&self, client: &str, credential: &Credential) -> Result<(), Refusal> {
-        if !self.served {
-            return Err(Refusal::Suspended);
+        if let Some(refusal) = self.refusal() {
+            return Err(refusal);
         }
         let Some((_, key)) = self.key(&credential.kid) else { return Err(Refusal::KeyGone) };
         let revoked = credential.generation < key.generation
@@ -387,6 +401,7 @@ mod tests {
             app_id: "app_1".into(),
             tenant_id: "ten_1".into(),
             served: true,
+            unpaid: false,
             tokens_revoked_before: 100,
             signing_keys: vec![
                 SigningKey::new("app_1", "k2", KeyAlgorithm::Hs256, vec![2; 32]).with_generation(3),

@@ -435,6 +435,7 @@ mod tests {
             app_id: "app_1".into(),
             tenant_id: "ten_1".into(),
             served: true,
+            unpaid: false,
             tokens_revoked_before: 0,
             signing_keys: Vec::new(),
             revoked_tokens: Vec::new(),

@@ -189,6 +189,7 @@ impl AppDirectory for StoreDirectory {
             app_id: snapshot.app.id,
             tenant_id: snapshot.tenant.id,
             served: snapshot.tenant.status.is_served(),
+            unpaid: snapshot.tenant.status == tributary_store::TenantStatus::Unpaid,
             tokens_revoked_before: seconds(cutoff),
             signing_keys,
             revoked_tokens,

@@ -47,3 +47,22 @@ pub async fn run(store: Store) {
         }
     }
 }
+
+/// How often billing's grace periods are checked.
+const GRACE_EVERY: Duration = Duration::from_secs(60);
+
+/// Cuts off, every [`GRACE_EVERY`], the tenants past due for longer than `grace_secs` (billing
+/// on only). Every node may run it: a tenant is cut off once.
+pub async fn expire_billing_grace(
+    control_plane: std::sync::Arc<tributary_control_plane::ControlPlane>,
+    grace_secs: i64,
+) {
+    let mut ticks = tokio::time::interval(GRACE_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(err) = control_plane.expire_billing_grace(grace_secs).await {
+            tracing::warn!(error = %err, "billing's grace periods could not be checked");
+        }
+    }
+}

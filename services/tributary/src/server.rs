@@ -69,6 +69,8 @@ pub struct Bound {
     mqtt_tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
     relay: Relay,
     control_plane: Arc<ControlPlane>,
+    /// Billing's grace period in seconds, when billing is on (a Stripe webhook secret is set).
+    billing_grace: Option<i64>,
     credentials: Credentials,
     store: Store,
     /// The delivery worker, its feed router and the audit log writer, when `delivery.worker` is
@@ -123,7 +125,18 @@ impl Bound {
     /// down" and waits (briefly) for requests in flight.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
         let Bound {
-            listener, relay, control_plane, store, mqtt, mqtt_ws, mqtt_tls, worker, push, sms, ..
+            listener,
+            relay,
+            control_plane,
+            billing_grace,
+            store,
+            mqtt,
+            mqtt_ws,
+            mqtt_tls,
+            worker,
+            push,
+            sms,
+            ..
         } = self;
         let stop_worker = tokio_util::sync::CancellationToken::new();
         let delivering = worker.map(|(worker, router, audit)| {
@@ -150,6 +163,9 @@ impl Bound {
             ));
         }
         let housekeeping = tokio::spawn(crate::maintenance::run(store));
+        let grace_checks = billing_grace.map(|grace| {
+            tokio::spawn(crate::maintenance::expire_billing_grace(control_plane.clone(), grace))
+        });
         // The management routes first: the relay's router carries the fallback (404).
         let router = control_plane
             .router()
@@ -168,6 +184,9 @@ impl Bound {
         crate::http::serve(listener, router, crate::http::Handshakes::of(&relay.state().config), signal)
             .await;
         housekeeping.abort();
+        if let Some(checks) = grace_checks {
+            checks.abort();
+        }
         stop_worker.cancel();
         if let Some(delivering) = delivering {
             // An attempt in flight finishes (or its lease runs out and another worker redoes it).
@@ -252,6 +271,8 @@ pub async fn bind_wrapped(
     let node = Arc::new(LocalRelay(relay.state().clone()));
     let mut settings = config.control.settings();
     settings.webhook_policy = config.delivery.address_policy();
+    settings.stripe_webhook_secret = config.billing.stripe_webhook_secret.clone();
+    settings.stripe_tolerance_secs = i64::try_from(config.billing.webhook_tolerance_secs).unwrap_or(300);
     let push =
         crate::push_api::PushApi::new(relay.state().clone(), store.clone(), config.delivery.address_policy());
     // A publish's push section is queued by the same registry.
@@ -286,6 +307,11 @@ pub async fn bind_wrapped(
         mqtt_tls,
         relay,
         control_plane,
+        billing_grace: config
+            .billing
+            .stripe_webhook_secret
+            .is_some()
+            .then(|| i64::try_from(config.billing.grace_period_secs).unwrap_or(i64::MAX)),
         push,
         sms,
         credentials,

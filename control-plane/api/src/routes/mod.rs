@@ -5,6 +5,7 @@ pub(crate) mod account;
 pub(crate) mod apps;
 pub(crate) mod audit;
 pub(crate) mod audit_log;
+pub(crate) mod billing;
 pub(crate) mod exchanges;
 pub(crate) mod keys;
 pub(crate) mod namespaces;
@@ -39,6 +40,7 @@ fn table() -> Vec<(Method, String, MethodRouter<Arc<ControlPlane>>)> {
         (Method::POST, at("/v1/tenants"), post(tenants::create)),
         (Method::GET, at("/v1/tenants"), get(tenants::list)),
         (Method::GET, at("/v1/plans"), get(plans::list)),
+        (Method::POST, at("/v1/billing/stripe/webhook"), post(billing::stripe_webhook)),
         (Method::POST, at("/graphql"), post(crate::graphql::handle)),
         (Method::GET, at("/graphql/schema"), get(crate::graphql::sdl)),
         (Method::POST, at("/v1/operator-tokens"), post(tokens::create_operator)),

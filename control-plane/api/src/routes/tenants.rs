@@ -94,8 +94,9 @@ pub(crate) async fn set_status(
 ) -> Result<Json<TenantView>, ApiError> {
     caller.operator()?;
     let body: StatusBody = body::parse(body)?;
-    let status = TenantStatus::parse(&body.status)
-        .ok_or_else(|| ApiError::invalid("status must be one of active, past_due, suspended, deleted"))?;
+    let status = TenantStatus::parse(&body.status).ok_or_else(|| {
+        ApiError::invalid("status must be one of active, past_due, unpaid, suspended, deleted")
+    })?;
     let updated = plane.store.set_tenant_status(&caller.actor, &tenant, status).await?;
     plane.announce(ControlEvent::TenantChanged { tenant: updated.id.clone() }).await;
     Ok(Json(updated.into()))

@@ -9,6 +9,7 @@ mod api_keys;
 mod app_snapshot;
 mod audit;
 mod audit_log;
+mod billing;
 mod delivery;
 mod exchanges;
 mod grants;

@@ -105,8 +105,8 @@ pub(crate) async fn authenticate_with_policy(
         .await
         .map_err(crate::session::unavailable)?
         .ok_or(ErrorCode::InvalidApiKey)?;
-    if !policy.served() {
-        return Err(ErrorCode::TenantSuspended.into());
+    if let Some(refusal) = policy.refusal() {
+        return Err(refusal.error_code().into());
     }
     Ok((identity, policy))
 }

@@ -135,7 +135,7 @@ enum TenantCommand {
         /// The tenant id.
         tenant: String,
     },
-    /// Sets a tenant's status: active, past_due, suspended or deleted.
+    /// Sets a tenant's status: active, past_due, unpaid, suspended or deleted.
     Status {
         /// The tenant id.
         tenant: String,

@@ -13,17 +13,29 @@ use serde::{Deserialize, Serialize};
 use tributary_relay::RelayConfig;
 
 mod audit;
+mod billing;
 mod delivery;
 
 pub use audit::AuditConfig;
+pub use billing::BillingConfig;
 pub use delivery::DeliveryConfig;
 
 /// The default configuration file, embedded so `tributary config default` and the docs cannot drift.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../default-config.toml");
 
 /// The top-level keys that `TRIBUTARY_*` variables may set.
-const CONFIG_SECTIONS: &[&str] =
-    &["listen", "data_dir", "master_key", "storage", "engine", "relay", "control", "delivery", "audit"];
+const CONFIG_SECTIONS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "master_key",
+    "storage",
+    "engine",
+    "relay",
+    "control",
+    "delivery",
+    "audit",
+    "billing",
+];
 
 /// `TRIBUTARY_*` variables that belong to the CLI or logging, not to the configuration.
 const CLI_VARIABLES: &[&str] = &["config", "log", "log_format", "api_key", "url", "token", "admin_token"];
@@ -54,6 +66,8 @@ pub struct TributaryConfig {
     pub delivery: DeliveryConfig,
     /// Audit log settings.
     pub audit: AuditConfig,
+    /// Billing (Stripe) settings.
+    pub billing: BillingConfig,
 }
 
 /// Control plane settings: the console's accounts.
@@ -90,6 +104,8 @@ impl ControlConfig {
             session_ttl_secs: i64::try_from(self.session_ttl_secs).unwrap_or(i64::MAX),
             secure_cookies: self.secure_cookies,
             webhook_policy: tributary_delivery::address::AddressPolicy::new(),
+            stripe_webhook_secret: None,
+            stripe_tolerance_secs: 300,
         }
     }
 }
@@ -106,6 +122,7 @@ impl Default for TributaryConfig {
             control: ControlConfig::default(),
             delivery: DeliveryConfig::default(),
             audit: AuditConfig::default(),
+            billing: BillingConfig::default(),
         }
     }
 }
@@ -222,6 +239,7 @@ impl TributaryConfig {
         let mut problems = self.relay.problems();
         problems.extend(self.delivery.problems());
         problems.extend(self.audit.problems());
+        problems.extend(self.billing.problems());
         if self.control.session_ttl_secs == 0 {
             problems.push("control.session_ttl_secs must be greater than 0".into());
         }

@@ -11,6 +11,7 @@ mod audit_log;
 mod audit_tamper;
 mod autobahn;
 mod bad_input;
+mod billing;
 mod checked_history;
 mod cluster;
 mod conformance;

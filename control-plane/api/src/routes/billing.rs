@@ -1,0 +1,99 @@
+//! Stripe's webhooks (docs/billing.md): `POST /v1/billing/stripe/webhook`, authenticated by
+//! Stripe's signature, not by a token. Each event is applied once (by its id), an older event
+//! never undoes a newer one, and a status change is in force on this node before the answer (on
+//! the others within a second): an `unpaid` tenant's connections are closed with 3505 and its
+//! requests refused with 402 `payment_required`; an `invoice.paid` lets them back.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::HeaderMap;
+use bytes::Bytes;
+use secrecy::ExposeSecret as _;
+use serde_json::{Value, json};
+use tributary_billing::event::StripeEvent;
+use tributary_billing::lifecycle::{self, BillingStatus};
+use tributary_billing::signature;
+use tributary_protocol::{ControlEvent, ErrorCode};
+use tributary_store::TenantStatus;
+use tributary_store::billing::{BillingChange, EventOutcome};
+
+use crate::ControlPlane;
+use crate::error::ApiError;
+
+/// `POST /v1/billing/stripe/webhook` (Stripe's signature): applies one Stripe event.
+pub(crate) async fn stripe_webhook(
+    State(plane): State<Arc<ControlPlane>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(secret) = &plane.settings.stripe_webhook_secret else {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            "billing is off: no Stripe webhook secret is configured",
+        ));
+    };
+    let body = body.map_err(|rejection| ApiError::new(ErrorCode::InvalidFrame, rejection.body_text()))?;
+    let header = headers.get("stripe-signature").and_then(|value| value.to_str().ok());
+    let now = tributary_store::unix_now_secs();
+    signature::verify(
+        header,
+        &body,
+        secret.expose_secret().as_bytes(),
+        now,
+        plane.settings.stripe_tolerance_secs,
+    )
+    .map_err(|err| {
+        tracing::warn!(error = %err, "a Stripe webhook was refused");
+        ApiError::new(ErrorCode::Unauthorized, err.to_string())
+    })?;
+    let event = StripeEvent::parse(&body).map_err(|err| ApiError::invalid(err.to_string()))?;
+    let change = lifecycle::decide(&event).map(|decision| BillingChange {
+        customer_id: decision.customer,
+        tenant_id: decision.tenant,
+        subscription_id: decision.subscription,
+        status: decision.status.map(|status| match status {
+            BillingStatus::Active => TenantStatus::Active,
+            BillingStatus::PastDue => TenantStatus::PastDue,
+            BillingStatus::Unpaid => TenantStatus::Unpaid,
+        }),
+        action: decision.action.to_owned(),
+    });
+    let outcome =
+        plane.store.apply_billing_event(&event.id, &event.kind, event.created, change.as_ref()).await?;
+    let described = match &outcome {
+        EventOutcome::Duplicate => json!({"received": true, "outcome": "duplicate"}),
+        EventOutcome::Ignored => json!({"received": true, "outcome": "ignored"}),
+        EventOutcome::UnknownCustomer => json!({"received": true, "outcome": "unknown_customer"}),
+        EventOutcome::Applied { tenant_id, changed } => {
+            if let Some(status) = changed {
+                tracing::info!(
+                    tenant_id,
+                    status = status.as_str(),
+                    event = event.kind,
+                    "billing changed a tenant's status"
+                );
+                plane.announce(ControlEvent::TenantChanged { tenant: tenant_id.clone() }).await;
+            }
+            json!({"received": true, "outcome": "applied", "tenant_id": tenant_id,
+                   "status": changed.map(TenantStatus::as_str)})
+        }
+    };
+    Ok(Json(described))
+}
+
+impl ControlPlane {
+    /// Cuts off the tenants past due for longer than `grace_secs` (billing's grace period), in
+    /// force on this node before it returns; returns how many. Every node may run it: a tenant
+    /// is cut off once.
+    pub async fn expire_billing_grace(&self, grace_secs: i64) -> Result<usize, tributary_store::StoreError> {
+        let expired = self.store.expire_past_due(grace_secs, tributary_store::unix_now_secs()).await?;
+        for tenant in &expired {
+            tracing::info!(tenant_id = tenant, "a tenant's grace period is over: cut off until it pays");
+            self.announce(ControlEvent::TenantChanged { tenant: tenant.clone() }).await;
+        }
+        Ok(expired.len())
+    }
+}

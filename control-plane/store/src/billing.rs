@@ -10,6 +10,16 @@ use crate::audit::{self, Actor};
 use crate::tenant::TenantStatus;
 use crate::{Store, StoreError, id, unix_now};
 
+/// Which tenant an event's customer is.
+enum Account {
+    /// None.
+    Unknown,
+    /// The event would link the customer against an existing link: the tenant it named.
+    Conflict(String),
+    /// This tenant, with the subscription it pays with (if known).
+    Linked { tenant_id: String, subscription_id: Option<String> },
+}
+
 /// What a Stripe event asks of the store (see `tributary_billing::lifecycle::Decision`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BillingChange {
@@ -19,6 +29,9 @@ pub struct BillingChange {
     pub tenant_id: Option<String>,
     /// The subscription, when the event names one.
     pub subscription_id: Option<String>,
+    /// Whether the event makes `subscription_id` the customer's (a checkout, a subscription
+    /// created); another event's subscription must be the customer's for its status to count.
+    pub links_subscription: bool,
     /// The status it sets: `Active`, `PastDue` or `Unpaid` (`None`: none).
     pub status: Option<TenantStatus>,
     /// The audit action recorded for the tenant (`billing.invoice_paid`, …).
@@ -34,6 +47,12 @@ pub enum EventOutcome {
     Ignored,
     /// About a customer no tenant is linked to: recorded only.
     UnknownCustomer,
+    /// A checkout naming a tenant already linked to another customer, or a customer already
+    /// linked to another tenant: recorded (and audited for the tenant named), nothing linked.
+    Conflict {
+        /// The tenant the checkout named.
+        tenant_id: String,
+    },
     /// Applied to the tenant; `changed` when its status moved (its nodes must look again).
     Applied {
         /// The tenant.
@@ -71,17 +90,36 @@ impl Store {
         let (outcome, result) = match change {
             None => ("ignored", EventOutcome::Ignored),
             Some(change) => match Self::billing_account(&mut tx, change, now).await? {
-                None => ("unknown_customer", EventOutcome::UnknownCustomer),
-                Some((tenant_id, status_at)) => {
-                    let (outcome, changed) =
-                        Self::apply_billing_change(&mut tx, &tenant_id, status_at, created, change, now)
-                            .await?;
-                    (outcome, EventOutcome::Applied { tenant_id, changed })
+                Account::Unknown => ("unknown_customer", EventOutcome::UnknownCustomer),
+                Account::Conflict(tenant_id) => {
+                    audit::record(
+                        &mut tx,
+                        &Actor::system(),
+                        Some(&tenant_id),
+                        "billing.link_refused",
+                        &change.customer_id,
+                    )
+                    .await?;
+                    ("conflict", EventOutcome::Conflict { tenant_id })
+                }
+                Account::Linked { tenant_id, subscription_id } => {
+                    let changed = Self::apply_billing_change(
+                        &mut tx,
+                        &tenant_id,
+                        subscription_id.as_deref(),
+                        created,
+                        change,
+                        now,
+                    )
+                    .await?;
+                    ("applied", EventOutcome::Applied { tenant_id, changed })
                 }
             },
         };
         let tenant = match &result {
-            EventOutcome::Applied { tenant_id, .. } => Some(tenant_id.as_str()),
+            EventOutcome::Applied { tenant_id, .. } | EventOutcome::Conflict { tenant_id } => {
+                Some(tenant_id.as_str())
+            }
             _ => None,
         };
         sqlx::query("UPDATE billing_events SET outcome = $2, tenant_id = $3 WHERE event_id = $1")
@@ -94,99 +132,138 @@ impl Store {
         Ok(result)
     }
 
-    /// The tenant of `change`'s customer and the time its status was last set; a completed
-    /// checkout links the customer to the tenant it names first.
+    /// The tenant `change`'s customer is linked to. A completed checkout links its customer to
+    /// the tenant it names, unless either is linked to another already: a link is never moved
+    /// by an event (a buyer naming someone else's tenant takes nothing over).
     async fn billing_account(
         conn: &mut sqlx::AnyConnection,
         change: &BillingChange,
         now: i64,
-    ) -> Result<Option<(String, i64)>, StoreError> {
-        if let Some(tenant) = change.tenant_id.as_deref().filter(|t| id::is_valid(id::TENANT, t)) {
+    ) -> Result<Account, StoreError> {
+        let by_customer =
+            sqlx::query("SELECT tenant_id, subscription_id FROM billing_accounts WHERE customer_id = $1")
+                .bind(&change.customer_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+        let named = change.tenant_id.as_deref().filter(|t| id::is_valid(id::TENANT, t));
+        let linked = match (by_customer, named) {
+            (Some(row), named) => {
+                let tenant_id: String = row.try_get("tenant_id")?;
+                if named.is_some_and(|named| named != tenant_id) {
+                    return Ok(Account::Conflict(named.unwrap_or_default().to_owned()));
+                }
+                Account::Linked { tenant_id, subscription_id: row.try_get("subscription_id")? }
+            }
+            (None, None) => return Ok(Account::Unknown),
+            (None, Some(named)) => {
+                let linked = sqlx::query(
+                    "INSERT INTO billing_accounts (tenant_id, customer_id, subscription_id, updated_at) \
+                     SELECT id, $2, $3, $4 FROM tenants WHERE id = $1 ON CONFLICT DO NOTHING",
+                )
+                .bind(named)
+                .bind(&change.customer_id)
+                .bind(&change.subscription_id)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+                if linked.rows_affected() == 0 {
+                    // No such tenant, or linked to another customer already.
+                    return Ok(Account::Conflict(named.to_owned()));
+                }
+                Account::Linked {
+                    tenant_id: named.to_owned(),
+                    subscription_id: change.subscription_id.clone(),
+                }
+            }
+        };
+        if let (Account::Linked { tenant_id, .. }, true, Some(subscription)) =
+            (&linked, change.links_subscription, &change.subscription_id)
+        {
             sqlx::query(
-                "INSERT INTO billing_accounts (tenant_id, customer_id, subscription_id, updated_at) \
-                 SELECT id, $2, $3, $4 FROM tenants WHERE id = $1 \
-                 ON CONFLICT (tenant_id) DO UPDATE SET customer_id = excluded.customer_id, \
-                 subscription_id = COALESCE(excluded.subscription_id, billing_accounts.subscription_id), \
-                 updated_at = excluded.updated_at",
+                "UPDATE billing_accounts SET subscription_id = $2, updated_at = $3 WHERE tenant_id = $1",
             )
-            .bind(tenant)
-            .bind(&change.customer_id)
-            .bind(&change.subscription_id)
-            .bind(now)
-            .execute(&mut *conn)
-            .await
-            .map_err(|err| StoreError::from_sqlx(err, "billing account of this customer", "tenant"))?;
-        }
-        let row = sqlx::query("SELECT tenant_id, status_at FROM billing_accounts WHERE customer_id = $1")
-            .bind(&change.customer_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        if let Some(subscription) = &change.subscription_id {
-            sqlx::query(
-                "UPDATE billing_accounts SET subscription_id = $2, updated_at = $3 WHERE customer_id = $1",
-            )
-            .bind(&change.customer_id)
+            .bind(tenant_id)
             .bind(subscription)
             .bind(now)
             .execute(&mut *conn)
             .await?;
+            return Ok(Account::Linked {
+                tenant_id: tenant_id.clone(),
+                subscription_id: Some(subscription.clone()),
+            });
         }
-        Ok(Some((row.try_get("tenant_id")?, row.try_get("status_at")?)))
+        Ok(linked)
     }
 
-    /// Sets the tenant's status as `change` says, unless an event newer than `created` set it
-    /// already or an operator set one billing does not touch; records the billing action.
+    /// Sets the tenant's status as `change` says, in statements that check what they change
+    /// (so concurrent events and an operator's change are never overwritten by a stale read):
+    /// the status moves only if no event newer than `created` set it, only between `active`,
+    /// `past_due` and `unpaid`, never from `unpaid` to `past_due`, and only for an event of the
+    /// customer's own subscription. Records the billing action; returns the new status if it
+    /// moved.
     async fn apply_billing_change(
         conn: &mut sqlx::AnyConnection,
         tenant_id: &str,
-        status_at: i64,
+        subscription_id: Option<&str>,
         created: i64,
         change: &BillingChange,
         now: i64,
-    ) -> Result<(&'static str, Option<TenantStatus>), StoreError> {
+    ) -> Result<Option<TenantStatus>, StoreError> {
         let actor = Actor::system();
         audit::record(&mut *conn, &actor, Some(tenant_id), &change.action, &change.customer_id).await?;
-        let Some(status) = change.status else { return Ok(("applied", None)) };
-        if created < status_at {
-            return Ok(("stale", None));
+        let Some(status) = change.status else { return Ok(None) };
+        let of_another_subscription = !change.links_subscription
+            && matches!((subscription_id, change.subscription_id.as_deref()), (Some(ours), Some(its)) if ours != its);
+        if of_another_subscription {
+            return Ok(None);
         }
-        let current: String = sqlx::query("SELECT status FROM tenants WHERE id = $1")
-            .bind(tenant_id)
-            .fetch_one(&mut *conn)
-            .await?
-            .try_get("status")?;
-        let current = TenantStatus::parse(&current).unwrap_or(TenantStatus::Suspended);
-        if !matches!(current, TenantStatus::Active | TenantStatus::PastDue | TenantStatus::Unpaid) {
-            return Ok(("held", None));
-        }
-        // Past due from the first failure on: the grace period counts from there.
-        sqlx::query(
+        // Newer than what set the status last (ties apply: Stripe stamps seconds).
+        let ordered = sqlx::query(
             "UPDATE billing_accounts SET status_at = $2, updated_at = $3, \
-             past_due_since = CASE WHEN $4 = 1 THEN COALESCE(past_due_since, $2) ELSE NULL END \
-             WHERE tenant_id = $1",
+             past_due_since = CASE WHEN $4 = 1 THEN COALESCE(past_due_since, $2) \
+                                   WHEN $4 = 2 THEN NULL ELSE past_due_since END \
+             WHERE tenant_id = $1 AND status_at <= $2",
         )
         .bind(tenant_id)
         .bind(created)
         .bind(now)
-        .bind(i32::from(status == TenantStatus::PastDue))
+        .bind(match status {
+            TenantStatus::PastDue => 1i32,
+            TenantStatus::Active => 2,
+            _ => 0,
+        })
         .execute(&mut *conn)
         .await?;
-        if status == current {
-            return Ok(("applied", None));
+        if ordered.rows_affected() == 0 {
+            return Ok(None);
         }
-        sqlx::query("UPDATE tenants SET status = $2 WHERE id = $1")
-            .bind(tenant_id)
-            .bind(status.as_str())
-            .execute(&mut *conn)
-            .await?;
+        let from: &[&str] = match status {
+            TenantStatus::Active => &["past_due", "unpaid"],
+            TenantStatus::PastDue => &["active"],
+            TenantStatus::Unpaid => &["active", "past_due"],
+            _ => &[],
+        };
+        let mut moved = 0;
+        for previous in from {
+            moved += sqlx::query("UPDATE tenants SET status = $2 WHERE id = $1 AND status = $3")
+                .bind(tenant_id)
+                .bind(status.as_str())
+                .bind(*previous)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+        }
+        if moved == 0 {
+            return Ok(None);
+        }
         let action = format!("tenant.status.{}", status.as_str());
         audit::record(&mut *conn, &actor, Some(tenant_id), &action, tenant_id).await?;
-        Ok(("applied", Some(status)))
+        Ok(Some(status))
     }
 
     /// Cuts off (`unpaid`) the tenants past due for longer than `grace_secs` at `now`; returns
-    /// them (their nodes must look again). A later event older than `now` does not undo it.
+    /// them (their nodes must look again). Only a paid invoice lets them back (a failed payment
+    /// never moves `unpaid` to `past_due`).
     pub async fn expire_past_due(&self, grace_secs: i64, now: i64) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query(
             "SELECT billing_accounts.tenant_id FROM billing_accounts JOIN tenants ON tenants.id = billing_accounts.tenant_id \
@@ -207,11 +284,8 @@ impl Store {
             if done.rows_affected() == 0 {
                 continue;
             }
-            sqlx::query("UPDATE billing_accounts SET status_at = $2, updated_at = $2 WHERE tenant_id = $1")
-                .bind(&tenant_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            // status_at is left alone: it orders Stripe's events by Stripe's clock, and a paid
+            // invoice made before this moment must still let the tenant back.
             let actor = Actor::system();
             audit::record(&mut tx, &actor, Some(&tenant_id), "billing.grace_expired", &tenant_id).await?;
             audit::record(&mut tx, &actor, Some(&tenant_id), "tenant.status.unpaid", &tenant_id).await?;

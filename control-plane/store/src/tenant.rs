@@ -199,6 +199,14 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound("tenant"));
         }
+        if status == TenantStatus::Active {
+            // An operator's reactivation starts billing's grace period afresh at the next
+            // failed payment.
+            sqlx::query("UPDATE billing_accounts SET past_due_since = NULL WHERE tenant_id = $1")
+                .bind(tenant_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         let action = format!("tenant.status.{}", status.as_str());
         audit::record(&mut tx, actor, Some(tenant_id), &action, tenant_id).await?;
         tx.commit().await?;

@@ -10,8 +10,9 @@
 //! ```
 //!
 //! `active` and `past_due` are served; `unpaid` is cut off (every connection closed, requests
-//! refused with 402 `payment_required`) until an invoice is paid. A status an operator set by
-//! hand (`suspended`, `deleted`) is never changed by billing.
+//! refused with 402 `payment_required`) until an invoice of its subscription is paid; a failed
+//! payment never takes an `unpaid` tenant back to `past_due`. A status an operator set by hand
+//! (`suspended`, `deleted`) is never changed by billing.
 
 use crate::event::StripeEvent;
 
@@ -47,6 +48,9 @@ pub struct Decision {
     pub tenant: Option<String>,
     /// The subscription, when the event names one.
     pub subscription: Option<String>,
+    /// Whether the event makes `subscription` the customer's (a checkout, a subscription
+    /// created); other events name theirs only to be matched against it.
+    pub links_subscription: bool,
     /// The status it sets (`None`: none; the event is only recorded).
     pub status: Option<BillingStatus>,
     /// The audit action: `billing.checkout_completed`, `billing.invoice_paid`, …
@@ -59,7 +63,9 @@ pub fn decide(event: &StripeEvent) -> Option<Decision> {
     let customer = event.field("customer")?.to_owned();
     let (status, action, subscription) = match event.kind.as_str() {
         "checkout.session.completed" => {
-            (Some(BillingStatus::Active), "billing.checkout_completed", event.field("subscription"))
+            // Paid by a method that settles later: the invoice's payment says.
+            let paid = event.field("payment_status") != Some("unpaid");
+            (paid.then_some(BillingStatus::Active), "billing.checkout_completed", event.field("subscription"))
         }
         "customer.subscription.created" | "customer.subscription.updated" => {
             let status = match event.field("status")? {
@@ -73,7 +79,11 @@ pub fn decide(event: &StripeEvent) -> Option<Decision> {
         "customer.subscription.deleted" => {
             (Some(BillingStatus::Unpaid), "billing.subscription_deleted", event.field("id"))
         }
-        "invoice.paid" => (Some(BillingStatus::Active), "billing.invoice_paid", event.field("subscription")),
+        // Only a subscription's invoice lets a tenant back (not a one-off invoice).
+        "invoice.paid" => {
+            let subscription = event.field("subscription");
+            (subscription.map(|_| BillingStatus::Active), "billing.invoice_paid", subscription)
+        }
         "invoice.payment_failed" => {
             (Some(BillingStatus::PastDue), "billing.payment_failed", event.field("subscription"))
         }
@@ -86,7 +96,16 @@ pub fn decide(event: &StripeEvent) -> Option<Decision> {
         "checkout.session.completed" => event.field("client_reference_id").map(str::to_owned),
         _ => None,
     };
-    Some(Decision { customer, tenant, subscription: subscription.map(str::to_owned), status, action })
+    let links_subscription =
+        matches!(event.kind.as_str(), "checkout.session.completed" | "customer.subscription.created");
+    Some(Decision {
+        customer,
+        tenant,
+        subscription: subscription.map(str::to_owned),
+        links_subscription,
+        status,
+        action,
+    })
 }
 
 #[cfg(test)]
@@ -113,7 +132,13 @@ mod tests {
                 Some(BillingStatus::PastDue),
             ),
             ("invoice.payment_action_required", json!({"customer": "cus_1"}), Some(BillingStatus::PastDue)),
-            ("invoice.paid", json!({"customer": "cus_1"}), Some(BillingStatus::Active)),
+            (
+                "invoice.paid",
+                json!({"customer": "cus_1", "subscription": "sub_1"}),
+                Some(BillingStatus::Active),
+            ),
+            ("invoice.paid", json!({"customer": "cus_1"}), None),
+            ("checkout.session.completed", json!({"customer": "cus_1", "payment_status": "unpaid"}), None),
             (
                 "customer.subscription.updated",
                 json!({"id": "sub_1", "customer": "cus_1", "status": "unpaid"}),

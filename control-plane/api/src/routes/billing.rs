@@ -23,6 +23,9 @@ use tributary_store::billing::{BillingChange, EventOutcome};
 use crate::ControlPlane;
 use crate::error::ApiError;
 
+/// The largest Stripe event taken (1 MiB; Stripe's are well under it).
+pub(crate) const MAX_EVENT_BYTES: usize = 1 << 20;
+
 /// `POST /v1/billing/stripe/webhook` (Stripe's signature): applies one Stripe event.
 pub(crate) async fn stripe_webhook(
     State(plane): State<Arc<ControlPlane>>,
@@ -54,6 +57,7 @@ pub(crate) async fn stripe_webhook(
         customer_id: decision.customer,
         tenant_id: decision.tenant,
         subscription_id: decision.subscription,
+        links_subscription: decision.links_subscription,
         status: decision.status.map(|status| match status {
             BillingStatus::Active => TenantStatus::Active,
             BillingStatus::PastDue => TenantStatus::PastDue,
@@ -67,6 +71,14 @@ pub(crate) async fn stripe_webhook(
         EventOutcome::Duplicate => json!({"received": true, "outcome": "duplicate"}),
         EventOutcome::Ignored => json!({"received": true, "outcome": "ignored"}),
         EventOutcome::UnknownCustomer => json!({"received": true, "outcome": "unknown_customer"}),
+        EventOutcome::Conflict { tenant_id } => {
+            tracing::warn!(
+                tenant_id,
+                event = event.id,
+                "a Stripe event would link a customer against an existing link; refused"
+            );
+            json!({"received": true, "outcome": "conflict", "tenant_id": tenant_id})
+        }
         EventOutcome::Applied { tenant_id, changed } => {
             if let Some(status) = changed {
                 tracing::info!(

@@ -40,7 +40,13 @@ fn table() -> Vec<(Method, String, MethodRouter<Arc<ControlPlane>>)> {
         (Method::POST, at("/v1/tenants"), post(tenants::create)),
         (Method::GET, at("/v1/tenants"), get(tenants::list)),
         (Method::GET, at("/v1/plans"), get(plans::list)),
-        (Method::POST, at("/v1/billing/stripe/webhook"), post(billing::stripe_webhook)),
+        // Stripe's events (an invoice with many lines) can be larger than a management request.
+        (
+            Method::POST,
+            at("/v1/billing/stripe/webhook"),
+            post(billing::stripe_webhook)
+                .layer(axum::extract::DefaultBodyLimit::max(billing::MAX_EVENT_BYTES)),
+        ),
         (Method::POST, at("/graphql"), post(crate::graphql::handle)),
         (Method::GET, at("/graphql/schema"), get(crate::graphql::sdl)),
         (Method::POST, at("/v1/operator-tokens"), post(tokens::create_operator)),

@@ -12,7 +12,7 @@ const NO_TENANTS: [&str; 4] =
 #[test]
 fn status_names_round_trip_and_only_active_and_past_due_are_served() {
     let names: Vec<&str> = TenantStatus::ALL.iter().map(|status| status.as_str()).collect();
-    assert_eq!(names, ["active", "past_due", "suspended", "deleted"]);
+    assert_eq!(names, ["active", "past_due", "unpaid", "suspended", "deleted"]);
     for status in TenantStatus::ALL {
         assert_eq!(TenantStatus::parse(status.as_str()), Some(status));
     }
@@ -21,6 +21,7 @@ fn status_names_round_trip_and_only_active_and_past_due_are_served() {
     }
     assert!(TenantStatus::Active.is_served());
     assert!(TenantStatus::PastDue.is_served());
+    assert!(!TenantStatus::Unpaid.is_served());
     assert!(!TenantStatus::Suspended.is_served());
     assert!(!TenantStatus::Deleted.is_served());
 }

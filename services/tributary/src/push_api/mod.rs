@@ -162,8 +162,8 @@ async fn caller(api: &PushApi, headers: &HeaderMap) -> Result<Caller, ApiError> 
         return Ok(Caller::Backend(identity));
     }
     let (token, _, policy) = tributary_relay::session::authenticate(&api.relay, presented).await?;
-    if !policy.served() {
-        return Err(ErrorCode::TenantSuspended.into());
+    if let Some(refusal) = policy.refusal() {
+        return Err(refusal.error_code().into());
     }
     if !token.capabilities.grants().iter().any(|grant| grant.rights.contains(Right::PushSubscribe)) {
         return Err(forbidden("the token has no push_subscribe right".into()));

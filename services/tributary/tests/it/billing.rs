@@ -167,7 +167,7 @@ async fn forged_stale_replayed_and_unsigned_webhooks_are_refused_and_change_noth
         "evt_c",
         "checkout.session.completed",
         t,
-        json!({"customer": "cus_9", "client_reference_id": tenant}),
+        json!({"customer": "cus_9", "subscription": "sub_9", "client_reference_id": tenant}),
     );
     assert_eq!(deliver(&node, &checkout, SECRET, t).await.0, 200);
     let cut_off =
@@ -207,10 +207,26 @@ async fn forged_stale_replayed_and_unsigned_webhooks_are_refused_and_change_noth
     let other = event("evt_o", "charge.refunded", t, json!({"customer": "cus_9"}));
     assert_eq!(deliver(&node, &other, SECRET, t).await.1["outcome"], "ignored");
     assert_eq!(tenant_status(&node).await, "active");
+    // A buyer naming this tenant in another checkout takes nothing over.
+    let hijack = event(
+        "evt_h",
+        "checkout.session.completed",
+        t + 2,
+        json!({"customer": "cus_attacker", "subscription": "sub_a", "client_reference_id": tenant}),
+    );
+    assert_eq!(deliver(&node, &hijack, SECRET, t).await.1["outcome"], "conflict");
+    let cancel = event(
+        "evt_k",
+        "customer.subscription.deleted",
+        t + 3,
+        json!({"id": "sub_a", "customer": "cus_attacker"}),
+    );
+    assert_eq!(deliver(&node, &cancel, SECRET, t).await.1["outcome"], "unknown_customer");
+    assert_eq!(tenant_status(&node).await, "active");
     // An operator's suspension is never lifted by billing.
     let path = format!("/v1/tenants/{tenant}/status");
     node.manage("POST", &path, node.operator_token(), Some(&json!({"status": "suspended"}))).await;
-    let paid = event("evt_p", "invoice.paid", t + 5, json!({"customer": "cus_9"}));
+    let paid = event("evt_p", "invoice.paid", t + 5, json!({"customer": "cus_9", "subscription": "sub_9"}));
     assert_eq!(deliver(&node, &paid, SECRET, t).await.0, 200);
     assert_eq!(tenant_status(&node).await, "suspended");
 }

@@ -37,9 +37,10 @@ impl Refusal {
     fn of(err: &OpError) -> Self {
         let message = err.message.clone();
         match err.code {
-            ErrorCode::TokenRevoked | ErrorCode::TenantSuspended | ErrorCode::Forbidden => {
-                Self(0x87, 0x05, message)
-            }
+            ErrorCode::TokenRevoked
+            | ErrorCode::TenantSuspended
+            | ErrorCode::PaymentRequired
+            | ErrorCode::Forbidden => Self(0x87, 0x05, message),
             ErrorCode::ConnectionLimit | ErrorCode::ChannelLimit | ErrorCode::QuotaExceeded => {
                 Self(0x97, 0x03, message)
             }

@@ -46,7 +46,8 @@ pub(super) fn reason_of(err: &OpError) -> u8 {
         ErrorCode::Forbidden
         | ErrorCode::DisabledInNamespace
         | ErrorCode::TokenRevoked
-        | ErrorCode::TenantSuspended => 0x87,
+        | ErrorCode::TenantSuspended
+        | ErrorCode::PaymentRequired => 0x87,
         ErrorCode::RateLimited
         | ErrorCode::QuotaExceeded
         | ErrorCode::ChannelLimit

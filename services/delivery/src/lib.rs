@@ -29,6 +29,7 @@
 
 pub mod address;
 pub mod audit_log;
+pub mod notices;
 
 /// Installs rustls's ring crypto provider for the process (a no-op when one is set). reqwest is
 /// built without a provider of its own (no aws-lc), so a process installs this before it makes

@@ -89,11 +89,33 @@ pub(crate) async fn stripe_webhook(
                 );
                 plane.announce(ControlEvent::TenantChanged { tenant: tenant_id.clone() }).await;
             }
+            if let Some(action) = change.as_ref().map(|c| c.action.as_str()) {
+                let status =
+                    plane.store.tenant(tenant_id).await.map(|t| t.status.as_str()).unwrap_or_default();
+                let notice = json!({"type": action, "tenant_id": tenant_id, "status": status,
+                                    "stripe_event": event.id, "at": event.created});
+                notify_tenant(&plane, tenant_id, &notice, &format!("billing:{}", event.id)).await;
+            }
             json!({"received": true, "outcome": "applied", "tenant_id": tenant_id,
                    "status": changed.map(TenantStatus::as_str)})
         }
     };
     Ok(Json(described))
+}
+
+/// Tells the tenant on each of its apps' system channel (`tributary:system`): its clients and
+/// console see it, and its rules on that channel deliver it onwards (a webhook, a text).
+async fn notify_tenant(plane: &ControlPlane, tenant_id: &str, notice: &Value, key: &str) {
+    match plane.store.apps(tenant_id).await {
+        Ok(apps) => {
+            for app in apps {
+                tributary_delivery::notices::publish(&*plane.engine, &app.id, notice, key.to_owned()).await;
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, tenant_id, "the tenant's billing notice was not sent (the audit log has it)")
+        }
+    }
 }
 
 impl ControlPlane {
@@ -102,9 +124,13 @@ impl ControlPlane {
     /// is cut off once.
     pub async fn expire_billing_grace(&self, grace_secs: i64) -> Result<usize, tributary_store::StoreError> {
         let expired = self.store.expire_past_due(grace_secs, tributary_store::unix_now_secs()).await?;
+        let now = tributary_store::unix_now_secs();
         for tenant in &expired {
             tracing::info!(tenant_id = tenant, "a tenant's grace period is over: cut off until it pays");
             self.announce(ControlEvent::TenantChanged { tenant: tenant.clone() }).await;
+            let notice =
+                json!({"type": "billing.grace_expired", "tenant_id": tenant, "status": "unpaid", "at": now});
+            notify_tenant(self, tenant, &notice, &format!("billing:grace:{tenant}:{now}")).await;
         }
         Ok(expired.len())
     }

@@ -378,31 +378,10 @@ impl Inner {
         self.notify(&endpoint.app_id, notice, key).await;
     }
 
-    /// Publishes `notice` on the system channel of `app_id` (the one only the server publishes
-    /// to), with `key` as its idempotency key, so workers telling the same thing at once store
-    /// it once.
+    /// Publishes `notice` on the system channel of `app_id` (see [`crate::notices`]).
     async fn notify(&self, app_id: &str, notice: serde_json::Value, key: String) {
-        use tributary_engine::{ChannelKey, NewMessage, PublishOptions, StreamOptions};
-        let Some(engine) = &self.notices else { return };
-        let Ok(channel) = tributary_protocol::ChannelName::parse(tributary_protocol::channel::SYSTEM_CHANNEL)
-        else {
-            return;
-        };
-        let message = NewMessage {
-            payload: tributary_protocol::Payload::Json(bytes::Bytes::from(notice.to_string())),
-            client_id: None,
-            encoding: None,
-            meta: None,
-        };
-        // Kept a week, so a console or a client that was away reads what it missed.
-        let options = PublishOptions {
-            stream: StreamOptions { history_size: 1_000, history_ttl: Duration::from_secs(7 * 86_400) },
-            idempotency_key: Some(key),
-            idempotency_window: Duration::from_secs(60),
-        };
-        let channel = ChannelKey::new(app_id, channel);
-        if let Err(err) = engine.publish(&channel, message, &options).await {
-            tracing::warn!(error = %err, app = app_id, "the tenant was not told on its system channel (the audit log has it)");
+        if let Some(engine) = &self.notices {
+            crate::notices::publish(&**engine, app_id, &notice, key).await;
         }
     }
 

@@ -72,6 +72,9 @@ async fn a_tenant_that_stops_paying_is_cut_off_within_a_second_and_let_back_when
     let (status, reply) = deliver(&node, &checkout, SECRET, t).await;
     assert_eq!((status, reply["outcome"].as_str()), (200, Some("applied")), "{reply}");
 
+    // The tenant's system channel tells it (and its rules on that channel) what billing did.
+    let mut watcher = node.ws(&node.token("console", &[("tributary:system", &["subscribe"])]).await).await;
+    watcher.request(json!({"op": "subscribe", "channel": "tributary:system"})).await.unwrap();
     // A failed payment: past due, still served.
     let failed = event(
         "evt_failed",
@@ -81,6 +84,13 @@ async fn a_tenant_that_stops_paying_is_cut_off_within_a_second_and_let_back_when
     );
     let (status, reply) = deliver(&node, &failed, SECRET, t).await;
     assert_eq!((status, reply["status"].as_str()), (200, Some("past_due")), "{reply}");
+    let notice = watcher.next_of("message").await.unwrap();
+    assert_eq!(
+        (notice["data"]["type"].as_str(), notice["data"]["status"].as_str()),
+        (Some("billing.payment_failed"), Some("past_due")),
+        "{notice}"
+    );
+    assert_eq!(notice["data"]["stripe_event"], "evt_failed");
     let mut clients = Vec::new();
     for n in 0..20 {
         let mut ws = node.ws(&node.all_rights(&format!("c{n}")).await).await;

@@ -71,6 +71,8 @@ pub struct ControlSettings {
     pub stripe_webhook_secret: Option<secrecy::SecretString>,
     /// How far a Stripe webhook's signed timestamp may be from now, in seconds.
     pub stripe_tolerance_secs: i64,
+    /// The plan each Stripe price puts a subscriber on (the operator's mapping).
+    pub stripe_plans: std::collections::HashMap<String, String>,
 }
 
 impl Default for ControlSettings {
@@ -83,6 +85,7 @@ impl Default for ControlSettings {
             webhook_policy: tributary_delivery::address::AddressPolicy::new(),
             stripe_webhook_secret: None,
             stripe_tolerance_secs: 300,
+            stripe_plans: std::collections::HashMap::new(),
         }
     }
 }

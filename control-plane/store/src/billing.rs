@@ -34,6 +34,8 @@ pub struct BillingChange {
     pub links_subscription: bool,
     /// The status it sets: `Active`, `PastDue` or `Unpaid` (`None`: none).
     pub status: Option<TenantStatus>,
+    /// The plan it puts the tenant on (the operator's mapping of the subscription's price).
+    pub plan_id: Option<String>,
     /// The audit action recorded for the tenant (`billing.invoice_paid`, …).
     pub action: String,
 }
@@ -53,12 +55,15 @@ pub enum EventOutcome {
         /// The tenant the checkout named.
         tenant_id: String,
     },
-    /// Applied to the tenant; `changed` when its status moved (its nodes must look again).
+    /// Applied to the tenant; `changed` or `plan` when its status or plan moved (its nodes
+    /// must look again).
     Applied {
         /// The tenant.
         tenant_id: String,
         /// Its status, when the event changed it.
         changed: Option<TenantStatus>,
+        /// Its plan, when the event changed it.
+        plan: Option<String>,
     },
 }
 
@@ -103,7 +108,7 @@ impl Store {
                     ("conflict", EventOutcome::Conflict { tenant_id })
                 }
                 Account::Linked { tenant_id, subscription_id } => {
-                    let changed = Self::apply_billing_change(
+                    let (changed, plan) = Self::apply_billing_change(
                         &mut tx,
                         &tenant_id,
                         subscription_id.as_deref(),
@@ -112,7 +117,7 @@ impl Store {
                         now,
                     )
                     .await?;
-                    ("applied", EventOutcome::Applied { tenant_id, changed })
+                    ("applied", EventOutcome::Applied { tenant_id, changed, plan })
                 }
             },
         };
@@ -208,14 +213,16 @@ impl Store {
         created: i64,
         change: &BillingChange,
         now: i64,
-    ) -> Result<Option<TenantStatus>, StoreError> {
+    ) -> Result<(Option<TenantStatus>, Option<String>), StoreError> {
         let actor = Actor::system();
         audit::record(&mut *conn, &actor, Some(tenant_id), &change.action, &change.customer_id).await?;
-        let Some(status) = change.status else { return Ok(None) };
+        if change.status.is_none() && change.plan_id.is_none() {
+            return Ok((None, None));
+        }
         let of_another_subscription = !change.links_subscription
             && matches!((subscription_id, change.subscription_id.as_deref()), (Some(ours), Some(its)) if ours != its);
         if of_another_subscription {
-            return Ok(None);
+            return Ok((None, None));
         }
         // Newer than what set the status last (ties apply: Stripe stamps seconds).
         let ordered = sqlx::query(
@@ -227,16 +234,21 @@ impl Store {
         .bind(tenant_id)
         .bind(created)
         .bind(now)
-        .bind(match status {
-            TenantStatus::PastDue => 1i32,
-            TenantStatus::Active => 2,
+        .bind(match change.status {
+            Some(TenantStatus::PastDue) => 1i32,
+            Some(TenantStatus::Active) => 2,
             _ => 0,
         })
         .execute(&mut *conn)
         .await?;
         if ordered.rows_affected() == 0 {
-            return Ok(None);
+            return Ok((None, None));
         }
+        let plan = match &change.plan_id {
+            Some(plan) => Self::apply_billing_plan(conn, tenant_id, plan).await?,
+            None => None,
+        };
+        let Some(status) = change.status else { return Ok((None, plan)) };
         let from: &[&str] = match status {
             TenantStatus::Active => &["past_due", "unpaid"],
             TenantStatus::PastDue => &["active"],
@@ -254,11 +266,34 @@ impl Store {
                 .rows_affected();
         }
         if moved == 0 {
-            return Ok(None);
+            return Ok((None, plan));
         }
         let action = format!("tenant.status.{}", status.as_str());
         audit::record(&mut *conn, &actor, Some(tenant_id), &action, tenant_id).await?;
-        Ok(Some(status))
+        Ok((Some(status), plan))
+    }
+
+    /// Puts the tenant on `plan_id` (a plan that exists) unless it is on it; returns the plan if
+    /// it moved. Its limits apply on every node at once (the caller announces the change).
+    async fn apply_billing_plan(
+        conn: &mut sqlx::AnyConnection,
+        tenant_id: &str,
+        plan_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let moved = sqlx::query(
+            "UPDATE tenants SET plan_id = $2 WHERE id = $1 AND plan_id <> $2 \
+             AND EXISTS (SELECT 1 FROM plans WHERE plans.id = $2)",
+        )
+        .bind(tenant_id)
+        .bind(plan_id)
+        .execute(&mut *conn)
+        .await?;
+        if moved.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let action = format!("tenant.plan.{plan_id}");
+        audit::record(&mut *conn, &Actor::system(), Some(tenant_id), &action, tenant_id).await?;
+        Ok(Some(plan_id.to_owned()))
     }
 
     /// Cuts off (`unpaid`) the tenants past due for longer than `grace_secs` at `now`; returns

@@ -51,6 +51,9 @@ pub struct Decision {
     /// Whether the event makes `subscription` the customer's (a checkout, a subscription
     /// created); other events name theirs only to be matched against it.
     pub links_subscription: bool,
+    /// The prices the subscription is made of (a subscription's events): the operator maps
+    /// them to plans, whose limits apply at once.
+    pub prices: Vec<String>,
     /// The status it sets (`None`: none; the event is only recorded).
     pub status: Option<BillingStatus>,
     /// The audit action: `billing.checkout_completed`, `billing.invoice_paid`, …
@@ -98,11 +101,21 @@ pub fn decide(event: &StripeEvent) -> Option<Decision> {
     };
     let links_subscription =
         matches!(event.kind.as_str(), "checkout.session.completed" | "customer.subscription.created");
+    let prices = match event.kind.as_str() {
+        "customer.subscription.created" | "customer.subscription.updated" => event.object["items"]["data"]
+            .as_array()
+            .map(|items| {
+                items.iter().filter_map(|item| item["price"]["id"].as_str().map(str::to_owned)).collect()
+            })
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
     Some(Decision {
         customer,
         tenant,
         subscription: subscription.map(str::to_owned),
         links_subscription,
+        prices,
         status,
         action,
     })
@@ -179,6 +192,15 @@ mod tests {
             json!({"customer": "cus_1", "client_reference_id": "ten_1"}),
         ));
         assert_eq!(checkout.and_then(|d| d.tenant).as_deref(), Some("ten_1"));
+    }
+
+    #[test]
+    fn a_subscriptions_prices_are_read_from_its_items() {
+        let object = json!({"id": "sub_1", "customer": "cus_1", "status": "active",
+                            "items": {"data": [{"price": {"id": "price_pro"}}, {"price": {"id": "price_msgs"}}]}});
+        let decision =
+            decide(&event("customer.subscription.updated", object)).unwrap_or_else(|| panic!("decides"));
+        assert_eq!(decision.prices, ["price_pro", "price_msgs"]);
     }
 
     #[test]

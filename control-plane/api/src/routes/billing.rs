@@ -58,6 +58,8 @@ pub(crate) async fn stripe_webhook(
         tenant_id: decision.tenant,
         subscription_id: decision.subscription,
         links_subscription: decision.links_subscription,
+        // The first of the subscription's prices the operator maps to a plan.
+        plan_id: decision.prices.iter().find_map(|price| plane.settings.stripe_plans.get(price).cloned()),
         status: decision.status.map(|status| match status {
             BillingStatus::Active => TenantStatus::Active,
             BillingStatus::PastDue => TenantStatus::PastDue,
@@ -79,14 +81,16 @@ pub(crate) async fn stripe_webhook(
             );
             json!({"received": true, "outcome": "conflict", "tenant_id": tenant_id})
         }
-        EventOutcome::Applied { tenant_id, changed } => {
-            if let Some(status) = changed {
+        EventOutcome::Applied { tenant_id, changed, plan } => {
+            if changed.is_some() || plan.is_some() {
                 tracing::info!(
                     tenant_id,
-                    status = status.as_str(),
+                    status = changed.map(TenantStatus::as_str),
+                    plan = plan.as_deref(),
                     event = event.kind,
-                    "billing changed a tenant's status"
+                    "billing changed a tenant"
                 );
+                // New limits and a new status apply to live connections at once.
                 plane.announce(ControlEvent::TenantChanged { tenant: tenant_id.clone() }).await;
             }
             if let Some(action) = change.as_ref().map(|c| c.action.as_str()) {
@@ -97,7 +101,7 @@ pub(crate) async fn stripe_webhook(
                 notify_tenant(&plane, tenant_id, &notice, &format!("billing:{}", event.id)).await;
             }
             json!({"received": true, "outcome": "applied", "tenant_id": tenant_id,
-                   "status": changed.map(TenantStatus::as_str)})
+                   "status": changed.map(TenantStatus::as_str), "plan": plan})
         }
     };
     Ok(Json(described))

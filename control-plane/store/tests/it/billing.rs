@@ -13,6 +13,7 @@ fn change(tenant: Option<&str>, status: Option<TenantStatus>, action: &str) -> B
         subscription_id: Some("sub_1".into()),
         links_subscription: tenant.is_some(),
         status,
+        plan_id: None,
         action: action.into(),
     }
 }
@@ -37,13 +38,20 @@ async fn events_apply_once_in_order_and_the_grace_period_cuts_a_tenant_off() {
             .apply_billing_event("evt_1", "checkout.session.completed", 100, Some(&linked))
             .await
             .unwrap();
-        assert_eq!(applied, EventOutcome::Applied { tenant_id: tenant.id.clone(), changed: None });
+        assert_eq!(
+            applied,
+            EventOutcome::Applied { tenant_id: tenant.id.clone(), changed: None, plan: None }
+        );
         let failed = change(None, Some(TenantStatus::PastDue), "billing.payment_failed");
         let applied =
             store.apply_billing_event("evt_2", "invoice.payment_failed", 200, Some(&failed)).await.unwrap();
         assert_eq!(
             applied,
-            EventOutcome::Applied { tenant_id: tenant.id.clone(), changed: Some(TenantStatus::PastDue) }
+            EventOutcome::Applied {
+                tenant_id: tenant.id.clone(),
+                changed: Some(TenantStatus::PastDue),
+                plan: None
+            }
         );
         assert_eq!(
             store.apply_billing_event("evt_2", "invoice.payment_failed", 200, Some(&failed)).await.unwrap(),
@@ -56,19 +64,23 @@ async fn events_apply_once_in_order_and_the_grace_period_cuts_a_tenant_off() {
         // A failed payment never takes an unpaid tenant back to past due.
         let again =
             store.apply_billing_event("evt_3", "invoice.payment_failed", 1250, Some(&failed)).await.unwrap();
-        assert_eq!(again, EventOutcome::Applied { tenant_id: tenant.id.clone(), changed: None });
+        assert_eq!(again, EventOutcome::Applied { tenant_id: tenant.id.clone(), changed: None, plan: None });
         assert_eq!(store.tenant(&tenant.id).await.unwrap().status, TenantStatus::Unpaid);
         // An invoice of another (an old) subscription changes nothing; one of its own lets it back,
         // even one Stripe made before the cut-off and delivered after it.
         let mut old = change(None, Some(TenantStatus::Active), "billing.invoice_paid");
         old.subscription_id = Some("sub_old".into());
         let other = store.apply_billing_event("evt_4", "invoice.paid", 1260, Some(&old)).await.unwrap();
-        assert_eq!(other, EventOutcome::Applied { tenant_id: tenant.id.clone(), changed: None });
+        assert_eq!(other, EventOutcome::Applied { tenant_id: tenant.id.clone(), changed: None, plan: None });
         let paid = change(None, Some(TenantStatus::Active), "billing.invoice_paid");
         let late = store.apply_billing_event("evt_5", "invoice.paid", 1270, Some(&paid)).await.unwrap();
         assert_eq!(
             late,
-            EventOutcome::Applied { tenant_id: tenant.id.clone(), changed: Some(TenantStatus::Active) }
+            EventOutcome::Applied {
+                tenant_id: tenant.id.clone(),
+                changed: Some(TenantStatus::Active),
+                plan: None
+            }
         );
         // An older event arriving late never undoes a newer one.
         let cut = change(None, Some(TenantStatus::Unpaid), "billing.subscription_deleted");
@@ -76,7 +88,7 @@ async fn events_apply_once_in_order_and_the_grace_period_cuts_a_tenant_off() {
             .apply_billing_event("evt_6", "customer.subscription.deleted", 1265, Some(&cut))
             .await
             .unwrap();
-        assert_eq!(stale, EventOutcome::Applied { tenant_id: tenant.id.clone(), changed: None });
+        assert_eq!(stale, EventOutcome::Applied { tenant_id: tenant.id.clone(), changed: None, plan: None });
         assert_eq!(store.tenant(&tenant.id).await.unwrap().status, TenantStatus::Active);
         // A checkout naming the tenant for another customer links nothing.
         let mut hijack = change(Some(&tenant.id), Some(TenantStatus::Active), "billing.checkout_completed");

@@ -20,11 +20,19 @@ pub struct BillingConfig {
     /// How long a tenant stays `past_due` (served) after its first failed payment before it is
     /// cut off (`unpaid`), in seconds, unless Stripe gives up first.
     pub grace_period_secs: u64,
+    /// The Stripe price of each plan (`pro = "price_…"`): a subscription made of that price puts
+    /// its tenant on that plan, whose limits apply at once.
+    pub plan_prices: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for BillingConfig {
     fn default() -> Self {
-        Self { stripe_webhook_secret: None, webhook_tolerance_secs: 300, grace_period_secs: 7 * 24 * 3600 }
+        Self {
+            stripe_webhook_secret: None,
+            webhook_tolerance_secs: 300,
+            grace_period_secs: 7 * 24 * 3600,
+            plan_prices: std::collections::BTreeMap::new(),
+        }
     }
 }
 
@@ -37,6 +45,12 @@ impl BillingConfig {
         }
         if self.grace_period_secs > 90 * 24 * 3600 {
             problems.push("billing.grace_period_secs must be at most 90 days".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (plan, price) in &self.plan_prices {
+            if price.is_empty() || !seen.insert(price) {
+                problems.push(format!("billing.plan_prices.{plan}: a price id, each for one plan only"));
+            }
         }
         problems
     }

@@ -106,6 +106,7 @@ impl ControlConfig {
             webhook_policy: tributary_delivery::address::AddressPolicy::new(),
             stripe_webhook_secret: None,
             stripe_tolerance_secs: 300,
+            stripe_plans: std::collections::HashMap::new(),
         }
     }
 }

@@ -249,3 +249,47 @@ async fn without_a_webhook_secret_billing_is_off() {
     let (status, reply) = deliver(&node, &paid, SECRET, t).await;
     assert_eq!((status, reply["error"]["name"].as_str()), (404, Some("not_found")), "{reply}");
 }
+
+#[tokio::test]
+async fn a_subscriptions_price_puts_its_tenant_on_that_plan_and_its_limits_apply_at_once() {
+    let node = TestServer::spawn_configured(|config| {
+        config.billing.stripe_webhook_secret = Some(SecretString::from(SECRET));
+        config.billing.plan_prices = [("free".to_owned(), "price_free".to_owned())].into_iter().collect();
+    })
+    .await;
+    let (t, tenant) = (now(), node.tenant_id().to_owned());
+    let checkout = event(
+        "evt_c",
+        "checkout.session.completed",
+        t,
+        json!({"customer": "cus_p", "subscription": "sub_p", "client_reference_id": tenant}),
+    );
+    assert_eq!(deliver(&node, &checkout, SECRET, t).await.0, 200);
+    // On the unlimited plan, a burst of publishes all go through.
+    assert_eq!(burst(&node, 150).await, None);
+    // The subscription moves to the free plan's price (50 publishes a second): the tenant is on
+    // it, and its limit applies to the very next burst.
+    let updated = event(
+        "evt_u",
+        "customer.subscription.updated",
+        t + 1,
+        json!({"id": "sub_p", "customer": "cus_p", "status": "active",
+               "items": {"data": [{"price": {"id": "price_free"}}]}}),
+    );
+    let (status, reply) = deliver(&node, &updated, SECRET, t).await;
+    assert_eq!((status, reply["plan"].as_str()), (200, Some("free")), "{reply}");
+    assert_eq!(burst(&node, 150).await, Some((429, "rate_limited".to_owned())));
+    let shown = node.manage("GET", &format!("/v1/tenants/{tenant}"), node.operator_token(), None).await.1;
+    assert_eq!(shown["plan"], "free", "{shown}");
+}
+
+/// Publishes `n` messages as fast as it can; the first refusal's status and error name, if any.
+async fn burst(node: &TestServer, n: usize) -> Option<(u16, String)> {
+    for i in 0..n {
+        let (status, reply) = node.post("/v1/channels/feed:1/messages", &json!({"data": i}), None).await;
+        if status != 200 {
+            return Some((status, reply["error"]["name"].as_str().unwrap_or_default().to_owned()));
+        }
+    }
+    None
+}

@@ -293,3 +293,46 @@ async fn burst(node: &TestServer, n: usize) -> Option<(u16, String)> {
     }
     None
 }
+
+#[tokio::test]
+async fn a_thousand_connections_on_two_nodes_are_all_closed_within_a_second_of_the_cut_off() {
+    let redis = std::env::var("TRIBUTARY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let database = tributary_testkit::fresh_postgres_database().await;
+    let nodes = TestServer::spawn_nodes_on_database(&database, &redis, 2, |config| {
+        config.billing.stripe_webhook_secret = Some(SecretString::from(SECRET));
+    })
+    .await;
+    let (first, t) = (&nodes[0], now());
+    let tenant = first.tenant_id().to_owned();
+    let checkout = event(
+        "evt_c",
+        "checkout.session.completed",
+        t,
+        json!({"customer": "cus_f", "subscription": "sub_f", "client_reference_id": tenant}),
+    );
+    assert_eq!(deliver(first, &checkout, SECRET, t).await.0, 200);
+    let token = first.all_rights("fleet").await;
+    let mut clients = Vec::with_capacity(1000);
+    for n in 0..1000 {
+        clients.push(nodes[n % 2].ws(&token).await);
+    }
+    // Stripe gives up on the subscription: every one of the 1,000 connections, on both nodes,
+    // is closed with 3505; the last one within a second of the event being sent.
+    let unpaid = event(
+        "evt_u",
+        "customer.subscription.updated",
+        t + 1,
+        json!({"id": "sub_f", "customer": "cus_f", "status": "unpaid"}),
+    );
+    let started = Instant::now();
+    let (status, reply) = deliver(first, &unpaid, SECRET, t).await;
+    assert_eq!((status, reply["status"].as_str()), (200, Some("unpaid")), "{reply}");
+    let closed = futures::future::join_all(clients.iter_mut().map(|ws| ws.closed())).await;
+    let last = started.elapsed();
+    println!(
+        "billing cut-off: 1,000 connections on 2 nodes (Redis), the last closed {last:?} after the event was sent"
+    );
+    assert!(closed.iter().all(|c| c.as_ref().is_ok_and(|(code, _)| *code == 3505)), "every one with 3505");
+    assert!(last < Duration::from_secs(1), "the last closed after {last:?}");
+    tributary_testkit::drop_postgres_database(&database).await;
+}

@@ -73,6 +73,8 @@ pub struct ControlSettings {
     pub stripe_tolerance_secs: i64,
     /// The plan each Stripe price puts a subscriber on (the operator's mapping).
     pub stripe_plans: std::collections::HashMap<String, String>,
+    /// Billing's grace period, in seconds (shown as when a past-due tenant is cut off).
+    pub billing_grace_secs: i64,
 }
 
 impl Default for ControlSettings {
@@ -86,6 +88,7 @@ impl Default for ControlSettings {
             stripe_webhook_secret: None,
             stripe_tolerance_secs: 300,
             stripe_plans: std::collections::HashMap::new(),
+            billing_grace_secs: 7 * 24 * 3600,
         }
     }
 }

@@ -94,7 +94,7 @@ impl Store {
         }
         let (outcome, result) = match change {
             None => ("ignored", EventOutcome::Ignored),
-            Some(change) => match Self::billing_account(&mut tx, change, now).await? {
+            Some(change) => match Self::account_of_event(&mut tx, change, now).await? {
                 Account::Unknown => ("unknown_customer", EventOutcome::UnknownCustomer),
                 Account::Conflict(tenant_id) => {
                     audit::record(
@@ -140,7 +140,7 @@ impl Store {
     /// The tenant `change`'s customer is linked to. A completed checkout links its customer to
     /// the tenant it names, unless either is linked to another already: a link is never moved
     /// by an event (a buyer naming someone else's tenant takes nothing over).
-    async fn billing_account(
+    async fn account_of_event(
         conn: &mut sqlx::AnyConnection,
         change: &BillingChange,
         now: i64,
@@ -328,5 +328,77 @@ impl Store {
             expired.push(tenant_id);
         }
         Ok(expired)
+    }
+}
+
+/// A tenant's link to Stripe, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BillingAccount {
+    /// The Stripe customer.
+    pub customer_id: String,
+    /// The subscription it pays with, if known.
+    pub subscription_id: Option<String>,
+    /// Since when it is past due (the first failed payment's event time), if it is.
+    pub past_due_since: Option<i64>,
+    /// When it last changed, unix seconds.
+    pub updated_at: i64,
+}
+
+/// A Stripe event as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BillingEvent {
+    /// `evt_…`.
+    pub event_id: String,
+    /// Its type.
+    pub kind: String,
+    /// When Stripe made it.
+    pub created: i64,
+    /// What it did: applied, ignored, unknown_customer, conflict.
+    pub outcome: String,
+    /// When it was received.
+    pub received_at: i64,
+}
+
+impl Store {
+    /// The tenant's link to Stripe, if it has one.
+    pub async fn billing_account(&self, tenant_id: &str) -> Result<Option<BillingAccount>, StoreError> {
+        let row = sqlx::query(
+            "SELECT customer_id, subscription_id, past_due_since, updated_at FROM billing_accounts WHERE tenant_id = $1",
+        )
+        .bind(tenant_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(BillingAccount {
+                customer_id: row.try_get("customer_id")?,
+                subscription_id: row.try_get("subscription_id")?,
+                past_due_since: row.try_get("past_due_since")?,
+                updated_at: row.try_get("updated_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// The newest `limit` Stripe events recorded for the tenant, newest first.
+    pub async fn billing_events(&self, tenant_id: &str, limit: i64) -> Result<Vec<BillingEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT event_id, type, created, outcome, received_at FROM billing_events WHERE tenant_id = $1 \
+             ORDER BY received_at DESC, created DESC LIMIT $2",
+        )
+        .bind(tenant_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(BillingEvent {
+                    event_id: row.try_get("event_id")?,
+                    kind: row.try_get("type")?,
+                    created: row.try_get("created")?,
+                    outcome: row.try_get("outcome")?,
+                    received_at: row.try_get("received_at")?,
+                })
+            })
+            .collect()
     }
 }

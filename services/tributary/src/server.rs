@@ -273,6 +273,7 @@ pub async fn bind_wrapped(
     settings.webhook_policy = config.delivery.address_policy();
     settings.stripe_webhook_secret = config.billing.stripe_webhook_secret.clone();
     settings.stripe_tolerance_secs = i64::try_from(config.billing.webhook_tolerance_secs).unwrap_or(300);
+    settings.billing_grace_secs = i64::try_from(config.billing.grace_period_secs).unwrap_or(i64::MAX);
     settings.stripe_plans =
         config.billing.plan_prices.iter().map(|(plan, price)| (price.clone(), plan.clone())).collect();
     let push =

@@ -139,3 +139,34 @@ impl ControlPlane {
         Ok(expired.len())
     }
 }
+
+/// `GET /v1/tenants/{tenant}/billing` (admin): the tenant's billing as the service knows it —
+/// whether billing is on, its status and plan, its Stripe customer and subscription, when its
+/// grace period ends if it is past due, and the Stripe events recorded for it, newest first.
+pub(crate) async fn get(
+    State(plane): State<Arc<ControlPlane>>,
+    axum::extract::Path(tenant): axum::extract::Path<String>,
+    caller: crate::auth::Caller,
+) -> Result<Json<Value>, ApiError> {
+    caller.tenant(&tenant, tributary_store::Role::Admin)?;
+    let shown = plane.store.tenant(&tenant).await?;
+    let account = plane.store.billing_account(&tenant).await?;
+    let events = plane.store.billing_events(&tenant, 50).await?;
+    let grace_ends_at = account
+        .as_ref()
+        .and_then(|a| a.past_due_since)
+        .filter(|_| shown.status == TenantStatus::PastDue)
+        .map(|since| since.saturating_add(plane.settings.billing_grace_secs));
+    Ok(Json(json!({
+        "enabled": plane.settings.stripe_webhook_secret.is_some(),
+        "status": shown.status.as_str(),
+        "plan": shown.plan_id,
+        "customer_id": account.as_ref().map(|a| a.customer_id.clone()),
+        "subscription_id": account.as_ref().and_then(|a| a.subscription_id.clone()),
+        "past_due_since": account.as_ref().and_then(|a| a.past_due_since),
+        "grace_ends_at": grace_ends_at,
+        "events": events.iter().map(|e| json!({"id": e.event_id, "type": e.kind, "created": e.created,
+                                                "outcome": e.outcome, "received_at": e.received_at}))
+                             .collect::<Vec<_>>(),
+    })))
+}

@@ -85,6 +85,7 @@ fn table() -> Vec<(Method, String, MethodRouter<Arc<ControlPlane>>)> {
         (Method::GET, at("/v1/operator/audit/proofs/inclusion"), get(audit_log::operator::inclusion)),
         (Method::GET, at("/v1/operator/audit/proofs/consistency"), get(audit_log::operator::consistency)),
         (Method::GET, at("/v1/operator/audit/export"), get(audit_log::operator::export)),
+        (Method::GET, t("/billing"), get(billing::get)),
         (Method::POST, t("/exchanges"), post(exchanges::offer)),
         (Method::GET, t("/exchanges"), get(exchanges::list)),
         (Method::GET, t("/exchanges/{exchange}"), get(exchanges::get)),

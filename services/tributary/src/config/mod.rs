@@ -107,6 +107,7 @@ impl ControlConfig {
             stripe_webhook_secret: None,
             stripe_tolerance_secs: 300,
             stripe_plans: std::collections::HashMap::new(),
+            billing_grace_secs: 7 * 24 * 3600,
         }
     }
 }

@@ -91,6 +91,20 @@ async fn a_tenant_that_stops_paying_is_cut_off_within_a_second_and_let_back_when
         "{notice}"
     );
     assert_eq!(notice["data"]["stripe_event"], "evt_failed");
+    // The tenant's billing, as its admins (and the operator) read it.
+    let billing =
+        node.manage("GET", &format!("/v1/tenants/{tenant}/billing"), node.operator_token(), None).await.1;
+    assert_eq!(
+        (billing["status"].as_str(), billing["customer_id"].as_str()),
+        (Some("past_due"), Some("cus_1")),
+        "{billing}"
+    );
+    assert_eq!(billing["subscription_id"], "sub_1");
+    assert_eq!(billing["grace_ends_at"].as_i64(), Some(t - 90 + 7 * 24 * 3600), "{billing}");
+    assert_eq!(billing["events"][0]["id"], "evt_failed", "newest first: {billing}");
+    let (other, other_owner) = crate::management_api::tenant_with_owner(&node, "Other").await;
+    let (status, _) = node.manage("GET", &format!("/v1/tenants/{tenant}/billing"), &other_owner, None).await;
+    assert!(matches!(status, 403 | 404), "{other} reads nothing of ours: {status}");
     let mut clients = Vec::new();
     for n in 0..20 {
         let mut ws = node.ws(&node.all_rights(&format!("c{n}")).await).await;

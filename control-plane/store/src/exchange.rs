@@ -120,6 +120,12 @@ impl Exchange {
         }
     }
 
+    /// The apps of both sides (the partner's once accepted): the ones whose nodes must look
+    /// again after a change.
+    pub fn apps(&self) -> Vec<String> {
+        std::iter::once(self.offerer_app_id.clone()).chain(self.partner_app_id.clone()).collect()
+    }
+
     /// The id of its audit log.
     pub fn log_id(&self) -> String {
         exchange_log_id(&self.id)
@@ -471,12 +477,6 @@ impl Store {
                 })
             })
             .collect()
-    }
-
-    /// The apps of both sides of an exchange (the partner's once accepted): the ones whose
-    /// nodes must look again after a change.
-    pub fn exchange_apps(exchange: &Exchange) -> Vec<String> {
-        std::iter::once(exchange.offerer_app_id.clone()).chain(exchange.partner_app_id.clone()).collect()
     }
 }
 

@@ -68,8 +68,22 @@ impl RelayState {
         channel: &ChannelName,
         right: Right,
     ) -> Result<Routed, OpError> {
+        match self.policies.peek(app) {
+            Some(policy) => self.route_in(&policy, app, channel, right).await,
+            None => Ok(Routed { app: app.clone(), exchanged: false, rights: Rights::all() }),
+        }
+    }
+
+    /// [`RelayState::route`] with the app's policy in hand (a publish holds it already: no
+    /// second lookup on the message path).
+    pub async fn route_in(
+        &self,
+        policy: &AppPolicy,
+        app: &Arc<str>,
+        channel: &ChannelName,
+        right: Right,
+    ) -> Result<Routed, OpError> {
         let own = |exchanged, rights| Ok(Routed { app: app.clone(), exchanged, rights });
-        let Some(policy) = self.policies.peek(app) else { return own(false, Rights::all()) };
         let Some(route) = policy.exchange(channel.namespace()) else { return own(false, Rights::all()) };
         if route.suspended {
             return Err(OpError::new(

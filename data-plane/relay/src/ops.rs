@@ -131,7 +131,7 @@ pub async fn publish_message(
         ));
     }
     let policy = ready_to_publish(state, app).await?;
-    let routed = state.route(app, &channel, tributary_capability::Right::Publish).await?;
+    let routed = state.route_in(&policy, app, &channel, tributary_capability::Right::Publish).await?;
     let idempotency_key = if routed.exchanged {
         message.client_id = Some(crate::exchange::publisher_id(app, message.client_id.as_deref(), api_key));
         // Both sides publish into one stream: each side's keys are its own.

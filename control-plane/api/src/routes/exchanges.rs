@@ -183,7 +183,7 @@ async fn change(
         super::rules::feed_on(plane, &exchange.offerer_app_id).await?;
     }
     let exchange = plane.store.change_exchange(&caller.actor, tenant, exchange_id, &change).await?;
-    for app in Store::exchange_apps(&exchange) {
+    for app in exchange.apps() {
         plane.announce(ControlEvent::AppChanged { app }).await;
     }
     Ok(Json(ExchangeView::of(exchange, tenant)))

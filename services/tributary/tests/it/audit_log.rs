@@ -430,7 +430,7 @@ async fn the_operators_log_holds_the_actions_of_no_tenant_and_only_operators_rea
     })
     .await
     .unwrap();
-    let log = eventually_checkpointed_operator(&node).await;
+    let log = crate::exchanges::logged(&node, "/v1/operator/audit/log", operator, 1).await;
     assert!(log["origin"].as_str().unwrap().ends_with("/operator"), "{log}");
     let url = format!("{}/v1/operator/audit/export", node.http_url());
     let text = node.http().get(url).bearer_auth(operator).send().await.unwrap().text().await.unwrap();
@@ -460,18 +460,6 @@ fn verify_receipt(receipt: &Value, keys: &[NoteVerifier]) {
         &signed.root,
     )
     .expect("the receipt proves the message is on the signed log");
-}
-
-/// Waits until the operator's log is wholly in a signed checkpoint; returns its state.
-async fn eventually_checkpointed_operator(node: &TestServer) -> Value {
-    let operator = node.operator_token();
-    eventually("the operator's log is checkpointed", Duration::from_secs(10), || async {
-        let log = node.manage("GET", "/v1/operator/audit/log", operator, None).await.1;
-        log["size"].as_u64().is_some_and(|size| size > 0) && log["checkpoint_size"] == log["size"]
-    })
-    .await
-    .unwrap();
-    node.manage("GET", "/v1/operator/audit/log", operator, None).await.1
 }
 
 #[tokio::test]

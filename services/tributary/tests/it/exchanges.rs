@@ -254,7 +254,7 @@ async fn two_tenants_exchange_messages_both_ways_within_the_offered_rights() {
     assert_eq!(reply["result"]["messages"], json!([]), "{reply}");
 }
 
-/// Waits until the exchange's log, read at `path`, holds `entries` in a signed checkpoint.
+/// Waits until the log read at `path` (an exchange's, the operator's) holds `entries` in a signed checkpoint.
 pub(crate) async fn logged(node: &TestServer, path: &str, token: &str, entries: u64) -> Value {
     eventually("the exchange's log is checkpointed", Duration::from_secs(10), || async {
         let log = node.manage("GET", path, token, None).await.1;
